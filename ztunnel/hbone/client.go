@@ -1,0 +1,172 @@
+package hbone
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/zmesh/zmesh/identity"
+)
+
+// StatusError is a CONNECT the server refused.
+type StatusError struct {
+	Status int
+	Reason string // the server's ReasonHeader, if any
+}
+
+func (e *StatusError) Error() string {
+	if e.Reason != "" {
+		return fmt.Sprintf("hbone: CONNECT refused with %d: %s", e.Status, e.Reason)
+	}
+	return fmt.Sprintf("hbone: CONNECT refused with %d", e.Status)
+}
+
+// ClientConn is one client-side HBONE connection. Most callers use a Pool;
+// ClientConn is for tools and tests that want exactly one connection.
+type ClientConn struct{ c *conn }
+
+// ClientOptions tune a client connection; the zero value is the defaults.
+type ClientOptions struct {
+	StreamWindow int32 // default DefaultStreamWindow
+	ConnWindow   int32 // default DefaultConnWindow
+}
+
+// NewClientConn runs the TLS handshake on nc with cfg (from
+// identity.ClientTLS, which checks the server's identity), then sets up
+// HTTP/2. It takes ownership of nc.
+func NewClientConn(ctx context.Context, nc net.Conn, cfg *tls.Config, opts ClientOptions) (*ClientConn, error) {
+	c, err := newClientConn(ctx, nc, cfg, opts)
+	if err != nil {
+		return nil, err
+	}
+	return &ClientConn{c: c}, nil
+}
+
+func newClientConn(ctx context.Context, nc net.Conn, cfg *tls.Config, opts ClientOptions) (*conn, error) {
+	if opts.StreamWindow <= 0 {
+		opts.StreamWindow = DefaultStreamWindow
+	}
+	if opts.ConnWindow <= 0 {
+		opts.ConnWindow = DefaultConnWindow
+	}
+	tc := tls.Client(nc, cfg)
+	hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+	defer cancel()
+	if err := tc.HandshakeContext(hctx); err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("hbone: tls handshake with %s: %w", nc.RemoteAddr(), err)
+	}
+	if p := tc.ConnectionState().NegotiatedProtocol; p != identity.ALPNH2 {
+		tc.Close()
+		return nil, fmt.Errorf("hbone: server %s negotiated ALPN %q, want h2", nc.RemoteAddr(), p)
+	}
+	c := newConn(tc, true, opts.StreamWindow, opts.ConnWindow)
+	if dl, ok := hctx.Deadline(); ok {
+		tc.SetDeadline(dl)
+	}
+	if err := c.writePreface(); err != nil {
+		tc.Close()
+		return nil, fmt.Errorf("hbone: write preface: %w", err)
+	}
+	if err := c.readPreface(); err != nil {
+		tc.Close()
+		return nil, fmt.Errorf("hbone: %s: %w", nc.RemoteAddr(), err)
+	}
+	tc.SetDeadline(time.Time{})
+	go c.readLoop(nil)
+	return c, nil
+}
+
+// Connect opens a tunnel to r.Target and returns it once the server
+// answered 200. Any other answer is a *StatusError.
+func (cc *ClientConn) Connect(ctx context.Context, r *ConnectRequest) (*Stream, error) {
+	st, _, err := cc.c.connect(ctx, r)
+	return st, err
+}
+
+// Shutdown sends GOAWAY: no more streams; live ones go on.
+func (cc *ClientConn) Shutdown() { cc.c.goAway() }
+
+// Close closes the connection and fails its streams.
+func (cc *ClientConn) Close() error { return cc.c.Close() }
+
+// Done is closed when the connection has ended.
+func (cc *ClientConn) Done() <-chan struct{} { return cc.c.done }
+
+// errConnFull is returned when the peer's stream limit is reached.
+var errConnFull = errors.New("hbone: connection has no free stream")
+
+// connect opens a stream and waits for the answer. opened reports whether a
+// stream was registered: if so, its end is reported through onStreamClosed
+// whatever the outcome.
+func (c *conn) connect(ctx context.Context, r *ConnectRequest) (st *Stream, opened bool, err error) {
+	fields, err := requestFields(r)
+	if err != nil {
+		return nil, false, err
+	}
+	// Stream ids must reach the wire in increasing order, so the id is
+	// taken and the HEADERS written under one hold of the write lock.
+	c.wmu.Lock()
+	c.mu.Lock()
+	switch {
+	case c.err != nil:
+		err = c.err
+	case c.goingAway || c.nextID > 1<<31-1:
+		err = errGoingAway
+	case uint32(len(c.streams)) >= c.peerMaxStreams:
+		err = errConnFull
+	}
+	if err != nil {
+		c.mu.Unlock()
+		c.wmu.Unlock()
+		return nil, false, err
+	}
+	id := c.nextID
+	c.nextID += 2
+	st = newStream(c, id)
+	c.streams[id] = st
+	c.mu.Unlock()
+	if err := c.writeHeadersLocked(id, false, fields); err != nil {
+		c.wmu.Unlock()
+		c.fail(err)
+		return nil, true, err
+	}
+	if err := c.unlockWrite(); err != nil {
+		return nil, true, err
+	}
+
+	stop := context.AfterFunc(ctx, func() {
+		c.mu.Lock()
+		st.cond.Broadcast()
+		c.mu.Unlock()
+	})
+	defer stop()
+	c.mu.Lock()
+	for st.status == 0 && st.err == nil && ctx.Err() == nil {
+		st.cond.Wait()
+	}
+	status, serr := st.status, st.err
+	reason := ""
+	for _, h := range st.respHdr {
+		if h.Name == ReasonHeader {
+			reason = h.Value
+		}
+	}
+	c.mu.Unlock()
+	switch {
+	case status == 200:
+		return st, true, nil
+	case status != 0:
+		st.Close()
+		return nil, true, &StatusError{Status: status, Reason: reason}
+	case serr != nil:
+		st.Close()
+		return nil, true, serr
+	default:
+		st.Close()
+		return nil, true, ctx.Err()
+	}
+}

@@ -1,0 +1,615 @@
+package hbone
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// ErrConnClosed is returned by stream operations after the connection ended.
+var ErrConnClosed = errors.New("hbone: connection closed")
+
+// errGoingAway is returned when opening a stream on a connection that has
+// sent or received GOAWAY.
+var errGoingAway = errors.New("hbone: connection is going away")
+
+// conn is one HTTP/2 connection, client or server side. Its read loop is the
+// only reader of the socket and never blocks on anything but the socket: it
+// must keep reading while writers are stuck on a full send buffer, or two
+// peers writing to each other deadlock. Control frames it needs to send are
+// therefore queued and written by whoever holds the write lock next.
+type conn struct {
+	nc     net.Conn
+	fr     *http2.Framer
+	br     *bufio.Reader
+	bw     *bufio.Writer
+	client bool
+
+	// wmu serialises frame writes. Holders flush before unlocking.
+	wmu  sync.Mutex
+	henc *hpack.Encoder
+	hbuf bytes.Buffer
+
+	// ctrl holds control frames waiting for the write lock.
+	ctrlMu  sync.Mutex
+	ctrl    []ctrlFrame
+	ctrlLen int
+
+	// mu guards everything below and is the lock of every stream's cond.
+	mu      sync.Mutex
+	streams map[uint32]*Stream
+	nextID  uint32 // client: next stream id to open
+	lastID  uint32 // server: highest stream id seen
+	// sendWindow is the peer's connection-level window for our DATA.
+	sendWindow int64
+	// peer settings that shape what we send.
+	peerInitialWindow int32
+	peerMaxFrame      uint32
+	peerMaxStreams    uint32
+	// recvUnacked counts consumed bytes not yet returned by WINDOW_UPDATE.
+	recvUnacked int32
+	goingAway   bool // GOAWAY sent or received: no new streams
+	err         error
+	done        chan struct{} // closed when the read loop exits
+	idleSince   time.Time
+	// onStreamClosed is called once for every stream leaving the
+	// connection, and onGoAway once when the connection stops taking new
+	// streams (GOAWAY either way, or failure). Both run without locks held.
+	onStreamClosed func()
+	onGoAway       func()
+	goAwayNotified bool
+
+	streamWindow int32
+	connWindow   int32
+}
+
+type ctrlKind uint8
+
+const (
+	ctrlWindowUpdate ctrlKind = iota
+	ctrlSettingsAck
+	ctrlPingAck
+	ctrlRST
+	ctrlGoAway
+)
+
+type ctrlFrame struct {
+	kind   ctrlKind
+	stream uint32
+	val    uint32
+	data   [8]byte
+}
+
+func newConn(nc net.Conn, client bool, streamWindow, connWindow int32) *conn {
+	c := &conn{
+		nc:                nc,
+		client:            client,
+		streams:           make(map[uint32]*Stream),
+		sendWindow:        initialWindow,
+		peerInitialWindow: initialWindow,
+		peerMaxFrame:      16384,
+		peerMaxStreams:    serverMaxConcurrentStreams,
+		done:              make(chan struct{}),
+		idleSince:         time.Now(),
+		streamWindow:      streamWindow,
+		connWindow:        connWindow,
+	}
+	if client {
+		c.nextID = 1
+	}
+	c.bw = bufio.NewWriterSize(nc, writeBufferSize)
+	c.br = bufio.NewReaderSize(nc, 64<<10)
+	c.fr = http2.NewFramer(c.bw, c.br)
+	c.fr.SetMaxReadFrameSize(maxReadFrameSize)
+	c.fr.MaxHeaderListSize = maxHeaderListSize
+	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	c.fr.ReadMetaHeaders.SetMaxStringLength(maxHeaderListSize)
+	c.henc = hpack.NewEncoder(&c.hbuf)
+	return c
+}
+
+// writePreface sends our half of the connection setup: the client preface
+// (client only), SETTINGS, and a WINDOW_UPDATE growing the connection window
+// from the RFC's 64 KiB to ours.
+func (c *conn) writePreface() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.client {
+		if _, err := c.bw.WriteString(http2.ClientPreface); err != nil {
+			return err
+		}
+	}
+	settings := []http2.Setting{
+		{ID: http2.SettingInitialWindowSize, Val: uint32(c.streamWindow)},
+		{ID: http2.SettingMaxFrameSize, Val: maxReadFrameSize},
+		{ID: http2.SettingMaxHeaderListSize, Val: maxHeaderListSize},
+	}
+	if c.client {
+		settings = append(settings, http2.Setting{ID: http2.SettingEnablePush, Val: 0})
+	} else {
+		settings = append(settings, http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: serverMaxConcurrentStreams})
+	}
+	if err := c.fr.WriteSettings(settings...); err != nil {
+		return err
+	}
+	if d := c.connWindow - initialWindow; d > 0 {
+		if err := c.fr.WriteWindowUpdate(0, uint32(d)); err != nil {
+			return err
+		}
+	}
+	return c.bw.Flush()
+}
+
+// readPreface consumes the client preface (server side) and the peer's first
+// SETTINGS frame, which RFC 9113 §3.4 requires to come first.
+func (c *conn) readPreface() error {
+	if !c.client {
+		buf := make([]byte, len(http2.ClientPreface))
+		if _, err := io.ReadFull(c.br, buf); err != nil {
+			return fmt.Errorf("read client preface: %w", err)
+		}
+		if string(buf) != http2.ClientPreface {
+			return errors.New("bad client preface: not HTTP/2")
+		}
+	}
+	f, err := c.fr.ReadFrame()
+	if err != nil {
+		return fmt.Errorf("read peer settings: %w", err)
+	}
+	sf, ok := f.(*http2.SettingsFrame)
+	if !ok || sf.IsAck() {
+		return fmt.Errorf("first frame from peer is %v, want SETTINGS", f.Header().Type)
+	}
+	return c.handleSettings(sf)
+}
+
+// handleSettings applies the peer's SETTINGS and queues the ACK.
+func (c *conn) handleSettings(sf *http2.SettingsFrame) error {
+	c.mu.Lock()
+	err := sf.ForeachSetting(func(s http2.Setting) error {
+		if err := s.Valid(); err != nil {
+			return err
+		}
+		switch s.ID {
+		case http2.SettingInitialWindowSize:
+			// RFC 9113 §6.9.2: the change applies to every open stream.
+			delta := int64(s.Val) - int64(c.peerInitialWindow)
+			c.peerInitialWindow = int32(s.Val)
+			for _, st := range c.streams {
+				st.sendWindow += delta
+				if delta > 0 {
+					st.cond.Broadcast()
+				}
+			}
+		case http2.SettingMaxFrameSize:
+			c.peerMaxFrame = s.Val
+		case http2.SettingMaxConcurrentStreams:
+			c.peerMaxStreams = s.Val
+		}
+		return nil
+	})
+	c.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	c.queueCtrl(ctrlFrame{kind: ctrlSettingsAck})
+	return nil
+}
+
+// queueCtrl queues a control frame and writes it now if nobody holds the
+// write lock; otherwise the holder writes it before letting go.
+func (c *conn) queueCtrl(f ctrlFrame) {
+	c.ctrlMu.Lock()
+	c.ctrl = append(c.ctrl, f)
+	c.ctrlMu.Unlock()
+	c.tryFlushCtrl()
+}
+
+func (c *conn) tryFlushCtrl() {
+	for {
+		c.ctrlMu.Lock()
+		pending := len(c.ctrl) > 0
+		c.ctrlMu.Unlock()
+		if !pending || !c.wmu.TryLock() {
+			return
+		}
+		err := c.writeCtrlLocked()
+		if err == nil {
+			err = c.bw.Flush()
+		}
+		c.wmu.Unlock()
+		if err != nil {
+			c.fail(err)
+			return
+		}
+		// Loop: a frame queued between our drain and Unlock would
+		// otherwise wait for the next writer.
+	}
+}
+
+// unlockWrite flushes, writes any queued control frames, and releases wmu.
+func (c *conn) unlockWrite() error {
+	err := c.writeCtrlLocked()
+	if ferr := c.bw.Flush(); err == nil {
+		err = ferr
+	}
+	c.wmu.Unlock()
+	if err != nil {
+		c.fail(err)
+		return err
+	}
+	c.tryFlushCtrl()
+	return nil
+}
+
+func (c *conn) writeCtrlLocked() error {
+	c.ctrlMu.Lock()
+	frames := c.ctrl
+	c.ctrl = nil
+	c.ctrlMu.Unlock()
+	for _, f := range frames {
+		var err error
+		switch f.kind {
+		case ctrlWindowUpdate:
+			err = c.fr.WriteWindowUpdate(f.stream, f.val)
+		case ctrlSettingsAck:
+			err = c.fr.WriteSettingsAck()
+		case ctrlPingAck:
+			err = c.fr.WritePing(true, f.data)
+		case ctrlRST:
+			err = c.fr.WriteRSTStream(f.stream, http2.ErrCode(f.val))
+		case ctrlGoAway:
+			err = c.fr.WriteGoAway(f.stream, http2.ErrCode(f.val), nil)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// writeHeaders encodes and writes a HEADERS frame and flushes.
+func (c *conn) writeHeaders(streamID uint32, endStream bool, fields []hpack.HeaderField) error {
+	c.wmu.Lock()
+	if err := c.writeHeadersLocked(streamID, endStream, fields); err != nil {
+		c.wmu.Unlock()
+		c.fail(err)
+		return err
+	}
+	return c.unlockWrite()
+}
+
+// writeHeadersLocked writes a HEADERS frame, with CONTINUATIONs when the
+// block exceeds the peer's frame size. wmu must be held.
+func (c *conn) writeHeadersLocked(streamID uint32, endStream bool, fields []hpack.HeaderField) error {
+	c.hbuf.Reset()
+	for _, f := range fields {
+		if err := c.henc.WriteField(f); err != nil {
+			return err
+		}
+	}
+	block := c.hbuf.Bytes()
+	c.mu.Lock()
+	max := int(c.peerMaxFrame)
+	c.mu.Unlock()
+	first := block
+	if len(first) > max {
+		first = block[:max]
+	}
+	err := c.fr.WriteHeaders(http2.HeadersFrameParam{
+		StreamID:      streamID,
+		BlockFragment: first,
+		EndStream:     endStream,
+		EndHeaders:    len(first) == len(block),
+	})
+	for rest := block[len(first):]; err == nil && len(rest) > 0; {
+		n := min(len(rest), max)
+		err = c.fr.WriteContinuation(streamID, n == len(rest), rest[:n])
+		rest = rest[n:]
+	}
+	return err
+}
+
+// fail ends the connection with err: every stream sees the error, and the
+// socket is closed so the read loop exits.
+func (c *conn) fail(err error) {
+	c.mu.Lock()
+	if c.err != nil {
+		c.mu.Unlock()
+		return
+	}
+	c.err = err
+	c.goingAway = true
+	closed := 0
+	for _, st := range c.streams {
+		st.failLocked(err)
+		if st.removeLocked() {
+			closed++
+		}
+	}
+	c.mu.Unlock()
+	c.nc.Close()
+	for range closed {
+		c.streamClosed()
+	}
+	c.notifyGoAway()
+}
+
+// Close closes the connection at once, failing its streams.
+func (c *conn) Close() error {
+	c.fail(ErrConnClosed)
+	return nil
+}
+
+// goAway sends GOAWAY(NO_ERROR): the peer opens no more streams here, live
+// ones finish.
+func (c *conn) goAway() {
+	c.mu.Lock()
+	if c.goingAway {
+		c.mu.Unlock()
+		return
+	}
+	c.goingAway = true
+	last := c.lastID
+	c.mu.Unlock()
+	c.queueCtrl(ctrlFrame{kind: ctrlGoAway, stream: last, val: uint32(http2.ErrCodeNo)})
+	c.notifyGoAway()
+}
+
+// numStreams returns the count of live streams.
+func (c *conn) numStreams() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.streams)
+}
+
+// readLoop reads frames until the connection fails. newStream is called for
+// a client's HEADERS opening a stream (server side only).
+func (c *conn) readLoop(newStream func(*http2.MetaHeadersFrame) error) {
+	defer close(c.done)
+	for {
+		f, err := c.fr.ReadFrame()
+		if err != nil {
+			var se http2.StreamError
+			if errors.As(err, &se) {
+				// A malformed header block kills one stream, not the
+				// connection (RFC 9113 §8.1.1).
+				c.resetStream(se.StreamID, se.Code, fmt.Errorf("malformed frame: %w", err))
+				continue
+			}
+			var ce http2.ConnectionError
+			if errors.As(err, &ce) {
+				c.mu.Lock()
+				last := c.lastID
+				c.mu.Unlock()
+				c.queueCtrl(ctrlFrame{kind: ctrlGoAway, stream: last, val: uint32(ce)})
+			}
+			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+				err = ErrConnClosed
+			}
+			c.fail(err)
+			return
+		}
+		if err := c.handleFrame(f, newStream); err != nil {
+			var ce http2.ConnectionError
+			if errors.As(err, &ce) {
+				c.mu.Lock()
+				last := c.lastID
+				c.mu.Unlock()
+				c.queueCtrl(ctrlFrame{kind: ctrlGoAway, stream: last, val: uint32(ce)})
+			}
+			c.fail(err)
+			return
+		}
+	}
+}
+
+func (c *conn) handleFrame(f http2.Frame, newStream func(*http2.MetaHeadersFrame) error) error {
+	switch f := f.(type) {
+	case *http2.DataFrame:
+		return c.handleData(f)
+	case *http2.MetaHeadersFrame:
+		c.mu.Lock()
+		st := c.streams[f.StreamID]
+		c.mu.Unlock()
+		if st != nil {
+			return st.handleHeaders(f)
+		}
+		if c.client || newStream == nil {
+			// Headers for a stream we reset already: ignore.
+			return nil
+		}
+		return newStream(f)
+	case *http2.SettingsFrame:
+		if f.IsAck() {
+			return nil
+		}
+		return c.handleSettings(f)
+	case *http2.WindowUpdateFrame:
+		return c.handleWindowUpdate(f)
+	case *http2.PingFrame:
+		if !f.IsAck() {
+			c.queueCtrl(ctrlFrame{kind: ctrlPingAck, data: f.Data})
+		}
+		return nil
+	case *http2.RSTStreamFrame:
+		c.mu.Lock()
+		removed := false
+		if st := c.streams[f.StreamID]; st != nil {
+			st.failLocked(&ResetError{Code: f.ErrCode})
+			removed = st.removeLocked()
+		}
+		c.mu.Unlock()
+		if removed {
+			c.streamClosed()
+		}
+		return nil
+	case *http2.GoAwayFrame:
+		c.mu.Lock()
+		c.goingAway = true
+		// Streams above LastStreamID were not processed by the peer.
+		closed := 0
+		for id, st := range c.streams {
+			if id > f.LastStreamID {
+				st.failLocked(errGoingAway)
+				if st.removeLocked() {
+					closed++
+				}
+			}
+		}
+		c.mu.Unlock()
+		for range closed {
+			c.streamClosed()
+		}
+		c.notifyGoAway()
+		return nil
+	case *http2.PushPromiseFrame:
+		return http2.ConnectionError(http2.ErrCodeProtocol)
+	default:
+		// PRIORITY, unknown extension frames: ignored (RFC 9113 §5.5).
+		return nil
+	}
+}
+
+func (c *conn) handleData(f *http2.DataFrame) error {
+	n := int32(f.Length) // flow control counts padding too
+	c.mu.Lock()
+	st := c.streams[f.StreamID]
+	if st == nil {
+		c.mu.Unlock()
+		// Data for a stream we already closed: return its credit to the
+		// connection window so the peer is not starved.
+		if n > 0 {
+			c.queueCtrl(ctrlFrame{kind: ctrlWindowUpdate, stream: 0, val: uint32(n)})
+		}
+		if f.StreamID == 0 || (!c.client && f.StreamID > c.lastID) {
+			return http2.ConnectionError(http2.ErrCodeProtocol)
+		}
+		return nil
+	}
+	if n > st.recvWindow {
+		c.mu.Unlock()
+		return http2.ConnectionError(http2.ErrCodeFlowControl)
+	}
+	st.recvWindow -= n
+	if st.remoteEnded {
+		c.mu.Unlock()
+		c.resetStream(f.StreamID, http2.ErrCodeStreamClosed, errors.New("data after END_STREAM"))
+		return nil
+	}
+	data := f.Data()
+	if pad := n - int32(len(data)); pad > 0 {
+		// Padding is consumed at once.
+		c.addRecvCreditLocked(st, pad)
+	}
+	if len(data) > 0 {
+		st.rbuf.write(data)
+	}
+	if f.StreamEnded() {
+		st.remoteEnded = true
+	}
+	st.cond.Broadcast()
+	ended := st.maybeFinishLocked()
+	c.mu.Unlock()
+	if ended {
+		c.streamClosed()
+	}
+	return nil
+}
+
+// addRecvCreditLocked records n bytes consumed from st and queues
+// WINDOW_UPDATEs once enough has accumulated, so the peer gets credit back
+// in few large frames rather than many small ones.
+func (c *conn) addRecvCreditLocked(st *Stream, n int32) {
+	c.recvUnacked += n
+	if c.recvUnacked >= c.connWindow/4 {
+		c.queueCtrlLocked(ctrlFrame{kind: ctrlWindowUpdate, stream: 0, val: uint32(c.recvUnacked)})
+		c.recvUnacked = 0
+	}
+	if st == nil || st.remoteEnded {
+		return
+	}
+	st.recvUnacked += n
+	if st.recvUnacked >= c.streamWindow/4 {
+		st.recvWindow += st.recvUnacked
+		c.queueCtrlLocked(ctrlFrame{kind: ctrlWindowUpdate, stream: st.id, val: uint32(st.recvUnacked)})
+		st.recvUnacked = 0
+	}
+}
+
+// queueCtrlLocked queues a control frame while c.mu is held; the caller
+// calls tryFlushCtrl after unlocking (streams do it in Read).
+func (c *conn) queueCtrlLocked(f ctrlFrame) {
+	c.ctrlMu.Lock()
+	c.ctrl = append(c.ctrl, f)
+	c.ctrlMu.Unlock()
+}
+
+func (c *conn) handleWindowUpdate(f *http2.WindowUpdateFrame) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if f.StreamID == 0 {
+		c.sendWindow += int64(f.Increment)
+		if c.sendWindow > 1<<31-1 {
+			return http2.ConnectionError(http2.ErrCodeFlowControl)
+		}
+		for _, st := range c.streams {
+			st.cond.Broadcast()
+		}
+		return nil
+	}
+	st := c.streams[f.StreamID]
+	if st == nil {
+		return nil
+	}
+	st.sendWindow += int64(f.Increment)
+	if st.sendWindow > 1<<31-1 {
+		st.failLocked(errors.New("stream flow-control window overflow"))
+		c.queueCtrlLocked(ctrlFrame{kind: ctrlRST, stream: st.id, val: uint32(http2.ErrCodeFlowControl)})
+		return nil
+	}
+	st.cond.Broadcast()
+	return nil
+}
+
+// resetStream sends RST_STREAM and fails the stream locally.
+func (c *conn) resetStream(id uint32, code http2.ErrCode, err error) {
+	c.mu.Lock()
+	removed := false
+	if st := c.streams[id]; st != nil {
+		st.failLocked(err)
+		removed = st.removeLocked()
+	}
+	c.mu.Unlock()
+	c.queueCtrl(ctrlFrame{kind: ctrlRST, stream: id, val: uint32(code)})
+	if removed {
+		c.streamClosed()
+	}
+}
+
+func (c *conn) streamClosed() {
+	if c.onStreamClosed != nil {
+		c.onStreamClosed()
+	}
+}
+
+func (c *conn) notifyGoAway() {
+	c.mu.Lock()
+	if c.goAwayNotified {
+		c.mu.Unlock()
+		return
+	}
+	c.goAwayNotified = true
+	c.mu.Unlock()
+	if c.onGoAway != nil {
+		c.onGoAway()
+	}
+}

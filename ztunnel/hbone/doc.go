@@ -1,0 +1,17 @@
+// Package hbone implements HBONE, the tunnel between ztunnels and waypoints:
+// HTTP/2 CONNECT streams over mutual TLS 1.3 with SPIFFE identities.
+//
+// It carries its own small HTTP/2 connection layer, built on the frame codec
+// and HPACK of golang.org/x/net/http2, instead of net/http's client and
+// server, because a tunnel needs what those cannot give: each direction of a
+// stream ends on its own (TCP half-close becomes END_STREAM, both ways), a
+// stream is a net.Conn handed to a copier, and flow-control windows and frame
+// sizes are set for bulk transfer. Anything HTTP/2 allows that a tunnel does
+// not use (server push, priorities, trailers, request bodies on non-CONNECT
+// methods) is refused or ignored as the RFC permits.
+//
+// The package knows nothing of workloads, policy or the control plane: the
+// server hands its handler the verified peer identity and the request
+// metadata, and the client takes the TLS configuration and the dialer from
+// its caller. It is shared by ztunnel and the waypoint.
+package hbone

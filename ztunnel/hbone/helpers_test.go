@@ -1,0 +1,145 @@
+package hbone
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/zmesh/zmesh/identity"
+)
+
+var (
+	alice = identity.MustWorkloadID("cluster.local", "ns-a", "alice")
+	bob   = identity.MustWorkloadID("cluster.local", "ns-b", "bob")
+	carol = identity.MustWorkloadID("cluster.local", "ns-c", "carol")
+)
+
+type pki struct {
+	ca  *identity.CA
+	src *identity.StaticSource
+}
+
+var (
+	pkiOnce   sync.Once
+	sharedPKI *pki
+)
+
+// testPKI returns a CA and a source holding certificates for alice, bob and
+// carol. One per test binary: key generation is the slow part.
+func testPKI(t testing.TB) *pki {
+	pkiOnce.Do(func() {
+		dir, err := osMkdirTemp()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ca, err := identity.LoadOrCreateCA(dir, identity.CAOptions{TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		src := identity.NewStaticSource(ca.Bundle())
+		for _, id := range []spiffeid.ID{alice, bob, carol} {
+			svid, err := ca.Issue(id, time.Hour)
+			if err != nil {
+				t.Fatal(err)
+			}
+			src.Put(svid)
+		}
+		sharedPKI = &pki{ca: ca, src: src}
+	})
+	if sharedPKI == nil {
+		t.Fatal("test PKI failed to initialise")
+	}
+	return sharedPKI
+}
+
+type testServer struct {
+	srv  *Server
+	addr string
+	ln   net.Listener
+}
+
+// startServer serves HBONE as `as` on a loopback port.
+func startServer(t testing.TB, h Handler, as spiffeid.ID, authorize func(spiffeid.ID) error) *testServer {
+	t.Helper()
+	p := testPKI(t)
+	srv, err := NewServer(h, ServerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := &testServer{srv: srv, addr: ln.Addr().String(), ln: ln}
+	serveOn(srv, ln, identity.ServerTLS(p.src, as, authorize))
+	t.Cleanup(func() {
+		ln.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	})
+	return ts
+}
+
+func serveOn(srv *Server, ln net.Listener, cfg *tls.Config) {
+	go func() {
+		for {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go srv.ServeConn(context.Background(), tls.Server(nc, cfg))
+		}
+	}()
+}
+
+// dialClient opens one client connection as `as` expecting `expect`.
+func dialClient(t testing.TB, addr string, as spiffeid.ID, expect ...spiffeid.ID) (*ClientConn, error) {
+	t.Helper()
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	cc, err := NewClientConn(ctx, nc, identity.ClientTLS(testPKI(t).src, as, expect), ClientOptions{})
+	if err == nil {
+		t.Cleanup(func() { cc.Close() })
+	}
+	return cc, err
+}
+
+// echoHandler answers 200 and echoes until the client ends its side.
+func echoHandler(ctx context.Context, r *Request, s *Stream) {
+	if err := s.Respond(200); err != nil {
+		return
+	}
+	io.Copy(writerOnly{s}, s)
+	s.CloseWrite()
+}
+
+func target(s string) *ConnectRequest {
+	return &ConnectRequest{Target: mustAddrPort(s)}
+}
+
+func readAllTimeout(t testing.TB, r io.Reader, d time.Duration) ([]byte, error) {
+	t.Helper()
+	type res struct {
+		b   []byte
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() { b, err := io.ReadAll(r); ch <- res{b, err} }()
+	select {
+	case x := <-ch:
+		return x.b, x.err
+	case <-time.After(d):
+		return nil, errors.New("read timed out")
+	}
+}

@@ -1,0 +1,399 @@
+package hbone
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// ResetError is returned by a stream the peer reset with RST_STREAM.
+type ResetError struct{ Code http2.ErrCode }
+
+func (e *ResetError) Error() string { return "hbone: stream reset by peer: " + e.Code.String() }
+
+// errStreamClosed is returned by operations on a stream closed locally.
+var errStreamClosed = errors.New("hbone: stream closed")
+
+// Stream is one CONNECT tunnel. It is a net.Conn whose two directions end
+// separately: CloseWrite sends END_STREAM (the TCP FIN of the tunnelled
+// connection), and Read returns io.EOF once the peer's END_STREAM arrived.
+// Close abandons whatever is left with RST_STREAM.
+//
+// Read and Write may be called concurrently with each other, not with
+// themselves.
+type Stream struct {
+	c    *conn
+	id   uint32
+	cond sync.Cond // L = &c.mu
+
+	// Guarded by c.mu.
+	rbuf        recvBuf
+	recvWindow  int32 // what the peer may still send us
+	recvUnacked int32 // consumed, not yet returned by WINDOW_UPDATE
+	sendWindow  int64 // what we may still send
+	localEnded  bool  // we sent END_STREAM
+	remoteEnded bool  // the peer sent END_STREAM
+	removed     bool  // no longer in c.streams
+	err         error // reset or connection failure
+	// status is the response status: set by Respond on a server stream,
+	// by the response HEADERS on a client stream (0 until then).
+	status   int
+	respHdr  []hpack.HeaderField
+	rdl, wdl time.Time
+	rtimer   *time.Timer
+	wtimer   *time.Timer
+
+	// wmu keeps one Write's frames, and CloseWrite, in order.
+	wmu sync.Mutex
+
+	closeOnce sync.Once
+}
+
+func newStream(c *conn, id uint32) *Stream {
+	s := &Stream{
+		c:          c,
+		id:         id,
+		recvWindow: c.streamWindow,
+		sendWindow: int64(c.peerInitialWindow),
+	}
+	s.cond.L = &c.mu
+	return s
+}
+
+// ID returns the HTTP/2 stream id.
+func (s *Stream) ID() uint32 { return s.id }
+
+// Read reads tunnelled bytes. It returns io.EOF after the peer's END_STREAM.
+func (s *Stream) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	c := s.c
+	c.mu.Lock()
+	for s.rbuf.len() == 0 && !s.remoteEnded && s.err == nil {
+		if !s.rdl.IsZero() && !time.Now().Before(s.rdl) {
+			c.mu.Unlock()
+			return 0, os.ErrDeadlineExceeded
+		}
+		s.cond.Wait()
+	}
+	if s.rbuf.len() > 0 {
+		n := s.rbuf.read(p)
+		c.addRecvCreditLocked(s, int32(n))
+		c.mu.Unlock()
+		c.tryFlushCtrl()
+		return n, nil
+	}
+	err := s.err
+	c.mu.Unlock()
+	if err != nil {
+		return 0, err
+	}
+	return 0, io.EOF
+}
+
+// Write sends bytes through the tunnel, blocking on flow control.
+func (s *Stream) Write(p []byte) (int, error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	c := s.c
+	written := 0
+	dirty := false // frames sit unflushed in the write buffer
+	for len(p) > 0 {
+		n, err := s.awaitCredit(len(p), dirty)
+		if err != nil {
+			if dirty {
+				c.wmu.Lock()
+				c.unlockWrite()
+			}
+			return written, err
+		}
+		dirty = false
+		c.wmu.Lock()
+		if err := c.fr.WriteData(s.id, false, p[:n]); err != nil {
+			c.wmu.Unlock()
+			c.fail(err)
+			return written, err
+		}
+		written += n
+		p = p[n:]
+		if len(p) == 0 {
+			if err := c.unlockWrite(); err != nil {
+				return written, err
+			}
+			break
+		}
+		if err := c.writeCtrlLocked(); err != nil {
+			c.wmu.Unlock()
+			c.fail(err)
+			return written, err
+		}
+		c.wmu.Unlock()
+		dirty = true
+	}
+	return written, nil
+}
+
+// awaitCredit takes up to want bytes of send credit, waiting for window
+// updates if there is none. Before waiting it flushes what this writer left
+// in the buffer: the peer cannot grant credit for bytes it never received.
+func (s *Stream) awaitCredit(want int, dirty bool) (int, error) {
+	c := s.c
+	c.mu.Lock()
+	for {
+		if err := s.writeErrLocked(); err != nil {
+			c.mu.Unlock()
+			return 0, err
+		}
+		if s.sendWindow > 0 && c.sendWindow > 0 {
+			n := min(int64(want), s.sendWindow, c.sendWindow, int64(c.peerMaxFrame), maxWriteFrameSize)
+			s.sendWindow -= n
+			c.sendWindow -= n
+			c.mu.Unlock()
+			return int(n), nil
+		}
+		if dirty {
+			c.mu.Unlock()
+			c.wmu.Lock()
+			if err := c.unlockWrite(); err != nil {
+				return 0, err
+			}
+			dirty = false
+			c.mu.Lock()
+			continue
+		}
+		if !s.wdl.IsZero() && !time.Now().Before(s.wdl) {
+			c.mu.Unlock()
+			return 0, os.ErrDeadlineExceeded
+		}
+		s.cond.Wait()
+	}
+}
+
+func (s *Stream) writeErrLocked() error {
+	switch {
+	case s.err != nil:
+		return s.err
+	case s.localEnded:
+		return errors.New("hbone: write after CloseWrite")
+	case s.c.err != nil:
+		return s.c.err
+	}
+	return nil
+}
+
+// CloseWrite ends our direction of the tunnel with END_STREAM, the HTTP/2
+// form of a TCP FIN. Reading goes on until the peer ends its direction.
+func (s *Stream) CloseWrite() error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	c := s.c
+	c.mu.Lock()
+	if err := s.writeErrLocked(); err != nil {
+		c.mu.Unlock()
+		if s.localEnded {
+			return nil
+		}
+		return err
+	}
+	s.localEnded = true
+	ended := s.maybeFinishLocked()
+	c.mu.Unlock()
+	c.wmu.Lock()
+	if err := c.fr.WriteData(s.id, true, nil); err != nil {
+		c.wmu.Unlock()
+		c.fail(err)
+		return err
+	}
+	err := c.unlockWrite()
+	if ended {
+		c.streamClosed()
+	}
+	return err
+}
+
+// Close releases the stream. If either direction is still open it is reset
+// with RST_STREAM(CANCEL), so the peer's reads and writes fail at once.
+func (s *Stream) Close() error {
+	s.closeOnce.Do(func() {
+		c := s.c
+		c.mu.Lock()
+		finished := s.localEnded && s.remoteEnded
+		alive := s.err == nil
+		if s.err == nil {
+			s.err = errStreamClosed
+		}
+		s.cond.Broadcast()
+		removed := s.removeLocked()
+		s.rbuf.release()
+		c.mu.Unlock()
+		if alive && !finished {
+			code := http2.ErrCodeCancel
+			if s.localEnded {
+				// Our side is complete; the peer's remaining data is
+				// simply not wanted (RFC 9113 §8.1).
+				code = http2.ErrCodeNo
+			}
+			c.queueCtrl(ctrlFrame{kind: ctrlRST, stream: s.id, val: uint32(code)})
+		}
+		if removed {
+			c.streamClosed()
+		}
+	})
+	return nil
+}
+
+// failLocked fails pending and future operations with err. c.mu held.
+func (s *Stream) failLocked(err error) {
+	if s.err == nil {
+		s.err = err
+	}
+	s.cond.Broadcast()
+}
+
+// removeLocked takes the stream out of the connection's map and reports
+// whether it was still there. c.mu held.
+func (s *Stream) removeLocked() bool {
+	if s.removed {
+		return false
+	}
+	s.removed = true
+	delete(s.c.streams, s.id)
+	return true
+}
+
+// maybeFinishLocked removes a stream whose both directions ended; any data
+// still buffered stays readable. c.mu held.
+func (s *Stream) maybeFinishLocked() bool {
+	if s.localEnded && s.remoteEnded {
+		return s.removeLocked()
+	}
+	return false
+}
+
+// handleHeaders processes HEADERS on an open stream: the response on a
+// client stream, trailers otherwise (which only matter for END_STREAM).
+func (s *Stream) handleHeaders(f *http2.MetaHeadersFrame) error {
+	c := s.c
+	c.mu.Lock()
+	if c.client && s.status == 0 {
+		st, err := strconv.Atoi(f.PseudoValue("status"))
+		if err != nil || st < 100 || st > 999 {
+			c.mu.Unlock()
+			c.resetStream(s.id, http2.ErrCodeProtocol, fmt.Errorf("hbone: bad response :status %q", f.PseudoValue("status")))
+			return nil
+		}
+		if st < 200 {
+			c.mu.Unlock() // 1xx: informational, wait for the final one
+			return nil
+		}
+		s.status = st
+		s.respHdr = append([]hpack.HeaderField(nil), f.RegularFields()...)
+	} else if !f.StreamEnded() {
+		c.mu.Unlock()
+		c.resetStream(s.id, http2.ErrCodeProtocol, errors.New("hbone: HEADERS in the middle of a stream"))
+		return nil
+	}
+	if f.StreamEnded() {
+		s.remoteEnded = true
+	}
+	s.cond.Broadcast()
+	ended := s.maybeFinishLocked()
+	c.mu.Unlock()
+	if ended {
+		c.streamClosed()
+	}
+	return nil
+}
+
+// LocalAddr returns the local address of the underlying connection.
+func (s *Stream) LocalAddr() net.Addr { return s.c.nc.LocalAddr() }
+
+// RemoteAddr returns the remote address of the underlying connection.
+func (s *Stream) RemoteAddr() net.Addr { return s.c.nc.RemoteAddr() }
+
+// SetDeadline sets both deadlines.
+func (s *Stream) SetDeadline(t time.Time) error {
+	s.SetReadDeadline(t)
+	return s.SetWriteDeadline(t)
+}
+
+// SetReadDeadline makes a blocked or future Read fail with
+// os.ErrDeadlineExceeded after t.
+func (s *Stream) SetReadDeadline(t time.Time) error {
+	s.c.mu.Lock()
+	defer s.c.mu.Unlock()
+	s.rdl = t
+	s.rtimer = s.armLocked(s.rtimer, t)
+	return nil
+}
+
+// SetWriteDeadline makes a Write blocked on flow control fail with
+// os.ErrDeadlineExceeded after t.
+func (s *Stream) SetWriteDeadline(t time.Time) error {
+	s.c.mu.Lock()
+	defer s.c.mu.Unlock()
+	s.wdl = t
+	s.wtimer = s.armLocked(s.wtimer, t)
+	return nil
+}
+
+func (s *Stream) armLocked(tm *time.Timer, t time.Time) *time.Timer {
+	if tm != nil {
+		tm.Stop()
+	}
+	if t.IsZero() {
+		return nil
+	}
+	s.cond.Broadcast() // a deadline in the past applies now
+	return time.AfterFunc(time.Until(t), func() {
+		s.c.mu.Lock()
+		s.cond.Broadcast()
+		s.c.mu.Unlock()
+	})
+}
+
+// recvBuf holds received DATA until it is read. Flow control bounds it to
+// the stream window.
+type recvBuf struct {
+	b []byte
+	r int
+}
+
+func (b *recvBuf) len() int { return len(b.b) - b.r }
+
+func (b *recvBuf) write(p []byte) {
+	if b.r > 0 && len(b.b)+len(p) > cap(b.b) {
+		n := copy(b.b, b.b[b.r:])
+		b.b = b.b[:n]
+		b.r = 0
+	}
+	if b.b == nil {
+		b.b = getBuf(len(p))
+	}
+	b.b = append(b.b, p...)
+}
+
+func (b *recvBuf) read(p []byte) int {
+	n := copy(p, b.b[b.r:])
+	b.r += n
+	if b.r == len(b.b) {
+		b.release()
+	}
+	return n
+}
+
+func (b *recvBuf) release() {
+	if b.b != nil {
+		putBuf(b.b)
+	}
+	b.b, b.r = nil, 0
+}
