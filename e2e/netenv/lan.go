@@ -1,0 +1,50 @@
+package netenv
+
+import (
+	"fmt"
+	"net/netip"
+)
+
+// LAN is the simplest useful topology: an underlay namespace holding a
+// bridge, and hosts on it with one address each.
+type LAN struct {
+	Topology
+	Underlay *NS
+	prefix   netip.Prefix
+	next     netip.Addr
+}
+
+// NewLAN makes the underlay for hosts in prefix (e.g. 10.44.0.0/24); hosts
+// get addresses from .2 up.
+func NewLAN(prefix netip.Prefix) (*LAN, error) {
+	l := &LAN{prefix: prefix.Masked()}
+	u, err := l.NS("underlay")
+	if err != nil {
+		return nil, err
+	}
+	if err := u.AddBridge("br0"); err != nil {
+		l.Close()
+		return nil, err
+	}
+	l.Underlay = u
+	l.next = l.prefix.Addr().Next().Next()
+	return l, nil
+}
+
+// Host adds a namespace attached to the bridge as eth0 and returns it with
+// its address.
+func (l *LAN) Host(name string) (*NS, netip.Addr, error) {
+	addr := l.next
+	if !l.prefix.Contains(addr) {
+		return nil, netip.Addr{}, fmt.Errorf("lan %s is full", l.prefix)
+	}
+	l.next = addr.Next()
+	n, err := l.NS(name)
+	if err != nil {
+		return nil, netip.Addr{}, err
+	}
+	if err := Attach(n, "eth0", netip.PrefixFrom(addr, l.prefix.Bits()), l.Underlay, "br0"); err != nil {
+		return nil, netip.Addr{}, err
+	}
+	return n, addr, nil
+}
