@@ -2,23 +2,22 @@ package hbone
 
 import "sync"
 
-// Buffers of the common size are pooled; the hot path of a stream is
-// receive-then-drain, so one buffer is borrowed and returned per burst.
+// Receive buffers are pooled fixed-size chunks: a stream's data is copied
+// into them by the read loop and out of them by the reader, and a drained
+// chunk is reused at once by the next burst.
 const poolBufSize = 64 << 10
 
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, poolBufSize); return &b }}
+var bufPool = sync.Pool{New: func() any { return new(chunk) }}
 
-func getBuf(n int) []byte {
-	if n > poolBufSize {
-		return make([]byte, 0, n)
-	}
-	return (*bufPool.Get().(*[]byte))[:0]
+type chunk [poolBufSize]byte
+
+func getBuf() []byte {
+	return bufPool.Get().(*chunk)[:0]
 }
 
 func putBuf(b []byte) {
 	if cap(b) != poolBufSize {
 		return
 	}
-	b = b[:0]
-	bufPool.Put(&b)
+	bufPool.Put((*chunk)(b[:poolBufSize]))
 }

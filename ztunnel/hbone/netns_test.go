@@ -97,6 +97,13 @@ func TestAcrossNamespaces(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pool.Close()
+	// Everything crossing the underlay is captured: the payload must not
+	// be readable there.
+	capture, err := lan.Underlay.Capture("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer capture.Stop()
 	key := Key{SrcWorkload: "a", SrcID: alice, DstID: bob, Dst: netip.AddrPortFrom(addrB, 15008)}
 	st, err := pool.Connect(context.Background(), key, &ConnectRequest{Target: netip.AddrPortFrom(addrB, 8080)})
 	if err != nil {
@@ -111,6 +118,31 @@ func TestAcrossNamespaces(t *testing.T) {
 	}
 	if r := <-peers; r.Peer != alice {
 		t.Errorf("server saw %s, want %s", r.Peer, alice)
+	}
+	capture.Stop()
+	if frames, _ := capture.Stats(); frames == 0 {
+		t.Fatal("capture saw nothing on the underlay")
+	}
+	if capture.Contains([]byte("hello")) || capture.Contains([]byte("b got")) {
+		t.Fatal("tunnelled payload visible in plaintext on the underlay")
+	}
+	// The control: the same capture does see plaintext sent without the
+	// tunnel, so its silence above means something.
+	control, err := lan.Underlay.Capture("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc, err := nsA.Dial(context.Background(), "tcp", netip.AddrPortFrom(addrB, 8080).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc.Write([]byte("plain-marker"))
+	pc.(*net.TCPConn).CloseWrite()
+	io.ReadAll(pc)
+	pc.Close()
+	control.Stop()
+	if !control.Contains([]byte("plain-marker")) {
+		t.Fatal("capture missed a plaintext request: it cannot vouch for the tunnel")
 	}
 
 	// From A, expecting the wrong identity at B's address fails closed.

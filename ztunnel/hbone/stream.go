@@ -361,39 +361,65 @@ func (s *Stream) armLocked(tm *time.Timer, t time.Time) *time.Timer {
 	})
 }
 
-// recvBuf holds received DATA until it is read. Flow control bounds it to
-// the stream window.
+// recvBuf holds received DATA until it is read, in pooled fixed-size
+// chunks: each byte is copied once in and once out, and a drained chunk goes
+// straight back to the pool. Flow control bounds it to the stream window.
 type recvBuf struct {
-	b []byte
-	r int
+	chunks [][]byte // each a pooled buffer; chunks[0][r:] is unread
+	r      int
+	n      int // unread bytes
 }
 
-func (b *recvBuf) len() int { return len(b.b) - b.r }
+func (b *recvBuf) len() int { return b.n }
 
 func (b *recvBuf) write(p []byte) {
-	if b.r > 0 && len(b.b)+len(p) > cap(b.b) {
-		n := copy(b.b, b.b[b.r:])
-		b.b = b.b[:n]
-		b.r = 0
+	b.n += len(p)
+	for len(p) > 0 {
+		if k := len(b.chunks); k > 0 {
+			last := b.chunks[k-1]
+			if room := cap(last) - len(last); room > 0 {
+				m := min(room, len(p))
+				b.chunks[k-1] = append(last, p[:m]...)
+				p = p[m:]
+				continue
+			}
+		}
+		b.chunks = append(b.chunks, getBuf())
 	}
-	if b.b == nil {
-		b.b = getBuf(len(p))
-	}
-	b.b = append(b.b, p...)
 }
 
 func (b *recvBuf) read(p []byte) int {
-	n := copy(p, b.b[b.r:])
-	b.r += n
-	if b.r == len(b.b) {
-		b.release()
+	total := 0
+	for len(p) > 0 && len(b.chunks) > 0 {
+		first := b.chunks[0]
+		m := copy(p, first[b.r:])
+		total += m
+		p = p[m:]
+		b.r += m
+		if b.r == len(first) {
+			if len(b.chunks) == 1 {
+				// Keep the last chunk for the next write, emptied.
+				b.chunks[0] = first[:0]
+				b.r = 0
+				if b.n == total {
+					putBuf(first)
+					b.chunks = b.chunks[:0]
+				}
+				break
+			}
+			putBuf(first)
+			b.chunks[0] = nil
+			b.chunks = b.chunks[1:]
+			b.r = 0
+		}
 	}
-	return n
+	b.n -= total
+	return total
 }
 
 func (b *recvBuf) release() {
-	if b.b != nil {
-		putBuf(b.b)
+	for _, c := range b.chunks {
+		putBuf(c)
 	}
-	b.b, b.r = nil, 0
+	b.chunks, b.r, b.n = nil, 0, 0
 }

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what zmesh's build, tests and demo need, idempotently: a fresh
+# machine has only Go and the Debian base. Go modules come through the
+# module proxy on first build.
+set -euo pipefail
+
+need=()
+command -v ip >/dev/null || need+=(iproute2)
+command -v make >/dev/null || need+=(make)
+command -v git >/dev/null || need+=(git)
+command -v gcc >/dev/null || need+=(gcc libc6-dev) # -race needs cgo
+
+if ((${#need[@]})); then
+	if [[ $(id -u) -ne 0 ]]; then
+		echo "deps: missing ${need[*]}; run as root or install them" >&2
+		exit 1
+	fi
+	echo "deps: installing ${need[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if [[ $(id -u) -ne 0 ]]; then
+	echo "deps: note: tests and the demo create network namespaces and need root" >&2
+fi

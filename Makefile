@@ -1,0 +1,51 @@
+# zmesh — see README.md. Every target installs what it needs (.ci/deps.sh).
+SHELL := /bin/bash
+GO ?= go
+export GOTOOLCHAIN := local
+
+# Packages that create network namespaces run one at a time.
+NETNS_PKGS := ./ztunnel/... ./e2e/...
+BENCH_PKGS := ./ztunnel/hbone/
+BENCH_COUNT ?= 3
+BENCH_TIME ?= 1s
+
+.PHONY: all build test unit race demo bench bench-quick generate lint deps clean
+
+all: build
+
+deps:
+	@.ci/deps.sh
+
+build: deps
+	$(GO) build ./...
+	$(GO) build -o bin/ ./e2e/demo ./e2e/bench/benchratio
+
+# The README's test command: lint, then every test (netns tests need root).
+test: deps lint
+	$(GO) test -count=1 -timeout 10m $$($(GO) list ./... | grep -v -e /ztunnel -e /e2e)
+	$(GO) test -count=1 -p 1 -timeout 15m $(NETNS_PKGS)
+	$(GO) test -count=1 -race -timeout 15m ./identity/... ./ztunnel/...
+
+# The main job: a local mesh with no cluster (root: network namespaces).
+demo: deps
+	$(GO) run ./e2e/demo
+
+bench: deps
+	$(GO) test -run '^$$' -bench . -benchmem -count $(BENCH_COUNT) -benchtime $(BENCH_TIME) $(BENCH_PKGS) | $(GO) run ./e2e/bench/benchratio -baseline tcp,tls
+
+bench-quick:
+	$(MAKE) bench BENCH_COUNT=1 BENCH_TIME=300ms
+
+# Regenerates committed generated code. Nothing is generated yet: the wire
+# protobufs (api/) and the eBPF objects (bpf/) arrive with their issues and
+# hook in here.
+generate: deps
+	$(GO) generate ./...
+
+lint: deps
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) test -count=1 -run 'TestDependencyDirection|TestRulesCatchForbiddenImports' ./e2e/
+
+clean:
+	rm -rf bin
