@@ -67,10 +67,16 @@ func (n *NS) Capture(ifName string) (*Capture, error) {
 func (c *Capture) loop() {
 	defer close(c.done)
 	buf := make([]byte, 65536)
-	for !c.stop.Load() {
-		n, _, err := unix.Recvfrom(c.fd, buf, 0)
+	for {
+		stopping := c.stop.Load()
+		flags := 0
+		if stopping {
+			// Drain what the kernel already queued, then end.
+			flags = unix.MSG_DONTWAIT
+		}
+		n, _, err := unix.Recvfrom(c.fd, buf, flags)
 		if err != nil {
-			if err == unix.EINTR || err == unix.EAGAIN {
+			if err == unix.EINTR || (err == unix.EAGAIN && !stopping) {
 				continue
 			}
 			return
