@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"sync"
-	"time"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
@@ -39,9 +38,9 @@ type conn struct {
 	hbuf bytes.Buffer
 
 	// ctrl holds control frames waiting for the write lock.
-	ctrlMu  sync.Mutex
-	ctrl    []ctrlFrame
-	ctrlLen int
+	ctrlMu   sync.Mutex
+	ctrl     []ctrlFrame
+	ctrlWake chan struct{}
 
 	// mu guards everything below and is the lock of every stream's cond.
 	mu      sync.Mutex
@@ -59,7 +58,6 @@ type conn struct {
 	goingAway   bool // GOAWAY sent or received: no new streams
 	err         error
 	done        chan struct{} // closed when the read loop exits
-	idleSince   time.Time
 	// onStreamClosed is called once for every stream leaving the
 	// connection, and onGoAway once when the connection stops taking new
 	// streams (GOAWAY either way, or failure). Both run without locks held.
@@ -98,7 +96,7 @@ func newConn(nc net.Conn, client bool, streamWindow, connWindow int32) *conn {
 		peerMaxFrame:      16384,
 		peerMaxStreams:    serverMaxConcurrentStreams,
 		done:              make(chan struct{}),
-		idleSince:         time.Now(),
+		ctrlWake:          make(chan struct{}, 1),
 		streamWindow:      streamWindow,
 		connWindow:        connWindow,
 	}
@@ -204,8 +202,8 @@ func (c *conn) handleSettings(sf *http2.SettingsFrame) error {
 	return nil
 }
 
-// queueCtrl queues a control frame and writes it now if nobody holds the
-// write lock; otherwise the holder writes it before letting go.
+// queueCtrl queues a control frame for the control writer, or for whoever
+// holds the write lock first.
 func (c *conn) queueCtrl(f ctrlFrame) {
 	c.ctrlMu.Lock()
 	c.ctrl = append(c.ctrl, f)
@@ -213,14 +211,32 @@ func (c *conn) queueCtrl(f ctrlFrame) {
 	c.tryFlushCtrl()
 }
 
+// tryFlushCtrl wakes the control writer if frames are waiting. It never
+// blocks: the read loop calls it.
 func (c *conn) tryFlushCtrl() {
+	c.ctrlMu.Lock()
+	pending := len(c.ctrl) > 0
+	c.ctrlMu.Unlock()
+	if pending {
+		select {
+		case c.ctrlWake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// ctrlLoop writes queued control frames. It is the only place besides data
+// writers that blocks on the socket, so the read loop never does: if both
+// peers' read loops could block on writes while both send buffers are full,
+// neither would read again.
+func (c *conn) ctrlLoop() {
 	for {
-		c.ctrlMu.Lock()
-		pending := len(c.ctrl) > 0
-		c.ctrlMu.Unlock()
-		if !pending || !c.wmu.TryLock() {
+		select {
+		case <-c.ctrlWake:
+		case <-c.done:
 			return
 		}
+		c.wmu.Lock()
 		err := c.writeCtrlLocked()
 		if err == nil {
 			err = c.bw.Flush()
@@ -230,8 +246,6 @@ func (c *conn) tryFlushCtrl() {
 			c.fail(err)
 			return
 		}
-		// Loop: a frame queued between our drain and Unlock would
-		// otherwise wait for the next writer.
 	}
 }
 
@@ -375,6 +389,7 @@ func (c *conn) numStreams() int {
 // a client's HEADERS opening a stream (server side only).
 func (c *conn) readLoop(newStream func(*http2.MetaHeadersFrame) error) {
 	defer close(c.done)
+	go c.ctrlLoop()
 	for {
 		f, err := c.fr.ReadFrame()
 		if err != nil {
@@ -398,7 +413,11 @@ func (c *conn) readLoop(newStream func(*http2.MetaHeadersFrame) error) {
 			c.fail(err)
 			return
 		}
-		if err := c.handleFrame(f, newStream); err != nil {
+		err = c.handleFrame(f, newStream)
+		// Handlers queue control frames (WINDOW_UPDATE, RST_STREAM) under
+		// locks; hand them to the control writer.
+		c.tryFlushCtrl()
+		if err != nil {
 			var ce http2.ConnectionError
 			if errors.As(err, &ce) {
 				c.mu.Lock()

@@ -384,3 +384,55 @@ func TestJoinCarriesHalfClose(t *testing.T) {
 		t.Fatalf("answer = %q, %v", b, err)
 	}
 }
+
+// Data a client never reads before closing its streams must not eat the
+// connection's flow-control window: far more than 16 MiB is abandoned
+// here, and the connection still carries a new stream afterwards.
+func TestUnreadDataReturnsConnectionWindow(t *testing.T) {
+	const perStream = 2 << 20
+	ts := startServer(t, func(ctx context.Context, r *Request, s *Stream) {
+		if r.Target.Port() == 1 {
+			s.Respond(200)
+			s.Write(make([]byte, perStream))
+			io.Copy(io.Discard, s)
+			return
+		}
+		echoHandler(ctx, r, s)
+	}, bob, nil)
+	cc, err := dialClient(t, ts.addr, alice, bob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 * DefaultConnWindow / perStream {
+		st, err := cc.Connect(context.Background(), target("10.0.0.1:1"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Wait until the whole blob has arrived (unread), then drop it.
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			st.c.mu.Lock()
+			n := st.rbuf.len()
+			st.c.mu.Unlock()
+			if n == perStream {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("only %d of %d bytes arrived: connection window starved", n, perStream)
+			}
+			time.Sleep(time.Millisecond)
+		}
+		st.Close()
+	}
+	st, err := cc.Connect(context.Background(), target("10.0.0.1:2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	st.Write([]byte("still flowing"))
+	st.CloseWrite()
+	b, err := readAllTimeout(t, st, 5*time.Second)
+	if err != nil || string(b) != "still flowing" {
+		t.Fatalf("after abandoning data: %q, %v", b, err)
+	}
+}

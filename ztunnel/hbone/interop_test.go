@@ -177,3 +177,44 @@ func TestOurClientThroughXNetServer(t *testing.T) {
 		t.Fatalf("echo = %q, %v", b, err)
 	}
 }
+
+// Both ends advertise ztunnel's windows: 4 MiB per stream in SETTINGS and a
+// connection window grown to 16 MiB by WINDOW_UPDATE on stream 0.
+func TestAdvertisedWindows(t *testing.T) {
+	p := testPKI(t)
+	ts := startServer(t, echoHandler, bob, nil)
+	tc, err := tls.Dial("tcp", ts.addr, identity.ClientTLS(p.src, alice, []spiffeid.ID{bob}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	tc.SetDeadline(time.Now().Add(5 * time.Second))
+	bw := bufio.NewWriter(tc)
+	bw.WriteString(http2.ClientPreface)
+	fr := http2.NewFramer(bw, tc)
+	fr.WriteSettings()
+	bw.Flush()
+	var streamWin, connInc uint32
+	for streamWin == 0 || connInc == 0 {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("read: %v (stream window %d, conn increment %d)", err, streamWin, connInc)
+		}
+		switch f := f.(type) {
+		case *http2.SettingsFrame:
+			if v, ok := f.Value(http2.SettingInitialWindowSize); ok {
+				streamWin = v
+			}
+		case *http2.WindowUpdateFrame:
+			if f.StreamID == 0 {
+				connInc = f.Increment
+			}
+		}
+	}
+	if streamWin != DefaultStreamWindow {
+		t.Errorf("SETTINGS_INITIAL_WINDOW_SIZE = %d, want %d", streamWin, DefaultStreamWindow)
+	}
+	if connInc+initialWindow != DefaultConnWindow {
+		t.Errorf("connection window = %d, want %d", connInc+initialWindow, DefaultConnWindow)
+	}
+}

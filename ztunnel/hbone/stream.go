@@ -233,8 +233,14 @@ func (s *Stream) Close() error {
 		}
 		s.cond.Broadcast()
 		removed := s.removeLocked()
+		// Bytes received but never read still count against the
+		// connection window: return them, or the connection starves.
+		if n := s.rbuf.len(); n > 0 {
+			c.addRecvCreditLocked(nil, int32(n))
+		}
 		s.rbuf.release()
 		c.mu.Unlock()
+		c.tryFlushCtrl()
 		if alive && !finished {
 			code := http2.ErrCodeCancel
 			if s.localEnded {
