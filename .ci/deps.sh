@@ -9,6 +9,12 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v make >/dev/null || need+=(make)
 command -v git >/dev/null || need+=(git)
 command -v gcc >/dev/null || need+=(gcc libc6-dev) # -race needs cgo
+if [[ ${ZMESH_GENERATE:-} == 1 ]]; then
+	# bpf2go: clang for the BPF target, libbpf's helper headers, kernel uapi.
+	command -v clang >/dev/null || need+=(clang llvm)
+	[[ -f /usr/include/bpf/bpf_helpers.h ]] || need+=(libbpf-dev)
+	[[ -f /usr/include/linux/bpf.h ]] || need+=(linux-libc-dev)
+fi
 
 if ((${#need[@]})); then
 	if [[ $(id -u) -ne 0 ]]; then
