@@ -23,7 +23,10 @@ const proxyMark = 0x539
 // normally.
 func routeLocally(t *testing.T, pod *netenv.NS, podIP netip.Addr) {
 	t.Helper()
-	if err := pod.Do(func() error {
+	family, all := unix.AF_INET, "0.0.0.0/0"
+	if podIP.Is6() {
+		family, all = unix.AF_INET6, "::/0"
+	} else if err := pod.Do(func() error {
 		return os.WriteFile("/proc/sys/net/ipv4/conf/eth0/accept_local", []byte("1"), 0)
 	}); err != nil {
 		t.Fatal(err)
@@ -31,9 +34,9 @@ func routeLocally(t *testing.T, pod *netenv.NS, podIP netip.Addr) {
 	nl := pod.Netlink()
 	mask := uint32(0xffffffff)
 	mark := netlink.NewRule()
-	mark.Mark, mark.Mask, mark.Table, mark.Priority = proxyMark, &mask, unix.RT_TABLE_MAIN, 99
+	mark.Family, mark.Mark, mark.Mask, mark.Table, mark.Priority = family, proxyMark, &mask, unix.RT_TABLE_MAIN, 99
 	tcp := netlink.NewRule()
-	tcp.IPProto, tcp.Table, tcp.Priority = unix.IPPROTO_TCP, 100, 100
+	tcp.Family, tcp.IPProto, tcp.Table, tcp.Priority = family, unix.IPPROTO_TCP, 100, 100
 	for _, r := range []*netlink.Rule{mark, tcp} {
 		if err := nl.RuleAdd(r); err != nil {
 			t.Fatalf("rule %v: %v", r, err)
@@ -43,9 +46,9 @@ func routeLocally(t *testing.T, pod *netenv.NS, podIP netip.Addr) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, all, _ := net.ParseCIDR("0.0.0.0/0")
+	_, dst, _ := net.ParseCIDR(all)
 	if err := nl.RouteAdd(&netlink.Route{
-		Dst: all, Type: unix.RTN_LOCAL, Table: 100, LinkIndex: lo.Attrs().Index,
+		Dst: dst, Type: unix.RTN_LOCAL, Table: 100, LinkIndex: lo.Attrs().Index,
 		Scope: netlink.SCOPE_HOST, Src: podIP.AsSlice(),
 	}); err != nil {
 		t.Fatalf("table 100 route: %v", err)
@@ -386,5 +389,66 @@ func TestPinSurvivesHandles(t *testing.T) {
 	}
 	if _, err := os.Stat(dir); !os.IsNotExist(err) {
 		t.Fatalf("pin dir still there: %v", err)
+	}
+}
+
+// The same capture for IPv6: a dual-stack pod, connections over v6.
+func TestCaptureIPv6(t *testing.T) {
+	lan, err := netenv.NewLAN(netip.MustParsePrefix("10.80.0.0/24"))
+	if err != nil {
+		t.Fatalf("need root and netns support: %v", err)
+	}
+	t.Cleanup(func() { lan.Close() })
+	pod, podIP4, err := lan.Host("pod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer, _, err := lan.Host("peer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	podIP := netip.MustParseAddr("fd00:80::2")
+	peerIP := netip.MustParseAddr("fd00:80::3")
+	for ns, a := range map[*netenv.NS]netip.Addr{pod: podIP, peer: peerIP} {
+		if err := netenv.AddAddr(ns, "eth0", netip.PrefixFrom(a, 64)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	routeLocally(t, pod, podIP4)
+	routeLocally(t, pod, podIP)
+
+	c, err := Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	l, err := c.Attach(int(pod.Handle()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if err := c.Enroll(podIP4, podIP); err != nil {
+		t.Fatal(err)
+	}
+	outbound := proxyListen(t, pod, "[::]:15001", true)
+	inbound := proxyListen(t, pod, "[::]:15006", false)
+	fdOf(t, outbound, func(fd uintptr) error { return c.SetListener(Outbound, fd) })
+	fdOf(t, inbound, func(fd uintptr) error { return c.SetListener(Inbound, fd) })
+
+	conn, err := dial(pod, "[fd00:99::1]:443")
+	if err != nil {
+		t.Fatalf("outbound v6: %v", err)
+	}
+	conn.Close()
+	if local, remote, err := acceptOne(outbound); err != nil || local.String() != "[fd00:99::1]:443" || remote.Addr() != podIP {
+		t.Fatalf("15001 accepted %s -> %s, %v", remote, local, err)
+	}
+	conn, err = dial(peer, netip.AddrPortFrom(podIP, 8080).String())
+	if err != nil {
+		t.Fatalf("inbound v6: %v", err)
+	}
+	conn.Close()
+	if local, remote, err := acceptOne(inbound); err != nil || local != netip.AddrPortFrom(podIP, 8080) || remote.Addr() != peerIP {
+		t.Fatalf("15006 accepted %s -> %s, %v", remote, local, err)
 	}
 }

@@ -3,6 +3,9 @@ package netenv
 import (
 	"fmt"
 	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // LAN is the simplest useful topology: an underlay namespace holding a
@@ -47,4 +50,18 @@ func (l *LAN) Host(name string) (*NS, netip.Addr, error) {
 		return nil, netip.Addr{}, err
 	}
 	return n, addr, nil
+}
+
+// AddAddr adds another address (e.g. IPv6) to a host's eth0, usable at
+// once (no duplicate address detection).
+func AddAddr(n *NS, ifName string, addr netip.Prefix) error {
+	link, err := n.nl.LinkByName(ifName)
+	if err != nil {
+		return err
+	}
+	a := &netlink.Addr{IPNet: prefixToIPNet(addr), Flags: unix.IFA_F_NODAD}
+	if err := n.nl.AddrAdd(link, a); err != nil {
+		return fmt.Errorf("address %s on %s in %s: %w", addr, ifName, n.Name, err)
+	}
+	return nil
 }
