@@ -118,8 +118,11 @@ func dial(ns *netenv.NS, addr string) (net.Conn, error) {
 	return ns.Dial(ctx, "tcp", addr)
 }
 
-func TestCaptureInPodNamespace(t *testing.T) {
-	lan, err := netenv.NewLAN(netip.MustParsePrefix("10.78.0.0/24"))
+
+// newLAN builds an underlay for the test, removed when it ends.
+func newLAN(t *testing.T, prefix string) *netenv.LAN {
+	t.Helper()
+	lan, err := netenv.NewLAN(netip.MustParsePrefix(prefix))
 	if err != nil {
 		t.Fatalf("need root and netns support: %v", err)
 	}
@@ -128,33 +131,45 @@ func TestCaptureInPodNamespace(t *testing.T) {
 			t.Error(err)
 		}
 	})
-	pod, podIP, err := lan.Host("pod")
-	if err != nil {
-		t.Fatal(err)
-	}
-	peer, peerIP, err := lan.Host("peer")
-	if err != nil {
-		t.Fatal(err)
-	}
-	prober, proberIP, err := lan.Host("prober")
-	if err != nil {
-		t.Fatal(err)
-	}
-	routeLocally(t, pod, podIP)
+	return lan
+}
 
+func host(t *testing.T, lan *netenv.LAN, name string) (*netenv.NS, netip.Addr) {
+	t.Helper()
+	ns, ip, err := lan.Host(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ns, ip
+}
+
+// capturePod loads the program, attaches it to pod and enrolls ips; all is
+// released when the test ends.
+func capturePod(t *testing.T, pod *netenv.NS, ips ...netip.Addr) *Capture {
+	t.Helper()
 	c, err := Load()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	t.Cleanup(func() { c.Close() })
 	l, err := c.Attach(int(pod.Handle()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	if err := c.Enroll(podIP); err != nil {
+	t.Cleanup(func() { l.Close() })
+	if err := c.Enroll(ips...); err != nil {
 		t.Fatal(err)
 	}
+	return c
+}
+
+func TestCaptureInPodNamespace(t *testing.T) {
+	lan := newLAN(t, "10.78.0.0/24")
+	pod, podIP := host(t, lan, "pod")
+	peer, peerIP := host(t, lan, "peer")
+	prober, proberIP := host(t, lan, "prober")
+	routeLocally(t, pod, podIP)
+	c := capturePod(t, pod, podIP)
 	if err := c.AddProbeSource(proberIP); err != nil {
 		t.Fatal(err)
 	}
@@ -277,29 +292,10 @@ func TestCaptureInPodNamespace(t *testing.T) {
 // socket bound to it); the bypass entry for its 4-tuple keeps the program
 // from capturing that dial as new inbound traffic.
 func TestBypassLetsTransparentDialThrough(t *testing.T) {
-	lan, err := netenv.NewLAN(netip.MustParsePrefix("10.79.0.0/24"))
-	if err != nil {
-		t.Fatalf("need root and netns support: %v", err)
-	}
-	t.Cleanup(func() { lan.Close() })
-	pod, podIP, err := lan.Host("pod")
-	if err != nil {
-		t.Fatal(err)
-	}
+	lan := newLAN(t, "10.79.0.0/24")
+	pod, podIP := host(t, lan, "pod")
 	routeLocally(t, pod, podIP)
-	c, err := Load()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	l, err := c.Attach(int(pod.Handle()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	if err := c.Enroll(podIP); err != nil {
-		t.Fatal(err)
-	}
+	c := capturePod(t, pod, podIP)
 	inbound := proxyListen(t, pod, "0.0.0.0:15006", false)
 	app := proxyListen(t, pod, "0.0.0.0:8080", false)
 	fdOf(t, inbound, func(fd uintptr) error { return c.SetListener(Inbound, fd) })
@@ -394,19 +390,9 @@ func TestPinSurvivesHandles(t *testing.T) {
 
 // The same capture for IPv6: a dual-stack pod, connections over v6.
 func TestCaptureIPv6(t *testing.T) {
-	lan, err := netenv.NewLAN(netip.MustParsePrefix("10.80.0.0/24"))
-	if err != nil {
-		t.Fatalf("need root and netns support: %v", err)
-	}
-	t.Cleanup(func() { lan.Close() })
-	pod, podIP4, err := lan.Host("pod")
-	if err != nil {
-		t.Fatal(err)
-	}
-	peer, _, err := lan.Host("peer")
-	if err != nil {
-		t.Fatal(err)
-	}
+	lan := newLAN(t, "10.80.0.0/24")
+	pod, podIP4 := host(t, lan, "pod")
+	peer, _ := host(t, lan, "peer")
 	podIP := netip.MustParseAddr("fd00:80::2")
 	peerIP := netip.MustParseAddr("fd00:80::3")
 	for ns, a := range map[*netenv.NS]netip.Addr{pod: podIP, peer: peerIP} {
@@ -416,20 +402,7 @@ func TestCaptureIPv6(t *testing.T) {
 	}
 	routeLocally(t, pod, podIP4)
 	routeLocally(t, pod, podIP)
-
-	c, err := Load()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	l, err := c.Attach(int(pod.Handle()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	if err := c.Enroll(podIP4, podIP); err != nil {
-		t.Fatal(err)
-	}
+	c := capturePod(t, pod, podIP4, podIP)
 	outbound := proxyListen(t, pod, "[::]:15001", true)
 	inbound := proxyListen(t, pod, "[::]:15006", false)
 	fdOf(t, outbound, func(fd uintptr) error { return c.SetListener(Outbound, fd) })

@@ -74,15 +74,7 @@ func TestHalfCloseBothWays(t *testing.T) {
 		}
 		gotAfter <- string(b)
 	}, bob, nil)
-	cc, err := dialClient(t, ts.addr, alice, bob)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := cc.Connect(context.Background(), target("10.0.0.1:80"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := openStream(t, ts.addr)
 	b, err := readAllTimeout(t, st, 5*time.Second)
 	if err != nil || string(b) != "banner" {
 		t.Fatalf("read until server FIN = %q, %v", b, err)
@@ -324,15 +316,7 @@ func TestReadDeadline(t *testing.T) {
 		s.Respond(200)
 		io.Copy(io.Discard, s)
 	}, bob, nil)
-	cc, err := dialClient(t, ts.addr, alice, bob)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := cc.Connect(context.Background(), target("10.0.0.1:80"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := openStream(t, ts.addr)
 	st.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
 	var ne net.Error
 	if _, err := st.Read(make([]byte, 1)); !errors.As(err, &ne) || !ne.Timeout() {
@@ -368,20 +352,9 @@ func TestJoinCarriesHalfClose(t *testing.T) {
 		s.Respond(200)
 		Join(s, up)
 	}, bob, nil)
-	cc, err := dialClient(t, ts.addr, alice, bob)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := cc.Connect(context.Background(), target("10.0.0.1:80"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	st.Write([]byte("request"))
-	st.CloseWrite()
-	b, err := readAllTimeout(t, st, 5*time.Second)
-	if err != nil || string(b) != "got request" {
-		t.Fatalf("answer = %q, %v", b, err)
+	st := openStream(t, ts.addr)
+	if got := exchange(t, st, "request"); got != "got request" {
+		t.Fatalf("answer = %q", got)
 	}
 }
 
@@ -429,10 +402,7 @@ func TestUnreadDataReturnsConnectionWindow(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	st.Write([]byte("still flowing"))
-	st.CloseWrite()
-	b, err := readAllTimeout(t, st, 5*time.Second)
-	if err != nil || string(b) != "still flowing" {
-		t.Fatalf("after abandoning data: %q, %v", b, err)
+	if got := exchange(t, st, "still flowing"); got != "still flowing" {
+		t.Fatalf("after abandoning data: %q", got)
 	}
 }

@@ -143,3 +143,36 @@ func readAllTimeout(t testing.TB, r io.Reader, d time.Duration) ([]byte, error) 
 		return nil, errors.New("read timed out")
 	}
 }
+
+// openStream connects alice to bob's server at addr and opens one tunnel,
+// closed when the test ends.
+func openStream(t testing.TB, addr string) *Stream {
+	t.Helper()
+	cc, err := dialClient(t, addr, alice, bob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := cc.Connect(context.Background(), target("10.0.0.1:80"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+// exchange sends msg, ends our direction and returns all the peer sends
+// until it ends its own.
+func exchange(t testing.TB, st net.Conn, msg string) string {
+	t.Helper()
+	if _, err := st.Write([]byte(msg)); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	if cw, ok := st.(closeWriter); ok {
+		cw.CloseWrite()
+	}
+	b, err := readAllTimeout(t, st, 5*time.Second)
+	if err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	return string(b)
+}

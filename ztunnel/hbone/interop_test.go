@@ -170,11 +170,8 @@ func TestOurClientThroughXNetServer(t *testing.T) {
 	if a := <-gotAuthority; a != "10.0.0.7:8080" {
 		t.Errorf("x/net server saw authority %q", a)
 	}
-	st.Write([]byte("through ours"))
-	st.CloseWrite()
-	b, err := readAllTimeout(t, st, 5*time.Second)
-	if err != nil || string(b) != "through ours" {
-		t.Fatalf("echo = %q, %v", b, err)
+	if got := exchange(t, st, "through ours"); got != "through ours" {
+		t.Fatalf("echo = %q", got)
 	}
 }
 

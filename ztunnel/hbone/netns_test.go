@@ -110,11 +110,8 @@ func TestAcrossNamespaces(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	st.Write([]byte("hello"))
-	st.CloseWrite()
-	b, err := readAllTimeout(t, st, 5*time.Second)
-	if err != nil || string(b) != "b got hello" {
-		t.Fatalf("answer %q, %v", b, err)
+	if got := exchange(t, st, "hello"); got != "b got hello" {
+		t.Fatalf("answer %q", got)
 	}
 	if r := <-peers; r.Peer != alice {
 		t.Errorf("server saw %s, want %s", r.Peer, alice)

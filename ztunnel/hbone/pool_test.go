@@ -136,11 +136,8 @@ func TestPoolSurvivesGoAway(t *testing.T) {
 	}
 	defer fresh.Close()
 	// The old stream still works to the end.
-	live.Write([]byte("still here"))
-	live.CloseWrite()
-	b, err := readAllTimeout(t, live, 5*time.Second)
-	if err != nil || string(b) != "still here" {
-		t.Fatalf("stream on the drained connection: %q, %v", b, err)
+	if got := exchange(t, live, "still here"); got != "still here" {
+		t.Fatalf("stream on the drained connection: %q", got)
 	}
 }
 
@@ -165,11 +162,8 @@ func TestServerShutdownDrains(t *testing.T) {
 	if _, err := cc.Connect(context.Background(), target("10.0.0.1:80")); err == nil {
 		t.Error("new stream accepted while draining")
 	}
-	st.Write([]byte("drain"))
-	st.CloseWrite()
-	b, err := readAllTimeout(t, st, 5*time.Second)
-	if err != nil || string(b) != "drain" {
-		t.Fatalf("live stream during drain: %q, %v", b, err)
+	if got := exchange(t, st, "drain"); got != "drain" {
+		t.Fatalf("live stream during drain: %q", got)
 	}
 	if err := <-done; err != nil {
 		t.Fatalf("shutdown: %v", err)
