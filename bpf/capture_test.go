@@ -118,7 +118,6 @@ func dial(ns *netenv.NS, addr string) (net.Conn, error) {
 	return ns.Dial(ctx, "tcp", addr)
 }
 
-
 // newLAN builds an underlay for the test, removed when it ends.
 func newLAN(t *testing.T, prefix string) *netenv.LAN {
 	t.Helper()
