@@ -4,7 +4,7 @@ GO ?= go
 export GOTOOLCHAIN := local
 
 # Packages that create network namespaces run one at a time.
-NETNS_PKGS := ./bpf/... ./ztunnel/... ./e2e/...
+NETNS_PKGS := ./bpf/... ./cni/... ./ztunnel/... ./e2e/...
 BENCH_PKGS := ./ztunnel/hbone/
 BENCH_COUNT ?= 3
 BENCH_TIME ?= 1s
@@ -22,7 +22,7 @@ build: deps
 
 # The README's test command: lint, then every test (netns tests need root).
 test: deps lint
-	$(GO) test -count=1 -timeout 10m $$($(GO) list ./... | grep -v -e /bpf -e /ztunnel -e /e2e)
+	$(GO) test -count=1 -timeout 10m $$($(GO) list ./... | grep -v -e /bpf -e /cni -e /ztunnel -e /e2e)
 	$(GO) test -count=1 -p 1 -timeout 15m $(NETNS_PKGS)
 	$(GO) test -count=1 -race -timeout 15m ./identity/... ./ztunnel/...
 

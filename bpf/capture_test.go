@@ -9,49 +9,21 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/zmesh/zmesh/cni/redirect"
 	"github.com/zmesh/zmesh/e2e/netenv"
 )
 
-const proxyMark = 0x539
+const proxyMark = redirect.ProxyMark
 
 // routeLocally installs the pod-side routing of DESIGN.md "Capture" (the
-// CNI side's job; done by hand here so the program is tested alone): TCP
-// is delivered locally through table 100, the proxy's marked sockets route
-// normally.
-func routeLocally(t *testing.T, pod *netenv.NS, podIP netip.Addr) {
+// CNI side's part): TCP delivered locally through table 100, the proxy's
+// marked sockets routed normally.
+func routeLocally(t *testing.T, pod *netenv.NS, podIPs ...netip.Addr) {
 	t.Helper()
-	family, all := unix.AF_INET, "0.0.0.0/0"
-	if podIP.Is6() {
-		family, all = unix.AF_INET6, "::/0"
-	} else if err := pod.Do(func() error {
-		return os.WriteFile("/proc/sys/net/ipv4/conf/eth0/accept_local", []byte("1"), 0)
-	}); err != nil {
+	if err := redirect.Apply(pod.Handle(), redirect.Config{PodIPs: podIPs}); err != nil {
 		t.Fatal(err)
-	}
-	nl := pod.Netlink()
-	mask := uint32(0xffffffff)
-	mark := netlink.NewRule()
-	mark.Family, mark.Mark, mark.Mask, mark.Table, mark.Priority = family, proxyMark, &mask, unix.RT_TABLE_MAIN, 99
-	tcp := netlink.NewRule()
-	tcp.Family, tcp.IPProto, tcp.Table, tcp.Priority = family, unix.IPPROTO_TCP, 100, 100
-	for _, r := range []*netlink.Rule{mark, tcp} {
-		if err := nl.RuleAdd(r); err != nil {
-			t.Fatalf("rule %v: %v", r, err)
-		}
-	}
-	lo, err := nl.LinkByName("lo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, dst, _ := net.ParseCIDR(all)
-	if err := nl.RouteAdd(&netlink.Route{
-		Dst: dst, Type: unix.RTN_LOCAL, Table: 100, LinkIndex: lo.Attrs().Index,
-		Scope: netlink.SCOPE_HOST, Src: podIP.AsSlice(),
-	}); err != nil {
-		t.Fatalf("table 100 route: %v", err)
 	}
 }
 
@@ -399,8 +371,7 @@ func TestCaptureIPv6(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	routeLocally(t, pod, podIP4)
-	routeLocally(t, pod, podIP)
+	routeLocally(t, pod, podIP4, podIP)
 	c := capturePod(t, pod, podIP4, podIP)
 	outbound := proxyListen(t, pod, "[::]:15001", true)
 	inbound := proxyListen(t, pod, "[::]:15006", false)
