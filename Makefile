@@ -24,7 +24,7 @@ build: deps
 test: deps lint
 	$(GO) test -count=1 -timeout 10m $$($(GO) list ./... | grep -v -e /bpf -e /cni -e /ztunnel -e /e2e)
 	$(GO) test -count=1 -p 1 -timeout 15m $(NETNS_PKGS)
-	$(GO) test -count=1 -race -timeout 15m ./identity/... ./ztunnel/...
+	$(GO) test -count=1 -race -timeout 15m ./identity/... ./ztunnel/... ./api/... ./cni/agent/...
 
 # The main job: a local mesh with no cluster (root: network namespaces).
 demo: deps
@@ -37,11 +37,11 @@ bench-quick:
 	$(MAKE) bench BENCH_COUNT=1 BENCH_TIME=300ms
 
 # Regenerates committed generated code: the eBPF objects and their Go
-# bindings (bpf/, clang + libbpf headers, no kernel BTF needed); the wire
-# protobufs (api/) hook in here when they arrive.
+# bindings (bpf/, clang + libbpf headers, no kernel BTF needed) and the wire
+# protobufs (api/, protoc + protoc-gen-go pinned to go.mod's runtime).
 generate:
 	@ZMESH_GENERATE=1 .ci/deps.sh
-	$(GO) generate ./...
+	PATH="$$($(GO) env GOPATH)/bin:$$PATH" $(GO) generate ./...
 
 lint: deps
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -14,6 +14,7 @@ if [[ ${ZMESH_GENERATE:-} == 1 ]]; then
 	command -v clang >/dev/null || need+=(clang llvm)
 	[[ -f /usr/include/bpf/bpf_helpers.h ]] || need+=(libbpf-dev)
 	[[ -f /usr/include/linux/bpf.h ]] || need+=(linux-libc-dev)
+	command -v protoc >/dev/null || need+=(protobuf-compiler)
 fi
 
 if ((${#need[@]})); then
@@ -25,6 +26,15 @@ if ((${#need[@]})); then
 	export DEBIAN_FRONTEND=noninteractive
 	apt-get update -qq
 	apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if [[ ${ZMESH_GENERATE:-} == 1 ]]; then
+	# protoc-gen-go pinned to the protobuf runtime in go.mod.
+	pgv=$(go list -m -f '{{.Version}}' google.golang.org/protobuf)
+	gobin=$(go env GOPATH)/bin
+	if [[ "$("$gobin/protoc-gen-go" --version 2>/dev/null)" != "protoc-gen-go $pgv" ]]; then
+		GOBIN=$gobin go install "google.golang.org/protobuf/cmd/protoc-gen-go@$pgv"
+	fi
 fi
 
 if [[ $(id -u) -ne 0 ]]; then
