@@ -9,6 +9,8 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v make >/dev/null || need+=(make)
 command -v git >/dev/null || need+=(git)
 command -v gcc >/dev/null || need+=(gcc libc6-dev) # -race needs cgo
+# The CNI chain tests run Debian's reference plugins (bridge, host-local).
+[[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local ]] || need+=(containernetworking-plugins)
 if [[ ${ZMESH_GENERATE:-} == 1 ]]; then
 	# bpf2go: clang for the BPF target, libbpf's helper headers, kernel uapi.
 	command -v clang >/dev/null || need+=(clang llvm)

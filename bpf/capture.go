@@ -217,12 +217,42 @@ func tupleKey(local, remote netip.AddrPort) captureTupleKey {
 	}
 }
 
-// OpenPinnedConfig opens the pinned config map of a pod's capture, to check
-// or change it after a restart.
-func OpenPinnedConfig(dir string) (*ebpf.Map, error) {
-	m, err := ebpf.LoadPinnedMap(filepath.Join(dir, "config"), nil)
+// MapFDs returns new descriptors of the listener SOCKMAP and the bypass map,
+// owned by the caller: what ztunnel receives with a pod.
+func (c *Capture) MapFDs() (listeners, bypass int, err error) {
+	l, err := dupFD(c.objs.Listeners.FD())
 	if err != nil {
-		return nil, fmt.Errorf("open pinned config in %s: %w", dir, err)
+		return -1, -1, err
 	}
-	return m, nil
+	b, err := dupFD(c.objs.Bypass.FD())
+	if err != nil {
+		closeFD(l)
+		return -1, -1, err
+	}
+	return l, b, nil
+}
+
+// Pinned reports whether dir holds a pinned capture link.
+func Pinned(dir string) bool {
+	_, err := os.Stat(filepath.Join(dir, "link"))
+	return err == nil
+}
+
+// OpenPinned opens the maps of a pod's pinned capture (after a restart, or
+// to hand them to ztunnel). The program itself stays attached through the
+// pinned link; the returned Capture holds only the maps.
+func OpenPinned(dir string) (*Capture, error) {
+	c := &Capture{}
+	for name, dst := range map[string]**ebpf.Map{
+		"listeners": &c.objs.Listeners, "config": &c.objs.Config, "probe_sources": &c.objs.ProbeSources,
+		"bypass": &c.objs.Bypass, "counters": &c.objs.Counters,
+	} {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), nil)
+		if err != nil {
+			c.Close()
+			return nil, fmt.Errorf("open pinned %s in %s: %w", name, dir, err)
+		}
+		*dst = m
+	}
+	return c, nil
 }

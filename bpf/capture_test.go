@@ -346,7 +346,7 @@ func TestPinSurvivesHandles(t *testing.T) {
 	l.Close()
 	c.Close()
 
-	m, err := OpenPinnedConfig(dir)
+	m, err := OpenPinned(dir)
 	if err != nil {
 		t.Fatalf("reopen pinned maps: %v", err)
 	}

@@ -1,0 +1,427 @@
+package plugin_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/zmesh/zmesh/api/zds/zdstest"
+	"github.com/zmesh/zmesh/bpf"
+	"github.com/zmesh/zmesh/cni/agent"
+	"github.com/zmesh/zmesh/cni/redirect"
+	"github.com/zmesh/zmesh/e2e/netenv"
+)
+
+// Debian's containernetworking-plugins.
+const debianCNIDir = "/usr/lib/cni"
+
+// node is one test node: a host namespace where the CNI plugins run, an
+// in-process agent with a stand-in ztunnel, and a CNI bin dir holding the
+// reference plugins and a freshly built zmesh-cni.
+type node struct {
+	host    *netenv.NS
+	binDir  string
+	dataDir string
+	sock    string
+	bpfRoot string
+	ztunnel *zdstest.Ztunnel
+
+	mu     sync.Mutex
+	lookup []string // namespaces the agent was asked about
+}
+
+var buildOnce sync.Once
+var builtPlugin string
+
+func buildPlugin(t *testing.T) string {
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "zmesh-cni-bin-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.Command("go", "build", "-o", filepath.Join(dir, "zmesh-cni"), "github.com/zmesh/zmesh/cmd/zmesh-cni").CombinedOutput()
+		if err != nil {
+			t.Fatalf("build zmesh-cni: %v\n%s", err, out)
+		}
+		builtPlugin = filepath.Join(dir, "zmesh-cni")
+	})
+	if builtPlugin == "" {
+		t.Fatal("zmesh-cni did not build")
+	}
+	return builtPlugin
+}
+
+func newNode(t *testing.T) *node {
+	t.Helper()
+	for _, p := range []string{"bridge", "host-local"} {
+		if _, err := os.Stat(filepath.Join(debianCNIDir, p)); err != nil {
+			t.Fatalf("reference CNI plugin %s: %v (install containernetworking-plugins)", p, err)
+		}
+	}
+	n := &node{binDir: t.TempDir(), dataDir: t.TempDir()}
+	for _, p := range []string{"bridge", "host-local"} {
+		if err := os.Symlink(filepath.Join(debianCNIDir, p), filepath.Join(n.binDir, p)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Symlink(buildPlugin(t), filepath.Join(n.binDir, "zmesh-cni")); err != nil {
+		t.Fatal(err)
+	}
+	host, err := netenv.NewNS("node")
+	if err != nil {
+		t.Fatalf("need root and netns support: %v", err)
+	}
+	t.Cleanup(func() { host.Close() })
+	n.host = host
+
+	n.bpfRoot = t.TempDir()
+	if err := unix.Mount("bpf", n.bpfRoot, "bpf", 0, ""); err != nil {
+		t.Fatalf("mount bpffs: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(n.bpfRoot, unix.MNT_DETACH) })
+
+	sockDir := t.TempDir()
+	zdsServer, err := agent.NewZDSServer(filepath.Join(sockDir, "zds.sock"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodeAgent := &agent.Node{
+		BPFRoot:   n.bpfRoot,
+		ZDS:       zdsServer,
+		HostNetns: host.Handle(),
+		Members: agent.MembershipFunc(func(ns, name string) (string, bool) {
+			n.mu.Lock()
+			n.lookup = append(n.lookup, ns)
+			n.mu.Unlock()
+			return "sa-" + name, ns == "amb"
+		}),
+	}
+	n.sock = filepath.Join(sockDir, "cni.sock")
+	cniServer, err := agent.NewCNIServer(n.sock, nodeAgent, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { zdsServer.Run(ctx) })
+	wg.Go(func() { cniServer.Run(ctx) })
+	t.Cleanup(func() { cancel(); wg.Wait() })
+
+	z, err := zdstest.Connect(filepath.Join(sockDir, "zds.sock"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { z.Close() })
+	wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
+	defer wcancel()
+	if err := zdsServer.WaitZtunnel(wctx); err != nil {
+		t.Fatal(err)
+	}
+	n.ztunnel = z
+	return n
+}
+
+func (n *node) confList(t *testing.T, version string) *libcni.NetworkConfigList {
+	t.Helper()
+	conf := map[string]any{
+		"cniVersion": version,
+		"name":       "zmesh-test",
+		"plugins": []any{
+			map[string]any{
+				"type": "bridge", "bridge": "zmbr0", "isGateway": true, "ipMasq": false,
+				"ipam": map[string]any{
+					"type": "host-local", "dataDir": n.dataDir,
+					"ranges": [][]map[string]string{{{"subnet": "10.86.0.0/24"}}},
+				},
+			},
+			map[string]any{"type": "zmesh-cni", "agent_socket": n.sock},
+		},
+	}
+	b, _ := json.Marshal(conf)
+	list, err := libcni.ConfListFromBytes(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return list
+}
+
+// cni runs one operation of the chain from the node's host namespace, as
+// a runtime on that node would.
+func (n *node) cni(t *testing.T, op string, list *libcni.NetworkConfigList, rt *libcni.RuntimeConf) (types.Result, error) {
+	t.Helper()
+	c := libcni.NewCNIConfig([]string{n.binDir}, nil)
+	var res types.Result
+	err := n.host.Do(func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		var err error
+		switch op {
+		case "ADD":
+			res, err = c.AddNetworkList(ctx, list, rt)
+		case "DEL":
+			err = c.DelNetworkList(ctx, list, rt)
+		case "CHECK":
+			err = c.CheckNetworkList(ctx, list, rt)
+		}
+		return err
+	})
+	return res, err
+}
+
+type pod struct {
+	ns  *netenv.NS
+	rt  *libcni.RuntimeConf
+	uid string
+	ip  netip.Addr
+}
+
+func (n *node) newPod(t *testing.T, namespace, name string) *pod {
+	t.Helper()
+	ns, err := netenv.NewNS("pod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Close() })
+	uid := fmt.Sprintf("uid-%s-%s-%d", namespace, name, time.Now().UnixNano())
+	return &pod{ns: ns, uid: uid, rt: &libcni.RuntimeConf{
+		ContainerID: "ctr-" + uid,
+		NetNS:       "/run/netns/" + ns.Name,
+		IfName:      "eth0",
+		Args: [][2]string{
+			{"IgnoreUnknown", "1"},
+			{"K8S_POD_NAMESPACE", namespace},
+			{"K8S_POD_NAME", name},
+			{"K8S_POD_UID", uid},
+		},
+	}}
+}
+
+func rulesAt(t *testing.T, ns *netenv.NS, pref int) int {
+	t.Helper()
+	rules, err := ns.Netlink().RuleList(unix.AF_INET)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := 0
+	for _, r := range rules {
+		if r.Priority == pref {
+			c++
+		}
+	}
+	return c
+}
+
+// proxyListener plays ztunnel's part: a marked, transparent, non-MPTCP
+// listener in the pod, put in the pod's pinned SOCKMAP.
+func proxyListener(t *testing.T, p *pod, dir string) *net.TCPListener {
+	t.Helper()
+	var ln net.Listener
+	err := p.ns.Do(func() error {
+		lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
+			var serr error
+			rc.Control(func(fd uintptr) {
+				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, redirect.ProxyMark)
+				if serr == nil {
+					serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_TRANSPARENT, 1)
+				}
+			})
+			return serr
+		}}
+		lc.SetMultipathTCP(false)
+		var err error
+		ln, err = lc.Listen(context.Background(), "tcp", "0.0.0.0:15001")
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	c, err := bpf.OpenPinned(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	rc, _ := ln.(*net.TCPListener).SyscallConn()
+	var serr error
+	rc.Control(func(fd uintptr) { serr = c.SetListener(bpf.Outbound, fd) })
+	if serr != nil {
+		t.Fatal(serr)
+	}
+	return ln.(*net.TCPListener)
+}
+
+func TestChainCapturesAmbientPods(t *testing.T) {
+	n := newNode(t)
+	for _, version := range []string{"0.4.0", "1.0.0"} {
+		t.Run("cniVersion "+version, func(t *testing.T) {
+			list := n.confList(t, version)
+
+			p := n.newPod(t, "amb", "web")
+			res, err := n.cni(t, "ADD", list, p.rt)
+			if err != nil {
+				t.Fatalf("ADD: %v", err)
+			}
+			r, err := current.NewResultFromResult(res)
+			if err != nil || len(r.IPs) != 1 {
+				t.Fatalf("ADD result %v, %v", res, err)
+			}
+			if res.Version() != version {
+				t.Errorf("result version %s, want %s", res.Version(), version)
+			}
+			p.ip, _ = netip.AddrFromSlice(r.IPs[0].Address.IP.To4())
+
+			// ADD returned after ztunnel's ack, with the pod's descriptors.
+			var add *zdstest.Request
+			for _, req := range n.ztunnel.Requests() {
+				if req.Msg.GetAdd().GetUid() == p.uid {
+					add = &req
+				}
+			}
+			if add == nil || len(add.Inodes) != 3 || strings.Join(add.Msg.GetAdd().GetIps(), ",") != p.ip.String() {
+				t.Fatalf("ztunnel got %v", add)
+			}
+			if sa := add.Msg.GetAdd().GetWorkloadInfo().GetServiceAccount(); sa != "sa-web" {
+				t.Errorf("service account %q", sa)
+			}
+
+			// The pod's outbound TCP now reaches the proxy listener.
+			dir := filepath.Join(n.bpfRoot, p.uid)
+			ln := proxyListener(t, p, dir)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			conn, err := p.ns.Dial(ctx, "tcp", "192.0.2.44:8080")
+			cancel()
+			if err != nil {
+				t.Fatalf("outbound from captured pod: %v", err)
+			}
+			conn.Close()
+			ln.SetDeadline(time.Now().Add(2 * time.Second))
+			acc, err := ln.Accept()
+			if err != nil {
+				t.Fatalf("proxy listener got nothing: %v", err)
+			}
+			if got := acc.LocalAddr().(*net.TCPAddr).AddrPort(); netip.AddrPortFrom(got.Addr().Unmap(), got.Port()).String() != "192.0.2.44:8080" {
+				t.Errorf("original destination %s", got)
+			}
+			acc.Close()
+
+			if _, err := n.cni(t, "CHECK", list, p.rt); err != nil {
+				t.Fatalf("CHECK on intact capture: %v", err)
+			}
+			// Someone deletes the capture rule by hand: CHECK says so.
+			tcp := netlink.NewRule()
+			tcp.Priority, tcp.Table, tcp.IPProto = 100, redirect.Table, unix.IPPROTO_TCP
+			if err := p.ns.Netlink().RuleDel(tcp); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := n.cni(t, "CHECK", list, p.rt); err == nil {
+				t.Fatal("CHECK passed with the capture rule gone")
+			}
+
+			if _, err := n.cni(t, "DEL", list, p.rt); err != nil {
+				t.Fatalf("DEL: %v", err)
+			}
+			if _, err := os.Stat(dir); !os.IsNotExist(err) {
+				t.Errorf("pin dir after DEL: %v", err)
+			}
+			for _, pref := range []int{98, 99, 100} {
+				if c := rulesAt(t, p.ns, pref); c != 0 {
+					t.Errorf("%d rules at pref %d after DEL", c, pref)
+				}
+			}
+			last := n.ztunnel.Requests()
+			if last[len(last)-1].Msg.GetDel().GetUid() != p.uid {
+				t.Errorf("ztunnel's last request %v, want Del", last[len(last)-1].Msg)
+			}
+			// DEL again (the runtime retries) is fine.
+			if _, err := n.cni(t, "DEL", list, p.rt); err != nil {
+				t.Fatalf("second DEL: %v", err)
+			}
+		})
+	}
+}
+
+func TestChainLeavesOthersAlone(t *testing.T) {
+	n := newNode(t)
+	list := n.confList(t, "1.0.0")
+	before := len(n.ztunnel.Requests())
+
+	plain := n.newPod(t, "plain", "web")
+	if _, err := n.cni(t, "ADD", list, plain.rt); err != nil {
+		t.Fatalf("ADD non-ambient: %v", err)
+	}
+	system := n.newPod(t, "kube-system", "dns")
+	if _, err := n.cni(t, "ADD", list, system.rt); err != nil {
+		t.Fatalf("ADD kube-system: %v", err)
+	}
+	for _, p := range []*pod{plain, system} {
+		if c := rulesAt(t, p.ns, 100); c != 0 {
+			t.Errorf("%s: capture rule installed on a pod outside the mesh", p.uid)
+		}
+		if _, err := os.Stat(filepath.Join(n.bpfRoot, p.uid)); !os.IsNotExist(err) {
+			t.Errorf("%s: program pinned for a pod outside the mesh", p.uid)
+		}
+	}
+	if len(n.ztunnel.Requests()) != before {
+		t.Error("ztunnel was sent a pod outside the mesh")
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, ns := range n.lookup {
+		if ns == "kube-system" {
+			t.Error("the agent was asked about an excluded namespace")
+		}
+	}
+	for _, p := range []*pod{plain, system} {
+		if _, err := n.cni(t, "DEL", list, p.rt); err != nil {
+			t.Errorf("DEL: %v", err)
+		}
+	}
+}
+
+// With the agent gone, ADD of a pod fails (the default policy) and DEL
+// still succeeds.
+func TestAgentUnreachable(t *testing.T) {
+	n := newNode(t)
+	conf := n.confList(t, "1.0.0")
+	conf.Plugins[1].Bytes = []byte(strings.Replace(string(conf.Plugins[1].Bytes), n.sock, "/nonexistent/cni.sock", 1))
+	var err error
+	conf, err = libcni.ConfListFromBytes(rebuild(t, conf))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := n.newPod(t, "amb", "web")
+	if _, err := n.cni(t, "ADD", conf, p.rt); err == nil || !strings.Contains(err.Error(), "unreachable") {
+		t.Fatalf("ADD with no agent: %v, want an unreachable error", err)
+	}
+	if _, err := n.cni(t, "DEL", conf, p.rt); err != nil {
+		t.Fatalf("DEL with no agent: %v", err)
+	}
+}
+
+func rebuild(t *testing.T, l *libcni.NetworkConfigList) []byte {
+	var plugins []json.RawMessage
+	for _, p := range l.Plugins {
+		plugins = append(plugins, p.Bytes)
+	}
+	b, err := json.Marshal(map[string]any{"cniVersion": l.CNIVersion, "name": l.Name, "plugins": plugins})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
