@@ -37,10 +37,14 @@ const debianCNIDir = "/usr/lib/cni"
 type node struct {
 	host    *netenv.NS
 	binDir  string
+	confDir string
 	dataDir string
 	sock    string
 	bpfRoot string
 	ztunnel *zdstest.Ztunnel
+	// installer chains zmesh-cni into the node's primary conflist, as the
+	// agent does on a real node.
+	installer *agent.Installer
 
 	mu     sync.Mutex
 	lookup []string // namespaces the agent was asked about
@@ -74,14 +78,11 @@ func newNode(t *testing.T) *node {
 			t.Fatalf("reference CNI plugin %s: %v (install containernetworking-plugins)", p, err)
 		}
 	}
-	n := &node{binDir: t.TempDir(), dataDir: t.TempDir()}
+	n := &node{binDir: t.TempDir(), confDir: t.TempDir(), dataDir: t.TempDir()}
 	for _, p := range []string{"bridge", "host-local"} {
 		if err := os.Symlink(filepath.Join(debianCNIDir, p), filepath.Join(n.binDir, p)); err != nil {
 			t.Fatal(err)
 		}
-	}
-	if err := os.Symlink(buildPlugin(t), filepath.Join(n.binDir, "zmesh-cni")); err != nil {
-		t.Fatal(err)
 	}
 	host, err := netenv.NewNS("node")
 	if err != nil {
@@ -113,6 +114,13 @@ func newNode(t *testing.T) *node {
 		}),
 	}
 	n.sock = filepath.Join(sockDir, "cni.sock")
+	n.installer = &agent.Installer{
+		BinDir: n.binDir, ConfDir: n.confDir, PluginBinary: buildPlugin(t),
+		PluginConf: map[string]any{"agent_socket": n.sock},
+	}
+	if err := n.installer.InstallBinary(); err != nil {
+		t.Fatal(err)
+	}
 	cniServer, err := agent.NewCNIServer(n.sock, nodeAgent, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -137,6 +145,9 @@ func newNode(t *testing.T) *node {
 	return n
 }
 
+// confList writes the node's primary network config (what the cluster's
+// CNI would write: bridge + host-local), lets the agent's installer chain
+// zmesh-cni into it, and loads the result as a runtime would.
 func (n *node) confList(t *testing.T, version string) *libcni.NetworkConfigList {
 	t.Helper()
 	conf := map[string]any{
@@ -150,13 +161,22 @@ func (n *node) confList(t *testing.T, version string) *libcni.NetworkConfigList 
 					"ranges": [][]map[string]string{{{"subnet": "10.86.0.0/24"}}},
 				},
 			},
-			map[string]any{"type": "zmesh-cni", "agent_socket": n.sock},
 		},
 	}
 	b, _ := json.Marshal(conf)
-	list, err := libcni.ConfListFromBytes(b)
+	path := filepath.Join(n.confDir, "10-zmesh-test.conflist")
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.installer.Chain(); err != nil {
+		t.Fatal(err)
+	}
+	list, err := libcni.ConfListFromFile(path)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if last := list.Plugins[len(list.Plugins)-1].Network.Type; last != "zmesh-cni" {
+		t.Fatalf("chain ends with %s, want zmesh-cni", last)
 	}
 	return list
 }
