@@ -39,6 +39,17 @@ if [[ ${ZMESH_GENERATE:-} == 1 ]]; then
 	fi
 fi
 
+# CNI spec 1.1.0 needs the reference plugins newer than Debian's (which stop
+# at 1.0.0): bridge and host-local built from their pinned module.
+cni_ref=v1.9.1
+cni_ref_dir=${XDG_CACHE_HOME:-$HOME/.cache}/zmesh/cni-plugins-$cni_ref
+if [[ ! -x $cni_ref_dir/bridge || ! -x $cni_ref_dir/host-local ]]; then
+	echo "deps: building CNI reference plugins $cni_ref"
+	GOFLAGS= GOBIN=$cni_ref_dir go install \
+		"github.com/containernetworking/plugins/plugins/main/bridge@$cni_ref" \
+		"github.com/containernetworking/plugins/plugins/ipam/host-local@$cni_ref"
+fi
+
 if [[ $(id -u) -ne 0 ]]; then
 	echo "deps: note: tests and the demo create network namespaces and need root" >&2
 fi

@@ -28,8 +28,18 @@ import (
 	"github.com/zmesh/zmesh/e2e/netenv"
 )
 
-// Debian's containernetworking-plugins.
+// Debian's containernetworking-plugins speak CNI up to 1.0.0; 1.1.0 runs
+// with the reference plugins .ci/deps.sh builds from their pinned module.
 const debianCNIDir = "/usr/lib/cni"
+
+func referenceCNIDir() string {
+	cache := os.Getenv("XDG_CACHE_HOME")
+	if cache == "" {
+		home, _ := os.UserHomeDir()
+		cache = filepath.Join(home, ".cache")
+	}
+	return filepath.Join(cache, "zmesh", "cni-plugins-v1.9.1")
+}
 
 // node is one test node: a host namespace where the CNI plugins run, an
 // in-process agent with a stand-in ztunnel, and a CNI bin dir holding the
@@ -71,16 +81,16 @@ func buildPlugin(t *testing.T) string {
 	return builtPlugin
 }
 
-func newNode(t *testing.T) *node {
+func newNode(t *testing.T, pluginDir string) *node {
 	t.Helper()
 	for _, p := range []string{"bridge", "host-local"} {
-		if _, err := os.Stat(filepath.Join(debianCNIDir, p)); err != nil {
-			t.Fatalf("reference CNI plugin %s: %v (install containernetworking-plugins)", p, err)
+		if _, err := os.Stat(filepath.Join(pluginDir, p)); err != nil {
+			t.Fatalf("CNI plugin %s: %v (run .ci/deps.sh)", p, err)
 		}
 	}
 	n := &node{binDir: t.TempDir(), confDir: t.TempDir(), dataDir: t.TempDir()}
 	for _, p := range []string{"bridge", "host-local"} {
-		if err := os.Symlink(filepath.Join(debianCNIDir, p), filepath.Join(n.binDir, p)); err != nil {
+		if err := os.Symlink(filepath.Join(pluginDir, p), filepath.Join(n.binDir, p)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -287,9 +297,14 @@ func proxyListener(t *testing.T, p *pod, dir string) *net.TCPListener {
 }
 
 func TestChainCapturesAmbientPods(t *testing.T) {
-	n := newNode(t)
-	for _, version := range []string{"0.4.0", "1.0.0"} {
+	for _, tc := range []struct{ version, plugins string }{
+		{"0.4.0", debianCNIDir},
+		{"1.0.0", debianCNIDir},
+		{"1.1.0", referenceCNIDir()},
+	} {
+		version := tc.version
 		t.Run("cniVersion "+version, func(t *testing.T) {
+			n := newNode(t, tc.plugins)
 			list := n.confList(t, version)
 
 			p := n.newPod(t, "amb", "web")
@@ -377,7 +392,7 @@ func TestChainCapturesAmbientPods(t *testing.T) {
 }
 
 func TestChainLeavesOthersAlone(t *testing.T) {
-	n := newNode(t)
+	n := newNode(t, debianCNIDir)
 	list := n.confList(t, "1.0.0")
 	before := len(n.ztunnel.Requests())
 
@@ -417,7 +432,7 @@ func TestChainLeavesOthersAlone(t *testing.T) {
 // With the agent gone, ADD of a pod fails (the default policy) and DEL
 // still succeeds.
 func TestAgentUnreachable(t *testing.T) {
-	n := newNode(t)
+	n := newNode(t, debianCNIDir)
 	conf := n.confList(t, "1.0.0")
 	conf.Plugins[1].Bytes = []byte(strings.Replace(string(conf.Plugins[1].Bytes), n.sock, "/nonexistent/cni.sock", 1))
 	var err error
