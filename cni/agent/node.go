@@ -251,3 +251,48 @@ func (n *Node) Check(ctx context.Context, p *cniapi.Pod) error {
 	defer ns.Close()
 	return redirect.Check(ns, cfg)
 }
+
+// EnrollRunning captures a pod that is already running (its namespace or
+// the pod was labelled after it started): its network namespace is found
+// by its address among running processes, then it is captured as on ADD.
+func (n *Node) EnrollRunning(ctx context.Context, p *cniapi.Pod, procRoot string) (bool, error) {
+	if len(p.IPs) == 0 {
+		return false, fmt.Errorf("pod %s/%s: no IP to find its network namespace by", p.Namespace, p.Name)
+	}
+	ip, err := netip.ParseAddr(p.IPs[0])
+	if err != nil {
+		return false, fmt.Errorf("pod ip %q: %w", p.IPs[0], err)
+	}
+	path, err := FindNetns(procRoot, ip)
+	if err != nil {
+		return false, err
+	}
+	// Pin the namespace by a path that outlives the process we found it
+	// through: the agent's own fd.
+	h, err := netns.GetFromPath(path)
+	if err != nil {
+		return false, err
+	}
+	defer h.Close()
+	q := *p
+	q.Netns = fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), int(h))
+	return n.Add(ctx, &q)
+}
+
+// ReleaseRunning lets a running pod go (its namespace or the pod lost the
+// ambient label): ztunnel first, then capture; traffic flows directly again.
+func (n *Node) ReleaseRunning(ctx context.Context, p *cniapi.Pod, procRoot string) error {
+	q := *p
+	if len(p.IPs) > 0 {
+		if ip, err := netip.ParseAddr(p.IPs[0]); err == nil {
+			if path, err := FindNetns(procRoot, ip); err == nil {
+				h, err := netns.GetFromPath(path)
+				if err == nil {
+					defer h.Close()
+					q.Netns = fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), int(h))
+				}
+			}
+		}
+	}
+	return n.Del(ctx, &q)
+}

@@ -24,6 +24,7 @@ import (
 	"github.com/zmesh/zmesh/api/zds/zdstest"
 	"github.com/zmesh/zmesh/bpf"
 	"github.com/zmesh/zmesh/cni/agent"
+	"github.com/zmesh/zmesh/cni/cniapi"
 	"github.com/zmesh/zmesh/cni/redirect"
 	"github.com/zmesh/zmesh/e2e/netenv"
 )
@@ -56,8 +57,11 @@ type node struct {
 	// agent does on a real node.
 	installer *agent.Installer
 
-	mu     sync.Mutex
-	lookup []string // namespaces the agent was asked about
+	agent *agent.Node
+
+	mu      sync.Mutex
+	lookup  []string        // namespaces the agent was asked about
+	ambient map[string]bool // namespaces labelled ambient besides "amb"
 }
 
 var buildOnce sync.Once
@@ -118,11 +122,12 @@ func newNode(t *testing.T, pluginDir string) *node {
 		HostNetns: host.Handle(),
 		Members: agent.MembershipFunc(func(ns, name string) (string, bool) {
 			n.mu.Lock()
+			defer n.mu.Unlock()
 			n.lookup = append(n.lookup, ns)
-			n.mu.Unlock()
-			return "sa-" + name, ns == "amb"
+			return "sa-" + name, ns == "amb" || n.ambient[ns]
 		}),
 	}
+	n.agent = nodeAgent
 	n.sock = filepath.Join(sockDir, "cni.sock")
 	n.installer = &agent.Installer{
 		BinDir: n.binDir, ConfDir: n.confDir, PluginBinary: buildPlugin(t),
@@ -459,4 +464,100 @@ func rebuild(t *testing.T, l *libcni.NetworkConfigList) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// A pod running before its namespace joins the mesh is captured with no
+// restart, found by its address among running processes, and released
+// again; its connections to the node work before, during and after.
+func TestRunningPodEnrolledAndReleased(t *testing.T) {
+	n := newNode(t, debianCNIDir)
+	list := n.confList(t, "1.0.0")
+	p := n.newPod(t, "late", "web")
+	res, err := n.cni(t, "ADD", list, p.rt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, _ := current.NewResultFromResult(res)
+	p.ip, _ = netip.AddrFromSlice(r.IPs[0].Address.IP.To4())
+	if c := rulesAt(t, p.ns, 100); c != 0 {
+		t.Fatal("pod captured before its namespace was ambient")
+	}
+
+	// The pod's process: what the agent finds the namespace through.
+	var sleeper *exec.Cmd
+	if err := p.ns.Do(func() error {
+		sleeper = exec.Command("sleep", "300")
+		return sleeper.Start()
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sleeper.Process.Kill(); sleeper.Wait() })
+
+	// A service in another pod on the node, which the pod talks to. (Not
+	// the node's own address: that is the probe source, exempt from
+	// capture by design.)
+	other := n.newPod(t, "other", "db")
+	res, err = n.cni(t, "ADD", list, other.rt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, _ = current.NewResultFromResult(res)
+	otherIP, _ := netip.AddrFromSlice(r.IPs[0].Address.IP.To4())
+	target := netip.AddrPortFrom(otherIP, 9000).String()
+	svc, err := other.ns.Listen("tcp", target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Close()
+	reaches := func(ln net.Listener) error {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		conn, err := p.ns.Dial(ctx, "tcp", target)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		ln.(interface{ SetDeadline(time.Time) error }).SetDeadline(time.Now().Add(2 * time.Second))
+		acc, err := ln.Accept()
+		if err != nil {
+			return err
+		}
+		acc.Close()
+		return nil
+	}
+	if err := reaches(svc); err != nil {
+		t.Fatalf("before enrolment: %v", err)
+	}
+
+	n.mu.Lock()
+	n.ambient = map[string]bool{"late": true}
+	n.mu.Unlock()
+	running := &cniapi.Pod{UID: p.uid, Name: "web", Namespace: "late", IPs: []string{p.ip.String()}}
+	captured, err := n.agent.EnrollRunning(context.Background(), running, "/proc")
+	if err != nil || !captured {
+		t.Fatalf("enrol running pod: captured=%v err=%v", captured, err)
+	}
+	ln := proxyListener(t, p, filepath.Join(n.bpfRoot, p.uid))
+	if err := reaches(ln); err != nil {
+		t.Fatalf("after enrolment the proxy should get the pod's connection: %v", err)
+	}
+
+	n.mu.Lock()
+	n.ambient = nil
+	n.mu.Unlock()
+	if err := n.agent.ReleaseRunning(context.Background(), running, "/proc"); err != nil {
+		t.Fatalf("release: %v", err)
+	}
+	if c := rulesAt(t, p.ns, 100); c != 0 {
+		t.Fatal("capture rule left after release")
+	}
+	if err := reaches(svc); err != nil {
+		t.Fatalf("after release: %v", err)
+	}
+	for _, q := range []*pod{p, other} {
+		if _, err := n.cni(t, "DEL", list, q.rt); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
