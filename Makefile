@@ -5,7 +5,7 @@ export GOTOOLCHAIN := local
 
 # Packages that create network namespaces run one at a time.
 NETNS_PKGS := ./bpf/... ./cni/... ./ztunnel/... ./e2e/...
-BENCH_PKGS := ./ztunnel/hbone/
+BENCH_PKGS := ./ztunnel/hbone/ ./bpf/ ./cni/plugin/
 BENCH_COUNT ?= 3
 BENCH_TIME ?= 1s
 
@@ -31,7 +31,7 @@ demo: deps
 	$(GO) run ./e2e/demo
 
 bench: deps
-	$(GO) test -run '^$$' -bench . -benchmem -count $(BENCH_COUNT) -benchtime $(BENCH_TIME) $(BENCH_PKGS) | $(GO) run ./e2e/bench/benchratio -baseline tcp,tls
+	$(GO) test -run '^$$' -bench . -benchmem -count $(BENCH_COUNT) -benchtime $(BENCH_TIME) $(BENCH_PKGS) | $(GO) run ./e2e/bench/benchratio -baseline tcp,tls,direct,without
 
 bench-quick:
 	$(MAKE) bench BENCH_COUNT=1 BENCH_TIME=300ms
