@@ -86,9 +86,13 @@ struct {
 	__type(value, __u8);
 } probe_sources SEC(".maps");
 
+// Entries live for the length of a connect(); most pods hold a handful, so
+// the map is not preallocated (a preallocated one costs every pod's setup
+// megabytes of kernel memory).
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct tuple_key);
 	__type(value, __u8);
 } bypass SEC(".maps");

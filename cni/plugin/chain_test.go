@@ -67,7 +67,7 @@ type node struct {
 var buildOnce sync.Once
 var builtPlugin string
 
-func buildPlugin(t *testing.T) string {
+func buildPlugin(t testing.TB) string {
 	buildOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "zmesh-cni-bin-")
 		if err != nil {
@@ -85,7 +85,7 @@ func buildPlugin(t *testing.T) string {
 	return builtPlugin
 }
 
-func newNode(t *testing.T, pluginDir string) *node {
+func newNode(t testing.TB, pluginDir string) *node {
 	t.Helper()
 	for _, p := range []string{"bridge", "host-local"} {
 		if _, err := os.Stat(filepath.Join(pluginDir, p)); err != nil {
@@ -163,7 +163,11 @@ func newNode(t *testing.T, pluginDir string) *node {
 // confList writes the node's primary network config (what the cluster's
 // CNI would write: bridge + host-local), lets the agent's installer chain
 // zmesh-cni into it, and loads the result as a runtime would.
-func (n *node) confList(t *testing.T, version string) *libcni.NetworkConfigList {
+func (n *node) confList(t testing.TB, version string) *libcni.NetworkConfigList {
+	return n.list(t, version, true)
+}
+
+func (n *node) list(t testing.TB, version string, chain bool) *libcni.NetworkConfigList {
 	t.Helper()
 	conf := map[string]any{
 		"cniVersion": version,
@@ -183,6 +187,13 @@ func (n *node) confList(t *testing.T, version string) *libcni.NetworkConfigList 
 	if err := os.WriteFile(path, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
+	if !chain {
+		list, err := libcni.ConfListFromFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return list
+	}
 	if _, err := n.installer.Chain(); err != nil {
 		t.Fatal(err)
 	}
@@ -198,7 +209,7 @@ func (n *node) confList(t *testing.T, version string) *libcni.NetworkConfigList 
 
 // cni runs one operation of the chain from the node's host namespace, as
 // a runtime on that node would.
-func (n *node) cni(t *testing.T, op string, list *libcni.NetworkConfigList, rt *libcni.RuntimeConf) (types.Result, error) {
+func (n *node) cni(t testing.TB, op string, list *libcni.NetworkConfigList, rt *libcni.RuntimeConf) (types.Result, error) {
 	t.Helper()
 	c := libcni.NewCNIConfig([]string{n.binDir}, nil)
 	var res types.Result
@@ -233,6 +244,11 @@ func (n *node) newPod(t *testing.T, namespace, name string) *pod {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ns.Close() })
+	return podConf(ns, namespace, name)
+}
+
+// podConf is the runtime configuration of a pod in ns, with a fresh uid.
+func podConf(ns *netenv.NS, namespace, name string) *pod {
 	uid := fmt.Sprintf("uid-%s-%s-%d", namespace, name, time.Now().UnixNano())
 	return &pod{ns: ns, uid: uid, rt: &libcni.RuntimeConf{
 		ContainerID: "ctr-" + uid,
