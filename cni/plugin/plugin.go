@@ -20,18 +20,34 @@ func Main() {
 		version.PluginSupports("0.4.0", "1.0.0", "1.1.0"), "zmesh-cni: ambient capture for zmesh")
 }
 
-func podOf(args *skel.CmdArgs) (*cniapi.Pod, error) {
+// load reads what every command needs: the configuration and the pod
+// (from CNI_ARGS, the netns path and the previous result's IPs).
+func load(args *skel.CmdArgs) (*Config, *cniapi.Pod, error) {
+	conf, err := parseConfig(args.StdinData)
+	if err != nil {
+		return nil, nil, err
+	}
 	var k k8sArgs
 	if err := types.LoadArgs(args.Args, &k); err != nil {
-		return nil, fmt.Errorf("zmesh-cni: CNI_ARGS: %w", err)
+		return nil, nil, fmt.Errorf("zmesh-cni: CNI_ARGS: %w", err)
 	}
-	return &cniapi.Pod{
+	pod := &cniapi.Pod{
 		UID:         string(k.K8S_POD_UID),
 		Name:        string(k.K8S_POD_NAME),
 		Namespace:   string(k.K8S_POD_NAMESPACE),
 		ContainerID: args.ContainerID,
 		Netns:       args.Netns,
-	}, nil
+	}
+	if conf.PrevResult != nil {
+		res, err := current.NewResultFromResult(conf.PrevResult)
+		if err != nil {
+			return nil, nil, fmt.Errorf("zmesh-cni: prevResult: %w", err)
+		}
+		for _, ip := range res.IPs {
+			pod.IPs = append(pod.IPs, ip.Address.IP.String())
+		}
+	}
+	return conf, pod, nil
 }
 
 // passThrough returns the previous result unchanged, in the configuration's
@@ -44,11 +60,7 @@ func passThrough(conf *Config) error {
 }
 
 func cmdAdd(args *skel.CmdArgs) error {
-	conf, err := parseConfig(args.StdinData)
-	if err != nil {
-		return err
-	}
-	pod, err := podOf(args)
+	conf, pod, err := load(args)
 	if err != nil {
 		return err
 	}
@@ -58,13 +70,6 @@ func cmdAdd(args *skel.CmdArgs) error {
 	}
 	if conf.PrevResult == nil {
 		return errors.New("zmesh-cni: no prevResult: chain zmesh-cni after the plugin that assigns the pod's IPs")
-	}
-	res, err := current.NewResultFromResult(conf.PrevResult)
-	if err != nil {
-		return fmt.Errorf("zmesh-cni: prevResult: %w", err)
-	}
-	for _, ip := range res.IPs {
-		pod.IPs = append(pod.IPs, ip.Address.IP.String())
 	}
 	if pod.UID == "" {
 		return errors.New("zmesh-cni: CNI_ARGS: K8S_POD_UID missing (the runtime must pass the pod's uid)")
@@ -85,12 +90,16 @@ func cmdAdd(args *skel.CmdArgs) error {
 // cmdDel is idempotent and never fails on a missing agent or netns: the
 // runtime must always be able to delete.
 func cmdDel(args *skel.CmdArgs) error {
-	conf, err := parseConfig(args.StdinData)
+	conf, pod, err := load(args)
 	if err != nil {
-		return err
+		// A configuration error is the runtime's to see; anything about
+		// the pod itself must not block its deletion.
+		if _, perr := parseConfig(args.StdinData); perr != nil {
+			return perr
+		}
+		return nil
 	}
-	pod, err := podOf(args)
-	if err != nil || pod.UID == "" || conf.excluded(pod.Namespace) {
+	if pod.UID == "" || conf.excluded(pod.Namespace) {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), conf.timeout())
@@ -108,21 +117,12 @@ func cmdDel(args *skel.CmdArgs) error {
 
 // cmdCheck asks the agent whether the capture of an ambient pod is intact.
 func cmdCheck(args *skel.CmdArgs) error {
-	conf, err := parseConfig(args.StdinData)
-	if err != nil {
-		return err
-	}
-	pod, err := podOf(args)
+	conf, pod, err := load(args)
 	if err != nil {
 		return err
 	}
 	if pod.UID == "" || conf.excluded(pod.Namespace) {
 		return nil
-	}
-	if res, err := current.NewResultFromResult(conf.PrevResult); err == nil {
-		for _, ip := range res.IPs {
-			pod.IPs = append(pod.IPs, ip.Address.IP.String())
-		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), conf.timeout())
 	defer cancel()

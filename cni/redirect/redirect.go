@@ -141,9 +141,9 @@ func Apply(ns netns.NsHandle, cfg Config) error {
 	if err := cfg.validate(); err != nil {
 		return err
 	}
-	nl, err := netlink.NewHandleAt(ns)
+	nl, err := handleIn(ns)
 	if err != nil {
-		return fmt.Errorf("redirect: netlink in pod netns: %w", err)
+		return err
 	}
 	defer nl.Close()
 	lo, err := nl.LinkByName("lo")
@@ -169,9 +169,9 @@ func Apply(ns netns.NsHandle, cfg Config) error {
 // Remove takes the redirection out again, restoring the sysctls. What is
 // already gone is fine.
 func Remove(ns netns.NsHandle, cfg Config) error {
-	nl, err := netlink.NewHandleAt(ns)
+	nl, err := handleIn(ns)
 	if err != nil {
-		return fmt.Errorf("redirect: netlink in pod netns: %w", err)
+		return err
 	}
 	defer nl.Close()
 	var errs []error
@@ -202,9 +202,9 @@ func Check(ns netns.NsHandle, cfg Config) error {
 	if err := cfg.validate(); err != nil {
 		return err
 	}
-	nl, err := netlink.NewHandleAt(ns)
+	nl, err := handleIn(ns)
 	if err != nil {
-		return fmt.Errorf("redirect: netlink in pod netns: %w", err)
+		return err
 	}
 	defer nl.Close()
 	var missing []string
@@ -249,6 +249,14 @@ func Check(ns netns.NsHandle, cfg Config) error {
 		return fmt.Errorf("redirect: missing %s", strings.Join(missing, ", "))
 	}
 	return nil
+}
+
+func handleIn(ns netns.NsHandle) (*netlink.Handle, error) {
+	nl, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return nil, fmt.Errorf("redirect: netlink in pod netns: %w", err)
+	}
+	return nl, nil
 }
 
 func hasRule(have []netlink.Rule, want *netlink.Rule) bool {
