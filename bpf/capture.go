@@ -78,10 +78,7 @@ func (c *Capture) Release() error {
 
 // SetListener puts a listening socket (its fd) in a slot.
 func (c *Capture) SetListener(slot Listener, fd uintptr) error {
-	if err := c.objs.Listeners.Update(uint32(slot), uint64(fd), ebpf.UpdateAny); err != nil {
-		return fmt.Errorf("put listener %d in sockmap: %w", slot, err)
-	}
-	return nil
+	return setListener(c.objs.Listeners, slot, fd)
 }
 
 // ClearListener empties a slot: enrolled connections that need it are then
@@ -103,16 +100,12 @@ func (c *Capture) AddProbeSource(addr netip.Addr) error {
 // AddBypass lets one inbound 4-tuple (ztunnel's transparent dial to the
 // app) through without capture. Add it after bind and before connect.
 func (c *Capture) AddBypass(local, remote netip.AddrPort) error {
-	return c.objs.Bypass.Update(tupleKey(local, remote), uint8(1), ebpf.UpdateAny)
+	return addBypass(c.objs.Bypass, local, remote)
 }
 
 // DeleteBypass removes a 4-tuple added by AddBypass.
 func (c *Capture) DeleteBypass(local, remote netip.AddrPort) error {
-	err := c.objs.Bypass.Delete(tupleKey(local, remote))
-	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return err
-	}
-	return nil
+	return deleteBypass(c.objs.Bypass, local, remote)
 }
 
 // Counters are the program's verdicts since it was loaded.

@@ -22,11 +22,6 @@ const proxyMark = redirect.ProxyMark
 // marked sockets routed normally.
 func routeLocally(t *testing.T, pod *netenv.NS, podIPs ...netip.Addr) {
 	t.Helper()
-	routeLocallyB(t, pod, podIPs...)
-}
-
-func routeLocallyB(t testing.TB, pod *netenv.NS, podIPs ...netip.Addr) {
-	t.Helper()
 	if err := redirect.Apply(pod.Handle(), redirect.Config{PodIPs: podIPs}); err != nil {
 		t.Fatal(err)
 	}

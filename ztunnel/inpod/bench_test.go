@@ -1,0 +1,84 @@
+package inpod
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/netip"
+	"testing"
+
+	"github.com/zmesh/zmesh/bpf"
+)
+
+// BenchmarkCaptureConnectEcho is what capture alone costs a connection:
+// connect, 1 kB echo, close, from a pod to an echo server on another host,
+// directly vs. redirected to a trivial pass-through proxy on 15001 that
+// dials the original destination with the in-pod socket factory (what
+// ztunnel's outbound does before HBONE is involved).
+func BenchmarkCaptureConnectEcho(b *testing.B) {
+	lan := newLAN(b, "10.91.0.0/24")
+	p := newCapturedPod(b, lan)
+	plain, _, err := lan.Host("plain")
+	if err != nil {
+		b.Fatal(err)
+	}
+	server, serverIP, err := lan.Host("server")
+	if err != nil {
+		b.Fatal(err)
+	}
+	target := netip.AddrPortFrom(serverIP, 7)
+	echo, err := server.Listen("tcp", target.String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { echo.Close() })
+	serve(b, echo, func(c net.Conn) { io.Copy(c, c) })
+
+	out, err := p.n.Listen(netip.MustParseAddrPort("0.0.0.0:15001"), ListenOptions{Transparent: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { out.Close() })
+	if err := Steer(p.maps, bpf.Outbound, out); err != nil {
+		b.Fatal(err)
+	}
+	serve(b, out, func(in net.Conn) {
+		up, err := p.n.Dial(context.Background(), addrOf(in.LocalAddr()))
+		if err != nil {
+			return
+		}
+		defer up.Close()
+		go func() { io.Copy(up, in); up.CloseWrite() }()
+		io.Copy(in, up)
+	})
+
+	msg, buf := make([]byte, 1024), make([]byte, 1024)
+	for _, tc := range []struct {
+		name string
+		run  func(func() error) error
+	}{{"direct", plain.Do}, {"captured", p.ns.Do}} {
+		b.Run(tc.name, func(b *testing.B) {
+			// The client runs on one thread inside its namespace for the
+			// whole loop, so only the connection is measured.
+			err := tc.run(func() error {
+				for b.Loop() {
+					conn, err := net.Dial("tcp", target.String())
+					if err != nil {
+						return err
+					}
+					if _, err := conn.Write(msg); err != nil {
+						return err
+					}
+					if _, err := io.ReadFull(conn, buf); err != nil {
+						return err
+					}
+					conn.Close()
+				}
+				return nil
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+		})
+	}
+}
