@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -112,7 +113,9 @@ func newNode(t testing.TB, pluginDir string) *node {
 	t.Cleanup(func() { unix.Unmount(n.bpfRoot, unix.MNT_DETACH) })
 
 	sockDir := t.TempDir()
-	zdsServer, err := agent.NewZDSServer(filepath.Join(sockDir, "zds.sock"), nil)
+	// The agent's logs would interleave with benchmark output.
+	quiet := slog.New(slog.DiscardHandler)
+	zdsServer, err := agent.NewZDSServer(filepath.Join(sockDir, "zds.sock"), quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,6 +123,7 @@ func newNode(t testing.TB, pluginDir string) *node {
 		BPFRoot:   n.bpfRoot,
 		ZDS:       zdsServer,
 		HostNetns: host.Handle(),
+		Log:       quiet,
 		Members: agent.MembershipFunc(func(ns, name string) (string, bool) {
 			n.mu.Lock()
 			defer n.mu.Unlock()
@@ -136,7 +140,7 @@ func newNode(t testing.TB, pluginDir string) *node {
 	if err := n.installer.InstallBinary(); err != nil {
 		t.Fatal(err)
 	}
-	cniServer, err := agent.NewCNIServer(n.sock, nodeAgent, nil)
+	cniServer, err := agent.NewCNIServer(n.sock, nodeAgent, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
