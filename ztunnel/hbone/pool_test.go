@@ -158,7 +158,17 @@ func TestServerShutdownDrains(t *testing.T) {
 		defer cancel()
 		done <- ts.srv.Shutdown(ctx)
 	}()
-	time.Sleep(50 * time.Millisecond)
+	// Wait for the server's GOAWAY to reach the client.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		cc.c.mu.Lock()
+		away := cc.c.goingAway
+		cc.c.mu.Unlock()
+		if away || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
 	if _, err := cc.Connect(context.Background(), target("10.0.0.1:80")); err == nil {
 		t.Error("new stream accepted while draining")
 	}
