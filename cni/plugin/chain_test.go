@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -28,6 +27,7 @@ import (
 	"github.com/zmesh/zmesh/cni/cniapi"
 	"github.com/zmesh/zmesh/cni/redirect"
 	"github.com/zmesh/zmesh/e2e/netenv"
+	"github.com/zmesh/zmesh/ztunnel/inpod"
 )
 
 // Debian's containernetworking-plugins speak CNI up to 1.0.0; 1.1.0 runs
@@ -282,27 +282,20 @@ func rulesAt(t *testing.T, ns *netenv.NS, pref int) int {
 	return c
 }
 
-// proxyListener plays ztunnel's part: a marked, transparent, non-MPTCP
-// listener in the pod, put in the pod's pinned SOCKMAP.
+// proxyListener plays ztunnel's part with ztunnel's own socket factory: a
+// 15001 listener inside the pod, steered through the pod's pinned SOCKMAP.
 func proxyListener(t *testing.T, p *pod, dir string) *net.TCPListener {
 	t.Helper()
-	var ln net.Listener
-	err := p.ns.Do(func() error {
-		lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
-			var serr error
-			rc.Control(func(fd uintptr) {
-				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, redirect.ProxyMark)
-				if serr == nil {
-					serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_TRANSPARENT, 1)
-				}
-			})
-			return serr
-		}}
-		lc.SetMultipathTCP(false)
-		var err error
-		ln, err = lc.Listen(context.Background(), "tcp", "0.0.0.0:15001")
-		return err
-	})
+	nsfd, err := unix.FcntlInt(uintptr(p.ns.Handle()), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := inpod.Open(nsfd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	ln, err := n.Listen(netip.MustParseAddrPort("0.0.0.0:15001"), inpod.ListenOptions{Transparent: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -311,14 +304,20 @@ func proxyListener(t *testing.T, p *pod, dir string) *net.TCPListener {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
-	rc, _ := ln.(*net.TCPListener).SyscallConn()
-	var serr error
-	rc.Control(func(fd uintptr) { serr = c.SetListener(bpf.Outbound, fd) })
-	if serr != nil {
-		t.Fatal(serr)
+	lfd, bfd, err := c.MapFDs()
+	c.Close()
+	if err != nil {
+		t.Fatal(err)
 	}
-	return ln.(*net.TCPListener)
+	maps, err := bpf.NewPodMaps(lfd, bfd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer maps.Close()
+	if err := inpod.Steer(maps, bpf.Outbound, ln); err != nil {
+		t.Fatal(err)
+	}
+	return ln
 }
 
 func TestChainCapturesAmbientPods(t *testing.T) {

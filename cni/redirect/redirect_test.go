@@ -6,7 +6,6 @@ import (
 	"net/netip"
 	"os"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -15,6 +14,7 @@ import (
 
 	"github.com/zmesh/zmesh/bpf"
 	"github.com/zmesh/zmesh/e2e/netenv"
+	"github.com/zmesh/zmesh/ztunnel/inpod"
 )
 
 type pod struct {
@@ -183,28 +183,21 @@ func TestRoutingAndProgramCapture(t *testing.T) {
 	if err := c.Enroll(p.ip4, p.ip6); err != nil {
 		t.Fatal(err)
 	}
-	var ln net.Listener
-	err = p.ns.Do(func() error {
-		lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
-			var serr error
-			rc.Control(func(fd uintptr) {
-				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, ProxyMark)
-				if serr == nil {
-					serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_TRANSPARENT, 1)
-				}
-			})
-			return serr
-		}}
-		lc.SetMultipathTCP(false)
-		var err error
-		ln, err = lc.Listen(context.Background(), "tcp", "[::]:15001")
-		return err
-	})
+	nsfd, err := unix.FcntlInt(uintptr(p.ns.Handle()), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := inpod.Open(nsfd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	ln, err := n.Listen(netip.MustParseAddrPort("[::]:15001"), inpod.ListenOptions{Transparent: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	rc, _ := ln.(*net.TCPListener).SyscallConn()
+	rc, _ := ln.SyscallConn()
 	var serr error
 	rc.Control(func(fd uintptr) { serr = c.SetListener(bpf.Outbound, fd) })
 	if serr != nil {
@@ -218,7 +211,7 @@ func TestRoutingAndProgramCapture(t *testing.T) {
 		if err != nil {
 			t.Fatalf("dial %s from the pod: %v", dst, err)
 		}
-		ln.(*net.TCPListener).SetDeadline(time.Now().Add(2 * time.Second))
+		ln.SetDeadline(time.Now().Add(2 * time.Second))
 		got, err := ln.Accept()
 		if err != nil {
 			t.Fatalf("15001 did not get %s: %v", dst, err)

@@ -1,13 +1,10 @@
 package inpod
 
 import (
-	"context"
 	"io"
 	"net"
 	"net/netip"
 	"testing"
-
-	"github.com/zmesh/zmesh/bpf"
 )
 
 // BenchmarkCaptureConnectEcho is what capture alone costs a connection:
@@ -34,23 +31,7 @@ func BenchmarkCaptureConnectEcho(b *testing.B) {
 	b.Cleanup(func() { echo.Close() })
 	serve(b, echo, func(c net.Conn) { io.Copy(c, c) })
 
-	out, err := p.n.Listen(netip.MustParseAddrPort("0.0.0.0:15001"), ListenOptions{Transparent: true})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { out.Close() })
-	if err := Steer(p.maps, bpf.Outbound, out); err != nil {
-		b.Fatal(err)
-	}
-	serve(b, out, func(in net.Conn) {
-		up, err := p.n.Dial(context.Background(), addrOf(in.LocalAddr()))
-		if err != nil {
-			return
-		}
-		defer up.Close()
-		go func() { io.Copy(up, in); up.CloseWrite() }()
-		io.Copy(in, up)
-	})
+	outboundPassThrough(b, p)
 
 	msg, buf := make([]byte, 1024), make([]byte, 1024)
 	for _, tc := range []struct {

@@ -96,6 +96,30 @@ func serve(t testing.TB, ln net.Listener, h func(net.Conn)) {
 	})
 }
 
+// outboundPassThrough is ztunnel's outbound path without HBONE: a 15001
+// listener steered by capture, dialing each connection's original
+// destination from the pod with a marked socket.
+func outboundPassThrough(t testing.TB, p *capturedPod) {
+	t.Helper()
+	out, err := p.n.Listen(netip.MustParseAddrPort("0.0.0.0:15001"), ListenOptions{Transparent: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Steer(p.maps, bpf.Outbound, out); err != nil {
+		out.Close()
+		t.Fatal(err)
+	}
+	serve(t, out, func(in net.Conn) {
+		up, err := p.n.Dial(context.Background(), addrOf(in.LocalAddr()))
+		if err != nil {
+			return
+		}
+		defer up.Close()
+		go func() { io.Copy(up, in); up.CloseWrite() }()
+		io.Copy(in, up)
+	})
+}
+
 func addrOf(a net.Addr) netip.AddrPort {
 	ap := a.(*net.TCPAddr).AddrPort()
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
@@ -119,23 +143,7 @@ func TestOutboundThroughInPodSockets(t *testing.T) {
 	defer echo.Close()
 	serve(t, echo, func(c net.Conn) { io.Copy(c, c) })
 
-	out, err := p.n.Listen(netip.MustParseAddrPort("0.0.0.0:15001"), ListenOptions{Transparent: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer out.Close()
-	if err := Steer(p.maps, bpf.Outbound, out); err != nil {
-		t.Fatal(err)
-	}
-	serve(t, out, func(in net.Conn) {
-		up, err := p.n.Dial(context.Background(), addrOf(in.LocalAddr()))
-		if err != nil {
-			return
-		}
-		defer up.Close()
-		go func() { io.Copy(up, in); up.CloseWrite() }()
-		io.Copy(in, up)
-	})
+	outboundPassThrough(t, p)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
