@@ -22,18 +22,8 @@ import (
 // frame holding exactly the given fields. It returns the response :status.
 func rawConnect(t *testing.T, addr string, fields []hpack.HeaderField) string {
 	t.Helper()
-	p := testPKI(t)
-	tc, err := tls.Dial("tcp", addr, identity.ClientTLS(p.src, alice, []spiffeid.ID{bob}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tc.Close()
-	tc.SetDeadline(time.Now().Add(5 * time.Second))
-	bw := bufio.NewWriter(tc)
-	bw.WriteString(http2.ClientPreface)
-	fr := http2.NewFramer(bw, tc)
+	fr, bw := rawClient(t, addr)
 	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	fr.WriteSettings()
 	var hb bytes.Buffer
 	enc := hpack.NewEncoder(&hb)
 	for _, f := range fields {
@@ -58,6 +48,23 @@ func rawConnect(t *testing.T, addr string, fields []hpack.HeaderField) string {
 			return "RST_STREAM " + f.ErrCode.String()
 		}
 	}
+}
+
+// rawClient opens a TLS connection as alice and writes the client preface
+// and an empty SETTINGS (unflushed), for tests that speak HTTP/2 by hand.
+func rawClient(t *testing.T, addr string) (*http2.Framer, *bufio.Writer) {
+	t.Helper()
+	tc, err := tls.Dial("tcp", addr, identity.ClientTLS(testPKI(t).src, alice, []spiffeid.ID{bob}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tc.Close() })
+	tc.SetDeadline(time.Now().Add(5 * time.Second))
+	bw := bufio.NewWriter(tc)
+	bw.WriteString(http2.ClientPreface)
+	fr := http2.NewFramer(bw, tc)
+	fr.WriteSettings()
+	return fr, bw
 }
 
 // Istio's Go HBONE client sends only :method and :authority: no :scheme,
@@ -178,18 +185,8 @@ func TestOurClientThroughXNetServer(t *testing.T) {
 // Both ends advertise ztunnel's windows: 4 MiB per stream in SETTINGS and a
 // connection window grown to 16 MiB by WINDOW_UPDATE on stream 0.
 func TestAdvertisedWindows(t *testing.T) {
-	p := testPKI(t)
 	ts := startServer(t, echoHandler, bob, nil)
-	tc, err := tls.Dial("tcp", ts.addr, identity.ClientTLS(p.src, alice, []spiffeid.ID{bob}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tc.Close()
-	tc.SetDeadline(time.Now().Add(5 * time.Second))
-	bw := bufio.NewWriter(tc)
-	bw.WriteString(http2.ClientPreface)
-	fr := http2.NewFramer(bw, tc)
-	fr.WriteSettings()
+	fr, bw := rawClient(t, ts.addr)
 	bw.Flush()
 	var streamWin, connInc uint32
 	for streamWin == 0 || connInc == 0 {
