@@ -302,7 +302,9 @@ func (x *Clause) GetMatches() []*Match {
 }
 
 // A match matches if every non-empty field matches: a positive list needs
-// one hit, a not_ list needs none.
+// one hit, a not_ list needs none. A match with every field empty matches
+// nothing (as in Istio's ztunnel); a rule or clause with no entries matches
+// everything.
 type Match struct {
 	state               protoimpl.MessageState `protogen:"open.v1"`
 	Namespaces          []*StringMatch         `protobuf:"bytes,1,rep,name=namespaces,proto3" json:"namespaces,omitempty"`
