@@ -1,0 +1,314 @@
+package authz
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/protobuf/encoding/protojson"
+	"sigs.k8s.io/yaml"
+
+	"github.com/zmesh/zmesh/api/workload/security"
+)
+
+var update = flag.Bool("update", false, "rewrite the expected decisions in testdata/*.txtar")
+
+// TestGolden runs every testdata/*.txtar archive. An archive holds:
+//
+//   - policies.yaml: a YAML list of istio.security.Authorization messages in
+//     protojson form. As a convenience, an entry of an *_ips list may be a
+//     CIDR or address string ("10.0.0.0/8", "::1") instead of
+//     {address: <base64>, length: N}.
+//   - cases: one connection per line, "src=ADDR:PORT dst=ADDR:PORT
+//     [peer=spiffe://...|-] -> DECISION", where DECISION is what
+//     formatDecision prints. Blank lines and #-comments are kept.
+//
+// With -update the DECISION parts are rewritten from the current behaviour.
+func TestGolden(t *testing.T) {
+	files, err := filepath.Glob(filepath.Join("testdata", "*.txtar"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) == 0 {
+		t.Fatal("no testdata/*.txtar archives")
+	}
+	for _, file := range files {
+		t.Run(strings.TrimSuffix(filepath.Base(file), ".txtar"), func(t *testing.T) {
+			runGolden(t, file)
+		})
+	}
+}
+
+func runGolden(t *testing.T, file string) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ar := parseTxtar(data)
+	policiesYAML, ok := ar.file("policies.yaml")
+	if !ok {
+		t.Fatal("archive has no policies.yaml")
+	}
+	cases, ok := ar.file("cases")
+	if !ok {
+		t.Fatal("archive has no cases")
+	}
+	policies := loadPolicies(t, policiesYAML)
+
+	var out bytes.Buffer
+	ran := 0
+	for i, line := range strings.Split(strings.TrimRight(string(cases), "\n"), "\n") {
+		trimmed := strings.TrimSpace(line)
+		if trimmed == "" || strings.HasPrefix(trimmed, "#") {
+			out.WriteString(line + "\n")
+			continue
+		}
+		connText, want, ok := strings.Cut(line, "->")
+		if !ok {
+			t.Fatalf("cases:%d: no \"->\" in %q", i+1, line)
+		}
+		conn, err := parseConn(connText)
+		if err != nil {
+			t.Fatalf("cases:%d: %v", i+1, err)
+		}
+		got := formatDecision(Evaluate(policies, conn))
+		want = strings.TrimSpace(want)
+		if !*update && got != want {
+			t.Errorf("cases:%d: %s\n got: %s\nwant: %s", i+1, strings.TrimSpace(connText), got, want)
+		}
+		fmt.Fprintf(&out, "%s -> %s\n", strings.TrimSpace(connText), got)
+		ran++
+	}
+	if ran == 0 {
+		t.Fatal("no cases")
+	}
+	t.Logf("%d cases", ran)
+	if *update {
+		ar.setFile("cases", out.Bytes())
+		if err := os.WriteFile(file, ar.format(), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// formatDecision is the golden form of a decision: "allow ns/name" or
+// "deny ns/name" when a policy decided, "allow (reason)" or "deny (reason)"
+// when the default did, then what dry-run policies would have done.
+func formatDecision(d Decision) string {
+	verdict := "deny"
+	if d.Allowed {
+		verdict = "allow"
+	}
+	s := verdict + " (" + d.Reason + ")"
+	if d.Policy != "" {
+		s = verdict + " " + d.Policy
+	}
+	if len(d.DryRun) > 0 {
+		s += " | dry-run: " + strings.Join(d.DryRun, "; ")
+	}
+	return s
+}
+
+func parseConn(s string) (Conn, error) {
+	var c Conn
+	var haveSrc, haveDst bool
+	for _, field := range strings.Fields(s) {
+		key, value, ok := strings.Cut(field, "=")
+		if !ok {
+			return Conn{}, fmt.Errorf("field %q: want key=value", field)
+		}
+		var err error
+		switch key {
+		case "src":
+			c.Src, err = netip.ParseAddrPort(value)
+			haveSrc = true
+		case "dst":
+			c.Dst, err = netip.ParseAddrPort(value)
+			haveDst = true
+		case "peer":
+			if value != "-" {
+				c.Peer, err = spiffeid.FromString(value)
+			}
+		default:
+			err = fmt.Errorf("unknown field %q", key)
+		}
+		if err != nil {
+			return Conn{}, err
+		}
+	}
+	if !haveSrc || !haveDst {
+		return Conn{}, fmt.Errorf("%q: want src= and dst=", s)
+	}
+	return c, nil
+}
+
+// loadPolicies reads a YAML list of Authorization messages and compiles them.
+func loadPolicies(t *testing.T, data []byte) []*Policy {
+	t.Helper()
+	var out []*Policy
+	for i, a := range loadAuthorizations(t, data) {
+		p, err := Compile(a)
+		if err != nil {
+			t.Fatalf("policies.yaml[%d]: compile: %v", i, err)
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+func loadAuthorizations(t testing.TB, data []byte) []*security.Authorization {
+	t.Helper()
+	js, err := yaml.YAMLToJSON(data)
+	if err != nil {
+		t.Fatalf("policies.yaml: %v", err)
+	}
+	var list []any
+	if err := json.Unmarshal(js, &list); err != nil {
+		t.Fatalf("policies.yaml: want a list: %v", err)
+	}
+	var out []*security.Authorization
+	for i, item := range list {
+		expandCIDRs(t, item)
+		raw, err := json.Marshal(item)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a := &security.Authorization{}
+		if err := protojson.Unmarshal(raw, a); err != nil {
+			t.Fatalf("policies.yaml[%d]: %v", i, err)
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
+// expandCIDRs rewrites, anywhere in a decoded JSON value, string entries of
+// address lists into the {address, length} objects protojson expects.
+func expandCIDRs(t testing.TB, v any) {
+	t.Helper()
+	switch v := v.(type) {
+	case map[string]any:
+		for key, child := range v {
+			if list, ok := child.([]any); ok && isAddressList(key) {
+				for i, entry := range list {
+					if s, ok := entry.(string); ok {
+						list[i] = addressJSON(t, s)
+					}
+				}
+			}
+			expandCIDRs(t, child)
+		}
+	case []any:
+		for _, child := range v {
+			expandCIDRs(t, child)
+		}
+	}
+}
+
+func isAddressList(key string) bool {
+	switch key {
+	case "sourceIps", "notSourceIps", "destinationIps", "notDestinationIps",
+		"source_ips", "not_source_ips", "destination_ips", "not_destination_ips":
+		return true
+	}
+	return false
+}
+
+func addressJSON(t testing.TB, s string) map[string]any {
+	t.Helper()
+	var pfx netip.Prefix
+	if strings.Contains(s, "/") {
+		var err error
+		if pfx, err = netip.ParsePrefix(s); err != nil {
+			t.Fatalf("policies.yaml: %v", err)
+		}
+	} else {
+		addr, err := netip.ParseAddr(s)
+		if err != nil {
+			t.Fatalf("policies.yaml: %v", err)
+		}
+		pfx = netip.PrefixFrom(addr, addr.BitLen())
+	}
+	return map[string]any{
+		"address": base64.StdEncoding.EncodeToString(pfx.Addr().AsSlice()),
+		"length":  pfx.Bits(),
+	}
+}
+
+// txtar is a minimal reader and writer of the txtar format
+// (golang.org/x/tools/txtar is not a dependency of this module): a comment,
+// then files, each introduced by a "-- name --" line.
+type txtar struct {
+	comment []byte
+	files   []txtarFile
+}
+
+type txtarFile struct {
+	name string
+	data []byte
+}
+
+func parseTxtar(data []byte) *txtar {
+	ar := &txtar{}
+	cur := &ar.comment
+	for len(data) > 0 {
+		line, rest, _ := bytes.Cut(data, []byte("\n"))
+		data = rest
+		if name, ok := txtarMarker(line); ok {
+			ar.files = append(ar.files, txtarFile{name: name})
+			cur = &ar.files[len(ar.files)-1].data
+			continue
+		}
+		*cur = append(*cur, line...)
+		*cur = append(*cur, '\n')
+	}
+	return ar
+}
+
+func txtarMarker(line []byte) (string, bool) {
+	s := string(line)
+	if !strings.HasPrefix(s, "-- ") || !strings.HasSuffix(s, " --") || len(s) < 7 {
+		return "", false
+	}
+	return strings.TrimSpace(s[3 : len(s)-3]), true
+}
+
+func (ar *txtar) file(name string) ([]byte, bool) {
+	for _, f := range ar.files {
+		if f.name == name {
+			return f.data, true
+		}
+	}
+	return nil, false
+}
+
+func (ar *txtar) setFile(name string, data []byte) {
+	for i := range ar.files {
+		if ar.files[i].name == name {
+			ar.files[i].data = data
+			return
+		}
+	}
+	ar.files = append(ar.files, txtarFile{name: name, data: data})
+}
+
+func (ar *txtar) format() []byte {
+	var b bytes.Buffer
+	b.Write(ar.comment)
+	for _, f := range ar.files {
+		fmt.Fprintf(&b, "-- %s --\n", f.name)
+		b.Write(f.data)
+		if len(f.data) > 0 && f.data[len(f.data)-1] != '\n' {
+			b.WriteByte('\n')
+		}
+	}
+	return b.Bytes()
+}
