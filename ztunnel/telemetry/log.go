@@ -1,0 +1,138 @@
+package telemetry
+
+import (
+	"context"
+	"log/slog"
+	"strconv"
+	"time"
+)
+
+// Access-log keys. They are the keys of Istio's ztunnel access log, so log
+// pipelines built for it keep working; reason and response_flags are ours.
+const (
+	KeySrcAddr       = "src.addr"
+	KeySrcWorkload   = "src.workload"
+	KeySrcNamespace  = "src.namespace"
+	KeySrcIdentity   = "src.identity"
+	KeySrcCluster    = "src.cluster"
+	KeyDstAddr       = "dst.addr"
+	KeyDstHBONEAddr  = "dst.hbone_addr"
+	KeyDstService    = "dst.service"
+	KeyDstWorkload   = "dst.workload"
+	KeyDstNamespace  = "dst.namespace"
+	KeyDstIdentity   = "dst.identity"
+	KeyDstCluster    = "dst.cluster"
+	KeyDirection     = "direction"
+	KeyBytesSent     = "bytes_sent"
+	KeyBytesRecv     = "bytes_recv"
+	KeyDuration      = "duration"
+	KeyError         = "error"
+	KeyReason        = "reason"
+	KeyResponseFlags = "response_flags"
+)
+
+const (
+	msgOpened   = "connection opened"
+	msgComplete = "connection complete"
+
+	// maxAccessLogAttrs bounds the attributes of one line, so they fit in
+	// an array on the stack.
+	maxAccessLogAttrs = 19
+)
+
+// logOpen writes the Debug line Istio's ztunnel writes when a connection
+// opens; the line that matters is logClose's.
+func (t *Telemetry) logOpen(c *Conn) {
+	ctx := context.Background()
+	if !t.log.Enabled(ctx, slog.LevelDebug) {
+		return
+	}
+	var buf [maxAccessLogAttrs]slog.Attr
+	t.log.LogAttrs(ctx, slog.LevelDebug, msgOpened, peerAttrs(buf[:0], &c.info)...)
+}
+
+// logClose writes the connection's one access-log line: Info when it
+// completed, Warn when it failed or was denied. Empty values are left out,
+// as in Istio; identities appear only when mTLS proved them.
+func (t *Telemetry) logClose(c *Conn, r *Result) {
+	ctx := context.Background()
+	level := slog.LevelInfo
+	if r.Err != nil || r.Flags != FlagNone {
+		level = slog.LevelWarn
+	}
+	if !t.log.Enabled(ctx, level) {
+		return
+	}
+
+	// The log speaks for the local workload: on an outbound connection it
+	// is the client, so its bytes sent are the client's; inbound, it is
+	// the server and the two swap.
+	sent, recv := r.Sent, r.Received
+	if c.info.Direction == Inbound {
+		sent, recv = recv, sent
+	}
+
+	var buf [maxAccessLogAttrs]slog.Attr
+	a := peerAttrs(buf[:0], &c.info)
+	a = append(a,
+		slog.Int64(KeyBytesSent, sent),
+		slog.Int64(KeyBytesRecv, recv),
+		slog.String(KeyDuration, strconv.FormatInt(time.Since(c.info.Start).Milliseconds(), 10)+"ms"),
+	)
+	if r.Flags != FlagNone {
+		a = append(a, slog.String(KeyResponseFlags, r.Flags))
+	}
+	if r.Err != nil {
+		a = append(a, slog.String(KeyError, r.Err.Error()))
+	}
+	if r.Reason != "" {
+		a = append(a, slog.String(KeyReason, r.Reason))
+	}
+	t.log.LogAttrs(ctx, level, msgComplete, a...)
+}
+
+func peerAttrs(a []slog.Attr, ci *ConnInfo) []slog.Attr {
+	add := func(key, val string) {
+		if val != "" {
+			a = append(a, slog.String(key, val))
+		}
+	}
+	src, dst := &ci.Src, &ci.Dst
+	if src.Addr.IsValid() {
+		add(KeySrcAddr, src.Addr.String())
+	}
+	add(KeySrcWorkload, logName(src))
+	add(KeySrcNamespace, src.Namespace)
+	if ci.Secure {
+		add(KeySrcIdentity, src.Identity)
+	}
+	add(KeySrcCluster, src.Cluster)
+	if dst.Addr.IsValid() {
+		add(KeyDstAddr, dst.Addr.String())
+	}
+	if ci.HBONETarget.IsValid() {
+		add(KeyDstHBONEAddr, ci.HBONETarget.String())
+	}
+	add(KeyDstService, dst.Service)
+	add(KeyDstWorkload, logName(dst))
+	add(KeyDstNamespace, dst.Namespace)
+	if ci.Secure {
+		add(KeyDstIdentity, dst.Identity)
+	}
+	add(KeyDstCluster, dst.Cluster)
+	add(KeyDirection, ci.Direction.String())
+	return a
+}
+
+// logName is the name the log gives a peer: the pod, as Istio's ztunnel
+// logs it, else whatever names it more coarsely.
+func logName(p *Peer) string {
+	switch {
+	case p.Pod != "":
+		return p.Pod
+	case p.Workload != "":
+		return p.Workload
+	default:
+		return p.CanonicalName
+	}
+}
