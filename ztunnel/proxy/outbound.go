@@ -1,0 +1,134 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/zmesh/zmesh/identity"
+	"github.com/zmesh/zmesh/ztunnel/hbone"
+	"github.com/zmesh/zmesh/ztunnel/state"
+	"github.com/zmesh/zmesh/ztunnel/telemetry"
+)
+
+// ConnectTimeout bounds establishing the upstream of one connection.
+const ConnectTimeout = 10 * time.Second
+
+// outbound serves a connection the pod's app opened and capture steered to
+// 15001: the accepted socket's local address is the original destination.
+func (p *Proxy) outbound(pd *pod, c *net.TCPConn) {
+	src := unmapped(c.RemoteAddr().(*net.TCPAddr).AddrPort())
+	dst := unmapped(c.LocalAddr().(*net.TCPAddr).AddrPort())
+	up, tel, err := p.connect(pd, src, dst)
+	if err != nil {
+		return
+	}
+	defer up.Close()
+	sent, recv, err := hbone.Join(c, up)
+	tel.Close(telemetry.Result{Sent: sent, Received: recv, Err: ignoreClosed(err)})
+}
+
+// connect decides how src→dst leaves the pod and opens that upstream. On
+// failure it has already recorded the connection.
+func (p *Proxy) connect(pd *pod, src, dst netip.AddrPort) (net.Conn, *telemetry.Conn, error) {
+	start := time.Now()
+	snap := p.cfg.State.Snapshot()
+	srcW := snap.WorkloadByAddr(state.NetAddr{Network: p.cfg.Network, Addr: src.Addr()})
+	plan, perr := PlanOutbound(snap, Source{Workload: srcW, Network: p.cfg.Network, Node: p.cfg.Node}, dst, p.rr.Add(1))
+
+	ci := telemetry.ConnInfo{
+		Direction: telemetry.Outbound,
+		Src:       p.localPeer(pd, srcW, src),
+		Dst:       destPeer(plan, dst),
+		Secure:    plan.Route != Passthrough,
+		Start:     start,
+	}
+	if plan.Route != Passthrough {
+		ci.Dst.Addr, ci.HBONETarget = plan.Dial, plan.Target
+	}
+	tel := p.cfg.Telemetry.Open(ci)
+	if perr != nil {
+		tel.Close(telemetry.Result{Err: perr, Flags: flagFor(perr)})
+		return nil, nil, perr
+	}
+	ctx, cancel := context.WithTimeout(pd.ctx, ConnectTimeout)
+	defer cancel()
+	var up net.Conn
+	var err error
+	switch plan.Route {
+	case Passthrough:
+		up, err = pd.netns.Dial(ctx, plan.Dial)
+	default:
+		req := &hbone.ConnectRequest{Target: plan.Target, Source: src}
+		if plan.Service != nil {
+			req.Host = plan.Service.Hostname
+		}
+		up, err = pd.pool.Connect(ctx, hbone.Key{SrcWorkload: pd.uid, SrcID: pd.id, DstID: plan.Identity, Dst: plan.Dial}, req)
+	}
+	if err != nil {
+		tel.Close(telemetry.Result{Err: err, Flags: flagFor(err)})
+		return nil, nil, err
+	}
+	return up, tel, nil
+}
+
+// localPeer describes a pod of this node; w is its state entry, if any.
+func (p *Proxy) localPeer(pd *pod, w *state.Workload, addr netip.AddrPort) telemetry.Peer {
+	peer := telemetry.Peer{Addr: addr, Pod: pd.name, Namespace: pd.namespace, Identity: pd.id.String()}
+	if w != nil {
+		peer.Workload, peer.CanonicalName, peer.CanonicalRevision, peer.Cluster =
+			w.WorkloadName, w.CanonicalName, w.CanonicalRevision, w.ClusterID
+	}
+	return peer
+}
+
+func destPeer(plan Plan, dst netip.AddrPort) telemetry.Peer {
+	peer := workloadPeer(plan.Workload, dst)
+	if !plan.Identity.IsZero() {
+		peer.Identity = plan.Identity.String()
+	}
+	if s := plan.Service; s != nil {
+		peer.Service, peer.ServiceName, peer.ServiceNamespace = s.Hostname, s.Name, s.Namespace
+	}
+	return peer
+}
+
+func workloadPeer(w *state.Workload, addr netip.AddrPort) telemetry.Peer {
+	peer := telemetry.Peer{Addr: addr}
+	if w != nil {
+		peer.Pod, peer.Workload, peer.Namespace = w.Name, w.WorkloadName, w.Namespace
+		peer.CanonicalName, peer.CanonicalRevision, peer.Cluster = w.CanonicalName, w.CanonicalRevision, w.ClusterID
+		if !w.Identity.IsZero() {
+			peer.Identity = w.Identity.String()
+		}
+	}
+	return peer
+}
+
+// flagFor maps a failure to Envoy/Istio response flags.
+func flagFor(err error) string {
+	var se *hbone.StatusError
+	var pm *identity.PeerMismatchError
+	var te *tls.CertificateVerificationError
+	switch {
+	case errors.As(err, &se) && se.Status == 401:
+		return telemetry.FlagDenied
+	case errors.Is(err, identity.ErrNoIdentity):
+		return telemetry.FlagIdentityError
+	case errors.As(err, &pm), errors.As(err, &te):
+		return telemetry.FlagTLSFailure
+	}
+	return telemetry.FlagConnectFailure
+}
+
+// ignoreClosed drops the errors a normal end of a proxied connection
+// produces (the other side closed first).
+func ignoreClosed(err error) error {
+	if errors.Is(err, net.ErrClosed) {
+		return nil
+	}
+	return err
+}

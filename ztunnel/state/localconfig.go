@@ -1,0 +1,208 @@
+package state
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"sigs.k8s.io/yaml"
+
+	"github.com/zmesh/zmesh/api/workload"
+	"github.com/zmesh/zmesh/api/workload/security"
+)
+
+// LocalConfig is the --local-config file: the same messages the control
+// plane sends, in YAML (protojson field names, either spelling). Where the
+// wire has address bytes the file takes text: "10.0.0.1" for an address,
+// "10.0.0.0/24" for a policy CIDR, and a bare IP for a NetworkAddress.
+//
+//	workloads: [ {uid, name, namespace, addresses: [10.0.0.1], tunnelProtocol: HBONE, ...} ]
+//	services:  [ {name, namespace, hostname, addresses: [10.96.0.1], ports: [{servicePort: 80, targetPort: 8080}]} ]
+//	policies:  [ {name, namespace, scope, action, rules: [...]} ]
+type LocalConfig struct {
+	Workloads []json.RawMessage `json:"workloads"`
+	Services  []json.RawMessage `json:"services"`
+	Policies  []json.RawMessage `json:"policies"`
+}
+
+// LoadFile reads a local config file as one whole Update.
+func LoadFile(path string) (Update, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Update{}, err
+	}
+	u, err := ParseLocalConfig(data)
+	if err != nil {
+		return Update{}, fmt.Errorf("%s: %w", path, err)
+	}
+	return u, nil
+}
+
+// ParseLocalConfig decodes a local config document. Errors name the list,
+// the index and the field.
+func ParseLocalConfig(data []byte) (Update, error) {
+	var lc LocalConfig
+	if err := yaml.UnmarshalStrict(data, &lc); err != nil {
+		return Update{}, fmt.Errorf("decode: %w", err)
+	}
+	u := Update{Addresses: map[string]*workload.Address{}, Policies: map[string]*security.Authorization{}}
+	for i, raw := range lc.Workloads {
+		w := &workload.Workload{}
+		if err := decodeFriendly(raw, w); err != nil {
+			return Update{}, fmt.Errorf("workloads[%d]: %w", i, err)
+		}
+		if _, dup := u.Addresses[w.Uid]; dup {
+			return Update{}, fmt.Errorf("workloads[%d]: uid %q appears twice", i, w.Uid)
+		}
+		u.Addresses[w.Uid] = &workload.Address{Type: &workload.Address_Workload{Workload: w}}
+	}
+	for i, raw := range lc.Services {
+		s := &workload.Service{}
+		if err := decodeFriendly(raw, s); err != nil {
+			return Update{}, fmt.Errorf("services[%d]: %w", i, err)
+		}
+		key := s.Namespace + "/" + s.Hostname
+		if _, dup := u.Addresses[key]; dup {
+			return Update{}, fmt.Errorf("services[%d]: %q appears twice", i, key)
+		}
+		u.Addresses[key] = &workload.Address{Type: &workload.Address_Service{Service: s}}
+	}
+	for i, raw := range lc.Policies {
+		p := &security.Authorization{}
+		if err := decodeFriendly(raw, p); err != nil {
+			return Update{}, fmt.Errorf("policies[%d]: %w", i, err)
+		}
+		key := p.Namespace + "/" + p.Name
+		if _, dup := u.Policies[key]; dup {
+			return Update{}, fmt.Errorf("policies[%d]: %q appears twice", i, key)
+		}
+		u.Policies[key] = p
+	}
+	return u, nil
+}
+
+func decodeFriendly(raw json.RawMessage, m proto.Message) error {
+	var v any
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return err
+	}
+	v, err := friendly(v, m.ProtoReflect().Descriptor(), "")
+	if err != nil {
+		return err
+	}
+	out, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return protojson.Unmarshal(out, m)
+}
+
+// friendly rewrites the text forms of addresses into protojson's base64,
+// walking the JSON alongside the message descriptor.
+func friendly(v any, md protoreflect.MessageDescriptor, path string) (any, error) {
+	switch md.FullName() {
+	case "istio.security.Address":
+		if s, ok := v.(string); ok {
+			p, err := parsePrefix(s)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", path, err)
+			}
+			return map[string]any{"address": b64(p.Addr()), "length": p.Bits()}, nil
+		}
+	case "istio.workload.NetworkAddress":
+		if s, ok := v.(string); ok {
+			a, err := netip.ParseAddr(s)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", path, err)
+			}
+			return map[string]any{"address": b64(a)}, nil
+		}
+	}
+	obj, ok := v.(map[string]any)
+	if !ok {
+		return v, nil // protojson reports the type mismatch
+	}
+	for k, fv := range obj {
+		fd := md.Fields().ByJSONName(k)
+		if fd == nil {
+			fd = md.Fields().ByName(protoreflect.Name(k))
+		}
+		if fd == nil {
+			continue // protojson names the unknown field
+		}
+		fpath := joinPath(path, string(fd.Name()))
+		var err error
+		if obj[k], err = friendlyField(fv, fd, fpath); err != nil {
+			return nil, err
+		}
+	}
+	return obj, nil
+}
+
+func friendlyField(v any, fd protoreflect.FieldDescriptor, path string) (any, error) {
+	if fd.IsMap() {
+		obj, ok := v.(map[string]any)
+		if !ok || fd.MapValue().Kind() != protoreflect.MessageKind {
+			return v, nil
+		}
+		for k, ev := range obj {
+			var err error
+			if obj[k], err = friendly(ev, fd.MapValue().Message(), fmt.Sprintf("%s[%q]", path, k)); err != nil {
+				return nil, err
+			}
+		}
+		return obj, nil
+	}
+	one := func(ev any, p string) (any, error) {
+		switch fd.Kind() {
+		case protoreflect.MessageKind:
+			return friendly(ev, fd.Message(), p)
+		case protoreflect.BytesKind:
+			if s, ok := ev.(string); ok {
+				if a, err := netip.ParseAddr(s); err == nil {
+					return b64(a), nil
+				}
+			}
+		}
+		return ev, nil
+	}
+	if fd.IsList() {
+		list, ok := v.([]any)
+		if !ok {
+			return v, nil
+		}
+		for i, ev := range list {
+			var err error
+			if list[i], err = one(ev, fmt.Sprintf("%s[%d]", path, i)); err != nil {
+				return nil, err
+			}
+		}
+		return list, nil
+	}
+	return one(v, path)
+}
+
+func parsePrefix(s string) (netip.Prefix, error) {
+	if p, err := netip.ParsePrefix(s); err == nil {
+		return p, nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is neither an address nor a CIDR", s)
+	}
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+func b64(a netip.Addr) string { return base64.StdEncoding.EncodeToString(a.AsSlice()) }
+
+func joinPath(base, name string) string {
+	if base == "" {
+		return name
+	}
+	return base + "." + name
+}

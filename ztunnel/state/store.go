@@ -1,0 +1,293 @@
+package state
+
+import (
+	"cmp"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/zmesh/zmesh/api/workload"
+	"github.com/zmesh/zmesh/api/workload/security"
+	"github.com/zmesh/zmesh/ztunnel/authz"
+)
+
+// Update is one batch of changes: an xDS response or a whole local file.
+// Address resources are named by workload uid or service "namespace/hostname";
+// policies by "namespace/name".
+type Update struct {
+	Addresses        map[string]*workload.Address
+	Policies         map[string]*security.Authorization
+	RemovedAddresses []string
+	RemovedPolicies  []string
+}
+
+// Store holds the current Snapshot. Apply and Replace serialise writers;
+// readers never block.
+type Store struct {
+	mu      sync.Mutex
+	cur     atomic.Pointer[Snapshot]
+	changed chan struct{} // closed and replaced on every swap
+}
+
+// NewStore returns a store with an empty snapshot.
+func NewStore() *Store {
+	s := &Store{changed: make(chan struct{})}
+	s.cur.Store(newSnapshot(nil, nil, nil, 0))
+	return s
+}
+
+// Snapshot returns the current, immutable view.
+func (s *Store) Snapshot() *Snapshot { return s.cur.Load() }
+
+// Changed returns a channel closed at the next swap.
+func (s *Store) Changed() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.changed
+}
+
+// Apply merges an incremental update. Each resource that fails validation
+// is rejected by name and the previous version of it (if any) stays; the
+// rest are applied.
+func (s *Store) Apply(u Update) map[string]error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old := s.cur.Load()
+	wls, svcs, pols := maps(old)
+	rejected := apply(u, wls, svcs, pols)
+	s.swapLocked(newSnapshot(wls, svcs, pols, old.version+1))
+	return rejected
+}
+
+// Replace swaps in the update as the whole state. It is all or nothing:
+// with any invalid resource nothing changes and the error names each.
+func (s *Store) Replace(u Update) error {
+	wls, svcs, pols := map[string]*Workload{}, map[string]*Service{}, map[string]*authz.Policy{}
+	if rejected := apply(u, wls, svcs, pols); len(rejected) > 0 {
+		return RejectedError(rejected)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.swapLocked(newSnapshot(wls, svcs, pols, s.cur.Load().version+1))
+	return nil
+}
+
+func (s *Store) swapLocked(next *Snapshot) {
+	s.cur.Store(next)
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+// RejectedError lists rejected resources by name.
+type RejectedError map[string]error
+
+func (e RejectedError) Error() string {
+	names := make([]string, 0, len(e))
+	for n := range e {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	msg := "rejected:"
+	for _, n := range names {
+		msg += fmt.Sprintf(" %s: %v;", n, e[n])
+	}
+	return msg[:len(msg)-1]
+}
+
+func maps(s *Snapshot) (map[string]*Workload, map[string]*Service, map[string]*authz.Policy) {
+	wls := make(map[string]*Workload, len(s.workloads))
+	for k, v := range s.workloads {
+		wls[k] = v
+	}
+	svcs := make(map[string]*Service, len(s.services))
+	for k, v := range s.services {
+		svcs[k] = v
+	}
+	pols := make(map[string]*authz.Policy, len(s.policies))
+	for k, v := range s.policies {
+		pols[k] = v
+	}
+	return wls, svcs, pols
+}
+
+func apply(u Update, wls map[string]*Workload, svcs map[string]*Service, pols map[string]*authz.Policy) map[string]error {
+	rejected := map[string]error{}
+	for _, name := range u.RemovedAddresses {
+		delete(wls, name)
+		delete(svcs, name)
+	}
+	for _, name := range u.RemovedPolicies {
+		delete(pols, name)
+	}
+	for name, a := range u.Addresses {
+		switch t := a.GetType().(type) {
+		case *workload.Address_Workload:
+			w, err := ConvertWorkload(t.Workload)
+			if err == nil && name != w.UID {
+				err = fmt.Errorf("resource name %q is not the workload's uid %q", name, w.UID)
+			}
+			if err != nil {
+				rejected[name] = fmt.Errorf("workload.%w", err)
+				continue
+			}
+			delete(svcs, name)
+			wls[name] = w
+		case *workload.Address_Service:
+			s, err := ConvertService(t.Service)
+			if err == nil && name != s.Key() {
+				err = fmt.Errorf("resource name %q is not the service's namespace/hostname %q", name, s.Key())
+			}
+			if err != nil {
+				rejected[name] = fmt.Errorf("service.%w", err)
+				continue
+			}
+			delete(wls, name)
+			svcs[name] = s
+		default:
+			rejected[name] = fmt.Errorf("type: neither workload nor service")
+		}
+	}
+	for name, a := range u.Policies {
+		p, err := authz.Compile(a)
+		if err == nil && name != p.Key() {
+			err = fmt.Errorf("resource name %q is not the policy's namespace/name %q", name, p.Key())
+		}
+		if err != nil {
+			rejected[name] = err
+			continue
+		}
+		pols[name] = p
+	}
+	if len(rejected) == 0 {
+		return nil
+	}
+	return rejected
+}
+
+// Snapshot is one consistent view of the mesh. Never modify what it returns.
+type Snapshot struct {
+	version   uint64
+	workloads map[string]*Workload
+	services  map[string]*Service
+	policies  map[string]*authz.Policy
+
+	byAddr      map[NetAddr]*Workload
+	byVIP       map[NetAddr]*Service
+	byHost      map[string][]*Service
+	endpoints   map[string][]*Workload
+	byIdentity  map[spiffeid.ID][]*Workload
+	byNode      map[string][]*Workload
+	global      []*authz.Policy
+	byNamespace map[string][]*authz.Policy
+}
+
+func newSnapshot(wls map[string]*Workload, svcs map[string]*Service, pols map[string]*authz.Policy, version uint64) *Snapshot {
+	s := &Snapshot{
+		version: version, workloads: wls, services: svcs, policies: pols,
+		byAddr: map[NetAddr]*Workload{}, byVIP: map[NetAddr]*Service{}, byHost: map[string][]*Service{},
+		endpoints: map[string][]*Workload{}, byIdentity: map[spiffeid.ID][]*Workload{},
+		byNode: map[string][]*Workload{}, byNamespace: map[string][]*authz.Policy{},
+	}
+	for _, w := range sortedValues(wls, func(w *Workload) string { return w.UID }) {
+		for _, a := range w.Addrs {
+			s.byAddr[NetAddr{w.Network, a}] = w
+		}
+		for key := range w.Services {
+			s.endpoints[key] = append(s.endpoints[key], w)
+		}
+		if !w.Identity.IsZero() {
+			s.byIdentity[w.Identity] = append(s.byIdentity[w.Identity], w)
+		}
+		if w.Node != "" {
+			s.byNode[w.Node] = append(s.byNode[w.Node], w)
+		}
+	}
+	for _, svc := range sortedValues(svcs, (*Service).Key) {
+		for _, vip := range svc.VIPs {
+			s.byVIP[vip] = svc
+		}
+		s.byHost[svc.Hostname] = append(s.byHost[svc.Hostname], svc)
+	}
+	for _, p := range sortedValues(pols, (*authz.Policy).Key) {
+		switch p.Scope {
+		case security.Scope_GLOBAL:
+			s.global = append(s.global, p)
+		case security.Scope_NAMESPACE:
+			s.byNamespace[p.Namespace] = append(s.byNamespace[p.Namespace], p)
+		}
+	}
+	return s
+}
+
+func sortedValues[V any](m map[string]V, key func(V) string) []V {
+	out := make([]V, 0, len(m))
+	for _, v := range m {
+		out = append(out, v)
+	}
+	slices.SortFunc(out, func(a, b V) int { return cmp.Compare(key(a), key(b)) })
+	return out
+}
+
+// Version counts swaps; it changes with every update.
+func (s *Snapshot) Version() uint64 { return s.version }
+
+// Workload looks a workload up by uid.
+func (s *Snapshot) Workload(uid string) *Workload { return s.workloads[uid] }
+
+// WorkloadByAddr looks a workload up by network and IP.
+func (s *Snapshot) WorkloadByAddr(a NetAddr) *Workload { return s.byAddr[a] }
+
+// ServiceByVIP looks a service up by one of its virtual IPs.
+func (s *Snapshot) ServiceByVIP(a NetAddr) *Service { return s.byVIP[a] }
+
+// Service looks a service up by "namespace/hostname".
+func (s *Snapshot) Service(key string) *Service { return s.services[key] }
+
+// ServicesByHostname returns the services with that hostname.
+func (s *Snapshot) ServicesByHostname(h string) []*Service { return s.byHost[h] }
+
+// Endpoints returns the workloads backing a service, by uid order.
+func (s *Snapshot) Endpoints(key string) []*Workload { return s.endpoints[key] }
+
+// WorkloadsByIdentity returns the workloads running as id.
+func (s *Snapshot) WorkloadsByIdentity(id spiffeid.ID) []*Workload { return s.byIdentity[id] }
+
+// WorkloadsOnNode returns the workloads on a node.
+func (s *Snapshot) WorkloadsOnNode(node string) []*Workload { return s.byNode[node] }
+
+// Policy looks a policy up by "namespace/name".
+func (s *Snapshot) Policy(key string) *authz.Policy { return s.policies[key] }
+
+// PoliciesFor returns the policies that apply to w: global ones, those of
+// its namespace, and the selector policies it lists. missing names the
+// listed policies not (yet) received; callers fail closed on them, since an
+// absent DENY must not let traffic through.
+func (s *Snapshot) PoliciesFor(w *Workload) (ps []*authz.Policy, missing []string) {
+	ps = append(ps, s.global...)
+	ps = append(ps, s.byNamespace[w.Namespace]...)
+	for _, key := range w.Policies {
+		p := s.policies[key]
+		if p == nil {
+			missing = append(missing, key)
+			continue
+		}
+		if p.Scope == security.Scope_WORKLOAD_SELECTOR {
+			ps = append(ps, p)
+		}
+	}
+	return ps, missing
+}
+
+// Workloads returns every workload, by uid.
+func (s *Snapshot) Workloads() []*Workload {
+	return sortedValues(s.workloads, func(w *Workload) string { return w.UID })
+}
+
+// Services returns every service, by key.
+func (s *Snapshot) Services() []*Service { return sortedValues(s.services, (*Service).Key) }
+
+// Policies returns every policy, by key.
+func (s *Snapshot) Policies() []*authz.Policy { return sortedValues(s.policies, (*authz.Policy).Key) }

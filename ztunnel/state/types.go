@@ -1,0 +1,256 @@
+package state
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/zmesh/zmesh/api/workload"
+	"github.com/zmesh/zmesh/identity"
+)
+
+// NetAddr is an IP on a network: workloads on different networks may share
+// an address.
+type NetAddr struct {
+	Network string
+	Addr    netip.Addr
+}
+
+func (a NetAddr) String() string { return a.Network + "/" + a.Addr.String() }
+
+// Workload is a validated istio.workload.Workload.
+type Workload struct {
+	UID, Name, Namespace string
+	Addrs                []netip.Addr
+	Network              string
+	Protocol             workload.TunnelProtocol
+	Identity             spiffeid.ID
+	Waypoint             *Gateway
+	Node                 string
+	CanonicalName        string
+	CanonicalRevision    string
+	WorkloadName         string
+	ClusterID            string
+	Locality             *workload.Locality
+	Healthy              bool
+	// Services maps "namespace/hostname" to service port → target port
+	// overrides for this workload.
+	Services map[string]map[uint16]uint16
+	// Policies are the keys ("namespace/name") of the WORKLOAD_SELECTOR
+	// policies that select this workload.
+	Policies []string
+
+	raw *workload.Workload
+}
+
+// Raw returns the wire form (for config dumps).
+func (w *Workload) Raw() *workload.Workload { return w.raw }
+
+// HBONE reports whether the workload is in the mesh (reached over HBONE).
+func (w *Workload) HBONE() bool { return w.Protocol == workload.TunnelProtocol_HBONE }
+
+// Service is a validated istio.workload.Service.
+type Service struct {
+	Name, Namespace, Hostname string
+	VIPs                      []NetAddr
+	// Ports maps service port → target port (0: the workload's override or
+	// the service port).
+	Ports         map[uint16]uint16
+	SANs          []spiffeid.ID
+	Waypoint      *Gateway
+	LoadBalancing *workload.LoadBalancing
+
+	raw *workload.Service
+}
+
+// Key is the service's resource name, "namespace/hostname".
+func (s *Service) Key() string { return s.Namespace + "/" + s.Hostname }
+
+// Raw returns the wire form (for config dumps).
+func (s *Service) Raw() *workload.Service { return s.raw }
+
+// Gateway is a waypoint (or network gateway) reference: an address or a
+// service hostname, and its HBONE port.
+type Gateway struct {
+	Addr      NetAddr // valid when the gateway is given by address
+	Service   string  // "namespace/hostname" when given by hostname
+	HBONEPort uint16
+}
+
+func (g *Gateway) String() string {
+	if g.Service != "" {
+		return fmt.Sprintf("%s:%d", g.Service, g.HBONEPort)
+	}
+	return fmt.Sprintf("%s:%d", g.Addr, g.HBONEPort)
+}
+
+// DefaultHBONEPort is where waypoints and ztunnels accept HBONE.
+const DefaultHBONEPort = 15008
+
+// ConvertWorkload validates a wire workload. Errors name the field.
+func ConvertWorkload(pb *workload.Workload) (*Workload, error) {
+	if pb.GetUid() == "" {
+		return nil, errors.New("uid: empty")
+	}
+	w := &Workload{
+		UID: pb.Uid, Name: pb.Name, Namespace: pb.Namespace, Network: pb.Network,
+		Protocol: pb.TunnelProtocol, Node: pb.Node,
+		CanonicalName: pb.CanonicalName, CanonicalRevision: pb.CanonicalRevision,
+		WorkloadName: pb.WorkloadName, ClusterID: pb.ClusterId, Locality: pb.Locality,
+		Healthy: pb.Status == workload.WorkloadStatus_HEALTHY,
+		raw:     pb,
+	}
+	if _, ok := workload.TunnelProtocol_name[int32(pb.TunnelProtocol)]; !ok {
+		return nil, fmt.Errorf("tunnel_protocol: unknown value %d", pb.TunnelProtocol)
+	}
+	for i, b := range pb.Addresses {
+		a, ok := netip.AddrFromSlice(b)
+		if !ok {
+			return nil, fmt.Errorf("addresses[%d]: %d bytes, want 4 or 16", i, len(b))
+		}
+		w.Addrs = append(w.Addrs, a.Unmap())
+	}
+	if w.HBONE() {
+		// A mesh workload must have an identity we can verify: without one
+		// a client could not know whom to expect (fail closed).
+		if pb.Namespace == "" {
+			return nil, errors.New("namespace: empty on an HBONE workload (its identity needs it)")
+		}
+		td, sa := pb.TrustDomain, pb.ServiceAccount
+		if td == "" {
+			td = identity.DefaultTrustDomain
+		}
+		if sa == "" {
+			sa = "default"
+		}
+		t, err := spiffeid.TrustDomainFromString(td)
+		if err != nil {
+			return nil, fmt.Errorf("trust_domain: %w", err)
+		}
+		if w.Identity, err = identity.WorkloadID(t, pb.Namespace, sa); err != nil {
+			return nil, fmt.Errorf("service_account: %w", err)
+		}
+	}
+	var err error
+	if w.Waypoint, err = convertGateway(pb.Waypoint, pb.Network); err != nil {
+		return nil, fmt.Errorf("waypoint: %w", err)
+	}
+	if len(pb.Services) > 0 {
+		w.Services = make(map[string]map[uint16]uint16, len(pb.Services))
+	}
+	for key, pl := range pb.Services {
+		if !validServiceKey(key) {
+			return nil, fmt.Errorf("services[%q]: key must be namespace/hostname", key)
+		}
+		ports, err := convertPorts(pl.GetPorts())
+		if err != nil {
+			return nil, fmt.Errorf("services[%q].%w", key, err)
+		}
+		w.Services[key] = ports
+	}
+	for i, p := range pb.AuthorizationPolicies {
+		if !validServiceKey(p) {
+			return nil, fmt.Errorf("authorization_policies[%d]: %q is not namespace/name", i, p)
+		}
+		w.Policies = append(w.Policies, p)
+	}
+	return w, nil
+}
+
+// ConvertService validates a wire service. Errors name the field.
+func ConvertService(pb *workload.Service) (*Service, error) {
+	if pb.GetNamespace() == "" {
+		return nil, errors.New("namespace: empty")
+	}
+	if pb.Hostname == "" {
+		return nil, errors.New("hostname: empty")
+	}
+	s := &Service{Name: pb.Name, Namespace: pb.Namespace, Hostname: pb.Hostname, LoadBalancing: pb.LoadBalancing, raw: pb}
+	for i, na := range pb.Addresses {
+		a, ok := netip.AddrFromSlice(na.GetAddress())
+		if !ok {
+			return nil, fmt.Errorf("addresses[%d].address: %d bytes, want 4 or 16", i, len(na.GetAddress()))
+		}
+		s.VIPs = append(s.VIPs, NetAddr{Network: na.Network, Addr: a.Unmap()})
+	}
+	var err error
+	if s.Ports, err = convertPorts(pb.Ports); err != nil {
+		return nil, err
+	}
+	for i, san := range pb.SubjectAltNames {
+		id, err := spiffeid.FromString(san)
+		if err != nil {
+			return nil, fmt.Errorf("subject_alt_names[%d]: %w", i, err)
+		}
+		s.SANs = append(s.SANs, id)
+	}
+	if s.Waypoint, err = convertGateway(pb.Waypoint, ""); err != nil {
+		return nil, fmt.Errorf("waypoint: %w", err)
+	}
+	if lb := pb.LoadBalancing; lb != nil {
+		if _, ok := workload.LoadBalancing_Mode_name[int32(lb.Mode)]; !ok {
+			return nil, fmt.Errorf("load_balancing.mode: unknown value %d", lb.Mode)
+		}
+		for i, sc := range lb.RoutingPreference {
+			if _, ok := workload.LoadBalancing_Scope_name[int32(sc)]; !ok || sc == workload.LoadBalancing_UNSPECIFIED_SCOPE {
+				return nil, fmt.Errorf("load_balancing.routing_preference[%d]: invalid scope %d", i, sc)
+			}
+		}
+	}
+	return s, nil
+}
+
+func convertPorts(pbs []*workload.Port) (map[uint16]uint16, error) {
+	ports := make(map[uint16]uint16, len(pbs))
+	for i, p := range pbs {
+		if p.ServicePort == 0 || p.ServicePort > 65535 {
+			return nil, fmt.Errorf("ports[%d].service_port: %d out of range 1-65535", i, p.ServicePort)
+		}
+		if p.TargetPort > 65535 {
+			return nil, fmt.Errorf("ports[%d].target_port: %d out of range 0-65535", i, p.TargetPort)
+		}
+		ports[uint16(p.ServicePort)] = uint16(p.TargetPort)
+	}
+	return ports, nil
+}
+
+func convertGateway(g *workload.GatewayAddress, network string) (*Gateway, error) {
+	if g == nil {
+		return nil, nil
+	}
+	gw := &Gateway{HBONEPort: DefaultHBONEPort}
+	if g.HboneMtlsPort != 0 {
+		if g.HboneMtlsPort > 65535 {
+			return nil, fmt.Errorf("hbone_mtls_port: %d out of range", g.HboneMtlsPort)
+		}
+		gw.HBONEPort = uint16(g.HboneMtlsPort)
+	}
+	switch d := g.Destination.(type) {
+	case *workload.GatewayAddress_Address:
+		a, ok := netip.AddrFromSlice(d.Address.GetAddress())
+		if !ok {
+			return nil, fmt.Errorf("address.address: %d bytes, want 4 or 16", len(d.Address.GetAddress()))
+		}
+		n := d.Address.Network
+		if n == "" {
+			n = network
+		}
+		gw.Addr = NetAddr{Network: n, Addr: a.Unmap()}
+	case *workload.GatewayAddress_Hostname:
+		if d.Hostname.GetNamespace() == "" || d.Hostname.GetHostname() == "" {
+			return nil, errors.New("hostname: needs namespace and hostname")
+		}
+		gw.Service = d.Hostname.Namespace + "/" + d.Hostname.Hostname
+	default:
+		return nil, errors.New("destination: neither address nor hostname")
+	}
+	return gw, nil
+}
+
+func validServiceKey(k string) bool {
+	ns, rest, ok := strings.Cut(k, "/")
+	return ok && ns != "" && rest != "" && !strings.Contains(rest, "/")
+}
