@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"testing"
 	"time"
@@ -10,13 +11,16 @@ import (
 
 // The demo is the README's first command: it must keep working. run fails
 // on any step that does not behave (a refusal that does not happen, a
-// plaintext payload on the wire, a capture that sees nothing).
+// plaintext payload on the wire, a capture that sees nothing, a ztunnel
+// that does not log or count what it did).
 func TestDemoRuns(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	if err := run(ctx); err != nil {
-		t.Fatal(err)
+	var out bytes.Buffer
+	if err := run(ctx, "", &out); err != nil {
+		t.Fatalf("%v\n%s", err, out.String())
 	}
+	t.Log(out.String())
 	if left := netenv.Leftovers(); len(left) > 0 {
 		t.Fatalf("demo left namespaces behind: %v", left)
 	}

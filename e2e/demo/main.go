@@ -1,339 +1,450 @@
-// Command demo runs what is real of zmesh so far on one machine, with no
-// cluster: a CA and its Istio-compatible certificate service, two "nodes"
-// whose ztunnel-side certificate managers fetch their pods' identities over
-// gRPC, and an HBONE tunnel (HTTP/2 CONNECT over mutual TLS 1.3) between two
-// pods in their own network namespaces on a bridge. It prints who proved
-// what to whom, shows refusals, and removes everything it made.
+// Command demo runs zmesh's L4 mesh on one machine with no cluster: a CA
+// and its Istio-compatible certificate service, two "nodes" each with a CNI
+// agent (eBPF capture in every ambient pod) and a ztunnel process fed by a
+// --local-config file, and pods in their own network namespaces on a
+// bridge. Plain TCP from the pods is captured and tunnelled over HBONE;
+// the demo shows who reached whom with which identity, what policy refused,
+// that nothing readable crossed the wire, and the ztunnels' metrics. It
+// removes everything it made.
 //
-// It needs root (network namespaces). Run it with `make demo`.
+// It needs root (network namespaces, eBPF). Run it with `make demo`.
 package main
 
 import (
+	"bufio"
+	"bytes"
 	"context"
-	"crypto/sha256"
-	"crypto/tls"
+	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
+	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	pb "istio.io/api/security/v1alpha1"
 
+	"github.com/zmesh/zmesh/cni/agent"
 	"github.com/zmesh/zmesh/e2e/netenv"
+	"github.com/zmesh/zmesh/e2e/noderunner"
 	"github.com/zmesh/zmesh/identity"
-	"github.com/zmesh/zmesh/ztunnel/hbone"
 )
 
 var td = spiffeid.RequireTrustDomainFromString(identity.DefaultTrustDomain)
 
 func main() {
+	bin := flag.String("ztunnel", "", "ztunnel binary (default: build ./cmd/ztunnel)")
+	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx); err != nil {
+	if err := run(ctx, *bin, os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "demo failed:", err)
 		os.Exit(1)
 	}
 }
 
-func say(who, format string, args ...any) {
-	fmt.Printf("%-9s %s\n", "["+who+"]", fmt.Sprintf(format, args...))
-}
-
 type pod struct {
-	name, node string
-	id         spiffeid.ID
-	ns         *netenv.NS
-	addr       netip.Addr
+	name, ns, sa, node string
+	netns              *netenv.NS
+	addr               netip.Addr
 }
 
-func run(ctx context.Context) error {
-	if os.Geteuid() != 0 {
-		return errors.New("the demo creates network namespaces and needs root (try: sudo make demo)")
-	}
-	// Library logs would interleave with the story; keep warnings only.
-	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError})))
-	fmt.Println("zmesh demo: workload identity and HBONE between two pods (no cluster needed)")
-	fmt.Println()
+func (p *pod) id() string { return identity.MustWorkloadID(td.Name(), p.ns, p.sa).String() }
 
-	// 1. The certificate authority and its gRPC service, as zmeshd runs them.
+type story struct{ w io.Writer }
+
+func (s story) say(who, format string, args ...any) {
+	fmt.Fprintf(s.w, "%-10s %s\n", "["+who+"]", fmt.Sprintf(format, args...))
+}
+
+func run(ctx context.Context, ztunnelBin string, out io.Writer) error {
+	if os.Geteuid() != 0 {
+		return errors.New("the demo creates network namespaces and loads eBPF: it needs root (try: sudo make demo)")
+	}
+	st := story{out}
+	// Library logs would interleave with the story; keep errors only.
+	quiet := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+	slog.SetDefault(quiet)
+	fmt.Fprintln(out, "zmesh demo: an L4 ambient mesh on two nodes (no cluster needed)")
+	fmt.Fprintln(out)
+
 	dir, err := os.MkdirTemp("", "zmesh-demo-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	ca, err := identity.LoadOrCreateCA(dir, identity.CAOptions{TrustDomain: td})
-	if err != nil {
-		return err
-	}
-	root := ca.Bundle().X509Authorities()[0]
-	say("ca", "self-signed root %q for trust domain %s, sha256 %x…", root.Subject.CommonName, td, sha256.Sum256(root.Raw))
-
-	alice := identity.MustWorkloadID(td.Name(), "demo", "alice")
-	bob := identity.MustWorkloadID(td.Name(), "demo", "bob")
-	mallory := identity.MustWorkloadID(td.Name(), "demo", "mallory")
-	ztunnelID := identity.MustWorkloadID(td.Name(), "zmesh-system", "ztunnel")
-	scheduled := map[string][]spiffeid.ID{"node-1": {alice, mallory}, "node-2": {bob}}
-
-	authn, err := identity.NewStaticTokenAuthenticator(map[string]identity.Caller{
-		"token-ztunnel-node-1": {ID: ztunnelID, Node: "node-1"},
-		"token-ztunnel-node-2": {ID: ztunnelID, Node: "node-2"},
-	})
-	if err != nil {
-		return err
-	}
-	authz, err := identity.NewNodeAuthorizer([]spiffeid.ID{ztunnelID}, func(node string, id spiffeid.ID) bool {
-		for _, x := range scheduled[node] {
-			if x == id {
-				return true
-			}
+	if ztunnelBin == "" {
+		ztunnelBin = filepath.Join(dir, "ztunnel")
+		st.say("build", "go build ./cmd/ztunnel")
+		cmd := exec.CommandContext(ctx, "go", "build", "-o", ztunnelBin, "github.com/zmesh/zmesh/cmd/ztunnel")
+		cmd.Stderr = os.Stderr
+		if err := cmd.Run(); err != nil {
+			return fmt.Errorf("build ztunnel: %w", err)
 		}
-		return false
-	})
-	if err != nil {
-		return err
 	}
-	certSrv, err := identity.NewCertServer(ca, authn, authz)
-	if err != nil {
-		return err
-	}
-	gs := grpc.NewServer()
-	pb.RegisterIstioCertificateServiceServer(gs, certSrv)
-	gln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return err
-	}
-	go gs.Serve(gln)
-	defer gs.Stop()
-	say("ca", "istio.v1.auth.IstioCertificateService/CreateCertificate on %s", gln.Addr())
 
-	// 2. The network: an underlay bridge and one namespace per pod.
+	// 1. The network: an underlay bridge and one namespace per pod.
 	lan, err := netenv.NewLAN(netip.MustParsePrefix("10.44.0.0/24"))
 	if err != nil {
 		return fmt.Errorf("build network namespaces: %w", err)
 	}
 	defer func() {
 		lan.Close()
-		say("cleanup", "network namespaces removed (%d left)", len(netenv.Leftovers()))
+		st.say("cleanup", "network namespaces removed (%d left)", len(netenv.Leftovers()))
 	}()
-	mk := func(name, node string, id spiffeid.ID) (*pod, error) {
-		ns, addr, err := lan.Host(name)
-		if err != nil {
-			return nil, err
+	pods := []*pod{
+		{name: "alice", ns: "demo", sa: "alice", node: "node-1"},
+		{name: "mallory", ns: "demo", sa: "mallory", node: "node-1"},
+		{name: "bob", ns: "demo", sa: "bob", node: "node-2"},
+		{name: "legacy", ns: "legacy", sa: "default"}, // not in the mesh
+	}
+	byName := map[string]*pod{}
+	for _, p := range pods {
+		if p.netns, p.addr, err = lan.Host(p.name); err != nil {
+			return err
 		}
-		return &pod{name: name, node: node, id: id, ns: ns, addr: addr}, nil
+		byName[p.name] = p
 	}
-	podA, err := mk("pod-a", "node-1", alice)
-	if err != nil {
-		return err
-	}
-	podM, err := mk("pod-m", "node-1", mallory)
-	if err != nil {
-		return err
-	}
-	podB, err := mk("pod-b", "node-2", bob)
-	if err != nil {
-		return err
-	}
-	for _, p := range []*pod{podA, podM, podB} {
-		say("net", "%s on %s: netns %s, eth0 %s", p.name, p.node, p.ns.Name, p.addr)
-	}
+	alice, mallory, bob, legacy := byName["alice"], byName["mallory"], byName["bob"], byName["legacy"]
 
-	// 3. Each node's ztunnel fetches its pods' certificates with its own token.
-	managers := map[string]*identity.Manager{}
-	for _, node := range []string{"node-1", "node-2"} {
-		cc, err := grpc.NewClient(gln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			return err
-		}
-		defer cc.Close()
-		tok := "token-ztunnel-" + node
-		client, err := identity.NewCertClient(cc, func(context.Context) (string, error) { return tok, nil }, 0)
-		if err != nil {
-			return err
-		}
-		m, err := identity.NewManager(client, ca.Bundle(), identity.ManagerOptions{})
-		if err != nil {
-			return err
-		}
-		mctx, cancel := context.WithCancel(ctx)
-		done := make(chan struct{})
-		go func() { m.Run(mctx); close(done) }()
-		defer func() { cancel(); <-done }()
-		managers[node] = m
+	// 2. The CA and its gRPC certificate service, as zmeshd runs them. Each
+	// node's ztunnel may only obtain identities of pods on its node.
+	ca, err := identity.LoadOrCreateCA(filepath.Join(dir, "ca"), identity.CAOptions{TrustDomain: td})
+	if err != nil {
+		return err
 	}
-	for _, p := range []*pod{podA, podM, podB} {
-		svid, err := managers[p.node].SVID(ctx, p.id)
-		if err != nil {
-			return fmt.Errorf("%s: fetch certificate for %s: %w", p.node, p.id, err)
-		}
-		leaf := svid.Certificates[0]
-		say(p.node, "ztunnel got %s for %s (expires in %s)", leaf.URIs[0], p.name, time.Until(leaf.NotAfter).Round(time.Minute))
+	rootCert := filepath.Join(dir, "root-cert.pem")
+	if err := os.WriteFile(rootCert, ca.RootsPEM(), 0o644); err != nil {
+		return err
 	}
-	// A ztunnel cannot obtain identities of pods on other nodes.
-	if _, err := managers["node-2"].SVID(ctx, alice); err != nil {
-		say("node-2", "ztunnel asking for %s is refused: %s", alice, shortErr(err))
-	} else {
-		return errors.New("node-2 obtained alice's certificate")
+	caAddr, stopCA, err := serveCA(ca, pods)
+	if err != nil {
+		return err
 	}
-	managers["node-2"].Forget(alice)
+	defer stopCA()
+	st.say("ca", "root for %s; IstioCertificateService on %s", td, caAddr)
 
-	// 4. pod-b: an app on :8080 and, in front of it, HBONE on :15008 that
-	// admits alice only (the L4 authorization ztunnel will enforce).
-	app, err := podB.ns.Listen("tcp", netip.AddrPortFrom(podB.addr, 8080).String())
+	// 3. The mesh config every ztunnel reads (what zmeshd would push).
+	cfgPath := filepath.Join(dir, "mesh.yaml")
+	if err := os.WriteFile(cfgPath, []byte(meshConfig(pods)), 0o644); err != nil {
+		return err
+	}
+	st.say("config", "%s: 3 ambient pods, 1 plain pod, service echo 10.96.0.10:80 -> bob:8080;", filepath.Base(cfgPath))
+	st.say("config", "policy: only spiffe://…/sa/alice may reach bob; bob is STRICT (no plaintext)")
+
+	// 4. Per node: the CNI agent (eBPF capture + ZDS) and a ztunnel process.
+	members := agent.MembershipFunc(func(ns, name string) (string, bool) {
+		p := byName[name]
+		if p == nil || p.node == "" || p.ns != ns {
+			return "", false
+		}
+		return p.sa, true
+	})
+	zts := map[string]*ztunnelProc{}
+	nodes := map[string]*noderunner.Node{}
+	for i, name := range []string{"node-1", "node-2"} {
+		ndir := filepath.Join(dir, name)
+		if err := os.MkdirAll(ndir, 0o700); err != nil {
+			return err
+		}
+		n, err := noderunner.Start(name, ndir, members, lan.Underlay.Handle(), quiet)
+		if err != nil {
+			return err
+		}
+		defer n.Close()
+		nodes[name] = n
+		tokFile := filepath.Join(ndir, "token")
+		if err := os.WriteFile(tokFile, []byte("token-ztunnel-"+name), 0o600); err != nil {
+			return err
+		}
+		base := 25000 + 100*i
+		zt, err := startZtunnel(ctx, ztunnelBin, ndir, base, "--node", name, "--zds-socket", n.ZDSPath,
+			"--local-config", cfgPath, "--ca-address", caAddr, "--plaintext-control-plane",
+			"--root-cert", rootCert, "--token-file", tokFile, "--drain-grace", "2s")
+		if err != nil {
+			return err
+		}
+		defer zt.stop()
+		zts[name] = zt
+		st.say(name, "ztunnel pid %d ready (admin 127.0.0.1:%d, metrics :%d)", zt.cmd.Process.Pid, base, base+20)
+	}
+	for _, p := range pods {
+		if p.node == "" {
+			st.say("net", "%-7s %s  not in the mesh", p.name, p.addr)
+			continue
+		}
+		np := noderunner.Pod{UID: "uid-" + p.name, Name: p.name, Namespace: p.ns, NetnsPath: "/run/netns/" + p.netns.Name, IPs: []string{p.addr.String()}}
+		if _, err := nodes[p.node].Add(ctx, np); err != nil {
+			return fmt.Errorf("enrol %s: %w", p.name, err)
+		}
+		defer nodes[p.node].Del(context.Background(), np)
+		st.say("net", "%-7s %s  on %s, captured (eBPF sk_lookup), identity %s", p.name, p.addr, p.node, p.id())
+	}
+	app, err := bob.netns.Listen("tcp", netip.AddrPortFrom(bob.addr, 8080).String())
 	if err != nil {
 		return err
 	}
 	defer app.Close()
 	go serveApp(app)
-	srv, err := hbone.NewServer(func(ctx context.Context, r *hbone.Request, s *hbone.Stream) {
-		if r.Peer != alice {
-			say("pod-b", "HBONE ← %s: 401, not allowed by policy", r.Peer)
-			s.RespondError(401, "RBAC: access denied")
-			return
-		}
-		say("pod-b", "HBONE ← %s from %s, CONNECT %s: 200", r.Peer, r.RemoteAddr, r.Target)
-		up, err := podB.ns.Dial(ctx, "tcp", r.Target.String())
-		if err != nil {
-			s.RespondError(503, err.Error())
-			return
-		}
-		defer up.Close()
-		s.Respond(200)
-		hbone.Join(s, up)
-	}, hbone.ServerOptions{})
-	if err != nil {
-		return err
-	}
-	hln, err := podB.ns.Listen("tcp", netip.AddrPortFrom(podB.addr, 15008).String())
-	if err != nil {
-		return err
-	}
-	serverTLS := identity.ServerTLS(managers["node-2"], bob, nil)
-	go func() {
-		for {
-			c, err := hln.Accept()
-			if err != nil {
-				return
-			}
-			go srv.ServeConn(ctx, tls.Server(c, serverTLS))
-		}
-	}()
-	defer func() {
-		hln.Close()
-		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		srv.Shutdown(sctx)
-	}()
-	say("pod-b", "app on %s:8080, HBONE (mTLS 1.3, h2) on %s:15008 as %s", podB.addr, podB.addr, bob)
-	fmt.Println()
+	fmt.Fprintln(out)
 
-	// 5. Tunnels from node-1's pods.
-	pool, err := hbone.NewPool(hbone.PoolConfig{
-		Dial: func(ctx context.Context, k hbone.Key) (net.Conn, error) {
-			src := map[string]*pod{podA.name: podA, podM.name: podM}[k.SrcWorkload]
-			return src.ns.Dial(ctx, "tcp", k.Dst.String())
-		},
-		TLS: func(k hbone.Key) (*tls.Config, error) {
-			cfg := identity.ClientTLS(managers["node-1"], k.SrcID, []spiffeid.ID{k.DstID})
-			cfg.VerifyConnection = func(cs tls.ConnectionState) error {
-				peer, _ := identity.PeerID(cs)
-				say("node-1", "TLS %s, ALPN %s, server proved %s", tlsVersion(cs.Version), cs.NegotiatedProtocol, peer)
-				return nil
-			}
-			return cfg, nil
-		},
-	})
+	// 5. Traffic. The apps speak plain TCP; capture and ztunnel do the rest.
+	wire, err := lan.Underlay.Capture("")
 	if err != nil {
 		return err
 	}
-	defer pool.Close()
-	tunnel := func(from *pod, expect spiffeid.ID, msg string) (string, error) {
-		key := hbone.Key{SrcWorkload: from.name, SrcID: from.id, DstID: expect, Dst: netip.AddrPortFrom(podB.addr, 15008)}
-		st, err := pool.Connect(ctx, key, &hbone.ConnectRequest{Target: netip.AddrPortFrom(podB.addr, 8080)})
-		if err != nil {
-			return "", err
-		}
-		defer st.Close()
-		st.Write([]byte(msg))
-		st.CloseWrite()
-		b, err := io.ReadAll(st)
-		return string(b), err
-	}
-
-	// The capture must be able to see plaintext, or its silence proves
-	// nothing: first a plain TCP request straight to pod-b's app.
-	capture, err := lan.Underlay.Capture("")
+	bobApp := netip.AddrPortFrom(bob.addr, 8080)
+	reply, err := call(ctx, alice, bobApp, "hello bob")
 	if err != nil {
-		return err
+		return fmt.Errorf("alice -> bob: %w", err)
 	}
-	c, err := podA.ns.Dial(ctx, "tcp", netip.AddrPortFrom(podB.addr, 8080).String())
-	if err != nil {
-		return err
+	st.say("alice", "-> %s: %q", bobApp, reply)
+	if !strings.Contains(reply, "from "+alice.addr.String()) {
+		return fmt.Errorf("bob's app did not see alice's address: %q", reply)
 	}
-	c.Write([]byte("plain hello, no mesh"))
-	c.(*net.TCPConn).CloseWrite()
-	io.ReadAll(c)
-	c.Close()
-	capture.Stop()
-	if !capture.Contains([]byte("plain hello, no mesh")) {
-		return errors.New("the underlay capture missed a plaintext request: it cannot vouch for anything")
+	vip := netip.MustParseAddrPort("10.96.0.10:80")
+	if reply, err = call(ctx, alice, vip, "hello echo service"); err != nil {
+		return fmt.Errorf("alice -> service VIP: %w", err)
 	}
-	say("wire", "control: plain TCP from pod-a to pod-b's app is readable on the underlay, as expected")
-
-	capture, err = lan.Underlay.Capture("")
-	if err != nil {
-		return err
+	st.say("alice", "-> %s (service echo): %q", vip, reply)
+	wire.Stop()
+	frames, n := wire.Stats()
+	if frames == 0 {
+		return errors.New("the underlay capture saw nothing: it cannot vouch for anything")
 	}
-	say("wire", "capturing every frame on the underlay bridge's ports (AF_PACKET)")
-	say("pod-a", "as %s: CONNECT %s:8080 via %s:15008, expecting %s", alice, podB.addr, podB.addr, bob)
-	reply, err := tunnel(podA, bob, "hello from alice")
-	if err != nil {
-		return fmt.Errorf("alice's tunnel: %w", err)
-	}
-	say("pod-a", "reply through the tunnel: %q", reply)
-	reply, err = tunnel(podA, bob, "second request, same connection")
-	if err != nil {
-		return fmt.Errorf("alice's second tunnel: %w", err)
-	}
-	say("pod-a", "reply: %q (pooled connections to pod-b: %d)", reply, len(pool.Conns()))
-	capture.Stop()
-	frames, n := capture.Stats()
-	if capture.Contains([]byte("hello from alice")) || capture.Contains([]byte("pod-b's app got")) {
+	if wire.Contains([]byte("hello bob")) || wire.Contains([]byte("bob's app got")) {
 		return errors.New("plaintext payload seen on the underlay")
 	}
-	say("wire", "%d frames, %d bytes on the underlay: neither request nor reply text appears (TLS records only)", frames, n)
-	fmt.Println()
+	st.say("wire", "%d frames, %d bytes on the underlay: no request or reply text (mTLS 1.3 records only)", frames, n)
 
-	say("pod-m", "as %s: CONNECT %s:8080", mallory, podB.addr)
-	if _, err := tunnel(podM, bob, "let me in"); err != nil {
-		say("pod-m", "refused: %s", shortErr(err))
-	} else {
-		return errors.New("mallory got through")
+	if _, err := call(ctx, mallory, bobApp, "let me in"); err == nil {
+		return errors.New("mallory reached bob despite the policy")
 	}
-	fmt.Println()
+	st.say("mallory", "-> %s: refused", bobApp)
+	if _, err := call(ctx, legacy, bobApp, "plaintext hello"); err == nil {
+		return errors.New("plaintext reached bob despite STRICT")
+	}
+	st.say("legacy", "-> %s (plaintext, outside the mesh): refused", bobApp)
+	fmt.Fprintln(out)
 
-	say("pod-a", "expecting %s at pod-b's address (a spoofed or misrouted peer)", mallory)
-	if _, err := tunnel(podA, mallory, "who are you?"); err != nil {
-		say("pod-a", "refused: %s", shortErr(err))
-	} else {
-		return errors.New("client accepted the wrong server identity")
+	// 6. What bob's ztunnel saw: access log and metrics.
+	zt2 := zts["node-2"]
+	if err := waitFor(ctx, func() bool { return zt2.logCount("connection complete") >= 4 }); err != nil {
+		return errors.New("node-2's ztunnel did not log the four connections")
 	}
-	fmt.Println()
-	say("done", "mTLS identities from the CA, HBONE tunnels, and fail-closed checks on both sides all worked")
+	for _, rec := range zt2.logRecords("connection complete") {
+		verdict := "allowed"
+		if r := rec["reason"]; r != nil {
+			verdict = fmt.Sprint(r)
+		}
+		src := rec["src.identity"]
+		if src == nil {
+			src = "(no identity: plaintext from " + fmt.Sprint(rec["src.addr"]) + ")"
+		}
+		st.say("node-2", "inbound %v -> %v: %s", src, rec["dst.addr"], verdict)
+	}
+	metrics, err := httpGet(ctx, fmt.Sprintf("http://127.0.0.1:%d/metrics", zt2.base+20))
+	if err != nil {
+		return err
+	}
+	shown := 0
+	for _, line := range strings.Split(metrics, "\n") {
+		if strings.HasPrefix(line, "istio_tcp_connections_closed_total{") && !strings.HasSuffix(line, " 0") && shown < 3 {
+			st.say("node-2", "%s", shortMetric(line))
+			shown++
+		}
+	}
+	if shown == 0 {
+		return errors.New("node-2's ztunnel exports no istio_tcp_connections_closed_total")
+	}
+	dump, err := httpGet(ctx, fmt.Sprintf("http://127.0.0.1:%d/config_dump", zt2.base))
+	if err != nil {
+		return err
+	}
+	if !strings.Contains(dump, bob.id()) {
+		return errors.New("node-2's config_dump does not list bob's certificate")
+	}
+	st.say("node-2", "config_dump: %d bytes (workloads, services, policies, pods, certificates)", len(dump))
+	fmt.Fprintln(out)
+	st.say("done", "captured plain TCP crossed nodes over mTLS with identities, and policy refused the rest")
 	return nil
 }
 
-// serveApp answers each connection with what it received.
+// serveCA starts the certificate service with one token per node's
+// ztunnel; it grants only identities of pods on the caller's node.
+func serveCA(ca *identity.CA, pods []*pod) (string, func(), error) {
+	ztunnelID := identity.MustWorkloadID(td.Name(), "zmesh-system", "ztunnel")
+	authn, err := identity.NewStaticTokenAuthenticator(map[string]identity.Caller{
+		"token-ztunnel-node-1": {ID: ztunnelID, Node: "node-1"},
+		"token-ztunnel-node-2": {ID: ztunnelID, Node: "node-2"},
+	})
+	if err != nil {
+		return "", nil, err
+	}
+	authz, err := identity.NewNodeAuthorizer([]spiffeid.ID{ztunnelID}, func(node string, id spiffeid.ID) bool {
+		for _, p := range pods {
+			if p.node == node && p.id() == id.String() {
+				return true
+			}
+		}
+		return false
+	})
+	if err != nil {
+		return "", nil, err
+	}
+	srv, err := identity.NewCertServer(ca, authn, authz)
+	if err != nil {
+		return "", nil, err
+	}
+	gs := grpc.NewServer()
+	pb.RegisterIstioCertificateServiceServer(gs, srv)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	go gs.Serve(ln)
+	return ln.Addr().String(), gs.Stop, nil
+}
+
+// meshConfig is the --local-config both ztunnels read.
+func meshConfig(pods []*pod) string {
+	var b strings.Builder
+	b.WriteString("workloads:\n")
+	for _, p := range pods {
+		proto := "NONE"
+		if p.node != "" {
+			proto = "HBONE"
+		}
+		fmt.Fprintf(&b, "- uid: Kubernetes//Pod/%s/%s\n  name: %s\n  namespace: %s\n  serviceAccount: %s\n  addresses: [%s]\n  tunnelProtocol: %s\n  node: %q\n  workloadName: %s\n  canonicalName: %s\n  canonicalRevision: v1\n",
+			p.ns, p.name, p.name, p.ns, p.sa, p.addr, proto, p.node, p.name, p.name)
+		if p.name == "bob" {
+			b.WriteString("  services: {demo/echo.demo.svc.cluster.local: {}}\n  authorizationPolicies: [demo/bob-strict]\n")
+		}
+	}
+	b.WriteString(`services:
+- name: echo
+  namespace: demo
+  hostname: echo.demo.svc.cluster.local
+  addresses: [10.96.0.10]
+  ports: [{servicePort: 80, targetPort: 8080}]
+policies:
+- name: only-alice
+  namespace: demo
+  scope: NAMESPACE
+  action: ALLOW
+  rules: [{clauses: [{matches: [{principals: [{exact: cluster.local/ns/demo/sa/alice}]}]}]}]
+- name: bob-strict
+  namespace: demo
+  scope: WORKLOAD_SELECTOR
+  action: DENY
+  rules: [{clauses: [{matches: [{notPrincipals: [{presence: {}}]}]}]}]
+`)
+	return b.String()
+}
+
+// ztunnelProc is a ztunnel process and its JSON log.
+type ztunnelProc struct {
+	cmd  *exec.Cmd
+	base int
+	log  *lockedBuffer
+	done chan struct{}
+}
+
+func startZtunnel(ctx context.Context, bin, dir string, base int, args ...string) (*ztunnelProc, error) {
+	args = append(args,
+		"--admin-address", fmt.Sprintf("127.0.0.1:%d", base),
+		"--metrics-address", fmt.Sprintf("127.0.0.1:%d", base+20),
+		"--readiness-address", fmt.Sprintf("127.0.0.1:%d", base+21))
+	z := &ztunnelProc{cmd: exec.Command(bin, args...), base: base, log: &lockedBuffer{}, done: make(chan struct{})}
+	logFile, err := os.Create(filepath.Join(dir, "ztunnel.log"))
+	if err != nil {
+		return nil, err
+	}
+	z.cmd.Stderr = io.MultiWriter(z.log, logFile)
+	if err := z.cmd.Start(); err != nil {
+		return nil, err
+	}
+	go func() { z.cmd.Wait(); logFile.Close(); close(z.done) }()
+	ready := fmt.Sprintf("http://127.0.0.1:%d/healthz/ready", base+21)
+	err = waitFor(ctx, func() bool {
+		select {
+		case <-z.done:
+			return true
+		default:
+		}
+		body, err := httpGet(ctx, ready)
+		return err == nil && strings.HasPrefix(body, "ready")
+	})
+	select {
+	case <-z.done:
+		return nil, fmt.Errorf("ztunnel exited: %s", z.log.String())
+	default:
+	}
+	if err != nil {
+		z.stop()
+		return nil, fmt.Errorf("ztunnel not ready: %s", z.log.String())
+	}
+	return z, nil
+}
+
+// stop is SIGTERM, then the ztunnel drains and exits.
+func (z *ztunnelProc) stop() {
+	z.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-z.done:
+	case <-time.After(10 * time.Second):
+		z.cmd.Process.Kill()
+		<-z.done
+	}
+}
+
+func (z *ztunnelProc) logRecords(msg string) []map[string]any {
+	var out []map[string]any
+	sc := bufio.NewScanner(strings.NewReader(z.log.String()))
+	for sc.Scan() {
+		var rec map[string]any
+		if json.Unmarshal(sc.Bytes(), &rec) == nil && rec["msg"] == msg {
+			out = append(out, rec)
+		}
+	}
+	return out
+}
+
+func (z *ztunnelProc) logCount(msg string) int { return len(z.logRecords(msg)) }
+
+// call connects from a pod (plain TCP: capture takes it), sends msg,
+// half-closes and reads the reply.
+func call(ctx context.Context, from *pod, dst netip.AddrPort, msg string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	c, err := from.netns.Dial(ctx, "tcp", dst.String())
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	c.Write([]byte(msg))
+	c.(*net.TCPConn).CloseWrite()
+	b, err := io.ReadAll(c)
+	if err == nil && len(b) == 0 {
+		err = errors.New("closed without a reply")
+	}
+	return string(b), err
+}
+
+// serveApp answers each connection with what it received and from whom.
 func serveApp(ln net.Listener) {
 	for {
 		c, err := ln.Accept()
@@ -343,22 +454,71 @@ func serveApp(ln net.Listener) {
 		go func() {
 			defer c.Close()
 			b, _ := io.ReadAll(c)
-			fmt.Fprintf(c, "pod-b's app got %q from %s", b, c.RemoteAddr())
+			fmt.Fprintf(c, "bob's app got %q from %s", b, c.RemoteAddr().(*net.TCPAddr).IP)
 		}()
 	}
 }
 
-func tlsVersion(v uint16) string {
-	if v == tls.VersionTLS13 {
-		return "1.3"
+func httpGet(ctx context.Context, url string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return "", err
 	}
-	return fmt.Sprintf("0x%04x", v)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return string(b), fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return string(b), err
 }
 
-func shortErr(err error) string {
-	s := err.Error()
-	if i := strings.LastIndex(s, "desc = "); i >= 0 {
-		s = s[i+len("desc = "):]
+func waitFor(ctx context.Context, cond func() bool) error {
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
-	return s
+	return nil
+}
+
+// shortMetric keeps a metric line's telling labels.
+func shortMetric(line string) string {
+	keep := []string{"reporter", "source_principal", "destination_principal", "connection_security_policy", "response_flags"}
+	open, end := strings.IndexByte(line, '{'), strings.LastIndexByte(line, '}')
+	var parts []string
+	for _, l := range strings.Split(line[open+1:end], ",") {
+		for _, k := range keep {
+			if strings.HasPrefix(l, k+"=") {
+				parts = append(parts, l)
+			}
+		}
+	}
+	return line[:open] + "{" + strings.Join(parts, ",") + "}" + line[end+1:]
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

@@ -21,6 +21,7 @@ type Policy struct {
 	// change the decision.
 	DryRun bool
 
+	raw *security.Authorization
 	// rules matches if any rule matches; no rules matches nothing, so an ALLOW
 	// policy without rules allows nothing (Istio's ALLOW `spec: {}`).
 	rules []rule
@@ -66,6 +67,9 @@ type serviceAccount struct {
 	namespace, name string
 }
 
+// Raw returns the wire form the policy was compiled from (for config dumps).
+func (p *Policy) Raw() *security.Authorization { return p.raw }
+
 // Key returns "namespace/name", the policy's xDS resource name and the name
 // workloads use to reference it.
 func (p *Policy) Key() string {
@@ -103,6 +107,7 @@ func Compile(a *security.Authorization) (*Policy, error) {
 		Scope:     a.GetScope(),
 		Action:    a.GetAction(),
 		DryRun:    a.GetDryRun(),
+		raw:       a,
 		rules:     make([]rule, 0, len(a.GetRules())),
 	}
 	for i, r := range a.GetRules() {

@@ -1,0 +1,88 @@
+// Package noderunner plays a node's kubelet-side for the demo, the tests
+// and the benchmark: it runs the node's CNI agent (capture + ZDS server) in
+// this process, with its bpffs root, ZDS socket and host namespace set per
+// node, and enrols pods living in namespaces the caller made. ztunnel runs
+// beside it, in-process or as a process, and dials the node's ZDS socket.
+package noderunner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/zmesh/zmesh/cni/agent"
+	"github.com/zmesh/zmesh/cni/cniapi"
+)
+
+// Node is one node's agent.
+type Node struct {
+	Name    string
+	ZDSPath string
+	Agent   *agent.Node
+	ZDS     *agent.ZDSServer
+
+	bpfRoot string
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+}
+
+// Start mounts a bpffs under dir and starts the node's ZDS server at
+// dir/zds.sock. members decides which pods are ambient; host is the
+// namespace the node reaches its pods from (probe source).
+func Start(name, dir string, members agent.Membership, host netns.NsHandle, log *slog.Logger) (*Node, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	n := &Node{Name: name, ZDSPath: filepath.Join(dir, "zds.sock"), bpfRoot: filepath.Join(dir, "bpf")}
+	if err := os.MkdirAll(n.bpfRoot, 0o700); err != nil {
+		return nil, err
+	}
+	if err := unix.Mount("bpf", n.bpfRoot, "bpf", 0, ""); err != nil {
+		return nil, fmt.Errorf("mount bpffs at %s: %w", n.bpfRoot, err)
+	}
+	srv, err := agent.NewZDSServer(n.ZDSPath, log)
+	if err != nil {
+		unix.Unmount(n.bpfRoot, unix.MNT_DETACH)
+		return nil, err
+	}
+	n.ZDS = srv
+	n.Agent = &agent.Node{BPFRoot: n.bpfRoot, ZDS: srv, Members: members, HostNetns: host, Log: log}
+	ctx, cancel := context.WithCancel(context.Background())
+	n.cancel = cancel
+	n.wg.Go(func() { srv.Run(ctx) })
+	return n, nil
+}
+
+// Pod is what the node runner knows of a pod.
+type Pod struct {
+	UID, Name, Namespace string
+	NetnsPath            string
+	IPs                  []string
+}
+
+func (p Pod) cni() *cniapi.Pod {
+	return &cniapi.Pod{UID: p.UID, Name: p.Name, Namespace: p.Namespace, Netns: p.NetnsPath, IPs: p.IPs}
+}
+
+// Add enrols a pod as CNI ADD would: captured and handed to ztunnel if
+// ambient. It fails if no ztunnel takes it.
+func (n *Node) Add(ctx context.Context, p Pod) (bool, error) {
+	return n.Agent.Add(ctx, p.cni())
+}
+
+// Del releases a pod as CNI DEL would.
+func (n *Node) Del(ctx context.Context, p Pod) error { return n.Agent.Del(ctx, p.cni()) }
+
+// Close stops the agent and unmounts its bpffs (pins go with it).
+func (n *Node) Close() error {
+	n.cancel()
+	n.wg.Wait()
+	return errors.Join(unix.Unmount(n.bpfRoot, unix.MNT_DETACH), os.Remove(n.bpfRoot))
+}

@@ -1,0 +1,122 @@
+// Package config feeds ztunnel's state store from its two sources: the
+// control plane's delta xDS stream (XDSHandler) and a local YAML file
+// (WatchFile). Both keep the last good state when given a bad one.
+package config
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/zmesh/zmesh/api/workload"
+	"github.com/zmesh/zmesh/api/workload/security"
+	"github.com/zmesh/zmesh/ztunnel/state"
+	"github.com/zmesh/zmesh/ztunnel/xds"
+)
+
+// XDSHandler decodes xDS resources into state updates.
+type XDSHandler struct {
+	Store *state.Store
+}
+
+// Apply implements xds.Handler: each resource that does not decode or
+// validate is rejected by name; the rest are applied.
+func (h XDSHandler) Apply(typeURL string, updated []xds.Resource, removed []string) map[string]error {
+	u := state.Update{}
+	rejected := map[string]error{}
+	switch typeURL {
+	case xds.TypeAddress:
+		u.Addresses = make(map[string]*workload.Address, len(updated))
+		u.RemovedAddresses = removed
+		for _, r := range updated {
+			m := &workload.Address{}
+			if err := r.Body.UnmarshalTo(m); err != nil {
+				rejected[r.Name] = fmt.Errorf("decode: %w", err)
+				continue
+			}
+			u.Addresses[r.Name] = m
+		}
+	case xds.TypeAuthorization:
+		u.Policies = make(map[string]*security.Authorization, len(updated))
+		u.RemovedPolicies = removed
+		for _, r := range updated {
+			m := &security.Authorization{}
+			if err := r.Body.UnmarshalTo(m); err != nil {
+				rejected[r.Name] = fmt.Errorf("decode: %w", err)
+				continue
+			}
+			u.Policies[r.Name] = m
+		}
+	default:
+		for _, r := range updated {
+			rejected[r.Name] = fmt.Errorf("unsupported type %s", typeURL)
+		}
+		return rejected
+	}
+	for name, err := range h.Store.Apply(u) {
+		rejected[name] = err
+	}
+	if len(rejected) == 0 {
+		return nil
+	}
+	return rejected
+}
+
+// Types are the xDS subscriptions ztunnel makes, policies first so that a
+// workload never arrives naming a policy that is still on its way.
+var Types = []string{xds.TypeAuthorization, xds.TypeAddress}
+
+// WatchFile loads path into store, then checks it every interval until ctx
+// ends, replacing the state when the content changes. The first load must
+// succeed; a later bad version is logged and the last good one keeps
+// serving. loaded is called after each successful load.
+func WatchFile(ctx context.Context, path string, store *state.Store, interval time.Duration, log *slog.Logger, loaded func()) error {
+	last, err := loadFile(path, store)
+	if err != nil {
+		return err
+	}
+	if loaded != nil {
+		loaded()
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		data, err := os.ReadFile(path)
+		if err != nil || bytes.Equal(data, last) {
+			continue
+		}
+		if _, err := loadFile(path, store); err != nil {
+			log.Error("local config rejected; the last good one keeps serving", "path", path, "reason", err.Error())
+			last = data
+			continue
+		}
+		last = data
+		log.Info("local config reloaded", "path", path)
+		if loaded != nil {
+			loaded()
+		}
+	}
+}
+
+func loadFile(path string, store *state.Store) ([]byte, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	u, err := state.ParseLocalConfig(data)
+	if err == nil {
+		err = store.Replace(u)
+	}
+	if err != nil {
+		return data, fmt.Errorf("%s: %w", path, err)
+	}
+	return data, nil
+}
