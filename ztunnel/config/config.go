@@ -83,6 +83,8 @@ func WatchFile(ctx context.Context, path string, store *state.Store, interval ti
 	}
 	t := time.NewTicker(interval)
 	defer t.Stop()
+	var pending []byte
+	var pendingAt time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -91,14 +93,26 @@ func WatchFile(ctx context.Context, path string, store *state.Store, interval ti
 		}
 		data, err := os.ReadFile(path)
 		if err != nil || bytes.Equal(data, last) {
+			pending = nil
 			continue
 		}
-		if _, err := loadFile(path, store); err != nil {
+		// (A nil pending must not equal an empty read: bytes.Equal would
+		// say it does.)
+		// Apply a change only once two reads an interval apart agree: a file
+		// caught while being rewritten (truncated, half written) must not
+		// wipe the state.
+		if pending == nil || !bytes.Equal(data, pending) {
+			pending, pendingAt = data, time.Now()
+			continue
+		}
+		if time.Since(pendingAt) < interval {
+			continue // ticks can bunch up; agree across a whole interval
+		}
+		pending, last = nil, data
+		if err := apply(path, data, store); err != nil {
 			log.Error("local config rejected; the last good one keeps serving", "path", path, "reason", err.Error())
-			last = data
 			continue
 		}
-		last = data
 		log.Info("local config reloaded", "path", path)
 		if loaded != nil {
 			loaded()
@@ -111,12 +125,16 @@ func loadFile(path string, store *state.Store) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	return data, apply(path, data, store)
+}
+
+func apply(path string, data []byte, store *state.Store) error {
 	u, err := state.ParseLocalConfig(data)
 	if err == nil {
 		err = store.Replace(u)
 	}
 	if err != nil {
-		return data, fmt.Errorf("%s: %w", path, err)
+		return fmt.Errorf("%s: %w", path, err)
 	}
-	return data, nil
+	return nil
 }
