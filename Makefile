@@ -5,7 +5,7 @@ export GOTOOLCHAIN := local
 
 # Packages that create network namespaces run one at a time.
 NETNS_PKGS := ./bpf/... ./cni/... ./ztunnel/... ./e2e/...
-BENCH_PKGS := ./ztunnel/hbone/ ./ztunnel/inpod/ ./cni/plugin/
+BENCH_PKGS := ./ztunnel/hbone/ ./ztunnel/inpod/ ./ztunnel/proxy/ ./cni/plugin/
 BENCH_COUNT ?= 3
 BENCH_TIME ?= 1s
 

@@ -386,7 +386,7 @@ func socksCall(p *pod, dst netip.AddrPort, msg string) (string, error) {
 	return string(out), err
 }
 
-func waitFor(t *testing.T, cond func() bool, what string) {
+func waitFor(t testing.TB, cond func() bool, what string) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for !cond() {

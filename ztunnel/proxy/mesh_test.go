@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -36,7 +37,7 @@ import (
 // + ZDS server) and a ztunnel (Proxy + ZDS client + its own state store),
 // all sharing one CA. Pods are hosts on the LAN captured through the agent.
 type mesh struct {
-	t     *testing.T
+	t     testing.TB
 	lan   *netenv.LAN
 	ca    *identity.CA
 	wl    []*workload.Workload
@@ -45,16 +46,30 @@ type mesh struct {
 	nodes []*node
 }
 
+// node is a node's agent and the ztunnel newNode started with it (embedded:
+// n.proxy, n.reg, n.logs are that first ztunnel's). More ztunnels can join
+// the agent's socket, as a restarting one does (startZtunnel).
 type node struct {
-	name   string
-	m      *mesh
-	agent  *agent.Node
+	name    string
+	m       *mesh
+	agent   *agent.Node
+	store   *state.Store
+	zdsPath string
+	opts    []func(*proxy.Config)
+	pods    []*pod // captured here
+	*ztunnel
+}
+
+// ztunnel is one Proxy with its ZDS client, certificates, metrics and log.
+// The agent's log goes to the node's first ztunnel's buffer.
+type ztunnel struct {
 	proxy  *proxy.Proxy
-	store  *state.Store
 	reg    *prometheus.Registry
 	logs   *syncBuffer
+	log    *slog.Logger
 	cancel context.CancelFunc
 	done   sync.WaitGroup
+	stop   func()
 }
 
 type pod struct {
@@ -64,7 +79,7 @@ type pod struct {
 	node                     *node
 }
 
-func newMesh(t *testing.T) *mesh {
+func newMesh(t testing.TB) *mesh {
 	t.Helper()
 	lan, err := netenv.NewLAN(netip.MustParsePrefix("10.61.0.0/24"))
 	if err != nil {
@@ -92,37 +107,19 @@ func (m *mesh) newNode(name string, opts ...func(*proxy.Config)) *node {
 	}
 	t.Cleanup(func() { unix.Unmount(bpfRoot, unix.MNT_DETACH) })
 
-	n := &node{name: name, m: m, store: state.NewStore(), reg: prometheus.NewRegistry(), logs: &syncBuffer{}}
-	log := slog.New(slog.NewJSONHandler(n.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	zdsPath := filepath.Join(dir, "zds.sock")
-	srv, err := agent.NewZDSServer(zdsPath, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certs, err := identity.NewManager(identity.FetcherFunc(func(ctx context.Context, id spiffeid.ID) (*x509svid.SVID, error) {
-		return m.ca.Issue(id, time.Hour)
-	}), m.ca.Bundle(), identity.ManagerOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tel, err := telemetry.New(n.reg, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := proxy.Config{Node: name, State: n.store, Certs: certs, Telemetry: tel, Log: log, Grace: 2 * time.Second}
-	for _, o := range opts {
-		o(&cfg)
-	}
-	n.proxy, err = proxy.New(cfg)
+	n := &node{name: name, m: m, store: state.NewStore(), zdsPath: filepath.Join(dir, "zds.sock"), opts: opts}
+	logs := &syncBuffer{}
+	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	srv, err := agent.NewZDSServer(n.zdsPath, log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	n.cancel = cancel
-	n.done.Go(func() { srv.Run(ctx) })
-	n.done.Go(func() { certs.Run(ctx) })
-	n.done.Go(func() { inpod.RunZDS(ctx, zdsPath, n.proxy, log) })
-	t.Cleanup(n.stop)
+	var agentDone sync.WaitGroup
+	agentDone.Go(func() { srv.Run(ctx) })
+	// Registered first, so it runs after every ztunnel's stop.
+	t.Cleanup(func() { cancel(); agentDone.Wait() })
+	n.ztunnel = n.runZtunnel(logs)
 	wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
 	defer wcancel()
 	if err := srv.WaitZtunnel(wctx); err != nil {
@@ -133,15 +130,72 @@ func (m *mesh) newNode(name string, opts ...func(*proxy.Config)) *node {
 	return n
 }
 
-func (n *node) stop() {
-	n.cancel()
-	ctx, cancel := context.WithTimeout(context.Background(), 0)
-	cancel()
-	n.proxy.Drain(ctx)
-	n.done.Wait()
-	if n.m.t.Failed() {
-		n.m.t.Logf("node %s log:\n%s", n.name, n.logs.String())
+// startZtunnel starts another ztunnel on the node, as a restart does: it
+// connects to the agent's socket, takes the snapshot of every pod (opening
+// its listeners beside the running ones) and becomes the newest. It
+// returns once it serves every pod the first ztunnel serves.
+func (n *node) startZtunnel() *ztunnel {
+	t := n.m.t
+	t.Helper()
+	z := n.runZtunnel(&syncBuffer{})
+	waitFor(t, func() bool {
+		have := map[string]bool{}
+		for _, pi := range z.proxy.Pods() {
+			have[pi.UID] = true
+		}
+		for _, p := range n.pods {
+			if !have[p.uid] {
+				return false
+			}
+		}
+		return true
+	}, "the new ztunnel to take the snapshot")
+	return z
+}
+
+// runZtunnel starts a Proxy and its ZDS client against the node's agent.
+func (n *node) runZtunnel(logs *syncBuffer) *ztunnel {
+	m, t := n.m, n.m.t
+	t.Helper()
+	z := &ztunnel{reg: prometheus.NewRegistry(), logs: logs}
+	z.log = slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	certs, err := identity.NewManager(identity.FetcherFunc(func(ctx context.Context, id spiffeid.ID) (*x509svid.SVID, error) {
+		return m.ca.Issue(id, time.Hour)
+	}), m.ca.Bundle(), identity.ManagerOptions{})
+	if err != nil {
+		t.Fatal(err)
 	}
+	tel, err := telemetry.New(z.reg, z.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := proxy.Config{Node: n.name, State: n.store, Certs: certs, Telemetry: tel, Log: z.log, Grace: 2 * time.Second}
+	for _, o := range n.opts {
+		o(&cfg)
+	}
+	z.proxy, err = proxy.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	z.cancel = cancel
+	z.done.Go(func() { certs.Run(ctx) })
+	z.done.Go(func() { inpod.RunZDS(ctx, n.zdsPath, z.proxy, z.log) })
+	var once sync.Once
+	z.stop = func() {
+		once.Do(func() {
+			z.cancel()
+			ctx, cancel := context.WithTimeout(context.Background(), 0)
+			cancel()
+			z.proxy.Drain(ctx)
+			z.done.Wait()
+			if t.Failed() {
+				t.Logf("node %s ztunnel log:\n%s", n.name, z.logs.String())
+			}
+		})
+	}
+	t.Cleanup(z.stop)
+	return z
 }
 
 func (m *mesh) member(namespace, name string) (string, bool) {
@@ -181,6 +235,7 @@ func (m *mesh) newPod(n *node, namespace, name, sa string) *pod {
 		if err != nil || !ok {
 			t.Fatalf("capture %s: ok=%v err=%v", name, ok, err)
 		}
+		n.pods = append(n.pods, p)
 		t.Cleanup(func() {
 			n.agent.Del(context.Background(), &cniapi.Pod{UID: p.uid, Name: name, Namespace: namespace, Netns: "/run/netns/" + ns.Name})
 		})
@@ -229,7 +284,7 @@ type app struct {
 	peers chan netip.Addr
 }
 
-func (p *pod) serve(t *testing.T, port uint16) *app {
+func (p *pod) serve(t testing.TB, port uint16) *app {
 	t.Helper()
 	ln, err := p.ns.Listen("tcp", netip.AddrPortFrom(p.ip, port).String())
 	if err != nil {
@@ -284,8 +339,8 @@ func (p *pod) call(dst netip.AddrPort, msg string) (string, error) {
 	return buf.String(), err
 }
 
-// logLines returns the node's JSON log records whose msg is msg.
-func (n *node) logLines(msg string) []map[string]any {
+// logLines returns the ztunnel's JSON log records whose msg is msg.
+func (n *ztunnel) logLines(msg string) []map[string]any {
 	var out []map[string]any
 	for _, line := range strings.Split(n.logs.String(), "\n") {
 		var rec map[string]any
@@ -311,4 +366,105 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// echo is a TCP server in a pod that writes back whatever it reads until
+// the client closes.
+func (p *pod) echo(t testing.TB, port uint16) netip.AddrPort {
+	t.Helper()
+	ln, err := p.ns.Listen("tcp", netip.AddrPortFrom(p.ip, port).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	conns := map[net.Conn]bool{}
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns[c] = true
+			mu.Unlock()
+			wg.Go(func() {
+				defer func() {
+					mu.Lock()
+					delete(conns, c)
+					mu.Unlock()
+					c.Close()
+				}()
+				io.Copy(c, c)
+			})
+		}
+	})
+	return netip.AddrPortFrom(p.ip, port)
+}
+
+// dial connects from the pod to dst (captured like any app's connection).
+func (p *pod) dial(t testing.TB, dst netip.AddrPort) *net.TCPConn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := p.ns.Dial(ctx, "tcp", dst.String())
+	if err != nil {
+		t.Fatalf("dial %s from %s: %v", dst, p.name, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c.(*net.TCPConn)
+}
+
+// opened is the ztunnel's istio_tcp_connections_opened_total, all series.
+func (z *ztunnel) opened(t testing.TB) float64 {
+	t.Helper()
+	mf, err := z.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n float64
+	for _, f := range mf {
+		if f.GetName() == "istio_tcp_connections_opened_total" {
+			for _, mt := range f.Metric {
+				n += mt.GetCounter().GetValue()
+			}
+		}
+	}
+	return n
+}
+
+// listeners counts the TCP sockets listening on port in the pod's netns.
+func (p *pod) listeners(t testing.TB, port uint16) int {
+	t.Helper()
+	n := 0
+	err := p.ns.Do(func() error {
+		// thread-self: /proc/self/net would show the namespace of the
+		// process's main thread, not this locked one's.
+		for _, f := range []string{"/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"} {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				return err
+			}
+			for _, line := range strings.Split(string(b), "\n")[1:] {
+				fs := strings.Fields(line)
+				if len(fs) > 3 && fs[3] == "0A" && strings.HasSuffix(fs[1], fmt.Sprintf(":%04X", port)) {
+					n++
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
