@@ -72,9 +72,12 @@ var (
 )
 
 // PlanOutbound decides, without I/O, how a connection from src to dst goes
-// out. rr is a round-robin counter the caller advances per connection.
+// out. rr is a round-robin counter the caller advances per connection. An
+// IPv4-mapped dst is the IPv4 address: the plan carries the plain form, so
+// the HBONE authority and pool key do not depend on the socket's family.
 func PlanOutbound(snap *state.Snapshot, src Source, dst netip.AddrPort, rr uint64) (Plan, error) {
-	addr := state.NetAddr{Network: src.Network, Addr: dst.Addr().Unmap()}
+	dst = unmapped(dst)
+	addr := state.NetAddr{Network: src.Network, Addr: dst.Addr()}
 	if svc := snap.ServiceByVIP(addr); svc != nil {
 		return planService(snap, src, svc, dst, rr)
 	}

@@ -2,6 +2,7 @@ package state
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -156,7 +157,8 @@ func apply(u Update, wls map[string]*Workload, svcs map[string]*Service, pols ma
 			err = fmt.Errorf("resource name %q is not the policy's namespace/name %q", name, p.Key())
 		}
 		if err != nil {
-			rejected[name] = err
+			// A service may have the same name as a policy: keep both errors.
+			rejected[name] = errors.Join(rejected[name], err)
 			continue
 		}
 		pols[name] = p

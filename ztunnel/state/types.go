@@ -130,6 +130,9 @@ func ConvertWorkload(pb *workload.Workload) (*Workload, error) {
 		if err != nil {
 			return nil, fmt.Errorf("trust_domain: %w", err)
 		}
+		if _, err := spiffeid.FromSegments(t, pb.Namespace); err != nil {
+			return nil, fmt.Errorf("namespace: %w", err)
+		}
 		if w.Identity, err = identity.WorkloadID(t, pb.Namespace, sa); err != nil {
 			return nil, fmt.Errorf("service_account: %w", err)
 		}
@@ -187,12 +190,19 @@ func ConvertService(pb *workload.Service) (*Service, error) {
 		}
 		s.SANs = append(s.SANs, id)
 	}
-	if s.Waypoint, err = convertGateway(pb.Waypoint, ""); err != nil {
+	network := "" // a waypoint given by bare address is on the service's network
+	if len(s.VIPs) > 0 {
+		network = s.VIPs[0].Network
+	}
+	if s.Waypoint, err = convertGateway(pb.Waypoint, network); err != nil {
 		return nil, fmt.Errorf("waypoint: %w", err)
 	}
 	if lb := pb.LoadBalancing; lb != nil {
 		if _, ok := workload.LoadBalancing_Mode_name[int32(lb.Mode)]; !ok {
 			return nil, fmt.Errorf("load_balancing.mode: unknown value %d", lb.Mode)
+		}
+		if _, ok := workload.LoadBalancing_HealthPolicy_name[int32(lb.HealthPolicy)]; !ok {
+			return nil, fmt.Errorf("load_balancing.health_policy: unknown value %d", lb.HealthPolicy)
 		}
 		for i, sc := range lb.RoutingPreference {
 			if _, ok := workload.LoadBalancing_Scope_name[int32(sc)]; !ok || sc == workload.LoadBalancing_UNSPECIFIED_SCOPE {
