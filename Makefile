@@ -9,7 +9,7 @@ BENCH_PKGS := ./ztunnel/hbone/ ./ztunnel/inpod/ ./ztunnel/proxy/ ./cni/plugin/
 BENCH_COUNT ?= 3
 BENCH_TIME ?= 1s
 
-.PHONY: all build test unit race demo bench bench-quick generate lint deps clean
+.PHONY: all build test demo bench bench-quick generate lint deps clean
 
 all: build
 
@@ -22,7 +22,7 @@ build: deps
 
 # The README's test command: lint, then every test (netns tests need root).
 test: deps lint
-	$(GO) test -count=1 -timeout 10m $$($(GO) list ./... | grep -v -e /bpf -e /cni -e /ztunnel -e /e2e)
+	$(GO) test -count=1 -timeout 10m $$($(GO) list ./... | grep -v -E '^github.com/zmesh/zmesh/(bpf|cni|ztunnel|e2e)(/|$$)')
 	$(GO) test -count=1 -p 1 -timeout 15m $(NETNS_PKGS)
 	$(GO) test -count=1 -race -timeout 15m ./identity/... ./ztunnel/... ./api/... ./cni/agent/...
 
