@@ -7,10 +7,10 @@ import (
 	"net/netip"
 	"os"
 
+	"go.yaml.in/yaml/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
-	"sigs.k8s.io/yaml"
 
 	"github.com/zmesh/zmesh/api/workload"
 	"github.com/zmesh/zmesh/api/workload/security"
@@ -46,8 +46,8 @@ func LoadFile(path string) (Update, error) {
 // ParseLocalConfig decodes a local config document. Errors name the list,
 // the index and the field.
 func ParseLocalConfig(data []byte) (Update, error) {
-	var lc LocalConfig
-	if err := yaml.UnmarshalStrict(data, &lc); err != nil {
+	lc, err := decodeLocalConfig(data)
+	if err != nil {
 		return Update{}, fmt.Errorf("decode: %w", err)
 	}
 	u := Update{Addresses: map[string]*workload.Address{}, Policies: map[string]*security.Authorization{}}
@@ -84,6 +84,45 @@ func ParseLocalConfig(data []byte) (Update, error) {
 		u.Policies[key] = p
 	}
 	return u, nil
+}
+
+// decodeLocalConfig turns the YAML document into JSON lists, refusing
+// unknown top-level keys. (YAML is decoded generically and re-encoded as
+// JSON so protojson, with its field names and checks, does the rest.)
+func decodeLocalConfig(data []byte) (LocalConfig, error) {
+	var lc LocalConfig
+	var doc map[string]any
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return lc, err
+	}
+	for key, v := range doc {
+		var dst *[]json.RawMessage
+		switch key {
+		case "workloads":
+			dst = &lc.Workloads
+		case "services":
+			dst = &lc.Services
+		case "policies":
+			dst = &lc.Policies
+		default:
+			return lc, fmt.Errorf("unknown field %q (want workloads, services, policies)", key)
+		}
+		if v == nil {
+			continue
+		}
+		list, ok := v.([]any)
+		if !ok {
+			return lc, fmt.Errorf("%s: a list is needed", key)
+		}
+		for i, item := range list {
+			raw, err := json.Marshal(item)
+			if err != nil {
+				return lc, fmt.Errorf("%s[%d]: %w", key, i, err)
+			}
+			*dst = append(*dst, raw)
+		}
+	}
+	return lc, nil
 }
 
 func decodeFriendly(raw json.RawMessage, m proto.Message) error {
