@@ -19,7 +19,6 @@ import (
 const (
 	socksSucceeded          = 0
 	socksGeneralFailure     = 1
-	socksNotAllowed         = 2
 	socksHostUnreachable    = 4
 	socksCommandUnsupported = 7
 	socksAddrUnsupported    = 8
