@@ -3,6 +3,7 @@ package hbone
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -56,8 +57,14 @@ type conn struct {
 	// recvUnacked counts consumed bytes not yet returned by WINDOW_UPDATE.
 	recvUnacked int32
 	goingAway   bool // GOAWAY sent or received: no new streams
-	err         error
-	done        chan struct{} // closed when the read loop exits
+	// takeUpTo is, once this server sent GOAWAY, the highest stream id it
+	// still takes: the one it advertised.
+	takeUpTo uint32
+	// pings are our PINGs awaiting their ACK, by payload.
+	pings   map[[8]byte]chan struct{}
+	pingSeq uint64
+	err     error
+	done    chan struct{} // closed when the read loop exits
 	// onStreamClosed is called once for every stream leaving the
 	// connection, and onGoAway once when the connection stops taking new
 	// streams (GOAWAY either way, or failure). Both run without locks held.
@@ -75,6 +82,7 @@ const (
 	ctrlWindowUpdate ctrlKind = iota
 	ctrlSettingsAck
 	ctrlPingAck
+	ctrlPing
 	ctrlRST
 	ctrlGoAway
 )
@@ -278,6 +286,8 @@ func (c *conn) writeCtrlLocked() error {
 			err = c.fr.WriteSettingsAck()
 		case ctrlPingAck:
 			err = c.fr.WritePing(true, f.data)
+		case ctrlPing:
+			err = c.fr.WritePing(false, f.data)
 		case ctrlRST:
 			err = c.fr.WriteRSTStream(f.stream, http2.ErrCode(f.val))
 		case ctrlGoAway:
@@ -373,9 +383,43 @@ func (c *conn) goAway() {
 	}
 	c.goingAway = true
 	last := c.lastID
+	c.takeUpTo = last
 	c.mu.Unlock()
 	c.queueCtrl(ctrlFrame{kind: ctrlGoAway, stream: last, val: uint32(http2.ErrCodeNo)})
 	c.notifyGoAway()
+}
+
+// goAwayGraceful is a server's first GOAWAY of RFC 9113 §6.8: it advertises
+// the highest possible stream id, so a CONNECT the client sent before it
+// saw the GOAWAY is still served, and it sends a PING behind it. The
+// returned channel closes with the PING's ACK: by then every stream the
+// client opened before reading the GOAWAY has arrived (one ordered byte
+// stream), so a connection with no streams left is safe to close.
+func (c *conn) goAwayGraceful() <-chan struct{} {
+	const maxStreamID = 1<<31 - 1
+	c.mu.Lock()
+	c.goingAway = true
+	c.takeUpTo = maxStreamID
+	c.mu.Unlock()
+	c.queueCtrl(ctrlFrame{kind: ctrlGoAway, stream: maxStreamID, val: uint32(http2.ErrCodeNo)})
+	c.notifyGoAway()
+	return c.ping()
+}
+
+// ping sends a PING; the channel closes when its ACK arrives.
+func (c *conn) ping() <-chan struct{} {
+	ack := make(chan struct{})
+	var data [8]byte
+	c.mu.Lock()
+	c.pingSeq++
+	binary.BigEndian.PutUint64(data[:], c.pingSeq)
+	if c.pings == nil {
+		c.pings = map[[8]byte]chan struct{}{}
+	}
+	c.pings[data] = ack
+	c.mu.Unlock()
+	c.queueCtrl(ctrlFrame{kind: ctrlPing, data: data})
+	return ack
 }
 
 // numStreams returns the count of live streams.
@@ -457,7 +501,14 @@ func (c *conn) handleFrame(f http2.Frame, newStream func(*http2.MetaHeadersFrame
 	case *http2.PingFrame:
 		if !f.IsAck() {
 			c.queueCtrl(ctrlFrame{kind: ctrlPingAck, data: f.Data})
+			return nil
 		}
+		c.mu.Lock()
+		if ack, ok := c.pings[f.Data]; ok {
+			delete(c.pings, f.Data)
+			close(ack)
+		}
+		c.mu.Unlock()
 		return nil
 	case *http2.RSTStreamFrame:
 		c.mu.Lock()

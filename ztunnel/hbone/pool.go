@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/net/http2"
 )
 
 // Key identifies the connections a stream may share. Outbound sockets live
@@ -100,13 +101,19 @@ func (p *Pool) Connect(ctx context.Context, k Key, r *ConnectRequest) (*Stream, 
 			p.release(pc)
 		}
 		// A connection that went away or filled up between acquire and
-		// connect is retried on another; the request itself was never
-		// processed by the server.
-		if (errors.Is(err, errGoingAway) || errors.Is(err, errConnFull)) && attempt < 3 {
+		// connect, or a stream the server refused, is retried on another;
+		// the request itself was never processed by the server.
+		if retryable(err) && attempt < 3 {
 			continue
 		}
 		return nil, err
 	}
+}
+
+func retryable(err error) bool {
+	var re *ResetError
+	return errors.Is(err, errGoingAway) || errors.Is(err, errConnFull) ||
+		(errors.As(err, &re) && re.Code == http2.ErrCodeRefusedStream)
 }
 
 // acquire returns a connection for k with a stream reserved on it.

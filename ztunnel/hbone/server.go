@@ -30,7 +30,9 @@ type Server struct {
 
 	mu       sync.Mutex
 	conns    map[*conn]struct{}
-	shutdown bool
+	opening  int            // connections still in their TLS handshake or preface
+	shutdown bool           // Shutdown began: connections are told to go away
+	closed   bool           // Shutdown ended: connections are refused
 	wg       sync.WaitGroup // connections and handlers
 }
 
@@ -68,41 +70,26 @@ func NewServer(h Handler, opts ServerOptions) (*Server, error) {
 // ServeConn completes the TLS handshake on tc (which must come from
 // tls.Server with a config from identity.ServerTLS) and serves its streams
 // until the connection ends or ctx is cancelled.
+//
+// A connection accepted before Shutdown but still opening when it began is
+// served like the others (told to go away at once, its first streams
+// taken): a restarting ztunnel must not refuse what its listener accepted.
 func (s *Server) ServeConn(ctx context.Context, tc *tls.Conn) error {
-	hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
-	defer cancel()
-	if err := tc.HandshakeContext(hctx); err != nil {
+	if !s.beginOpening() {
 		tc.Close()
-		return fmt.Errorf("hbone: tls handshake with %s: %w", tc.RemoteAddr(), err)
+		return errors.New("hbone: server is shut down")
 	}
-	cs := tc.ConnectionState()
-	if cs.NegotiatedProtocol != identity.ALPNH2 {
-		tc.Close()
-		return fmt.Errorf("hbone: client %s did not negotiate ALPN h2", tc.RemoteAddr())
-	}
-	peer, err := identity.PeerID(cs)
+	c, peer, err := s.open(ctx, tc)
 	if err != nil {
+		s.endOpening(nil)
 		tc.Close()
-		return fmt.Errorf("hbone: client %s: %w", tc.RemoteAddr(), err)
+		return err
 	}
-
-	c := newConn(tc, false, s.streamWindow, s.connWindow)
-	if !s.track(c) {
+	if !s.endOpening(c) {
 		tc.Close()
 		return errors.New("hbone: server is shut down")
 	}
 	defer s.untrack(c)
-
-	tc.SetDeadline(time.Now().Add(handshakeTimeout))
-	if err := c.writePreface(); err != nil {
-		c.Close()
-		return fmt.Errorf("hbone: write settings: %w", err)
-	}
-	if err := c.readPreface(); err != nil {
-		c.Close()
-		return fmt.Errorf("hbone: %s: %w", tc.RemoteAddr(), err)
-	}
-	tc.SetDeadline(time.Time{})
 
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
@@ -110,10 +97,52 @@ func (s *Server) ServeConn(ctx context.Context, tc *tls.Conn) error {
 	return nil
 }
 
-func (s *Server) track(c *conn) bool {
+// open runs the TLS handshake and the HTTP/2 preface.
+func (s *Server) open(ctx context.Context, tc *tls.Conn) (*conn, spiffeid.ID, error) {
+	hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+	defer cancel()
+	if err := tc.HandshakeContext(hctx); err != nil {
+		return nil, spiffeid.ID{}, fmt.Errorf("hbone: tls handshake with %s: %w", tc.RemoteAddr(), err)
+	}
+	cs := tc.ConnectionState()
+	if cs.NegotiatedProtocol != identity.ALPNH2 {
+		return nil, spiffeid.ID{}, fmt.Errorf("hbone: client %s did not negotiate ALPN h2", tc.RemoteAddr())
+	}
+	peer, err := identity.PeerID(cs)
+	if err != nil {
+		return nil, spiffeid.ID{}, fmt.Errorf("hbone: client %s: %w", tc.RemoteAddr(), err)
+	}
+	c := newConn(tc, false, s.streamWindow, s.connWindow)
+	tc.SetDeadline(time.Now().Add(handshakeTimeout))
+	if err := c.writePreface(); err != nil {
+		return nil, spiffeid.ID{}, fmt.Errorf("hbone: write settings: %w", err)
+	}
+	if err := c.readPreface(); err != nil {
+		return nil, spiffeid.ID{}, fmt.Errorf("hbone: %s: %w", tc.RemoteAddr(), err)
+	}
+	tc.SetDeadline(time.Time{})
+	return c, peer, nil
+}
+
+// beginOpening counts a connection in its handshake, so that Shutdown
+// waits for it; false once Shutdown has ended.
+func (s *Server) beginOpening() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.shutdown {
+	if s.closed {
+		return false
+	}
+	s.opening++
+	return true
+}
+
+// endOpening ends the count and tracks c (if opened); false once Shutdown
+// has ended.
+func (s *Server) endOpening(c *conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.opening--
+	if c == nil || s.closed {
 		return false
 	}
 	s.conns[c] = struct{}{}
@@ -137,7 +166,7 @@ func (s *Server) newStream(ctx context.Context, c *conn, f *http2.MetaHeadersFra
 		return http2.ConnectionError(http2.ErrCodeProtocol)
 	}
 	c.lastID = id
-	refuse := c.goingAway || len(c.streams) >= serverMaxConcurrentStreams
+	refuse := (c.goingAway && id > c.takeUpTo) || len(c.streams) >= serverMaxConcurrentStreams
 	c.mu.Unlock()
 	if refuse {
 		c.queueCtrl(ctrlFrame{kind: ctrlRST, stream: id, val: uint32(http2.ErrCodeRefusedStream)})
@@ -262,39 +291,59 @@ func sanitizeHeaderValue(s string) string {
 	return string(b)
 }
 
-// Shutdown sends GOAWAY on every connection so clients open no new streams
-// here, waits for live streams to finish or ctx to end, then closes what is
-// left. New connections are refused from the start.
+// Shutdown drains the server: every connection, including those still
+// opening, is told to go away gracefully (clients open no new streams, and
+// the streams they sent before noticing are served); Shutdown returns once
+// no connection has a stream left, or when ctx ends, closing what is left.
+// Connections arriving after that are refused.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.shutdown = true
-	conns := make([]*conn, 0, len(s.conns))
-	for c := range s.conns {
-		conns = append(conns, c)
-	}
 	s.mu.Unlock()
-	for _, c := range conns {
-		c.goAway()
-	}
+	settled := map[*conn]<-chan struct{}{}
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	var err error
-wait:
 	for {
-		busy := 0
-		for _, c := range conns {
-			busy += c.numStreams()
+		s.mu.Lock()
+		busy := s.opening > 0
+		conns := make([]*conn, 0, len(s.conns))
+		for c := range s.conns {
+			conns = append(conns, c)
 		}
-		if busy == 0 {
+		s.mu.Unlock()
+		for _, c := range conns {
+			ack, ok := settled[c]
+			if !ok {
+				ack = c.goAwayGraceful()
+				settled[c] = ack
+			}
+			select {
+			case <-ack:
+				busy = busy || c.numStreams() > 0
+			case <-c.done:
+			default:
+				busy = true // streams sent before our GOAWAY may be on their way
+			}
+		}
+		if !busy {
 			break
 		}
 		select {
 		case <-ctx.Done():
 			err = ctx.Err()
-			break wait
 		case <-tick.C:
+			continue
 		}
+		break
 	}
+	s.mu.Lock()
+	s.closed = true
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
 	for _, c := range conns {
 		c.Close()
 	}
