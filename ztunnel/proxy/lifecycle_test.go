@@ -50,7 +50,7 @@ func TestRestartHandover(t *testing.T) {
 			n := tc.restart(a, b)
 			lp, lport := tc.port(client, server)
 
-			long := startPinger(client.dial(t, echo))
+			long := startPinger(client.dial(t, echo)).established(t)
 			t.Cleanup(long.stop)
 			calls := startCalls(client, app.addr)
 			t.Cleanup(calls.stop)
@@ -135,7 +135,7 @@ func TestDelPodDrains(t *testing.T) {
 	if err := exchange(finishing, "before"); err != nil {
 		t.Fatal(err)
 	}
-	lingering := startPinger(socksDial(t, client, echo))
+	lingering := startPinger(socksDial(t, client, echo)).established(t)
 	t.Cleanup(lingering.stop)
 	before := a.opened(t)
 
@@ -195,7 +195,7 @@ func TestDrainGoesAway(t *testing.T) {
 
 	// Node A's ztunnel carries one connection over its pooled tunnel; a
 	// pool of the test's own holds another tunnel from the client pod.
-	long := startPinger(client.dial(t, echo))
+	long := startPinger(client.dial(t, echo)).established(t)
 	t.Cleanup(long.stop)
 	pool, key := testPool(t, m, client, server)
 	st, err := pool.Connect(context.Background(), key, &hbone.ConnectRequest{Target: echo})
@@ -301,6 +301,14 @@ func startPinger(c net.Conn) *pinger {
 			p.pings.Add(1)
 		}
 	}()
+	return p
+}
+
+// established returns p once its first exchange went through: only then is
+// the connection long-lived rather than still opening.
+func (p *pinger) established(t testing.TB) *pinger {
+	t.Helper()
+	waitFor(t, func() bool { return p.pings.Load() > 0 }, "the long-lived connection's first exchange")
 	return p
 }
 
