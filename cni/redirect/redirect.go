@@ -30,6 +30,9 @@ const (
 	prefProbe = 98
 	prefMark  = 99
 	prefTCP   = 100
+
+	// HBONEPort is ztunnel's inbound HBONE port in every captured pod.
+	HBONEPort = 15008
 )
 
 // Config is what the routing of one pod depends on.
@@ -104,12 +107,19 @@ func (c *Config) rules(f family) []*netlink.Rule {
 	mark := netlink.NewRule()
 	mark.Family, mark.Priority, mark.Table = f.af, prefMark, unix.RT_TABLE_MAIN
 	mark.Mark, mark.Mask = ProxyMark, &mask
+	// The kernel's resets from 15008 when no ztunnel listens there carry no
+	// mark; without this rule they would be delivered back into the pod and
+	// a peer's HBONE connect would hang instead of being refused at once.
+	hbone := netlink.NewRule()
+	hbone.Family, hbone.Priority, hbone.Table = f.af, prefMark, unix.RT_TABLE_MAIN
+	hbone.IPProto = unix.IPPROTO_TCP
+	hbone.Sport = netlink.NewRulePortRange(HBONEPort, HBONEPort)
 	// Only TCP: a `not fwmark` rule would invert the whole match and
 	// capture UDP as well.
 	tcp := netlink.NewRule()
 	tcp.Family, tcp.Priority, tcp.Table = f.af, prefTCP, Table
 	tcp.IPProto = unix.IPPROTO_TCP
-	return append(rules, mark, tcp)
+	return append(rules, mark, hbone, tcp)
 }
 
 func (c *Config) route(f family, lo int) *netlink.Route {
@@ -262,6 +272,9 @@ func handleIn(ns netns.NsHandle) (*netlink.Handle, error) {
 func hasRule(have []netlink.Rule, want *netlink.Rule) bool {
 	for _, r := range have {
 		if r.Priority != want.Priority || r.Table != want.Table || r.IPProto != want.IPProto || r.Mark != want.Mark {
+			continue
+		}
+		if (r.Sport == nil) != (want.Sport == nil) || (r.Sport != nil && *r.Sport != *want.Sport) {
 			continue
 		}
 		if (r.Dst == nil) != (want.Dst == nil) || (r.Dst != nil && r.Dst.String() != want.Dst.String()) {

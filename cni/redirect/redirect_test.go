@@ -2,6 +2,7 @@ package redirect
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/netip"
 	"os"
@@ -251,5 +252,29 @@ func TestRoutingAndProgramCapture(t *testing.T) {
 	buf := make([]byte, 8)
 	if n, _, err := pc.ReadFrom(buf); err != nil || string(buf[:n]) != "udp" {
 		t.Fatalf("udp from the captured pod to its peer: %q, %v", buf[:n], err)
+	}
+}
+
+// With no ztunnel listening on 15008, a peer's HBONE connect is refused at
+// once: the kernel's reset (unmarked) must leave the pod, not be delivered
+// back into it by the capture route. Decision 7 wants connections to a pod
+// whose 15008 is gone to fail within a second, not hang.
+func TestHBONEPortRefusesWhenNobodyListens(t *testing.T) {
+	p := newPod(t, "10.84.0.0/24")
+	cfg := p.cfg
+	cfg.ProbeSources = nil // the peer must not be exempt as a probe source
+	if err := Apply(p.ns.Handle(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	start := time.Now()
+	c, err := p.peer.Dial(ctx, "tcp", netip.AddrPortFrom(p.ip4, HBONEPort).String())
+	if err == nil {
+		c.Close()
+		t.Fatal("connected to a port nobody listens on")
+	}
+	if !errors.Is(err, unix.ECONNREFUSED) {
+		t.Fatalf("dial after %v: %v, want connection refused", time.Since(start).Round(time.Millisecond), err)
 	}
 }
