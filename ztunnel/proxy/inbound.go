@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -91,7 +92,7 @@ func (p *Proxy) serveInbound(pd *pod, down net.Conn, c authz.Conn, secure bool, 
 	tel.Close(telemetry.Result{Sent: sent, Received: recv, Err: ignoreClosed(err)})
 }
 
-var errDenied = fmt.Errorf("denied by policy")
+var errDenied = errors.New("denied by policy")
 
 // dialApp connects to the app in the pod from the original client address,
 // so the app sees its real caller. A client address the pod cannot spoof
