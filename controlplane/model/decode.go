@@ -1,0 +1,211 @@
+package model
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"io"
+	sigsyaml "sigs.k8s.io/yaml"
+	"strings"
+
+	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
+	networkingv1alpha3 "istio.io/client-go/pkg/apis/networking/v1alpha3"
+	networkingv1beta1 "istio.io/client-go/pkg/apis/networking/v1beta1"
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
+	securityv1beta1 "istio.io/client-go/pkg/apis/security/v1beta1"
+	istioscheme "istio.io/client-go/pkg/clientset/versioned/scheme"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	k8sscheme "k8s.io/client-go/kubernetes/scheme"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+	gatewayv1beta1 "sigs.k8s.io/gateway-api/apis/v1beta1"
+	gatewayscheme "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned/scheme"
+)
+
+// Scheme knows the Kubernetes, Istio and Gateway API kinds.
+var Scheme = runtime.NewScheme()
+
+var decoder runtime.Decoder
+
+func init() {
+	for _, add := range []func(*runtime.Scheme) error{k8sscheme.AddToScheme, istioscheme.AddToScheme, gatewayscheme.AddToScheme} {
+		if err := add(Scheme); err != nil {
+			panic(err)
+		}
+	}
+	decoder = serializer.NewCodecFactory(Scheme, serializer.EnableStrict).UniversalDeserializer()
+}
+
+// DecodeError is one document that could not be read.
+type DecodeError struct {
+	// Source names the file; Doc is the document's index in it, from 1.
+	Source string
+	Doc    int
+	// Object is "Kind namespace/name" when the document got that far.
+	Object string
+	Err    error
+}
+
+func (e *DecodeError) Error() string {
+	where := fmt.Sprintf("%s: document %d", e.Source, e.Doc)
+	if e.Object != "" {
+		where += " (" + e.Object + ")"
+	}
+	return where + ": " + e.Err.Error()
+}
+
+func (e *DecodeError) Unwrap() error { return e.Err }
+
+// Decode reads a stream of YAML (or JSON) documents and adds every object
+// of a kind translation reads to s. A document that is malformed, has a
+// field its kind does not know, or is of a kind translation does not read
+// is reported in the returned errors (one per document) and skipped; the
+// others are added. Objects of older API versions (security.istio.io/
+// v1beta1, networking.istio.io/v1alpha3 and v1beta1, gateway.networking.
+// k8s.io/v1beta1) are stored as their v1 equivalent. s is not sorted.
+func (s *Snapshot) Decode(r io.Reader, source string) []error {
+	var errs []error
+	yr := utilyaml.NewYAMLReader(bufioReader(r))
+	for doc := 1; ; doc++ {
+		data, err := yr.Read()
+		if errors.Is(err, io.EOF) {
+			return errs
+		}
+		if err != nil {
+			return append(errs, &DecodeError{Source: source, Doc: doc, Err: err})
+		}
+		if len(bytes.TrimSpace(stripComments(data))) == 0 {
+			doc--
+			continue
+		}
+		obj, gvk, err := decoder.Decode(data, nil, nil)
+		if err != nil {
+			de := &DecodeError{Source: source, Doc: doc, Err: err}
+			if gvk != nil && gvk.Kind != "" {
+				de.Object = gvk.Kind
+			}
+			errs = append(errs, de)
+			continue
+		}
+		if err := strictIstioSpec(obj, data); err != nil {
+			errs = append(errs, &DecodeError{Source: source, Doc: doc, Object: describe(obj), Err: err})
+			continue
+		}
+		if err := s.Add(obj); err != nil {
+			errs = append(errs, &DecodeError{Source: source, Doc: doc, Object: describe(obj), Err: err})
+		}
+	}
+}
+
+// Add adds one object to s (unsorted).
+func (s *Snapshot) Add(obj runtime.Object) error {
+	switch o := obj.(type) {
+	case *corev1.Namespace:
+		s.Namespaces = append(s.Namespaces, o)
+	case *corev1.Pod:
+		s.Pods = append(s.Pods, o)
+	case *corev1.Service:
+		s.Services = append(s.Services, o)
+	case *networkingv1.ServiceEntry:
+		s.ServiceEntries = append(s.ServiceEntries, o)
+	case *networkingv1beta1.ServiceEntry:
+		s.ServiceEntries = append(s.ServiceEntries, &networkingv1.ServiceEntry{ObjectMeta: o.ObjectMeta, Spec: *o.Spec.DeepCopy()})
+	case *networkingv1alpha3.ServiceEntry:
+		s.ServiceEntries = append(s.ServiceEntries, &networkingv1.ServiceEntry{ObjectMeta: o.ObjectMeta, Spec: *o.Spec.DeepCopy()})
+	case *securityv1.PeerAuthentication:
+		s.PeerAuthentications = append(s.PeerAuthentications, o)
+	case *securityv1beta1.PeerAuthentication:
+		s.PeerAuthentications = append(s.PeerAuthentications, &securityv1.PeerAuthentication{ObjectMeta: o.ObjectMeta, Spec: *o.Spec.DeepCopy()})
+	case *securityv1.AuthorizationPolicy:
+		s.AuthorizationPolicies = append(s.AuthorizationPolicies, o)
+	case *securityv1beta1.AuthorizationPolicy:
+		s.AuthorizationPolicies = append(s.AuthorizationPolicies, &securityv1.AuthorizationPolicy{ObjectMeta: o.ObjectMeta, Spec: *o.Spec.DeepCopy()})
+	case *gatewayv1.GatewayClass:
+		s.GatewayClasses = append(s.GatewayClasses, o)
+	case *gatewayv1beta1.GatewayClass:
+		s.GatewayClasses = append(s.GatewayClasses, &gatewayv1.GatewayClass{ObjectMeta: o.ObjectMeta, Spec: o.Spec})
+	case *gatewayv1.Gateway:
+		s.Gateways = append(s.Gateways, o)
+	case *gatewayv1beta1.Gateway:
+		s.Gateways = append(s.Gateways, &gatewayv1.Gateway{ObjectMeta: o.ObjectMeta, Spec: o.Spec})
+	default:
+		return fmt.Errorf("kind %s is not read by zmesh", obj.GetObjectKind().GroupVersionKind().Kind)
+	}
+	return nil
+}
+
+func describe(obj runtime.Object) string {
+	kind := obj.GetObjectKind().GroupVersionKind().Kind
+	if o, ok := obj.(Object); ok {
+		if o.GetNamespace() != "" {
+			return kind + " " + o.GetNamespace() + "/" + o.GetName()
+		}
+		return kind + " " + o.GetName()
+	}
+	return kind
+}
+
+// stripComments drops whole-line comments, so a document of comments only
+// counts as empty.
+func stripComments(data []byte) []byte {
+	var b bytes.Buffer
+	for line := range strings.SplitSeq(string(data), "\n") {
+		if !strings.HasPrefix(strings.TrimSpace(line), "#") {
+			b.WriteString(line)
+			b.WriteByte('\n')
+		}
+	}
+	return b.Bytes()
+}
+
+func bufioReader(r io.Reader) *bufio.Reader {
+	if br, ok := r.(*bufio.Reader); ok {
+		return br
+	}
+	return bufio.NewReader(r)
+}
+
+// strictIstioSpec re-reads the spec of an Istio object with protojson,
+// which (unlike the JSON decoding Istio's Go types do) rejects fields the
+// kind does not have, and names them.
+func strictIstioSpec(obj runtime.Object, data []byte) error {
+	var spec proto.Message
+	switch o := obj.(type) {
+	case *networkingv1.ServiceEntry:
+		spec = &o.Spec
+	case *networkingv1beta1.ServiceEntry:
+		spec = &o.Spec
+	case *networkingv1alpha3.ServiceEntry:
+		spec = &o.Spec
+	case *securityv1.PeerAuthentication:
+		spec = &o.Spec
+	case *securityv1beta1.PeerAuthentication:
+		spec = &o.Spec
+	case *securityv1.AuthorizationPolicy:
+		spec = &o.Spec
+	case *securityv1beta1.AuthorizationPolicy:
+		spec = &o.Spec
+	default:
+		return nil
+	}
+	j, err := sigsyaml.YAMLToJSON(data)
+	if err != nil {
+		return err
+	}
+	var doc struct {
+		Spec json.RawMessage `json:"spec"`
+	}
+	if err := json.Unmarshal(j, &doc); err != nil || len(doc.Spec) == 0 {
+		return err
+	}
+	if err := protojson.Unmarshal(doc.Spec, spec.ProtoReflect().New().Interface()); err != nil {
+		return fmt.Errorf("spec: %w", err)
+	}
+	return nil
+}
