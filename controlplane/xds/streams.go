@@ -108,7 +108,6 @@ type callbacks struct{ s *Server }
 
 var _ serverv3.Callbacks = callbacks{}
 
-
 func (c callbacks) OnDeltaStreamOpen(ctx context.Context, id int64, _ string) error {
 	st := &stream{id: id, since: time.Now(), types: map[string]*typeState{}}
 	if p, ok := peer.FromContext(ctx); ok {
