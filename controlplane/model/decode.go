@@ -19,6 +19,7 @@ import (
 	securityv1beta1 "istio.io/client-go/pkg/apis/security/v1beta1"
 	istioscheme "istio.io/client-go/pkg/clientset/versioned/scheme"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
@@ -49,7 +50,53 @@ type DecodeError struct {
 	Doc    int
 	// Object is "Kind namespace/name" when the document got that far.
 	Object string
-	Err    error
+	// Key identifies the object when its kind and metadata could be read,
+	// so a source can keep serving the object's last good version.
+	Key ObjectKey
+	Err error
+}
+
+// ObjectKey names an object across snapshots.
+type ObjectKey struct {
+	Group, Kind, Namespace, Name string
+}
+
+func (k ObjectKey) String() string {
+	if k.Namespace == "" {
+		return k.Kind + " " + k.Name
+	}
+	return k.Kind + " " + k.Namespace + "/" + k.Name
+}
+
+// KeyOf returns obj's key.
+func KeyOf(obj runtime.Object) ObjectKey {
+	gvk := obj.GetObjectKind().GroupVersionKind()
+	k := ObjectKey{Group: gvk.Group, Kind: gvk.Kind}
+	if o, ok := obj.(Object); ok {
+		k.Namespace, k.Name = o.GetNamespace(), o.GetName()
+	}
+	return k
+}
+
+// keyOfDocument reads the kind and metadata of a document that did not
+// decode, when it is at least YAML.
+func keyOfDocument(data []byte) ObjectKey {
+	var head struct {
+		APIVersion string `json:"apiVersion"`
+		Kind       string `json:"kind"`
+		Metadata   struct {
+			Namespace string `json:"namespace"`
+			Name      string `json:"name"`
+		} `json:"metadata"`
+	}
+	if err := sigsyaml.Unmarshal(data, &head); err != nil || head.Kind == "" || head.Metadata.Name == "" {
+		return ObjectKey{}
+	}
+	group, _, _ := strings.Cut(head.APIVersion, "/")
+	if !strings.Contains(head.APIVersion, "/") {
+		group = "" // core, "v1"
+	}
+	return ObjectKey{Group: group, Kind: head.Kind, Namespace: head.Metadata.Namespace, Name: head.Metadata.Name}
 }
 
 func (e *DecodeError) Error() string {
@@ -86,15 +133,21 @@ func (s *Snapshot) Decode(r io.Reader, source string) []error {
 		}
 		obj, gvk, err := decoder.Decode(data, nil, nil)
 		if err != nil {
-			de := &DecodeError{Source: source, Doc: doc, Err: err}
-			if gvk != nil && gvk.Kind != "" {
+			de := &DecodeError{Source: source, Doc: doc, Err: err, Key: keyOfDocument(data)}
+			switch {
+			case de.Key.Kind != "":
+				de.Object = de.Key.String()
+			case gvk != nil && gvk.Kind != "":
 				de.Object = gvk.Kind
 			}
 			errs = append(errs, de)
 			continue
 		}
+		if o, ok := obj.(interface{ SetNamespace(string) }); ok && namespaced(obj) && obj.(Object).GetNamespace() == "" {
+			o.SetNamespace("default") // as kubectl apply does
+		}
 		if err := strictIstioSpec(obj, data); err != nil {
-			errs = append(errs, &DecodeError{Source: source, Doc: doc, Object: describe(obj), Err: err})
+			errs = append(errs, &DecodeError{Source: source, Doc: doc, Object: describe(obj), Key: KeyOf(obj), Err: err})
 			continue
 		}
 		if err := s.Add(obj); err != nil {
@@ -115,25 +168,25 @@ func (s *Snapshot) Add(obj runtime.Object) error {
 	case *networkingv1.ServiceEntry:
 		s.ServiceEntries = append(s.ServiceEntries, o)
 	case *networkingv1beta1.ServiceEntry:
-		s.ServiceEntries = append(s.ServiceEntries, &networkingv1.ServiceEntry{ObjectMeta: o.ObjectMeta, Spec: *o.Spec.DeepCopy()})
+		s.ServiceEntries = append(s.ServiceEntries, &networkingv1.ServiceEntry{TypeMeta: typeMeta("networking.istio.io/v1", "ServiceEntry"), ObjectMeta: o.ObjectMeta, Spec: *o.Spec.DeepCopy()})
 	case *networkingv1alpha3.ServiceEntry:
-		s.ServiceEntries = append(s.ServiceEntries, &networkingv1.ServiceEntry{ObjectMeta: o.ObjectMeta, Spec: *o.Spec.DeepCopy()})
+		s.ServiceEntries = append(s.ServiceEntries, &networkingv1.ServiceEntry{TypeMeta: typeMeta("networking.istio.io/v1", "ServiceEntry"), ObjectMeta: o.ObjectMeta, Spec: *o.Spec.DeepCopy()})
 	case *securityv1.PeerAuthentication:
 		s.PeerAuthentications = append(s.PeerAuthentications, o)
 	case *securityv1beta1.PeerAuthentication:
-		s.PeerAuthentications = append(s.PeerAuthentications, &securityv1.PeerAuthentication{ObjectMeta: o.ObjectMeta, Spec: *o.Spec.DeepCopy()})
+		s.PeerAuthentications = append(s.PeerAuthentications, &securityv1.PeerAuthentication{TypeMeta: typeMeta("security.istio.io/v1", "PeerAuthentication"), ObjectMeta: o.ObjectMeta, Spec: *o.Spec.DeepCopy()})
 	case *securityv1.AuthorizationPolicy:
 		s.AuthorizationPolicies = append(s.AuthorizationPolicies, o)
 	case *securityv1beta1.AuthorizationPolicy:
-		s.AuthorizationPolicies = append(s.AuthorizationPolicies, &securityv1.AuthorizationPolicy{ObjectMeta: o.ObjectMeta, Spec: *o.Spec.DeepCopy()})
+		s.AuthorizationPolicies = append(s.AuthorizationPolicies, &securityv1.AuthorizationPolicy{TypeMeta: typeMeta("security.istio.io/v1", "AuthorizationPolicy"), ObjectMeta: o.ObjectMeta, Spec: *o.Spec.DeepCopy()})
 	case *gatewayv1.GatewayClass:
 		s.GatewayClasses = append(s.GatewayClasses, o)
 	case *gatewayv1beta1.GatewayClass:
-		s.GatewayClasses = append(s.GatewayClasses, &gatewayv1.GatewayClass{ObjectMeta: o.ObjectMeta, Spec: o.Spec})
+		s.GatewayClasses = append(s.GatewayClasses, &gatewayv1.GatewayClass{TypeMeta: typeMeta("gateway.networking.k8s.io/v1", "GatewayClass"), ObjectMeta: o.ObjectMeta, Spec: o.Spec})
 	case *gatewayv1.Gateway:
 		s.Gateways = append(s.Gateways, o)
 	case *gatewayv1beta1.Gateway:
-		s.Gateways = append(s.Gateways, &gatewayv1.Gateway{ObjectMeta: o.ObjectMeta, Spec: o.Spec})
+		s.Gateways = append(s.Gateways, &gatewayv1.Gateway{TypeMeta: typeMeta("gateway.networking.k8s.io/v1", "Gateway"), ObjectMeta: o.ObjectMeta, Spec: o.Spec})
 	default:
 		return fmt.Errorf("kind %s is not read by zmesh", obj.GetObjectKind().GroupVersionKind().Kind)
 	}
@@ -208,4 +261,16 @@ func strictIstioSpec(obj runtime.Object, data []byte) error {
 		return fmt.Errorf("spec: %w", err)
 	}
 	return nil
+}
+
+func namespaced(obj runtime.Object) bool {
+	switch obj.(type) {
+	case *corev1.Namespace, *gatewayv1.GatewayClass, *gatewayv1beta1.GatewayClass:
+		return false
+	}
+	return true
+}
+
+func typeMeta(apiVersion, kind string) metav1.TypeMeta {
+	return metav1.TypeMeta{APIVersion: apiVersion, Kind: kind}
 }
