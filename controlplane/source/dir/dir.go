@@ -229,4 +229,3 @@ func objects(snap *model.Snapshot) []runtime.Object {
 	}
 	return slices.Clip(out)
 }
-
