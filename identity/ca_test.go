@@ -366,3 +366,28 @@ func mustParseCerts(t *testing.T, b []byte) []*x509.Certificate {
 	}
 	return c
 }
+
+func TestIssueServingAddsHostSANs(t *testing.T) {
+	ca, err := LoadOrCreateCA(t.TempDir(), CAOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := MustWorkloadID("cluster.local", "istio-system", "zmeshd")
+	svid, err := ca.IssueServing(id, []string{"zmeshd.istio-system.svc", "127.0.0.1"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf := svid.Certificates[0]
+	if err := leaf.VerifyHostname("zmeshd.istio-system.svc"); err != nil {
+		t.Error(err)
+	}
+	if err := leaf.VerifyHostname("127.0.0.1"); err != nil {
+		t.Error(err)
+	}
+	if err := leaf.VerifyHostname("other.example"); err == nil {
+		t.Error("a host that was not asked for verifies")
+	}
+	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != id.String() {
+		t.Errorf("URIs = %v, want only %s", leaf.URIs, id)
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"time"
 
@@ -43,6 +44,12 @@ const (
 // only SAN, the SPIFFE ID. The result is an X.509-SVID leaf usable for both
 // server and client authentication.
 func (ca *CA) Sign(csr []byte, id spiffeid.ID, ttl time.Duration) (*x509.Certificate, error) {
+	return ca.sign(csr, id, nil, ttl)
+}
+
+// sign is Sign with extra SANs (DNS names and IPs) for the control plane's
+// own serving certificate, which clients verify by host name.
+func (ca *CA) sign(csr []byte, id spiffeid.ID, hosts []string, ttl time.Duration) (*x509.Certificate, error) {
 	if id.IsZero() {
 		return nil, errors.New("sign: empty identity")
 	}
@@ -87,6 +94,13 @@ func (ca *CA) Sign(csr []byte, id spiffeid.ID, ttl time.Duration) (*x509.Certifi
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		BasicConstraintsValid: true,
 		IsCA:                  false,
+	}
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, h)
+		}
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, req.PublicKey, ca.key)
 	if err != nil {
@@ -171,11 +185,18 @@ func (ca *CA) WireChain(leaf *x509.Certificate) []string {
 // Issue creates a key and a certificate for id in process, for the CA's own
 // servers and tests; ttl as in Sign.
 func (ca *CA) Issue(id spiffeid.ID, ttl time.Duration) (*x509svid.SVID, error) {
+	return ca.IssueServing(id, nil, ttl)
+}
+
+// IssueServing is Issue for a server that clients reach by name or IP
+// (zmeshd's TLS port): hosts (DNS names or IP addresses) are added as SANs
+// beside the SPIFFE ID.
+func (ca *CA) IssueServing(id spiffeid.ID, hosts []string, ttl time.Duration) (*x509svid.SVID, error) {
 	key, csr, err := newKeyAndCSR(id)
 	if err != nil {
 		return nil, err
 	}
-	leaf, err := ca.Sign(csr, id, ttl)
+	leaf, err := ca.sign(csr, id, hosts, ttl)
 	if err != nil {
 		return nil, err
 	}
