@@ -1,0 +1,257 @@
+package translate
+
+import (
+	"cmp"
+	"fmt"
+	"maps"
+	"slices"
+
+	securityapi "istio.io/api/security/v1beta1"
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/zmesh/zmesh/api/workload/security"
+	"google.golang.org/protobuf/types/known/emptypb"
+)
+
+// Names of the Authorizations PeerAuthentication becomes; istiod uses the
+// same ones, so that ztunnel's config dumps read alike.
+const (
+	// StaticStrictPolicy (in the root namespace) is listed on every workload
+	// whose effective mode is STRICT on all ports.
+	StaticStrictPolicy = "istio_converted_static_strict"
+	// PeerAuthenticationPolicyPrefix + the PeerAuthentication's name (in its
+	// namespace) is the policy of a workload-selector PeerAuthentication
+	// whose ports do not all have the same mode.
+	PeerAuthenticationPolicyPrefix = "istio_converted_peer_authentication_"
+)
+
+type mtlsMode = securityapi.PeerAuthentication_MutualTLS_Mode
+
+const (
+	modeUnset      = securityapi.PeerAuthentication_MutualTLS_UNSET
+	modeStrict     = securityapi.PeerAuthentication_MutualTLS_STRICT
+	modePermissive = securityapi.PeerAuthentication_MutualTLS_PERMISSIVE
+)
+
+type peerAuthState struct {
+	// namespaceWide is the namespace-wide PeerAuthentication in force in
+	// each namespace (the root namespace's is the mesh's).
+	namespaceWide map[string]*securityv1.PeerAuthentication
+	nsMode        map[string]mtlsMode
+	selectors     map[string]*selectorIndex[*securityv1.PeerAuthentication]
+	// selected counts the pods each selector PeerAuthentication applies to;
+	// lostTo, per PeerAuthentication, the pods an older one took.
+	selected map[*securityv1.PeerAuthentication]int
+	lostTo   map[*securityv1.PeerAuthentication]map[*securityv1.PeerAuthentication]int
+	// portLevel caches the policy of each port-level PeerAuthentication
+	// ("" when its ports all end up with the default mode).
+	portLevel      map[*securityv1.PeerAuthentication]*security.Authorization
+	staticStrictOn bool
+}
+
+// olderFirst orders PeerAuthentications as Istio resolves conflicts: the
+// oldest wins, then the first by name.
+func olderFirst(a, b *securityv1.PeerAuthentication) int {
+	if c := a.CreationTimestamp.Compare(b.CreationTimestamp.Time); c != 0 {
+		return c
+	}
+	return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+}
+
+func hasSelector(labels map[string]string) bool { return len(labels) > 0 }
+
+func mode(pa *securityv1.PeerAuthentication) mtlsMode { return pa.Spec.GetMtls().GetMode() }
+
+// peerAuthentications indexes PeerAuthentications and resolves which
+// namespace-wide one is in force in each namespace.
+func (t *translator) peerAuthentications() {
+	st := &t.pa
+	st.namespaceWide = map[string]*securityv1.PeerAuthentication{}
+	st.nsMode = map[string]mtlsMode{}
+	st.selectors = map[string]*selectorIndex[*securityv1.PeerAuthentication]{}
+	st.selected = map[*securityv1.PeerAuthentication]int{}
+	st.lostTo = map[*securityv1.PeerAuthentication]map[*securityv1.PeerAuthentication]int{}
+	st.portLevel = map[*securityv1.PeerAuthentication]*security.Authorization{}
+
+	var nsWide []*securityv1.PeerAuthentication
+	for _, pa := range t.snap.PeerAuthentications {
+		if pa == nil {
+			continue
+		}
+		ref := peerAuthRef(pa)
+		t.conds.ok(ref, ZtunnelAccepted, ReasonAccepted, "enforced by ztunnel")
+		for _, port := range slices.Sorted(maps.Keys(pa.Spec.PortLevelMtls)) {
+			if port < 1 || port > 65535 {
+				t.conds.fail(ref, ZtunnelAccepted, ReasonInvalidValue, fmt.Sprintf("spec.portLevelMtls[%d]: not a port (1-65535); ignored", port))
+			}
+		}
+		if !hasSelector(pa.Spec.GetSelector().GetMatchLabels()) {
+			if len(pa.Spec.PortLevelMtls) > 0 {
+				t.conds.fail(ref, ZtunnelAccepted, ReasonUnsupportedValue,
+					"spec.portLevelMtls: only applies with a selector (as in Istio); ignored")
+			}
+			nsWide = append(nsWide, pa)
+			continue
+		}
+		idx := st.selectors[pa.Namespace]
+		if idx == nil {
+			idx = &selectorIndex[*securityv1.PeerAuthentication]{}
+			st.selectors[pa.Namespace] = idx
+		}
+		idx.add(pa.Spec.Selector.MatchLabels, pa)
+		st.selected[pa] = 0
+	}
+	slices.SortStableFunc(nsWide, olderFirst)
+	for _, pa := range nsWide {
+		if first := st.namespaceWide[pa.Namespace]; first != nil {
+			t.conds.fail(peerAuthRef(pa), ZtunnelAccepted, ReasonConflict, fmt.Sprintf(
+				"spec.selector: the older namespace-wide PeerAuthentication %s applies instead", joinKey(first.Namespace, first.Name)))
+			continue
+		}
+		st.namespaceWide[pa.Namespace] = pa
+	}
+}
+
+// namespaceMode is the mode of a namespace's workloads that no selector
+// policy sets: the namespace-wide policy's, else the root namespace's, else
+// PERMISSIVE. DISABLE acts as PERMISSIVE in ztunnel: it still accepts HBONE.
+func (t *translator) namespaceMode(ns string) mtlsMode {
+	if m, ok := t.pa.nsMode[ns]; ok {
+		return m
+	}
+	m := modePermissive
+	if pa := t.pa.namespaceWide[ns]; pa != nil && mode(pa) != modeUnset {
+		m = mode(pa)
+	} else if pa := t.pa.namespaceWide[t.mesh.RootNamespace]; pa != nil && mode(pa) != modeUnset {
+		m = mode(pa)
+	}
+	t.pa.nsMode[ns] = m
+	return m
+}
+
+// peerAuthPolicy returns the key of the Authorization enforcing p's
+// effective PeerAuthentication, or "" when nothing is to enforce.
+func (t *translator) peerAuthPolicy(p *corev1.Pod) string {
+	st := &t.pa
+	var winner *securityv1.PeerAuthentication
+	var others []*securityv1.PeerAuthentication
+	st.selectors[p.Namespace].each(p.Labels, func(pa *securityv1.PeerAuthentication) {
+		switch {
+		case winner == nil:
+			winner = pa
+		case olderFirst(pa, winner) < 0:
+			others = append(others, winner)
+			winner = pa
+		default:
+			others = append(others, pa)
+		}
+	})
+	base := t.namespaceMode(p.Namespace)
+	if winner == nil {
+		return t.strictIf(base == modeStrict)
+	}
+	st.selected[winner]++
+	for _, o := range others {
+		if st.lostTo[o] == nil {
+			st.lostTo[o] = map[*securityv1.PeerAuthentication]int{}
+		}
+		st.lostTo[o][winner]++
+	}
+	m := mode(winner)
+	if m == modeUnset {
+		m = base
+	}
+	if a, done := st.portLevel[winner]; done {
+		if a == nil {
+			return t.strictIf(m == modeStrict)
+		}
+		return joinKey(a.Namespace, a.Name)
+	}
+	a := portLevelPolicy(winner, m == modeStrict)
+	st.portLevel[winner] = a
+	if a == nil {
+		return t.strictIf(m == modeStrict)
+	}
+	return joinKey(a.Namespace, a.Name)
+}
+
+func (t *translator) strictIf(strict bool) string {
+	if !strict {
+		return ""
+	}
+	t.pa.staticStrictOn = true
+	return joinKey(t.mesh.RootNamespace, StaticStrictPolicy)
+}
+
+// portLevelPolicy is the DENY policy of a selector PeerAuthentication with
+// ports whose mode differs from its default, or nil if none does: under a
+// STRICT default it denies plaintext except on the non-STRICT ports, under
+// a PERMISSIVE one it denies plaintext only on the STRICT ports. UNSET
+// ports take the default.
+func portLevelPolicy(pa *securityv1.PeerAuthentication, strict bool) *security.Authorization {
+	var except []uint32
+	for _, port := range slices.Sorted(maps.Keys(pa.Spec.PortLevelMtls)) {
+		m := pa.Spec.PortLevelMtls[port].GetMode()
+		if port < 1 || port > 65535 || m == modeUnset {
+			continue
+		}
+		if (m == modeStrict) != strict {
+			except = append(except, port)
+		}
+	}
+	if len(except) == 0 {
+		return nil
+	}
+	match := plaintextMatch()
+	if strict {
+		match.NotDestinationPorts = except
+	} else {
+		match.DestinationPorts = except
+	}
+	return &security.Authorization{
+		Name:      PeerAuthenticationPolicyPrefix + pa.Name,
+		Namespace: pa.Namespace,
+		Scope:     security.Scope_WORKLOAD_SELECTOR,
+		Action:    security.Action_DENY,
+		Rules:     []*security.Rule{{Clauses: []*security.Clause{{Matches: []*security.Match{match}}}}},
+	}
+}
+
+// plaintextMatch matches connections without a peer identity.
+func plaintextMatch() *security.Match {
+	return &security.Match{NotPrincipals: []*security.StringMatch{{MatchType: &security.StringMatch_Presence{Presence: &emptypb.Empty{}}}}}
+}
+
+// finishPeerAuthentications emits the policies workloads ended up listing
+// and reports selectors that matched nothing and conflicts.
+func (t *translator) finishPeerAuthentications(out *Output) {
+	st := &t.pa
+	if st.staticStrictOn {
+		a := &security.Authorization{
+			Name:      StaticStrictPolicy,
+			Namespace: t.mesh.RootNamespace,
+			Scope:     security.Scope_WORKLOAD_SELECTOR,
+			Action:    security.Action_DENY,
+			Rules:     []*security.Rule{{Clauses: []*security.Clause{{Matches: []*security.Match{plaintextMatch()}}}}},
+		}
+		out.Authorizations[joinKey(a.Namespace, a.Name)] = a
+	}
+	for pa, a := range st.portLevel {
+		if a != nil && st.selected[pa] > 0 {
+			out.Authorizations[joinKey(a.Namespace, a.Name)] = a
+		}
+	}
+	for pa, n := range st.selected {
+		if n == 0 && len(st.lostTo[pa]) == 0 {
+			t.conds.note(peerAuthRef(pa), ZtunnelAccepted, ReasonNoMatchingWorkload, "spec.selector: matches no running pod")
+		}
+	}
+	for pa, winners := range st.lostTo {
+		for _, w := range slices.SortedFunc(maps.Keys(winners), olderFirst) {
+			t.conds.fail(peerAuthRef(pa), ZtunnelAccepted, ReasonConflict, fmt.Sprintf(
+				"spec.selector: %d pod(s) are also selected by the older PeerAuthentication %s, which applies to them",
+				winners[w], joinKey(w.Namespace, w.Name)))
+		}
+	}
+}

@@ -1,0 +1,223 @@
+package translate
+
+import (
+	"cmp"
+	"slices"
+	"strings"
+
+	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
+	corev1 "k8s.io/api/core/v1"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+
+	"github.com/zmesh/zmesh/api/workload"
+	"github.com/zmesh/zmesh/api/workload/security"
+	"github.com/zmesh/zmesh/controlplane/model"
+)
+
+// Options configure a translation.
+type Options struct {
+	Mesh model.Mesh
+	// RequireRedirectionAnnotation: in a cluster a pod is HBONE only while it
+	// carries ambient.istio.io/redirection: enabled, which the CNI agent sets
+	// once ztunnel has taken the pod (Decision 7). With files (no cluster)
+	// the labels alone decide.
+	RequireRedirectionAnnotation bool
+}
+
+// Output is everything ztunnel gets, and the status of the objects read.
+type Output struct {
+	// Addresses by xDS resource name: a workload's uid, or
+	// "namespace/hostname" for a service.
+	Addresses map[string]*workload.Address
+	// Authorizations by "namespace/name".
+	Authorizations map[string]*security.Authorization
+	// Conditions, at most one per object and type, sorted by object then
+	// type.
+	Conditions []Condition
+}
+
+// ObjectRef names a Kubernetes object; Group is "" for core kinds.
+type ObjectRef struct{ Group, Kind, Namespace, Name string }
+
+func (r ObjectRef) String() string {
+	kind := r.Kind
+	if r.Group != "" {
+		kind += "." + r.Group
+	}
+	if r.Namespace == "" {
+		return kind + " " + r.Name
+	}
+	return kind + " " + r.Namespace + "/" + r.Name
+}
+
+func compareRefs(a, b ObjectRef) int {
+	return cmp.Or(cmp.Compare(a.Group, b.Group), cmp.Compare(a.Kind, b.Kind),
+		cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+}
+
+// Condition is one status condition translation found for an object, in
+// the shape of metav1.Condition (a status writer adds generation and time).
+type Condition struct {
+	Object ObjectRef
+	Type   string
+	Status bool
+	Reason string
+	// Message names the field it is about, e.g.
+	// "spec.rules[0].to[0].operation.methods: ...". Several findings of one
+	// type are joined with "; ".
+	Message string
+}
+
+// Translate turns a snapshot into ztunnel's resources. It is pure: the same
+// snapshot and options always give the same output, and it never modifies
+// the snapshot.
+func Translate(opts Options, s *model.Snapshot) *Output {
+	t := newTranslator(opts, s)
+	out := &Output{
+		Addresses:      make(map[string]*workload.Address, len(s.Pods)+len(s.Services)),
+		Authorizations: map[string]*security.Authorization{},
+	}
+	// Order matters: policies first (workloads list them), services before
+	// the policies whose targetRefs name them, waypoints for both.
+	t.namespaceWaypoints()
+	t.peerAuthentications()
+	t.authorizationPolicies(out)
+	for _, svc := range s.Services {
+		if key, a := t.service(svc); a != nil {
+			out.Addresses[key] = &workload.Address{Type: &workload.Address_Service{Service: a}}
+		}
+	}
+	for _, se := range s.ServiceEntries {
+		t.serviceEntry(se, out)
+	}
+	t.targetRefPolicies()
+	for _, p := range s.Pods {
+		if w := t.podWorkload(p); w != nil {
+			out.Addresses[w.Uid] = &workload.Address{Type: &workload.Address_Workload{Workload: w}}
+		}
+	}
+	t.finishPeerAuthentications(out)
+	t.finishAuthorizationPolicies()
+	out.Conditions = t.conds.list()
+	return out
+}
+
+// translator holds the indexes of one snapshot and what translation has
+// learnt so far.
+type translator struct {
+	opts  Options
+	mesh  model.Mesh
+	snap  *model.Snapshot
+	conds conditions
+
+	namespaces map[string]*corev1.Namespace
+	// services holds each namespace's Services with a selector, for
+	// endpoint selection; serviceByName every Service.
+	services      map[string]*selectorIndex[*corev1.Service]
+	serviceByName map[nsName]*corev1.Service
+	// serviceEntries selecting pods, by namespace.
+	seSelectors map[string]*selectorIndex[*seSelection]
+	// waypoints: Gateways of class istio-waypoint.
+	waypoints map[nsName]*gatewayv1.Gateway
+	// nsWaypoint caches each namespace's own use-waypoint binding.
+	nsWaypoint map[string]waypointBinding
+	// serviceWaypoint records which Services and ServiceEntries are bound to
+	// a waypoint, for targetRef policies.
+	serviceWaypoint map[ObjectRef]bool
+	// serviceKeys are the "namespace/hostname" keys already taken.
+	serviceKeys map[string]ObjectRef
+
+	pa peerAuthState
+	ap authzPolicyState
+}
+
+type nsName struct{ namespace, name string }
+
+func newTranslator(opts Options, s *model.Snapshot) *translator {
+	mesh := opts.Mesh
+	if mesh.TrustDomain == "" {
+		mesh.TrustDomain = model.DefaultMesh().TrustDomain
+	}
+	if mesh.DomainSuffix == "" {
+		mesh.DomainSuffix = model.DefaultMesh().DomainSuffix
+	}
+	if mesh.ClusterID == "" {
+		mesh.ClusterID = model.DefaultMesh().ClusterID
+	}
+	if mesh.RootNamespace == "" {
+		mesh.RootNamespace = model.DefaultMesh().RootNamespace
+	}
+	t := &translator{
+		opts: opts, mesh: mesh, snap: s,
+		namespaces:      make(map[string]*corev1.Namespace, len(s.Namespaces)),
+		services:        map[string]*selectorIndex[*corev1.Service]{},
+		serviceByName:   make(map[nsName]*corev1.Service, len(s.Services)),
+		seSelectors:     map[string]*selectorIndex[*seSelection]{},
+		waypoints:       map[nsName]*gatewayv1.Gateway{},
+		nsWaypoint:      map[string]waypointBinding{},
+		serviceWaypoint: map[ObjectRef]bool{},
+		serviceKeys:     make(map[string]ObjectRef, len(s.Services)),
+	}
+	for _, ns := range s.Namespaces {
+		if ns != nil {
+			t.namespaces[ns.Name] = ns
+		}
+	}
+	for _, svc := range s.Services {
+		if svc == nil {
+			continue
+		}
+		t.serviceByName[nsName{svc.Namespace, svc.Name}] = svc
+		if len(svc.Spec.Selector) == 0 || svc.Spec.Type == corev1.ServiceTypeExternalName {
+			continue
+		}
+		idx := t.services[svc.Namespace]
+		if idx == nil {
+			idx = &selectorIndex[*corev1.Service]{}
+			t.services[svc.Namespace] = idx
+		}
+		idx.add(svc.Spec.Selector, svc)
+	}
+	for _, gw := range s.Gateways {
+		if gw != nil && string(gw.Spec.GatewayClassName) == WaypointClass {
+			t.waypoints[nsName{gw.Namespace, gw.Name}] = gw
+		}
+	}
+	return t
+}
+
+// Object references of the kinds translation reports on.
+func podRef(p *corev1.Pod) ObjectRef { return ObjectRef{"", "Pod", p.Namespace, p.Name} }
+func namespaceRef(name string) ObjectRef {
+	return ObjectRef{"", "Namespace", "", name}
+}
+func serviceRef(s *corev1.Service) ObjectRef {
+	return ObjectRef{"", "Service", s.Namespace, s.Name}
+}
+func serviceEntryRef(s *networkingv1.ServiceEntry) ObjectRef {
+	return ObjectRef{"networking.istio.io", "ServiceEntry", s.Namespace, s.Name}
+}
+func peerAuthRef(p *securityv1.PeerAuthentication) ObjectRef {
+	return ObjectRef{"security.istio.io", "PeerAuthentication", p.Namespace, p.Name}
+}
+func authzPolicyRef(p *securityv1.AuthorizationPolicy) ObjectRef {
+	return ObjectRef{"security.istio.io", "AuthorizationPolicy", p.Namespace, p.Name}
+}
+
+// sortedUnique sorts names and drops repeats.
+func sortedUnique(names []string) []string {
+	slices.Sort(names)
+	return slices.Compact(names)
+}
+
+func joinKey(namespace, name string) string { return namespace + "/" + name }
+
+// quoteList renders values for messages.
+func quoteList(vs []string) string {
+	q := make([]string, len(vs))
+	for i, v := range vs {
+		q[i] = `"` + v + `"`
+	}
+	return strings.Join(q, ", ")
+}

@@ -1,0 +1,181 @@
+package translate
+
+import (
+	"fmt"
+	"net/netip"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/zmesh/zmesh/api/workload"
+)
+
+// Waypoint labels and class, as in Istio.
+const (
+	// WaypointClass is the GatewayClass of waypoints.
+	WaypointClass = "istio-waypoint"
+
+	labelUseWaypoint          = "istio.io/use-waypoint"
+	labelUseWaypointNamespace = "istio.io/use-waypoint-namespace"
+	labelWaypointFor          = "istio.io/waypoint-for"
+	// labelGatewayName marks the pods and Service of a Gateway's deployment.
+	labelGatewayName = "gateway.networking.k8s.io/gateway-name"
+
+	hbonePort = 15008
+)
+
+// waypointBinding is what one object's use-waypoint labels resolved to.
+type waypointBinding struct {
+	// labelled: the object carries istio.io/use-waypoint (possibly "none").
+	labelled bool
+	// addr is nil for "none" and for a waypoint that is missing or not ready.
+	addr *workload.GatewayAddress
+	// gateway is "namespace/name" of the waypoint Gateway.
+	gateway                   string
+	forWorkloads, forServices bool
+	// waypointFor is the Gateway's istio.io/waypoint-for value.
+	waypointFor string
+}
+
+// resolveWaypoint reads the istio.io/use-waypoint labels of obj (a
+// Namespace, Service, ServiceEntry or Pod), whose namespace is namespace.
+// A missing or unready waypoint is reported on obj and gives no address.
+func (t *translator) resolveWaypoint(labels map[string]string, namespace string, obj ObjectRef) waypointBinding {
+	name, ok := labels[labelUseWaypoint]
+	if !ok {
+		return waypointBinding{}
+	}
+	b := waypointBinding{labelled: true}
+	if name == "none" || name == "" {
+		return b
+	}
+	ns := namespace
+	if v := labels[labelUseWaypointNamespace]; v != "" {
+		ns = v
+	}
+	b.gateway = joinKey(ns, name)
+	gw := t.waypoints[nsName{ns, name}]
+	if gw == nil {
+		t.conds.fail(obj, WaypointBound, ReasonWaypointNotFound, fmt.Sprintf(
+			"metadata.labels[%s]: no Gateway %s of class %s; traffic goes directly to its destination until it exists",
+			labelUseWaypoint, b.gateway, WaypointClass))
+		return b
+	}
+	b.waypointFor = gw.Labels[labelWaypointFor]
+	switch b.waypointFor {
+	case "workload":
+		b.forWorkloads = true
+	case "all":
+		b.forWorkloads, b.forServices = true, true
+	case "none":
+	default:
+		b.waypointFor = "service"
+		b.forServices = true
+	}
+	port := uint32(hbonePort)
+	for _, l := range gw.Spec.Listeners {
+		if l.Protocol == "HBONE" && l.Port > 0 {
+			port = uint32(l.Port)
+			break
+		}
+	}
+	svc := t.serviceByName[nsName{ns, name}]
+	ip, ok := clusterIP(svc)
+	if !ok {
+		t.conds.fail(obj, WaypointBound, ReasonWaypointNotReady, fmt.Sprintf(
+			"metadata.labels[%s]: waypoint %s has no Service with a cluster IP yet; traffic goes directly to its destination until it has",
+			labelUseWaypoint, b.gateway))
+		return b
+	}
+	b.addr = &workload.GatewayAddress{
+		Destination: &workload.GatewayAddress_Address{Address: &workload.NetworkAddress{
+			Network: t.mesh.Network, Address: ip.AsSlice(),
+		}},
+		HboneMtlsPort: port,
+	}
+	return b
+}
+
+// clusterIP returns the first cluster IP of a Service.
+func clusterIP(svc *corev1.Service) (netip.Addr, bool) {
+	if svc == nil {
+		return netip.Addr{}, false
+	}
+	ips := svc.Spec.ClusterIPs
+	if len(ips) == 0 {
+		ips = []string{svc.Spec.ClusterIP}
+	}
+	for _, s := range ips {
+		if a, err := netip.ParseAddr(s); err == nil && a.Zone() == "" {
+			return a.Unmap(), true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// namespaceWaypoints resolves every namespace's own binding once.
+func (t *translator) namespaceWaypoints() {
+	for _, ns := range t.snap.Namespaces {
+		if ns == nil {
+			continue
+		}
+		ref := namespaceRef(ns.Name)
+		b := t.resolveWaypoint(ns.Labels, ns.Name, ref)
+		t.nsWaypoint[ns.Name] = b
+		if b.addr != nil {
+			if !b.forWorkloads && !b.forServices {
+				t.conds.fail(ref, WaypointBound, ReasonWaypointForMismatch, fmt.Sprintf(
+					"metadata.labels[%s]: waypoint %s has %s=none; nothing is bound to it", labelUseWaypoint, b.gateway, labelWaypointFor))
+				continue
+			}
+			t.conds.ok(ref, WaypointBound, ReasonBound, fmt.Sprintf("bound to waypoint %s (for %s traffic)", b.gateway, b.waypointFor))
+		}
+	}
+}
+
+// waypointFor picks the waypoint of an object: its own label, else its
+// namespace's. forWorkload tells whether the object is a workload (pod)
+// or a service, which the waypoint must accept (istio.io/waypoint-for).
+// An object's own label that names a waypoint of the wrong kind binds
+// nothing (it does not fall back to the namespace) and is reported.
+func (t *translator) waypointFor(labels map[string]string, namespace string, obj ObjectRef, forWorkload bool) *workload.GatewayAddress {
+	b := t.resolveWaypoint(labels, namespace, obj)
+	own := b.labelled
+	if !own {
+		b = t.nsWaypoint[namespace]
+	}
+	if b.addr == nil {
+		return nil
+	}
+	accepts := b.forServices
+	kind := "services"
+	if forWorkload {
+		accepts, kind = b.forWorkloads, "workloads"
+	}
+	if !accepts {
+		if own {
+			t.conds.fail(obj, WaypointBound, ReasonWaypointForMismatch, fmt.Sprintf(
+				"metadata.labels[%s]: waypoint %s is for %s traffic (%s), not for %s; not bound",
+				labelUseWaypoint, b.gateway, b.waypointFor, labelWaypointFor, kind))
+		}
+		return nil
+	}
+	if own {
+		t.conds.ok(obj, WaypointBound, ReasonBound, "bound to waypoint "+b.gateway)
+	}
+	return b.addr
+}
+
+// isWaypointItself reports whether a pod or Service belongs to a waypoint's
+// own deployment, which must never be sent through a waypoint.
+func (t *translator) isWaypointItself(namespace, name string, labels map[string]string, service bool) bool {
+	if gw := labels[labelGatewayName]; gw != "" {
+		if _, ok := t.waypoints[nsName{namespace, gw}]; ok {
+			return true
+		}
+	}
+	if service {
+		_, ok := t.waypoints[nsName{namespace, name}]
+		return ok
+	}
+	return false
+}

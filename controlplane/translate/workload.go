@@ -1,0 +1,179 @@
+package translate
+
+import (
+	"net/netip"
+	"regexp"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/zmesh/zmesh/api/workload"
+)
+
+// Enrolment labels and annotations, as in Istio.
+const (
+	labelDataplaneMode   = "istio.io/dataplane-mode"
+	dataplaneAmbient     = "ambient"
+	dataplaneNone        = "none"
+	annotationRedirection = "ambient.istio.io/redirection"
+	redirectionEnabled   = "enabled"
+	// annotationSidecarStatus marks a pod with an Istio sidecar, which
+	// ambient never captures.
+	annotationSidecarStatus = "sidecar.istio.io/status"
+)
+
+// PodUID is the Workload uid of a pod: Istio's form, not metadata.uid.
+func PodUID(clusterID, namespace, name string) string {
+	return clusterID + "//Pod/" + namespace + "/" + name
+}
+
+// InMesh reports whether a pod is captured by ztunnel: enrolled by its own
+// or its namespace's istio.io/dataplane-mode label (its own "none" opts it
+// out), not on the host network, without a sidecar, running with an IP and,
+// when requireAnnotation, confirmed by the CNI agent's redirection
+// annotation.
+func InMesh(p *corev1.Pod, ns *corev1.Namespace, requireAnnotation bool) bool {
+	if !hasWorkload(p) || p.Annotations[annotationSidecarStatus] != "" {
+		return false
+	}
+	switch p.Labels[labelDataplaneMode] {
+	case dataplaneNone:
+		return false
+	case dataplaneAmbient:
+	default:
+		if ns == nil || ns.Labels[labelDataplaneMode] != dataplaneAmbient {
+			return false
+		}
+	}
+	return !requireAnnotation || p.Annotations[annotationRedirection] == redirectionEnabled
+}
+
+// hasWorkload reports whether a pod is a Workload at all: Running with an
+// IP, not terminating, not on the host network. Pending, Succeeded and
+// Failed pods are left out.
+func hasWorkload(p *corev1.Pod) bool {
+	if p == nil || p.DeletionTimestamp != nil || p.Spec.HostNetwork {
+		return false
+	}
+	if p.Status.Phase != corev1.PodRunning {
+		return false
+	}
+	return p.Status.PodIP != "" || len(p.Status.PodIPs) > 0
+}
+
+// podWorkload translates a pod; nil when the pod is no workload.
+func (t *translator) podWorkload(p *corev1.Pod) *workload.Workload {
+	if !hasWorkload(p) {
+		return nil
+	}
+	ns := t.namespaces[p.Namespace]
+	w := &workload.Workload{
+		Uid:            PodUID(t.mesh.ClusterID, p.Namespace, p.Name),
+		Name:           p.Name,
+		Namespace:      p.Namespace,
+		Network:        t.mesh.Network,
+		TunnelProtocol: workload.TunnelProtocol_NONE,
+		TrustDomain:    t.mesh.TrustDomain,
+		ServiceAccount: p.Spec.ServiceAccountName,
+		Node:           p.Spec.NodeName,
+		ClusterId:      t.mesh.ClusterID,
+		Status:         workload.WorkloadStatus_UNHEALTHY,
+	}
+	if w.ServiceAccount == "" {
+		w.ServiceAccount = "default"
+	}
+	if InMesh(p, ns, t.opts.RequireRedirectionAnnotation) {
+		w.TunnelProtocol = workload.TunnelProtocol_HBONE
+	}
+	ips := p.Status.PodIPs
+	if len(ips) == 0 {
+		ips = []corev1.PodIP{{IP: p.Status.PodIP}}
+	}
+	for _, ip := range ips {
+		if a, err := netip.ParseAddr(ip.IP); err == nil && a.Zone() == "" {
+			w.Addresses = append(w.Addresses, a.Unmap().AsSlice())
+		}
+	}
+	if len(w.Addresses) == 0 {
+		return nil
+	}
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
+			w.Status = workload.WorkloadStatus_HEALTHY
+		}
+	}
+	w.WorkloadName, w.WorkloadType = workloadNameAndType(p)
+	w.CanonicalName = canonicalName(p.Labels, w.WorkloadName)
+	w.CanonicalRevision = canonicalRevision(p.Labels)
+
+	t.services[p.Namespace].each(p.Labels, func(svc *corev1.Service) {
+		if pl, ok := podPorts(svc, p); ok {
+			if w.Services == nil {
+				w.Services = map[string]*workload.PortList{}
+			}
+			w.Services[joinKey(svc.Namespace, svc.Name+"."+svc.Namespace+".svc."+t.mesh.DomainSuffix)] = pl
+		}
+	})
+	t.seSelectors[p.Namespace].each(p.Labels, func(sel *seSelection) {
+		if w.Services == nil {
+			w.Services = map[string]*workload.PortList{}
+		}
+		for _, k := range sel.keys {
+			if _, ok := w.Services[k]; !ok {
+				w.Services[k] = sel.ports
+			}
+		}
+	})
+	w.AuthorizationPolicies = t.policiesFor(p)
+	if !t.isWaypointItself(p.Namespace, p.Name, p.Labels, false) {
+		w.Waypoint = t.waypointFor(p.Labels, p.Namespace, podRef(p), true)
+	}
+	return w
+}
+
+// cronJobName matches the Jobs a CronJob creates: "<cronjob>-<minutes since
+// the epoch>", eight or more digits.
+var cronJobName = regexp.MustCompile(`^(.+)-[0-9]{8,}$`)
+
+// workloadNameAndType follows Istio: a ReplicaSet controller named
+// "<deployment>-<pod-template-hash>" means a Deployment, a Job one of a
+// CronJob (by its name) or a Job, any other controller gives its own name
+// with type POD, and a pod without controller is its own workload.
+func workloadNameAndType(p *corev1.Pod) (string, workload.WorkloadType) {
+	for _, ref := range p.OwnerReferences {
+		if ref.Controller == nil || !*ref.Controller {
+			continue
+		}
+		switch ref.Kind {
+		case "ReplicaSet":
+			if h := p.Labels["pod-template-hash"]; h != "" && strings.HasSuffix(ref.Name, "-"+h) {
+				return strings.TrimSuffix(ref.Name, "-"+h), workload.WorkloadType_DEPLOYMENT
+			}
+		case "Job":
+			if m := cronJobName.FindStringSubmatch(ref.Name); m != nil {
+				return m[1], workload.WorkloadType_CRONJOB
+			}
+			return ref.Name, workload.WorkloadType_JOB
+		}
+		return ref.Name, workload.WorkloadType_POD
+	}
+	return p.Name, workload.WorkloadType_POD
+}
+
+func canonicalName(labels map[string]string, fallback string) string {
+	for _, k := range []string{"service.istio.io/canonical-name", "app.kubernetes.io/name", "app"} {
+		if v := labels[k]; v != "" {
+			return v
+		}
+	}
+	return fallback
+}
+
+func canonicalRevision(labels map[string]string) string {
+	for _, k := range []string{"service.istio.io/canonical-revision", "app.kubernetes.io/version", "version"} {
+		if v := labels[k]; v != "" {
+			return v
+		}
+	}
+	return "latest"
+}
