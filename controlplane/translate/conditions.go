@@ -21,17 +21,17 @@ const (
 
 // Condition reasons.
 const (
-	ReasonAccepted           = "Accepted"
-	ReasonBound              = "Bound"
-	ReasonUnsupportedValue   = "UnsupportedValue"
-	ReasonInvalidValue       = "InvalidValue"
-	ReasonConflict           = "Conflict"
-	ReasonNoMatchingWorkload = "NoMatchingWorkload"
-	ReasonWaypointNotFound   = "WaypointNotFound"
-	ReasonWaypointNotReady   = "WaypointNotReady"
+	ReasonAccepted            = "Accepted"
+	ReasonBound               = "Bound"
+	ReasonUnsupportedValue    = "UnsupportedValue"
+	ReasonInvalidValue        = "InvalidValue"
+	ReasonConflict            = "Conflict"
+	ReasonNoMatchingWorkload  = "NoMatchingWorkload"
+	ReasonWaypointNotFound    = "WaypointNotFound"
+	ReasonWaypointNotReady    = "WaypointNotReady"
 	ReasonWaypointForMismatch = "WaypointForMismatch"
-	ReasonWaypointRequired   = "WaypointRequired"
-	ReasonTargetNotFound     = "TargetNotFound"
+	ReasonWaypointRequired    = "WaypointRequired"
+	ReasonTargetNotFound      = "TargetNotFound"
 )
 
 type condKey struct {

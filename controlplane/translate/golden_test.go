@@ -262,7 +262,7 @@ func prune(key string, v any) any {
 		}
 		return x
 	case string:
-		if x == "" {
+		if x == "" || quietDefaults[key] == x {
 			return nil
 		}
 		if key == "address" || key == "addresses" {
@@ -286,6 +286,9 @@ func prune(key string, v any) any {
 	}
 	return v
 }
+
+// quietDefaults are enum defaults too common to be worth a line.
+var quietDefaults = map[string]string{"app_protocol": "UNKNOWN", "ip_families": "AUTOMATIC", "network_mode": "STANDARD"}
 
 func diffLines(want, got string) string {
 	w, g := strings.Split(want, "\n"), strings.Split(got, "\n")

@@ -6,12 +6,12 @@ import (
 	"maps"
 	"slices"
 
+	"google.golang.org/protobuf/types/known/emptypb"
 	securityapi "istio.io/api/security/v1beta1"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/zmesh/zmesh/api/workload/security"
-	"google.golang.org/protobuf/types/known/emptypb"
 )
 
 // Names of the Authorizations PeerAuthentication becomes; istiod uses the

@@ -6,8 +6,8 @@ import (
 	"strconv"
 	"strings"
 
-	securityapi "istio.io/api/security/v1beta1"
 	"google.golang.org/protobuf/types/known/emptypb"
+	securityapi "istio.io/api/security/v1beta1"
 
 	"github.com/zmesh/zmesh/api/workload/security"
 )

@@ -12,11 +12,11 @@ import (
 
 // Enrolment labels and annotations, as in Istio.
 const (
-	labelDataplaneMode   = "istio.io/dataplane-mode"
-	dataplaneAmbient     = "ambient"
-	dataplaneNone        = "none"
+	labelDataplaneMode    = "istio.io/dataplane-mode"
+	dataplaneAmbient      = "ambient"
+	dataplaneNone         = "none"
 	annotationRedirection = "ambient.istio.io/redirection"
-	redirectionEnabled   = "enabled"
+	redirectionEnabled    = "enabled"
 	// annotationSidecarStatus marks a pod with an Istio sidecar, which
 	// ambient never captures.
 	annotationSidecarStatus = "sidecar.istio.io/status"
