@@ -43,6 +43,13 @@ generate:
 	@ZMESH_GENERATE=1 .ci/deps.sh
 	PATH="$$($(GO) env GOPATH)/bin:$$PATH" $(GO) generate ./...
 
+# The Istio and Gateway API CRDs in deploy/crds/, copied from the modules
+# pinned in go.mod (Decision 11).
+.PHONY: generate-crds
+generate: generate-crds
+generate-crds:
+	GO=$(GO) deploy/gen-crds.sh
+
 lint: deps
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
