@@ -258,7 +258,9 @@ func prune(key string, v any) any {
 			return nil
 		}
 		for i, e := range x {
-			x[i] = prune(key, e)
+			if x[i] = prune(key, e); x[i] == nil {
+				x[i] = map[string]any{} // an empty rule or match
+			}
 		}
 		return x
 	case string:

@@ -106,7 +106,7 @@ func (t *translator) peerAuthentications() {
 	for _, pa := range nsWide {
 		if first := st.namespaceWide[pa.Namespace]; first != nil {
 			t.conds.fail(peerAuthRef(pa), ZtunnelAccepted, ReasonConflict, fmt.Sprintf(
-				"spec.selector: the older namespace-wide PeerAuthentication %s applies instead", joinKey(first.Namespace, first.Name)))
+				"spec: the older namespace-wide PeerAuthentication %s applies in this namespace instead", joinKey(first.Namespace, first.Name)))
 			continue
 		}
 		st.namespaceWide[pa.Namespace] = pa
