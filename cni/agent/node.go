@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"sync"
 
@@ -45,7 +44,47 @@ type Node struct {
 	Log       *slog.Logger
 
 	mu   sync.Mutex
-	pods map[string]redirect.Config
+	pods map[string]*captured
+	busy map[string]chan struct{} // pods an operation is under way for
+}
+
+// lockPod serialises the operations on one pod: the plugin's ADD/DEL and
+// the reconciler's enrolment/release may meet.
+func (n *Node) lockPod(uid string) (unlock func()) {
+	for {
+		n.mu.Lock()
+		if n.busy == nil {
+			n.busy = map[string]chan struct{}{}
+		}
+		ch, held := n.busy[uid]
+		if !held {
+			ch = make(chan struct{})
+			n.busy[uid] = ch
+			n.mu.Unlock()
+			return func() {
+				n.mu.Lock()
+				delete(n.busy, uid)
+				n.mu.Unlock()
+				close(ch)
+			}
+		}
+		n.mu.Unlock()
+		<-ch
+	}
+}
+
+// captured is what the agent keeps of a pod it captured: enough to release
+// it without the runtime's help (its namespace stays open).
+type captured struct {
+	pod CapturedPod
+	cfg redirect.Config
+	ns  netns.NsHandle // the agent's own handle, closed on release
+}
+
+// CapturedPod is a pod this agent holds captured.
+type CapturedPod struct {
+	UID, Name, Namespace, ServiceAccount string
+	IPs                                  []netip.Addr
 }
 
 func (n *Node) log() *slog.Logger {
@@ -57,6 +96,24 @@ func (n *Node) log() *slog.Logger {
 
 func (n *Node) dir(uid string) string { return filepath.Join(n.BPFRoot, uid) }
 
+// Captured lists the pods this agent holds captured.
+func (n *Node) Captured() []CapturedPod {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	out := make([]CapturedPod, 0, len(n.pods))
+	for _, c := range n.pods {
+		out = append(out, c.pod)
+	}
+	return out
+}
+
+// IsCaptured reports whether the agent holds the pod captured.
+func (n *Node) IsCaptured(uid string) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.pods[uid] != nil
+}
+
 // Add captures an ambient pod and returns once ztunnel took it; a pod not in
 // the mesh is left alone (false).
 func (n *Node) Add(ctx context.Context, p *cniapi.Pod) (bool, error) {
@@ -67,33 +124,43 @@ func (n *Node) Add(ctx context.Context, p *cniapi.Pod) (bool, error) {
 	if !ambient {
 		return false, nil
 	}
-	var ips []netip.Addr
-	for _, s := range p.IPs {
-		ip, err := netip.ParseAddr(s)
-		if err != nil {
-			return false, fmt.Errorf("pod ip %q: %w", s, err)
-		}
-		ips = append(ips, ip)
+	ips, err := parseIPs(p.IPs)
+	if err != nil {
+		return false, err
 	}
+	defer n.lockPod(p.UID)()
 	ns, err := netns.GetFromPath(p.Netns)
 	if err != nil {
 		return false, fmt.Errorf("open pod netns %q: %w", p.Netns, err)
 	}
-	defer ns.Close()
-	cfg := redirect.Config{PodIPs: ips}
-	for _, ip := range ips {
-		if src, err := n.probeSource(ip); err == nil {
-			cfg.ProbeSources = append(cfg.ProbeSources, src)
-		} else {
-			n.log().Warn("no probe source for pod", "pod", p.Namespace+"/"+p.Name, "ip", ip.String(), "reason", err.Error())
-		}
-	}
-
-	undo, err := n.capture(ns, ips, cfg, p.UID)
-	if err != nil {
+	if err := n.add(ctx, ns, p, sa, ips); err != nil {
+		ns.Close()
 		return false, err
 	}
-	pod, err := n.zdsPod(ns, p, sa, ips)
+	return true, nil
+}
+
+func parseIPs(in []string) ([]netip.Addr, error) {
+	var ips []netip.Addr
+	for _, s := range in {
+		ip, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("pod ip %q: %w", s, err)
+		}
+		ips = append(ips, ip.Unmap())
+	}
+	return ips, nil
+}
+
+// add captures the pod in ns and hands it to ztunnel; on success the node
+// owns ns.
+func (n *Node) add(ctx context.Context, ns netns.NsHandle, p *cniapi.Pod, sa string, ips []netip.Addr) error {
+	cfg := n.redirectConfig(p, ips)
+	undo, err := n.capture(ns, ips, cfg, p.UID)
+	if err != nil {
+		return err
+	}
+	pod, err := n.zdsPod(ns, p.UID, p.Name, p.Namespace, sa, ips)
 	if err == nil {
 		err = n.ZDS.AddPod(ctx, pod)
 		if err != nil {
@@ -103,16 +170,35 @@ func (n *Node) Add(ctx context.Context, p *cniapi.Pod) (bool, error) {
 	}
 	if err != nil {
 		undo()
-		return false, fmt.Errorf("hand pod %s/%s to ztunnel: %w", p.Namespace, p.Name, err)
+		return fmt.Errorf("hand pod %s/%s to ztunnel: %w", p.Namespace, p.Name, err)
 	}
-	n.mu.Lock()
-	if n.pods == nil {
-		n.pods = map[string]redirect.Config{}
-	}
-	n.pods[p.UID] = cfg
-	n.mu.Unlock()
+	n.keep(&captured{pod: CapturedPod{UID: p.UID, Name: p.Name, Namespace: p.Namespace, ServiceAccount: sa, IPs: ips}, cfg: cfg, ns: ns})
 	n.log().Info("pod captured", "pod", p.Namespace+"/"+p.Name, "uid", p.UID, "ips", p.IPs)
-	return true, nil
+	return nil
+}
+
+func (n *Node) keep(c *captured) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.pods == nil {
+		n.pods = map[string]*captured{}
+	}
+	if old := n.pods[c.pod.UID]; old != nil && old.ns != c.ns {
+		old.ns.Close() // a retried ADD
+	}
+	n.pods[c.pod.UID] = c
+}
+
+func (n *Node) redirectConfig(p *cniapi.Pod, ips []netip.Addr) redirect.Config {
+	cfg := redirect.Config{PodIPs: ips}
+	for _, ip := range ips {
+		if src, err := n.probeSource(ip); err == nil {
+			cfg.ProbeSources = append(cfg.ProbeSources, src)
+		} else {
+			n.log().Warn("no probe source for pod", "pod", p.Namespace+"/"+p.Name, "ip", ip.String(), "reason", err.Error())
+		}
+	}
+	return cfg
 }
 
 // capture installs routing and the pinned program; undo removes both.
@@ -159,12 +245,12 @@ func (n *Node) capture(ns netns.NsHandle, ips []netip.Addr, cfg redirect.Config,
 }
 
 // zdsPod opens the descriptors ztunnel gets: netns and the pinned maps.
-func (n *Node) zdsPod(ns netns.NsHandle, p *cniapi.Pod, sa string, ips []netip.Addr) (*Pod, error) {
+func (n *Node) zdsPod(ns netns.NsHandle, uid, name, namespace, sa string, ips []netip.Addr) (*Pod, error) {
 	nsfd, err := unix.FcntlInt(uintptr(ns), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
 		return nil, err
 	}
-	c, err := bpf.OpenPinned(n.dir(p.UID))
+	c, err := bpf.OpenPinned(n.dir(uid))
 	if err != nil {
 		unix.Close(nsfd)
 		return nil, err
@@ -176,7 +262,7 @@ func (n *Node) zdsPod(ns netns.NsHandle, p *cniapi.Pod, sa string, ips []netip.A
 		return nil, err
 	}
 	return &Pod{
-		UID: p.UID, Name: p.Name, Namespace: p.Namespace, ServiceAccount: sa, IPs: ips,
+		UID: uid, Name: name, Namespace: namespace, ServiceAccount: sa, IPs: ips,
 		NetnsFD: nsfd, SockmapFD: lfd, BypassFD: bfd,
 	}, nil
 }
@@ -202,30 +288,38 @@ func (n *Node) probeSource(podIP netip.Addr) (netip.Addr, error) {
 	return src.Unmap(), nil
 }
 
-// Del releases a pod: ztunnel first, then the program and routing. What is
-// already gone (netns deleted, never captured) is fine.
+// Del releases a pod (see release). What is already gone (netns deleted,
+// never captured) is fine.
 func (n *Node) Del(ctx context.Context, p *cniapi.Pod) error {
 	if p.UID == "" {
 		return errors.New("pod: missing uid")
 	}
+	defer n.lockPod(p.UID)()
+	return n.release(ctx, p.UID)
+}
+
+// release lets a pod go: capture first, so that new connections take the
+// direct path at once, then ztunnel, which closes what it still has in the
+// pod. The other order leaves a moment where the pod is captured with no
+// ztunnel behind it, and connections opened then are refused.
+func (n *Node) release(ctx context.Context, uid string) error {
 	var errs []error
-	if err := n.ZDS.DelPod(ctx, p.UID); err != nil {
-		errs = append(errs, err)
-	}
-	if err := bpf.Unpin(n.dir(p.UID)); err != nil {
+	if err := bpf.Unpin(n.dir(uid)); err != nil {
 		errs = append(errs, err)
 	}
 	n.mu.Lock()
-	cfg, known := n.pods[p.UID]
-	delete(n.pods, p.UID)
+	c := n.pods[uid]
+	delete(n.pods, uid)
 	n.mu.Unlock()
-	if known && p.Netns != "" {
-		if ns, err := netns.GetFromPath(p.Netns); err == nil {
-			errs = append(errs, redirect.Remove(ns, cfg))
-			ns.Close()
-		} else if !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, err)
-		}
+	if c != nil {
+		errs = append(errs, redirect.Remove(c.ns, c.cfg))
+	}
+	if err := n.ZDS.DelPod(ctx, uid); err != nil {
+		errs = append(errs, err)
+	}
+	if c != nil {
+		c.ns.Close()
+		n.log().Info("pod released", "pod", c.pod.Namespace+"/"+c.pod.Name, "uid", uid)
 	}
 	return errors.Join(errs...)
 }
@@ -239,9 +333,9 @@ func (n *Node) Check(ctx context.Context, p *cniapi.Pod) error {
 		return fmt.Errorf("pod %s/%s: capture program not attached", p.Namespace, p.Name)
 	}
 	n.mu.Lock()
-	cfg, ok := n.pods[p.UID]
+	c := n.pods[p.UID]
 	n.mu.Unlock()
-	if !ok {
+	if c == nil {
 		return fmt.Errorf("pod %s/%s: not captured by this agent", p.Namespace, p.Name)
 	}
 	ns, err := netns.GetFromPath(p.Netns)
@@ -249,50 +343,95 @@ func (n *Node) Check(ctx context.Context, p *cniapi.Pod) error {
 		return fmt.Errorf("open pod netns %q: %w", p.Netns, err)
 	}
 	defer ns.Close()
-	return redirect.Check(ns, cfg)
+	return redirect.Check(ns, c.cfg)
 }
 
 // EnrollRunning captures a pod that is already running (its namespace or
 // the pod was labelled after it started): its network namespace is found
-// by its address among running processes, then it is captured as on ADD.
+// by its address among running processes, then it is captured as on ADD,
+// and the application's connections open at the change are destroyed once
+// ztunnel took the pod (Decision 7).
 func (n *Node) EnrollRunning(ctx context.Context, p *cniapi.Pod, procRoot string) (bool, error) {
-	if len(p.IPs) == 0 {
-		return false, fmt.Errorf("pod %s/%s: no IP to find its network namespace by", p.Namespace, p.Name)
-	}
-	ip, err := netip.ParseAddr(p.IPs[0])
-	if err != nil {
-		return false, fmt.Errorf("pod ip %q: %w", p.IPs[0], err)
-	}
-	path, err := FindNetns(procRoot, ip)
-	if err != nil {
+	if err := p.Validate(); err != nil {
 		return false, err
 	}
-	// Pin the namespace by a path that outlives the process we found it
-	// through: the agent's own fd.
-	h, err := netns.GetFromPath(path)
-	if err != nil {
-		return false, err
+	sa, ambient := n.Members.Lookup(p.Namespace, p.Name)
+	if !ambient {
+		return false, nil
 	}
-	defer h.Close()
-	q := *p
-	q.Netns = fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), int(h))
-	return n.Add(ctx, &q)
+	defer n.lockPod(p.UID)()
+	return true, n.enrollRunning(ctx, p, sa, procRoot)
+}
+
+func (n *Node) enrollRunning(ctx context.Context, p *cniapi.Pod, sa, procRoot string) error {
+	ips, err := parseIPs(p.IPs)
+	if err != nil {
+		return err
+	}
+	if len(ips) == 0 {
+		return fmt.Errorf("pod %s/%s: no IP to find its network namespace by", p.Namespace, p.Name)
+	}
+	path, err := FindNetns(procRoot, ips[0])
+	if err != nil {
+		return err
+	}
+	// The agent's own handle outlives the process we found it through.
+	ns, err := netns.GetFromPath(path)
+	if err != nil {
+		return err
+	}
+	open, lerr := socketsToKill(ns, ips, appConnections)
+	if err := n.add(ctx, ns, p, sa, ips); err != nil {
+		ns.Close()
+		return err
+	}
+	n.destroy(ns, p.Namespace+"/"+p.Name, open, lerr)
+	return nil
+}
+
+// destroy aborts the connections listed before a change, now that it is
+// done; failing to is logged, not fatal: the change itself happened.
+func (n *Node) destroy(ns netns.NsHandle, pod string, open []tcpSocket, listErr error) {
+	if listErr != nil {
+		n.log().Warn("cannot list the pod's open connections", "pod", pod, "reason", listErr.Error())
+		return
+	}
+	killed, err := destroySockets(ns, open)
+	if err != nil {
+		n.log().Warn("cannot destroy the pod's open connections", "pod", pod, "reason", err.Error())
+	}
+	if killed > 0 {
+		n.log().Info("connections open at the change destroyed", "pod", pod, "count", killed)
+	}
+}
+
+// releaseCaptured lets a captured, running pod go (it left the mesh; the
+// caller holds lockPod): capture, then ztunnel, then every connection that
+// went through the capture is destroyed, so none hangs on a path that no
+// longer exists.
+func (n *Node) releaseCaptured(ctx context.Context, uid string) error {
+	n.mu.Lock()
+	c := n.pods[uid]
+	n.mu.Unlock()
+	if c == nil {
+		return n.release(ctx, uid)
+	}
+	// Our own handle: release closes c.ns.
+	ns, err := netns.GetFromPath(fmt.Sprintf("/proc/self/fd/%d", int(c.ns)))
+	if err != nil {
+		return n.release(ctx, uid)
+	}
+	defer ns.Close()
+	open, lerr := socketsToKill(ns, c.pod.IPs, allConnections)
+	err = n.release(ctx, uid)
+	n.destroy(ns, c.pod.Namespace+"/"+c.pod.Name, open, lerr)
+	return err
 }
 
 // ReleaseRunning lets a running pod go (its namespace or the pod lost the
-// ambient label): ztunnel first, then capture; traffic flows directly again.
+// ambient label); see releaseCaptured. Of a pod this agent does not hold,
+// whatever is pinned is removed.
 func (n *Node) ReleaseRunning(ctx context.Context, p *cniapi.Pod, procRoot string) error {
-	q := *p
-	if len(p.IPs) > 0 {
-		if ip, err := netip.ParseAddr(p.IPs[0]); err == nil {
-			if path, err := FindNetns(procRoot, ip); err == nil {
-				h, err := netns.GetFromPath(path)
-				if err == nil {
-					defer h.Close()
-					q.Netns = fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), int(h))
-				}
-			}
-		}
-	}
-	return n.Del(ctx, &q)
+	defer n.lockPod(p.UID)()
+	return n.releaseCaptured(ctx, p.UID)
 }

@@ -255,3 +255,29 @@ func (s *ZDSServer) DelPod(ctx context.Context, uid string) error {
 }
 
 func closePod(p *Pod) { closeFDs([]int{p.NetnsFD, p.SockmapFD, p.BypassFD}) }
+
+// Keep registers a pod ztunnel already serves or will serve: one the agent
+// captured before it restarted. It goes out with the next snapshot; a
+// ztunnel connected already is told at once (Add is idempotent for it).
+// Unlike AddPod, no connected ztunnel is not an error: captured pods stay
+// captured, failing closed, until one comes.
+func (s *ZDSServer) Keep(ctx context.Context, p *Pod) error {
+	s.mu.Lock()
+	if old := s.pods[p.UID]; old != nil && old != p {
+		closePod(old)
+	}
+	s.pods[p.UID] = p
+	z := s.newest
+	s.mu.Unlock()
+	if z == nil {
+		return nil
+	}
+	if err := z.request(p.add(), p.NetnsFD, p.SockmapFD, p.BypassFD); err != nil {
+		if isGone(err) {
+			s.drop(z)
+			return nil
+		}
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,198 @@
+// Package wds is zmesh-cni-agent's membership source without a cluster
+// (DESIGN.md "Running without a cluster"): zmeshd's workload stream, read
+// with ztunnel's delta xDS client. The pods of this node are the Workloads
+// whose node is this node's name; a pod is ambient while zmeshd lists it
+// with tunnel protocol HBONE (with no cluster, zmeshd decides that from
+// the namespace and pod labels). It must not import the control plane.
+package wds
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sort"
+	"sync"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"github.com/google/uuid"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/zmesh/zmesh/api/workload"
+	"github.com/zmesh/zmesh/cni/agent"
+	"github.com/zmesh/zmesh/ztunnel/xds"
+)
+
+// podUIDSpace is the UUIDv5 namespace of uids given to pods read from
+// files; it must equal controlplane/model's (FilePodUID), which this
+// package may not import. The WDS Workload.uid keeps Istio's form, so the
+// pod's metadata.uid — used by ZDS and the bpffs directory — is derived
+// the same way the node runner and zmeshd derive it (Decision 4).
+var podUIDSpace = uuid.MustParse("0b6b9a3e-6f0e-4b8e-9c55-5a3c1a7e2d10")
+
+// PodUID is the metadata.uid of a pod read from a file without one.
+func PodUID(namespace, name string) string {
+	return uuid.NewSHA1(podUIDSpace, []byte(namespace+"/"+name)).String()
+}
+
+// Config configures Members.
+type Config struct {
+	// Conn reaches zmeshd (dialled by the caller, with its credentials).
+	Conn grpc.ClientConnInterface
+	// Node is this node's name.
+	Node string
+	// SyncWait bounds how long a CNI ADD waits for the first response
+	// before deciding from nothing (default 5s).
+	SyncWait time.Duration
+	Log      *slog.Logger
+	// MinBackoff and MaxBackoff are the xDS client's (defaults there).
+	MinBackoff, MaxBackoff time.Duration
+}
+
+// Members implements agent.Source from the workload stream.
+type Members struct {
+	cfg     Config
+	client  *xds.Client
+	changed chan struct{}
+
+	mu   sync.Mutex
+	mine map[string]*workload.Workload // resource name -> workload of this node
+}
+
+var _ agent.Source = (*Members)(nil)
+
+// New builds the source; Run serves it.
+func New(cfg Config) (*Members, error) {
+	if cfg.Node == "" {
+		return nil, errors.New("wds members: no node name")
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.SyncWait == 0 {
+		cfg.SyncWait = 5 * time.Second
+	}
+	m := &Members{cfg: cfg, changed: make(chan struct{}, 1), mine: map[string]*workload.Workload{}}
+	meta, _ := structpb.NewStruct(map[string]any{"NODE_NAME": cfg.Node})
+	c, err := xds.NewClient(xds.Config{
+		Conn: cfg.Conn, Types: []string{xds.TypeAddress}, Handler: handler{m}, Log: cfg.Log,
+		Node:       &corev3.Node{Id: "zmesh-cni-agent~" + cfg.Node, Metadata: meta},
+		MinBackoff: cfg.MinBackoff, MaxBackoff: cfg.MaxBackoff,
+	})
+	if err != nil {
+		return nil, err
+	}
+	m.client = c
+	return m, nil
+}
+
+// Run streams from zmeshd until ctx ends.
+func (m *Members) Run(ctx context.Context) error { return m.client.Run(ctx) }
+
+// Synced is closed once the first response was applied.
+func (m *Members) Synced() <-chan struct{} { return m.client.Synced() }
+
+// WaitSynced blocks until the first response was applied.
+func (m *Members) WaitSynced(ctx context.Context) error {
+	select {
+	case <-m.client.Synced():
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("wds members: no workloads from the control plane yet: %w", context.Cause(ctx))
+	}
+}
+
+// Changed implements agent.Source.
+func (m *Members) Changed() <-chan struct{} { return m.changed }
+
+// handler feeds the xDS client's responses in.
+type handler struct{ m *Members }
+
+func (h handler) Apply(typeURL string, updated []xds.Resource, removed []string) map[string]error {
+	if typeURL != xds.TypeAddress {
+		return nil
+	}
+	m := h.m
+	rejected := map[string]error{}
+	m.mu.Lock()
+	for _, r := range updated {
+		var a workload.Address
+		if err := r.Body.UnmarshalTo(&a); err != nil {
+			rejected[r.Name] = fmt.Errorf("decode Address: %w", err)
+			continue
+		}
+		w := a.GetWorkload()
+		if w == nil || w.GetNode() != m.cfg.Node {
+			delete(m.mine, r.Name) // a service, or moved off this node
+			continue
+		}
+		m.mine[r.Name] = w
+	}
+	for _, name := range removed {
+		delete(m.mine, name)
+	}
+	m.mu.Unlock()
+	select {
+	case m.changed <- struct{}{}:
+	default:
+	}
+	return rejected
+}
+
+// Lookup implements agent.Membership for CNI ADD: it waits for the first
+// response, so a pod starting with the agent is not let through unseen.
+func (m *Members) Lookup(namespace, name string) (string, bool) {
+	t := time.NewTimer(m.cfg.SyncWait)
+	select {
+	case <-m.client.Synced():
+	case <-t.C:
+		m.cfg.Log.Warn("no workloads from the control plane yet: pod not captured", "pod", namespace+"/"+name)
+	}
+	t.Stop()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, w := range m.mine {
+		if w.GetNamespace() == namespace && w.GetName() == name {
+			return w.GetServiceAccount(), w.GetTunnelProtocol() == workload.TunnelProtocol_HBONE
+		}
+	}
+	return "", false
+}
+
+// Pods implements agent.Source: this node's workloads with an address.
+func (m *Members) Pods() []agent.PodInfo {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]agent.PodInfo, 0, len(m.mine))
+	for _, w := range m.mine {
+		p := agent.PodInfo{
+			UID: PodUID(w.GetNamespace(), w.GetName()), Name: w.GetName(), Namespace: w.GetNamespace(),
+			ServiceAccount: w.GetServiceAccount(),
+			Ambient:        w.GetTunnelProtocol() == workload.TunnelProtocol_HBONE,
+		}
+		for _, b := range w.GetAddresses() {
+			if ip, ok := netip.AddrFromSlice(b); ok {
+				p.IPs = append(p.IPs, ip.Unmap().String())
+			}
+		}
+		if len(p.IPs) > 0 {
+			out = append(out, p)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].UID < out[j].UID })
+	return out
+}
+
+// Pod returns a pod of this node by metadata.uid, for the restart
+// reconcile.
+func (m *Members) Pod(uid string) (agent.PodInfo, bool) {
+	for _, p := range m.Pods() {
+		if p.UID == uid {
+			return p, true
+		}
+	}
+	return agent.PodInfo{}, false
+}
