@@ -1,0 +1,126 @@
+// Command zmeshd is zmesh's control plane: it reads the mesh's config from
+// a Kubernetes API server (--kubeconfig, or in cluster) or from a directory
+// of YAML files (--config-dir), translates it, pushes it to every ztunnel
+// over delta xDS, and signs workload certificates.
+//
+// Ports: --xds-address serves xDS and the CA in plaintext (loopback use:
+// demos, tests, a node-local setup); --secure-address serves both over
+// TLS, with clients proving who they are by bearer token (a bound
+// service-account token in a cluster, a static token file otherwise) or
+// mesh certificate; --monitoring-address serves /metrics, /ready and
+// /debug/syncz.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/zmesh/zmesh/identity"
+)
+
+type flags struct {
+	configDir, kubeconfig        string
+	xdsAddr, secureAddr, monAddr string
+	secureHosts                  string
+	caDir, tokensFile            string
+	trustDomain, rootNamespace   string
+	clusterID, network, domain   string
+	nodeAgents                   string
+	leaderElect                  bool
+	leaseNamespace, leaseName    string
+	identity                     string
+	waypointImage                string
+	debounce, maxDelay           time.Duration
+	certTTL                      time.Duration
+	logLevel                     string
+}
+
+func parseFlags(args []string) (*flags, error) {
+	f := &flags{}
+	fs := flag.NewFlagSet("zmeshd", flag.ContinueOnError)
+	fs.StringVar(&f.configDir, "config-dir", "", "read the mesh from this directory of YAML files (no cluster)")
+	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "read the mesh from this cluster (empty with no --config-dir: in-cluster config)")
+	fs.StringVar(&f.xdsAddr, "xds-address", "127.0.0.1:15010", "plaintext gRPC (xDS + CA) address; empty disables it")
+	fs.StringVar(&f.secureAddr, "secure-address", ":15012", "TLS gRPC (xDS + CA) address; empty disables it")
+	fs.StringVar(&f.secureHosts, "secure-hosts", "zmeshd.istio-system.svc,localhost,127.0.0.1", "comma-separated DNS names and IPs of the TLS port's certificate")
+	fs.StringVar(&f.monAddr, "monitoring-address", ":15014", "HTTP address of /metrics, /ready and /debug/syncz")
+	fs.StringVar(&f.caDir, "ca-dir", "/var/lib/zmeshd/ca", "directory of the CA's key and certificates (created if empty)")
+	fs.StringVar(&f.tokensFile, "tokens-file", "", "static bearer tokens (\"<token> <spiffe-id> <node>\" per line) instead of TokenReview; required with --config-dir")
+	fs.StringVar(&f.trustDomain, "trust-domain", identity.DefaultTrustDomain, "the mesh's trust domain")
+	fs.StringVar(&f.rootNamespace, "root-namespace", "istio-system", "namespace whose policies apply mesh-wide")
+	fs.StringVar(&f.clusterID, "cluster-id", "Kubernetes", "cluster name in workload uids")
+	fs.StringVar(&f.network, "network", "", "network of every workload (multi-network meshes)")
+	fs.StringVar(&f.domain, "domain-suffix", "cluster.local", "DNS suffix of service hostnames")
+	fs.StringVar(&f.nodeAgents, "node-agents", "istio-system/ztunnel", "comma-separated namespace/serviceaccount of the ztunnels, which may obtain certificates for the pods on their node")
+	fs.BoolVar(&f.leaderElect, "leader-elect", true, "with Kubernetes: only the elected replica writes (status, waypoints); every replica serves")
+	fs.StringVar(&f.leaseNamespace, "leader-election-namespace", envOr("POD_NAMESPACE", "istio-system"), "namespace of the leader election Lease")
+	fs.StringVar(&f.leaseName, "leader-election-name", "zmeshd", "name of the leader election Lease")
+	fs.StringVar(&f.identity, "identity", envOr("POD_NAME", hostname()), "this replica's name in leader election")
+	fs.StringVar(&f.waypointImage, "waypoint-image", "zmesh/waypoint:latest", "image of the waypoint Deployments zmeshd creates")
+	fs.DurationVar(&f.debounce, "debounce", 10*time.Millisecond, "quiet time after a change before pushing")
+	fs.DurationVar(&f.maxDelay, "debounce-max", 100*time.Millisecond, "longest a change waits under a steady stream of changes")
+	fs.DurationVar(&f.certTTL, "workload-cert-ttl", identity.DefaultCertTTL, "default lifetime of workload certificates")
+	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if f.configDir != "" && f.kubeconfig != "" {
+		return nil, errors.New("give --config-dir or --kubeconfig, not both")
+	}
+	if f.configDir != "" && f.tokensFile == "" {
+		return nil, errors.New("--tokens-file: needed with --config-dir (the CA authenticates ztunnels, and there is no TokenReview without a cluster)")
+	}
+	if f.xdsAddr == "" && f.secureAddr == "" {
+		return nil, errors.New("--xds-address and --secure-address both empty: nothing would be served")
+	}
+	if f.debounce <= 0 || f.maxDelay < f.debounce {
+		return nil, fmt.Errorf("--debounce %s / --debounce-max %s: want 0 < debounce <= max", f.debounce, f.maxDelay)
+	}
+	return f, nil
+}
+
+func (f *flags) hosts() []string {
+	var out []string
+	for h := range strings.SplitSeq(f.secureHosts, ",") {
+		if h = strings.TrimSpace(h); h != "" {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+func hostname() string {
+	h, _ := os.Hostname()
+	return h
+}
+
+func main() {
+	f, err := parseFlags(os.Args[1:])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "zmeshd:", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, f); err != nil {
+		fmt.Fprintln(os.Stderr, "zmeshd:", err)
+		os.Exit(1)
+	}
+}
