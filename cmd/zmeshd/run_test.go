@@ -262,4 +262,3 @@ type tokenConn struct {
 func (c tokenConn) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
 	return c.ClientConn.NewStream(metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+c.token), desc, method, opts...)
 }
-
