@@ -1,0 +1,348 @@
+package waypoint
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
+
+	"github.com/zmesh/zmesh/internal/kubetest"
+)
+
+// The waypoint of Istio's docs (istioctl waypoint generate).
+const docsWaypoint = `
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  labels:
+    istio.io/waypoint-for: service
+  name: waypoint
+  namespace: apps
+spec:
+  gatewayClassName: istio-waypoint
+  listeners:
+  - name: mesh
+    port: 15008
+    protocol: HBONE
+`
+
+const image = "registry.example/zmesh/waypoint:test"
+
+// TestControllerOnKubernetes runs the controller as zmeshd's service
+// account (deploy/rbac) against a real API server with deploy/crds.
+func TestControllerOnKubernetes(t *testing.T) {
+	env := kubetest.ForTest(t)
+	ctx := t.Context()
+	kubectl := func(stdin string, args ...string) {
+		t.Helper()
+		if out, err := env.KubectlRun(ctx, stdin, args...); err != nil {
+			t.Fatal(out, err)
+		}
+	}
+	kubectl("", "apply", "--server-side", "-f", "../../deploy/crds/")
+	kubectl("", "apply", "-f", "../../deploy/rbac/")
+	kubectl("", "wait", "--for=condition=Established", "--timeout=60s", "crd/gateways.gateway.networking.k8s.io", "crd/gatewayclasses.gateway.networking.k8s.io")
+	kubectl("", "create", "namespace", "apps")
+
+	// Everything the controller does, it does as zmeshd.
+	cfg := rest.CopyConfig(env.Config)
+	cfg.Impersonate = rest.ImpersonationConfig{
+		UserName: "system:serviceaccount:istio-system:zmeshd",
+		Groups:   []string{"system:serviceaccounts", "system:serviceaccounts:istio-system", "system:authenticated"},
+	}
+	kube, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gwc, err := gatewayclient.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin, err := gatewayclient.NewForConfig(env.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctrl, err := New(kube, gwc, Options{Image: image, XDSAddress: "zmeshd.istio-system.svc:15012", Log: slog.New(slog.NewTextHandler(testWriter{t}, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- ctrl.Run(runCtx) }()
+	t.Cleanup(func() {
+		stop()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Error("Run did not return after cancel")
+		}
+	})
+
+	t.Run("GatewayClass", func(t *testing.T) {
+		eventually(t, "GatewayClass istio-waypoint accepted", func() error {
+			gc, err := admin.GatewayV1().GatewayClasses().Get(ctx, ClassName, metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			if gc.Spec.ControllerName != ControllerName {
+				return fmt.Errorf("controllerName %s", gc.Spec.ControllerName)
+			}
+			return conditionIs(gc.Status.Conditions, "Accepted", metav1.ConditionTrue)
+		})
+	})
+
+	kubectl(docsWaypoint, "apply", "-f", "-")
+	gw, err := admin.GatewayV1().Gateways("apps").Get(ctx, "waypoint", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	core := env.Client.CoreV1()
+
+	t.Run("objects with owner references", func(t *testing.T) {
+		var dep *appsv1.Deployment
+		eventually(t, "Deployment", func() (err error) {
+			dep, err = env.Client.AppsV1().Deployments("apps").Get(ctx, "waypoint", metav1.GetOptions{})
+			return err
+		})
+		var svc *corev1.Service
+		eventually(t, "Service", func() (err error) {
+			svc, err = core.Services("apps").Get(ctx, "waypoint", metav1.GetOptions{})
+			return err
+		})
+		var sa *corev1.ServiceAccount
+		eventually(t, "ServiceAccount", func() (err error) {
+			sa, err = core.ServiceAccounts("apps").Get(ctx, "waypoint", metav1.GetOptions{})
+			return err
+		})
+		for _, o := range []metav1.Object{dep, svc, sa} {
+			ref := metav1.GetControllerOf(o)
+			if ref == nil || ref.UID != gw.UID || ref.Kind != "Gateway" {
+				t.Errorf("%s: controller reference %+v, want the Gateway", o.GetName(), ref)
+			}
+			if o.GetLabels()["istio.io/waypoint-for"] != "service" || o.GetLabels()["gateway.networking.k8s.io/gateway-name"] != "waypoint" {
+				t.Errorf("%s: labels %v", o.GetName(), o.GetLabels())
+			}
+		}
+		if svc.Spec.Type != corev1.ServiceTypeClusterIP || len(svc.Spec.Ports) != 1 || svc.Spec.Ports[0].Name != "mesh" || svc.Spec.Ports[0].Port != 15008 {
+			t.Errorf("Service spec %+v", svc.Spec)
+		}
+		for k, v := range svc.Spec.Selector {
+			if dep.Spec.Template.Labels[k] != v {
+				t.Errorf("Service selects %s=%s, pods have %q", k, v, dep.Spec.Template.Labels[k])
+			}
+		}
+		c := dep.Spec.Template.Spec.Containers[0]
+		if c.Image != image || !slices.Equal(c.Command, []string{"waypoint"}) || dep.Spec.Template.Spec.ServiceAccountName != "waypoint" {
+			t.Errorf("Deployment runs %v of %s as %s", c.Command, c.Image, dep.Spec.Template.Spec.ServiceAccountName)
+		}
+	})
+
+	programmedAt := func(t *testing.T, name, notIP string) string {
+		t.Helper()
+		var ip string
+		eventually(t, "Gateway "+name+" programmed with the Service's address", func() error {
+			svc, err := core.Services("apps").Get(ctx, name, metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			g, err := admin.GatewayV1().Gateways("apps").Get(ctx, name, metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			if err := conditionIs(g.Status.Conditions, "Accepted", metav1.ConditionTrue); err != nil {
+				return err
+			}
+			if err := conditionIs(g.Status.Conditions, "Programmed", metav1.ConditionTrue); err != nil {
+				return err
+			}
+			if len(g.Status.Addresses) != 1 || g.Status.Addresses[0].Value != svc.Spec.ClusterIP || svc.Spec.ClusterIP == notIP {
+				return fmt.Errorf("addresses %+v, Service IP %s", g.Status.Addresses, svc.Spec.ClusterIP)
+			}
+			ip = svc.Spec.ClusterIP
+			t.Logf("Programmed: %s", meta.FindStatusCondition(g.Status.Conditions, "Programmed").Message)
+			return nil
+		})
+		return ip
+	}
+	var ip string
+	t.Run("status", func(t *testing.T) { ip = programmedAt(t, "waypoint", "") })
+
+	t.Run("deleted Service is re-created", func(t *testing.T) {
+		old, err := core.Services("apps").Get(ctx, "waypoint", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := core.Services("apps").Delete(ctx, "waypoint", metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "Service re-created", func() error {
+			svc, err := core.Services("apps").Get(ctx, "waypoint", metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			if svc.UID == old.UID {
+				return errors.New("still the old Service")
+			}
+			return nil
+		})
+		// The new Service's IP is allocated afresh; the status follows.
+		newIP := programmedAt(t, "waypoint", "")
+		t.Logf("address %s -> %s", ip, newIP)
+	})
+
+	t.Run("edited Deployment is restored", func(t *testing.T) {
+		patch := `{"spec":{"template":{"spec":{"containers":[{"name":"waypoint","image":"tampered"}]}}}}`
+		if _, err := env.Client.AppsV1().Deployments("apps").Patch(ctx, "waypoint", types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "image restored", func() error {
+			dep, err := env.Client.AppsV1().Deployments("apps").Get(ctx, "waypoint", metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			if img := dep.Spec.Template.Spec.Containers[0].Image; img != image {
+				return fmt.Errorf("image %s", img)
+			}
+			return nil
+		})
+	})
+
+	t.Run("waypoint-for is copied", func(t *testing.T) {
+		kubectl(strings.NewReplacer("name: waypoint", "name: for-workloads", "waypoint-for: service", "waypoint-for: workload").Replace(docsWaypoint), "apply", "-f", "-")
+		programmedAt(t, "for-workloads", "")
+		svc, err := core.Services("apps").Get(ctx, "for-workloads", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v := svc.Labels["istio.io/waypoint-for"]; v != "workload" {
+			t.Errorf("Service waypoint-for = %q", v)
+		}
+	})
+
+	t.Run("wrong listener is not accepted", func(t *testing.T) {
+		kubectl(strings.NewReplacer("name: waypoint", "name: bad", "port: 15008", "port: 8080").Replace(docsWaypoint), "apply", "-f", "-")
+		eventually(t, "Accepted=False naming the field", func() error {
+			g, err := admin.GatewayV1().Gateways("apps").Get(ctx, "bad", metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			c := meta.FindStatusCondition(g.Status.Conditions, "Accepted")
+			if c == nil || c.Status != metav1.ConditionFalse || c.Reason != string(gatewayv1.GatewayReasonListenersNotValid) {
+				return fmt.Errorf("Accepted %+v", c)
+			}
+			if !strings.Contains(c.Message, "spec.listeners[0].port") {
+				return fmt.Errorf("message %q does not name the field", c.Message)
+			}
+			t.Logf("Accepted=False %s: %s", c.Reason, c.Message)
+			return nil
+		})
+		if _, err := env.Client.AppsV1().Deployments("apps").Get(ctx, "bad", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+			t.Errorf("Deployment of an invalid waypoint: %v", err)
+		}
+	})
+
+	t.Run("someone else's Service is not taken over", func(t *testing.T) {
+		if _, err := core.Services("apps").Create(ctx, &corev1.Service{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "apps", Name: "taken"},
+			Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Port: 80}}},
+		}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		kubectl(strings.NewReplacer("name: waypoint", "name: taken").Replace(docsWaypoint), "apply", "-f", "-")
+		eventually(t, "Programmed=False", func() error {
+			g, err := admin.GatewayV1().Gateways("apps").Get(ctx, "taken", metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			c := meta.FindStatusCondition(g.Status.Conditions, "Programmed")
+			if c == nil || c.Status != metav1.ConditionFalse || !strings.Contains(c.Message, "not controlled by this Gateway") {
+				return fmt.Errorf("Programmed %+v", c)
+			}
+			return nil
+		})
+		svc, err := core.Services("apps").Get(ctx, "taken", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(svc.OwnerReferences) != 0 || svc.Spec.Ports[0].Port != 80 {
+			t.Errorf("foreign Service changed: %+v", svc)
+		}
+	})
+
+	t.Run("deleting the Gateway removes its objects", func(t *testing.T) {
+		kubectl("", "delete", "-n", "apps", "gateway", "waypoint")
+		eventually(t, "garbage collection", func() error {
+			var left []string
+			if _, err := env.Client.AppsV1().Deployments("apps").Get(ctx, "waypoint", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+				left = append(left, "Deployment")
+			}
+			if _, err := core.Services("apps").Get(ctx, "waypoint", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+				left = append(left, "Service")
+			}
+			if _, err := core.ServiceAccounts("apps").Get(ctx, "waypoint", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+				left = append(left, "ServiceAccount")
+			}
+			if len(left) > 0 {
+				return fmt.Errorf("still there: %v", left)
+			}
+			return nil
+		})
+	})
+
+	t.Run("deleted GatewayClass is re-created", func(t *testing.T) {
+		kubectl("", "delete", "gatewayclass", ClassName)
+		eventually(t, "GatewayClass back", func() error {
+			_, err := admin.GatewayV1().GatewayClasses().Get(ctx, ClassName, metav1.GetOptions{})
+			return err
+		})
+	})
+}
+
+func conditionIs(conds []metav1.Condition, typ string, want metav1.ConditionStatus) error {
+	c := meta.FindStatusCondition(conds, typ)
+	if c == nil || c.Status != want {
+		return fmt.Errorf("%s condition %+v, want %s", typ, c, want)
+	}
+	return nil
+}
+
+func eventually(t *testing.T, what string, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s: %v", what, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// testWriter sends the controller's log to the test's.
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
