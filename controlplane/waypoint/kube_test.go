@@ -21,6 +21,8 @@ import (
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
+	"go.uber.org/goleak"
+
 	"github.com/zmesh/zmesh/internal/kubetest"
 )
 
@@ -81,6 +83,7 @@ func TestControllerOnKubernetes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	before := goleak.IgnoreCurrent()
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- ctrl.Run(runCtx) }()
@@ -92,7 +95,18 @@ func TestControllerOnKubernetes(t *testing.T) {
 				t.Errorf("Run: %v", err)
 			}
 		case <-time.After(30 * time.Second):
-			t.Error("Run did not return after cancel")
+			t.Fatal("Run did not return after cancel")
+		}
+		// Run's informers, queue and workers are gone; the clients'
+		// pooled connections may stay.
+		if err := goleak.Find(before,
+			goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"),
+			goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
+			goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"),
+			goleak.IgnoreAnyFunction("golang.org/x/net/http2.(*ClientConn).readLoop"),
+			goleak.IgnoreAnyFunction("net/http.(*http2ClientConn).readLoop"),
+		); err != nil {
+			t.Error(err)
 		}
 	})
 
