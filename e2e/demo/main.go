@@ -1,11 +1,12 @@
-// Command demo runs zmesh's L4 mesh on one machine with no cluster: a CA
-// and its Istio-compatible certificate service, two "nodes" each with a CNI
-// agent (eBPF capture in every ambient pod) and a ztunnel process fed by a
-// --local-config file, and pods in their own network namespaces on a
-// bridge. Plain TCP from the pods is captured and tunnelled over HBONE;
-// the demo shows who reached whom with which identity, what policy refused,
-// that nothing readable crossed the wire, and the ztunnels' metrics. It
-// removes everything it made.
+// Command demo runs zmesh's L4 mesh on one machine with no cluster: zmeshd
+// reading a directory of Kubernetes/Istio YAML (the mesh/ directory beside
+// this file), two "nodes" each with a CNI agent (eBPF capture in every
+// ambient pod) and a ztunnel process fed by zmeshd over delta xDS, and pods
+// in their own network namespaces on a bridge. Plain TCP from the pods is
+// captured and tunnelled over HBONE; the demo shows who reached whom with
+// which identity, what policy refused, that nothing readable crossed the
+// wire, a policy edit taking effect, and the ztunnels' metrics. It removes
+// everything it made.
 //
 // It needs root (network namespaces, eBPF). Run it with `make demo`.
 package main
@@ -14,11 +15,13 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"embed"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -33,10 +36,10 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"google.golang.org/grpc"
-	pb "istio.io/api/security/v1alpha1"
 
 	"github.com/zmesh/zmesh/cni/agent"
+	"github.com/zmesh/zmesh/controlplane/model"
+	"github.com/zmesh/zmesh/controlplane/source/dir"
 	"github.com/zmesh/zmesh/e2e/netenv"
 	"github.com/zmesh/zmesh/e2e/noderunner"
 	"github.com/zmesh/zmesh/identity"
@@ -44,8 +47,18 @@ import (
 
 var td = spiffeid.RequireTrustDomainFromString(identity.DefaultTrustDomain)
 
+//go:embed mesh/*.yaml
+var meshFiles embed.FS
+
+// Fixed loopback ports of the demo's processes.
+const (
+	zmeshdXDS        = "127.0.0.1:25010"
+	zmeshdMonitoring = "127.0.0.1:25014"
+	ztunnelPortBase  = 25100 // node i: admin base+100i, metrics +20, readiness +21
+)
+
 func main() {
-	bin := flag.String("ztunnel", "", "ztunnel binary (default: build ./cmd/ztunnel)")
+	bin := flag.String("bin", "", "directory holding prebuilt zmeshd and ztunnel (default: go build them)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -57,19 +70,20 @@ func main() {
 
 type pod struct {
 	name, ns, sa, node string
+	ambient            bool
 	netns              *netenv.NS
 	addr               netip.Addr
 }
 
 func (p *pod) id() string { return identity.MustWorkloadID(td.Name(), p.ns, p.sa).String() }
 
-type story struct{ w io.Writer }
+type story struct{ out io.Writer }
 
 func (s story) say(who, format string, args ...any) {
-	fmt.Fprintf(s.w, "%-10s %s\n", "["+who+"]", fmt.Sprintf(format, args...))
+	fmt.Fprintf(s.out, "  %-8s %s\n", who, fmt.Sprintf(format, args...))
 }
 
-func run(ctx context.Context, ztunnelBin string, out io.Writer) error {
+func run(ctx context.Context, binDir string, out io.Writer) error {
 	if os.Geteuid() != 0 {
 		return errors.New("the demo creates network namespaces and loads eBPF: it needs root (try: sudo make demo)")
 	}
@@ -80,22 +94,48 @@ func run(ctx context.Context, ztunnelBin string, out io.Writer) error {
 	fmt.Fprintln(out, "zmesh demo: an L4 ambient mesh on two nodes (no cluster needed)")
 	fmt.Fprintln(out)
 
-	dir, err := os.MkdirTemp("", "zmesh-demo-")
+	tmp, err := os.MkdirTemp("", "zmesh-demo-")
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	if ztunnelBin == "" {
-		ztunnelBin = filepath.Join(dir, "ztunnel")
-		st.say("build", "go build ./cmd/ztunnel")
-		cmd := exec.CommandContext(ctx, "go", "build", "-o", ztunnelBin, "github.com/zmesh/zmesh/cmd/ztunnel")
+	if os.Getenv("ZMESH_DEMO_KEEP") == "" {
+		defer os.RemoveAll(tmp)
+	}
+	if binDir == "" {
+		binDir = filepath.Join(tmp, "bin")
+		st.say("build", "go build ./cmd/zmeshd ./cmd/ztunnel")
+		cmd := exec.CommandContext(ctx, "go", "build", "-o", binDir+"/", "github.com/zmesh/zmesh/cmd/zmeshd", "github.com/zmesh/zmesh/cmd/ztunnel")
 		cmd.Stderr = os.Stderr
 		if err := cmd.Run(); err != nil {
-			return fmt.Errorf("build ztunnel: %w", err)
+			return fmt.Errorf("build: %w", err)
 		}
 	}
 
-	// 1. The network: an underlay bridge and one namespace per pod.
+	// 1. The mesh's config: Kubernetes and Istio YAML in a directory.
+	meshDir := filepath.Join(tmp, "mesh")
+	if err := copyMesh(meshDir); err != nil {
+		return err
+	}
+	u, err := (&dir.Source{Dir: meshDir}).Load()
+	if err != nil {
+		return err
+	}
+	if len(u.Errors) > 0 {
+		return fmt.Errorf("the shipped mesh YAML does not load: %v", u.Errors)
+	}
+	pods := podsOf(u.Snapshot)
+	byName := map[string]*pod{}
+	for _, p := range pods {
+		byName[p.name] = p
+	}
+	alice, mallory, bob, legacy := byName["alice"], byName["mallory"], byName["bob"], byName["legacy"]
+	if alice == nil || mallory == nil || bob == nil || legacy == nil {
+		return errors.New("the shipped mesh YAML lacks one of the pods alice, mallory, bob, legacy")
+	}
+	st.say("config", "%s: namespaces demo (ambient) and legacy, 4 pods, service echo, STRICT mTLS, echo only from alice", meshDir)
+
+	// 2. The network: an underlay bridge and one namespace per pod, at the
+	// address its YAML gives.
 	lan, err := netenv.NewLAN(netip.MustParsePrefix("10.44.0.0/24"))
 	if err != nil {
 		return fmt.Errorf("build network namespaces: %w", err)
@@ -104,58 +144,43 @@ func run(ctx context.Context, ztunnelBin string, out io.Writer) error {
 		lan.Close()
 		st.say("cleanup", "network namespaces removed (%d left)", len(netenv.Leftovers()))
 	}()
-	pods := []*pod{
-		{name: "alice", ns: "demo", sa: "alice", node: "node-1"},
-		{name: "mallory", ns: "demo", sa: "mallory", node: "node-1"},
-		{name: "bob", ns: "demo", sa: "bob", node: "node-2"},
-		{name: "legacy", ns: "legacy", sa: "default"}, // not in the mesh
-	}
-	byName := map[string]*pod{}
 	for _, p := range pods {
-		if p.netns, p.addr, err = lan.Host(p.name); err != nil {
+		if p.netns, err = lan.HostAt(p.name, p.addr); err != nil {
 			return err
 		}
-		byName[p.name] = p
 	}
-	alice, mallory, bob, legacy := byName["alice"], byName["mallory"], byName["bob"], byName["legacy"]
 
-	// 2. The CA and its gRPC certificate service, as zmeshd runs them. Each
-	// node's ztunnel may only obtain identities of pods on its node.
-	ca, err := identity.LoadOrCreateCA(filepath.Join(dir, "ca"), identity.CAOptions{TrustDomain: td})
+	// 3. zmeshd: reads the directory, serves xDS and the CA. Each node's
+	// ztunnel has a token that binds it to its node.
+	tokens := filepath.Join(tmp, "tokens")
+	if err := os.WriteFile(tokens, []byte(
+		"token-ztunnel-node-1 spiffe://cluster.local/ns/istio-system/sa/ztunnel node-1\n"+
+			"token-ztunnel-node-2 spiffe://cluster.local/ns/istio-system/sa/ztunnel node-2\n"), 0o600); err != nil {
+		return err
+	}
+	caDir := filepath.Join(tmp, "ca")
+	zd, err := startProc(ctx, filepath.Join(binDir, "zmeshd"), filepath.Join(tmp, "zmeshd.log"),
+		"http://"+zmeshdMonitoring+"/ready", "ready",
+		"--config-dir", meshDir, "--tokens-file", tokens, "--ca-dir", caDir,
+		"--xds-address", zmeshdXDS, "--secure-address", "", "--monitoring-address", zmeshdMonitoring)
 	if err != nil {
-		return err
+		return fmt.Errorf("zmeshd: %w", err)
 	}
-	rootCert := filepath.Join(dir, "root-cert.pem")
-	if err := os.WriteFile(rootCert, ca.RootsPEM(), 0o644); err != nil {
-		return err
-	}
-	caAddr, stopCA, err := serveCA(ca, pods)
-	if err != nil {
-		return err
-	}
-	defer stopCA()
-	st.say("ca", "root for %s; IstioCertificateService on %s", td, caAddr)
-
-	// 3. The mesh config every ztunnel reads (what zmeshd would push).
-	cfgPath := filepath.Join(dir, "mesh.yaml")
-	if err := os.WriteFile(cfgPath, []byte(meshConfig(pods)), 0o644); err != nil {
-		return err
-	}
-	st.say("config", "%s: 3 ambient pods, 1 plain pod, service echo 10.96.0.10:80 -> bob:8080;", filepath.Base(cfgPath))
-	st.say("config", "policy: only spiffe://…/sa/alice may reach bob; bob is STRICT (no plaintext)")
+	defer zd.stop()
+	st.say("zmeshd", "pid %d ready: delta xDS + CA on %s, /debug/syncz on %s", zd.cmd.Process.Pid, zmeshdXDS, zmeshdMonitoring)
 
 	// 4. Per node: the CNI agent (eBPF capture + ZDS) and a ztunnel process.
 	members := agent.MembershipFunc(func(ns, name string) (string, bool) {
 		p := byName[name]
-		if p == nil || p.node == "" || p.ns != ns {
+		if p == nil || !p.ambient || p.ns != ns {
 			return "", false
 		}
 		return p.sa, true
 	})
-	zts := map[string]*ztunnelProc{}
+	zts := map[string]*proc{}
 	nodes := map[string]*noderunner.Node{}
 	for i, name := range []string{"node-1", "node-2"} {
-		ndir := filepath.Join(dir, name)
+		ndir := filepath.Join(tmp, name)
 		if err := os.MkdirAll(ndir, 0o700); err != nil {
 			return err
 		}
@@ -169,23 +194,29 @@ func run(ctx context.Context, ztunnelBin string, out io.Writer) error {
 		if err := os.WriteFile(tokFile, []byte("token-ztunnel-"+name), 0o600); err != nil {
 			return err
 		}
-		base := 25000 + 100*i
-		zt, err := startZtunnel(ctx, ztunnelBin, ndir, base, "--node", name, "--zds-socket", n.ZDSPath,
-			"--local-config", cfgPath, "--ca-address", caAddr, "--plaintext-control-plane",
-			"--root-cert", rootCert, "--token-file", tokFile, "--drain-grace", "2s")
+		base := ztunnelPortBase + 100*i
+		zt, err := startProc(ctx, filepath.Join(binDir, "ztunnel"), filepath.Join(ndir, "ztunnel.log"),
+			fmt.Sprintf("http://127.0.0.1:%d/healthz/ready", base+21), "ready",
+			"--node", name, "--zds-socket", n.ZDSPath,
+			"--xds-address", zmeshdXDS, "--plaintext-control-plane",
+			"--root-cert", filepath.Join(caDir, identity.FileRootCert), "--token-file", tokFile, "--drain-grace", "2s",
+			"--admin-address", fmt.Sprintf("127.0.0.1:%d", base),
+			"--metrics-address", fmt.Sprintf("127.0.0.1:%d", base+20),
+			"--readiness-address", fmt.Sprintf("127.0.0.1:%d", base+21))
 		if err != nil {
-			return err
+			return fmt.Errorf("%s ztunnel: %w", name, err)
 		}
 		defer zt.stop()
+		zt.base = base
 		zts[name] = zt
-		st.say(name, "ztunnel pid %d ready (admin 127.0.0.1:%d, metrics :%d)", zt.cmd.Process.Pid, base, base+20)
+		st.say(name, "ztunnel pid %d ready, config from zmeshd (admin 127.0.0.1:%d, metrics :%d)", zt.cmd.Process.Pid, base, base+20)
 	}
 	for _, p := range pods {
-		if p.node == "" {
-			st.say("net", "%-7s %s  not in the mesh", p.name, p.addr)
+		if !p.ambient {
+			st.say("net", "%-7s %s  on %s, not in the mesh (namespace %s is not ambient)", p.name, p.addr, p.node, p.ns)
 			continue
 		}
-		np := noderunner.Pod{UID: "uid-" + p.name, Name: p.name, Namespace: p.ns, NetnsPath: "/run/netns/" + p.netns.Name, IPs: []string{p.addr.String()}}
+		np := noderunner.Pod{UID: string(model.FilePodUID(p.ns, p.name)), Name: p.name, Namespace: p.ns, NetnsPath: "/run/netns/" + p.netns.Name, IPs: []string{p.addr.String()}}
 		if _, err := nodes[p.node].Add(ctx, np); err != nil {
 			return fmt.Errorf("enrol %s: %w", p.name, err)
 		}
@@ -198,6 +229,11 @@ func run(ctx context.Context, ztunnelBin string, out io.Writer) error {
 	}
 	defer app.Close()
 	go serveApp(app)
+	syncz, err := httpGet(ctx, "http://"+zmeshdMonitoring+"/debug/syncz")
+	if err != nil {
+		return err
+	}
+	st.say("zmeshd", "%d ztunnels connected and synced (/debug/syncz)", strings.Count(syncz, `"state": "SYNCED"`)/2)
 	fmt.Fprintln(out)
 
 	// 5. Traffic. The apps speak plain TCP; capture and ztunnel do the rest.
@@ -232,19 +268,41 @@ func run(ctx context.Context, ztunnelBin string, out io.Writer) error {
 	if _, err := call(ctx, mallory, bobApp, "let me in"); err == nil {
 		return errors.New("mallory reached bob despite the policy")
 	}
-	st.say("mallory", "-> %s: refused", bobApp)
+	st.say("mallory", "-> %s: refused (AuthorizationPolicy echo-from-alice)", bobApp)
 	if _, err := call(ctx, legacy, bobApp, "plaintext hello"); err == nil {
 		return errors.New("plaintext reached bob despite STRICT")
 	}
-	st.say("legacy", "-> %s (plaintext, outside the mesh): refused", bobApp)
+	st.say("legacy", "-> %s (plaintext, outside the mesh): refused (PeerAuthentication STRICT)", bobApp)
 	fmt.Fprintln(out)
 
-	// 6. What bob's ztunnel saw: access log and metrics.
+	// 6. A policy edit: zmeshd sees the file, pushes one resource, and the
+	// ztunnels enforce it.
+	denyAlice := filepath.Join(meshDir, "40-deny-alice.yaml")
+	if err := os.WriteFile(denyAlice, []byte(denyAliceYAML), 0o644); err != nil {
+		return err
+	}
+	start := time.Now()
+	if err := waitFor(ctx, func() bool { _, err := call(ctx, alice, bobApp, "still there?"); return err != nil }); err != nil {
+		return errors.New("alice still reaches bob after a DENY policy naming her was written")
+	}
+	st.say("edit", "wrote %s (DENY from alice): alice -> bob refused %s later; DENY beats ALLOW", filepath.Base(denyAlice), time.Since(start).Round(10*time.Millisecond))
+	os.Remove(denyAlice)
+	start = time.Now()
+	if err := waitFor(ctx, func() bool { _, err := call(ctx, alice, bobApp, "back?"); return err == nil }); err != nil {
+		return errors.New("alice does not reach bob again after the DENY policy was removed")
+	}
+	st.say("edit", "removed it: alice -> bob answered again %s later", time.Since(start).Round(10*time.Millisecond))
+	fmt.Fprintln(out)
+
+	// 7. What bob's ztunnel saw: access log and metrics.
 	zt2 := zts["node-2"]
 	if err := waitFor(ctx, func() bool { return zt2.logCount("connection complete") >= 4 }); err != nil {
 		return errors.New("node-2's ztunnel did not log the four connections")
 	}
-	for _, rec := range zt2.logRecords("connection complete") {
+	for i, rec := range zt2.logRecords("connection complete") {
+		if i == 4 {
+			break
+		}
 		verdict := "allowed"
 		if r := rec["reason"]; r != nil {
 			verdict = fmt.Sprint(r)
@@ -278,97 +336,75 @@ func run(ctx context.Context, ztunnelBin string, out io.Writer) error {
 	}
 	st.say("node-2", "config_dump: %d bytes (workloads, services, policies, pods, certificates)", len(dump))
 	fmt.Fprintln(out)
-	st.say("done", "captured plain TCP crossed nodes over mTLS with identities, and policy refused the rest")
+	st.say("done", "captured plain TCP crossed nodes over mTLS with identities, policy refused the rest, and an edit took effect")
 	return nil
 }
 
-// serveCA starts the certificate service with one token per node's
-// ztunnel; it grants only identities of pods on the caller's node.
-func serveCA(ca *identity.CA, pods []*pod) (string, func(), error) {
-	ztunnelID := identity.MustWorkloadID(td.Name(), "zmesh-system", "ztunnel")
-	authn, err := identity.NewStaticTokenAuthenticator(map[string]identity.Caller{
-		"token-ztunnel-node-1": {ID: ztunnelID, Node: "node-1"},
-		"token-ztunnel-node-2": {ID: ztunnelID, Node: "node-2"},
-	})
-	if err != nil {
-		return "", nil, err
-	}
-	authz, err := identity.NewNodeAuthorizer([]spiffeid.ID{ztunnelID}, func(node string, id spiffeid.ID) bool {
-		for _, p := range pods {
-			if p.node == node && p.id() == id.String() {
-				return true
-			}
-		}
-		return false
-	})
-	if err != nil {
-		return "", nil, err
-	}
-	srv, err := identity.NewCertServer(ca, authn, authz)
-	if err != nil {
-		return "", nil, err
-	}
-	gs := grpc.NewServer()
-	pb.RegisterIstioCertificateServiceServer(gs, srv)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", nil, err
-	}
-	go gs.Serve(ln)
-	return ln.Addr().String(), gs.Stop, nil
-}
-
-// meshConfig is the --local-config both ztunnels read.
-func meshConfig(pods []*pod) string {
-	var b strings.Builder
-	b.WriteString("workloads:\n")
-	for _, p := range pods {
-		proto := "NONE"
-		if p.node != "" {
-			proto = "HBONE"
-		}
-		fmt.Fprintf(&b, "- uid: Kubernetes//Pod/%s/%s\n  name: %s\n  namespace: %s\n  serviceAccount: %s\n  addresses: [%s]\n  tunnelProtocol: %s\n  node: %q\n  workloadName: %s\n  canonicalName: %s\n  canonicalRevision: v1\n",
-			p.ns, p.name, p.name, p.ns, p.sa, p.addr, proto, p.node, p.name, p.name)
-		if p.name == "bob" {
-			b.WriteString("  services: {demo/echo.demo.svc.cluster.local: {}}\n  authorizationPolicies: [demo/bob-strict]\n")
-		}
-	}
-	b.WriteString(`services:
-- name: echo
+const denyAliceYAML = `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: deny-alice
   namespace: demo
-  hostname: echo.demo.svc.cluster.local
-  addresses: [10.96.0.10]
-  ports: [{servicePort: 80, targetPort: 8080}]
-policies:
-- name: only-alice
-  namespace: demo
-  scope: NAMESPACE
-  action: ALLOW
-  rules: [{clauses: [{matches: [{principals: [{exact: cluster.local/ns/demo/sa/alice}]}]}]}]
-- name: bob-strict
-  namespace: demo
-  scope: WORKLOAD_SELECTOR
+spec:
   action: DENY
-  rules: [{clauses: [{matches: [{notPrincipals: [{presence: {}}]}]}]}]
-`)
-	return b.String()
+  rules:
+    - from:
+        - source:
+            principals: ["cluster.local/ns/demo/sa/alice"]
+`
+
+// copyMesh writes the shipped YAML to dst.
+func copyMesh(dst string) error {
+	if err := os.MkdirAll(dst, 0o755); err != nil {
+		return err
+	}
+	return fs.WalkDir(meshFiles, "mesh", func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := meshFiles.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(filepath.Join(dst, filepath.Base(path)), b, 0o644)
+	})
 }
 
-// ztunnelProc is a ztunnel process and its JSON log.
-type ztunnelProc struct {
+// podsOf lists the snapshot's pods with an address, and whether each is
+// ambient by its labels (what zmeshd and the agent decide the same way).
+func podsOf(s *model.Snapshot) []*pod {
+	var out []*pod
+	for _, p := range s.Pods {
+		addr, err := netip.ParseAddr(p.Status.PodIP)
+		if err != nil {
+			continue
+		}
+		sa := p.Spec.ServiceAccountName
+		if sa == "" {
+			sa = "default"
+		}
+		mode := p.Labels["istio.io/dataplane-mode"]
+		if ns := s.Namespace(p.Namespace); mode == "" && ns != nil {
+			mode = ns.Labels["istio.io/dataplane-mode"]
+		}
+		out = append(out, &pod{name: p.Name, ns: p.Namespace, sa: sa, node: p.Spec.NodeName, addr: addr, ambient: mode == "ambient"})
+	}
+	return out
+}
+
+// proc is a zmesh process and its JSON log.
+type proc struct {
 	cmd  *exec.Cmd
 	base int
 	log  *lockedBuffer
 	done chan struct{}
 }
 
-func startZtunnel(ctx context.Context, bin, dir string, base int, args ...string) (*ztunnelProc, error) {
-	args = append(args,
-		"--admin-address", fmt.Sprintf("127.0.0.1:%d", base),
-		"--metrics-address", fmt.Sprintf("127.0.0.1:%d", base+20),
-		"--readiness-address", fmt.Sprintf("127.0.0.1:%d", base+21))
-	z := &ztunnelProc{cmd: exec.Command(bin, args...), base: base, log: &lockedBuffer{}, done: make(chan struct{})}
-	logFile, err := os.Create(filepath.Join(dir, "ztunnel.log"))
+// startProc starts bin and waits until GET ready answers with a body
+// starting with want.
+func startProc(ctx context.Context, bin, logPath, ready, want string, args ...string) (*proc, error) {
+	z := &proc{cmd: exec.Command(bin, args...), log: &lockedBuffer{}, done: make(chan struct{})}
+	logFile, err := os.Create(logPath)
 	if err != nil {
 		return nil, err
 	}
@@ -377,7 +413,6 @@ func startZtunnel(ctx context.Context, bin, dir string, base int, args ...string
 		return nil, err
 	}
 	go func() { z.cmd.Wait(); logFile.Close(); close(z.done) }()
-	ready := fmt.Sprintf("http://127.0.0.1:%d/healthz/ready", base+21)
 	err = waitFor(ctx, func() bool {
 		select {
 		case <-z.done:
@@ -385,22 +420,22 @@ func startZtunnel(ctx context.Context, bin, dir string, base int, args ...string
 		default:
 		}
 		body, err := httpGet(ctx, ready)
-		return err == nil && strings.HasPrefix(body, "ready")
+		return err == nil && strings.HasPrefix(body, want)
 	})
 	select {
 	case <-z.done:
-		return nil, fmt.Errorf("ztunnel exited: %s", z.log.String())
+		return nil, fmt.Errorf("exited: %s", z.log.String())
 	default:
 	}
 	if err != nil {
 		z.stop()
-		return nil, fmt.Errorf("ztunnel not ready: %s", z.log.String())
+		return nil, fmt.Errorf("not ready: %s", z.log.String())
 	}
 	return z, nil
 }
 
 // stop is SIGTERM, then the ztunnel drains and exits.
-func (z *ztunnelProc) stop() {
+func (z *proc) stop() {
 	z.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-z.done:
@@ -410,7 +445,7 @@ func (z *ztunnelProc) stop() {
 	}
 }
 
-func (z *ztunnelProc) logRecords(msg string) []map[string]any {
+func (z *proc) logRecords(msg string) []map[string]any {
 	var out []map[string]any
 	sc := bufio.NewScanner(strings.NewReader(z.log.String()))
 	for sc.Scan() {
@@ -422,7 +457,7 @@ func (z *ztunnelProc) logRecords(msg string) []map[string]any {
 	return out
 }
 
-func (z *ztunnelProc) logCount(msg string) int { return len(z.logRecords(msg)) }
+func (z *proc) logCount(msg string) int { return len(z.logRecords(msg)) }
 
 // call connects from a pod (plain TCP: capture takes it), sends msg,
 // half-closes and reads the reply.

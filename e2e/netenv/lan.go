@@ -52,6 +52,22 @@ func (l *LAN) Host(name string) (*NS, netip.Addr, error) {
 	return n, addr, nil
 }
 
+// HostAt is Host with a chosen address, which must be in the LAN's prefix
+// and not taken.
+func (l *LAN) HostAt(name string, addr netip.Addr) (*NS, error) {
+	if !l.prefix.Contains(addr) || addr == l.prefix.Addr() {
+		return nil, fmt.Errorf("host %s: %s is not a host address of lan %s", name, addr, l.prefix)
+	}
+	n, err := l.NS(name)
+	if err != nil {
+		return nil, err
+	}
+	if err := Attach(n, "eth0", netip.PrefixFrom(addr, l.prefix.Bits()), l.Underlay, "br0"); err != nil {
+		return nil, err
+	}
+	return n, nil
+}
+
 // AddAddr adds another address (e.g. IPv6) to a host's eth0, usable at
 // once (no duplicate address detection).
 func AddAddr(n *NS, ifName string, addr netip.Prefix) error {
