@@ -34,7 +34,7 @@ type apEntry struct {
 func (t *translator) authorizationPolicies(out *Output) {
 	t.ap.selectors = map[string]*selectorIndex[*apEntry]{}
 	for _, ap := range t.snap.AuthorizationPolicies {
-		if ap == nil {
+		if ap == nil || !t.validRef(authzPolicyRef(ap)) {
 			continue
 		}
 		if len(ap.Spec.TargetRefs) > 0 || ap.Spec.TargetRef != nil {
@@ -130,7 +130,7 @@ func (t *translator) authorizationPolicy(ap *securityv1.AuthorizationPolicy) (*s
 		a.DryRun = dry
 	}
 	for i, r := range spec.Rules {
-		rt := ruleTranslator{deny: a.Action == security.Action_DENY, namespace: ap.Namespace, at: fmt.Sprintf("spec.rules[%d]", i)}
+		rt := ruleTranslator{deny: a.Action == security.Action_DENY, namespace: ap.Namespace, index: i}
 		rule := rt.rule(r)
 		for _, f := range rt.report() {
 			t.conds.fail(ref, ZtunnelAccepted, f.reason, f.message)

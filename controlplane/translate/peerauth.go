@@ -46,8 +46,9 @@ type peerAuthState struct {
 	lostTo   map[*securityv1.PeerAuthentication]map[*securityv1.PeerAuthentication]int
 	// portLevel caches the policy of each port-level PeerAuthentication
 	// ("" when its ports all end up with the default mode).
-	portLevel      map[*securityv1.PeerAuthentication]*security.Authorization
-	staticStrictOn bool
+	portLevel       map[*securityv1.PeerAuthentication]*security.Authorization
+	staticStrictOn  bool
+	staticStrictKey string
 }
 
 // olderFirst orders PeerAuthentications as Istio resolves conflicts: the
@@ -76,7 +77,7 @@ func (t *translator) peerAuthentications() {
 
 	var nsWide []*securityv1.PeerAuthentication
 	for _, pa := range t.snap.PeerAuthentications {
-		if pa == nil {
+		if pa == nil || !t.validRef(peerAuthRef(pa)) {
 			continue
 		}
 		ref := peerAuthRef(pa)
@@ -180,8 +181,11 @@ func (t *translator) strictIf(strict bool) string {
 	if !strict {
 		return ""
 	}
-	t.pa.staticStrictOn = true
-	return joinKey(t.mesh.RootNamespace, StaticStrictPolicy)
+	if !t.pa.staticStrictOn {
+		t.pa.staticStrictOn = true
+		t.pa.staticStrictKey = joinKey(t.mesh.RootNamespace, StaticStrictPolicy)
+	}
+	return t.pa.staticStrictKey
 }
 
 // portLevelPolicy is the DENY policy of a selector PeerAuthentication with

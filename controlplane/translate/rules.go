@@ -26,13 +26,40 @@ import (
 type ruleTranslator struct {
 	deny      bool
 	namespace string // of the policy, for serviceAccounts without one
-	at        string // "spec.rules[i]"
+	index     int    // of the rule in spec.rules
 
 	// drop: ALLOW only, the rule is left out.
 	drop bool
 	// http and unsupported are field paths ztunnel cannot enforce; invalid
 	// holds one message per bad value.
 	http, unsupported, invalid []string
+}
+
+// path names a field of a rule; it is only formatted for messages.
+type path struct {
+	rule  int
+	kind  string // from, to or when
+	entry int
+	field string
+}
+
+func (p path) with(field string) path {
+	p.field = field
+	return p
+}
+
+func (p path) String() string {
+	s := fmt.Sprintf("spec.rules[%d].%s[%d]", p.rule, p.kind, p.entry)
+	switch p.kind {
+	case "from":
+		s += ".source"
+	case "to":
+		s += ".operation"
+	}
+	if p.field != "" {
+		s += "." + p.field
+	}
+	return s
 }
 
 // entry is a translated from/to entry or when condition.
@@ -74,7 +101,7 @@ func (rt *ruleTranslator) rule(r *securityapi.Rule) *security.Rule {
 	var results []entry
 	var matches []*security.Match
 	for j, from := range r.From {
-		e, m := rt.source(fmt.Sprintf("%s.from[%d].source", rt.at, j), from.GetSource())
+		e, m := rt.source(path{rule: rt.index, kind: "from", entry: j}, from.GetSource())
 		results = append(results, e)
 		if e == entryMatch {
 			matches = append(matches, m)
@@ -84,7 +111,7 @@ func (rt *ruleTranslator) rule(r *securityapi.Rule) *security.Rule {
 
 	results, matches = nil, nil
 	for j, to := range r.To {
-		e, m := rt.operation(fmt.Sprintf("%s.to[%d].operation", rt.at, j), to.GetOperation())
+		e, m := rt.operation(path{rule: rt.index, kind: "to", entry: j}, to.GetOperation())
 		results = append(results, e)
 		if e == entryMatch {
 			matches = append(matches, m)
@@ -93,7 +120,7 @@ func (rt *ruleTranslator) rule(r *securityapi.Rule) *security.Rule {
 	addClause(results, matches, len(r.To))
 
 	for j, c := range r.When {
-		e, m := rt.condition(fmt.Sprintf("%s.when[%d]", rt.at, j), c)
+		e, m := rt.condition(path{rule: rt.index, kind: "when", entry: j}, c)
 		var ms []*security.Match
 		if e == entryMatch {
 			ms = []*security.Match{m}
@@ -145,7 +172,7 @@ func (rt *ruleTranslator) unenforceable(list *[]string, path string) {
 	}
 }
 
-func (rt *ruleTranslator) source(at string, s *securityapi.Source) (entry, *security.Match) {
+func (rt *ruleTranslator) source(at path, s *securityapi.Source) (entry, *security.Match) {
 	m := &security.Match{}
 	if s == nil {
 		return rt.emptyEntry(at)
@@ -158,7 +185,7 @@ func (rt *ruleTranslator) source(at string, s *securityapi.Source) (entry, *secu
 		{"requestPrincipals", s.RequestPrincipals}, {"notRequestPrincipals", s.NotRequestPrincipals},
 	} {
 		if len(f.values) > 0 {
-			rt.unenforceable(&rt.http, at+"."+f.name)
+			rt.unenforceable(&rt.http, at.with(f.name).String())
 			removed = true
 		}
 	}
@@ -169,30 +196,30 @@ func (rt *ruleTranslator) source(at string, s *securityapi.Source) (entry, *secu
 		{"trustDomains", s.TrustDomains}, {"notTrustDomains", s.NotTrustDomains},
 	} {
 		if len(f.values) > 0 {
-			rt.unenforceable(&rt.unsupported, at+"."+f.name)
+			rt.unenforceable(&rt.unsupported, at.with(f.name).String())
 			removed = true
 		}
 	}
 	var r bool
-	m.Principals, r = convert(rt, at+".principals", s.Principals, false, parsePrincipal)
+	m.Principals, r = convert(rt, at.with("principals"), s.Principals, false, parsePrincipal)
 	removed = removed || r
-	m.NotPrincipals, r = convert(rt, at+".notPrincipals", s.NotPrincipals, true, parsePrincipal)
+	m.NotPrincipals, r = convert(rt, at.with("notPrincipals"), s.NotPrincipals, true, parsePrincipal)
 	removed = removed || r
-	m.Namespaces, r = convert(rt, at+".namespaces", s.Namespaces, false, parseStringMatch)
+	m.Namespaces, r = convert(rt, at.with("namespaces"), s.Namespaces, false, parseStringMatch)
 	removed = removed || r
-	m.NotNamespaces, r = convert(rt, at+".notNamespaces", s.NotNamespaces, true, parseStringMatch)
+	m.NotNamespaces, r = convert(rt, at.with("notNamespaces"), s.NotNamespaces, true, parseStringMatch)
 	removed = removed || r
 	parseSA := func(v string) (*security.ServiceAccountMatch, error) { return parseServiceAccount(v, rt.namespace) }
-	m.ServiceAccounts, r = convert(rt, at+".serviceAccounts", s.ServiceAccounts, false, parseSA)
+	m.ServiceAccounts, r = convert(rt, at.with("serviceAccounts"), s.ServiceAccounts, false, parseSA)
 	removed = removed || r
-	m.NotServiceAccounts, r = convert(rt, at+".notServiceAccounts", s.NotServiceAccounts, true, parseSA)
+	m.NotServiceAccounts, r = convert(rt, at.with("notServiceAccounts"), s.NotServiceAccounts, true, parseSA)
 	removed = removed || r
 
 	// ztunnel sees the client's own address: remote and peer IP are the
 	// same, so both lists must match it.
-	ips, r := convert(rt, at+".ipBlocks", s.IpBlocks, false, parseCIDR)
+	ips, r := convert(rt, at.with("ipBlocks"), s.IpBlocks, false, parseCIDR)
 	removed = removed || r
-	remote, r := convert(rt, at+".remoteIpBlocks", s.RemoteIpBlocks, false, parseCIDR)
+	remote, r := convert(rt, at.with("remoteIpBlocks"), s.RemoteIpBlocks, false, parseCIDR)
 	removed = removed || r
 	switch {
 	case len(ips) > 0 && len(remote) > 0:
@@ -204,15 +231,15 @@ func (rt *ruleTranslator) source(at string, s *securityapi.Source) (entry, *secu
 	default:
 		m.SourceIps = remote
 	}
-	notIPs, r := convert(rt, at+".notIpBlocks", s.NotIpBlocks, true, parseCIDR)
+	notIPs, r := convert(rt, at.with("notIpBlocks"), s.NotIpBlocks, true, parseCIDR)
 	removed = removed || r
-	notRemote, r := convert(rt, at+".notRemoteIpBlocks", s.NotRemoteIpBlocks, true, parseCIDR)
+	notRemote, r := convert(rt, at.with("notRemoteIpBlocks"), s.NotRemoteIpBlocks, true, parseCIDR)
 	removed = removed || r
 	m.NotSourceIps = append(notIPs, notRemote...)
 	return rt.finish(at, m, removed)
 }
 
-func (rt *ruleTranslator) operation(at string, op *securityapi.Operation) (entry, *security.Match) {
+func (rt *ruleTranslator) operation(at path, op *securityapi.Operation) (entry, *security.Match) {
 	if op == nil {
 		return rt.emptyEntry(at)
 	}
@@ -225,22 +252,22 @@ func (rt *ruleTranslator) operation(at string, op *securityapi.Operation) (entry
 		{"notMethods", op.NotMethods}, {"paths", op.Paths}, {"notPaths", op.NotPaths},
 	} {
 		if len(f.values) > 0 {
-			rt.unenforceable(&rt.http, at+"."+f.name)
+			rt.unenforceable(&rt.http, at.with(f.name).String())
 			removed = true
 		}
 	}
 	m := &security.Match{}
 	var r bool
-	m.DestinationPorts, r = convert(rt, at+".ports", op.Ports, false, parsePort)
+	m.DestinationPorts, r = convert(rt, at.with("ports"), op.Ports, false, parsePort)
 	removed = removed || r
-	m.NotDestinationPorts, r = convert(rt, at+".notPorts", op.NotPorts, true, parsePort)
+	m.NotDestinationPorts, r = convert(rt, at.with("notPorts"), op.NotPorts, true, parsePort)
 	removed = removed || r
 	return rt.finish(at, m, removed)
 }
 
 // condition translates one `when` condition; only the L4 keys reach
 // ztunnel (remote.ip is the source IP there).
-func (rt *ruleTranslator) condition(at string, c *securityapi.Condition) (entry, *security.Match) {
+func (rt *ruleTranslator) condition(at path, c *securityapi.Condition) (entry, *security.Match) {
 	if c == nil || (len(c.Values) == 0 && len(c.NotValues) == 0) {
 		return rt.emptyEntry(at)
 	}
@@ -248,22 +275,22 @@ func (rt *ruleTranslator) condition(at string, c *securityapi.Condition) (entry,
 	var r1, r2 bool
 	switch c.Key {
 	case "source.ip", "remote.ip":
-		m.SourceIps, r1 = convert(rt, at+".values", c.Values, false, parseCIDR)
-		m.NotSourceIps, r2 = convert(rt, at+".notValues", c.NotValues, true, parseCIDR)
+		m.SourceIps, r1 = convert(rt, at.with("values"), c.Values, false, parseCIDR)
+		m.NotSourceIps, r2 = convert(rt, at.with("notValues"), c.NotValues, true, parseCIDR)
 	case "destination.ip":
-		m.DestinationIps, r1 = convert(rt, at+".values", c.Values, false, parseCIDR)
-		m.NotDestinationIps, r2 = convert(rt, at+".notValues", c.NotValues, true, parseCIDR)
+		m.DestinationIps, r1 = convert(rt, at.with("values"), c.Values, false, parseCIDR)
+		m.NotDestinationIps, r2 = convert(rt, at.with("notValues"), c.NotValues, true, parseCIDR)
 	case "destination.port":
-		m.DestinationPorts, r1 = convert(rt, at+".values", c.Values, false, parsePort)
-		m.NotDestinationPorts, r2 = convert(rt, at+".notValues", c.NotValues, true, parsePort)
+		m.DestinationPorts, r1 = convert(rt, at.with("values"), c.Values, false, parsePort)
+		m.NotDestinationPorts, r2 = convert(rt, at.with("notValues"), c.NotValues, true, parsePort)
 	case "source.namespace":
-		m.Namespaces, r1 = convert(rt, at+".values", c.Values, false, parseStringMatch)
-		m.NotNamespaces, r2 = convert(rt, at+".notValues", c.NotValues, true, parseStringMatch)
+		m.Namespaces, r1 = convert(rt, at.with("values"), c.Values, false, parseStringMatch)
+		m.NotNamespaces, r2 = convert(rt, at.with("notValues"), c.NotValues, true, parseStringMatch)
 	case "source.principal":
-		m.Principals, r1 = convert(rt, at+".values", c.Values, false, parsePrincipal)
-		m.NotPrincipals, r2 = convert(rt, at+".notValues", c.NotValues, true, parsePrincipal)
+		m.Principals, r1 = convert(rt, at.with("values"), c.Values, false, parsePrincipal)
+		m.NotPrincipals, r2 = convert(rt, at.with("notValues"), c.NotValues, true, parsePrincipal)
 	default:
-		path := fmt.Sprintf("%s (key %q)", at, c.Key)
+		path := fmt.Sprintf("%s (key %q)", at.String(), c.Key)
 		if strings.HasPrefix(c.Key, "request.") || strings.HasPrefix(c.Key, "experimental.envoy.") {
 			rt.unenforceable(&rt.http, path)
 		} else {
@@ -275,8 +302,8 @@ func (rt *ruleTranslator) condition(at string, c *securityapi.Condition) (entry,
 }
 
 // emptyEntry handles an entry with nothing in it, which Istio rejects.
-func (rt *ruleTranslator) emptyEntry(at string) (entry, *security.Match) {
-	rt.invalid = append(rt.invalid, at+": empty")
+func (rt *ruleTranslator) emptyEntry(at path) (entry, *security.Match) {
+	rt.invalid = append(rt.invalid, at.String()+": empty")
 	if !rt.deny {
 		rt.drop = true
 	}
@@ -284,7 +311,7 @@ func (rt *ruleTranslator) emptyEntry(at string) (entry, *security.Match) {
 }
 
 // finish classifies a translated entry.
-func (rt *ruleTranslator) finish(at string, m *security.Match, removed bool) (entry, *security.Match) {
+func (rt *ruleTranslator) finish(at path, m *security.Match, removed bool) (entry, *security.Match) {
 	if !matchEmpty(m) {
 		return entryMatch, m
 	}
@@ -307,7 +334,7 @@ func matchEmpty(m *security.Match) bool {
 // rule; DENY drops the whole list if positive (the list then matches
 // everything) or the value alone if negative. removed reports that
 // something was dropped.
-func convert[T any](rt *ruleTranslator, at string, values []string, negative bool, parse func(string) (T, error)) (out []T, removed bool) {
+func convert[T any](rt *ruleTranslator, at path, values []string, negative bool, parse func(string) (T, error)) (out []T, removed bool) {
 	if len(values) == 0 {
 		return nil, false
 	}
@@ -316,7 +343,7 @@ func convert[T any](rt *ruleTranslator, at string, values []string, negative boo
 	for i, v := range values {
 		x, err := parse(v)
 		if err != nil {
-			rt.invalid = append(rt.invalid, fmt.Sprintf("%s[%d]: %q %v", at, i, v, err))
+			rt.invalid = append(rt.invalid, fmt.Sprintf("%s[%d]: %q %v", at.String(), i, v, err))
 			bad = true
 			continue
 		}

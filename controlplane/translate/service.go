@@ -21,7 +21,10 @@ func (t *translator) service(svc *corev1.Service) (string, *workload.Service) {
 		return "", nil
 	}
 	ref := serviceRef(svc)
-	host := svc.Name + "." + svc.Namespace + ".svc." + t.mesh.DomainSuffix
+	if !t.validRef(ref) {
+		return "", nil
+	}
+	host := t.hostname(svc)
 	key := joinKey(svc.Namespace, host)
 	t.serviceKeys[key] = ref
 	s := &workload.Service{Name: svc.Name, Namespace: svc.Namespace, Hostname: host}
@@ -42,14 +45,12 @@ func (t *translator) service(svc *corev1.Service) (string, *workload.Service) {
 			s.Addresses = append(s.Addresses, &workload.NetworkAddress{Network: t.mesh.Network, Address: a.Unmap().AsSlice()})
 		}
 	}
-	seen := make(map[int32]bool, len(svc.Spec.Ports))
 	for _, sp := range svc.Spec.Ports {
-		if sp.Port < 1 || sp.Port > 65535 || seen[sp.Port] {
+		if sp.Port < 1 || sp.Port > 65535 || containsServicePort(s.Ports, uint32(sp.Port)) {
 			// ztunnel maps a service port to one target port: a UDP port
 			// sharing a number with a TCP one adds nothing.
 			continue
 		}
-		seen[sp.Port] = true
 		s.Ports = append(s.Ports, &workload.Port{ServicePort: uint32(sp.Port), TargetPort: serviceTargetPort(sp)})
 	}
 	if !t.isWaypointItself(svc.Namespace, svc.Name, svc.Labels, true) {
@@ -73,8 +74,10 @@ func serviceTargetPort(sp corev1.ServicePort) uint32 {
 func targetPortNumber(sp corev1.ServicePort) (port uint32, named bool) {
 	tp := sp.TargetPort
 	if tp.Type == intstr.String {
-		if n, err := strconv.ParseUint(tp.StrVal, 10, 16); err == nil && n > 0 {
-			return uint32(n), false
+		if tp.StrVal != "" && '0' <= tp.StrVal[0] && tp.StrVal[0] <= '9' {
+			if n, err := strconv.ParseUint(tp.StrVal, 10, 16); err == nil && n > 0 {
+				return uint32(n), false
+			}
 		}
 		if tp.StrVal != "" {
 			return 0, true
@@ -95,12 +98,10 @@ func targetPortNumber(sp corev1.ServicePort) (port uint32, named bool) {
 // service port instead.
 func podPorts(svc *corev1.Service, p *corev1.Pod) (*workload.PortList, bool) {
 	pl := &workload.PortList{Ports: make([]*workload.Port, 0, len(svc.Spec.Ports))}
-	seen := make(map[int32]bool, len(svc.Spec.Ports))
 	for _, sp := range svc.Spec.Ports {
-		if sp.Port < 1 || sp.Port > 65535 || seen[sp.Port] {
+		if sp.Port < 1 || sp.Port > 65535 || containsServicePort(pl.Ports, uint32(sp.Port)) {
 			continue
 		}
-		seen[sp.Port] = true
 		target, named := targetPortNumber(sp)
 		if named {
 			var ok bool
@@ -147,6 +148,9 @@ func (t *translator) serviceEntry(se *networkingv1.ServiceEntry, out *Output) {
 		return
 	}
 	ref := serviceEntryRef(se)
+	if !t.validRef(ref) {
+		return
+	}
 	spec := &se.Spec
 	fail := func(format string, args ...any) {
 		t.conds.fail(ref, ZtunnelAccepted, ReasonInvalidValue, fmt.Sprintf(format, args...))
@@ -194,6 +198,9 @@ func (t *translator) serviceEntry(se *networkingv1.ServiceEntry, out *Output) {
 		switch {
 		case host == "":
 			fail("spec.hosts[%d]: empty; skipped", i)
+			continue
+		case strings.Contains(host, "/"):
+			fail("spec.hosts[%d]: %q is not a hostname; skipped", i, host)
 			continue
 		case strings.Contains(host, "*"):
 			t.conds.fail(ref, ZtunnelAccepted, ReasonUnsupportedValue, fmt.Sprintf(
@@ -244,6 +251,10 @@ func (t *translator) serviceEntry(se *networkingv1.ServiceEntry, out *Output) {
 		}
 		if ep.ServiceAccount != "" {
 			w.ServiceAccount = ep.ServiceAccount
+		}
+		if w.TunnelProtocol == workload.TunnelProtocol_HBONE && !validSegment(w.ServiceAccount) {
+			fail("spec.endpoints[%d].serviceAccount: %q cannot be part of an identity; the endpoint is not reached over HBONE", i, w.ServiceAccount)
+			w.TunnelProtocol = workload.TunnelProtocol_NONE
 		}
 		w.Locality = parseLocality(ep.Locality)
 		w.Services = make(map[string]*workload.PortList, len(keys))

@@ -114,7 +114,7 @@ type translator struct {
 	namespaces map[string]*corev1.Namespace
 	// services holds each namespace's Services with a selector, for
 	// endpoint selection; serviceByName every Service.
-	services      map[string]*selectorIndex[*corev1.Service]
+	services      map[string]*selectorIndex[selectedService]
 	serviceByName map[nsName]*corev1.Service
 	// serviceEntries selecting pods, by namespace.
 	seSelectors map[string]*selectorIndex[*seSelection]
@@ -130,6 +130,17 @@ type translator struct {
 
 	pa peerAuthState
 	ap authzPolicyState
+}
+
+// selectedService is a Service with a selector and its resource name.
+type selectedService struct {
+	svc *corev1.Service
+	key string
+}
+
+// hostname is a Service's fully qualified name.
+func (t *translator) hostname(svc *corev1.Service) string {
+	return svc.Name + "." + svc.Namespace + ".svc." + t.mesh.DomainSuffix
 }
 
 type nsName struct{ namespace, name string }
@@ -151,7 +162,7 @@ func newTranslator(opts Options, s *model.Snapshot) *translator {
 	t := &translator{
 		opts: opts, mesh: mesh, snap: s,
 		namespaces:      make(map[string]*corev1.Namespace, len(s.Namespaces)),
-		services:        map[string]*selectorIndex[*corev1.Service]{},
+		services:        map[string]*selectorIndex[selectedService]{},
 		serviceByName:   make(map[nsName]*corev1.Service, len(s.Services)),
 		seSelectors:     map[string]*selectorIndex[*seSelection]{},
 		waypoints:       map[nsName]*gatewayv1.Gateway{},
@@ -174,10 +185,10 @@ func newTranslator(opts Options, s *model.Snapshot) *translator {
 		}
 		idx := t.services[svc.Namespace]
 		if idx == nil {
-			idx = &selectorIndex[*corev1.Service]{}
+			idx = &selectorIndex[selectedService]{}
 			t.services[svc.Namespace] = idx
 		}
-		idx.add(svc.Spec.Selector, svc)
+		idx.add(svc.Spec.Selector, selectedService{svc, joinKey(svc.Namespace, t.hostname(svc))})
 	}
 	for _, gw := range s.Gateways {
 		if gw != nil && string(gw.Spec.GatewayClassName) == WaypointClass {
@@ -203,6 +214,34 @@ func peerAuthRef(p *securityv1.PeerAuthentication) ObjectRef {
 }
 func authzPolicyRef(p *securityv1.AuthorizationPolicy) ObjectRef {
 	return ObjectRef{"security.istio.io", "AuthorizationPolicy", p.Namespace, p.Name}
+}
+
+// validRef reports whether a namespaced object's namespace and name can
+// form resource names ("namespace/name" with one slash). The API server
+// guarantees it; files and fuzzers do not. Objects that fail are skipped
+// and reported.
+func (t *translator) validRef(ref ObjectRef) bool {
+	if validName(ref.Namespace) && validName(ref.Name) {
+		return true
+	}
+	t.conds.fail(ref, ZtunnelAccepted, ReasonInvalidValue, "metadata: namespace and name must be non-empty and without \"/\"; skipped")
+	return false
+}
+
+func validName(s string) bool { return s != "" && !strings.Contains(s, "/") }
+
+// validSegment reports whether s can be a SPIFFE ID path segment, as a
+// mesh workload's namespace and service account must.
+func validSegment(s string) bool {
+	if s == "" || s == "." || s == ".." {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 // sortedUnique sorts names and drops repeats.

@@ -73,7 +73,7 @@ func (t *translator) resolveWaypoint(labels map[string]string, namespace string,
 	}
 	port := uint32(hbonePort)
 	for _, l := range gw.Spec.Listeners {
-		if l.Protocol == "HBONE" && l.Port > 0 {
+		if l.Protocol == "HBONE" && l.Port > 0 && l.Port <= 65535 {
 			port = uint32(l.Port)
 			break
 		}

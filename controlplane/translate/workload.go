@@ -83,7 +83,12 @@ func (t *translator) podWorkload(p *corev1.Pod) *workload.Workload {
 		w.ServiceAccount = "default"
 	}
 	if InMesh(p, ns, t.opts.RequireRedirectionAnnotation) {
-		w.TunnelProtocol = workload.TunnelProtocol_HBONE
+		if validSegment(p.Namespace) && validSegment(w.ServiceAccount) {
+			w.TunnelProtocol = workload.TunnelProtocol_HBONE
+		} else {
+			t.conds.fail(podRef(p), ZtunnelAccepted, ReasonInvalidValue,
+				"metadata.namespace, spec.serviceAccountName: cannot form a SPIFFE identity; not reached over HBONE")
+		}
 	}
 	ips := p.Status.PodIPs
 	if len(ips) == 0 {
@@ -106,12 +111,12 @@ func (t *translator) podWorkload(p *corev1.Pod) *workload.Workload {
 	w.CanonicalName = canonicalName(p.Labels, w.WorkloadName)
 	w.CanonicalRevision = canonicalRevision(p.Labels)
 
-	t.services[p.Namespace].each(p.Labels, func(svc *corev1.Service) {
-		if pl, ok := podPorts(svc, p); ok {
+	t.services[p.Namespace].each(p.Labels, func(s selectedService) {
+		if pl, ok := podPorts(s.svc, p); ok {
 			if w.Services == nil {
 				w.Services = map[string]*workload.PortList{}
 			}
-			w.Services[joinKey(svc.Namespace, svc.Name+"."+svc.Namespace+".svc."+t.mesh.DomainSuffix)] = pl
+			w.Services[s.key] = pl
 		}
 	})
 	t.seSelectors[p.Namespace].each(p.Labels, func(sel *seSelection) {
