@@ -9,6 +9,9 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v make >/dev/null || need+=(make)
 command -v git >/dev/null || need+=(git)
 command -v gcc >/dev/null || need+=(gcc libc6-dev) # -race needs cgo
+# ../shared/tools/kube-testenv.sh (the e2e API server) needs curl and openssl.
+command -v curl >/dev/null || need+=(curl ca-certificates)
+command -v openssl >/dev/null || need+=(openssl)
 # The CNI chain tests run Debian's reference plugins (bridge, host-local).
 [[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local ]] || need+=(containernetworking-plugins)
 if [[ ${ZMESH_GENERATE:-} == 1 ]]; then
