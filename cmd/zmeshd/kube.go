@@ -23,6 +23,7 @@ import (
 	"github.com/zmesh/zmesh/controlplane/model"
 	"github.com/zmesh/zmesh/controlplane/source/kube"
 	"github.com/zmesh/zmesh/controlplane/status"
+	"github.com/zmesh/zmesh/controlplane/waypoint"
 )
 
 // startKubernetes runs the API server source, the TokenReview-backed CA
@@ -115,6 +116,13 @@ func (z *zmeshd) startKubernetes(ctx context.Context, wg *sync.WaitGroup, errc c
 // lead runs what only the leader does besides writing status, until ctx
 // ends.
 func (z *zmeshd) lead(ctx context.Context, kc kubernetes.Interface, gc gatewayclient.Interface) {
+	ctrl, err := waypoint.New(kc, gc, waypoint.Options{Image: z.f.waypointImage, XDSAddress: z.f.waypointXDS, Log: z.log})
+	if err == nil {
+		err = ctrl.Run(ctx)
+	}
+	if err != nil {
+		z.log.Error("waypoint controller stopped", "error", err)
+	}
 	<-ctx.Done()
 }
 

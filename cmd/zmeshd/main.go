@@ -36,7 +36,7 @@ type flags struct {
 	leaderElect                  bool
 	leaseNamespace, leaseName    string
 	identity                     string
-	waypointImage                string
+	waypointImage, waypointXDS   string
 	debounce, maxDelay           time.Duration
 	certTTL                      time.Duration
 	logLevel                     string
@@ -58,12 +58,13 @@ func parseFlags(args []string) (*flags, error) {
 	fs.StringVar(&f.clusterID, "cluster-id", "Kubernetes", "cluster name in workload uids")
 	fs.StringVar(&f.network, "network", "", "network of every workload (multi-network meshes)")
 	fs.StringVar(&f.domain, "domain-suffix", "cluster.local", "DNS suffix of service hostnames")
-	fs.StringVar(&f.nodeAgents, "node-agents", "istio-system/ztunnel", "comma-separated namespace/serviceaccount of the ztunnels, which may obtain certificates for the pods on their node")
+	fs.StringVar(&f.nodeAgents, "node-agents", "istio-system/ztunnel,kube-system/ztunnel", "comma-separated namespace/serviceaccount of the ztunnels, which may obtain certificates for the pods on their node")
 	fs.BoolVar(&f.leaderElect, "leader-elect", true, "with Kubernetes: only the elected replica writes (status, waypoints); every replica serves")
 	fs.StringVar(&f.leaseNamespace, "leader-election-namespace", envOr("POD_NAMESPACE", "istio-system"), "namespace of the leader election Lease")
 	fs.StringVar(&f.leaseName, "leader-election-name", "zmeshd", "name of the leader election Lease")
 	fs.StringVar(&f.identity, "identity", envOr("POD_NAME", hostname()), "this replica's name in leader election")
 	fs.StringVar(&f.waypointImage, "waypoint-image", "zmesh/waypoint:latest", "image of the waypoint Deployments zmeshd creates")
+	fs.StringVar(&f.waypointXDS, "waypoint-xds-address", "zmeshd.istio-system.svc:15012", "zmeshd's address as waypoints dial it")
 	fs.DurationVar(&f.debounce, "debounce", 10*time.Millisecond, "quiet time after a change before pushing")
 	fs.DurationVar(&f.maxDelay, "debounce-max", 100*time.Millisecond, "longest a change waits under a steady stream of changes")
 	fs.DurationVar(&f.certTTL, "workload-cert-ttl", identity.DefaultCertTTL, "default lifetime of workload certificates")

@@ -18,7 +18,7 @@ func Example() {
 		gw   gatewayclient.Interface // from the same rest.Config
 	)
 	ctrl, err := waypoint.New(kube, gw, waypoint.Options{
-		Image:      "ghcr.io/zmesh/waypoint:dev",    // --waypoint-image
+		Image:      "zmesh/waypoint:dev",            // --waypoint-image
 		XDSAddress: "zmeshd.istio-system.svc:15012", // what waypoints dial
 	})
 	if err != nil {
