@@ -1,0 +1,133 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"runtime/debug"
+)
+
+const versionHelp = `
+Prints zmeshctl's version: the module version and, when built from a git
+checkout, the commit and its time. With --zmeshd it also asks zmeshd
+(GET /version on its monitoring address).`
+
+// versionInfo is a binary's version as its build info records it.
+type versionInfo struct {
+	Version   string `json:"version"`
+	Revision  string `json:"revision,omitempty"`
+	Time      string `json:"time,omitempty"`
+	Modified  bool   `json:"modified,omitempty"`
+	GoVersion string `json:"goVersion,omitempty"`
+}
+
+func (v versionInfo) String() string {
+	s := v.Version
+	if v.Revision != "" {
+		s += ", revision " + v.Revision
+		if v.Modified {
+			s += " (modified)"
+		}
+	}
+	if v.Time != "" {
+		s += ", commit time " + v.Time
+	}
+	if v.GoVersion != "" {
+		s += ", " + v.GoVersion
+	}
+	return s
+}
+
+// buildVersion reads the running binary's version.
+func buildVersion() versionInfo {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return versionInfo{Version: "unknown (no build info)"}
+	}
+	v := versionInfo{Version: bi.Main.Version, GoVersion: bi.GoVersion}
+	if v.Version == "" {
+		v.Version = "(devel)"
+	}
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			v.Revision = s.Value
+		case "vcs.time":
+			v.Time = s.Value
+		case "vcs.modified":
+			v.Modified = s.Value == "true"
+		}
+	}
+	return v
+}
+
+// versions is what `zmeshctl version` reports. Server is nil when zmeshd
+// was not asked or could not say; ServerNote then says which.
+type versions struct {
+	Client     versionInfo  `json:"zmeshctl"`
+	Server     *versionInfo `json:"zmeshd,omitempty"`
+	ServerNote string       `json:"zmeshdNote,omitempty"`
+}
+
+func (c *cli) version(ctx context.Context, args []string) error {
+	fs := c.newFlagSet("version", "version [flags]", versionHelp)
+	var out format
+	addOutputFlag(fs, &out)
+	ep := endpointFlags(fs, "zmeshd", "http://127.0.0.1:15014", "zmeshd",
+		"is zmeshd running, and its --monitoring-address reachable from here? port-forward it or use --zmeshd")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usagef("version takes no arguments")
+	}
+	e, err := ep()
+	if err != nil {
+		return err
+	}
+	queried := false
+	fs.Visit(func(f *flag.Flag) { queried = queried || f.Name == "zmeshd" })
+
+	v := versions{Client: buildVersion(), ServerNote: "(not queried)"}
+	var serverErr error
+	if queried {
+		v.Server, v.ServerNote, serverErr = serverVersion(ctx, e)
+	}
+	if serverErr != nil && out != "" {
+		return serverErr
+	}
+	if out != "" {
+		return out.write(c.stdout, v)
+	}
+	fmt.Fprintf(c.stdout, "zmeshctl: %s\n", v.Client)
+	if serverErr != nil {
+		// The client's version is printed; the failure still fails.
+		return serverErr
+	}
+	if v.Server != nil {
+		fmt.Fprintf(c.stdout, "zmeshd: %s\n", v.Server)
+	} else {
+		fmt.Fprintf(c.stdout, "zmeshd: %s\n", v.ServerNote)
+	}
+	return nil
+}
+
+// serverVersion asks zmeshd. A 404 is not an error: zmeshd does not serve
+// its version yet, and the note says so.
+func serverVersion(ctx context.Context, e endpoint) (*versionInfo, string, error) {
+	body, err := e.get(ctx, "/version")
+	if errors.Is(err, errNotFound) {
+		return nil, fmt.Sprintf("unknown: zmeshd at %s does not report its version (GET /version: 404 Not Found)", e.addr), nil
+	}
+	if err != nil {
+		return nil, "", err
+	}
+	var v versionInfo
+	if err := json.Unmarshal(body, &v); err != nil || v.Version == "" {
+		return nil, "", fmt.Errorf("zmeshd at %s answered GET /version with something that is not a version (want JSON with \"version\"): %.60q", e.addr, body)
+	}
+	return &v, "", nil
+}

@@ -1,0 +1,123 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"slices"
+)
+
+// sections of ztunnel-config, with the names istioctl accepts for them.
+var sections = []struct {
+	name    string
+	aliases []string
+}{
+	{"workloads", []string{"workload", "w"}},
+	{"services", []string{"service", "svc", "s"}},
+	{"policies", []string{"policy"}},
+	{"certificates", []string{"certificate", "certs", "cert", "secrets", "secret"}},
+	{"all", nil},
+}
+
+const ztunnelConfigHelp = `
+Reads a ztunnel's configuration from its admin endpoint (GET /config_dump)
+and shows one section, or all of them.
+
+The admin port listens on localhost only: run zmeshctl on the node, or
+forward the port first, e.g.
+  kubectl -n istio-system port-forward pod/ztunnel-xxxxx 15000:15000
+
+Sections: workloads (w), services (svc), policies, certificates (certs), all.
+--node and --namespace filter workloads; --namespace also services and
+policies. A service's ENDPOINTS count every workload the ztunnel knows that
+lists it, filtered or not, as healthy/total.
+
+-o json|yaml prints the resources as the ztunnel sent them (protobuf JSON
+of istio.workload.Workload, istio.workload.Service and
+istio.security.Authorization: addresses are base64 bytes).`
+
+func (c *cli) ztunnelConfig(ctx context.Context, args []string) error {
+	fs := c.newFlagSet("ztunnel-config", "ztunnel-config workloads|services|policies|certificates|all [flags]", ztunnelConfigHelp)
+	var out format
+	addOutputFlag(fs, &out)
+	ep := endpointFlags(fs, "ztunnel-admin", "127.0.0.1:15000", "ztunnel admin",
+		"is ztunnel running on this node? use --ztunnel-admin")
+	var f dumpFilter
+	fs.StringVar(&f.node, "node", "", "show only workloads on this node")
+	fs.StringVar(&f.namespace, "namespace", "", "show only workloads, services and policies of this namespace")
+	fs.StringVar(&f.namespace, "n", "", "shorthand for --namespace")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return usagef("want one section (workloads, services, policies, certificates or all), got %d arguments", len(pos))
+	}
+	section := ""
+	for _, s := range sections {
+		if pos[0] == s.name || slices.Contains(s.aliases, pos[0]) {
+			section = s.name
+		}
+	}
+	if section == "" {
+		return usagef("unknown section %q: want workloads, services, policies, certificates or all", pos[0])
+	}
+	e, err := ep()
+	if err != nil {
+		return err
+	}
+
+	body, err := e.get(ctx, "/config_dump")
+	if err != nil {
+		return err
+	}
+	d, err := decodeDump(body)
+	if err != nil {
+		return fmt.Errorf("ztunnel admin at %s: %w", e.addr, err)
+	}
+	if out != "" {
+		return out.write(c.stdout, d.export(section, f))
+	}
+	return c.writeSections(d, section, f)
+}
+
+// writeSections prints section's tables ("all": each in turn, as
+// istioctl does), then, on stderr, certificate errors the table only
+// flags.
+func (c *cli) writeSections(d *dump, section string, f dumpFilter) error {
+	now := c.now()
+	tables := []struct {
+		name string
+		t    func() table
+	}{
+		{"workloads", func() table { return workloadTable(d, f) }},
+		{"services", func() table { return serviceTable(d, f) }},
+		{"policies", func() table { return policyTable(d, f) }},
+		{"certificates", func() table { return certificateTable(d, now) }},
+	}
+	first := true
+	for _, t := range tables {
+		if section != "all" && section != t.name {
+			continue
+		}
+		if !first {
+			fmt.Fprintln(c.stdout)
+		}
+		first = false
+		if err := t.t().write(c.stdout); err != nil {
+			return err
+		}
+		if t.name == "certificates" {
+			writeCertErrors(c.stderr, d)
+		}
+	}
+	return nil
+}
+
+func writeCertErrors(w io.Writer, d *dump) {
+	for _, cert := range d.Certificates {
+		if cert.LastError != "" {
+			fmt.Fprintf(w, "warning: certificate %s: last fetch failed: %s\n", cert.Identity, cert.LastError)
+		}
+	}
+}
