@@ -1,12 +1,8 @@
 package xds
 
 import (
-	"errors"
-
 	"github.com/prometheus/client_golang/prometheus"
 )
-
-var errSotW = errors.New("only delta xDS is served")
 
 type metrics struct {
 	pushes      *prometheus.CounterVec

@@ -1,27 +1,35 @@
 // Package xds serves the control plane's resources to proxies over gRPC
 // delta ADS: ztunnel's istio.workload.Address and istio.security.
-// Authorization today, Envoy types for waypoints later. It is built on
-// go-control-plane's delta server and linear caches; what it adds is the
-// diffing that makes a change send only the resources it touched, and the
-// record of what every connected proxy has acknowledged (for /debug/syncz
-// and `zmeshctl proxy-status`).
+// Authorization today, Envoy types for waypoints later.
+//
+// A change costs what it touched, not the size of the mesh: Set diffs the
+// new resource set against the last by each resource's deterministic
+// encoding and records the changed names in a log of generations; each
+// stream remembers the generation it last sent per type and sends only the
+// names logged since. The encoded bytes are computed once and shared by
+// every stream. (go-control-plane's linear cache, tried first, recomputes
+// every wildcard subscription against every resource on each change and
+// on each ACK: with 12 000 resources and 50 proxies, one pod change took
+// 250 ms to reach them all.)
+//
+// The server also records what every connected proxy has acknowledged,
+// for /debug/syncz and `zmeshctl proxy-status`.
 package xds
 
 import (
 	"bytes"
-	"context"
+	"encoding/hex"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"maps"
 	"slices"
+	"sort"
 	"strconv"
 	"sync"
 	"time"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
-	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
-	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
@@ -35,60 +43,64 @@ const (
 
 // Server is a delta ADS server over a fixed set of resource types.
 type Server struct {
+	discoveryv3.UnimplementedAggregatedDiscoveryServiceServer
+
 	log     *slog.Logger
-	caches  map[string]*cachev3.LinearCache
-	ads     serverv3.Server
 	metrics *metrics
+	types   map[string]*typeState
 
-	// setMu serialises Set calls; last is what each type holds, marshaled,
-	// to tell changed resources from unchanged ones.
-	setMu sync.Mutex
-	last  map[string]map[string][]byte
-
-	mu      sync.Mutex
+	// mu guards every typeState's contents, streams and changed.
+	mu      sync.RWMutex
 	streams map[int64]*stream
-	version map[string]pushInfo // per type: the cache version and when it was set
-	gen     map[string]uint64
+	nextID  int64
+	// changed is closed (and replaced) by every Set that changed
+	// something: streams wait on it.
+	changed chan struct{}
 }
 
-type pushInfo struct {
+// typeState is one type's resources and the log of their changes.
+type typeState struct {
+	url   string
+	gen   uint64
+	setAt time.Time // when gen was set
+	res   map[string]*resource
+	// log holds the names each generation changed, oldest first, back to
+	// the oldest generation a stream has not yet been sent.
+	log []change
+}
+
+type resource struct {
+	body    []byte
 	version string
-	at      time.Time
 }
 
-// New returns a server for types, registering its metrics with reg (nil:
-// not registered).
+type change struct {
+	gen   uint64
+	names []string
+}
+
+// New returns a server for typeURLs, registering its metrics with reg
+// (nil: not registered).
 func New(log *slog.Logger, reg prometheus.Registerer, typeURLs ...string) *Server {
 	if log == nil {
 		log = slog.Default()
 	}
 	s := &Server{
 		log:     log,
-		caches:  map[string]*cachev3.LinearCache{},
-		last:    map[string]map[string][]byte{},
-		streams: map[int64]*stream{},
-		version: map[string]pushInfo{},
-		gen:     map[string]uint64{},
 		metrics: newMetrics(reg),
-	}
-	mux := &cachev3.MuxCache{
-		Classify:      func(r *cachev3.Request) string { return r.GetTypeUrl() },
-		ClassifyDelta: func(r *cachev3.DeltaRequest) string { return r.GetTypeUrl() },
-		Caches:        map[string]cachev3.Cache{},
+		types:   map[string]*typeState{},
+		streams: map[int64]*stream{},
+		changed: make(chan struct{}),
 	}
 	for _, t := range typeURLs {
-		c := cachev3.NewLinearCache(t)
-		s.caches[t] = c
-		s.last[t] = map[string][]byte{}
-		mux.Caches[t] = c
+		s.types[t] = &typeState{url: t, res: map[string]*resource{}}
 	}
-	s.ads = serverv3.NewServer(context.Background(), mux, callbacks{s})
 	return s
 }
 
 // Register adds the ADS service to g.
 func (s *Server) Register(g *grpc.Server) {
-	discoveryv3.RegisterAggregatedDiscoveryServiceServer(g, s.ads)
+	discoveryv3.RegisterAggregatedDiscoveryServiceServer(g, s)
 }
 
 // Set makes resources the complete set of typeURL's resources, by name.
@@ -96,54 +108,108 @@ func (s *Server) Register(g *grpc.Server) {
 // encoding) and those that disappeared are pushed. It returns how many
 // resources it changed and removed.
 func (s *Server) Set(typeURL string, resources map[string]proto.Message) (changed, removed int, err error) {
-	cache, ok := s.caches[typeURL]
+	ts, ok := s.types[typeURL]
 	if !ok {
 		return 0, 0, fmt.Errorf("xds: type %s is not served", typeURL)
 	}
 	start := time.Now()
-	s.setMu.Lock()
-	defer s.setMu.Unlock()
-	prev := s.last[typeURL]
-	next := make(map[string][]byte, len(resources))
-	update := map[string]types.Resource{}
+	// Encode outside the lock: readers keep serving meanwhile.
+	s.mu.RLock()
+	prev := ts.res
+	s.mu.RUnlock()
 	opts := proto.MarshalOptions{Deterministic: true}
+	next := make(map[string]*resource, len(resources))
+	var names []string
 	for name, m := range resources {
 		b, err := opts.Marshal(m)
 		if err != nil {
 			return 0, 0, fmt.Errorf("xds: marshal %s %q: %w", typeURL, name, err)
 		}
-		next[name] = b
-		if old, ok := prev[name]; !ok || !bytes.Equal(old, b) {
-			update[name] = m
+		if old, ok := prev[name]; ok && bytes.Equal(old.body, b) {
+			next[name] = old
+			continue
 		}
+		next[name] = &resource{body: b, version: version(b)}
+		names = append(names, name)
+		changed++
 	}
-	var gone []string
 	for name := range prev {
 		if _, ok := next[name]; !ok {
-			gone = append(gone, name)
+			names = append(names, name)
+			removed++
 		}
 	}
-	s.last[typeURL] = next
-	if len(update) == 0 && len(gone) == 0 {
+	if len(names) == 0 {
 		return 0, 0, nil
 	}
-	if err := cache.UpdateResources(update, gone); err != nil {
-		return 0, 0, fmt.Errorf("xds: update %s: %w", typeURL, err)
-	}
+	slices.Sort(names)
 	s.mu.Lock()
-	// The linear cache counts its versions the same way: one per update.
-	s.gen[typeURL]++
-	s.version[typeURL] = pushInfo{version: strconv.FormatUint(s.gen[typeURL], 10), at: start}
+	ts.gen++
+	ts.setAt = start
+	ts.res = next
+	ts.log = append(ts.log, change{gen: ts.gen, names: names})
+	s.compactLocked(ts)
+	close(s.changed)
+	s.changed = make(chan struct{})
 	s.mu.Unlock()
+
 	s.metrics.pushes.WithLabelValues(typeURL).Inc()
 	s.metrics.resources.WithLabelValues(typeURL).Set(float64(len(next)))
 	s.metrics.setDuration.WithLabelValues(typeURL).Observe(time.Since(start).Seconds())
-	return len(update), len(gone), nil
+	return changed, removed, nil
+}
+
+// compactLocked drops log entries every stream has been sent.
+func (s *Server) compactLocked(ts *typeState) {
+	oldest := ts.gen
+	for _, st := range s.streams {
+		if sub := st.subs[ts.url]; sub != nil && sub.sentGen < oldest {
+			oldest = sub.sentGen
+		}
+	}
+	i := sort.Search(len(ts.log), func(i int) bool { return ts.log[i].gen > oldest })
+	ts.log = slices.Delete(ts.log, 0, i)
+}
+
+// since returns the names changed after generation gen, deduplicated.
+func (ts *typeState) since(gen uint64) []string {
+	i := sort.Search(len(ts.log), func(i int) bool { return ts.log[i].gen > gen })
+	if i == len(ts.log)-1 {
+		return ts.log[i].names
+	}
+	seen := map[string]bool{}
+	var out []string
+	for _, c := range ts.log[i:] {
+		for _, n := range c.names {
+			if !seen[n] {
+				seen[n] = true
+				out = append(out, n)
+			}
+		}
+	}
+	return out
 }
 
 // Resources returns the names of typeURL's current resources, sorted.
 func (s *Server) Resources(typeURL string) []string {
-	s.setMu.Lock()
-	defer s.setMu.Unlock()
-	return slices.Sorted(maps.Keys(s.last[typeURL]))
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	ts := s.types[typeURL]
+	if ts == nil {
+		return nil
+	}
+	return slices.Sorted(maps.Keys(ts.res))
 }
+
+// version is a resource's version: a hash of its encoding, so that it
+// survives restarts and a reconnecting proxy's InitialResourceVersions
+// spare it what it already has.
+func version(b []byte) string {
+	h := fnv.New64a()
+	h.Write(b)
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+func genString(g uint64) string { return strconv.FormatUint(g, 10) }
+
+func mapsKeys[K comparable, V any](m map[K]V) func(func(K) bool) { return maps.Keys(m) }

@@ -2,37 +2,282 @@ package xds
 
 import (
 	"cmp"
-	"context"
+	"errors"
+	"io"
 	"slices"
+	"strconv"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/anypb"
 )
 
-// stream is what the server knows of one connected proxy.
+// stream is what the server knows of one connected proxy. Its fields are
+// guarded by the server's mu.
 type stream struct {
 	id        int64
 	node      *corev3.Node
 	peer      string
 	principal string
 	since     time.Time
-	types     map[string]*typeState
+	subs      map[string]*subscription
+	nonce     int64
 }
 
-// typeState is one subscription of a stream.
-type typeState struct {
+// subscription is one type a stream subscribed to.
+type subscription struct {
+	// names is nil for a wildcard subscription, else the names asked for.
+	names   map[string]bool
+	sentGen uint64 // every change up to this generation has been sent
+
 	sentNonce, sentVersion string
 	sentAt                 time.Time
-	sentResources          int
 	ackedVersion           string
 	ackedAt                time.Time
-	nack                   string
-	nackedVersion          string
+	nack, nackedVersion    string
 	// pending maps nonces not yet answered to the version they carried.
 	pending map[string]string
+}
+
+func (sub *subscription) wants(name string) bool { return sub.names == nil || sub.names[name] }
+
+// DeltaAggregatedResources serves one proxy's stream.
+func (s *Server) DeltaAggregatedResources(gs grpc.BidiStreamingServer[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse]) error {
+	ctx := gs.Context()
+	st := &stream{since: time.Now(), subs: map[string]*subscription{}, principal: principalFrom(ctx)}
+	if p, ok := peer.FromContext(ctx); ok {
+		st.peer = p.Addr.String()
+	}
+	s.mu.Lock()
+	s.nextID++
+	st.id = s.nextID
+	s.streams[st.id] = st
+	n := len(s.streams)
+	s.mu.Unlock()
+	s.metrics.connected.Set(float64(n))
+	defer func() {
+		s.mu.Lock()
+		delete(s.streams, st.id)
+		n := len(s.streams)
+		s.mu.Unlock()
+		s.metrics.connected.Set(float64(n))
+		if st.node != nil {
+			s.log.Info("proxy disconnected", "id", st.node.GetId(), "peer", st.peer)
+		}
+	}()
+
+	reqs := make(chan *discoveryv3.DeltaDiscoveryRequest)
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			req, err := gs.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case reqs <- req:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	for {
+		s.mu.RLock()
+		changed := s.changed
+		s.mu.RUnlock()
+		// Send what changed since each subscription's last response.
+		for _, resp := range s.pending(st) {
+			if err := s.send(gs, st, resp); err != nil {
+				return err
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-recvErr:
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		case req := <-reqs:
+			resps, err := s.handle(st, req)
+			if err != nil {
+				return err
+			}
+			for _, resp := range resps {
+				if err := s.send(gs, st, resp); err != nil {
+					return err
+				}
+			}
+		case <-changed:
+		}
+	}
+}
+
+// handle takes one request: the first names the node; each is an ACK or
+// NACK of a response, or a (re)subscription, or both.
+func (s *Server) handle(st *stream, req *discoveryv3.DeltaDiscoveryRequest) ([]*discoveryv3.DeltaDiscoveryResponse, error) {
+	ts := s.types[req.GetTypeUrl()]
+	if ts == nil {
+		return nil, status.Errorf(codes.InvalidArgument, "xds: type %q is not served (served: %v)", req.GetTypeUrl(), slices.Sorted(mapsKeys(s.types)))
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if st.node == nil && req.GetNode() != nil {
+		st.node = req.GetNode()
+		s.log.Info("proxy connected", "id", st.node.GetId(), "peer", st.peer, "principal", st.principal)
+	}
+	sub := st.subs[ts.url]
+	if nonce := req.GetResponseNonce(); nonce != "" && sub != nil {
+		s.answeredLocked(st, sub, ts.url, nonce, req)
+		if len(req.GetResourceNamesSubscribe()) == 0 && len(req.GetResourceNamesUnsubscribe()) == 0 {
+			return nil, nil
+		}
+	}
+	if sub == nil {
+		// A new subscription: everything that matches, less what the proxy
+		// says it already has at the same version.
+		sub = &subscription{pending: map[string]string{}}
+		if names := req.GetResourceNamesSubscribe(); len(names) > 0 && !slices.Contains(names, "*") {
+			sub.names = map[string]bool{}
+			for _, n := range names {
+				sub.names[n] = true
+			}
+		}
+		st.subs[ts.url] = sub
+		have := req.GetInitialResourceVersions()
+		resp := s.responseLocked(st, ts, sub, func(yield func(string) bool) {
+			for name := range ts.res {
+				if !yield(name) {
+					return
+				}
+			}
+			for name := range have {
+				if _, ok := ts.res[name]; !ok && !yield(name) {
+					return
+				}
+			}
+		}, have)
+		return []*discoveryv3.DeltaDiscoveryResponse{resp}, nil
+	}
+	// Changes to an explicit subscription.
+	if sub.names == nil {
+		return nil, nil // wildcard already has everything
+	}
+	var added []string
+	for _, n := range req.GetResourceNamesSubscribe() {
+		if n == "*" {
+			sub.names = nil
+			added = slices.Collect(mapsKeys(ts.res))
+			break
+		}
+		if !sub.names[n] {
+			sub.names[n] = true
+			added = append(added, n)
+		}
+	}
+	for _, n := range req.GetResourceNamesUnsubscribe() {
+		if sub.names != nil {
+			delete(sub.names, n)
+		}
+	}
+	if len(added) == 0 {
+		return nil, nil
+	}
+	return []*discoveryv3.DeltaDiscoveryResponse{s.responseLocked(st, ts, sub, slices.Values(added), nil)}, nil
+}
+
+// pending builds the responses carrying changes st has not been sent.
+func (s *Server) pending(st *stream) []*discoveryv3.DeltaDiscoveryResponse {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []*discoveryv3.DeltaDiscoveryResponse
+	for url, sub := range st.subs {
+		ts := s.types[url]
+		if sub.sentGen >= ts.gen {
+			continue
+		}
+		var names []string
+		for _, n := range ts.since(sub.sentGen) {
+			if sub.wants(n) {
+				names = append(names, n)
+			}
+		}
+		if len(names) == 0 {
+			sub.sentGen = ts.gen
+			continue
+		}
+		out = append(out, s.responseLocked(st, ts, sub, slices.Values(names), nil))
+	}
+	return out
+}
+
+// responseLocked builds a response for names (present ones are sent,
+// absent ones removed), skipping those the proxy has at the same version,
+// and marks the subscription sent up to the type's generation.
+func (s *Server) responseLocked(st *stream, ts *typeState, sub *subscription, names func(func(string) bool), have map[string]string) *discoveryv3.DeltaDiscoveryResponse {
+	resp := &discoveryv3.DeltaDiscoveryResponse{TypeUrl: ts.url, SystemVersionInfo: genString(ts.gen)}
+	for name := range names {
+		if !sub.wants(name) {
+			continue
+		}
+		r, ok := ts.res[name]
+		switch {
+		case !ok:
+			resp.RemovedResources = append(resp.RemovedResources, name)
+		case have[name] == r.version:
+			// the proxy has it
+		default:
+			resp.Resources = append(resp.Resources, &discoveryv3.Resource{
+				Name: name, Version: r.version, Resource: &anypb.Any{TypeUrl: ts.url, Value: r.body},
+			})
+		}
+	}
+	st.nonce++
+	resp.Nonce = strconv.FormatInt(st.nonce, 10)
+	sub.sentGen = ts.gen
+	sub.sentNonce, sub.sentVersion, sub.sentAt = resp.Nonce, resp.SystemVersionInfo, time.Now()
+	sub.pending[resp.Nonce] = resp.SystemVersionInfo
+	if !ts.setAt.IsZero() {
+		s.metrics.pushLatency.WithLabelValues(ts.url).Observe(time.Since(ts.setAt).Seconds())
+	}
+	return resp
+}
+
+func (s *Server) send(gs grpc.BidiStreamingServer[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse], st *stream, resp *discoveryv3.DeltaDiscoveryResponse) error {
+	if err := gs.Send(resp); err != nil {
+		return err
+	}
+	s.metrics.responses.WithLabelValues(resp.TypeUrl).Inc()
+	return nil
+}
+
+// answeredLocked records an ACK or NACK of nonce.
+func (s *Server) answeredLocked(st *stream, sub *subscription, url, nonce string, req *discoveryv3.DeltaDiscoveryRequest) {
+	version, ok := sub.pending[nonce]
+	if !ok {
+		return
+	}
+	// Requests answer responses in order: older nonces are answered too.
+	n, _ := strconv.ParseInt(nonce, 10, 64)
+	for p := range sub.pending {
+		if q, _ := strconv.ParseInt(p, 10, 64); q <= n {
+			delete(sub.pending, p)
+		}
+	}
+	if e := req.GetErrorDetail(); e != nil {
+		sub.nack, sub.nackedVersion = e.GetMessage(), version
+		s.metrics.nacks.WithLabelValues(url).Inc()
+		s.log.Warn("proxy rejected config", "id", st.node.GetId(), "type", url, "version", version, "error", e.GetMessage())
+		return
+	}
+	sub.ackedVersion, sub.ackedAt, sub.nack = version, time.Now(), ""
 }
 
 // ProxyStatus is one connected proxy, as /debug/syncz lists it.
@@ -66,35 +311,32 @@ type TypeStatus struct {
 
 // Syncz lists the connected proxies by id.
 func (s *Server) Syncz() []ProxyStatus {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.mu.RLock()
+	defer s.mu.RUnlock()
 	out := make([]ProxyStatus, 0, len(s.streams))
 	for _, st := range s.streams {
 		ps := ProxyStatus{ID: st.node.GetId(), Peer: st.peer, Principal: st.principal, Since: st.since}
 		if v := st.node.GetMetadata().GetFields()["NODE_NAME"]; v != nil {
 			ps.Node = v.GetStringValue()
 		}
-		for t, ts := range st.types {
-			server := s.version[t].version
-			if server == "" {
-				server = "0"
-			}
-			status := TypeStatus{
-				TypeURL: t, ServerVersion: server,
-				SentVersion: ts.sentVersion, SentAt: ts.sentAt,
-				AckedVersion: ts.ackedVersion, AckedAt: ts.ackedAt,
+		for url, sub := range st.subs {
+			server := genString(s.types[url].gen)
+			ts := TypeStatus{
+				TypeURL: url, ServerVersion: server,
+				SentVersion: sub.sentVersion, SentAt: sub.sentAt,
+				AckedVersion: sub.ackedVersion, AckedAt: sub.ackedAt,
 			}
 			switch {
-			case ts.nack != "" && ts.nackedVersion == ts.sentVersion:
-				status.State, status.Error = "NACKED", ts.nack
-			case ts.sentNonce == "":
-				status.State = "NOT SENT"
-			case ts.ackedVersion == server && len(ts.pending) == 0:
-				status.State = "SYNCED"
+			case sub.nack != "" && sub.nackedVersion == sub.sentVersion:
+				ts.State, ts.Error = "NACKED", sub.nack
+			case sub.sentNonce == "":
+				ts.State = "NOT SENT"
+			case sub.sentGen == s.types[url].gen && sub.ackedVersion == sub.sentVersion && len(sub.pending) == 0:
+				ts.State = "SYNCED"
 			default:
-				status.State = "STALE"
+				ts.State = "STALE"
 			}
-			ps.Types = append(ps.Types, status)
+			ps.Types = append(ps.Types, ts)
 		}
 		slices.SortFunc(ps.Types, func(a, b TypeStatus) int { return cmp.Compare(a.TypeURL, b.TypeURL) })
 		out = append(out, ps)
@@ -102,115 +344,3 @@ func (s *Server) Syncz() []ProxyStatus {
 	slices.SortFunc(out, func(a, b ProxyStatus) int { return cmp.Or(cmp.Compare(a.ID, b.ID), a.Since.Compare(b.Since)) })
 	return out
 }
-
-// callbacks feeds the stream table from go-control-plane's server.
-type callbacks struct{ s *Server }
-
-var _ serverv3.Callbacks = callbacks{}
-
-func (c callbacks) OnDeltaStreamOpen(ctx context.Context, id int64, _ string) error {
-	st := &stream{id: id, since: time.Now(), types: map[string]*typeState{}}
-	if p, ok := peer.FromContext(ctx); ok {
-		st.peer = p.Addr.String()
-	}
-	st.principal = principalFrom(ctx)
-	c.s.mu.Lock()
-	c.s.streams[id] = st
-	n := len(c.s.streams)
-	c.s.mu.Unlock()
-	c.s.metrics.connected.Set(float64(n))
-	return nil
-}
-
-func (c callbacks) OnDeltaStreamClosed(id int64, node *corev3.Node) {
-	c.s.mu.Lock()
-	st := c.s.streams[id]
-	delete(c.s.streams, id)
-	n := len(c.s.streams)
-	c.s.mu.Unlock()
-	c.s.metrics.connected.Set(float64(n))
-	if st != nil && st.node != nil {
-		c.s.log.Info("proxy disconnected", "id", st.node.GetId(), "peer", st.peer)
-	}
-}
-
-func (c callbacks) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
-	c.s.mu.Lock()
-	defer c.s.mu.Unlock()
-	st := c.s.streams[id]
-	if st == nil {
-		return nil
-	}
-	if st.node == nil && req.GetNode() != nil {
-		st.node = req.GetNode()
-		c.s.log.Info("proxy connected", "id", st.node.GetId(), "peer", st.peer, "principal", st.principal)
-	}
-	ts := st.types[req.GetTypeUrl()]
-	if ts == nil {
-		ts = &typeState{pending: map[string]string{}}
-		st.types[req.GetTypeUrl()] = ts
-	}
-	nonce := req.GetResponseNonce()
-	if nonce == "" {
-		return nil
-	}
-	version, ok := ts.pending[nonce]
-	if !ok {
-		return nil
-	}
-	// Requests answer responses in order: older nonces are answered too.
-	for n := range ts.pending {
-		if nonceLE(n, nonce) {
-			delete(ts.pending, n)
-		}
-	}
-	if e := req.GetErrorDetail(); e != nil {
-		ts.nack, ts.nackedVersion = e.GetMessage(), version
-		c.s.metrics.nacks.WithLabelValues(req.GetTypeUrl()).Inc()
-		c.s.log.Warn("proxy rejected config", "id", st.node.GetId(), "type", req.GetTypeUrl(), "version", version, "error", e.GetMessage())
-		return nil
-	}
-	ts.ackedVersion, ts.ackedAt, ts.nack = version, time.Now(), ""
-	return nil
-}
-
-func (c callbacks) OnStreamDeltaResponse(id int64, req *discoveryv3.DeltaDiscoveryRequest, resp *discoveryv3.DeltaDiscoveryResponse) {
-	c.s.mu.Lock()
-	defer c.s.mu.Unlock()
-	st := c.s.streams[id]
-	if st == nil {
-		return
-	}
-	ts := st.types[resp.GetTypeUrl()]
-	if ts == nil {
-		ts = &typeState{pending: map[string]string{}}
-		st.types[resp.GetTypeUrl()] = ts
-	}
-	ts.sentNonce, ts.sentVersion, ts.sentAt = resp.GetNonce(), resp.GetSystemVersionInfo(), time.Now()
-	ts.sentResources = len(resp.GetResources())
-	ts.pending[resp.GetNonce()] = resp.GetSystemVersionInfo()
-	if at := c.s.version[resp.GetTypeUrl()].at; !at.IsZero() {
-		c.s.metrics.pushLatency.WithLabelValues(resp.GetTypeUrl()).Observe(time.Since(at).Seconds())
-	}
-	c.s.metrics.responses.WithLabelValues(resp.GetTypeUrl()).Inc()
-}
-
-// nonceLE compares the server's decimal nonces.
-func nonceLE(a, b string) bool {
-	return len(a) < len(b) || len(a) == len(b) && a <= b
-}
-
-// State-of-the-world ADS and REST fetches are not served: ztunnel speaks
-// delta only.
-
-func (callbacks) OnStreamOpen(context.Context, int64, string) error { return errSotW }
-func (callbacks) OnStreamClosed(int64, *corev3.Node)                {}
-func (callbacks) OnStreamRequest(int64, *discoveryv3.DiscoveryRequest) error {
-	return errSotW
-}
-func (callbacks) OnStreamResponse(context.Context, int64, *discoveryv3.DiscoveryRequest, *discoveryv3.DiscoveryResponse) {
-}
-func (callbacks) OnFetchRequest(context.Context, *discoveryv3.DiscoveryRequest) error {
-	return errSotW
-}
-func (callbacks) OnFetchResponse(*discoveryv3.DiscoveryRequest, *discoveryv3.DiscoveryResponse) {}
