@@ -23,6 +23,7 @@ import (
 	"hash/fnv"
 	"log/slog"
 	"maps"
+	"runtime"
 	"slices"
 	"sort"
 	"strconv"
@@ -117,21 +118,49 @@ func (s *Server) Set(typeURL string, resources map[string]proto.Message) (change
 	s.mu.RLock()
 	prev := ts.res
 	s.mu.RUnlock()
-	opts := proto.MarshalOptions{Deterministic: true}
-	next := make(map[string]*resource, len(resources))
-	var names []string
+	// Encode on every core: with a mesh-sized set this is most of a push.
+	type item struct {
+		name string
+		msg  proto.Message
+		res  *resource
+		err  error
+	}
+	items := make([]item, 0, len(resources))
 	for name, m := range resources {
-		b, err := opts.Marshal(m)
-		if err != nil {
-			return 0, 0, fmt.Errorf("xds: marshal %s %q: %w", typeURL, name, err)
+		items = append(items, item{name: name, msg: m})
+	}
+	workers := min(runtime.GOMAXPROCS(0), 1+len(items)/512)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			opts := proto.MarshalOptions{Deterministic: true}
+			for i := w; i < len(items); i += workers {
+				it := &items[i]
+				b, err := opts.Marshal(it.msg)
+				if err != nil {
+					it.err = err
+					continue
+				}
+				if old, ok := prev[it.name]; ok && bytes.Equal(old.body, b) {
+					it.res = old
+					continue
+				}
+				it.res = &resource{body: b, version: version(b)}
+			}
+		})
+	}
+	wg.Wait()
+	next := make(map[string]*resource, len(items))
+	var names []string
+	for _, it := range items {
+		if it.err != nil {
+			return 0, 0, fmt.Errorf("xds: marshal %s %q: %w", typeURL, it.name, it.err)
 		}
-		if old, ok := prev[name]; ok && bytes.Equal(old.body, b) {
-			next[name] = old
-			continue
+		next[it.name] = it.res
+		if old := prev[it.name]; old != it.res {
+			names = append(names, it.name)
+			changed++
 		}
-		next[name] = &resource{body: b, version: version(b)}
-		names = append(names, name)
-		changed++
 	}
 	for name := range prev {
 		if _, ok := next[name]; !ok {
