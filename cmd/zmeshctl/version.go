@@ -1,12 +1,13 @@
 package main
 
 import (
+	"github.com/zmesh/zmesh/internal/version"
+
 	"context"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
-	"runtime/debug"
 )
 
 const versionHelp = `
@@ -15,53 +16,10 @@ checkout, the commit and its time. With --zmeshd it also asks zmeshd
 (GET /version on its monitoring address).`
 
 // versionInfo is a binary's version as its build info records it.
-type versionInfo struct {
-	Version   string `json:"version"`
-	Revision  string `json:"revision,omitempty"`
-	Time      string `json:"time,omitempty"`
-	Modified  bool   `json:"modified,omitempty"`
-	GoVersion string `json:"goVersion,omitempty"`
-}
-
-func (v versionInfo) String() string {
-	s := v.Version
-	if v.Revision != "" {
-		s += ", revision " + v.Revision
-		if v.Modified {
-			s += " (modified)"
-		}
-	}
-	if v.Time != "" {
-		s += ", commit time " + v.Time
-	}
-	if v.GoVersion != "" {
-		s += ", " + v.GoVersion
-	}
-	return s
-}
+type versionInfo = version.Info
 
 // buildVersion reads the running binary's version.
-func buildVersion() versionInfo {
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return versionInfo{Version: "unknown (no build info)"}
-	}
-	v := versionInfo{Version: bi.Main.Version, GoVersion: bi.GoVersion}
-	if v.Version == "" {
-		v.Version = "(devel)"
-	}
-	for _, s := range bi.Settings {
-		switch s.Key {
-		case "vcs.revision":
-			v.Revision = s.Value
-		case "vcs.time":
-			v.Time = s.Value
-		case "vcs.modified":
-			v.Modified = s.Value == "true"
-		}
-	}
-	return v
-}
+func buildVersion() versionInfo { return version.Get() }
 
 // versions is what `zmeshctl version` reports. Server is nil when zmeshd
 // was not asked or could not say; ServerNote then says which.

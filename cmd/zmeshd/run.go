@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -29,6 +30,7 @@ import (
 	"github.com/zmesh/zmesh/controlplane/translate"
 	"github.com/zmesh/zmesh/controlplane/xds"
 	"github.com/zmesh/zmesh/identity"
+	"github.com/zmesh/zmesh/internal/version"
 )
 
 // zmeshd is one running control plane.
@@ -229,6 +231,10 @@ func (z *zmeshd) serve(ctx context.Context, wg *sync.WaitGroup, errc chan<- erro
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(z.reg, promhttp.HandlerOpts{}))
 	mux.Handle("GET /debug/syncz", z.xds.SynczHandler())
+	mux.HandleFunc("GET /version", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(version.Get())
+	})
 	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, r *http.Request) {
 		if !z.pipe.Pushed() {
 			http.Error(w, "config not loaded yet", http.StatusServiceUnavailable)

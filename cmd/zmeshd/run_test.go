@@ -25,6 +25,7 @@ import (
 
 	"github.com/zmesh/zmesh/controlplane/xds"
 	"github.com/zmesh/zmesh/identity"
+	"github.com/zmesh/zmesh/internal/version"
 	"github.com/zmesh/zmesh/ztunnel/config"
 	"github.com/zmesh/zmesh/ztunnel/state"
 	zxds "github.com/zmesh/zmesh/ztunnel/xds"
@@ -206,6 +207,17 @@ func TestDirectoryModeFeedsZtunnel(t *testing.T) {
 	}
 	if proxies[0].ID != "ztunnel~node-a" {
 		t.Errorf("syncz id = %q", proxies[0].ID)
+	}
+
+	// GET /version, which `zmeshctl version --zmeshd` reads.
+	resp, err := http.Get("http://" + z.monAddr + "/version")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var v version.Info
+	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil || v.Version == "" || v.GoVersion == "" {
+		t.Errorf("/version = %+v, %v", v, err)
 	}
 }
 
