@@ -1,0 +1,540 @@
+package noderunner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	listersv1 "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/workqueue"
+
+	"github.com/zmesh/zmesh/e2e/netenv"
+)
+
+// Kubelet is the Kubernetes mode of the node runner: the part of a kubelet
+// the mesh depends on, played honestly against a real API server. It keeps
+// its Node object Ready (status and Lease heartbeats), watches the pods
+// bound to its node, and for each one creates a network namespace, runs the
+// node's CNI configuration through libcni from the node's host namespace
+// (whatever the conflist in ConfDir holds when the pod starts: on a meshed
+// node, the primary plugins and then zmesh-cni), starts the pod's process
+// inside the namespace and reports the pod Running and Ready with its IP.
+// When the pod is deleted it stops the process, runs CNI DEL, removes the
+// namespace and lets the deletion finish. hostNetwork pods are left alone
+// (the harness's own DaemonSet stand-ins).
+type Kubelet struct {
+	Client kubernetes.Interface
+	Node   string
+	// Host is the node's host namespace: the CNI plugins run there and
+	// probes are sent from there.
+	Host *netenv.NS
+	// HostIP is the node's address on the underlay (Node InternalIP).
+	HostIP netip.Addr
+	// PodCIDR is the node's pod range (Node spec.podCIDR).
+	PodCIDR netip.Prefix
+	// CNIBinDir and CNIConfDir are the node's CNI directories.
+	CNIBinDir, CNIConfDir string
+	// App returns the command to run as the pod's process (started inside
+	// the pod's namespace); nil runs no process.
+	App func(pod *corev1.Pod) *exec.Cmd
+	Log *slog.Logger
+
+	mu   sync.Mutex
+	pods map[types.UID]*RunningPod
+	// done holds the uids torn down, so late events do not start them again.
+	done map[types.UID]bool
+}
+
+// RunningPod is a pod the kubelet started.
+type RunningPod struct {
+	UID             types.UID
+	Namespace, Name string
+	NS              *netenv.NS
+	IP              netip.Addr
+	cmd             *exec.Cmd
+	exited          chan struct{}
+	rt              *libcni.RuntimeConf
+}
+
+// Register creates (or updates) the Node object and reports it Ready.
+func (k *Kubelet) Register(ctx context.Context, labels map[string]string) error {
+	if k.Log == nil {
+		k.Log = slog.Default()
+	}
+	lbl := map[string]string{"kubernetes.io/hostname": k.Node, "kubernetes.io/os": "linux"}
+	for key, v := range labels {
+		lbl[key] = v
+	}
+	node := &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: k.Node, Labels: lbl},
+		Spec:       corev1.NodeSpec{PodCIDR: k.PodCIDR.String(), PodCIDRs: []string{k.PodCIDR.String()}},
+	}
+	if _, err := k.Client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("create node %s: %w", k.Node, err)
+	}
+	return k.heartbeat(ctx)
+}
+
+// heartbeat writes the Ready condition and renews the node's Lease, as a
+// kubelet does, so the node lifecycle controller keeps it schedulable.
+func (k *Kubelet) heartbeat(ctx context.Context) error {
+	now := metav1.Now()
+	node, err := k.Client.CoreV1().Nodes().Get(ctx, k.Node, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	capacity := corev1.ResourceList{
+		corev1.ResourceCPU:    resource.MustParse("8"),
+		corev1.ResourceMemory: resource.MustParse("16Gi"),
+		corev1.ResourcePods:   resource.MustParse("110"),
+	}
+	node.Status.Capacity, node.Status.Allocatable = capacity, capacity
+	node.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: k.HostIP.String()}, {Type: corev1.NodeHostName, Address: k.Node}}
+	node.Status.NodeInfo = corev1.NodeSystemInfo{KubeletVersion: "v1.37.2-zmesh-e2e", OperatingSystem: "linux", Architecture: "amd64"}
+	trans := now
+	for _, c := range node.Status.Conditions {
+		if c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue {
+			trans = c.LastTransitionTime
+		}
+	}
+	node.Status.Conditions = []corev1.NodeCondition{{
+		Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady", Message: "zmesh e2e node runner",
+		LastHeartbeatTime: now, LastTransitionTime: trans,
+	}}
+	if _, err := k.Client.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("node %s status: %w", k.Node, err)
+	}
+	leases := k.Client.CoordinationV1().Leases(corev1.NamespaceNodeLease)
+	renew := metav1.NewMicroTime(time.Now())
+	dur := int32(40)
+	lease, err := leases.Get(ctx, k.Node, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		_, err = leases.Create(ctx, &coordinationv1.Lease{
+			ObjectMeta: metav1.ObjectMeta{Name: k.Node, Namespace: corev1.NamespaceNodeLease},
+			Spec:       coordinationv1.LeaseSpec{HolderIdentity: &k.Node, LeaseDurationSeconds: &dur, RenewTime: &renew},
+		}, metav1.CreateOptions{})
+		return err
+	}
+	if err != nil {
+		return err
+	}
+	lease.Spec.RenewTime = &renew
+	_, err = leases.Update(ctx, lease, metav1.UpdateOptions{})
+	return err
+}
+
+// Run serves the node's pods until ctx ends, then tears every pod it
+// started down (process, CNI DEL, namespace) and returns.
+func (k *Kubelet) Run(ctx context.Context) error {
+	if k.Log == nil {
+		k.Log = slog.Default()
+	}
+	k.mu.Lock()
+	k.pods, k.done = map[types.UID]*RunningPod{}, map[types.UID]bool{}
+	k.mu.Unlock()
+	inf := informers.NewSharedInformerFactoryWithOptions(k.Client, 0,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "spec.nodeName=" + k.Node }))
+	podInf := inf.Core().V1().Pods()
+	queue := workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]())
+	enqueue := func(obj any) {
+		if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
+			queue.Add(key)
+		}
+	}
+	podInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: enqueue, UpdateFunc: func(_, o any) { enqueue(o) }, DeleteFunc: enqueue,
+	})
+	lister := podInf.Lister()
+	inf.Start(ctx.Done())
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		t := time.NewTicker(10 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if err := k.heartbeat(ctx); err != nil && ctx.Err() == nil {
+					k.Log.Warn("node heartbeat", "reason", err.Error())
+				}
+			}
+		}
+	})
+	for range 3 {
+		wg.Go(func() {
+			for {
+				key, quit := queue.Get()
+				if quit {
+					return
+				}
+				if err := k.sync(ctx, lister, key); err != nil && ctx.Err() == nil {
+					k.Log.Warn("pod sync", "pod", key, "reason", err.Error())
+					queue.AddRateLimited(key)
+				} else {
+					queue.Forget(key)
+				}
+				queue.Done(key)
+			}
+		})
+	}
+	<-ctx.Done()
+	queue.ShutDown()
+	inf.Shutdown()
+	wg.Wait()
+	// Teardown with a fresh context: ctx is over.
+	k.mu.Lock()
+	pods := make([]*RunningPod, 0, len(k.pods))
+	for _, p := range k.pods {
+		pods = append(pods, p)
+	}
+	k.mu.Unlock()
+	var errs []error
+	for _, p := range pods {
+		errs = append(errs, k.stop(context.Background(), p))
+	}
+	return errors.Join(errs...)
+}
+
+// sync brings one pod to what the API says.
+func (k *Kubelet) sync(ctx context.Context, lister listersv1.PodLister, key string) error {
+	ns, name, _ := cache.SplitMetaNamespaceKey(key)
+	pod, err := lister.Pods(ns).Get(name)
+	gone := apierrors.IsNotFound(err)
+	if err != nil && !gone {
+		return err
+	}
+	// Whatever we run under this name but with another uid (or at all, if
+	// the pod is gone) stops.
+	k.mu.Lock()
+	var stale []*RunningPod
+	for uid, p := range k.pods {
+		if p.Namespace == ns && p.Name == name && (gone || uid != pod.UID) {
+			stale = append(stale, p)
+		}
+	}
+	k.mu.Unlock()
+	for _, p := range stale {
+		if err := k.stop(ctx, p); err != nil {
+			return err
+		}
+	}
+	if gone || pod.Spec.HostNetwork {
+		return nil
+	}
+	if pod.DeletionTimestamp != nil {
+		k.mu.Lock()
+		p := k.pods[pod.UID]
+		k.mu.Unlock()
+		if p != nil {
+			if err := k.stop(ctx, p); err != nil {
+				return err
+			}
+		}
+		// The kubelet's final delete, once the pod's containers are gone.
+		zero := int64(0)
+		err := k.Client.CoreV1().Pods(ns).Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: &zero, Preconditions: &metav1.Preconditions{UID: &pod.UID}})
+		if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
+			return nil
+		}
+		return err
+	}
+	k.mu.Lock()
+	_, running := k.pods[pod.UID]
+	done := k.done[pod.UID]
+	k.mu.Unlock()
+	if running || done {
+		return nil
+	}
+	return k.start(ctx, pod)
+}
+
+// conf loads the node's CNI configuration as a runtime does: the first
+// conflist of the directory.
+func (k *Kubelet) conf() (*libcni.NetworkConfigList, error) {
+	files, err := libcni.ConfFiles(k.CNIConfDir, []string{".conflist"})
+	if err != nil {
+		return nil, err
+	}
+	if len(files) == 0 {
+		return nil, fmt.Errorf("no conflist in %s", k.CNIConfDir)
+	}
+	return libcni.ConfListFromFile(files[0])
+}
+
+func (k *Kubelet) cni(op string, rt *libcni.RuntimeConf) (*current.Result, error) {
+	list, err := k.conf()
+	if err != nil {
+		return nil, err
+	}
+	c := libcni.NewCNIConfig([]string{k.CNIBinDir}, nil)
+	var res *current.Result
+	err = k.Host.Do(func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		if op == "DEL" {
+			return c.DelNetworkList(ctx, list, rt)
+		}
+		r, err := c.AddNetworkList(ctx, list, rt)
+		if err != nil {
+			return err
+		}
+		res, err = current.NewResultFromResult(r)
+		return err
+	})
+	return res, err
+}
+
+func (k *Kubelet) start(ctx context.Context, pod *corev1.Pod) error {
+	started := time.Now()
+	ns, err := netenv.NewNS("pod")
+	if err != nil {
+		return err
+	}
+	p := &RunningPod{UID: pod.UID, Namespace: pod.Namespace, Name: pod.Name, NS: ns, rt: &libcni.RuntimeConf{
+		ContainerID: "zmesh-e2e-" + string(pod.UID),
+		NetNS:       "/run/netns/" + ns.Name,
+		IfName:      "eth0",
+		Args: [][2]string{
+			{"IgnoreUnknown", "1"},
+			{"K8S_POD_NAMESPACE", pod.Namespace},
+			{"K8S_POD_NAME", pod.Name},
+			{"K8S_POD_INFRA_CONTAINER_ID", "zmesh-e2e-" + string(pod.UID)},
+			{"K8S_POD_UID", string(pod.UID)},
+		},
+	}}
+	res, err := k.cni("ADD", p.rt)
+	if err != nil {
+		// As a kubelet: the sandbox failed; clean it and retry later.
+		k.cni("DEL", p.rt)
+		ns.Close()
+		return fmt.Errorf("CNI ADD: %w", err)
+	}
+	for _, ipc := range res.IPs {
+		if a, ok := netip.AddrFromSlice(ipc.Address.IP); ok && a.Unmap().Is4() {
+			p.IP = a.Unmap()
+		}
+	}
+	if !p.IP.IsValid() {
+		k.cni("DEL", p.rt)
+		ns.Close()
+		return fmt.Errorf("CNI ADD returned no IPv4 address: %v", res)
+	}
+	if k.App != nil {
+		cmd := k.App(pod)
+		if err := ns.Do(cmd.Start); err != nil {
+			k.cni("DEL", p.rt)
+			ns.Close()
+			return fmt.Errorf("start the pod's process: %w", err)
+		}
+		p.cmd, p.exited = cmd, make(chan struct{})
+		go func() {
+			cmd.Wait()
+			if f, ok := cmd.Stdout.(*os.File); ok {
+				f.Close()
+			}
+			close(p.exited)
+		}()
+		if err := waitListening(ctx, ns, p.IP); err != nil {
+			k.stop(ctx, p)
+			return err
+		}
+	}
+	k.mu.Lock()
+	k.pods[pod.UID] = p
+	k.mu.Unlock()
+	if err := k.writeStatus(ctx, pod, p, true); err != nil {
+		return err
+	}
+	k.Log.Info("pod running", "pod", pod.Namespace+"/"+pod.Name, "ip", p.IP, "took", time.Since(started).Round(time.Millisecond))
+	return nil
+}
+
+// waitListening waits for the app to accept on its own address from inside
+// its namespace (a pod talking to itself is never captured).
+func waitListening(ctx context.Context, ns *netenv.NS, ip netip.Addr) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := ns.Dial(ctx, "tcp", netip.AddrPortFrom(ip, 8080).String())
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the pod's process does not listen on %s:8080: %w", ip, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (k *Kubelet) writeStatus(ctx context.Context, pod *corev1.Pod, p *RunningPod, ready bool) error {
+	for attempt := 0; ; attempt++ {
+		cur, err := k.Client.CoreV1().Pods(pod.Namespace).Get(ctx, pod.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if cur.UID != p.UID {
+			return nil
+		}
+		now := metav1.Now()
+		st := corev1.ConditionFalse
+		if ready {
+			st = corev1.ConditionTrue
+		}
+		cur.Status.Phase = corev1.PodRunning
+		cur.Status.PodIP = p.IP.String()
+		cur.Status.PodIPs = []corev1.PodIP{{IP: p.IP.String()}}
+		cur.Status.HostIP = k.HostIP.String()
+		cur.Status.HostIPs = []corev1.HostIP{{IP: k.HostIP.String()}}
+		if cur.Status.StartTime == nil {
+			cur.Status.StartTime = &now
+		}
+		cur.Status.Conditions = []corev1.PodCondition{
+			{Type: corev1.PodScheduled, Status: corev1.ConditionTrue, LastTransitionTime: now},
+			{Type: corev1.PodInitialized, Status: corev1.ConditionTrue, LastTransitionTime: now},
+			{Type: corev1.ContainersReady, Status: st, LastTransitionTime: now},
+			{Type: corev1.PodReady, Status: st, LastTransitionTime: now},
+		}
+		cur.Status.ContainerStatuses = nil
+		for _, c := range cur.Spec.Containers {
+			cur.Status.ContainerStatuses = append(cur.Status.ContainerStatuses, corev1.ContainerStatus{
+				Name: c.Name, Image: c.Image, Ready: ready, Started: new(true),
+				State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: *cur.Status.StartTime}},
+			})
+		}
+		_, err = k.Client.CoreV1().Pods(pod.Namespace).UpdateStatus(ctx, cur, metav1.UpdateOptions{})
+		if apierrors.IsConflict(err) && attempt < 5 {
+			continue
+		}
+		return err
+	}
+}
+
+// stop ends a pod: its process, CNI DEL, its namespace.
+func (k *Kubelet) stop(ctx context.Context, p *RunningPod) error {
+	k.mu.Lock()
+	if k.pods[p.UID] != p {
+		k.mu.Unlock()
+		return nil
+	}
+	k.mu.Unlock()
+	if p.cmd != nil {
+		p.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-p.exited:
+		case <-time.After(5 * time.Second):
+			p.cmd.Process.Kill()
+			<-p.exited
+		}
+	}
+	if _, err := k.cni("DEL", p.rt); err != nil {
+		return fmt.Errorf("CNI DEL of %s/%s: %w", p.Namespace, p.Name, err)
+	}
+	err := p.NS.Close()
+	k.mu.Lock()
+	delete(k.pods, p.UID)
+	k.done[p.UID] = true
+	k.mu.Unlock()
+	k.Log.Info("pod stopped", "pod", p.Namespace+"/"+p.Name)
+	return err
+}
+
+// Pod returns the running pod of that name, or nil.
+func (k *Kubelet) Pod(namespace, name string) *RunningPod {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for _, p := range k.pods {
+		if p.Namespace == namespace && p.Name == name {
+			return p
+		}
+	}
+	return nil
+}
+
+// SetReady reports a running pod's readiness, as a readiness probe's
+// result would.
+func (k *Kubelet) SetReady(ctx context.Context, namespace, name string, ready bool) error {
+	p := k.Pod(namespace, name)
+	if p == nil {
+		return fmt.Errorf("pod %s/%s does not run on %s", namespace, name, k.Node)
+	}
+	pod, err := k.Client.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	return k.writeStatus(ctx, pod, p, ready)
+}
+
+// Probe is a kubelet-style probe: a TCP connection from the node's host
+// namespace (no source address bound) to the pod, and an HTTP GET over it.
+func (k *Kubelet) Probe(ctx context.Context, pod netip.AddrPort) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	c, err := k.Host.Dial(ctx, "tcp", pod.String())
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	fmt.Fprintf(c, "GET /healthz HTTP/1.1\r\nHost: %s\r\nUser-Agent: kube-probe/1.37\r\nConnection: close\r\n\r\n", pod)
+	b := make([]byte, 4096)
+	n, err := readAll(c, b)
+	if n == 0 {
+		return "", fmt.Errorf("probe %s: no answer: %w", pod, err)
+	}
+	return string(b[:n]), nil
+}
+
+func readAll(c net.Conn, b []byte) (int, error) {
+	n := 0
+	for n < len(b) {
+		m, err := c.Read(b[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// AppCommand is the usual App: this same executable, which turns into the
+// pod's app when it sees env (see e2e/podapp), with its output in logDir.
+func AppCommand(env string, logDir string) func(pod *corev1.Pod) *exec.Cmd {
+	return func(pod *corev1.Pod) *exec.Cmd {
+		exe, _ := os.Executable()
+		cmd := exec.Command(exe)
+		cmd.Env = append(os.Environ(), env+"="+pod.Namespace+"/"+pod.Name)
+		if f, err := os.Create(filepath.Join(logDir, "pod-"+pod.Namespace+"-"+pod.Name+"-"+string(pod.UID)[:8]+".log")); err == nil {
+			cmd.Stdout, cmd.Stderr = f, f
+		}
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		return cmd
+	}
+}
+
+// Count is how many pods run.
+func (k *Kubelet) Count() int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return len(k.pods)
+}
