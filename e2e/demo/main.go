@@ -36,6 +36,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/term"
 
 	"github.com/zmesh/zmesh/cni/agent"
 	"github.com/zmesh/zmesh/controlplane/model"
@@ -62,8 +63,11 @@ func main() {
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *bin, os.Stdout); err != nil {
-		fmt.Fprintln(os.Stderr, "demo failed:", err)
+	// At a terminal the mesh stays up after the tour until Ctrl-C; in CI
+	// (stdin not a terminal) the demo exits after it.
+	stay := term.IsTerminal(int(os.Stdin.Fd()))
+	if err := run(ctx, *bin, os.Stdout, stay); err != nil {
+		fmt.Fprintf(os.Stderr, "  ✗ %v\ndemo failed\n", err)
 		os.Exit(1)
 	}
 }
@@ -79,11 +83,17 @@ func (p *pod) id() string { return identity.MustWorkloadID(td.Name(), p.ns, p.sa
 
 type story struct{ out io.Writer }
 
+// say prints a step that passed, with its evidence.
 func (s story) say(who, format string, args ...any) {
-	fmt.Fprintf(s.out, "  %-8s %s\n", who, fmt.Sprintf(format, args...))
+	fmt.Fprintf(s.out, "  ✓ %-8s %s\n", who, fmt.Sprintf(format, args...))
 }
 
-func run(ctx context.Context, binDir string, out io.Writer) error {
+// note prints a line that is not a check.
+func (s story) note(format string, args ...any) {
+	fmt.Fprintf(s.out, "    %s\n", fmt.Sprintf(format, args...))
+}
+
+func run(ctx context.Context, binDir string, out io.Writer, stay bool) error {
 	if os.Geteuid() != 0 {
 		return errors.New("the demo creates network namespaces and loads eBPF: it needs root (try: sudo make demo)")
 	}
@@ -103,8 +113,8 @@ func run(ctx context.Context, binDir string, out io.Writer) error {
 	}
 	if binDir == "" {
 		binDir = filepath.Join(tmp, "bin")
-		st.say("build", "go build ./cmd/zmeshd ./cmd/ztunnel")
-		cmd := exec.CommandContext(ctx, "go", "build", "-o", binDir+"/", "github.com/zmesh/zmesh/cmd/zmeshd", "github.com/zmesh/zmesh/cmd/ztunnel")
+		st.note("building zmeshd, ztunnel and zmeshctl (go build ./cmd/...)")
+		cmd := exec.CommandContext(ctx, "go", "build", "-o", binDir+"/", "github.com/zmesh/zmesh/cmd/zmeshd", "github.com/zmesh/zmesh/cmd/ztunnel", "github.com/zmesh/zmesh/cmd/zmeshctl")
 		cmd.Stderr = os.Stderr
 		if err := cmd.Run(); err != nil {
 			return fmt.Errorf("build: %w", err)
@@ -186,7 +196,7 @@ func run(ctx context.Context, binDir string, out io.Writer) error {
 		}
 		n, err := noderunner.Start(name, ndir, members, lan.Underlay.Handle(), quiet)
 		if err != nil {
-			return err
+			return fmt.Errorf("%s: start the CNI agent: %w (the kernel needs BPF: CONFIG_BPF_SYSCALL and a bpffs mount)", name, err)
 		}
 		defer n.Close()
 		nodes[name] = n
@@ -218,7 +228,7 @@ func run(ctx context.Context, binDir string, out io.Writer) error {
 		}
 		np := noderunner.Pod{UID: string(model.FilePodUID(p.ns, p.name)), Name: p.name, Namespace: p.ns, NetnsPath: "/run/netns/" + p.netns.Name, IPs: []string{p.addr.String()}}
 		if _, err := nodes[p.node].Add(ctx, np); err != nil {
-			return fmt.Errorf("enrol %s: %w", p.name, err)
+			return fmt.Errorf("enrol %s: %w (capture needs eBPF sk_lookup programs: Linux 5.9 or later)", p.name, err)
 		}
 		defer nodes[p.node].Del(context.Background(), np)
 		st.say("net", "%-7s %s  on %s, captured (eBPF sk_lookup), identity %s", p.name, p.addr, p.node, p.id())
@@ -337,6 +347,23 @@ func run(ctx context.Context, binDir string, out io.Writer) error {
 	st.say("node-2", "config_dump: %d bytes (workloads, services, policies, pods, certificates)", len(dump))
 	fmt.Fprintln(out)
 	st.say("done", "captured plain TCP crossed nodes over mTLS with identities, policy refused the rest, and an edit took effect")
+	if !stay {
+		return nil
+	}
+	fmt.Fprintln(out)
+	fmt.Fprintln(out, "The mesh is up. Try (as root, in another terminal):")
+	fmt.Fprintf(out, "  # alice calls the echo service through the mesh\n")
+	fmt.Fprintf(out, "  ip netns exec %s bash -c 'exec 3<>/dev/tcp/10.96.0.10/80; echo hello >&3; head -1 <&3'\n", alice.netns.Name)
+	fmt.Fprintf(out, "  # mallory is refused by policy\n")
+	fmt.Fprintf(out, "  ip netns exec %s bash -c 'exec 3<>/dev/tcp/%s/8080; echo hello >&3; head -1 <&3'\n", mallory.netns.Name, bob.addr)
+	fmt.Fprintf(out, "  # what node-2's ztunnel knows, and whether the ztunnels are in sync with zmeshd\n")
+	fmt.Fprintf(out, "  %s ztunnel-config all --ztunnel-admin 127.0.0.1:%d\n", filepath.Join(binDir, "zmeshctl"), ztunnelPortBase+100)
+	fmt.Fprintf(out, "  %s proxy-status --zmeshd http://%s\n", filepath.Join(binDir, "zmeshctl"), zmeshdMonitoring)
+	fmt.Fprintf(out, "  # edit the mesh: zmeshd applies a saved change within a second\n")
+	fmt.Fprintf(out, "  $EDITOR %s    # then: tail -f %s\n", filepath.Join(meshDir, "30-policies.yaml"), filepath.Join(tmp, "zmeshd.log"))
+	fmt.Fprintln(out, "Press Ctrl-C to remove everything.")
+	<-ctx.Done()
+	fmt.Fprintln(out)
 	return nil
 }
 
@@ -476,10 +503,11 @@ func call(ctx context.Context, from *pod, dst netip.AddrPort, msg string) (strin
 	if err == nil && len(b) == 0 {
 		err = errors.New("closed without a reply")
 	}
-	return string(b), err
+	return strings.TrimSpace(string(b)), err
 }
 
-// serveApp answers each connection with what it received and from whom.
+// serveApp answers each line a connection sends with what it got and from
+// whom, until the caller closes.
 func serveApp(ln net.Listener) {
 	for {
 		c, err := ln.Accept()
@@ -488,8 +516,10 @@ func serveApp(ln net.Listener) {
 		}
 		go func() {
 			defer c.Close()
-			b, _ := io.ReadAll(c)
-			fmt.Fprintf(c, "bob's app got %q from %s", b, c.RemoteAddr().(*net.TCPAddr).IP)
+			sc := bufio.NewScanner(c)
+			for sc.Scan() {
+				fmt.Fprintf(c, "bob's app got %q from %s\n", sc.Text(), c.RemoteAddr().(*net.TCPAddr).IP)
+			}
 		}()
 	}
 }
