@@ -162,7 +162,9 @@ func (c *Conn) Ping(timeout time.Duration) error {
 // HTTPGet makes an HTTP request from the pod, on a new connection.
 func (p *Pod) HTTPGet(ctx context.Context, url string) (int, string, error) {
 	tr := &http.Transport{
-		DialContext:       func(ctx context.Context, network, addr string) (net.Conn, error) { return p.NS.Dial(ctx, network, addr) },
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return p.NS.Dial(ctx, network, addr)
+		},
 		DisableKeepAlives: true,
 	}
 	defer tr.CloseIdleConnections()
@@ -187,4 +189,20 @@ func (p *Pod) Addr(port uint16) netip.AddrPort { return netip.AddrPortFrom(p.IP,
 // Metrics returns the node's ztunnel /metrics.
 func (n *Node) Metrics(ctx context.Context) (string, error) {
 	return HTTPGet(ctx, "http://"+n.ZtunnelMetrics+"/metrics")
+}
+
+// Say sends a line and waits for its echo.
+func (c *Conn) Say(line string, timeout time.Duration) error {
+	c.SetDeadline(time.Now().Add(timeout))
+	if _, err := io.WriteString(c, line+"\n"); err != nil {
+		return err
+	}
+	got, err := c.r.ReadString('\n')
+	if err != nil {
+		return err
+	}
+	if got != line+"\n" {
+		return fmt.Errorf("echo %q", got)
+	}
+	return nil
 }

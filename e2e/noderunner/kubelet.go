@@ -26,6 +26,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	listersv1 "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/client-go/util/workqueue"
 
 	"github.com/zmesh/zmesh/e2e/netenv"
@@ -98,6 +99,11 @@ func (k *Kubelet) Register(ctx context.Context, labels map[string]string) error 
 // heartbeat writes the Ready condition and renews the node's Lease, as a
 // kubelet does, so the node lifecycle controller keeps it schedulable.
 func (k *Kubelet) heartbeat(ctx context.Context) error {
+	// The node lifecycle controller writes the node too (taints).
+	return retry.RetryOnConflict(retry.DefaultRetry, func() error { return k.beat(ctx) })
+}
+
+func (k *Kubelet) beat(ctx context.Context) error {
 	now := metav1.Now()
 	node, err := k.Client.CoreV1().Nodes().Get(ctx, k.Node, metav1.GetOptions{})
 	if err != nil {

@@ -1,0 +1,247 @@
+package l4
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/zmesh/zmesh/e2e/cluster"
+	"github.com/zmesh/zmesh/e2e/podapp"
+)
+
+// apply runs `kubectl apply -f e2e/testdata/<file>` and, at cleanup,
+// deletes the namespaces it names and waits for their pods to be torn
+// down by the node runners.
+func apply(t *testing.T, file string, namespaces ...string) {
+	t.Helper()
+	out, err := mesh.Kubectl(t.Context(), "apply", "-f", filepath.Join("..", "testdata", file))
+	if err != nil {
+		t.Fatalf("kubectl apply -f %s: %v", file, err)
+	}
+	t.Logf("$ kubectl apply -f e2e/testdata/%s\n%s", file, strings.TrimSpace(out))
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		for _, ns := range namespaces {
+			mesh.Kubectl(ctx, "delete", "namespace", ns, "--wait=false")
+		}
+		for _, ns := range namespaces {
+			for ctx.Err() == nil {
+				pods, err := mesh.Env.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+				if err == nil && len(pods.Items) == 0 {
+					break
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+		}
+	})
+}
+
+// kubectl runs kubectl and fails the test on error; it logs the command.
+func kubectl(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := mesh.Kubectl(t.Context(), args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("$ kubectl %s\n%s", strings.Join(args, " "), strings.TrimSpace(out))
+	return out
+}
+
+func waitPods(t *testing.T, ns string, n int) map[string]*cluster.Pod {
+	t.Helper()
+	pods, err := mesh.WaitPods(t.Context(), ns, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, p := range pods {
+		t.Logf("pod %s/%s running on %s at %s", ns, name, p.Node.Name, p.IP)
+	}
+	return pods
+}
+
+// eventually polls cond every 20 ms for up to d.
+func eventually(t *testing.T, d time.Duration, what string, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for !cond() {
+		if time.Since(start) > d {
+			t.Fatalf("after %s: %s", d, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+func redirected(t *testing.T, ns, name string) bool {
+	ok, err := mesh.Redirected(t.Context(), ns, name)
+	return err == nil && ok
+}
+
+// load opens a new connection per request from one pod to dst, again and
+// again, and records each outcome.
+type load struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+	mu     sync.Mutex
+	res    []outcome
+}
+
+type outcome struct {
+	start time.Time
+	took  time.Duration
+	pod   string
+	from  string
+	err   error
+}
+
+func startLoad(from *cluster.Pod, dst netip.AddrPort, every time.Duration) *load {
+	ctx, cancel := context.WithCancel(context.Background())
+	l := &load{cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(l.done)
+		for ctx.Err() == nil {
+			start := time.Now()
+			pod, src, err := from.Echo(ctx, dst)
+			if ctx.Err() != nil {
+				return
+			}
+			l.mu.Lock()
+			l.res = append(l.res, outcome{start, time.Since(start), pod, src, err})
+			l.mu.Unlock()
+			time.Sleep(every)
+		}
+	}()
+	return l
+}
+
+func (l *load) stop() { l.cancel(); <-l.done }
+
+// between counts outcomes of connections opened in [from, to).
+func (l *load) between(from, to time.Time) (ok int, failed []outcome) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, r := range l.res {
+		if r.start.Before(from) || !r.start.Before(to) {
+			continue
+		}
+		if r.err != nil {
+			failed = append(failed, r)
+		} else {
+			ok++
+		}
+	}
+	return ok, failed
+}
+
+// slowest is the longest a connection of [from, to) took to answer.
+func (l *load) slowest(from, to time.Time) time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var m time.Duration
+	for _, r := range l.res {
+		if !r.start.Before(from) && r.start.Before(to) && r.took > m {
+			m = r.took
+		}
+	}
+	return m.Round(time.Millisecond)
+}
+
+// perPod counts successful answers per answering pod.
+func (l *load) perPod(from time.Time) map[string]int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := map[string]int{}
+	for _, r := range l.res {
+		if r.err == nil && !r.start.Before(from) {
+			out[r.pod]++
+		}
+	}
+	return out
+}
+
+func describe(fs []outcome) string {
+	var b strings.Builder
+	for i, f := range fs {
+		if i == 5 {
+			fmt.Fprintf(&b, "... and %d more", len(fs)-5)
+			break
+		}
+		fmt.Fprintf(&b, "\n  %s: %v", f.start.Format("15:04:05.000"), f.err)
+	}
+	return b.String()
+}
+
+// watchConn pings a long-lived connection every 20 ms and reports when it
+// first fails.
+func watchConn(c interface{ Ping(time.Duration) error }) <-chan time.Time {
+	ch := make(chan time.Time, 1)
+	go func() {
+		for {
+			if err := c.Ping(5 * time.Second); err != nil {
+				ch <- time.Now()
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	return ch
+}
+
+var echoPort uint16 = podapp.EchoPort
+
+// accessLog returns node's ztunnel access log records for connections to
+// dst (ip) that completed.
+func accessLog(n *cluster.Node, dstIP string) []map[string]any {
+	var out []map[string]any
+	for _, r := range n.Ztunnel.LogRecords("connection complete") {
+		if a, _ := r["dst.addr"].(string); strings.HasPrefix(a, dstIP+":") {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// reach waits until connections from one pod to dst are answered (want
+// true) or refused (want false), and says how long that took and, when
+// answered, the greeting's caller address.
+func reach(t *testing.T, from *cluster.Pod, dst netip.AddrPort, want bool, what string) (time.Duration, string) {
+	t.Helper()
+	start := time.Now()
+	var lastErr error
+	var seen string
+	for {
+		_, src, err := from.Echo(t.Context(), dst)
+		lastErr, seen = err, src
+		if (err == nil) == want {
+			// Twice in a row, so one lucky connection does not count.
+			_, src2, err2 := from.Echo(t.Context(), dst)
+			if (err2 == nil) == want {
+				if want {
+					seen = src2
+				} else {
+					lastErr = err2
+				}
+				break
+			}
+		}
+		if time.Since(start) > 15*time.Second {
+			t.Fatalf("%s: after 15s connections still %s (last error: %v)", what, map[bool]string{true: "refused", false: "answered"}[want], lastErr)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	took := time.Since(start).Round(time.Millisecond)
+	if want {
+		t.Logf("%s: answered (server saw %s) [%s]", what, seen, took)
+	} else {
+		t.Logf("%s: refused (%v) [%s]", what, lastErr, took)
+	}
+	return took, seen
+}
