@@ -9,7 +9,7 @@ BENCH_PKGS := ./ztunnel/hbone/ ./ztunnel/inpod/ ./ztunnel/proxy/ ./cni/plugin/
 BENCH_COUNT ?= 3
 BENCH_TIME ?= 1s
 
-.PHONY: all build test demo bench bench-quick generate lint deps clean
+.PHONY: all build test demo bench bench-quick bench-micro generate lint deps clean
 
 all: build
 
@@ -30,11 +30,27 @@ test: deps lint
 demo: deps
 	$(GO) run ./e2e/demo
 
+# The mesh measured end to end (e2e/bench: two nodes in network namespaces,
+# direct / mesh / stunnel / haproxy paths interleaved, fortio and iperf3;
+# needs root), then the Go micro-benchmarks as ratios. Results go to
+# e2e/bench/results/. BENCH_FLAGS passes flags to the e2e bench (e.g.
+# -workloads maxrps -profile maxrps).
+BENCH_FLAGS ?=
 bench: deps
+	@ZMESH_BENCH=1 .ci/deps.sh
+	$(GO) build -o bin/ ./cmd/zmeshd ./cmd/ztunnel ./e2e/bench
+	bin/bench -bin bin -fortio "$${XDG_CACHE_HOME:-$$HOME/.cache}/zmesh/bench-tools/fortio" -out e2e/bench/results $(BENCH_FLAGS)
+	$(MAKE) bench-micro
+
+bench-micro:
 	$(GO) test -run '^$$' -bench . -benchmem -count $(BENCH_COUNT) -benchtime $(BENCH_TIME) $(BENCH_PKGS) | $(GO) run ./e2e/bench/benchratio -baseline tcp,tls,direct,without
 
-bench-quick:
-	$(MAKE) bench BENCH_COUNT=1 BENCH_TIME=300ms
+# About 3 minutes: the e2e bench with 2 short repetitions; the
+# micro-benchmarks run with `make bench-micro`.
+bench-quick: deps
+	@ZMESH_BENCH=1 .ci/deps.sh
+	$(GO) build -o bin/ ./cmd/zmeshd ./cmd/ztunnel ./e2e/bench
+	bin/bench -bin bin -fortio "$${XDG_CACHE_HOME:-$$HOME/.cache}/zmesh/bench-tools/fortio" -out e2e/bench/results -quick $(BENCH_FLAGS)
 
 # Regenerates committed generated code: the eBPF objects and their Go
 # bindings (bpf/, clang + libbpf headers, no kernel BTF needed) and the wire

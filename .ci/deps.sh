@@ -22,6 +22,13 @@ if [[ ${ZMESH_GENERATE:-} == 1 ]]; then
 	command -v protoc >/dev/null || need+=(protobuf-compiler)
 fi
 
+if [[ ${ZMESH_BENCH:-} == 1 ]]; then
+	# make bench: the peers the mesh is measured against, and iperf3.
+	command -v stunnel4 >/dev/null || need+=(stunnel4)
+	command -v haproxy >/dev/null || need+=(haproxy)
+	command -v iperf3 >/dev/null || need+=(iperf3)
+fi
+
 if ((${#need[@]})); then
 	if [[ $(id -u) -ne 0 ]]; then
 		echo "deps: missing ${need[*]}; run as root or install them" >&2
@@ -51,6 +58,18 @@ if [[ ! -x $cni_ref_dir/bridge || ! -x $cni_ref_dir/host-local ]]; then
 	GOFLAGS= GOBIN=$cni_ref_dir go install \
 		"github.com/containernetworking/plugins/plugins/main/bridge@$cni_ref" \
 		"github.com/containernetworking/plugins/plugins/ipam/host-local@$cni_ref"
+fi
+
+if [[ ${ZMESH_BENCH:-} == 1 ]]; then
+	# fortio for make bench, outside go.mod, in a cache directory. 1.68.2
+	# is the newest release whose dependencies all resolve here (1.69 and
+	# later need a module the proxy refuses).
+	fortio_ver=v1.68.2
+	bench_tools=${XDG_CACHE_HOME:-$HOME/.cache}/zmesh/bench-tools
+	if [[ "$("$bench_tools/fortio" version 2>/dev/null)" != "${fortio_ver#v}" ]]; then
+		echo "deps: building fortio $fortio_ver"
+		GOFLAGS= GOBIN=$bench_tools go install "fortio.org/fortio@$fortio_ver"
+	fi
 fi
 
 if [[ $(id -u) -ne 0 ]]; then

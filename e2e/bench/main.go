@@ -1,0 +1,324 @@
+// Command bench is `make bench`: zmesh's L4 mesh measured against direct
+// traffic and against what users would deploy instead, in one run.
+//
+// It builds a two-node topology in network namespaces (the demo's: an
+// underlay bridge in its own namespace, node host namespaces, pods with
+// eBPF capture enrolled by an in-process CNI agent, a ztunnel process per
+// node fed by zmeshd over delta xDS) and runs every workload on four paths,
+// interleaved, several times: direct pod → pod; mesh (both pods ambient);
+// stunnel (client on node A, server on node B, mutual TLS 1.3); haproxy
+// (TCP mode, one hop). The workloads are fortio (fixed-rate latency, max
+// req/s, new connections) and iperf3 (bulk, 1 and 8 streams); ztunnel CPU
+// and peak RSS come from /proc, its state's memory from a third ztunnel
+// fed 10 000 workloads. It prints a table with the issue's targets beside
+// the figures (reported, never asserted) and writes JSON, Markdown and a
+// latency plot under -out.
+//
+// It needs root, fortio and iperf3, stunnel4 and haproxy
+// (`ZMESH_BENCH=1 .ci/deps.sh` installs them). The topology's traffic stays
+// inside namespaces it creates; its processes talk to each other on
+// 127.0.0.1; it removes everything when it ends.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/zmesh/zmesh/e2e/bench/report"
+	"github.com/zmesh/zmesh/e2e/netenv"
+)
+
+func main() {
+	var (
+		bin      = flag.String("bin", "bin", "directory holding zmeshd and ztunnel")
+		fortio   = flag.String("fortio", "fortio", "the fortio binary")
+		out      = flag.String("out", "e2e/bench/results", "directory for the JSON, Markdown and plot")
+		quick    = flag.Bool("quick", false, "fewer repetitions, shorter runs (about 3 minutes)")
+		reps     = flag.Int("reps", 0, "repetitions (default 3, quick 2)")
+		only     = flag.String("workloads", "", "comma-separated workloads to run (default all: lat1k,maxrps,bulk1,bulk8,newconn)")
+		paths    = flag.String("paths", "", "comma-separated paths (default all: direct,mesh,stunnel,haproxy)")
+		noMem    = flag.Bool("no-memory", false, "skip the ztunnel state memory measurement")
+		profile  = flag.String("profile", "", "workload whose first mesh run is profiled (pprof CPU + allocs of both ztunnels)")
+		profDir  = flag.String("profile-dir", "", "where profiles go (default <out>/profiles-<stamp>)")
+		duration = flag.Duration("lat-duration", 0, "duration of each fixed-rate run (default 30s, quick 3s)")
+	)
+	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	p := fullPlan()
+	if *quick {
+		p = quickPlan()
+	}
+	if *reps > 0 {
+		p.reps = *reps
+	}
+	if *duration > 0 {
+		p.lat = *duration
+	}
+	p.profile = *profile
+	o := options{bin: *bin, fortio: *fortio, out: *out, quick: *quick, memory: !*noMem, profileDir: *profDir}
+	o.workloads = splitList(*only)
+	o.paths = splitList(*paths)
+	if err := run(ctx, p, o, os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "bench failed:", err)
+		os.Exit(1)
+	}
+}
+
+type options struct {
+	bin, fortio, out string
+	quick, memory    bool
+	workloads, paths []string
+	profileDir       string
+}
+
+func splitList(s string) []string {
+	if s == "" {
+		return nil
+	}
+	return strings.Split(s, ",")
+}
+
+func run(ctx context.Context, p plan, o options, stdout, progress io.Writer) error {
+	if os.Geteuid() != 0 {
+		return errors.New("the bench creates network namespaces and loads eBPF: it needs root")
+	}
+	fortio, err := exec.LookPath(o.fortio)
+	if err != nil {
+		return fmt.Errorf("fortio: %w (ZMESH_BENCH=1 .ci/deps.sh installs it)", err)
+	}
+	for _, tool := range []string{"iperf3", "stunnel4", "haproxy", "ip"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("%s: %w (ZMESH_BENCH=1 .ci/deps.sh installs it)", tool, err)
+		}
+	}
+	bin, err := filepath.Abs(o.bin)
+	if err != nil {
+		return err
+	}
+	started := time.Now()
+	host, _ := os.Hostname()
+	stamp := started.Format("2006-01-02-1504") + "-" + host
+	if o.quick {
+		stamp += "-quick"
+	}
+	if p.profile != "" {
+		p.profileDir = o.profileDir
+		if p.profileDir == "" {
+			p.profileDir = filepath.Join(o.out, "profiles-"+stamp)
+		}
+	}
+	meta := report.Meta{Date: started, Host: host, Kernel: kernel(), GoVersion: runtime.Version(), CPUs: runtime.NumCPU(),
+		Quick: o.quick, Reps: p.reps, Rate: p.rate, Conns: p.maxConns, LoadBefore: loadAvg(),
+		Durations: map[string]string{report.Lat1k: p.lat.String(), report.MaxRPS: p.maxRPS.String(), "bulk": p.bulk.String(), report.NewConn: p.newConn.String()},
+		Tools:     map[string]string{"fortio": toolVersion(fortio, "version"), "iperf3": toolVersion("iperf3", "--version"), "stunnel": toolVersion("stunnel4", "-version"), "haproxy": toolVersion("haproxy", "-v")},
+	}
+
+	tmp, err := os.MkdirTemp("", "zmesh-bench-")
+	if err != nil {
+		return err
+	}
+	if os.Getenv("ZMESH_BENCH_KEEP") == "" {
+		defer os.RemoveAll(tmp)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+	slog.SetDefault(log)
+	fmt.Fprintf(progress, "bench: setting up two nodes, four pods, zmeshd, two ztunnels, stunnel and haproxy (work dir %s)\n", tmp)
+	e, err := setup(ctx, bin, tmp, log)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		e.Close()
+		if left := netenv.Leftovers(); len(left) > 0 {
+			fmt.Fprintf(progress, "bench: namespaces left behind: %v\n", left)
+		}
+	}()
+	allPaths, err := e.startPeers(ctx, fortio)
+	if err != nil {
+		return err
+	}
+	var ps []*path
+	for _, x := range allPaths {
+		if len(o.paths) == 0 || slices.Contains(o.paths, x.name) {
+			ps = append(ps, x)
+		}
+	}
+	wls := report.Workloads(p.rate, p.maxConns)
+	var order []string
+	for _, w := range wls {
+		if len(o.workloads) == 0 || slices.Contains(o.workloads, w.Name) {
+			order = append(order, w.Name)
+		}
+	}
+	if len(ps) == 0 || len(order) == 0 {
+		return errors.New("no path or no workload selected")
+	}
+	mesh := e.zts[1]
+	openedBefore := connectionsOpened(ctx, mesh)
+
+	r := &runner{plan: p, fortio: fortio, tmp: tmp}
+	var total time.Duration
+	for _, w := range order {
+		total += p.duration(w) * time.Duration(len(ps))
+	}
+	total *= time.Duration(p.reps)
+	steps, step := p.reps*len(order)*len(ps), 0
+	var samples []report.Sample
+	loopStart := time.Now()
+	for rep := 1; rep <= p.reps; rep++ {
+		for _, w := range order {
+			// Each repetition starts the paths at another place, so no path
+			// always runs first (or right after the heaviest one).
+			for i := range ps {
+				pt := ps[(i+rep-1)%len(ps)]
+				step++
+				el := time.Since(loopStart)
+				left := max(0, total-el)
+				fmt.Fprintf(progress, "[%3d/%d] rep %d/%d  %-8s %-8s  elapsed %s, about %s left\n", step, steps, rep, p.reps, w, pt.name, el.Round(time.Second), left.Round(time.Second))
+				if err := ctx.Err(); err != nil {
+					return err
+				}
+				s, err := r.run(ctx, w, pt, rep)
+				if err != nil {
+					fmt.Fprintf(progress, "          %s on %s failed: %v\n", w, pt.name, err)
+					meta.Notes = append(meta.Notes, fmt.Sprintf("rep %d %s on %s failed: %v", rep, w, pt.name, err))
+					continue
+				}
+				if s.Errors > 0 {
+					meta.Notes = append(meta.Notes, fmt.Sprintf("rep %d %s on %s: %d failed requests", rep, w, pt.name, s.Errors))
+				}
+				samples = append(samples, s)
+			}
+		}
+	}
+	if slices.ContainsFunc(ps, func(x *path) bool { return x.name == report.Mesh }) {
+		// The mesh path must have gone through the server's ztunnel.
+		if opened := connectionsOpened(ctx, mesh); opened <= openedBefore {
+			return fmt.Errorf("the server ztunnel counted no inbound connection (%v -> %v): the mesh path was not captured", openedBefore, opened)
+		} else {
+			meta.Notes = append(meta.Notes, fmt.Sprintf("server ztunnel counted %.0f inbound connections during the runs (the mesh path was captured)", opened-openedBefore))
+		}
+	}
+
+	var mem *report.Memory
+	if o.memory {
+		fmt.Fprintf(progress, "[memory] a third ztunnel with no pods: idle, then %d workloads and %d services from zmeshd\n", p.scaleWorkloads, p.scaleServices)
+		if mem, err = e.measureMemory(ctx, p.scaleWorkloads, p.scaleServices); err != nil {
+			fmt.Fprintf(progress, "          memory measurement failed: %v\n", err)
+			meta.Notes = append(meta.Notes, "memory measurement failed: "+err.Error())
+			mem = nil
+		}
+	}
+	meta.LoadAfter = loadAvg()
+	meta.Elapsed = time.Since(started).Seconds()
+	if p.profileDir != "" {
+		meta.Notes = append(meta.Notes, "profiles of the first mesh "+p.profile+" run: "+p.profileDir)
+	}
+
+	rep := report.Build(meta, wls, samples, mem)
+	fmt.Fprintln(stdout)
+	rep.Text(stdout)
+	return writeOutputs(rep, o.out, stamp, stdout)
+}
+
+// writeOutputs writes <stamp>.json, <stamp>.md and <stamp>-latency.png
+// and .svg under dir.
+func writeOutputs(r *report.Report, dir, stamp string, stdout io.Writer) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	base := filepath.Join(dir, stamp)
+	f, err := os.Create(base + ".json")
+	if err != nil {
+		return err
+	}
+	if err := r.WriteJSON(f); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	plotName := ""
+	if len(r.Curves) > 0 {
+		for _, ext := range []string{".svg", ".png"} {
+			if err := r.Plot(base + "-latency" + ext); err != nil {
+				return err
+			}
+		}
+		plotName = stamp + "-latency.svg"
+	}
+	md, err := os.Create(base + ".md")
+	if err != nil {
+		return err
+	}
+	r.Markdown(md, plotName)
+	if err := md.Close(); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "\nwrote %s.json, %s.md", base, base)
+	if plotName != "" {
+		fmt.Fprintf(stdout, ", %s-latency.svg and .png", base)
+	}
+	fmt.Fprintln(stdout)
+	return nil
+}
+
+// connectionsOpened sums the ztunnel's istio_tcp_connections_opened_total.
+func connectionsOpened(ctx context.Context, z *ztunnel) float64 {
+	body, err := httpGet(ctx, "http://"+z.metrics+"/metrics")
+	if err != nil {
+		return 0
+	}
+	var sum float64
+	for line := range strings.SplitSeq(body, "\n") {
+		if strings.HasPrefix(line, "istio_tcp_connections_opened_total{") {
+			var v float64
+			if _, err := fmt.Sscan(line[strings.LastIndexByte(line, ' ')+1:], &v); err == nil {
+				sum += v
+			}
+		}
+	}
+	return sum
+}
+
+func loadAvg() [3]float64 {
+	var l [3]float64
+	b, err := os.ReadFile("/proc/loadavg")
+	if err == nil {
+		fmt.Sscan(string(b), &l[0], &l[1], &l[2])
+	}
+	return l
+}
+
+func kernel() string {
+	b, err := os.ReadFile("/proc/sys/kernel/osrelease")
+	if err != nil {
+		return "?"
+	}
+	return strings.TrimSpace(string(b))
+}
+
+func toolVersion(bin string, args ...string) string {
+	out, _ := exec.Command(bin, args...).CombinedOutput()
+	for line := range strings.SplitSeq(string(out), "\n") {
+		if line = strings.TrimSpace(line); line != "" {
+			return line
+		}
+	}
+	return "?"
+}

@@ -1,0 +1,111 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"math"
+	"os"
+	"strconv"
+	"strings"
+)
+
+// clockTicks is USER_HZ, the unit of utime and stime in /proc/<pid>/stat:
+// 100 on every Linux architecture the project runs on.
+const clockTicks = 100
+
+// cpuOf returns each process's CPU seconds (user + system) so far; NaN
+// for one that cannot be read.
+func cpuOf(ps []*proc) []float64 {
+	out := make([]float64, len(ps))
+	for i, p := range ps {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.pid()))
+		if err != nil {
+			out[i] = math.NaN()
+			continue
+		}
+		out[i], err = parseStatCPU(b)
+		if err != nil {
+			out[i] = math.NaN()
+		}
+	}
+	return out
+}
+
+// parseStatCPU reads utime + stime (fields 14 and 15) of /proc/<pid>/stat
+// in seconds. The command name (field 2) may hold spaces and parentheses:
+// fields are counted after its last ')'.
+func parseStatCPU(b []byte) (float64, error) {
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("stat: no command name")
+	}
+	f := strings.Fields(string(b[i+1:]))
+	// f[0] is field 3 (state); utime is field 14 -> f[11], stime f[12].
+	if len(f) < 13 {
+		return 0, fmt.Errorf("stat: %d fields", len(f)+2)
+	}
+	ut, err := strconv.ParseUint(f[11], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("stat utime: %w", err)
+	}
+	st, err := strconv.ParseUint(f[12], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("stat stime: %w", err)
+	}
+	return float64(ut+st) / clockTicks, nil
+}
+
+// statusBytes returns a "kB" field of /proc/<pid>/status (VmRSS, VmHWM) in
+// bytes, NaN when it cannot be read.
+func statusBytes(pid int, field string) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return math.NaN()
+	}
+	v, err := parseStatusField(b, field)
+	if err != nil {
+		return math.NaN()
+	}
+	return v
+}
+
+func parseStatusField(b []byte, field string) (float64, error) {
+	for line := range strings.SplitSeq(string(b), "\n") {
+		name, rest, ok := strings.Cut(line, ":")
+		if !ok || name != field {
+			continue
+		}
+		f := strings.Fields(rest)
+		if len(f) != 2 || f[1] != "kB" {
+			return 0, fmt.Errorf("status %s: %q", field, rest)
+		}
+		kb, err := strconv.ParseUint(f[0], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("status %s: %w", field, err)
+		}
+		return float64(kb) * 1024, nil
+	}
+	return 0, fmt.Errorf("status: no %s", field)
+}
+
+// peakRSS is VmHWM: the resident set's peak since the process started or
+// since resetPeakRSS.
+func peakRSS(pid int) float64 { return statusBytes(pid, "VmHWM") }
+
+// resetPeakRSS sets VmHWM back to the current RSS (clear_refs 5), so the
+// next peakRSS covers one run alone.
+func resetPeakRSS(pid int) {
+	os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0)
+}
+
+// parseMemStatsLine reads one "# Name = value" line of a debug=1 heap
+// profile (runtime.MemStats as net/http/pprof prints it).
+func parseMemStatsLine(b []byte, name string) (float64, error) {
+	prefix := "# " + name + " = "
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, prefix); ok {
+			return strconv.ParseFloat(strings.TrimSpace(v), 64)
+		}
+	}
+	return 0, fmt.Errorf("heap profile: no %s", name)
+}

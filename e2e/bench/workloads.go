@@ -1,0 +1,324 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/zmesh/zmesh/e2e/bench/report"
+)
+
+// plan is how long and how hard each workload runs.
+type plan struct {
+	reps                          int
+	rate, latConns, maxConns      int
+	lat, maxRPS, bulk, newConn    time.Duration
+	newConnConns                  int
+	profile                       string // workload whose first mesh run is profiled
+	profileDir                    string
+	scaleWorkloads, scaleServices int
+}
+
+func fullPlan() plan {
+	return plan{reps: 3, rate: 1000, latConns: 10, maxConns: 64, lat: 30 * time.Second, maxRPS: 10 * time.Second, bulk: 10 * time.Second,
+		newConn: 5 * time.Second, newConnConns: 16, scaleWorkloads: 10000, scaleServices: 2000}
+}
+
+func quickPlan() plan {
+	return plan{reps: 2, rate: 1000, latConns: 10, maxConns: 64, lat: 3 * time.Second, maxRPS: 2 * time.Second, bulk: 2 * time.Second,
+		newConn: 2 * time.Second, newConnConns: 16, scaleWorkloads: 10000, scaleServices: 2000}
+}
+
+// duration is how long one run of the workload takes, for progress.
+func (p plan) duration(w string) time.Duration {
+	overhead := time.Second
+	switch w {
+	case report.Lat1k:
+		return p.lat + overhead
+	case report.MaxRPS:
+		return p.maxRPS + overhead
+	case report.Bulk1, report.Bulk8:
+		return p.bulk + overhead
+	case report.NewConn:
+		return p.newConn + overhead
+	}
+	return overhead
+}
+
+// runner runs workloads on paths.
+type runner struct {
+	plan   plan
+	fortio string
+	tmp    string
+	seq    int
+}
+
+// run runs one workload once on one path and returns its sample.
+func (r *runner) run(ctx context.Context, w string, p *path, rep int) (report.Sample, error) {
+	s := report.Sample{Rep: rep, Workload: w, Path: p.name, Start: time.Now(), Values: map[string]float64{}}
+	before := cpuOf(p.proxies)
+	for _, z := range p.ztunnels {
+		resetPeakRSS(z.pid())
+	}
+	var prof *profiler
+	if r.plan.profile == w && p.name == report.Mesh && r.plan.profileDir != "" && rep == 1 {
+		prof = startProfiles(ctx, r.plan.profileDir, w, p.ztunnels, r.seconds(w))
+	}
+	var requests float64
+	var err error
+	switch w {
+	case report.Lat1k:
+		requests, err = r.fortio_(ctx, p, &s, r.plan.rate, r.plan.latConns, r.plan.lat, "-payload-size", "1024")
+	case report.MaxRPS:
+		requests, err = r.fortio_(ctx, p, &s, 0, r.plan.maxConns, r.plan.maxRPS, "-payload-size", "1024")
+	case report.NewConn:
+		requests, err = r.fortio_(ctx, p, &s, 0, r.plan.newConnConns, r.plan.newConn, "-keepalive=false")
+		if err == nil {
+			s.Values[report.KeyConnPS] = s.Values[report.KeyQPS]
+			delete(s.Values, report.KeyQPS)
+		}
+	case report.Bulk1:
+		err = r.iperf(ctx, p, &s, 1)
+	case report.Bulk8:
+		err = r.iperf(ctx, p, &s, 8)
+	default:
+		err = fmt.Errorf("unknown workload %q", w)
+	}
+	s.Seconds = time.Since(s.Start).Seconds()
+	if prof != nil {
+		if perr := prof.wait(); perr != nil {
+			s.Note = "profile: " + perr.Error()
+		}
+	}
+	if err != nil {
+		return s, err
+	}
+	after := cpuOf(p.proxies)
+	if requests > 0 && len(p.proxies) > 0 {
+		var sum float64
+		for i := range before {
+			sum += after[i] - before[i]
+		}
+		s.Values[report.KeyProxyCPU] = sum / (requests / 1000)
+		if len(p.ztunnels) == 2 && w == report.Lat1k {
+			s.Values[report.KeyZt1CPU] = (after[0] - before[0]) / (requests / 1000)
+			s.Values[report.KeyZt2CPU] = (after[1] - before[1]) / (requests / 1000)
+			s.Values[report.KeyZt1HWM] = peakRSS(p.ztunnels[0].pid()) / 1e6
+			s.Values[report.KeyZt2HWM] = peakRSS(p.ztunnels[1].pid()) / 1e6
+		}
+	}
+	return s, nil
+}
+
+func (r *runner) seconds(w string) int {
+	d := r.plan.duration(w) - time.Second
+	if d < time.Second {
+		d = time.Second
+	}
+	return int(d / time.Second)
+}
+
+func (r *runner) nextFile(ext string) string {
+	r.seq++
+	return filepath.Join(r.tmp, fmt.Sprintf("run-%04d.%s", r.seq, ext))
+}
+
+// fortio_ runs `fortio load` from the path's client pod and fills the
+// sample; it returns how many requests were made.
+func (r *runner) fortio_(ctx context.Context, p *path, s *report.Sample, qps, conns int, d time.Duration, extra ...string) (float64, error) {
+	out := r.nextFile("json")
+	var ps []string
+	for _, pc := range report.LatencyPercentiles {
+		ps = append(ps, strconv.FormatFloat(pc, 'g', -1, 64))
+	}
+	args := []string{"netns", "exec", p.client.Name, r.fortio, "load", "-quiet", "-json", out,
+		"-qps", strconv.Itoa(qps), "-c", strconv.Itoa(conns), "-t", d.String(), "-p", strings.Join(ps, ","), "-timeout", "5s"}
+	args = append(args, extra...)
+	args = append(args, "http://"+p.http.String()+"/echo")
+	cctx, cancel := context.WithTimeout(ctx, d+60*time.Second)
+	defer cancel()
+	cmdOut, err := exec.CommandContext(cctx, "ip", args...).CombinedOutput()
+	if err != nil {
+		return 0, fmt.Errorf("fortio: %v: %s", err, tail(cmdOut))
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		return 0, err
+	}
+	os.Remove(out)
+	res, err := parseFortio(b)
+	if err != nil {
+		return 0, err
+	}
+	s.Values[report.KeyQPS] = res.qps
+	for pc, ms := range res.percentiles {
+		s.Values[report.LatKey(pc)] = ms
+		s.Latency = append(s.Latency, report.Point{Percentile: pc, Ms: ms})
+	}
+	s.Errors = res.errors
+	if res.ok == 0 {
+		return 0, fmt.Errorf("fortio: no successful request (%d errors)", res.errors)
+	}
+	return float64(res.ok + res.errors), nil
+}
+
+// iperf runs iperf3 with n parallel streams from the client pod.
+func (r *runner) iperf(ctx context.Context, p *path, s *report.Sample, n int) error {
+	secs := int(r.plan.bulk / time.Second)
+	args := []string{"netns", "exec", p.client.Name, "iperf3", "-J", "-c", p.iperf.Addr().String(), "-p", strconv.Itoa(int(p.iperf.Port())),
+		"-t", strconv.Itoa(secs), "-P", strconv.Itoa(n)}
+	if secs >= 5 {
+		args = append(args, "-O", "1") // leave slow start out of the figure
+	}
+	cctx, cancel := context.WithTimeout(ctx, r.plan.bulk+60*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(cctx, "ip", args...).Output()
+	gbps, perr := parseIperf(out)
+	if perr != nil {
+		if err != nil {
+			return fmt.Errorf("iperf3: %v: %v", err, perr)
+		}
+		return perr
+	}
+	s.Values[report.KeyGbps] = gbps
+	return nil
+}
+
+// fortioResult is what the bench reads of fortio's JSON.
+type fortioResult struct {
+	qps         float64
+	ok, errors  int
+	percentiles map[float64]float64 // percent -> ms
+}
+
+func parseFortio(b []byte) (fortioResult, error) {
+	var v struct {
+		ActualQPS         float64
+		RetCodes          map[string]int
+		DurationHistogram struct {
+			Count       int
+			Percentiles []struct {
+				Percentile float64
+				Value      float64 // seconds
+			}
+		}
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		return fortioResult{}, fmt.Errorf("fortio JSON: %w", err)
+	}
+	r := fortioResult{qps: v.ActualQPS, percentiles: map[float64]float64{}}
+	for code, n := range v.RetCodes {
+		if code == "200" {
+			r.ok += n
+		} else {
+			r.errors += n
+		}
+	}
+	for _, p := range v.DurationHistogram.Percentiles {
+		r.percentiles[p.Percentile] = p.Value * 1000
+	}
+	if v.DurationHistogram.Count == 0 {
+		return r, errors.New("fortio JSON: no request measured")
+	}
+	return r, nil
+}
+
+// parseIperf returns the received throughput in Gbit/s of iperf3 -J.
+func parseIperf(b []byte) (float64, error) {
+	var v struct {
+		Error string `json:"error"`
+		End   struct {
+			SumReceived struct {
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+		} `json:"end"`
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		return 0, fmt.Errorf("iperf3 JSON: %w: %s", err, tail(b))
+	}
+	if v.Error != "" {
+		return 0, fmt.Errorf("iperf3: %s", v.Error)
+	}
+	if v.End.SumReceived.BitsPerSecond == 0 {
+		return 0, errors.New("iperf3: nothing received")
+	}
+	return v.End.SumReceived.BitsPerSecond / 1e9, nil
+}
+
+func tail(b []byte) string {
+	if len(b) > 600 {
+		b = b[len(b)-600:]
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// profiler fetches CPU profiles from the ztunnels' admin endpoints during
+// a run, and their allocation profiles before and after it.
+type profiler struct {
+	errc chan error
+	n    int
+}
+
+func startProfiles(ctx context.Context, dir, w string, zts []*ztunnel, secs int) *profiler {
+	pr := &profiler{errc: make(chan error, 2*len(zts))}
+	os.MkdirAll(dir, 0o755)
+	for _, z := range zts {
+		pr.n++
+		base := filepath.Join(dir, fmt.Sprintf("%s-%s", w, z.node))
+		if err := fetchTo(ctx, "http://"+z.admin+"/debug/pprof/allocs", base+".allocs-before.pprof"); err != nil {
+			pr.errc <- err
+			continue
+		}
+		go func() {
+			err := fetchTo(ctx, fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", z.admin, secs), base+".cpu.pprof")
+			if err == nil {
+				err = fetchTo(ctx, "http://"+z.admin+"/debug/pprof/allocs", base+".allocs-after.pprof")
+			}
+			pr.errc <- err
+		}()
+	}
+	return pr
+}
+
+func (pr *profiler) wait() error {
+	var errs []error
+	for range pr.n {
+		errs = append(errs, <-pr.errc)
+	}
+	return errors.Join(errs...)
+}
+
+func fetchTo(ctx context.Context, url, file string) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	f, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
