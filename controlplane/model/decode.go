@@ -187,6 +187,34 @@ func (s *Snapshot) Add(obj runtime.Object) error {
 		s.Gateways = append(s.Gateways, o)
 	case *gatewayv1beta1.Gateway:
 		s.Gateways = append(s.Gateways, &gatewayv1.Gateway{TypeMeta: typeMeta("gateway.networking.k8s.io/v1", "Gateway"), ObjectMeta: o.ObjectMeta, Spec: o.Spec})
+	case *securityv1.RequestAuthentication:
+		s.RequestAuthentications = append(s.RequestAuthentications, o)
+	case *securityv1beta1.RequestAuthentication:
+		s.RequestAuthentications = append(s.RequestAuthentications, &securityv1.RequestAuthentication{TypeMeta: typeMeta("security.istio.io/v1", "RequestAuthentication"), ObjectMeta: o.ObjectMeta, Spec: *o.Spec.DeepCopy()})
+	case *networkingv1.VirtualService:
+		s.VirtualServices = append(s.VirtualServices, o)
+	case *networkingv1beta1.VirtualService:
+		s.VirtualServices = append(s.VirtualServices, &networkingv1.VirtualService{TypeMeta: typeMeta("networking.istio.io/v1", "VirtualService"), ObjectMeta: o.ObjectMeta, Spec: *o.Spec.DeepCopy()})
+	case *networkingv1alpha3.VirtualService:
+		s.VirtualServices = append(s.VirtualServices, &networkingv1.VirtualService{TypeMeta: typeMeta("networking.istio.io/v1", "VirtualService"), ObjectMeta: o.ObjectMeta, Spec: *o.Spec.DeepCopy()})
+	case *networkingv1.DestinationRule:
+		s.DestinationRules = append(s.DestinationRules, o)
+	case *networkingv1beta1.DestinationRule:
+		s.DestinationRules = append(s.DestinationRules, &networkingv1.DestinationRule{TypeMeta: typeMeta("networking.istio.io/v1", "DestinationRule"), ObjectMeta: o.ObjectMeta, Spec: *o.Spec.DeepCopy()})
+	case *networkingv1alpha3.DestinationRule:
+		s.DestinationRules = append(s.DestinationRules, &networkingv1.DestinationRule{TypeMeta: typeMeta("networking.istio.io/v1", "DestinationRule"), ObjectMeta: o.ObjectMeta, Spec: *o.Spec.DeepCopy()})
+	case *networkingv1.Gateway:
+		s.IstioGateways = append(s.IstioGateways, o)
+	case *networkingv1beta1.Gateway:
+		s.IstioGateways = append(s.IstioGateways, &networkingv1.Gateway{TypeMeta: typeMeta("networking.istio.io/v1", "Gateway"), ObjectMeta: o.ObjectMeta, Spec: *o.Spec.DeepCopy()})
+	case *networkingv1alpha3.Gateway:
+		s.IstioGateways = append(s.IstioGateways, &networkingv1.Gateway{TypeMeta: typeMeta("networking.istio.io/v1", "Gateway"), ObjectMeta: o.ObjectMeta, Spec: *o.Spec.DeepCopy()})
+	case *gatewayv1.HTTPRoute:
+		s.HTTPRoutes = append(s.HTTPRoutes, o)
+	case *gatewayv1beta1.HTTPRoute:
+		s.HTTPRoutes = append(s.HTTPRoutes, &gatewayv1.HTTPRoute{TypeMeta: typeMeta("gateway.networking.k8s.io/v1", "HTTPRoute"), ObjectMeta: o.ObjectMeta, Spec: o.Spec})
+	case *gatewayv1.GRPCRoute:
+		s.GRPCRoutes = append(s.GRPCRoutes, o)
 	default:
 		return fmt.Errorf("kind %s is not read by zmesh", obj.GetObjectKind().GroupVersionKind().Kind)
 	}
@@ -243,6 +271,28 @@ func strictIstioSpec(obj runtime.Object, data []byte) error {
 	case *securityv1.AuthorizationPolicy:
 		spec = &o.Spec
 	case *securityv1beta1.AuthorizationPolicy:
+		spec = &o.Spec
+	case *securityv1.RequestAuthentication:
+		spec = &o.Spec
+	case *securityv1beta1.RequestAuthentication:
+		spec = &o.Spec
+	case *networkingv1.VirtualService:
+		spec = &o.Spec
+	case *networkingv1beta1.VirtualService:
+		spec = &o.Spec
+	case *networkingv1alpha3.VirtualService:
+		spec = &o.Spec
+	case *networkingv1.DestinationRule:
+		spec = &o.Spec
+	case *networkingv1beta1.DestinationRule:
+		spec = &o.Spec
+	case *networkingv1alpha3.DestinationRule:
+		spec = &o.Spec
+	case *networkingv1.Gateway:
+		spec = &o.Spec
+	case *networkingv1beta1.Gateway:
+		spec = &o.Spec
+	case *networkingv1alpha3.Gateway:
 		spec = &o.Spec
 	default:
 		return nil

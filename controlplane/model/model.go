@@ -48,6 +48,15 @@ type Snapshot struct {
 	AuthorizationPolicies []*securityv1.AuthorizationPolicy
 	GatewayClasses        []*gatewayv1.GatewayClass
 	Gateways              []*gatewayv1.Gateway
+
+	// The L7 kinds: read and kept for the waypoint (a later round); the L4
+	// translation does not use them yet.
+	RequestAuthentications []*securityv1.RequestAuthentication
+	VirtualServices        []*networkingv1.VirtualService
+	DestinationRules       []*networkingv1.DestinationRule
+	IstioGateways          []*networkingv1.Gateway
+	HTTPRoutes             []*gatewayv1.HTTPRoute
+	GRPCRoutes             []*gatewayv1.GRPCRoute
 }
 
 // Object is what every listed type is.
@@ -73,6 +82,12 @@ func (s *Snapshot) Sort() {
 	SortByName(s.AuthorizationPolicies)
 	SortByName(s.GatewayClasses)
 	SortByName(s.Gateways)
+	SortByName(s.RequestAuthentications)
+	SortByName(s.VirtualServices)
+	SortByName(s.DestinationRules)
+	SortByName(s.IstioGateways)
+	SortByName(s.HTTPRoutes)
+	SortByName(s.GRPCRoutes)
 }
 
 // Namespace returns the namespace named name, or nil.

@@ -89,3 +89,57 @@ func TestSnapshotNamespaceLookup(t *testing.T) {
 		t.Errorf("Namespace lookup wrong over %v", s.Namespaces)
 	}
 }
+
+const l7 = `apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {name: reviews, namespace: shop}
+spec:
+  hosts: [reviews]
+  http: [{route: [{destination: {host: reviews, subset: v2}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: shop}
+spec: {host: reviews, subsets: [{name: v2, labels: {version: v2}}]}
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: shop}
+spec: {jwtRules: [{issuer: "https://issuer.example"}]}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: ingress, namespace: shop}
+spec: {servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ["*"]}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: reviews, namespace: shop}
+spec: {parentRefs: [{name: reviews, kind: Service, group: ""}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: echo, namespace: shop}
+spec: {}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: typo, namespace: shop}
+spec: {hostz: [reviews]}
+`
+
+func TestDecodeReadsTheL7Kinds(t *testing.T) {
+	var s Snapshot
+	errs := s.Decode(strings.NewReader(l7), "l7.yaml")
+	if len(s.VirtualServices) != 1 || len(s.DestinationRules) != 1 || len(s.RequestAuthentications) != 1 ||
+		len(s.IstioGateways) != 1 || len(s.HTTPRoutes) != 1 || len(s.GRPCRoutes) != 1 || len(s.Gateways) != 0 {
+		t.Fatalf("decoded %d VS, %d DR, %d RA, %d Istio gateways, %d HTTPRoutes, %d GRPCRoutes, %d Gateway API gateways",
+			len(s.VirtualServices), len(s.DestinationRules), len(s.RequestAuthentications), len(s.IstioGateways), len(s.HTTPRoutes), len(s.GRPCRoutes), len(s.Gateways))
+	}
+	if len(errs) != 1 || !strings.Contains(errs[0].Error(), "hostz") {
+		t.Errorf("errors = %v, want one naming the unknown field hostz", errs)
+	}
+	if s.VirtualServices[0].Spec.Http[0].Route[0].Destination.Subset != "v2" {
+		t.Errorf("v1alpha3 VirtualService not kept whole: %v", s.VirtualServices[0].Spec.String())
+	}
+}

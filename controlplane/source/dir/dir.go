@@ -227,5 +227,23 @@ func objects(snap *model.Snapshot) []runtime.Object {
 	for _, o := range snap.Gateways {
 		add(o)
 	}
+	for _, o := range snap.RequestAuthentications {
+		add(o)
+	}
+	for _, o := range snap.VirtualServices {
+		add(o)
+	}
+	for _, o := range snap.DestinationRules {
+		add(o)
+	}
+	for _, o := range snap.IstioGateways {
+		add(o)
+	}
+	for _, o := range snap.HTTPRoutes {
+		add(o)
+	}
+	for _, o := range snap.GRPCRoutes {
+		add(o)
+	}
 	return slices.Clip(out)
 }

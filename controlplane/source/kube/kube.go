@@ -99,6 +99,31 @@ func (s *Source) Run(ctx context.Context, publish func(*model.Snapshot)) error {
 			snap.Gateways, err = gw.Gateway().V1().Gateways().Lister().List(all)
 			return err
 		}},
+		// The L7 kinds, kept for the waypoint.
+		{"security.istio.io/v1", "requestauthentications", istio.Security().V1().RequestAuthentications().Informer, func(snap *model.Snapshot) (err error) {
+			snap.RequestAuthentications, err = istio.Security().V1().RequestAuthentications().Lister().List(all)
+			return err
+		}},
+		{"networking.istio.io/v1", "virtualservices", istio.Networking().V1().VirtualServices().Informer, func(snap *model.Snapshot) (err error) {
+			snap.VirtualServices, err = istio.Networking().V1().VirtualServices().Lister().List(all)
+			return err
+		}},
+		{"networking.istio.io/v1", "destinationrules", istio.Networking().V1().DestinationRules().Informer, func(snap *model.Snapshot) (err error) {
+			snap.DestinationRules, err = istio.Networking().V1().DestinationRules().Lister().List(all)
+			return err
+		}},
+		{"networking.istio.io/v1", "gateways", istio.Networking().V1().Gateways().Informer, func(snap *model.Snapshot) (err error) {
+			snap.IstioGateways, err = istio.Networking().V1().Gateways().Lister().List(all)
+			return err
+		}},
+		{"gateway.networking.k8s.io/v1", "httproutes", gw.Gateway().V1().HTTPRoutes().Informer, func(snap *model.Snapshot) (err error) {
+			snap.HTTPRoutes, err = gw.Gateway().V1().HTTPRoutes().Lister().List(all)
+			return err
+		}},
+		{"gateway.networking.k8s.io/v1", "grpcroutes", gw.Gateway().V1().GRPCRoutes().Informer, func(snap *model.Snapshot) (err error) {
+			snap.GRPCRoutes, err = gw.Gateway().V1().GRPCRoutes().Lister().List(all)
+			return err
+		}},
 	}
 
 	changed := make(chan struct{}, 1)

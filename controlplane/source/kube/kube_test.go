@@ -16,6 +16,13 @@ import (
 
 func TestSnapshotsFollowTheAPIServer(t *testing.T) {
 	env := kubetest.ForTest(t)
+	if out, err := env.KubectlRun(t.Context(), "", "apply", "--server-side", "-f", "../../../deploy/crds/"); err != nil {
+		t.Fatal(out, err)
+	}
+	if out, err := env.KubectlRun(t.Context(), "", "wait", "--for=condition=Established", "--timeout=60s",
+		"crd/authorizationpolicies.security.istio.io", "crd/virtualservices.networking.istio.io", "crd/httproutes.gateway.networking.k8s.io"); err != nil {
+		t.Fatal(out, err)
+	}
 	src := &Source{
 		Kube:    env.Client,
 		Istio:   istioclient.NewForConfigOrDie(env.Config),
@@ -78,4 +85,31 @@ func TestSnapshotsFollowTheAPIServer(t *testing.T) {
 		n := s.Namespace("shop")
 		return n != nil && n.Labels["istio.io/dataplane-mode"] == ""
 	})
+
+	// The Istio and Gateway API kinds, applied as a user would.
+	if out, err := env.KubectlRun(t.Context(), istioObjects, "apply", "-f", "-"); err != nil {
+		t.Fatal(out, err)
+	}
+	s = waitFor("the policy, the VirtualService and the HTTPRoute", func(s *model.Snapshot) bool {
+		return len(s.AuthorizationPolicies) == 1 && len(s.VirtualServices) == 1 && len(s.HTTPRoutes) == 1
+	})
+	if s.AuthorizationPolicies[0].Name != "allow-nothing" || s.AuthorizationPolicies[0].Namespace != "shop" {
+		t.Errorf("policy = %s/%s", s.AuthorizationPolicies[0].Namespace, s.AuthorizationPolicies[0].Name)
+	}
 }
+
+const istioObjects = `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-nothing, namespace: shop}
+spec: {}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: shop}
+spec: {hosts: [reviews], http: [{route: [{destination: {host: reviews}}]}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: reviews, namespace: shop}
+spec: {parentRefs: [{name: reviews, kind: Service, group: ""}]}
+`
