@@ -15,9 +15,10 @@ import (
 
 	"github.com/zmesh/zmesh/api/workload"
 	"github.com/zmesh/zmesh/api/workload/security"
+	"github.com/zmesh/zmesh/ztunnel/admin"
 )
 
-// dump is a ztunnel's /config_dump (configDump in cmd/ztunnel): the
+// dump is a ztunnel's /config_dump (admin.ConfigDump): the
 // resources decoded into the wire types, each kept with the JSON the
 // ztunnel sent so that -o json shows it unchanged.
 type dump struct {
@@ -34,13 +35,7 @@ type resource[M proto.Message] struct {
 }
 
 // certificate is one identity's certificate as the dump reports it.
-type certificate struct {
-	Identity     string    `json:"identity"`
-	NotBefore    time.Time `json:"notBefore,omitzero"`
-	NotAfter     time.Time `json:"notAfter,omitzero"`
-	NextRotation time.Time `json:"nextRotation,omitzero"`
-	LastError    string    `json:"lastError,omitempty"`
-}
+type certificate = admin.Certificate
 
 func decodeDump(data []byte) (*dump, error) {
 	var raw struct {

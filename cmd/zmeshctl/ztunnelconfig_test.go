@@ -82,45 +82,6 @@ func fixture() (wls []*workload.Workload, svcs []*workload.Service, pols []*secu
 	return wls, svcs, pols
 }
 
-// configDump is cmd/ztunnel's (which cannot be imported): keep the two
-// alike.
-func configDump(snap *state.Snapshot, pods []proxy.PodInfo, certs []identity.CertInfo, xs *ztxds.Status) any {
-	raw := func(m proto.Message) json.RawMessage {
-		b, _ := protojson.Marshal(m)
-		return b
-	}
-	type cert struct {
-		Identity     string    `json:"identity"`
-		NotBefore    time.Time `json:"notBefore,omitzero"`
-		NotAfter     time.Time `json:"notAfter,omitzero"`
-		NextRotation time.Time `json:"nextRotation,omitzero"`
-		LastError    string    `json:"lastError,omitempty"`
-	}
-	d := struct {
-		Version      uint64            `json:"version"`
-		Workloads    []json.RawMessage `json:"workloads"`
-		Services     []json.RawMessage `json:"services"`
-		Policies     []json.RawMessage `json:"policies"`
-		Pods         []proxy.PodInfo   `json:"pods"`
-		Certificates []cert            `json:"certificates"`
-		XDS          *ztxds.Status     `json:"xds,omitempty"`
-	}{Version: snap.Version(), Pods: pods}
-	for _, w := range snap.Workloads() {
-		d.Workloads = append(d.Workloads, raw(w.Raw()))
-	}
-	for _, s := range snap.Services() {
-		d.Services = append(d.Services, raw(s.Raw()))
-	}
-	for _, p := range snap.Policies() {
-		d.Policies = append(d.Policies, raw(p.Raw()))
-	}
-	for _, c := range certs {
-		d.Certificates = append(d.Certificates, cert{c.ID.String(), c.NotBefore, c.NotAfter, c.NextRotation, c.LastError})
-	}
-	d.XDS = xs
-	return d
-}
-
 // newZtunnelAdmin serves the fixture from ztunnel's own admin handler,
 // through ztunnel's own state store (which validates it).
 func newZtunnelAdmin(t *testing.T) string {
@@ -148,7 +109,7 @@ func newZtunnelAdmin(t *testing.T) string {
 	}
 	pods := []proxy.PodInfo{{UID: "u1", Name: "productpage-v1-6b7f", Namespace: "bookinfo", Identity: certs[0].ID.String(), IPs: []string{"10.244.1.5"}}}
 	xs := &ztxds.Status{Connected: true, Types: []ztxds.TypeStatus{{TypeURL: "type.googleapis.com/istio.workload.Address", Resources: 6, Synced: true, AckedNonce: "1"}}}
-	h, err := admin.NewAdmin(func() any { return configDump(store.Snapshot(), pods, certs, xs) }, new(slog.LevelVar))
+	h, err := admin.NewAdmin(func() any { return admin.NewConfigDump(store.Snapshot(), pods, certs, xs) }, new(slog.LevelVar))
 	if err != nil {
 		t.Fatal(err)
 	}

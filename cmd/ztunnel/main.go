@@ -9,7 +9,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -31,8 +30,6 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/zmesh/zmesh/identity"
@@ -298,41 +295,10 @@ func (c tokenConn) NewStream(ctx context.Context, desc *grpc.StreamDesc, method 
 
 // configDump is what /config_dump shows and zmeshctl reads.
 func configDump(snap *state.Snapshot, px *proxy.Proxy, certs *identity.Manager, xc *xds.Client) any {
-	raw := func(m proto.Message) json.RawMessage {
-		b, _ := protojson.Marshal(m)
-		return b
-	}
-	type cert struct {
-		Identity     string    `json:"identity"`
-		NotBefore    time.Time `json:"notBefore,omitzero"`
-		NotAfter     time.Time `json:"notAfter,omitzero"`
-		NextRotation time.Time `json:"nextRotation,omitzero"`
-		LastError    string    `json:"lastError,omitempty"`
-	}
-	d := struct {
-		Version      uint64            `json:"version"`
-		Workloads    []json.RawMessage `json:"workloads"`
-		Services     []json.RawMessage `json:"services"`
-		Policies     []json.RawMessage `json:"policies"`
-		Pods         []proxy.PodInfo   `json:"pods"`
-		Certificates []cert            `json:"certificates"`
-		XDS          *xds.Status       `json:"xds,omitempty"`
-	}{Version: snap.Version(), Pods: px.Pods()}
-	for _, w := range snap.Workloads() {
-		d.Workloads = append(d.Workloads, raw(w.Raw()))
-	}
-	for _, s := range snap.Services() {
-		d.Services = append(d.Services, raw(s.Raw()))
-	}
-	for _, p := range snap.Policies() {
-		d.Policies = append(d.Policies, raw(p.Raw()))
-	}
-	for _, c := range certs.Certificates() {
-		d.Certificates = append(d.Certificates, cert{c.ID.String(), c.NotBefore, c.NotAfter, c.NextRotation, c.LastError})
-	}
+	var xs *xds.Status
 	if xc != nil {
 		st := xc.Status()
-		d.XDS = &st
+		xs = &st
 	}
-	return d
+	return admin.NewConfigDump(snap, px.Pods(), certs.Certificates(), xs)
 }
