@@ -45,6 +45,8 @@ import (
 	authnv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/zmesh/zmesh/e2e/netenv"
 	"github.com/zmesh/zmesh/e2e/noderunner"
@@ -85,6 +87,7 @@ type Cluster struct {
 	kubelets  sync.WaitGroup
 	stopPods  context.CancelFunc
 	bpfPins   []string // what Close found pinned before unmounting
+	retired   []*Proc  // replaced ztunnels
 	closed    bool
 }
 
@@ -277,8 +280,16 @@ func (c *Cluster) network() error {
 // node.
 func (c *Cluster) register(ctx context.Context, n *Node) error {
 	n.CNIBin, n.CNIConf = filepath.Join(n.Dir, "cni-bin"), filepath.Join(n.Dir, "cni-conf")
+	// A kubelet's own client: the admin's default rate limit would make the
+	// node runners queue behind each other.
+	cfg := rest.CopyConfig(c.Env.Config)
+	cfg.QPS, cfg.Burst, cfg.UserAgent = 100, 200, "zmesh-e2e-kubelet/"+n.Name
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
 	n.Kubelet = &noderunner.Kubelet{
-		Client: c.Env.Client, Node: n.Name, Host: n.Host, HostIP: n.Addr, PodCIDR: n.PodCIDR,
+		Client: client, Node: n.Name, Host: n.Host, HostIP: n.Addr, PodCIDR: n.PodCIDR,
 		CNIBinDir: n.CNIBin, CNIConfDir: n.CNIConf,
 		Log: slog.New(slog.NewJSONHandler(io.Discard, nil)),
 	}
@@ -489,6 +500,41 @@ func (c *Cluster) startNode(ctx context.Context, n *Node) error {
 	return nil
 }
 
+// RestartZtunnel replaces the node's ztunnel as a DaemonSet rolling update
+// does: a new process (its own admin ports) starts and takes the node's
+// pods over ZDS, then the old one gets SIGTERM (Decisions 8).
+func (c *Cluster) RestartZtunnel(ctx context.Context, n *Node) error {
+	old := n.Ztunnel
+	next := &Proc{Name: old.Name, Bin: old.Bin, LogPath: old.LogPath + ".next"}
+	var admin, metrics, ready string
+	var err error
+	for _, p := range []*string{&admin, &metrics, &ready} {
+		if *p, err = freeAddr(); err != nil {
+			return err
+		}
+	}
+	for i := 0; i < len(old.Args); i += 2 {
+		k, v := old.Args[i], old.Args[i+1]
+		switch k {
+		case "--admin-address":
+			v = admin
+		case "--metrics-address":
+			v = metrics
+		case "--readiness-address":
+			v = ready
+		}
+		next.Args = append(next.Args, k, v)
+	}
+	next.Ready = "http://" + ready + "/healthz/ready"
+	if err := next.Start(ctx); err != nil {
+		return err
+	}
+	n.Ztunnel, n.ZtunnelAdmin, n.ZtunnelMetrics, n.ZtunnelReady = next, admin, metrics, ready
+	c.retired = append(c.retired, old)
+	old.Stop()
+	return nil
+}
+
 // Close removes everything: the test namespaces' pods (through the node
 // runners, so CNI DEL runs), the processes, the network namespaces, the
 // bpffs mounts, the API server and the temporary directory. It may be
@@ -611,7 +657,7 @@ func (c *Cluster) Leftovers() []string {
 }
 
 func (c *Cluster) allProcs() []*Proc {
-	var ps []*Proc
+	ps := slices.Clone(c.retired)
 	if c.Zmeshd != nil {
 		ps = append(ps, c.Zmeshd)
 	}
