@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"io"
+	"reflect"
 	sigsyaml "sigs.k8s.io/yaml"
 	"strings"
 
@@ -256,45 +257,14 @@ func bufioReader(r io.Reader) *bufio.Reader {
 // which (unlike the JSON decoding Istio's Go types do) rejects fields the
 // kind does not have, and names them.
 func strictIstioSpec(obj runtime.Object, data []byte) error {
-	var spec proto.Message
-	switch o := obj.(type) {
-	case *networkingv1.ServiceEntry:
-		spec = &o.Spec
-	case *networkingv1beta1.ServiceEntry:
-		spec = &o.Spec
-	case *networkingv1alpha3.ServiceEntry:
-		spec = &o.Spec
-	case *securityv1.PeerAuthentication:
-		spec = &o.Spec
-	case *securityv1beta1.PeerAuthentication:
-		spec = &o.Spec
-	case *securityv1.AuthorizationPolicy:
-		spec = &o.Spec
-	case *securityv1beta1.AuthorizationPolicy:
-		spec = &o.Spec
-	case *securityv1.RequestAuthentication:
-		spec = &o.Spec
-	case *securityv1beta1.RequestAuthentication:
-		spec = &o.Spec
-	case *networkingv1.VirtualService:
-		spec = &o.Spec
-	case *networkingv1beta1.VirtualService:
-		spec = &o.Spec
-	case *networkingv1alpha3.VirtualService:
-		spec = &o.Spec
-	case *networkingv1.DestinationRule:
-		spec = &o.Spec
-	case *networkingv1beta1.DestinationRule:
-		spec = &o.Spec
-	case *networkingv1alpha3.DestinationRule:
-		spec = &o.Spec
-	case *networkingv1.Gateway:
-		spec = &o.Spec
-	case *networkingv1beta1.Gateway:
-		spec = &o.Spec
-	case *networkingv1alpha3.Gateway:
-		spec = &o.Spec
-	default:
+	// Istio's kinds keep their spec as an istio.io/api protobuf message;
+	// the Kubernetes and Gateway API kinds do not.
+	f := reflect.ValueOf(obj).Elem().FieldByName("Spec")
+	if !f.IsValid() {
+		return nil
+	}
+	spec, ok := f.Addr().Interface().(proto.Message)
+	if !ok {
 		return nil
 	}
 	j, err := sigsyaml.YAMLToJSON(data)
