@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -39,25 +40,19 @@ func run(m *testing.M) int {
 	start := time.Now()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var err error
-	mesh, err = cluster.Start(ctx, cluster.Options{App: podapp.Env, Out: os.Stdout, Keep: os.Getenv("ZMESH_E2E_KEEP") != ""})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "e2e: start the cluster:", err)
-		if mesh != nil {
-			mesh.Close()
-		}
-		return 1
-	}
-	// Ctrl-C, SIGTERM, or the test timeout drawing near: tear down first.
+	// Ctrl-C or SIGTERM at any time, or the test timeout drawing near:
+	// tear down first. While the cluster is starting, cancelling makes
+	// Start remove what it made and return.
+	var mu sync.Mutex
+	var up, closed bool
 	teardown := make(chan struct{})
-	var closeOnce = make(chan struct{}, 1)
-	closeOnce <- struct{}{}
-	closeMesh := func(why string) {
-		select {
-		case <-closeOnce:
-		default:
-			return
+	closeMesh := func(why string) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if !up || closed {
+			return false
 		}
+		closed = true
 		if why != "" {
 			fmt.Fprintf(os.Stderr, "e2e: %s: removing the cluster\n", why)
 		}
@@ -65,19 +60,41 @@ func run(m *testing.M) int {
 			fmt.Fprintln(os.Stderr, "e2e: close:", err)
 		}
 		close(teardown)
+		return true
 	}
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
 	go func() {
-		if s, ok := <-sigs; ok {
-			closeMesh(s.String())
+		s, ok := <-sigs
+		if !ok {
+			return
+		}
+		cancel()
+		if closeMesh(s.String()) {
+			reportLeftovers()
 			os.Exit(130)
 		}
 	}()
+	var err error
+	mesh, err = cluster.Start(ctx, cluster.Options{App: podapp.Env, Out: os.Stdout, Keep: os.Getenv("ZMESH_E2E_KEEP") != ""})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: start the cluster:", err)
+		return 1
+	}
+	mu.Lock()
+	up = true
+	mu.Unlock()
+	if ctx.Err() != nil {
+		closeMesh("interrupted")
+		reportLeftovers()
+		return 130
+	}
 	if to := flag.Lookup("test.timeout"); to != nil {
 		if d, _ := time.ParseDuration(to.Value.String()); d > time.Minute {
 			watchdog := time.AfterFunc(d-time.Since(start)-40*time.Second, func() {
 				closeMesh("the test timeout is near")
+				reportLeftovers()
 				os.Exit(1)
 			})
 			defer watchdog.Stop()
@@ -85,19 +102,24 @@ func run(m *testing.M) int {
 	}
 
 	code := m.Run()
-	signal.Stop(sigs)
-	closeMesh("")
-	<-teardown
+	if !closeMesh("") {
+		<-teardown // a signal's teardown is under way; it exits
+	}
+	if len(reportLeftovers()) > 0 && code == 0 {
+		code = 1
+	}
+	fmt.Printf("e2e/l4: wall time %s\n", time.Since(start).Round(100*time.Millisecond))
+	return code
+}
+
+// reportLeftovers prints what the teardown left behind.
+func reportLeftovers() []string {
 	left := mesh.Leftovers()
 	for _, l := range left {
 		fmt.Fprintln(os.Stderr, "e2e: left behind:", l)
 	}
-	if len(left) > 0 && code == 0 {
-		code = 1
-	}
 	if len(left) == 0 {
 		fmt.Println("cluster: removed; nothing left behind (namespaces, links, mounts, bpffs pins, processes, temp dir)")
 	}
-	fmt.Printf("e2e/l4: wall time %s\n", time.Since(start).Round(100*time.Millisecond))
-	return code
+	return left
 }
