@@ -23,7 +23,7 @@ build: deps
 # The README's test command: lint, then every test (netns tests need root).
 test: deps lint
 	$(GO) test -count=1 -timeout 10m $$($(GO) list ./... | grep -v -E '^github.com/zmesh/zmesh/(bpf|cni|ztunnel|e2e)(/|$$)')
-	$(GO) test -count=1 -p 1 -timeout 15m $(NETNS_PKGS)
+	$(GO) test -count=1 -p 1 -timeout 25m $(NETNS_PKGS)
 	$(GO) test -count=1 -race -timeout 15m ./identity/... ./ztunnel/... ./api/... ./cni/agent/ ./controlplane/model/... ./controlplane/translate/ ./controlplane/xds/ ./controlplane/push/ ./controlplane/status/ ./controlplane/source/dir/
 
 # The main job: a local mesh with no cluster (root: network namespaces).
