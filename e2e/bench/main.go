@@ -51,7 +51,7 @@ func main() {
 		only     = flag.String("workloads", "", "comma-separated workloads to run (default all: lat1k,maxrps,bulk1,bulk8,newconn)")
 		paths    = flag.String("paths", "", "comma-separated paths (default all: direct,mesh,stunnel,haproxy)")
 		noMem    = flag.Bool("no-memory", false, "skip the ztunnel state memory measurement")
-		profile  = flag.String("profile", "", "workload whose first mesh run is profiled (pprof CPU + allocs of both ztunnels)")
+		profile  = flag.String("profile", "", "comma-separated workloads whose first mesh run is profiled (pprof CPU + allocs of both ztunnels; and the heap of the memory measurement)")
 		profDir  = flag.String("profile-dir", "", "where profiles go (default <out>/profiles-<stamp>)")
 		duration = flag.Duration("lat-duration", 0, "duration of each fixed-rate run (default 30s, quick 3s)")
 	)
@@ -68,7 +68,7 @@ func main() {
 	if *duration > 0 {
 		p.lat = *duration
 	}
-	p.profile = *profile
+	p.profile = splitList(*profile)
 	o := options{bin: *bin, fortio: *fortio, out: *out, quick: *quick, memory: !*noMem, profileDir: *profDir}
 	o.workloads = splitList(*only)
 	o.paths = splitList(*paths)
@@ -115,7 +115,7 @@ func run(ctx context.Context, p plan, o options, stdout, progress io.Writer) err
 	if o.quick {
 		stamp += "-quick"
 	}
-	if p.profile != "" {
+	if len(p.profile) > 0 {
 		p.profileDir = o.profileDir
 		if p.profileDir == "" {
 			p.profileDir = filepath.Join(o.out, "profiles-"+stamp)
@@ -217,7 +217,7 @@ func run(ctx context.Context, p plan, o options, stdout, progress io.Writer) err
 	var mem *report.Memory
 	if o.memory {
 		fmt.Fprintf(progress, "[memory] a third ztunnel with no pods: idle, then %d workloads and %d services from zmeshd\n", p.scaleWorkloads, p.scaleServices)
-		if mem, err = e.measureMemory(ctx, p.scaleWorkloads, p.scaleServices); err != nil {
+		if mem, err = e.measureMemory(ctx, p.scaleWorkloads, p.scaleServices, p.profileDir); err != nil {
 			fmt.Fprintf(progress, "          memory measurement failed: %v\n", err)
 			meta.Notes = append(meta.Notes, "memory measurement failed: "+err.Error())
 			mem = nil
@@ -226,7 +226,7 @@ func run(ctx context.Context, p plan, o options, stdout, progress io.Writer) err
 	meta.LoadAfter = loadAvg()
 	meta.Elapsed = time.Since(started).Seconds()
 	if p.profileDir != "" {
-		meta.Notes = append(meta.Notes, "profiles of the first mesh "+p.profile+" run: "+p.profileDir)
+		meta.Notes = append(meta.Notes, "profiles of the first mesh run of "+strings.Join(p.profile, ", ")+": "+p.profileDir)
 	}
 
 	rep := report.Build(meta, wls, samples, mem)

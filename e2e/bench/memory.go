@@ -17,7 +17,8 @@ import (
 // idle, has zmeshd push workloads and services to it (a YAML file dropped
 // into zmeshd's config directory), and measures it again once it has
 // acknowledged them.
-func (e *env) measureMemory(ctx context.Context, workloads, services int) (*report.Memory, error) {
+// With profileDir set, the loaded ztunnel's heap profile is saved there.
+func (e *env) measureMemory(ctx context.Context, workloads, services int, profileDir string) (*report.Memory, error) {
 	ports, err := freePorts(3)
 	if err != nil {
 		return nil, err
@@ -50,6 +51,14 @@ func (e *env) measureMemory(ctx context.Context, workloads, services int) (*repo
 	time.Sleep(2 * time.Second)
 	if m.LoadedHeap, m.LoadedRSS, err = zt.memory(ctx); err != nil {
 		return nil, err
+	}
+	if profileDir != "" {
+		if err := os.MkdirAll(profileDir, 0o755); err != nil {
+			return nil, err
+		}
+		if err := fetchTo(ctx, "http://"+zt.admin+"/debug/pprof/heap", filepath.Join(profileDir, "state-heap.pprof")); err != nil {
+			return nil, err
+		}
 	}
 	return m, nil
 }

@@ -35,14 +35,15 @@ func TestParseFortio(t *testing.T) {
 }
 
 func TestParseIperf(t *testing.T) {
-	g, err := parseIperf([]byte(`{"end":{"sum_sent":{"bits_per_second":9e9},"sum_received":{"bits_per_second":8.5e9}}}`))
-	if err != nil || g != 8.5 {
-		t.Errorf("parseIperf = %g, %v; want 8.5 Gbit/s received", g, err)
+	g, n, err := parseIperf([]byte(`{"intervals":[{"sum":{"bytes":1e9}},{"sum":{"bytes":1.2e9}}],
+	"end":{"sum_sent":{"bits_per_second":9e9},"sum_received":{"bytes":2e9,"bits_per_second":8.5e9}}}`))
+	if err != nil || g != 8.5 || n != 2.2e9 {
+		t.Errorf("parseIperf = %g Gbit/s, %g bytes, %v; want 8.5 received, 2.2e9 bytes with the omitted interval", g, n, err)
 	}
-	if _, err := parseIperf([]byte(`{"error":"unable to connect to server: Connection refused"}`)); err == nil || !strings.Contains(err.Error(), "refused") {
+	if _, _, err := parseIperf([]byte(`{"error":"unable to connect to server: Connection refused"}`)); err == nil || !strings.Contains(err.Error(), "refused") {
 		t.Errorf("iperf3's error not reported: %v", err)
 	}
-	if _, err := parseIperf(nil); err == nil {
+	if _, _, err := parseIperf(nil); err == nil {
 		t.Error("no output parsed")
 	}
 }
@@ -66,6 +67,10 @@ func TestParseStatus(t *testing.T) {
 	}
 	if _, err := parseStatusField([]byte(status), "VmSwap"); err == nil {
 		t.Error("a missing field parsed")
+	}
+	io := "rchar: 100\nwchar: 200\nsyscr: 7\nsyscw: 35\nread_bytes: 0\n"
+	if r, err := parseIOField([]byte(io), "syscr"); err != nil || r != 7 {
+		t.Errorf("syscr = %g, %v", r, err)
 	}
 	heap := "heap profile: 1: 2 [3: 4] @ heap/1048576\n# runtime.MemStats\n# Alloc = 1517000\n# HeapAlloc = 1517000\n# HeapInuse = 2000000\n"
 	if v, err := parseMemStatsLine([]byte(heap), "HeapAlloc"); err != nil || v != 1517000 {

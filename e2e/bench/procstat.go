@@ -109,3 +109,32 @@ func parseMemStatsLine(b []byte, name string) (float64, error) {
 	}
 	return 0, fmt.Errorf("heap profile: no %s", name)
 }
+
+// syscallsOf returns each process's read and write syscalls so far
+// (syscr + syscw of /proc/<pid>/io: the read, write and vectored
+// families); NaN for one that cannot be read.
+func syscallsOf(ps []*proc) []float64 {
+	out := make([]float64, len(ps))
+	for i, p := range ps {
+		out[i] = math.NaN()
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", p.pid()))
+		if err != nil {
+			continue
+		}
+		r, err1 := parseIOField(b, "syscr")
+		w, err2 := parseIOField(b, "syscw")
+		if err1 == nil && err2 == nil {
+			out[i] = r + w
+		}
+	}
+	return out
+}
+
+func parseIOField(b []byte, field string) (float64, error) {
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, field+": "); ok {
+			return strconv.ParseFloat(strings.TrimSpace(v), 64)
+		}
+	}
+	return 0, fmt.Errorf("io: no %s", field)
+}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -23,7 +24,7 @@ type plan struct {
 	rate, latConns, maxConns      int
 	lat, maxRPS, bulk, newConn    time.Duration
 	newConnConns                  int
-	profile                       string // workload whose first mesh run is profiled
+	profile                       []string // workloads whose first mesh run is profiled
 	profileDir                    string
 	scaleWorkloads, scaleServices int
 }
@@ -65,15 +66,15 @@ type runner struct {
 // run runs one workload once on one path and returns its sample.
 func (r *runner) run(ctx context.Context, w string, p *path, rep int) (report.Sample, error) {
 	s := report.Sample{Rep: rep, Workload: w, Path: p.name, Start: time.Now(), Values: map[string]float64{}}
-	before := cpuOf(p.proxies)
+	before, sysBefore := cpuOf(p.proxies), syscallsOf(p.proxies)
 	for _, z := range p.ztunnels {
 		resetPeakRSS(z.pid())
 	}
 	var prof *profiler
-	if r.plan.profile == w && p.name == report.Mesh && r.plan.profileDir != "" && rep == 1 {
+	if slices.Contains(r.plan.profile, w) && p.name == report.Mesh && r.plan.profileDir != "" && rep == 1 {
 		prof = startProfiles(ctx, r.plan.profileDir, w, p.ztunnels, r.seconds(w))
 	}
-	var requests float64
+	var requests, bytes float64
 	var err error
 	switch w {
 	case report.Lat1k:
@@ -87,9 +88,9 @@ func (r *runner) run(ctx context.Context, w string, p *path, rep int) (report.Sa
 			delete(s.Values, report.KeyQPS)
 		}
 	case report.Bulk1:
-		err = r.iperf(ctx, p, &s, 1)
+		bytes, err = r.iperf(ctx, p, &s, 1)
 	case report.Bulk8:
-		err = r.iperf(ctx, p, &s, 8)
+		bytes, err = r.iperf(ctx, p, &s, 8)
 	default:
 		err = fmt.Errorf("unknown workload %q", w)
 	}
@@ -102,13 +103,24 @@ func (r *runner) run(ctx context.Context, w string, p *path, rep int) (report.Sa
 	if err != nil {
 		return s, err
 	}
-	after := cpuOf(p.proxies)
+	after, sysAfter := cpuOf(p.proxies), syscallsOf(p.proxies)
+	var calls float64
+	for i := range sysBefore {
+		calls += sysAfter[i] - sysBefore[i]
+	}
+	var cpu float64
+	for i := range before {
+		cpu += after[i] - before[i]
+	}
+	if bytes > 0 && len(p.proxies) > 0 {
+		s.Values[report.KeySyscallsPerMB] = calls / (bytes / 1e6)
+		s.Values[report.KeyCPUPerGB] = cpu / (bytes / 1e9)
+	}
 	if requests > 0 && len(p.proxies) > 0 {
-		var sum float64
-		for i := range before {
-			sum += after[i] - before[i]
-		}
-		s.Values[report.KeyProxyCPU] = sum / (requests / 1000)
+		s.Values[report.KeySyscallsPerReq] = calls / requests
+	}
+	if requests > 0 && len(p.proxies) > 0 {
+		s.Values[report.KeyProxyCPU] = cpu / (requests / 1000)
 		if len(p.ztunnels) == 2 && w == report.Lat1k {
 			s.Values[report.KeyZt1CPU] = (after[0] - before[0]) / (requests / 1000)
 			s.Values[report.KeyZt2CPU] = (after[1] - before[1]) / (requests / 1000)
@@ -171,8 +183,9 @@ func (r *runner) fortio_(ctx context.Context, p *path, s *report.Sample, qps, co
 	return float64(res.ok + res.errors), nil
 }
 
-// iperf runs iperf3 with n parallel streams from the client pod.
-func (r *runner) iperf(ctx context.Context, p *path, s *report.Sample, n int) error {
+// iperf runs iperf3 with n parallel streams from the client pod and
+// returns the bytes received.
+func (r *runner) iperf(ctx context.Context, p *path, s *report.Sample, n int) (float64, error) {
 	secs := int(r.plan.bulk / time.Second)
 	args := []string{"netns", "exec", p.client.Name, "iperf3", "-J", "-c", p.iperf.Addr().String(), "-p", strconv.Itoa(int(p.iperf.Port())),
 		"-t", strconv.Itoa(secs), "-P", strconv.Itoa(n)}
@@ -182,15 +195,15 @@ func (r *runner) iperf(ctx context.Context, p *path, s *report.Sample, n int) er
 	cctx, cancel := context.WithTimeout(ctx, r.plan.bulk+60*time.Second)
 	defer cancel()
 	out, err := exec.CommandContext(cctx, "ip", args...).Output()
-	gbps, perr := parseIperf(out)
+	gbps, bytes, perr := parseIperf(out)
 	if perr != nil {
 		if err != nil {
-			return fmt.Errorf("iperf3: %v: %v", err, perr)
+			return 0, fmt.Errorf("iperf3: %v: %v", err, perr)
 		}
-		return perr
+		return 0, perr
 	}
 	s.Values[report.KeyGbps] = gbps
-	return nil
+	return bytes, nil
 }
 
 // fortioResult is what the bench reads of fortio's JSON.
@@ -232,26 +245,41 @@ func parseFortio(b []byte) (fortioResult, error) {
 	return r, nil
 }
 
-// parseIperf returns the received throughput in Gbit/s of iperf3 -J.
-func parseIperf(b []byte) (float64, error) {
+// parseIperf returns the received throughput in Gbit/s of iperf3 -J, and
+// the bytes received (with the omitted first second, which the proxies'
+// counters see too).
+func parseIperf(b []byte) (gbps, bytes float64, err error) {
 	var v struct {
-		Error string `json:"error"`
-		End   struct {
+		Error     string `json:"error"`
+		Intervals []struct {
+			Sum struct {
+				Bytes float64 `json:"bytes"`
+			} `json:"sum"`
+		} `json:"intervals"`
+		End struct {
 			SumReceived struct {
+				Bytes         float64 `json:"bytes"`
 				BitsPerSecond float64 `json:"bits_per_second"`
 			} `json:"sum_received"`
 		} `json:"end"`
 	}
 	if err := json.Unmarshal(b, &v); err != nil {
-		return 0, fmt.Errorf("iperf3 JSON: %w: %s", err, tail(b))
+		return 0, 0, fmt.Errorf("iperf3 JSON: %w: %s", err, tail(b))
 	}
 	if v.Error != "" {
-		return 0, fmt.Errorf("iperf3: %s", v.Error)
+		return 0, 0, fmt.Errorf("iperf3: %s", v.Error)
 	}
 	if v.End.SumReceived.BitsPerSecond == 0 {
-		return 0, errors.New("iperf3: nothing received")
+		return 0, 0, errors.New("iperf3: nothing received")
 	}
-	return v.End.SumReceived.BitsPerSecond / 1e9, nil
+	bytes = v.End.SumReceived.Bytes
+	if sent := 0.0; len(v.Intervals) > 0 {
+		for _, i := range v.Intervals {
+			sent += i.Sum.Bytes
+		}
+		bytes = max(bytes, sent)
+	}
+	return v.End.SumReceived.BitsPerSecond / 1e9, bytes, nil
 }
 
 func tail(b []byte) string {

@@ -31,7 +31,12 @@ const (
 	KeyZt1HWM   = "zt_client_peak_rss_mb"
 	KeyZt2HWM   = "zt_server_peak_rss_mb"
 	KeyGbps     = "gbps"
-	KeyConnPS   = "conn_per_s"
+	// Syscalls (read and write families, /proc/<pid>/io) of the path's
+	// proxies: a figure the machine's load does not move.
+	KeySyscallsPerReq = "proxy_syscalls_per_req"
+	KeySyscallsPerMB  = "proxy_syscalls_per_mb"
+	KeyCPUPerGB       = "proxy_cpu_per_gb" // CPU seconds of the path's proxies per GB carried
+	KeyConnPS         = "conn_per_s"
 )
 
 // LatencyPercentiles are the percentiles asked of fortio; the table shows
@@ -41,7 +46,12 @@ var LatencyPercentiles = []float64{50, 75, 90, 95, 99, 99.5, 99.9}
 // LatKey is the metric key of a latency percentile.
 func LatKey(p float64) string { return fmt.Sprintf("p%g", p) }
 
-var proxyCPU = Metric{Key: KeyProxyCPU, Label: "proxies' CPU s per 1000 req", Unit: "s", Better: Lower, Only: []string{Mesh, Stunnel, HAProxy}}
+var (
+	proxyCPU       = Metric{Key: KeyProxyCPU, Label: "proxies' CPU s per 1000 req", Unit: "s", Better: Lower, Only: []string{Mesh, Stunnel, HAProxy}}
+	proxySysPerReq = Metric{Key: KeySyscallsPerReq, Label: "proxies' read/write syscalls per req", Unit: "calls", Better: Lower, Only: []string{Mesh, Stunnel, HAProxy}}
+	proxySysPerMB  = Metric{Key: KeySyscallsPerMB, Label: "proxies' read/write syscalls per MB", Unit: "calls", Better: Lower, Only: []string{Mesh, Stunnel, HAProxy}}
+	proxyCPUPerGB  = Metric{Key: KeyCPUPerGB, Label: "proxies' CPU s per GB", Unit: "s", Better: Lower, Only: []string{Mesh, Stunnel, HAProxy}}
+)
 
 // Workloads lists what one repetition runs, in order. rate is the fixed
 // request rate of Lat1k and conns the connection count of MaxRPS.
@@ -53,6 +63,7 @@ func Workloads(rate, conns int) []Workload {
 	lat.Metrics = append(lat.Metrics,
 		Metric{Key: KeyQPS, Label: "achieved req/s", Unit: "req/s", Better: Higher},
 		proxyCPU,
+		proxySysPerReq,
 		Metric{Key: KeyZt1CPU, Label: "client ztunnel CPU s per 1000 req", Unit: "s", Better: Lower, Only: []string{Mesh}},
 		Metric{Key: KeyZt2CPU, Label: "server ztunnel CPU s per 1000 req", Unit: "s", Better: Lower, Only: []string{Mesh}},
 		Metric{Key: KeyZt1HWM, Label: "client ztunnel peak RSS", Unit: "MB", Better: Lower, Only: []string{Mesh}},
@@ -64,12 +75,14 @@ func Workloads(rate, conns int) []Workload {
 			{Key: KeyQPS, Label: "req/s", Unit: "req/s", Better: Higher},
 			{Key: LatKey(99), Label: "p99", Unit: "ms", Better: Lower},
 			proxyCPU,
+			proxySysPerReq,
 		}},
-		{Name: Bulk1, Title: "bulk TCP, 1 stream (iperf3)", Metrics: []Metric{{Key: KeyGbps, Label: "throughput", Unit: "Gbit/s", Better: Higher}}},
-		{Name: Bulk8, Title: "bulk TCP, 8 streams (iperf3)", Metrics: []Metric{{Key: KeyGbps, Label: "throughput", Unit: "Gbit/s", Better: Higher}}},
+		{Name: Bulk1, Title: "bulk TCP, 1 stream (iperf3)", Metrics: []Metric{{Key: KeyGbps, Label: "throughput", Unit: "Gbit/s", Better: Higher}, proxyCPUPerGB, proxySysPerMB}},
+		{Name: Bulk8, Title: "bulk TCP, 8 streams (iperf3)", Metrics: []Metric{{Key: KeyGbps, Label: "throughput", Unit: "Gbit/s", Better: Higher}, proxyCPUPerGB, proxySysPerMB}},
 		{Name: NewConn, Title: "new connections: connect, one small request, close (fortio -keepalive=false)", Metrics: []Metric{
 			{Key: KeyConnPS, Label: "connections/s", Unit: "conn/s", Better: Higher},
 			proxyCPU,
+			proxySysPerReq,
 		}},
 	}
 }
