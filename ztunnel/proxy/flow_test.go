@@ -159,9 +159,14 @@ func TestMeshServiceVIP(t *testing.T) {
 	waitFor(t, func() bool {
 		return len(b.logLines("connection complete")) >= 2 && len(a.logLines("connection complete")) >= 4
 	}, "both endpoints used")
-	rec := b.logLines("connection complete")[0]
-	if rec["dst.service"] != nil && rec["dst.service"] != "echo.demo.svc.cluster.local" {
-		t.Errorf("inbound dst.service = %v", rec["dst.service"])
+	// The destination side names the service the client addressed (from
+	// Forwarded host=), as the source side does.
+	for _, n := range []*node{a, b} {
+		for _, rec := range n.logLines("connection complete") {
+			if rec["dst.service"] != "echo.demo.svc.cluster.local" {
+				t.Errorf("%s %v dst.service = %v, want echo.demo.svc.cluster.local", n.name, rec["direction"], rec["dst.service"])
+			}
+		}
 	}
 	// No port 81 on the service: refused.
 	if _, err := client.call(netip.AddrPortFrom(vip, 81), "x"); err == nil {

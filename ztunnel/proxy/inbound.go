@@ -20,7 +20,7 @@ import (
 // inboundHBONE terminates mutual TLS on the pod's 15008 with the pod's own
 // certificate and serves the CONNECT streams inside.
 func (p *Proxy) inboundHBONE(pd *pod, c net.Conn) {
-	tc := tls.Server(c, identity.ServerTLS(p.cfg.Certs, pd.id, nil))
+	tc := tls.Server(hbone.BatchWrites(c), identity.ServerTLS(p.cfg.Certs, pd.id, nil))
 	if err := pd.hbone.ServeConn(pd.ctx, tc); err != nil {
 		p.log.Debug("hbone connection ended", "pod", pd.String(), "src.addr", c.RemoteAddr().String(), "error", err.Error())
 	}
@@ -46,7 +46,7 @@ func (p *Proxy) inboundHandler(pd *pod) hbone.Handler {
 			}
 		}
 		c := authz.Conn{Src: src, Dst: target, Peer: req.Peer}
-		p.serveInbound(pd, s, c, true, start, func(status int, reason string) {
+		p.serveInbound(pd, s, c, req.Host, true, start, func(status int, reason string) {
 			if status == http.StatusOK {
 				s.Respond(status)
 			} else {
@@ -58,8 +58,10 @@ func (p *Proxy) inboundHandler(pd *pod) hbone.Handler {
 
 // serveInbound authorizes c and, if allowed, joins down (the client side:
 // an HBONE stream or a plaintext socket) with a fresh connection to the app.
-// answer reports the outcome to an HBONE client (nil for plaintext).
-func (p *Proxy) serveInbound(pd *pod, down net.Conn, c authz.Conn, secure bool, start time.Time, answer func(status int, reason string)) {
+// host is the service hostname the client addressed (Forwarded host=), if
+// it said. answer reports the outcome to an HBONE client (nil for
+// plaintext).
+func (p *Proxy) serveInbound(pd *pod, down net.Conn, c authz.Conn, host string, secure bool, start time.Time, answer func(status int, reason string)) {
 	snap := p.cfg.State.Snapshot()
 	v := AuthorizeInbound(snap, p.cfg.Network, c)
 	srcW := snap.WorkloadByAddr(state.NetAddr{Network: p.cfg.Network, Addr: c.Src.Addr()})
@@ -69,6 +71,9 @@ func (p *Proxy) serveInbound(pd *pod, down net.Conn, c authz.Conn, secure bool, 
 		srcPeer.Identity = c.Peer.String()
 	}
 	dstPeer := p.localPeer(pd, v.Workload, c.Dst)
+	if svc := servedService(snap, v.Workload, host); svc != nil {
+		dstPeer.Service, dstPeer.ServiceName, dstPeer.ServiceNamespace = svc.Hostname, svc.Name, svc.Namespace
+	}
 	tel := p.cfg.Telemetry.Open(telemetry.ConnInfo{Direction: telemetry.Inbound, Src: srcPeer, Dst: dstPeer, Secure: secure, Start: start})
 	if len(v.DryRun) > 0 {
 		p.log.Info("dry-run policy result", "dst.workload", pd.String(), "src.addr", c.Src.String(), "src.identity", srcPeer.Identity, "policies", v.DryRun)
@@ -102,4 +107,18 @@ func (p *Proxy) dialApp(ctx context.Context, pd *pod, src netip.Addr, dst netip.
 		return pd.netns.Dial(ctx, dst)
 	}
 	return pd.netns.DialTransparent(ctx, src, dst, pd.maps)
+}
+
+// servedService is the service named host that w backs. The name comes
+// from the client, so it counts only if w is one of its endpoints.
+func servedService(snap *state.Snapshot, w *state.Workload, host string) *state.Service {
+	if host == "" || w == nil {
+		return nil
+	}
+	for _, svc := range snap.ServicesByHostname(host) {
+		if _, ok := w.Services[svc.Key()]; ok {
+			return svc
+		}
+	}
+	return nil
 }

@@ -15,7 +15,7 @@ func (p *Proxy) inboundPlain(pd *pod, c *net.TCPConn) {
 	start := time.Now()
 	src := unmapped(c.RemoteAddr().(*net.TCPAddr).AddrPort())
 	dst := unmapped(c.LocalAddr().(*net.TCPAddr).AddrPort())
-	p.serveInbound(pd, c, authz.Conn{Src: src, Dst: dst}, false, start, func(status int, reason string) {
+	p.serveInbound(pd, c, authz.Conn{Src: src, Dst: dst}, "", false, start, func(status int, reason string) {
 		if status != 200 {
 			// A plaintext client learns nothing but a reset.
 			c.SetLinger(0)
