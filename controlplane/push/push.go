@@ -1,7 +1,8 @@
 // Package push turns a source's snapshots into xDS pushes: it debounces
-// bursts of changes, translates the newest snapshot, hands each type's
-// resources to the xDS server (which sends proxies only what changed), and
-// reports each object's status conditions.
+// bursts of changes, translates the newest snapshot (incrementally: an
+// unchanged pod keeps its translation and its encoding), hands each
+// type's resources to the xDS server (which sends proxies only what
+// changed), and reports each object's status conditions.
 package push
 
 import (
@@ -36,6 +37,9 @@ type Pipeline struct {
 	// end before translating (default 10ms); MaxDelay bounds that wait
 	// under a steady stream of changes (default 100ms).
 	Debounce, MaxDelay time.Duration
+
+	// translator is only used by Run's goroutine.
+	translator translate.Incremental
 
 	mu      sync.Mutex
 	next    *model.Snapshot
@@ -125,7 +129,7 @@ func (p *Pipeline) Run(ctx context.Context) {
 
 func (p *Pipeline) push(ctx context.Context, snap *model.Snapshot, since time.Time) {
 	start := time.Now()
-	out := translate.Translate(p.Options, snap)
+	out := p.translator.Translate(p.Options, snap)
 	translated := time.Since(start)
 	addrs, addrGone, err := p.XDS.Set(xds.TypeAddress, asMessages(out.Addresses))
 	if err != nil {

@@ -24,9 +24,10 @@ type authzPolicyState struct {
 }
 
 type apEntry struct {
-	ref      ObjectRef
-	key      string
-	selected int
+	ref ObjectRef
+	key string
+	// index in entries: podPhase counts the pods each entry selects by it.
+	index int
 }
 
 // authorizationPolicies translates every AuthorizationPolicy ztunnel
@@ -50,7 +51,7 @@ func (t *translator) authorizationPolicies(out *Output) {
 		if a.Scope != security.Scope_WORKLOAD_SELECTOR {
 			continue
 		}
-		e := &apEntry{ref: authzPolicyRef(ap), key: key}
+		e := &apEntry{ref: authzPolicyRef(ap), key: key, index: len(t.ap.entries)}
 		t.ap.entries = append(t.ap.entries, e)
 		idx := t.ap.selectors[ap.Namespace]
 		if idx == nil {
@@ -61,18 +62,19 @@ func (t *translator) authorizationPolicies(out *Output) {
 	}
 }
 
-// policiesFor lists the WORKLOAD_SELECTOR policies of a pod, sorted.
-func (t *translator) policiesFor(p *corev1.Pod) []string {
+// policiesFor lists the WORKLOAD_SELECTOR policies of a pod, sorted, and
+// records in r the policies that selected it.
+func (t *translator) policiesFor(p *corev1.Pod, r *podResult) []string {
 	var names []string
 	collect := func(e *apEntry) {
-		e.selected++
+		r.policies = append(r.policies, e)
 		names = append(names, e.key)
 	}
 	t.ap.selectors[p.Namespace].each(p.Labels, collect)
 	if p.Namespace != t.mesh.RootNamespace {
 		t.ap.selectors[t.mesh.RootNamespace].each(p.Labels, collect)
 	}
-	if pa := t.peerAuthPolicy(p); pa != "" {
+	if pa := t.peerAuthPolicy(p, r); pa != "" {
 		names = append(names, pa)
 	}
 	if len(names) == 0 {
@@ -81,10 +83,11 @@ func (t *translator) policiesFor(p *corev1.Pod) []string {
 	return sortedUnique(names)
 }
 
-func (t *translator) finishAuthorizationPolicies() {
-	for _, e := range t.ap.entries {
-		if e.selected == 0 {
-			t.conds.note(e.ref, ZtunnelAccepted, ReasonNoMatchingWorkload, "spec.selector: matches no running pod")
+// finishAuthorizationPolicies reports selector policies no pod selected.
+func (ph *podPhase) finishAuthorizationPolicies() {
+	for _, e := range ph.t.ap.entries {
+		if ph.apSelected[e.index] == 0 {
+			ph.conds.note(e.ref, ZtunnelAccepted, ReasonNoMatchingWorkload, "spec.selector: matches no running pod")
 		}
 	}
 }

@@ -3,7 +3,9 @@
 // ztunnel consumes: istio.workload.Address resources (workloads and
 // services) and istio.security.Authorization policies, plus a status
 // condition for each object it has something to say about. It does no I/O
-// and keeps no state between calls; it never modifies the snapshot. It
+// and never modifies the snapshot; Translate keeps no state between calls,
+// while Incremental, for the push loop, remembers the last snapshot's
+// results to reuse them for unchanged objects, with the same output. It
 // imports the wire types and controlplane/model, never the data planes.
 //
 // The semantics are Istio ambient's, so that the YAML in Istio's

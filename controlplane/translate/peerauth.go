@@ -38,16 +38,19 @@ type peerAuthState struct {
 	// namespaceWide is the namespace-wide PeerAuthentication in force in
 	// each namespace (the root namespace's is the mesh's).
 	namespaceWide map[string]*securityv1.PeerAuthentication
-	nsMode        map[string]mtlsMode
 	selectors     map[string]*selectorIndex[*securityv1.PeerAuthentication]
-	// selected counts the pods each selector PeerAuthentication applies to;
-	// lostTo, per PeerAuthentication, the pods an older one took.
-	selected map[*securityv1.PeerAuthentication]int
-	lostTo   map[*securityv1.PeerAuthentication]map[*securityv1.PeerAuthentication]int
-	// portLevel caches the policy of each port-level PeerAuthentication
-	// ("" when its ports all end up with the default mode).
-	portLevel       map[*securityv1.PeerAuthentication]*security.Authorization
-	staticStrictOn  bool
+	// withSelector lists the selector PeerAuthentications in snapshot
+	// order, for the report on which pods they got (podPhase).
+	withSelector []*securityv1.PeerAuthentication
+	// nsMode and portLevel memoize what pods ask, so they depend only on
+	// the policies, never on which pods asked first. portLevel caches the
+	// policy of each port-level PeerAuthentication (nil when its ports all
+	// end up with the default mode).
+	nsMode    map[string]mtlsMode
+	portLevel map[*securityv1.PeerAuthentication]*security.Authorization
+	// staticStrict is the policy of workloads STRICT on all ports, made
+	// once per translator so that an unchanged policy keeps its pointer.
+	staticStrict    *security.Authorization
 	staticStrictKey string
 }
 
@@ -71,9 +74,8 @@ func (t *translator) peerAuthentications() {
 	st.namespaceWide = map[string]*securityv1.PeerAuthentication{}
 	st.nsMode = map[string]mtlsMode{}
 	st.selectors = map[string]*selectorIndex[*securityv1.PeerAuthentication]{}
-	st.selected = map[*securityv1.PeerAuthentication]int{}
-	st.lostTo = map[*securityv1.PeerAuthentication]map[*securityv1.PeerAuthentication]int{}
 	st.portLevel = map[*securityv1.PeerAuthentication]*security.Authorization{}
+	st.staticStrictKey = joinKey(t.mesh.RootNamespace, StaticStrictPolicy)
 
 	var nsWide []*securityv1.PeerAuthentication
 	for _, pa := range t.snap.PeerAuthentications {
@@ -101,7 +103,7 @@ func (t *translator) peerAuthentications() {
 			st.selectors[pa.Namespace] = idx
 		}
 		idx.add(pa.Spec.Selector.MatchLabels, pa)
-		st.selected[pa] = 0
+		st.withSelector = append(st.withSelector, pa)
 	}
 	slices.SortStableFunc(nsWide, olderFirst)
 	for _, pa := range nsWide {
@@ -132,8 +134,10 @@ func (t *translator) namespaceMode(ns string) mtlsMode {
 }
 
 // peerAuthPolicy returns the key of the Authorization enforcing p's
-// effective PeerAuthentication, or "" when nothing is to enforce.
-func (t *translator) peerAuthPolicy(p *corev1.Pod) string {
+// effective PeerAuthentication, or "" when nothing is to enforce; r records
+// which selector PeerAuthentications applied and whether the static strict
+// policy is used.
+func (t *translator) peerAuthPolicy(p *corev1.Pod, r *podResult) string {
 	st := &t.pa
 	var winner *securityv1.PeerAuthentication
 	var others []*securityv1.PeerAuthentication
@@ -150,41 +154,29 @@ func (t *translator) peerAuthPolicy(p *corev1.Pod) string {
 	})
 	base := t.namespaceMode(p.Namespace)
 	if winner == nil {
-		return t.strictIf(base == modeStrict)
+		return t.strictIf(r, base == modeStrict)
 	}
-	st.selected[winner]++
-	for _, o := range others {
-		if st.lostTo[o] == nil {
-			st.lostTo[o] = map[*securityv1.PeerAuthentication]int{}
-		}
-		st.lostTo[o][winner]++
-	}
+	r.paWinner, r.paLosers = winner, others
 	m := mode(winner)
 	if m == modeUnset {
 		m = base
 	}
-	if a, done := st.portLevel[winner]; done {
-		if a == nil {
-			return t.strictIf(m == modeStrict)
-		}
-		return joinKey(a.Namespace, a.Name)
+	a, done := st.portLevel[winner]
+	if !done {
+		a = portLevelPolicy(winner, m == modeStrict)
+		st.portLevel[winner] = a
 	}
-	a := portLevelPolicy(winner, m == modeStrict)
-	st.portLevel[winner] = a
 	if a == nil {
-		return t.strictIf(m == modeStrict)
+		return t.strictIf(r, m == modeStrict)
 	}
 	return joinKey(a.Namespace, a.Name)
 }
 
-func (t *translator) strictIf(strict bool) string {
+func (t *translator) strictIf(r *podResult, strict bool) string {
 	if !strict {
 		return ""
 	}
-	if !t.pa.staticStrictOn {
-		t.pa.staticStrictOn = true
-		t.pa.staticStrictKey = joinKey(t.mesh.RootNamespace, StaticStrictPolicy)
-	}
+	r.strict = true
 	return t.pa.staticStrictKey
 }
 
@@ -229,31 +221,32 @@ func plaintextMatch() *security.Match {
 
 // finishPeerAuthentications emits the policies workloads ended up listing
 // and reports selectors that matched nothing and conflicts.
-func (t *translator) finishPeerAuthentications(out *Output) {
-	st := &t.pa
-	if st.staticStrictOn {
-		a := &security.Authorization{
-			Name:      StaticStrictPolicy,
-			Namespace: t.mesh.RootNamespace,
-			Scope:     security.Scope_WORKLOAD_SELECTOR,
-			Action:    security.Action_DENY,
-			Rules:     []*security.Rule{{Clauses: []*security.Clause{{Matches: []*security.Match{plaintextMatch()}}}}},
+func (ph *podPhase) finishPeerAuthentications() {
+	st := &ph.t.pa
+	if ph.strict {
+		if st.staticStrict == nil {
+			st.staticStrict = &security.Authorization{
+				Name:      StaticStrictPolicy,
+				Namespace: ph.t.mesh.RootNamespace,
+				Scope:     security.Scope_WORKLOAD_SELECTOR,
+				Action:    security.Action_DENY,
+				Rules:     []*security.Rule{{Clauses: []*security.Clause{{Matches: []*security.Match{plaintextMatch()}}}}},
+			}
 		}
-		out.Authorizations[joinKey(a.Namespace, a.Name)] = a
+		ph.out.Authorizations[st.staticStrictKey] = st.staticStrict
 	}
-	for pa, a := range st.portLevel {
-		if a != nil && st.selected[pa] > 0 {
-			out.Authorizations[joinKey(a.Namespace, a.Name)] = a
-		}
-	}
-	for pa, n := range st.selected {
-		if n == 0 && len(st.lostTo[pa]) == 0 {
-			t.conds.note(peerAuthRef(pa), ZtunnelAccepted, ReasonNoMatchingWorkload, "spec.selector: matches no running pod")
+	for _, pa := range st.withSelector {
+		if a := st.portLevel[pa]; a != nil && ph.paSelected[pa] > 0 {
+			ph.out.Authorizations[joinKey(a.Namespace, a.Name)] = a
 		}
 	}
-	for pa, winners := range st.lostTo {
+	for _, pa := range st.withSelector {
+		winners := ph.lostTo[pa]
+		if ph.paSelected[pa] == 0 && len(winners) == 0 {
+			ph.conds.note(peerAuthRef(pa), ZtunnelAccepted, ReasonNoMatchingWorkload, "spec.selector: matches no running pod")
+		}
 		for _, w := range slices.SortedFunc(maps.Keys(winners), olderFirst) {
-			t.conds.fail(peerAuthRef(pa), ZtunnelAccepted, ReasonConflict, fmt.Sprintf(
+			ph.conds.fail(peerAuthRef(pa), ZtunnelAccepted, ReasonConflict, fmt.Sprintf(
 				"spec.selector: %d pod(s) are also selected by the older PeerAuthentication %s, which applies to them",
 				winners[w], joinKey(w.Namespace, w.Name)))
 		}

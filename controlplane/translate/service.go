@@ -15,7 +15,7 @@ import (
 )
 
 // service translates a Kubernetes Service. Its endpoints are not listed
-// here: each selected pod's workload names the service (podWorkload).
+// here: each selected pod's workload names the service (translator.pod).
 func (t *translator) service(svc *corev1.Service) (string, *workload.Service) {
 	if svc == nil {
 		return "", nil
@@ -54,7 +54,7 @@ func (t *translator) service(svc *corev1.Service) (string, *workload.Service) {
 		s.Ports = append(s.Ports, &workload.Port{ServicePort: uint32(sp.Port), TargetPort: serviceTargetPort(sp)})
 	}
 	if !t.isWaypointItself(svc.Namespace, svc.Name, svc.Labels, true) {
-		s.Waypoint = t.waypointFor(svc.Labels, svc.Namespace, ref, false)
+		s.Waypoint = t.waypointFor(&t.conds, svc.Labels, svc.Namespace, ref, false)
 		t.serviceWaypoint[ref] = s.Waypoint != nil
 	}
 	return key, s
@@ -189,7 +189,7 @@ func (t *translator) serviceEntry(se *networkingv1.ServiceEntry, out *Output) {
 
 	var waypoint *workload.GatewayAddress
 	if !t.isWaypointItself(se.Namespace, se.Name, se.Labels, false) {
-		waypoint = t.waypointFor(se.Labels, se.Namespace, ref, false)
+		waypoint = t.waypointFor(&t.conds, se.Labels, se.Namespace, ref, false)
 	}
 	t.serviceWaypoint[ref] = waypoint != nil
 

@@ -74,12 +74,26 @@ type Condition struct {
 // the snapshot.
 func Translate(opts Options, s *model.Snapshot) *Output {
 	t := newTranslator(opts, s)
+	out := t.nonPods()
+	ph := t.newPodPhase(out, &t.conds)
+	for _, p := range s.Pods {
+		ph.add(t.pod(p))
+	}
+	ph.finish()
+	out.Conditions = t.conds.list()
+	return out
+}
+
+// nonPods translates everything but pods: namespaces' waypoints, policies,
+// services and service entries. Order matters: policies first (workloads
+// list them), services before the policies whose targetRefs name them,
+// waypoints for both. The pods then only read what it indexed.
+func (t *translator) nonPods() *Output {
+	s := t.snap
 	out := &Output{
 		Addresses:      make(map[string]*workload.Address, len(s.Pods)+len(s.Services)),
 		Authorizations: map[string]*security.Authorization{},
 	}
-	// Order matters: policies first (workloads list them), services before
-	// the policies whose targetRefs name them, waypoints for both.
 	t.namespaceWaypoints()
 	t.peerAuthentications()
 	t.authorizationPolicies(out)
@@ -92,15 +106,62 @@ func Translate(opts Options, s *model.Snapshot) *Output {
 		t.serviceEntry(se, out)
 	}
 	t.targetRefPolicies()
-	for _, p := range s.Pods {
-		if w := t.podWorkload(p); w != nil {
-			out.Addresses[w.Uid] = &workload.Address{Type: &workload.Address_Workload{Workload: w}}
+	return out
+}
+
+// podPhase adds pods' results to an output, in snapshot order, and counts
+// what the policies' status and the policies sent depend on.
+type podPhase struct {
+	t     *translator
+	out   *Output
+	conds *conditions
+	// apSelected counts the pods of each selector AuthorizationPolicy, by
+	// apEntry.index; paSelected those each selector PeerAuthentication
+	// applies to, lostTo, per PeerAuthentication, the pods an older one
+	// took.
+	apSelected []int
+	paSelected map[*securityv1.PeerAuthentication]int
+	lostTo     map[*securityv1.PeerAuthentication]map[*securityv1.PeerAuthentication]int
+	// strict: some workload lists the static strict policy.
+	strict bool
+}
+
+func (t *translator) newPodPhase(out *Output, conds *conditions) *podPhase {
+	return &podPhase{
+		t: t, out: out, conds: conds,
+		apSelected: make([]int, len(t.ap.entries)),
+		paSelected: map[*securityv1.PeerAuthentication]int{},
+		lostTo:     map[*securityv1.PeerAuthentication]map[*securityv1.PeerAuthentication]int{},
+	}
+}
+
+// add applies one pod's result; pods must come in snapshot order, as a
+// later pod of the same name overrides an earlier one.
+func (ph *podPhase) add(r *podResult) {
+	if w := r.addr.GetWorkload(); w != nil {
+		ph.out.Addresses[w.Uid] = r.addr
+	}
+	ph.conds.merge(&r.conds)
+	for _, e := range r.policies {
+		ph.apSelected[e.index]++
+	}
+	if r.paWinner != nil {
+		ph.paSelected[r.paWinner]++
+		for _, o := range r.paLosers {
+			if ph.lostTo[o] == nil {
+				ph.lostTo[o] = map[*securityv1.PeerAuthentication]int{}
+			}
+			ph.lostTo[o][r.paWinner]++
 		}
 	}
-	t.finishPeerAuthentications(out)
-	t.finishAuthorizationPolicies()
-	out.Conditions = t.conds.list()
-	return out
+	ph.strict = ph.strict || r.strict
+}
+
+// finish emits the policies the pods ended up listing and reports on
+// the policies' selectors.
+func (ph *podPhase) finish() {
+	ph.finishPeerAuthentications()
+	ph.finishAuthorizationPolicies()
 }
 
 // translator holds the indexes of one snapshot and what translation has

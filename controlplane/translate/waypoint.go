@@ -38,8 +38,9 @@ type waypointBinding struct {
 
 // resolveWaypoint reads the istio.io/use-waypoint labels of obj (a
 // Namespace, Service, ServiceEntry or Pod), whose namespace is namespace.
-// A missing or unready waypoint is reported on obj and gives no address.
-func (t *translator) resolveWaypoint(labels map[string]string, namespace string, obj ObjectRef) waypointBinding {
+// A missing or unready waypoint is reported on obj, into conds, and gives
+// no address.
+func (t *translator) resolveWaypoint(conds *conditions, labels map[string]string, namespace string, obj ObjectRef) waypointBinding {
 	name, ok := labels[labelUseWaypoint]
 	if !ok {
 		return waypointBinding{}
@@ -55,7 +56,7 @@ func (t *translator) resolveWaypoint(labels map[string]string, namespace string,
 	b.gateway = joinKey(ns, name)
 	gw := t.waypoints[nsName{ns, name}]
 	if gw == nil {
-		t.conds.fail(obj, WaypointBound, ReasonWaypointNotFound, fmt.Sprintf(
+		conds.fail(obj, WaypointBound, ReasonWaypointNotFound, fmt.Sprintf(
 			"metadata.labels[%s]: no Gateway %s of class %s; traffic goes directly to its destination until it exists",
 			labelUseWaypoint, b.gateway, WaypointClass))
 		return b
@@ -81,7 +82,7 @@ func (t *translator) resolveWaypoint(labels map[string]string, namespace string,
 	svc := t.serviceByName[nsName{ns, name}]
 	ip, ok := clusterIP(svc)
 	if !ok {
-		t.conds.fail(obj, WaypointBound, ReasonWaypointNotReady, fmt.Sprintf(
+		conds.fail(obj, WaypointBound, ReasonWaypointNotReady, fmt.Sprintf(
 			"metadata.labels[%s]: waypoint %s has no Service with a cluster IP yet; traffic goes directly to its destination until it has",
 			labelUseWaypoint, b.gateway))
 		return b
@@ -119,7 +120,7 @@ func (t *translator) namespaceWaypoints() {
 			continue
 		}
 		ref := namespaceRef(ns.Name)
-		b := t.resolveWaypoint(ns.Labels, ns.Name, ref)
+		b := t.resolveWaypoint(&t.conds, ns.Labels, ns.Name, ref)
 		t.nsWaypoint[ns.Name] = b
 		if b.addr != nil {
 			if !b.forWorkloads && !b.forServices {
@@ -136,9 +137,10 @@ func (t *translator) namespaceWaypoints() {
 // namespace's. forWorkload tells whether the object is a workload (pod)
 // or a service, which the waypoint must accept (istio.io/waypoint-for).
 // An object's own label that names a waypoint of the wrong kind binds
-// nothing (it does not fall back to the namespace) and is reported.
-func (t *translator) waypointFor(labels map[string]string, namespace string, obj ObjectRef, forWorkload bool) *workload.GatewayAddress {
-	b := t.resolveWaypoint(labels, namespace, obj)
+// nothing (it does not fall back to the namespace) and is reported into
+// conds.
+func (t *translator) waypointFor(conds *conditions, labels map[string]string, namespace string, obj ObjectRef, forWorkload bool) *workload.GatewayAddress {
+	b := t.resolveWaypoint(conds, labels, namespace, obj)
 	own := b.labelled
 	if !own {
 		b = t.nsWaypoint[namespace]
@@ -153,14 +155,14 @@ func (t *translator) waypointFor(labels map[string]string, namespace string, obj
 	}
 	if !accepts {
 		if own {
-			t.conds.fail(obj, WaypointBound, ReasonWaypointForMismatch, fmt.Sprintf(
+			conds.fail(obj, WaypointBound, ReasonWaypointForMismatch, fmt.Sprintf(
 				"metadata.labels[%s]: waypoint %s is for %s traffic (%s), not for %s; not bound",
 				labelUseWaypoint, b.gateway, b.waypointFor, labelWaypointFor, kind))
 		}
 		return nil
 	}
 	if own {
-		t.conds.ok(obj, WaypointBound, ReasonBound, "bound to waypoint "+b.gateway)
+		conds.ok(obj, WaypointBound, ReasonBound, "bound to waypoint "+b.gateway)
 	}
 	return b.addr
 }

@@ -5,6 +5,7 @@ import (
 	"regexp"
 	"strings"
 
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/zmesh/zmesh/api/workload"
@@ -61,8 +62,36 @@ func hasWorkload(p *corev1.Pod) bool {
 	return p.Status.PodIP != "" || len(p.Status.PodIPs) > 0
 }
 
-// podWorkload translates a pod; nil when the pod is no workload.
-func (t *translator) podWorkload(p *corev1.Pod) *workload.Workload {
+// podResult is what one pod contributes to a translation. It depends on
+// the pod and on the snapshot's other kinds, never on other pods: that is
+// what lets Incremental reuse it while neither changes.
+type podResult struct {
+	// addr is the pod's Workload; nil when the pod is no workload.
+	addr *workload.Address
+	// conds holds the findings about the pod itself.
+	conds conditions
+	// policies are the selector AuthorizationPolicies that selected it.
+	policies []*apEntry
+	// paWinner is the selector PeerAuthentication in force on the pod, if
+	// any; paLosers the others that also select it.
+	paWinner *securityv1.PeerAuthentication
+	paLosers []*securityv1.PeerAuthentication
+	// strict: the workload lists the static strict policy.
+	strict bool
+}
+
+// pod translates a pod without touching the translator's per-run state:
+// what it learns goes into the result, which podPhase.add applies.
+func (t *translator) pod(p *corev1.Pod) *podResult {
+	r := &podResult{}
+	if w := t.podWorkload(p, r); w != nil {
+		r.addr = &workload.Address{Type: &workload.Address_Workload{Workload: w}}
+	}
+	return r
+}
+
+// podWorkload translates a pod into r; nil when the pod is no workload.
+func (t *translator) podWorkload(p *corev1.Pod, r *podResult) *workload.Workload {
 	if !hasWorkload(p) {
 		return nil
 	}
@@ -86,7 +115,7 @@ func (t *translator) podWorkload(p *corev1.Pod) *workload.Workload {
 		if validSegment(p.Namespace) && validSegment(w.ServiceAccount) {
 			w.TunnelProtocol = workload.TunnelProtocol_HBONE
 		} else {
-			t.conds.fail(podRef(p), ZtunnelAccepted, ReasonInvalidValue,
+			r.conds.fail(podRef(p), ZtunnelAccepted, ReasonInvalidValue,
 				"metadata.namespace, spec.serviceAccountName: cannot form a SPIFFE identity; not reached over HBONE")
 		}
 	}
@@ -129,9 +158,9 @@ func (t *translator) podWorkload(p *corev1.Pod) *workload.Workload {
 			}
 		}
 	})
-	w.AuthorizationPolicies = t.policiesFor(p)
+	w.AuthorizationPolicies = t.policiesFor(p, r)
 	if !t.isWaypointItself(p.Namespace, p.Name, p.Labels, false) {
-		w.Waypoint = t.waypointFor(p.Labels, p.Namespace, podRef(p), true)
+		w.Waypoint = t.waypointFor(&r.conds, p.Labels, p.Namespace, podRef(p), true)
 	}
 	return w
 }

@@ -4,9 +4,10 @@
 //
 // A change costs what it touched, not the size of the mesh: Set diffs the
 // new resource set against the last by each resource's deterministic
-// encoding and records the changed names in a log of generations; each
-// stream remembers the generation it last sent per type and sends only the
-// names logged since. The encoded bytes are computed once and shared by
+// encoding (not even encoding a message that is the very pointer it was
+// given last time) and records the changed names in a log of generations;
+// each stream remembers the generation it last sent per type and sends
+// only the names logged since. The encoded bytes are computed once and shared by
 // every stream. (go-control-plane's linear cache, tried first, recomputes
 // every wildcard subscription against every resource on each change and
 // on each ACK: with 12 000 resources and 50 proxies, one pod change took
@@ -73,6 +74,9 @@ type typeState struct {
 type resource struct {
 	body    []byte
 	version string
+	// msg is the message body encodes: Set does not encode it again when
+	// it is handed the same pointer.
+	msg proto.Message
 }
 
 type change struct {
@@ -106,8 +110,11 @@ func (s *Server) Register(g *grpc.Server) {
 
 // Set makes resources the complete set of typeURL's resources, by name.
 // Only those that differ from the previous Set (by their deterministic
-// encoding) and those that disappeared are pushed. It returns how many
-// resources it changed and removed.
+// encoding) and those that disappeared are pushed. A message that is the
+// very pointer Set was given for its name last time is taken as unchanged
+// without encoding it again, so callers must not modify a message once
+// they handed it to Set. It returns how many resources it changed and
+// removed.
 func (s *Server) Set(typeURL string, resources map[string]proto.Message) (changed, removed int, err error) {
 	ts, ok := s.types[typeURL]
 	if !ok {
@@ -118,17 +125,23 @@ func (s *Server) Set(typeURL string, resources map[string]proto.Message) (change
 	s.mu.RLock()
 	prev := ts.res
 	s.mu.RUnlock()
-	// Encode on every core: with a mesh-sized set this is most of a push.
+	next := make(map[string]*resource, len(resources))
 	type item struct {
 		name string
 		msg  proto.Message
 		res  *resource
+		same bool // encodes as before
 		err  error
 	}
-	items := make([]item, 0, len(resources))
+	var items []item // those to encode
 	for name, m := range resources {
+		if old, ok := prev[name]; ok && old.msg == m {
+			next[name] = old
+			continue
+		}
 		items = append(items, item{name: name, msg: m})
 	}
+	// Encode on every core: with a mesh-sized set this is most of a push.
 	workers := min(runtime.GOMAXPROCS(0), 1+len(items)/512)
 	var wg sync.WaitGroup
 	for w := range workers {
@@ -142,22 +155,24 @@ func (s *Server) Set(typeURL string, resources map[string]proto.Message) (change
 					continue
 				}
 				if old, ok := prev[it.name]; ok && bytes.Equal(old.body, b) {
-					it.res = old
+					// Unchanged, under a new pointer: share the bytes,
+					// remember the pointer.
+					it.res = &resource{body: old.body, version: old.version, msg: it.msg}
+					it.same = true
 					continue
 				}
-				it.res = &resource{body: b, version: version(b)}
+				it.res = &resource{body: b, version: version(b), msg: it.msg}
 			}
 		})
 	}
 	wg.Wait()
-	next := make(map[string]*resource, len(items))
 	var names []string
 	for _, it := range items {
 		if it.err != nil {
 			return 0, 0, fmt.Errorf("xds: marshal %s %q: %w", typeURL, it.name, it.err)
 		}
 		next[it.name] = it.res
-		if old := prev[it.name]; old != it.res {
+		if !it.same {
 			names = append(names, it.name)
 			changed++
 		}
@@ -169,6 +184,12 @@ func (s *Server) Set(typeURL string, resources map[string]proto.Message) (change
 		}
 	}
 	if len(names) == 0 {
+		if len(items) > 0 {
+			// Nothing to push, but keep the new pointers for the next Set.
+			s.mu.Lock()
+			ts.res = next
+			s.mu.Unlock()
+		}
 		return 0, 0, nil
 	}
 	slices.Sort(names)

@@ -209,3 +209,38 @@ func TestAuthenticateTLSPortNeedsACredential(t *testing.T) {
 		t.Errorf("syncz principals %v lack the token's identity", principals)
 	}
 }
+
+// TestSetSkipsTheSamePointer: Set encodes a message only when it is not
+// the very pointer it was given last time; an equal message under a new
+// pointer is encoded and found unchanged.
+func TestSetSkipsTheSamePointer(t *testing.T) {
+	s := New(nil, nil, TypeAddress)
+	a, b := wl("a", "10.0.0.1"), wl("b", "10.0.0.2")
+	set := func(res map[string]proto.Message) (changed, removed int) {
+		t.Helper()
+		changed, removed, err := s.Set(TypeAddress, res)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return changed, removed
+	}
+	if c, r := set(map[string]proto.Message{"a": a, "b": b}); c != 2 || r != 0 {
+		t.Fatalf("first Set: %d changed, %d removed", c, r)
+	}
+	// Equal, new pointers: encoded, unchanged.
+	a2, b2 := proto.Clone(a), proto.Clone(b)
+	if c, r := set(map[string]proto.Message{"a": a2, "b": b2}); c != 0 || r != 0 {
+		t.Fatalf("equal messages: %d changed, %d removed", c, r)
+	}
+	// The same pointer is not looked at again: a message modified in
+	// place (which callers must not do) shows it was not encoded. The new
+	// pointers of the last Set are the ones remembered.
+	a2.(*workload.Address).GetWorkload().Name = "modified"
+	if c, _ := set(map[string]proto.Message{"a": a2, "b": b2}); c != 0 {
+		t.Fatalf("same pointers: %d changed, want 0", c)
+	}
+	// A new pointer with new content is pushed; a missing name removed.
+	if c, r := set(map[string]proto.Message{"a": wl("a", "10.0.0.9")}); c != 1 || r != 1 {
+		t.Fatalf("changed a, removed b: %d changed, %d removed", c, r)
+	}
+}
