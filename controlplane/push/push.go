@@ -37,6 +37,8 @@ type Pipeline struct {
 	// end before translating (default 10ms); MaxDelay bounds that wait
 	// under a steady stream of changes (default 100ms).
 	Debounce, MaxDelay time.Duration
+	// Registry gets the pipeline's metrics; nil: not registered.
+	Registry prometheus.Registerer
 
 	// translator is only used by Run's goroutine.
 	translator translate.Incremental
@@ -47,10 +49,8 @@ type Pipeline struct {
 	wake    chan struct{}
 	once    sync.Once
 
-	pushed   atomic.Bool
-	metrics  *metrics
-	mOnce    sync.Once
-	Registry prometheus.Registerer
+	pushed  atomic.Bool
+	metrics *metrics
 }
 
 // Update hands the pipeline a new snapshot; it never blocks. Only the
