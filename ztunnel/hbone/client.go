@@ -52,7 +52,7 @@ func newClientConn(ctx context.Context, nc net.Conn, cfg *tls.Config, opts Clien
 	if opts.ConnWindow <= 0 {
 		opts.ConnWindow = DefaultConnWindow
 	}
-	tc := tls.Client(nc, cfg)
+	tc := tls.Client(BatchWrites(nc), cfg)
 	hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
 	defer cancel()
 	if err := tc.HandshakeContext(hctx); err != nil {

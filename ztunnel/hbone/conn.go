@@ -32,6 +32,9 @@ type conn struct {
 	br     *bufio.Reader
 	bw     *bufio.Writer
 	client bool
+	// batch, when the TLS connection runs on one, gathers the records of
+	// a flush into one socket write (see batchConn).
+	batch *batchConn
 
 	// wmu serialises frame writes. Holders flush before unlocking.
 	wmu  sync.Mutex
@@ -111,6 +114,10 @@ func newConn(nc net.Conn, client bool, streamWindow, connWindow int32) *conn {
 	if client {
 		c.nextID = 1
 	}
+	// The TLS handshake is over: batching can start.
+	if c.batch = batcherOf(nc); c.batch != nil {
+		c.batch.arm()
+	}
 	c.bw = bufio.NewWriterSize(nc, writeBufferSize)
 	c.br = bufio.NewReaderSize(nc, 64<<10)
 	c.fr = http2.NewFramer(c.bw, c.br)
@@ -151,7 +158,21 @@ func (c *conn) writePreface() error {
 			return err
 		}
 	}
-	return c.bw.Flush()
+	return c.flushLocked()
+}
+
+// flushLocked sends what the HTTP/2 writer holds: through TLS into the
+// batch, then the batch to the socket. wmu must be held.
+func (c *conn) flushLocked() error {
+	err := c.bw.Flush()
+	if c.batch != nil {
+		// Even after a failed flush: records TLS already made belong on
+		// the wire in order, and a failed socket fails the batch too.
+		if berr := c.batch.flush(); err == nil {
+			err = berr
+		}
+	}
+	return err
 }
 
 // readPreface consumes the client preface (server side) and the peer's first
@@ -247,7 +268,7 @@ func (c *conn) ctrlLoop() {
 		c.wmu.Lock()
 		err := c.writeCtrlLocked()
 		if err == nil {
-			err = c.bw.Flush()
+			err = c.flushLocked()
 		}
 		c.wmu.Unlock()
 		if err != nil {
@@ -260,7 +281,7 @@ func (c *conn) ctrlLoop() {
 // unlockWrite flushes, writes any queued control frames, and releases wmu.
 func (c *conn) unlockWrite() error {
 	err := c.writeCtrlLocked()
-	if ferr := c.bw.Flush(); err == nil {
+	if ferr := c.flushLocked(); err == nil {
 		err = ferr
 	}
 	c.wmu.Unlock()

@@ -94,7 +94,7 @@ func serveOn(srv *Server, ln net.Listener, cfg *tls.Config) {
 			if err != nil {
 				return
 			}
-			go srv.ServeConn(context.Background(), tls.Server(nc, cfg))
+			go srv.ServeConn(context.Background(), tls.Server(BatchWrites(nc), cfg))
 		}
 	}()
 }

@@ -69,7 +69,8 @@ func NewServer(h Handler, opts ServerOptions) (*Server, error) {
 
 // ServeConn completes the TLS handshake on tc (which must come from
 // tls.Server with a config from identity.ServerTLS) and serves its streams
-// until the connection ends or ctx is cancelled.
+// until the connection ends or ctx is cancelled. A tls.Server over a socket
+// wrapped by BatchWrites sends each flush in one write.
 //
 // A connection accepted before Shutdown but still opening when it began is
 // served like the others (told to go away at once, its first streams
