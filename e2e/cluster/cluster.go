@@ -53,6 +53,10 @@ import (
 	"github.com/zmesh/zmesh/internal/kubetest"
 )
 
+// CertTTL is the lifetime of the workload certificates zmeshd signs in the
+// suite: short, so that ztunnels renew them while scenarios run.
+const CertTTL = 60 * time.Second
+
 // Options shape the cluster.
 type Options struct {
 	// Nodes is how many nodes (default 2).
@@ -386,6 +390,10 @@ func (c *Cluster) startZmeshd(ctx context.Context) error {
 			"--kubeconfig", kc, "--xds-address", "", "--secure-address", c.ZmeshdSecure,
 			"--secure-hosts", "localhost,127.0.0.1", "--monitoring-address", c.ZmeshdMonitoring,
 			"--ca-dir", c.CADir, "--identity", "zmeshd-e2e",
+			// Short-lived workload certificates: every ztunnel renews its
+			// pods' about every 30 s, so renewals happen under the
+			// scenarios' traffic (TestCertificateRotation watches one).
+			"--workload-cert-ttl", CertTTL.String(),
 		},
 	}
 	start := time.Now()
