@@ -50,6 +50,12 @@ func TestBadInput(t *testing.T) {
 	if !strings.Contains(st, "=False") || !strings.Contains(st, "AUDIT") {
 		t.Errorf("audit-server: status %q, want False naming AUDIT", st)
 	}
+	kubectl(t, "apply", "-f", "../testdata/bad-input-principal.yaml")
+	st = condition("allow-by-uri")
+	t.Logf("allow-by-uri status: %s", st)
+	if !strings.Contains(st, "=False") || !strings.Contains(st, "principals") {
+		t.Errorf("allow-by-uri: status %q, want False naming the principals field", st)
+	}
 	time.Sleep(500 * time.Millisecond)
 	for range 10 {
 		if _, _, err := client.Echo(t.Context(), dst); err != nil {

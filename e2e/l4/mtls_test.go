@@ -74,6 +74,14 @@ func TestMutualTLS(t *testing.T) {
 	reach(t, outsider, dst, false, "STRICT: outsider (plaintext) -> server")
 	reach(t, client, dst, true, "STRICT: client (mTLS) -> server")
 
+	// Workload > namespace: a selector PERMISSIVE lifts the namespace's
+	// STRICT for the server alone.
+	kubectl(t, "apply", "-f", "../testdata/mtls-workload-permissive.yaml")
+	reach(t, outsider, dst, true, "namespace STRICT, server PERMISSIVE: outsider (plaintext) -> server")
+	reach(t, outsider, client.Addr(echoPort), false, "namespace STRICT, server PERMISSIVE: outsider (plaintext) -> client, still STRICT")
+	kubectl(t, "delete", "-f", "../testdata/mtls-workload-permissive.yaml")
+	reach(t, outsider, dst, false, "workload policy deleted, namespace STRICT again: outsider (plaintext) -> server")
+
 	kubectl(t, "apply", "-f", "../testdata/mtls-permissive.yaml")
 	reach(t, outsider, dst, true, "PERMISSIVE: outsider (plaintext) -> server")
 	reach(t, client, dst, true, "PERMISSIVE: client (mTLS) -> server")
