@@ -54,8 +54,16 @@ func main() {
 		profile  = flag.String("profile", "", "comma-separated workloads whose first mesh run is profiled (pprof CPU + allocs of both ztunnels; and the heap of the memory measurement)")
 		profDir  = flag.String("profile-dir", "", "where profiles go (default <out>/profiles-<stamp>)")
 		duration = flag.Duration("lat-duration", 0, "duration of each fixed-rate run (default 30s, quick 3s)")
+		render   = flag.String("render", "", "re-render a results JSON (table, Markdown, plot) with this build's report code, run nothing")
 	)
 	flag.Parse()
+	if *render != "" {
+		if err := rerender(*render, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	p := fullPlan()
@@ -276,6 +284,18 @@ func writeOutputs(r *report.Report, dir, stamp string, stdout io.Writer) error {
 	}
 	fmt.Fprintln(stdout)
 	return nil
+}
+
+// rerender rebuilds a report from the samples of a results JSON and
+// writes it back beside it (same stamp).
+func rerender(file string, stdout io.Writer) error {
+	old, err := report.ReadJSON(file)
+	if err != nil {
+		return err
+	}
+	r := report.Build(old.Meta, report.Workloads(old.Meta.Rate, old.Meta.Conns), old.Samples, old.Memory)
+	r.Text(stdout)
+	return writeOutputs(r, filepath.Dir(file), strings.TrimSuffix(filepath.Base(file), ".json"), stdout)
 }
 
 // connectionsOpened sums the ztunnel's istio_tcp_connections_opened_total.

@@ -78,7 +78,7 @@ func (r *Report) Text(w io.Writer) {
 	fmt.Fprintf(w, "zmesh bench  %s  host %s  %d CPUs  kernel %s  %s\n", m.Date.Format("2006-01-02 15:04"), m.Host, m.CPUs, m.Kernel, m.GoVersion)
 	fmt.Fprintf(w, "%d repetitions, paths interleaved within each; cells: median ±half-spread (max−min)/2 over reps, (+added over direct); ratios paired per rep\n", m.Reps)
 	fmt.Fprintf(w, "load average before %.2f, after %.2f (other work on the machine inflates every path)\n", m.LoadBefore[0], m.LoadAfter[0])
-	const lw, cw, rw = 40, 24, 13
+	const lw, cw, rw = 46, 24, 13
 	for _, wl := range r.Workloads {
 		figs := figuresOf(r.Figures, wl.Name)
 		if len(figs) == 0 {
@@ -138,8 +138,8 @@ func (r *Report) Markdown(w io.Writer, plotFile string) {
 
 	fmt.Fprintf(w, "## Ratios\n\n| workload | figure | mesh/direct | mesh/stunnel | mesh/haproxy |\n|---|---|---|---|---|\n")
 	for _, f := range r.Figures {
-		if len(f.Metric.Only) > 0 {
-			continue
+		if len(f.Metric.Only) == 1 {
+			continue // a figure of the mesh alone: no ratio
 		}
 		fmt.Fprintf(w, "| %s | %s (%s) |", f.Workload, f.Metric.Label, f.Metric.Unit)
 		for _, a := range ratioAgainst {

@@ -47,6 +47,9 @@ type Metric struct {
 	Only []string `json:"only,omitempty"`
 }
 
+// on reports whether the metric is shown for path.
+func (m Metric) on(path string) bool { return len(m.Only) == 0 || slices.Contains(m.Only, path) }
+
 // Sample is one run of one workload on one path.
 type Sample struct {
 	Rep      int                `json:"rep"`
@@ -183,11 +186,14 @@ func Aggregate(samples []Sample, workloads []Workload) []Figure {
 			}
 			f := Figure{Workload: w.Name, Metric: m, Paths: map[string]Stat{}}
 			for _, p := range Paths {
-				if reps, ok := byPath[p]; ok {
+				if reps, ok := byPath[p]; ok && m.on(p) {
 					f.Paths[p] = Summarize(values(reps))
 				}
 			}
 			pair := func(path, against string) {
+				if !m.on(path) || !m.on(against) {
+					return
+				}
 				a, b := byPath[path], byPath[against]
 				if a == nil || b == nil {
 					return
