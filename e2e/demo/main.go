@@ -1,19 +1,22 @@
-// Command demo runs zmesh's L4 mesh on one machine with no cluster: zmeshd
-// reading a directory of Kubernetes/Istio YAML (the mesh/ directory beside
-// this file), two "nodes" each with a CNI agent (eBPF capture in every
-// ambient pod) and a ztunnel process fed by zmeshd over delta xDS, and pods
-// in their own network namespaces on a bridge. Plain TCP from the pods is
-// captured and tunnelled over HBONE; the demo shows who reached whom with
-// which identity, what policy refused, that nothing readable crossed the
-// wire, a policy edit taking effect, and the ztunnels' metrics. It removes
+// Command demo runs zmesh's L4 mesh on one machine with no cluster, the
+// way DESIGN.md "Running without a cluster" describes: zmeshd reading a
+// directory of Kubernetes/Istio YAML (the mesh/ directory beside this
+// file), and two "nodes" made of network namespaces, each with its own pod
+// network (the CNI bridge and host-local plugins), a zmesh-cni-agent
+// process that chains zmesh-cni into that network and learns which pods
+// are ambient from zmeshd, a ztunnel process fed by zmeshd over delta xDS,
+// and a node runner that plays the kubelet: it starts the node's pods from
+// the same YAML directory through the node's real CNI chain. Plain TCP from
+// the pods is captured (eBPF) and tunnelled over HBONE; the demo shows who
+// reached whom with which identity, what policy refused, that nothing
+// readable crossed the wire, a policy edit taking effect, a running pod
+// joining the mesh, and the ztunnels' logs and metrics. It removes
 // everything it made.
 //
 // It needs root (network namespaces, eBPF). Run it with `make demo`.
 package main
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"embed"
 	"encoding/json"
@@ -24,25 +27,21 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/term"
 
-	"github.com/zmesh/zmesh/cni/agent"
 	"github.com/zmesh/zmesh/controlplane/model"
 	"github.com/zmesh/zmesh/controlplane/source/dir"
-	"github.com/zmesh/zmesh/e2e/netenv"
 	"github.com/zmesh/zmesh/e2e/noderunner"
+	"github.com/zmesh/zmesh/e2e/podapp"
 	"github.com/zmesh/zmesh/identity"
 )
 
@@ -51,15 +50,12 @@ var td = spiffeid.RequireTrustDomainFromString(identity.DefaultTrustDomain)
 //go:embed mesh/*.yaml
 var meshFiles embed.FS
 
-// Fixed loopback ports of the demo's processes.
-const (
-	zmeshdXDS        = "127.0.0.1:25010"
-	zmeshdMonitoring = "127.0.0.1:25014"
-	ztunnelPortBase  = 25100 // node i: admin base+100i, metrics +20, readiness +21
-)
-
 func main() {
-	bin := flag.String("bin", "", "directory holding prebuilt zmeshd and ztunnel (default: go build them)")
+	// The pods' processes are this executable again (see e2e/podapp).
+	if podapp.IsApp() {
+		podapp.Main()
+	}
+	bin := flag.String("bin", "", "directory holding prebuilt zmeshd, ztunnel, zmeshctl, zmesh-cni-agent and zmesh-cni (default: go build them)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -67,16 +63,21 @@ func main() {
 	// (stdin not a terminal) the demo exits after it.
 	stay := term.IsTerminal(int(os.Stdin.Fd()))
 	if err := run(ctx, *bin, os.Stdout, stay); err != nil {
-		fmt.Fprintf(os.Stderr, "  ✗ %v\ndemo failed\n", err)
+		fmt.Fprintln(os.Stderr, "demo failed")
+		if errors.Is(err, errInterrupted) {
+			os.Exit(130)
+		}
 		os.Exit(1)
 	}
 }
 
+// pod is a pod of the YAML as the tour sees it.
 type pod struct {
 	name, ns, sa, node string
+	uid                string
 	ambient            bool
-	netns              *netenv.NS
 	addr               netip.Addr
+	rp                 *noderunner.RunningPod
 }
 
 func (p *pod) id() string { return identity.MustWorkloadID(td.Name(), p.ns, p.sa).String() }
@@ -88,45 +89,83 @@ func (s story) say(who, format string, args ...any) {
 	fmt.Fprintf(s.out, "  ✓ %-8s %s\n", who, fmt.Sprintf(format, args...))
 }
 
+// fail prints a step that failed.
+func (s story) fail(err error) {
+	fmt.Fprintf(s.out, "  ✗ %v\n", err)
+}
+
 // note prints a line that is not a check.
 func (s story) note(format string, args ...any) {
 	fmt.Fprintf(s.out, "    %s\n", fmt.Sprintf(format, args...))
 }
 
-func run(ctx context.Context, binDir string, out io.Writer, stay bool) error {
-	if os.Geteuid() != 0 {
-		return errors.New("the demo creates network namespaces and loads eBPF: it needs root (try: sudo make demo)")
-	}
+// errInterrupted is run's error when a signal stopped the tour early.
+var errInterrupted = errors.New("interrupted")
+
+// run starts the mesh, runs the tour, and (with stay) keeps the mesh up
+// until ctx ends; then it removes everything. It prints a ✓ line per step
+// that passed and a ✗ line for the one that failed, and fails also when
+// the cleanup leaves anything behind.
+func run(ctx context.Context, binDir string, out io.Writer, stay bool) (err error) {
 	st := story{out}
-	// Library logs would interleave with the story; keep errors only.
-	quiet := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+	if err := preflight(); err != nil {
+		st.fail(err)
+		return err
+	}
+	// Library logs would interleave with the story.
 	slog.SetDefault(quiet)
 	fmt.Fprintln(out, "zmesh demo: an L4 ambient mesh on two nodes (no cluster needed)")
 	fmt.Fprintln(out)
+	began := time.Now()
 
-	tmp, err := os.MkdirTemp("", "zmesh-demo-")
-	if err != nil {
+	m := &mesh{keep: os.Getenv("ZMESH_DEMO_KEEP") != ""}
+	if m.tmp, err = os.MkdirTemp("", "zmesh-demo-"); err != nil {
+		st.fail(err)
 		return err
 	}
-	if os.Getenv("ZMESH_DEMO_KEEP") == "" {
-		defer os.RemoveAll(tmp)
-	}
-	if binDir == "" {
-		binDir = filepath.Join(tmp, "bin")
-		st.note("building zmeshd, ztunnel and zmeshctl (go build ./cmd/...)")
-		cmd := exec.CommandContext(ctx, "go", "build", "-o", binDir+"/", "github.com/zmesh/zmesh/cmd/zmeshd", "github.com/zmesh/zmesh/cmd/ztunnel", "github.com/zmesh/zmesh/cmd/zmeshctl")
-		cmd.Stderr = os.Stderr
-		if err := cmd.Run(); err != nil {
-			return fmt.Errorf("build: %w", err)
+	// Pods are started under a context of their own: on Ctrl-C they are
+	// stopped in order by Close, not cut off by the signal.
+	runCtx, stopRunners := context.WithCancel(context.Background())
+	m.stopRunners = stopRunners
+	defer func() {
+		if err != nil && ctx.Err() != nil {
+			step, _, _ := strings.Cut(err.Error(), "\n")
+			err = fmt.Errorf("%w (the step under way: %s); removing everything", errInterrupted, step)
+		}
+		if err != nil {
+			st.fail(err)
+		}
+		start := time.Now()
+		m.Close()
+		if left := m.leftovers(); len(left) > 0 {
+			lerr := fmt.Errorf("cleanup left %d things behind:\n      %s", len(left), strings.Join(left, "\n      "))
+			st.fail(lerr)
+			err = errors.Join(err, lerr)
+			return
+		}
+		tmp := m.tmp + " removed"
+		if m.keep {
+			tmp = m.tmp + " kept (ZMESH_DEMO_KEEP)"
+		}
+		st.say("cleanup", "pods stopped and CNI DEL run, processes stopped, namespaces and bpffs removed, %s in %s: nothing else left", tmp, time.Since(start).Round(10*time.Millisecond))
+	}()
+	m.bin = binDir
+	if m.bin == "" {
+		m.bin = filepath.Join(m.tmp, "bin")
+		st.note("building zmeshd, ztunnel, zmesh-cni-agent, zmesh-cni and zmeshctl (go build ./cmd/...)")
+		if err := m.build(ctx); err != nil {
+			return err
 		}
 	}
+	built := time.Now()
 
-	// 1. The mesh's config: Kubernetes and Istio YAML in a directory.
-	meshDir := filepath.Join(tmp, "mesh")
-	if err := copyMesh(meshDir); err != nil {
+	// 1. The mesh's config: Kubernetes and Istio YAML in a directory, which
+	// zmeshd and the node runners both read.
+	m.meshDir = filepath.Join(m.tmp, "mesh")
+	if err := copyMesh(m.meshDir); err != nil {
 		return err
 	}
-	u, err := (&dir.Source{Dir: meshDir}).Load()
+	u, err := (&dir.Source{Dir: m.meshDir, Log: quiet}).Load()
 	if err != nil {
 		return err
 	}
@@ -142,125 +181,92 @@ func run(ctx context.Context, binDir string, out io.Writer, stay bool) error {
 	if alice == nil || mallory == nil || bob == nil || legacy == nil {
 		return errors.New("the shipped mesh YAML lacks one of the pods alice, mallory, bob, legacy")
 	}
-	st.say("config", "%s: namespaces demo (ambient) and legacy, 4 pods, service echo, STRICT mTLS, echo only from alice", meshDir)
+	st.say("config", "%s: namespaces demo (ambient) and legacy, %d pods, service echo, STRICT mTLS, echo only from alice", m.meshDir, len(pods))
 
-	// 2. The network: an underlay bridge and one namespace per pod, at the
-	// address its YAML gives.
-	lan, err := netenv.NewLAN(netip.MustParsePrefix("10.44.0.0/24"))
-	if err != nil {
+	// 2. The network: an underlay and the nodes' host namespaces.
+	if err := m.network(); err != nil {
 		return fmt.Errorf("build network namespaces: %w", err)
 	}
-	defer func() {
-		lan.Close()
-		st.say("cleanup", "network namespaces removed (%d left)", len(netenv.Leftovers()))
-	}()
+	var desc []string
+	for _, n := range m.nodes {
+		desc = append(desc, fmt.Sprintf("%s %s (pods %s)", n.name, n.addr, n.cidr))
+	}
+	st.say("net", "underlay %s in namespace %s: %s", underlay, m.lan.Underlay.Name, strings.Join(desc, ", "))
 	for _, p := range pods {
-		if p.netns, err = lan.HostAt(p.name, p.addr); err != nil {
-			return err
+		n := m.node(p.node)
+		if n == nil || !n.cidr.Contains(p.addr) {
+			return fmt.Errorf("pod %s/%s: status.podIP %s is not in the pod range of its node %q", p.ns, p.name, p.addr, p.node)
 		}
 	}
 
-	// 3. zmeshd: reads the directory, serves xDS and the CA. Each node's
-	// ztunnel has a token that binds it to its node.
-	tokens := filepath.Join(tmp, "tokens")
-	if err := os.WriteFile(tokens, []byte(
-		"token-ztunnel-node-1 spiffe://cluster.local/ns/istio-system/sa/ztunnel node-1\n"+
-			"token-ztunnel-node-2 spiffe://cluster.local/ns/istio-system/sa/ztunnel node-2\n"), 0o600); err != nil {
+	// 3. zmeshd: reads the directory, serves xDS and the CA.
+	if err := m.startZmeshd(ctx); err != nil {
 		return err
 	}
-	caDir := filepath.Join(tmp, "ca")
-	zd, err := startProc(ctx, filepath.Join(binDir, "zmeshd"), filepath.Join(tmp, "zmeshd.log"),
-		"http://"+zmeshdMonitoring+"/ready", "ready",
-		"--config-dir", meshDir, "--tokens-file", tokens, "--ca-dir", caDir,
-		"--xds-address", zmeshdXDS, "--secure-address", "", "--monitoring-address", zmeshdMonitoring)
-	if err != nil {
-		return fmt.Errorf("zmeshd: %w", err)
-	}
-	defer zd.stop()
-	st.say("zmeshd", "pid %d ready: delta xDS + CA on %s, /debug/syncz on %s", zd.cmd.Process.Pid, zmeshdXDS, zmeshdMonitoring)
+	st.say("zmeshd", "pid %d ready: --config-dir, delta xDS + CA on %s, /debug/syncz on %s", m.zmeshd.pid(), m.zmeshdXDS, m.zmeshdMon)
 
-	// 4. Per node: the CNI agent (eBPF capture + ZDS) and a ztunnel process.
-	members := agent.MembershipFunc(func(ns, name string) (string, bool) {
-		p := byName[name]
-		if p == nil || !p.ambient || p.ns != ns {
-			return "", false
-		}
-		return p.sa, true
-	})
-	zts := map[string]*proc{}
-	nodes := map[string]*noderunner.Node{}
-	for i, name := range []string{"node-1", "node-2"} {
-		ndir := filepath.Join(tmp, name)
-		if err := os.MkdirAll(ndir, 0o700); err != nil {
+	// 4. Per node: the pod network, zmesh-cni-agent and ztunnel.
+	for _, n := range m.nodes {
+		start := time.Now()
+		if err := m.startNode(ctx, n); err != nil {
 			return err
 		}
-		n, err := noderunner.Start(name, ndir, members, lan.Underlay.Handle(), quiet)
-		if err != nil {
-			return fmt.Errorf("%s: start the CNI agent: %w (the kernel needs BPF: CONFIG_BPF_SYSCALL and a bpffs mount)", name, err)
+		st.say(n.name, "zmesh-cni-agent pid %d (no cluster: members from zmeshd's workload stream) chained zmesh-cni into %s: %s",
+			n.agent.pid(), noderunner.PrimaryConflist, strings.Join(n.chain(), " → "))
+		st.say(n.name, "ztunnel pid %d ready (config from zmeshd, pods from the agent over ZDS); node up in %s", n.ztunnel.pid(), time.Since(start).Round(10*time.Millisecond))
+	}
+
+	// 5. The pods: each node's runner starts its pods from the YAML through
+	// the node's CNI chain; zmesh-cni's ADD returns once ztunnel acked.
+	for _, n := range m.nodes {
+		if err := m.startPods(ctx, n, runCtx); err != nil {
+			return fmt.Errorf("%s: start pods: %w", n.name, err)
 		}
-		defer n.Close()
-		nodes[name] = n
-		tokFile := filepath.Join(ndir, "token")
-		if err := os.WriteFile(tokFile, []byte("token-ztunnel-"+name), 0o600); err != nil {
-			return err
-		}
-		base := ztunnelPortBase + 100*i
-		zt, err := startProc(ctx, filepath.Join(binDir, "ztunnel"), filepath.Join(ndir, "ztunnel.log"),
-			fmt.Sprintf("http://127.0.0.1:%d/healthz/ready", base+21), "ready",
-			"--node", name, "--zds-socket", n.ZDSPath,
-			"--xds-address", zmeshdXDS, "--plaintext-control-plane",
-			"--root-cert", filepath.Join(caDir, identity.FileRootCert), "--token-file", tokFile, "--drain-grace", "2s",
-			"--admin-address", fmt.Sprintf("127.0.0.1:%d", base),
-			"--metrics-address", fmt.Sprintf("127.0.0.1:%d", base+20),
-			"--readiness-address", fmt.Sprintf("127.0.0.1:%d", base+21))
-		if err != nil {
-			return fmt.Errorf("%s ztunnel: %w", name, err)
-		}
-		defer zt.stop()
-		zt.base = base
-		zts[name] = zt
-		st.say(name, "ztunnel pid %d ready, config from zmeshd (admin 127.0.0.1:%d, metrics :%d)", zt.cmd.Process.Pid, base, base+20)
 	}
 	for _, p := range pods {
+		n := m.node(p.node)
+		if p.rp = n.runner.Pod(p.ns, p.name); p.rp == nil {
+			return fmt.Errorf("pod %s/%s did not start on %s", p.ns, p.name, p.node)
+		}
+		chain := strings.Join(n.chain(), " → ")
+		captured := len(n.agent.logRecords("pod captured", "pod", p.ns+"/"+p.name)) > 0
 		if !p.ambient {
-			st.say("net", "%-7s %s  on %s, not in the mesh (namespace %s is not ambient)", p.name, p.addr, p.node, p.ns)
+			if captured || n.pinned(p.uid) {
+				return fmt.Errorf("%s/%s was captured though namespace %s is not ambient", p.ns, p.name, p.ns)
+			}
+			st.say(p.name, "%s on %s: CNI ADD (%s) in %s, left alone: namespace %s is not ambient", p.addr, p.node, chain, p.rp.CNIAdd.Round(time.Millisecond), p.ns)
 			continue
 		}
-		np := noderunner.Pod{UID: string(model.FilePodUID(p.ns, p.name)), Name: p.name, Namespace: p.ns, NetnsPath: "/run/netns/" + p.netns.Name, IPs: []string{p.addr.String()}}
-		if _, err := nodes[p.node].Add(ctx, np); err != nil {
-			return fmt.Errorf("enrol %s: %w (capture needs eBPF sk_lookup programs: Linux 5.9 or later)", p.name, err)
+		if !captured || !n.pinned(p.uid) {
+			return fmt.Errorf("%s/%s: CNI ADD returned but the agent did not capture it (agent log: %s)", p.ns, p.name, filepath.Join(n.dir, "agent.log"))
 		}
-		defer nodes[p.node].Del(context.Background(), np)
-		st.say("net", "%-7s %s  on %s, captured (eBPF sk_lookup), identity %s", p.name, p.addr, p.node, p.id())
+		st.say(p.name, "%s on %s: captured via CNI ADD (%s) in %s, ztunnel acked; identity %s", p.addr, p.node, chain, p.rp.CNIAdd.Round(time.Millisecond), p.id())
 	}
-	app, err := bob.netns.Listen("tcp", netip.AddrPortFrom(bob.addr, 8080).String())
-	if err != nil {
-		return err
+	var synced map[string]int
+	if err := waitFor(ctx, func() bool {
+		synced = m.synced(ctx)
+		return synced["ztunnel"] == len(m.nodes) && synced["zmesh-cni-agent"] == len(m.nodes)
+	}); err != nil {
+		return fmt.Errorf("zmeshd's /debug/syncz does not list every ztunnel and agent as synced: %v", synced)
 	}
-	defer app.Close()
-	go serveApp(app)
-	syncz, err := httpGet(ctx, "http://"+zmeshdMonitoring+"/debug/syncz")
-	if err != nil {
-		return err
-	}
-	st.say("zmeshd", "%d ztunnels connected and synced (/debug/syncz)", strings.Count(syncz, `"state": "SYNCED"`)/2)
+	st.say("zmeshd", "%d ztunnels and %d zmesh-cni-agents connected and synced (/debug/syncz)", synced["ztunnel"], synced["zmesh-cni-agent"])
 	fmt.Fprintln(out)
 
-	// 5. Traffic. The apps speak plain TCP; capture and ztunnel do the rest.
-	wire, err := lan.Underlay.Capture("")
+	// 6. Traffic. The apps speak plain TCP; capture and ztunnel do the rest.
+	wire, err := m.lan.Underlay.Capture("")
 	if err != nil {
 		return err
 	}
-	bobApp := netip.AddrPortFrom(bob.addr, 8080)
-	reply, err := call(ctx, alice, bobApp, "hello bob")
+	bobEcho := netip.AddrPortFrom(bob.addr, podapp.EchoPort)
+	reply, err := call(ctx, alice, bobEcho, "hello bob")
 	if err != nil {
 		return fmt.Errorf("alice -> bob: %w", err)
 	}
-	st.say("alice", "-> %s: %q", bobApp, reply)
-	if !strings.Contains(reply, "from "+alice.addr.String()) {
+	st.say("alice", "-> %s: %q", bobEcho, reply)
+	if !strings.Contains(reply, "from="+alice.addr.String()+":") {
 		return fmt.Errorf("bob's app did not see alice's address: %q", reply)
 	}
-	vip := netip.MustParseAddrPort("10.96.0.10:80")
+	vip := netip.MustParseAddrPort("10.96.0.10:9000")
 	if reply, err = call(ctx, alice, vip, "hello echo service"); err != nil {
 		return fmt.Errorf("alice -> service VIP: %w", err)
 	}
@@ -270,101 +276,197 @@ func run(ctx context.Context, binDir string, out io.Writer, stay bool) error {
 	if frames == 0 {
 		return errors.New("the underlay capture saw nothing: it cannot vouch for anything")
 	}
-	if wire.Contains([]byte("hello bob")) || wire.Contains([]byte("bob's app got")) {
+	if wire.Contains([]byte("hello bob")) || wire.Contains([]byte("pod=demo/bob")) {
 		return errors.New("plaintext payload seen on the underlay")
 	}
 	st.say("wire", "%d frames, %d bytes on the underlay: no request or reply text (mTLS 1.3 records only)", frames, n)
 
-	if _, err := call(ctx, mallory, bobApp, "let me in"); err == nil {
+	if _, err := call(ctx, mallory, bobEcho, "let me in"); err == nil {
 		return errors.New("mallory reached bob despite the policy")
 	}
-	st.say("mallory", "-> %s: refused (AuthorizationPolicy echo-from-alice)", bobApp)
-	if _, err := call(ctx, legacy, bobApp, "plaintext hello"); err == nil {
+	st.say("mallory", "-> %s: refused (AuthorizationPolicy echo-from-alice)", bobEcho)
+	if _, err := call(ctx, legacy, bobEcho, "plaintext hello"); err == nil {
 		return errors.New("plaintext reached bob despite STRICT")
 	}
-	st.say("legacy", "-> %s (plaintext, outside the mesh): refused (PeerAuthentication STRICT)", bobApp)
+	st.say("legacy", "-> %s (plaintext, outside the mesh): refused (PeerAuthentication STRICT)", bobEcho)
 	fmt.Fprintln(out)
 
-	// 6. A policy edit: zmeshd sees the file, pushes one resource, and the
-	// ztunnels enforce it.
-	denyAlice := filepath.Join(meshDir, "40-deny-alice.yaml")
+	// 7. A policy edit: zmeshd sees the file, pushes, and the ztunnels
+	// enforce it.
+	denyAlice := filepath.Join(m.meshDir, "40-deny-alice.yaml")
 	if err := os.WriteFile(denyAlice, []byte(denyAliceYAML), 0o644); err != nil {
 		return err
 	}
 	start := time.Now()
-	if err := waitFor(ctx, func() bool { _, err := call(ctx, alice, bobApp, "still there?"); return err != nil }); err != nil {
+	if err := waitFor(ctx, func() bool { _, err := call(ctx, alice, bobEcho, "still there?"); return err != nil }); err != nil {
 		return errors.New("alice still reaches bob after a DENY policy naming her was written")
 	}
 	st.say("edit", "wrote %s (DENY from alice): alice -> bob refused %s later; DENY beats ALLOW", filepath.Base(denyAlice), time.Since(start).Round(10*time.Millisecond))
 	os.Remove(denyAlice)
 	start = time.Now()
-	if err := waitFor(ctx, func() bool { _, err := call(ctx, alice, bobApp, "back?"); return err == nil }); err != nil {
+	if err := waitFor(ctx, func() bool { _, err := call(ctx, alice, bobEcho, "back?"); return err == nil }); err != nil {
 		return errors.New("alice does not reach bob again after the DENY policy was removed")
 	}
 	st.say("edit", "removed it: alice -> bob answered again %s later", time.Since(start).Round(10*time.Millisecond))
 	fmt.Fprintln(out)
 
-	// 7. What bob's ztunnel saw: access log and metrics.
-	zt2 := zts["node-2"]
-	if err := waitFor(ctx, func() bool { return zt2.logCount("connection complete") >= 4 }); err != nil {
+	// 8. A running pod joins the mesh: label its namespace in the YAML.
+	if err := m.enrolLegacy(ctx, st, legacy, alice, bobEcho); err != nil {
+		return err
+	}
+	fmt.Fprintln(out)
+
+	// 9. What bob's ztunnel saw: access log and metrics.
+	zt2 := m.node(bob.node)
+	if err := waitFor(ctx, func() bool { return len(zt2.ztunnel.logRecords("connection complete")) >= 4 }); err != nil {
 		return errors.New("node-2's ztunnel did not log the four connections")
 	}
-	for i, rec := range zt2.logRecords("connection complete") {
+	for i, rec := range zt2.ztunnel.logRecords("connection complete") {
 		if i == 4 {
 			break
 		}
-		verdict := "allowed"
-		if r := rec["reason"]; r != nil {
-			verdict = fmt.Sprint(r)
-		}
-		src := rec["src.identity"]
-		if src == nil {
-			src = "(no identity: plaintext from " + fmt.Sprint(rec["src.addr"]) + ")"
-		}
-		st.say("node-2", "inbound %v -> %v: %s", src, rec["dst.addr"], verdict)
+		st.say(zt2.name, "inbound %s -> %v: %s", source(rec), rec["dst.addr"], verdict(rec))
 	}
-	metrics, err := httpGet(ctx, fmt.Sprintf("http://127.0.0.1:%d/metrics", zt2.base+20))
+	metrics, err := httpGet(ctx, "http://"+zt2.ztMetrics+"/metrics")
 	if err != nil {
 		return err
 	}
 	shown := 0
 	for _, line := range strings.Split(metrics, "\n") {
 		if strings.HasPrefix(line, "istio_tcp_connections_closed_total{") && !strings.HasSuffix(line, " 0") && shown < 3 {
-			st.say("node-2", "%s", shortMetric(line))
+			st.say(zt2.name, "%s", shortMetric(line))
 			shown++
 		}
 	}
 	if shown == 0 {
 		return errors.New("node-2's ztunnel exports no istio_tcp_connections_closed_total")
 	}
-	dump, err := httpGet(ctx, fmt.Sprintf("http://127.0.0.1:%d/config_dump", zt2.base))
+	dump, err := httpGet(ctx, "http://"+zt2.ztAdmin+"/config_dump")
 	if err != nil {
 		return err
 	}
 	if !strings.Contains(dump, bob.id()) {
 		return errors.New("node-2's config_dump does not list bob's certificate")
 	}
-	st.say("node-2", "config_dump: %d bytes (workloads, services, policies, pods, certificates)", len(dump))
+	st.say(zt2.name, "config_dump: %d bytes (workloads, services, policies, pods, certificates)", len(dump))
 	fmt.Fprintln(out)
-	st.say("done", "captured plain TCP crossed nodes over mTLS with identities, policy refused the rest, and an edit took effect")
+	st.say("done", "pods captured by the real CNI chain, plain TCP crossed nodes over mTLS with identities, policy refused the rest, edits took effect (%s, %s after the build)",
+		time.Since(began).Round(100*time.Millisecond), time.Since(built).Round(100*time.Millisecond))
 	if !stay {
 		return nil
 	}
 	fmt.Fprintln(out)
-	fmt.Fprintln(out, "The mesh is up. Try (as root, in another terminal):")
-	fmt.Fprintf(out, "  # alice calls the echo service through the mesh\n")
-	fmt.Fprintf(out, "  ip netns exec %s bash -c 'exec 3<>/dev/tcp/10.96.0.10/80; echo hello >&3; head -1 <&3'\n", alice.netns.Name)
-	fmt.Fprintf(out, "  # mallory is refused by policy\n")
-	fmt.Fprintf(out, "  ip netns exec %s bash -c 'exec 3<>/dev/tcp/%s/8080; echo hello >&3; head -1 <&3'\n", mallory.netns.Name, bob.addr)
-	fmt.Fprintf(out, "  # what node-2's ztunnel knows, and whether the ztunnels are in sync with zmeshd\n")
-	fmt.Fprintf(out, "  %s ztunnel-config all --ztunnel-admin 127.0.0.1:%d\n", filepath.Join(binDir, "zmeshctl"), ztunnelPortBase+100)
-	fmt.Fprintf(out, "  %s proxy-status --zmeshd http://%s\n", filepath.Join(binDir, "zmeshctl"), zmeshdMonitoring)
-	fmt.Fprintf(out, "  # edit the mesh: zmeshd applies a saved change within a second\n")
-	fmt.Fprintf(out, "  $EDITOR %s    # then: tail -f %s\n", filepath.Join(meshDir, "30-policies.yaml"), filepath.Join(tmp, "zmeshd.log"))
-	fmt.Fprintln(out, "Press Ctrl-C to remove everything.")
+	m.pokeHelp(out, alice, mallory, bob, legacy)
 	<-ctx.Done()
 	fmt.Fprintln(out)
 	return nil
+}
+
+// synced counts the proxies zmeshd lists as synced on every type they
+// subscribed to, by kind (the node id's part before "~").
+func (m *mesh) synced(ctx context.Context) map[string]int {
+	body, err := httpGet(ctx, "http://"+m.zmeshdMon+"/debug/syncz")
+	if err != nil {
+		return nil
+	}
+	var proxies []struct {
+		ID    string `json:"id"`
+		Types []struct {
+			State string `json:"state"`
+		} `json:"types"`
+	}
+	if json.Unmarshal([]byte(body), &proxies) != nil {
+		return nil
+	}
+	out := map[string]int{}
+	for _, p := range proxies {
+		ok := len(p.Types) > 0
+		for _, t := range p.Types {
+			ok = ok && t.State == "SYNCED"
+		}
+		if kind, _, _ := strings.Cut(p.ID, "~"); ok {
+			out[kind]++
+		}
+	}
+	return out
+}
+
+// enrolLegacy labels namespace legacy ambient in the YAML directory; zmeshd
+// pushes, the agent (no-cluster source) enrols the running pod, and legacy
+// reaches a STRICT mesh pod with its own identity.
+func (m *mesh) enrolLegacy(ctx context.Context, st story, legacy, alice *pod, bobEcho netip.AddrPort) error {
+	aliceEcho := netip.AddrPortFrom(alice.addr, podapp.EchoPort)
+	if _, err := call(ctx, legacy, aliceEcho, "plaintext hello"); err == nil {
+		return errors.New("legacy (plaintext) reached alice despite STRICT")
+	}
+	st.say("legacy", "-> %s (alice, plaintext): refused (STRICT)", aliceEcho)
+	nsFile := filepath.Join(m.meshDir, "00-namespaces.yaml")
+	b, err := os.ReadFile(nsFile)
+	if err != nil {
+		return err
+	}
+	const plain = "metadata:\n  name: legacy\n"
+	if !strings.Contains(string(b), plain) {
+		return fmt.Errorf("%s: no namespace legacy to label", nsFile)
+	}
+	edited := strings.Replace(string(b), plain, plain+"  labels:\n    istio.io/dataplane-mode: ambient\n", 1)
+	n := m.node(legacy.node)
+	pid := legacy.rp.Pid()
+	start := time.Now()
+	if err := os.WriteFile(nsFile, []byte(edited), 0o644); err != nil {
+		return err
+	}
+	if err := waitFor(ctx, func() bool { return len(n.agent.logRecords("pod captured", "pod", "legacy/legacy")) > 0 }); err != nil {
+		return errors.New("the agent did not enrol the running pod legacy after its namespace was labelled ambient")
+	}
+	captured := time.Since(start)
+	var reply string
+	if err := waitFor(ctx, func() bool { reply, err = call(ctx, legacy, aliceEcho, "hello from legacy"); return err == nil }); err != nil {
+		return fmt.Errorf("legacy does not reach alice after joining the mesh: %v", err)
+	}
+	answered := time.Since(start)
+	if !n.pinned(legacy.uid) || legacy.rp.Pid() != pid || n.runner.Pod(legacy.ns, legacy.name) != legacy.rp {
+		return errors.New("legacy was not enrolled in place (no capture pinned, or the pod was restarted)")
+	}
+	st.say("enrol", "labelled namespace legacy istio.io/dataplane-mode: ambient in %s", filepath.Base(nsFile))
+	st.say("enrol", "agent enrolled the running pod legacy %s later (no restart: app pid %d), legacy -> alice answered %s later: %q",
+		captured.Round(10*time.Millisecond), pid, answered.Round(10*time.Millisecond), reply)
+	want := legacy.id()
+	if err := waitFor(ctx, func() bool {
+		return len(n.ztunnel.logRecords("connection complete", "src.identity", want, "dst.addr", aliceEcho.String())) > 0
+	}); err != nil {
+		return fmt.Errorf("%s's ztunnel logged no connection from %s to alice", n.name, want)
+	}
+	st.say(n.name, "inbound %s -> %s: allowed (mTLS, STRICT satisfied)", want, aliceEcho)
+	if _, err := call(ctx, legacy, bobEcho, "and bob?"); err == nil {
+		return errors.New("legacy reached bob, whose policy admits only alice")
+	}
+	st.say("legacy", "-> %s (bob): still refused, now by identity: echo-from-alice admits only alice", bobEcho)
+	return nil
+}
+
+func (m *mesh) pokeHelp(out io.Writer, alice, mallory, bob, legacy *pod) {
+	zmeshctl := filepath.Join(m.bin, "zmeshctl")
+	n1, n2 := m.nodes[0], m.nodes[1]
+	fmt.Fprintln(out, "The mesh is up. Try (as root, in another terminal):")
+	fmt.Fprintf(out, "  # alice calls the echo service through the mesh (pod %s is network namespace %s)\n", alice.name, alice.rp.NS.Name)
+	fmt.Fprintf(out, "  ip netns exec %s curl -s http://10.96.0.10/\n", alice.rp.NS.Name)
+	fmt.Fprintf(out, "  ip netns exec %s bash -c 'exec 3<>/dev/tcp/%s/%d; echo hello >&3; head -2 <&3'\n", alice.rp.NS.Name, bob.addr, podapp.EchoPort)
+	fmt.Fprintf(out, "  # mallory is refused by policy\n")
+	fmt.Fprintf(out, "  ip netns exec %s curl -sS --max-time 3 http://%s:%d/\n", mallory.rp.NS.Name, bob.addr, podapp.HTTPPort)
+	fmt.Fprintf(out, "  # legacy joined the mesh: it reaches alice as %s\n", legacy.id())
+	fmt.Fprintf(out, "  ip netns exec %s curl -s http://%s:%d/\n", legacy.rp.NS.Name, alice.addr, podapp.HTTPPort)
+	fmt.Fprintf(out, "  # what each ztunnel knows, and whether the proxies are in sync with zmeshd\n")
+	fmt.Fprintf(out, "  %s ztunnel-config all --ztunnel-admin %s    # node-1\n", zmeshctl, n1.ztAdmin)
+	fmt.Fprintf(out, "  %s ztunnel-config workloads --ztunnel-admin %s    # node-2\n", zmeshctl, n2.ztAdmin)
+	fmt.Fprintf(out, "  %s proxy-status --zmeshd http://%s\n", zmeshctl, m.zmeshdMon)
+	fmt.Fprintf(out, "  # each node's CNI chain, as zmesh-cni-agent left it\n")
+	fmt.Fprintf(out, "  cat %s\n", filepath.Join(n1.cniConf, noderunner.PrimaryConflist))
+	fmt.Fprintf(out, "  # edit the mesh: zmeshd applies a saved change within a second; a Pod added to\n")
+	fmt.Fprintf(out, "  # 10-pods.yaml (spec.nodeName node-1, status.podIP in %s) is started through CNI\n", n1.cidr)
+	fmt.Fprintf(out, "  $EDITOR %s\n", filepath.Join(m.meshDir, "30-policies.yaml"))
+	fmt.Fprintf(out, "  tail -f %s %s\n", filepath.Join(m.tmp, "zmeshd.log"), filepath.Join(n2.dir, "ztunnel.log"))
+	fmt.Fprintln(out, "Press Ctrl-C to remove everything.")
 }
 
 const denyAliceYAML = `apiVersion: security.istio.io/v1
@@ -398,7 +500,8 @@ func copyMesh(dst string) error {
 }
 
 // podsOf lists the snapshot's pods with an address, and whether each is
-// ambient by its labels (what zmeshd and the agent decide the same way).
+// ambient by its labels (what zmeshd decides, and the agent learns from
+// it).
 func podsOf(s *model.Snapshot) []*pod {
 	var out []*pod
 	for _, p := range s.Pods {
@@ -414,151 +517,48 @@ func podsOf(s *model.Snapshot) []*pod {
 		if ns := s.Namespace(p.Namespace); mode == "" && ns != nil {
 			mode = ns.Labels["istio.io/dataplane-mode"]
 		}
-		out = append(out, &pod{name: p.Name, ns: p.Namespace, sa: sa, node: p.Spec.NodeName, addr: addr, ambient: mode == "ambient"})
+		out = append(out, &pod{name: p.Name, ns: p.Namespace, sa: sa, node: p.Spec.NodeName, uid: string(p.UID), addr: addr, ambient: mode == "ambient"})
 	}
 	return out
 }
-
-// proc is a zmesh process and its JSON log.
-type proc struct {
-	cmd  *exec.Cmd
-	base int
-	log  *lockedBuffer
-	done chan struct{}
-}
-
-// startProc starts bin and waits until GET ready answers with a body
-// starting with want.
-func startProc(ctx context.Context, bin, logPath, ready, want string, args ...string) (*proc, error) {
-	z := &proc{cmd: exec.Command(bin, args...), log: &lockedBuffer{}, done: make(chan struct{})}
-	logFile, err := os.Create(logPath)
-	if err != nil {
-		return nil, err
-	}
-	z.cmd.Stderr = io.MultiWriter(z.log, logFile)
-	if err := z.cmd.Start(); err != nil {
-		return nil, err
-	}
-	go func() { z.cmd.Wait(); logFile.Close(); close(z.done) }()
-	err = waitFor(ctx, func() bool {
-		select {
-		case <-z.done:
-			return true
-		default:
-		}
-		body, err := httpGet(ctx, ready)
-		return err == nil && strings.HasPrefix(body, want)
-	})
-	select {
-	case <-z.done:
-		return nil, fmt.Errorf("exited: %s", z.log.String())
-	default:
-	}
-	if err != nil {
-		z.stop()
-		return nil, fmt.Errorf("not ready: %s", z.log.String())
-	}
-	return z, nil
-}
-
-// stop is SIGTERM, then the ztunnel drains and exits.
-func (z *proc) stop() {
-	z.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-z.done:
-	case <-time.After(10 * time.Second):
-		z.cmd.Process.Kill()
-		<-z.done
-	}
-}
-
-func (z *proc) logRecords(msg string) []map[string]any {
-	var out []map[string]any
-	sc := bufio.NewScanner(strings.NewReader(z.log.String()))
-	for sc.Scan() {
-		var rec map[string]any
-		if json.Unmarshal(sc.Bytes(), &rec) == nil && rec["msg"] == msg {
-			out = append(out, rec)
-		}
-	}
-	return out
-}
-
-func (z *proc) logCount(msg string) int { return len(z.logRecords(msg)) }
 
 // call connects from a pod (plain TCP: capture takes it), sends msg,
-// half-closes and reads the reply.
+// half-closes and reads the reply: the app's greeting, then the echo.
 func call(ctx context.Context, from *pod, dst netip.AddrPort, msg string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	c, err := from.netns.Dial(ctx, "tcp", dst.String())
+	c, err := from.rp.NS.Dial(ctx, "tcp", dst.String())
 	if err != nil {
 		return "", err
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(5 * time.Second))
-	c.Write([]byte(msg))
+	c.Write([]byte(msg + "\n"))
 	c.(*net.TCPConn).CloseWrite()
 	b, err := io.ReadAll(c)
 	if err == nil && len(b) == 0 {
-		err = errors.New("closed without a reply")
+		err = errNoReply
 	}
-	return strings.TrimSpace(string(b)), err
+	return strings.ReplaceAll(strings.TrimSpace(string(b)), "\n", " | "), err
 }
 
-// serveApp answers each line a connection sends with what it got and from
-// whom, until the caller closes.
-func serveApp(ln net.Listener) {
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		go func() {
-			defer c.Close()
-			sc := bufio.NewScanner(c)
-			for sc.Scan() {
-				fmt.Fprintf(c, "bob's app got %q from %s\n", sc.Text(), c.RemoteAddr().(*net.TCPAddr).IP)
-			}
-		}()
+func source(rec map[string]any) string {
+	if src := rec["src.identity"]; src != nil {
+		return fmt.Sprint(src)
 	}
+	return "(no identity: plaintext from " + fmt.Sprint(rec["src.addr"]) + ")"
 }
 
-func httpGet(ctx context.Context, url string) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return "", err
+func verdict(rec map[string]any) string {
+	if r := rec["reason"]; r != nil {
+		return fmt.Sprint(r)
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if resp.StatusCode != http.StatusOK {
-		return string(b), fmt.Errorf("GET %s: %s", url, resp.Status)
-	}
-	return string(b), err
-}
-
-func waitFor(ctx context.Context, cond func() bool) error {
-	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
-	for !cond() {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-	return nil
+	return "allowed"
 }
 
 // shortMetric keeps a metric line's telling labels.
 func shortMetric(line string) string {
-	keep := []string{"reporter", "source_principal", "destination_principal", "connection_security_policy", "response_flags"}
+	keep := []string{"reporter", "source_principal", "destination_principal", "destination_service", "connection_security_policy", "response_flags"}
 	open, end := strings.IndexByte(line, '{'), strings.LastIndexByte(line, '}')
 	var parts []string
 	for _, l := range strings.Split(line[open+1:end], ",") {
@@ -569,21 +569,4 @@ func shortMetric(line string) string {
 		}
 	}
 	return line[:open] + "{" + strings.Join(parts, ",") + "}" + line[end+1:]
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
-	current "github.com/containernetworking/cni/pkg/types/100"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -72,9 +71,12 @@ type RunningPod struct {
 	Namespace, Name string
 	NS              *netenv.NS
 	IP              netip.Addr
-	cmd             *exec.Cmd
-	exited          chan struct{}
-	rt              *libcni.RuntimeConf
+	// CNIAdd is how long CNI ADD took (with zmesh-cni chained: until
+	// ztunnel acknowledged the pod).
+	CNIAdd time.Duration
+	cmd    *exec.Cmd
+	exited chan struct{}
+	rt     *libcni.RuntimeConf
 }
 
 // Register creates (or updates) the Node object and reports it Ready.
@@ -275,96 +277,17 @@ func (k *Kubelet) sync(ctx context.Context, lister listersv1.PodLister, key stri
 	return k.start(ctx, pod)
 }
 
-// conf loads the node's CNI configuration as a runtime does: the first
-// conflist of the directory.
-func (k *Kubelet) conf() (*libcni.NetworkConfigList, error) {
-	files, err := libcni.ConfFiles(k.CNIConfDir, []string{".conflist"})
-	if err != nil {
-		return nil, err
-	}
-	if len(files) == 0 {
-		return nil, fmt.Errorf("no conflist in %s", k.CNIConfDir)
-	}
-	return libcni.ConfListFromFile(files[0])
-}
-
-func (k *Kubelet) cni(op string, rt *libcni.RuntimeConf) (*current.Result, error) {
-	list, err := k.conf()
-	if err != nil {
-		return nil, err
-	}
-	c := libcni.NewCNIConfig([]string{k.CNIBinDir}, nil)
-	var res *current.Result
-	err = k.Host.Do(func() error {
-		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		defer cancel()
-		if op == "DEL" {
-			return c.DelNetworkList(ctx, list, rt)
-		}
-		r, err := c.AddNetworkList(ctx, list, rt)
-		if err != nil {
-			return err
-		}
-		res, err = current.NewResultFromResult(r)
-		return err
-	})
-	return res, err
+// sandbox is the runtime part of the Kubelet's pods.
+func (k *Kubelet) sandbox() sandbox {
+	return sandbox{host: k.Host, binDir: k.CNIBinDir, confDir: k.CNIConfDir, app: k.App}
 }
 
 func (k *Kubelet) start(ctx context.Context, pod *corev1.Pod) error {
 	started := time.Now()
-	ns, err := netenv.NewNS("pod")
+	// host-local picks the address from the node's range.
+	p, err := k.sandbox().start(ctx, pod, netip.Addr{})
 	if err != nil {
 		return err
-	}
-	p := &RunningPod{UID: pod.UID, Namespace: pod.Namespace, Name: pod.Name, NS: ns, rt: &libcni.RuntimeConf{
-		ContainerID: "zmesh-e2e-" + string(pod.UID),
-		NetNS:       "/run/netns/" + ns.Name,
-		IfName:      "eth0",
-		Args: [][2]string{
-			{"IgnoreUnknown", "1"},
-			{"K8S_POD_NAMESPACE", pod.Namespace},
-			{"K8S_POD_NAME", pod.Name},
-			{"K8S_POD_INFRA_CONTAINER_ID", "zmesh-e2e-" + string(pod.UID)},
-			{"K8S_POD_UID", string(pod.UID)},
-		},
-	}}
-	res, err := k.cni("ADD", p.rt)
-	if err != nil {
-		// As a kubelet: the sandbox failed; clean it and retry later.
-		k.cni("DEL", p.rt)
-		ns.Close()
-		return fmt.Errorf("CNI ADD: %w", err)
-	}
-	for _, ipc := range res.IPs {
-		if a, ok := netip.AddrFromSlice(ipc.Address.IP); ok && a.Unmap().Is4() {
-			p.IP = a.Unmap()
-		}
-	}
-	if !p.IP.IsValid() {
-		k.cni("DEL", p.rt)
-		ns.Close()
-		return fmt.Errorf("CNI ADD returned no IPv4 address: %v", res)
-	}
-	if k.App != nil {
-		cmd := k.App(pod)
-		if err := ns.Do(cmd.Start); err != nil {
-			k.cni("DEL", p.rt)
-			ns.Close()
-			return fmt.Errorf("start the pod's process: %w", err)
-		}
-		p.cmd, p.exited = cmd, make(chan struct{})
-		go func() {
-			cmd.Wait()
-			if f, ok := cmd.Stdout.(*os.File); ok {
-				f.Close()
-			}
-			close(p.exited)
-		}()
-		if err := waitListening(ctx, ns, p.IP); err != nil {
-			k.stop(ctx, p)
-			return err
-		}
 	}
 	k.mu.Lock()
 	k.pods[pod.UID] = p
@@ -374,23 +297,6 @@ func (k *Kubelet) start(ctx context.Context, pod *corev1.Pod) error {
 	}
 	k.Log.Info("pod running", "pod", pod.Namespace+"/"+pod.Name, "ip", p.IP, "took", time.Since(started).Round(time.Millisecond))
 	return nil
-}
-
-// waitListening waits for the app to accept on its own address from inside
-// its namespace (a pod talking to itself is never captured).
-func waitListening(ctx context.Context, ns *netenv.NS, ip netip.Addr) error {
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		c, err := ns.Dial(ctx, "tcp", netip.AddrPortFrom(ip, 8080).String())
-		if err == nil {
-			c.Close()
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("the pod's process does not listen on %s:8080: %w", ip, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 func (k *Kubelet) writeStatus(ctx context.Context, pod *corev1.Pod, p *RunningPod, ready bool) error {
@@ -437,26 +343,17 @@ func (k *Kubelet) writeStatus(ctx context.Context, pod *corev1.Pod, p *RunningPo
 }
 
 // stop ends a pod: its process, CNI DEL, its namespace.
-func (k *Kubelet) stop(ctx context.Context, p *RunningPod) error {
+func (k *Kubelet) stop(_ context.Context, p *RunningPod) error {
 	k.mu.Lock()
 	if k.pods[p.UID] != p {
 		k.mu.Unlock()
 		return nil
 	}
 	k.mu.Unlock()
-	if p.cmd != nil {
-		p.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-p.exited:
-		case <-time.After(5 * time.Second):
-			p.cmd.Process.Kill()
-			<-p.exited
-		}
+	err := k.sandbox().stop(p)
+	if errors.Is(err, errDel) {
+		return err // retried
 	}
-	if _, err := k.cni("DEL", p.rt); err != nil {
-		return fmt.Errorf("CNI DEL of %s/%s: %w", p.Namespace, p.Name, err)
-	}
-	err := p.NS.Close()
 	k.mu.Lock()
 	delete(k.pods, p.UID)
 	k.done[p.UID] = true
@@ -533,7 +430,9 @@ func AppCommand(env string, logDir string) func(pod *corev1.Pod) *exec.Cmd {
 		if f, err := os.Create(filepath.Join(logDir, "pod-"+pod.Namespace+"-"+pod.Name+"-"+string(pod.UID)[:8]+".log")); err == nil {
 			cmd.Stdout, cmd.Stderr = f, f
 		}
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		// Its own process group (a Ctrl-C reaches the runner, which stops
+		// pods in order); killed if the runner dies without doing so.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 		return cmd
 	}
 }

@@ -1,8 +1,16 @@
-// Package noderunner plays a node's kubelet-side for the demo, the tests
-// and the benchmark: it runs the node's CNI agent (capture + ZDS server) in
-// this process, with its bpffs root, ZDS socket and host namespace set per
-// node, and enrols pods living in namespaces the caller made. ztunnel runs
-// beside it, in-process or as a process, and dials the node's ZDS socket.
+// Package noderunner plays the kubelet's part of a node for the e2e suite,
+// the demo and the benchmark (DESIGN.md "Running without a cluster"): it
+// creates each pod's network namespace, runs the node's CNI configuration
+// through libcni from the node's host namespace (on a meshed node: the
+// primary plugins, then zmesh-cni chained in by zmesh-cni-agent), starts
+// the pod's process inside it, and on the way out stops the process and
+// runs CNI DEL. The pods come from a Kubernetes API server (Kubelet) or,
+// with no cluster, from the YAML directory zmeshd reads (Files); both share
+// one sandbox (sandbox.go).
+//
+// Start is the older shortcut that skips CNI: it runs the node's agent
+// (capture + ZDS server) in this process and enrols pods living in
+// namespaces the caller made.
 package noderunner
 
 import (
@@ -21,7 +29,7 @@ import (
 	"github.com/zmesh/zmesh/cni/cniapi"
 )
 
-// Node is one node's agent.
+// Node is one node's in-process agent (see Start).
 type Node struct {
 	Name    string
 	ZDSPath string

@@ -1,0 +1,451 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/features"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/zmesh/zmesh/e2e/netenv"
+	"github.com/zmesh/zmesh/e2e/noderunner"
+	"github.com/zmesh/zmesh/e2e/podapp"
+	"github.com/zmesh/zmesh/identity"
+)
+
+// The demo's topology (DESIGN.md, Decisions 3): nodes meet on an underlay
+// bridge in its own namespace; each node has a host namespace holding its
+// pod bridge (made by the CNI bridge plugin) and routes to the other
+// nodes' pod ranges. zmeshd and every node's zmesh-cni-agent and ztunnel
+// run in the root namespace as processes reaching each other on
+// 127.0.0.1; only pod sockets live in pod namespaces.
+var (
+	underlay  = netip.MustParsePrefix("10.44.0.0/24")
+	nodeNames = []string{"node-1", "node-2"}
+)
+
+// podCIDR is node-i's pod range, which the YAML's pod addresses must use.
+func podCIDR(i int) netip.Prefix {
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 50, byte(i + 1), 0}), 24)
+}
+
+// mesh is everything the demo starts, in the order Close removes it.
+type mesh struct {
+	tmp     string
+	keep    bool
+	bin     string
+	meshDir string
+	lan     *netenv.LAN
+	nodes   []*node
+
+	zmeshd                 *proc
+	zmeshdXDS, zmeshdMon   string
+	caDir                  string
+	stopRunners            context.CancelFunc
+	runners                sync.WaitGroup
+	rootLinks              []string
+	pinsLeft, teardownErrs []string
+}
+
+// node is one node: its host namespace, CNI directories, bpffs, agent,
+// ztunnel and node runner.
+type node struct {
+	name    string
+	host    *netenv.NS
+	addr    netip.Addr // on the underlay
+	cidr    netip.Prefix
+	dir     string
+	bpfRoot string
+	mounted bool     // bpfRoot is a bpffs we mounted
+	bpfBase []string // the filesystem's own entries
+	cniBin  string
+	cniConf string
+	zds     string
+
+	agent                       *proc
+	agentHealth                 string
+	ztunnel                     *proc
+	ztAdmin, ztMetrics, ztReady string
+	runner                      *noderunner.Files
+	running                     bool // runner.Run was started
+}
+
+// preflight says clearly what keeps the demo from running here.
+func preflight() error {
+	if os.Geteuid() != 0 {
+		return errors.New("the demo creates network namespaces and loads eBPF: it needs root (try: sudo make demo)")
+	}
+	if err := features.HaveProgramType(ebpf.SkLookup); err != nil {
+		return fmt.Errorf("this kernel cannot run the capture (eBPF sk_lookup programs, Linux 5.9 or later, CONFIG_BPF_SYSCALL): %w", err)
+	}
+	for _, p := range []string{"bridge", "host-local"} {
+		if _, err := os.Stat(filepath.Join(noderunner.DebianCNI, p)); err != nil {
+			return fmt.Errorf("the nodes' pod network uses the CNI plugin %s: %w (install containernetworking-plugins, or run make demo, which does)", p, err)
+		}
+	}
+	if _, err := exec.LookPath("go"); err != nil {
+		return fmt.Errorf("the demo builds zmesh's binaries: %w", err)
+	}
+	return nil
+}
+
+// build compiles the binaries the demo runs.
+func (m *mesh) build(ctx context.Context) error {
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", m.bin+"/",
+		"github.com/zmesh/zmesh/cmd/zmeshd", "github.com/zmesh/zmesh/cmd/ztunnel", "github.com/zmesh/zmesh/cmd/zmeshctl",
+		"github.com/zmesh/zmesh/cmd/zmesh-cni-agent", "github.com/zmesh/zmesh/cmd/zmesh-cni")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build: %w\n%s", err, out)
+	}
+	return nil
+}
+
+// network builds the underlay and the nodes' host namespaces, with routes
+// between the nodes' pod ranges.
+func (m *mesh) network() error {
+	m.rootLinks = rootLinkNames()
+	lan, err := netenv.NewLAN(underlay)
+	if err != nil {
+		return fmt.Errorf("underlay: %w", err)
+	}
+	m.lan = lan
+	for i, name := range nodeNames {
+		host, addr, err := lan.Host(name)
+		if err != nil {
+			return err
+		}
+		n := &node{name: name, host: host, addr: addr, cidr: podCIDR(i), dir: filepath.Join(m.tmp, name)}
+		n.bpfRoot, n.cniBin, n.cniConf = filepath.Join(n.dir, "bpf"), filepath.Join(n.dir, "cni-bin"), filepath.Join(n.dir, "cni-conf")
+		n.zds = filepath.Join(n.dir, "zds.sock")
+		if err := os.MkdirAll(n.dir, 0o755); err != nil {
+			return err
+		}
+		if err := host.Do(func() error { return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644) }); err != nil {
+			return fmt.Errorf("%s: ip_forward: %w", name, err)
+		}
+		m.nodes = append(m.nodes, n)
+	}
+	for _, n := range m.nodes {
+		for _, o := range m.nodes {
+			if o == n {
+				continue
+			}
+			dst := &net.IPNet{IP: o.cidr.Addr().AsSlice(), Mask: net.CIDRMask(o.cidr.Bits(), 32)}
+			if err := n.host.Netlink().RouteAdd(&netlink.Route{Dst: dst, Gw: o.addr.AsSlice()}); err != nil {
+				return fmt.Errorf("%s: route to %s via %s: %w", n.name, o.cidr, o.addr, err)
+			}
+		}
+	}
+	return nil
+}
+
+func (m *mesh) node(name string) *node {
+	for _, n := range m.nodes {
+		if n.name == name {
+			return n
+		}
+	}
+	return nil
+}
+
+// startZmeshd runs zmeshd on the YAML directory. Each node's ztunnel has a
+// static token binding it to its node (no TokenReview without a cluster).
+func (m *mesh) startZmeshd(ctx context.Context) error {
+	tokens := filepath.Join(m.tmp, "tokens")
+	var lines strings.Builder
+	for _, n := range m.nodes {
+		fmt.Fprintf(&lines, "token-ztunnel-%s spiffe://%s/ns/istio-system/sa/ztunnel %s\n", n.name, identity.DefaultTrustDomain, n.name)
+	}
+	if err := os.WriteFile(tokens, []byte(lines.String()), 0o600); err != nil {
+		return err
+	}
+	var err error
+	if m.zmeshdXDS, err = freeAddr(); err != nil {
+		return err
+	}
+	if m.zmeshdMon, err = freeAddr(); err != nil {
+		return err
+	}
+	m.caDir = filepath.Join(m.tmp, "ca")
+	m.zmeshd, err = startProc(ctx, "zmeshd", filepath.Join(m.bin, "zmeshd"), filepath.Join(m.tmp, "zmeshd.log"),
+		"http://"+m.zmeshdMon+"/ready",
+		"--config-dir", m.meshDir, "--tokens-file", tokens, "--ca-dir", m.caDir,
+		"--xds-address", m.zmeshdXDS, "--secure-address", "", "--monitoring-address", m.zmeshdMon)
+	return err
+}
+
+// startNode gives a node its pod network (bridge + host-local), then the
+// mesh's node components as a DaemonSet would run them: zmesh-cni-agent
+// with no cluster (membership from zmeshd's workload stream), which
+// installs zmesh-cni and chains it into the conflist, and ztunnel.
+func (m *mesh) startNode(ctx context.Context, n *node) error {
+	if err := noderunner.InstallPrimaryCNI(n.cniBin, n.cniConf, filepath.Join(n.dir, "ipam"), n.cidr); err != nil {
+		return err
+	}
+	// A bpffs of the node's own: its pins go away whole with the node.
+	if err := os.MkdirAll(n.bpfRoot, 0o700); err != nil {
+		return err
+	}
+	if err := unix.Mount("bpf", n.bpfRoot, "bpf", 0, ""); err != nil {
+		return fmt.Errorf("%s: mount bpffs: %w (the kernel needs BPF: CONFIG_BPF_SYSCALL)", n.name, err)
+	}
+	n.mounted = true
+	n.bpfBase = bpfEntries(n.bpfRoot)
+	var err error
+	if n.agentHealth, err = freeAddr(); err != nil {
+		return err
+	}
+	n.agent, err = startProc(ctx, n.name+" zmesh-cni-agent", filepath.Join(m.bin, "zmesh-cni-agent"), filepath.Join(n.dir, "agent.log"),
+		"http://"+n.agentHealth+"/readyz",
+		"--node", n.name, "--xds-address", m.zmeshdXDS, "--plaintext-control-plane",
+		"--host-netns", "/run/netns/"+n.host.Name,
+		"--cni-bin-dir", n.cniBin, "--cni-conf-dir", n.cniConf, "--plugin-binary", filepath.Join(m.bin, "zmesh-cni"),
+		"--cni-socket", filepath.Join(n.dir, "cni.sock"), "--zds-socket", n.zds, "--bpf-root", n.bpfRoot,
+		"--health-address", n.agentHealth, "--chain-interval", "200ms")
+	if err != nil {
+		return err
+	}
+	if err := waitFor(ctx, func() bool { return slices.Contains(n.chain(), "zmesh-cni") }); err != nil {
+		return fmt.Errorf("%s: the agent did not chain zmesh-cni into %s", n.name, noderunner.PrimaryConflist)
+	}
+
+	tok := filepath.Join(n.dir, "ztunnel-token")
+	if err := os.WriteFile(tok, []byte("token-ztunnel-"+n.name), 0o600); err != nil {
+		return err
+	}
+	for _, p := range []*string{&n.ztAdmin, &n.ztMetrics, &n.ztReady} {
+		if *p, err = freeAddr(); err != nil {
+			return err
+		}
+	}
+	n.ztunnel, err = startProc(ctx, n.name+" ztunnel", filepath.Join(m.bin, "ztunnel"), filepath.Join(n.dir, "ztunnel.log"),
+		"http://"+n.ztReady+"/healthz/ready",
+		"--node", n.name, "--zds-socket", n.zds,
+		"--xds-address", m.zmeshdXDS, "--plaintext-control-plane",
+		"--root-cert", filepath.Join(m.caDir, identity.FileRootCert), "--token-file", tok, "--drain-grace", "2s",
+		"--admin-address", n.ztAdmin, "--metrics-address", n.ztMetrics, "--readiness-address", n.ztReady)
+	return err
+}
+
+// chain lists the node's CNI plugins in the order ADD runs them, IPAM
+// after its plugin ("bridge", "host-local", "zmesh-cni").
+func (n *node) chain() []string {
+	b, err := os.ReadFile(filepath.Join(n.cniConf, noderunner.PrimaryConflist))
+	if err != nil {
+		return nil
+	}
+	var doc struct {
+		Plugins []struct {
+			Type string `json:"type"`
+			IPAM struct {
+				Type string `json:"type"`
+			} `json:"ipam"`
+		} `json:"plugins"`
+	}
+	if json.Unmarshal(b, &doc) != nil {
+		return nil
+	}
+	var out []string
+	for _, p := range doc.Plugins {
+		out = append(out, p.Type)
+		if p.IPAM.Type != "" {
+			out = append(out, p.IPAM.Type)
+		}
+	}
+	return out
+}
+
+// startPods runs the node runner in file mode on the YAML directory: it
+// starts this node's pods through the node's CNI chain, then follows the
+// directory (a pod added to it starts, a pod removed stops) until Close.
+func (m *mesh) startPods(ctx context.Context, n *node, runCtx context.Context) error {
+	logs := filepath.Join(n.dir, "pods")
+	if err := os.MkdirAll(logs, 0o755); err != nil {
+		return err
+	}
+	logFile, err := os.Create(filepath.Join(n.dir, "noderunner.log"))
+	if err != nil {
+		return err
+	}
+	n.runner = &noderunner.Files{
+		Dir: m.meshDir, Node: n.name, Host: n.host, CNIBinDir: n.cniBin, CNIConfDir: n.cniConf,
+		App: noderunner.AppCommand(podapp.Env, logs),
+		Log: slog.New(slog.NewJSONHandler(logFile, nil)),
+	}
+	if err := n.runner.Sync(ctx); err != nil {
+		return err
+	}
+	n.running = true
+	m.runners.Go(func() {
+		defer logFile.Close()
+		if err := n.runner.Run(runCtx); err != nil {
+			m.teardownErrs = append(m.teardownErrs, fmt.Sprintf("%s node runner: %v", n.name, err))
+		}
+	})
+	return nil
+}
+
+// pinned reports whether the agent pinned a capture for the pod uid.
+func (n *node) pinned(uid string) bool {
+	_, err := os.Stat(filepath.Join(n.bpfRoot, uid))
+	return err == nil
+}
+
+// Close removes everything, in order: the pods (CNI DEL while the agents
+// still run, so capture is released), the node processes, zmeshd, the
+// network namespaces, the bpffs mounts and the temporary directory. It
+// may run on a partly built mesh.
+func (m *mesh) Close() {
+	if m.stopRunners != nil {
+		m.stopRunners()
+	}
+	m.runners.Wait()
+	for _, n := range m.nodes {
+		if n.runner != nil && !n.running {
+			if err := n.runner.Close(); err != nil {
+				m.teardownErrs = append(m.teardownErrs, fmt.Sprintf("%s pods: %v", n.name, err))
+			}
+		}
+	}
+	// Pins left once every pod is gone are the product's leak.
+	for _, n := range m.nodes {
+		if !n.mounted {
+			continue
+		}
+		for _, p := range bpfEntries(n.bpfRoot) {
+			if !slices.Contains(n.bpfBase, p) {
+				m.pinsLeft = append(m.pinsLeft, p)
+			}
+		}
+	}
+	for _, n := range slices.Backward(m.nodes) {
+		n.ztunnel.stop()
+		n.agent.stop()
+	}
+	m.zmeshd.stop()
+	if m.lan != nil {
+		if err := m.lan.Close(); err != nil {
+			m.teardownErrs = append(m.teardownErrs, err.Error())
+		}
+	}
+	for _, n := range m.nodes {
+		if n.mounted {
+			if err := unix.Unmount(n.bpfRoot, unix.MNT_DETACH); err != nil {
+				m.teardownErrs = append(m.teardownErrs, fmt.Sprintf("unmount %s: %v", n.bpfRoot, err))
+			}
+		}
+	}
+	if !m.keep {
+		if err := os.RemoveAll(m.tmp); err != nil {
+			m.teardownErrs = append(m.teardownErrs, err.Error())
+		}
+	}
+}
+
+// leftovers lists what Close left behind: network namespaces, links in the
+// root namespace, bpffs pins, mounts, processes, pod apps and the
+// temporary directory.
+func (m *mesh) leftovers() []string {
+	out := slices.Clone(m.teardownErrs)
+	for _, ns := range netenv.Leftovers() {
+		out = append(out, "network namespace "+ns)
+	}
+	for _, l := range rootLinkNames() {
+		if m.rootLinks != nil && !slices.Contains(m.rootLinks, l) {
+			out = append(out, "link in the root namespace: "+l)
+		}
+	}
+	for _, p := range m.pinsLeft {
+		out = append(out, "bpffs pin left after every pod was deleted: "+p)
+	}
+	if mi, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
+		for _, line := range strings.Split(string(mi), "\n") {
+			if strings.Contains(line, m.tmp) {
+				out = append(out, "mount: "+line)
+			}
+		}
+	}
+	self := fmt.Sprint(os.Getpid())
+	exe, _ := os.Executable()
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		if e.Name() == self {
+			continue
+		}
+		if b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline")); err == nil && strings.Contains(string(b), m.tmp) {
+			out = append(out, fmt.Sprintf("process %s: %s", e.Name(), strings.ReplaceAll(string(b), "\x00", " ")))
+		}
+		if b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ")); err == nil && strings.Contains(string(b), podapp.Env+"=") {
+			if target, _ := os.Readlink(filepath.Join("/proc", e.Name(), "exe")); target == exe {
+				out = append(out, "pod app process "+e.Name())
+			}
+		}
+	}
+	if !m.keep {
+		if _, err := os.Stat(m.tmp); err == nil {
+			out = append(out, "temporary directory "+m.tmp)
+		}
+	}
+	return out
+}
+
+func bpfEntries(root string) []string {
+	var out []string
+	filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
+		if err == nil && path != root {
+			out = append(out, path)
+		}
+		return nil
+	})
+	return out
+}
+
+func rootLinkNames() []string {
+	links, _ := netlink.LinkList()
+	var out []string
+	for _, l := range links {
+		out = append(out, l.Attrs().Name)
+	}
+	return out
+}
+
+func freeAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+// quiet keeps library logs (netlink, the dir source) out of the story.
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// waitFor polls cond every 50 ms for up to 15 s.
+func waitFor(ctx context.Context, cond func() bool) error {
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return nil
+}
