@@ -73,16 +73,17 @@ type Status struct {
 
 // TypeStatus is the state of one subscription.
 type TypeStatus struct {
-	TypeURL string
+	TypeURL string `json:"typeUrl"`
 	// Resources is the number of resources the handler holds.
-	Resources int
+	Resources int `json:"resources"`
 	// Synced is true once a response of this type has been applied.
-	Synced bool
+	Synced bool `json:"synced"`
 	// AckedNonce is the nonce of the last response ACKed.
-	AckedNonce string
+	AckedNonce string `json:"ackedNonce,omitempty"`
 	// NackedNonce and NackMessage are those of the last response NACKed.
 	// Later ACKs do not clear them: they record the last rejection.
-	NackedNonce, NackMessage string
+	NackedNonce string `json:"nackedNonce,omitempty"`
+	NackMessage string `json:"nackMessage,omitempty"`
 }
 
 // Client is a delta xDS client. Build it with NewClient and serve it with
