@@ -3,8 +3,10 @@ SHELL := /bin/bash
 GO ?= go
 export GOTOOLCHAIN := local
 
-# Packages that create network namespaces run one at a time.
-NETNS_PKGS := ./bpf/... ./cni/... ./ztunnel/... ./e2e/...
+# Packages that create network namespaces run one at a time. The e2e
+# suite (e2e/l4) runs last, verbosely: its log is the evidence of what the
+# mesh did in each scenario.
+NETNS_PKGS := ./bpf/... ./cni/... ./ztunnel/... $$($(GO) list ./e2e/... | grep -v '/e2e/l4$$')
 BENCH_PKGS := ./ztunnel/hbone/ ./ztunnel/inpod/ ./ztunnel/proxy/ ./cni/plugin/
 BENCH_COUNT ?= 3
 BENCH_TIME ?= 1s
@@ -22,9 +24,10 @@ build: deps
 
 # The README's test command: lint, then every test (netns tests need root).
 test: deps lint
-	$(GO) test -count=1 -timeout 10m $$($(GO) list ./... | grep -v -E '^github.com/zmesh/zmesh/(bpf|cni|ztunnel|e2e)(/|$$)')
+	$(GO) test -count=1 -timeout 30m $$($(GO) list ./... | grep -v -E '^github.com/zmesh/zmesh/(bpf|cni|ztunnel|e2e)(/|$$)')
 	$(GO) test -count=1 -p 1 -timeout 25m $(NETNS_PKGS)
 	$(GO) test -count=1 -race -timeout 15m ./identity/... ./ztunnel/... ./api/... ./cni/agent/ ./controlplane/model/... ./controlplane/translate/ ./controlplane/xds/ ./controlplane/push/ ./controlplane/status/ ./controlplane/source/dir/
+	$(GO) test -count=1 -p 1 -v -timeout 25m ./e2e/l4/
 
 # The main job: a local mesh with no cluster (root: network namespaces).
 demo: deps
