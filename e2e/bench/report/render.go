@@ -106,7 +106,7 @@ func (r *Report) Text(w io.Writer) {
 	}
 	if mem := r.Memory; mem != nil {
 		fmt.Fprintf(w, "\nztunnel state: %d workloads + %d services over delta xDS (synced in %.1f s)\n", mem.Workloads, mem.Services, mem.SyncTime)
-		fmt.Fprintf(w, "  RSS   idle %s MB  loaded %s MB  → %s bytes per workload\n", FormatValue(mem.IdleRSS/1e6), FormatValue(mem.LoadedRSS/1e6), FormatValue(mem.RSSPerWorkload()))
+		fmt.Fprintf(w, "  RSS   idle %s MB  loaded %s MB  → %s bytes per workload (settled; %s MB right after the update)\n", FormatValue(mem.IdleRSS/1e6), FormatValue(mem.LoadedRSS/1e6), FormatValue(mem.RSSPerWorkload()), FormatValue(mem.PeakRSS/1e6))
 		fmt.Fprintf(w, "  heap  idle %s MB  loaded %s MB  → %s bytes per workload (live heap after GC)\n", FormatValue(mem.IdleHeap/1e6), FormatValue(mem.LoadedHeap/1e6), FormatValue(mem.HeapPerWorkload()))
 	}
 	fmt.Fprintf(w, "\nTargets (reported, never asserted)\n")
@@ -174,7 +174,7 @@ func (r *Report) Markdown(w io.Writer, plotFile string) {
 	}
 	if mem := r.Memory; mem != nil {
 		fmt.Fprintf(w, "\n### ztunnel state\n\n%d workloads and %d services fed by zmeshd over delta xDS to a ztunnel with no pods.\n\n| | idle | loaded | per workload |\n|---|---|---|---|\n", mem.Workloads, mem.Services)
-		fmt.Fprintf(w, "| RSS | %s MB | %s MB | %s B |\n", FormatValue(mem.IdleRSS/1e6), FormatValue(mem.LoadedRSS/1e6), FormatValue(mem.RSSPerWorkload()))
+		fmt.Fprintf(w, "| RSS, settled (%s MB right after the update) | %s MB | %s MB | %s B |\n", FormatValue(mem.PeakRSS/1e6), FormatValue(mem.IdleRSS/1e6), FormatValue(mem.LoadedRSS/1e6), FormatValue(mem.RSSPerWorkload()))
 		fmt.Fprintf(w, "| heap in use after GC | %s MB | %s MB | %s B |\n", FormatValue(mem.IdleHeap/1e6), FormatValue(mem.LoadedHeap/1e6), FormatValue(mem.HeapPerWorkload()))
 	}
 	if plotFile != "" {

@@ -99,7 +99,10 @@ type Memory struct {
 	LoadedRSS  float64 `json:"loaded_rss_bytes"`
 	IdleHeap   float64 `json:"idle_heap_inuse_bytes"`
 	LoadedHeap float64 `json:"loaded_heap_inuse_bytes"`
-	SyncTime   float64 `json:"sync_seconds"` // file written -> ztunnel acked
+	// PeakRSS is the RSS right after the update was taken in; LoadedRSS
+	// is once the runtime has returned the update's garbage.
+	PeakRSS  float64 `json:"peak_rss_bytes,omitempty"`
+	SyncTime float64 `json:"sync_seconds"` // file written -> ztunnel acked
 }
 
 // RSSPerWorkload is the RSS above idle divided by the workloads.
