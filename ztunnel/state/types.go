@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/zmesh/zmesh/api/workload"
 	"github.com/zmesh/zmesh/identity"
@@ -43,11 +44,18 @@ type Workload struct {
 	// policies that select this workload.
 	Policies []string
 
-	raw *workload.Workload
+	// raw is the wire form, encoded: the decoded message would hold about
+	// 900 bytes per workload for config dumps alone (make bench's memory
+	// figure); its strings are shared with the fields above.
+	raw []byte
 }
 
-// Raw returns the wire form (for config dumps).
-func (w *Workload) Raw() *workload.Workload { return w.raw }
+// Raw returns the wire form (for config dumps), decoded anew.
+func (w *Workload) Raw() *workload.Workload {
+	pb := &workload.Workload{}
+	proto.Unmarshal(w.raw, pb) // it was marshalled from a valid message
+	return pb
+}
 
 // HBONE reports whether the workload is in the mesh (reached over HBONE).
 func (w *Workload) HBONE() bool { return w.Protocol == workload.TunnelProtocol_HBONE }
@@ -63,14 +71,18 @@ type Service struct {
 	Waypoint      *Gateway
 	LoadBalancing *workload.LoadBalancing
 
-	raw *workload.Service
+	raw []byte // the wire form, encoded (see Workload.raw)
 }
 
 // Key is the service's resource name, "namespace/hostname".
 func (s *Service) Key() string { return s.Namespace + "/" + s.Hostname }
 
-// Raw returns the wire form (for config dumps).
-func (s *Service) Raw() *workload.Service { return s.raw }
+// Raw returns the wire form (for config dumps), decoded anew.
+func (s *Service) Raw() *workload.Service {
+	pb := &workload.Service{}
+	proto.Unmarshal(s.raw, pb)
+	return pb
+}
 
 // Gateway is a waypoint (or network gateway) reference: an address or a
 // service hostname, and its HBONE port.
@@ -101,7 +113,10 @@ func ConvertWorkload(pb *workload.Workload) (*Workload, error) {
 		CanonicalName: pb.CanonicalName, CanonicalRevision: pb.CanonicalRevision,
 		WorkloadName: pb.WorkloadName, ClusterID: pb.ClusterId, Locality: pb.Locality,
 		Healthy: pb.Status == workload.WorkloadStatus_HEALTHY,
-		raw:     pb,
+	}
+	var err error
+	if w.raw, err = proto.Marshal(pb); err != nil {
+		return nil, fmt.Errorf("encode: %w", err)
 	}
 	if _, ok := workload.TunnelProtocol_name[int32(pb.TunnelProtocol)]; !ok {
 		return nil, fmt.Errorf("tunnel_protocol: unknown value %d", pb.TunnelProtocol)
@@ -137,7 +152,6 @@ func ConvertWorkload(pb *workload.Workload) (*Workload, error) {
 			return nil, fmt.Errorf("service_account: %w", err)
 		}
 	}
-	var err error
 	if w.Waypoint, err = convertGateway(pb.Waypoint, pb.Network); err != nil {
 		return nil, fmt.Errorf("waypoint: %w", err)
 	}
@@ -171,7 +185,11 @@ func ConvertService(pb *workload.Service) (*Service, error) {
 	if pb.Hostname == "" {
 		return nil, errors.New("hostname: empty")
 	}
-	s := &Service{Name: pb.Name, Namespace: pb.Namespace, Hostname: pb.Hostname, LoadBalancing: pb.LoadBalancing, raw: pb}
+	s := &Service{Name: pb.Name, Namespace: pb.Namespace, Hostname: pb.Hostname, LoadBalancing: pb.LoadBalancing}
+	var err error
+	if s.raw, err = proto.Marshal(pb); err != nil {
+		return nil, fmt.Errorf("encode: %w", err)
+	}
 	for i, na := range pb.Addresses {
 		a, ok := netip.AddrFromSlice(na.GetAddress())
 		if !ok {
@@ -179,7 +197,6 @@ func ConvertService(pb *workload.Service) (*Service, error) {
 		}
 		s.VIPs = append(s.VIPs, NetAddr{Network: na.Network, Addr: a.Unmap()})
 	}
-	var err error
 	if s.Ports, err = convertPorts(pb.Ports); err != nil {
 		return nil, err
 	}
