@@ -53,9 +53,9 @@ func (e *env) measureMemory(ctx context.Context, workloads, services int, profil
 		return nil, err
 	}
 	// Taking in the update peaks well above what stays live, and Go hands
-	// the difference back to the OS in the background over several
-	// seconds, with pauses: wait until the RSS has not fallen for 10 s (at most 45 s),
-	// so the figure is the state's and not the update's.
+	// the difference back to the OS in the background, over seconds and
+	// with pauses: wait until the RSS has not fallen for 10 s (at most
+	// 45 s), so the figure is the state's and not the update's.
 	m.PeakRSS = m.LoadedRSS
 	for still, i := 0, 0; still < 10 && i < 45; i++ {
 		time.Sleep(time.Second)
