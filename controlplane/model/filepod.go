@@ -1,20 +1,17 @@
 package model
 
 import (
-	"github.com/google/uuid"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
-)
 
-// podUIDSpace is the UUIDv5 namespace of uids given to pods read from
-// files.
-var podUIDSpace = uuid.MustParse("0b6b9a3e-6f0e-4b8e-9c55-5a3c1a7e2d10")
+	"github.com/zmesh/zmesh/api/filepod"
+)
 
 // FilePodUID is the uid a Pod read from a file gets when it has none: a
 // UUIDv5 of "namespace/name", so every component reading the same file
 // (zmeshd, the node runner, the agent) agrees on it.
 func FilePodUID(namespace, name string) types.UID {
-	return types.UID(uuid.NewSHA1(podUIDSpace, []byte(namespace+"/"+name)).String())
+	return types.UID(filepod.UID(namespace, name))
 }
 
 // NormalizeFilePod completes a Pod read from a file, where no kubelet

@@ -19,9 +19,6 @@ func BenchmarkTranslate(b *testing.B) {
 }
 
 func TestBigSnapshot(t *testing.T) {
-	if testing.Short() {
-		t.Skip("short")
-	}
 	s := modeltest.Mesh(100, 20, 5)
 	out := Translate(Options{Mesh: model.DefaultMesh()}, s)
 	// 10 000 workloads, 2 000 services; 2 000 policies and the static strict one.

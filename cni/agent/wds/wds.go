@@ -17,26 +17,19 @@ import (
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	"github.com/google/uuid"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/zmesh/zmesh/api/filepod"
 	"github.com/zmesh/zmesh/api/workload"
 	"github.com/zmesh/zmesh/cni/agent"
 	"github.com/zmesh/zmesh/ztunnel/xds"
 )
 
-// podUIDSpace is the UUIDv5 namespace of uids given to pods read from
-// files; it must equal controlplane/model's (FilePodUID), which this
-// package may not import. The WDS Workload.uid keeps Istio's form, so the
-// pod's metadata.uid — used by ZDS and the bpffs directory — is derived
-// the same way the node runner and zmeshd derive it (Decision 4).
-var podUIDSpace = uuid.MustParse("0b6b9a3e-6f0e-4b8e-9c55-5a3c1a7e2d10")
-
-// PodUID is the metadata.uid of a pod read from a file without one.
-func PodUID(namespace, name string) string {
-	return uuid.NewSHA1(podUIDSpace, []byte(namespace+"/"+name)).String()
-}
+// PodUID is the metadata.uid of a pod read from a file without one: the
+// WDS Workload.uid keeps Istio's form, so the uid ZDS and the bpffs
+// directory use is derived as zmeshd and the node runner derive it.
+func PodUID(namespace, name string) string { return filepod.UID(namespace, name) }
 
 // Config configures Members.
 type Config struct {

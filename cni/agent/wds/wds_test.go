@@ -8,13 +8,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"sync"
 	"testing"
 	"time"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	"github.com/google/uuid"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -89,24 +87,6 @@ func (a *ads) DeltaAggregatedResources(s grpc.BidiStreamingServer[discoveryv3.De
 		case <-s.Context().Done():
 			return nil
 		}
-	}
-}
-
-// TestPodUIDMatchesFilePods keeps PodUID's UUIDv5 namespace equal to the
-// control plane's (FilePodUID), read from its source since cni/ may not
-// import it.
-func TestPodUIDMatchesFilePods(t *testing.T) {
-	src, err := os.ReadFile(filepath.Join("..", "..", "..", "controlplane", "model", "filepod.go"))
-	if err != nil {
-		t.Skipf("control plane source not beside: %v", err)
-	}
-	m := regexp.MustCompile(`podUIDSpace = uuid.MustParse\("([0-9a-f-]+)"\)`).FindSubmatch(src)
-	if m == nil {
-		t.Fatal("podUIDSpace not found in controlplane/model/filepod.go")
-	}
-	want := uuid.NewSHA1(uuid.MustParse(string(m[1])), []byte("demo/web")).String()
-	if got := wds.PodUID("demo", "web"); got != want {
-		t.Fatalf("PodUID(demo, web) = %s, controlplane gives %s", got, want)
 	}
 }
 
