@@ -29,7 +29,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -244,32 +243,20 @@ func (c *Cluster) network() error {
 		return fmt.Errorf("underlay: %w", err)
 	}
 	c.LAN = lan
+	var names []string
 	for i := range c.opts.Nodes {
-		name := fmt.Sprintf("node-%d", i+1)
-		host, addr, err := lan.Host(name)
-		if err != nil {
-			return err
-		}
-		cidr := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 50, byte(i + 1), 0}), 24)
-		n := &Node{Name: name, Host: host, Addr: addr, PodCIDR: cidr, Gateway: cidr.Addr().Next(), Dir: filepath.Join(c.Dir, name)}
+		names = append(names, fmt.Sprintf("node-%d", i+1))
+	}
+	hosts, err := lan.AddNodes(names...)
+	if err != nil {
+		return err
+	}
+	for _, h := range hosts {
+		n := &Node{Name: h.Name, Host: h.Host, Addr: h.Addr, PodCIDR: h.PodCIDR, Gateway: h.PodCIDR.Addr().Next(), Dir: filepath.Join(c.Dir, h.Name)}
 		if err := os.MkdirAll(n.Dir, 0o755); err != nil {
 			return err
 		}
-		if err := host.Do(func() error { return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644) }); err != nil {
-			return fmt.Errorf("%s: ip_forward: %w", name, err)
-		}
 		c.Nodes = append(c.Nodes, n)
-	}
-	for _, n := range c.Nodes {
-		for _, o := range c.Nodes {
-			if o == n {
-				continue
-			}
-			dst := &net.IPNet{IP: o.PodCIDR.Addr().AsSlice(), Mask: net.CIDRMask(o.PodCIDR.Bits(), 32)}
-			if err := n.Host.Netlink().RouteAdd(&netlink.Route{Dst: dst, Gw: o.Addr.AsSlice()}); err != nil {
-				return fmt.Errorf("%s: route to %s via %s: %w", n.Name, o.PodCIDR, o.Addr, err)
-			}
-		}
 	}
 	var desc []string
 	for _, n := range c.Nodes {
@@ -651,7 +638,7 @@ func (c *Cluster) Leftovers() []string {
 		}
 	}
 	for _, p := range c.allProcs() {
-		for _, pid := range p.pids {
+		for _, pid := range p.Pids() {
 			if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
 				out = append(out, fmt.Sprintf("process %s pid %d", p.Name, pid))
 			}

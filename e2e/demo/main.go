@@ -42,6 +42,7 @@ import (
 	"github.com/zmesh/zmesh/controlplane/source/dir"
 	"github.com/zmesh/zmesh/e2e/noderunner"
 	"github.com/zmesh/zmesh/e2e/podapp"
+	"github.com/zmesh/zmesh/e2e/proc"
 	"github.com/zmesh/zmesh/identity"
 )
 
@@ -203,7 +204,7 @@ func run(ctx context.Context, binDir string, out io.Writer, stay bool) (err erro
 	if err := m.startZmeshd(ctx); err != nil {
 		return err
 	}
-	st.say("zmeshd", "pid %d ready: --config-dir, delta xDS + CA on %s, /debug/syncz on %s", m.zmeshd.pid(), m.zmeshdXDS, m.zmeshdMon)
+	st.say("zmeshd", "pid %d ready: --config-dir, delta xDS + CA on %s, /debug/syncz on %s", m.zmeshd.Pid(), m.zmeshdXDS, m.zmeshdMon)
 
 	// 4. Per node: the pod network, zmesh-cni-agent and ztunnel.
 	for _, n := range m.nodes {
@@ -212,8 +213,8 @@ func run(ctx context.Context, binDir string, out io.Writer, stay bool) (err erro
 			return err
 		}
 		st.say(n.name, "zmesh-cni-agent pid %d (no cluster: members from zmeshd's workload stream) chained zmesh-cni into %s: %s",
-			n.agent.pid(), noderunner.PrimaryConflist, strings.Join(n.chain(), " → "))
-		st.say(n.name, "ztunnel pid %d ready (config from zmeshd, pods from the agent over ZDS); node up in %s", n.ztunnel.pid(), time.Since(start).Round(10*time.Millisecond))
+			n.agent.Pid(), noderunner.PrimaryConflist, strings.Join(n.chain(), " → "))
+		st.say(n.name, "ztunnel pid %d ready (config from zmeshd, pods from the agent over ZDS); node up in %s", n.ztunnel.Pid(), time.Since(start).Round(10*time.Millisecond))
 	}
 
 	// 5. The pods: each node's runner starts its pods from the YAML through
@@ -229,7 +230,7 @@ func run(ctx context.Context, binDir string, out io.Writer, stay bool) (err erro
 			return fmt.Errorf("pod %s/%s did not start on %s", p.ns, p.name, p.node)
 		}
 		chain := strings.Join(n.chain(), " → ")
-		captured := len(n.agent.logRecords("pod captured", "pod", p.ns+"/"+p.name)) > 0
+		captured := len(n.agent.LogRecords("pod captured", "pod", p.ns+"/"+p.name)) > 0
 		if !p.ambient {
 			if captured || n.pinned(p.uid) {
 				return fmt.Errorf("%s/%s was captured though namespace %s is not ambient", p.ns, p.name, p.ns)
@@ -318,16 +319,16 @@ func run(ctx context.Context, binDir string, out io.Writer, stay bool) (err erro
 
 	// 9. What bob's ztunnel saw: access log and metrics.
 	zt2 := m.node(bob.node)
-	if err := waitFor(ctx, func() bool { return len(zt2.ztunnel.logRecords("connection complete")) >= 4 }); err != nil {
+	if err := waitFor(ctx, func() bool { return len(zt2.ztunnel.LogRecords("connection complete")) >= 4 }); err != nil {
 		return errors.New("node-2's ztunnel did not log the four connections")
 	}
-	for i, rec := range zt2.ztunnel.logRecords("connection complete") {
+	for i, rec := range zt2.ztunnel.LogRecords("connection complete") {
 		if i == 4 {
 			break
 		}
 		st.say(zt2.name, "inbound %s -> %v: %s", source(rec), rec["dst.addr"], verdict(rec))
 	}
-	metrics, err := httpGet(ctx, "http://"+zt2.ztMetrics+"/metrics")
+	metrics, err := proc.HTTPGet(ctx, "http://"+zt2.ztMetrics+"/metrics")
 	if err != nil {
 		return err
 	}
@@ -341,7 +342,7 @@ func run(ctx context.Context, binDir string, out io.Writer, stay bool) (err erro
 	if shown == 0 {
 		return errors.New("node-2's ztunnel exports no istio_tcp_connections_closed_total")
 	}
-	dump, err := httpGet(ctx, "http://"+zt2.ztAdmin+"/config_dump")
+	dump, err := proc.HTTPGet(ctx, "http://"+zt2.ztAdmin+"/config_dump")
 	if err != nil {
 		return err
 	}
@@ -365,7 +366,7 @@ func run(ctx context.Context, binDir string, out io.Writer, stay bool) (err erro
 // synced counts the proxies zmeshd lists as synced on every type they
 // subscribed to, by kind (the node id's part before "~").
 func (m *mesh) synced(ctx context.Context) map[string]int {
-	body, err := httpGet(ctx, "http://"+m.zmeshdMon+"/debug/syncz")
+	body, err := proc.HTTPGet(ctx, "http://"+m.zmeshdMon+"/debug/syncz")
 	if err != nil {
 		return nil
 	}
@@ -416,7 +417,7 @@ func (m *mesh) enrolLegacy(ctx context.Context, st story, legacy, alice *pod, bo
 	if err := os.WriteFile(nsFile, []byte(edited), 0o644); err != nil {
 		return err
 	}
-	if err := waitFor(ctx, func() bool { return len(n.agent.logRecords("pod captured", "pod", "legacy/legacy")) > 0 }); err != nil {
+	if err := waitFor(ctx, func() bool { return len(n.agent.LogRecords("pod captured", "pod", "legacy/legacy")) > 0 }); err != nil {
 		return errors.New("the agent did not enrol the running pod legacy after its namespace was labelled ambient")
 	}
 	captured := time.Since(start)
@@ -433,7 +434,7 @@ func (m *mesh) enrolLegacy(ctx context.Context, st story, legacy, alice *pod, bo
 		captured.Round(10*time.Millisecond), pid, answered.Round(10*time.Millisecond), reply)
 	want := legacy.id()
 	if err := waitFor(ctx, func() bool {
-		return len(n.ztunnel.logRecords("connection complete", "src.identity", want, "dst.addr", aliceEcho.String())) > 0
+		return len(n.ztunnel.LogRecords("connection complete", "src.identity", want, "dst.addr", aliceEcho.String())) > 0
 	}); err != nil {
 		return fmt.Errorf("%s's ztunnel logged no connection from %s to alice", n.name, want)
 	}

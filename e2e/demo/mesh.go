@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -25,6 +24,7 @@ import (
 	"github.com/zmesh/zmesh/e2e/netenv"
 	"github.com/zmesh/zmesh/e2e/noderunner"
 	"github.com/zmesh/zmesh/e2e/podapp"
+	"github.com/zmesh/zmesh/e2e/proc"
 	"github.com/zmesh/zmesh/identity"
 )
 
@@ -40,9 +40,6 @@ var (
 )
 
 // podCIDR is node-i's pod range, which the YAML's pod addresses must use.
-func podCIDR(i int) netip.Prefix {
-	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 50, byte(i + 1), 0}), 24)
-}
 
 // mesh is everything the demo starts, in the order Close removes it.
 type mesh struct {
@@ -53,7 +50,7 @@ type mesh struct {
 	lan     *netenv.LAN
 	nodes   []*node
 
-	zmeshd                 *proc
+	zmeshd                 *proc.Proc
 	zmeshdXDS, zmeshdMon   string
 	caDir                  string
 	stopRunners            context.CancelFunc
@@ -77,9 +74,9 @@ type node struct {
 	cniConf string
 	zds     string
 
-	agent                       *proc
+	agent                       *proc.Proc
 	agentHealth                 string
-	ztunnel                     *proc
+	ztunnel                     *proc.Proc
 	ztAdmin, ztMetrics, ztReady string
 	runner                      *noderunner.Files
 	running                     bool // runner.Run was started
@@ -124,32 +121,18 @@ func (m *mesh) network() error {
 		return fmt.Errorf("underlay: %w", err)
 	}
 	m.lan = lan
-	for i, name := range nodeNames {
-		host, addr, err := lan.Host(name)
-		if err != nil {
-			return err
-		}
-		n := &node{name: name, host: host, addr: addr, cidr: podCIDR(i), dir: filepath.Join(m.tmp, name)}
+	hosts, err := lan.AddNodes(nodeNames...)
+	if err != nil {
+		return err
+	}
+	for _, h := range hosts {
+		n := &node{name: h.Name, host: h.Host, addr: h.Addr, cidr: h.PodCIDR, dir: filepath.Join(m.tmp, h.Name)}
 		n.bpfRoot, n.cniBin, n.cniConf = filepath.Join(n.dir, "bpf"), filepath.Join(n.dir, "cni-bin"), filepath.Join(n.dir, "cni-conf")
 		n.zds = filepath.Join(n.dir, "zds.sock")
 		if err := os.MkdirAll(n.dir, 0o755); err != nil {
 			return err
 		}
-		if err := host.Do(func() error { return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644) }); err != nil {
-			return fmt.Errorf("%s: ip_forward: %w", name, err)
-		}
 		m.nodes = append(m.nodes, n)
-	}
-	for _, n := range m.nodes {
-		for _, o := range m.nodes {
-			if o == n {
-				continue
-			}
-			dst := &net.IPNet{IP: o.cidr.Addr().AsSlice(), Mask: net.CIDRMask(o.cidr.Bits(), 32)}
-			if err := n.host.Netlink().RouteAdd(&netlink.Route{Dst: dst, Gw: o.addr.AsSlice()}); err != nil {
-				return fmt.Errorf("%s: route to %s via %s: %w", n.name, o.cidr, o.addr, err)
-			}
-		}
 	}
 	return nil
 }
@@ -175,10 +158,10 @@ func (m *mesh) startZmeshd(ctx context.Context) error {
 		return err
 	}
 	var err error
-	if m.zmeshdXDS, err = freeAddr(); err != nil {
+	if m.zmeshdXDS, err = proc.FreeAddr(); err != nil {
 		return err
 	}
-	if m.zmeshdMon, err = freeAddr(); err != nil {
+	if m.zmeshdMon, err = proc.FreeAddr(); err != nil {
 		return err
 	}
 	m.caDir = filepath.Join(m.tmp, "ca")
@@ -207,7 +190,7 @@ func (m *mesh) startNode(ctx context.Context, n *node) error {
 	n.mounted = true
 	n.bpfBase = bpfEntries(n.bpfRoot)
 	var err error
-	if n.agentHealth, err = freeAddr(); err != nil {
+	if n.agentHealth, err = proc.FreeAddr(); err != nil {
 		return err
 	}
 	n.agent, err = startProc(ctx, n.name+" zmesh-cni-agent", filepath.Join(m.bin, "zmesh-cni-agent"), filepath.Join(n.dir, "agent.log"),
@@ -229,7 +212,7 @@ func (m *mesh) startNode(ctx context.Context, n *node) error {
 		return err
 	}
 	for _, p := range []*string{&n.ztAdmin, &n.ztMetrics, &n.ztReady} {
-		if *p, err = freeAddr(); err != nil {
+		if *p, err = proc.FreeAddr(); err != nil {
 			return err
 		}
 	}
@@ -334,10 +317,10 @@ func (m *mesh) Close() {
 		}
 	}
 	for _, n := range slices.Backward(m.nodes) {
-		n.ztunnel.stop()
-		n.agent.stop()
+		n.ztunnel.Stop()
+		n.agent.Stop()
 	}
-	m.zmeshd.stop()
+	m.zmeshd.Stop()
 	if m.lan != nil {
 		if err := m.lan.Close(); err != nil {
 			m.teardownErrs = append(m.teardownErrs, err.Error())
@@ -422,15 +405,6 @@ func rootLinkNames() []string {
 		out = append(out, l.Attrs().Name)
 	}
 	return out
-}
-
-func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
 }
 
 // quiet keeps library logs (netlink, the dir source) out of the story.
