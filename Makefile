@@ -11,7 +11,7 @@ BENCH_PKGS := ./ztunnel/hbone/ ./ztunnel/inpod/ ./ztunnel/proxy/ ./cni/plugin/
 BENCH_COUNT ?= 3
 BENCH_TIME ?= 1s
 
-.PHONY: all build test demo bench bench-quick bench-micro generate lint deps clean
+.PHONY: all build test test-unit demo bench bench-quick bench-micro generate lint deps clean
 
 all: build
 
@@ -28,6 +28,13 @@ test: deps lint
 	$(GO) test -count=1 -p 1 -timeout 25m $(NETNS_PKGS)
 	$(GO) test -count=1 -race -timeout 15m ./identity/... ./ztunnel/... ./api/... ./cni/agent/ ./controlplane/model/... ./controlplane/translate/ ./controlplane/xds/ ./controlplane/push/ ./controlplane/status/ ./controlplane/source/dir/
 	$(GO) test -count=1 -p 1 -v -timeout 25m ./e2e/l4/
+
+# The quick loop: tests that need neither root nor an API server.
+UNIT_PKGS := ./api/... ./identity/... ./controlplane/model/... ./controlplane/translate/ ./controlplane/xds/ \
+	./controlplane/push/ ./controlplane/status/ ./controlplane/source/dir/ ./ztunnel/authz/ ./ztunnel/state/ \
+	./ztunnel/xds/ ./ztunnel/telemetry/ ./ztunnel/admin/ ./cmd/zmeshctl/ ./cmd/ztunnel/ ./e2e/bench/report/ ./e2e/bench/benchratio/
+test-unit:
+	$(GO) test -count=1 $(UNIT_PKGS)
 
 # The main job: a local mesh with no cluster (root: network namespaces).
 demo: deps
