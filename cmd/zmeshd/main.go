@@ -47,7 +47,7 @@ func parseFlags(args []string) (*flags, error) {
 	fs := flag.NewFlagSet("zmeshd", flag.ContinueOnError)
 	fs.StringVar(&f.configDir, "config-dir", "", "read the mesh from this directory of YAML files (no cluster)")
 	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "read the mesh from this cluster (empty with no --config-dir: in-cluster config)")
-	fs.StringVar(&f.xdsAddr, "xds-address", "127.0.0.1:15010", "plaintext gRPC (xDS + CA) address; empty disables it")
+	fs.StringVar(&f.xdsAddr, "xds-address", "127.0.0.1:15010", "plaintext gRPC (xDS + CA) address, xDS unauthenticated: keep it on loopback; empty disables it")
 	fs.StringVar(&f.secureAddr, "secure-address", ":15012", "TLS gRPC (xDS + CA) address; empty disables it")
 	fs.StringVar(&f.secureHosts, "secure-hosts", "zmeshd.istio-system.svc,localhost,127.0.0.1", "comma-separated DNS names and IPs of the TLS port's certificate")
 	fs.StringVar(&f.monAddr, "monitoring-address", ":15014", "HTTP address of /metrics, /ready and /debug/syncz")
