@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/zmesh/zmesh/controlplane/model"
+	"github.com/zmesh/zmesh/internal/golden"
 )
 
 // FuzzTranslate feeds arbitrary YAML through decoding and translation:
@@ -19,7 +20,7 @@ func FuzzTranslate(f *testing.F) {
 		if err != nil {
 			f.Fatal(err)
 		}
-		if in, ok := parseArchive(data).file("input.yaml"); ok {
+		if in, ok := golden.Parse(data).File("input.yaml"); ok {
 			f.Add(in, false)
 		}
 	}

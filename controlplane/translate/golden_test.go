@@ -19,6 +19,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/zmesh/zmesh/controlplane/model"
+	"github.com/zmesh/zmesh/internal/golden"
 	"github.com/zmesh/zmesh/ztunnel/authz"
 	"github.com/zmesh/zmesh/ztunnel/state"
 )
@@ -55,13 +56,13 @@ func runGolden(t *testing.T, file string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ar := parseArchive(data)
-	input, ok := ar.file("input.yaml")
+	ar := golden.Parse(data)
+	input, ok := ar.File("input.yaml")
 	if !ok {
 		t.Fatal("no input.yaml section")
 	}
 	opts := Options{Mesh: model.DefaultMesh()}
-	if o, ok := ar.file("options"); ok {
+	if o, ok := ar.File("options"); ok {
 		parseOptions(t, &opts, string(o))
 	}
 	snap := decode(t, input)
@@ -69,12 +70,12 @@ func runGolden(t *testing.T, file string) {
 	snapZ := acceptedByZtunnel(t, out)
 
 	got := renderOutput(t, out)
-	if want, _ := ar.file("output"); !*update && string(want) != got {
+	if want, _ := ar.File("output"); !*update && string(want) != got {
 		t.Errorf("output differs (run with -update to accept):\n%s", diffLines(string(want), got))
 	}
-	ar.setFile("output", []byte(got))
+	ar.Set("output", []byte(got))
 
-	if cases, ok := ar.file("cases"); ok {
+	if cases, ok := ar.File("cases"); ok {
 		var b strings.Builder
 		for i, line := range strings.Split(strings.TrimRight(string(cases), "\n"), "\n") {
 			trimmed := strings.TrimSpace(line)
@@ -92,10 +93,10 @@ func runGolden(t *testing.T, file string) {
 			}
 			fmt.Fprintf(&b, "%s -> %s\n", strings.TrimSpace(conn), decision)
 		}
-		ar.setFile("cases", []byte(b.String()))
+		ar.Set("cases", []byte(b.String()))
 	}
 	if *update {
-		if err := os.WriteFile(file, ar.format(), 0o644); err != nil {
+		if err := os.WriteFile(file, ar.Format(), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}

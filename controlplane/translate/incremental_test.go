@@ -22,6 +22,7 @@ import (
 
 	"github.com/zmesh/zmesh/controlplane/model"
 	"github.com/zmesh/zmesh/controlplane/model/modeltest"
+	"github.com/zmesh/zmesh/internal/golden"
 )
 
 // TestIncrementalEquivalence applies random sequences of changes to
@@ -44,10 +45,10 @@ func TestIncrementalEquivalence(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ar := parseArchive(data)
-		in, _ := ar.file("input.yaml")
+		ar := golden.Parse(data)
+		in, _ := ar.File("input.yaml")
 		opts := Options{Mesh: model.DefaultMesh()}
-		if o, ok := ar.file("options"); ok {
+		if o, ok := ar.File("options"); ok {
 			parseOptions(t, &opts, string(o))
 		}
 		seeds = append(seeds, seed{strings.TrimSuffix(filepath.Base(file), ".txtar"), opts, decode(t, in)})

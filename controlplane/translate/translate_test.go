@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/zmesh/zmesh/controlplane/model"
+	"github.com/zmesh/zmesh/internal/golden"
 )
 
 // TestPureAndDeterministic: translating a snapshot twice gives the same
@@ -18,7 +19,7 @@ func TestPureAndDeterministic(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		in, _ := parseArchive(data).file("input.yaml")
+		in, _ := golden.Parse(data).File("input.yaml")
 		snap := decode(t, in)
 		before := snapshotJSON(t, snap)
 		opts := Options{Mesh: model.DefaultMesh()}

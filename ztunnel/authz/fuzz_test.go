@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/zmesh/zmesh/api/workload/security"
+	"github.com/zmesh/zmesh/internal/golden"
 )
 
 var fuzzConns = []Conn{
@@ -40,7 +41,7 @@ func FuzzCompile(f *testing.F) {
 		if err != nil {
 			f.Fatal(err)
 		}
-		yml, _ := parseTxtar(data).file("policies.yaml")
+		yml, _ := golden.Parse(data).File("policies.yaml")
 		for _, a := range loadAuthorizations(f, yml) {
 			b, err := proto.Marshal(a)
 			if err != nil {

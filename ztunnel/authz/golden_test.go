@@ -17,6 +17,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/zmesh/zmesh/api/workload/security"
+	"github.com/zmesh/zmesh/internal/golden"
 )
 
 var update = flag.Bool("update", false, "rewrite the expected decisions in testdata/*.txtar")
@@ -52,12 +53,12 @@ func runGolden(t *testing.T, file string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ar := parseTxtar(data)
-	policiesYAML, ok := ar.file("policies.yaml")
+	ar := golden.Parse(data)
+	policiesYAML, ok := ar.File("policies.yaml")
 	if !ok {
 		t.Fatal("archive has no policies.yaml")
 	}
-	cases, ok := ar.file("cases")
+	cases, ok := ar.File("cases")
 	if !ok {
 		t.Fatal("archive has no cases")
 	}
@@ -92,8 +93,8 @@ func runGolden(t *testing.T, file string) {
 	}
 	t.Logf("%d cases", ran)
 	if *update {
-		ar.setFile("cases", out.Bytes())
-		if err := os.WriteFile(file, ar.format(), 0o644); err != nil {
+		ar.Set("cases", out.Bytes())
+		if err := os.WriteFile(file, ar.Format(), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -241,74 +242,4 @@ func addressJSON(t testing.TB, s string) map[string]any {
 		"address": base64.StdEncoding.EncodeToString(pfx.Addr().AsSlice()),
 		"length":  pfx.Bits(),
 	}
-}
-
-// txtar is a minimal reader and writer of the txtar format
-// (golang.org/x/tools/txtar is not a dependency of this module): a comment,
-// then files, each introduced by a "-- name --" line.
-type txtar struct {
-	comment []byte
-	files   []txtarFile
-}
-
-type txtarFile struct {
-	name string
-	data []byte
-}
-
-func parseTxtar(data []byte) *txtar {
-	ar := &txtar{}
-	cur := &ar.comment
-	for len(data) > 0 {
-		line, rest, _ := bytes.Cut(data, []byte("\n"))
-		data = rest
-		if name, ok := txtarMarker(line); ok {
-			ar.files = append(ar.files, txtarFile{name: name})
-			cur = &ar.files[len(ar.files)-1].data
-			continue
-		}
-		*cur = append(*cur, line...)
-		*cur = append(*cur, '\n')
-	}
-	return ar
-}
-
-func txtarMarker(line []byte) (string, bool) {
-	s := string(line)
-	if !strings.HasPrefix(s, "-- ") || !strings.HasSuffix(s, " --") || len(s) < 7 {
-		return "", false
-	}
-	return strings.TrimSpace(s[3 : len(s)-3]), true
-}
-
-func (ar *txtar) file(name string) ([]byte, bool) {
-	for _, f := range ar.files {
-		if f.name == name {
-			return f.data, true
-		}
-	}
-	return nil, false
-}
-
-func (ar *txtar) setFile(name string, data []byte) {
-	for i := range ar.files {
-		if ar.files[i].name == name {
-			ar.files[i].data = data
-			return
-		}
-	}
-	ar.files = append(ar.files, txtarFile{name: name, data: data})
-}
-
-func (ar *txtar) format() []byte {
-	var b bytes.Buffer
-	b.Write(ar.comment)
-	for _, f := range ar.files {
-		fmt.Fprintf(&b, "-- %s --\n", f.name)
-		b.Write(f.data)
-		if len(f.data) > 0 && f.data[len(f.data)-1] != '\n' {
-			b.WriteByte('\n')
-		}
-	}
-	return b.Bytes()
 }

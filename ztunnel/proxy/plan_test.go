@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/zmesh/zmesh/internal/golden"
 	"github.com/zmesh/zmesh/ztunnel/proxy"
 	"github.com/zmesh/zmesh/ztunnel/state"
 )
@@ -112,8 +113,9 @@ func runGoldenDir(t *testing.T, kind string, decide func(t *testing.T, snap *sta
 			if err != nil {
 				t.Fatal(err)
 			}
-			ar := parseArchive(data)
-			u, err := state.ParseLocalConfig(ar.file("state.yaml"))
+			ar := golden.Parse(data)
+			stateYAML, _ := ar.File("state.yaml")
+			u, err := state.ParseLocalConfig(stateYAML)
 			if err != nil {
 				t.Fatalf("state.yaml: %v", err)
 			}
@@ -123,7 +125,7 @@ func runGoldenDir(t *testing.T, kind string, decide func(t *testing.T, snap *sta
 			}
 			snap := store.Snapshot()
 
-			cases := ar.file(kind)
+			cases, _ := ar.File(kind)
 			if len(bytes.TrimSpace(cases)) == 0 {
 				t.Fatalf("archive has no %s section", kind)
 			}
@@ -156,60 +158,11 @@ func runGoldenDir(t *testing.T, kind string, decide func(t *testing.T, snap *sta
 				}
 			}
 			if *updateGolden && changed {
-				ar.set(kind, out.Bytes())
-				if err := os.WriteFile(file, ar.format(), 0o644); err != nil {
+				ar.Set(kind, out.Bytes())
+				if err := os.WriteFile(file, ar.Format(), 0o644); err != nil {
 					t.Fatal(err)
 				}
 			}
 		})
 	}
-}
-
-// archive is a txtar archive: a comment, then "-- name --" sections.
-type archive struct {
-	comment []byte
-	names   []string
-	files   [][]byte
-}
-
-func parseArchive(data []byte) *archive {
-	ar := &archive{}
-	cur := &ar.comment
-	for _, line := range bytes.SplitAfter(data, []byte("\n")) {
-		l := bytes.TrimRight(line, "\n")
-		if bytes.HasPrefix(l, []byte("-- ")) && bytes.HasSuffix(l, []byte(" --")) && len(l) > 6 {
-			ar.names = append(ar.names, string(l[3:len(l)-3]))
-			ar.files = append(ar.files, nil)
-			cur = &ar.files[len(ar.files)-1]
-			continue
-		}
-		*cur = append(*cur, line...)
-	}
-	return ar
-}
-
-func (ar *archive) file(name string) []byte {
-	for i, n := range ar.names {
-		if n == name {
-			return ar.files[i]
-		}
-	}
-	return nil
-}
-
-func (ar *archive) set(name string, data []byte) {
-	for i, n := range ar.names {
-		if n == name {
-			ar.files[i] = data
-		}
-	}
-}
-
-func (ar *archive) format() []byte {
-	out := append([]byte{}, ar.comment...)
-	for i, n := range ar.names {
-		out = append(out, "-- "+n+" --\n"...)
-		out = append(out, ar.files[i]...)
-	}
-	return out
 }
