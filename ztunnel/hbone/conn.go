@@ -601,13 +601,15 @@ func (c *conn) handleData(f *http2.DataFrame) error {
 		// Padding is consumed at once.
 		c.addRecvCreditLocked(st, pad)
 	}
-	if len(data) > 0 {
-		st.rbuf.write(data)
-	}
+	wake := len(data) > 0 && st.deliverLocked(data)
 	if f.StreamEnded() {
 		st.remoteEnded = true
+		wake = true
 	}
-	st.cond.Broadcast()
+	if wake {
+		// Data delivered straight to a sink wakes no one.
+		st.cond.Broadcast()
+	}
 	ended := st.maybeFinishLocked()
 	c.mu.Unlock()
 	if ended {

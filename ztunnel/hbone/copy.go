@@ -38,9 +38,18 @@ func Join(a, b net.Conn) (sent, received int64, err error) {
 func halfCopy(dst, src net.Conn) (int64, error) {
 	bp := copyBufPool.Get().(*[]byte)
 	defer copyBufPool.Put(bp)
-	// Plain io.CopyBuffer would let *net.TCPConn's ReadFrom take over and
-	// splice, which cannot apply to a Stream; hide both sides' fast paths.
-	n, err := io.CopyBuffer(writerOnly{dst}, readerOnly{src}, *bp)
+	var n int64
+	var err error
+	s, fromStream := src.(*Stream)
+	tc, toTCP := dst.(*net.TCPConn)
+	if fromStream && toTCP {
+		n, err = s.pumpTo(tc, *bp)
+	} else {
+		// Plain io.CopyBuffer would let *net.TCPConn's ReadFrom take
+		// over and splice, which cannot apply to a Stream; hide both
+		// sides' fast paths.
+		n, err = io.CopyBuffer(writerOnly{dst}, readerOnly{src}, *bp)
+	}
 	if err != nil {
 		dst.Close()
 		src.Close()

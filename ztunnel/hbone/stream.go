@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -50,6 +51,12 @@ type Stream struct {
 	rdl, wdl time.Time
 	rtimer   *time.Timer
 	wtimer   *time.Timer
+	// sink, while pumpTo runs, is the socket received data may be
+	// written to directly (sink.go); sinkBusy while someone writes to
+	// it; sunk counts what the read loop wrote there.
+	sink     syscall.RawConn
+	sinkBusy bool
+	sunk     int64
 
 	// wmu keeps one Write's frames, and CloseWrite, in order.
 	wmu sync.Mutex

@@ -1,0 +1,156 @@
+package hbone
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"io"
+	"math/rand/v2"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// joinedServer serves HBONE streams joined (as ztunnel's inbound does) to
+// a fresh TCP connection to app each, and reports what each Join moved.
+// sndbuf, if not 0, is that connection's send buffer.
+func joinedServer(t *testing.T, app net.Listener, sndbuf int) (*testServer, <-chan [2]int64) {
+	moved := make(chan [2]int64, 16)
+	ts := startServer(t, func(ctx context.Context, r *Request, s *Stream) {
+		up, err := net.Dial("tcp", app.Addr().String())
+		if err != nil {
+			s.RespondError(503, err.Error())
+			return
+		}
+		defer up.Close()
+		if sndbuf > 0 {
+			up.(*net.TCPConn).SetWriteBuffer(sndbuf)
+		}
+		s.Respond(200)
+		sent, recv, _ := Join(s, up)
+		moved <- [2]int64{sent, recv}
+	}, bob, nil)
+	return ts, moved
+}
+
+func listenApp(t *testing.T, serve func(net.Conn)) net.Listener {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); serve(c) }()
+		}
+	}()
+	return ln
+}
+
+// countDirect records the read loop's direct deliveries for the test.
+func countDirect(t *testing.T) (direct, left *atomic.Int64) {
+	direct, left = new(atomic.Int64), new(atomic.Int64)
+	testHookDirect = func(d, l int) { direct.Add(int64(d)); left.Add(int64(l)) }
+	t.Cleanup(func() { testHookDirect = nil })
+	return direct, left
+}
+
+// Request/response through a joined stream: the read loop writes each
+// request straight into the app's socket, and Join still counts it.
+func TestJoinDeliversDirectly(t *testing.T) {
+	direct, _ := countDirect(t)
+	app := listenApp(t, func(c net.Conn) { io.Copy(c, c) })
+	ts, moved := joinedServer(t, app, 0)
+	st := openStream(t, ts.addr)
+	msg, buf := bytes.Repeat([]byte("0123456789abcdef"), 64), make([]byte, 1024)
+	const rounds = 200
+	for range rounds {
+		if _, err := st.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(st, buf); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(buf, msg) {
+			t.Fatal("echo differs")
+		}
+	}
+	st.CloseWrite()
+	if rest, err := readAllTimeout(t, st, 5*time.Second); err != nil || len(rest) != 0 {
+		t.Fatalf("after END_STREAM: %d bytes, %v", len(rest), err)
+	}
+	m := <-moved
+	if m[0] != rounds*1024 || m[1] != rounds*1024 {
+		t.Fatalf("Join moved %d to the app and %d back, want %d each", m[0], m[1], rounds*1024)
+	}
+	// Server side only: the client reads its stream itself.
+	if d := direct.Load(); d < rounds*1024/2 {
+		t.Fatalf("%d of %d bytes went straight to the app's socket, want most", d, rounds*1024)
+	}
+}
+
+// An app that reads slowly behind a small send buffer makes direct writes
+// fall short: the rest queues behind them, and nothing is lost, duplicated or
+// reordered.
+func TestJoinKeepsOrderWhenTheAppIsSlow(t *testing.T) {
+	direct, left := countDirect(t)
+	const size = 8 << 20
+	app := listenApp(t, func(c net.Conn) {
+		h := sha256.New()
+		r := rand.New(rand.NewPCG(1, 2))
+		buf := make([]byte, 16<<10)
+		var n int64
+		for {
+			k, err := c.Read(buf[:1+r.IntN(len(buf))])
+			h.Write(buf[:k])
+			n += int64(k)
+			if err != nil {
+				break
+			}
+			if r.IntN(16) == 0 {
+				time.Sleep(time.Millisecond)
+			}
+		}
+		var out [8]byte
+		binary.BigEndian.PutUint64(out[:], uint64(n))
+		c.Write(append(out[:], h.Sum(nil)...))
+	})
+	ts, moved := joinedServer(t, app, 16<<10)
+	st := openStream(t, ts.addr)
+
+	data := make([]byte, size)
+	r := rand.New(rand.NewPCG(3, 4))
+	for i := range data {
+		data[i] = byte(r.Uint32())
+	}
+	want := sha256.Sum256(data)
+	go func() {
+		for off := 0; off < len(data); {
+			n := min(len(data)-off, 1+r.IntN(100<<10))
+			if _, err := st.Write(data[off : off+n]); err != nil {
+				return
+			}
+			off += n
+		}
+		st.CloseWrite()
+	}()
+	got, err := readAllTimeout(t, st, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 8+sha256.Size || binary.BigEndian.Uint64(got) != size || !bytes.Equal(got[8:], want[:]) {
+		t.Fatalf("the app got something else than was sent (%d bytes of answer)", len(got))
+	}
+	if m := <-moved; m[0] != size {
+		t.Fatalf("Join counted %d bytes to the app, want %d", m[0], size)
+	}
+	if direct.Load() == 0 || left.Load() == 0 {
+		t.Fatalf("direct %d bytes, left to the buffer %d: want both paths taken", direct.Load(), left.Load())
+	}
+}
