@@ -127,3 +127,67 @@ func TestStreamWriteIsOneSocketWrite(t *testing.T) {
 		t.Fatalf("server read %d bytes", n)
 	}
 }
+
+// Writers that queue behind each other on a connection leave the flush to
+// the last of them: their frames reach the socket in one write.
+func TestQueuedWritersShareOneFlush(t *testing.T) {
+	const writers = 8
+	got := make(chan string, writers)
+	ts := startServer(t, func(ctx context.Context, r *Request, s *Stream) {
+		s.Respond(200)
+		b, _ := io.ReadAll(s)
+		got <- string(b)
+	}, bob, nil)
+	p := testPKI(t)
+	nc, err := net.Dial("tcp", ts.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc := &countingConn{Conn: nc}
+	c, err := NewClientConn(context.Background(), cc, identity.ClientTLS(p.src, alice, []spiffeid.ID{bob}), ClientOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	streams := make([]*Stream, writers)
+	for i := range streams {
+		if streams[i], err = c.Connect(context.Background(), target("10.0.0.1:80")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(50 * time.Millisecond) // let SETTINGS ACKs and window updates settle
+
+	// Hold the write lock while every writer queues behind it.
+	c.c.lockWrite()
+	before := cc.count()
+	var wg sync.WaitGroup
+	for i, st := range streams {
+		wg.Go(func() {
+			if _, err := st.Write([]byte{'a' + byte(i)}); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	for c.c.wwait.Load() != writers {
+		time.Sleep(time.Millisecond)
+	}
+	if err := c.c.unlockWrite(); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	if n := cc.count() - before; n != 1 {
+		t.Errorf("%d queued writers took %d socket writes, want 1", writers, n)
+	}
+	for _, st := range streams {
+		st.CloseWrite()
+	}
+	seen := map[string]bool{}
+	for range writers {
+		seen[<-got] = true
+	}
+	for i := range writers {
+		if s := string([]byte{'a' + byte(i)}); !seen[s] {
+			t.Errorf("stream %d's byte %q did not arrive (got %v)", i, s, seen)
+		}
+	}
+}

@@ -109,7 +109,7 @@ func (c *conn) connect(ctx context.Context, r *ConnectRequest) (st *Stream, open
 	}
 	// Stream ids must reach the wire in increasing order, so the id is
 	// taken and the HEADERS written under one hold of the write lock.
-	c.wmu.Lock()
+	c.lockWrite()
 	c.mu.Lock()
 	switch {
 	case c.err != nil:

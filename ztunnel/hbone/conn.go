@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
@@ -36,10 +37,14 @@ type conn struct {
 	// a flush into one socket write (see batchConn).
 	batch *batchConn
 
-	// wmu serialises frame writes. Holders flush before unlocking.
-	wmu  sync.Mutex
-	henc *hpack.Encoder
-	hbuf bytes.Buffer
+	// wmu serialises frame writes. A holder flushes before unlocking
+	// unless another writer waits for it (wwait, counted by lockWrite):
+	// then the frames go out with that writer's, in one TLS record and
+	// one socket write, and the last writer of a burst flushes for all.
+	wmu   sync.Mutex
+	wwait atomic.Int32
+	henc  *hpack.Encoder
+	hbuf  bytes.Buffer
 
 	// ctrl holds control frames waiting for the write lock.
 	ctrlMu   sync.Mutex
@@ -265,7 +270,7 @@ func (c *conn) ctrlLoop() {
 		case <-c.done:
 			return
 		}
-		c.wmu.Lock()
+		c.lockWrite()
 		err := c.writeCtrlLocked()
 		if err == nil {
 			err = c.flushLocked()
@@ -278,11 +283,22 @@ func (c *conn) ctrlLoop() {
 	}
 }
 
-// unlockWrite flushes, writes any queued control frames, and releases wmu.
+// lockWrite takes wmu, counted as a waiter meanwhile so that the holder
+// leaves its flush to us.
+func (c *conn) lockWrite() {
+	c.wwait.Add(1)
+	c.wmu.Lock()
+	c.wwait.Add(-1)
+}
+
+// unlockWrite writes any queued control frames, flushes unless a writer
+// waiting in lockWrite will, and releases wmu.
 func (c *conn) unlockWrite() error {
 	err := c.writeCtrlLocked()
-	if ferr := c.flushLocked(); err == nil {
-		err = ferr
+	if c.wwait.Load() == 0 {
+		if ferr := c.flushLocked(); err == nil {
+			err = ferr
+		}
 	}
 	c.wmu.Unlock()
 	if err != nil {
@@ -323,7 +339,7 @@ func (c *conn) writeCtrlLocked() error {
 
 // writeHeaders encodes and writes a HEADERS frame and flushes.
 func (c *conn) writeHeaders(streamID uint32, endStream bool, fields []hpack.HeaderField) error {
-	c.wmu.Lock()
+	c.lockWrite()
 	if err := c.writeHeadersLocked(streamID, endStream, fields); err != nil {
 		c.wmu.Unlock()
 		c.fail(err)

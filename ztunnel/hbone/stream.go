@@ -118,13 +118,13 @@ func (s *Stream) Write(p []byte) (int, error) {
 		n, err := s.awaitCredit(len(p), dirty)
 		if err != nil {
 			if dirty {
-				c.wmu.Lock()
+				c.lockWrite()
 				c.unlockWrite()
 			}
 			return written, err
 		}
 		dirty = false
-		c.wmu.Lock()
+		c.lockWrite()
 		if err := c.fr.WriteData(s.id, false, p[:n]); err != nil {
 			c.wmu.Unlock()
 			c.fail(err)
@@ -169,7 +169,7 @@ func (s *Stream) awaitCredit(want int, dirty bool) (int, error) {
 		}
 		if dirty {
 			c.mu.Unlock()
-			c.wmu.Lock()
+			c.lockWrite()
 			if err := c.unlockWrite(); err != nil {
 				return 0, err
 			}
@@ -214,7 +214,7 @@ func (s *Stream) CloseWrite() error {
 	s.localEnded = true
 	ended := s.maybeFinishLocked()
 	c.mu.Unlock()
-	c.wmu.Lock()
+	c.lockWrite()
 	if err := c.fr.WriteData(s.id, true, nil); err != nil {
 		c.wmu.Unlock()
 		c.fail(err)
