@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"syscall"
 	"time"
 
@@ -23,9 +22,14 @@ type sockopt func(fd int) error
 
 func setMark(fd int) error { return unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, ProxyMark) }
 
-func setTransparent(fd int) error {
-	// Both families: a dual-stack socket needs the IPv6 option too.
+// setTransparent lets a socket use addresses not its host's: IPv4 only
+// for an IPv4 socket; both options on an IPv6 one (a dual-stack listener
+// needs the IPv4 option for its mapped addresses).
+func setTransparent(fd int, ipv4Only bool) error {
 	err4 := unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_TRANSPARENT, 1)
+	if ipv4Only {
+		return err4
+	}
 	err6 := unix.SetsockoptInt(fd, unix.SOL_IPV6, unix.IPV6_TRANSPARENT, 1)
 	if err4 != nil && err6 != nil {
 		return err4
@@ -56,6 +60,10 @@ type ListenOptions struct {
 	// Transparent is needed on 15001: its SYN-ACKs carry the original
 	// destination as source.
 	Transparent bool
+	// KeepAlive turns TCP keepalive (Go's default period) on for accepted
+	// connections: for 15008, whose peers are across the network. The
+	// captured ports' peers are the pod's own apps.
+	KeepAlive bool
 }
 
 // Listen opens a TCP listener in the pod: marked (accepted sockets inherit
@@ -65,11 +73,14 @@ type ListenOptions struct {
 func (n *Netns) Listen(addr netip.AddrPort, o ListenOptions) (*net.TCPListener, error) {
 	opts := []sockopt{setMark, setReusePort}
 	if o.Transparent {
-		opts = append(opts, setTransparent)
+		opts = append(opts, func(fd int) error { return setTransparent(fd, false) })
 	}
 	var ln net.Listener
 	err := n.Do(func() error {
-		lc := net.ListenConfig{Control: control(opts...)}
+		lc := net.ListenConfig{Control: control(opts...), KeepAlive: -1}
+		if o.KeepAlive {
+			lc.KeepAlive = 0
+		}
 		lc.SetMultipathTCP(false)
 		var err error
 		ln, err = lc.Listen(context.Background(), "tcp", addr.String())
@@ -106,110 +117,101 @@ func (n *Netns) DialTransparent(ctx context.Context, srcIP netip.Addr, dst netip
 }
 
 func (n *Netns) dial(ctx context.Context, srcIP netip.Addr, dst netip.AddrPort, b Bypass) (*net.TCPConn, error) {
-	family := unix.AF_INET
+	network, stock := "tcp4", 0
 	if dst.Addr().Is6() && !dst.Addr().Is4In6() {
-		family = unix.AF_INET6
+		network, stock = "tcp6", 1
 	}
-	var fd int
-	err := n.Do(func() error {
-		var err error
-		fd, err = unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-		return err
-	})
+	dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
+	fd, err := n.takeSocket(stock)
 	if err != nil {
 		return nil, fmt.Errorf("inpod: socket for %s: %w", dst, err)
 	}
-	closeFD := true
 	defer func() {
-		if closeFD {
+		if fd >= 0 {
 			unix.Close(fd)
 		}
 	}()
-	if err := setMark(fd); err != nil {
-		return nil, fmt.Errorf("inpod: mark socket: %w", err)
+	var bypassed netip.AddrPort
+	d := net.Dialer{
+		// The leg to the pod's app stays on the node: nothing for
+		// keepalive to find. Other dials keep Go's default.
+		KeepAlive: keepAliveFor(srcIP.IsValid()),
+		// Go's dialer makes its socket in ztunnel's own namespace; before
+		// it binds or connects, the pod's socket takes that descriptor's
+		// place (dup3), so Go's poller, connect wait and *net.TCPConn
+		// serve the pod's socket with no extra copy of the descriptor.
+		Control: func(_, _ string, rc syscall.RawConn) error {
+			var err error
+			cerr := rc.Control(func(goFD uintptr) {
+				if err = unix.Dup3(fd, int(goFD), unix.O_CLOEXEC); err != nil {
+					err = fmt.Errorf("take the pod's socket: %w", err)
+					return
+				}
+				unix.Close(fd)
+				fd = -1
+				bypassed, err = prepareDial(int(goFD), srcIP, dst, b)
+			})
+			return errors.Join(cerr, err)
+		},
 	}
-	if srcIP.IsValid() {
-		if err := setTransparent(fd); err != nil {
-			return nil, fmt.Errorf("inpod: transparent socket: %w", err)
-		}
-		if err := unix.Bind(fd, sockaddr(netip.AddrPortFrom(srcIP, 0))); err != nil {
-			return nil, fmt.Errorf("inpod: bind %s: %w", srcIP, err)
-		}
-		sa, err := unix.Getsockname(fd)
-		if err != nil {
-			return nil, err
-		}
-		src := netip.AddrPortFrom(srcIP, uint16(sockaddrPort(sa)))
-		if b != nil {
-			if err := b.AddBypass(dst, src); err != nil {
-				return nil, fmt.Errorf("inpod: bypass %s->%s: %w", src, dst, err)
-			}
-			defer b.DeleteBypass(dst, src)
-		}
+	d.SetMultipathTCP(false)
+	c, err := d.DialContext(ctx, network, dst.String())
+	if bypassed.IsValid() {
+		b.DeleteBypass(dst, bypassed)
 	}
-	// Connect without blocking, then wait in Go's poller, so a slow peer
-	// holds the caller's goroutine and not the pod's namespace thread. The
-	// socket joins the poller before connect so no readiness is missed.
-	f := os.NewFile(uintptr(fd), "inpod-dial")
-	closeFD = false
-	defer f.Close()
-	cerr := unix.Connect(fd, sockaddr(dst))
-	if cerr != nil && cerr != unix.EINPROGRESS {
-		return nil, fmt.Errorf("inpod: connect %s: %w", dst, cerr)
-	}
-	if cerr == unix.EINPROGRESS {
-		if err := awaitConnect(ctx, f); err != nil {
-			return nil, fmt.Errorf("inpod: connect %s: %w", dst, err)
-		}
-	}
-	c, err := net.FileConn(f)
 	if err != nil {
-		return nil, fmt.Errorf("inpod: adopt socket: %w", err)
+		var oe *net.OpError
+		dl, hasDL := ctx.Deadline()
+		switch {
+		case ctx.Err() != nil:
+			err = ctx.Err()
+		case hasDL && !time.Now().Before(dl):
+			// Go's dialer times out on ctx's deadline a moment before
+			// ctx's own timer marks it done.
+			err = context.DeadlineExceeded
+		case errors.As(err, &oe) && oe.Err != nil:
+			err = oe.Err // the address is in our own message
+		}
+		return nil, fmt.Errorf("inpod: connect %s: %w", dst, err)
 	}
 	return c.(*net.TCPConn), nil
 }
 
-// awaitConnect waits until a non-blocking connect finished and reports its
-// outcome, giving up when ctx ends.
-func awaitConnect(ctx context.Context, f *os.File) error {
-	if dl, ok := ctx.Deadline(); ok {
-		f.SetWriteDeadline(dl)
+func keepAliveFor(transparent bool) time.Duration {
+	if transparent {
+		return -1
 	}
-	stop := context.AfterFunc(ctx, func() { f.SetWriteDeadline(time.Unix(1, 0)) })
-	defer stop()
-	rc, err := f.SyscallConn()
+	return 0
+}
+
+// prepareDial marks a pod socket and, for a transparent dial, binds it to
+// srcIP and lets its 4-tuple past capture. It returns the bound source
+// (zero if not transparent).
+func prepareDial(fd int, srcIP netip.Addr, dst netip.AddrPort, b Bypass) (netip.AddrPort, error) {
+	if err := setMark(fd); err != nil {
+		return netip.AddrPort{}, fmt.Errorf("mark socket: %w", err)
+	}
+	if !srcIP.IsValid() {
+		return netip.AddrPort{}, nil
+	}
+	if err := setTransparent(fd, dst.Addr().Is4()); err != nil {
+		return netip.AddrPort{}, fmt.Errorf("transparent socket: %w", err)
+	}
+	if err := unix.Bind(fd, sockaddr(netip.AddrPortFrom(srcIP, 0))); err != nil {
+		return netip.AddrPort{}, fmt.Errorf("bind %s: %w", srcIP, err)
+	}
+	sa, err := unix.Getsockname(fd)
 	if err != nil {
-		return err
+		return netip.AddrPort{}, err
 	}
-	var soErr error
-	werr := rc.Write(func(fd uintptr) bool {
-		// Connected, failed, or still in progress (then wait for the
-		// socket to become writable and look again).
-		if _, err := unix.Getpeername(int(fd)); err == nil {
-			return true
-		}
-		v, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR)
-		switch {
-		case err != nil:
-			soErr = err
-		case v != 0:
-			soErr = unix.Errno(v)
-		default:
-			return false
-		}
-		return true
-	})
-	if werr != nil {
-		// The file's deadline may fire a moment before ctx's own timer.
-		if dl, ok := ctx.Deadline(); ok && errors.Is(werr, os.ErrDeadlineExceeded) && !time.Now().Before(dl) {
-			return context.DeadlineExceeded
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		return werr
+	src := netip.AddrPortFrom(srcIP, uint16(sockaddrPort(sa)))
+	if b == nil {
+		return netip.AddrPort{}, nil
 	}
-	return soErr
+	if err := b.AddBypass(dst, src); err != nil {
+		return netip.AddrPort{}, fmt.Errorf("bypass %s->%s: %w", src, dst, err)
+	}
+	return src, nil
 }
 
 func sockaddrPort(sa unix.Sockaddr) int {

@@ -193,7 +193,7 @@ func (p *Proxy) open(pd *pod) (err error) {
 	if err != nil {
 		return err
 	}
-	if _, err := listen(InboundPort, inpod.ListenOptions{}); err != nil {
+	if _, err := listen(InboundPort, inpod.ListenOptions{KeepAlive: true}); err != nil {
 		return err
 	}
 	if !p.cfg.NoSOCKS5 {
