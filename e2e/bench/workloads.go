@@ -126,6 +126,8 @@ func (r *runner) run(ctx context.Context, w string, p *path, rep int) (report.Sa
 			s.Values[report.KeyZt2CPU] = (after[1] - before[1]) / (requests / 1000)
 			s.Values[report.KeyZt1HWM] = peakRSS(p.ztunnels[0].pid()) / 1e6
 			s.Values[report.KeyZt2HWM] = peakRSS(p.ztunnels[1].pid()) / 1e6
+			s.Values[report.KeyZt1Anon] = statusBytes(p.ztunnels[0].pid(), "RssAnon") / 1e6
+			s.Values[report.KeyZt2Anon] = statusBytes(p.ztunnels[1].pid(), "RssAnon") / 1e6
 		}
 	}
 	return s, nil
