@@ -39,6 +39,7 @@ import (
 
 	"github.com/zmesh/zmesh/e2e/bench/report"
 	"github.com/zmesh/zmesh/e2e/netenv"
+	"github.com/zmesh/zmesh/e2e/proc"
 )
 
 func main() {
@@ -300,7 +301,7 @@ func rerender(file string, stdout io.Writer) error {
 
 // connectionsOpened sums the ztunnel's istio_tcp_connections_opened_total.
 func connectionsOpened(ctx context.Context, z *ztunnel) float64 {
-	body, err := httpGet(ctx, "http://"+z.metrics+"/metrics")
+	body, err := proc.HTTPGet(ctx, "http://"+z.metrics+"/metrics")
 	if err != nil {
 		return 0
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/zmesh/zmesh/cni/agent"
 	"github.com/zmesh/zmesh/e2e/bench/report"
+	"github.com/zmesh/zmesh/e2e/proc"
 )
 
 // measureMemory starts a third node's ztunnel with no pods, measures it
@@ -19,7 +20,7 @@ import (
 // acknowledged them.
 // With profileDir set, the loaded ztunnel's heap profile is saved there.
 func (e *env) measureMemory(ctx context.Context, workloads, services int, profileDir string) (*report.Memory, error) {
-	ports, err := freePorts(3)
+	ports, err := freeAddrs(3)
 	if err != nil {
 		return nil, err
 	}
@@ -59,7 +60,7 @@ func (e *env) measureMemory(ctx context.Context, workloads, services int, profil
 	m.PeakRSS = m.LoadedRSS
 	for still, i := 0, 0; still < 10 && i < 45; i++ {
 		time.Sleep(time.Second)
-		if rss := statusBytes(zt.pid(), "VmRSS"); rss < m.LoadedRSS*0.995 {
+		if rss := statusBytes(zt.Pid(), "VmRSS"); rss < m.LoadedRSS*0.995 {
 			m.LoadedRSS, still = rss, 0
 		} else {
 			still++
@@ -81,12 +82,12 @@ func (e *env) measureMemory(ctx context.Context, workloads, services int, profil
 func (z *ztunnel) memory(ctx context.Context) (heap, rss float64, err error) {
 	var body string
 	for range 2 { // the second GC frees what the first one's finalizers left
-		if body, err = httpGet(ctx, "http://"+z.admin+"/debug/pprof/heap?gc=1&debug=1"); err != nil {
+		if body, err = proc.HTTPGet(ctx, "http://"+z.admin+"/debug/pprof/heap?gc=1&debug=1"); err != nil {
 			return 0, 0, err
 		}
 	}
 	heap, err = parseMemStatsLine([]byte(body), "HeapAlloc")
-	return heap, statusBytes(z.pid(), "VmRSS"), err
+	return heap, statusBytes(z.Pid(), "VmRSS"), err
 }
 
 // syncz is what the bench reads of zmeshd's /debug/syncz.
@@ -102,7 +103,7 @@ type syncz []struct {
 
 // syncVersions returns the server version of each type zmeshd sends the node.
 func (e *env) syncVersions(ctx context.Context, node string) (map[string]string, error) {
-	body, err := httpGet(ctx, "http://"+e.zmeshdMon+"/debug/syncz")
+	body, err := proc.HTTPGet(ctx, "http://"+e.zmeshdMon+"/debug/syncz")
 	if err != nil {
 		return nil, err
 	}

@@ -3,24 +3,20 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
-	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
+	"slices"
 	"strings"
-	"sync"
-	"syscall"
 	"time"
 
 	"github.com/zmesh/zmesh/cni/agent"
 	"github.com/zmesh/zmesh/controlplane/model"
 	"github.com/zmesh/zmesh/e2e/netenv"
 	"github.com/zmesh/zmesh/e2e/noderunner"
+	"github.com/zmesh/zmesh/e2e/proc"
 	"github.com/zmesh/zmesh/identity"
 )
 
@@ -74,7 +70,7 @@ type env struct {
 	hosts                       []*netenv.NS // node host namespaces
 	pods                        map[string]*netenv.NS
 	nodes                       []*noderunner.Node
-	zmeshd                      *proc
+	zmeshd                      *proc.Proc
 	zmeshdMon                   string
 	zmeshdXDS                   string
 	zts                         []*ztunnel // client node's, server node's
@@ -82,7 +78,7 @@ type env struct {
 }
 
 type ztunnel struct {
-	*proc
+	*proc.Proc
 	node                 string
 	admin, metrics, tokF string
 }
@@ -142,11 +138,11 @@ func setup(ctx context.Context, binDir, tmp string, log *slog.Logger) (_ *env, e
 		}
 	}
 
-	ports, err := freePorts(2 + 3*3)
+	ports, err := freeAddrs(2 + 3*3)
 	if err != nil {
 		return nil, err
 	}
-	e.zmeshdXDS, e.zmeshdMon = "127.0.0.1:"+ports[0], "127.0.0.1:"+ports[1]
+	e.zmeshdXDS, e.zmeshdMon = ports[0], ports[1]
 	tokens := filepath.Join(tmp, "tokens")
 	var tok strings.Builder
 	for _, n := range append(append([]string{}, nodeNames...), memNode) {
@@ -157,13 +153,13 @@ func setup(ctx context.Context, binDir, tmp string, log *slog.Logger) (_ *env, e
 	}
 	e.caDir = filepath.Join(tmp, "ca")
 	e.zmeshd, err = startProc(ctx, filepath.Join(binDir, "zmeshd"), filepath.Join(tmp, "zmeshd.log"),
-		"http://"+e.zmeshdMon+"/ready", "ready",
+		"http://"+e.zmeshdMon+"/ready",
 		"--config-dir", e.meshDir, "--tokens-file", tokens, "--ca-dir", e.caDir,
 		"--xds-address", e.zmeshdXDS, "--secure-address", "", "--monitoring-address", e.zmeshdMon)
 	if err != nil {
 		return nil, fmt.Errorf("zmeshd: %w", err)
 	}
-	e.defer_(e.zmeshd.stop)
+	e.defer_(e.zmeshd.Stop)
 
 	members := agent.MembershipFunc(func(ns, name string) (string, bool) {
 		for _, p := range []podSpec{meshClient, meshServer} {
@@ -208,21 +204,21 @@ func (e *env) startNode(ctx context.Context, name string, members agent.Membersh
 		return nil, nil, err
 	}
 	e.defer_(func() { n.Close() })
-	zt := &ztunnel{node: name, admin: "127.0.0.1:" + ports[0], metrics: "127.0.0.1:" + ports[1], tokF: filepath.Join(ndir, "token")}
+	zt := &ztunnel{node: name, admin: ports[0], metrics: ports[1], tokF: filepath.Join(ndir, "token")}
 	if err := os.WriteFile(zt.tokF, []byte("token-ztunnel-"+name), 0o600); err != nil {
 		return nil, nil, err
 	}
-	zt.proc, err = startProc(ctx, filepath.Join(e.binDir, "ztunnel"), filepath.Join(ndir, "ztunnel.log"),
-		"http://127.0.0.1:"+ports[2]+"/healthz/ready", "ready",
+	zt.Proc, err = startProc(ctx, filepath.Join(e.binDir, "ztunnel"), filepath.Join(ndir, "ztunnel.log"),
+		"http://"+ports[2]+"/healthz/ready",
 		"--node", name, "--zds-socket", n.ZDSPath,
 		"--xds-address", e.zmeshdXDS, "--plaintext-control-plane",
 		"--root-cert", filepath.Join(e.caDir, identity.FileRootCert), "--token-file", zt.tokF, "--drain-grace", "1s",
 		"--log-level", "warn",
-		"--admin-address", zt.admin, "--metrics-address", zt.metrics, "--readiness-address", "127.0.0.1:"+ports[2])
+		"--admin-address", zt.admin, "--metrics-address", zt.metrics, "--readiness-address", ports[2])
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s ztunnel: %w", name, err)
 	}
-	e.defer_(zt.stop)
+	e.defer_(zt.Stop)
 	return n, zt, nil
 }
 
@@ -235,124 +231,39 @@ func sysctl(n *netenv.NS, kvs ...string) error {
 	return nil
 }
 
-// freePorts returns n distinct loopback ports free right now.
-func freePorts(n int) ([]string, error) {
-	var lns []net.Listener
-	defer func() {
-		for _, l := range lns {
-			l.Close()
-		}
-	}()
-	var out []string
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+// freeAddrs returns n loopback addresses whose ports are free right now.
+func freeAddrs(n int) ([]string, error) {
+	out := make([]string, 0, n)
+	for len(out) < n {
+		a, err := proc.FreeAddr()
 		if err != nil {
 			return nil, err
 		}
-		lns = append(lns, l)
-		out = append(out, strconv.Itoa(l.Addr().(*net.TCPAddr).Port))
+		if !slices.Contains(out, a) {
+			out = append(out, a)
+		}
 	}
 	return out, nil
 }
 
-// proc is a process the bench started.
-type proc struct {
-	name string
-	cmd  *exec.Cmd
-	log  *tailBuffer
-	done chan struct{}
-}
-
-// startProc starts bin and, when ready is not empty, waits until GET ready
-// answers with a body starting with want.
-func startProc(ctx context.Context, bin, logPath, ready, want string, args ...string) (*proc, error) {
-	p, err := spawn(filepath.Base(bin), logPath, bin, args...)
-	if err != nil {
+// startProc starts one of the mesh's processes (e2e/proc, as the suite and
+// the demo run them) and, with ready set, waits until GET ready answers.
+func startProc(ctx context.Context, bin, logPath, ready string, args ...string) (*proc.Proc, error) {
+	p := &proc.Proc{Name: filepath.Base(bin), Bin: bin, Args: args, LogPath: logPath, Ready: ready}
+	if err := p.Start(ctx); err != nil {
 		return nil, err
-	}
-	if ready == "" {
-		return p, nil
-	}
-	err = waitFor(ctx, 30*time.Second, func() bool {
-		if p.exited() {
-			return true
-		}
-		body, err := httpGet(ctx, ready)
-		return err == nil && strings.HasPrefix(body, want)
-	})
-	if p.exited() {
-		return nil, fmt.Errorf("exited: %s", p.log.String())
-	}
-	if err != nil {
-		p.stop()
-		return nil, fmt.Errorf("not ready: %s", p.log.String())
 	}
 	return p, nil
 }
 
-// spawn starts a process whose stdout and stderr go to logPath (and the
-// last few KB kept for error messages).
-func spawn(name, logPath, bin string, args ...string) (*proc, error) {
-	p := &proc{name: name, cmd: exec.Command(bin, args...), log: &tailBuffer{max: 8 << 10}, done: make(chan struct{})}
-	logFile, err := os.Create(logPath)
-	if err != nil {
+// startIn starts a peer inside a namespace (ip netns exec execs it, so the
+// pid is the program's).
+func startIn(ctx context.Context, n *netenv.NS, logPath, bin string, args ...string) (*proc.Proc, error) {
+	p := &proc.Proc{Name: filepath.Base(bin), Bin: "ip", Args: append([]string{"netns", "exec", n.Name, bin}, args...), LogPath: logPath}
+	if err := p.Start(ctx); err != nil {
 		return nil, err
 	}
-	p.cmd.Stdout = io.MultiWriter(p.log, logFile)
-	p.cmd.Stderr = p.cmd.Stdout
-	if err := p.cmd.Start(); err != nil {
-		logFile.Close()
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	go func() { p.cmd.Wait(); logFile.Close(); close(p.done) }()
 	return p, nil
-}
-
-// spawnIn starts a process inside a namespace (ip netns exec execs it, so
-// the pid is the program's).
-func spawnIn(n *netenv.NS, logPath, bin string, args ...string) (*proc, error) {
-	return spawn(filepath.Base(bin), logPath, "ip", append([]string{"netns", "exec", n.Name, bin}, args...)...)
-}
-
-func (p *proc) pid() int { return p.cmd.Process.Pid }
-
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// stop is SIGTERM, then SIGKILL after 10 s.
-func (p *proc) stop() {
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
-		p.cmd.Process.Kill()
-		<-p.done
-	}
-}
-
-func httpGet(ctx context.Context, url string) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return "", err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if resp.StatusCode != http.StatusOK {
-		return string(b), fmt.Errorf("GET %s: %s", url, resp.Status)
-	}
-	return string(b), err
 }
 
 func waitFor(ctx context.Context, limit time.Duration, cond func() bool) error {
@@ -366,27 +277,4 @@ func waitFor(ctx context.Context, limit time.Duration, cond func() bool) error {
 		}
 	}
 	return nil
-}
-
-// tailBuffer keeps the last max bytes written.
-type tailBuffer struct {
-	mu  sync.Mutex
-	max int
-	b   []byte
-}
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.b = append(t.b, p...)
-	if len(t.b) > t.max {
-		t.b = append(t.b[:0], t.b[len(t.b)-t.max:]...)
-	}
-	return len(p), nil
-}
-
-func (t *tailBuffer) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return string(t.b)
 }

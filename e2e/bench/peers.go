@@ -18,6 +18,7 @@ import (
 
 	"github.com/zmesh/zmesh/e2e/bench/report"
 	"github.com/zmesh/zmesh/e2e/netenv"
+	"github.com/zmesh/zmesh/e2e/proc"
 )
 
 // path is one way from a client pod to the servers.
@@ -26,7 +27,7 @@ type path struct {
 	client    *netenv.NS
 	http      netip.AddrPort // where fortio sends requests
 	iperf     netip.AddrPort // where iperf3 connects
-	proxies   []*proc        // processes whose CPU carries this path
+	proxies   []*proc.Proc   // processes whose CPU carries this path
 	ztunnels  []*ztunnel     // mesh only
 	clientPod string
 }
@@ -45,12 +46,12 @@ func (e *env) startPeers(ctx context.Context, fortio string) ([]*path, error) {
 	if err := os.MkdirAll(logs, 0o755); err != nil {
 		return nil, err
 	}
-	start := func(n *netenv.NS, name, bin string, args ...string) (*proc, error) {
-		p, err := spawnIn(n, filepath.Join(logs, name+".log"), bin, args...)
+	start := func(n *netenv.NS, name, bin string, args ...string) (*proc.Proc, error) {
+		p, err := startIn(ctx, n, filepath.Join(logs, name+".log"), bin, args...)
 		if err != nil {
 			return nil, err
 		}
-		e.defer_(p.stop)
+		e.defer_(p.Stop)
 		return p, nil
 	}
 	for _, s := range []podSpec{meshServer, plainServer} {
@@ -79,7 +80,7 @@ func (e *env) startPeers(ctx context.Context, fortio string) ([]*path, error) {
 		n1, stunnelHTTP, n2, stunnelTLSHTTP, n1, stunnelIperf, n2, stunnelTLSIperf)
 	serverConf := common + fmt.Sprintf("[http]\naccept = %s:%d\nconnect = %s:%d\n[iperf]\naccept = %s:%d\nconnect = %s:%d\n",
 		n2, stunnelTLSHTTP, srv, httpPort, n2, stunnelTLSIperf, srv, iperfPort)
-	var stunnels []*proc
+	var stunnels []*proc.Proc
 	for i, conf := range []string{clientConf, serverConf} {
 		f := filepath.Join(e.tmp, fmt.Sprintf("stunnel-%s.conf", nodeNames[i]))
 		if err := os.WriteFile(f, []byte(conf), 0o600); err != nil {
@@ -119,15 +120,15 @@ listen iperf
 	paths := []*path{
 		{name: report.Direct, client: pc, clientPod: plainClient.name, http: netip.AddrPortFrom(srv, httpPort), iperf: netip.AddrPortFrom(srv, iperfPort)},
 		{name: report.Mesh, client: mc, clientPod: meshClient.name, http: netip.AddrPortFrom(meshServer.addr, httpPort), iperf: netip.AddrPortFrom(meshServer.addr, iperfPort),
-			ztunnels: e.zts, proxies: []*proc{e.zts[0].proc, e.zts[1].proc}},
+			ztunnels: e.zts, proxies: []*proc.Proc{e.zts[0].Proc, e.zts[1].Proc}},
 		{name: report.Stunnel, client: pc, clientPod: plainClient.name, http: netip.AddrPortFrom(n1, stunnelHTTP), iperf: netip.AddrPortFrom(n1, stunnelIperf), proxies: stunnels},
-		{name: report.HAProxy, client: pc, clientPod: plainClient.name, http: netip.AddrPortFrom(n2, haproxyHTTP), iperf: netip.AddrPortFrom(n2, haproxyIperf), proxies: []*proc{hap}},
+		{name: report.HAProxy, client: pc, clientPod: plainClient.name, http: netip.AddrPortFrom(n2, haproxyHTTP), iperf: netip.AddrPortFrom(n2, haproxyIperf), proxies: []*proc.Proc{hap}},
 	}
 	// Every listener up and every path answering before anything is timed.
 	for _, p := range paths {
 		for _, q := range p.proxies {
-			if q.exited() {
-				return nil, fmt.Errorf("%s exited: %s", q.name, q.log.String())
+			if !q.Running() {
+				return nil, fmt.Errorf("%s exited:\n%s", q.Name, proc.Tail(q.Log(), 20))
 			}
 		}
 		if err := waitFor(ctx, 20*time.Second, func() bool { return probe(ctx, p) == nil }); err != nil {

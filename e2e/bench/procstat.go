@@ -7,6 +7,8 @@ import (
 	"os"
 	"strconv"
 	"strings"
+
+	"github.com/zmesh/zmesh/e2e/proc"
 )
 
 // clockTicks is USER_HZ, the unit of utime and stime in /proc/<pid>/stat:
@@ -15,10 +17,10 @@ const clockTicks = 100
 
 // cpuOf returns each process's CPU seconds (user + system) so far; NaN
 // for one that cannot be read.
-func cpuOf(ps []*proc) []float64 {
+func cpuOf(ps []*proc.Proc) []float64 {
 	out := make([]float64, len(ps))
 	for i, p := range ps {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.pid()))
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.Pid()))
 		if err != nil {
 			out[i] = math.NaN()
 			continue
@@ -113,11 +115,11 @@ func parseMemStatsLine(b []byte, name string) (float64, error) {
 // syscallsOf returns each process's read and write syscalls so far
 // (syscr + syscw of /proc/<pid>/io: the read, write and vectored
 // families); NaN for one that cannot be read.
-func syscallsOf(ps []*proc) []float64 {
+func syscallsOf(ps []*proc.Proc) []float64 {
 	out := make([]float64, len(ps))
 	for i, p := range ps {
 		out[i] = math.NaN()
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", p.pid()))
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", p.Pid()))
 		if err != nil {
 			continue
 		}

@@ -68,7 +68,7 @@ func (r *runner) run(ctx context.Context, w string, p *path, rep int) (report.Sa
 	s := report.Sample{Rep: rep, Workload: w, Path: p.name, Start: time.Now(), Values: map[string]float64{}}
 	before, sysBefore := cpuOf(p.proxies), syscallsOf(p.proxies)
 	for _, z := range p.ztunnels {
-		resetPeakRSS(z.pid())
+		resetPeakRSS(z.Pid())
 	}
 	var prof *profiler
 	if slices.Contains(r.plan.profile, w) && p.name == report.Mesh && r.plan.profileDir != "" && rep == 1 {
@@ -124,10 +124,10 @@ func (r *runner) run(ctx context.Context, w string, p *path, rep int) (report.Sa
 		if len(p.ztunnels) == 2 && w == report.Lat1k {
 			s.Values[report.KeyZt1CPU] = (after[0] - before[0]) / (requests / 1000)
 			s.Values[report.KeyZt2CPU] = (after[1] - before[1]) / (requests / 1000)
-			s.Values[report.KeyZt1HWM] = peakRSS(p.ztunnels[0].pid()) / 1e6
-			s.Values[report.KeyZt2HWM] = peakRSS(p.ztunnels[1].pid()) / 1e6
-			s.Values[report.KeyZt1Anon] = statusBytes(p.ztunnels[0].pid(), "RssAnon") / 1e6
-			s.Values[report.KeyZt2Anon] = statusBytes(p.ztunnels[1].pid(), "RssAnon") / 1e6
+			s.Values[report.KeyZt1HWM] = peakRSS(p.ztunnels[0].Pid()) / 1e6
+			s.Values[report.KeyZt2HWM] = peakRSS(p.ztunnels[1].Pid()) / 1e6
+			s.Values[report.KeyZt1Anon] = statusBytes(p.ztunnels[0].Pid(), "RssAnon") / 1e6
+			s.Values[report.KeyZt2Anon] = statusBytes(p.ztunnels[1].Pid(), "RssAnon") / 1e6
 		}
 	}
 	return s, nil
