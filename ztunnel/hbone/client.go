@@ -128,8 +128,19 @@ func (c *conn) connect(ctx context.Context, r *ConnectRequest) (st *Stream, open
 	c.nextID += 2
 	st = newStream(c, id)
 	c.streams[id] = st
+	// Early data goes in the same flush as far as credit allows (all of
+	// it but on a congested connection); the rest after the answer.
+	early := r.EarlyData
+	n := min(int64(len(early)), st.sendWindow, c.sendWindow, int64(c.peerMaxFrame))
+	n = max(n, 0)
+	st.sendWindow -= n
+	c.sendWindow -= n
 	c.mu.Unlock()
-	if err := c.writeHeadersLocked(id, false, fields); err != nil {
+	err = c.writeHeadersLocked(id, false, fields)
+	if err == nil && n > 0 {
+		err = c.fr.WriteData(id, false, early[:n])
+	}
+	if err != nil {
 		c.wmu.Unlock()
 		c.fail(err)
 		return nil, true, err
@@ -137,6 +148,18 @@ func (c *conn) connect(ctx context.Context, r *ConnectRequest) (st *Stream, open
 	if err := c.unlockWrite(); err != nil {
 		return nil, true, err
 	}
+	defer func() {
+		if err == nil && int(n) < len(early) {
+			if dl, ok := ctx.Deadline(); ok {
+				st.SetWriteDeadline(dl)
+				defer st.SetWriteDeadline(time.Time{})
+			}
+			if _, err = st.Write(early[n:]); err != nil {
+				st.Close()
+				st = nil
+			}
+		}
+	}()
 
 	stop := context.AfterFunc(ctx, func() {
 		c.mu.Lock()

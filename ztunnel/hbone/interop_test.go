@@ -180,6 +180,19 @@ func TestOurClientThroughXNetServer(t *testing.T) {
 	if got := exchange(t, st, "through ours"); got != "through ours" {
 		t.Fatalf("echo = %q", got)
 	}
+	// Early data (DATA before the answer) is an ordinary request body to
+	// a standard HTTP/2 server.
+	req := target("10.0.0.7:8080")
+	req.EarlyData = []byte("early, ")
+	st2, err := cc.Connect(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st2.Close()
+	<-gotAuthority
+	if got := exchange(t, st2, "then the rest"); got != "early, then the rest" {
+		t.Fatalf("echo with early data = %q", got)
+	}
 }
 
 // Both ends advertise ztunnel's windows: 4 MiB per stream in SETTINGS and a

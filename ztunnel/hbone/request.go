@@ -40,6 +40,12 @@ type ConnectRequest struct {
 	Host        string
 	Baggage     string
 	TraceParent string
+	// EarlyData, if any, is the tunnel's first bytes: written with the
+	// request, before the answer, so the server has them when it opens the
+	// tunnel instead of one round trip later. The server delivers them only
+	// if it answers 200. Connect has sent all of it when it returns the
+	// stream (the caller counts them as sent).
+	EarlyData []byte
 }
 
 // RequestError is a request the server refuses with a status code before any

@@ -6,7 +6,10 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/zmesh/zmesh/identity"
 	"github.com/zmesh/zmesh/ztunnel/hbone"
@@ -22,18 +25,46 @@ const ConnectTimeout = 10 * time.Second
 func (p *Proxy) outbound(pd *pod, c *net.TCPConn) {
 	src := unmapped(c.RemoteAddr().(*net.TCPAddr).AddrPort())
 	dst := unmapped(c.LocalAddr().(*net.TCPAddr).AddrPort())
-	up, tel, err := p.connect(pd, src, dst)
+	bp := earlyPool.Get().(*[]byte)
+	early := readEarly(c, *bp)
+	up, tel, err := p.connect(pd, src, dst, early)
+	earlyPool.Put(bp)
 	if err != nil {
 		return
 	}
 	defer up.Close()
 	sent, recv, err := hbone.Join(c, up)
-	tel.Close(telemetry.Result{Sent: sent, Received: recv, Err: ignoreClosed(err)})
+	tel.Close(telemetry.Result{Sent: int64(len(early)) + sent, Received: recv, Err: ignoreClosed(err)})
 }
 
-// connect decides how src→dst leaves the pod and opens that upstream. On
-// failure it has already recorded the connection.
-func (p *Proxy) connect(pd *pod, src, dst netip.AddrPort) (net.Conn, *telemetry.Conn, error) {
+// earlyMax bounds the early data of a connection: one TLS record.
+const earlyMax = 16 << 10
+
+var earlyPool = sync.Pool{New: func() any { b := make([]byte, earlyMax); return &b }}
+
+// readEarly returns what the app has already written on c, without
+// waiting (most clients speak first, right after connect): it rides with
+// the CONNECT (hbone.ConnectRequest.EarlyData) and saves the app a round
+// trip between the ztunnels. Nothing, or an error, is left to the copy.
+func readEarly(c *net.TCPConn, buf []byte) []byte {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	n := 0
+	rc.Read(func(fd uintptr) bool {
+		if m, err := unix.Read(int(fd), buf); err == nil && m > 0 {
+			n = m
+		}
+		return true // one look, never wait
+	})
+	return buf[:n]
+}
+
+// connect decides how src→dst leaves the pod and opens that upstream,
+// with early (the app's first bytes, possibly none) sent ahead. On failure
+// it has already recorded the connection.
+func (p *Proxy) connect(pd *pod, src, dst netip.AddrPort, early []byte) (net.Conn, *telemetry.Conn, error) {
 	start := time.Now()
 	snap := p.cfg.State.Snapshot()
 	srcW := snap.WorkloadByAddr(state.NetAddr{Network: p.cfg.Network, Addr: src.Addr()})
@@ -60,9 +91,13 @@ func (p *Proxy) connect(pd *pod, src, dst netip.AddrPort) (net.Conn, *telemetry.
 	var err error
 	switch plan.Route {
 	case Passthrough:
-		up, err = pd.netns.Dial(ctx, plan.Dial)
+		if up, err = pd.netns.Dial(ctx, plan.Dial); err == nil && len(early) > 0 {
+			if _, err = up.Write(early); err != nil {
+				up.Close()
+			}
+		}
 	default:
-		req := &hbone.ConnectRequest{Target: plan.Target, Source: src}
+		req := &hbone.ConnectRequest{Target: plan.Target, Source: src, EarlyData: early}
 		if plan.Service != nil {
 			req.Host = plan.Service.Hostname
 		}
