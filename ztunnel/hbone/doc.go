@@ -10,6 +10,11 @@
 // not use (server push, priorities, trailers, request bodies on non-CONNECT
 // methods) is refused or ignored as the RFC permits.
 //
+// The hot path keeps hand-offs few: a client may send a tunnel's first bytes
+// with its CONNECT (early data, held by the server until it answers 200);
+// writers queued on a connection share one flush; and a stream joined to a
+// TCP socket gets its data written there by the read loop itself.
+//
 // The package knows nothing of workloads, policy or the control plane: the
 // server hands its handler the verified peer identity and the request
 // metadata, and the client takes the TLS configuration and the dialer from
