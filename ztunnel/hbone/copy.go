@@ -5,6 +5,8 @@ import (
 	"io"
 	"net"
 	"sync"
+
+	"golang.org/x/sys/unix"
 )
 
 // closeWriter is a connection whose sending direction can end alone:
@@ -35,20 +37,32 @@ func Join(a, b net.Conn) (sent, received int64, err error) {
 // halfCopy copies src to dst, then ends dst's sending direction. On a
 // failure both connections are closed for reading so the other direction
 // stops too.
+//
+// No copy holds a buffer while its source is idle (a mesh has many idle
+// connections): TCP to TCP is spliced in the kernel (the plaintext inbound
+// hop to the app, passthrough); a TCP source is read into a pooled buffer
+// only once it is readable, and the buffer goes back before it waits again;
+// a stream joined to TCP is written by the read loop, its pump taking a
+// buffer only when the socket was full.
 func halfCopy(dst, src net.Conn) (int64, error) {
-	bp := copyBufPool.Get().(*[]byte)
-	defer copyBufPool.Put(bp)
 	var n int64
 	var err error
+	srcTCP, fromTCP := src.(*net.TCPConn)
+	dstTCP, toTCP := dst.(*net.TCPConn)
 	s, fromStream := src.(*Stream)
-	tc, toTCP := dst.(*net.TCPConn)
-	if fromStream && toTCP {
-		n, err = s.pumpTo(tc, *bp)
-	} else {
-		// Plain io.CopyBuffer would let *net.TCPConn's ReadFrom take
-		// over and splice, which cannot apply to a Stream; hide both
-		// sides' fast paths.
+	switch {
+	case fromTCP && toTCP:
+		n, err = dstTCP.ReadFrom(srcTCP) // splice(2)
+	case fromTCP:
+		n, err = copyFromTCP(dst, srcTCP)
+	case fromStream && toTCP:
+		n, err = s.pumpTo(dstTCP)
+	default:
+		bp := copyBufPool.Get().(*[]byte)
+		// Plain io.CopyBuffer would let a ReaderFrom or WriterTo take
+		// over; hide both sides' fast paths.
 		n, err = io.CopyBuffer(writerOnly{dst}, readerOnly{src}, *bp)
+		copyBufPool.Put(bp)
 	}
 	if err != nil {
 		dst.Close()
@@ -61,6 +75,55 @@ func halfCopy(dst, src net.Conn) (int64, error) {
 		err = dst.Close()
 	}
 	return n, err
+}
+
+// copyFromTCP copies src to dst until EOF, holding a pooled buffer only
+// from the moment src is readable until what was read is written.
+func copyFromTCP(dst net.Conn, src *net.TCPConn) (int64, error) {
+	rc, err := src.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var total int64
+	for {
+		var bp *[]byte
+		var n int
+		var rerr error
+		err := rc.Read(func(fd uintptr) bool {
+			if bp == nil {
+				bp = copyBufPool.Get().(*[]byte)
+			}
+			for {
+				n, rerr = unix.Read(int(fd), *bp)
+				if rerr != unix.EINTR {
+					break
+				}
+			}
+			if rerr == unix.EAGAIN {
+				copyBufPool.Put(bp) // nothing to read: wait without it
+				bp = nil
+				return false
+			}
+			return true
+		})
+		if err == nil {
+			err = rerr
+		}
+		if err == nil && n > 0 {
+			var m int
+			m, err = dst.Write((*bp)[:n])
+			total += int64(m)
+		}
+		if bp != nil {
+			copyBufPool.Put(bp)
+		}
+		switch {
+		case err != nil:
+			return total, err
+		case n == 0:
+			return total, nil // EOF
+		}
+	}
 }
 
 type writerOnly struct{ io.Writer }

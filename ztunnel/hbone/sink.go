@@ -24,7 +24,7 @@ import (
 // returns a nil error) or a failure, letting the read loop deliver
 // directly meanwhile. It returns every byte that reached dst, whoever
 // wrote it. dst is not closed.
-func (s *Stream) pumpTo(dst *net.TCPConn, buf []byte) (int64, error) {
+func (s *Stream) pumpTo(dst *net.TCPConn) (int64, error) {
 	rc, err := dst.SyscallConn()
 	if err != nil {
 		return 0, err
@@ -48,13 +48,15 @@ func (s *Stream) pumpTo(dst *net.TCPConn, buf []byte) (int64, error) {
 			c.mu.Unlock()
 			return total, err
 		}
-		n := s.rbuf.read(buf)
+		bp := copyBufPool.Get().(*[]byte)
+		n := s.rbuf.read(*bp)
 		c.addRecvCreditLocked(s, int32(n))
 		s.sinkBusy = true
 		c.mu.Unlock()
 		c.tryFlushCtrl()
 
-		_, werr := dst.Write(buf[:n])
+		_, werr := dst.Write((*bp)[:n])
+		copyBufPool.Put(bp)
 		c.mu.Lock()
 		s.sinkBusy = false
 		if werr != nil {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -17,7 +18,7 @@ import (
 // a fresh TCP connection to app each, and reports what each Join moved.
 // sndbuf, if not 0, is that connection's send buffer.
 func joinedServer(t *testing.T, app net.Listener, sndbuf int) (*testServer, <-chan [2]int64) {
-	moved := make(chan [2]int64, 16)
+	moved := make(chan [2]int64, 256) // room for every Join of a test
 	ts := startServer(t, func(ctx context.Context, r *Request, s *Stream) {
 		up, err := net.Dial("tcp", app.Addr().String())
 		if err != nil {
@@ -152,5 +153,63 @@ func TestJoinKeepsOrderWhenTheAppIsSlow(t *testing.T) {
 	}
 	if direct.Load() == 0 || left.Load() == 0 {
 		t.Fatalf("direct %d bytes, left to the buffer %d: want both paths taken", direct.Load(), left.Load())
+	}
+}
+
+// Idle tunnels hold no copy buffers: with many joined streams open and
+// quiet, the heap grows by far less than one buffer per tunnel.
+func TestIdleJoinsHoldNoBuffers(t *testing.T) {
+	const tunnels = 200
+	arrived := make(chan struct{}, tunnels)
+	app := listenApp(t, func(c net.Conn) {
+		b := make([]byte, 1)
+		if _, err := io.ReadFull(c, b); err == nil {
+			arrived <- struct{}{}
+		}
+		io.Copy(io.Discard, c)
+	})
+	ts, _ := joinedServer(t, app, 0)
+	cc, err := dialClient(t, ts.addr, alice, bob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	heap := func() uint64 {
+		// Twice: the first only moves pooled buffers to the pools'
+		// victim caches.
+		runtime.GC()
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapAlloc
+	}
+	// Warm the pools and the connection first.
+	st, err := cc.Connect(context.Background(), target("10.0.0.1:80"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Write([]byte{1})
+	<-arrived
+	before := heap()
+	for range tunnels {
+		st, err := cc.Connect(context.Background(), target("10.0.0.1:80"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		if _, err := st.Write([]byte{1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range tunnels {
+		select {
+		case <-arrived:
+		case <-time.After(10 * time.Second):
+			t.Fatal("not every tunnel reached the app")
+		}
+	}
+	perTunnel := (int64(heap()) - int64(before)) / tunnels
+	t.Logf("heap per idle tunnel (both ends and the app's socket): %d bytes", perTunnel)
+	if perTunnel > 16<<10 {
+		t.Fatalf("an idle tunnel holds %d bytes of heap, want well under one 64 KiB copy buffer", perTunnel)
 	}
 }
