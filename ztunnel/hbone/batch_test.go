@@ -8,10 +8,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
-
-	"github.com/zmesh/zmesh/identity"
 )
 
 // countingConn records every write that reaches the "socket".
@@ -99,17 +95,7 @@ func TestStreamWriteIsOneSocketWrite(t *testing.T) {
 		n, _ := io.Copy(io.Discard, s)
 		got <- int(n)
 	}, bob, nil)
-	p := testPKI(t)
-	nc, err := net.Dial("tcp", ts.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cc := &countingConn{Conn: nc}
-	c, err := NewClientConn(context.Background(), cc, identity.ClientTLS(p.src, alice, []spiffeid.ID{bob}), ClientOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c, cc := countedClient(t, ts.addr)
 	st, err := c.Connect(context.Background(), target("10.0.0.1:80"))
 	if err != nil {
 		t.Fatal(err)
@@ -138,17 +124,8 @@ func TestQueuedWritersShareOneFlush(t *testing.T) {
 		b, _ := io.ReadAll(s)
 		got <- string(b)
 	}, bob, nil)
-	p := testPKI(t)
-	nc, err := net.Dial("tcp", ts.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cc := &countingConn{Conn: nc}
-	c, err := NewClientConn(context.Background(), cc, identity.ClientTLS(p.src, alice, []spiffeid.ID{bob}), ClientOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c, cc := countedClient(t, ts.addr)
+	var err error
 	streams := make([]*Stream, writers)
 	for i := range streams {
 		if streams[i], err = c.Connect(context.Background(), target("10.0.0.1:80")); err != nil {

@@ -245,23 +245,8 @@ func TestLargeTransferIntegrity(t *testing.T) {
 				return
 			}
 			defer st.Close()
-			data := make([]byte, size)
-			r := rand.New(rand.NewPCG(uint64(i), 7))
-			for j := range data {
-				data[j] = byte(r.Uint32())
-			}
-			want := sha256.Sum256(data)
-			go func() {
-				// Odd write sizes cross frame and window boundaries.
-				for off := 0; off < len(data); {
-					n := min(len(data)-off, 1+r.IntN(200<<10))
-					if _, err := st.Write(data[off : off+n]); err != nil {
-						return
-					}
-					off += n
-				}
-				st.CloseWrite()
-			}()
+			data, want := randomData(uint64(i), size)
+			go writeInPieces(st, data, uint64(i), 200<<10)
 			h := sha256.New()
 			n, err := io.Copy(h, st)
 			if err != nil {
@@ -405,4 +390,28 @@ func TestUnreadDataReturnsConnectionWindow(t *testing.T) {
 	if got := exchange(t, st, "still flowing"); got != "still flowing" {
 		t.Fatalf("after abandoning data: %q", got)
 	}
+}
+
+// randomData returns size bytes from a seeded generator, and their hash.
+func randomData(seed uint64, size int) ([]byte, [sha256.Size]byte) {
+	data := make([]byte, size)
+	r := rand.New(rand.NewPCG(seed, 7))
+	for j := range data {
+		data[j] = byte(r.Uint32())
+	}
+	return data, sha256.Sum256(data)
+}
+
+// writeInPieces writes data to st in writes of random sizes up to max
+// (odd sizes cross frame and window boundaries), then ends st's direction.
+func writeInPieces(st *Stream, data []byte, seed uint64, max int) {
+	r := rand.New(rand.NewPCG(seed, 8))
+	for off := 0; off < len(data); {
+		n := min(len(data)-off, 1+r.IntN(max))
+		if _, err := st.Write(data[off : off+n]); err != nil {
+			return
+		}
+		off += n
+	}
+	st.CloseWrite()
 }

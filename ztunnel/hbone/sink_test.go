@@ -125,22 +125,8 @@ func TestJoinKeepsOrderWhenTheAppIsSlow(t *testing.T) {
 	ts, moved := joinedServer(t, app, 16<<10)
 	st := openStream(t, ts.addr)
 
-	data := make([]byte, size)
-	r := rand.New(rand.NewPCG(3, 4))
-	for i := range data {
-		data[i] = byte(r.Uint32())
-	}
-	want := sha256.Sum256(data)
-	go func() {
-		for off := 0; off < len(data); {
-			n := min(len(data)-off, 1+r.IntN(100<<10))
-			if _, err := st.Write(data[off : off+n]); err != nil {
-				return
-			}
-			off += n
-		}
-		st.CloseWrite()
-	}()
+	data, want := randomData(3, size)
+	go writeInPieces(st, data, 3, 100<<10)
 	got, err := readAllTimeout(t, st, 30*time.Second)
 	if err != nil {
 		t.Fatal(err)
