@@ -311,32 +311,13 @@ func TestReadDeadline(t *testing.T) {
 
 func TestJoinCarriesHalfClose(t *testing.T) {
 	// app: a TCP server that reads the request to EOF, then answers.
-	app, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer app.Close()
-	go func() {
-		c, err := app.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
+	app := listenApp(t, func(c net.Conn) {
 		b, _ := io.ReadAll(c)
 		c.Write(append([]byte("got "), b...))
 		c.(*net.TCPConn).CloseWrite()
-	}()
+	})
 	// The HBONE server joins each stream to the app, as ztunnel's inbound does.
-	ts := startServer(t, func(ctx context.Context, r *Request, s *Stream) {
-		up, err := net.Dial("tcp", app.Addr().String())
-		if err != nil {
-			s.RespondError(503, err.Error())
-			return
-		}
-		defer up.Close()
-		s.Respond(200)
-		Join(s, up)
-	}, bob, nil)
+	ts, _ := joinedServer(t, app, 0)
 	st := openStream(t, ts.addr)
 	if got := exchange(t, st, "request"); got != "got request" {
 		t.Fatalf("answer = %q", got)
