@@ -23,7 +23,8 @@ import (
 // pumpTo copies the stream into dst until the peer's END_STREAM (then it
 // returns a nil error) or a failure, letting the read loop deliver
 // directly meanwhile. It returns every byte that reached dst, whoever
-// wrote it. dst is not closed.
+// wrote it. dst is not closed. The stream's read deadline does not apply
+// (Join's streams have none); closing either side ends it.
 func (s *Stream) pumpTo(dst *net.TCPConn) (int64, error) {
 	rc, err := dst.SyscallConn()
 	if err != nil {
