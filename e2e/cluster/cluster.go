@@ -39,7 +39,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 	authnv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -150,7 +149,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		opts.Out = io.Discard
 	}
 	c := &Cluster{Root: Repo(), opts: opts, out: opts.Out}
-	c.rootLinks = rootLinkNames()
+	c.rootLinks = netenv.RootLinks()
 	if c.Dir, err = os.MkdirTemp("", "zmesh-e2e-"); err != nil {
 		return nil, err
 	}
@@ -610,32 +609,9 @@ func (c *Cluster) Close() error {
 // root namespace, mounts, bpffs pins, processes and the temporary directory.
 // Call it after Close.
 func (c *Cluster) Leftovers() []string {
-	var out []string
-	for _, ns := range netenv.Leftovers() {
-		out = append(out, "network namespace "+ns)
-	}
-	for _, l := range rootLinkNames() {
-		if !slices.Contains(c.rootLinks, l) {
-			out = append(out, "link in the root namespace: "+l)
-		}
-	}
+	out := netenv.LeftBehind(c.Dir, c.rootLinks, c.opts.Keep)
 	for _, p := range c.bpfPins {
 		out = append(out, "bpffs pin left after every pod was deleted: "+p)
-	}
-	if c.Dir != "" {
-		if mi, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
-			for _, line := range strings.Split(string(mi), "\n") {
-				if strings.Contains(line, c.Dir) {
-					out = append(out, "mount: "+line)
-				}
-			}
-		}
-		out = append(out, processesUnder(c.Dir)...)
-		if !c.opts.Keep {
-			if _, err := os.Stat(c.Dir); err == nil {
-				out = append(out, "temporary directory "+c.Dir)
-			}
-		}
 	}
 	for _, p := range c.allProcs() {
 		for _, pid := range p.Pids() {
@@ -666,20 +642,6 @@ func (c *Cluster) allProcs() []*Proc {
 	return ps
 }
 
-// processesUnder lists processes whose executable or arguments name dir.
-func processesUnder(dir string) []string {
-	var out []string
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil || !strings.Contains(string(b), dir) {
-			continue
-		}
-		out = append(out, fmt.Sprintf("process %s: %s", e.Name(), strings.ReplaceAll(string(b), "\x00", " ")))
-	}
-	return out
-}
-
 // childrenRunning lists this process's children running exe (pod apps).
 func childrenRunning(exe string) []string {
 	var out []string
@@ -703,15 +665,6 @@ func childrenRunning(exe string) []string {
 		if target, err := os.Readlink(filepath.Join("/proc", e.Name(), "exe")); err == nil && target == exe {
 			out = append(out, "pod process "+e.Name())
 		}
-	}
-	return out
-}
-
-func rootLinkNames() []string {
-	links, _ := netlink.LinkList()
-	var out []string
-	for _, l := range links {
-		out = append(out, l.Attrs().Name)
 	}
 	return out
 }

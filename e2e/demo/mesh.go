@@ -18,7 +18,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/features"
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/zmesh/zmesh/e2e/netenv"
@@ -115,7 +114,7 @@ func (m *mesh) build(ctx context.Context) error {
 // network builds the underlay and the nodes' host namespaces, with routes
 // between the nodes' pod ranges.
 func (m *mesh) network() error {
-	m.rootLinks = rootLinkNames()
+	m.rootLinks = netenv.RootLinks()
 	lan, err := netenv.NewLAN(underlay)
 	if err != nil {
 		return fmt.Errorf("underlay: %w", err)
@@ -344,25 +343,11 @@ func (m *mesh) Close() {
 // root namespace, bpffs pins, mounts, processes, pod apps and the
 // temporary directory.
 func (m *mesh) leftovers() []string {
-	out := slices.Clone(m.teardownErrs)
-	for _, ns := range netenv.Leftovers() {
-		out = append(out, "network namespace "+ns)
-	}
-	for _, l := range rootLinkNames() {
-		if m.rootLinks != nil && !slices.Contains(m.rootLinks, l) {
-			out = append(out, "link in the root namespace: "+l)
-		}
-	}
+	out := append(slices.Clone(m.teardownErrs), netenv.LeftBehind(m.tmp, m.rootLinks, m.keep)...)
 	for _, p := range m.pinsLeft {
 		out = append(out, "bpffs pin left after every pod was deleted: "+p)
 	}
-	if mi, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
-		for _, line := range strings.Split(string(mi), "\n") {
-			if strings.Contains(line, m.tmp) {
-				out = append(out, "mount: "+line)
-			}
-		}
-	}
+	// Pod apps are this executable re-run with podapp.Env set.
 	self := fmt.Sprint(os.Getpid())
 	exe, _ := os.Executable()
 	ents, _ := os.ReadDir("/proc")
@@ -370,18 +355,10 @@ func (m *mesh) leftovers() []string {
 		if e.Name() == self {
 			continue
 		}
-		if b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline")); err == nil && strings.Contains(string(b), m.tmp) {
-			out = append(out, fmt.Sprintf("process %s: %s", e.Name(), strings.ReplaceAll(string(b), "\x00", " ")))
-		}
 		if b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ")); err == nil && strings.Contains(string(b), podapp.Env+"=") {
 			if target, _ := os.Readlink(filepath.Join("/proc", e.Name(), "exe")); target == exe {
 				out = append(out, "pod app process "+e.Name())
 			}
-		}
-	}
-	if !m.keep {
-		if _, err := os.Stat(m.tmp); err == nil {
-			out = append(out, "temporary directory "+m.tmp)
 		}
 	}
 	return out
@@ -395,15 +372,6 @@ func bpfEntries(root string) []string {
 		}
 		return nil
 	})
-	return out
-}
-
-func rootLinkNames() []string {
-	links, _ := netlink.LinkList()
-	var out []string
-	for _, l := range links {
-		out = append(out, l.Attrs().Name)
-	}
 	return out
 }
 
