@@ -11,7 +11,7 @@ BENCH_PKGS := ./ztunnel/hbone/ ./ztunnel/inpod/ ./ztunnel/proxy/ ./cni/plugin/
 BENCH_COUNT ?= 3
 BENCH_TIME ?= 1s
 
-.PHONY: all build test test-unit demo bench bench-quick bench-micro generate lint deps clean
+.PHONY: all build test test-unit demo bench bench-quick bench-micro bench-compare generate lint deps clean
 
 all: build
 
@@ -54,6 +54,14 @@ bench: deps
 
 bench-micro:
 	$(GO) test -run '^$$' -bench . -benchmem -count $(BENCH_COUNT) -benchtime $(BENCH_TIME) $(BENCH_PKGS) | $(GO) run ./e2e/bench/benchratio -baseline tcp,tls,direct,without
+
+# The micro-benchmarks of BASE (a revision) against the working tree,
+# alternated round by round and compared with benchstat (e2e/bench/compare.sh;
+# COUNT rounds, BENCH_TIME each): make bench-compare BASE=<rev>.
+BASE ?= HEAD
+bench-compare: deps
+	@ZMESH_BENCH=1 .ci/deps.sh
+	e2e/bench/compare.sh $(BASE) $(BENCH_PKGS)
 
 # About 3 minutes: the e2e bench with 2 short repetitions; the
 # micro-benchmarks run with `make bench-micro`.

@@ -70,6 +70,12 @@ if [[ ${ZMESH_BENCH:-} == 1 ]]; then
 		echo "deps: building fortio $fortio_ver"
 		GOFLAGS= GOBIN=$bench_tools go install "fortio.org/fortio@$fortio_ver"
 	fi
+	# benchstat for make bench-compare, pinned the same way.
+	perf_ver=v0.0.0-20260908200009-22c9c6c9d4da
+	if ! go version -m "$bench_tools/benchstat" 2>/dev/null | grep -q "golang.org/x/perf[[:space:]]*$perf_ver"; then
+		echo "deps: building benchstat (golang.org/x/perf $perf_ver)"
+		GOFLAGS= GOBIN=$bench_tools go install "golang.org/x/perf/cmd/benchstat@$perf_ver"
+	fi
 fi
 
 if [[ $(id -u) -ne 0 ]]; then
