@@ -4,7 +4,10 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"io"
 	"net"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -78,6 +81,21 @@ func TestEndToEnd(t *testing.T) {
 			t.Fatal("TLS 1.2 handshake succeeded")
 		}
 	})
+	t.Run("full records, no session tickets", func(t *testing.T) {
+		records, tickets, err := firstRecords(ClientTLS(m, podAID, []spiffeid.ID{podBID}), ServerTLS(m, podBID, nil), 64<<10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// 64 KiB is four full records: 16 KiB of data, the inner content
+		// type and the 16-byte AEAD tag. Go's default ramps record sizes
+		// up from about 1 KiB on each new connection.
+		if want := []int{16401, 16401, 16401, 16401}; !slices.Equal(records, want) {
+			t.Errorf("records of a 64 KiB write: %v, want %v", records, want)
+		}
+		if tickets != 0 {
+			t.Errorf("client was offered %d session tickets, want none", tickets)
+		}
+	})
 	if n := len(m.Certificates()); n != 3 {
 		t.Errorf("manager tracks %d identities, want a, b and the refused c", n)
 	}
@@ -133,3 +151,97 @@ func handshake(client, server *tls.Config) (tls.ConnectionState, tls.ConnectionS
 	}
 	return tc.ConnectionState(), sr.cs, sr.err
 }
+
+// firstRecords handshakes over loopback TCP, has the server write size
+// bytes at once, and returns the lengths of the TLS records that write
+// made, and how many session tickets reached the client.
+func firstRecords(client, server *tls.Config, size int) (records []int, tickets int, err error) {
+	cache := &ticketCounter{}
+	client.ClientSessionCache = cache
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, 0, err
+	}
+	defer lis.Close()
+	rec := &writeRecorder{}
+	srvErr := make(chan error, 1)
+	go func() {
+		c, err := lis.Accept()
+		if err != nil {
+			srvErr <- err
+			return
+		}
+		defer c.Close()
+		rec.Conn = c
+		tc := tls.Server(rec, server)
+		if err := tc.Handshake(); err != nil {
+			srvErr <- err
+			return
+		}
+		rec.start()
+		_, err = tc.Write(make([]byte, size))
+		srvErr <- err
+	}()
+	c, err := net.DialTimeout("tcp", lis.Addr().String(), 5*time.Second)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(tls.Client(c, client), make([]byte, size)); err != nil {
+		return nil, 0, err
+	}
+	if err := <-srvErr; err != nil {
+		return nil, 0, err
+	}
+	b := rec.bytes()
+	for len(b) >= 5 {
+		n := int(b[3])<<8 | int(b[4])
+		records = append(records, n)
+		b = b[min(len(b), 5+n):]
+	}
+	return records, cache.puts(), nil
+}
+
+// writeRecorder keeps what is written to its connection once started.
+type writeRecorder struct {
+	net.Conn
+	mu  sync.Mutex
+	on  bool
+	buf []byte
+}
+
+func (w *writeRecorder) start() { w.mu.Lock(); w.on = true; w.mu.Unlock() }
+
+func (w *writeRecorder) bytes() []byte {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Clone(w.buf)
+}
+
+func (w *writeRecorder) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	if w.on {
+		w.buf = append(w.buf, p...)
+	}
+	w.mu.Unlock()
+	return w.Conn.Write(p)
+}
+
+// ticketCounter is a client session cache that counts what it is given.
+type ticketCounter struct {
+	mu sync.Mutex
+	n  int
+}
+
+func (c *ticketCounter) Get(string) (*tls.ClientSessionState, bool) { return nil, false }
+
+func (c *ticketCounter) Put(_ string, cs *tls.ClientSessionState) {
+	if cs != nil {
+		c.mu.Lock()
+		c.n++
+		c.mu.Unlock()
+	}
+}
+
+func (c *ticketCounter) puts() int { c.mu.Lock(); defer c.mu.Unlock(); return c.n }
