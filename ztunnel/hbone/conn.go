@@ -625,6 +625,7 @@ func (c *conn) handleData(f *http2.DataFrame) error {
 	if wake {
 		// Data delivered straight to a sink wakes no one.
 		st.cond.Broadcast()
+		st.kickSinkLocked()
 	}
 	ended := st.maybeFinishLocked()
 	c.mu.Unlock()

@@ -22,6 +22,19 @@ var copyBufPool = sync.Pool{New: func() any { b := make([]byte, 64<<10); return 
 // END_STREAM). It returns the bytes copied each way: sent is a→b.
 // Neither connection is closed.
 func Join(a, b net.Conn) (sent, received int64, err error) {
+	// A stream and a TCP socket, ztunnel's case: the stream's direction
+	// needs no goroutine (sink.go).
+	if s, ok := a.(*Stream); ok {
+		if tcp, ok := b.(*net.TCPConn); ok {
+			return joinTCP(s, tcp)
+		}
+	}
+	if s, ok := b.(*Stream); ok {
+		if tcp, ok := a.(*net.TCPConn); ok {
+			received, sent, err = joinTCP(s, tcp)
+			return sent, received, err
+		}
+	}
 	var wg sync.WaitGroup
 	var errB error
 	wg.Add(1)
@@ -34,6 +47,21 @@ func Join(a, b net.Conn) (sent, received int64, err error) {
 	return sent, received, errors.Join(err, errB)
 }
 
+// joinTCP joins a stream and a TCP socket: the socket's direction is
+// copied by this goroutine, the stream's by the read loop into its sink.
+// It returns the bytes copied each way: toTCP is s→tcp.
+func joinTCP(s *Stream, tcp *net.TCPConn) (toTCP, fromTCP int64, err error) {
+	end, err := s.attachSink(tcp)
+	if err != nil {
+		s.Close()
+		tcp.Close()
+		return 0, 0, err
+	}
+	fromTCP, err = halfCopy(s, tcp)
+	<-end.done
+	return end.n, fromTCP, errors.Join(end.err, err)
+}
+
 // halfCopy copies src to dst, then ends dst's sending direction. On a
 // failure both connections are closed for reading so the other direction
 // stops too.
@@ -42,21 +70,17 @@ func Join(a, b net.Conn) (sent, received int64, err error) {
 // connections): TCP to TCP is spliced in the kernel (the plaintext inbound
 // hop to the app, passthrough); a TCP source is read into a pooled buffer
 // only once it is readable, and the buffer goes back before it waits again;
-// a stream joined to TCP is written by the read loop, its pump taking a
-// buffer only when the socket was full.
+// a stream joined to TCP has no copy here at all (joinTCP).
 func halfCopy(dst, src net.Conn) (int64, error) {
 	var n int64
 	var err error
 	srcTCP, fromTCP := src.(*net.TCPConn)
 	dstTCP, toTCP := dst.(*net.TCPConn)
-	s, fromStream := src.(*Stream)
 	switch {
 	case fromTCP && toTCP:
 		n, err = dstTCP.ReadFrom(srcTCP) // splice(2)
 	case fromTCP:
 		n, err = copyFromTCP(dst, srcTCP)
-	case fromStream && toTCP:
-		n, err = s.pumpTo(dstTCP)
 	default:
 		bp := copyBufPool.Get().(*[]byte)
 		// Plain io.CopyBuffer would let a ReaderFrom or WriterTo take

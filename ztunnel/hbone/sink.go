@@ -8,68 +8,120 @@ import (
 )
 
 // A stream joined to a plain TCP socket (the app's connection, or the
-// pod's captured one) has that socket as its sink. Received DATA then goes
-// from the read loop straight into the socket with one non-blocking write,
-// instead of into the stream's buffer for a copying goroutine to wake up,
-// read and write out: one goroutine hand-off less per burst, on each
-// ztunnel, in each direction. What the socket does not take at once waits
-// in the buffer, and the copying goroutine (pumpTo) writes it with a
-// blocking write, as before. The read loop itself never blocks on a sink.
+// pod's captured one) has that socket as its sink, and no goroutine of
+// its own for that direction. The read loop writes received DATA straight
+// into the socket with one non-blocking write. Only what the socket does
+// not take at once waits in the stream's buffer, and only then does a
+// drain goroutine start, write the buffer out with blocking writes, and
+// exit once it is empty. The end of the direction (END_STREAM, a reset, a
+// failed write) is carried to the socket by a drain goroutine too. An
+// idle joined stream therefore costs no goroutine, and a request that fits
+// the socket costs no goroutine hand-off: the read loop never blocks on a
+// sink.
 //
 // Order is kept by one rule: only one party writes to the sink at a time
 // (sinkBusy), and the read loop writes directly only while the buffer is
 // empty, so nothing it writes can overtake bytes that came earlier.
 
-// pumpTo copies the stream into dst until the peer's END_STREAM (then it
-// returns a nil error) or a failure, letting the read loop deliver
-// directly meanwhile. It returns every byte that reached dst, whoever
-// wrote it. dst is not closed. The stream's read deadline does not apply
-// (Join's streams have none); closing either side ends it.
-func (s *Stream) pumpTo(dst *net.TCPConn) (int64, error) {
+// sinkEnd is how a stream's sink direction ended: the bytes that reached
+// the socket, whoever wrote them, and the error (nil after the peer's
+// END_STREAM). done is closed once both are set.
+type sinkEnd struct {
+	done chan struct{}
+	n    int64
+	err  error
+}
+
+// attachSink makes dst the stream's sink until the peer's END_STREAM or a
+// failure. Then dst's sending direction is shut (after END_STREAM), or
+// dst and the stream are closed (after a failure), and the returned
+// sinkEnd is done. dst is not otherwise closed. The stream's read
+// deadline does not apply; closing either side ends it.
+func (s *Stream) attachSink(dst *net.TCPConn) (*sinkEnd, error) {
 	rc, err := dst.SyscallConn()
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
+	end := &sinkEnd{done: make(chan struct{})}
 	c := s.c
 	c.mu.Lock()
-	s.sink = rc
+	s.sink, s.sinkConn, s.sinkEnd = rc, dst, end
+	s.kickSinkLocked() // data or the end may be here already
 	c.mu.Unlock()
-	var total int64
+	return end, nil
+}
+
+// kickSinkLocked starts a drain goroutine when the sink has work the read
+// loop cannot do without blocking: buffered data, or the end to carry
+// over. c.mu held.
+func (s *Stream) kickSinkLocked() {
+	if s.sink == nil || s.draining || s.sinkBusy {
+		return
+	}
+	if s.rbuf.len() > 0 || s.remoteEnded || s.err != nil {
+		s.draining = true
+		go s.drain()
+	}
+}
+
+// drain writes the buffer to the sink with blocking writes, and carries
+// the end over once the buffer is empty. It exits as soon as there is
+// nothing to do, leaving the socket to the read loop again.
+func (s *Stream) drain() {
+	c := s.c
+	c.mu.Lock()
 	for {
-		c.mu.Lock()
-		for s.sinkBusy || (s.rbuf.len() == 0 && !s.remoteEnded && s.err == nil) {
+		for s.sinkBusy { // the read loop is writing directly
 			s.cond.Wait()
 		}
 		if s.rbuf.len() == 0 {
-			// Ended or failed, and everything received is out.
-			s.sink = nil
-			total += s.sunk
-			s.sunk = 0
-			err := s.err
-			c.mu.Unlock()
-			return total, err
+			if !s.remoteEnded && s.err == nil {
+				s.draining = false
+				c.mu.Unlock()
+				return
+			}
+			s.finishSinkLocked(s.err) // unlocks
+			return
 		}
 		bp := copyBufPool.Get().(*[]byte)
 		n := s.rbuf.read(*bp)
 		c.addRecvCreditLocked(s, int32(n))
 		s.sinkBusy = true
+		dst := s.sinkConn
 		c.mu.Unlock()
 		c.tryFlushCtrl()
 
-		_, werr := dst.Write((*bp)[:n])
+		m, werr := dst.Write((*bp)[:n])
 		copyBufPool.Put(bp)
 		c.mu.Lock()
 		s.sinkBusy = false
+		s.sunk += int64(m)
 		if werr != nil {
-			s.sink = nil
-			total += s.sunk
-			s.sunk = 0
-			c.mu.Unlock()
-			return total, werr
+			s.finishSinkLocked(werr) // unlocks
+			return
 		}
-		c.mu.Unlock()
-		total += int64(n)
 	}
+}
+
+// finishSinkLocked ends the sink direction with err (nil: the peer's
+// END_STREAM) and releases c.mu. On a failure the socket and the stream
+// are closed, so the other direction stops too; otherwise the socket's
+// sending direction is shut, the TCP form of END_STREAM.
+func (s *Stream) finishSinkLocked(err error) {
+	c := s.c
+	dst, end := s.sinkConn, s.sinkEnd
+	s.sink, s.sinkConn, s.sinkEnd = nil, nil, nil
+	s.draining = false
+	end.n, s.sunk = s.sunk, 0
+	c.mu.Unlock()
+	if err != nil {
+		dst.Close()
+		s.Close()
+	} else {
+		err = dst.CloseWrite()
+	}
+	end.err = err
+	close(end.done)
 }
 
 // deliverLocked hands received data to the stream: straight to its sink
@@ -82,7 +134,7 @@ func (s *Stream) deliverLocked(data []byte) (buffered bool) {
 		sink := s.sink
 		s.sinkBusy = true
 		c.mu.Unlock()
-		n, _ := writeNow(sink, data) // a failure is met again by pumpTo's own write
+		n, _ := writeNow(sink, data) // a failure is met again by drain's own write
 		if testHookDirect != nil {
 			testHookDirect(n, len(data)-n)
 		}
@@ -94,7 +146,7 @@ func (s *Stream) deliverLocked(data []byte) (buffered bool) {
 			// Closed meanwhile: the rest is not wanted, but it still
 			// counts against the connection window.
 			c.addRecvCreditLocked(nil, int32(n+len(data)))
-			return true // wake the pump if it waits on sinkBusy
+			return true // wake a drain waiting on sinkBusy
 		}
 		c.addRecvCreditLocked(s, int32(n))
 		if len(data) == 0 {
@@ -128,7 +180,7 @@ func writeNow(rc syscall.RawConn, p []byte) (int, error) {
 			n += m
 			p = p[m:]
 		}
-		return true // never wait: the pump does that
+		return true // never wait: drain does that
 	})
 	if err == nil {
 		err = cerr

@@ -175,7 +175,7 @@ func TestIdleJoinsHoldNoBuffers(t *testing.T) {
 	}
 	st.Write([]byte{1})
 	<-arrived
-	before := heap()
+	before, goroutines := heap(), runtime.NumGoroutine()
 	for range tunnels {
 		st, err := cc.Connect(context.Background(), target("10.0.0.1:80"))
 		if err != nil {
@@ -196,6 +196,93 @@ func TestIdleJoinsHoldNoBuffers(t *testing.T) {
 	perTunnel := (int64(heap()) - int64(before)) / tunnels
 	t.Logf("heap per idle tunnel (both ends and the app's socket): %d bytes", perTunnel)
 	if perTunnel > 16<<10 {
-		t.Fatalf("an idle tunnel holds %d bytes of heap, want well under one 64 KiB copy buffer", perTunnel)
+		t.Errorf("an idle tunnel holds %d bytes of heap, want well under one 64 KiB copy buffer", perTunnel)
+	}
+	// Per tunnel: the test app's handler, and the server's stream
+	// handler in Join, reading the app. The stream's direction has no
+	// goroutine while idle (a copying one would make it three).
+	if extra := runtime.NumGoroutine() - goroutines; extra > 2*tunnels+tunnels/10 {
+		t.Errorf("%d idle tunnels added %d goroutines, want 2 each", tunnels, extra)
+	}
+}
+
+// drainRunning reports whether any stream has a drain goroutine.
+func drainRunning() bool {
+	buf := make([]byte, 1<<20)
+	return bytes.Contains(buf[:runtime.Stack(buf, true)], []byte("hbone.(*Stream).drain"))
+}
+
+// A drain goroutine lives only while the app's socket is full: once the
+// backlog is out it exits, and later data still arrives. A reset
+// of an idle joined stream closes the app's socket with no goroutine
+// waiting for it.
+func TestJoinDrainsOnlyWhileTheSocketIsFull(t *testing.T) {
+	release := make(chan struct{})
+	backlog, got := make(chan struct{}), make(chan int64, 1)
+	closed := make(chan error, 1)
+	app := listenApp(t, func(c net.Conn) {
+		<-release
+		buf := make([]byte, 64<<10)
+		var n int64
+		for n < 1<<20+3 {
+			k, err := c.Read(buf[:min(len(buf), 1<<20+3-int(n))])
+			if n < 1<<20 && n+int64(k) >= 1<<20 {
+				close(backlog) // all of it out of the socket
+			}
+			n += int64(k)
+			if err != nil {
+				closed <- err
+				return
+			}
+		}
+		got <- n
+		_, err := c.Read(buf) // the tunnel is idle now; its reset must end this
+		closed <- err
+	})
+	ts, moved := joinedServer(t, app, 16<<10)
+	st := openStream(t, ts.addr)
+	_, left := countDirect(t)
+
+	if _, err := st.Write(make([]byte, 1<<20)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a drain for what the full socket did not take", func() bool { return left.Load() > 0 && drainRunning() })
+	close(release)
+	select {
+	case <-backlog:
+	case err := <-closed:
+		t.Fatalf("app's socket failed: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the app did not get the first MiB")
+	}
+	waitFor(t, "the drain to exit once the backlog is out", func() bool { return !drainRunning() })
+	// More data after the drain exited still arrives (directly, or by a
+	// new drain if the socket still holds unacknowledged bytes).
+	if _, err := st.Write([]byte("abc")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case n := <-got:
+		if n != 1<<20+3 {
+			t.Fatalf("app got %d bytes", n)
+		}
+	case err := <-closed:
+		t.Fatalf("app's socket failed before all data came: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the app did not get every byte")
+	}
+	waitFor(t, "no drain on an idle stream", func() bool { return !drainRunning() })
+
+	st.Close() // RST_STREAM(CANCEL)
+	select {
+	case err := <-closed:
+		if err == nil {
+			t.Fatal("app read data after the reset")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the reset did not reach the app's socket")
+	}
+	if m := <-moved; m[0] != 1<<20+3 {
+		t.Errorf("Join counted %d bytes to the app, want %d", m[0], 1<<20+3)
 	}
 }

@@ -51,11 +51,15 @@ type Stream struct {
 	rdl, wdl time.Time
 	rtimer   *time.Timer
 	wtimer   *time.Timer
-	// sink, while pumpTo runs, is the socket received data may be
-	// written to directly (sink.go); sinkBusy while someone writes to
-	// it; sunk counts what the read loop wrote there.
+	// sink, while the stream is joined to a TCP socket (sinkConn), is
+	// where received data goes (sink.go); sinkBusy while someone writes
+	// to it; draining while a drain goroutine runs; sunk counts what
+	// reached it; sinkEnd learns how the direction ended.
 	sink     syscall.RawConn
+	sinkConn *net.TCPConn
+	sinkEnd  *sinkEnd
 	sinkBusy bool
+	draining bool
 	sunk     int64
 
 	// wmu keeps one Write's frames, and CloseWrite, in order.
@@ -239,6 +243,7 @@ func (s *Stream) Close() error {
 			s.err = errStreamClosed
 		}
 		s.cond.Broadcast()
+		s.kickSinkLocked()
 		removed := s.removeLocked()
 		// Bytes received but never read still count against the
 		// connection window: return them, or the connection starves.
@@ -270,6 +275,7 @@ func (s *Stream) failLocked(err error) {
 		s.err = err
 	}
 	s.cond.Broadcast()
+	s.kickSinkLocked()
 }
 
 // removeLocked takes the stream out of the connection's map and reports
@@ -317,6 +323,7 @@ func (s *Stream) handleHeaders(f *http2.MetaHeadersFrame) error {
 	}
 	if f.StreamEnded() {
 		s.remoteEnded = true
+		s.kickSinkLocked()
 	}
 	s.cond.Broadcast()
 	ended := s.maybeFinishLocked()
