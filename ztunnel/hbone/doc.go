@@ -13,7 +13,8 @@
 // The hot path keeps hand-offs few: a client may send a tunnel's first bytes
 // with its CONNECT (early data, held by the server until it answers 200);
 // writers queued on a connection share one flush; and a stream joined to a
-// TCP socket gets its data written there by the read loop itself.
+// TCP socket gets its data written there by the read loop itself, with no
+// goroutine of its own unless the socket is full.
 //
 // The package knows nothing of workloads, policy or the control plane: the
 // server hands its handler the verified peer identity and the request
