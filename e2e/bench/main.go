@@ -51,7 +51,7 @@ func main() {
 		reps     = flag.Int("reps", 0, "repetitions (default 3, quick 2)")
 		only     = flag.String("workloads", "", "comma-separated workloads to run (default all: lat1k,maxrps,bulk1,bulk8,newconn)")
 		paths    = flag.String("paths", "", "comma-separated paths (default all: direct,mesh,stunnel,haproxy)")
-		noMem    = flag.Bool("no-memory", false, "skip the ztunnel state memory measurement")
+		noMem    = flag.Bool("no-memory", false, "skip the memory measurements (idle connections, ztunnel state)")
 		profile  = flag.String("profile", "", "comma-separated workloads whose first mesh run is profiled (pprof CPU + allocs of both ztunnels; and the heap of the memory measurement)")
 		profDir  = flag.String("profile-dir", "", "where profiles go (default <out>/profiles-<stamp>)")
 		duration = flag.Duration("lat-duration", 0, "duration of each fixed-rate run (default 30s, quick 3s)")
@@ -223,6 +223,15 @@ func run(ctx context.Context, p plan, o options, stdout, progress io.Writer) err
 		}
 	}
 
+	var idle *report.Idle
+	if o.memory && slices.ContainsFunc(ps, func(x *path) bool { return x.name == report.Mesh }) {
+		fmt.Fprintf(progress, "[idle] %d connections through the mesh, one request each, then quiet\n", p.idleConns)
+		if idle, err = e.measureIdle(ctx, p.idleConns); err != nil {
+			fmt.Fprintf(progress, "          idle connection measurement failed: %v\n", err)
+			meta.Notes = append(meta.Notes, "idle connection measurement failed: "+err.Error())
+			idle = nil
+		}
+	}
 	var mem *report.Memory
 	if o.memory {
 		fmt.Fprintf(progress, "[memory] a third ztunnel with no pods: idle, then %d workloads and %d services from zmeshd\n", p.scaleWorkloads, p.scaleServices)
@@ -239,6 +248,7 @@ func run(ctx context.Context, p plan, o options, stdout, progress io.Writer) err
 	}
 
 	rep := report.Build(meta, wls, samples, mem)
+	rep.Idle = idle
 	fmt.Fprintln(stdout)
 	rep.Text(stdout)
 	return writeOutputs(rep, o.out, stamp, stdout)
@@ -295,6 +305,7 @@ func rerender(file string, stdout io.Writer) error {
 		return err
 	}
 	r := report.Build(old.Meta, report.Workloads(old.Meta.Rate, old.Meta.Conns), old.Samples, old.Memory)
+	r.Idle = old.Idle
 	r.Text(stdout)
 	return writeOutputs(r, filepath.Dir(file), strings.TrimSuffix(filepath.Base(file), ".json"), stdout)
 }

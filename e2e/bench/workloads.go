@@ -27,16 +27,17 @@ type plan struct {
 	profile                       []string // workloads whose first mesh run is profiled
 	profileDir                    string
 	scaleWorkloads, scaleServices int
+	idleConns                     int // connections held open for the idle figure
 }
 
 func fullPlan() plan {
 	return plan{reps: 3, rate: 1000, latConns: 10, maxConns: 64, lat: 30 * time.Second, maxRPS: 10 * time.Second, bulk: 10 * time.Second,
-		newConn: 5 * time.Second, newConnConns: 16, scaleWorkloads: 10000, scaleServices: 2000}
+		newConn: 5 * time.Second, newConnConns: 16, scaleWorkloads: 10000, scaleServices: 2000, idleConns: 2000}
 }
 
 func quickPlan() plan {
 	return plan{reps: 2, rate: 1000, latConns: 10, maxConns: 64, lat: 3 * time.Second, maxRPS: 2 * time.Second, bulk: 2 * time.Second,
-		newConn: 2 * time.Second, newConnConns: 16, scaleWorkloads: 10000, scaleServices: 2000}
+		newConn: 2 * time.Second, newConnConns: 16, scaleWorkloads: 10000, scaleServices: 2000, idleConns: 1000}
 }
 
 // duration is how long one run of the workload takes, for progress.

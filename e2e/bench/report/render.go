@@ -109,6 +109,12 @@ func (r *Report) Text(w io.Writer) {
 		fmt.Fprintf(w, "  RSS   idle %s MB  loaded %s MB  → %s bytes per workload (settled; %s MB right after the update)\n", FormatValue(mem.IdleRSS/1e6), FormatValue(mem.LoadedRSS/1e6), FormatValue(mem.RSSPerWorkload()), FormatValue(mem.PeakRSS/1e6))
 		fmt.Fprintf(w, "  heap  idle %s MB  loaded %s MB  → %s bytes per workload (live heap after GC)\n", FormatValue(mem.IdleHeap/1e6), FormatValue(mem.LoadedHeap/1e6), FormatValue(mem.HeapPerWorkload()))
 	}
+	if idle := r.Idle; idle != nil {
+		fmt.Fprintf(w, "\nidle connections: %d through the mesh, one request each, then quiet\n", idle.Conns)
+		for _, z := range idle.Ztunnels {
+			fmt.Fprintf(w, "  ztunnel %-8s %s bytes of heap, %s bytes of RSS, %s goroutines per connection\n", z.Node, FormatValue(z.HeapPerConn), FormatValue(z.RSSPerConn), FormatValue(z.GoroutinesPerConn))
+		}
+	}
 	fmt.Fprintf(w, "\nTargets (reported, never asserted)\n")
 	for _, t := range r.Targets {
 		v := "–"
@@ -176,6 +182,12 @@ func (r *Report) Markdown(w io.Writer, plotFile string) {
 		fmt.Fprintf(w, "\n### ztunnel state\n\n%d workloads and %d services fed by zmeshd over delta xDS to a ztunnel with no pods.\n\n| | idle | loaded | per workload |\n|---|---|---|---|\n", mem.Workloads, mem.Services)
 		fmt.Fprintf(w, "| RSS, settled (%s MB right after the update) | %s MB | %s MB | %s B |\n", FormatValue(mem.PeakRSS/1e6), FormatValue(mem.IdleRSS/1e6), FormatValue(mem.LoadedRSS/1e6), FormatValue(mem.RSSPerWorkload()))
 		fmt.Fprintf(w, "| heap in use after GC | %s MB | %s MB | %s B |\n", FormatValue(mem.IdleHeap/1e6), FormatValue(mem.LoadedHeap/1e6), FormatValue(mem.HeapPerWorkload()))
+	}
+	if idle := r.Idle; idle != nil {
+		fmt.Fprintf(w, "\n### Idle connections\n\n%d connections from the mesh client pod to the mesh server pod, one request each, then open and quiet; per connection:\n\n| ztunnel | heap after GC | RSS | goroutines |\n|---|---|---|---|\n", idle.Conns)
+		for _, z := range idle.Ztunnels {
+			fmt.Fprintf(w, "| %s | %s B | %s B | %s |\n", z.Node, FormatValue(z.HeapPerConn), FormatValue(z.RSSPerConn), FormatValue(z.GoroutinesPerConn))
+		}
 	}
 	if plotFile != "" {
 		fmt.Fprintf(w, "\n## Latency at the fixed rate\n\n![latency percentiles per path](%s)\n", plotFile)

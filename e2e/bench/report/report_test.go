@@ -156,7 +156,9 @@ func TestMedianCurve(t *testing.T) {
 
 func testReport() *Report {
 	meta := Meta{Date: time.Date(2026, 1, 2, 3, 4, 0, 0, time.UTC), Host: "h", Kernel: "k", GoVersion: "go", CPUs: 2, Reps: 3, Rate: 1000, Conns: 64}
-	return Build(meta, Workloads(1000, 64), testSamples(), &Memory{Workloads: 10000, Services: 2000, IdleRSS: 20e6, LoadedRSS: 40e6, IdleHeap: 1e6, LoadedHeap: 15e6})
+	r := Build(meta, Workloads(1000, 64), testSamples(), &Memory{Workloads: 10000, Services: 2000, IdleRSS: 20e6, LoadedRSS: 40e6, IdleHeap: 1e6, LoadedHeap: 15e6})
+	r.Idle = &Idle{Conns: 2000, Ztunnels: []IdleZtunnel{{Node: "node-1", HeapPerConn: 3400, RSSPerConn: 12000, GoroutinesPerConn: 1}}}
+	return r
 }
 
 func TestJSONRoundTrip(t *testing.T) {
@@ -179,6 +181,9 @@ func TestJSONRoundTrip(t *testing.T) {
 	if back.Memory.RSSPerWorkload() != 2000 {
 		t.Errorf("memory per workload after round trip = %g", back.Memory.RSSPerWorkload())
 	}
+	if back.Idle == nil || len(back.Idle.Ztunnels) != 1 || back.Idle.Ztunnels[0] != r.Idle.Ztunnels[0] {
+		t.Errorf("idle connections after round trip = %+v", back.Idle)
+	}
 	if len(back.Curves[Mesh]) != len(LatencyPercentiles) {
 		t.Errorf("mesh curve has %d points", len(back.Curves[Mesh]))
 	}
@@ -195,6 +200,7 @@ func TestRenderings(t *testing.T) {
 		"2.00×",
 		"MISSED", "met", "not measured",
 		"2000 bytes per workload",
+		"ztunnel node-1   3400 bytes of heap, 12000 bytes of RSS, 1.000 goroutines per connection",
 	} {
 		if !strings.Contains(txt.String(), want) {
 			t.Errorf("text lacks %q:\n%s", want, txt.String())
@@ -206,6 +212,7 @@ func TestRenderings(t *testing.T) {
 		"![latency percentiles per path](plot.svg)",
 		"| p99.9 |",
 		"| ztunnel state per workload (10000 workloads, 2000 services; RSS) | 1.953 KB | <= 2 KB | met |",
+		"| node-1 | 3400 B | 12000 B | 1.000 |",
 	} {
 		if !strings.Contains(md.String(), want) {
 			t.Errorf("markdown lacks %q:\n%s", want, md.String())

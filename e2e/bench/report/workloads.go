@@ -94,6 +94,24 @@ func Workloads(rate, conns int) []Workload {
 	}
 }
 
+// Idle is what open, quiet connections cost each ztunnel: Conns
+// connections from the mesh client pod to the mesh server pod, each
+// having carried one request, measured against the same ztunnels before
+// they were opened. Heap figures are taken right after a forced GC; RSS
+// also holds the goroutines' stacks.
+type Idle struct {
+	Conns    int           `json:"connections"`
+	Ztunnels []IdleZtunnel `json:"ztunnels"`
+}
+
+// IdleZtunnel is one ztunnel's cost per idle connection.
+type IdleZtunnel struct {
+	Node              string  `json:"node"`
+	HeapPerConn       float64 `json:"heap_bytes_per_connection"`
+	RSSPerConn        float64 `json:"rss_bytes_per_connection"`
+	GoroutinesPerConn float64 `json:"goroutines_per_connection"`
+}
+
 // Memory is ztunnel's state cost: one ztunnel with no pods, measured
 // idle, then once its state holds Workloads workloads and Services
 // services (fed by zmeshd over delta xDS). Heap figures are taken right
@@ -247,6 +265,7 @@ type Report struct {
 	Figures   []Figure           `json:"figures"`
 	Curves    map[string][]Point `json:"latency_curves"` // path -> median curve at the fixed rate
 	Memory    *Memory            `json:"memory,omitempty"`
+	Idle      *Idle              `json:"idle_connections,omitempty"`
 	Targets   []Target           `json:"targets"`
 	Samples   []Sample           `json:"samples"`
 }
