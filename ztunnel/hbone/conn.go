@@ -127,6 +127,9 @@ func newConn(nc net.Conn, client bool, streamWindow, connWindow int32) *conn {
 	c.br = bufio.NewReaderSize(nc, 64<<10)
 	c.fr = http2.NewFramer(c.bw, c.br)
 	c.fr.SetMaxReadFrameSize(maxReadFrameSize)
+	// A DATA frame is done with before the next is read (its payload is
+	// delivered or copied at once): one frame object for all of them.
+	c.fr.SetReuseFrames()
 	c.fr.MaxHeaderListSize = maxHeaderListSize
 	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	c.fr.ReadMetaHeaders.SetMaxStringLength(maxHeaderListSize)

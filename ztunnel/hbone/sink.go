@@ -45,7 +45,7 @@ func (s *Stream) attachSink(dst *net.TCPConn) (*sinkEnd, error) {
 	end := &sinkEnd{done: make(chan struct{})}
 	c := s.c
 	c.mu.Lock()
-	s.sink, s.sinkConn, s.sinkEnd = rc, dst, end
+	s.sink, s.sinkConn, s.sinkEnd = newSinkWriter(rc), dst, end
 	s.kickSinkLocked() // data or the end may be here already
 	c.mu.Unlock()
 	return end, nil
@@ -134,7 +134,7 @@ func (s *Stream) deliverLocked(data []byte) (buffered bool) {
 		sink := s.sink
 		s.sinkBusy = true
 		c.mu.Unlock()
-		n, _ := writeNow(sink, data) // a failure is met again by drain's own write
+		n, _ := sink.writeNow(data) // a failure is met again by drain's own write
 		if testHookDirect != nil {
 			testHookDirect(n, len(data)-n)
 		}
@@ -161,29 +161,51 @@ func (s *Stream) deliverLocked(data []byte) (buffered bool) {
 // the socket took and bytes left for the buffer.
 var testHookDirect func(direct, left int)
 
-// writeNow writes what the socket takes without waiting for room.
-func writeNow(rc syscall.RawConn, p []byte) (int, error) {
-	var n int
-	var err error
-	cerr := rc.Write(func(fd uintptr) bool {
-		for len(p) > 0 {
-			m, werr := unix.Write(int(fd), p)
-			if werr == unix.EINTR {
-				continue
-			}
-			if werr != nil {
-				if werr != unix.EAGAIN {
-					err = werr
-				}
-				break
-			}
-			n += m
-			p = p[m:]
-		}
-		return true // never wait: drain does that
-	})
+// sinkWriter writes to a sink socket without waiting for room. Its
+// callback is made once per sink, not per write: a closure handed to
+// RawConn.Write escapes, and with it everything it captures, which was
+// seven allocations per request through two ztunnels. Only the holder of
+// the stream's sinkBusy uses it.
+type sinkWriter struct {
+	rc  syscall.RawConn
+	p   []byte
+	n   int
+	err error
+	fn  func(fd uintptr) bool
+}
+
+func newSinkWriter(rc syscall.RawConn) *sinkWriter {
+	w := &sinkWriter{rc: rc}
+	w.fn = w.write
+	return w
+}
+
+// writeNow writes what the socket takes of p at once.
+func (w *sinkWriter) writeNow(p []byte) (int, error) {
+	w.p, w.n, w.err = p, 0, nil
+	cerr := w.rc.Write(w.fn)
+	n, err := w.n, w.err
+	w.p = nil
 	if err == nil {
 		err = cerr
 	}
 	return n, err
+}
+
+func (w *sinkWriter) write(fd uintptr) bool {
+	for len(w.p) > 0 {
+		m, err := unix.Write(int(fd), w.p)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			if err != unix.EAGAIN {
+				w.err = err
+			}
+			break
+		}
+		w.n += m
+		w.p = w.p[m:]
+	}
+	return true // never wait: drain does that
 }

@@ -8,7 +8,6 @@ import (
 	"os"
 	"strconv"
 	"sync"
-	"syscall"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -55,7 +54,7 @@ type Stream struct {
 	// where received data goes (sink.go); sinkBusy while someone writes
 	// to it; draining while a drain goroutine runs; sunk counts what
 	// reached it; sinkEnd learns how the direction ended.
-	sink     syscall.RawConn
+	sink     *sinkWriter
 	sinkConn *net.TCPConn
 	sinkEnd  *sinkEnd
 	sinkBusy bool
