@@ -44,10 +44,11 @@ build() {
 
 declare -A old new dir_old dir_new
 for pkg in "${pkgs[@]}"; do
-	if ! old[$pkg]=$(build "$work/base" old "$pkg"); then
+	if ! bin=$(build "$work/base" old "$pkg"); then
 		echo "compare: $pkg does not build at $base; skipped" >&2
 		continue
 	fi
+	old[$pkg]=$bin
 	new[$pkg]=$(build "$root" new "$pkg")
 	dir_old[$pkg]=$work/base/$pkg
 	dir_new[$pkg]=$root/$pkg
