@@ -3,8 +3,10 @@ package main
 import (
 	"math"
 	"os"
+	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/zmesh/zmesh/controlplane/source/dir"
 )
@@ -111,4 +113,21 @@ func writeFile(t *testing.T, name, s string) {
 	if err := os.WriteFile(name, []byte(s), 0o644); err != nil {
 		t.Fatal(err)
 	}
+}
+
+func TestSampleAnonPeak(t *testing.T) {
+	stop := sampleAnonPeak([]int{os.Getpid(), -1})
+	ballast := make([]byte, 32<<20)
+	for i := range ballast { // touch it: private memory
+		ballast[i] = byte(i)
+	}
+	time.Sleep(250 * time.Millisecond)
+	peaks := stop()
+	if peaks[0] < 32<<20 {
+		t.Errorf("peak RssAnon of this process %g bytes, want at least the 32 MiB it touched", peaks[0])
+	}
+	if peaks[1] != 0 {
+		t.Errorf("a pid that does not exist has peak %g", peaks[1])
+	}
+	runtime.KeepAlive(ballast)
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/zmesh/zmesh/e2e/proc"
 )
@@ -139,4 +140,39 @@ func parseIOField(b []byte, field string) (float64, error) {
 		}
 	}
 	return 0, fmt.Errorf("io: no %s", field)
+}
+
+// sampleAnonPeak reads each pid's RssAnon every 100 ms until stop is
+// called, and stop returns the highest seen per pid. The kernel keeps a
+// peak of the whole resident set (VmHWM), which is mostly the mapped pages
+// of the binary, but none of the private memory alone.
+func sampleAnonPeak(pids []int) (stop func() []float64) {
+	peaks := make([]float64, len(pids))
+	read := func() {
+		for i, pid := range pids {
+			if v := statusBytes(pid, "RssAnon"); v > peaks[i] {
+				peaks[i] = v
+			}
+		}
+	}
+	done, exited := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(exited)
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		for {
+			read()
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return func() []float64 {
+		close(done)
+		<-exited
+		read()
+		return peaks
+	}
 }

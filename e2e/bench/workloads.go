@@ -75,6 +75,10 @@ func (r *runner) run(ctx context.Context, w string, p *path, rep int) (report.Sa
 	if slices.Contains(r.plan.profile, w) && p.name == report.Mesh && r.plan.profileDir != "" && rep == 1 {
 		prof = startProfiles(ctx, r.plan.profileDir, w, p.ztunnels, r.seconds(w))
 	}
+	var anonPeaks func() []float64
+	if w == report.Lat1k && len(p.ztunnels) == 2 {
+		anonPeaks = sampleAnonPeak([]int{p.ztunnels[0].Pid(), p.ztunnels[1].Pid()})
+	}
 	var requests, bytes float64
 	var err error
 	switch w {
@@ -96,6 +100,11 @@ func (r *runner) run(ctx context.Context, w string, p *path, rep int) (report.Sa
 		err = fmt.Errorf("unknown workload %q", w)
 	}
 	s.Seconds = time.Since(s.Start).Seconds()
+	if anonPeaks != nil {
+		peaks := anonPeaks()
+		s.Values[report.KeyZt1AnonPeak] = peaks[0] / 1e6
+		s.Values[report.KeyZt2AnonPeak] = peaks[1] / 1e6
+	}
 	if prof != nil {
 		if perr := prof.wait(); perr != nil {
 			s.Note = "profile: " + perr.Error()

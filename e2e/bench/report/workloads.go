@@ -34,7 +34,10 @@ const (
 	// without the pages of its binary that RSS also counts.
 	KeyZt1Anon = "zt_client_anon_rss_mb"
 	KeyZt2Anon = "zt_server_anon_rss_mb"
-	KeyGbps    = "gbps"
+	// The highest RssAnon seen during the run (sampled every 100 ms).
+	KeyZt1AnonPeak = "zt_client_peak_anon_rss_mb"
+	KeyZt2AnonPeak = "zt_server_peak_anon_rss_mb"
+	KeyGbps        = "gbps"
 	// Syscalls of the path's proxies through read(2)/write(2) and their
 	// vectored forms (/proc/<pid>/io): a figure the machine's load does
 	// not move. Not shown for haproxy, whose send/recv/splice it misses.
@@ -73,6 +76,8 @@ func Workloads(rate, conns int) []Workload {
 		Metric{Key: KeyZt2CPU, Label: "server ztunnel CPU s per 1000 req", Unit: "s", Better: Lower, Only: []string{Mesh}},
 		Metric{Key: KeyZt1HWM, Label: "client ztunnel peak RSS", Unit: "MB", Better: Lower, Only: []string{Mesh}},
 		Metric{Key: KeyZt2HWM, Label: "server ztunnel peak RSS", Unit: "MB", Better: Lower, Only: []string{Mesh}},
+		Metric{Key: KeyZt1AnonPeak, Label: "client ztunnel peak private RSS", Unit: "MB", Better: Lower, Only: []string{Mesh}},
+		Metric{Key: KeyZt2AnonPeak, Label: "server ztunnel peak private RSS", Unit: "MB", Better: Lower, Only: []string{Mesh}},
 		Metric{Key: KeyZt1Anon, Label: "client ztunnel private RSS after the run", Unit: "MB", Better: Lower, Only: []string{Mesh}},
 		Metric{Key: KeyZt2Anon, Label: "server ztunnel private RSS after the run", Unit: "MB", Better: Lower, Only: []string{Mesh}},
 	)
