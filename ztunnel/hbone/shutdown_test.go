@@ -45,7 +45,10 @@ func TestShutdownServesConnectionStillOpening(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-accepted
-	// The server now waits in its handshake for our ClientHello.
+	// Wait until the server is in its handshake, waiting for our
+	// ClientHello: a Shutdown that ended before ServeConn began would
+	// rightly refuse the connection.
+	waitUntil(t, func() bool { srv.mu.Lock(); defer srv.mu.Unlock(); return srv.opening == 1 })
 	shutdown := make(chan error, 1)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
