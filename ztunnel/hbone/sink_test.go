@@ -246,7 +246,8 @@ func TestJoinDrainsOnlyWhileTheSocketIsFull(t *testing.T) {
 	if _, err := st.Write(make([]byte, 1<<20)); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "a drain for what the full socket did not take", func() bool { return left.Load() > 0 && drainRunning() })
+	// Wait for a drain for what the full socket did not take.
+	waitUntil(t, func() bool { return left.Load() > 0 && drainRunning() })
 	close(release)
 	select {
 	case <-backlog:
@@ -255,7 +256,8 @@ func TestJoinDrainsOnlyWhileTheSocketIsFull(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the app did not get the first MiB")
 	}
-	waitFor(t, "the drain to exit once the backlog is out", func() bool { return !drainRunning() })
+	// Wait for the drain to exit once the backlog is out.
+	waitUntil(t, func() bool { return !drainRunning() })
 	// More data after the drain exited still arrives (directly, or by a
 	// new drain if the socket still holds unacknowledged bytes).
 	if _, err := st.Write([]byte("abc")); err != nil {
@@ -271,7 +273,8 @@ func TestJoinDrainsOnlyWhileTheSocketIsFull(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the app did not get every byte")
 	}
-	waitFor(t, "no drain on an idle stream", func() bool { return !drainRunning() })
+	// No drain is left once the stream is idle again.
+	waitUntil(t, func() bool { return !drainRunning() })
 
 	st.Close() // RST_STREAM(CANCEL)
 	select {
