@@ -3,7 +3,6 @@ package inpod
 import (
 	"io"
 	"net"
-	"net/netip"
 	"testing"
 )
 
@@ -19,17 +18,7 @@ func BenchmarkCaptureConnectEcho(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	server, serverIP, err := lan.Host("server")
-	if err != nil {
-		b.Fatal(err)
-	}
-	target := netip.AddrPortFrom(serverIP, 7)
-	echo, err := server.Listen("tcp", target.String())
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { echo.Close() })
-	serve(b, echo, func(c net.Conn) { io.Copy(c, c) })
+	target := serveOnHost(b, lan, func(c net.Conn) { io.Copy(c, c) })
 
 	outboundPassThrough(b, p)
 

@@ -99,6 +99,22 @@ func serve(t testing.TB, ln net.Listener, h func(net.Conn)) {
 	})
 }
 
+// serveOnHost adds a host "server" to lan, serves h on its port 7 until
+// the test ends, and returns that address.
+func serveOnHost(t testing.TB, lan *netenv.LAN, h func(net.Conn)) netip.AddrPort {
+	server, ip, err := lan.Host("server")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := netip.AddrPortFrom(ip, 7)
+	ln, err := server.Listen("tcp", addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	serve(t, ln, h)
+	return addr
+}
+
 // outboundPassThrough is ztunnel's outbound path without HBONE: a 15001
 // listener steered by capture, dialing each connection's original
 // destination from the pod with a marked socket.
@@ -134,17 +150,7 @@ func addrOf(a net.Addr) netip.AddrPort {
 func TestOutboundThroughInPodSockets(t *testing.T) {
 	lan := newLAN(t, "10.88.0.0/24")
 	p := newCapturedPod(t, lan)
-	server, serverIP, err := lan.Host("server")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dst := netip.AddrPortFrom(serverIP, 7)
-	echo, err := server.Listen("tcp", dst.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer echo.Close()
-	serve(t, echo, func(c net.Conn) { io.Copy(c, c) })
+	dst := serveOnHost(t, lan, func(c net.Conn) { io.Copy(c, c) })
 
 	outboundPassThrough(t, p)
 
@@ -262,17 +268,8 @@ func must(fd int, err error) int {
 func TestDialsComeFromThePodsStock(t *testing.T) {
 	lan := newLAN(t, "10.92.0.0/24")
 	p := newCapturedPod(t, lan)
-	server, serverIP, err := lan.Host("server")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dst := netip.AddrPortFrom(serverIP, 7)
-	ln, err := server.Listen("tcp", dst.String())
-	if err != nil {
-		t.Fatal(err)
-	}
 	seen := make(chan netip.Addr, 64)
-	serve(t, ln, func(c net.Conn) { seen <- addrOf(c.RemoteAddr()).Addr(); io.Copy(c, c) })
+	dst := serveOnHost(t, lan, func(c net.Conn) { seen <- addrOf(c.RemoteAddr()).Addr(); io.Copy(c, c) })
 
 	nsfd, err := unix.FcntlInt(uintptr(p.ns.Handle()), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
