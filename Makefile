@@ -6,8 +6,8 @@ export GOTOOLCHAIN := local
 # Packages that create network namespaces run one at a time. The e2e
 # suite (e2e/l4) runs last, verbosely: its log is the evidence of what the
 # mesh did in each scenario.
-NETNS_PKGS := ./bpf/... ./cni/... ./ztunnel/... $$($(GO) list ./e2e/... | grep -v '/e2e/l4$$')
-BENCH_PKGS := ./ztunnel/hbone/ ./ztunnel/inpod/ ./ztunnel/proxy/ ./cni/plugin/
+NETNS_PKGS := ./bpf/... ./cni/... ./ztunnel/... ./internal/hbone/ $$($(GO) list ./e2e/... | grep -v '/e2e/l4$$')
+BENCH_PKGS := ./internal/hbone/ ./ztunnel/inpod/ ./ztunnel/proxy/ ./cni/plugin/
 BENCH_COUNT ?= 3
 BENCH_TIME ?= 1s
 
@@ -24,15 +24,15 @@ build: deps
 
 # The README's test command: lint, then every test (netns tests need root).
 test: deps lint
-	$(GO) test -count=1 -timeout 30m $$($(GO) list ./... | grep -v -E '^github.com/zmesh/zmesh/(bpf|cni|ztunnel|e2e)(/|$$)')
+	$(GO) test -count=1 -timeout 30m $$($(GO) list ./... | grep -v -E '^github.com/zmesh/zmesh/(bpf|cni|ztunnel|e2e|internal/hbone)(/|$$)')
 	$(GO) test -count=1 -p 1 -timeout 25m $(NETNS_PKGS)
-	$(GO) test -count=1 -race -timeout 15m ./identity/... ./ztunnel/... ./api/... ./cni/agent/ ./controlplane/model/... ./controlplane/translate/ ./controlplane/xds/ ./controlplane/push/ ./controlplane/status/ ./controlplane/source/dir/
+	$(GO) test -count=1 -race -timeout 15m ./identity/... ./ztunnel/... ./internal/hbone/ ./internal/xdsclient/ ./internal/meshclient/ ./api/... ./cni/agent/ ./controlplane/model/... ./controlplane/translate/ ./controlplane/xds/ ./controlplane/push/ ./controlplane/status/ ./controlplane/source/dir/
 	$(GO) test -count=1 -p 1 -v -timeout 25m ./e2e/l4/
 
 # The quick loop: tests that need neither root nor an API server.
 UNIT_PKGS := ./api/... ./identity/... ./controlplane/model/... ./controlplane/translate/ ./controlplane/xds/ \
 	./controlplane/push/ ./controlplane/status/ ./controlplane/source/dir/ ./ztunnel/authz/ ./ztunnel/state/ \
-	./ztunnel/xds/ ./ztunnel/telemetry/ ./ztunnel/admin/ ./cmd/zmeshctl/ ./cmd/ztunnel/ ./e2e/bench/report/ ./e2e/bench/benchratio/
+	./internal/xdsclient/ ./internal/meshclient/ ./ztunnel/telemetry/ ./ztunnel/admin/ ./cmd/zmeshctl/ ./cmd/ztunnel/ ./e2e/bench/report/ ./e2e/bench/benchratio/
 test-unit:
 	$(GO) test -count=1 $(UNIT_PKGS)
 

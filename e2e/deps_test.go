@@ -29,6 +29,10 @@ var rules = []rule{
 	{from: []string{"ztunnel", "waypoint", "cni"}, deny: []string{"controlplane"}, why: "data planes never import the control plane"},
 	{from: []string{"controlplane"}, deny: []string{"ztunnel", "waypoint", "cni"}, why: "the control plane never imports the data planes"},
 	{from: []string{"cmd/ztunnel", "cmd/waypoint", "cmd/zmesh-cni"}, deny: []string{"k8s.io/"}, why: "k8s.io/* stays out of the data-plane binaries"},
+	{from: []string{"ztunnel"}, deny: []string{"waypoint"}, why: "the two data planes never import each other"},
+	{from: []string{"waypoint"}, deny: []string{"ztunnel"}, why: "the two data planes never import each other"},
+	{from: []string{"internal"}, deny: []string{"ztunnel", "waypoint", "cni", "controlplane"}, why: "internal/ is shared by every binary and imports none of their trees"},
+	{from: []string{""}, deny: []string{"cmd"}, why: "nothing imports cmd/"},
 }
 
 func under(pkg, prefix string) bool {
@@ -48,13 +52,13 @@ func violations(graph map[string][]string, rules []rule) []string {
 	var out []string
 	for pkg, deps := range graph {
 		for _, r := range rules {
-			fromRoot := ""
+			fromRoot, matched := "", false
 			for _, f := range r.from {
 				if under(pkg, f) {
-					fromRoot = f
+					fromRoot, matched = f, true
 				}
 			}
-			if fromRoot == "" {
+			if !matched {
 				continue
 			}
 			for _, d := range deps {
@@ -75,17 +79,22 @@ func violations(graph map[string][]string, rules []rule) []string {
 
 func TestRulesCatchForbiddenImports(t *testing.T) {
 	graph := map[string][]string{
-		module + "/identity":        {"crypto/x509", module + "/identity/internal", module + "/ztunnel/hbone"},
+		module + "/identity":        {"crypto/x509", module + "/identity/internal", module + "/internal/hbone"},
 		module + "/ztunnel/proxy":   {module + "/identity", module + "/controlplane/model"},
 		module + "/controlplane/x":  {module + "/identity", module + "/cni/plugin"},
 		module + "/cmd/ztunnel":     {"k8s.io/client-go/kubernetes"},
 		module + "/cmd/zmeshd":      {"k8s.io/client-go/kubernetes"},
-		module + "/ztunnel/hbone":   {module + "/identity", "golang.org/x/net/http2"},
-		module + "/waypoint/router": {module + "/ztunnel/hbone"},
+		module + "/internal/hbone":  {module + "/identity", "golang.org/x/net/http2"},
+		module + "/waypoint/router": {module + "/internal/hbone", module + "/ztunnel/state"},
+		module + "/internal/x":      {module + "/controlplane/model"},
+		module + "/e2e/x":           {module + "/cmd/zmeshd"},
 	}
 	got := violations(graph, rules)
 	want := []string{
-		module + "/identity -> " + module + "/ztunnel/hbone",
+		module + "/identity -> " + module + "/internal/hbone",
+		module + "/waypoint/router -> " + module + "/ztunnel/state",
+		module + "/internal/x -> " + module + "/controlplane/model",
+		module + "/e2e/x -> " + module + "/cmd/zmeshd",
 		module + "/ztunnel/proxy -> " + module + "/controlplane/model",
 		module + "/controlplane/x -> " + module + "/cni/plugin",
 		module + "/cmd/ztunnel -> k8s.io/client-go/kubernetes",

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -11,17 +9,14 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/metadata"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -29,6 +24,8 @@ import (
 	"github.com/zmesh/zmesh/cni/agent"
 	"github.com/zmesh/zmesh/cni/agent/kube"
 	"github.com/zmesh/zmesh/cni/agent/wds"
+	"github.com/zmesh/zmesh/identity"
+	"github.com/zmesh/zmesh/internal/meshclient"
 )
 
 // source is a membership source the agent runs: informers or the workload
@@ -154,25 +151,22 @@ func run(ctx context.Context, f *flags) error {
 // newSource picks the membership source from the flags.
 func newSource(f *flags, log *slog.Logger) (source, func(), error) {
 	if f.xdsAddr != "" {
-		creds := insecure.NewCredentials()
+		var roots *meshclient.Bundle
 		if !f.plaintextControlPlane {
-			pem, err := os.ReadFile(f.rootCert)
-			if err != nil {
+			// The trust domain only labels the bundle: here it verifies
+			// zmeshd's serving certificate, not SPIFFE peers.
+			var err error
+			if roots, err = meshclient.LoadBundle(spiffeid.RequireTrustDomainFromString(identity.DefaultTrustDomain), f.rootCert, log); err != nil {
 				return nil, nil, fmt.Errorf("--root-cert: %w", err)
 			}
-			pool := x509.NewCertPool()
-			if !pool.AppendCertsFromPEM(pem) {
-				return nil, nil, fmt.Errorf("--root-cert %s: no certificate", f.rootCert)
-			}
-			creds = credentials.NewTLS(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12})
 		}
-		conn, err := grpc.NewClient(f.xdsAddr, grpc.WithTransportCredentials(creds))
+		conn, err := meshclient.Dial(f.xdsAddr, roots)
 		if err != nil {
 			return nil, nil, fmt.Errorf("--xds-address: %w", err)
 		}
 		var cc grpc.ClientConnInterface = conn
 		if f.tokenFile != "" {
-			cc = tokenConn{conn, f.tokenFile}
+			cc = meshclient.WithToken(conn, meshclient.TokenFile(f.tokenFile))
 		}
 		m, err := wds.New(wds.Config{Conn: cc, Node: f.node, Log: log})
 		if err != nil {
@@ -201,21 +195,6 @@ func newSource(f *flags, log *slog.Logger) (source, func(), error) {
 		return nil, nil, err
 	}
 	return m, func() {}, nil
-}
-
-// tokenConn adds the bearer token to every stream to zmeshd.
-type tokenConn struct {
-	*grpc.ClientConn
-	file string
-}
-
-func (c tokenConn) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
-	b, err := os.ReadFile(c.file)
-	if err != nil {
-		return nil, fmt.Errorf("--token-file: %w", err)
-	}
-	tok := strings.TrimSpace(string(b))
-	return c.ClientConn.NewStream(metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok), desc, method, opts...)
 }
 
 // checkBPFFS makes sure pins will survive the agent: root must be on a bpf

@@ -18,10 +18,10 @@ import (
 	"github.com/zmesh/zmesh/api/workload"
 	"github.com/zmesh/zmesh/api/workload/security"
 	"github.com/zmesh/zmesh/identity"
+	ztxds "github.com/zmesh/zmesh/internal/xdsclient"
 	"github.com/zmesh/zmesh/ztunnel/admin"
 	"github.com/zmesh/zmesh/ztunnel/proxy"
 	"github.com/zmesh/zmesh/ztunnel/state"
-	ztxds "github.com/zmesh/zmesh/ztunnel/xds"
 )
 
 func addr(s string) []byte { return netip.MustParseAddr(s).AsSlice() }

@@ -26,9 +26,9 @@ import (
 	"github.com/zmesh/zmesh/controlplane/xds"
 	"github.com/zmesh/zmesh/identity"
 	"github.com/zmesh/zmesh/internal/version"
+	"github.com/zmesh/zmesh/internal/xdsclient"
 	"github.com/zmesh/zmesh/ztunnel/config"
 	"github.com/zmesh/zmesh/ztunnel/state"
-	zxds "github.com/zmesh/zmesh/ztunnel/xds"
 )
 
 const meshYAML = `apiVersion: v1
@@ -120,10 +120,10 @@ func startDirectoryMode(t *testing.T) *testZmeshd {
 }
 
 // ztunnelStore connects ztunnel's own xDS client and state store.
-func ztunnelStore(t *testing.T, conn grpc.ClientConnInterface) (*state.Store, *zxds.Client) {
+func ztunnelStore(t *testing.T, conn grpc.ClientConnInterface) (*state.Store, *xdsclient.Client) {
 	t.Helper()
 	store := state.NewStore()
-	c, err := zxds.NewClient(zxds.Config{
+	c, err := xdsclient.NewClient(xdsclient.Config{
 		Conn: conn, Types: config.Types, Handler: config.XDSHandler{Store: store},
 		Node: &corev3.Node{Id: "ztunnel~node-a"},
 	})

@@ -7,8 +7,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -16,7 +14,6 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -24,22 +21,18 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/zmesh/zmesh/identity"
+	"github.com/zmesh/zmesh/internal/meshclient"
+	"github.com/zmesh/zmesh/internal/xdsclient"
 	"github.com/zmesh/zmesh/ztunnel/admin"
 	"github.com/zmesh/zmesh/ztunnel/config"
 	"github.com/zmesh/zmesh/ztunnel/inpod"
 	"github.com/zmesh/zmesh/ztunnel/proxy"
 	"github.com/zmesh/zmesh/ztunnel/state"
 	"github.com/zmesh/zmesh/ztunnel/telemetry"
-	"github.com/zmesh/zmesh/ztunnel/xds"
 )
 
 type flags struct {
@@ -116,41 +109,19 @@ func run(ctx context.Context, f *flags) error {
 	if err != nil {
 		return fmt.Errorf("--trust-domain: %w", err)
 	}
-	roots, err := x509bundle.Load(td, f.rootCert)
+	roots, err := meshclient.LoadBundle(td, f.rootCert, log)
 	if err != nil {
 		return fmt.Errorf("--root-cert: %w", err)
 	}
-	token := func(context.Context) (string, error) {
-		b, err := os.ReadFile(f.tokenFile)
-		if err != nil {
-			return "", fmt.Errorf("--token-file: %w", err)
-		}
-		return strings.TrimSpace(string(b)), nil
-	}
-	dial := func(addr string) (*grpc.ClientConn, error) {
-		creds := insecure.NewCredentials()
-		if !f.plaintextControlPlane {
-			pool := x509.NewCertPool()
-			for _, c := range roots.X509Authorities() {
-				pool.AddCert(c)
-			}
-			creds = credentials.NewTLS(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12})
-		}
-		return grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
-	}
-	caConn, err := dial(f.caAddr)
-	if err != nil {
-		return fmt.Errorf("--ca-address: %w", err)
-	}
-	defer caConn.Close()
-	fetcher, err := identity.NewCertClient(caConn, token, 0)
+	mc, err := meshclient.New(meshclient.Config{
+		XDSAddr: f.xdsAddr, CAAddr: f.caAddr, Roots: roots, Plaintext: f.plaintextControlPlane,
+		Token: meshclient.TokenFile(f.tokenFile), Log: log,
+	})
 	if err != nil {
 		return err
 	}
-	certs, err := identity.NewManager(fetcher, roots, identity.ManagerOptions{Logger: log})
-	if err != nil {
-		return err
-	}
+	defer mc.Close()
+	certs := mc.Certs
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -178,7 +149,7 @@ func run(ctx context.Context, f *flags) error {
 	defer cancelBG()
 	wg.Go(func() { certs.Run(bg) })
 
-	var xdsClient *xds.Client
+	var xdsClient *xdsclient.Client
 	if f.localConfig != "" {
 		first := make(chan error, 1)
 		wg.Go(func() {
@@ -196,16 +167,9 @@ func run(ctx context.Context, f *flags) error {
 		case <-store.Changed():
 		}
 	} else {
-		xconn := caConn
-		if f.xdsAddr != f.caAddr {
-			if xconn, err = dial(f.xdsAddr); err != nil {
-				return fmt.Errorf("--xds-address: %w", err)
-			}
-			defer xconn.Close()
-		}
 		meta, _ := structpb.NewStruct(map[string]any{"NODE_NAME": f.node, "NETWORK": f.network})
-		xdsClient, err = xds.NewClient(xds.Config{
-			Conn: tokenConn{xconn, token}, Types: config.Types, Handler: config.XDSHandler{Store: store}, Log: log,
+		xdsClient, err = xdsclient.NewClient(xdsclient.Config{
+			Conn: mc.XDS, Types: config.Types, Handler: config.XDSHandler{Store: store}, Log: log,
 			Node: &corev3.Node{Id: "ztunnel~" + f.node, Metadata: meta},
 		})
 		if err != nil {
@@ -279,23 +243,9 @@ func (r readyOnReconcile) Reconcile(ctx context.Context, keep map[string]bool) e
 	return err
 }
 
-// tokenConn adds the bearer token to every call on the xDS connection.
-type tokenConn struct {
-	*grpc.ClientConn
-	token identity.TokenSource
-}
-
-func (c tokenConn) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
-	tok, err := c.token(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return c.ClientConn.NewStream(metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok), desc, method, opts...)
-}
-
 // configDump is what /config_dump shows and zmeshctl reads.
-func configDump(snap *state.Snapshot, px *proxy.Proxy, certs *identity.Manager, xc *xds.Client) any {
-	var xs *xds.Status
+func configDump(snap *state.Snapshot, px *proxy.Proxy, certs *identity.Manager, xc *xdsclient.Client) any {
+	var xs *xdsclient.Status
 	if xc != nil {
 		st := xc.Status()
 		xs = &st

@@ -23,7 +23,7 @@ import (
 	"github.com/zmesh/zmesh/api/workload"
 	"github.com/zmesh/zmesh/cni/agent"
 	"github.com/zmesh/zmesh/identity"
-	"github.com/zmesh/zmesh/ztunnel/xds"
+	"github.com/zmesh/zmesh/internal/xdsclient"
 )
 
 // ads pushes one workload to every wildcard subscription of Address and
@@ -50,7 +50,7 @@ func (a *ads) DeltaAggregatedResources(s grpc.BidiStreamingServer[discoveryv3.De
 			continue // an ACK or NACK
 		}
 		resp := &discoveryv3.DeltaDiscoveryResponse{TypeUrl: req.TypeUrl, Nonce: "n-" + req.TypeUrl, SystemVersionInfo: "1"}
-		if req.TypeUrl == xds.TypeAddress {
+		if req.TypeUrl == xdsclient.TypeAddress {
 			body, _ := anypb.New(a.wl)
 			resp.Resources = []*discoveryv3.Resource{{Name: a.wl.GetWorkload().Uid, Version: "1", Resource: body}}
 		}
@@ -140,8 +140,8 @@ func TestRunWithXDS(t *testing.T) {
 		t.Fatalf("config_dump: %d %s", code, body)
 	}
 	var dump struct {
-		Workloads []map[string]any `json:"workloads"`
-		XDS       *xds.Status      `json:"xds"`
+		Workloads []map[string]any  `json:"workloads"`
+		XDS       *xdsclient.Status `json:"xds"`
 	}
 	if err := json.Unmarshal([]byte(body), &dump); err != nil {
 		t.Fatal(err)

@@ -15,7 +15,7 @@ set -euo pipefail
 base=${1:?usage: compare.sh BASE [package...]}
 shift
 pkgs=("$@")
-((${#pkgs[@]})) || pkgs=(./ztunnel/hbone/ ./ztunnel/inpod/ ./ztunnel/proxy/ ./cni/plugin/)
+((${#pkgs[@]})) || pkgs=(./internal/hbone/ ./ztunnel/inpod/ ./ztunnel/proxy/ ./cni/plugin/)
 count=${COUNT:-6}
 benchtime=${BENCH_TIME:-1s}
 bench=${BENCH:-.}

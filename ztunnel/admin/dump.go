@@ -8,9 +8,9 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/zmesh/zmesh/identity"
+	"github.com/zmesh/zmesh/internal/xdsclient"
 	"github.com/zmesh/zmesh/ztunnel/proxy"
 	"github.com/zmesh/zmesh/ztunnel/state"
-	"github.com/zmesh/zmesh/ztunnel/xds"
 )
 
 // ConfigDump is what GET /config_dump shows and `zmeshctl ztunnel-config`
@@ -23,7 +23,7 @@ type ConfigDump struct {
 	Policies     []json.RawMessage `json:"policies"`
 	Pods         []proxy.PodInfo   `json:"pods"`
 	Certificates []Certificate     `json:"certificates"`
-	XDS          *xds.Status       `json:"xds,omitempty"`
+	XDS          *xdsclient.Status `json:"xds,omitempty"`
 }
 
 // Certificate is one identity's certificate in the dump.
@@ -36,7 +36,7 @@ type Certificate struct {
 }
 
 // NewConfigDump assembles a dump; xs is nil when config comes from a file.
-func NewConfigDump(snap *state.Snapshot, pods []proxy.PodInfo, certs []identity.CertInfo, xs *xds.Status) *ConfigDump {
+func NewConfigDump(snap *state.Snapshot, pods []proxy.PodInfo, certs []identity.CertInfo, xs *xdsclient.Status) *ConfigDump {
 	raw := func(m proto.Message) json.RawMessage {
 		b, _ := protojson.Marshal(m)
 		return b

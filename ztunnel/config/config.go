@@ -13,8 +13,8 @@ import (
 
 	"github.com/zmesh/zmesh/api/workload"
 	"github.com/zmesh/zmesh/api/workload/security"
+	"github.com/zmesh/zmesh/internal/xdsclient"
 	"github.com/zmesh/zmesh/ztunnel/state"
-	"github.com/zmesh/zmesh/ztunnel/xds"
 )
 
 // XDSHandler decodes xDS resources into state updates.
@@ -22,13 +22,13 @@ type XDSHandler struct {
 	Store *state.Store
 }
 
-// Apply implements xds.Handler: each resource that does not decode or
+// Apply implements xdsclient.Handler: each resource that does not decode or
 // validate is rejected by name; the rest are applied.
-func (h XDSHandler) Apply(typeURL string, updated []xds.Resource, removed []string) map[string]error {
+func (h XDSHandler) Apply(typeURL string, updated []xdsclient.Resource, removed []string) map[string]error {
 	u := state.Update{}
 	rejected := map[string]error{}
 	switch typeURL {
-	case xds.TypeAddress:
+	case xdsclient.TypeAddress:
 		u.Addresses = make(map[string]*workload.Address, len(updated))
 		u.RemovedAddresses = removed
 		for _, r := range updated {
@@ -39,7 +39,7 @@ func (h XDSHandler) Apply(typeURL string, updated []xds.Resource, removed []stri
 			}
 			u.Addresses[r.Name] = m
 		}
-	case xds.TypeAuthorization:
+	case xdsclient.TypeAuthorization:
 		u.Policies = make(map[string]*security.Authorization, len(updated))
 		u.RemovedPolicies = removed
 		for _, r := range updated {
@@ -67,7 +67,7 @@ func (h XDSHandler) Apply(typeURL string, updated []xds.Resource, removed []stri
 
 // Types are the xDS subscriptions ztunnel makes, policies first so that a
 // workload never arrives naming a policy that is still on its way.
-var Types = []string{xds.TypeAuthorization, xds.TypeAddress}
+var Types = []string{xdsclient.TypeAuthorization, xdsclient.TypeAddress}
 
 // WatchFile loads path into store, then checks it every interval until ctx
 // ends, replacing the state when the content changes. The first load must

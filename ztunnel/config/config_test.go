@@ -16,8 +16,8 @@ import (
 
 	"github.com/zmesh/zmesh/api/workload"
 	"github.com/zmesh/zmesh/api/workload/security"
+	"github.com/zmesh/zmesh/internal/xdsclient"
 	"github.com/zmesh/zmesh/ztunnel/state"
-	"github.com/zmesh/zmesh/ztunnel/xds"
 )
 
 func mustAny(t *testing.T, m proto.Message) *anypb.Any {
@@ -40,7 +40,7 @@ func TestXDSHandlerAppliesAndRejectsByName(t *testing.T) {
 		Uid: "Kubernetes//Pod/a/q", Addresses: [][]byte{{10, 0, 0}},
 	}}}
 	wrongType := mustAny(t, &security.Authorization{Name: "x", Namespace: "a"})
-	rejected := h.Apply(xds.TypeAddress, []xds.Resource{
+	rejected := h.Apply(xdsclient.TypeAddress, []xdsclient.Resource{
 		{Name: "Kubernetes//Pod/a/p", Body: mustAny(t, good)},
 		{Name: "Kubernetes//Pod/a/q", Body: mustAny(t, bad)},
 		{Name: "Kubernetes//Pod/a/r", Body: wrongType},
@@ -59,19 +59,19 @@ func TestXDSHandlerAppliesAndRejectsByName(t *testing.T) {
 	}
 
 	pol := &security.Authorization{Name: "deny", Namespace: "a", Action: security.Action_DENY, Scope: security.Scope_NAMESPACE}
-	if r := h.Apply(xds.TypeAuthorization, []xds.Resource{{Name: "a/deny", Body: mustAny(t, pol)}}, nil); r != nil {
+	if r := h.Apply(xdsclient.TypeAuthorization, []xdsclient.Resource{{Name: "a/deny", Body: mustAny(t, pol)}}, nil); r != nil {
 		t.Fatal(r)
 	}
 	if store.Snapshot().Policy("a/deny") == nil {
 		t.Fatal("policy not applied")
 	}
-	if r := h.Apply(xds.TypeAuthorization, nil, []string{"a/deny"}); r != nil {
+	if r := h.Apply(xdsclient.TypeAuthorization, nil, []string{"a/deny"}); r != nil {
 		t.Fatal(r)
 	}
 	if store.Snapshot().Policy("a/deny") != nil {
 		t.Fatal("policy not removed")
 	}
-	if r := h.Apply("type.googleapis.com/other", []xds.Resource{{Name: "n", Body: wrongType}}, nil); r["n"] == nil {
+	if r := h.Apply("type.googleapis.com/other", []xdsclient.Resource{{Name: "n", Body: wrongType}}, nil); r["n"] == nil {
 		t.Fatal("a resource of an unknown type was not rejected")
 	}
 }

@@ -22,7 +22,7 @@ import (
 	"github.com/zmesh/zmesh/api/workload/security"
 	"github.com/zmesh/zmesh/e2e/netenv"
 	"github.com/zmesh/zmesh/identity"
-	"github.com/zmesh/zmesh/ztunnel/hbone"
+	"github.com/zmesh/zmesh/internal/hbone"
 	"github.com/zmesh/zmesh/ztunnel/inpod"
 )
 

@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/zmesh/zmesh/identity"
+	"github.com/zmesh/zmesh/internal/hbone"
 	"github.com/zmesh/zmesh/ztunnel/authz"
-	"github.com/zmesh/zmesh/ztunnel/hbone"
 	"github.com/zmesh/zmesh/ztunnel/state"
 	"github.com/zmesh/zmesh/ztunnel/telemetry"
 )

@@ -18,7 +18,7 @@ import (
 
 	"github.com/zmesh/zmesh/cni/cniapi"
 	"github.com/zmesh/zmesh/identity"
-	"github.com/zmesh/zmesh/ztunnel/hbone"
+	"github.com/zmesh/zmesh/internal/hbone"
 	"github.com/zmesh/zmesh/ztunnel/inpod"
 	"github.com/zmesh/zmesh/ztunnel/proxy"
 )

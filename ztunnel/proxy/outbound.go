@@ -12,7 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/zmesh/zmesh/identity"
-	"github.com/zmesh/zmesh/ztunnel/hbone"
+	"github.com/zmesh/zmesh/internal/hbone"
 	"github.com/zmesh/zmesh/ztunnel/state"
 	"github.com/zmesh/zmesh/ztunnel/telemetry"
 )

@@ -18,7 +18,7 @@ import (
 
 	"github.com/zmesh/zmesh/bpf"
 	"github.com/zmesh/zmesh/identity"
-	"github.com/zmesh/zmesh/ztunnel/hbone"
+	"github.com/zmesh/zmesh/internal/hbone"
 	"github.com/zmesh/zmesh/ztunnel/inpod"
 	"github.com/zmesh/zmesh/ztunnel/state"
 	"github.com/zmesh/zmesh/ztunnel/telemetry"

@@ -10,7 +10,7 @@ import (
 	"net/netip"
 	"time"
 
-	"github.com/zmesh/zmesh/ztunnel/hbone"
+	"github.com/zmesh/zmesh/internal/hbone"
 	"github.com/zmesh/zmesh/ztunnel/state"
 	"github.com/zmesh/zmesh/ztunnel/telemetry"
 )

@@ -23,7 +23,7 @@ import (
 	"github.com/zmesh/zmesh/api/filepod"
 	"github.com/zmesh/zmesh/api/workload"
 	"github.com/zmesh/zmesh/cni/agent"
-	"github.com/zmesh/zmesh/ztunnel/xds"
+	"github.com/zmesh/zmesh/internal/xdsclient"
 )
 
 // PodUID is the metadata.uid of a pod read from a file without one: the
@@ -48,7 +48,7 @@ type Config struct {
 // Members implements agent.Source from the workload stream.
 type Members struct {
 	cfg     Config
-	client  *xds.Client
+	client  *xdsclient.Client
 	changed chan struct{}
 
 	mu   sync.Mutex
@@ -70,8 +70,8 @@ func New(cfg Config) (*Members, error) {
 	}
 	m := &Members{cfg: cfg, changed: make(chan struct{}, 1), mine: map[string]*workload.Workload{}}
 	meta, _ := structpb.NewStruct(map[string]any{"NODE_NAME": cfg.Node})
-	c, err := xds.NewClient(xds.Config{
-		Conn: cfg.Conn, Types: []string{xds.TypeAddress}, Handler: handler{m}, Log: cfg.Log,
+	c, err := xdsclient.NewClient(xdsclient.Config{
+		Conn: cfg.Conn, Types: []string{xdsclient.TypeAddress}, Handler: handler{m}, Log: cfg.Log,
 		Node:       &corev3.Node{Id: "zmesh-cni-agent~" + cfg.Node, Metadata: meta},
 		MinBackoff: cfg.MinBackoff, MaxBackoff: cfg.MaxBackoff,
 	})
@@ -104,8 +104,8 @@ func (m *Members) Changed() <-chan struct{} { return m.changed }
 // handler feeds the xDS client's responses in.
 type handler struct{ m *Members }
 
-func (h handler) Apply(typeURL string, updated []xds.Resource, removed []string) map[string]error {
-	if typeURL != xds.TypeAddress {
+func (h handler) Apply(typeURL string, updated []xdsclient.Resource, removed []string) map[string]error {
+	if typeURL != xdsclient.TypeAddress {
 		return nil
 	}
 	m := h.m

@@ -24,7 +24,7 @@ import (
 	"github.com/zmesh/zmesh/cni/agent"
 	"github.com/zmesh/zmesh/cni/agent/wds"
 	"github.com/zmesh/zmesh/e2e/netenv"
-	"github.com/zmesh/zmesh/ztunnel/xds"
+	"github.com/zmesh/zmesh/internal/xdsclient"
 )
 
 // ads is a stand-in zmeshd: it sends every Address it holds on a new
@@ -39,7 +39,7 @@ type ads struct {
 
 func (a *ads) resp(updated []*workload.Workload, removed []string) *discoveryv3.DeltaDiscoveryResponse {
 	a.nonce++
-	r := &discoveryv3.DeltaDiscoveryResponse{TypeUrl: xds.TypeAddress, Nonce: fmt.Sprint(a.nonce), RemovedResources: removed}
+	r := &discoveryv3.DeltaDiscoveryResponse{TypeUrl: xdsclient.TypeAddress, Nonce: fmt.Sprint(a.nonce), RemovedResources: removed}
 	for _, w := range updated {
 		body, _ := anypb.New(&workload.Address{Type: &workload.Address_Workload{Workload: w}})
 		r.Resources = append(r.Resources, &discoveryv3.Resource{Name: w.Uid, Version: fmt.Sprint(a.nonce), Resource: body})
@@ -65,7 +65,7 @@ func (a *ads) DeltaAggregatedResources(s grpc.BidiStreamingServer[discoveryv3.De
 			if err != nil {
 				return
 			}
-			if req.ResponseNonce != "" || req.TypeUrl != xds.TypeAddress {
+			if req.ResponseNonce != "" || req.TypeUrl != xdsclient.TypeAddress {
 				continue
 			}
 			a.mu.Lock()

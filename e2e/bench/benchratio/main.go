@@ -2,7 +2,7 @@
 // every benchmark with sub-benchmarks named after paths (tcp, tls, hbone, …),
 // each path's figures as ratios against a baseline path from the same run.
 //
-//	go test -bench . ./ztunnel/hbone | benchratio -baseline tcp,tls
+//	go test -bench . ./internal/hbone | benchratio -baseline tcp,tls
 package main
 
 import (

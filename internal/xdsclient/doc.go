@@ -1,4 +1,4 @@
-// Package xds is ztunnel's delta xDS client: one gRPC ADS stream
+// Package xdsclient is the data planes' delta xDS client: one gRPC ADS stream
 // (DeltaAggregatedResources) to the control plane, wildcard subscriptions to
 // the workload discovery types, ACK/NACK per response and a reconnect that
 // resumes from the versions already held.
@@ -7,4 +7,4 @@
 // Handler, which decodes and indexes them (ztunnel's state package). It must
 // not import the control plane or the state package; the caller dials the
 // connection, so TLS and credentials are not its business either.
-package xds
+package xdsclient
