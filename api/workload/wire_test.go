@@ -27,7 +27,7 @@ func TestFieldNumbersMatchIstio(t *testing.T) {
 		}},
 		{&workload.Service{}, map[string]protoreflect.FieldNumber{
 			"name": 1, "namespace": 2, "hostname": 3, "addresses": 4, "ports": 5,
-			"subject_alt_names": 6, "waypoint": 7, "load_balancing": 8, "ip_families": 9,
+			"subject_alt_names": 6, "waypoint": 7, "load_balancing": 8, "ip_families": 9, "visibility": 14,
 		}},
 		{&workload.GatewayAddress{}, map[string]protoreflect.FieldNumber{"hostname": 1, "address": 2, "hbone_mtls_port": 3}},
 		{&workload.NetworkAddress{}, map[string]protoreflect.FieldNumber{"network": 1, "address": 2, "length": 3}},

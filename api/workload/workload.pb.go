@@ -332,6 +332,55 @@ func (TunnelProtocol) EnumDescriptor() ([]byte, []int) {
 	return file_workload_proto_rawDescGZIP(), []int{5}
 }
 
+// Which clients may resolve and reach the service.
+type Service_Visibility int32
+
+const (
+	// Every client (the default).
+	Service_PUBLIC Service_Visibility = 0
+	// Only clients in the service's own namespace.
+	Service_NAMESPACE Service_Visibility = 1
+)
+
+// Enum value maps for Service_Visibility.
+var (
+	Service_Visibility_name = map[int32]string{
+		0: "PUBLIC",
+		1: "NAMESPACE",
+	}
+	Service_Visibility_value = map[string]int32{
+		"PUBLIC":    0,
+		"NAMESPACE": 1,
+	}
+)
+
+func (x Service_Visibility) Enum() *Service_Visibility {
+	p := new(Service_Visibility)
+	*p = x
+	return p
+}
+
+func (x Service_Visibility) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Service_Visibility) Descriptor() protoreflect.EnumDescriptor {
+	return file_workload_proto_enumTypes[6].Descriptor()
+}
+
+func (Service_Visibility) Type() protoreflect.EnumType {
+	return &file_workload_proto_enumTypes[6]
+}
+
+func (x Service_Visibility) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Service_Visibility.Descriptor instead.
+func (Service_Visibility) EnumDescriptor() ([]byte, []int) {
+	return file_workload_proto_rawDescGZIP(), []int{1, 0}
+}
+
 type LoadBalancing_Scope int32
 
 const (
@@ -377,11 +426,11 @@ func (x LoadBalancing_Scope) String() string {
 }
 
 func (LoadBalancing_Scope) Descriptor() protoreflect.EnumDescriptor {
-	return file_workload_proto_enumTypes[6].Descriptor()
+	return file_workload_proto_enumTypes[7].Descriptor()
 }
 
 func (LoadBalancing_Scope) Type() protoreflect.EnumType {
-	return &file_workload_proto_enumTypes[6]
+	return &file_workload_proto_enumTypes[7]
 }
 
 func (x LoadBalancing_Scope) Number() protoreflect.EnumNumber {
@@ -432,11 +481,11 @@ func (x LoadBalancing_Mode) String() string {
 }
 
 func (LoadBalancing_Mode) Descriptor() protoreflect.EnumDescriptor {
-	return file_workload_proto_enumTypes[7].Descriptor()
+	return file_workload_proto_enumTypes[8].Descriptor()
 }
 
 func (LoadBalancing_Mode) Type() protoreflect.EnumType {
-	return &file_workload_proto_enumTypes[7]
+	return &file_workload_proto_enumTypes[8]
 }
 
 func (x LoadBalancing_Mode) Number() protoreflect.EnumNumber {
@@ -478,11 +527,11 @@ func (x LoadBalancing_HealthPolicy) String() string {
 }
 
 func (LoadBalancing_HealthPolicy) Descriptor() protoreflect.EnumDescriptor {
-	return file_workload_proto_enumTypes[8].Descriptor()
+	return file_workload_proto_enumTypes[9].Descriptor()
 }
 
 func (LoadBalancing_HealthPolicy) Type() protoreflect.EnumType {
-	return &file_workload_proto_enumTypes[8]
+	return &file_workload_proto_enumTypes[9]
 }
 
 func (x LoadBalancing_HealthPolicy) Number() protoreflect.EnumNumber {
@@ -592,9 +641,10 @@ type Service struct {
 	// If set, the identities a client accepts from any endpoint of the service.
 	SubjectAltNames []string `protobuf:"bytes,6,rep,name=subject_alt_names,json=subjectAltNames,proto3" json:"subject_alt_names,omitempty"`
 	// Traffic to the service goes through this waypoint.
-	Waypoint      *GatewayAddress `protobuf:"bytes,7,opt,name=waypoint,proto3" json:"waypoint,omitempty"`
-	LoadBalancing *LoadBalancing  `protobuf:"bytes,8,opt,name=load_balancing,json=loadBalancing,proto3" json:"load_balancing,omitempty"`
-	IpFamilies    IPFamilies      `protobuf:"varint,9,opt,name=ip_families,json=ipFamilies,proto3,enum=istio.workload.IPFamilies" json:"ip_families,omitempty"`
+	Waypoint      *GatewayAddress    `protobuf:"bytes,7,opt,name=waypoint,proto3" json:"waypoint,omitempty"`
+	LoadBalancing *LoadBalancing     `protobuf:"bytes,8,opt,name=load_balancing,json=loadBalancing,proto3" json:"load_balancing,omitempty"`
+	IpFamilies    IPFamilies         `protobuf:"varint,9,opt,name=ip_families,json=ipFamilies,proto3,enum=istio.workload.IPFamilies" json:"ip_families,omitempty"`
+	Visibility    Service_Visibility `protobuf:"varint,14,opt,name=visibility,proto3,enum=istio.workload.Service_Visibility" json:"visibility,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -690,6 +740,13 @@ func (x *Service) GetIpFamilies() IPFamilies {
 		return x.IpFamilies
 	}
 	return IPFamilies_AUTOMATIC
+}
+
+func (x *Service) GetVisibility() Service_Visibility {
+	if x != nil {
+		return x.Visibility
+	}
+	return Service_PUBLIC
 }
 
 type LoadBalancing struct {
@@ -1357,7 +1414,7 @@ const file_workload_proto_rawDesc = "" +
 	"\aAddress\x126\n" +
 	"\bworkload\x18\x01 \x01(\v2\x18.istio.workload.WorkloadH\x00R\bworkload\x123\n" +
 	"\aservice\x18\x02 \x01(\v2\x17.istio.workload.ServiceH\x00R\aserviceB\x06\n" +
-	"\x04type\"\xac\x03\n" +
+	"\x04type\"\x99\x04\n" +
 	"\aService\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x1a\n" +
@@ -1368,7 +1425,15 @@ const file_workload_proto_rawDesc = "" +
 	"\bwaypoint\x18\a \x01(\v2\x1e.istio.workload.GatewayAddressR\bwaypoint\x12D\n" +
 	"\x0eload_balancing\x18\b \x01(\v2\x1d.istio.workload.LoadBalancingR\rloadBalancing\x12;\n" +
 	"\vip_families\x18\t \x01(\x0e2\x1a.istio.workload.IPFamiliesR\n" +
-	"ipFamilies\"\xcd\x03\n" +
+	"ipFamilies\x12B\n" +
+	"\n" +
+	"visibility\x18\x0e \x01(\x0e2\".istio.workload.Service.VisibilityR\n" +
+	"visibility\"'\n" +
+	"\n" +
+	"Visibility\x12\n" +
+	"\n" +
+	"\x06PUBLIC\x10\x00\x12\r\n" +
+	"\tNAMESPACE\x10\x01\"\xcd\x03\n" +
 	"\rLoadBalancing\x12R\n" +
 	"\x12routing_preference\x18\x01 \x03(\x0e2#.istio.workload.LoadBalancing.ScopeR\x11routingPreference\x126\n" +
 	"\x04mode\x18\x02 \x01(\x0e2\".istio.workload.LoadBalancing.ModeR\x04mode\x12O\n" +
@@ -1487,7 +1552,7 @@ func file_workload_proto_rawDescGZIP() []byte {
 	return file_workload_proto_rawDescData
 }
 
-var file_workload_proto_enumTypes = make([]protoimpl.EnumInfo, 9)
+var file_workload_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
 var file_workload_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_workload_proto_goTypes = []any{
 	(IPFamilies)(0),                 // 0: istio.workload.IPFamilies
@@ -1496,50 +1561,52 @@ var file_workload_proto_goTypes = []any{
 	(WorkloadType)(0),               // 3: istio.workload.WorkloadType
 	(AppProtocol)(0),                // 4: istio.workload.AppProtocol
 	(TunnelProtocol)(0),             // 5: istio.workload.TunnelProtocol
-	(LoadBalancing_Scope)(0),        // 6: istio.workload.LoadBalancing.Scope
-	(LoadBalancing_Mode)(0),         // 7: istio.workload.LoadBalancing.Mode
-	(LoadBalancing_HealthPolicy)(0), // 8: istio.workload.LoadBalancing.HealthPolicy
-	(*Address)(nil),                 // 9: istio.workload.Address
-	(*Service)(nil),                 // 10: istio.workload.Service
-	(*LoadBalancing)(nil),           // 11: istio.workload.LoadBalancing
-	(*Workload)(nil),                // 12: istio.workload.Workload
-	(*Locality)(nil),                // 13: istio.workload.Locality
-	(*PortList)(nil),                // 14: istio.workload.PortList
-	(*Port)(nil),                    // 15: istio.workload.Port
-	(*GatewayAddress)(nil),          // 16: istio.workload.GatewayAddress
-	(*NetworkAddress)(nil),          // 17: istio.workload.NetworkAddress
-	(*NamespacedHostname)(nil),      // 18: istio.workload.NamespacedHostname
-	nil,                             // 19: istio.workload.Workload.ServicesEntry
+	(Service_Visibility)(0),         // 6: istio.workload.Service.Visibility
+	(LoadBalancing_Scope)(0),        // 7: istio.workload.LoadBalancing.Scope
+	(LoadBalancing_Mode)(0),         // 8: istio.workload.LoadBalancing.Mode
+	(LoadBalancing_HealthPolicy)(0), // 9: istio.workload.LoadBalancing.HealthPolicy
+	(*Address)(nil),                 // 10: istio.workload.Address
+	(*Service)(nil),                 // 11: istio.workload.Service
+	(*LoadBalancing)(nil),           // 12: istio.workload.LoadBalancing
+	(*Workload)(nil),                // 13: istio.workload.Workload
+	(*Locality)(nil),                // 14: istio.workload.Locality
+	(*PortList)(nil),                // 15: istio.workload.PortList
+	(*Port)(nil),                    // 16: istio.workload.Port
+	(*GatewayAddress)(nil),          // 17: istio.workload.GatewayAddress
+	(*NetworkAddress)(nil),          // 18: istio.workload.NetworkAddress
+	(*NamespacedHostname)(nil),      // 19: istio.workload.NamespacedHostname
+	nil,                             // 20: istio.workload.Workload.ServicesEntry
 }
 var file_workload_proto_depIdxs = []int32{
-	12, // 0: istio.workload.Address.workload:type_name -> istio.workload.Workload
-	10, // 1: istio.workload.Address.service:type_name -> istio.workload.Service
-	17, // 2: istio.workload.Service.addresses:type_name -> istio.workload.NetworkAddress
-	15, // 3: istio.workload.Service.ports:type_name -> istio.workload.Port
-	16, // 4: istio.workload.Service.waypoint:type_name -> istio.workload.GatewayAddress
-	11, // 5: istio.workload.Service.load_balancing:type_name -> istio.workload.LoadBalancing
+	13, // 0: istio.workload.Address.workload:type_name -> istio.workload.Workload
+	11, // 1: istio.workload.Address.service:type_name -> istio.workload.Service
+	18, // 2: istio.workload.Service.addresses:type_name -> istio.workload.NetworkAddress
+	16, // 3: istio.workload.Service.ports:type_name -> istio.workload.Port
+	17, // 4: istio.workload.Service.waypoint:type_name -> istio.workload.GatewayAddress
+	12, // 5: istio.workload.Service.load_balancing:type_name -> istio.workload.LoadBalancing
 	0,  // 6: istio.workload.Service.ip_families:type_name -> istio.workload.IPFamilies
-	6,  // 7: istio.workload.LoadBalancing.routing_preference:type_name -> istio.workload.LoadBalancing.Scope
-	7,  // 8: istio.workload.LoadBalancing.mode:type_name -> istio.workload.LoadBalancing.Mode
-	8,  // 9: istio.workload.LoadBalancing.health_policy:type_name -> istio.workload.LoadBalancing.HealthPolicy
-	5,  // 10: istio.workload.Workload.tunnel_protocol:type_name -> istio.workload.TunnelProtocol
-	16, // 11: istio.workload.Workload.waypoint:type_name -> istio.workload.GatewayAddress
-	16, // 12: istio.workload.Workload.network_gateway:type_name -> istio.workload.GatewayAddress
-	3,  // 13: istio.workload.Workload.workload_type:type_name -> istio.workload.WorkloadType
-	19, // 14: istio.workload.Workload.services:type_name -> istio.workload.Workload.ServicesEntry
-	2,  // 15: istio.workload.Workload.status:type_name -> istio.workload.WorkloadStatus
-	13, // 16: istio.workload.Workload.locality:type_name -> istio.workload.Locality
-	1,  // 17: istio.workload.Workload.network_mode:type_name -> istio.workload.NetworkMode
-	15, // 18: istio.workload.PortList.ports:type_name -> istio.workload.Port
-	4,  // 19: istio.workload.Port.app_protocol:type_name -> istio.workload.AppProtocol
-	18, // 20: istio.workload.GatewayAddress.hostname:type_name -> istio.workload.NamespacedHostname
-	17, // 21: istio.workload.GatewayAddress.address:type_name -> istio.workload.NetworkAddress
-	14, // 22: istio.workload.Workload.ServicesEntry.value:type_name -> istio.workload.PortList
-	23, // [23:23] is the sub-list for method output_type
-	23, // [23:23] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	6,  // 7: istio.workload.Service.visibility:type_name -> istio.workload.Service.Visibility
+	7,  // 8: istio.workload.LoadBalancing.routing_preference:type_name -> istio.workload.LoadBalancing.Scope
+	8,  // 9: istio.workload.LoadBalancing.mode:type_name -> istio.workload.LoadBalancing.Mode
+	9,  // 10: istio.workload.LoadBalancing.health_policy:type_name -> istio.workload.LoadBalancing.HealthPolicy
+	5,  // 11: istio.workload.Workload.tunnel_protocol:type_name -> istio.workload.TunnelProtocol
+	17, // 12: istio.workload.Workload.waypoint:type_name -> istio.workload.GatewayAddress
+	17, // 13: istio.workload.Workload.network_gateway:type_name -> istio.workload.GatewayAddress
+	3,  // 14: istio.workload.Workload.workload_type:type_name -> istio.workload.WorkloadType
+	20, // 15: istio.workload.Workload.services:type_name -> istio.workload.Workload.ServicesEntry
+	2,  // 16: istio.workload.Workload.status:type_name -> istio.workload.WorkloadStatus
+	14, // 17: istio.workload.Workload.locality:type_name -> istio.workload.Locality
+	1,  // 18: istio.workload.Workload.network_mode:type_name -> istio.workload.NetworkMode
+	16, // 19: istio.workload.PortList.ports:type_name -> istio.workload.Port
+	4,  // 20: istio.workload.Port.app_protocol:type_name -> istio.workload.AppProtocol
+	19, // 21: istio.workload.GatewayAddress.hostname:type_name -> istio.workload.NamespacedHostname
+	18, // 22: istio.workload.GatewayAddress.address:type_name -> istio.workload.NetworkAddress
+	15, // 23: istio.workload.Workload.ServicesEntry.value:type_name -> istio.workload.PortList
+	24, // [24:24] is the sub-list for method output_type
+	24, // [24:24] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_workload_proto_init() }
@@ -1561,7 +1628,7 @@ func file_workload_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_workload_proto_rawDesc), len(file_workload_proto_rawDesc)),
-			NumEnums:      9,
+			NumEnums:      10,
 			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   0,

@@ -70,8 +70,16 @@ type Service struct {
 	SANs          []spiffeid.ID
 	Waypoint      *Gateway
 	LoadBalancing *workload.LoadBalancing
+	// Visibility NAMESPACE: only clients of Namespace may reach it.
+	Visibility workload.Service_Visibility
 
 	raw []byte // the wire form, encoded (see Workload.raw)
+}
+
+// VisibleTo reports whether a client in namespace may resolve and reach
+// the service.
+func (s *Service) VisibleTo(namespace string) bool {
+	return s.Visibility != workload.Service_NAMESPACE || s.Namespace == namespace
 }
 
 // Key is the service's resource name, "namespace/hostname".
@@ -185,7 +193,12 @@ func ConvertService(pb *workload.Service) (*Service, error) {
 	if pb.Hostname == "" {
 		return nil, errors.New("hostname: empty")
 	}
-	s := &Service{Name: pb.Name, Namespace: pb.Namespace, Hostname: pb.Hostname, LoadBalancing: pb.LoadBalancing}
+	s := &Service{Name: pb.Name, Namespace: pb.Namespace, Hostname: pb.Hostname, LoadBalancing: pb.LoadBalancing, Visibility: pb.Visibility}
+	if _, ok := workload.Service_Visibility_name[int32(pb.Visibility)]; !ok {
+		// An unknown scope may be narrower than any we know: refuse the
+		// service rather than publish it to everyone.
+		return nil, fmt.Errorf("visibility: unknown value %d", pb.Visibility)
+	}
 	var err error
 	if s.raw, err = proto.Marshal(pb); err != nil {
 		return nil, fmt.Errorf("encode: %w", err)

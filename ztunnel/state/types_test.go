@@ -136,6 +136,7 @@ func TestConvertServiceErrorsNameTheField(t *testing.T) {
 		}, "load_balancing.routing_preference[1]: invalid scope 0"},
 		{"unknown routing scope", func(s *workload.Service) { s.LoadBalancing.RoutingPreference[0] = 99 }, "load_balancing.routing_preference[0]: invalid scope 99"},
 		{"unknown health policy", func(s *workload.Service) { s.LoadBalancing.HealthPolicy = 5 }, "load_balancing.health_policy: unknown value 5"},
+		{"unknown visibility", func(s *workload.Service) { s.Visibility = 4 }, "visibility: unknown value 4"},
 	}
 	if _, err := state.ConvertService(validService()); err != nil {
 		t.Fatalf("the valid service every case starts from is rejected: %v", err)
@@ -210,9 +211,13 @@ func TestConvertServiceKeepsFields(t *testing.T) {
 	pb := validService()
 	pb.Addresses = append(pb.Addresses, &workload.NetworkAddress{Network: "net2", Address: ip("::ffff:10.96.0.11")})
 	pb.Waypoint.HboneMtlsPort = 15009
+	pb.Visibility = workload.Service_NAMESPACE
 	s, err := state.ConvertService(pb)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if s.Visibility != workload.Service_NAMESPACE || !s.VisibleTo("ns") || s.VisibleTo("other") {
+		t.Errorf("visibility %v: visible to ns %v, to other %v; want NAMESPACE, true, false", s.Visibility, s.VisibleTo("ns"), s.VisibleTo("other"))
 	}
 	if s.Key() != "ns/svc.ns.svc.cluster.local" {
 		t.Errorf("Key() = %q", s.Key())
