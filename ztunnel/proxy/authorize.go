@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"strings"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"github.com/zmesh/zmesh/ztunnel/authz"
 	"github.com/zmesh/zmesh/ztunnel/state"
 )
@@ -28,7 +30,7 @@ func AuthorizeInbound(snap *state.Snapshot, network string, c authz.Conn) Verdic
 	if w == nil {
 		return Verdict{Reason: fmt.Sprintf("destination %s is not a known workload (fail closed)", c.Dst.Addr())}
 	}
-	if w.Waypoint != nil && !fromWaypoint(snap, w.Waypoint, c) {
+	if w.Waypoint != nil && !fromWaypoint(snap, w.Waypoint, c.Peer) {
 		return Verdict{Workload: w, Reason: fmt.Sprintf("workload is bound to waypoint %s and the connection did not come through it", w.Waypoint)}
 	}
 	policies, missing := snap.PoliciesFor(w)
@@ -39,9 +41,10 @@ func AuthorizeInbound(snap *state.Snapshot, network string, c authz.Conn) Verdic
 	return Verdict{Allowed: d.Allowed, Workload: w, Policy: d.Policy, Reason: d.Reason, DryRun: d.DryRun}
 }
 
-// fromWaypoint reports whether the peer is one of the gateway's workloads.
-func fromWaypoint(snap *state.Snapshot, gw *state.Gateway, c authz.Conn) bool {
-	if c.Peer.IsZero() {
+// fromWaypoint reports whether peer is the identity of one of the
+// gateway's workloads.
+func fromWaypoint(snap *state.Snapshot, gw *state.Gateway, peer spiffeid.ID) bool {
+	if peer.IsZero() {
 		return false
 	}
 	var wps []*state.Workload
@@ -54,7 +57,7 @@ func fromWaypoint(snap *state.Snapshot, gw *state.Gateway, c authz.Conn) bool {
 		wps = snap.Endpoints(snap.ServiceByVIP(gw.Addr).Key())
 	}
 	for _, wp := range wps {
-		if wp.Identity == c.Peer {
+		if wp.Identity == peer {
 			return true
 		}
 	}

@@ -328,6 +328,17 @@ func TestMeshSOCKS5(t *testing.T) {
 // hboneConnect opens a CONNECT from pod src's namespace to dst's 15008 as
 // src's identity, asking for target.
 func hboneConnect(ctx context.Context, m *mesh, src, dst *pod, target netip.AddrPort) (*hbone.Stream, error) {
+	cc, err := hboneClient(ctx, m, src, dst)
+	if err != nil {
+		return nil, err
+	}
+	return cc.Connect(ctx, &hbone.ConnectRequest{Target: target})
+}
+
+// hboneClient opens an HBONE connection from pod src's namespace to dst's
+// 15008 as src's identity, as any holder of that identity could; it is
+// closed when ctx ends.
+func hboneClient(ctx context.Context, m *mesh, src, dst *pod) (*hbone.ClientConn, error) {
 	// Marked like ztunnel's own sockets: unmarked TCP from a captured pod
 	// stays inside the pod.
 	var c net.Conn
@@ -358,7 +369,7 @@ func hboneConnect(ctx context.Context, m *mesh, src, dst *pod, target netip.Addr
 		return nil, err
 	}
 	context.AfterFunc(ctx, func() { cc.Close() })
-	return cc.Connect(ctx, &hbone.ConnectRequest{Target: target})
+	return cc, nil
 }
 
 // socksCall does call's exchange through the pod's SOCKS5 listener.

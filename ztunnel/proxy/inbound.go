@@ -5,9 +5,11 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/zmesh/zmesh/identity"
@@ -26,24 +28,34 @@ func (p *Proxy) inboundHBONE(pd *pod, c net.Conn) {
 	}
 }
 
-// inboundHandler serves one CONNECT: the authority must be this pod, the
-// policy must allow the peer, then the app is dialled from the original
-// client address and the stream joined to it.
+// inboundHandler serves one CONNECT: the authority must be this pod and
+// not one of ztunnel's own ports, the policy must allow the peer, then the
+// app is dialled from the client's address (InboundSource) and the stream
+// joined to it.
 func (p *Proxy) inboundHandler(pd *pod) hbone.Handler {
 	return func(ctx context.Context, req *hbone.Request, s *hbone.Stream) {
 		start := time.Now()
 		target := unmapped(req.Target)
 		if !pd.hasIP(target.Addr()) {
+			p.logRejected(rejectAuthority, slog.LevelInfo, "hbone request refused", requestAttrs(pd, req, "authority is not this pod's address")...)
 			s.RespondError(http.StatusBadRequest, fmt.Sprintf("authority %s is not this pod's address", target))
 			return
 		}
-		src := unmapped(req.Source)
-		if !src.IsValid() {
-			// Our clients dial from the source pod's own netns: the tunnel's
-			// peer address is the client pod's.
-			if ta, ok := req.RemoteAddr.(*net.TCPAddr); ok {
-				src = netip.AddrPortFrom(ta.AddrPort().Addr().Unmap(), 0)
-			}
+		if err := CheckDestination(target); err != nil {
+			p.logRejected(rejectSelfCall, slog.LevelInfo, "hbone request refused", requestAttrs(pd, req, err.Error())...)
+			s.RespondError(http.StatusBadRequest, err.Error())
+			return
+		}
+		var tcpPeer netip.Addr
+		if ta, ok := req.RemoteAddr.(*net.TCPAddr); ok {
+			tcpPeer = ta.AddrPort().Addr()
+		}
+		snap := p.cfg.State.Snapshot()
+		dstW := snap.WorkloadByAddr(state.NetAddr{Network: p.cfg.Network, Addr: target.Addr()})
+		src, trust := InboundSource(snap, dstW, req.Peer, tcpPeer, req.Source)
+		if trust == SourceForwardedIgnored {
+			p.logRejected(rejectForwarded, slog.LevelDebug, "forwarded address ignored",
+				requestAttrs(pd, req, "the peer is not the destination's waypoint")...)
 		}
 		c := authz.Conn{Src: src, Dst: target, Peer: req.Peer}
 		p.serveInbound(pd, s, c, req.Host, true, start, func(status int, reason string) {
@@ -80,7 +92,7 @@ func (p *Proxy) serveInbound(pd *pod, down net.Conn, c authz.Conn, host string, 
 	}
 	if !v.Allowed {
 		answer(http.StatusUnauthorized, v.Reason)
-		tel.Close(telemetry.Result{Err: errDenied, Reason: v.Reason, Flags: telemetry.FlagDenied})
+		tel.Close(p.rejectResult(rejectDenied, telemetry.Result{Err: errDenied, Reason: v.Reason, Flags: telemetry.FlagDenied}))
 		return
 	}
 	ctx, cancel := context.WithTimeout(pd.ctx, ConnectTimeout)
@@ -88,7 +100,7 @@ func (p *Proxy) serveInbound(pd *pod, down net.Conn, c authz.Conn, host string, 
 	cancel()
 	if err != nil {
 		answer(http.StatusServiceUnavailable, "upstream connect failed: "+err.Error())
-		tel.Close(telemetry.Result{Err: err, Flags: telemetry.FlagConnectFailure})
+		tel.Close(p.rejectResult(rejectUpstream, telemetry.Result{Err: err, Flags: telemetry.FlagConnectFailure}))
 		return
 	}
 	defer app.Close()
@@ -99,10 +111,42 @@ func (p *Proxy) serveInbound(pd *pod, down net.Conn, c authz.Conn, host string, 
 
 var errDenied = errors.New("denied by policy")
 
+// requestAttrs describe a refused HBONE request for its log line.
+func requestAttrs(pd *pod, req *hbone.Request, reason string) []slog.Attr {
+	a := []slog.Attr{
+		slog.String("dst.workload", pd.String()),
+		slog.String("dst.addr", req.Target.String()),
+		slog.String("src.identity", req.Peer.String()),
+		slog.String("reason", reason),
+	}
+	if req.RemoteAddr != nil {
+		a = append(a, slog.String("src.addr", req.RemoteAddr.String()))
+	}
+	if req.Source.IsValid() {
+		a = append(a, slog.String("forwarded_for", req.Source.String()))
+	}
+	return a
+}
+
+// rejectResult is r for a refused connection: its access-log line is
+// written only within the rate of its class (the metrics count them all).
+// A line written after a silence says how many it stands for.
+func (p *Proxy) rejectResult(key string, r telemetry.Result) telemetry.Result {
+	ok, dropped := p.rejects.allow(key)
+	r.Unlogged = !ok
+	if ok && dropped > 0 {
+		r.Reason = strings.TrimSpace(fmt.Sprintf("%s (%d similar refusals not logged)", r.Reason, dropped))
+	}
+	return r
+}
+
 // dialApp connects to the app in the pod from the original client address,
 // so the app sees its real caller. A client address the pod cannot spoof
 // (its own, or none) falls back to an ordinary marked dial.
 func (p *Proxy) dialApp(ctx context.Context, pd *pod, src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
+	if err := CheckDestination(dst); err != nil {
+		return nil, err
+	}
 	if !src.IsValid() || pd.hasIP(src) || src.IsLoopback() || src.Is4() != dst.Addr().Is4() {
 		return pd.netns.Dial(ctx, dst)
 	}

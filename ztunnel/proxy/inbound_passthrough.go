@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"log/slog"
 	"net"
 	"time"
 
@@ -15,6 +16,15 @@ func (p *Proxy) inboundPlain(pd *pod, c *net.TCPConn) {
 	start := time.Now()
 	src := unmapped(c.RemoteAddr().(*net.TCPAddr).AddrPort())
 	dst := unmapped(c.LocalAddr().(*net.TCPAddr).AddrPort())
+	if err := CheckDestination(dst); err != nil {
+		// Someone dialled ztunnel's own port from outside the pod: serving
+		// it would dial that port again.
+		c.SetLinger(0)
+		p.logRejected(rejectSelfCall, slog.LevelInfo, "plaintext connection refused",
+			slog.String("dst.workload", pd.String()), slog.String("dst.addr", dst.String()),
+			slog.String("src.addr", src.String()), slog.String("reason", err.Error()))
+		return
+	}
 	p.serveInbound(pd, c, authz.Conn{Src: src, Dst: dst}, "", false, start, func(status int, reason string) {
 		if status != 200 {
 			// A plaintext client learns nothing but a reset.

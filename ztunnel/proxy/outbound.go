@@ -82,7 +82,7 @@ func (p *Proxy) connect(pd *pod, src, dst netip.AddrPort, early []byte) (net.Con
 	}
 	tel := p.cfg.Telemetry.Open(ci)
 	if perr != nil {
-		tel.Close(telemetry.Result{Err: perr, Flags: flagFor(perr)})
+		tel.Close(p.rejectResult(rejectOutbound, telemetry.Result{Err: perr, Flags: flagFor(perr)}))
 		return nil, nil, perr
 	}
 	ctx, cancel := context.WithTimeout(pd.ctx, ConnectTimeout)

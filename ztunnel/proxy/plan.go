@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -63,20 +64,48 @@ type Source struct {
 	Node     string
 }
 
+// namespace is the source's namespace, "" when the source is unknown.
+func (s Source) namespace() string {
+	if s.Workload == nil {
+		return ""
+	}
+	return s.Workload.Namespace
+}
+
 // Errors the decision returns; the proxy closes the client connection and
 // reports them in the access log.
 var (
 	ErrNoHealthyUpstream = errors.New("no healthy upstream")
 	ErrNoServicePort     = errors.New("service has no such port")
 	ErrWaypointUnknown   = errors.New("waypoint unknown")
+	// ErrNotVisible: the service is NAMESPACE-scoped and the client is not
+	// of its namespace (or not known, so its namespace is not either).
+	ErrNotVisible = errors.New("service not visible to the client's namespace")
 )
 
 // PlanOutbound decides, without I/O, how a connection from src to dst goes
 // out. rr is a round-robin counter the caller advances per connection. An
 // IPv4-mapped dst is the IPv4 address: the plan carries the plain form, so
 // the HBONE authority and pool key do not depend on the socket's family.
+//
+// A destination on one of ztunnel's own ports (ReservedPort) is refused
+// with ErrSelfCall when it is this pod, loopback, or a mesh workload (whose
+// ztunnel holds that port): it could only reach a ztunnel, and loop back.
+// The same port on a host outside the mesh is that host's business.
 func PlanOutbound(snap *state.Snapshot, src Source, dst netip.AddrPort, rr uint64) (Plan, error) {
 	dst = unmapped(dst)
+	p, err := planOutbound(snap, src, dst, rr)
+	if err == nil && selfCall(src, dst, p) {
+		target := dst
+		if p.Route != Passthrough {
+			target = p.Target
+		}
+		return Plan{Workload: p.Workload, Service: p.Service}, fmt.Errorf("%w: %s", ErrSelfCall, target)
+	}
+	return p, err
+}
+
+func planOutbound(snap *state.Snapshot, src Source, dst netip.AddrPort, rr uint64) (Plan, error) {
 	addr := state.NetAddr{Network: src.Network, Addr: dst.Addr()}
 	if svc := snap.ServiceByVIP(addr); svc != nil {
 		return planService(snap, src, svc, dst, rr)
@@ -87,7 +116,27 @@ func PlanOutbound(snap *state.Snapshot, src Source, dst netip.AddrPort, rr uint6
 	return Plan{Route: Passthrough, Dial: dst}, nil
 }
 
+// selfCall reports whether plan p for dst would reach one of ztunnel's own
+// ports (see PlanOutbound).
+func selfCall(src Source, dst netip.AddrPort, p Plan) bool {
+	if p.Route != Passthrough {
+		return ReservedPort(p.Target.Port())
+	}
+	if !ReservedPort(dst.Port()) {
+		return false
+	}
+	if dst.Addr().IsLoopback() || dst.Addr().IsUnspecified() {
+		return true
+	}
+	return src.Workload != nil && slices.Contains(src.Workload.Addrs, dst.Addr())
+}
+
 func planService(snap *state.Snapshot, src Source, svc *state.Service, dst netip.AddrPort, rr uint64) (Plan, error) {
+	if !svc.VisibleTo(src.namespace()) {
+		// Refused, not passed through: the VIP is the service's, and in
+		// plaintext it would still reach the service's pods.
+		return Plan{Service: svc}, fmt.Errorf("%w: %s is visible only in namespace %s", ErrNotVisible, svc.Hostname, svc.Namespace)
+	}
 	if svc.LoadBalancing.GetMode() == workload.LoadBalancing_PASSTHROUGH {
 		return Plan{Route: Passthrough, Dial: dst, Service: svc}, nil
 	}

@@ -69,6 +69,8 @@ func formatPlan(p proxy.Plan, err error) string {
 			"ErrNoHealthyUpstream": proxy.ErrNoHealthyUpstream,
 			"ErrNoServicePort":     proxy.ErrNoServicePort,
 			"ErrWaypointUnknown":   proxy.ErrWaypointUnknown,
+			"ErrSelfCall":          proxy.ErrSelfCall,
+			"ErrNotVisible":        proxy.ErrNotVisible,
 		} {
 			if errors.Is(err, s) {
 				sentinel = name

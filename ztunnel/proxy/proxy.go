@@ -55,9 +55,10 @@ type Config struct {
 // Proxy runs the data path of every pod handed to it over ZDS. It is an
 // inpod.Handler.
 type Proxy struct {
-	cfg Config
-	log *slog.Logger
-	rr  atomic.Uint64
+	cfg     Config
+	log     *slog.Logger
+	rr      atomic.Uint64
+	rejects *logLimiter // log lines of refused connections and requests
 
 	mu       sync.Mutex
 	pods     map[string]*pod
@@ -82,7 +83,7 @@ func New(cfg Config) (*Proxy, error) {
 	if cfg.CertTimeout <= 0 {
 		cfg.CertTimeout = 10 * time.Second
 	}
-	return &Proxy{cfg: cfg, log: cfg.Log, pods: map[string]*pod{}}, nil
+	return &Proxy{cfg: cfg, log: cfg.Log, pods: map[string]*pod{}, rejects: newLogLimiter(rejectBurst, rejectRate, nil)}, nil
 }
 
 // pod is one captured pod's listeners and connections.
@@ -203,7 +204,8 @@ func (p *Proxy) open(pd *pod) (err error) {
 		}
 		pd.listeners = append(pd.listeners, ln)
 	}
-	pd.hbone, err = hbone.NewServer(p.inboundHandler(pd), hbone.ServerOptions{Logger: p.log})
+	hlog := slog.New(limitedHandler{p.log.Handler(), p.rejects})
+	pd.hbone, err = hbone.NewServer(p.inboundHandler(pd), hbone.ServerOptions{Logger: hlog})
 	if err != nil {
 		return err
 	}

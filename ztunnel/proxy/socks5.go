@@ -30,7 +30,7 @@ const (
 func (p *Proxy) socks5(pd *pod, c *net.TCPConn) {
 	c.SetDeadline(time.Now().Add(ConnectTimeout))
 	br := bufio.NewReader(c)
-	dst, err := readSOCKS5(br, c, p.cfg.State.Snapshot())
+	dst, err := readSOCKS5(br, c, p.cfg.State.Snapshot(), pd.namespace)
 	if err != nil {
 		var re *socksError
 		if errors.As(err, &re) {
@@ -68,7 +68,7 @@ type socksError struct {
 func (e *socksError) Error() string { return e.msg }
 
 // readSOCKS5 runs the greeting and reads a CONNECT request.
-func readSOCKS5(r *bufio.Reader, w io.Writer, snap *state.Snapshot) (netip.AddrPort, error) {
+func readSOCKS5(r *bufio.Reader, w io.Writer, snap *state.Snapshot, namespace string) (netip.AddrPort, error) {
 	var hdr [2]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		return netip.AddrPort{}, fmt.Errorf("read greeting: %w", err)
@@ -121,7 +121,7 @@ func readSOCKS5(r *bufio.Reader, w io.Writer, snap *state.Snapshot) (netip.AddrP
 		if _, err := io.ReadFull(r, name); err != nil {
 			return netip.AddrPort{}, fmt.Errorf("read name: %w", err)
 		}
-		if addr, err = resolveMesh(snap, string(name)); err != nil {
+		if addr, err = resolveMesh(snap, string(name), namespace); err != nil {
 			return netip.AddrPort{}, &socksError{socksHostUnreachable, err.Error()}
 		}
 	default:
@@ -135,14 +135,15 @@ func readSOCKS5(r *bufio.Reader, w io.Writer, snap *state.Snapshot) (netip.AddrP
 }
 
 // resolveMesh answers a name from the mesh's services: an IP literal, or a
-// service hostname (its first VIP). Other names are not looked up: ztunnel
-// does not resolve DNS on a pod's behalf here.
-func resolveMesh(snap *state.Snapshot, name string) (netip.Addr, error) {
+// service hostname (its first VIP) visible to a client of namespace.
+// Other names are not looked up: ztunnel does not resolve DNS on a pod's
+// behalf here.
+func resolveMesh(snap *state.Snapshot, name, namespace string) (netip.Addr, error) {
 	if a, err := netip.ParseAddr(name); err == nil {
 		return a, nil
 	}
 	for _, svc := range snap.ServicesByHostname(name) {
-		if len(svc.VIPs) > 0 {
+		if len(svc.VIPs) > 0 && svc.VisibleTo(namespace) {
 			return svc.VIPs[0].Addr, nil
 		}
 	}

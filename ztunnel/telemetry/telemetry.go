@@ -100,6 +100,10 @@ type Result struct {
 	// Flags is the response_flags value (one of the Flag constants). Empty
 	// means FlagNone on success and FlagConnectFailure on an error.
 	Flags string
+	// Unlogged counts the connection in the metrics but writes no
+	// access-log line: the proxy sets it on refusals over their log rate,
+	// which a peer could otherwise turn into a flood of lines.
+	Unlogged bool
 }
 
 // Telemetry records connection metrics and access logs. It is safe for
@@ -190,7 +194,9 @@ func (c *Conn) Close(r Result) {
 		s.closed.Inc()
 		s.failed.Inc()
 	}
-	c.t.logClose(c, &r)
+	if !r.Unlogged {
+		c.t.logClose(c, &r)
+	}
 }
 
 // settle adds to ctr what total has beyond what was already counted in
