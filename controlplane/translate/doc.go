@@ -55,8 +55,14 @@
 // "<cluster>/networking.istio.io/ServiceEntry/<ns>/<name>/<address>",
 // HBONE only when labelled istio.io/dataplane-mode: ambient; with DNS
 // resolution an endpoint may be a hostname. A workloadSelector selects
-// pods of the ServiceEntry's namespace like a Service selector. Location,
-// exportTo and endpoint weights are not used.
+// pods of the ServiceEntry's namespace like a Service selector. Location
+// and endpoint weights are not used.
+//
+// exportTo (spec.exportTo of a ServiceEntry, the networking.istio.io/exportTo
+// annotation of a Service) becomes the service's visibility: NAMESPACE when
+// it names only the service's own namespace ("." or its name, or "~"), so
+// ztunnel refuses clients of other namespaces; PUBLIC otherwise, since
+// ztunnel cannot scope a service to a list of namespaces.
 //
 // # Waypoints
 //

@@ -27,7 +27,8 @@ func (t *translator) service(svc *corev1.Service) (string, *workload.Service) {
 	host := t.hostname(svc)
 	key := joinKey(svc.Namespace, host)
 	t.serviceKeys[key] = ref
-	s := &workload.Service{Name: svc.Name, Namespace: svc.Namespace, Hostname: host}
+	s := &workload.Service{Name: svc.Name, Namespace: svc.Namespace, Hostname: host,
+		Visibility: exportVisibility(svc.Namespace, strings.Split(svc.Annotations[annotationExportTo], ","))}
 	if svc.Spec.Type != corev1.ServiceTypeExternalName {
 		ips := svc.Spec.ClusterIPs
 		if len(ips) == 0 && svc.Spec.ClusterIP != "" {
@@ -58,6 +59,33 @@ func (t *translator) service(svc *corev1.Service) (string, *workload.Service) {
 		t.serviceWaypoint[ref] = s.Waypoint != nil
 	}
 	return key, s
+}
+
+// annotationExportTo is Istio's exportTo for a Kubernetes Service: a
+// comma-separated list of namespaces ("." its own, "*" all, "~" none).
+const annotationExportTo = "networking.istio.io/exportTo"
+
+// exportVisibility reads an exportTo list as ztunnel's service visibility,
+// which knows two scopes: the service's own namespace, or everyone. A list
+// that names only the service's own namespace ("." or its name) is
+// NAMESPACE, and so is "~" (exported to no one), the narrowest scope
+// ztunnel enforces; a list naming any other namespace, or "*", or none,
+// is PUBLIC.
+func exportVisibility(namespace string, exportTo []string) workload.Service_Visibility {
+	local := false
+	for _, e := range exportTo {
+		switch e = strings.TrimSpace(e); e {
+		case "":
+		case ".", "~", namespace:
+			local = true
+		default:
+			return workload.Service_PUBLIC
+		}
+	}
+	if local {
+		return workload.Service_NAMESPACE
+	}
+	return workload.Service_PUBLIC
 }
 
 // serviceTargetPort is the target port every endpoint shares, or 0 for a
@@ -218,6 +246,7 @@ func (t *translator) serviceEntry(se *networkingv1.ServiceEntry, out *Output) {
 		out.Addresses[key] = &workload.Address{Type: &workload.Address_Service{Service: &workload.Service{
 			Name: se.Name, Namespace: se.Namespace, Hostname: host,
 			Addresses: vips, Ports: ports, Waypoint: waypoint,
+			Visibility: exportVisibility(se.Namespace, spec.ExportTo),
 		}}}
 	}
 	t.conds.ok(ref, ZtunnelAccepted, ReasonAccepted, "sent to ztunnel")
