@@ -265,3 +265,47 @@ func closedDenied(t *testing.T, z *node) float64 {
 	}
 	return n
 }
+
+// A NAMESPACE-scoped service is reached from its own namespace only: a
+// client of another namespace is refused by its own ztunnel, while the same
+// backends behind a public service stay reachable to it.
+func TestMeshServiceVisibility(t *testing.T) {
+	m := newMesh(t)
+	a, b := m.newNode("node-a"), m.newNode("node-b")
+	local := m.newPod(a, "demo", "client", "sleep")
+	foreign := m.newPod(a, "other", "client", "sleep")
+	server := m.newPod(b, "demo", "server", "echo")
+	server.serve(t, 8080)
+	private, public := netip.MustParseAddr("10.96.0.20"), netip.MustParseAddr("10.96.0.21")
+	for _, s := range []struct {
+		name string
+		vip  netip.Addr
+		vis  workload.Service_Visibility
+	}{{"private", private, workload.Service_NAMESPACE}, {"public", public, workload.Service_PUBLIC}} {
+		m.svc = append(m.svc, &workload.Service{Name: s.name, Namespace: "demo", Hostname: s.name + ".demo.svc.cluster.local",
+			Addresses: []*workload.NetworkAddress{{Address: s.vip.AsSlice()}}, Ports: []*workload.Port{{ServicePort: 80, TargetPort: 8080}},
+			Visibility: s.vis})
+	}
+	m.workload(server).Services = map[string]*workload.PortList{
+		"demo/private.demo.svc.cluster.local": {}, "demo/public.demo.svc.cluster.local": {},
+	}
+	m.push()
+
+	if got, err := local.call(netip.AddrPortFrom(private, 80), "hi"); err != nil || got != local.ip.String()+"|hi" {
+		t.Fatalf("a client of the service's namespace: %q %v", got, err)
+	}
+	if got, err := foreign.call(netip.AddrPortFrom(public, 80), "hi"); err != nil || got != foreign.ip.String()+"|hi" {
+		t.Fatalf("another namespace's client to the public service: %q %v", got, err)
+	}
+	if got, err := foreign.call(netip.AddrPortFrom(private, 80), "hi"); err == nil {
+		t.Fatalf("another namespace's client reached the NAMESPACE-scoped service: %q", got)
+	}
+	waitFor(t, func() bool {
+		for _, rec := range a.logLines("connection complete") {
+			if e, _ := rec["error"].(string); strings.Contains(e, "not visible") {
+				return true
+			}
+		}
+		return false
+	}, "the refusal logged")
+}
