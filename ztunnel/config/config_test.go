@@ -170,9 +170,7 @@ func TestWatchFileKeepsLastGood(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "mesh.yaml")
 	write := func(s string) {
 		t.Helper()
-		if err := os.WriteFile(path, []byte(s), 0o644); err != nil {
-			t.Fatal(err)
-		}
+		writeAtomically(t, path, s)
 	}
 	one := "workloads:\n- {uid: w1, name: one, namespace: a, addresses: [10.0.0.1]}\n"
 	two := "workloads:\n- {uid: w2, name: two, namespace: a, addresses: [10.0.0.2]}\n"
@@ -224,9 +222,7 @@ func TestWatchFileRejectedPolicyDenies(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "mesh.yaml")
 	write := func(s string) {
 		t.Helper()
-		if err := os.WriteFile(path, []byte(s), 0o644); err != nil {
-			t.Fatal(err)
-		}
+		writeAtomically(t, path, s)
 	}
 	const head = "workloads:\n- {uid: w1, name: one, namespace: a, addresses: [10.0.0.1], tunnelProtocol: HBONE}\n" +
 		"policies:\n- {name: allow, namespace: a, scope: NAMESPACE, action: ALLOW, rules: [{clauses: [{matches: [{sourceIps: [%s]}]}]}]}\n"
@@ -251,8 +247,13 @@ func TestWatchFileRejectedPolicyDenies(t *testing.T) {
 	}()
 	<-loaded
 	allowed := func() bool {
+		t.Helper()
 		snap := store.Snapshot()
-		ps, _ := snap.PoliciesFor(snap.Workload("w1"))
+		w := snap.Workload("w1")
+		if w == nil {
+			t.Fatal("workload w1 is gone")
+		}
+		ps, _ := snap.PoliciesFor(w)
 		return authz.Evaluate(ps, authz.Conn{Src: netip.MustParseAddrPort("10.9.9.9:1"), Dst: netip.MustParseAddrPort("10.0.0.1:80")}).Allowed
 	}
 	if !allowed() {
@@ -283,6 +284,21 @@ func TestWatchFileRejectedPolicyDenies(t *testing.T) {
 	}
 	if !allowed() {
 		t.Error("the fixed ALLOW does not allow 10.9.9.9")
+	}
+}
+
+// writeAtomically replaces the file by a rename: os.WriteFile truncates
+// first, and a loaded machine can leave the empty file in place for two
+// reads an interval apart, which WatchFile rightly takes for an empty
+// config.
+func writeAtomically(t *testing.T, path, content string) {
+	t.Helper()
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -118,6 +118,7 @@ func (p *Proxy) watchPolicy(pd *pod) {
 // resets those it no longer allows.
 func (p *Proxy) recheckPod(pd *pod, snap *state.Snapshot) {
 	var revoked []*inboundConn
+	sel := policySelection{snap: snap, network: p.cfg.Network}
 	t := &pd.conns
 	t.mu.Lock()
 	for ic := range t.inbound {
@@ -125,7 +126,7 @@ func (p *Proxy) recheckPod(pd *pod, snap *state.Snapshot) {
 			continue // decided on this snapshot or a newer one already
 		}
 		ic.version = snap.Version()
-		d, changed := recheck(snap, p.cfg.Network, ic)
+		d, changed := sel.recheck(ic)
 		if changed && !d.Allowed {
 			ic.revoked.Store(&revocation{Decision: d, by: refusedBy(d, ic.policies)})
 			revoked = append(revoked, ic)
@@ -146,18 +147,40 @@ func (p *Proxy) recheckPod(pd *pod, snap *state.Snapshot) {
 	}
 }
 
-// recheck decides ic on snap. changed is false when snap cannot decide
-// otherwise than before: the destination is gone or lists a policy not yet
-// received (new connections fail closed on those; live ones are left to
-// the pod's removal or the policy's arrival), or its policies are the
-// same ones. ic.policies (guarded by the tracker's mu) becomes snap's.
-func recheck(snap *state.Snapshot, network string, ic *inboundConn) (d authz.Decision, changed bool) {
-	w := snap.WorkloadByAddr(state.NetAddr{Network: network, Addr: ic.conn.Dst.Addr().Unmap()})
+// policySelection selects the policies of destinations on one snapshot,
+// once per workload however many of its connections are re-checked.
+type policySelection struct {
+	snap    *state.Snapshot
+	network string
+	byDst   map[*state.Workload][]*authz.Policy // nil value: a listed policy is missing
+}
+
+// recheck decides ic on the snapshot. changed is false when the snapshot
+// cannot decide otherwise than before: the destination is gone or lists a
+// policy not yet received (new connections fail closed on those; live ones
+// are left to the pod's removal or the policy's arrival), or its policies
+// are the same ones. ic.policies (guarded by the tracker's mu) becomes the
+// snapshot's.
+func (sel *policySelection) recheck(ic *inboundConn) (d authz.Decision, changed bool) {
+	w := sel.snap.WorkloadByAddr(state.NetAddr{Network: sel.network, Addr: ic.conn.Dst.Addr().Unmap()})
 	if w == nil {
 		return d, false
 	}
-	policies, missing := snap.PoliciesFor(w)
-	if len(missing) > 0 || slices.Equal(policies, ic.policies) {
+	policies, seen := sel.byDst[w]
+	if !seen {
+		var missing []string
+		policies, missing = sel.snap.PoliciesFor(w)
+		if len(missing) > 0 {
+			policies = nil
+		} else if policies == nil {
+			policies = []*authz.Policy{} // none apply: not the same as missing
+		}
+		if sel.byDst == nil {
+			sel.byDst = map[*state.Workload][]*authz.Policy{}
+		}
+		sel.byDst[w] = policies
+	}
+	if policies == nil || slices.Equal(policies, ic.policies) {
 		return d, false
 	}
 	ic.policies = policies
