@@ -144,6 +144,23 @@ func TestXDSHandlerRejectedPolicyDeniesItsScope(t *testing.T) {
 		t.Errorf("after dev/sel was rejected: c allowed=%v (want false), b allowed=%v (want true)", allowed("c"), allowed("b"))
 	}
 
+	// An ALLOW rejected at its very first version does not leave dev with
+	// "no ALLOW policies", which would allow everyone.
+	fresh := allowClient(0)
+	fresh.Name, fresh.Namespace = "allow-new", "dev"
+	if r := h.Apply(xdsclient.TypeAuthorization, []xdsclient.Resource{{Name: "dev/allow-new", Body: mustAny(t, fresh)}}, nil); r["dev/allow-new"] == nil {
+		t.Fatal("an ALLOW with port 0 was not rejected")
+	}
+	if allowed("b") {
+		t.Error("dev/b is allowed while dev's only ALLOW policy stands rejected (fail open)")
+	}
+	if r := h.Apply(xdsclient.TypeAuthorization, nil, []string{"dev/allow-new"}); r != nil {
+		t.Fatal(r)
+	}
+	if !allowed("b") {
+		t.Error("removing the rejected policy did not lift its deny")
+	}
+
 	// A policy that does not decode could have been mesh-wide.
 	wrong := mustAny(t, &workload.Address{})
 	wrong.TypeUrl = xdsclient.TypeAuthorization
