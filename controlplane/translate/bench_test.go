@@ -21,11 +21,12 @@ func BenchmarkTranslate(b *testing.B) {
 func TestBigSnapshot(t *testing.T) {
 	s := modeltest.Mesh(100, 20, 5)
 	out := Translate(Options{Mesh: model.DefaultMesh()}, s)
-	// 10 000 workloads, 2 000 services; 2 000 policies and the static strict one.
+	// 10 000 workloads, 2 000 services; 2 000 policies and the STRICT one
+	// of each namespace's PeerAuthentication.
 	if got, want := len(out.Addresses), 12000; got != want {
 		t.Errorf("%d addresses, want %d", got, want)
 	}
-	if got, want := len(out.Authorizations), 2001; got != want {
+	if got, want := len(out.Authorizations), 2100; got != want {
 		t.Errorf("%d authorizations, want %d", got, want)
 	}
 	snap := acceptedByZtunnel(t, out)

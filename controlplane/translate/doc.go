@@ -94,14 +94,18 @@
 // always accepts HBONE. portLevelMtls keys are target (container) ports and
 // only count with a selector, as in Istio.
 //
-// The result reaches ztunnel as istiod sends it: a workload STRICT on
-// every port lists "<root ns>/istio_converted_static_strict", a DENY of
-// connections without a peer identity (not_principals: [presence]); a
-// selector policy whose ports differ from its mode becomes the DENY
-// "<ns>/istio_converted_peer_authentication_<name>", restricted to the
-// STRICT ports (destination_ports) under a PERMISSIVE mode or sparing the
-// non-STRICT ones (not_destination_ports) under STRICT. Both are
-// WORKLOAD_SELECTOR policies listed on the workloads they apply to, so a
+// The result reaches ztunnel as DENY policies named after the
+// PeerAuthentication they enforce,
+// "<ns>/istio_converted_peer_authentication_<name>": a workload STRICT on
+// every port lists the one of the PeerAuthentication that makes it so, a
+// DENY of connections without a peer identity (not_principals:
+// [presence]); a selector policy whose ports differ from its mode lists its
+// own, restricted to the STRICT ports (destination_ports) under a
+// PERMISSIVE mode or sparing the non-STRICT ones (not_destination_ports)
+// under STRICT. istiod shares one "<root ns>/istio_converted_static_strict"
+// among the former; naming each after its PeerAuthentication lets
+// ztunnel's refusal name what the user wrote. All are WORKLOAD_SELECTOR
+// policies listed on the workloads they apply to, so a
 // workload-level PERMISSIVE lifts a namespace STRICT.
 //
 // # AuthorizationPolicy

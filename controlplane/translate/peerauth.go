@@ -14,17 +14,15 @@ import (
 	"github.com/zmesh/zmesh/api/workload/security"
 )
 
-// Names of the Authorizations PeerAuthentication becomes; istiod uses the
-// same ones, so that ztunnel's config dumps read alike.
-const (
-	// StaticStrictPolicy (in the root namespace) is listed on every workload
-	// whose effective mode is STRICT on all ports.
-	StaticStrictPolicy = "istio_converted_static_strict"
-	// PeerAuthenticationPolicyPrefix + the PeerAuthentication's name (in its
-	// namespace) is the policy of a workload-selector PeerAuthentication
-	// whose ports do not all have the same mode.
-	PeerAuthenticationPolicyPrefix = "istio_converted_peer_authentication_"
-)
+// PeerAuthenticationPolicyPrefix + a PeerAuthentication's name, in its
+// namespace, names the Authorization that enforces it: the one listed on
+// every workload whose mode that PeerAuthentication makes STRICT (or, for a
+// selector PeerAuthentication whose ports differ, on some of its ports).
+// istiod names only the port-level ones so and shares one
+// "istio_converted_static_strict" among all others; naming each after its
+// PeerAuthentication lets ztunnel's refusals name what the user wrote
+// (ztunnel's authz.PeerAuthentication reads the name back).
+const PeerAuthenticationPolicyPrefix = "istio_converted_peer_authentication_"
 
 type mtlsMode = securityapi.PeerAuthentication_MutualTLS_Mode
 
@@ -46,12 +44,20 @@ type peerAuthState struct {
 	// the policies, never on which pods asked first. portLevel caches the
 	// policy of each port-level PeerAuthentication (nil when its ports all
 	// end up with the default mode).
-	nsMode    map[string]mtlsMode
+	nsMode    map[string]nsMode
 	portLevel map[*securityv1.PeerAuthentication]*security.Authorization
-	// staticStrict is the policy of workloads STRICT on all ports, made
-	// once per translator so that an unchanged policy keeps its pointer.
-	staticStrict    *security.Authorization
-	staticStrictKey string
+	// strict holds the policy of each PeerAuthentication that makes
+	// workloads STRICT on all ports, made once per translator so that an
+	// unchanged policy keeps its pointer.
+	strict map[*securityv1.PeerAuthentication]*security.Authorization
+}
+
+// nsMode is the mode of a namespace's workloads that no selector policy
+// sets, and the namespace-wide PeerAuthentication it comes from (nil for
+// the PERMISSIVE default).
+type nsMode struct {
+	mode mtlsMode
+	from *securityv1.PeerAuthentication
 }
 
 // olderFirst orders PeerAuthentications as Istio resolves conflicts: the
@@ -72,10 +78,10 @@ func mode(pa *securityv1.PeerAuthentication) mtlsMode { return pa.Spec.GetMtls()
 func (t *translator) peerAuthentications() {
 	st := &t.pa
 	st.namespaceWide = map[string]*securityv1.PeerAuthentication{}
-	st.nsMode = map[string]mtlsMode{}
+	st.nsMode = map[string]nsMode{}
 	st.selectors = map[string]*selectorIndex[*securityv1.PeerAuthentication]{}
 	st.portLevel = map[*securityv1.PeerAuthentication]*security.Authorization{}
-	st.staticStrictKey = joinKey(t.mesh.RootNamespace, StaticStrictPolicy)
+	st.strict = map[*securityv1.PeerAuthentication]*security.Authorization{}
 
 	var nsWide []*securityv1.PeerAuthentication
 	for _, pa := range t.snap.PeerAuthentications {
@@ -119,15 +125,15 @@ func (t *translator) peerAuthentications() {
 // namespaceMode is the mode of a namespace's workloads that no selector
 // policy sets: the namespace-wide policy's, else the root namespace's, else
 // PERMISSIVE. DISABLE acts as PERMISSIVE in ztunnel: it still accepts HBONE.
-func (t *translator) namespaceMode(ns string) mtlsMode {
+func (t *translator) namespaceMode(ns string) nsMode {
 	if m, ok := t.pa.nsMode[ns]; ok {
 		return m
 	}
-	m := modePermissive
+	m := nsMode{mode: modePermissive}
 	if pa := t.pa.namespaceWide[ns]; pa != nil && mode(pa) != modeUnset {
-		m = mode(pa)
+		m = nsMode{mode(pa), pa}
 	} else if pa := t.pa.namespaceWide[t.mesh.RootNamespace]; pa != nil && mode(pa) != modeUnset {
-		m = mode(pa)
+		m = nsMode{mode(pa), pa}
 	}
 	t.pa.nsMode[ns] = m
 	return m
@@ -135,8 +141,8 @@ func (t *translator) namespaceMode(ns string) mtlsMode {
 
 // peerAuthPolicy returns the key of the Authorization enforcing p's
 // effective PeerAuthentication, or "" when nothing is to enforce; r records
-// which selector PeerAuthentications applied and whether the static strict
-// policy is used.
+// which selector PeerAuthentications applied and which PeerAuthentication
+// makes the pod STRICT on all ports, if one does.
 func (t *translator) peerAuthPolicy(p *corev1.Pod, r *podResult) string {
 	st := &t.pa
 	var winner *securityv1.PeerAuthentication
@@ -154,30 +160,37 @@ func (t *translator) peerAuthPolicy(p *corev1.Pod, r *podResult) string {
 	})
 	base := t.namespaceMode(p.Namespace)
 	if winner == nil {
-		return t.strictIf(r, base == modeStrict)
+		return strictIf(r, base)
 	}
 	r.paWinner, r.paLosers = winner, others
-	m := mode(winner)
-	if m == modeUnset {
-		m = base
+	m := nsMode{mode(winner), winner}
+	if m.mode == modeUnset {
+		m = base // the namespace's mode, and the policy it comes from
 	}
 	a, done := st.portLevel[winner]
 	if !done {
-		a = portLevelPolicy(winner, m == modeStrict)
+		a = portLevelPolicy(winner, m.mode == modeStrict)
 		st.portLevel[winner] = a
 	}
 	if a == nil {
-		return t.strictIf(r, m == modeStrict)
+		return strictIf(r, m)
 	}
 	return joinKey(a.Namespace, a.Name)
 }
 
-func (t *translator) strictIf(r *podResult, strict bool) string {
-	if !strict {
+// strictIf records m's PeerAuthentication in r and returns the key of its
+// policy when m is STRICT.
+func strictIf(r *podResult, m nsMode) string {
+	if m.mode != modeStrict {
 		return ""
 	}
-	r.strict = true
-	return t.pa.staticStrictKey
+	r.strictFrom = m.from
+	return peerAuthPolicyKey(m.from)
+}
+
+// peerAuthPolicyKey is the key of the Authorization enforcing pa.
+func peerAuthPolicyKey(pa *securityv1.PeerAuthentication) string {
+	return joinKey(pa.Namespace, PeerAuthenticationPolicyPrefix+pa.Name)
 }
 
 // portLevelPolicy is the DENY policy of a selector PeerAuthentication with
@@ -223,17 +236,19 @@ func plaintextMatch() *security.Match {
 // and reports selectors that matched nothing and conflicts.
 func (ph *podPhase) finishPeerAuthentications() {
 	st := &ph.t.pa
-	if ph.strict {
-		if st.staticStrict == nil {
-			st.staticStrict = &security.Authorization{
-				Name:      StaticStrictPolicy,
-				Namespace: ph.t.mesh.RootNamespace,
+	for pa := range ph.strictFrom {
+		a := st.strict[pa]
+		if a == nil {
+			a = &security.Authorization{
+				Name:      PeerAuthenticationPolicyPrefix + pa.Name,
+				Namespace: pa.Namespace,
 				Scope:     security.Scope_WORKLOAD_SELECTOR,
 				Action:    security.Action_DENY,
 				Rules:     []*security.Rule{{Clauses: []*security.Clause{{Matches: []*security.Match{plaintextMatch()}}}}},
 			}
+			st.strict[pa] = a
 		}
-		ph.out.Authorizations[st.staticStrictKey] = st.staticStrict
+		ph.out.Authorizations[peerAuthPolicyKey(pa)] = a
 	}
 	for _, pa := range st.withSelector {
 		if a := st.portLevel[pa]; a != nil && ph.paSelected[pa] > 0 {

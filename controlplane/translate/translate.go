@@ -122,8 +122,9 @@ type podPhase struct {
 	apSelected []int
 	paSelected map[*securityv1.PeerAuthentication]int
 	lostTo     map[*securityv1.PeerAuthentication]map[*securityv1.PeerAuthentication]int
-	// strict: some workload lists the static strict policy.
-	strict bool
+	// strictFrom holds the PeerAuthentications that make some workload
+	// STRICT on all ports.
+	strictFrom map[*securityv1.PeerAuthentication]bool
 }
 
 func (t *translator) newPodPhase(out *Output, conds *conditions) *podPhase {
@@ -132,6 +133,7 @@ func (t *translator) newPodPhase(out *Output, conds *conditions) *podPhase {
 		apSelected: make([]int, len(t.ap.entries)),
 		paSelected: map[*securityv1.PeerAuthentication]int{},
 		lostTo:     map[*securityv1.PeerAuthentication]map[*securityv1.PeerAuthentication]int{},
+		strictFrom: map[*securityv1.PeerAuthentication]bool{},
 	}
 }
 
@@ -154,7 +156,9 @@ func (ph *podPhase) add(r *podResult) {
 			ph.lostTo[o][r.paWinner]++
 		}
 	}
-	ph.strict = ph.strict || r.strict
+	if r.strictFrom != nil {
+		ph.strictFrom[r.strictFrom] = true
+	}
 }
 
 // finish emits the policies the pods ended up listing and reports on

@@ -76,8 +76,9 @@ type podResult struct {
 	// any; paLosers the others that also select it.
 	paWinner *securityv1.PeerAuthentication
 	paLosers []*securityv1.PeerAuthentication
-	// strict: the workload lists the static strict policy.
-	strict bool
+	// strictFrom is the PeerAuthentication that makes the pod STRICT on
+	// all ports, if one does: the workload lists its policy.
+	strictFrom *securityv1.PeerAuthentication
 }
 
 // pod translates a pod without touching the translator's per-run state:

@@ -38,9 +38,11 @@ type Decision struct {
 // Decision.Reason texts.
 const (
 	reasonDenied      = "denied by DENY policy "
+	reasonDeniedByPA  = "mutual TLS required by PeerAuthentication "
 	reasonAllowed     = "allowed by ALLOW policy "
 	reasonNoAllow     = "no ALLOW policies"
 	reasonNoneMatched = "no ALLOW policy matched"
+	reasonRejected    = " was rejected, so it denies every connection until a good version arrives: "
 )
 
 // Evaluate decides a connection against the policies that apply to its
@@ -63,6 +65,12 @@ func Evaluate(policies []*Policy, c Conn) Decision {
 		if pol != nil && !pol.DryRun && pol.Action == security.Action_DENY && pol.matches(&p) {
 			key := pol.Key()
 			d.Policy, d.Reason = key, reasonDenied+key
+			if pa, ok := PeerAuthentication(key); ok {
+				d.Reason = reasonDeniedByPA + pa
+			}
+			if pol.rejected != "" {
+				d.Reason = "policy " + key + reasonRejected + pol.rejected
+			}
 			return d
 		}
 	}

@@ -22,6 +22,8 @@ type Policy struct {
 	DryRun bool
 
 	raw *security.Authorization
+	// rejected is why a refused policy's stand-in (see Rejected) stands in.
+	rejected string
 	// rules matches if any rule matches; no rules matches nothing, so an ALLOW
 	// policy without rules allows nothing (Istio's ALLOW `spec: {}`).
 	rules []rule
@@ -73,6 +75,9 @@ func (p *Policy) Raw() *security.Authorization { return p.raw }
 // Key returns "namespace/name", the policy's xDS resource name and the name
 // workloads use to reference it.
 func (p *Policy) Key() string {
+	if p.Namespace == "" {
+		return p.Name // a stand-in for a policy whose name could not be read
+	}
 	return p.Namespace + "/" + p.Name
 }
 

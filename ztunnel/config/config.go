@@ -23,7 +23,9 @@ type XDSHandler struct {
 }
 
 // Apply implements xdsclient.Handler: each resource that does not decode or
-// validate is rejected by name; the rest are applied.
+// validate is rejected by name (a NACK); the rest are applied. A rejected
+// policy is enforced as a deny-all over its scope until a good version
+// arrives (state.Store.Apply).
 func (h XDSHandler) Apply(typeURL string, updated []xdsclient.Resource, removed []string) map[string]error {
 	u := state.Update{}
 	rejected := map[string]error{}
@@ -45,7 +47,10 @@ func (h XDSHandler) Apply(typeURL string, updated []xdsclient.Resource, removed 
 		for _, r := range updated {
 			m := &security.Authorization{}
 			if err := r.Body.UnmarshalTo(m); err != nil {
-				rejected[r.Name] = fmt.Errorf("decode: %w", err)
+				if u.BadPolicies == nil {
+					u.BadPolicies = map[string]state.BadPolicy{}
+				}
+				u.BadPolicies[r.Name] = state.BadPolicy{Err: fmt.Errorf("decode: %w", err)}
 				continue
 			}
 			u.Policies[r.Name] = m
@@ -72,7 +77,12 @@ var Types = []string{xdsclient.TypeAuthorization, xdsclient.TypeAddress}
 // WatchFile loads path into store, then checks it every interval until ctx
 // ends, replacing the state when the content changes. The first load must
 // succeed; a later bad version is logged and the last good one keeps
-// serving. loaded is called after each successful load.
+// serving, except that a policy the bad version names and which is itself
+// rejected is enforced as a deny-all over its scope (see
+// state.Store.Replace): a rejected ALLOW must not leave the last good
+// state's wider rule, or no rule, in force. A file that is not YAML keeps
+// the last good state whole, having no policy to read. loaded is called
+// after each successful load.
 func WatchFile(ctx context.Context, path string, store *state.Store, interval time.Duration, log *slog.Logger, loaded func()) error {
 	last, err := loadFile(path, store)
 	if err != nil {
@@ -110,7 +120,7 @@ func WatchFile(ctx context.Context, path string, store *state.Store, interval ti
 		}
 		pending, last = nil, data
 		if err := apply(path, data, store); err != nil {
-			log.Error("local config rejected; the last good one keeps serving", "path", path, "reason", err.Error())
+			log.Error("local config rejected; the last good one keeps serving, and a rejected policy denies every connection in its scope", "path", path, "reason", err.Error())
 			continue
 		}
 		log.Info("local config reloaded", "path", path)

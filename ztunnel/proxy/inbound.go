@@ -92,7 +92,7 @@ func (p *Proxy) serveInbound(pd *pod, down net.Conn, c authz.Conn, host string, 
 	}
 	if !v.Allowed {
 		answer(http.StatusUnauthorized, v.Reason)
-		tel.Close(p.rejectResult(rejectDenied, telemetry.Result{Err: errDenied, Reason: v.Reason, Flags: telemetry.FlagDenied}))
+		tel.Close(p.rejectResult(rejectDenied, withPolicy(telemetry.Result{Err: errDenied, Reason: v.Reason, Flags: telemetry.FlagDenied}, v.Policy)))
 		return
 	}
 	ctx, cancel := context.WithTimeout(pd.ctx, ConnectTimeout)
@@ -104,9 +104,11 @@ func (p *Proxy) serveInbound(pd *pod, down net.Conn, c authz.Conn, host string, 
 		return
 	}
 	defer app.Close()
+	live := p.admit(pd, snap, c, v, down, app)
+	defer pd.forget(live)
 	answer(http.StatusOK, "")
 	sent, recv, err := hbone.Join(down, app)
-	tel.Close(telemetry.Result{Sent: sent, Received: recv, Err: ignoreClosed(err)})
+	tel.Close(live.result(sent, recv, ignoreClosed(err)))
 }
 
 var errDenied = errors.New("denied by policy")

@@ -159,6 +159,8 @@ func (p *Proxy) AddPod(ctx context.Context, ip *inpod.Pod) (err error) {
 		p.wg.Add(1)
 		go p.acceptLoop(pd, ln)
 	}
+	p.wg.Add(1)
+	go p.watchPolicy(pd)
 	p.log.Info("pod added", "pod", pd.String(), "uid", pd.uid, "identity", id.String(), "ips", pd.ips)
 	return nil
 }

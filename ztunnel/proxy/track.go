@@ -7,12 +7,14 @@ import (
 )
 
 // tracker holds a pod's live connections so a drain can wait for them and,
-// when the grace period ends, cut them.
+// when the grace period ends, cut them; and the inbound connections policy
+// allowed, so that a policy change can re-check them (recheck.go).
 type tracker struct {
-	mu     sync.Mutex
-	conns  map[net.Conn]struct{}
-	closed bool
-	wg     sync.WaitGroup
+	mu      sync.Mutex
+	conns   map[net.Conn]struct{}
+	inbound map[*inboundConn]struct{}
+	closed  bool
+	wg      sync.WaitGroup
 }
 
 // add registers c; false means the tracker is cut and c must be closed.

@@ -3,6 +3,7 @@ package state
 import (
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -44,7 +45,10 @@ func LoadFile(path string) (Update, error) {
 }
 
 // ParseLocalConfig decodes a local config document. Errors name the list,
-// the index and the field.
+// the index and the field. A policy that does not decode does not fail the
+// document: it goes into Update.BadPolicies under the name that can be read
+// of it ("policies[i]" if none), so that the store enforces a deny-all in
+// its place; so does a policy whose name appears twice.
 func ParseLocalConfig(data []byte) (Update, error) {
 	lc, err := decodeLocalConfig(data)
 	if err != nil {
@@ -75,15 +79,59 @@ func ParseLocalConfig(data []byte) (Update, error) {
 	for i, raw := range lc.Policies {
 		p := &security.Authorization{}
 		if err := decodeFriendly(raw, p); err != nil {
-			return Update{}, fmt.Errorf("policies[%d]: %w", i, err)
+			read := readPolicyLoosely(raw)
+			key := fmt.Sprintf("policies[%d]", i)
+			if read.Namespace != "" && read.Name != "" {
+				key = read.Namespace + "/" + read.Name
+			}
+			u.badPolicy(key, BadPolicy{Read: read, Err: fmt.Errorf("policies[%d]: %w", i, err)})
+			continue
 		}
 		key := p.Namespace + "/" + p.Name
-		if _, dup := u.Policies[key]; dup {
-			return Update{}, fmt.Errorf("policies[%d]: %q appears twice", i, key)
+		_, dup := u.Policies[key]
+		if _, bad := u.BadPolicies[key]; dup || bad {
+			delete(u.Policies, key)
+			u.badPolicy(key, BadPolicy{Read: p, Err: fmt.Errorf("policies[%d]: %q appears twice", i, key)})
+			continue
 		}
 		u.Policies[key] = p
 	}
 	return u, nil
+}
+
+func (u *Update) badPolicy(key string, b BadPolicy) {
+	if u.BadPolicies == nil {
+		u.BadPolicies = map[string]BadPolicy{}
+	}
+	if prev, ok := u.BadPolicies[key]; ok {
+		b.Err = errors.Join(prev.Err, b.Err)
+	}
+	u.BadPolicies[key] = b
+}
+
+// readPolicyLoosely reads what it can of a policy that does not decode:
+// its name, namespace, scope and dry-run flag, each only if it has the
+// right type. What it cannot read stays empty, which authz.Rejected reads
+// as the widest scope.
+func readPolicyLoosely(raw json.RawMessage) *security.Authorization {
+	var m map[string]any
+	if json.Unmarshal(raw, &m) != nil {
+		return nil
+	}
+	a := &security.Authorization{}
+	a.Name, _ = m["name"].(string)
+	a.Namespace, _ = m["namespace"].(string)
+	if s, ok := m["scope"].(string); ok {
+		if v, ok := security.Scope_value[s]; ok {
+			a.Scope = security.Scope(v)
+		}
+	}
+	for _, k := range []string{"dryRun", "dry_run"} {
+		if b, ok := m[k].(bool); ok {
+			a.DryRun = b
+		}
+	}
+	return a
 }
 
 // decodeLocalConfig turns the YAML document into JSON lists, refusing

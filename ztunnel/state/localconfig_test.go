@@ -172,7 +172,12 @@ func TestParseLocalConfigErrors(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			u, err := state.ParseLocalConfig([]byte(tt.yaml))
 			if err == nil {
-				t.Fatalf("ParseLocalConfig accepted it: %+v", u)
+				// A bad policy is refused by the store, which enforces a
+				// deny-all in its place.
+				err = state.NewStore().Replace(u)
+			}
+			if err == nil {
+				t.Fatalf("ParseLocalConfig and Replace accepted it: %+v", u)
 			}
 			for _, w := range tt.want {
 				if !strings.Contains(err.Error(), w) {
@@ -180,6 +185,44 @@ func TestParseLocalConfigErrors(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A policy that does not decode is read for what it can say of its scope;
+// with nothing readable it becomes a mesh-wide deny.
+func TestParseLocalConfigBadPolicies(t *testing.T) {
+	u, err := state.ParseLocalConfig([]byte(`policies:
+- {name: allow-a, namespace: ns, scope: NAMESPACE, action: ALLOW, rules: [{clauses: [{matches: [{sourceIps: [not-an-ip]}]}]}]}
+- {name: sel, namespace: ns, scope: WORKLOAD_SELECTOR, dryRun: true, bogus: 1}
+- {name: [not, a, string], scope: NAMESPACE, bogus: 1}
+- {name: ok, namespace: ns}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := state.NewStore()
+	err = s.Replace(u)
+	var rej state.RejectedError
+	if !errors.As(err, &rej) || len(rej) != 3 {
+		t.Fatalf("Replace = %v, want three policies rejected", err)
+	}
+	snap := s.Snapshot()
+	for _, tt := range []struct {
+		key   string
+		scope security.Scope
+		dry   bool
+	}{
+		{"ns/allow-a", security.Scope_NAMESPACE, false},
+		{"ns/sel", security.Scope_WORKLOAD_SELECTOR, true},
+		{"policies[2]", security.Scope_GLOBAL, false},
+	} {
+		p := snap.Policy(tt.key)
+		if p == nil || p.RejectedBecause() == "" || p.Action != security.Action_DENY || p.Scope != tt.scope || p.DryRun != tt.dry {
+			t.Errorf("%s = %+v, want a %v deny-all stand-in (dry-run %v)", tt.key, p, tt.scope, tt.dry)
+		}
+	}
+	if p := snap.Policy("ns/ok"); p == nil || p.RejectedBecause() != "" {
+		t.Errorf("the good policy = %+v, want it applied", p)
 	}
 }
 

@@ -23,6 +23,18 @@ type Update struct {
 	Policies         map[string]*security.Authorization
 	RemovedAddresses []string
 	RemovedPolicies  []string
+	// BadPolicies are policies the source could not decode, by name. Like
+	// a policy that does not compile, each is rejected and enforced as a
+	// deny-all over its scope (authz.Rejected).
+	BadPolicies map[string]BadPolicy
+}
+
+// BadPolicy is a policy that could not be decoded: Err says why, Read is
+// what could be read of it (its namespace, name, scope, dry-run), nil if
+// nothing.
+type BadPolicy struct {
+	Read *security.Authorization
+	Err  error
 }
 
 // Store holds the current Snapshot. Apply and Replace serialise writers;
@@ -51,8 +63,11 @@ func (s *Store) Changed() <-chan struct{} {
 }
 
 // Apply merges an incremental update. Each resource that fails validation
-// is rejected by name and the previous version of it (if any) stays; the
-// rest are applied.
+// is rejected by name; the rest are applied. A rejected workload or service
+// keeps its previous version (if any); a rejected policy is replaced by a
+// deny-all over its scope until a good version arrives (authz.Rejected),
+// since its previous version may allow what the new one no longer does,
+// and no version at all may allow everyone.
 func (s *Store) Apply(u Update) map[string]error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -63,17 +78,48 @@ func (s *Store) Apply(u Update) map[string]error {
 	return rejected
 }
 
-// Replace swaps in the update as the whole state. It is all or nothing:
-// with any invalid resource nothing changes and the error names each.
+// Replace swaps in the update as the whole state. With an invalid workload
+// or service nothing changes but the policies the update rejects (it keeps
+// the last good state); with only invalid policies the update applies.
+// Either way a rejected policy is enforced as a deny-all over its scope, as
+// in Apply, and the error names every rejected resource.
 func (s *Store) Replace(u Update) error {
 	wls, svcs, pols := map[string]*Workload{}, map[string]*Service{}, map[string]*authz.Policy{}
-	if rejected := apply(u, wls, svcs, pols); len(rejected) > 0 {
-		return RejectedError(rejected)
-	}
+	rejected := apply(u, wls, svcs, pols)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.swapLocked(newSnapshot(wls, svcs, pols, s.cur.Load().version+1))
+	old := s.cur.Load()
+	if badAddresses(u, wls, svcs) {
+		standIns := map[string]*authz.Policy{}
+		for name := range rejected {
+			if p := pols[name]; p != nil && p.RejectedBecause() != "" {
+				standIns[name] = p
+			}
+		}
+		if len(standIns) == 0 {
+			return RejectedError(rejected)
+		}
+		wls, svcs, pols = maps(old)
+		for name, p := range standIns {
+			pols[name] = p
+		}
+	}
+	s.swapLocked(newSnapshot(wls, svcs, pols, old.version+1))
+	if len(rejected) > 0 {
+		return RejectedError(rejected)
+	}
 	return nil
+}
+
+// badAddresses reports whether apply rejected a workload or service of u
+// (into the fresh maps wls and svcs).
+func badAddresses(u Update, wls map[string]*Workload, svcs map[string]*Service) bool {
+	for name := range u.Addresses {
+		if wls[name] == nil && svcs[name] == nil {
+			return true
+		}
+	}
+	return false
 }
 
 func (s *Store) swapLocked(next *Snapshot) {
@@ -159,9 +205,18 @@ func apply(u Update, wls map[string]*Workload, svcs map[string]*Service, pols ma
 		if err != nil {
 			// A service may have the same name as a policy: keep both errors.
 			rejected[name] = errors.Join(rejected[name], err)
+			pols[name] = authz.Rejected(name, a, err)
 			continue
 		}
 		pols[name] = p
+	}
+	for name, b := range u.BadPolicies {
+		err := b.Err
+		if err == nil {
+			err = errors.New("not decodable")
+		}
+		rejected[name] = errors.Join(rejected[name], err)
+		pols[name] = authz.Rejected(name, b.Read, err)
 	}
 	if len(rejected) == 0 {
 		return nil

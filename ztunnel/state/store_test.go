@@ -82,6 +82,8 @@ func mustApply(t *testing.T, s *state.Store, u state.Update) {
 	}
 }
 
+// A rejected workload or service keeps its previous version; a rejected
+// policy does not: it becomes a deny-all over its scope.
 func TestApplyRejectsByNameAndKeepsThePreviousVersion(t *testing.T) {
 	s := state.NewStore()
 	mustApply(t, s, update(
@@ -137,8 +139,12 @@ func TestApplyRejectsByNameAndKeepsThePreviousVersion(t *testing.T) {
 	if web := snap.ServiceByVIP(netAddr("", "10.96.0.1")); web == nil || web.Hostname != "web.ns.svc.cluster.local" {
 		t.Errorf("service at 10.96.0.1 = %+v, want the previous web", web)
 	}
-	if p := snap.Policy("ns/allow"); p == nil || p.Scope != security.Scope_NAMESPACE {
-		t.Errorf("policy ns/allow = %+v, want the previous NAMESPACE one", p)
+	if p := snap.Policy("ns/allow"); p == nil || p.Scope != security.Scope_GLOBAL || p.Action != security.Action_DENY ||
+		!strings.HasPrefix(p.RejectedBecause(), "action: unknown value 9") {
+		t.Errorf("policy ns/allow = %+v, want a GLOBAL deny-all standing in for the rejected version", p)
+	}
+	if p := snap.Policy("ns/misnamed-policy"); p == nil || p.RejectedBecause() == "" {
+		t.Errorf("policy ns/misnamed-policy = %+v, want a deny-all stand-in", p)
 	}
 	if snap.Workload("b") == nil || snap.Service("ns/db.ns.svc.cluster.local") == nil {
 		t.Error("the good resources of the update were not applied")
@@ -204,17 +210,17 @@ func TestReplaceIsAllOrNothing(t *testing.T) {
 	u := update(pod("b", "ns", "sa", "10.0.0.2"), bad)
 	u.Addresses["ns/web"] = u.Addresses["ns/"]
 	delete(u.Addresses, "ns/")
-	u.Policies["x/y"] = policy("x", "z", security.Scope_GLOBAL)
+	u.Addresses["c"] = &workload.Address{Type: &workload.Address_Workload{Workload: pod("c", "", "sa", "10.0.0.3")}}
 	err := s.Replace(u)
 
 	var rej state.RejectedError
 	if !errors.As(err, &rej) {
 		t.Fatalf("Replace with bad resources = %v, want a RejectedError", err)
 	}
-	if len(rej) != 2 || rej["ns/web"] == nil || rej["x/y"] == nil {
-		t.Errorf("rejected %v, want ns/web and x/y", rej)
+	if len(rej) != 2 || rej["ns/web"] == nil || rej["c"] == nil {
+		t.Errorf("rejected %v, want ns/web and c", rej)
 	}
-	if want := `rejected: ns/web: service.hostname: empty; x/y: resource name "x/y" is not the policy's namespace/name "x/z"`; err.Error() != want {
+	if want := `rejected: c: workload.namespace: empty on an HBONE workload (its identity needs it); ns/web: service.hostname: empty`; err.Error() != want {
 		t.Errorf("error text:\n got: %s\nwant: %s", err, want)
 	}
 	if s.Snapshot() != before {
@@ -238,6 +244,51 @@ func TestReplaceIsAllOrNothing(t *testing.T) {
 	}
 	if after.Version() <= before.Version() {
 		t.Errorf("version went from %d to %d", before.Version(), after.Version())
+	}
+}
+
+// A Replace whose policies are rejected still never leaves a rejected
+// policy's previous version (or nothing) in force: with a bad workload the
+// last good state stays but the rejected policy becomes a deny-all; with
+// only bad policies the update applies with their deny-alls.
+func TestReplaceDeniesForRejectedPolicies(t *testing.T) {
+	s := state.NewStore()
+	allow := policy("ns", "allow", security.Scope_NAMESPACE)
+	if err := s.Replace(update(pod("a", "ns", "sa", "10.0.0.1"), allow)); err != nil {
+		t.Fatal(err)
+	}
+	badAllow := policy("ns", "allow", security.Scope_NAMESPACE)
+	badAllow.Rules = []*security.Rule{{Clauses: []*security.Clause{{Matches: []*security.Match{{DestinationPorts: []uint32{70000}}}}}}}
+	u := update(pod("b", "", "sa", "10.0.0.2"), badAllow)
+	if err := s.Replace(u); err == nil || !strings.Contains(err.Error(), "destination_ports[0]") {
+		t.Fatalf("Replace = %v, want the bad port named", err)
+	}
+	snap := s.Snapshot()
+	if snap.Workload("a") == nil || snap.Workload("b") != nil {
+		t.Error("a Replace with a bad workload did not keep the last good workloads")
+	}
+	p := snap.Policy("ns/allow")
+	if p == nil || p.RejectedBecause() == "" || p.Action != security.Action_DENY || p.Scope != security.Scope_NAMESPACE {
+		t.Fatalf("ns/allow = %+v, want a NAMESPACE deny-all in place of the last good version", p)
+	}
+	if ps, _ := snap.PoliciesFor(snap.Workload("a")); !slices.Contains(keys(ps), "ns/allow") {
+		t.Errorf("PoliciesFor(a) = %v, want the deny-all", keys(ps))
+	}
+
+	u = update(pod("a", "ns", "sa", "10.0.0.1"), pod("b", "ns", "sa", "10.0.0.2"))
+	u.BadPolicies = map[string]state.BadPolicy{"ns/unreadable": {Err: errors.New("decode: bad wire data")}}
+	if err := s.Replace(u); err == nil || !strings.Contains(err.Error(), "ns/unreadable: decode: bad wire data") {
+		t.Fatalf("Replace = %v, want ns/unreadable rejected", err)
+	}
+	snap = s.Snapshot()
+	if snap.Workload("b") == nil || snap.Policy("ns/allow") != nil {
+		t.Error("a Replace with only a bad policy did not apply")
+	}
+	if p := snap.Policy("ns/unreadable"); p == nil || p.Scope != security.Scope_GLOBAL || p.RejectedBecause() == "" {
+		t.Errorf("ns/unreadable = %+v, want a GLOBAL deny-all", p)
+	}
+	if ps, _ := snap.PoliciesFor(snap.Workload("b")); !slices.Contains(keys(ps), "ns/unreadable") {
+		t.Errorf("PoliciesFor(b) = %v, want the GLOBAL deny-all", keys(ps))
 	}
 }
 

@@ -8,7 +8,8 @@ import (
 )
 
 // Access-log keys. They are the keys of Istio's ztunnel access log, so log
-// pipelines built for it keep working; reason and response_flags are ours.
+// pipelines built for it keep working; reason, response_flags,
+// authorization_policy and peer_authentication are ours.
 const (
 	KeySrcAddr       = "src.addr"
 	KeySrcWorkload   = "src.workload"
@@ -29,6 +30,11 @@ const (
 	KeyError         = "error"
 	KeyReason        = "reason"
 	KeyResponseFlags = "response_flags"
+	// KeyPolicy names the authorization policy that allowed or denied the
+	// connection, KeyPeerAuthentication the PeerAuthentication when the
+	// deciding policy is the one enforcing it (a STRICT refusal).
+	KeyPolicy             = "authorization_policy"
+	KeyPeerAuthentication = "peer_authentication"
 )
 
 const (
@@ -37,7 +43,7 @@ const (
 
 	// maxAccessLogAttrs bounds the attributes of one line, so they fit in
 	// an array on the stack.
-	maxAccessLogAttrs = 19
+	maxAccessLogAttrs = 21
 )
 
 // logOpen writes the Debug line Istio's ztunnel writes when a connection
@@ -87,6 +93,12 @@ func (t *Telemetry) logClose(c *Conn, r *Result) {
 	}
 	if r.Reason != "" {
 		a = append(a, slog.String(KeyReason, r.Reason))
+	}
+	if r.Policy != "" {
+		a = append(a, slog.String(KeyPolicy, r.Policy))
+	}
+	if r.PeerAuthentication != "" {
+		a = append(a, slog.String(KeyPeerAuthentication, r.PeerAuthentication))
 	}
 	t.log.LogAttrs(ctx, level, msgComplete, a...)
 }

@@ -97,6 +97,12 @@ type Result struct {
 	// Reason is a human explanation for the log, e.g. which policy denied
 	// the connection.
 	Reason string
+	// Policy is the authorization policy ("namespace/name") that allowed
+	// or denied the connection, "" when none decided (no ALLOW policy
+	// applies, or the connection is outbound). PeerAuthentication is set
+	// instead when the deciding policy is the one a PeerAuthentication
+	// became (STRICT), so that the log names what the user wrote.
+	Policy, PeerAuthentication string
 	// Flags is the response_flags value (one of the Flag constants). Empty
 	// means FlagNone on success and FlagConnectFailure on an error.
 	Flags string

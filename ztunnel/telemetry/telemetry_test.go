@@ -318,10 +318,11 @@ func TestDenied(t *testing.T) {
 		Err:    errDenied,
 		Reason: "denied by DENY policy bookinfo/deny-productpage",
 		Flags:  FlagDenied,
+		Policy: "bookinfo/deny-productpage",
 	})
 	// A second, allowed connection of the same pair shares the opened
 	// series but not the closed one.
-	f.tel.Open(ci).Close(Result{Sent: 1, Received: 1})
+	f.tel.Open(ci).Close(Result{Sent: 1, Received: 1, Policy: "bookinfo/allow-productpage"})
 
 	if s := f.only(MetricOpened); s.value != 2 || s.labels["response_flags"] != "-" {
 		t.Errorf("opened = %v %v, want 2 under response_flags=-", s.value, s.labels)
@@ -356,10 +357,23 @@ func TestDenied(t *testing.T) {
 		KeyError:         "connection denied by authorization policy",
 		KeyReason:        "denied by DENY policy bookinfo/deny-productpage",
 		KeyResponseFlags: "DENY",
+		KeyPolicy:        "bookinfo/deny-productpage",
 		KeyBytesSent:     float64(0),
 		KeyBytesRecv:     float64(0),
 	})
-	checkLine(t, lines[1], map[string]any{"level": "INFO", KeyError: nil, KeyResponseFlags: nil})
+	// The policy that allowed a connection is named as the one that
+	// denied one is.
+	checkLine(t, lines[1], map[string]any{"level": "INFO", KeyError: nil, KeyResponseFlags: nil, KeyPolicy: "bookinfo/allow-productpage", KeyPeerAuthentication: nil})
+}
+
+// A STRICT refusal names the PeerAuthentication, not the policy it became.
+func TestDeniedByPeerAuthentication(t *testing.T) {
+	f := newFixture(t)
+	f.tel.Open(ConnInfo{Direction: Inbound, Src: productpage, Dst: reviews}).Close(Result{
+		Err: errors.New("denied"), Flags: FlagDenied, PeerAuthentication: "bookinfo/strict",
+		Reason: "mutual TLS required by PeerAuthentication bookinfo/strict",
+	})
+	checkLine(t, f.onlyLine(), map[string]any{KeyPeerAuthentication: "bookinfo/strict", KeyPolicy: nil, KeyResponseFlags: "DENY"})
 }
 
 func TestErrorWithoutFlagIsConnectFailure(t *testing.T) {
