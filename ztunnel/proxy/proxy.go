@@ -144,6 +144,7 @@ func (p *Proxy) AddPod(ctx context.Context, ip *inpod.Pod) (err error) {
 	pd.ctx, pd.cancel = context.WithCancel(context.Background())
 	if err := p.open(pd); err != nil {
 		pd.cancel()
+		p.forgetIdentity(id)
 		return err
 	}
 	p.mu.Lock()
@@ -313,6 +314,33 @@ func (p *Proxy) drainPod(pd *pod) {
 	pd.conns.drain(ctx)
 	p.cut(pd)
 	wg.Wait()
+	p.forgetIdentity(pd.id)
+}
+
+// forgetter is the part of identity.Manager that drops an identity: a
+// Source that has it stops renewing certificates nobody here uses.
+type forgetter interface{ Forget(spiffeid.ID) }
+
+// forgetIdentity drops id's certificate once no pod served here runs as
+// it: a removed pod's certificate is neither kept nor renewed. A pod that
+// takes the identity again fetches it anew.
+func (p *Proxy) forgetIdentity(id spiffeid.ID) {
+	f, ok := p.cfg.Certs.(forgetter)
+	if !ok {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.draining {
+		return // the process is ending: nothing is renewed for long
+	}
+	for _, other := range p.pods {
+		if other.id == id {
+			return
+		}
+	}
+	f.Forget(id)
+	p.log.Debug("certificate forgotten", "identity", id.String())
 }
 
 // cut ends everything of a pod now.
