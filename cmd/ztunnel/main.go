@@ -6,23 +6,23 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"sync"
 	"syscall"
 	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/zmesh/zmesh/identity"
 	"github.com/zmesh/zmesh/internal/meshclient"
@@ -45,6 +45,9 @@ type flags struct {
 	adminAddr, metricsAddr, readyAddr string
 	grace                             time.Duration
 	logLevel                          string
+	// This ztunnel's own pod, for its xDS node.
+	podName, podNamespace, clusterID string
+	instanceIPs                      []netip.Addr
 }
 
 func parseFlags(args []string) (*flags, error) {
@@ -65,8 +68,19 @@ func parseFlags(args []string) (*flags, error) {
 	fs.StringVar(&f.readyAddr, "readiness-address", ":15021", "readiness endpoint (/healthz/ready)")
 	fs.DurationVar(&f.grace, "drain-grace", 30*time.Second, "how long live connections may run on after SIGTERM or a pod's removal")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&f.podName, "pod-name", cmp.Or(os.Getenv("POD_NAME"), hostname()), "this ztunnel's pod name, for its xDS node (default $POD_NAME, else the hostname)")
+	fs.StringVar(&f.podNamespace, "pod-namespace", cmp.Or(os.Getenv("POD_NAMESPACE"), "zmesh-system"), "this ztunnel's pod namespace, for its xDS node (default $POD_NAMESPACE, else zmesh-system)")
+	fs.StringVar(&f.clusterID, "cluster-id", cmp.Or(os.Getenv("CLUSTER_ID"), "Kubernetes"), "the cluster's id, for the xDS node (default $CLUSTER_ID, else Kubernetes)")
+	instanceIPs := fs.String("instance-ip", os.Getenv("INSTANCE_IP"), "this ztunnel's pod IPs, comma-separated, for its xDS node (default $INSTANCE_IP, else this host's global unicast addresses)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
+	}
+	ips, err := parseIPs(*instanceIPs)
+	if err != nil {
+		return nil, fmt.Errorf("--instance-ip: %w", err)
+	}
+	if f.instanceIPs = ips; len(ips) == 0 {
+		f.instanceIPs = hostIPs()
 	}
 	if f.node == "" {
 		return nil, errors.New("--node: empty (and $NODE_NAME unset)")
@@ -167,10 +181,16 @@ func run(ctx context.Context, f *flags) error {
 		case <-store.Changed():
 		}
 	} else {
-		meta, _ := structpb.NewStruct(map[string]any{"NODE_NAME": f.node, "NETWORK": f.network})
+		node, err := xdsNode(podInfo{
+			name: f.podName, namespace: f.podNamespace, ips: f.instanceIPs,
+			node: f.node, cluster: f.clusterID, network: f.network,
+		})
+		if err != nil {
+			return err
+		}
 		xdsClient, err = xdsclient.NewClient(xdsclient.Config{
 			Conn: mc.XDS, Types: config.Types, Handler: config.XDSHandler{Store: store}, Log: log,
-			Node: &corev3.Node{Id: "ztunnel~" + f.node, Metadata: meta},
+			Node: node,
 		})
 		if err != nil {
 			return err
