@@ -45,6 +45,7 @@ type flags struct {
 	adminAddr, metricsAddr, readyAddr string
 	grace                             time.Duration
 	logLevel                          string
+	stateDir                          string
 	// This ztunnel's own pod, for its xDS node.
 	podName, podNamespace, clusterID string
 	instanceIPs                      []netip.Addr
@@ -68,6 +69,7 @@ func parseFlags(args []string) (*flags, error) {
 	fs.StringVar(&f.readyAddr, "readiness-address", ":15021", "readiness endpoint (/healthz/ready)")
 	fs.DurationVar(&f.grace, "drain-grace", 30*time.Second, "how long live connections may run on after SIGTERM or a pod's removal")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&f.stateDir, "state-dir", "/var/run/ztunnel/state", "node-local directory where the config of the last xDS sync is kept, to serve from after a restart while the control plane is down (empty: keep nothing)")
 	fs.StringVar(&f.podName, "pod-name", cmp.Or(os.Getenv("POD_NAME"), hostname()), "this ztunnel's pod name, for its xDS node (default $POD_NAME, else the hostname)")
 	fs.StringVar(&f.podNamespace, "pod-namespace", cmp.Or(os.Getenv("POD_NAMESPACE"), "zmesh-system"), "this ztunnel's pod namespace, for its xDS node (default $POD_NAMESPACE, else zmesh-system)")
 	fs.StringVar(&f.clusterID, "cluster-id", cmp.Or(os.Getenv("CLUSTER_ID"), "Kubernetes"), "the cluster's id, for the xDS node (default $CLUSTER_ID, else Kubernetes)")
@@ -164,7 +166,10 @@ func run(ctx context.Context, f *flags) error {
 	wg.Go(func() { certs.Run(bg) })
 
 	var xdsClient *xdsclient.Client
+	// configured is closed once there is a config to serve pods with.
+	var configured <-chan struct{}
 	if f.localConfig != "" {
+		configured = closed
 		first := make(chan error, 1)
 		wg.Go(func() {
 			err := config.WatchFile(bg, f.localConfig, store, time.Second, log, func() { configReady.Done() })
@@ -186,19 +191,19 @@ func run(ctx context.Context, f *flags) error {
 			node: f.node, cluster: f.clusterID, network: f.network,
 		})
 		if err != nil {
+			cancelBG()
 			return err
 		}
-		xdsClient, err = xdsclient.NewClient(xdsclient.Config{
-			Conn: mc.XDS, Types: config.Types, Handler: config.XDSHandler{Store: store}, Log: log,
-			Node: node,
+		xdsClient, configured, err = startXDS(bg, &wg, xdsSetup{
+			conn: mc.XDS, node: node, store: store, statePath: statePath(f), log: log,
 		})
 		if err != nil {
+			cancelBG()
 			return err
 		}
-		wg.Go(func() { xdsClient.Run(bg) })
 		wg.Go(func() {
 			select {
-			case <-xdsClient.Synced():
+			case <-configured:
 				configReady.Done()
 			case <-bg.Done():
 			}
@@ -207,7 +212,19 @@ func run(ctx context.Context, f *flags) error {
 
 	zctx, stopZDS := context.WithCancel(bg)
 	defer stopZDS()
-	wg.Go(func() { inpod.RunZDS(zctx, f.zdsSocket, readyOnReconcile{px, podsReady}, log) })
+	// Pods are taken over (from the agent, and so from a ztunnel being
+	// replaced) only once there is a config to serve them with: the first
+	// sync, or the one persisted at the last sync. Before that a pod's
+	// traffic stays with the ztunnel that has one, or, for a new pod, the
+	// pod waits in CNI ADD.
+	wg.Go(func() {
+		select {
+		case <-configured:
+		case <-zctx.Done():
+			return
+		}
+		inpod.RunZDS(zctx, f.zdsSocket, readyOnReconcile{px, podsReady}, log)
+	})
 
 	dump := func() any { return configDump(store.Snapshot(), px, certs, xdsClient) }
 	adminH, err := admin.NewAdmin(dump, level)

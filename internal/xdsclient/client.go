@@ -55,6 +55,11 @@ type Config struct {
 	Handler Handler
 	// Log defaults to slog.Default().
 	Log *slog.Logger
+	// Held is what the handler already holds when the client starts (by
+	// type, name -> version), e.g. the config a restarted data plane loaded
+	// from disk. Each stream's InitialResourceVersions names it, so the
+	// control plane sends only what changed and removes what is gone.
+	Held map[string]map[string]string
 	// MinBackoff and MaxBackoff bound the (jittered, doubling) wait between
 	// streams; they default to 100ms and 15s.
 	MinBackoff, MaxBackoff time.Duration
@@ -139,7 +144,15 @@ func NewClient(cfg Config) (*Client, error) {
 		if c.types[t] != nil {
 			return nil, fmt.Errorf("xds: type %s is subscribed twice", t)
 		}
-		c.types[t] = &typeState{held: map[string]string{}}
+		c.types[t] = &typeState{held: maps.Clone(cfg.Held[t])}
+		if c.types[t].held == nil {
+			c.types[t].held = map[string]string{}
+		}
+	}
+	for t := range cfg.Held {
+		if c.types[t] == nil {
+			return nil, fmt.Errorf("xds: config holds resources of %s, which it does not subscribe to", t)
+		}
 	}
 	c.cfg.Types = append([]string(nil), cfg.Types...)
 	c.unsynced = len(c.types)

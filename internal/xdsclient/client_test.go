@@ -670,3 +670,26 @@ func (s *syncBuffer) String() string {
 
 // fakeConn only has to be non-nil: validation never uses it.
 type fakeConn struct{ grpc.ClientConnInterface }
+
+// A client started with what the handler already holds (a restarted data
+// plane's persisted config) names it in its first stream's initial
+// versions, so the control plane sends only the difference.
+func TestHeldAtStartIsResumed(t *testing.T) {
+	held := func(c *Config) { c.Held = map[string]map[string]string{TypeAddress: {"a": "v1", "gone": "v3"}} }
+	e := newEnv(t, TypeAddress, TypeAuthorization, envOption(held))
+	s := e.srv.nextStream(t)
+	r1, r2 := s.next(t), s.next(t)
+	if !maps.Equal(r1.GetInitialResourceVersions(), map[string]string{"a": "v1", "gone": "v3"}) {
+		t.Errorf("first request = %v, want the held versions a:v1 gone:v3", r1)
+	}
+	if len(r2.GetInitialResourceVersions()) != 0 {
+		t.Errorf("second request = %v, want no versions for a type nothing is held of", r2)
+	}
+	if st := e.c.Status(); st.Types[0].Resources != 2 {
+		t.Errorf("status = %+v, want 2 Address resources held", st)
+	}
+	if _, err := NewClient(Config{Conn: e.c.cfg.Conn, Handler: e.h, Types: []string{TypeAddress},
+		Held: map[string]map[string]string{TypeAuthorization: {"p": "v1"}}}); err == nil || !strings.Contains(err.Error(), TypeAuthorization) {
+		t.Errorf("held resources of a type not subscribed: %v", err)
+	}
+}

@@ -69,6 +69,10 @@ var (
 	ErrNoHealthyUpstream = errors.New("no healthy upstream")
 	ErrNoServicePort     = errors.New("service has no such port")
 	ErrWaypointUnknown   = errors.New("waypoint unknown")
+	// ErrNotSynced: ztunnel has no complete config yet, so it cannot tell
+	// a mesh destination from one outside the mesh. It refuses rather
+	// than send what may be mesh traffic in plaintext.
+	ErrNotSynced = errors.New("no config from the control plane yet")
 )
 
 // PlanOutbound decides, without I/O, how a connection from src to dst goes
@@ -77,6 +81,9 @@ var (
 // the HBONE authority and pool key do not depend on the socket's family.
 func PlanOutbound(snap *state.Snapshot, src Source, dst netip.AddrPort, rr uint64) (Plan, error) {
 	dst = unmapped(dst)
+	if !snap.Synced() {
+		return Plan{}, ErrNotSynced
+	}
 	addr := state.NetAddr{Network: src.Network, Addr: dst.Addr()}
 	if svc := snap.ServiceByVIP(addr); svc != nil {
 		return planService(snap, src, svc, dst, rr)

@@ -36,7 +36,7 @@ type Store struct {
 // NewStore returns a store with an empty snapshot.
 func NewStore() *Store {
 	s := &Store{changed: make(chan struct{})}
-	s.cur.Store(newSnapshot(nil, nil, nil, 0))
+	s.cur.Store(newSnapshot(nil, nil, nil, 0, false))
 	return s
 }
 
@@ -59,12 +59,28 @@ func (s *Store) Apply(u Update) map[string]error {
 	old := s.cur.Load()
 	wls, svcs, pols := maps(old)
 	rejected := apply(u, wls, svcs, pols)
-	s.swapLocked(newSnapshot(wls, svcs, pols, old.version+1))
+	s.swapLocked(newSnapshot(wls, svcs, pols, old.version+1, old.synced))
 	return rejected
 }
 
-// Replace swaps in the update as the whole state. It is all or nothing:
-// with any invalid resource nothing changes and the error names each.
+// MarkSynced records that the state is complete: the control plane's first
+// full response of every type has been applied. Until then the proxy
+// refuses outbound traffic rather than take a mesh destination it does not
+// know yet for one outside the mesh.
+func (s *Store) MarkSynced() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old := s.cur.Load()
+	if old.synced {
+		return
+	}
+	s.swapLocked(newSnapshot(old.workloads, old.services, old.policies, old.version+1, true))
+}
+
+// Replace swaps in the update as the whole state, which is complete (a
+// local file, or the config persisted at the last sync): the snapshot is
+// synced. It is all or nothing: with any invalid resource nothing changes
+// and the error names each.
 func (s *Store) Replace(u Update) error {
 	wls, svcs, pols := map[string]*Workload{}, map[string]*Service{}, map[string]*authz.Policy{}
 	if rejected := apply(u, wls, svcs, pols); len(rejected) > 0 {
@@ -72,7 +88,7 @@ func (s *Store) Replace(u Update) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.swapLocked(newSnapshot(wls, svcs, pols, s.cur.Load().version+1))
+	s.swapLocked(newSnapshot(wls, svcs, pols, s.cur.Load().version+1, true))
 	return nil
 }
 
@@ -171,7 +187,9 @@ func apply(u Update, wls map[string]*Workload, svcs map[string]*Service, pols ma
 
 // Snapshot is one consistent view of the mesh. Never modify what it returns.
 type Snapshot struct {
-	version   uint64
+	version uint64
+	// synced: the state is complete (see Store.MarkSynced).
+	synced    bool
 	workloads map[string]*Workload
 	services  map[string]*Service
 	policies  map[string]*authz.Policy
@@ -186,9 +204,9 @@ type Snapshot struct {
 	byNamespace map[string][]*authz.Policy
 }
 
-func newSnapshot(wls map[string]*Workload, svcs map[string]*Service, pols map[string]*authz.Policy, version uint64) *Snapshot {
+func newSnapshot(wls map[string]*Workload, svcs map[string]*Service, pols map[string]*authz.Policy, version uint64, synced bool) *Snapshot {
 	s := &Snapshot{
-		version: version, workloads: wls, services: svcs, policies: pols,
+		version: version, synced: synced, workloads: wls, services: svcs, policies: pols,
 		byAddr: map[NetAddr]*Workload{}, byVIP: map[NetAddr]*Service{}, byHost: map[string][]*Service{},
 		endpoints: map[string][]*Workload{}, byIdentity: map[spiffeid.ID][]*Workload{},
 		byNode: map[string][]*Workload{}, byNamespace: map[string][]*authz.Policy{},
@@ -235,6 +253,10 @@ func sortedValues[V any](m map[string]V, key func(V) string) []V {
 
 // Version counts swaps; it changes with every update.
 func (s *Snapshot) Version() uint64 { return s.version }
+
+// Synced reports whether the state is complete: until it is, an address
+// it does not know may still be a mesh workload.
+func (s *Snapshot) Synced() bool { return s.synced }
 
 // Workload looks a workload up by uid.
 func (s *Snapshot) Workload(uid string) *Workload { return s.workloads[uid] }
