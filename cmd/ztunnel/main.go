@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -46,6 +47,7 @@ type flags struct {
 	grace                             time.Duration
 	logLevel                          string
 	stateDir                          string
+	meshCIDRs                         []netip.Prefix
 	// This ztunnel's own pod, for its xDS node.
 	podName, podNamespace, clusterID string
 	instanceIPs                      []netip.Addr
@@ -73,9 +75,20 @@ func parseFlags(args []string) (*flags, error) {
 	fs.StringVar(&f.podName, "pod-name", cmp.Or(os.Getenv("POD_NAME"), hostname()), "this ztunnel's pod name, for its xDS node (default $POD_NAME, else the hostname)")
 	fs.StringVar(&f.podNamespace, "pod-namespace", cmp.Or(os.Getenv("POD_NAMESPACE"), "zmesh-system"), "this ztunnel's pod namespace, for its xDS node (default $POD_NAMESPACE, else zmesh-system)")
 	fs.StringVar(&f.clusterID, "cluster-id", cmp.Or(os.Getenv("CLUSTER_ID"), "Kubernetes"), "the cluster's id, for the xDS node (default $CLUSTER_ID, else Kubernetes)")
+	meshCIDRs := fs.String("mesh-cidrs", "", "the cluster's pod and service CIDRs, comma-separated: an outbound connection to an unknown address in them waits (up to 1 s) for the control plane to name it, and is refused if it does not (default: the /24 or /64 around every known workload and service address)")
 	instanceIPs := fs.String("instance-ip", os.Getenv("INSTANCE_IP"), "this ztunnel's pod IPs, comma-separated, for its xDS node (default $INSTANCE_IP, else this host's global unicast addresses)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
+	}
+	for _, c := range strings.Split(*meshCIDRs, ",") {
+		if c = strings.TrimSpace(c); c == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(c)
+		if err != nil {
+			return nil, fmt.Errorf("--mesh-cidrs: %q is not a CIDR", c)
+		}
+		f.meshCIDRs = append(f.meshCIDRs, p)
 	}
 	ips, err := parseIPs(*instanceIPs)
 	if err != nil {
@@ -146,9 +159,11 @@ func run(ctx context.Context, f *flags) error {
 		return err
 	}
 	store := state.NewStore()
+	store.SetMeshCIDRs(f.meshCIDRs)
+	demand := &xdsDemand{}
 	px, err := proxy.New(proxy.Config{
 		Node: f.node, Network: f.network, TrustDomain: td, State: store, Certs: certs,
-		Telemetry: tel, Log: log, Grace: f.grace,
+		Telemetry: tel, Log: log, Grace: f.grace, Demand: demand,
 	})
 	if err != nil {
 		return err
@@ -201,6 +216,7 @@ func run(ctx context.Context, f *flags) error {
 			cancelBG()
 			return err
 		}
+		demand.c.Store(xdsClient)
 		wg.Go(func() {
 			select {
 			case <-configured:

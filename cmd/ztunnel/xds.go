@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -132,4 +133,19 @@ func persist(ctx context.Context, held *config.Held, path string, log *slog.Logg
 		case <-held.Changed():
 		}
 	}
+}
+
+// xdsDemand asks the xDS client for addresses the proxy does not know, by
+// Istio's on-demand name for an address, "network/ip". Without a client
+// (--local-config) it asks nothing.
+type xdsDemand struct {
+	c atomic.Pointer[xdsclient.Client]
+}
+
+func (d *xdsDemand) DemandAddress(addr state.NetAddr) (release func()) {
+	c := d.c.Load()
+	if c == nil {
+		return func() {}
+	}
+	return c.Demand(xdsclient.TypeAddress, addr.String())
 }

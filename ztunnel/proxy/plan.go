@@ -73,6 +73,12 @@ var (
 	// a mesh destination from one outside the mesh. It refuses rather
 	// than send what may be mesh traffic in plaintext.
 	ErrNotSynced = errors.New("no config from the control plane yet")
+	// ErrUnknownInMesh: the destination is in the mesh's address ranges
+	// but not (yet) in the config, e.g. a pod started a moment ago. The
+	// proxy holds the connection while it asks for the address, and
+	// refuses it if the address stays unknown: plaintext to what may be a
+	// mesh pod is never the fallback.
+	ErrUnknownInMesh = errors.New("destination in the mesh's address ranges is unknown")
 )
 
 // PlanOutbound decides, without I/O, how a connection from src to dst goes
@@ -90,6 +96,9 @@ func PlanOutbound(snap *state.Snapshot, src Source, dst netip.AddrPort, rr uint6
 	}
 	if w := snap.WorkloadByAddr(addr); w != nil {
 		return planWorkload(snap, src, w, dst, rr)
+	}
+	if snap.InMeshRange(addr) {
+		return Plan{}, fmt.Errorf("%w: %s", ErrUnknownInMesh, addr)
 	}
 	return Plan{Route: Passthrough, Dial: dst}, nil
 }

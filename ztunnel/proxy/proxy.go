@@ -47,6 +47,12 @@ type Config struct {
 	Grace time.Duration
 	// CertTimeout bounds the certificate fetch of AddPod: default 10 s.
 	CertTimeout time.Duration
+	// Demand, if set, asks the control plane for an address the state does
+	// not know (the xDS client's on-demand request).
+	Demand AddressDemander
+	// HoldUnknown bounds how long an outbound connection to an unknown
+	// address in the mesh's ranges waits for it: default 1 s.
+	HoldUnknown time.Duration
 	// NoSOCKS5 turns the 127.0.0.1:15080 listener off.
 	NoSOCKS5 bool
 	Pool     hbone.PoolConfig // MaxStreamsPerConn, IdleTimeout, Options; Dial/TLS are set per pod
@@ -58,6 +64,8 @@ type Proxy struct {
 	cfg Config
 	log *slog.Logger
 	rr  atomic.Uint64
+	// held counts outbound connections waiting for an unknown address.
+	held atomic.Int64
 
 	mu       sync.Mutex
 	pods     map[string]*pod
@@ -81,6 +89,9 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	if cfg.CertTimeout <= 0 {
 		cfg.CertTimeout = 10 * time.Second
+	}
+	if cfg.HoldUnknown <= 0 {
+		cfg.HoldUnknown = time.Second
 	}
 	return &Proxy{cfg: cfg, log: cfg.Log, pods: map[string]*pod{}}, nil
 }
@@ -409,4 +420,10 @@ func (p *Proxy) Pods() []PodInfo {
 		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
 	})
 	return out
+}
+
+// AddressDemander asks the control plane for one address on demand.
+type AddressDemander interface {
+	// DemandAddress asks for addr; release withdraws the request.
+	DemandAddress(addr state.NetAddr) (release func())
 }

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -29,6 +30,7 @@ type Update struct {
 // readers never block.
 type Store struct {
 	mu      sync.Mutex
+	cidrs   []netip.Prefix // SetMeshCIDRs
 	cur     atomic.Pointer[Snapshot]
 	changed chan struct{} // closed and replaced on every swap
 }
@@ -93,6 +95,7 @@ func (s *Store) Replace(u Update) error {
 }
 
 func (s *Store) swapLocked(next *Snapshot) {
+	next.cidrs = s.cidrs
 	s.cur.Store(next)
 	close(s.changed)
 	s.changed = make(chan struct{})
@@ -200,6 +203,8 @@ type Snapshot struct {
 	endpoints   map[string][]*Workload
 	byIdentity  map[spiffeid.ID][]*Workload
 	byNode      map[string][]*Workload
+	ranges      map[meshRange]struct{} // derived mesh ranges (ranges.go)
+	cidrs       []netip.Prefix         // given mesh ranges, if any
 	global      []*authz.Policy
 	byNamespace map[string][]*authz.Policy
 }
@@ -210,10 +215,12 @@ func newSnapshot(wls map[string]*Workload, svcs map[string]*Service, pols map[st
 		byAddr: map[NetAddr]*Workload{}, byVIP: map[NetAddr]*Service{}, byHost: map[string][]*Service{},
 		endpoints: map[string][]*Workload{}, byIdentity: map[spiffeid.ID][]*Workload{},
 		byNode: map[string][]*Workload{}, byNamespace: map[string][]*authz.Policy{},
+		ranges: map[meshRange]struct{}{},
 	}
 	for _, w := range sortedValues(wls, func(w *Workload) string { return w.UID }) {
 		for _, a := range w.Addrs {
 			s.byAddr[NetAddr{w.Network, a}] = w
+			s.ranges[derivedRange(NetAddr{w.Network, a})] = struct{}{}
 		}
 		for key := range w.Services {
 			s.endpoints[key] = append(s.endpoints[key], w)
@@ -228,6 +235,7 @@ func newSnapshot(wls map[string]*Workload, svcs map[string]*Service, pols map[st
 	for _, svc := range sortedValues(svcs, (*Service).Key) {
 		for _, vip := range svc.VIPs {
 			s.byVIP[vip] = svc
+			s.ranges[derivedRange(vip)] = struct{}{}
 		}
 		s.byHost[svc.Hostname] = append(s.byHost[svc.Hostname], svc)
 	}
