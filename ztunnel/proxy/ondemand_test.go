@@ -104,3 +104,51 @@ func TestUnknownMeshAddressIsHeldThenTunnelled(t *testing.T) {
 		t.Error("no log line says the connection to the unknown address was refused")
 	}
 }
+
+// A ztunnel that serves a pod before its first config (a proxy whose
+// state was never synced) refuses the pod's outbound connections: nothing
+// crosses the wire in plaintext, the app is never reached. Once the config
+// arrives the same connection goes over HBONE.
+func TestNothingLeavesBeforeSync(t *testing.T) {
+	m := newMesh(t)
+	a := m.newNode("node-a")
+	// Pushes skip node A: its state stays empty and unsynced.
+	m.nodes = m.nodes[:0]
+	b := m.newNode("node-b")
+	client := m.newPod(a, "demo", "client", "sleep")
+	server := m.newPod(b, "demo", "server", "echo")
+	app := server.serve(t, 8080)
+	if a.store.Snapshot().Synced() {
+		t.Fatal("node A's state is synced: the test proves nothing")
+	}
+
+	wire, err := m.lan.Underlay.Capture("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret := "zmesh-before-sync-" + strings.Repeat("z", 32)
+	got, err := client.call(app.addr, secret)
+	wire.Stop()
+	if err == nil {
+		t.Fatalf("a connection before the first sync succeeded: %q", got)
+	}
+	if wire.Contains([]byte(secret)) {
+		t.Fatal("plaintext left the pod before ztunnel had its config")
+	}
+	select {
+	case peer := <-app.peers:
+		t.Fatalf("the app was reached (from %s) before ztunnel had its config", peer)
+	default:
+	}
+
+	if err := a.store.Replace(m.update()); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := client.call(app.addr, secret); err != nil || got != client.ip.String()+"|"+secret {
+		t.Fatalf("after the sync: %q %v", got, err)
+	}
+	waitFor(t, func() bool { return len(a.logLines("connection complete")) >= 2 }, "node A's access log")
+	if rec := a.logLines("connection complete")[1]; rec["dst.identity"] != "spiffe://cluster.local/ns/demo/sa/echo" {
+		t.Errorf("after the sync the connection did not go over HBONE: %v", rec)
+	}
+}
