@@ -26,9 +26,7 @@ func (c *Client) serve(ctx context.Context) (delivered bool, err error) {
 		return false, fmt.Errorf("open delta ADS stream: %w", err)
 	}
 	// Names asked for on demand since the last stream (or during its
-	// outage) ride with the new stream's subscriptions. (A Demand made
-	// between this read and the stream being published below is sent on
-	// the next stream: the wildcard still brings it.)
+	// outage) ride with the new stream's subscriptions.
 	demanded := c.demandedNames()
 	for i, t := range c.cfg.Types {
 		req := &discoveryv3.DeltaDiscoveryRequest{
@@ -51,6 +49,21 @@ func (c *Client) serve(ctx context.Context) (delivered bool, err error) {
 	c.connected = true
 	c.stream = stream
 	c.mu.Unlock()
+	// A Demand made while the subscriptions went out found no stream to
+	// send on: send it now.
+	for t, names := range c.demandedNames() {
+		var late []string
+		for _, n := range names {
+			if !slices.Contains(demanded[t], n) {
+				late = append(late, n)
+			}
+		}
+		if len(late) > 0 {
+			if err := c.send(stream, &discoveryv3.DeltaDiscoveryRequest{TypeUrl: t, ResourceNamesSubscribe: late}); err != nil {
+				return false, fmt.Errorf("subscribe to %s on demand: %w", t, sendErr(stream, err))
+			}
+		}
+	}
 	defer func() {
 		c.mu.Lock()
 		c.stream = nil
