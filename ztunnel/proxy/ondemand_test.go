@@ -23,11 +23,18 @@ type demander struct {
 func (d *demander) DemandAddress(a state.NetAddr) func() {
 	d.mu.Lock()
 	d.asked = append(d.asked, a.String())
+	answer := d.answer
 	d.mu.Unlock()
-	if d.answer != nil {
-		go d.answer(a)
+	if answer != nil {
+		go answer(a)
 	}
 	return func() {}
+}
+
+func (d *demander) setAnswer(f func(state.NetAddr)) {
+	d.mu.Lock()
+	d.answer = f
+	d.mu.Unlock()
 }
 
 func (d *demander) names() []string {
@@ -61,10 +68,10 @@ func TestUnknownMeshAddressIsHeldThenTunnelled(t *testing.T) {
 	if rejected := a.store.Apply(state.Update{RemovedAddresses: []string{serverWL.Uid}}); len(rejected) > 0 {
 		t.Fatal(rejected)
 	}
-	d.answer = func(state.NetAddr) {
+	d.setAnswer(func(state.NetAddr) {
 		time.Sleep(300 * time.Millisecond)
 		a.store.Apply(state.Update{Addresses: map[string]*workload.Address{serverWL.Uid: {Type: &workload.Address_Workload{Workload: serverWL}}}})
-	}
+	})
 
 	wire, err := m.lan.Underlay.Capture("")
 	if err != nil {
@@ -89,7 +96,7 @@ func TestUnknownMeshAddressIsHeldThenTunnelled(t *testing.T) {
 
 	// Nobody ever answers for an address in the ranges: refused at the
 	// bound, never passed through.
-	d.answer = nil
+	d.setAnswer(nil)
 	ghost := netip.AddrPortFrom(netip.MustParseAddr("10.61.0.250"), 8080)
 	if got, err := client.call(ghost, "hello"); err == nil {
 		t.Fatalf("a connection to an unknown address in the mesh's ranges succeeded: %q", got)

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -64,10 +65,12 @@ func (a *onDemandADS) DeltaAggregatedResources(s grpc.BidiStreamingServer[discov
 }
 
 // xdsDemander hands the proxy's requests to an xDS client set later.
-type xdsDemander struct{ c *xdsclient.Client }
+type xdsDemander struct {
+	c atomic.Pointer[xdsclient.Client]
+}
 
 func (d *xdsDemander) DemandAddress(a state.NetAddr) func() {
-	return d.c.Demand(xdsclient.TypeAddress, a.String())
+	return d.c.Load().Demand(xdsclient.TypeAddress, a.String())
 }
 
 // The whole on-demand path: a pod's first connection to a pod its ztunnel
@@ -104,17 +107,18 @@ func TestOnDemandOverXDS(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	d.c, err = xdsclient.NewClient(xdsclient.Config{Conn: conn, Node: &corev3.Node{Id: "ztunnel~node-a"},
+	c, err := xdsclient.NewClient(xdsclient.Config{Conn: conn, Node: &corev3.Node{Id: "ztunnel~node-a"},
 		Types: []string{xdsclient.TypeAddress}, Handler: config.XDSHandler{Store: a.store}, Log: a.log})
 	if err != nil {
 		t.Fatal(err)
 	}
+	d.c.Store(c)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	wg.Go(func() { d.c.Run(ctx) })
+	wg.Go(func() { c.Run(ctx) })
 	t.Cleanup(func() { cancel(); wg.Wait() })
 	select {
-	case <-d.c.Synced():
+	case <-c.Synced():
 	case <-time.After(10 * time.Second):
 		t.Fatal("the xDS client never synced")
 	}
