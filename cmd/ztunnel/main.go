@@ -6,23 +6,24 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/zmesh/zmesh/identity"
 	"github.com/zmesh/zmesh/internal/meshclient"
@@ -45,6 +46,11 @@ type flags struct {
 	adminAddr, metricsAddr, readyAddr string
 	grace                             time.Duration
 	logLevel                          string
+	stateDir                          string
+	meshCIDRs                         []netip.Prefix
+	// This ztunnel's own pod, for its xDS node.
+	podName, podNamespace, clusterID string
+	instanceIPs                      []netip.Addr
 }
 
 func parseFlags(args []string) (*flags, error) {
@@ -65,8 +71,31 @@ func parseFlags(args []string) (*flags, error) {
 	fs.StringVar(&f.readyAddr, "readiness-address", ":15021", "readiness endpoint (/healthz/ready)")
 	fs.DurationVar(&f.grace, "drain-grace", 30*time.Second, "how long live connections may run on after SIGTERM or a pod's removal")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&f.stateDir, "state-dir", "/var/run/ztunnel/state", "node-local directory where the config of the last xDS sync is kept, to serve from after a restart while the control plane is down (empty: keep nothing)")
+	fs.StringVar(&f.podName, "pod-name", cmp.Or(os.Getenv("POD_NAME"), hostname()), "this ztunnel's pod name, for its xDS node (default $POD_NAME, else the hostname)")
+	fs.StringVar(&f.podNamespace, "pod-namespace", cmp.Or(os.Getenv("POD_NAMESPACE"), "zmesh-system"), "this ztunnel's pod namespace, for its xDS node (default $POD_NAMESPACE, else zmesh-system)")
+	fs.StringVar(&f.clusterID, "cluster-id", cmp.Or(os.Getenv("CLUSTER_ID"), "Kubernetes"), "the cluster's id, for the xDS node (default $CLUSTER_ID, else Kubernetes)")
+	meshCIDRs := fs.String("mesh-cidrs", "", "the cluster's pod and service CIDRs, comma-separated: an outbound connection to an unknown address in them waits (up to 1 s) for the control plane to name it, and is refused if it does not (default: the /24 or /64 around every known workload and service address)")
+	instanceIPs := fs.String("instance-ip", os.Getenv("INSTANCE_IP"), "this ztunnel's pod IPs, comma-separated, for its xDS node (default $INSTANCE_IP, else this host's global unicast addresses)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
+	}
+	for _, c := range strings.Split(*meshCIDRs, ",") {
+		if c = strings.TrimSpace(c); c == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(c)
+		if err != nil {
+			return nil, fmt.Errorf("--mesh-cidrs: %q is not a CIDR", c)
+		}
+		f.meshCIDRs = append(f.meshCIDRs, p)
+	}
+	ips, err := parseIPs(*instanceIPs)
+	if err != nil {
+		return nil, fmt.Errorf("--instance-ip: %w", err)
+	}
+	if f.instanceIPs = ips; len(ips) == 0 {
+		f.instanceIPs = hostIPs()
 	}
 	if f.node == "" {
 		return nil, errors.New("--node: empty (and $NODE_NAME unset)")
@@ -130,9 +159,11 @@ func run(ctx context.Context, f *flags) error {
 		return err
 	}
 	store := state.NewStore()
+	store.SetMeshCIDRs(f.meshCIDRs)
+	demand := &xdsDemand{}
 	px, err := proxy.New(proxy.Config{
 		Node: f.node, Network: f.network, TrustDomain: td, State: store, Certs: certs,
-		Telemetry: tel, Log: log, Grace: f.grace,
+		Telemetry: tel, Log: log, Grace: f.grace, Demand: demand,
 	})
 	if err != nil {
 		return err
@@ -150,7 +181,10 @@ func run(ctx context.Context, f *flags) error {
 	wg.Go(func() { certs.Run(bg) })
 
 	var xdsClient *xdsclient.Client
+	// configured is closed once there is a config to serve pods with.
+	var configured <-chan struct{}
 	if f.localConfig != "" {
+		configured = closed
 		first := make(chan error, 1)
 		wg.Go(func() {
 			err := config.WatchFile(bg, f.localConfig, store, time.Second, log, func() { configReady.Done() })
@@ -167,18 +201,25 @@ func run(ctx context.Context, f *flags) error {
 		case <-store.Changed():
 		}
 	} else {
-		meta, _ := structpb.NewStruct(map[string]any{"NODE_NAME": f.node, "NETWORK": f.network})
-		xdsClient, err = xdsclient.NewClient(xdsclient.Config{
-			Conn: mc.XDS, Types: config.Types, Handler: config.XDSHandler{Store: store}, Log: log,
-			Node: &corev3.Node{Id: "ztunnel~" + f.node, Metadata: meta},
+		node, err := xdsNode(podInfo{
+			name: f.podName, namespace: f.podNamespace, ips: f.instanceIPs,
+			node: f.node, cluster: f.clusterID, network: f.network,
 		})
 		if err != nil {
+			cancelBG()
 			return err
 		}
-		wg.Go(func() { xdsClient.Run(bg) })
+		xdsClient, configured, err = startXDS(bg, &wg, xdsSetup{
+			conn: mc.XDS, node: node, store: store, statePath: statePath(f), log: log,
+		})
+		if err != nil {
+			cancelBG()
+			return err
+		}
+		demand.c.Store(xdsClient)
 		wg.Go(func() {
 			select {
-			case <-xdsClient.Synced():
+			case <-configured:
 				configReady.Done()
 			case <-bg.Done():
 			}
@@ -187,7 +228,19 @@ func run(ctx context.Context, f *flags) error {
 
 	zctx, stopZDS := context.WithCancel(bg)
 	defer stopZDS()
-	wg.Go(func() { inpod.RunZDS(zctx, f.zdsSocket, readyOnReconcile{px, podsReady}, log) })
+	// Pods are taken over (from the agent, and so from a ztunnel being
+	// replaced) only once there is a config to serve them with: the first
+	// sync, or the one persisted at the last sync. Before that a pod's
+	// traffic stays with the ztunnel that has one, or, for a new pod, the
+	// pod waits in CNI ADD.
+	wg.Go(func() {
+		select {
+		case <-configured:
+		case <-zctx.Done():
+			return
+		}
+		inpod.RunZDS(zctx, f.zdsSocket, readyOnReconcile{px, podsReady}, log)
+	})
 
 	dump := func() any { return configDump(store.Snapshot(), px, certs, xdsClient) }
 	adminH, err := admin.NewAdmin(dump, level)

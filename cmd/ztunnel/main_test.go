@@ -30,3 +30,54 @@ func TestFlagsNameTheProblem(t *testing.T) {
 		}
 	}
 }
+
+// The xDS node is Istio ztunnel's: the id's four "~" parts and the
+// metadata istiod reads, from the flags or their environment variables.
+func TestXDSNodeIsIstios(t *testing.T) {
+	t.Setenv("POD_NAME", "ztunnel-x7k2p")
+	t.Setenv("POD_NAMESPACE", "istio-system")
+	t.Setenv("INSTANCE_IP", "10.244.1.5")
+	t.Setenv("CLUSTER_ID", "")
+	f, err := parseFlags([]string{"--node", "node-a", "--xds-address", "zmeshd:15012"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := xdsNode(podInfo{name: f.podName, namespace: f.podNamespace, ips: f.instanceIPs, node: f.node, cluster: f.clusterID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "ztunnel~10.244.1.5~ztunnel-x7k2p.istio-system~istio-system.svc.cluster.local"; n.GetId() != want {
+		t.Errorf("id = %q, want %q", n.GetId(), want)
+	}
+	want := map[string]string{
+		"NAME": "ztunnel-x7k2p", "NAMESPACE": "istio-system", "INSTANCE_IPS": "10.244.1.5",
+		"NODE_NAME": "node-a", "CLUSTER_ID": "Kubernetes",
+	}
+	fields := n.GetMetadata().GetFields()
+	for k, v := range want {
+		if got := fields[k].GetStringValue(); got != v {
+			t.Errorf("metadata %s = %q, want %q", k, got, v)
+		}
+	}
+	if kind, _, _ := strings.Cut(n.GetId(), "~"); kind != "ztunnel" {
+		t.Errorf("the id's kind is %q, want ztunnel", kind)
+	}
+
+	// Not in a pod: the hostname and this host's addresses stand in.
+	t.Setenv("POD_NAME", "")
+	t.Setenv("INSTANCE_IP", "")
+	f, err = parseFlags([]string{"--node", "node-a", "--xds-address", "zmeshd:15012", "--instance-ip", "fd00::5,10.0.0.5"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, _ = xdsNode(podInfo{name: f.podName, namespace: f.podNamespace, ips: f.instanceIPs, node: f.node, cluster: f.clusterID})
+	if got := n.GetMetadata().GetFields()["INSTANCE_IPS"].GetStringValue(); got != "fd00::5,10.0.0.5" {
+		t.Errorf("INSTANCE_IPS = %q", got)
+	}
+	if f.podName == "" || !strings.HasPrefix(n.GetId(), "ztunnel~fd00::5~"+f.podName+".istio-system~") {
+		t.Errorf("id = %q with pod name %q", n.GetId(), f.podName)
+	}
+	if _, err := parseFlags([]string{"--node", "n", "--xds-address", "x:1", "--instance-ip", "10.0.0.300"}); err == nil || !strings.Contains(err.Error(), "--instance-ip") {
+		t.Errorf("a bad --instance-ip: %v", err)
+	}
+}

@@ -105,7 +105,8 @@ func TestRunWithXDS(t *testing.T) {
 	admin, ready := freeAddr(t), freeAddr(t)
 	f, err := parseFlags([]string{"--node", "node-1", "--xds-address", gln.Addr().String(), "--plaintext-control-plane",
 		"--root-cert", rootCert, "--token-file", tokFile, "--zds-socket", filepath.Join(dir, "zds.sock"),
-		"--admin-address", admin, "--metrics-address", freeAddr(t), "--readiness-address", ready, "--drain-grace", "1s"})
+		"--admin-address", admin, "--metrics-address", freeAddr(t), "--readiness-address", ready, "--drain-grace", "1s",
+		"--state-dir", filepath.Join(dir, "state")})
 	if err != nil {
 		t.Fatal(err)
 	}

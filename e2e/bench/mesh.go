@@ -210,7 +210,7 @@ func (e *env) startNode(ctx context.Context, name string, members agent.Membersh
 	}
 	zt.Proc, err = startProc(ctx, filepath.Join(e.binDir, "ztunnel"), filepath.Join(ndir, "ztunnel.log"),
 		"http://"+ports[2]+"/healthz/ready",
-		"--node", name, "--zds-socket", n.ZDSPath,
+		"--node", name, "--zds-socket", n.ZDSPath, "--state-dir", filepath.Join(ndir, "ztunnel-state"),
 		"--xds-address", e.zmeshdXDS, "--plaintext-control-plane",
 		"--root-cert", filepath.Join(e.caDir, identity.FileRootCert), "--token-file", zt.tokF, "--drain-grace", "1s",
 		"--log-level", "warn",

@@ -481,7 +481,7 @@ func (c *Cluster) startNode(ctx context.Context, n *Node) error {
 		Name: n.Name + " ztunnel", Bin: filepath.Join(c.Bin, "ztunnel"), LogPath: filepath.Join(n.Dir, "ztunnel.log"),
 		Ready: "http://" + n.ZtunnelReady + "/healthz/ready",
 		Args: []string{
-			"--node", n.Name, "--zds-socket", filepath.Join(n.Dir, "zds.sock"),
+			"--node", n.Name, "--zds-socket", filepath.Join(n.Dir, "zds.sock"), "--state-dir", filepath.Join(n.Dir, "ztunnel-state"),
 			"--xds-address", c.ZmeshdSecure, "--root-cert", filepath.Join(c.CADir, "root-cert.pem"),
 			"--token-file", n.ZtunnelToken, "--drain-grace", "2s",
 			"--admin-address", n.ZtunnelAdmin, "--metrics-address", n.ZtunnelMetrics, "--readiness-address", n.ZtunnelReady,

@@ -217,7 +217,7 @@ func (m *mesh) startNode(ctx context.Context, n *node) error {
 	}
 	n.ztunnel, err = startProc(ctx, n.name+" ztunnel", filepath.Join(m.bin, "ztunnel"), filepath.Join(n.dir, "ztunnel.log"),
 		"http://"+n.ztReady+"/healthz/ready",
-		"--node", n.name, "--zds-socket", n.zds,
+		"--node", n.name, "--zds-socket", n.zds, "--state-dir", filepath.Join(n.dir, "ztunnel-state"),
 		"--xds-address", m.zmeshdXDS, "--plaintext-control-plane",
 		"--root-cert", filepath.Join(m.caDir, identity.FileRootCert), "--token-file", tok, "--drain-grace", "2s",
 		"--admin-address", n.ztAdmin, "--metrics-address", n.ztMetrics, "--readiness-address", n.ztReady)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/anypb"
 )
@@ -55,6 +56,11 @@ type Config struct {
 	Handler Handler
 	// Log defaults to slog.Default().
 	Log *slog.Logger
+	// Held is what the handler already holds when the client starts (by
+	// type, name -> version), e.g. the config a restarted data plane loaded
+	// from disk. Each stream's InitialResourceVersions names it, so the
+	// control plane sends only what changed and removes what is gone.
+	Held map[string]map[string]string
 	// MinBackoff and MaxBackoff bound the (jittered, doubling) wait between
 	// streams; they default to 100ms and 15s.
 	MinBackoff, MaxBackoff time.Duration
@@ -98,7 +104,19 @@ type Client struct {
 	lastErr   error
 	types     map[string]*typeState
 	unsynced  int // types with no response applied yet; synced closes at 0
+	// stream is the open stream, nil between streams; sendMu serialises
+	// its Sends (ACKs from Run, on-demand requests from Demand).
+	stream   discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesClient
+	sendMu   sync.Mutex
+	demanded map[demandKey]int // names asked for on demand -> askers
 }
+
+type demandKey struct{ typeURL, name string }
+
+// MaxDemanded bounds the names asked for on demand at once: a data plane's
+// users can make it ask for addresses, and must not grow its subscription
+// without bound.
+const MaxDemanded = 256
 
 // typeState is what the client remembers of one type across streams.
 type typeState struct {
@@ -131,7 +149,7 @@ func NewClient(cfg Config) (*Client, error) {
 	if cfg.MinBackoff < 0 || cfg.MaxBackoff < cfg.MinBackoff {
 		return nil, fmt.Errorf("xds: backoff bounds %v..%v are not increasing positive durations", cfg.MinBackoff, cfg.MaxBackoff)
 	}
-	c := &Client{cfg: cfg, log: cfg.Log, synced: make(chan struct{}), types: map[string]*typeState{}}
+	c := &Client{cfg: cfg, log: cfg.Log, synced: make(chan struct{}), types: map[string]*typeState{}, demanded: map[demandKey]int{}}
 	for _, t := range cfg.Types {
 		if t == "" {
 			return nil, errors.New("xds: config has an empty type URL")
@@ -139,7 +157,15 @@ func NewClient(cfg Config) (*Client, error) {
 		if c.types[t] != nil {
 			return nil, fmt.Errorf("xds: type %s is subscribed twice", t)
 		}
-		c.types[t] = &typeState{held: map[string]string{}}
+		c.types[t] = &typeState{held: maps.Clone(cfg.Held[t])}
+		if c.types[t].held == nil {
+			c.types[t].held = map[string]string{}
+		}
+	}
+	for t := range cfg.Held {
+		if c.types[t] == nil {
+			return nil, fmt.Errorf("xds: config holds resources of %s, which it does not subscribe to", t)
+		}
 	}
 	c.cfg.Types = append([]string(nil), cfg.Types...)
 	c.unsynced = len(c.types)
@@ -203,4 +229,62 @@ func (c *Client) heldVersions(typeURL string) map[string]string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return maps.Clone(c.types[typeURL].held)
+}
+
+// Demand asks the control plane for one resource by name, beside the
+// wildcard subscription, as Istio's ztunnel asks for an address it does
+// not know ("network/ip"): a control plane that answers named requests
+// sends it at once if it has it, else when it appears. The request is
+// made on the open stream, or on the next one. release withdraws it.
+// Beyond MaxDemanded names nothing is asked (release is then a no-op):
+// the caller still sees the resource when the wildcard brings it.
+func (c *Client) Demand(typeURL, name string) (release func()) {
+	k := demandKey{typeURL, name}
+	c.mu.Lock()
+	if c.types[typeURL] == nil || (c.demanded[k] == 0 && len(c.demanded) >= MaxDemanded) {
+		c.mu.Unlock()
+		return func() {}
+	}
+	c.demanded[k]++
+	first, st := c.demanded[k] == 1, c.stream
+	c.mu.Unlock()
+	if first && st != nil {
+		c.send(st, &discoveryv3.DeltaDiscoveryRequest{TypeUrl: typeURL, ResourceNamesSubscribe: []string{name}})
+	}
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			c.mu.Lock()
+			c.demanded[k]--
+			last, st := c.demanded[k] == 0, c.stream
+			if last {
+				delete(c.demanded, k)
+			}
+			c.mu.Unlock()
+			if last && st != nil {
+				c.send(st, &discoveryv3.DeltaDiscoveryRequest{TypeUrl: typeURL, ResourceNamesUnsubscribe: []string{name}})
+			}
+		})
+	}
+}
+
+// send is the one way requests go out, so that Run's ACKs and Demand's
+// requests never interleave. A failed send ends the stream: Run's receive
+// sees why and reconnects.
+func (c *Client) send(st discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesClient, req *discoveryv3.DeltaDiscoveryRequest) error {
+	c.sendMu.Lock()
+	defer c.sendMu.Unlock()
+	return st.Send(req)
+}
+
+// demandedNames lists the names asked for on demand, by type, for a new
+// stream.
+func (c *Client) demandedNames() map[string][]string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := map[string][]string{}
+	for k := range c.demanded {
+		out[k.typeURL] = append(out[k.typeURL], k.name)
+	}
+	return out
 }

@@ -8,6 +8,7 @@ import (
 	"maps"
 	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -670,3 +671,87 @@ func (s *syncBuffer) String() string {
 
 // fakeConn only has to be non-nil: validation never uses it.
 type fakeConn struct{ grpc.ClientConnInterface }
+
+// A client started with what the handler already holds (a restarted data
+// plane's persisted config) names it in its first stream's initial
+// versions, so the control plane sends only the difference.
+func TestHeldAtStartIsResumed(t *testing.T) {
+	held := func(c *Config) { c.Held = map[string]map[string]string{TypeAddress: {"a": "v1", "gone": "v3"}} }
+	e := newEnv(t, TypeAddress, TypeAuthorization, envOption(held))
+	s := e.srv.nextStream(t)
+	r1, r2 := s.next(t), s.next(t)
+	if !maps.Equal(r1.GetInitialResourceVersions(), map[string]string{"a": "v1", "gone": "v3"}) {
+		t.Errorf("first request = %v, want the held versions a:v1 gone:v3", r1)
+	}
+	if len(r2.GetInitialResourceVersions()) != 0 {
+		t.Errorf("second request = %v, want no versions for a type nothing is held of", r2)
+	}
+	if st := e.c.Status(); st.Types[0].Resources != 2 {
+		t.Errorf("status = %+v, want 2 Address resources held", st)
+	}
+	if _, err := NewClient(Config{Conn: e.c.cfg.Conn, Handler: e.h, Types: []string{TypeAddress},
+		Held: map[string]map[string]string{TypeAuthorization: {"p": "v1"}}}); err == nil || !strings.Contains(err.Error(), TypeAuthorization) {
+		t.Errorf("held resources of a type not subscribed: %v", err)
+	}
+}
+
+// Demand asks for one name beside the wildcard, once however many ask,
+// withdraws it when the last asker releases it, re-asks on a new stream
+// for names still wanted, and asks for no more than MaxDemanded names.
+func TestDemand(t *testing.T) {
+	e := newEnv(t, TypeAddress, TypeAuthorization)
+	s := e.srv.nextStream(t)
+	s.next(t)
+	s.next(t)
+
+	r1 := e.c.Demand(TypeAddress, "/10.0.0.7")
+	r2 := e.c.Demand(TypeAddress, "/10.0.0.7")
+	req := s.next(t)
+	if req.GetTypeUrl() != TypeAddress || !slices.Equal(req.GetResourceNamesSubscribe(), []string{"/10.0.0.7"}) || req.GetResponseNonce() != "" {
+		t.Fatalf("demand request = %v, want a subscription to /10.0.0.7 of Address", req)
+	}
+	r1()
+	r1() // a second release of one demand changes nothing
+	s.push(t, &discoveryv3.DeltaDiscoveryResponse{TypeUrl: TypeAddress, Nonce: "n1", Resources: []*discoveryv3.Resource{res("a", "v1", address(t, "a"))}})
+	if ack := s.next(t); ack.GetResponseNonce() != "n1" || len(ack.GetResourceNamesUnsubscribe()) != 0 {
+		t.Fatalf("after one of two releases: %v, want only the ACK of n1", ack)
+	}
+
+	// A new stream carries the names still wanted.
+	e.stopServer()
+	e.startServer()
+	s2 := e.srv.nextStream(t)
+	if first := s2.next(t); !slices.Equal(first.GetResourceNamesSubscribe(), []string{"*", "/10.0.0.7"}) {
+		t.Fatalf("first request of a new stream = %v, want the wildcard and /10.0.0.7", first)
+	}
+	s2.next(t)
+	r2()
+	if req := s2.next(t); !slices.Equal(req.GetResourceNamesUnsubscribe(), []string{"/10.0.0.7"}) {
+		t.Fatalf("after the last release: %v, want an unsubscription of /10.0.0.7", req)
+	}
+
+	var releases []func()
+	for i := range MaxDemanded + 5 {
+		releases = append(releases, e.c.Demand(TypeAddress, "/10.1."+strconv.Itoa(i/256)+"."+strconv.Itoa(i%256)))
+	}
+	for range MaxDemanded {
+		s2.next(t)
+	}
+	select {
+	case req := <-s2.reqs:
+		t.Fatalf("a demand beyond MaxDemanded was sent: %v", req)
+	case <-time.After(200 * time.Millisecond):
+	}
+	if got := len(e.c.demandedNames()[TypeAddress]); got != MaxDemanded {
+		t.Errorf("%d names demanded, want the cap %d", got, MaxDemanded)
+	}
+	for _, r := range releases {
+		r()
+	}
+	if got := len(e.c.demandedNames()); got != 0 {
+		t.Errorf("%d types still demanded after every release", got)
+	}
+	if release := e.c.Demand("type.googleapis.com/other", "x"); release == nil {
+		t.Error("Demand of a type not subscribed returned no release")
+	}
+}

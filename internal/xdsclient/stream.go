@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 )
@@ -24,6 +25,9 @@ func (c *Client) serve(ctx context.Context) (delivered bool, err error) {
 	if err != nil {
 		return false, fmt.Errorf("open delta ADS stream: %w", err)
 	}
+	// Names asked for on demand since the last stream (or during its
+	// outage) ride with the new stream's subscriptions.
+	demanded := c.demandedNames()
 	for i, t := range c.cfg.Types {
 		req := &discoveryv3.DeltaDiscoveryRequest{
 			TypeUrl:                 t,
@@ -33,13 +37,38 @@ func (c *Client) serve(ctx context.Context) (delivered bool, err error) {
 		if i == 0 {
 			req.Node = c.cfg.Node
 		}
-		if err := stream.Send(req); err != nil {
+		if names := demanded[t]; len(names) > 0 {
+			slices.Sort(names)
+			req.ResourceNamesSubscribe = append(req.ResourceNamesSubscribe, names...)
+		}
+		if err := c.send(stream, req); err != nil {
 			return false, fmt.Errorf("subscribe to %s: %w", t, sendErr(stream, err))
 		}
 	}
 	c.mu.Lock()
 	c.connected = true
+	c.stream = stream
 	c.mu.Unlock()
+	// A Demand made while the subscriptions went out found no stream to
+	// send on: send it now.
+	for t, names := range c.demandedNames() {
+		var late []string
+		for _, n := range names {
+			if !slices.Contains(demanded[t], n) {
+				late = append(late, n)
+			}
+		}
+		if len(late) > 0 {
+			if err := c.send(stream, &discoveryv3.DeltaDiscoveryRequest{TypeUrl: t, ResourceNamesSubscribe: late}); err != nil {
+				return false, fmt.Errorf("subscribe to %s on demand: %w", t, sendErr(stream, err))
+			}
+		}
+	}
+	defer func() {
+		c.mu.Lock()
+		c.stream = nil
+		c.mu.Unlock()
+	}()
 	c.log.Info("xds: stream to the control plane open", "types", c.cfg.Types)
 	for {
 		resp, err := stream.Recv()
@@ -50,7 +79,7 @@ func (c *Client) serve(ctx context.Context) (delivered bool, err error) {
 			return delivered, fmt.Errorf("receive: %w", err)
 		}
 		delivered = true
-		if err := stream.Send(c.handle(resp)); err != nil {
+		if err := c.send(stream, c.handle(resp)); err != nil {
 			return delivered, fmt.Errorf("answer %s nonce %s: %w", resp.GetTypeUrl(), resp.GetNonce(), sendErr(stream, err))
 		}
 	}

@@ -15,7 +15,7 @@ import (
 var endpoints = []struct{ path, help string }{
 	{"/config_dump", "the proxy's current configuration, as JSON"},
 	{"/debug/pprof/", "Go runtime profiles (net/http/pprof)"},
-	{"/logging", "show the log level; ?level=debug|info|warn|error sets it"},
+	{"/logging", "GET shows the log level; POST or PUT with level=debug|info|warn|error sets it"},
 }
 
 // NewAdmin returns the handler of the admin server. configDump is called
@@ -72,25 +72,35 @@ func serveConfigDump(w http.ResponseWriter, v any) {
 	w.Write(buf.Bytes())
 }
 
-// serveLogging shows the log level, and sets it first when the request
-// names one (?level=, or a form field on POST).
+// serveLogging shows the log level on GET, and sets it on POST or PUT
+// (level= in the query or the form). A GET never changes it: a page the
+// operator's browser loads, or a link followed, must not turn on debug
+// logging.
 func serveLogging(w http.ResponseWriter, r *http.Request, level *slog.LevelVar) {
-	if r.Method != http.MethodGet && r.Method != http.MethodPost {
-		w.Header().Set("Allow", "GET, POST")
-		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
-		return
-	}
-	if err := r.ParseForm(); err != nil {
-		http.Error(w, fmt.Sprintf("parse form: %v", err), http.StatusBadRequest)
-		return
-	}
-	if name, ok := r.Form["level"]; ok {
-		l, err := parseLevel(name[0])
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
+	switch r.Method {
+	case http.MethodGet, http.MethodHead:
+		if r.URL.Query().Has("level") {
+			w.Header().Set("Allow", "POST, PUT")
+			http.Error(w, "level: set it with POST or PUT; GET only shows it", http.StatusMethodNotAllowed)
 			return
 		}
-		level.Set(l)
+	case http.MethodPost, http.MethodPut:
+		if err := r.ParseForm(); err != nil {
+			http.Error(w, fmt.Sprintf("parse form: %v", err), http.StatusBadRequest)
+			return
+		}
+		if name, ok := r.Form["level"]; ok {
+			l, err := parseLevel(name[0])
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			level.Set(l)
+		}
+	default:
+		w.Header().Set("Allow", "GET, POST, PUT")
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	fmt.Fprintf(w, "level: %s\n", strings.ToLower(level.Level().String()))

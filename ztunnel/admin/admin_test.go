@@ -118,21 +118,25 @@ func TestAdminConfigDumpUnencodable(t *testing.T) {
 	s.expect("GET", "/config_dump", nil, http.StatusInternalServerError, "encode config dump")
 }
 
+// GET only shows the level: a GET that names one is refused and changes
+// nothing; POST and PUT set it.
 func TestAdminLogging(t *testing.T) {
 	s, level := newAdmin(t, func() any { return nil })
 
 	s.expect("GET", "/logging", nil, http.StatusOK, "level: info")
-	s.expect("GET", "/logging?level=debug", nil, http.StatusOK, "level: debug")
-	if level.Level() != slog.LevelDebug {
-		t.Errorf("level = %v after ?level=debug", level.Level())
+	s.expect("GET", "/logging?level=debug", nil, http.StatusMethodNotAllowed, "POST or PUT")
+	if level.Level() != slog.LevelInfo {
+		t.Errorf("a GET changed the level to %v", level.Level())
 	}
 	s.expect("POST", "/logging", url.Values{"level": {"WARN"}}, http.StatusOK, "level: warn")
+	s.expect("PUT", "/logging?level=debug", nil, http.StatusOK, "level: debug")
 	s.expect("POST", "/logging?level=error", nil, http.StatusOK, "level: error")
 	if level.Level() != slog.LevelError {
 		t.Errorf("level = %v after POST ?level=error", level.Level())
 	}
+	s.expect("GET", "/logging", nil, http.StatusOK, "level: error")
 
-	s.expect("GET", "/logging?level=verbose", nil, http.StatusBadRequest, `"verbose"`)
+	s.expect("PUT", "/logging?level=verbose", nil, http.StatusBadRequest, `"verbose"`)
 	s.expect("POST", "/logging", url.Values{"level": {"info+2"}}, http.StatusBadRequest, `"info+2"`)
 	if level.Level() != slog.LevelError {
 		t.Errorf("a bad level changed the level to %v", level.Level())

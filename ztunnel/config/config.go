@@ -20,6 +20,9 @@ import (
 // XDSHandler decodes xDS resources into state updates.
 type XDSHandler struct {
 	Store *state.Store
+	// Held, if set, keeps every resource the store accepted, as sent: what
+	// ztunnel persists.
+	Held *Held
 }
 
 // Apply implements xdsclient.Handler: each resource that does not decode or
@@ -63,6 +66,9 @@ func (h XDSHandler) Apply(typeURL string, updated []xdsclient.Resource, removed 
 	}
 	for name, err := range h.Store.Apply(u) {
 		rejected[name] = err
+	}
+	if h.Held != nil {
+		h.Held.record(typeURL, updated, removed, rejected)
 	}
 	if len(rejected) == 0 {
 		return nil

@@ -180,6 +180,51 @@ func TestDelPodDrains(t *testing.T) {
 	}
 }
 
+// A removed pod's certificate is forgotten once its drain ends, unless
+// another pod of the node runs as the same identity.
+func TestDelPodForgetsCertificate(t *testing.T) {
+	m := newMesh(t)
+	a := m.newNode("node-a", func(c *proxy.Config) { c.Grace = 100 * time.Millisecond })
+	one := m.newPod(a, "demo", "one", "shared")
+	two := m.newPod(a, "demo", "two", "shared")
+	solo := m.newPod(a, "demo", "solo", "alone")
+	shared := identity.MustWorkloadID("cluster.local", "demo", "shared")
+	alone := identity.MustWorkloadID("cluster.local", "demo", "alone")
+	held := func() map[spiffeid.ID]bool {
+		out := map[spiffeid.ID]bool{}
+		for _, c := range a.certs.Certificates() {
+			out[c.ID] = true
+		}
+		return out
+	}
+	if h := held(); !h[shared] || !h[alone] {
+		t.Fatalf("certificates before Del: %v", h)
+	}
+	del := func(p *pod) {
+		t.Helper()
+		if err := a.agent.Del(context.Background(), &cniapi.Pod{UID: p.uid, Name: p.name, Namespace: p.namespace, Netns: "/run/netns/" + p.ns.Name}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	del(solo)
+	waitFor(t, func() bool { return !held()[alone] }, "the removed pod's certificate to be forgotten")
+	del(one)
+	waitFor(t, func() bool {
+		for _, pi := range a.proxy.Pods() {
+			if pi.UID == one.uid {
+				return false
+			}
+		}
+		return true
+	}, "pod one to be removed")
+	time.Sleep(500 * time.Millisecond) // well past its drain
+	if !held()[shared] {
+		t.Fatal("the certificate of an identity another pod still runs as was forgotten")
+	}
+	del(two)
+	waitFor(t, func() bool { return !held()[shared] }, "the last pod's certificate to be forgotten")
+}
+
 // SIGTERM: Drain sends GOAWAY to HBONE clients, whose pools stop opening
 // streams on those connections while their live streams go on, and closes
 // the listeners so nothing new is accepted. Live connections run until

@@ -64,6 +64,7 @@ type node struct {
 // The agent's log goes to the node's first ztunnel's buffer.
 type ztunnel struct {
 	proxy  *proxy.Proxy
+	certs  *identity.Manager
 	reg    *prometheus.Registry
 	logs   *syncBuffer
 	log    *slog.Logger
@@ -173,6 +174,7 @@ func (n *node) runZtunnel(logs *syncBuffer) *ztunnel {
 	for _, o := range n.opts {
 		o(&cfg)
 	}
+	z.certs = certs
 	z.proxy, err = proxy.New(cfg)
 	if err != nil {
 		t.Fatal(err)

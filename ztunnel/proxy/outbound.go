@@ -67,8 +67,17 @@ func readEarly(c *net.TCPConn, buf []byte) []byte {
 func (p *Proxy) connect(pd *pod, src, dst netip.AddrPort, early []byte) (net.Conn, *telemetry.Conn, error) {
 	start := time.Now()
 	snap := p.cfg.State.Snapshot()
-	srcW := snap.WorkloadByAddr(state.NetAddr{Network: p.cfg.Network, Addr: src.Addr()})
-	plan, perr := PlanOutbound(snap, Source{Workload: srcW, Network: p.cfg.Network, Node: p.cfg.Node}, dst, p.rr.Add(1))
+	rr := p.rr.Add(1)
+	srcW, plan, perr := p.plan(snap, src, dst, rr)
+	if errors.Is(perr, ErrUnknownInMesh) {
+		snap, srcW, plan, perr = p.holdUnknown(pd, src, dst, rr)
+	}
+	if perr == nil && plan.Route == Passthrough {
+		if dstAddr := (state.NetAddr{Network: p.cfg.Network, Addr: dst.Addr()}); snap.InMeshRange(dstAddr) {
+			p.log.Info("plaintext passthrough into the mesh's address ranges", "src.workload", pd.String(),
+				"dst.addr", dst.String(), "reason", passthroughReason(plan))
+		}
+	}
 
 	ci := telemetry.ConnInfo{
 		Direction: telemetry.Outbound,
@@ -108,6 +117,70 @@ func (p *Proxy) connect(pd *pod, src, dst netip.AddrPort, early []byte) (net.Con
 		return nil, nil, err
 	}
 	return up, tel, nil
+}
+
+// plan runs the outbound decision on snap.
+func (p *Proxy) plan(snap *state.Snapshot, src, dst netip.AddrPort, rr uint64) (*state.Workload, Plan, error) {
+	srcW := snap.WorkloadByAddr(state.NetAddr{Network: p.cfg.Network, Addr: src.Addr()})
+	plan, err := PlanOutbound(snap, Source{Workload: srcW, Network: p.cfg.Network, Node: p.cfg.Node}, dst, rr)
+	return srcW, plan, err
+}
+
+// maxHeld bounds the outbound connections of the node waiting for an
+// unknown address at once: past it they are refused at once, so a pod
+// cannot make ztunnel hold an unbounded number of them.
+const maxHeld = 1024
+
+// holdUnknown waits, for up to HoldUnknown, for dst (in the mesh's ranges
+// but not in the state) to arrive, asking the control plane for it, and
+// plans again at every change of the state. If it does not arrive the
+// connection is refused: plaintext to what may be a mesh pod is never the
+// fallback.
+func (p *Proxy) holdUnknown(pd *pod, src, dst netip.AddrPort, rr uint64) (*state.Snapshot, *state.Workload, Plan, error) {
+	addr := state.NetAddr{Network: p.cfg.Network, Addr: dst.Addr()}
+	if p.held.Add(1) > maxHeld {
+		p.held.Add(-1)
+		snap := p.cfg.State.Snapshot()
+		srcW, plan, err := p.plan(snap, src, dst, rr)
+		p.log.Warn("outbound connection refused", "src.workload", pd.String(), "dst.addr", dst.String(),
+			"reason", "too many connections waiting for unknown addresses")
+		return snap, srcW, plan, err
+	}
+	defer p.held.Add(-1)
+	if p.cfg.Demand != nil {
+		defer p.cfg.Demand.DemandAddress(addr)()
+	}
+	timer := time.NewTimer(p.cfg.HoldUnknown)
+	defer timer.Stop()
+	for {
+		changed := p.cfg.State.Changed()
+		snap := p.cfg.State.Snapshot()
+		srcW, plan, err := p.plan(snap, src, dst, rr)
+		if !errors.Is(err, ErrUnknownInMesh) {
+			return snap, srcW, plan, err
+		}
+		select {
+		case <-changed:
+			continue
+		case <-timer.C:
+			p.log.Warn("outbound connection refused", "src.workload", pd.String(), "dst.addr", dst.String(),
+				"reason", "destination in the mesh's address ranges still unknown after "+p.cfg.HoldUnknown.String())
+		case <-pd.ctx.Done():
+		}
+		return snap, srcW, plan, err
+	}
+}
+
+// passthroughReason says why a destination in the mesh's ranges gets
+// plaintext.
+func passthroughReason(plan Plan) string {
+	switch {
+	case plan.Service != nil && plan.Workload == nil:
+		return "service load balancing is passthrough"
+	case plan.Workload != nil:
+		return "destination workload is not captured (no HBONE)"
+	}
+	return "destination is not in the mesh"
 }
 
 // localPeer describes a pod of this node; w is its state entry, if any.

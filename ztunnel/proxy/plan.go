@@ -81,6 +81,16 @@ var (
 	// ErrNotVisible: the service is NAMESPACE-scoped and the client is not
 	// of its namespace (or not known, so its namespace is not either).
 	ErrNotVisible = errors.New("service not visible to the client's namespace")
+	// ErrNotSynced: ztunnel has no complete config yet, so it cannot tell
+	// a mesh destination from one outside the mesh. It refuses rather
+	// than send what may be mesh traffic in plaintext.
+	ErrNotSynced = errors.New("no config from the control plane yet")
+	// ErrUnknownInMesh: the destination is in the mesh's address ranges
+	// but not (yet) in the config, e.g. a pod started a moment ago. The
+	// proxy holds the connection while it asks for the address, and
+	// refuses it if the address stays unknown: plaintext to what may be a
+	// mesh pod is never the fallback.
+	ErrUnknownInMesh = errors.New("destination in the mesh's address ranges is unknown")
 )
 
 // PlanOutbound decides, without I/O, how a connection from src to dst goes
@@ -94,6 +104,9 @@ var (
 // The same port on a host outside the mesh is that host's business.
 func PlanOutbound(snap *state.Snapshot, src Source, dst netip.AddrPort, rr uint64) (Plan, error) {
 	dst = unmapped(dst)
+	if !snap.Synced() {
+		return Plan{}, ErrNotSynced
+	}
 	p, err := planOutbound(snap, src, dst, rr)
 	if err == nil && selfCall(src, dst, p) {
 		target := dst
@@ -112,6 +125,9 @@ func planOutbound(snap *state.Snapshot, src Source, dst netip.AddrPort, rr uint6
 	}
 	if w := snap.WorkloadByAddr(addr); w != nil {
 		return planWorkload(snap, src, w, dst, rr)
+	}
+	if snap.InMeshRange(addr) {
+		return Plan{}, fmt.Errorf("%w: %s", ErrUnknownInMesh, addr)
 	}
 	return Plan{Route: Passthrough, Dial: dst}, nil
 }

@@ -47,6 +47,12 @@ type Config struct {
 	Grace time.Duration
 	// CertTimeout bounds the certificate fetch of AddPod: default 10 s.
 	CertTimeout time.Duration
+	// Demand, if set, asks the control plane for an address the state does
+	// not know (the xDS client's on-demand request).
+	Demand AddressDemander
+	// HoldUnknown bounds how long an outbound connection to an unknown
+	// address in the mesh's ranges waits for it: default 1 s.
+	HoldUnknown time.Duration
 	// NoSOCKS5 turns the 127.0.0.1:15080 listener off.
 	NoSOCKS5 bool
 	Pool     hbone.PoolConfig // MaxStreamsPerConn, IdleTimeout, Options; Dial/TLS are set per pod
@@ -59,6 +65,8 @@ type Proxy struct {
 	log     *slog.Logger
 	rr      atomic.Uint64
 	rejects *logLimiter // log lines of refused connections and requests
+	// held counts outbound connections waiting for an unknown address.
+	held atomic.Int64
 
 	mu       sync.Mutex
 	pods     map[string]*pod
@@ -82,6 +90,9 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	if cfg.CertTimeout <= 0 {
 		cfg.CertTimeout = 10 * time.Second
+	}
+	if cfg.HoldUnknown <= 0 {
+		cfg.HoldUnknown = time.Second
 	}
 	return &Proxy{cfg: cfg, log: cfg.Log, pods: map[string]*pod{}, rejects: newLogLimiter(rejectBurst, rejectRate, nil)}, nil
 }
@@ -145,6 +156,7 @@ func (p *Proxy) AddPod(ctx context.Context, ip *inpod.Pod) (err error) {
 	pd.ctx, pd.cancel = context.WithCancel(context.Background())
 	if err := p.open(pd); err != nil {
 		pd.cancel()
+		p.forgetIdentity(id)
 		return err
 	}
 	p.mu.Lock()
@@ -317,6 +329,33 @@ func (p *Proxy) drainPod(pd *pod) {
 	pd.conns.drain(ctx)
 	p.cut(pd)
 	wg.Wait()
+	p.forgetIdentity(pd.id)
+}
+
+// forgetter is the part of identity.Manager that drops an identity: a
+// Source that has it stops renewing certificates nobody here uses.
+type forgetter interface{ Forget(spiffeid.ID) }
+
+// forgetIdentity drops id's certificate once no pod served here runs as
+// it: a removed pod's certificate is neither kept nor renewed. A pod that
+// takes the identity again fetches it anew.
+func (p *Proxy) forgetIdentity(id spiffeid.ID) {
+	f, ok := p.cfg.Certs.(forgetter)
+	if !ok {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.draining {
+		return // the process is ending: nothing is renewed for long
+	}
+	for _, other := range p.pods {
+		if other.id == id {
+			return
+		}
+	}
+	f.Forget(id)
+	p.log.Debug("certificate forgotten", "identity", id.String())
 }
 
 // cut ends everything of a pod now.
@@ -385,4 +424,10 @@ func (p *Proxy) Pods() []PodInfo {
 		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
 	})
 	return out
+}
+
+// AddressDemander asks the control plane for one address on demand.
+type AddressDemander interface {
+	// DemandAddress asks for addr; release withdraws the request.
+	DemandAddress(addr state.NetAddr) (release func())
 }

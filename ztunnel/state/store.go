@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -41,6 +42,7 @@ type BadPolicy struct {
 // readers never block.
 type Store struct {
 	mu      sync.Mutex
+	cidrs   []netip.Prefix // SetMeshCIDRs
 	cur     atomic.Pointer[Snapshot]
 	changed chan struct{} // closed and replaced on every swap
 }
@@ -48,7 +50,7 @@ type Store struct {
 // NewStore returns a store with an empty snapshot.
 func NewStore() *Store {
 	s := &Store{changed: make(chan struct{})}
-	s.cur.Store(newSnapshot(nil, nil, nil, 0))
+	s.cur.Store(newSnapshot(nil, nil, nil, 0, false))
 	return s
 }
 
@@ -74,15 +76,31 @@ func (s *Store) Apply(u Update) map[string]error {
 	old := s.cur.Load()
 	wls, svcs, pols := maps(old)
 	rejected := apply(u, wls, svcs, pols)
-	s.swapLocked(newSnapshot(wls, svcs, pols, old.version+1))
+	s.swapLocked(newSnapshot(wls, svcs, pols, old.version+1, old.synced))
 	return rejected
 }
 
-// Replace swaps in the update as the whole state. With an invalid workload
-// or service nothing changes but the policies the update rejects (it keeps
-// the last good state); with only invalid policies the update applies.
-// Either way a rejected policy is enforced as a deny-all over its scope, as
-// in Apply, and the error names every rejected resource.
+// MarkSynced records that the state is complete: the control plane's first
+// full response of every type has been applied. Until then the proxy
+// refuses outbound traffic rather than take a mesh destination it does not
+// know yet for one outside the mesh.
+func (s *Store) MarkSynced() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old := s.cur.Load()
+	if old.synced {
+		return
+	}
+	s.swapLocked(newSnapshot(old.workloads, old.services, old.policies, old.version+1, true))
+}
+
+// Replace swaps in the update as the whole state, which is complete (a
+// local file, or the config persisted at the last sync): the snapshot is
+// synced. With an invalid workload or service nothing changes but the
+// policies the update rejects (it keeps the last good state, synced or
+// not); with only invalid policies the update applies. Either way a
+// rejected policy is enforced as a deny-all over its scope, as in Apply,
+// and the error names every rejected resource.
 func (s *Store) Replace(u Update) error {
 	wls, svcs, pols := map[string]*Workload{}, map[string]*Service{}, map[string]*authz.Policy{}
 	rejected := apply(u, wls, svcs, pols)
@@ -103,8 +121,10 @@ func (s *Store) Replace(u Update) error {
 		for name, p := range standIns {
 			pols[name] = p
 		}
+		s.swapLocked(newSnapshot(wls, svcs, pols, old.version+1, old.synced))
+		return RejectedError(rejected)
 	}
-	s.swapLocked(newSnapshot(wls, svcs, pols, old.version+1))
+	s.swapLocked(newSnapshot(wls, svcs, pols, old.version+1, true))
 	if len(rejected) > 0 {
 		return RejectedError(rejected)
 	}
@@ -123,6 +143,7 @@ func badAddresses(u Update, wls map[string]*Workload, svcs map[string]*Service) 
 }
 
 func (s *Store) swapLocked(next *Snapshot) {
+	next.cidrs = s.cidrs
 	s.cur.Store(next)
 	close(s.changed)
 	s.changed = make(chan struct{})
@@ -226,7 +247,9 @@ func apply(u Update, wls map[string]*Workload, svcs map[string]*Service, pols ma
 
 // Snapshot is one consistent view of the mesh. Never modify what it returns.
 type Snapshot struct {
-	version   uint64
+	version uint64
+	// synced: the state is complete (see Store.MarkSynced).
+	synced    bool
 	workloads map[string]*Workload
 	services  map[string]*Service
 	policies  map[string]*authz.Policy
@@ -237,20 +260,24 @@ type Snapshot struct {
 	endpoints   map[string][]*Workload
 	byIdentity  map[spiffeid.ID][]*Workload
 	byNode      map[string][]*Workload
+	ranges      map[meshRange]struct{} // derived mesh ranges (ranges.go)
+	cidrs       []netip.Prefix         // given mesh ranges, if any
 	global      []*authz.Policy
 	byNamespace map[string][]*authz.Policy
 }
 
-func newSnapshot(wls map[string]*Workload, svcs map[string]*Service, pols map[string]*authz.Policy, version uint64) *Snapshot {
+func newSnapshot(wls map[string]*Workload, svcs map[string]*Service, pols map[string]*authz.Policy, version uint64, synced bool) *Snapshot {
 	s := &Snapshot{
-		version: version, workloads: wls, services: svcs, policies: pols,
+		version: version, synced: synced, workloads: wls, services: svcs, policies: pols,
 		byAddr: map[NetAddr]*Workload{}, byVIP: map[NetAddr]*Service{}, byHost: map[string][]*Service{},
 		endpoints: map[string][]*Workload{}, byIdentity: map[spiffeid.ID][]*Workload{},
 		byNode: map[string][]*Workload{}, byNamespace: map[string][]*authz.Policy{},
+		ranges: map[meshRange]struct{}{},
 	}
 	for _, w := range sortedValues(wls, func(w *Workload) string { return w.UID }) {
 		for _, a := range w.Addrs {
 			s.byAddr[NetAddr{w.Network, a}] = w
+			s.ranges[derivedRange(NetAddr{w.Network, a})] = struct{}{}
 		}
 		for key := range w.Services {
 			s.endpoints[key] = append(s.endpoints[key], w)
@@ -265,6 +292,7 @@ func newSnapshot(wls map[string]*Workload, svcs map[string]*Service, pols map[st
 	for _, svc := range sortedValues(svcs, (*Service).Key) {
 		for _, vip := range svc.VIPs {
 			s.byVIP[vip] = svc
+			s.ranges[derivedRange(vip)] = struct{}{}
 		}
 		s.byHost[svc.Hostname] = append(s.byHost[svc.Hostname], svc)
 	}
@@ -290,6 +318,10 @@ func sortedValues[V any](m map[string]V, key func(V) string) []V {
 
 // Version counts swaps; it changes with every update.
 func (s *Snapshot) Version() uint64 { return s.version }
+
+// Synced reports whether the state is complete: until it is, an address
+// it does not know may still be a mesh workload.
+func (s *Snapshot) Synced() bool { return s.synced }
 
 // Workload looks a workload up by uid.
 func (s *Snapshot) Workload(uid string) *Workload { return s.workloads[uid] }

@@ -510,3 +510,35 @@ func TestChangedClosesOnSwap(t *testing.T) {
 		t.Fatal("Changed not closed after Replace")
 	}
 }
+
+// A store is synced once told so (the first full xDS response of every
+// type) or once given a whole state; partial updates alone do not make it
+// so, and nothing unsyncs it.
+func TestStoreSynced(t *testing.T) {
+	s := state.NewStore()
+	if s.Snapshot().Synced() {
+		t.Fatal("a new store is synced")
+	}
+	s.Apply(state.Update{Policies: map[string]*security.Authorization{"a/p": {Name: "p", Namespace: "a", Scope: security.Scope_NAMESPACE}}})
+	if s.Snapshot().Synced() {
+		t.Fatal("a partial update made the store synced")
+	}
+	changed := s.Changed()
+	s.MarkSynced()
+	if !s.Snapshot().Synced() || s.Snapshot().Policy("a/p") == nil {
+		t.Fatal("MarkSynced: not synced, or the state was lost")
+	}
+	select {
+	case <-changed:
+	default:
+		t.Error("MarkSynced swapped no snapshot")
+	}
+	s.Apply(state.Update{RemovedPolicies: []string{"a/p"}})
+	if !s.Snapshot().Synced() {
+		t.Fatal("an update unsynced the store")
+	}
+	r := state.NewStore()
+	if err := r.Replace(state.Update{}); err != nil || !r.Snapshot().Synced() {
+		t.Fatalf("Replace: synced=%v err=%v", r.Snapshot().Synced(), err)
+	}
+}
