@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"regexp"
 	"strings"
@@ -34,7 +35,8 @@ const (
 func CompileRoutes(rc *routev3.RouteConfiguration) (*route.Table, error) {
 	t, err := compileRoutes(rc)
 	if err != nil {
-		if ne, ok := err.(*NackError); ok {
+		var ne *NackError
+		if errors.As(err, &ne) {
 			ne.Resource = rc.GetName()
 		}
 		return nil, err
@@ -76,10 +78,12 @@ func compileRoutes(rc *routev3.RouteConfiguration) (*route.Table, error) {
 		vhosts = append(vhosts, v)
 	}
 	t, err := route.NewTable(rc.GetName(), opts, vhosts)
+	var fe *route.FieldError
+	if errors.As(err, &fe) {
+		return nil, nackf(fe.Path, "%s", fe.Problem)
+	}
 	if err != nil {
-		// NewTable's messages already start with the field path.
-		path, problem, _ := strings.Cut(err.Error(), ": ")
-		return nil, nackf(path, "%s", problem)
+		return nil, nackf("", "%v", err)
 	}
 	return t, nil
 }

@@ -194,6 +194,12 @@ type Options struct {
 	RequestHeaders, ResponseHeaders *HeaderMutation
 }
 
+// FieldError is a table NewTable refuses: Path names the route
+// configuration field, Problem what is wrong with it.
+type FieldError struct{ Path, Problem string }
+
+func (e *FieldError) Error() string { return e.Path + ": " + e.Problem }
+
 // NewTable indexes the virtual hosts by domain, checks what Envoy checks
 // (domains unique across the table, at most one "*", none empty), and fixes
 // each route's order of header mutation levels. The virtual hosts and
@@ -206,10 +212,10 @@ func NewTable(name string, opts Options, vhosts []*VirtualHost) (*Table, error) 
 	for i, vh := range vhosts {
 		for j, d := range vh.Domains {
 			if d == "" {
-				return nil, fmt.Errorf("virtual_hosts[%d].domains[%d]: empty domain", i, j)
+				return nil, &FieldError{fmt.Sprintf("virtual_hosts[%d].domains[%d]", i, j), "empty domain"}
 			}
 			if prev, dup := seen[d]; dup {
-				return nil, fmt.Errorf("virtual_hosts[%d].domains[%d]: domain %q is also in virtual_hosts[%d]", i, j, d, prev)
+				return nil, &FieldError{fmt.Sprintf("virtual_hosts[%d].domains[%d]", i, j), fmt.Sprintf("domain %q is also in virtual_hosts[%d]", d, prev)}
 			}
 			seen[d] = i
 			switch {
