@@ -99,6 +99,8 @@ func TestNack(t *testing.T) {
 			"rc: virtual_hosts[0].routes[0].request_headers_to_add[0].append: append and append_action may not both be set"},
 		{"header value with newline", vh("  - match: {prefix: /}\n    route: {cluster: c}\n    request_headers_to_add: [{header: {key: a, value: \"b\\r\\nx: y\"}}]\n"),
 			"rc: virtual_hosts[0].routes[0].request_headers_to_add[0].header.value: invalid header value \"b\\r\\nx: y\""},
+		{"value and raw_value", "name: rc\nrequest_headers_to_add: [{header: {key: a, value: b, raw_value: Yw==}}]\n",
+			"rc: request_headers_to_add[0].header: only one of value and raw_value may be set"},
 		{"direct response too big", "name: rc\nmax_direct_response_body_size_bytes: 3\n" + strings.TrimPrefix(vh("  - match: {prefix: /}\n    direct_response: {status: 200, body: {inline_string: abcd}}\n"), "name: rc\n"),
 			"rc: virtual_hosts[0].routes[0].direct_response.body: 4 bytes, more than max_direct_response_body_size_bytes (3)"},
 		{"direct response status", vh("  - match: {prefix: /}\n    direct_response: {status: 100}\n"),

@@ -532,6 +532,9 @@ func (c *compiler) mutation(path, dir string, remove []string, add []*corev3.Hea
 			return nil, nackf(hp+".header.key", "%v", err)
 		}
 		raw := hv.GetHeader().GetValue()
+		if raw != "" && len(hv.GetHeader().GetRawValue()) > 0 {
+			return nil, nackf(hp+".header", "only one of value and raw_value may be set")
+		}
 		if raw == "" {
 			raw = string(hv.GetHeader().GetRawValue())
 		}
