@@ -58,9 +58,10 @@ func NewHeaderMutation(remove []string, add []HeaderValue) *HeaderMutation {
 }
 
 // Apply performs Envoy's HeaderParser::evaluateHeaders on h: removals
-// first; then, in configuration order, the checks of AddIfAbsent and
-// OverwriteIfExists against the headers as they stand (an earlier AddIfAbsent
-// counts); then all overwrites; then all appends.
+// first; then the presence checks of AddIfAbsent and OverwriteIfExists,
+// all against the headers as they stand before this level adds anything (so
+// two AddIfAbsent of one absent header both add); then all overwrites; then
+// all additions, in configuration order.
 func (m *HeaderMutation) Apply(h http.Header) {
 	if m == nil {
 		return
@@ -79,7 +80,7 @@ func (m *HeaderMutation) Apply(h http.Header) {
 			appendix = append(appendix, v)
 		case AddIfAbsent:
 			if len(h[v.key]) == 0 {
-				h[v.key] = []string{v.Value}
+				appendix = append(appendix, v)
 			}
 		case OverwriteIfExists:
 			if len(h[v.key]) == 0 {
