@@ -228,6 +228,9 @@ func (r *RedirectAction) location(req *Request, path string, matched int) string
 			}
 		}
 	}
+	if !strings.HasPrefix(p, "/") {
+		p = "/" + p
+	}
 	return scheme + "://" + host + port + p
 }
 
