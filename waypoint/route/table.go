@@ -54,7 +54,12 @@ const (
 
 var actionNames = [...]string{"no-route", "forward", "redirect", "direct-response"}
 
-func (k ActionKind) String() string { return actionNames[k] }
+func (k ActionKind) String() string {
+	if int(k) < len(actionNames) {
+		return actionNames[k]
+	}
+	return fmt.Sprintf("action(%d)", k)
+}
 
 // Route is Envoy's config.route.v3.Route for the supported fields. Exactly
 // one of Forward, Redirect and Direct is set, as Action says.
@@ -229,7 +234,10 @@ func NewTable(name string, opts Options, vhosts []*VirtualHost) (*Table, error) 
 				t.exact[d] = vh
 			}
 		}
-		for _, r := range vh.Routes {
+		for k, r := range vh.Routes {
+			if err := r.check(); err != nil {
+				return nil, &FieldError{fmt.Sprintf("virtual_hosts[%d].routes[%d]", i, k), err.Error()}
+			}
 			req := [4]*HeaderMutation{nil, r.RequestHeaders, vh.RequestHeaders, opts.RequestHeaders}
 			resp := [4]*HeaderMutation{nil, r.ResponseHeaders, vh.ResponseHeaders, opts.ResponseHeaders}
 			r.requestHeaders = order(opts.MostSpecificHeaderMutationsWins, req)
@@ -248,6 +256,37 @@ func NewTable(name string, opts Options, vhosts []*VirtualHost) (*Table, error) 
 	t.suffixes = sortWildcards(suffix)
 	t.prefixes = sortWildcards(prefix)
 	return t, nil
+}
+
+// check holds a route to what Decide relies on, whoever built it.
+func (r *Route) check() error {
+	if (r.Match.Kind == PathRegex) != (r.Match.Regex != nil) {
+		return fmt.Errorf("match: a regex goes with, and only with, a regex path match")
+	}
+	switch r.Action {
+	case ActionForward:
+		if r.Forward == nil {
+			return fmt.Errorf("forward action without a ForwardAction")
+		}
+		var sum uint64
+		for _, wc := range r.Forward.Weighted {
+			sum += uint64(wc.Weight)
+		}
+		if len(r.Forward.Weighted) > 0 && sum != r.Forward.TotalWeight || len(r.Forward.Weighted) > 0 && sum == 0 {
+			return fmt.Errorf("weighted clusters: total weight %d, sum of weights %d", r.Forward.TotalWeight, sum)
+		}
+	case ActionRedirect:
+		if r.Redirect == nil {
+			return fmt.Errorf("redirect action without a RedirectAction")
+		}
+	case ActionDirectResponse:
+		if r.Direct == nil {
+			return fmt.Errorf("direct response action without a DirectResponse")
+		}
+	default:
+		return fmt.Errorf("unknown action %d", r.Action)
+	}
+	return nil
 }
 
 func addWildcard(m map[int]map[string]*VirtualHost, key string, vh *VirtualHost) {
