@@ -2,7 +2,6 @@ package route
 
 import (
 	"net/http"
-	"net/url"
 	"regexp"
 	"strings"
 )
@@ -150,8 +149,8 @@ func (m *QueryParameterMatcher) Match(q string) bool {
 }
 
 // firstQueryValue finds name's first value in q without building a map.
-// Keys and values are percent-decoded ('+' as space) before comparison; a
-// key without "=" has the empty value.
+// Keys and values are decoded as Envoy decodes query parameters before
+// matching them (see decodeQuery); a key without "=" has the empty value.
 func firstQueryValue(q, name string) (string, bool) {
 	for q != "" {
 		var pair string
@@ -160,26 +159,55 @@ func firstQueryValue(q, name string) (string, bool) {
 			continue
 		}
 		k, v, _ := strings.Cut(pair, "=")
-		if strings.ContainsAny(k, "%+") {
-			dk, err := url.QueryUnescape(k)
-			if err != nil {
-				continue
-			}
-			k = dk
+		if decodeQuery(k) == name {
+			return decodeQuery(v), true
 		}
-		if k != name {
-			continue
-		}
-		if strings.ContainsAny(v, "%+") {
-			dv, err := url.QueryUnescape(v)
-			if err != nil {
-				return v, true
-			}
-			v = dv
-		}
-		return v, true
 	}
 	return "", false
+}
+
+// decodeQuery is Envoy's PercentEncoding::urlDecodeQueryParameter: a valid
+// %XY escape is decoded unless it encodes a control character, a byte
+// above 0x7F, a space or one of "<>\^{|}, which stay encoded as sent;
+// invalid escapes stay as they are, and "+" is not a space.
+func decodeQuery(s string) string {
+	i := strings.IndexByte(s, '%')
+	if i < 0 {
+		return s
+	}
+	var b strings.Builder
+	b.WriteString(s[:i])
+	for ; i < len(s); i++ {
+		if s[i] == '%' && i+2 < len(s) {
+			hi, ok1 := unhex(s[i+1])
+			lo, ok2 := unhex(s[i+2])
+			if ok1 && ok2 {
+				if c := hi<<4 | lo; !keptEncoded(c) {
+					b.WriteByte(c)
+					i += 2
+					continue
+				}
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+func keptEncoded(c byte) bool {
+	return c < 0x20 || c >= 0x7f || strings.IndexByte(" \"<>\\^{|}", c) >= 0
+}
+
+func unhex(c byte) (byte, bool) {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0', true
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10, true
+	case 'A' <= c && c <= 'F':
+		return c - 'A' + 10, true
+	}
+	return 0, false
 }
 
 // PathMatchKind says how RouteMatch compares the request path.
