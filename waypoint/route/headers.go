@@ -101,8 +101,10 @@ func (m *HeaderMutation) Apply(h http.Header) {
 
 // HeaderMutations are the levels to apply, in Envoy's order: by default the
 // most specific level first (weighted cluster, route, virtual host, route
-// configuration), so that a less specific overwrite wins; reversed when the
-// route configuration sets most_specific_header_mutations_wins.
+// configuration), so that a less specific overwrite wins. When the route
+// configuration sets most_specific_header_mutations_wins, route, virtual
+// host and route configuration are reversed; a weighted cluster's level
+// still comes first.
 type HeaderMutations []*HeaderMutation
 
 // Apply applies every level in order.

@@ -305,12 +305,15 @@ func sortWildcards(m map[int]map[string]*VirtualHost) []wildcards {
 	return out
 }
 
-// order lists the non-nil levels, given most specific first, in the order
-// Envoy applies them: most specific first, so that a less specific
-// overwrite stands; reversed when mostSpecificWins.
+// order lists the non-nil levels (weighted cluster, route, virtual host,
+// route configuration) in the order Envoy applies them: most specific
+// first, so that a less specific overwrite stands; with mostSpecificWins
+// the route, virtual host and route configuration levels are reversed, but
+// a weighted cluster's level still comes first, as in Envoy, where the
+// cluster entry evaluates its own headers before its route's.
 func order(mostSpecificWins bool, levels [4]*HeaderMutation) HeaderMutations {
 	if mostSpecificWins {
-		levels[0], levels[1], levels[2], levels[3] = levels[3], levels[2], levels[1], levels[0]
+		levels[1], levels[3] = levels[3], levels[1]
 	}
 	var out HeaderMutations
 	for _, m := range levels {
