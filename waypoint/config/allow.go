@@ -1,0 +1,184 @@
+package config
+
+import (
+	"fmt"
+	"sort"
+	"strconv"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	// Registered for the google.protobuf.Any values the allow-list accepts.
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/cors/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/retry/host/previous_hosts/v3"
+)
+
+// supported lists, per message type, the fields the compiler implements.
+// A message type missing from this map is refused wherever it appears.
+var supported = map[protoreflect.FullName][]protoreflect.Name{
+	"envoy.config.route.v3.RouteConfiguration": {"name", "virtual_hosts",
+		"request_headers_to_add", "request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove",
+		"most_specific_header_mutations_wins", "validate_clusters", "max_direct_response_body_size_bytes",
+		"ignore_port_in_host_matching"},
+	"envoy.config.route.v3.VirtualHost": {"name", "domains", "routes",
+		"request_headers_to_add", "request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove",
+		"typed_per_filter_config", "include_request_attempt_count"},
+	"envoy.config.route.v3.Route": {"name", "match", "route", "redirect", "direct_response",
+		"request_headers_to_add", "request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove",
+		"typed_per_filter_config", "decorator", "metadata"},
+	"envoy.config.route.v3.Decorator": {"operation"},
+	"envoy.config.route.v3.RouteMatch": {"prefix", "path", "safe_regex", "path_separated_prefix",
+		"case_sensitive", "headers", "query_parameters"},
+	"envoy.config.route.v3.HeaderMatcher":           {"name", "string_match", "present_match", "invert_match", "treat_missing_header_as_empty"},
+	"envoy.config.route.v3.QueryParameterMatcher":   {"name", "string_match", "present_match"},
+	"envoy.type.matcher.v3.StringMatcher":           {"exact", "prefix", "suffix", "safe_regex", "contains", "ignore_case"},
+	"envoy.type.matcher.v3.RegexMatcher":            {"regex"},
+	"envoy.type.matcher.v3.RegexMatchAndSubstitute": {"pattern", "substitution"},
+	"envoy.config.route.v3.RouteAction": {"cluster", "weighted_clusters", "prefix_rewrite", "regex_rewrite",
+		"host_rewrite_literal", "timeout", "retry_policy", "request_mirror_policies"},
+	"envoy.config.route.v3.WeightedCluster": {"clusters", "total_weight"},
+	"envoy.config.route.v3.WeightedCluster.ClusterWeight": {"name", "weight",
+		"request_headers_to_add", "request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove"},
+	"envoy.config.route.v3.RetryPolicy": {"retry_on", "num_retries", "per_try_timeout", "retriable_status_codes",
+		"retry_back_off", "retry_host_predicate", "host_selection_retry_max_attempts"},
+	"envoy.config.route.v3.RetryPolicy.RetryBackOff":                       {"base_interval", "max_interval"},
+	"envoy.config.route.v3.RetryPolicy.RetryHostPredicate":                 {"name", "typed_config"},
+	"envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate": {},
+	"envoy.config.route.v3.RouteAction.RequestMirrorPolicy":                {"cluster", "runtime_fraction", "trace_sampled"},
+	"envoy.config.core.v3.RuntimeFractionalPercent":                        {"default_value"},
+	"envoy.type.v3.FractionalPercent":                                      {"numerator", "denominator"},
+	"envoy.config.route.v3.RedirectAction": {"https_redirect", "scheme_redirect", "host_redirect", "port_redirect",
+		"path_redirect", "prefix_rewrite", "regex_rewrite", "response_code", "strip_query"},
+	"envoy.config.route.v3.DirectResponseAction": {"status", "body"},
+	"envoy.config.core.v3.DataSource":            {"inline_string", "inline_bytes"},
+	"envoy.config.core.v3.HeaderValueOption":     {"header", "append", "append_action", "keep_empty_value"},
+	"envoy.config.core.v3.HeaderValue":           {"key", "value", "raw_value"},
+	"envoy.extensions.filters.http.cors.v3.CorsPolicy": {"allow_origin_string_match", "allow_methods",
+		"allow_headers", "expose_headers", "max_age", "allow_credentials", "filter_enabled",
+		"allow_private_network_access", "forward_not_matching_preflights"},
+}
+
+// opaque message types are accepted whole: scalar wrappers, durations, and
+// metadata, which carries no behaviour.
+var opaque = map[protoreflect.FullName]bool{
+	"google.protobuf.Duration":      true,
+	"google.protobuf.BoolValue":     true,
+	"google.protobuf.UInt32Value":   true,
+	"google.protobuf.UInt64Value":   true,
+	"envoy.config.core.v3.Metadata": true,
+}
+
+var supportedSet = func() map[protoreflect.FullName]map[protoreflect.Name]bool {
+	out := map[protoreflect.FullName]map[protoreflect.Name]bool{}
+	for msg, fields := range supported {
+		out[msg] = map[protoreflect.Name]bool{}
+		for _, f := range fields {
+			out[msg][f] = true
+		}
+	}
+	return out
+}()
+
+// checkSupported walks every set field of m and returns an error naming the
+// path of the first one the compiler does not implement, in field-number
+// order so that the answer is stable.
+func checkSupported(m protoreflect.Message, path string) error {
+	name := m.Descriptor().FullName()
+	if opaque[name] {
+		return nil
+	}
+	if name == "google.protobuf.Any" {
+		return checkAny(m, path)
+	}
+	allowed, ok := supportedSet[name]
+	if !ok {
+		return nackf(path, "message type %s not supported", name)
+	}
+	if len(m.GetUnknown()) > 0 {
+		return nackf(path, "unknown fields (not in this waypoint's Envoy API version)")
+	}
+	var fields []protoreflect.FieldDescriptor
+	m.Range(func(fd protoreflect.FieldDescriptor, _ protoreflect.Value) bool {
+		fields = append(fields, fd)
+		return true
+	})
+	sort.Slice(fields, func(i, j int) bool { return fields[i].Number() < fields[j].Number() })
+	for _, fd := range fields {
+		fp := join(path, string(fd.Name()))
+		if !allowed[fd.Name()] {
+			return nackf(fp, "not supported")
+		}
+		v := m.Get(fd)
+		switch {
+		case fd.IsMap():
+			if fd.MapValue().Kind() != protoreflect.MessageKind {
+				continue
+			}
+			var keys []string
+			v.Map().Range(func(k protoreflect.MapKey, _ protoreflect.Value) bool {
+				keys = append(keys, k.String())
+				return true
+			})
+			sort.Strings(keys)
+			for _, k := range keys {
+				mv := v.Map().Get(protoreflect.ValueOfString(k).MapKey())
+				if err := checkSupported(mv.Message(), fp+"["+strconv.Quote(k)+"]"); err != nil {
+					return err
+				}
+			}
+		case fd.IsList():
+			if fd.Kind() != protoreflect.MessageKind {
+				continue
+			}
+			for i := 0; i < v.List().Len(); i++ {
+				if err := checkSupported(v.List().Get(i).Message(), fp+"["+strconv.Itoa(i)+"]"); err != nil {
+					return err
+				}
+			}
+		case fd.Kind() == protoreflect.MessageKind:
+			if err := checkSupported(v.Message(), fp); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// checkAny unpacks an Any and checks its contents under the same path.
+func checkAny(m protoreflect.Message, path string) error {
+	a, ok := m.Interface().(*anypb.Any)
+	if !ok {
+		return nackf(path, "malformed google.protobuf.Any")
+	}
+	inner, err := unpack(a)
+	if err != nil {
+		return nackf(path, "%v", err)
+	}
+	return checkSupported(inner.ProtoReflect(), path)
+}
+
+// unpack resolves an Any among the registered types. A type that is not
+// linked into the waypoint cannot be supported.
+func unpack(a *anypb.Any) (proto.Message, error) {
+	mt, err := protoregistry.GlobalTypes.FindMessageByURL(a.GetTypeUrl())
+	if err != nil {
+		return nil, fmt.Errorf("type %q not supported", a.GetTypeUrl())
+	}
+	if _, ok := supported[mt.Descriptor().FullName()]; !ok {
+		return nil, fmt.Errorf("type %s not supported", mt.Descriptor().FullName())
+	}
+	inner := mt.New().Interface()
+	if err := proto.Unmarshal(a.GetValue(), inner); err != nil {
+		return nil, fmt.Errorf("decode %s: %v", mt.Descriptor().FullName(), err)
+	}
+	return inner, nil
+}
+
+func join(path, field string) string {
+	if path == "" {
+		return field
+	}
+	return path + "." + field
+}
