@@ -220,94 +220,110 @@ func (s *ZDSServer) serve(z *ztunnelConn) {
 		s.drop(z)
 		return
 	}
-	refused, err := s.snapshot(z)
+	// Every pod the server holds, then SnapshotSent (ztunnel drops what
+	// it had and was not sent), then what changed meanwhile; the switch
+	// to this connection happens with nothing left to send.
+	r := &replay{sent: map[string]*Pod{}, failed: map[string]string{}}
+	err = s.replay(z, r, false)
+	if err == nil {
+		if err = z.request(&zds.WorkloadRequest{Payload: &zds.WorkloadRequest_SnapshotSent{SnapshotSent: &zds.SnapshotSent{}}}); err != nil {
+			err = fmt.Errorf("snapshot end not acknowledged: %w", err)
+		}
+	}
+	if err == nil {
+		err = s.replay(z, r, true)
+	}
 	if err != nil {
 		s.log.Warn("zds: snapshot to ztunnel failed", "reason", err.Error())
-		s.drop(z)
-		return
-	}
-	if err := z.request(&zds.WorkloadRequest{Payload: &zds.WorkloadRequest_SnapshotSent{SnapshotSent: &zds.SnapshotSent{}}}); err != nil {
-		s.log.Warn("zds: snapshot end not acknowledged", "reason", err.Error())
 		s.drop(z)
 		return
 	}
 	s.mu.Lock()
 	n := len(s.pods)
 	s.mu.Unlock()
-	s.log.Info("zds: ztunnel connected", "pods", n, "refused", refused)
+	s.log.Info("zds: ztunnel connected", "pods", n, "refused", len(r.failed))
 }
 
-// snapshot sends a new connection every pod the server holds, then makes
-// it the newest. The lock is not held while ztunnel works on a pod (that
-// may take seconds), so CNI ADDs go on meanwhile, to the previous newest
-// connection; pods added, replaced or deleted during the replay are caught
-// up on before the switch, which happens under the lock with nothing left
-// to send. A pod ztunnel refuses is skipped and retried later.
-func (s *ZDSServer) snapshot(z *ztunnelConn) (refused int, err error) {
-	sent := map[string]*Pod{}
-	failed := map[string]string{}
+// replay is what a connection's snapshot has sent so far.
+type replay struct {
+	sent   map[string]*Pod
+	failed map[string]string // refused, with ztunnel's reason
+}
+
+// replay sends a new connection the pods the server holds that it has not
+// been sent yet, and Dels for those sent that are gone or replaced, until
+// there is nothing left; with takeOver the connection then becomes the
+// newest, under the same lock. The lock is not held while ztunnel works
+// on a pod (that may take seconds), so CNI ADDs go on meanwhile, to the
+// previous newest connection, and are caught up on here. A pod ztunnel
+// refuses is skipped, and retried once the connection is the newest.
+func (s *ZDSServer) replay(z *ztunnelConn, r *replay, takeOver bool) error {
 	for {
 		s.mu.Lock()
 		var add []*Pod
 		var del []string
 		for uid, p := range s.pods {
-			if sent[uid] != p {
+			if r.sent[uid] != p {
 				add = append(add, p)
 			}
 		}
-		for uid, p := range sent {
+		for uid, p := range r.sent {
 			if s.pods[uid] != p {
 				del = append(del, uid)
 			}
 		}
 		if len(add) == 0 && len(del) == 0 {
-			s.setNewestLocked(z)
-			now := time.Now()
-			for uid, reason := range failed {
-				s.failed[uid] = &failedPod{pod: sent[uid], conn: z, attempts: 1, next: now.Add(s.retryMin), reason: reason}
+			if takeOver {
+				s.setNewestLocked(z)
+				now := time.Now()
+				for uid, reason := range r.failed {
+					s.failed[uid] = &failedPod{pod: r.sent[uid], conn: z, attempts: 1, next: now.Add(s.retryMin), reason: reason}
+				}
 			}
 			s.mu.Unlock()
 			s.wake()
-			return len(failed), nil
+			return nil
 		}
 		// Descriptors are duplicated under the lock: DelPod may close the
 		// pod's own while its Add is on the way.
 		dups := make([][]int, len(add))
 		for i, p := range add {
+			var err error
 			if dups[i], err = dupFDs(p); err != nil {
 				for _, d := range dups[:i] {
 					closeFDs(d)
 				}
 				s.mu.Unlock()
-				return 0, err
+				return err
 			}
 		}
 		s.mu.Unlock()
+		closeRest := func(from int) {
+			for _, d := range dups[from:] {
+				closeFDs(d)
+			}
+		}
 		for _, uid := range del {
-			delete(sent, uid)
-			delete(failed, uid)
+			delete(r.sent, uid)
+			delete(r.failed, uid)
 			if err := z.request(&zds.WorkloadRequest{Payload: &zds.WorkloadRequest_Del{Del: &zds.DelWorkload{Uid: uid}}}); err != nil && !errors.Is(err, errRefused) {
-				for _, d := range dups {
-					closeFDs(d)
-				}
-				return 0, err
+				closeRest(0)
+				return fmt.Errorf("pod %s: %w", uid, err)
 			}
 		}
 		for i, p := range add {
 			err := z.request(p.add(), dups[i]...)
 			closeFDs(dups[i])
-			sent[p.UID] = p
-			delete(failed, p.UID)
+			r.sent[p.UID] = p
+			delete(r.failed, p.UID)
 			if errors.Is(err, errRefused) {
-				failed[p.UID] = err.Error()
+				r.failed[p.UID] = err.Error()
 				s.noteRefusal(p, err)
 				continue
 			}
 			if err != nil {
-				for _, d := range dups[i+1:] {
-					closeFDs(d)
-				}
-				return 0, fmt.Errorf("pod %s: %w", p.UID, err)
+				closeRest(i + 1)
+				return fmt.Errorf("pod %s: %w", p.UID, err)
 			}
 		}
 	}
