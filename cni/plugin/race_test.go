@@ -128,7 +128,33 @@ func TestCaptureOnceWhenAddMeetsEnrolment(t *testing.T) {
 			t.Fatalf("round %d: pod not captured", round)
 		}
 	}
-	if err := n.agent.Del(ctx, added); err != nil {
-		t.Fatal(err)
+
+	// The runtime recreated the pod's sandbox without a DEL: the same uid
+	// in another namespace is captured there, and the first released.
+	p2 := n.newPod(t, "late", "web")
+	for i, a := range p2.rt.Args {
+		if a[0] == "K8S_POD_UID" {
+			p2.rt.Args[i][1] = p.uid
+		}
+	}
+	before := len(n.ztunnel.Requests())
+	if _, err := n.cni(t, "ADD", list, p2.rt); err != nil {
+		t.Fatalf("ADD of the recreated sandbox: %v", err)
+	}
+	t.Cleanup(func() { n.cni(t, "DEL", list, p2.rt) })
+	var got []string
+	for _, r := range n.ztunnel.Requests()[before:] {
+		switch {
+		case r.Msg.GetDel().GetUid() == p.uid:
+			got = append(got, "del")
+		case r.Msg.GetAdd().GetUid() == p.uid:
+			got = append(got, "add")
+		}
+	}
+	if len(got) != 2 || got[0] != "del" || got[1] != "add" {
+		t.Fatalf("ztunnel got %v for the recreated sandbox, want del then add", got)
+	}
+	if rulesAt(t, p.ns, 100) != 0 || rulesAt(t, p2.ns, 100) == 0 {
+		t.Fatal("capture routing not moved from the old sandbox to the new one")
 	}
 }
