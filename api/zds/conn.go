@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
@@ -35,18 +36,42 @@ func Dial(path string) (*Conn, error) {
 }
 
 // Listener accepts ZDS connections.
-type Listener struct{ ln *net.UnixListener }
+type Listener struct {
+	ln   *net.UnixListener
+	path string
+	ino  uint64 // of the socket file at path, to remove only our own
+}
 
-// Listen creates the socket at path, replacing a stale one.
+// Listen creates the socket at path, mode 0600 whatever the umask,
+// replacing a stale one. Whoever can connect is handed pods' network
+// namespaces, so the socket is bound in a private directory, made 0600
+// there, and only then renamed into place: it is never reachable with a
+// wider mode, not even for the moment between bind and chmod.
 func Listen(path string) (*Listener, error) {
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("zds: remove stale socket %s: %w", path, err)
-	}
-	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: path, Net: "unixpacket"})
+	dir, err := os.MkdirTemp(filepath.Dir(path), ".zds-")
 	if err != nil {
 		return nil, fmt.Errorf("zds: listen %s: %w", path, err)
 	}
-	return &Listener{ln: ln}, nil
+	defer os.RemoveAll(dir)
+	tmp := filepath.Join(dir, "sock")
+	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: tmp, Net: "unixpacket"})
+	if err != nil {
+		return nil, fmt.Errorf("zds: listen %s: %w", path, err)
+	}
+	ln.SetUnlinkOnClose(false)
+	var st unix.Stat_t
+	err = os.Chmod(tmp, 0o600)
+	if err == nil {
+		err = unix.Stat(tmp, &st)
+	}
+	if err == nil {
+		err = os.Rename(tmp, path) // replaces a stale socket
+	}
+	if err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("zds: listen %s: %w", path, err)
+	}
+	return &Listener{ln: ln, path: path, ino: st.Ino}, nil
 }
 
 // Accept waits for the next connection.
@@ -58,8 +83,36 @@ func (l *Listener) Accept() (*Conn, error) {
 	return &Conn{c: c}, nil
 }
 
-// Close stops listening and removes the socket file.
-func (l *Listener) Close() error { return l.ln.Close() }
+// Close stops listening and removes the socket file, unless another
+// listener replaced it meanwhile.
+func (l *Listener) Close() error {
+	err := l.ln.Close()
+	var st unix.Stat_t
+	if unix.Stat(l.path, &st) == nil && st.Ino == l.ino {
+		os.Remove(l.path)
+	}
+	return err
+}
+
+// PeerCred returns the credentials (pid, uid, gid) the peer connected
+// with, as the kernel recorded them (SO_PEERCRED).
+func (c *Conn) PeerCred() (*unix.Ucred, error) {
+	rc, err := c.c.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := rc.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return nil, err
+	}
+	if cerr != nil {
+		return nil, fmt.Errorf("zds: peer credentials: %w", cerr)
+	}
+	return cred, nil
+}
 
 // Close closes the connection.
 func (c *Conn) Close() error { return c.c.Close() }

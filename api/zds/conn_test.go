@@ -80,3 +80,39 @@ func FuzzDecode(f *testing.F) {
 		decode(b, MaxMessageSize+1, unix.MSG_TRUNC, &req)
 	})
 }
+
+// The socket hands out pods' network namespaces: it is 0600 even under a
+// permissive umask, and a stale socket at the path is replaced.
+func TestListenSocketIsPrivate(t *testing.T) {
+	old := unix.Umask(0)
+	defer unix.Umask(old)
+	path := filepath.Join(t.TempDir(), "zds.sock")
+	for range 2 { // the second replaces the first's file
+		ln, err := Listen(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var st unix.Stat_t
+		if err := unix.Stat(path, &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.Mode&unix.S_IFMT != unix.S_IFSOCK || st.Mode&0o777 != 0o600 {
+			t.Fatalf("socket %s mode %o, want a socket with 0600", path, st.Mode)
+		}
+		c, err := Dial(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cred, err := c.PeerCred()
+		c.Close()
+		if err != nil || cred.Pid == 0 {
+			t.Fatalf("PeerCred of the agent's side = %+v, %v", cred, err)
+		}
+		if err := ln.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := unix.Access(path, unix.F_OK); err == nil {
+		t.Fatal("socket file left after Close")
+	}
+}

@@ -39,6 +39,7 @@ type flags struct {
 	releaseDelay, chainEach time.Duration
 	uninstall               bool
 	logLevel                string
+	zdsPeerUID              int
 }
 
 func parseFlags(args []string) (*flags, error) {
@@ -63,7 +64,8 @@ func parseFlags(args []string) (*flags, error) {
 	fs.StringVar(&f.rootCert, "root-cert", "/var/run/secrets/istio/root-cert.pem", "PEM roots verifying zmeshd (with --xds-address)")
 	fs.StringVar(&f.tokenFile, "token-file", "", "bearer token presented to zmeshd (with --xds-address; re-read on each stream)")
 	fs.StringVar(&excluded, "excluded-namespaces", excluded, "comma-separated namespaces never captured")
-	fs.StringVar(&f.healthAddr, "health-address", ":8000", "/healthz and /readyz (empty: off)")
+	fs.IntVar(&f.zdsPeerUID, "zds-peer-uid", -1, "a uid ztunnel runs as that may connect to --zds-socket besides root (-1: root only)")
+	fs.StringVar(&f.healthAddr, "health-address", ":8000", "/healthz, /readyz and /metrics (empty: off)")
 	fs.DurationVar(&f.releaseDelay, "release-delay", time.Second, "between withdrawing a leaving pod's annotation and removing its capture")
 	fs.DurationVar(&f.chainEach, "chain-interval", time.Second, "how often the primary CNI configuration is checked for our entry")
 	fs.BoolVar(&f.uninstall, "uninstall", false, "remove the plugin and its conflist entries, then exit")
@@ -92,6 +94,9 @@ func parseFlags(args []string) (*flags, error) {
 		if !filepath.IsAbs(p) {
 			return nil, fmt.Errorf("%s %q: want an absolute path", name, p)
 		}
+	}
+	if f.zdsPeerUID < -1 || f.zdsPeerUID > 1<<32-2 {
+		return nil, fmt.Errorf("--zds-peer-uid %d: want -1 or a uid", f.zdsPeerUID)
 	}
 	if f.releaseDelay < 0 || f.chainEach <= 0 {
 		return nil, errors.New("--release-delay must be >= 0 and --chain-interval > 0")

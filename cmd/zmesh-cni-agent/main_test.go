@@ -4,11 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -142,6 +144,15 @@ func TestBinary(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK
 	})
+	resp, err := http.Get("http://" + health + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), "zmesh_cni_zds_pods_refused 0") {
+		t.Fatalf("/metrics lacks zmesh_cni_zds_pods_refused:\n%s", body)
+	}
 	st, err := os.Stat(filepath.Join(binDir, "zmesh-cni"))
 	if err != nil || st.Mode().Perm()&0o100 == 0 {
 		t.Fatalf("plugin not installed executable: %v", err)
@@ -206,6 +217,8 @@ func TestFlags(t *testing.T) {
 		{[]string{"--node", "n", "--bpf-root", "rel"}, false},
 		{[]string{"--uninstall"}, true},
 		{[]string{"--node", "n", "extra"}, false},
+		{[]string{"--node", "n", "--zds-peer-uid", "1337"}, true},
+		{[]string{"--node", "n", "--zds-peer-uid", "-2"}, false},
 	} {
 		t.Setenv("NODE_NAME", "")
 		_, err := parseFlags(tc.args)

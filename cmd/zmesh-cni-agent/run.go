@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -79,7 +81,11 @@ func run(ctx context.Context, f *flags) error {
 			return err
 		}
 	}
-	zds, err := agent.NewZDSServer(f.zdsSocket, log)
+	var zdsOpts []agent.ZDSOption
+	if f.zdsPeerUID >= 0 {
+		zdsOpts = append(zdsOpts, agent.WithPeerUID(uint32(f.zdsPeerUID)))
+	}
+	zds, err := agent.NewZDSServer(f.zdsSocket, log, zdsOpts...)
 	if err != nil {
 		return fmt.Errorf("--zds-socket: %w", err)
 	}
@@ -102,7 +108,7 @@ func run(ctx context.Context, f *flags) error {
 		if err != nil {
 			return fmt.Errorf("--health-address: %w", err)
 		}
-		wg.Go(func() { serveHealth(ctx, ln, &ready) })
+		wg.Go(func() { serveHealth(ctx, ln, &ready, metrics(zds)) })
 	}
 	wg.Go(func() { src.Run(ctx) })
 	log.Info("waiting for the membership source")
@@ -213,10 +219,33 @@ func checkBPFFS(root string) error {
 	return nil
 }
 
-// serveHealth answers /healthz (the process is up) and /readyz (it serves
-// the plugin and ztunnel) until ctx ends.
-func serveHealth(ctx context.Context, ln net.Listener, ready *atomic.Bool) {
+// metrics exports what ztunnels refused: pods waiting to be taken (each
+// stays captured, failing closed, and is offered again with backoff), all
+// refused Adds, and connections refused for their peer's credentials.
+func metrics(zds *agent.ZDSServer) http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "zmesh_cni_zds_pods_refused",
+			Help: "Pods the node's ztunnel refused and that are offered to it again with backoff.",
+		}, func() float64 { return float64(len(zds.Failed())) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "zmesh_cni_zds_pod_refusals_total",
+			Help: "Adds of a pod that ztunnel refused (retries included).",
+		}, func() float64 { n, _ := zds.Stats(); return float64(n) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "zmesh_cni_zds_peers_rejected_total",
+			Help: "Connections to the ZDS socket refused because the peer was neither root nor --zds-peer-uid.",
+		}, func() float64 { _, n := zds.Stats(); return float64(n) }),
+	)
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+}
+
+// serveHealth answers /healthz (the process is up), /readyz (it serves
+// the plugin and ztunnel) and /metrics until ctx ends.
+func serveHealth(ctx context.Context, ln net.Listener, ready *atomic.Bool, metrics http.Handler) {
 	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", metrics)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !ready.Load() {

@@ -3,13 +3,13 @@ package agent
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/zmesh/zmesh/cni/cniapi"
@@ -35,16 +35,9 @@ func NewCNIServer(path string, e Enroller, log *slog.Logger) (*CNIServer, error)
 	if log == nil {
 		log = slog.Default()
 	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, err
-	}
-	ln, err := net.Listen("unix", path)
+	ln, err := listenPrivate(path)
 	if err != nil {
 		return nil, fmt.Errorf("cni server: listen %s: %w", path, err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
-		return nil, err
 	}
 	mux := http.NewServeMux()
 	s := &CNIServer{ln: ln, log: log, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}}
@@ -59,6 +52,34 @@ func NewCNIServer(path string, e Enroller, log *slog.Logger) (*CNIServer, error)
 		return struct{}{}, e.Check(ctx, p)
 	}))
 	return s, nil
+}
+
+// listenPrivate binds a unix stream socket at path with mode 0600 whatever
+// the umask: it is bound in a private directory, made 0600 there and then
+// renamed into place (replacing a stale socket), so it is never reachable
+// with a wider mode. Closing the listener leaves the file; the next agent
+// replaces it.
+func listenPrivate(path string) (net.Listener, error) {
+	dir, err := os.MkdirTemp(filepath.Dir(path), ".cni-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	tmp := filepath.Join(dir, "sock")
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
+	if err != nil {
+		return nil, err
+	}
+	ln.SetUnlinkOnClose(false)
+	if err := os.Chmod(tmp, 0o600); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return ln, nil
 }
 
 // Run serves until ctx ends.

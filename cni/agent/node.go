@@ -21,15 +21,30 @@ import (
 // Membership says whether a pod is in the mesh and under which service
 // account. Implementations: Kubernetes informers (in a cluster) and
 // zmeshd's workload stream (no cluster).
+//
+// A pod a source has not seen yet is the common case on CNI ADD: the
+// runtime sets a pod up moments after it was created. Lookup must then
+// ask the authority (the API server, or wait for zmeshd to list the pod),
+// within a bound, and return an error wrapping ErrMembershipUnknown when
+// it cannot decide: CNI ADD then fails and the runtime retries. Answering
+// "not ambient" on a miss would start an ambient pod outside the mesh.
 type Membership interface {
-	Lookup(namespace, name string) (serviceAccount string, ambient bool)
+	Lookup(ctx context.Context, namespace, name string) (serviceAccount string, ambient bool, err error)
 }
 
-// MembershipFunc adapts a function to Membership.
+// ErrMembershipUnknown means a source could not decide whether a pod is in
+// the mesh.
+var ErrMembershipUnknown = errors.New("pod's mesh membership unknown")
+
+// MembershipFunc adapts a function that always knows (tests, static
+// configurations) to Membership.
 type MembershipFunc func(namespace, name string) (string, bool)
 
 // Lookup implements Membership.
-func (f MembershipFunc) Lookup(ns, name string) (string, bool) { return f(ns, name) }
+func (f MembershipFunc) Lookup(_ context.Context, ns, name string) (string, bool, error) {
+	sa, ambient := f(ns, name)
+	return sa, ambient, nil
+}
 
 // Node captures this node's ambient pods: redirection routing, the
 // sk_lookup program pinned under BPFRoot/<uid>, and the hand-over to
@@ -115,12 +130,24 @@ func (n *Node) IsCaptured(uid string) bool {
 }
 
 // Add captures an ambient pod and returns once ztunnel took it; a pod not in
-// the mesh is left alone (false).
+// the mesh is left alone (false). A pod whose membership cannot be decided
+// is an error, so the runtime retries rather than start it unprotected.
+//
+// Add is idempotent: the reconciler may have enrolled the running pod a
+// moment before the runtime's ADD arrives. Capturing it a second time
+// would attach a fresh program with an empty listener map while ztunnel,
+// which already serves the pod, keeps its listeners in the old one: the
+// pod would be cut off for good. A pod captured in the same network
+// namespace is left as it is; one captured in another namespace (the
+// runtime recreated its sandbox without a DEL) is released first.
 func (n *Node) Add(ctx context.Context, p *cniapi.Pod) (bool, error) {
 	if err := p.Validate(); err != nil {
 		return false, err
 	}
-	sa, ambient := n.Members.Lookup(p.Namespace, p.Name)
+	sa, ambient, err := n.Members.Lookup(ctx, p.Namespace, p.Name)
+	if err != nil {
+		return false, fmt.Errorf("pod %s/%s: %w", p.Namespace, p.Name, err)
+	}
 	if !ambient {
 		return false, nil
 	}
@@ -133,11 +160,46 @@ func (n *Node) Add(ctx context.Context, p *cniapi.Pod) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("open pod netns %q: %w", p.Netns, err)
 	}
+	switch n.capturedIn(p.UID, ns) {
+	case sameNetns:
+		ns.Close()
+		n.log().Info("pod already captured", "pod", p.Namespace+"/"+p.Name, "uid", p.UID)
+		return true, nil
+	case otherNetns:
+		n.log().Info("pod captured in another network namespace: recapturing", "pod", p.Namespace+"/"+p.Name, "uid", p.UID)
+		if err := n.release(ctx, p.UID); err != nil {
+			ns.Close()
+			return false, fmt.Errorf("release pod %s/%s's previous capture: %w", p.Namespace, p.Name, err)
+		}
+	}
 	if err := n.add(ctx, ns, p, sa, ips); err != nil {
 		ns.Close()
 		return false, err
 	}
 	return true, nil
+}
+
+type captureState int
+
+const (
+	notCaptured captureState = iota
+	sameNetns
+	otherNetns
+)
+
+// capturedIn says whether the pod is captured, and whether in ns. The
+// caller holds lockPod.
+func (n *Node) capturedIn(uid string, ns netns.NsHandle) captureState {
+	n.mu.Lock()
+	c := n.pods[uid]
+	n.mu.Unlock()
+	if c == nil {
+		return notCaptured
+	}
+	if c.ns.Equal(ns) {
+		return sameNetns
+	}
+	return otherNetns
 }
 
 func parseIPs(in []string) ([]netip.Addr, error) {
@@ -326,7 +388,11 @@ func (n *Node) release(ctx context.Context, uid string) error {
 
 // Check verifies an ambient pod's capture is intact.
 func (n *Node) Check(ctx context.Context, p *cniapi.Pod) error {
-	if _, ambient := n.Members.Lookup(p.Namespace, p.Name); !ambient {
+	_, ambient, err := n.Members.Lookup(ctx, p.Namespace, p.Name)
+	if err != nil {
+		return fmt.Errorf("pod %s/%s: %w", p.Namespace, p.Name, err)
+	}
+	if !ambient {
 		return nil
 	}
 	if !bpf.Pinned(n.dir(p.UID)) {
@@ -355,11 +421,17 @@ func (n *Node) EnrollRunning(ctx context.Context, p *cniapi.Pod, procRoot string
 	if err := p.Validate(); err != nil {
 		return false, err
 	}
-	sa, ambient := n.Members.Lookup(p.Namespace, p.Name)
+	sa, ambient, err := n.Members.Lookup(ctx, p.Namespace, p.Name)
+	if err != nil {
+		return false, fmt.Errorf("pod %s/%s: %w", p.Namespace, p.Name, err)
+	}
 	if !ambient {
 		return false, nil
 	}
 	defer n.lockPod(p.UID)()
+	if n.IsCaptured(p.UID) {
+		return true, nil // CNI ADD came first
+	}
 	return true, n.enrollRunning(ctx, p, sa, procRoot)
 }
 

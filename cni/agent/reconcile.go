@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"time"
 
@@ -129,7 +130,13 @@ func (r *Reconciler) Sync(ctx context.Context) bool {
 			unlock()
 			if err != nil {
 				ok = false
-				r.log().Warn("cannot enrol running pod", "pod", p.Namespace+"/"+p.Name, "reason", err.Error())
+				level := slog.LevelWarn
+				if errors.Is(err, ErrNetnsNotFound) {
+					// Listed before its sandbox is up (no cluster: the
+					// directory gives the address first): CNI ADD takes it.
+					level = slog.LevelDebug
+				}
+				r.log().Log(ctx, level, "cannot enrol running pod", "pod", p.Namespace+"/"+p.Name, "reason", err.Error())
 				continue
 			}
 			ok = r.setStatus(ctx, p, true) && ok

@@ -10,8 +10,13 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
+	"strings"
 	"sync"
 	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/zmesh/zmesh/api/zds"
 )
@@ -46,9 +51,19 @@ func (p *Pod) add() *zds.WorkloadRequest {
 // ZDSServer serves ztunnels on the node. New pods go to the newest
 // connection only: a ztunnel that is being replaced keeps what it has and
 // takes nothing new (DESIGN.md, Decisions 4 and 8).
+//
+// ZDS has one request in flight per connection, each answered by an Ack
+// that may carry an error: a pod ztunnel refuses (its certificate cannot
+// be had, say) costs that pod only. In a (re)connect's snapshot it is
+// skipped, the rest go on, and it is retried with backoff for as long as
+// the connection is the newest; meanwhile it stays captured with nothing
+// behind its capture, so it fails closed.
 type ZDSServer struct {
-	ln  *zds.Listener
-	log *slog.Logger
+	ln       *zds.Listener
+	log      *slog.Logger
+	peerUIDs []uint32 // allowed besides root
+	retryMin time.Duration
+	retryMax time.Duration
 
 	mu     sync.Mutex
 	pods   map[string]*Pod
@@ -56,7 +71,35 @@ type ZDSServer struct {
 	gen    uint64        // bumped whenever newest changes
 	ready  chan struct{} // closed and replaced when newest changes
 	conns  map[*ztunnelConn]struct{}
-	wg     sync.WaitGroup
+	// failed holds the pods the newest ztunnel refused, to retry.
+	failed   map[string]*failedPod
+	refusals uint64
+	rejected uint64
+	kick     chan struct{} // wakes the retry loop
+	wg       sync.WaitGroup
+}
+
+// failedPod is a pod a ztunnel refused and when to offer it again.
+type failedPod struct {
+	pod      *Pod
+	conn     *ztunnelConn
+	attempts int
+	next     time.Time
+	reason   string
+}
+
+// ZDSOption configures a ZDSServer.
+type ZDSOption func(*ZDSServer)
+
+// WithPeerUID lets a ztunnel running as uid connect (root always may).
+func WithPeerUID(uid uint32) ZDSOption {
+	return func(s *ZDSServer) { s.peerUIDs = append(s.peerUIDs, uid) }
+}
+
+// WithRetryBackoff sets the backoff between offers of a refused pod
+// (default 500ms doubling up to 30s).
+func WithRetryBackoff(first, most time.Duration) ZDSOption {
+	return func(s *ZDSServer) { s.retryMin, s.retryMax = first, most }
 }
 
 // ztunnelConn serialises request/ack exchanges on one connection.
@@ -64,6 +107,10 @@ type ztunnelConn struct {
 	c  *zds.Conn
 	mu sync.Mutex
 }
+
+// errRefused marks ztunnel's refusal of one request: the connection is
+// fine and goes on.
+var errRefused = errors.New("ztunnel refused")
 
 func (z *ztunnelConn) request(req *zds.WorkloadRequest, fds ...int) error {
 	z.mu.Lock()
@@ -82,13 +129,13 @@ func (z *ztunnelConn) request(req *zds.WorkloadRequest, fds ...int) error {
 		return errors.New("ztunnel answered without an ack")
 	}
 	if ack.GetError() != "" {
-		return fmt.Errorf("ztunnel refused: %s", ack.GetError())
+		return fmt.Errorf("%w: %s", errRefused, ack.GetError())
 	}
 	return nil
 }
 
-// NewZDSServer listens on path.
-func NewZDSServer(path string, log *slog.Logger) (*ZDSServer, error) {
+// NewZDSServer listens on path (mode 0600).
+func NewZDSServer(path string, log *slog.Logger, opts ...ZDSOption) (*ZDSServer, error) {
 	ln, err := zds.Listen(path)
 	if err != nil {
 		return nil, err
@@ -96,7 +143,15 @@ func NewZDSServer(path string, log *slog.Logger) (*ZDSServer, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &ZDSServer{ln: ln, log: log, pods: map[string]*Pod{}, conns: map[*ztunnelConn]struct{}{}, ready: make(chan struct{})}, nil
+	s := &ZDSServer{
+		ln: ln, log: log, pods: map[string]*Pod{}, conns: map[*ztunnelConn]struct{}{}, ready: make(chan struct{}),
+		failed: map[string]*failedPod{}, kick: make(chan struct{}, 1),
+		retryMin: 500 * time.Millisecond, retryMax: 30 * time.Second,
+	}
+	for _, o := range opts {
+		o(s)
+	}
+	return s, nil
 }
 
 // Run accepts ztunnels until ctx ends; it returns after every connection's
@@ -112,6 +167,7 @@ func (s *ZDSServer) Run(ctx context.Context) error {
 	})
 	defer stop()
 	defer s.wg.Wait()
+	s.wg.Go(func() { s.retryLoop(ctx) })
 	for {
 		c, err := s.ln.Accept()
 		if err != nil {
@@ -120,12 +176,34 @@ func (s *ZDSServer) Run(ctx context.Context) error {
 			}
 			return fmt.Errorf("zds: accept: %w", err)
 		}
+		if err := s.admit(c); err != nil {
+			s.mu.Lock()
+			s.rejected++
+			s.mu.Unlock()
+			s.log.Warn("zds: connection refused", "reason", err.Error())
+			c.Close()
+			continue
+		}
 		z := &ztunnelConn{c: c}
 		s.mu.Lock()
 		s.conns[z] = struct{}{}
 		s.mu.Unlock()
 		s.wg.Go(func() { s.serve(z) })
 	}
+}
+
+// admit checks who connected: whoever talks to this socket is handed
+// pods' network namespaces and capture maps, so only root or a configured
+// ztunnel uid may, whatever the socket file's mode.
+func (s *ZDSServer) admit(c *zds.Conn) error {
+	cred, err := c.PeerCred()
+	if err != nil {
+		return err
+	}
+	if cred.Uid == 0 || slices.Contains(s.peerUIDs, cred.Uid) {
+		return nil
+	}
+	return fmt.Errorf("peer pid %d runs as uid %d, not root or an allowed ztunnel uid %v", cred.Pid, cred.Uid, s.peerUIDs)
 }
 
 // serve takes a new ztunnel through hello and snapshot. On success the
@@ -142,29 +220,258 @@ func (s *ZDSServer) serve(z *ztunnelConn) {
 		s.drop(z)
 		return
 	}
-	// The snapshot goes out under s.mu so no pod is added or deleted in the
-	// middle of it; then this connection becomes the newest.
-	s.mu.Lock()
-	for _, p := range s.pods {
-		if err := z.request(p.add(), p.NetnsFD, p.SockmapFD, p.BypassFD); err != nil {
-			s.mu.Unlock()
-			s.log.Warn("zds: snapshot to ztunnel failed", "pod.uid", p.UID, "reason", err.Error())
-			s.drop(z)
-			return
+	// Every pod the server holds, then SnapshotSent (ztunnel drops what
+	// it had and was not sent), then what changed meanwhile; the switch
+	// to this connection happens with nothing left to send.
+	r := &replay{sent: map[string]*Pod{}, failed: map[string]string{}}
+	err = s.replay(z, r, false)
+	if err == nil {
+		if err = z.request(&zds.WorkloadRequest{Payload: &zds.WorkloadRequest_SnapshotSent{SnapshotSent: &zds.SnapshotSent{}}}); err != nil {
+			err = fmt.Errorf("snapshot end not acknowledged: %w", err)
 		}
 	}
-	err = z.request(&zds.WorkloadRequest{Payload: &zds.WorkloadRequest_SnapshotSent{SnapshotSent: &zds.SnapshotSent{}}})
 	if err == nil {
-		s.setNewestLocked(z)
+		err = s.replay(z, r, true)
 	}
-	n := len(s.pods)
-	s.mu.Unlock()
 	if err != nil {
-		s.log.Warn("zds: snapshot end not acknowledged", "reason", err.Error())
+		s.log.Warn("zds: snapshot to ztunnel failed", "reason", err.Error())
 		s.drop(z)
 		return
 	}
-	s.log.Info("zds: ztunnel connected", "pods", n)
+	s.mu.Lock()
+	n := len(s.pods)
+	s.mu.Unlock()
+	s.log.Info("zds: ztunnel connected", "pods", n, "refused", len(r.failed))
+}
+
+// replay is what a connection's snapshot has sent so far.
+type replay struct {
+	sent   map[string]*Pod
+	failed map[string]string // refused, with ztunnel's reason
+}
+
+// replay sends a new connection the pods the server holds that it has not
+// been sent yet, and Dels for those sent that are gone or replaced, until
+// there is nothing left; with takeOver the connection then becomes the
+// newest, under the same lock. The lock is not held while ztunnel works
+// on a pod (that may take seconds), so CNI ADDs go on meanwhile, to the
+// previous newest connection, and are caught up on here. A pod ztunnel
+// refuses is skipped, and retried once the connection is the newest.
+func (s *ZDSServer) replay(z *ztunnelConn, r *replay, takeOver bool) error {
+	for {
+		s.mu.Lock()
+		var add []*Pod
+		var del []string
+		for uid, p := range s.pods {
+			if r.sent[uid] != p {
+				add = append(add, p)
+			}
+		}
+		for uid, p := range r.sent {
+			if s.pods[uid] != p {
+				del = append(del, uid)
+			}
+		}
+		if len(add) == 0 && len(del) == 0 {
+			if takeOver {
+				s.setNewestLocked(z)
+				now := time.Now()
+				for uid, reason := range r.failed {
+					s.failed[uid] = &failedPod{pod: r.sent[uid], conn: z, attempts: 1, next: now.Add(s.retryMin), reason: reason}
+				}
+			}
+			s.mu.Unlock()
+			s.wake()
+			return nil
+		}
+		// Descriptors are duplicated under the lock: DelPod may close the
+		// pod's own while its Add is on the way.
+		dups := make([][]int, len(add))
+		for i, p := range add {
+			var err error
+			if dups[i], err = dupFDs(p); err != nil {
+				for _, d := range dups[:i] {
+					closeFDs(d)
+				}
+				s.mu.Unlock()
+				return err
+			}
+		}
+		s.mu.Unlock()
+		closeRest := func(from int) {
+			for _, d := range dups[from:] {
+				closeFDs(d)
+			}
+		}
+		for _, uid := range del {
+			delete(r.sent, uid)
+			delete(r.failed, uid)
+			if err := z.request(&zds.WorkloadRequest{Payload: &zds.WorkloadRequest_Del{Del: &zds.DelWorkload{Uid: uid}}}); err != nil && !errors.Is(err, errRefused) {
+				closeRest(0)
+				return fmt.Errorf("pod %s: %w", uid, err)
+			}
+		}
+		for i, p := range add {
+			err := z.request(p.add(), dups[i]...)
+			closeFDs(dups[i])
+			r.sent[p.UID] = p
+			delete(r.failed, p.UID)
+			if errors.Is(err, errRefused) {
+				r.failed[p.UID] = err.Error()
+				s.noteRefusal(p, err)
+				continue
+			}
+			if err != nil {
+				closeRest(i + 1)
+				return fmt.Errorf("pod %s: %w", p.UID, err)
+			}
+		}
+	}
+}
+
+func (s *ZDSServer) noteRefusal(p *Pod, err error) {
+	s.mu.Lock()
+	s.refusals++
+	s.mu.Unlock()
+	s.log.Warn("zds: ztunnel refused a pod; it stays captured and is offered again", "pod", p.Namespace+"/"+p.Name, "pod.uid", p.UID, "reason", err.Error())
+}
+
+func dupFDs(p *Pod) ([]int, error) {
+	var out []int
+	for _, fd := range []int{p.NetnsFD, p.SockmapFD, p.BypassFD} {
+		d, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			closeFDs(out)
+			return nil, fmt.Errorf("pod %s: duplicate descriptor: %w", p.UID, err)
+		}
+		out = append(out, d)
+	}
+	return out, nil
+}
+
+func (s *ZDSServer) wake() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// retryLoop offers refused pods again to the newest ztunnel, each on its
+// own backoff, until it takes them or they are deleted.
+func (s *ZDSServer) retryLoop(ctx context.Context) {
+	t := time.NewTimer(time.Hour)
+	defer t.Stop()
+	for {
+		s.mu.Lock()
+		var next time.Time
+		for _, f := range s.failed {
+			if next.IsZero() || f.next.Before(next) {
+				next = f.next
+			}
+		}
+		s.mu.Unlock()
+		wait := time.Hour
+		if !next.IsZero() {
+			wait = max(time.Until(next), 0)
+		}
+		t.Reset(wait)
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.kick:
+		case <-t.C:
+			s.retryDue()
+		}
+	}
+}
+
+// retryDue offers every pod whose backoff has passed once more.
+func (s *ZDSServer) retryDue() {
+	now := time.Now()
+	s.mu.Lock()
+	var due []*failedPod
+	for uid, f := range s.failed {
+		if f.conn != s.newest || s.pods[uid] != f.pod {
+			delete(s.failed, uid) // a newer snapshot or the pod's own Add/Del took over
+			continue
+		}
+		if !f.next.After(now) {
+			due = append(due, f)
+		}
+	}
+	s.mu.Unlock()
+	for _, f := range due {
+		s.retry(f)
+	}
+}
+
+func (s *ZDSServer) retry(f *failedPod) {
+	s.mu.Lock()
+	if s.failed[f.pod.UID] != f {
+		s.mu.Unlock()
+		return
+	}
+	fds, err := dupFDs(f.pod)
+	s.mu.Unlock()
+	if err == nil {
+		err = f.conn.request(f.pod.add(), fds...)
+		closeFDs(fds)
+	}
+	s.mu.Lock()
+	if s.failed[f.pod.UID] != f {
+		s.mu.Unlock()
+		return
+	}
+	gone := false
+	switch {
+	case err == nil:
+		delete(s.failed, f.pod.UID)
+		s.log.Info("zds: ztunnel took a pod it had refused", "pod", f.pod.Namespace+"/"+f.pod.Name, "pod.uid", f.pod.UID, "attempts", f.attempts+1)
+	case isGone(err):
+		delete(s.failed, f.pod.UID) // the next connection's snapshot carries the pod
+		gone = true
+	default:
+		if errors.Is(err, errRefused) {
+			s.refusals++
+		}
+		f.attempts++
+		f.reason = err.Error()
+		backoff := s.retryMin << min(f.attempts-1, 16)
+		f.next = time.Now().Add(min(backoff, s.retryMax))
+		s.log.Debug("zds: pod refused again", "pod.uid", f.pod.UID, "attempts", f.attempts, "reason", f.reason)
+	}
+	s.mu.Unlock()
+	if gone {
+		s.drop(f.conn)
+	}
+}
+
+// FailedPod is a pod the newest ztunnel refused, offered again with
+// backoff.
+type FailedPod struct {
+	UID, Name, Namespace string
+	Attempts             int
+	Reason               string
+}
+
+// Failed lists the pods the newest ztunnel refused and that are retried.
+func (s *ZDSServer) Failed() []FailedPod {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]FailedPod, 0, len(s.failed))
+	for _, f := range s.failed {
+		out = append(out, FailedPod{UID: f.pod.UID, Name: f.pod.Name, Namespace: f.pod.Namespace, Attempts: f.attempts, Reason: f.reason})
+	}
+	slices.SortFunc(out, func(a, b FailedPod) int { return strings.Compare(a.UID, b.UID) })
+	return out
+}
+
+// Stats counts what ztunnels refused: pods (every refused Add, retries
+// included) and connections refused for their peer's credentials.
+func (s *ZDSServer) Stats() (podRefusals, rejectedPeers uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.refusals, s.rejected
 }
 
 // drop forgets a connection that failed.
@@ -217,11 +524,17 @@ func (s *ZDSServer) AddPod(ctx context.Context, p *Pod) error {
 		closePod(old)
 	}
 	s.pods[p.UID] = p
+	delete(s.failed, p.UID)
 	s.mu.Unlock()
 	if err := z.request(p.add(), p.NetnsFD, p.SockmapFD, p.BypassFD); err != nil {
 		if isGone(err) {
 			s.drop(z)
 			return fmt.Errorf("%w: %w", ErrNoZtunnel, err)
+		}
+		if errors.Is(err, errRefused) {
+			s.mu.Lock()
+			s.refusals++
+			s.mu.Unlock()
 		}
 		return err
 	}
@@ -238,6 +551,7 @@ func (s *ZDSServer) DelPod(ctx context.Context, uid string) error {
 	s.mu.Lock()
 	p := s.pods[uid]
 	delete(s.pods, uid)
+	delete(s.failed, uid)
 	z := s.newest
 	s.mu.Unlock()
 	if p != nil {
@@ -267,17 +581,29 @@ func (s *ZDSServer) Keep(ctx context.Context, p *Pod) error {
 		closePod(old)
 	}
 	s.pods[p.UID] = p
+	delete(s.failed, p.UID)
 	z := s.newest
 	s.mu.Unlock()
 	if z == nil {
 		return nil
 	}
-	if err := z.request(p.add(), p.NetnsFD, p.SockmapFD, p.BypassFD); err != nil {
-		if isGone(err) {
-			s.drop(z)
-			return nil
+	err := z.request(p.add(), p.NetnsFD, p.SockmapFD, p.BypassFD)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, errRefused):
+		// Captured it stays, failing closed; offered again with backoff.
+		s.noteRefusal(p, err)
+		s.mu.Lock()
+		if s.pods[p.UID] == p && s.newest == z {
+			s.failed[p.UID] = &failedPod{pod: p, conn: z, attempts: 1, next: time.Now().Add(s.retryMin), reason: err.Error()}
 		}
-		return err
+		s.mu.Unlock()
+		s.wake()
+		return nil
+	case isGone(err):
+		s.drop(z)
+		return nil
 	}
-	return nil
+	return err
 }

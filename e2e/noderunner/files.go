@@ -77,16 +77,45 @@ func (f *Files) Sync(ctx context.Context) error {
 }
 
 // Run syncs again after every change of the directory until ctx ends, then
-// stops every pod (as Close) and returns.
+// stops every pod (as Close) and returns. A pod that failed to start (its
+// CNI ADD failed: the agent could not decide its membership yet, say) is
+// tried again every second, as a kubelet retries a sandbox.
 func (f *Files) Run(ctx context.Context) error {
 	src := &dir.Source{Dir: f.Dir, Log: f.log(), Interval: 200 * time.Millisecond}
+	// last and failed are guarded by f.op, as apply is.
+	var last []*corev1.Pod
+	var failed bool
+	applyLocked := func(pods []*corev1.Pod) {
+		last = pods
+		err := f.apply(ctx, pods)
+		failed = err != nil
+		if err != nil && ctx.Err() == nil {
+			f.log().Warn("pod sync", "node", f.Node, "reason", err.Error())
+		}
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				f.op.Lock()
+				if failed {
+					applyLocked(last)
+				}
+				f.op.Unlock()
+			}
+		}
+	})
 	err := src.Run(ctx, func(u *dir.Update) {
 		f.op.Lock()
 		defer f.op.Unlock()
-		if err := f.apply(ctx, u.Snapshot.Pods); err != nil && ctx.Err() == nil {
-			f.log().Warn("pod sync", "node", f.Node, "reason", err.Error())
-		}
+		applyLocked(u.Snapshot.Pods)
 	})
+	wg.Wait()
 	return errors.Join(err, f.Close())
 }
 

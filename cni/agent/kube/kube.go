@@ -140,33 +140,35 @@ func (m *Members) WaitSynced(ctx context.Context) error {
 	return nil
 }
 
-// Lookup implements agent.Membership for CNI ADD. The pod may be newer than
-// the cache: then the API server is asked.
-func (m *Members) Lookup(namespace, name string) (string, bool) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+// lookupTimeout bounds the API server reads of one Lookup.
+const lookupTimeout = 10 * time.Second
+
+// Lookup implements agent.Membership for CNI ADD. The pod is usually newer
+// than the cache, and its namespace's labels may have changed since the
+// cache saw them: on a miss, both are read from the API server. What
+// cannot be read is an error (ErrMembershipUnknown), never "not ambient".
+func (m *Members) Lookup(ctx context.Context, namespace, name string) (string, bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, lookupTimeout)
 	defer cancel()
 	pod, err := m.pods.Pods(namespace).Get(name)
+	cached := err == nil
 	if apierrors.IsNotFound(err) {
 		pod, err = m.cfg.Client.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
 	}
 	if err != nil {
-		m.log.Warn("pod unknown: not captured", "pod", namespace+"/"+name, "reason", err.Error())
-		return "", false
+		return "", false, fmt.Errorf("%w: read pod %s/%s: %w", agent.ErrMembershipUnknown, namespace, name, err)
 	}
-	ns, err := m.namespace(ctx, namespace)
+	var ns *corev1.Namespace
+	if cached {
+		ns, err = m.nss.Get(namespace)
+	}
+	if !cached || apierrors.IsNotFound(err) {
+		ns, err = m.cfg.Client.CoreV1().Namespaces().Get(ctx, namespace, metav1.GetOptions{})
+	}
 	if err != nil {
-		m.log.Warn("pod's namespace unknown: not captured", "pod", namespace+"/"+name, "reason", err.Error())
-		return "", false
+		return "", false, fmt.Errorf("%w: read namespace %s: %w", agent.ErrMembershipUnknown, namespace, err)
 	}
-	return serviceAccount(pod), Ambient(ns, pod, m.cfg.ExcludedNamespaces)
-}
-
-func (m *Members) namespace(ctx context.Context, name string) (*corev1.Namespace, error) {
-	ns, err := m.nss.Get(name)
-	if apierrors.IsNotFound(err) {
-		ns, err = m.cfg.Client.CoreV1().Namespaces().Get(ctx, name, metav1.GetOptions{})
-	}
-	return ns, err
+	return serviceAccount(pod), Ambient(ns, pod, m.cfg.ExcludedNamespaces), nil
 }
 
 func serviceAccount(p *corev1.Pod) string {

@@ -37,10 +37,11 @@ type Config struct {
 	Conn grpc.ClientConnInterface
 	// Node is this node's name.
 	Node string
-	// SyncWait bounds how long a CNI ADD waits for the first response
-	// before deciding from nothing (default 5s).
-	SyncWait time.Duration
-	Log      *slog.Logger
+	// LookupWait bounds how long a CNI ADD waits for zmeshd to list a pod
+	// it has not listed yet (the first response included) before failing,
+	// so that the runtime retries (default 10s).
+	LookupWait time.Duration
+	Log        *slog.Logger
 	// MinBackoff and MaxBackoff are the xDS client's (defaults there).
 	MinBackoff, MaxBackoff time.Duration
 }
@@ -53,6 +54,8 @@ type Members struct {
 
 	mu   sync.Mutex
 	mine map[string]*workload.Workload // resource name -> workload of this node
+	// applied is closed and replaced after every response applied.
+	applied chan struct{}
 }
 
 var _ agent.Source = (*Members)(nil)
@@ -65,10 +68,10 @@ func New(cfg Config) (*Members, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	if cfg.SyncWait == 0 {
-		cfg.SyncWait = 5 * time.Second
+	if cfg.LookupWait == 0 {
+		cfg.LookupWait = 10 * time.Second
 	}
-	m := &Members{cfg: cfg, changed: make(chan struct{}, 1), mine: map[string]*workload.Workload{}}
+	m := &Members{cfg: cfg, changed: make(chan struct{}, 1), mine: map[string]*workload.Workload{}, applied: make(chan struct{})}
 	meta, _ := structpb.NewStruct(map[string]any{"NODE_NAME": cfg.Node})
 	c, err := xdsclient.NewClient(xdsclient.Config{
 		Conn: cfg.Conn, Types: []string{xdsclient.TypeAddress}, Handler: handler{m}, Log: cfg.Log,
@@ -127,6 +130,8 @@ func (h handler) Apply(typeURL string, updated []xdsclient.Resource, removed []s
 	for _, name := range removed {
 		delete(m.mine, name)
 	}
+	close(m.applied)
+	m.applied = make(chan struct{})
 	m.mu.Unlock()
 	select {
 	case m.changed <- struct{}{}:
@@ -135,24 +140,40 @@ func (h handler) Apply(typeURL string, updated []xdsclient.Resource, removed []s
 	return rejected
 }
 
-// Lookup implements agent.Membership for CNI ADD: it waits for the first
-// response, so a pod starting with the agent is not let through unseen.
-func (m *Members) Lookup(namespace, name string) (string, bool) {
-	t := time.NewTimer(m.cfg.SyncWait)
-	select {
-	case <-m.client.Synced():
-	case <-t.C:
-		m.cfg.Log.Warn("no workloads from the control plane yet: pod not captured", "pod", namespace+"/"+name)
-	}
-	t.Stop()
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for _, w := range m.mine {
-		if w.GetNamespace() == namespace && w.GetName() == name {
-			return w.GetServiceAccount(), w.GetTunnelProtocol() == workload.TunnelProtocol_HBONE
+// Lookup implements agent.Membership for CNI ADD. zmeshd lists every pod
+// of the directory, ambient or not, so a pod it has not listed is one it
+// has not seen yet (the runtime often starts a pod before the stream
+// carries it): Lookup waits for it, up to LookupWait, and then fails
+// with agent.ErrMembershipUnknown rather than call it "not ambient".
+func (m *Members) Lookup(ctx context.Context, namespace, name string) (string, bool, error) {
+	t := time.NewTimer(m.cfg.LookupWait)
+	defer t.Stop()
+	for {
+		m.mu.Lock()
+		w, applied := m.find(namespace, name), m.applied
+		m.mu.Unlock()
+		if w != nil {
+			return w.GetServiceAccount(), w.GetTunnelProtocol() == workload.TunnelProtocol_HBONE, nil
+		}
+		select {
+		case <-applied:
+		case <-t.C:
+			return "", false, fmt.Errorf("%w: the control plane has not listed pod %s/%s on node %s within %s",
+				agent.ErrMembershipUnknown, namespace, name, m.cfg.Node, m.cfg.LookupWait)
+		case <-ctx.Done():
+			return "", false, fmt.Errorf("%w: pod %s/%s: %w", agent.ErrMembershipUnknown, namespace, name, context.Cause(ctx))
 		}
 	}
-	return "", false
+}
+
+// find returns this node's workload of that name; m.mu is held.
+func (m *Members) find(namespace, name string) *workload.Workload {
+	for _, w := range m.mine {
+		if w.GetNamespace() == namespace && w.GetName() == name {
+			return w
+		}
+	}
+	return nil
 }
 
 // Pods implements agent.Source: this node's workloads with an address.

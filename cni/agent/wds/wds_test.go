@@ -2,6 +2,7 @@ package wds_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -135,7 +136,7 @@ func TestEnrolFromWorkloadStream(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	t.Cleanup(func() { cancel(); wg.Wait() })
-	m, err := wds.New(wds.Config{Conn: conn, Node: "node-a", MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond})
+	m, err := wds.New(wds.Config{Conn: conn, Node: "node-a", LookupWait: 300 * time.Millisecond, MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,11 +173,11 @@ func TestEnrolFromWorkloadStream(t *testing.T) {
 	if pinned() {
 		t.Fatal("a pod zmeshd does not list as HBONE was captured")
 	}
-	if sa, ambient := m.Lookup("demo", "web"); ambient || sa != "web-sa" {
-		t.Fatalf("Lookup(web) = %q, %v before HBONE", sa, ambient)
+	if sa, ambient, err := m.Lookup(ctx, "demo", "web"); err != nil || ambient || sa != "web-sa" {
+		t.Fatalf("Lookup(web) = %q, %v, %v before HBONE", sa, ambient, err)
 	}
-	if _, ambient := m.Lookup("demo", "elsewhere"); ambient {
-		t.Fatal("a workload of another node is a member here")
+	if _, ambient, err := m.Lookup(ctx, "demo", "elsewhere"); ambient || !errors.Is(err, agent.ErrMembershipUnknown) {
+		t.Fatalf("Lookup of a workload of another node = %v, %v; want ErrMembershipUnknown", ambient, err)
 	}
 
 	hbone := proto.Clone(wl).(*workload.Workload)
@@ -191,8 +192,8 @@ func TestEnrolFromWorkloadStream(t *testing.T) {
 	if add.GetUid() != uid || add.GetWorkloadInfo().GetServiceAccount() != "web-sa" || len(reqs[1].Inodes) != 3 {
 		t.Fatalf("ztunnel got %v with %d fds, want the pod %s with 3", reqs[1].Msg, len(reqs[1].Inodes), uid)
 	}
-	if sa, ambient := m.Lookup("demo", "web"); !ambient || sa != "web-sa" {
-		t.Fatalf("Lookup(web) = %q, %v after HBONE", sa, ambient)
+	if sa, ambient, err := m.Lookup(ctx, "demo", "web"); err != nil || !ambient || sa != "web-sa" {
+		t.Fatalf("Lookup(web) = %q, %v, %v after HBONE", sa, ambient, err)
 	}
 
 	cp.push(wl) // back to plain
@@ -216,6 +217,89 @@ func TestEnrolFromWorkloadStream(t *testing.T) {
 	})
 	if rules != 0 {
 		t.Fatal("capture routing left in the pod after release")
+	}
+}
+
+// startADS serves a stand-in zmeshd on loopback and returns a connection
+// to it.
+func startADS(t *testing.T) (*ads, *grpc.ClientConn) {
+	t.Helper()
+	cp := &ads{wls: map[string]*workload.Workload{}}
+	srv := grpc.NewServer()
+	discoveryv3.RegisterAggregatedDiscoveryServiceServer(srv, cp)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(srv.Stop)
+	conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return cp, conn
+}
+
+// TestLookupMissWaitsForTheStream: CNI ADD often runs before zmeshd's
+// stream lists the new pod. A miss is not "not ambient": Lookup waits for
+// the pod to be listed, and fails (so the runtime retries) when it is not
+// listed within the bound; with zmeshd not answering at all, it fails too.
+func TestLookupMissWaitsForTheStream(t *testing.T) {
+	cp, conn := startADS(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	m, err := wds.New(wds.Config{Conn: conn, Node: "node-a", LookupWait: 5 * time.Second, MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp.push(&workload.Workload{Uid: "Kubernetes//Pod/demo/old", Name: "old", Namespace: "demo", Node: "node-a"})
+	wg.Go(func() { m.Run(ctx) })
+	if err := m.WaitSynced(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	type answer struct {
+		sa      string
+		ambient bool
+		err     error
+	}
+	got := make(chan answer, 1)
+	go func() {
+		sa, ambient, err := m.Lookup(ctx, "demo", "new")
+		got <- answer{sa, ambient, err}
+	}()
+	select {
+	case a := <-got:
+		t.Fatalf("Lookup of a pod the stream does not list yet answered at once: %+v", a)
+	case <-time.After(300 * time.Millisecond):
+	}
+	cp.push(&workload.Workload{Uid: "Kubernetes//Pod/demo/new", Name: "new", Namespace: "demo", Node: "node-a",
+		ServiceAccount: "new-sa", TunnelProtocol: workload.TunnelProtocol_HBONE})
+	select {
+	case a := <-got:
+		if a.err != nil || !a.ambient || a.sa != "new-sa" {
+			t.Fatalf("Lookup(new) = %+v once listed, want new-sa, ambient", a)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Lookup did not answer once the stream listed the pod")
+	}
+
+	short, err := wds.New(wds.Config{Conn: conn, Node: "node-a", LookupWait: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Not running: no response ever comes.
+	if _, ambient, err := short.Lookup(ctx, "demo", "old"); ambient || !errors.Is(err, agent.ErrMembershipUnknown) {
+		t.Fatalf("Lookup with no response from zmeshd = %v, %v; want ErrMembershipUnknown", ambient, err)
+	}
+	wg.Go(func() { short.Run(ctx) })
+	if err := short.WaitSynced(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, ambient, err := short.Lookup(ctx, "demo", "never"); ambient || !errors.Is(err, agent.ErrMembershipUnknown) {
+		t.Fatalf("Lookup of a pod never listed = %v, %v; want ErrMembershipUnknown", ambient, err)
 	}
 }
 
