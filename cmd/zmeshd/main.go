@@ -1,6 +1,7 @@
 // Command zmeshd is zmesh's control plane: it reads the mesh's config from
 // a Kubernetes API server (--kubeconfig, or in cluster) or from a directory
-// of YAML files (--config-dir), translates it, pushes it to every ztunnel
+// of YAML files (--config-dir; the last good version of every object is
+// kept in --state-dir across restarts), translates it, pushes it to every ztunnel
 // over delta xDS, and signs workload certificates.
 //
 // Ports: --xds-address serves xDS and the CA in plaintext (loopback use:
@@ -18,6 +19,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -27,6 +29,7 @@ import (
 
 type flags struct {
 	configDir, kubeconfig        string
+	stateDir                     string
 	xdsAddr, secureAddr, monAddr string
 	secureHosts                  string
 	caDir, tokensFile            string
@@ -46,6 +49,7 @@ func parseFlags(args []string) (*flags, error) {
 	f := &flags{}
 	fs := flag.NewFlagSet("zmeshd", flag.ContinueOnError)
 	fs.StringVar(&f.configDir, "config-dir", "", "read the mesh from this directory of YAML files (no cluster)")
+	fs.StringVar(&f.stateDir, "state-dir", "", "with --config-dir: where the last good version of every object is kept, so that a restart with a broken file still serves what was in force (empty: "+lastGoodDir+" inside --config-dir)")
 	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "read the mesh from this cluster (empty with no --config-dir: in-cluster config)")
 	fs.StringVar(&f.xdsAddr, "xds-address", "127.0.0.1:15010", "plaintext gRPC (xDS + CA) address, xDS unauthenticated: keep it on loopback; empty disables it")
 	fs.StringVar(&f.secureAddr, "secure-address", ":15012", "TLS gRPC (xDS + CA) address; empty disables it")
@@ -78,6 +82,9 @@ func parseFlags(args []string) (*flags, error) {
 	if f.configDir != "" && f.kubeconfig != "" {
 		return nil, errors.New("give --config-dir or --kubeconfig, not both")
 	}
+	if f.stateDir != "" && f.configDir == "" {
+		return nil, errors.New("--state-dir: only used with --config-dir (a cluster keeps its own state)")
+	}
 	if f.configDir != "" && f.tokensFile == "" {
 		return nil, errors.New("--tokens-file: needed with --config-dir (the CA authenticates ztunnels, and there is no TokenReview without a cluster)")
 	}
@@ -88,6 +95,18 @@ func parseFlags(args []string) (*flags, error) {
 		return nil, fmt.Errorf("--debounce %s / --debounce-max %s: want 0 < debounce <= max", f.debounce, f.maxDelay)
 	}
 	return f, nil
+}
+
+// lastGoodDir is the default --state-dir, inside --config-dir: hidden, so
+// the directory's reader skips it.
+const lastGoodDir = ".zmesh-last-good"
+
+// lastGood is where the directory source keeps its last good versions.
+func (f *flags) lastGood() string {
+	if f.stateDir != "" {
+		return f.stateDir
+	}
+	return filepath.Join(f.configDir, lastGoodDir)
 }
 
 func (f *flags) hosts() []string {

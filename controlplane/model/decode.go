@@ -152,10 +152,15 @@ func (s *Snapshot) Decode(r io.Reader, source string) []error {
 			continue
 		}
 		if err := s.Add(obj); err != nil {
-			errs = append(errs, &DecodeError{Source: source, Doc: doc, Object: describe(obj), Err: err})
+			errs = append(errs, &DecodeError{Source: source, Doc: doc, Object: describe(obj), Key: KeyOf(obj), Err: err})
 		}
 	}
 }
+
+// ErrKindNotRead is the error of a well-formed object of a kind translation
+// does not read (a ConfigMap beside the mesh's files, say): nothing of the
+// mesh's config was lost by skipping it.
+var ErrKindNotRead = errors.New("not read by zmesh")
 
 // Add adds one object to s (unsorted).
 func (s *Snapshot) Add(obj runtime.Object) error {
@@ -217,7 +222,7 @@ func (s *Snapshot) Add(obj runtime.Object) error {
 	case *gatewayv1.GRPCRoute:
 		s.GRPCRoutes = append(s.GRPCRoutes, o)
 	default:
-		return fmt.Errorf("kind %s is not read by zmesh", obj.GetObjectKind().GroupVersionKind().Kind)
+		return fmt.Errorf("kind %s is %w", obj.GetObjectKind().GroupVersionKind().Kind, ErrKindNotRead)
 	}
 	return nil
 }
