@@ -9,7 +9,8 @@
 // TLS, with clients proving who they are by bearer token (a bound
 // service-account token in a cluster, a static token file otherwise) or
 // mesh certificate; --monitoring-address serves /metrics, /ready and
-// /debug/syncz.
+// /debug/syncz. The two unauthenticated ports bind to loopback unless told
+// otherwise.
 package main
 
 import (
@@ -46,15 +47,24 @@ type flags struct {
 }
 
 func parseFlags(args []string) (*flags, error) {
+	f, fs := newFlags()
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	return f.check(fs)
+}
+
+// newFlags declares zmeshd's flags, with their defaults in f.
+func newFlags() (*flags, *flag.FlagSet) {
 	f := &flags{}
 	fs := flag.NewFlagSet("zmeshd", flag.ContinueOnError)
 	fs.StringVar(&f.configDir, "config-dir", "", "read the mesh from this directory of YAML files (no cluster)")
 	fs.StringVar(&f.stateDir, "state-dir", "", "with --config-dir: where the last good version of every object is kept, so that a restart with a broken file still serves what was in force (empty: "+lastGoodDir+" inside --config-dir)")
 	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "read the mesh from this cluster (empty with no --config-dir: in-cluster config)")
-	fs.StringVar(&f.xdsAddr, "xds-address", "127.0.0.1:15010", "plaintext gRPC (xDS + CA) address, xDS unauthenticated: keep it on loopback; empty disables it")
+	fs.StringVar(&f.xdsAddr, "xds-address", "127.0.0.1:15010", "plaintext gRPC (xDS + CA) address; loopback by default, as xDS on it is unauthenticated (anyone reaching it reads the whole mesh): keep it there; empty disables it")
 	fs.StringVar(&f.secureAddr, "secure-address", ":15012", "TLS gRPC (xDS + CA) address; empty disables it")
 	fs.StringVar(&f.secureHosts, "secure-hosts", "zmeshd.istio-system.svc,localhost,127.0.0.1", "comma-separated DNS names and IPs of the TLS port's certificate")
-	fs.StringVar(&f.monAddr, "monitoring-address", ":15014", "HTTP address of /metrics, /ready and /debug/syncz")
+	fs.StringVar(&f.monAddr, "monitoring-address", "127.0.0.1:15014", "HTTP address of /metrics, /ready, /version and /debug/syncz (which lists every proxy, its address and identity); loopback by default, unauthenticated: widen it (e.g. :15014 for a scraper) only where the network is trusted")
 	fs.StringVar(&f.caDir, "ca-dir", "/var/lib/zmeshd/ca", "directory of the CA's key and certificates (created if empty)")
 	fs.StringVar(&f.tokensFile, "tokens-file", "", "static bearer tokens (\"<token> <spiffe-id> <node>\" per line) instead of TokenReview; required with --config-dir")
 	fs.StringVar(&f.trustDomain, "trust-domain", identity.DefaultTrustDomain, "the mesh's trust domain")
@@ -73,9 +83,11 @@ func parseFlags(args []string) (*flags, error) {
 	fs.DurationVar(&f.maxDelay, "debounce-max", 100*time.Millisecond, "longest a change waits under a steady stream of changes")
 	fs.DurationVar(&f.certTTL, "workload-cert-ttl", identity.DefaultCertTTL, "default lifetime of workload certificates")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
-	if err := fs.Parse(args); err != nil {
-		return nil, err
-	}
+	return f, fs
+}
+
+// check validates the flags fs parsed into f.
+func (f *flags) check(fs *flag.FlagSet) (*flags, error) {
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
