@@ -23,6 +23,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
+	"k8s.io/apimachinery/pkg/util/validation"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	k8sscheme "k8s.io/client-go/kubernetes/scheme"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
@@ -146,6 +147,10 @@ func (s *Snapshot) Decode(r io.Reader, source string) []error {
 		}
 		if o, ok := obj.(interface{ SetNamespace(string) }); ok && namespaced(obj) && obj.(Object).GetNamespace() == "" {
 			o.SetNamespace("default") // as kubectl apply does
+		}
+		if err := validNames(obj); err != nil {
+			errs = append(errs, &DecodeError{Source: source, Doc: doc, Object: describe(obj), Key: KeyOf(obj), Err: err})
+			continue
 		}
 		if err := strictIstioSpec(obj, data); err != nil {
 			errs = append(errs, &DecodeError{Source: source, Doc: doc, Object: describe(obj), Key: KeyOf(obj), Err: err})
@@ -284,6 +289,29 @@ func strictIstioSpec(obj runtime.Object, data []byte) error {
 	}
 	if err := protojson.Unmarshal(doc.Spec, spec.ProtoReflect().New().Interface()); err != nil {
 		return fmt.Errorf("spec: %w", err)
+	}
+	return nil
+}
+
+// validNames rejects what the API server would: an object with no name, or
+// a name or namespace that is not a DNS name. Objects are keyed by them,
+// so a nameless Service would be one that pods are placed in but that is
+// never sent.
+func validNames(obj runtime.Object) error {
+	o, ok := obj.(Object)
+	if !ok {
+		return nil
+	}
+	if o.GetName() == "" {
+		return errors.New("metadata.name: missing")
+	}
+	if errs := validation.IsDNS1123Subdomain(o.GetName()); len(errs) > 0 {
+		return fmt.Errorf("metadata.name: %q: %s", o.GetName(), strings.Join(errs, "; "))
+	}
+	if ns := o.GetNamespace(); ns != "" {
+		if errs := validation.IsDNS1123Label(ns); len(errs) > 0 {
+			return fmt.Errorf("metadata.namespace: %q: %s", ns, strings.Join(errs, "; "))
+		}
 	}
 	return nil
 }
