@@ -36,6 +36,24 @@ UNIT_PKGS := ./api/... ./identity/... ./controlplane/model/... ./controlplane/tr
 test-unit:
 	$(GO) test -count=1 $(UNIT_PKGS)
 
+# Every fuzz target of the repository (each `func Fuzz…` in a _test.go),
+# one after another, FUZZTIME each (go test's -fuzztime: a duration or
+# e.g. 10000x), then how many executions each reached. Not part of
+# `make test`. A crasher is written to the package's testdata/fuzz/ and
+# fails the target.
+FUZZTIME ?= 60s
+.PHONY: fuzz
+fuzz: deps
+	@log=$$(mktemp); sum=$$(mktemp); trap 'rm -f $$log $$sum' EXIT; failed=0; \
+	for file in $$(git ls-files '*_test.go' | xargs grep -l '^func Fuzz' | sort); do \
+		for fn in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$file); do \
+			pkg=./$$(dirname $$file)/; echo "== $$pkg $$fn ($(FUZZTIME))"; \
+			if $(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) $$pkg > $$log 2>&1; then r=ok; else r=FAIL; failed=1; cat $$log; fi; \
+			execs=$$(grep -o 'execs: [0-9]*' $$log | tail -1 | cut -d' ' -f2); \
+			printf '%-28s %-22s %4s %s executions\n' "$$pkg" "$$fn" "$$r" "$${execs:-?}" | tee -a $$sum; \
+		done; \
+	done; echo; echo "fuzz summary ($(FUZZTIME) each):"; cat $$sum; exit $$failed
+
 # The main job: a local mesh with no cluster (root: network namespaces).
 demo: deps
 	$(GO) run ./e2e/demo

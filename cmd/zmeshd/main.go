@@ -1,6 +1,7 @@
 // Command zmeshd is zmesh's control plane: it reads the mesh's config from
 // a Kubernetes API server (--kubeconfig, or in cluster) or from a directory
-// of YAML files (--config-dir), translates it, pushes it to every ztunnel
+// of YAML files (--config-dir; the last good version of every object is
+// kept in --state-dir across restarts), translates it, pushes it to every ztunnel
 // over delta xDS, and signs workload certificates.
 //
 // Ports: --xds-address serves xDS and the CA in plaintext (loopback use:
@@ -8,7 +9,8 @@
 // TLS, with clients proving who they are by bearer token (a bound
 // service-account token in a cluster, a static token file otherwise) or
 // mesh certificate; --monitoring-address serves /metrics, /ready and
-// /debug/syncz.
+// /debug/syncz. The two unauthenticated ports bind to loopback unless told
+// otherwise.
 package main
 
 import (
@@ -18,6 +20,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -27,6 +30,7 @@ import (
 
 type flags struct {
 	configDir, kubeconfig        string
+	stateDir                     string
 	xdsAddr, secureAddr, monAddr string
 	secureHosts                  string
 	caDir, tokensFile            string
@@ -43,14 +47,24 @@ type flags struct {
 }
 
 func parseFlags(args []string) (*flags, error) {
+	f, fs := newFlags()
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	return f.check(fs)
+}
+
+// newFlags declares zmeshd's flags, with their defaults in f.
+func newFlags() (*flags, *flag.FlagSet) {
 	f := &flags{}
 	fs := flag.NewFlagSet("zmeshd", flag.ContinueOnError)
 	fs.StringVar(&f.configDir, "config-dir", "", "read the mesh from this directory of YAML files (no cluster)")
+	fs.StringVar(&f.stateDir, "state-dir", "", "with --config-dir: where the last good version of every object is kept, so that a restart with a broken file still serves what was in force (empty: "+lastGoodDir+" inside --config-dir)")
 	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "read the mesh from this cluster (empty with no --config-dir: in-cluster config)")
-	fs.StringVar(&f.xdsAddr, "xds-address", "127.0.0.1:15010", "plaintext gRPC (xDS + CA) address, xDS unauthenticated: keep it on loopback; empty disables it")
+	fs.StringVar(&f.xdsAddr, "xds-address", "127.0.0.1:15010", "plaintext gRPC (xDS + CA) address; loopback by default, as xDS on it is unauthenticated (anyone reaching it reads the whole mesh): keep it there; empty disables it")
 	fs.StringVar(&f.secureAddr, "secure-address", ":15012", "TLS gRPC (xDS + CA) address; empty disables it")
 	fs.StringVar(&f.secureHosts, "secure-hosts", "zmeshd.istio-system.svc,localhost,127.0.0.1", "comma-separated DNS names and IPs of the TLS port's certificate")
-	fs.StringVar(&f.monAddr, "monitoring-address", ":15014", "HTTP address of /metrics, /ready and /debug/syncz")
+	fs.StringVar(&f.monAddr, "monitoring-address", "127.0.0.1:15014", "HTTP address of /metrics, /ready, /version and /debug/syncz (which lists every proxy, its address and identity); loopback by default, unauthenticated: widen it (e.g. :15014 for a scraper) only where the network is trusted")
 	fs.StringVar(&f.caDir, "ca-dir", "/var/lib/zmeshd/ca", "directory of the CA's key and certificates (created if empty)")
 	fs.StringVar(&f.tokensFile, "tokens-file", "", "static bearer tokens (\"<token> <spiffe-id> <node>\" per line) instead of TokenReview; required with --config-dir")
 	fs.StringVar(&f.trustDomain, "trust-domain", identity.DefaultTrustDomain, "the mesh's trust domain")
@@ -69,14 +83,19 @@ func parseFlags(args []string) (*flags, error) {
 	fs.DurationVar(&f.maxDelay, "debounce-max", 100*time.Millisecond, "longest a change waits under a steady stream of changes")
 	fs.DurationVar(&f.certTTL, "workload-cert-ttl", identity.DefaultCertTTL, "default lifetime of workload certificates")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
-	if err := fs.Parse(args); err != nil {
-		return nil, err
-	}
+	return f, fs
+}
+
+// check validates the flags fs parsed into f.
+func (f *flags) check(fs *flag.FlagSet) (*flags, error) {
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
 	if f.configDir != "" && f.kubeconfig != "" {
 		return nil, errors.New("give --config-dir or --kubeconfig, not both")
+	}
+	if f.stateDir != "" && f.configDir == "" {
+		return nil, errors.New("--state-dir: only used with --config-dir (a cluster keeps its own state)")
 	}
 	if f.configDir != "" && f.tokensFile == "" {
 		return nil, errors.New("--tokens-file: needed with --config-dir (the CA authenticates ztunnels, and there is no TokenReview without a cluster)")
@@ -88,6 +107,18 @@ func parseFlags(args []string) (*flags, error) {
 		return nil, fmt.Errorf("--debounce %s / --debounce-max %s: want 0 < debounce <= max", f.debounce, f.maxDelay)
 	}
 	return f, nil
+}
+
+// lastGoodDir is the default --state-dir, inside --config-dir: hidden, so
+// the directory's reader skips it.
+const lastGoodDir = ".zmesh-last-good"
+
+// lastGood is where the directory source keeps its last good versions.
+func (f *flags) lastGood() string {
+	if f.stateDir != "" {
+		return f.stateDir
+	}
+	return filepath.Join(f.configDir, lastGoodDir)
 }
 
 func (f *flags) hosts() []string {

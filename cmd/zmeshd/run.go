@@ -139,7 +139,7 @@ func (z *zmeshd) startDirectory(ctx context.Context, wg *sync.WaitGroup, errc ch
 	if fi, err := os.Stat(z.f.configDir); err != nil || !fi.IsDir() {
 		return fmt.Errorf("--config-dir: %s is not a readable directory (%v)", z.f.configDir, err)
 	}
-	src := &dir.Source{Dir: z.f.configDir, Log: z.log}
+	src := &dir.Source{Dir: z.f.configDir, StateDir: z.f.lastGood(), Log: z.log}
 	wg.Go(func() {
 		err := src.Run(ctx, func(u *dir.Update) {
 			placement.Store(podsOnNodes(z.td, u.Snapshot))

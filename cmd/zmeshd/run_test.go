@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -73,18 +74,32 @@ func freePort(t *testing.T) string {
 
 type testZmeshd struct {
 	dir, xdsAddr, secureAddr, monAddr string
+	caDir, tokens                     string
 	ca                                *identity.CA
+	// stop ends the running zmeshd and waits for it.
+	stop func()
 }
 
 // startDirectoryMode runs zmeshd in process on a YAML directory.
 func startDirectoryMode(t *testing.T) *testZmeshd {
 	t.Helper()
-	z := &testZmeshd{dir: t.TempDir(), xdsAddr: freePort(t), secureAddr: freePort(t), monAddr: freePort(t)}
-	caDir := t.TempDir()
-	tokens := filepath.Join(t.TempDir(), "tokens")
-	os.WriteFile(tokens, []byte("tok-a spiffe://cluster.local/ns/istio-system/sa/ztunnel node-a\n"), 0o600)
+	z := &testZmeshd{dir: t.TempDir(), xdsAddr: freePort(t), secureAddr: freePort(t), monAddr: freePort(t), caDir: t.TempDir()}
+	z.tokens = filepath.Join(t.TempDir(), "tokens")
+	os.WriteFile(z.tokens, []byte("tok-a spiffe://cluster.local/ns/istio-system/sa/ztunnel node-a\n"), 0o600)
 	os.WriteFile(filepath.Join(z.dir, "mesh.yaml"), []byte(meshYAML), 0o644)
-	f, err := parseFlags([]string{"--config-dir", z.dir, "--tokens-file", tokens, "--ca-dir", caDir,
+	z.start(t)
+	var err error
+	if z.ca, err = identity.LoadOrCreateCA(z.caDir, identity.CAOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return z
+}
+
+// start runs zmeshd (again) on z's directory, ports and CA, and waits
+// until it is ready.
+func (z *testZmeshd) start(t *testing.T) {
+	t.Helper()
+	f, err := parseFlags([]string{"--config-dir", z.dir, "--tokens-file", z.tokens, "--ca-dir", z.caDir,
 		"--xds-address", z.xdsAddr, "--secure-address", z.secureAddr, "--monitoring-address", z.monAddr,
 		"--secure-hosts", "127.0.0.1", "--log-level", "warn"})
 	if err != nil {
@@ -93,12 +108,16 @@ func startDirectoryMode(t *testing.T) *testZmeshd {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, f) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	})
+	var once sync.Once
+	z.stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	t.Cleanup(z.stop)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		resp, err := http.Get("http://" + z.monAddr + "/ready")
@@ -113,10 +132,6 @@ func startDirectoryMode(t *testing.T) *testZmeshd {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if z.ca, err = identity.LoadOrCreateCA(caDir, identity.CAOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	return z
 }
 
 // ztunnelStore connects ztunnel's own xDS client and state store.
@@ -273,4 +288,67 @@ type tokenConn struct {
 
 func (c tokenConn) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
 	return c.ClientConn.NewStream(metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+c.token), desc, method, opts...)
+}
+
+// A zmeshd restart while a policy's file has a syntax error keeps the
+// policy in force: the ztunnel that held it still holds it after
+// resyncing with the restarted zmeshd, and a ztunnel connecting afresh
+// gets it.
+func TestRestartWithABrokenFileKeepsTheDeny(t *testing.T) {
+	z := startDirectoryMode(t)
+	policy := filepath.Join(z.dir, "policy.yaml")
+	os.WriteFile(policy, []byte(denyYAML), 0o644)
+	cc, err := grpc.NewClient(z.xdsAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	store, _ := ztunnelStore(t, cc)
+	waitStore(t, store, "the DENY", func(s *state.Snapshot) bool { return len(s.Policies()) == 1 })
+
+	z.stop()
+	os.WriteFile(policy, []byte(strings.Replace(denyYAML, "namespaces: [legacy]}}]}]", "namespaces: [legacy]}}]", 1)), 0o644)
+	z.start(t)
+
+	// The ztunnel reconnects and resyncs: zmeshd lists it SYNCED again.
+	deadline := time.Now().Add(20 * time.Second)
+	for !synced(t, z.monAddr, "ztunnel~node-a") {
+		if time.Now().After(deadline) {
+			t.Fatal("the ztunnel never resynced with the restarted zmeshd")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if p := store.Snapshot().Policies(); len(p) != 1 || p[0].Name != "deny-legacy" || p[0].Action.String() != "DENY" {
+		t.Fatalf("after the restart the ztunnel holds %v, want the DENY", p)
+	}
+	fresh, _ := ztunnelStore(t, cc)
+	if p := fresh.Snapshot().Policies(); len(p) != 1 || p[0].Action.String() != "DENY" {
+		t.Fatalf("a ztunnel connecting after the restart gets %v, want the DENY", p)
+	}
+	if _, err := os.Stat(filepath.Join(z.dir, lastGoodDir, "last-good.json")); err != nil {
+		t.Errorf("the last good versions are not where --help says: %v", err)
+	}
+}
+
+// synced reports whether zmeshd lists the proxy id with every type acked.
+func synced(t *testing.T, monAddr, id string) bool {
+	t.Helper()
+	resp, err := http.Get("http://" + monAddr + "/debug/syncz")
+	if err != nil {
+		return false
+	}
+	defer resp.Body.Close()
+	var proxies []xds.ProxyStatus
+	if err := json.NewDecoder(resp.Body).Decode(&proxies); err != nil {
+		return false
+	}
+	for _, p := range proxies {
+		if p.ID != id || len(p.Types) != 2 {
+			continue
+		}
+		if p.Types[0].State == "SYNCED" && p.Types[1].State == "SYNCED" {
+			return true
+		}
+	}
+	return false
 }

@@ -23,6 +23,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
+	"k8s.io/apimachinery/pkg/util/validation"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	k8sscheme "k8s.io/client-go/kubernetes/scheme"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
@@ -147,15 +148,24 @@ func (s *Snapshot) Decode(r io.Reader, source string) []error {
 		if o, ok := obj.(interface{ SetNamespace(string) }); ok && namespaced(obj) && obj.(Object).GetNamespace() == "" {
 			o.SetNamespace("default") // as kubectl apply does
 		}
+		if err := validNames(obj); err != nil {
+			errs = append(errs, &DecodeError{Source: source, Doc: doc, Object: describe(obj), Key: KeyOf(obj), Err: err})
+			continue
+		}
 		if err := strictIstioSpec(obj, data); err != nil {
 			errs = append(errs, &DecodeError{Source: source, Doc: doc, Object: describe(obj), Key: KeyOf(obj), Err: err})
 			continue
 		}
 		if err := s.Add(obj); err != nil {
-			errs = append(errs, &DecodeError{Source: source, Doc: doc, Object: describe(obj), Err: err})
+			errs = append(errs, &DecodeError{Source: source, Doc: doc, Object: describe(obj), Key: KeyOf(obj), Err: err})
 		}
 	}
 }
+
+// ErrKindNotRead is the error of a well-formed object of a kind translation
+// does not read (a ConfigMap beside the mesh's files, say): nothing of the
+// mesh's config was lost by skipping it.
+var ErrKindNotRead = errors.New("not read by zmesh")
 
 // Add adds one object to s (unsorted).
 func (s *Snapshot) Add(obj runtime.Object) error {
@@ -217,7 +227,7 @@ func (s *Snapshot) Add(obj runtime.Object) error {
 	case *gatewayv1.GRPCRoute:
 		s.GRPCRoutes = append(s.GRPCRoutes, o)
 	default:
-		return fmt.Errorf("kind %s is not read by zmesh", obj.GetObjectKind().GroupVersionKind().Kind)
+		return fmt.Errorf("kind %s is %w", obj.GetObjectKind().GroupVersionKind().Kind, ErrKindNotRead)
 	}
 	return nil
 }
@@ -279,6 +289,29 @@ func strictIstioSpec(obj runtime.Object, data []byte) error {
 	}
 	if err := protojson.Unmarshal(doc.Spec, spec.ProtoReflect().New().Interface()); err != nil {
 		return fmt.Errorf("spec: %w", err)
+	}
+	return nil
+}
+
+// validNames rejects what the API server would: an object with no name, or
+// a name or namespace that is not a DNS name. Objects are keyed by them,
+// so a nameless Service would be one that pods are placed in but that is
+// never sent.
+func validNames(obj runtime.Object) error {
+	o, ok := obj.(Object)
+	if !ok {
+		return nil
+	}
+	if o.GetName() == "" {
+		return errors.New("metadata.name: missing")
+	}
+	if errs := validation.IsDNS1123Subdomain(o.GetName()); len(errs) > 0 {
+		return fmt.Errorf("metadata.name: %q: %s", o.GetName(), strings.Join(errs, "; "))
+	}
+	if ns := o.GetNamespace(); ns != "" {
+		if errs := validation.IsDNS1123Label(ns); len(errs) > 0 {
+			return fmt.Errorf("metadata.namespace: %q: %s", ns, strings.Join(errs, "; "))
+		}
 	}
 	return nil
 }

@@ -143,3 +143,19 @@ func TestDecodeReadsTheL7Kinds(t *testing.T) {
 		t.Errorf("v1alpha3 VirtualService not kept whole: %v", s.VirtualServices[0].Spec.String())
 	}
 }
+
+// An object the API server would refuse for its name is refused here too:
+// translation keys everything by namespace/name.
+func TestDecodeRejectsBadNames(t *testing.T) {
+	for _, tc := range []struct{ doc, want string }{
+		{"apiVersion: v1\nkind: Service\nmetadata: {namespace: app}\nspec: {selector: {app: web}}", "metadata.name: missing"},
+		{"apiVersion: v1\nkind: Pod\nmetadata: {name: a/b, namespace: app}", `metadata.name: "a/b"`},
+		{"apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: Bad_NS}", `metadata.namespace: "Bad_NS"`},
+	} {
+		s := &Snapshot{}
+		errs := s.Decode(strings.NewReader(tc.doc), "f.yaml")
+		if len(errs) != 1 || !strings.Contains(errs[0].Error(), tc.want) || len(s.Services)+len(s.Pods)+len(s.AuthorizationPolicies) != 0 {
+			t.Errorf("%q: errors %v, want one with %q and nothing added", tc.doc, errs, tc.want)
+		}
+	}
+}

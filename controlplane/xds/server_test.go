@@ -249,3 +249,53 @@ func TestSetSkipsTheSamePointer(t *testing.T) {
 		t.Fatalf("changed a, removed b: %d changed, %d removed", c, r)
 	}
 }
+
+// Both node-id forms show in syncz with the node they name; the identity
+// shown as Principal is the token's, whatever the node claims.
+func TestSynczReadsBothNodeForms(t *testing.T) {
+	td := spiffeid.RequireTrustDomainFromString("cluster.local")
+	authn, err := identity.ParseStaticTokens(strings.NewReader("sekrit spiffe://cluster.local/ns/istio-system/sa/ztunnel node-a\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := New(nil, nil, TypeAddress)
+	s.Set(TypeAddress, map[string]proto.Message{"a": wl("a", "10.0.0.1")})
+	cc := serve(t, s, grpc.StreamInterceptor(Authenticate(authn, td)))
+	ctx := metadata.AppendToOutgoingContext(t.Context(), "authorization", "Bearer sekrit")
+	istio := "ztunnel~10.244.1.7~ztunnel-x7k2p.kube-system~kube-system.svc.cluster.local"
+	for _, n := range []*corev3.Node{
+		{Id: "ztunnel~node-a"},
+		// Claims another node and another pod than the token's: shown as
+		// claimed, trusted for nothing.
+		node(istio, map[string]any{"NAME": "ztunnel-x7k2p", "NAMESPACE": "kube-system", "INSTANCE_IPS": "10.244.1.7",
+			"NODE_NAME": "node-b", "CLUSTER_ID": "Kubernetes"}),
+	} {
+		st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cc).DeltaAggregatedResources(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Send(&discoveryv3.DeltaDiscoveryRequest{Node: n, TypeUrl: TypeAddress}); err != nil {
+			t.Fatal(err)
+		}
+		if r, err := st.Recv(); err != nil || len(r.Resources) != 1 {
+			t.Fatalf("node %q: %v, %v", n.Id, r, err)
+		}
+	}
+	got := map[string]ProxyStatus{}
+	for _, p := range s.Syncz() {
+		got[p.ID] = p
+	}
+	zm, is := got["ztunnel~node-a"], got[istio]
+	if zm.Kind != "ztunnel" || zm.Node != "node-a" {
+		t.Errorf("zmesh form in syncz: %+v, want kind ztunnel, node node-a", zm)
+	}
+	if is.Kind != "ztunnel" || is.Node != "node-b" || is.Pod != "ztunnel-x7k2p" || is.Namespace != "kube-system" ||
+		!slices.Equal(is.IPs, []string{"10.244.1.7"}) || is.Cluster != "Kubernetes" {
+		t.Errorf("Istio form in syncz: %+v", is)
+	}
+	for _, p := range []ProxyStatus{zm, is} {
+		if p.Principal != "spiffe://cluster.local/ns/istio-system/sa/ztunnel" {
+			t.Errorf("%s: principal %q, want the token's identity", p.ID, p.Principal)
+		}
+	}
+}

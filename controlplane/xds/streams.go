@@ -8,7 +8,6 @@ import (
 	"strconv"
 	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -20,8 +19,10 @@ import (
 // stream is what the server knows of one connected proxy. Its fields are
 // guarded by the server's mu.
 type stream struct {
-	id        int64
-	node      *corev3.Node
+	id int64
+	// node is what the proxy's first request said of itself: shown, never
+	// trusted (principal is who it authenticated as).
+	node      *NodeInfo
 	peer      string
 	principal string
 	since     time.Time
@@ -67,7 +68,7 @@ func (s *Server) DeltaAggregatedResources(gs grpc.BidiStreamingServer[discoveryv
 		s.mu.Unlock()
 		s.metrics.connected.Set(float64(n))
 		if st.node != nil {
-			s.log.Info("proxy disconnected", "id", st.node.GetId(), "peer", st.peer)
+			s.log.Info("proxy disconnected", "id", st.node.ID, "peer", st.peer)
 		}
 	}()
 
@@ -130,8 +131,9 @@ func (s *Server) handle(st *stream, req *discoveryv3.DeltaDiscoveryRequest) ([]*
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if st.node == nil && req.GetNode() != nil {
-		st.node = req.GetNode()
-		s.log.Info("proxy connected", "id", st.node.GetId(), "peer", st.peer, "principal", st.principal)
+		n := ParseNode(req.GetNode())
+		st.node = &n
+		s.log.Info("proxy connected", "id", n.ID, "node", n.Node, "peer", st.peer, "principal", st.principal)
 	}
 	sub := st.subs[ts.url]
 	if nonce := req.GetResponseNonce(); nonce != "" && sub != nil {
@@ -258,6 +260,13 @@ func (s *Server) send(gs grpc.BidiStreamingServer[discoveryv3.DeltaDiscoveryRequ
 	return nil
 }
 
+func (st *stream) nodeID() string {
+	if st.node == nil {
+		return ""
+	}
+	return st.node.ID
+}
+
 // answeredLocked records an ACK or NACK of nonce.
 func (s *Server) answeredLocked(st *stream, sub *subscription, url, nonce string, req *discoveryv3.DeltaDiscoveryRequest) {
 	version, ok := sub.pending[nonce]
@@ -274,7 +283,7 @@ func (s *Server) answeredLocked(st *stream, sub *subscription, url, nonce string
 	if e := req.GetErrorDetail(); e != nil {
 		sub.nack, sub.nackedVersion = e.GetMessage(), version
 		s.metrics.nacks.WithLabelValues(url).Inc()
-		s.log.Warn("proxy rejected config", "id", st.node.GetId(), "type", url, "version", version, "error", e.GetMessage())
+		s.log.Warn("proxy rejected config", "id", st.nodeID(), "type", url, "version", version, "error", e.GetMessage())
 		return
 	}
 	sub.ackedVersion, sub.ackedAt, sub.nack = version, time.Now(), ""
@@ -282,10 +291,18 @@ func (s *Server) answeredLocked(st *stream, sub *subscription, url, nonce string
 
 // ProxyStatus is one connected proxy, as /debug/syncz lists it.
 type ProxyStatus struct {
-	// ID is the node id the proxy sent, e.g. "ztunnel~node-a".
-	ID string `json:"id"`
-	// Node is the NODE_NAME metadata, if sent.
-	Node      string       `json:"node,omitempty"`
+	// ID is the node id the proxy sent, e.g. "ztunnel~node-a"; Kind, Node,
+	// Pod, Namespace, IPs and Cluster are read from it and its metadata
+	// (see NodeInfo). All are what the proxy claims; Principal is who it
+	// authenticated as.
+	ID        string   `json:"id"`
+	Kind      string   `json:"kind,omitempty"`
+	Node      string   `json:"node,omitempty"`
+	Pod       string   `json:"pod,omitempty"`
+	Namespace string   `json:"namespace,omitempty"`
+	IPs       []string `json:"ips,omitempty"`
+	Cluster   string   `json:"cluster,omitempty"`
+
 	Peer      string       `json:"peer,omitempty"`
 	Principal string       `json:"principal,omitempty"`
 	Since     time.Time    `json:"connectedSince"`
@@ -315,9 +332,9 @@ func (s *Server) Syncz() []ProxyStatus {
 	defer s.mu.RUnlock()
 	out := make([]ProxyStatus, 0, len(s.streams))
 	for _, st := range s.streams {
-		ps := ProxyStatus{ID: st.node.GetId(), Peer: st.peer, Principal: st.principal, Since: st.since}
-		if v := st.node.GetMetadata().GetFields()["NODE_NAME"]; v != nil {
-			ps.Node = v.GetStringValue()
+		ps := ProxyStatus{Peer: st.peer, Principal: st.principal, Since: st.since}
+		if n := st.node; n != nil {
+			ps.ID, ps.Kind, ps.Node, ps.Pod, ps.Namespace, ps.IPs, ps.Cluster = n.ID, n.Kind, n.Node, n.Pod, n.Namespace, n.IPs, n.Cluster
 		}
 		for url, sub := range st.subs {
 			server := genString(s.types[url].gen)

@@ -303,6 +303,9 @@ func run(ctx context.Context, binDir string, out io.Writer, stay bool) (err erro
 		return errors.New("alice still reaches bob after a DENY policy naming her was written")
 	}
 	st.say("edit", "wrote %s (DENY from alice): alice -> bob refused %s later; DENY beats ALLOW", filepath.Base(denyAlice), time.Since(start).Round(10*time.Millisecond))
+	if err := m.restartWithBrokenFile(ctx, st, denyAlice, alice, bobEcho); err != nil {
+		return err
+	}
 	os.Remove(denyAlice)
 	start = time.Now()
 	if err := waitFor(ctx, func() bool { _, err := call(ctx, alice, bobEcho, "back?"); return err == nil }); err != nil {

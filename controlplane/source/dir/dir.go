@@ -3,9 +3,18 @@
 // Services and the Istio and Gateway API kinds), read at start and re-read
 // whenever a file changes.
 //
-// A document that does not decode is reported and skipped, but an object
-// that decoded before keeps its last good version: a typo in a policy
-// being edited must not make the policy vanish (and its traffic open).
+// A document that does not decode is reported and skipped, but what
+// decoded before keeps its last good version: a typo in a policy being
+// edited must not make the policy vanish (and its traffic open). An
+// object whose document is rejected keeps its last good version by its
+// kind and name; and since a broken document may not say which object it
+// was (a YAML syntax error, a typo in its kind or name), every object its
+// file had at its last good read is kept too. Removing a file, or an
+// object from a file that reads cleanly, removes it.
+//
+// With a state directory the last good versions are also written to disk
+// and read back at start, so a restart with a broken file still serves
+// what was in force.
 package dir
 
 import (
@@ -43,9 +52,15 @@ type Source struct {
 	// Interval between checks for changes; 0 means 250ms.
 	Interval time.Duration
 	Log      *slog.Logger
+	// StateDir, if set, keeps the last good version of every object
+	// across restarts (see state.go). Empty: kept in memory only.
+	StateDir string
 
 	lastSum [sha256.Size]byte
-	good    map[model.ObjectKey]runtime.Object
+	// good is, by file, the objects last served from it.
+	good        map[string][]runtime.Object
+	stateLoaded bool
+	savedState  []byte
 }
 
 // Load reads the directory once. An unreadable directory is an error; bad
@@ -54,6 +69,10 @@ func (s *Source) Load() (*Update, error) {
 	files, sum, err := s.read()
 	if err != nil {
 		return nil, err
+	}
+	if !s.stateLoaded {
+		s.stateLoaded = true
+		s.loadState()
 	}
 	s.lastSum = sum
 	return s.decode(files), nil
@@ -150,33 +169,78 @@ func (s *Source) read() ([]file, [sha256.Size]byte, error) {
 func (s *Source) decode(files []file) *Update {
 	snap := &model.Snapshot{}
 	u := &Update{Snapshot: snap}
+	fresh := map[string][]runtime.Object{} // by file, what decoded now
+	rejected := map[string][]model.ObjectKey{}
+	unsure := map[string]bool{} // files with a document we cannot name
 	for _, f := range files {
-		u.Errors = append(u.Errors, snap.Decode(bytes.NewReader(f.data), f.name)...)
-	}
-	for _, p := range snap.Pods {
-		model.NormalizeFilePod(p)
-	}
-	// Objects that failed this time but decoded before keep serving.
-	seen := map[model.ObjectKey]bool{}
-	for _, obj := range objects(snap) {
-		seen[model.KeyOf(obj)] = true
-	}
-	for _, err := range u.Errors {
-		var de *model.DecodeError
-		if !errors.As(err, &de) || de.Key.Kind == "" || seen[de.Key] {
-			continue
+		part := &model.Snapshot{}
+		for _, err := range part.Decode(bytes.NewReader(f.data), f.name) {
+			u.Errors = append(u.Errors, err)
+			var de *model.DecodeError
+			switch {
+			case errors.Is(err, model.ErrKindNotRead):
+				// Not mesh config: nothing of ours was lost.
+			case errors.As(err, &de) && de.Key.Kind != "":
+				rejected[f.name] = append(rejected[f.name], de.Key)
+				// The key read is only what the broken document says now:
+				// a typo in its kind or name would hide which object it was.
+				unsure[f.name] = true
+			default:
+				unsure[f.name] = true
+			}
 		}
-		if old, ok := s.good[de.Key]; ok {
-			snap.Add(old)
-			seen[de.Key] = true
-			u.Kept = append(u.Kept, de.Key)
+		for _, p := range part.Pods {
+			model.NormalizeFilePod(p)
+		}
+		fresh[f.name] = objects(part)
+	}
+
+	// What decoded now is served; what did not keeps its last good
+	// version: by key wherever it was before, and for a file with a
+	// document that could not be named, every object the file had.
+	seen := map[model.ObjectKey]bool{}
+	good := map[string][]runtime.Object{}
+	for _, f := range files {
+		for _, obj := range fresh[f.name] {
+			snap.Add(obj)
+			seen[model.KeyOf(obj)] = true
+		}
+		good[f.name] = fresh[f.name]
+	}
+	byKey := map[model.ObjectKey]runtime.Object{}
+	for _, objs := range s.good {
+		for _, obj := range objs {
+			byKey[model.KeyOf(obj)] = obj
+		}
+	}
+	keep := func(file string, obj runtime.Object) {
+		k := model.KeyOf(obj)
+		if seen[k] {
+			return
+		}
+		seen[k] = true
+		snap.Add(obj)
+		good[file] = append(good[file], obj)
+		u.Kept = append(u.Kept, k)
+	}
+	for _, f := range files {
+		for _, k := range rejected[f.name] {
+			if obj, ok := byKey[k]; ok {
+				keep(f.name, obj)
+			}
+		}
+	}
+	for _, f := range files {
+		if unsure[f.name] {
+			for _, obj := range s.good[f.name] {
+				keep(f.name, obj)
+			}
 		}
 	}
 	snap.Sort()
-	s.good = map[model.ObjectKey]runtime.Object{}
-	for _, obj := range objects(snap) {
-		s.good[model.KeyOf(obj)] = obj
-	}
+	slices.SortFunc(u.Kept, func(a, b model.ObjectKey) int { return strings.Compare(a.String(), b.String()) })
+	s.good = good
+	s.saveState()
 	return u
 }
 
