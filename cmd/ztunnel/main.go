@@ -25,6 +25,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/zmesh/zmesh/identity"
+	"github.com/zmesh/zmesh/internal/hbone"
 	"github.com/zmesh/zmesh/internal/meshclient"
 	"github.com/zmesh/zmesh/internal/xdsclient"
 	"github.com/zmesh/zmesh/ztunnel/admin"
@@ -45,6 +46,7 @@ type flags struct {
 	adminAddr, metricsAddr, readyAddr string
 	grace                             time.Duration
 	logLevel                          string
+	hbone                             hbone.Limits
 }
 
 func parseFlags(args []string) (*flags, error) {
@@ -65,8 +67,20 @@ func parseFlags(args []string) (*flags, error) {
 	fs.StringVar(&f.readyAddr, "readiness-address", ":15021", "readiness endpoint (/healthz/ready)")
 	fs.DurationVar(&f.grace, "drain-grace", 30*time.Second, "how long live connections may run on after SIGTERM or a pod's removal")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	hl := hbone.DefaultLimits()
+	fs.DurationVar(&f.hbone.IdleTimeout, "hbone-idle-timeout", hl.IdleTimeout, "close an inbound HBONE connection with no stream for this long")
+	fs.IntVar(&f.hbone.MaxConnsPerPeer, "hbone-max-conns-per-peer", hl.MaxConnsPerPeer, "inbound HBONE connections one peer identity may hold on one pod")
+	fs.IntVar(&f.hbone.MaxStreamsPerPeer, "hbone-max-streams-per-peer", hl.MaxStreamsPerPeer, "inbound HBONE streams one peer identity may hold on one pod")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
+	}
+	switch {
+	case f.hbone.IdleTimeout <= 0:
+		return nil, fmt.Errorf("--hbone-idle-timeout: %s is not positive", f.hbone.IdleTimeout)
+	case f.hbone.MaxConnsPerPeer <= 0:
+		return nil, fmt.Errorf("--hbone-max-conns-per-peer: %d is not positive", f.hbone.MaxConnsPerPeer)
+	case f.hbone.MaxStreamsPerPeer <= 0:
+		return nil, fmt.Errorf("--hbone-max-streams-per-peer: %d is not positive", f.hbone.MaxStreamsPerPeer)
 	}
 	if f.node == "" {
 		return nil, errors.New("--node: empty (and $NODE_NAME unset)")
@@ -132,7 +146,7 @@ func run(ctx context.Context, f *flags) error {
 	store := state.NewStore()
 	px, err := proxy.New(proxy.Config{
 		Node: f.node, Network: f.network, TrustDomain: td, State: store, Certs: certs,
-		Telemetry: tel, Log: log, Grace: f.grace,
+		Telemetry: tel, Log: log, Grace: f.grace, HBONELimits: f.hbone,
 	})
 	if err != nil {
 		return err

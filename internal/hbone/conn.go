@@ -126,6 +126,20 @@ type abortRequest struct {
 	code http2.ErrCode
 	last uint32 // 0: the highest stream id seen
 	err  error
+	// refused: a connection refused as it opened. It is counted nowhere
+	// any more, so it is not kept for the peer to read: its GOAWAY gets
+	// refusedLinger to go out, and the peer's input is not drained.
+	refused bool
+}
+
+// refusedLinger bounds the GOAWAY write of a refused connection.
+const refusedLinger = time.Second
+
+func (r *abortRequest) linger() time.Duration {
+	if r.refused {
+		return refusedLinger
+	}
+	return abortLinger
 }
 
 // errCalm is returned by frame handlers for a peer that abuses the
@@ -694,7 +708,7 @@ func (c *conn) abort(r *abortRequest) {
 	c.ctrlStop = true
 	c.ctrl = nil
 	c.ctrlMu.Unlock()
-	deadline := time.Now().Add(abortLinger)
+	deadline := time.Now().Add(r.linger())
 	c.abortMu.Lock()
 	c.nc.SetDeadline(deadline)
 	c.abortMu.Unlock()
@@ -715,7 +729,9 @@ func (c *conn) abort(r *abortRequest) {
 			c.flushLocked()
 		}
 	}()
-	io.Copy(io.Discard, c.br)
+	if !r.refused {
+		io.Copy(io.Discard, c.br)
+	}
 	<-sent
 	c.nc.Close()
 }

@@ -124,7 +124,7 @@ func (s *Server) ServeConn(ctx context.Context, tc *tls.Conn) error {
 		}
 		// Refused for a limit: the peer learns why from a GOAWAY.
 		s.limitHit(limit, peer, tc.RemoteAddr())
-		c.abort(&abortRequest{code: http2.ErrCodeEnhanceYourCalm, err: err})
+		c.abort(&abortRequest{code: http2.ErrCodeEnhanceYourCalm, err: err, refused: true})
 		return err
 	}
 	defer s.untrack(c, peer)

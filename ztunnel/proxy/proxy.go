@@ -50,6 +50,9 @@ type Config struct {
 	// NoSOCKS5 turns the 127.0.0.1:15080 listener off.
 	NoSOCKS5 bool
 	Pool     hbone.PoolConfig // MaxStreamsPerConn, IdleTimeout, Options; Dial/TLS are set per pod
+	// HBONELimits bound each pod's HBONE server (per pod and per peer
+	// identity); zero fields are the hbone defaults.
+	HBONELimits hbone.Limits
 }
 
 // Proxy runs the data path of every pod handed to it over ZDS. It is an
@@ -203,11 +206,16 @@ func (p *Proxy) open(pd *pod) (err error) {
 		}
 		pd.listeners = append(pd.listeners, ln)
 	}
-	pd.hbone, err = hbone.NewServer(p.inboundHandler(pd), hbone.ServerOptions{Logger: p.log})
+	pd.hbone, err = hbone.NewServer(p.inboundHandler(pd), hbone.ServerOptions{
+		Logger:  p.log.With("pod", pd.String()),
+		Limits:  p.cfg.HBONELimits,
+		OnLimit: p.cfg.Telemetry.HBONELimit(telemetry.Inbound),
+	})
 	if err != nil {
 		return err
 	}
 	pc := p.cfg.Pool
+	pc.Options.OnLimit = p.cfg.Telemetry.HBONELimit(telemetry.Outbound)
 	pc.Dial = func(ctx context.Context, k hbone.Key) (net.Conn, error) { return pd.netns.Dial(ctx, k.Dst) }
 	pc.TLS = func(k hbone.Key) (*tls.Config, error) {
 		return identity.ClientTLS(p.cfg.Certs, k.SrcID, []spiffeid.ID{k.DstID}), nil
