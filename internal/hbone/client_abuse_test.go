@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
@@ -87,7 +88,7 @@ func TestClientCutsOffPingFlood(t *testing.T) {
 }
 
 // A server that answers a CONNECT with a header block that never ends is
-// cut off by the client.
+// cut off by the client (here a pool's, which reports the limit).
 func TestClientCutsOffContinuationFlood(t *testing.T) {
 	const n = 200_000
 	addr, ended := hostileServer(t, func(a *attacker) ending {
@@ -104,18 +105,41 @@ func TestClientCutsOffContinuationFlood(t *testing.T) {
 			}
 		}
 	})
-	cc, err := dialClient(t, addr, alice, bob)
+	limits := make(chan string, 10)
+	pool, err := NewPool(PoolConfig{
+		Dial: func(ctx context.Context, k Key) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", addr)
+		},
+		TLS: func(k Key) (*tls.Config, error) {
+			return identity.ClientTLS(testPKI(t).src, k.SrcID, []spiffeid.ID{k.DstID}), nil
+		},
+		Options: ClientOptions{OnLimit: func(limit string) { limits <- limit }},
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer pool.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if _, err := cc.Connect(ctx, target("10.0.0.1:80")); err == nil {
+	key := Key{SrcWorkload: "pod-a", SrcID: alice, DstID: bob, Dst: mustAddrPort(addr)}
+	if _, err := pool.Connect(ctx, key, target("10.0.0.1:80")); err == nil {
 		t.Error("CONNECT answered by an endless header block succeeded")
 	}
 	e := <-ended
 	if !e.closedCalm() {
 		t.Errorf("client did not end the connection with GOAWAY(ENHANCE_YOUR_CALM): GOAWAY %v %v, then %v", e.goAway, e.code, e.readErr)
+	}
+	select {
+	case l := <-limits:
+		if l != LimitHeaderBlock {
+			t.Errorf("OnLimit(%q), want %q", l, LimitHeaderBlock)
+		}
+	default:
+		t.Error("OnLimit not called")
+	}
+	if n := len(pool.Conns()); n != 0 {
+		t.Errorf("pool keeps %d keys after the connection was cut off", n)
 	}
 }
 

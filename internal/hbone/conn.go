@@ -557,7 +557,8 @@ func (c *conn) end(err error, closeSocket bool) {
 	c.notifyGoAway()
 }
 
-// Close closes the connection at once, failing its streams.
+// Close closes the connection at once, failing its streams. One being
+// aborted keeps its socket until its GOAWAY went out, abortLinger at most.
 func (c *conn) Close() error {
 	c.fail(ErrConnClosed)
 	return nil
