@@ -359,3 +359,21 @@ func TestContinuationFloodIsCutOff(t *testing.T) {
 	a.tc.Close()
 	waitGoroutines(t, base)
 }
+
+// One SETTINGS frame repeating INITIAL_WINDOW_SIZE thousands of times
+// would walk every open stream for each: more than 100 settings in a frame
+// end the connection.
+func TestOversizedSettingsFrameIsCutOff(t *testing.T) {
+	ts := startServer(t, echoHandler, bob, nil)
+	a := attack(t, ts.addr)
+	settings := make([]http2.Setting, 10_000)
+	for i := range settings {
+		settings[i] = http2.Setting{ID: http2.SettingInitialWindowSize, Val: uint32(65535 + i%2)}
+	}
+	a.fr.WriteSettings(settings...)
+	a.bw.Flush()
+	e := readToEnd(a.tc, a.fr, 20*time.Second)
+	if !e.closedCalm() {
+		t.Errorf("SETTINGS with 10 000 entries: GOAWAY %v %v, then %v; want GOAWAY(ENHANCE_YOUR_CALM)", e.goAway, e.code, e.readErr)
+	}
+}
