@@ -43,11 +43,18 @@ type attacker struct {
 
 func attack(t *testing.T, addr string) *attacker {
 	t.Helper()
-	tc, err := tls.Dial("tcp", addr, identity.ClientTLS(testPKI(t).src, alice, []spiffeid.ID{bob}))
+	nc, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A small receive buffer: what the attacker does not read soon
+	// blocks the server's writer, as over a real network.
+	nc.(*net.TCPConn).SetReadBuffer(16 << 10)
+	tc := tls.Client(nc, identity.ClientTLS(testPKI(t).src, alice, []spiffeid.ID{bob}))
 	t.Cleanup(func() { tc.Close() })
+	if err := tc.Handshake(); err != nil {
+		t.Fatal(err)
+	}
 	a := &attacker{tc: tc, bw: bufio.NewWriterSize(tc, 64<<10)}
 	a.fr = http2.NewFramer(a.bw, tc)
 	a.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
@@ -57,6 +64,41 @@ func attack(t *testing.T, addr string) *attacker {
 		t.Fatal(err)
 	}
 	return a
+}
+
+// startFloodServer is startServer whose accepted sockets have small send
+// buffers: what a peer does not read soon blocks the server's writer after
+// kilobytes, as over a real network, instead of after the megabytes
+// loopback buffers, so a flood overflows the same way in every run.
+func startFloodServer(t *testing.T, h Handler) *testServer {
+	t.Helper()
+	srv, err := NewServer(h, ServerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := &testServer{srv: srv, addr: ln.Addr().String(), ln: ln}
+	serveOn(srv, smallBuffers{ln}, identity.ServerTLS(testPKI(t).src, bob, nil))
+	t.Cleanup(func() {
+		ln.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	})
+	return ts
+}
+
+type smallBuffers struct{ net.Listener }
+
+func (l smallBuffers) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		c.(*net.TCPConn).SetWriteBuffer(16 << 10)
+	}
+	return c, err
 }
 
 // connectBlock is the HPACK block of a valid CONNECT.
@@ -116,8 +158,17 @@ func (e ending) closedCalm() bool {
 	return e.goAway && e.code == http2.ErrCodeEnhanceYourCalm && !timedOut
 }
 
-// flood writes n frames made by write, from a goroutine, without reading,
-// and returns once all are written or writing failed, with how many went.
+// floodSize is n, or a tenth of it under the race detector: the server
+// drains a flood for abortLinger at most, and the detector slows it.
+func floodSize(n int) int {
+	if raceEnabled {
+		return n / 10
+	}
+	return n
+}
+
+// flood writes n frames made by write, without reading, and returns once
+// all are written or writing failed, with how many went.
 func flood(a *attacker, n int, write func(fr *http2.Framer)) (sent int) {
 	// Writing stops when the server closes; it may also stop reading
 	// while it closes, for a few seconds at most.
@@ -151,10 +202,10 @@ func waitGoroutines(t *testing.T, base int) {
 // most maxQueuedCtrl of them, then ends the connection with
 // GOAWAY(ENHANCE_YOUR_CALM), which the peer gets once it reads.
 func TestPingFloodIsCutOff(t *testing.T) {
-	ts := startServer(t, echoHandler, bob, nil)
+	ts := startFloodServer(t, echoHandler)
 	a := attack(t, ts.addr)
 	base, heap0 := runtime.NumGoroutine(), heapInUse()
-	const n = 2_000_000
+	n := floodSize(2_000_000)
 	sent := flood(a, n, func(fr *http2.Framer) { fr.WritePing(false, [8]byte{1}) })
 	grown := heapInUse() - heap0
 	end := readToEnd(a.tc, a.fr, 20*time.Second)
@@ -172,10 +223,10 @@ func TestPingFloodIsCutOff(t *testing.T) {
 
 // The same with SETTINGS frames, each of which owes the peer an ACK.
 func TestSettingsFloodIsCutOff(t *testing.T) {
-	ts := startServer(t, echoHandler, bob, nil)
+	ts := startFloodServer(t, echoHandler)
 	a := attack(t, ts.addr)
 	base, heap0 := runtime.NumGoroutine(), heapInUse()
-	const n = 2_000_000
+	n := floodSize(2_000_000)
 	sent := flood(a, n, func(fr *http2.Framer) { fr.WriteSettings() })
 	grown := heapInUse() - heap0
 	end := readToEnd(a.tc, a.fr, 20*time.Second)
@@ -339,7 +390,7 @@ func TestContinuationFloodIsCutOff(t *testing.T) {
 	go func() { ended <- readToEnd(a.tc, a.fr, 60*time.Second) }()
 	block := connectBlock()
 	a.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block[:1]})
-	const n = 200_000
+	n := floodSize(200_000)
 	sent := flood(a, n, func(fr *http2.Framer) { fr.WriteContinuation(1, false, nil) })
 	grown := heapInUse() - heap0
 	var e ending

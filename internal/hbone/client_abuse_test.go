@@ -39,6 +39,7 @@ func hostileServer(t *testing.T, serve func(a *attacker) ending) (string, <-chan
 		if err != nil {
 			return
 		}
+		nc.(*net.TCPConn).SetReadBuffer(16 << 10) // see attack
 		tc := tls.Server(nc, cfg)
 		defer tc.Close()
 		if _, err := io.ReadFull(tc, make([]byte, len(http2.ClientPreface))); err != nil {
@@ -58,7 +59,7 @@ func hostileServer(t *testing.T, serve func(a *attacker) ending) (string, <-chan
 // A server that floods PINGs and reads no ACK is cut off by the client as
 // a client would be by the server: GOAWAY(ENHANCE_YOUR_CALM), heap bounded.
 func TestClientCutsOffPingFlood(t *testing.T) {
-	const n = 2_000_000
+	n := floodSize(2_000_000)
 	var sent int
 	var grown int64
 	flooded := make(chan struct{})
@@ -70,7 +71,14 @@ func TestClientCutsOffPingFlood(t *testing.T) {
 		return readToEnd(a.tc, a.fr, 20*time.Second)
 	})
 	base := runtime.NumGoroutine()
-	cc, err := dialClient(t, addr, alice, bob)
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc.(*net.TCPConn).SetWriteBuffer(16 << 10) // see startFloodServer
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	cc, err := NewClientConn(ctx, nc, identity.ClientTLS(testPKI(t).src, alice, []spiffeid.ID{bob}), ClientOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +98,7 @@ func TestClientCutsOffPingFlood(t *testing.T) {
 // A server that answers a CONNECT with a header block that never ends is
 // cut off by the client (here a pool's, which reports the limit).
 func TestClientCutsOffContinuationFlood(t *testing.T) {
-	const n = 200_000
+	n := floodSize(200_000)
 	addr, ended := hostileServer(t, func(a *attacker) ending {
 		a.tc.SetReadDeadline(time.Now().Add(10 * time.Second))
 		for {
