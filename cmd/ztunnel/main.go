@@ -26,6 +26,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/zmesh/zmesh/identity"
+	"github.com/zmesh/zmesh/internal/hbone"
 	"github.com/zmesh/zmesh/internal/meshclient"
 	"github.com/zmesh/zmesh/internal/xdsclient"
 	"github.com/zmesh/zmesh/ztunnel/admin"
@@ -51,6 +52,7 @@ type flags struct {
 	// This ztunnel's own pod, for its xDS node.
 	podName, podNamespace, clusterID string
 	instanceIPs                      []netip.Addr
+	hbone                            hbone.Limits
 }
 
 func parseFlags(args []string) (*flags, error) {
@@ -77,8 +79,20 @@ func parseFlags(args []string) (*flags, error) {
 	fs.StringVar(&f.clusterID, "cluster-id", cmp.Or(os.Getenv("CLUSTER_ID"), "Kubernetes"), "the cluster's id, for the xDS node (default $CLUSTER_ID, else Kubernetes)")
 	meshCIDRs := fs.String("mesh-cidrs", "", "the cluster's pod and service CIDRs, comma-separated: an outbound connection to an unknown address in them waits (up to 1 s) for the control plane to name it, and is refused if it does not (default: the /24 or /64 around every known workload and service address)")
 	instanceIPs := fs.String("instance-ip", os.Getenv("INSTANCE_IP"), "this ztunnel's pod IPs, comma-separated, for its xDS node (default $INSTANCE_IP, else this host's global unicast addresses)")
+	hl := hbone.DefaultLimits()
+	fs.DurationVar(&f.hbone.IdleTimeout, "hbone-idle-timeout", hl.IdleTimeout, "close an inbound HBONE connection with no stream for this long")
+	fs.IntVar(&f.hbone.MaxConnsPerPeer, "hbone-max-conns-per-peer", hl.MaxConnsPerPeer, "inbound HBONE connections one peer identity may hold on one pod")
+	fs.IntVar(&f.hbone.MaxStreamsPerPeer, "hbone-max-streams-per-peer", hl.MaxStreamsPerPeer, "inbound HBONE streams one peer identity may hold on one pod")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
+	}
+	switch {
+	case f.hbone.IdleTimeout <= 0:
+		return nil, fmt.Errorf("--hbone-idle-timeout: %s is not positive", f.hbone.IdleTimeout)
+	case f.hbone.MaxConnsPerPeer <= 0:
+		return nil, fmt.Errorf("--hbone-max-conns-per-peer: %d is not positive", f.hbone.MaxConnsPerPeer)
+	case f.hbone.MaxStreamsPerPeer <= 0:
+		return nil, fmt.Errorf("--hbone-max-streams-per-peer: %d is not positive", f.hbone.MaxStreamsPerPeer)
 	}
 	for _, c := range strings.Split(*meshCIDRs, ",") {
 		if c = strings.TrimSpace(c); c == "" {
@@ -163,7 +177,7 @@ func run(ctx context.Context, f *flags) error {
 	demand := &xdsDemand{}
 	px, err := proxy.New(proxy.Config{
 		Node: f.node, Network: f.network, TrustDomain: td, State: store, Certs: certs,
-		Telemetry: tel, Log: log, Grace: f.grace, Demand: demand,
+		Telemetry: tel, Log: log, Grace: f.grace, Demand: demand, HBONELimits: f.hbone,
 	})
 	if err != nil {
 		return err

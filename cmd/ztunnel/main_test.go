@@ -16,6 +16,9 @@ func TestFlagsNameTheProblem(t *testing.T) {
 		{[]string{"--node", "n", "--local-config", "m.yaml"}, "--ca-address"},
 		{[]string{"--node", "n", "--xds-address", "zmeshd:15012"}, ""},
 		{[]string{"--node", "n", "--local-config", "m.yaml", "--ca-address", "127.0.0.1:1"}, ""},
+		{[]string{"--node", "n", "--xds-address", "x:1", "--hbone-max-conns-per-peer", "0"}, "--hbone-max-conns-per-peer"},
+		{[]string{"--node", "n", "--xds-address", "x:1", "--hbone-idle-timeout", "-1s"}, "--hbone-idle-timeout"},
+		{[]string{"--node", "n", "--xds-address", "x:1", "--hbone-idle-timeout", "2m", "--hbone-max-streams-per-peer", "100"}, ""},
 	}
 	t.Setenv("NODE_NAME", "")
 	for _, c := range cases {

@@ -32,6 +32,13 @@ type ClientConn struct{ c *conn }
 type ClientOptions struct {
 	StreamWindow int32 // default DefaultStreamWindow
 	ConnWindow   int32 // default DefaultConnWindow
+	// HandshakeTimeout bounds the TLS handshake and the HTTP/2 preface
+	// (and so does the context given to the dial): default 10 s.
+	HandshakeTimeout time.Duration
+	// OnLimit, if set, is called when the server ran into one of the
+	// connection's bounds (control frames, header block) and the
+	// connection was ended for it. It must not block.
+	OnLimit func(limit string)
 }
 
 // NewClientConn runs the TLS handshake on nc with cfg (from
@@ -52,8 +59,11 @@ func newClientConn(ctx context.Context, nc net.Conn, cfg *tls.Config, opts Clien
 	if opts.ConnWindow <= 0 {
 		opts.ConnWindow = DefaultConnWindow
 	}
+	if opts.HandshakeTimeout <= 0 {
+		opts.HandshakeTimeout = DefaultLimits().HandshakeTimeout
+	}
 	tc := tls.Client(BatchWrites(nc), cfg)
-	hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+	hctx, cancel := context.WithTimeout(ctx, opts.HandshakeTimeout)
 	defer cancel()
 	if err := tc.HandshakeContext(hctx); err != nil {
 		nc.Close()
@@ -64,6 +74,7 @@ func newClientConn(ctx context.Context, nc net.Conn, cfg *tls.Config, opts Clien
 		return nil, fmt.Errorf("hbone: server %s negotiated ALPN %q, want h2", nc.RemoteAddr(), p)
 	}
 	c := newConn(tc, true, opts.StreamWindow, opts.ConnWindow)
+	c.onLimit = opts.OnLimit
 	if dl, ok := hctx.Deadline(); ok {
 		tc.SetDeadline(dl)
 	}

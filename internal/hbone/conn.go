@@ -10,6 +10,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
@@ -31,6 +32,7 @@ type conn struct {
 	nc     net.Conn
 	fr     *http2.Framer
 	br     *bufio.Reader
+	guard  headerGuard // between br and fr
 	bw     *bufio.Writer
 	client bool
 	// batch, when the TLS connection runs on one, gathers the records of
@@ -46,10 +48,22 @@ type conn struct {
 	henc  *hpack.Encoder
 	hbuf  bytes.Buffer
 
-	// ctrl holds control frames waiting for the write lock.
+	// ctrl holds control frames waiting for the write lock, at most
+	// maxQueuedCtrl: a peer that makes us answer faster than it reads
+	// (PINGs, SETTINGS) is cut off rather than buffered for. ctrlStop
+	// ends queueing once the connection is being aborted.
 	ctrlMu   sync.Mutex
 	ctrl     []ctrlFrame
 	ctrlWake chan struct{}
+	ctrlStop bool
+
+	// abortReq, once set, makes the read loop abort the connection with
+	// GOAWAY (see abort): set by whoever finds the peer abusing it, or by
+	// the idle timer.
+	abortReq atomic.Pointer[abortRequest]
+	abortMu  sync.Mutex // orders requestAbort's deadline before abort's
+	// onLimit, if set, learns the name of a limit the peer ran into.
+	onLimit func(limit string)
 
 	// mu guards everything below and is the lock of every stream's cond.
 	mu      sync.Mutex
@@ -82,7 +96,91 @@ type conn struct {
 
 	streamWindow int32
 	connWindow   int32
+
+	// Server side: the advertised SETTINGS_MAX_CONCURRENT_STREAMS, the
+	// handlers running (a handler outlives its stream when the peer
+	// resets it, and keeps its slot until it returns), and the streams
+	// refused in a row for want of a slot.
+	maxStreams    uint32
+	handlers      int
+	refusedStreak int
+	// idle closes a server connection that has had no handler for a
+	// while (first for FirstStreamTimeout, then for IdleTimeout).
+	idle        *time.Timer
+	idleTimeout time.Duration
 }
+
+// maxQueuedCtrl bounds the control frames waiting for the writer. Our own
+// (WINDOW_UPDATE, RST_STREAM) number a few per open stream; the rest
+// answer the peer's PINGs and SETTINGS, and a peer that does not read the
+// answers has no business sending more.
+const maxQueuedCtrl = 10000
+
+// abortLinger is how long an aborted connection is kept for its GOAWAY to
+// reach the peer: the peer's input is read and dropped meanwhile, so that
+// closing does not reset the connection and destroy the GOAWAY with it.
+const abortLinger = 5 * time.Second
+
+// abortRequest is why a connection must end, and with what GOAWAY.
+type abortRequest struct {
+	code http2.ErrCode
+	last uint32 // 0: the highest stream id seen
+	err  error
+	// refused: a connection refused as it opened. It is counted nowhere
+	// any more, so it is not kept for the peer to read: its GOAWAY gets
+	// refusedLinger to go out, and the peer's input is not drained.
+	refused bool
+}
+
+// refusedLinger bounds the GOAWAY write of a refused connection.
+const refusedLinger = time.Second
+
+func (r *abortRequest) linger() time.Duration {
+	if r.refused {
+		return refusedLinger
+	}
+	return abortLinger
+}
+
+// errCalm is returned by frame handlers for a peer that abuses the
+// connection: the read loop aborts it with GOAWAY(ENHANCE_YOUR_CALM).
+type errCalm struct {
+	limit  string
+	reason string
+}
+
+func (e *errCalm) Error() string { return "hbone: peer exceeded " + e.limit + ": " + e.reason }
+
+// limitOf names the limit behind an abort's error, "" if none.
+func limitOf(err error) string {
+	var calm *errCalm
+	var hb *errHeaderBlock
+	switch {
+	case errors.As(err, &calm):
+		return calm.limit
+	case errors.As(err, &hb):
+		return LimitHeaderBlock
+	}
+	return ""
+}
+
+// idleExpired aborts a server connection that still has no handler: it
+// takes no new stream from here on, and says so with GOAWAY(NO_ERROR).
+func (c *conn) idleExpired() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.handlers > 0 || c.err != nil {
+		return
+	}
+	if !c.goingAway {
+		c.goingAway = true
+		c.takeUpTo = c.lastID
+	}
+	c.requestAbort(&abortRequest{code: http2.ErrCodeNo, err: errIdle})
+}
+
+// errIdle ends a connection that had no stream for its idle timeout.
+var errIdle = errors.New("hbone: connection idle")
 
 type ctrlKind uint8
 
@@ -111,6 +209,7 @@ func newConn(nc net.Conn, client bool, streamWindow, connWindow int32) *conn {
 		peerInitialWindow: initialWindow,
 		peerMaxFrame:      16384,
 		peerMaxStreams:    serverMaxConcurrentStreams,
+		maxStreams:        serverMaxConcurrentStreams,
 		done:              make(chan struct{}),
 		ctrlWake:          make(chan struct{}, 1),
 		streamWindow:      streamWindow,
@@ -125,7 +224,8 @@ func newConn(nc net.Conn, client bool, streamWindow, connWindow int32) *conn {
 	}
 	c.bw = bufio.NewWriterSize(nc, writeBufferSize)
 	c.br = bufio.NewReaderSize(nc, 64<<10)
-	c.fr = http2.NewFramer(c.bw, c.br)
+	c.guard.r = c.br
+	c.fr = http2.NewFramer(c.bw, &c.guard)
 	c.fr.SetMaxReadFrameSize(maxReadFrameSize)
 	// A DATA frame is done with before the next is read (its payload is
 	// delivered or copied at once): one frame object for all of them.
@@ -156,7 +256,7 @@ func (c *conn) writePreface() error {
 	if c.client {
 		settings = append(settings, http2.Setting{ID: http2.SettingEnablePush, Val: 0})
 	} else {
-		settings = append(settings, http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: serverMaxConcurrentStreams})
+		settings = append(settings, http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: c.maxStreams})
 	}
 	if err := c.fr.WriteSettings(settings...); err != nil {
 		return err
@@ -206,8 +306,16 @@ func (c *conn) readPreface() error {
 	return c.handleSettings(sf)
 }
 
+// maxSettingsPerFrame bounds the settings of one SETTINGS frame: there are
+// six, and a frame repeating INITIAL_WINDOW_SIZE by the ten thousand would
+// walk every stream each time.
+const maxSettingsPerFrame = 100
+
 // handleSettings applies the peer's SETTINGS and queues the ACK.
 func (c *conn) handleSettings(sf *http2.SettingsFrame) error {
+	if sf.NumSettings() > maxSettingsPerFrame {
+		return &errCalm{limit: LimitSettingsFrameSize, reason: fmt.Sprintf("%d settings in one frame", sf.NumSettings())}
+	}
 	c.mu.Lock()
 	err := sf.ForeachSetting(func(s http2.Setting) error {
 		if err := s.Valid(); err != nil {
@@ -242,11 +350,44 @@ func (c *conn) handleSettings(sf *http2.SettingsFrame) error {
 // queueCtrl queues a control frame for the control writer, or for whoever
 // holds the write lock first.
 func (c *conn) queueCtrl(f ctrlFrame) {
-	c.ctrlMu.Lock()
-	c.ctrl = append(c.ctrl, f)
-	c.ctrlMu.Unlock()
+	c.pushCtrl(f)
 	c.tryFlushCtrl()
 }
+
+// pushCtrl queues f unless maxQueuedCtrl frames wait already: then the
+// connection is aborted (a dropped WINDOW_UPDATE or RST_STREAM would
+// leave it wrong, and an overflow is the peer's doing).
+func (c *conn) pushCtrl(f ctrlFrame) {
+	c.ctrlMu.Lock()
+	if c.ctrlStop {
+		c.ctrlMu.Unlock()
+		return
+	}
+	if len(c.ctrl) >= maxQueuedCtrl {
+		c.ctrlStop = true
+		c.ctrlMu.Unlock()
+		c.requestAbort(&abortRequest{
+			code: http2.ErrCodeEnhanceYourCalm,
+			err:  &errCalm{limit: LimitControlFrames, reason: fmt.Sprintf("%d control frames queued unread", maxQueuedCtrl)},
+		})
+		return
+	}
+	c.ctrl = append(c.ctrl, f)
+	c.ctrlMu.Unlock()
+}
+
+// requestAbort makes the read loop abort the connection: at once if it is
+// handling a frame, else by waking it from its read with a deadline in
+// the past. It never blocks, and may be called with c.mu held.
+func (c *conn) requestAbort(r *abortRequest) {
+	c.abortMu.Lock()
+	defer c.abortMu.Unlock()
+	if c.abortReq.CompareAndSwap(nil, r) {
+		c.nc.SetReadDeadline(aLongTimeAgo)
+	}
+}
+
+var aLongTimeAgo = time.Unix(1, 0)
 
 // tryFlushCtrl wakes the control writer if frames are waiting. It never
 // blocks: the read loop calls it.
@@ -384,7 +525,11 @@ func (c *conn) writeHeadersLocked(streamID uint32, endStream bool, fields []hpac
 
 // fail ends the connection with err: every stream sees the error, and the
 // socket is closed so the read loop exits.
-func (c *conn) fail(err error) {
+func (c *conn) fail(err error) { c.end(err, true) }
+
+// end fails the connection with err and, if closeSocket, closes it; abort
+// keeps the socket for its GOAWAY.
+func (c *conn) end(err error, closeSocket bool) {
 	c.mu.Lock()
 	if c.err != nil {
 		c.mu.Unlock()
@@ -399,15 +544,21 @@ func (c *conn) fail(err error) {
 			closed++
 		}
 	}
+	if c.idle != nil {
+		c.idle.Stop()
+	}
 	c.mu.Unlock()
-	c.nc.Close()
+	if closeSocket {
+		c.nc.Close()
+	}
 	for range closed {
 		c.streamClosed()
 	}
 	c.notifyGoAway()
 }
 
-// Close closes the connection at once, failing its streams.
+// Close closes the connection at once, failing its streams. One being
+// aborted keeps its socket until its GOAWAY went out, abortLinger at most.
 func (c *conn) Close() error {
 	c.fail(ErrConnClosed)
 	return nil
@@ -476,6 +627,12 @@ func (c *conn) readLoop(newStream func(*http2.MetaHeadersFrame) error) {
 	go c.ctrlLoop()
 	for {
 		f, err := c.fr.ReadFrame()
+		// An abort requested meanwhile comes first: the read may have
+		// been cut short by it, or the frame be one the guard refused.
+		if r := c.pendingAbort(); r != nil {
+			c.abort(r)
+			return
+		}
 		if err != nil {
 			var se http2.StreamError
 			if errors.As(err, &se) {
@@ -501,6 +658,13 @@ func (c *conn) readLoop(newStream func(*http2.MetaHeadersFrame) error) {
 		// Handlers queue control frames (WINDOW_UPDATE, RST_STREAM) under
 		// locks; hand them to the control writer.
 		c.tryFlushCtrl()
+		if err != nil && limitOf(err) != "" {
+			c.requestAbort(&abortRequest{code: http2.ErrCodeEnhanceYourCalm, err: err})
+		}
+		if r := c.pendingAbort(); r != nil {
+			c.abort(r)
+			return
+		}
 		if err != nil {
 			var ce http2.ConnectionError
 			if errors.As(err, &ce) {
@@ -513,6 +677,64 @@ func (c *conn) readLoop(newStream func(*http2.MetaHeadersFrame) error) {
 			return
 		}
 	}
+}
+
+// pendingAbort returns the abort requested, if any, the header guard's
+// included. Read loop only.
+func (c *conn) pendingAbort() *abortRequest {
+	if c.guard.err != nil {
+		c.requestAbort(&abortRequest{code: http2.ErrCodeEnhanceYourCalm, err: c.guard.err})
+	}
+	return c.abortReq.Load()
+}
+
+// abort ends the connection with GOAWAY(r.code). Read loop only: while the
+// GOAWAY waits for the peer to read, the read loop reads and drops the
+// peer's input (a flooding peer is often blocked writing, and would never
+// read otherwise); then it half-closes, reads to the peer's end, and
+// closes, so the peer gets the GOAWAY rather than a reset. All of it within
+// abortLinger, whatever the peer does.
+func (c *conn) abort(r *abortRequest) {
+	c.mu.Lock()
+	last := r.last
+	if last == 0 {
+		last = c.lastID
+	}
+	c.mu.Unlock()
+	if name := limitOf(r.err); name != "" && c.onLimit != nil {
+		c.onLimit(name)
+	}
+	c.end(r.err, false)
+	c.ctrlMu.Lock()
+	c.ctrlStop = true
+	c.ctrl = nil
+	c.ctrlMu.Unlock()
+	deadline := time.Now().Add(r.linger())
+	c.abortMu.Lock()
+	c.nc.SetDeadline(deadline)
+	c.abortMu.Unlock()
+	sent := make(chan struct{})
+	go func() {
+		defer close(sent)
+		// A writer stuck on the socket holds wmu until the peer reads or
+		// the deadline fails it.
+		c.wmu.Lock()
+		defer c.wmu.Unlock()
+		if c.fr.WriteGoAway(last, r.code, nil) != nil || c.flushLocked() != nil {
+			return
+		}
+		if cw, ok := c.nc.(closeWriter); ok && cw.CloseWrite() == nil {
+			// TLS's close_notify, held by the batch; tls.Conn leaves the
+			// write deadline in the past after it.
+			c.nc.SetWriteDeadline(deadline)
+			c.flushLocked()
+		}
+	}()
+	if !r.refused {
+		io.Copy(io.Discard, c.br)
+	}
+	<-sent
+	c.nc.Close()
 }
 
 func (c *conn) handleFrame(f http2.Frame, newStream func(*http2.MetaHeadersFrame) error) error {
@@ -594,15 +816,18 @@ func (c *conn) handleData(f *http2.DataFrame) error {
 	c.mu.Lock()
 	st := c.streams[f.StreamID]
 	if st == nil {
-		c.mu.Unlock()
-		// Data for a stream we already closed: return its credit to the
-		// connection window so the peer is not starved.
-		if n > 0 {
-			c.queueCtrl(ctrlFrame{kind: ctrlWindowUpdate, stream: 0, val: uint32(n)})
-		}
 		if f.StreamID == 0 || (!c.client && f.StreamID > c.lastID) {
+			c.mu.Unlock()
 			return http2.ConnectionError(http2.ErrCodeProtocol)
 		}
+		// Data for a stream we already closed: return its credit to the
+		// connection window so the peer is not starved, in the batches
+		// of all credit (one WINDOW_UPDATE per DATA frame would let a
+		// peer make us queue a frame for each of its own).
+		if n > 0 {
+			c.addRecvCreditLocked(nil, n)
+		}
+		c.mu.Unlock()
 		return nil
 	}
 	if n > st.recvWindow {
@@ -661,9 +886,7 @@ func (c *conn) addRecvCreditLocked(st *Stream, n int32) {
 // queueCtrlLocked queues a control frame while c.mu is held; the caller
 // calls tryFlushCtrl after unlocking (streams do it in Read).
 func (c *conn) queueCtrlLocked(f ctrlFrame) {
-	c.ctrlMu.Lock()
-	c.ctrl = append(c.ctrl, f)
-	c.ctrlMu.Unlock()
+	c.pushCtrl(f)
 }
 
 func (c *conn) handleWindowUpdate(f *http2.WindowUpdateFrame) error {

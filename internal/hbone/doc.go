@@ -16,6 +16,16 @@
 // TCP socket gets its data written there by the read loop itself, with no
 // goroutine of its own unless the socket is full.
 //
+// Both sides bound what the peer can make them hold, since holding a mesh
+// identity makes no peer trustworthy: control frames queued unread, a
+// header block's bytes and CONTINUATION frames, and, on a server, the time
+// to finish the handshake, to send a first stream and to stay idle, and
+// the handlers, connections and handshakes running per connection, per
+// peer identity and in all (Limits). A handler keeps its stream's slot
+// until it returns, also after the peer reset the stream (which cancels
+// the handler's context). A peer that floods is cut off with
+// GOAWAY(ENHANCE_YOUR_CALM); one that runs into a cap is refused.
+//
 // The package knows nothing of workloads, policy or the control plane: the
 // server hands its handler the verified peer identity and the request
 // metadata, and the client takes the TLS configuration and the dialer from

@@ -1,7 +1,5 @@
 package hbone
 
-import "time"
-
 // Flow-control and framing defaults. The windows are ztunnel's (4 MiB per
 // stream, 16 MiB per connection) so a single stream can fill a fast link
 // without waiting for WINDOW_UPDATEs.
@@ -19,14 +17,13 @@ const (
 	// larger frames only delay WINDOW_UPDATEs and fairness between streams.
 	maxWriteFrameSize = 256 << 10
 
-	// serverMaxConcurrentStreams is advertised by servers. Pools usually
-	// stop at DefaultMaxStreams first.
+	// serverMaxConcurrentStreams is what a client assumes of a server
+	// until its SETTINGS say otherwise (servers advertise
+	// Limits.MaxStreamsPerConn). Pools usually stop at DefaultMaxStreams
+	// first.
 	serverMaxConcurrentStreams = 1000
 	// maxHeaderListSize bounds the decoded request/response headers.
 	maxHeaderListSize = 64 << 10
-
-	// handshakeTimeout bounds the TLS handshake and the HTTP/2 preface.
-	handshakeTimeout = 10 * time.Second
 
 	writeBufferSize = 64 << 10
 )

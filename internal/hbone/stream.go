@@ -1,6 +1,7 @@
 package hbone
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -60,6 +61,10 @@ type Stream struct {
 	sinkBusy bool
 	draining bool
 	sunk     int64
+
+	// cancel, on a server stream, cancels its handler's context: when the
+	// peer resets the stream or the connection fails.
+	cancel context.CancelFunc
 
 	// wmu keeps one Write's frames, and CloseWrite, in order.
 	wmu sync.Mutex
@@ -272,6 +277,9 @@ func (s *Stream) Close() error {
 func (s *Stream) failLocked(err error) {
 	if s.err == nil {
 		s.err = err
+	}
+	if s.cancel != nil {
+		s.cancel()
 	}
 	s.cond.Broadcast()
 	s.kickSinkLocked()

@@ -56,6 +56,9 @@ type Config struct {
 	// NoSOCKS5 turns the 127.0.0.1:15080 listener off.
 	NoSOCKS5 bool
 	Pool     hbone.PoolConfig // MaxStreamsPerConn, IdleTimeout, Options; Dial/TLS are set per pod
+	// HBONELimits bound each pod's HBONE server (per pod and per peer
+	// identity); zero fields are the hbone defaults.
+	HBONELimits hbone.Limits
 }
 
 // Proxy runs the data path of every pod handed to it over ZDS. It is an
@@ -218,12 +221,17 @@ func (p *Proxy) open(pd *pod) (err error) {
 		}
 		pd.listeners = append(pd.listeners, ln)
 	}
-	hlog := slog.New(limitedHandler{p.log.Handler(), p.rejects})
-	pd.hbone, err = hbone.NewServer(p.inboundHandler(pd), hbone.ServerOptions{Logger: hlog})
+	hlog := slog.New(limitedHandler{p.log.Handler(), p.rejects}).With("pod", pd.String())
+	pd.hbone, err = hbone.NewServer(p.inboundHandler(pd), hbone.ServerOptions{
+		Logger:  hlog,
+		Limits:  p.cfg.HBONELimits,
+		OnLimit: p.cfg.Telemetry.HBONELimit(telemetry.Inbound),
+	})
 	if err != nil {
 		return err
 	}
 	pc := p.cfg.Pool
+	pc.Options.OnLimit = p.cfg.Telemetry.HBONELimit(telemetry.Outbound)
 	pc.Dial = func(ctx context.Context, k hbone.Key) (net.Conn, error) { return pd.netns.Dial(ctx, k.Dst) }
 	pc.TLS = func(k hbone.Key) (*tls.Config, error) {
 		return identity.ClientTLS(p.cfg.Certs, k.SrcID, []spiffeid.ID{k.DstID}), nil

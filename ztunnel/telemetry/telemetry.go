@@ -115,8 +115,9 @@ type Result struct {
 // Telemetry records connection metrics and access logs. It is safe for
 // concurrent use.
 type Telemetry struct {
-	m   *metrics
-	log *slog.Logger
+	m      *metrics
+	limits *prometheus.CounterVec
+	log    *slog.Logger
 }
 
 // New registers the TCP metrics with reg and writes access logs to log.
@@ -131,7 +132,11 @@ func New(reg prometheus.Registerer, log *slog.Logger) (*Telemetry, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Telemetry{m: m, log: log}, nil
+	limits, err := newLimitMetric(reg)
+	if err != nil {
+		return nil, err
+	}
+	return &Telemetry{m: m, limits: limits, log: log}, nil
 }
 
 // Conn is one open connection. Close it exactly once; later calls do

@@ -444,3 +444,19 @@ func TestNewRejectsDoubleRegistration(t *testing.T) {
 		t.Error("New with nil logger succeeded")
 	}
 }
+
+func TestHBONELimitCounted(t *testing.T) {
+	f := newFixture(t)
+	in := f.tel.HBONELimit(Inbound)
+	in("streams_per_peer")
+	in("streams_per_peer")
+	f.tel.HBONELimit(Outbound)("control_frames")
+	got := map[string]float64{}
+	for _, s := range f.series(MetricHBONELimit) {
+		got[s.labels["direction"]+"/"+s.labels["limit"]] = s.value
+	}
+	want := map[string]float64{"inbound/streams_per_peer": 2, "outbound/control_frames": 1}
+	if !maps.Equal(got, want) {
+		t.Errorf("%s = %v, want %v", MetricHBONELimit, got, want)
+	}
+}
