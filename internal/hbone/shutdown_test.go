@@ -1,6 +1,7 @@
 package hbone
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -57,21 +58,54 @@ func TestShutdownServesConnectionStillOpening(t *testing.T) {
 	}()
 	waitUntil(t, func() bool { srv.mu.Lock(); defer srv.mu.Unlock(); return srv.shutdown })
 
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	cc, err := NewClientConn(ctx, nc, identity.ClientTLS(p.src, alice, []spiffeid.ID{bob}), ClientOptions{})
-	if err != nil {
+	// The CONNECT goes out in the same flight as the preface: a client
+	// that waited would rightly keep off a connection whose GOAWAY it had
+	// read, and the test would race that GOAWAY.
+	tc := tls.Client(nc, identity.ClientTLS(p.src, alice, []spiffeid.ID{bob}))
+	defer tc.Close()
+	tc.SetDeadline(time.Now().Add(5 * time.Second))
+	if err := tc.Handshake(); err != nil {
 		t.Fatalf("a connection accepted before Shutdown was refused: %v", err)
 	}
-	defer cc.Close()
-	st, err := cc.Connect(ctx, target("10.0.0.1:80"))
-	if err != nil {
-		t.Fatalf("its first CONNECT was refused: %v", err)
+	bw := bufio.NewWriter(tc)
+	bw.WriteString(http2.ClientPreface)
+	fr := http2.NewFramer(bw, tc)
+	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	fr.WriteSettings()
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	enc.WriteField(hpack.HeaderField{Name: ":method", Value: "CONNECT"})
+	enc.WriteField(hpack.HeaderField{Name: ":authority", Value: "10.0.0.1:80"})
+	fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndHeaders: true})
+	fr.WriteData(1, true, []byte("late"))
+	if err := bw.Flush(); err != nil {
+		t.Fatal(err)
 	}
-	if got := exchange(t, st, "late"); got != "late" {
-		t.Fatalf("echo %q", got)
+	var status, echoed string
+	for done := false; !done; {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("reading the reply (status %q, echo %q): %v", status, echoed, err)
+		}
+		switch f := f.(type) {
+		case *http2.SettingsFrame:
+			if !f.IsAck() {
+				fr.WriteSettingsAck()
+				bw.Flush()
+			}
+		case *http2.MetaHeadersFrame:
+			status = f.PseudoValue("status")
+		case *http2.DataFrame:
+			echoed += string(f.Data())
+			done = f.StreamEnded()
+		case *http2.RSTStreamFrame:
+			t.Fatalf("its first CONNECT was reset: %v", f.ErrCode)
+		}
 	}
-	st.Close()
+	if status != "200" || echoed != "late" {
+		t.Fatalf("its first CONNECT: status %q, echo %q; want 200 and the echo", status, echoed)
+	}
+	tc.Close() // as a client does once the GOAWAY left it nothing to send
 	if err := <-shutdown; err != nil {
 		t.Fatalf("Shutdown: %v", err)
 	}
