@@ -58,7 +58,7 @@ func (p *Proxy) inboundHandler(pd *pod) hbone.Handler {
 				requestAttrs(pd, req, "the peer is not the destination's waypoint")...)
 		}
 		c := authz.Conn{Src: src, Dst: target, Peer: req.Peer}
-		p.serveInbound(pd, s, c, req.Host, true, start, func(status int, reason string) {
+		p.serveInbound(ctx, pd, s, c, req.Host, true, start, func(status int, reason string) {
 			if status == http.StatusOK {
 				s.Respond(status)
 			} else {
@@ -72,8 +72,9 @@ func (p *Proxy) inboundHandler(pd *pod) hbone.Handler {
 // an HBONE stream or a plaintext socket) with a fresh connection to the app.
 // host is the service hostname the client addressed (Forwarded host=), if
 // it said. answer reports the outcome to an HBONE client (nil for
-// plaintext).
-func (p *Proxy) serveInbound(pd *pod, down net.Conn, c authz.Conn, host string, secure bool, start time.Time, answer func(status int, reason string)) {
+// plaintext). ctx ends when the client gives up (an HBONE stream's reset),
+// which abandons the dial to the app at once.
+func (p *Proxy) serveInbound(ctx context.Context, pd *pod, down net.Conn, c authz.Conn, host string, secure bool, start time.Time, answer func(status int, reason string)) {
 	snap := p.cfg.State.Snapshot()
 	v := AuthorizeInbound(snap, p.cfg.Network, c)
 	srcW := snap.WorkloadByAddr(state.NetAddr{Network: p.cfg.Network, Addr: c.Src.Addr()})
@@ -95,8 +96,8 @@ func (p *Proxy) serveInbound(pd *pod, down net.Conn, c authz.Conn, host string, 
 		tel.Close(p.rejectResult(rejectDenied, withPolicy(telemetry.Result{Err: errDenied, Reason: v.Reason, Flags: telemetry.FlagDenied}, v.Policy)))
 		return
 	}
-	ctx, cancel := context.WithTimeout(pd.ctx, ConnectTimeout)
-	app, err := p.dialApp(ctx, pd, c.Src.Addr(), c.Dst)
+	dctx, cancel := context.WithTimeout(ctx, ConnectTimeout)
+	app, err := p.dialApp(dctx, pd, c.Src.Addr(), c.Dst)
 	cancel()
 	if err != nil {
 		answer(http.StatusServiceUnavailable, "upstream connect failed: "+err.Error())

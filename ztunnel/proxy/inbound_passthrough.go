@@ -25,7 +25,7 @@ func (p *Proxy) inboundPlain(pd *pod, c *net.TCPConn) {
 			slog.String("src.addr", src.String()), slog.String("reason", err.Error()))
 		return
 	}
-	p.serveInbound(pd, c, authz.Conn{Src: src, Dst: dst}, "", false, start, func(status int, reason string) {
+	p.serveInbound(pd.ctx, pd, c, authz.Conn{Src: src, Dst: dst}, "", false, start, func(status int, reason string) {
 		if status != 200 {
 			// A plaintext client learns nothing but a reset.
 			c.SetLinger(0)
