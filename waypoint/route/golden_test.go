@@ -1,12 +1,9 @@
 package route_test
 
 import (
-	"bytes"
 	"flag"
 	"fmt"
 	"net/http"
-	"os"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -36,70 +33,20 @@ var update = flag.Bool("update", false, "rewrite the expected decisions in testd
 //
 // With -update the DECISION parts are rewritten from the current behaviour.
 func TestGolden(t *testing.T) {
-	files, err := filepath.Glob(filepath.Join("testdata", "*.txtar"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(files) == 0 {
-		t.Fatal("no testdata/*.txtar archives")
-	}
-	for _, file := range files {
-		t.Run(strings.TrimSuffix(filepath.Base(file), ".txtar"), func(t *testing.T) {
-			runGolden(t, file)
-		})
-	}
-}
-
-func runGolden(t *testing.T, file string) {
-	data, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ar := golden.Parse(data)
-	routesYAML, ok := ar.File("routes.yaml")
-	if !ok {
-		t.Fatal("archive has no routes.yaml")
-	}
-	cases, ok := ar.File("cases")
-	if !ok {
-		t.Fatal("archive has no cases")
-	}
-	table := compileYAML(t, routesYAML)
-
-	var out bytes.Buffer
-	ran := 0
-	for i, line := range strings.Split(strings.TrimRight(string(cases), "\n"), "\n") {
-		trimmed := strings.TrimSpace(line)
-		if trimmed == "" || strings.HasPrefix(trimmed, "#") {
-			out.WriteString(line + "\n")
-			continue
-		}
-		reqText, want, ok := strings.Cut(line, "->")
+	golden.RunCases(t, *update, func(t *testing.T, ar golden.Archive) func(string) (string, error) {
+		routesYAML, ok := ar.File("routes.yaml")
 		if !ok {
-			t.Fatalf("cases:%d: no \"->\" in %q", i+1, line)
+			t.Fatal("archive has no routes.yaml")
 		}
-		req, resp, err := parseRequest(reqText)
-		if err != nil {
-			t.Fatalf("cases:%d: %v", i+1, err)
+		table := compileYAML(t, routesYAML)
+		return func(line string) (string, error) {
+			req, resp, err := parseRequest(line)
+			if err != nil {
+				return "", err
+			}
+			return formatDecision(route.Decide(table, req), req, resp), nil
 		}
-		got := formatDecision(route.Decide(table, req), req, resp)
-		want = strings.TrimSpace(want)
-		if !*update && got != want {
-			t.Errorf("cases:%d: %s\n got: %s\nwant: %s", i+1, strings.TrimSpace(reqText), got, want)
-		}
-		fmt.Fprintf(&out, "%s -> %s\n", strings.TrimSpace(reqText), got)
-		ran++
-	}
-	if ran == 0 {
-		t.Fatal("no cases")
-	}
-	t.Logf("%d cases", ran)
-	if *update {
-		ar.Set("cases", out.Bytes())
-		if err := os.WriteFile(file, ar.Format(), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	})
 }
 
 func compileYAML(t testing.TB, y []byte) *route.Table {

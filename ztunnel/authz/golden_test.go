@@ -1,14 +1,11 @@
 package authz
 
 import (
-	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -34,70 +31,20 @@ var update = flag.Bool("update", false, "rewrite the expected decisions in testd
 //
 // With -update the DECISION parts are rewritten from the current behaviour.
 func TestGolden(t *testing.T) {
-	files, err := filepath.Glob(filepath.Join("testdata", "*.txtar"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(files) == 0 {
-		t.Fatal("no testdata/*.txtar archives")
-	}
-	for _, file := range files {
-		t.Run(strings.TrimSuffix(filepath.Base(file), ".txtar"), func(t *testing.T) {
-			runGolden(t, file)
-		})
-	}
-}
-
-func runGolden(t *testing.T, file string) {
-	data, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ar := golden.Parse(data)
-	policiesYAML, ok := ar.File("policies.yaml")
-	if !ok {
-		t.Fatal("archive has no policies.yaml")
-	}
-	cases, ok := ar.File("cases")
-	if !ok {
-		t.Fatal("archive has no cases")
-	}
-	policies := loadPolicies(t, policiesYAML)
-
-	var out bytes.Buffer
-	ran := 0
-	for i, line := range strings.Split(strings.TrimRight(string(cases), "\n"), "\n") {
-		trimmed := strings.TrimSpace(line)
-		if trimmed == "" || strings.HasPrefix(trimmed, "#") {
-			out.WriteString(line + "\n")
-			continue
-		}
-		connText, want, ok := strings.Cut(line, "->")
+	golden.RunCases(t, *update, func(t *testing.T, ar golden.Archive) func(string) (string, error) {
+		policiesYAML, ok := ar.File("policies.yaml")
 		if !ok {
-			t.Fatalf("cases:%d: no \"->\" in %q", i+1, line)
+			t.Fatal("archive has no policies.yaml")
 		}
-		conn, err := parseConn(connText)
-		if err != nil {
-			t.Fatalf("cases:%d: %v", i+1, err)
+		policies := loadPolicies(t, policiesYAML)
+		return func(line string) (string, error) {
+			conn, err := parseConn(line)
+			if err != nil {
+				return "", err
+			}
+			return formatDecision(Evaluate(policies, conn)), nil
 		}
-		got := formatDecision(Evaluate(policies, conn))
-		want = strings.TrimSpace(want)
-		if !*update && got != want {
-			t.Errorf("cases:%d: %s\n got: %s\nwant: %s", i+1, strings.TrimSpace(connText), got, want)
-		}
-		fmt.Fprintf(&out, "%s -> %s\n", strings.TrimSpace(connText), got)
-		ran++
-	}
-	if ran == 0 {
-		t.Fatal("no cases")
-	}
-	t.Logf("%d cases", ran)
-	if *update {
-		ar.Set("cases", out.Bytes())
-		if err := os.WriteFile(file, ar.Format(), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	})
 }
 
 // formatDecision is the golden form of a decision: "allow ns/name" or
