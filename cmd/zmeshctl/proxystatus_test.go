@@ -188,11 +188,11 @@ func TestProxyStatusSyncedThenNacked(t *testing.T) {
 func TestProxyTableColumns(t *testing.T) {
 	since := now.Add(-5*time.Minute - 3*time.Second)
 	proxies := []xds.ProxyStatus{
-		{ID: "ztunnel~node-a", Node: "node-a", Since: since, Types: []xds.TypeStatus{
+		{NodeInfo: xds.NodeInfo{ID: "ztunnel~node-a", Node: "node-a"}, Since: since, Types: []xds.TypeStatus{
 			{TypeURL: xds.TypeAddress, State: "STALE", AckedVersion: "3"},
 			{TypeURL: xds.TypeAuthorization, State: "NOT SENT"},
 		}},
-		{ID: "waypoint~bookinfo", Since: since, Types: []xds.TypeStatus{
+		{NodeInfo: xds.NodeInfo{ID: "waypoint~bookinfo"}, Since: since, Types: []xds.TypeStatus{
 			{TypeURL: "type.googleapis.com/envoy.config.cluster.v3.Cluster", State: "SYNCED", AckedVersion: "7"},
 		}},
 	}

@@ -291,17 +291,9 @@ func (s *Server) answeredLocked(st *stream, sub *subscription, url, nonce string
 
 // ProxyStatus is one connected proxy, as /debug/syncz lists it.
 type ProxyStatus struct {
-	// ID is the node id the proxy sent, e.g. "ztunnel~node-a"; Kind, Node,
-	// Pod, Namespace, IPs and Cluster are read from it and its metadata
-	// (see NodeInfo). All are what the proxy claims; Principal is who it
-	// authenticated as.
-	ID        string   `json:"id"`
-	Kind      string   `json:"kind,omitempty"`
-	Node      string   `json:"node,omitempty"`
-	Pod       string   `json:"pod,omitempty"`
-	Namespace string   `json:"namespace,omitempty"`
-	IPs       []string `json:"ips,omitempty"`
-	Cluster   string   `json:"cluster,omitempty"`
+	// NodeInfo is what the proxy's node id and metadata claim (flattened
+	// in JSON); Principal is who it authenticated as.
+	NodeInfo
 
 	Peer      string       `json:"peer,omitempty"`
 	Principal string       `json:"principal,omitempty"`
@@ -334,7 +326,7 @@ func (s *Server) Syncz() []ProxyStatus {
 	for _, st := range s.streams {
 		ps := ProxyStatus{Peer: st.peer, Principal: st.principal, Since: st.since}
 		if n := st.node; n != nil {
-			ps.ID, ps.Kind, ps.Node, ps.Pod, ps.Namespace, ps.IPs, ps.Cluster = n.ID, n.Kind, n.Node, n.Pod, n.Namespace, n.IPs, n.Cluster
+			ps.NodeInfo = *n
 		}
 		for url, sub := range st.subs {
 			server := genString(s.types[url].gen)
