@@ -1,3 +1,17 @@
+// Package zds carries ZDS, the protocol by which the node agent hands pods
+// to ztunnel: one protobuf message per SOCK_SEQPACKET packet, descriptors
+// as SCM_RIGHTS, field numbers as Istio's istio.workload.zds.
+//
+// Istio's ZDS has one request in flight per connection, and its acks name
+// nothing. zmesh's ztunnel says in its hello that its acks name the pod
+// they answer (ZdsHello.acks_name_pod, Ack.uid); the agent then keeps one
+// request per pod in flight at once and matches acks by uid, so a pod
+// whose Add is slow (its certificate cannot be had) delays no other pod.
+// The choice is made per connection from the hello, before any request:
+// a peer that does not announce it (Istio's ztunnel) is served one request
+// at a time, and zmesh's ztunnel, which handles requests concurrently but
+// each pod's in order, answers an agent that sends one at a time (Istio's)
+// just as well. An ack for no pending request is dropped.
 package zds
 
 import (

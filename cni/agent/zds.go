@@ -52,9 +52,13 @@ func (p *Pod) add() *zds.WorkloadRequest {
 // connection only: a ztunnel that is being replaced keeps what it has and
 // takes nothing new (DESIGN.md, Decisions 4 and 8).
 //
-// ZDS has one request in flight per connection, each answered by an Ack
-// that may carry an error: a pod ztunnel refuses (its certificate cannot
-// be had, say) costs that pod only. In a (re)connect's snapshot it is
+// Each request is answered by an Ack that may carry an error. A ztunnel
+// whose hello says its acks name their pod (zmesh's) is sent requests for
+// different pods at once, one per pod in flight, so a pod slow to add (its
+// certificate fetch hangs while the CA is down) delays no other pod's Add,
+// nor so its CNI ADD; any other ztunnel (Istio's) gets one request at a
+// time per connection, as Istio's ZDS has it. A pod ztunnel refuses (its
+// certificate cannot be had, say) costs that pod only. In a (re)connect's snapshot it is
 // skipped, the rest go on, and it is retried with backoff for as long as
 // the connection is the newest; meanwhile it stays captured with nothing
 // behind its capture, so it fails closed.
@@ -102,17 +106,61 @@ func WithRetryBackoff(first, most time.Duration) ZDSOption {
 	return func(s *ZDSServer) { s.retryMin, s.retryMax = first, most }
 }
 
-// ztunnelConn serialises request/ack exchanges on one connection.
+// ztunnelConn carries request/ack exchanges on one connection. A peer
+// whose hello says its acks name their pod (zmesh's ztunnel) gets one
+// request per pod in flight at once, its acks matched by uid, so that a pod
+// slow to add holds up no other; any other peer (Istio's ztunnel) gets one
+// request at a time, as ZDS has it.
 type ztunnelConn struct {
-	c  *zds.Conn
-	mu sync.Mutex
+	c     *zds.Conn
+	byUID bool
+	mu    sync.Mutex // one at a time (!byUID)
+
+	pmu     sync.Mutex
+	pending map[string]*pendingReq // by uid; "" is SnapshotSent
+	gone    error                  // why the connection ended
+	log     *slog.Logger
 }
+
+// pendingReq is a request sent and not yet acknowledged.
+type pendingReq struct {
+	done chan struct{}
+	err  error
+}
+
+// maxAddsInFlight bounds the Adds a snapshot has on the way at once.
+const maxAddsInFlight = 16
 
 // errRefused marks ztunnel's refusal of one request: the connection is
 // fine and goes on.
 var errRefused = errors.New("ztunnel refused")
 
+func ackErr(ack *zds.Ack) error {
+	if ack == nil {
+		return errors.New("ztunnel answered without an ack")
+	}
+	if ack.GetError() != "" {
+		return fmt.Errorf("%w: %s", errRefused, ack.GetError())
+	}
+	return nil
+}
+
+func requestUID(req *zds.WorkloadRequest) string {
+	switch {
+	case req.GetAdd() != nil:
+		return req.GetAdd().GetUid()
+	case req.GetDel() != nil:
+		return req.GetDel().GetUid()
+	case req.GetKeep() != nil:
+		return req.GetKeep().GetUid()
+	}
+	return ""
+}
+
 func (z *ztunnelConn) request(req *zds.WorkloadRequest, fds ...int) error {
+	if z.byUID {
+		return z.requestByUID(requestUID(req), req, fds)
+	}
 	z.mu.Lock()
 	defer z.mu.Unlock()
 	if err := z.c.Send(req, fds...); err != nil {
@@ -124,14 +172,80 @@ func (z *ztunnelConn) request(req *zds.WorkloadRequest, fds ...int) error {
 	if err != nil {
 		return fmt.Errorf("wait for ztunnel's ack: %w", err)
 	}
-	ack := resp.GetAck()
-	if ack == nil {
-		return errors.New("ztunnel answered without an ack")
+	return ackErr(resp.GetAck())
+}
+
+// requestByUID waits until no other request for the pod is in flight,
+// sends req and waits for the ack readAcks hands it.
+func (z *ztunnelConn) requestByUID(uid string, req *zds.WorkloadRequest, fds []int) error {
+	p := &pendingReq{done: make(chan struct{})}
+	for {
+		z.pmu.Lock()
+		if z.gone != nil {
+			err := z.gone
+			z.pmu.Unlock()
+			return err
+		}
+		prev := z.pending[uid]
+		if prev == nil {
+			z.pending[uid] = p
+			z.pmu.Unlock()
+			break
+		}
+		z.pmu.Unlock()
+		<-prev.done
 	}
-	if ack.GetError() != "" {
-		return fmt.Errorf("%w: %s", errRefused, ack.GetError())
+	if err := z.c.Send(req, fds...); err != nil {
+		z.finish(uid, p, err)
+		return err
 	}
-	return nil
+	<-p.done
+	return p.err
+}
+
+// finish completes a pending request, unless the connection's end did.
+func (z *ztunnelConn) finish(uid string, p *pendingReq, err error) {
+	z.pmu.Lock()
+	defer z.pmu.Unlock()
+	if z.pending[uid] != p {
+		return
+	}
+	delete(z.pending, uid)
+	p.err = err
+	close(p.done)
+}
+
+// readAcks hands each ack to the request of the pod it names until the
+// connection ends, then fails what is still pending. An ack for no pending
+// request (a confused or hostile peer) is logged and dropped.
+func (z *ztunnelConn) readAcks() {
+	var err error
+	for {
+		var resp zds.WorkloadResponse
+		var got []int
+		got, err = z.c.Recv(&resp)
+		closeFDs(got) // ztunnel sends none
+		if err != nil {
+			break
+		}
+		uid := resp.GetAck().GetUid()
+		z.pmu.Lock()
+		p := z.pending[uid]
+		z.pmu.Unlock()
+		if p == nil {
+			z.log.Warn("zds: ack for no pending request dropped", "pod.uid", uid)
+			continue
+		}
+		z.finish(uid, p, ackErr(resp.GetAck()))
+	}
+	z.pmu.Lock()
+	z.gone = fmt.Errorf("wait for ztunnel's ack: %w", err)
+	for uid, p := range z.pending {
+		delete(z.pending, uid)
+		p.err = z.gone
+		close(p.done)
+	}
+	z.pmu.Unlock()
 }
 
 // NewZDSServer listens on path (mode 0600).
@@ -184,7 +298,7 @@ func (s *ZDSServer) Run(ctx context.Context) error {
 			c.Close()
 			continue
 		}
-		z := &ztunnelConn{c: c}
+		z := &ztunnelConn{c: c, pending: map[string]*pendingReq{}, log: s.log}
 		s.mu.Lock()
 		s.conns[z] = struct{}{}
 		s.mu.Unlock()
@@ -219,6 +333,13 @@ func (s *ZDSServer) serve(z *ztunnelConn) {
 		s.log.Warn("zds: bad hello from ztunnel", "reason", err.Error())
 		s.drop(z)
 		return
+	}
+	if hello.GetAcksNamePod() {
+		z.byUID = true
+		s.wg.Go(func() {
+			z.readAcks()
+			s.drop(z)
+		})
 	}
 	// Every pod the server holds, then SnapshotSent (ztunnel drops what
 	// it had and was not sent), then what changed meanwhile; the switch
@@ -311,9 +432,23 @@ func (s *ZDSServer) replay(z *ztunnelConn, r *replay, takeOver bool) error {
 				return fmt.Errorf("pod %s: %w", uid, err)
 			}
 		}
+		// Adds go out together, so that a pod slow to add holds up no
+		// other (a peer that takes one at a time queues them).
+		errs := make([]error, len(add))
+		sem := make(chan struct{}, maxAddsInFlight)
+		var wg sync.WaitGroup
 		for i, p := range add {
-			err := z.request(p.add(), dups[i]...)
-			closeFDs(dups[i])
+			sem <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-sem }()
+				errs[i] = z.request(p.add(), dups[i]...)
+				closeFDs(dups[i])
+			})
+		}
+		wg.Wait()
+		var gone error
+		for i, p := range add {
+			err := errs[i]
 			r.sent[p.UID] = p
 			delete(r.failed, p.UID)
 			if errors.Is(err, errRefused) {
@@ -321,10 +456,12 @@ func (s *ZDSServer) replay(z *ztunnelConn, r *replay, takeOver bool) error {
 				s.noteRefusal(p, err)
 				continue
 			}
-			if err != nil {
-				closeRest(i + 1)
-				return fmt.Errorf("pod %s: %w", p.UID, err)
+			if err != nil && gone == nil {
+				gone = fmt.Errorf("pod %s: %w", p.UID, err)
 			}
+		}
+		if gone != nil {
+			return gone
 		}
 	}
 }

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -59,6 +61,17 @@ func RunZDS(ctx context.Context, path string, h Handler, log *slog.Logger) error
 	}
 }
 
+// maxConcurrentAdds bounds the requests handled at once on one connection:
+// each holds a pod's descriptors and, for an Add, a certificate fetch.
+const maxConcurrentAdds = 16
+
+// serveZDS handles requests concurrently, each pod's in the order they came
+// (a Del or Keep waits for that pod's Add), and acks each when done, naming
+// its pod, so that a pod whose Add is slow (its certificate cannot be had)
+// holds up no other. SnapshotSent waits for every request before it: the
+// reconcile must see every pod the snapshot carried. The hello tells the
+// agent that acks name their pod; an agent that keeps one request in
+// flight (Istio's) gets the same answers in the same order.
 func serveZDS(ctx context.Context, path string, h Handler) error {
 	c, err := zds.Dial(path)
 	if err != nil {
@@ -67,28 +80,101 @@ func serveZDS(ctx context.Context, path string, h Handler) error {
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
 	defer c.Close()
-	if err := c.Send(&zds.ZdsHello{Version: zds.Version_V1}); err != nil {
+	if err := c.Send(&zds.ZdsHello{Version: zds.Version_V1, AcksNamePod: true}); err != nil {
 		return err
 	}
-	seen := map[string]bool{}
+	var (
+		mu   sync.Mutex
+		seen = map[string]bool{}
+		busy = map[string]chan struct{}{} // uid -> done of its latest request
+		sem  = make(chan struct{}, maxConcurrentAdds)
+		wg   sync.WaitGroup
+	)
+	// A handler still running when the connection ends finishes first:
+	// it owns the pod's descriptors.
+	defer wg.Wait()
+	mark := func(uid string, sent bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		if sent {
+			seen[uid] = true
+		} else {
+			delete(seen, uid)
+		}
+	}
+	snapshot := func() map[string]bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return maps.Clone(seen)
+	}
+	ack := func(uid string, herr error) error {
+		a := &zds.Ack{Uid: uid}
+		if herr != nil {
+			a.Error = herr.Error()
+		}
+		return c.Send(&zds.WorkloadResponse{Payload: &zds.WorkloadResponse_Ack{Ack: a}})
+	}
 	for {
 		var req zds.WorkloadRequest
 		fds, err := c.Recv(&req)
 		if err != nil {
 			return err
 		}
-		herr := handle(ctx, h, &req, fds, seen)
-		ack := &zds.Ack{}
-		if herr != nil {
-			ack.Error = herr.Error()
+		uid, ok := requestUID(&req)
+		if !ok {
+			// SnapshotSent or unknown: after everything before it.
+			wg.Wait()
+			if err := ack("", handle(ctx, h, &req, fds, mark, snapshot)); err != nil {
+				return err
+			}
+			continue
 		}
-		if err := c.Send(&zds.WorkloadResponse{Payload: &zds.WorkloadResponse_Ack{Ack: ack}}); err != nil {
-			return err
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			closeAll(fds)
+			return ctx.Err()
 		}
+		done := make(chan struct{})
+		mu.Lock()
+		prev := busy[uid]
+		busy[uid] = done
+		mu.Unlock()
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if prev != nil {
+				<-prev
+			}
+			herr := handle(ctx, h, &req, fds, mark, snapshot)
+			if err := ack(uid, herr); err != nil {
+				c.Close() // the read loop sees it and returns
+			}
+			mu.Lock()
+			if busy[uid] == done {
+				delete(busy, uid)
+			}
+			mu.Unlock()
+			close(done)
+		})
 	}
 }
 
-func handle(ctx context.Context, h Handler, req *zds.WorkloadRequest, fds []int, seen map[string]bool) error {
+// requestUID names the pod a request is for.
+func requestUID(req *zds.WorkloadRequest) (string, bool) {
+	switch {
+	case req.GetAdd() != nil:
+		return req.GetAdd().GetUid(), true
+	case req.GetDel() != nil:
+		return req.GetDel().GetUid(), true
+	case req.GetKeep() != nil:
+		return req.GetKeep().GetUid(), true
+	}
+	return "", false
+}
+
+// handle runs one request; mark records which pods the agent sent on this
+// connection, snapshot returns them.
+func handle(ctx context.Context, h Handler, req *zds.WorkloadRequest, fds []int, mark func(uid string, sent bool), snapshot func() map[string]bool) error {
 	switch {
 	case req.GetAdd() != nil:
 		p, err := podFrom(req.GetAdd(), fds)
@@ -100,19 +186,19 @@ func handle(ctx context.Context, h Handler, req *zds.WorkloadRequest, fds []int,
 			p.Maps.Close()
 			return err
 		}
-		seen[p.UID] = true
+		mark(p.UID, true)
 		return nil
 	case req.GetDel() != nil:
 		closeAll(fds)
-		delete(seen, req.GetDel().GetUid())
+		mark(req.GetDel().GetUid(), false)
 		return h.DelPod(ctx, req.GetDel().GetUid())
 	case req.GetKeep() != nil:
 		closeAll(fds)
-		seen[req.GetKeep().GetUid()] = true
+		mark(req.GetKeep().GetUid(), true)
 		return nil
 	case req.GetSnapshotSent() != nil:
 		closeAll(fds)
-		return h.Reconcile(ctx, seen)
+		return h.Reconcile(ctx, snapshot())
 	default:
 		closeAll(fds)
 		return errors.New("zds: unknown request")
