@@ -233,7 +233,7 @@ func (f *countingFetcher) setErr(err error) {
 	f.mu.Unlock()
 }
 
-// eventually polls cond until it holds or a second passes.
+// eventually polls cond until it holds, for 10 s at most.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
