@@ -73,6 +73,8 @@ func TestNack(t *testing.T) {
 			"rc: virtual_hosts[0].routes[0].typed_per_filter_config[\"envoy.filters.http.cors\"].filter_enabled: only 100% is supported"},
 		{"other retry host predicate", vh("  - match: {prefix: /}\n    route: {cluster: c, retry_policy: {retry_host_predicate: [{name: envoy.retry_host_predicates.omit_canary_hosts}]}}\n"),
 			"rc: virtual_hosts[0].routes[0].route.retry_policy.retry_host_predicate[0].name: \"envoy.retry_host_predicates.omit_canary_hosts\" not supported (only envoy.retry_host_predicates.previous_hosts)"},
+		{"retry host predicate typed_config of another type", vh("  - match: {prefix: /}\n    route: {cluster: c, retry_policy: {retry_host_predicate: [{name: envoy.retry_host_predicates.previous_hosts, typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy}}]}}\n"),
+			"rc: virtual_hosts[0].routes[0].route.retry_policy.retry_host_predicate[0].typed_config: type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy is not a PreviousHostsPredicate"},
 		{"unknown retry_on", vh("  - match: {prefix: /}\n    route: {cluster: c, retry_policy: {retry_on: \"5xx,sometimes\"}}\n"),
 			"rc: virtual_hosts[0].routes[0].route.retry_policy.retry_on: unknown condition \"sometimes\""},
 		{"retry priority", vh("  - match: {prefix: /}\n    route: {cluster: c, retry_policy: {retry_priority: {name: x}}}\n"),
