@@ -179,9 +179,29 @@ func TestAllowListNamesExist(t *testing.T) {
 			continue
 		}
 		for _, f := range fields {
-			if md.Fields().ByName(f) == nil {
+			fd := md.Fields().ByName(f)
+			if fd == nil {
 				t.Errorf("%s has no field %s", msg, f)
+				continue
 			}
+			// A listed field whose message type is neither listed nor
+			// opaque would be refused whenever it is set: support claimed
+			// for nothing.
+			if fd.IsMap() {
+				fd = fd.MapValue()
+			}
+			if fd.Kind() != protoreflect.MessageKind {
+				continue
+			}
+			typ := fd.Message().FullName()
+			if _, ok := supported[typ]; !ok && !opaque[typ] && typ != "google.protobuf.Any" {
+				t.Errorf("%s.%s has type %s, which the allow-list does not accept", msg, f, typ)
+			}
+		}
+	}
+	for msg := range opaque {
+		if _, err := protoregistry.GlobalFiles.FindDescriptorByName(msg); err != nil {
+			t.Errorf("opaque %s: %v", msg, err)
 		}
 	}
 }
