@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -277,6 +278,11 @@ func outlierDetection(path string, od *clusterv3.OutlierDetection) (*upstream.Ou
 			return nil, err
 		}
 	}
+	// Unset, the maximum is 300 s or the base ejection time, whichever is
+	// larger (Envoy's rule); set, it may not be below the base.
+	if od.GetMaxEjectionTime() == nil && out.BaseEjectionTime > out.MaxEjectionTime {
+		out.MaxEjectionTime = out.BaseEjectionTime
+	}
 	if out.BaseEjectionTime > out.MaxEjectionTime {
 		return nil, nackf(path+".base_ejection_time", "%v exceeds max_ejection_time %v", out.BaseEjectionTime, out.MaxEjectionTime)
 	}
@@ -318,7 +324,7 @@ func limits(path string, cb *clusterv3.CircuitBreakers) (upstream.Limits, error)
 }
 
 func httpOptions(opts map[string]*anypb.Any) (upstream.HTTPOptions, error) {
-	out := upstream.HTTPOptions{Protocol: upstream.HTTP1}
+	out := upstream.HTTPOptions{Protocol: upstream.HTTP1, IdleTimeout: upstream.DefaultIdleTimeout}
 	for k := range opts {
 		if k != httpProtocolOptionsKey {
 			return out, nackf(fmt.Sprintf("typed_extension_protocol_options[%q]", k), "not supported (only %s)", httpProtocolOptionsKey)
@@ -338,6 +344,7 @@ func httpOptions(opts map[string]*anypb.Any) (upstream.HTTPOptions, error) {
 		return out, nackf(path, "type %s not supported (want %s)", m.ProtoReflect().Descriptor().FullName(), httpProtocolOptionsKey)
 	}
 	var h2 *corev3.Http2ProtocolOptions
+	h2path := path + ".explicit_http_config.http2_protocol_options"
 	switch p := hpo.GetUpstreamProtocolOptions().(type) {
 	case *httpv3.HttpProtocolOptions_ExplicitHttpConfig_:
 		switch pc := p.ExplicitHttpConfig.GetProtocolConfig().(type) {
@@ -355,12 +362,13 @@ func httpOptions(opts map[string]*anypb.Any) (upstream.HTTPOptions, error) {
 			return out, nackf(path+".use_downstream_protocol_config.http2_protocol_options", "required: HTTP/2 requests stay HTTP/2 upstream")
 		}
 		out.Protocol, h2 = upstream.Downstream, p.UseDownstreamProtocolConfig.GetHttp2ProtocolOptions()
+		h2path = path + ".use_downstream_protocol_config.http2_protocol_options"
 	case nil:
 		return out, nackf(path, "one of explicit_http_config or use_downstream_protocol_config is required")
 	}
 	if v := h2.GetMaxConcurrentStreams(); v != nil {
-		if v.GetValue() == 0 {
-			return out, nackf(path+".max_concurrent_streams", "must be at least 1")
+		if v.GetValue() == 0 || v.GetValue() > math.MaxInt32 {
+			return out, nackf(h2path+".max_concurrent_streams", "%d: must be in [1, %d]", v.GetValue(), math.MaxInt32)
 		}
 		out.MaxConcurrentStreams = v.GetValue()
 	}

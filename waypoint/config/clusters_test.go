@@ -104,7 +104,7 @@ func TestCompileCluster(t *testing.T) {
 			Name: "c", EDSServiceName: "c", ConnectTimeout: 5 * time.Second,
 			LB:     upstream.LoadBalancing{Kind: upstream.RoundRobin, HealthyPanicThreshold: 50},
 			Limits: upstream.Limits{MaxConnections: 1024, MaxPendingRequests: 1024, MaxRequests: 1024, MaxRetries: 3},
-			HTTP:   upstream.HTTPOptions{Protocol: upstream.HTTP1},
+			HTTP:   upstream.HTTPOptions{Protocol: upstream.HTTP1, IdleTimeout: time.Hour},
 		}},
 		{"outlier defaults", "name: c\n" + edsCluster + "outlier_detection: {enforcing_success_rate: 0}\n", &upstream.Cluster{
 			Name: "c", EDSServiceName: "c", ConnectTimeout: 5 * time.Second,
@@ -113,7 +113,7 @@ func TestCompileCluster(t *testing.T) {
 				ConsecutiveLocalOriginFailure: 5, EnforcingLocalOriginFailure: 100, MaxEjectionPercent: 10,
 				Interval: 10 * time.Second, BaseEjectionTime: 30 * time.Second, MaxEjectionTime: 300 * time.Second},
 			Limits: upstream.Limits{MaxConnections: 1024, MaxPendingRequests: 1024, MaxRequests: 1024, MaxRetries: 3},
-			HTTP:   upstream.HTTPOptions{Protocol: upstream.HTTP1},
+			HTTP:   upstream.HTTPOptions{Protocol: upstream.HTTP1, IdleTimeout: time.Hour},
 		}},
 		{"ring hash, explicit http2, panic mode off", "name: c\n" + edsCluster + `lb_policy: RING_HASH
 ring_hash_lb_config: {minimum_ring_size: 2048, maximum_ring_size: 4096}
@@ -126,13 +126,13 @@ typed_extension_protocol_options:
 			Name: "c", EDSServiceName: "c", ConnectTimeout: 5 * time.Second,
 			LB:     upstream.LoadBalancing{Kind: upstream.RingHash, MinimumRingSize: 2048, MaximumRingSize: 4096},
 			Limits: upstream.Limits{MaxConnections: 1024, MaxPendingRequests: 1024, MaxRequests: 1024, MaxRetries: 3},
-			HTTP:   upstream.HTTPOptions{Protocol: upstream.HTTP2},
+			HTTP:   upstream.HTTPOptions{Protocol: upstream.HTTP2, IdleTimeout: time.Hour},
 		}},
 		{"maglev, random default table", "name: c\n" + edsCluster + "lb_policy: MAGLEV\n", &upstream.Cluster{
 			Name: "c", EDSServiceName: "c", ConnectTimeout: 5 * time.Second,
 			LB:     upstream.LoadBalancing{Kind: upstream.Maglev, MaglevTableSize: 65537, HealthyPanicThreshold: 50},
 			Limits: upstream.Limits{MaxConnections: 1024, MaxPendingRequests: 1024, MaxRequests: 1024, MaxRetries: 3},
-			HTTP:   upstream.HTTPOptions{Protocol: upstream.HTTP1},
+			HTTP:   upstream.HTTPOptions{Protocol: upstream.HTTP1, IdleTimeout: time.Hour},
 		}},
 		{"maglev table size, explicit http1", "name: c\n" + edsCluster + `lb_policy: MAGLEV
 maglev_lb_config: {table_size: 251}
@@ -144,13 +144,22 @@ typed_extension_protocol_options:
 			Name: "c", EDSServiceName: "c", ConnectTimeout: 5 * time.Second,
 			LB:     upstream.LoadBalancing{Kind: upstream.Maglev, MaglevTableSize: 251, HealthyPanicThreshold: 50},
 			Limits: upstream.Limits{MaxConnections: 1024, MaxPendingRequests: 1024, MaxRequests: 1024, MaxRetries: 3},
-			HTTP:   upstream.HTTPOptions{Protocol: upstream.HTTP1},
+			HTTP:   upstream.HTTPOptions{Protocol: upstream.HTTP1, IdleTimeout: time.Hour},
+		}},
+		{"long base ejection raises the default maximum", "name: c\n" + edsCluster + "outlier_detection: {enforcing_success_rate: 0, base_ejection_time: 400s}\n", &upstream.Cluster{
+			Name: "c", EDSServiceName: "c", ConnectTimeout: 5 * time.Second,
+			LB: upstream.LoadBalancing{Kind: upstream.RoundRobin, HealthyPanicThreshold: 50},
+			Outlier: &upstream.OutlierDetection{Consecutive5xx: 5, EnforcingConsecutive5xx: 100, ConsecutiveGatewayFailure: 5,
+				ConsecutiveLocalOriginFailure: 5, EnforcingLocalOriginFailure: 100, MaxEjectionPercent: 10,
+				Interval: 10 * time.Second, BaseEjectionTime: 400 * time.Second, MaxEjectionTime: 400 * time.Second},
+			Limits: upstream.Limits{MaxConnections: 1024, MaxPendingRequests: 1024, MaxRequests: 1024, MaxRetries: 3},
+			HTTP:   upstream.HTTPOptions{Protocol: upstream.HTTP1, IdleTimeout: time.Hour},
 		}},
 		{"random", "name: c\n" + edsCluster + "lb_policy: RANDOM\n", &upstream.Cluster{
 			Name: "c", EDSServiceName: "c", ConnectTimeout: 5 * time.Second,
 			LB:     upstream.LoadBalancing{Kind: upstream.Random, HealthyPanicThreshold: 50},
 			Limits: upstream.Limits{MaxConnections: 1024, MaxPendingRequests: 1024, MaxRequests: 1024, MaxRetries: 3},
-			HTTP:   upstream.HTTPOptions{Protocol: upstream.HTTP1},
+			HTTP:   upstream.HTTPOptions{Protocol: upstream.HTTP1, IdleTimeout: time.Hour},
 		}},
 	}
 	for _, tc := range cases {
@@ -235,8 +244,10 @@ func TestClusterNack(t *testing.T) {
 			`clusters "x": outlier_detection.max_ejection_percent: 101: must be a percentage in [0, 100]`},
 		{"zero interval", "name: x\n" + edsCluster + od + "interval: 0s}\n",
 			`clusters "x": outlier_detection.interval: must be greater than 0`},
-		{"base above max ejection", "name: x\n" + edsCluster + od + "base_ejection_time: 400s}\n",
+		{"base above max ejection", "name: x\n" + edsCluster + od + "base_ejection_time: 400s, max_ejection_time: 300s}\n",
 			`clusters "x": outlier_detection.base_ejection_time: 6m40s exceeds max_ejection_time 5m0s`},
+		{"http2 streams above 2^31-1", "name: x\n" + edsCluster + hpo("    explicit_http_config: {http2_protocol_options: {max_concurrent_streams: 2147483648}}\n"),
+			`clusters "x": typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].explicit_http_config.http2_protocol_options.max_concurrent_streams: 2147483648: must be in [1, 2147483647]`},
 		{"high priority thresholds", "name: x\n" + edsCluster + "circuit_breakers: {thresholds: [{priority: HIGH, max_connections: 1}]}\n",
 			`clusters "x": circuit_breakers.thresholds[0].priority: HIGH not supported (only DEFAULT)`},
 		{"default thresholds twice", "name: x\n" + edsCluster + "circuit_breakers: {thresholds: [{max_connections: 1}, {max_requests: 2}]}\n",

@@ -15,6 +15,7 @@ const (
 	DefaultMaximumRingSize       = 8 * 1024 * 1024
 	DefaultMaglevTableSize       = 65537
 	DefaultOverprovisioning      = 140 // percent
+	DefaultIdleTimeout           = time.Hour
 )
 
 // Cluster is one compiled Envoy cluster: a named group of endpoints
@@ -143,7 +144,7 @@ func (p Protocol) String() string {
 type HTTPOptions struct {
 	Protocol Protocol
 	// IdleTimeout closes an upstream connection without streams after this
-	// long; 0 never does.
+	// long (default one hour); 0 never does.
 	IdleTimeout time.Duration
 	// MaxRequestsPerConnection is 0 for no limit.
 	MaxRequestsPerConnection uint32
