@@ -16,7 +16,7 @@ import (
 	"github.com/zmesh/zmesh/waypoint/upstream"
 )
 
-func parseInto[M proto.Message](t *testing.T, y string, m M) M {
+func parseInto[M proto.Message](t testing.TB, y string, m M) M {
 	t.Helper()
 	js, err := yaml.YAMLToJSON([]byte(y))
 	if err != nil {
@@ -28,11 +28,11 @@ func parseInto[M proto.Message](t *testing.T, y string, m M) M {
 	return m
 }
 
-func parseCluster(t *testing.T, y string) *clusterv3.Cluster {
+func parseCluster(t testing.TB, y string) *clusterv3.Cluster {
 	return parseInto(t, y, &clusterv3.Cluster{})
 }
 
-func parseCLA(t *testing.T, y string) *endpointv3.ClusterLoadAssignment {
+func parseCLA(t testing.TB, y string) *endpointv3.ClusterLoadAssignment {
 	return parseInto(t, y, &endpointv3.ClusterLoadAssignment{})
 }
 
