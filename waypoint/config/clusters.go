@@ -92,8 +92,13 @@ func compileCluster(c *clusterv3.Cluster) (*upstream.Cluster, error) {
 	if n := eds.GetServiceName(); n != "" {
 		out.EDSServiceName = n
 	}
-
 	var err error
+	out.EDSInitialFetchTimeout = upstream.DefaultInitialFetchTimeout
+	if d := eds.GetEdsConfig().GetInitialFetchTimeout(); d != nil {
+		if out.EDSInitialFetchTimeout, err = duration("eds_cluster_config.eds_config.initial_fetch_timeout", d); err != nil {
+			return nil, err
+		}
+	}
 	out.ConnectTimeout = upstream.DefaultConnectTimeout
 	if d := c.GetConnectTimeout(); d != nil {
 		if out.ConnectTimeout, err = positiveDuration("connect_timeout", d); err != nil {

@@ -88,7 +88,7 @@ func TestCompileCluster(t *testing.T) {
 		want       *upstream.Cluster
 	}{
 		{"istio waypoint cluster", waypointCluster, &upstream.Cluster{
-			Name: name, EDSServiceName: name, ConnectTimeout: 10 * time.Second,
+			Name: name, EDSServiceName: name, ConnectTimeout: 10 * time.Second, EDSInitialFetchTimeout: 0,
 			LB: upstream.LoadBalancing{Kind: upstream.LeastRequest, ChoiceCount: 3, LocalityWeighted: true, HealthyPanicThreshold: 30},
 			Outlier: &upstream.OutlierDetection{
 				Consecutive5xx: 7, EnforcingConsecutive5xx: 100, ConsecutiveGatewayFailure: 3, EnforcingGatewayFailure: 100,
@@ -101,13 +101,13 @@ func TestCompileCluster(t *testing.T) {
 			Subset:   "v1",
 		}},
 		{"envoy defaults", "name: c\n" + edsCluster, &upstream.Cluster{
-			Name: "c", EDSServiceName: "c", ConnectTimeout: 5 * time.Second,
+			Name: "c", EDSServiceName: "c", ConnectTimeout: 5 * time.Second, EDSInitialFetchTimeout: 15 * time.Second,
 			LB:     upstream.LoadBalancing{Kind: upstream.RoundRobin, HealthyPanicThreshold: 50},
 			Limits: upstream.Limits{MaxConnections: 1024, MaxPendingRequests: 1024, MaxRequests: 1024, MaxRetries: 3},
 			HTTP:   upstream.HTTPOptions{Protocol: upstream.HTTP1, IdleTimeout: time.Hour},
 		}},
 		{"outlier defaults", "name: c\n" + edsCluster + "outlier_detection: {enforcing_success_rate: 0}\n", &upstream.Cluster{
-			Name: "c", EDSServiceName: "c", ConnectTimeout: 5 * time.Second,
+			Name: "c", EDSServiceName: "c", ConnectTimeout: 5 * time.Second, EDSInitialFetchTimeout: 15 * time.Second,
 			LB: upstream.LoadBalancing{Kind: upstream.RoundRobin, HealthyPanicThreshold: 50},
 			Outlier: &upstream.OutlierDetection{Consecutive5xx: 5, EnforcingConsecutive5xx: 100, ConsecutiveGatewayFailure: 5,
 				ConsecutiveLocalOriginFailure: 5, EnforcingLocalOriginFailure: 100, MaxEjectionPercent: 10,
@@ -123,13 +123,13 @@ typed_extension_protocol_options:
     "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
     explicit_http_config: {http2_protocol_options: {}}
 `, &upstream.Cluster{
-			Name: "c", EDSServiceName: "c", ConnectTimeout: 5 * time.Second,
+			Name: "c", EDSServiceName: "c", ConnectTimeout: 5 * time.Second, EDSInitialFetchTimeout: 15 * time.Second,
 			LB:     upstream.LoadBalancing{Kind: upstream.RingHash, MinimumRingSize: 2048, MaximumRingSize: 4096},
 			Limits: upstream.Limits{MaxConnections: 1024, MaxPendingRequests: 1024, MaxRequests: 1024, MaxRetries: 3},
 			HTTP:   upstream.HTTPOptions{Protocol: upstream.HTTP2, IdleTimeout: time.Hour},
 		}},
 		{"maglev, random default table", "name: c\n" + edsCluster + "lb_policy: MAGLEV\n", &upstream.Cluster{
-			Name: "c", EDSServiceName: "c", ConnectTimeout: 5 * time.Second,
+			Name: "c", EDSServiceName: "c", ConnectTimeout: 5 * time.Second, EDSInitialFetchTimeout: 15 * time.Second,
 			LB:     upstream.LoadBalancing{Kind: upstream.Maglev, MaglevTableSize: 65537, HealthyPanicThreshold: 50},
 			Limits: upstream.Limits{MaxConnections: 1024, MaxPendingRequests: 1024, MaxRequests: 1024, MaxRetries: 3},
 			HTTP:   upstream.HTTPOptions{Protocol: upstream.HTTP1, IdleTimeout: time.Hour},
@@ -141,13 +141,13 @@ typed_extension_protocol_options:
     "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
     explicit_http_config: {http_protocol_options: {}}
 `, &upstream.Cluster{
-			Name: "c", EDSServiceName: "c", ConnectTimeout: 5 * time.Second,
+			Name: "c", EDSServiceName: "c", ConnectTimeout: 5 * time.Second, EDSInitialFetchTimeout: 15 * time.Second,
 			LB:     upstream.LoadBalancing{Kind: upstream.Maglev, MaglevTableSize: 251, HealthyPanicThreshold: 50},
 			Limits: upstream.Limits{MaxConnections: 1024, MaxPendingRequests: 1024, MaxRequests: 1024, MaxRetries: 3},
 			HTTP:   upstream.HTTPOptions{Protocol: upstream.HTTP1, IdleTimeout: time.Hour},
 		}},
 		{"long base ejection raises the default maximum", "name: c\n" + edsCluster + "outlier_detection: {enforcing_success_rate: 0, base_ejection_time: 400s}\n", &upstream.Cluster{
-			Name: "c", EDSServiceName: "c", ConnectTimeout: 5 * time.Second,
+			Name: "c", EDSServiceName: "c", ConnectTimeout: 5 * time.Second, EDSInitialFetchTimeout: 15 * time.Second,
 			LB: upstream.LoadBalancing{Kind: upstream.RoundRobin, HealthyPanicThreshold: 50},
 			Outlier: &upstream.OutlierDetection{Consecutive5xx: 5, EnforcingConsecutive5xx: 100, ConsecutiveGatewayFailure: 5,
 				ConsecutiveLocalOriginFailure: 5, EnforcingLocalOriginFailure: 100, MaxEjectionPercent: 10,
@@ -156,7 +156,7 @@ typed_extension_protocol_options:
 			HTTP:   upstream.HTTPOptions{Protocol: upstream.HTTP1, IdleTimeout: time.Hour},
 		}},
 		{"random", "name: c\n" + edsCluster + "lb_policy: RANDOM\n", &upstream.Cluster{
-			Name: "c", EDSServiceName: "c", ConnectTimeout: 5 * time.Second,
+			Name: "c", EDSServiceName: "c", ConnectTimeout: 5 * time.Second, EDSInitialFetchTimeout: 15 * time.Second,
 			LB:     upstream.LoadBalancing{Kind: upstream.Random, HealthyPanicThreshold: 50},
 			Limits: upstream.Limits{MaxConnections: 1024, MaxPendingRequests: 1024, MaxRequests: 1024, MaxRetries: 3},
 			HTTP:   upstream.HTTPOptions{Protocol: upstream.HTTP1, IdleTimeout: time.Hour},
@@ -204,6 +204,8 @@ func TestClusterNack(t *testing.T) {
 			`clusters "x": eds_cluster_config.eds_config.ads: required: endpoints come over the same ADS stream`},
 		{"eds v2", "name: x\ntype: EDS\neds_cluster_config: {eds_config: {ads: {}}}\n",
 			`clusters "x": eds_cluster_config.eds_config.resource_api_version: AUTO not supported (only V3)`},
+		{"negative initial fetch timeout", "name: x\ntype: EDS\neds_cluster_config: {eds_config: {ads: {}, resource_api_version: V3, initial_fetch_timeout: -1s}}\n",
+			`clusters "x": eds_cluster_config.eds_config.initial_fetch_timeout: negative`},
 		{"zero connect timeout", "name: x\n" + edsCluster + "connect_timeout: 0s\n",
 			`clusters "x": connect_timeout: must be greater than 0`},
 		{"negative connect timeout", "name: x\n" + edsCluster + "connect_timeout: -1s\n",

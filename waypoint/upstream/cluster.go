@@ -16,6 +16,7 @@ const (
 	DefaultMaglevTableSize       = 65537
 	DefaultOverprovisioning      = 140 // percent
 	DefaultIdleTimeout           = time.Hour
+	DefaultInitialFetchTimeout   = 15 * time.Second
 )
 
 // Cluster is one compiled Envoy cluster: a named group of endpoints
@@ -26,7 +27,10 @@ type Cluster struct {
 	// carries this cluster's endpoints (the cluster's name unless
 	// eds_cluster_config.service_name says otherwise).
 	EDSServiceName string
-	ConnectTimeout time.Duration
+	// EDSInitialFetchTimeout is how long the cluster waits for its first
+	// endpoints before it is used without them; 0 waits indefinitely.
+	EDSInitialFetchTimeout time.Duration
+	ConnectTimeout         time.Duration
 
 	LB LoadBalancing
 	// Outlier is nil when the cluster has no outlier detection.
