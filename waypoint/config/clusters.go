@@ -234,13 +234,16 @@ func outlierDetection(path string, od *clusterv3.OutlierDetection) (*upstream.Ou
 	} else if od.GetConsecutiveLocalOriginFailure() != nil || od.GetEnforcingConsecutiveLocalOriginFailure() != nil {
 		return nil, nackf(path+".consecutive_local_origin_failure", "needs split_external_local_origin_errors")
 	}
-	for field, v := range map[string]*wrapperspb.UInt32Value{
-		"enforcing_failure_percentage":              od.GetEnforcingFailurePercentage(),
-		"enforcing_failure_percentage_local_origin": od.GetEnforcingFailurePercentageLocalOrigin(),
-		"enforcing_local_origin_success_rate":       od.GetEnforcingLocalOriginSuccessRate(),
+	for _, f := range []struct {
+		field string
+		v     *wrapperspb.UInt32Value
+	}{
+		{"enforcing_local_origin_success_rate", od.GetEnforcingLocalOriginSuccessRate()},
+		{"enforcing_failure_percentage", od.GetEnforcingFailurePercentage()},
+		{"enforcing_failure_percentage_local_origin", od.GetEnforcingFailurePercentageLocalOrigin()},
 	} {
-		if v != nil && v.GetValue() != 0 {
-			return nil, nackf(path+"."+field, "%d not supported (only 0)", v.GetValue())
+		if f.v != nil && f.v.GetValue() != 0 {
+			return nil, nackf(path+"."+f.field, "%d not supported (only 0)", f.v.GetValue())
 		}
 	}
 	out := &upstream.OutlierDetection{
@@ -256,14 +259,17 @@ func outlierDetection(path string, od *clusterv3.OutlierDetection) (*upstream.Ou
 		BaseEjectionTime:               30 * time.Second,
 		MaxEjectionTime:                300 * time.Second,
 	}
-	for field, v := range map[string]uint32{
-		"enforcing_consecutive_5xx":                  out.EnforcingConsecutive5xx,
-		"enforcing_consecutive_gateway_failure":      out.EnforcingGatewayFailure,
-		"enforcing_consecutive_local_origin_failure": out.EnforcingLocalOriginFailure,
-		"max_ejection_percent":                       out.MaxEjectionPercent,
+	for _, f := range []struct {
+		field string
+		v     uint32
+	}{
+		{"max_ejection_percent", out.MaxEjectionPercent},
+		{"enforcing_consecutive_5xx", out.EnforcingConsecutive5xx},
+		{"enforcing_consecutive_gateway_failure", out.EnforcingGatewayFailure},
+		{"enforcing_consecutive_local_origin_failure", out.EnforcingLocalOriginFailure},
 	} {
-		if v > 100 {
-			return nil, nackf(path+"."+field, "%d: must be a percentage in [0, 100]", v)
+		if f.v > 100 {
+			return nil, nackf(path+"."+f.field, "%d: must be a percentage in [0, 100]", f.v)
 		}
 	}
 	var err error
@@ -330,7 +336,7 @@ func limits(path string, cb *clusterv3.CircuitBreakers) (upstream.Limits, error)
 
 func httpOptions(opts map[string]*anypb.Any) (upstream.HTTPOptions, error) {
 	out := upstream.HTTPOptions{Protocol: upstream.HTTP1, IdleTimeout: upstream.DefaultIdleTimeout}
-	for k := range opts {
+	for _, k := range sortedKeys(opts) {
 		if k != httpProtocolOptionsKey {
 			return out, nackf(fmt.Sprintf("typed_extension_protocol_options[%q]", k), "not supported (only %s)", httpProtocolOptionsKey)
 		}

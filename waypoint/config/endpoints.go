@@ -189,7 +189,8 @@ func endpointMetadata(path string, s *structpb.Struct) (string, map[string]strin
 				return "", nil, nackf(path+".labels", "must be a struct of strings")
 			}
 			labels = make(map[string]string, len(st.StructValue.GetFields()))
-			for lk, lv := range st.StructValue.GetFields() {
+			for _, lk := range sortedKeys(st.StructValue.GetFields()) {
+				lv := st.StructValue.GetFields()[lk]
 				sv, ok := lv.GetKind().(*structpb.Value_StringValue)
 				if !ok {
 					return "", nil, nackf(fmt.Sprintf("%s.labels[%q]", path, lk), "must be a string")
