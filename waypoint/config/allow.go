@@ -13,6 +13,7 @@ import (
 	// Registered for the google.protobuf.Any values the allow-list accepts.
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/cors/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/retry/host/previous_hosts/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 )
 
 // supported lists, per message type, the fields the compiler implements.
@@ -58,6 +59,47 @@ var supported = map[protoreflect.FullName][]protoreflect.Name{
 	"envoy.extensions.filters.http.cors.v3.CorsPolicy": {"allow_origin_string_match", "allow_methods",
 		"allow_headers", "expose_headers", "max_age", "allow_credentials", "filter_enabled",
 		"allow_private_network_access", "forward_not_matching_preflights"},
+
+	// Clusters (CompileClusters). Which values of these fields are
+	// accepted (EDS only, DEFAULT priority only, …) is checked afterwards.
+	"envoy.config.cluster.v3.Cluster": {"name", "type", "eds_cluster_config", "connect_timeout", "lb_policy",
+		"least_request_lb_config", "ring_hash_lb_config", "maglev_lb_config", "common_lb_config",
+		"outlier_detection", "circuit_breakers", "typed_extension_protocol_options", "metadata"},
+	"envoy.config.cluster.v3.Cluster.EdsClusterConfig":                        {"eds_config", "service_name"},
+	"envoy.config.core.v3.ConfigSource":                                       {"ads", "resource_api_version", "initial_fetch_timeout"},
+	"envoy.config.core.v3.AggregatedConfigSource":                             {},
+	"envoy.config.cluster.v3.Cluster.LeastRequestLbConfig":                    {"choice_count"},
+	"envoy.config.cluster.v3.Cluster.RingHashLbConfig":                        {"minimum_ring_size", "hash_function", "maximum_ring_size"},
+	"envoy.config.cluster.v3.Cluster.MaglevLbConfig":                          {"table_size"},
+	"envoy.config.cluster.v3.Cluster.CommonLbConfig":                          {"healthy_panic_threshold", "locality_weighted_lb_config"},
+	"envoy.config.cluster.v3.Cluster.CommonLbConfig.LocalityWeightedLbConfig": {},
+	"envoy.type.v3.Percent":                                                   {"value"},
+	"envoy.config.cluster.v3.OutlierDetection": {"consecutive_5xx", "interval", "base_ejection_time",
+		"max_ejection_percent", "enforcing_consecutive_5xx", "enforcing_success_rate",
+		"consecutive_gateway_failure", "enforcing_consecutive_gateway_failure",
+		"split_external_local_origin_errors", "consecutive_local_origin_failure",
+		"enforcing_consecutive_local_origin_failure", "enforcing_local_origin_success_rate",
+		"enforcing_failure_percentage", "enforcing_failure_percentage_local_origin", "max_ejection_time"},
+	"envoy.config.cluster.v3.CircuitBreakers": {"thresholds"},
+	"envoy.config.cluster.v3.CircuitBreakers.Thresholds": {"priority", "max_connections", "max_pending_requests",
+		"max_requests", "max_retries", "track_remaining"},
+	"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {"common_http_protocol_options",
+		"explicit_http_config", "use_downstream_protocol_config"},
+	"envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig":      {"http_protocol_options", "http2_protocol_options"},
+	"envoy.extensions.upstreams.http.v3.HttpProtocolOptions.UseDownstreamHttpConfig": {"http_protocol_options", "http2_protocol_options"},
+	"envoy.config.core.v3.HttpProtocolOptions":                                       {"idle_timeout", "max_requests_per_connection"},
+	"envoy.config.core.v3.Http1ProtocolOptions":                                      {},
+	"envoy.config.core.v3.Http2ProtocolOptions":                                      {"max_concurrent_streams"},
+
+	// Endpoints (CompileAssignments).
+	"envoy.config.endpoint.v3.ClusterLoadAssignment":        {"cluster_name", "endpoints", "policy"},
+	"envoy.config.endpoint.v3.ClusterLoadAssignment.Policy": {"overprovisioning_factor"},
+	"envoy.config.endpoint.v3.LocalityLbEndpoints":          {"locality", "lb_endpoints", "load_balancing_weight", "priority"},
+	"envoy.config.core.v3.Locality":                         {"region", "zone", "sub_zone"},
+	"envoy.config.endpoint.v3.LbEndpoint":                   {"endpoint", "health_status", "metadata", "load_balancing_weight"},
+	"envoy.config.endpoint.v3.Endpoint":                     {"address"},
+	"envoy.config.core.v3.Address":                          {"socket_address"},
+	"envoy.config.core.v3.SocketAddress":                    {"protocol", "address", "port_value"},
 }
 
 // opaque message types are accepted whole: scalar wrappers, durations, and

@@ -73,6 +73,8 @@ func TestNack(t *testing.T) {
 			"rc: virtual_hosts[0].routes[0].typed_per_filter_config[\"envoy.filters.http.cors\"].filter_enabled: only 100% is supported"},
 		{"other retry host predicate", vh("  - match: {prefix: /}\n    route: {cluster: c, retry_policy: {retry_host_predicate: [{name: envoy.retry_host_predicates.omit_canary_hosts}]}}\n"),
 			"rc: virtual_hosts[0].routes[0].route.retry_policy.retry_host_predicate[0].name: \"envoy.retry_host_predicates.omit_canary_hosts\" not supported (only envoy.retry_host_predicates.previous_hosts)"},
+		{"retry host predicate typed_config of another type", vh("  - match: {prefix: /}\n    route: {cluster: c, retry_policy: {retry_host_predicate: [{name: envoy.retry_host_predicates.previous_hosts, typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy}}]}}\n"),
+			"rc: virtual_hosts[0].routes[0].route.retry_policy.retry_host_predicate[0].typed_config: type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy is not a PreviousHostsPredicate"},
 		{"unknown retry_on", vh("  - match: {prefix: /}\n    route: {cluster: c, retry_policy: {retry_on: \"5xx,sometimes\"}}\n"),
 			"rc: virtual_hosts[0].routes[0].route.retry_policy.retry_on: unknown condition \"sometimes\""},
 		{"retry priority", vh("  - match: {prefix: /}\n    route: {cluster: c, retry_policy: {retry_priority: {name: x}}}\n"),
@@ -177,9 +179,29 @@ func TestAllowListNamesExist(t *testing.T) {
 			continue
 		}
 		for _, f := range fields {
-			if md.Fields().ByName(f) == nil {
+			fd := md.Fields().ByName(f)
+			if fd == nil {
 				t.Errorf("%s has no field %s", msg, f)
+				continue
 			}
+			// A listed field whose message type is neither listed nor
+			// opaque would be refused whenever it is set: support claimed
+			// for nothing.
+			if fd.IsMap() {
+				fd = fd.MapValue()
+			}
+			if fd.Kind() != protoreflect.MessageKind {
+				continue
+			}
+			typ := fd.Message().FullName()
+			if _, ok := supported[typ]; !ok && !opaque[typ] && typ != "google.protobuf.Any" {
+				t.Errorf("%s.%s has type %s, which the allow-list does not accept", msg, f, typ)
+			}
+		}
+	}
+	for msg := range opaque {
+		if _, err := protoregistry.GlobalFiles.FindDescriptorByName(msg); err != nil {
+			t.Errorf("opaque %s: %v", msg, err)
 		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	corsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/cors/v3"
+	previoushostsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/retry/host/previous_hosts/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"golang.org/x/net/http/httpguts"
@@ -444,6 +445,17 @@ func retryPolicy(path string, rp *routev3.RetryPolicy) (*route.RetryPolicy, erro
 		pp := fmt.Sprintf("%s.retry_host_predicate[%d]", path, i)
 		if p.GetName() != previousHostsPred {
 			return nil, nackf(pp+".name", "%q not supported (only %s)", p.GetName(), previousHostsPred)
+		}
+		// The allow-list walk accepts any supported message inside an Any;
+		// only this one belongs here.
+		if tc := p.GetTypedConfig(); tc != nil {
+			m, err := unpack(tc)
+			if err != nil {
+				return nil, nackf(pp+".typed_config", "%v", err)
+			}
+			if _, ok := m.(*previoushostsv3.PreviousHostsPredicate); !ok {
+				return nil, nackf(pp+".typed_config", "%s is not a PreviousHostsPredicate", tc.GetTypeUrl())
+			}
 		}
 		out.RetryOtherHosts = true
 	}
