@@ -81,7 +81,7 @@ func ParseLocalConfig(data []byte) (Update, error) {
 		if err := decodeFriendly(raw, p); err != nil {
 			read := readPolicyLoosely(raw)
 			key := fmt.Sprintf("policies[%d]", i)
-			if read.Namespace != "" && read.Name != "" {
+			if read != nil && read.Namespace != "" && read.Name != "" {
 				key = read.Namespace + "/" + read.Name
 			}
 			u.badPolicy(key, BadPolicy{Read: read, Err: fmt.Errorf("policies[%d]: %w", i, err)})
