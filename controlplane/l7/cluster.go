@@ -68,7 +68,7 @@ func (b *builder) cluster(cs clusterSpec, pods []podEndpoint) {
 		b.applyPolicy(c, cs, pol)
 	}
 	b.out.Clusters = append(b.out.Clusters, c)
-	b.out.Endpoints = append(b.out.Endpoints, assignment(name, cs.port, subsetLabels, pods))
+	b.out.Endpoints = append(b.out.Endpoints, b.assignment(ObjectRef{"Service", cs.svc.Namespace, cs.svc.Name}, name, cs.port, subsetLabels, pods))
 }
 
 // clusterMetadata is the "istio" metadata istiod gives a cluster: the

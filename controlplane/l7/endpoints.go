@@ -30,6 +30,7 @@ func (b *builder) endpointPods(svc *corev1.Service, ref ObjectRef) []podEndpoint
 		return nil
 	}
 	var out []podEndpoint
+	seen := map[netip.Addr]string{}
 	for _, p := range b.snap.Pods {
 		if p.Namespace != svc.Namespace || !selects(svc.Spec.Selector, p.Labels) || !running(p) || !ready(p) {
 			continue
@@ -42,6 +43,14 @@ func (b *builder) endpointPods(svc *corev1.Service, ref ObjectRef) []podEndpoint
 		if !ok {
 			continue
 		}
+		// One address is one workload with one identity: the waypoint
+		// refuses an assignment listing an address twice, so a stale pod
+		// sharing a reused IP must not take the whole push down.
+		if first, dup := seen[ip]; dup {
+			b.problem(ref, "spec.selector", fmt.Sprintf("pods %s and %s both report IP %s; %s is left out", first, p.Name, ip, p.Name))
+			continue
+		}
+		seen[ip] = p.Name
 		sa := p.Spec.ServiceAccountName
 		if sa == "" {
 			sa = "default"
@@ -137,7 +146,7 @@ func targetPort(tp intOrName, p *corev1.Pod) (uint32, bool) {
 // assignment is the load assignment of one cluster: the pods matching the
 // subset's labels (all for no subset), grouped by locality in the order
 // first seen.
-func assignment(name string, sp servicePort, subsetLabels map[string]string, pods []podEndpoint) *endpointv3.ClusterLoadAssignment {
+func (b *builder) assignment(ref ObjectRef, name string, sp servicePort, subsetLabels map[string]string, pods []podEndpoint) *endpointv3.ClusterLoadAssignment {
 	la := &endpointv3.ClusterLoadAssignment{ClusterName: name}
 	groups := map[string]*endpointv3.LocalityLbEndpoints{}
 	for _, pe := range pods {
@@ -146,6 +155,7 @@ func assignment(name string, sp servicePort, subsetLabels map[string]string, pod
 		}
 		port, ok := targetPort(sp.targetPort, pe.pod)
 		if !ok {
+			b.problem(ref, "spec.ports", fmt.Sprintf("port %d: pod %s has no TCP container port named %q; left out", sp.port, pe.pod.Name, sp.targetPort.name))
 			continue
 		}
 		key := pe.locality.GetRegion() + "/" + pe.locality.GetZone() + "/" + pe.locality.GetSubZone()
