@@ -1,0 +1,113 @@
+package l7
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"sigs.k8s.io/yaml"
+
+	"github.com/zmesh/zmesh/controlplane/model"
+	"github.com/zmesh/zmesh/internal/golden"
+)
+
+var update = flag.Bool("update", false, "rewrite the output section of testdata/*.txtar")
+
+// TestGolden runs every testdata/*.txtar archive: input.yaml holds
+// Kubernetes, Istio and Gateway API objects (pods completed with
+// model.NormalizeFilePod); output is the rendered Build of every Gateway of
+// class istio-waypoint in it. With -update, output is rewritten.
+func TestGolden(t *testing.T) {
+	files, err := filepath.Glob(filepath.Join("testdata", "*.txtar"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) == 0 {
+		t.Fatal("no testdata/*.txtar")
+	}
+	for _, file := range files {
+		t.Run(strings.TrimSuffix(filepath.Base(file), ".txtar"), func(t *testing.T) {
+			data, err := os.ReadFile(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ar := golden.Parse(data)
+			input, ok := ar.File("input.yaml")
+			if !ok {
+				t.Fatal("no input.yaml section")
+			}
+			got := RenderAll(t, Decode(t, input))
+			if want, _ := ar.File("output"); !*update && string(want) != got {
+				t.Errorf("output differs (run with -update to accept):\n--- want\n%s\n--- got\n%s", want, got)
+			}
+			ar.Set("output", []byte(got))
+			if *update {
+				if err := os.WriteFile(file, ar.Format(), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// Decode reads a golden input as the file source would.
+func Decode(t testing.TB, input []byte) *model.Snapshot {
+	t.Helper()
+	snap := &model.Snapshot{}
+	if errs := snap.Decode(bytes.NewReader(input), "input.yaml"); len(errs) > 0 {
+		t.Fatalf("input.yaml: %v", errs)
+	}
+	for _, p := range snap.Pods {
+		model.NormalizeFilePod(p)
+	}
+	snap.Sort()
+	return snap
+}
+
+// RenderAll builds every waypoint of snap and renders the resources: each
+// as YAML under a "# kind name" line, then one line per problem.
+func RenderAll(t testing.TB, snap *model.Snapshot) string {
+	var b strings.Builder
+	for _, gw := range snap.Gateways {
+		if gw.Spec.GatewayClassName != waypointClass {
+			continue
+		}
+		res := Build(Options{Mesh: model.DefaultMesh()}, snap, gw)
+		fmt.Fprintf(&b, "## waypoint %s/%s\n", gw.Namespace, gw.Name)
+		for _, c := range res.Clusters {
+			fmt.Fprintf(&b, "# cluster %s\n%s", c.Name, renderProto(t, c))
+		}
+		for _, e := range res.Endpoints {
+			fmt.Fprintf(&b, "# endpoints %s\n%s", e.ClusterName, renderProto(t, e))
+		}
+		b.WriteString("# problems\n")
+		for _, p := range res.Problems {
+			fmt.Fprintln(&b, p)
+		}
+	}
+	return b.String()
+}
+
+func renderProto(t testing.TB, m proto.Message) string {
+	t.Helper()
+	j, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v any
+	if err := json.Unmarshal(j, &v); err != nil {
+		t.Fatal(err)
+	}
+	y, err := yaml.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(y)
+}

@@ -1,0 +1,70 @@
+package e2e
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/zmesh/zmesh/controlplane/l7"
+	"github.com/zmesh/zmesh/controlplane/model"
+	"github.com/zmesh/zmesh/internal/golden"
+	"github.com/zmesh/zmesh/waypoint/config"
+)
+
+// TestL7ResourcesCompile builds every waypoint of controlplane/l7's golden
+// inputs and compiles the clusters and endpoints with the waypoint's own
+// config package: whatever zmeshd sends, the waypoint accepts (no NACK).
+func TestL7ResourcesCompile(t *testing.T) {
+	files, err := filepath.Glob(filepath.Join("..", "controlplane", "l7", "testdata", "*.txtar"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) == 0 {
+		t.Fatal("no controlplane/l7 golden inputs")
+	}
+	for _, file := range files {
+		t.Run(filepath.Base(file), func(t *testing.T) {
+			data, err := os.ReadFile(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			input, ok := golden.Parse(data).File("input.yaml")
+			if !ok {
+				t.Fatal("no input.yaml")
+			}
+			snap := &model.Snapshot{}
+			if errs := snap.Decode(bytes.NewReader(input), "input.yaml"); len(errs) > 0 {
+				t.Fatal(errs)
+			}
+			for _, p := range snap.Pods {
+				model.NormalizeFilePod(p)
+			}
+			snap.Sort()
+			built := 0
+			for _, gw := range snap.Gateways {
+				res := l7.Build(l7.Options{Mesh: model.DefaultMesh()}, snap, gw)
+				clusters, err := config.CompileClusters(res.Clusters)
+				if err != nil {
+					t.Fatalf("waypoint %s/%s: clusters refused: %v", gw.Namespace, gw.Name, err)
+				}
+				las, err := config.CompileAssignments(res.Endpoints)
+				if err != nil {
+					t.Fatalf("waypoint %s/%s: endpoints refused: %v", gw.Namespace, gw.Name, err)
+				}
+				if len(clusters) != len(res.Clusters) || len(las) != len(res.Endpoints) {
+					t.Fatalf("compiled %d clusters, %d assignments; built %d, %d", len(clusters), len(las), len(res.Clusters), len(res.Endpoints))
+				}
+				for name := range clusters {
+					if _, ok := las[name]; !ok {
+						t.Errorf("cluster %s has no load assignment", name)
+					}
+				}
+				built += len(res.Clusters)
+			}
+			if built == 0 {
+				t.Fatal("no cluster built: the input binds nothing")
+			}
+		})
+	}
+}
