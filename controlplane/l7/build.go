@@ -20,11 +20,11 @@ import (
 func Build(opts Options, snap *model.Snapshot, gw *gatewayv1.Gateway) Resources {
 	b := &builder{opts: opts, snap: snap}
 	gwRef := ObjectRef{"Gateway", gw.Namespace, gw.Name}
-	if string(gw.Spec.GatewayClassName) != waypointClass {
-		b.problem(gwRef, "spec.gatewayClassName", fmt.Sprintf("%q is not %s; no waypoint resources", gw.Spec.GatewayClassName, waypointClass))
+	if string(gw.Spec.GatewayClassName) != model.WaypointClass {
+		b.problem(gwRef, "spec.gatewayClassName", fmt.Sprintf("%q is not %s; no waypoint resources", gw.Spec.GatewayClassName, model.WaypointClass))
 		return b.finish()
 	}
-	if !forServices(gw) {
+	if _, _, services := model.WaypointFor(gw); !services {
 		return b.finish()
 	}
 	for _, svc := range snap.Services {
@@ -57,40 +57,22 @@ func (b *builder) finish() Resources {
 	return b.out
 }
 
-// forServices reports whether the waypoint accepts service-addressed
-// traffic: istio.io/waypoint-for "service" (the default) or "all".
-func forServices(gw *gatewayv1.Gateway) bool {
-	switch gw.Labels[labelWaypointFor] {
-	case "", "service", "all":
-		return true
-	}
-	return false
-}
-
 // boundTo reports whether svc is bound to gw: by its own
 // istio.io/use-waypoint label, else by its namespace's. The waypoint's own
 // Service is never bound to it.
 func (b *builder) boundTo(svc *corev1.Service, gw *gatewayv1.Gateway) bool {
-	if svc.Namespace == gw.Namespace && (svc.Name == gw.Name || svc.Labels[labelGatewayName] == gw.Name) {
+	if svc.Namespace == gw.Namespace && (svc.Name == gw.Name || svc.Labels[model.LabelGatewayName] == gw.Name) {
 		return false
 	}
-	labels := svc.Labels
-	if _, ok := labels[labelUseWaypoint]; !ok {
-		ns := b.snap.Namespace(svc.Namespace)
-		if ns == nil {
+	ns, name, labelled := model.UseWaypoint(svc.Labels, svc.Namespace)
+	if !labelled {
+		nsObj := b.snap.Namespace(svc.Namespace)
+		if nsObj == nil {
 			return false
 		}
-		labels = ns.Labels
+		ns, name, _ = model.UseWaypoint(nsObj.Labels, svc.Namespace)
 	}
-	name := labels[labelUseWaypoint]
-	if name == "" || name == "none" {
-		return false
-	}
-	ns := svc.Namespace
-	if v := labels[labelUseWaypointNamespace]; v != "" {
-		ns = v
-	}
-	return ns == gw.Namespace && name == gw.Name
+	return name != "" && ns == gw.Namespace && name == gw.Name
 }
 
 // service builds the clusters and endpoints of one bound Service.

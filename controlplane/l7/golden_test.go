@@ -76,7 +76,7 @@ func Decode(t testing.TB, input []byte) *model.Snapshot {
 func RenderAll(t testing.TB, snap *model.Snapshot) string {
 	var b strings.Builder
 	for _, gw := range snap.Gateways {
-		if gw.Spec.GatewayClassName != waypointClass {
+		if gw.Spec.GatewayClassName != model.WaypointClass {
 			continue
 		}
 		res := Build(Options{Mesh: model.DefaultMesh()}, snap, gw)

@@ -44,13 +44,8 @@ func (p Problem) String() string {
 	return p.Object.String() + ": " + p.Field + ": " + p.Message
 }
 
-// Waypoint labels, as in Istio.
+// Labels read besides the waypoint vocabulary of the model package.
 const (
-	waypointClass             = "istio-waypoint"
-	labelUseWaypoint          = "istio.io/use-waypoint"
-	labelUseWaypointNamespace = "istio.io/use-waypoint-namespace"
-	labelWaypointFor          = "istio.io/waypoint-for"
-	labelGatewayName          = "gateway.networking.k8s.io/gateway-name"
 	// labelLocality is Istio's per-pod locality override,
 	// "region.zone.subzone".
 	labelLocality = "istio-locality"

@@ -7,18 +7,17 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/zmesh/zmesh/api/workload"
+	"github.com/zmesh/zmesh/controlplane/model"
 )
 
 // Waypoint labels and class, as in Istio.
 const (
 	// WaypointClass is the GatewayClass of waypoints.
-	WaypointClass = "istio-waypoint"
+	WaypointClass = model.WaypointClass
 
-	labelUseWaypoint          = "istio.io/use-waypoint"
-	labelUseWaypointNamespace = "istio.io/use-waypoint-namespace"
-	labelWaypointFor          = "istio.io/waypoint-for"
-	// labelGatewayName marks the pods and Service of a Gateway's deployment.
-	labelGatewayName = "gateway.networking.k8s.io/gateway-name"
+	labelUseWaypoint = model.LabelUseWaypoint
+	labelWaypointFor = model.LabelWaypointFor
+	labelGatewayName = model.LabelGatewayName
 
 	hbonePort = 15008
 )
@@ -41,17 +40,13 @@ type waypointBinding struct {
 // A missing or unready waypoint is reported on obj, into conds, and gives
 // no address.
 func (t *translator) resolveWaypoint(conds *conditions, labels map[string]string, namespace string, obj ObjectRef) waypointBinding {
-	name, ok := labels[labelUseWaypoint]
-	if !ok {
+	ns, name, labelled := model.UseWaypoint(labels, namespace)
+	if !labelled {
 		return waypointBinding{}
 	}
 	b := waypointBinding{labelled: true}
-	if name == "none" || name == "" {
+	if name == "" {
 		return b
-	}
-	ns := namespace
-	if v := labels[labelUseWaypointNamespace]; v != "" {
-		ns = v
 	}
 	b.gateway = joinKey(ns, name)
 	gw := t.waypoints[nsName{ns, name}]
@@ -61,17 +56,7 @@ func (t *translator) resolveWaypoint(conds *conditions, labels map[string]string
 			labelUseWaypoint, b.gateway, WaypointClass))
 		return b
 	}
-	b.waypointFor = gw.Labels[labelWaypointFor]
-	switch b.waypointFor {
-	case "workload":
-		b.forWorkloads = true
-	case "all":
-		b.forWorkloads, b.forServices = true, true
-	case "none":
-	default:
-		b.waypointFor = "service"
-		b.forServices = true
-	}
+	b.waypointFor, b.forWorkloads, b.forServices = model.WaypointFor(gw)
 	port := uint32(hbonePort)
 	for _, l := range gw.Spec.Listeners {
 		if l.Protocol == "HBONE" && l.Port > 0 && l.Port <= 65535 {

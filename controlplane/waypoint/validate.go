@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 
+	"github.com/zmesh/zmesh/controlplane/model"
 	"istio.io/api/label"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 )
@@ -11,7 +12,7 @@ import (
 // The waypoint GatewayClass, as Istio names it.
 const (
 	// ClassName is the GatewayClass of waypoints.
-	ClassName = "istio-waypoint"
+	ClassName = model.WaypointClass
 	// ControllerName is the class's spec.controllerName: Istio's mesh
 	// controller, so that a class installed by Istio is recognised.
 	ControllerName gatewayv1.GatewayController = "istio.io/mesh-controller"
