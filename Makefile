@@ -96,7 +96,7 @@ generate:
 	PATH="$$($(GO) env GOPATH)/bin:$$PATH" $(GO) generate ./...
 
 # The Istio and Gateway API CRDs in deploy/crds/, copied from the modules
-# pinned in go.mod (Decision 11).
+# pinned in go.mod, so they match the Go types the code decodes.
 .PHONY: generate-crds
 generate: generate-crds
 generate-crds:

@@ -17,8 +17,8 @@ import (
 
 const proxyMark = redirect.ProxyMark
 
-// routeLocally installs the pod-side routing of DESIGN.md "Capture" (the
-// CNI side's part): TCP delivered locally through table 100, the proxy's
+// routeLocally installs the pod-side routing of docs/capture.md (the CNI
+// side's part): TCP delivered locally through table 100, the proxy's
 // marked sockets routed normally.
 func routeLocally(t *testing.T, pod *netenv.NS, podIPs ...netip.Addr) {
 	t.Helper()

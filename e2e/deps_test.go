@@ -22,7 +22,8 @@ type rule struct {
 	why  string
 }
 
-// The architecture of DESIGN.md "Dependency direction".
+// The dependency rules of docs/architecture.md, "Folders and dependency
+// rules".
 var rules = []rule{
 	{from: []string{"identity"}, deny: []string{""}, why: "identity/ imports nothing of ours"},
 	{from: []string{"bpf"}, deny: []string{""}, why: "bpf/ imports nothing of ours"},

@@ -1,5 +1,5 @@
 // Package filepod names pods that come from files rather than an API
-// server (Decision 4): with no cluster, zmeshd, the node runner and the
+// server (docs/decisions.md, "ZDS"): with no cluster, zmeshd, the node runner and the
 // CNI agent must agree on a pod's metadata.uid — the ZDS uid and the bpffs
 // directory — without anyone assigning it. Every side imports this one
 // helper.

@@ -416,7 +416,7 @@ func (n *Node) Check(ctx context.Context, p *cniapi.Pod) error {
 // the pod was labelled after it started): its network namespace is found
 // by its address among running processes, then it is captured as on ADD,
 // and the application's connections open at the change are destroyed once
-// ztunnel took the pod (Decision 7).
+// ztunnel took the pod: they went directly and would now hang.
 func (n *Node) EnrollRunning(ctx context.Context, p *cniapi.Pod, procRoot string) (bool, error) {
 	if err := p.Validate(); err != nil {
 		return false, err

@@ -24,7 +24,8 @@ type Source interface {
 
 // Status publishes a pod's enrolment where peers look for it: in a
 // cluster, the annotation ambient.istio.io/redirection=enabled, which
-// zmeshd needs before it advertises the pod as HBONE (Decision 7). Set is
+// zmeshd needs before it advertises the pod as HBONE, so peers never
+// tunnel to a 15008 that is not listening yet. Set is
 // idempotent.
 type Status interface {
 	Set(ctx context.Context, p PodInfo, enabled bool) error

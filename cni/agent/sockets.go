@@ -15,7 +15,7 @@ import (
 )
 
 // Connections open when a pod joins or leaves the mesh are not carried over
-// (DESIGN.md, Decision 7): the agent takes the list of the pod's sockets
+// (docs/decisions.md, "Enrolment and switch-over"): the agent takes the list of the pod's sockets
 // before the change and destroys them (sock_diag SOCK_DESTROY, which needs
 // CONFIG_INET_DIAG_DESTROY) after it, so an application blocked on them
 // fails at once instead of hanging. Listing before and destroying after

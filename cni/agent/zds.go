@@ -50,7 +50,7 @@ func (p *Pod) add() *zds.WorkloadRequest {
 
 // ZDSServer serves ztunnels on the node. New pods go to the newest
 // connection only: a ztunnel that is being replaced keeps what it has and
-// takes nothing new (DESIGN.md, Decisions 4 and 8).
+// takes nothing new (docs/decisions.md, "ztunnel restart handover").
 //
 // Each request is answered by an Ack that may carry an error. A ztunnel
 // whose hello says its acks name their pod (zmesh's) is sent requests for

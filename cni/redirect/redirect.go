@@ -1,5 +1,5 @@
 // Package redirect installs and removes the routing half of zmesh's capture
-// inside a pod's network namespace (DESIGN.md "Capture"): the pod's TCP is
+// inside a pod's network namespace (docs/capture.md): the pod's TCP is
 // delivered locally through table 100 so the sk_lookup program sees it,
 // while the proxy's own marked sockets and replies to exempt probes route
 // normally. Everything is done with netlink in the pod's namespace; no

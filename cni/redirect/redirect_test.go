@@ -257,8 +257,8 @@ func TestRoutingAndProgramCapture(t *testing.T) {
 
 // With no ztunnel listening on 15008, a peer's HBONE connect is refused at
 // once: the kernel's reset (unmarked) must leave the pod, not be delivered
-// back into it by the capture route. Decision 7 wants connections to a pod
-// whose 15008 is gone to fail within a second, not hang.
+// back into it by the capture route. Connections to a pod whose 15008 is
+// gone must fail within a second, not hang.
 func TestHBONEPortRefusesWhenNobodyListens(t *testing.T) {
 	p := newPod(t, "10.84.0.0/24")
 	cfg := p.cfg

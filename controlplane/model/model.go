@@ -49,8 +49,8 @@ type Snapshot struct {
 	GatewayClasses        []*gatewayv1.GatewayClass
 	Gateways              []*gatewayv1.Gateway
 
-	// The L7 kinds: read and kept for the waypoint (a later round); the L4
-	// translation does not use them yet.
+	// The L7 kinds: read and kept for the waypoint, which is not built yet;
+	// the L4 translation does not use them.
 	RequestAuthentications []*securityv1.RequestAuthentication
 	VirtualServices        []*networkingv1.VirtualService
 	DestinationRules       []*networkingv1.DestinationRule

@@ -39,7 +39,7 @@
 // out of its port list, and a pod that resolves none of a service's ports
 // does not back it at all (ztunnel would otherwise send the traffic to the
 // service port). Endpoints of selector-less Services (EndpointSlices) are
-// not read this round.
+// not read.
 //
 // # Services and ServiceEntries
 //

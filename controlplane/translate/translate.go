@@ -20,8 +20,8 @@ type Options struct {
 	Mesh model.Mesh
 	// RequireRedirectionAnnotation: in a cluster a pod is HBONE only while it
 	// carries ambient.istio.io/redirection: enabled, which the CNI agent sets
-	// once ztunnel has taken the pod (Decision 7). With files (no cluster)
-	// the labels alone decide.
+	// once ztunnel has taken the pod (docs/decisions.md, "Enrolment and
+	// switch-over"). With files (no cluster) the labels alone decide.
 	RequireRedirectionAnnotation bool
 }
 

@@ -3,9 +3,10 @@
 // zmesh binaries built once from this tree, and two or more nodes made of
 // network namespaces, each with a node runner in the kubelet's place.
 //
-// Layout (DESIGN.md, Decisions 3): the API server, zmeshd, and every node's
-// zmesh-cni-agent and ztunnel run in the root network namespace as
-// separate processes reaching each other on 127.0.0.1; nothing of the
+// Layout (docs/decisions.md, "Where things run in tests and the demo"):
+// the API server, zmeshd, and every node's zmesh-cni-agent and ztunnel run
+// in the root network namespace as separate processes reaching each other
+// on 127.0.0.1; nothing of the
 // topology is in the root namespace. Each node has a "host" namespace with
 // its pod bridge (made by the CNI bridge plugin) and an eth0 on the
 // underlay bridge, which lives in a namespace of its own; routes between
@@ -16,7 +17,8 @@
 // Components authenticate as their own service accounts: zmeshd and each
 // agent with a kubeconfig holding a TokenRequest token, each ztunnel with a
 // token of istio-system/ztunnel bound to a hostNetwork Pod object on its
-// node and audience istio-ca (Decisions 5), so the CA learns its node.
+// node and audience istio-ca (docs/decisions.md,
+// "How the CA knows a caller's node"), so the CA learns its node.
 //
 // The harness does not depend on the testing package's lifetime: Start
 // builds everything, Close removes it, and Leftovers says what (if
@@ -496,7 +498,8 @@ func (c *Cluster) startNode(ctx context.Context, n *Node) error {
 
 // RestartZtunnel replaces the node's ztunnel as a DaemonSet rolling update
 // does: a new process (its own admin ports) starts and takes the node's
-// pods over ZDS, then the old one gets SIGTERM (Decisions 8).
+// pods over ZDS, then the old one gets SIGTERM (docs/decisions.md,
+// "ztunnel restart handover").
 func (c *Cluster) RestartZtunnel(ctx context.Context, n *Node) error {
 	old := n.Ztunnel
 	next := &Proc{Name: old.Name, Bin: old.Bin, LogPath: old.LogPath + ".next"}

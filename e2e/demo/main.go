@@ -1,5 +1,5 @@
 // Command demo runs zmesh's L4 mesh on one machine with no cluster, the
-// way DESIGN.md "Running without a cluster" describes: zmeshd reading a
+// way docs/decisions.md, "Running without a cluster", describes: zmeshd reading a
 // directory of Kubernetes/Istio YAML (the mesh/ directory beside this
 // file), and two "nodes" made of network namespaces, each with its own pod
 // network (the CNI bridge and host-local plugins), a zmesh-cni-agent

@@ -27,7 +27,8 @@ import (
 	"github.com/zmesh/zmesh/identity"
 )
 
-// The demo's topology (DESIGN.md, Decisions 3): nodes meet on an underlay
+// The demo's topology (docs/decisions.md, "Where things run in tests and
+// the demo"): nodes meet on an underlay
 // bridge in its own namespace; each node has a host namespace holding its
 // pod bridge (made by the CNI bridge plugin) and routes to the other
 // nodes' pod ranges. zmeshd and every node's zmesh-cni-agent and ztunnel

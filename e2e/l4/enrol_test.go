@@ -10,7 +10,7 @@ import (
 // is labelled, with no restart; a pod labelled none stays out; unlabelling
 // releases them. A client opening a new connection per request sees no
 // failure across both changes, and a connection open at each switch-over
-// fails within a second instead of hanging (Decisions 7).
+// fails within a second instead of hanging (docs/decisions.md, "Enrolment and switch-over").
 func TestEnrolment(t *testing.T) {
 	apply(t, "enrol.yaml", "enrol")
 	pods := waitPods(t, "enrol", 3)
@@ -49,7 +49,7 @@ func TestEnrolment(t *testing.T) {
 			t.Errorf("the connection open at switch-over failed %s after the capture, want within 1s", lag)
 		}
 	case <-time.After(time.Second):
-		t.Error("the connection open at switch-over still works 1s after the capture (Decisions 7: it must fail at once)")
+		t.Error("the connection open at switch-over still works 1s after the capture (it must fail at once)")
 	}
 	// Traffic is now tunnelled: echo's ztunnel saw sleep's identity.
 	time.Sleep(500 * time.Millisecond)

@@ -19,15 +19,15 @@ import (
 	"github.com/zmesh/zmesh/e2e/netenv"
 )
 
-// Files is the node runner's mode without an API server (DESIGN.md
+// Files is the node runner's mode without an API server (docs/decisions.md,
 // "Running without a cluster"): its pods are the Pods of the YAML
 // directory zmeshd reads with --config-dir whose spec.nodeName is this
 // node. Each gets the uid model.NormalizeFilePod gives it (a UUIDv5 of
 // namespace/name, the one zmeshd and the agent's no-cluster source derive
 // too), and the same sandbox as in the Kubernetes mode: a network
 // namespace set up by the node's CNI configuration through libcni, with
-// host-local asked for exactly the pod's status.podIP (Decisions 4), and
-// its process. A Pod without status.podIP is not started (there is no API
+// host-local asked for exactly the pod's status.podIP (docs/decisions.md,
+// "ZDS"), and its process. A Pod without status.podIP is not started (there is no API
 // to report an address to).
 type Files struct {
 	// Dir is the YAML directory.

@@ -1,5 +1,6 @@
 // Package noderunner plays the kubelet's part of a node for the e2e suite,
-// the demo and the benchmark (DESIGN.md "Running without a cluster"): it
+// the demo and the benchmark (docs/decisions.md, "Running without a
+// cluster"): it
 // creates each pod's network namespace, runs the node's CNI configuration
 // through libcni from the node's host namespace (on a meshed node: the
 // primary plugins, then zmesh-cni chained in by zmesh-cni-agent), starts

@@ -68,7 +68,7 @@ func (s sandbox) cni(op string, rt *libcni.RuntimeConf) (*current.Result, error)
 
 // start creates the pod's namespace, runs CNI ADD with the kubelet's
 // CNI_ARGS (and IP=want when want is valid: host-local then hands out
-// exactly that address, Decisions 4), starts the pod's process and waits
+// exactly that address), starts the pod's process and waits
 // until it listens. On error nothing of the pod is left.
 func (s sandbox) start(ctx context.Context, pod *corev1.Pod, want netip.Addr) (*RunningPod, error) {
 	ns, err := netenv.NewNS("pod")

@@ -1,7 +1,7 @@
 // Package inpod opens ztunnel's sockets inside a pod's network namespace:
 // the listeners the capture program steers the pod's traffic to, and the
 // outbound and transparent sockets that carry it on, all with the proxy's
-// mark (DESIGN.md "Capture"). Sockets keep the namespace they were created
+// mark (docs/capture.md). Sockets keep the namespace they were created
 // in, so only their creation happens in the pod; everything else (accept,
 // connect, I/O) runs on any goroutine.
 package inpod

@@ -27,7 +27,7 @@ import (
 const grace = 2 * time.Second
 
 // A ztunnel restart hands every pod over without losing a connection
-// (DESIGN.md, Decision 8): the new ztunnel opens its listeners beside the
+// (docs/decisions.md, "ztunnel restart handover"): the new ztunnel opens its listeners beside the
 // old ones and takes the SOCKMAP slots; the old one is drained. New
 // connections keep succeeding throughout and land on the new ztunnel; a
 // connection the old one carries lives on until its grace period ends.

@@ -56,7 +56,7 @@ var nodeSeq int
 
 // node is one node: a LAN for its pods, a bpffs root, a real ztunnel fed
 // by a stand-in zmeshd (watching the pods and advertising a pod as HBONE
-// only while it carries the redirection annotation, as Decision 7 says),
+// only while it carries the redirection annotation, as zmeshd does),
 // and the agent under test, which can be stopped and started again.
 type node struct {
 	t       *testing.T

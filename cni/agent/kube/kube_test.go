@@ -44,7 +44,8 @@ func (l *callLog) loop(ctx context.Context, p *pod, dst netip.AddrPort) {
 }
 
 // failures are the failed calls that did not span one of the instants
-// (connections open at a change may be destroyed, Decision 7).
+// (connections open at a change may be destroyed: they are not carried
+// over, docs/decisions.md, "Enrolment and switch-over").
 func (l *callLog) failures(instants ...time.Time) (failed []error, total int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -1,5 +1,5 @@
 // Package wds is zmesh-cni-agent's membership source without a cluster
-// (DESIGN.md "Running without a cluster"): zmeshd's workload stream, read
+// (docs/decisions.md, "Running without a cluster"): zmeshd's workload stream, read
 // with ztunnel's delta xDS client. The pods of this node are the Workloads
 // whose node is this node's name; a pod is ambient while zmeshd lists it
 // with tunnel protocol HBONE (with no cluster, zmeshd decides that from
