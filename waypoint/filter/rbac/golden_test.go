@@ -139,4 +139,3 @@ func parseRequest(line string) (*rbac.Request, error) {
 	}
 	return req, nil
 }
-
