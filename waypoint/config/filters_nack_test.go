@@ -57,6 +57,8 @@ func TestNackRBAC(t *testing.T) {
 			`rbac: rules.policies["p"].principals[0].metadata.value.double_match: not supported`},
 		{policy(anyP, "{metadata: {filter: istio_authn, path: [{key: request.auth.claims}, {key: g}], value: {listMatch: {oneOf: {listMatch: {oneOf: {presentMatch: true}}}}}}}"),
 			`rbac: rules.policies["p"].principals[0].metadata.value.list_match.one_of.list_match: nested lists not supported`},
+		{"rules:\n  action: ALLOW\n  policies:\n    '':\n      permissions: [{any: true}]\n      principals: [{any: true}]\n",
+			`rbac: rules.policies[""]: a policy name is required`},
 		{"rules:\n  action: ALLOW\n  policies:\n    p:\n      permissions: [{any: true}]\n",
 			`rbac: rules.policies["p"].principals: at least one principal is required`},
 	}

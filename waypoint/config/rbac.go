@@ -74,6 +74,10 @@ func rbacEngine(path string, r *rbacv3.RBAC) (*rbac.Engine, error) {
 	}
 	for name, p := range r.GetPolicies() {
 		pp := fmt.Sprintf("%s.policies[%q]", path, name)
+		if name == "" {
+			// The deciding policy is named in the access log.
+			return nil, nackf(pp, "a policy name is required")
+		}
 		pol := rbac.Policy{Name: name}
 		for i, perm := range p.GetPermissions() {
 			m, err := permission(fmt.Sprintf("%s.permissions[%d]", pp, i), perm, 0)

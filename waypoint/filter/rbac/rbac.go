@@ -177,7 +177,7 @@ func Evaluate(s *Set, req *Request) Decision {
 	if s.Rules != nil {
 		allowed, policy := s.Rules.evaluate(req)
 		d.Allowed, d.Policy = allowed, policy
-		if s.Rules.Action == ActionLog && policy != "" {
+		if s.Rules.Action == ActionLog && policy != "" { // policy names are never empty
 			d.Log = true
 		}
 	}
@@ -192,17 +192,18 @@ func Evaluate(s *Set, req *Request) Decision {
 }
 
 func (e *Engine) evaluate(req *Request) (allowed bool, policy string) {
+	matched := false
 	for i := range e.Policies {
 		if e.Policies[i].matches(req) {
-			policy = e.Policies[i].Name
+			matched, policy = true, e.Policies[i].Name
 			break
 		}
 	}
 	switch e.Action {
 	case ActionAllow:
-		return policy != "", policy
+		return matched, policy
 	case ActionDeny:
-		return policy == "", policy
+		return !matched, policy
 	}
 	return true, policy
 }
