@@ -111,7 +111,7 @@ var supported = map[protoreflect.FullName][]protoreflect.Name{
 		"destination_port", "destination_port_range", "metadata", "not_rule"},
 	"envoy.config.rbac.v3.Permission.Set": {"rules"},
 	"envoy.config.rbac.v3.Principal": {"and_ids", "or_ids", "any", "authenticated", "source_ip",
-		"direct_remote_ip", "remote_ip", "header", "url_path", "metadata", "not_id"},
+		"direct_remote_ip", "remote_ip", "header", "url_path", "metadata", "not_id", "filter_state"},
 	"envoy.config.rbac.v3.Principal.Set":                {"ids"},
 	"envoy.config.rbac.v3.Principal.Authenticated":      {"principal_name"},
 	"envoy.config.core.v3.CidrRange":                    {"address_prefix", "prefix_len"},
@@ -120,6 +120,7 @@ var supported = map[protoreflect.FullName][]protoreflect.Name{
 	"envoy.type.matcher.v3.MetadataMatcher":             {"filter", "path", "value", "invert"},
 	"envoy.type.matcher.v3.MetadataMatcher.PathSegment": {"key"},
 	"envoy.type.matcher.v3.ValueMatcher":                {"string_match", "present_match", "list_match"},
+	"envoy.type.matcher.v3.FilterStateMatcher":          {"key", "string_match"},
 	"envoy.type.matcher.v3.ListMatcher":                 {"one_of"},
 
 	// Fault filter (CompileFault).

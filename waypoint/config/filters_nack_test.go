@@ -21,8 +21,10 @@ func policy(perm, prin string) string {
 func TestNackRBAC(t *testing.T) {
 	anyP := "{any: true}"
 	cases := []struct{ yaml, want string }{
-		{policy(anyP, "{filterState: {key: io.istio.peer_principal, stringMatch: {exact: x}}}"),
-			`rbac: rules.policies["p"].principals[0].filter_state: not supported`},
+		{policy(anyP, "{filterState: {key: io.istio.local_principal, stringMatch: {exact: x}}}"),
+			`rbac: rules.policies["p"].principals[0].filter_state.key: "io.istio.local_principal" not supported (only "io.istio.peer_principal")`},
+		{policy(anyP, "{filterState: {key: io.istio.peer_principal, addressMatch: {}}}"),
+			`rbac: rules.policies["p"].principals[0].filter_state.address_match: not supported`},
 		{policy("{requestedServerName: {exact: x}}", anyP),
 			`rbac: rules.policies["p"].permissions[0].requested_server_name: not supported`},
 		{policy("{andRules: {rules: [{orRules: {rules: [{any: true}, {sourcedMetadata: {metadataMatcher: {filter: x}}}]}}]}}", anyP),

@@ -20,6 +20,9 @@ const (
 	authnPrincipalKey   = "request.auth.principal"
 	authnClaimsKey      = "request.auth.claims"
 	maxRBACMatcherDepth = 32
+	// peerPrincipalKey is the filter state Istio's waypoint policies read
+	// the peer's identity from.
+	peerPrincipalKey = "io.istio.peer_principal"
 )
 
 // CompileRBAC validates an RBAC filter's configuration against the
@@ -212,6 +215,19 @@ func principal(path string, p *rbacv3.Principal, depth int) (rbac.Matcher, error
 			m.String = &s
 		}
 		return m, nil
+	case *rbacv3.Principal_FilterState:
+		// Istio's waypoints match the peer's identity through the filter
+		// state its HBONE listener sets from the peer certificate's URI SAN;
+		// here that is the peer's SPIFFE ID, as for authenticated.
+		fs := r.FilterState
+		if fs.GetKey() != peerPrincipalKey {
+			return rbac.Matcher{}, nackf(path+".filter_state.key", "%q not supported (only %q)", fs.GetKey(), peerPrincipalKey)
+		}
+		if fs.GetStringMatch() == nil {
+			return rbac.Matcher{}, nackf(path+".filter_state.string_match", "required")
+		}
+		s, err := stringMatcher(path+".filter_state.string_match", fs.GetStringMatch())
+		return rbac.Matcher{Kind: rbac.KindAuthenticated, String: &s}, err
 	case *rbacv3.Principal_SourceIp:
 		// Deprecated spelling of direct_remote_ip, which Envoy treats alike.
 		pfx, err := cidr(path+".source_ip", r.SourceIp)
