@@ -12,6 +12,8 @@ import (
 
 	// Registered for the google.protobuf.Any values the allow-list accepts.
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/cors/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/retry/host/previous_hosts/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 )
@@ -100,6 +102,31 @@ var supported = map[protoreflect.FullName][]protoreflect.Name{
 	"envoy.config.endpoint.v3.Endpoint":                     {"address"},
 	"envoy.config.core.v3.Address":                          {"socket_address"},
 	"envoy.config.core.v3.SocketAddress":                    {"protocol", "address", "port_value"},
+
+	// RBAC filter (CompileRBAC).
+	"envoy.extensions.filters.http.rbac.v3.RBAC": {"rules", "rules_stat_prefix", "shadow_rules", "shadow_rules_stat_prefix"},
+	"envoy.config.rbac.v3.RBAC":                  {"action", "policies"},
+	"envoy.config.rbac.v3.Policy":                {"permissions", "principals"},
+	"envoy.config.rbac.v3.Permission": {"and_rules", "or_rules", "any", "header", "url_path", "destination_ip",
+		"destination_port", "destination_port_range", "metadata", "not_rule"},
+	"envoy.config.rbac.v3.Permission.Set": {"rules"},
+	"envoy.config.rbac.v3.Principal": {"and_ids", "or_ids", "any", "authenticated", "source_ip",
+		"direct_remote_ip", "remote_ip", "header", "url_path", "metadata", "not_id", "filter_state"},
+	"envoy.config.rbac.v3.Principal.Set":                {"ids"},
+	"envoy.config.rbac.v3.Principal.Authenticated":      {"principal_name"},
+	"envoy.config.core.v3.CidrRange":                    {"address_prefix", "prefix_len"},
+	"envoy.type.v3.Int32Range":                          {"start", "end"},
+	"envoy.type.matcher.v3.PathMatcher":                 {"path"},
+	"envoy.type.matcher.v3.MetadataMatcher":             {"filter", "path", "value", "invert"},
+	"envoy.type.matcher.v3.MetadataMatcher.PathSegment": {"key"},
+	"envoy.type.matcher.v3.ValueMatcher":                {"string_match", "present_match", "list_match"},
+	"envoy.type.matcher.v3.FilterStateMatcher":          {"key", "string_match"},
+	"envoy.type.matcher.v3.ListMatcher":                 {"one_of"},
+
+	// Fault filter (CompileFault).
+	"envoy.extensions.filters.http.fault.v3.HTTPFault":    {"delay", "abort", "headers", "max_active_faults"},
+	"envoy.extensions.filters.common.fault.v3.FaultDelay": {"fixed_delay", "percentage"},
+	"envoy.extensions.filters.http.fault.v3.FaultAbort":   {"http_status", "grpc_status", "percentage"},
 }
 
 // opaque message types are accepted whole: scalar wrappers, durations, and
