@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -25,36 +23,17 @@ var update = flag.Bool("update", false, "rewrite the output section of testdata/
 // model.NormalizeFilePod); output is the rendered Build of every Gateway of
 // class istio-waypoint in it. With -update, output is rewritten.
 func TestGolden(t *testing.T) {
-	files, err := filepath.Glob(filepath.Join("testdata", "*.txtar"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(files) == 0 {
-		t.Fatal("no testdata/*.txtar")
-	}
-	for _, file := range files {
-		t.Run(strings.TrimSuffix(filepath.Base(file), ".txtar"), func(t *testing.T) {
-			data, err := os.ReadFile(file)
-			if err != nil {
-				t.Fatal(err)
-			}
-			ar := golden.Parse(data)
-			input, ok := ar.File("input.yaml")
-			if !ok {
-				t.Fatal("no input.yaml section")
-			}
-			got := RenderAll(t, Decode(t, input))
-			if want, _ := ar.File("output"); !*update && string(want) != got {
-				t.Errorf("output differs (run with -update to accept):\n--- want\n%s\n--- got\n%s", want, got)
-			}
-			ar.Set("output", []byte(got))
-			if *update {
-				if err := os.WriteFile(file, ar.Format(), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-		})
-	}
+	golden.Each(t, *update, func(t *testing.T, ar golden.Archive) {
+		input, ok := ar.File("input.yaml")
+		if !ok {
+			t.Fatal("no input.yaml section")
+		}
+		got := RenderAll(t, Decode(t, input))
+		if want, _ := ar.File("output"); !*update && string(want) != got {
+			t.Errorf("output differs (run with -update to accept):\n--- want\n%s\n--- got\n%s", want, got)
+		}
+		ar.Set("output", []byte(got))
+	})
 }
 
 // Decode reads a golden input as the file source would.

@@ -7,8 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -39,67 +37,30 @@ var update = flag.Bool("update", false, "rewrite the output and cases sections o
 //
 // With -update, output and the decisions of cases are rewritten.
 func TestGolden(t *testing.T) {
-	files, err := filepath.Glob(filepath.Join("testdata", "*.txtar"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(files) == 0 {
-		t.Fatal("no testdata/*.txtar")
-	}
-	for _, file := range files {
-		t.Run(strings.TrimSuffix(filepath.Base(file), ".txtar"), func(t *testing.T) { runGolden(t, file) })
-	}
-}
-
-func runGolden(t *testing.T, file string) {
-	data, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ar := golden.Parse(data)
-	input, ok := ar.File("input.yaml")
-	if !ok {
-		t.Fatal("no input.yaml section")
-	}
-	opts := Options{Mesh: model.DefaultMesh()}
-	if o, ok := ar.File("options"); ok {
-		parseOptions(t, &opts, string(o))
-	}
-	snap := decode(t, input)
-	out := Translate(opts, snap)
-	snapZ := acceptedByZtunnel(t, out)
-
-	got := renderOutput(t, out)
-	if want, _ := ar.File("output"); !*update && string(want) != got {
-		t.Errorf("output differs (run with -update to accept):\n%s", diffLines(string(want), got))
-	}
-	ar.Set("output", []byte(got))
-
-	if cases, ok := ar.File("cases"); ok {
-		var b strings.Builder
-		for i, line := range strings.Split(strings.TrimRight(string(cases), "\n"), "\n") {
-			trimmed := strings.TrimSpace(line)
-			if trimmed == "" || strings.HasPrefix(trimmed, "#") {
-				b.WriteString(line + "\n")
-				continue
-			}
-			conn, want, ok := strings.Cut(line, "->")
-			if !ok {
-				t.Fatalf("cases:%d: no -> in %q", i+1, line)
-			}
-			decision := decide(t, snapZ, opts, strings.TrimSpace(conn))
-			if want = strings.TrimSpace(want); !*update && decision != want {
-				t.Errorf("cases:%d: %s\n got: %s\nwant: %s", i+1, strings.TrimSpace(conn), decision, want)
-			}
-			fmt.Fprintf(&b, "%s -> %s\n", strings.TrimSpace(conn), decision)
+	golden.Each(t, *update, func(t *testing.T, ar golden.Archive) {
+		input, ok := ar.File("input.yaml")
+		if !ok {
+			t.Fatal("no input.yaml section")
 		}
-		ar.Set("cases", []byte(b.String()))
-	}
-	if *update {
-		if err := os.WriteFile(file, ar.Format(), 0o644); err != nil {
-			t.Fatal(err)
+		opts := Options{Mesh: model.DefaultMesh()}
+		if o, ok := ar.File("options"); ok {
+			parseOptions(t, &opts, string(o))
 		}
-	}
+		snap := decode(t, input)
+		out := Translate(opts, snap)
+		snapZ := acceptedByZtunnel(t, out)
+
+		got := renderOutput(t, out)
+		if want, _ := ar.File("output"); !*update && string(want) != got {
+			t.Errorf("output differs (run with -update to accept):\n%s", diffLines(string(want), got))
+		}
+		ar.Set("output", []byte(got))
+		if _, ok := ar.File("cases"); ok {
+			golden.CheckLines(t, ar, "cases", *update, func(conn string) (string, error) {
+				return decide(t, snapZ, opts, conn), nil
+			})
+		}
+	})
 }
 
 func parseOptions(t *testing.T, opts *Options, s string) {

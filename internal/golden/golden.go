@@ -44,13 +44,11 @@ func (ar Archive) Set(name string, data []byte) {
 // Format renders the archive back, each file ending with a newline.
 func (ar Archive) Format() []byte { return txtar.Format(ar.a) }
 
-// RunCases runs every testdata/*.txtar archive of the calling package's
-// decision tests as a subtest. An archive holds the inputs setup reads and
-// a file "cases": one case a line, "INPUT -> DECISION", blank lines and
-// #-comments kept. setup returns the decision function for one INPUT; its
-// output must equal DECISION. With update, the DECISION parts are
-// rewritten from the current behaviour instead.
-func RunCases(t *testing.T, update bool, setup func(t *testing.T, ar Archive) func(input string) (string, error)) {
+// Each runs check on every testdata/*.txtar archive of the calling
+// package, one subtest an archive. check compares what it computes with the
+// archive's expected sections and Sets them to what it got; with update the
+// archive is then written back, so -update rewrites the expectations.
+func Each(t *testing.T, update bool, check func(t *testing.T, ar Archive)) {
 	t.Helper()
 	files, err := filepath.Glob(filepath.Join("testdata", "*.txtar"))
 	if err != nil {
@@ -61,22 +59,31 @@ func RunCases(t *testing.T, update bool, setup func(t *testing.T, ar Archive) fu
 	}
 	for _, file := range files {
 		t.Run(strings.TrimSuffix(filepath.Base(file), ".txtar"), func(t *testing.T) {
-			runCases(t, file, update, setup)
+			data, err := os.ReadFile(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ar := Parse(data)
+			check(t, ar)
+			if update {
+				if err := os.WriteFile(file, ar.Format(), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
 		})
 	}
 }
 
-func runCases(t *testing.T, file string, update bool, setup func(t *testing.T, ar Archive) func(input string) (string, error)) {
-	data, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ar := Parse(data)
-	cases, ok := ar.File("cases")
+// CheckLines checks the archive's section name, one case a line, "INPUT ->
+// DECISION" (blank lines and #-comments kept): decide's output for INPUT
+// must equal DECISION, unless update. The section is Set to the decisions
+// made, for Each to write back.
+func CheckLines(t *testing.T, ar Archive, name string, update bool, decide func(input string) (string, error)) {
+	t.Helper()
+	cases, ok := ar.File(name)
 	if !ok {
-		t.Fatal("archive has no cases")
+		t.Fatalf("archive has no %s", name)
 	}
-	decide := setup(t, ar)
 	var out bytes.Buffer
 	ran := 0
 	for i, line := range strings.Split(strings.TrimRight(string(cases), "\n"), "\n") {
@@ -87,27 +94,32 @@ func runCases(t *testing.T, file string, update bool, setup func(t *testing.T, a
 		}
 		input, want, ok := strings.Cut(line, "->")
 		if !ok {
-			t.Fatalf("cases:%d: no \"->\" in %q", i+1, line)
+			t.Fatalf("%s:%d: no \"->\" in %q", name, i+1, line)
 		}
 		input = strings.TrimSpace(input)
 		got, err := decide(input)
 		if err != nil {
-			t.Fatalf("cases:%d: %v", i+1, err)
+			t.Fatalf("%s:%d: %v", name, i+1, err)
 		}
 		if want = strings.TrimSpace(want); !update && got != want {
-			t.Errorf("cases:%d: %s\n got: %s\nwant: %s", i+1, input, got, want)
+			t.Errorf("%s:%d: %s\n got: %s\nwant: %s", name, i+1, input, got, want)
 		}
 		fmt.Fprintf(&out, "%s -> %s\n", input, got)
 		ran++
 	}
 	if ran == 0 {
-		t.Fatal("no cases")
+		t.Fatalf("no cases in %s", name)
 	}
 	t.Logf("%d cases", ran)
-	if update {
-		ar.Set("cases", out.Bytes())
-		if err := os.WriteFile(file, ar.Format(), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	ar.Set(name, out.Bytes())
+}
+
+// RunCases runs the decision archives of the calling package: each holds
+// the inputs setup reads and a section "cases" that CheckLines checks
+// against the decision function setup returns.
+func RunCases(t *testing.T, update bool, setup func(t *testing.T, ar Archive) func(input string) (string, error)) {
+	t.Helper()
+	Each(t, update, func(t *testing.T, ar Archive) {
+		CheckLines(t, ar, "cases", update, setup(t, ar))
+	})
 }
