@@ -172,8 +172,14 @@ func TestZDSWaitsForConfigAndRestartServesPersisted(t *testing.T) {
 	if connects(zds1, 1500*time.Millisecond) {
 		t.Fatal("ztunnel connected to ZDS before it had any config")
 	}
-	if code, body := get(t, "http://"+ready1+"/healthz/ready"); code == http.StatusOK {
-		t.Fatalf("ready before any config: %s", body)
+	var readyCode int
+	var readyBody string
+	waitUntil(t, "the readiness endpoint", func() bool {
+		readyCode, readyBody = get(t, "http://"+ready1+"/healthz/ready")
+		return readyCode != 0
+	})
+	if readyCode == http.StatusOK {
+		t.Fatalf("ready before any config: %s", readyBody)
 	}
 	cp.mu.Lock()
 	nodes := append([]string(nil), cp.nodes...)
@@ -200,7 +206,13 @@ func TestZDSWaitsForConfigAndRestartServesPersisted(t *testing.T) {
 	if !connects(zds2, 10*time.Second) {
 		t.Fatal("a ztunnel restarted with a persisted config did not connect to ZDS while the control plane was down")
 	}
-	code, body := get(t, "http://"+admin2+"/config_dump")
+	// ZDS may connect before the admin listener is up.
+	var code int
+	var body string
+	waitUntil(t, "the admin endpoint", func() bool {
+		code, body = get(t, "http://"+admin2+"/config_dump")
+		return code != 0
+	})
 	var dump struct {
 		Workloads []map[string]any `json:"workloads"`
 	}
