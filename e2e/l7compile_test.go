@@ -1,13 +1,13 @@
 package e2e
 
 import (
-	"bytes"
 	"os"
 	"path/filepath"
 	"testing"
 
 	"github.com/zmesh/zmesh/controlplane/l7"
 	"github.com/zmesh/zmesh/controlplane/model"
+	"github.com/zmesh/zmesh/controlplane/model/modeltest"
 	"github.com/zmesh/zmesh/internal/golden"
 	"github.com/zmesh/zmesh/waypoint/config"
 )
@@ -33,14 +33,7 @@ func TestL7ResourcesCompile(t *testing.T) {
 			if !ok {
 				t.Fatal("no input.yaml")
 			}
-			snap := &model.Snapshot{}
-			if errs := snap.Decode(bytes.NewReader(input), "input.yaml"); len(errs) > 0 {
-				t.Fatal(errs)
-			}
-			for _, p := range snap.Pods {
-				model.NormalizeFilePod(p)
-			}
-			snap.Sort()
+			snap := modeltest.Decode(t, input)
 			built := 0
 			for _, gw := range snap.Gateways {
 				res := l7.Build(l7.Options{Mesh: model.DefaultMesh()}, snap, gw)

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/zmesh/zmesh/controlplane/model"
+	"github.com/zmesh/zmesh/controlplane/model/modeltest"
 	"github.com/zmesh/zmesh/internal/golden"
 )
 
@@ -17,7 +18,7 @@ func TestBuildRefusesOtherGatewayClasses(t *testing.T) {
 		t.Fatal(err)
 	}
 	input, _ := golden.Parse(data).File("input.yaml")
-	snap := Decode(t, input)
+	snap := modeltest.Decode(t, input)
 	for _, gw := range snap.Gateways {
 		if gw.Name != "waypoint" {
 			continue

@@ -1,7 +1,6 @@
 package l7
 
 import (
-	"bytes"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -13,6 +12,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/zmesh/zmesh/controlplane/model"
+	"github.com/zmesh/zmesh/controlplane/model/modeltest"
 	"github.com/zmesh/zmesh/internal/golden"
 )
 
@@ -28,26 +28,12 @@ func TestGolden(t *testing.T) {
 		if !ok {
 			t.Fatal("no input.yaml section")
 		}
-		got := RenderAll(t, Decode(t, input))
+		got := RenderAll(t, modeltest.Decode(t, input))
 		if want, _ := ar.File("output"); !*update && string(want) != got {
 			t.Errorf("output differs (run with -update to accept):\n--- want\n%s\n--- got\n%s", want, got)
 		}
 		ar.Set("output", []byte(got))
 	})
-}
-
-// Decode reads a golden input as the file source would.
-func Decode(t testing.TB, input []byte) *model.Snapshot {
-	t.Helper()
-	snap := &model.Snapshot{}
-	if errs := snap.Decode(bytes.NewReader(input), "input.yaml"); len(errs) > 0 {
-		t.Fatalf("input.yaml: %v", errs)
-	}
-	for _, p := range snap.Pods {
-		model.NormalizeFilePod(p)
-	}
-	snap.Sort()
-	return snap
 }
 
 // RenderAll builds every waypoint of snap and renders the resources: each

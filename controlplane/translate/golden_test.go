@@ -1,7 +1,6 @@
 package translate
 
 import (
-	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"flag"
@@ -17,6 +16,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/zmesh/zmesh/controlplane/model"
+	"github.com/zmesh/zmesh/controlplane/model/modeltest"
 	"github.com/zmesh/zmesh/internal/golden"
 	"github.com/zmesh/zmesh/ztunnel/authz"
 	"github.com/zmesh/zmesh/ztunnel/state"
@@ -46,7 +46,7 @@ func TestGolden(t *testing.T) {
 		if o, ok := ar.File("options"); ok {
 			parseOptions(t, &opts, string(o))
 		}
-		snap := decode(t, input)
+		snap := modeltest.Decode(t, input)
 		out := Translate(opts, snap)
 		snapZ := acceptedByZtunnel(t, out)
 
@@ -84,19 +84,6 @@ func parseOptions(t *testing.T, opts *Options, s string) {
 			t.Fatalf("options: unknown key %q", k)
 		}
 	}
-}
-
-func decode(t testing.TB, input []byte) *model.Snapshot {
-	t.Helper()
-	snap := &model.Snapshot{}
-	if errs := snap.Decode(bytes.NewReader(input), "input.yaml"); len(errs) > 0 {
-		t.Fatalf("input.yaml: %v", errs)
-	}
-	for _, p := range snap.Pods {
-		model.NormalizeFilePod(p)
-	}
-	snap.Sort()
-	return snap
 }
 
 // decide evaluates "to NS/POD:PORT from IP [as PRINCIPAL]" with ztunnel's

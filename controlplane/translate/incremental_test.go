@@ -51,7 +51,7 @@ func TestIncrementalEquivalence(t *testing.T) {
 		if o, ok := ar.File("options"); ok {
 			parseOptions(t, &opts, string(o))
 		}
-		seeds = append(seeds, seed{strings.TrimSuffix(filepath.Base(file), ".txtar"), opts, decode(t, in)})
+		seeds = append(seeds, seed{strings.TrimSuffix(filepath.Base(file), ".txtar"), opts, modeltest.Decode(t, in)})
 	}
 	steps := 300
 	if testing.Short() {

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/zmesh/zmesh/controlplane/model"
+	"github.com/zmesh/zmesh/controlplane/model/modeltest"
 	"github.com/zmesh/zmesh/internal/golden"
 )
 
@@ -20,7 +21,7 @@ func TestPureAndDeterministic(t *testing.T) {
 			t.Fatal(err)
 		}
 		in, _ := golden.Parse(data).File("input.yaml")
-		snap := decode(t, in)
+		snap := modeltest.Decode(t, in)
 		before := snapshotJSON(t, snap)
 		opts := Options{Mesh: model.DefaultMesh()}
 		first := renderOutput(t, Translate(opts, snap))

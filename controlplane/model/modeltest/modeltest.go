@@ -1,5 +1,6 @@
-// Package modeltest generates large model snapshots for benchmarks and
-// scale tests of the control plane.
+// Package modeltest builds model snapshots for the control plane's tests:
+// large generated meshes for benchmarks and scale tests, and golden inputs
+// decoded from YAML.
 package modeltest
 
 import (
