@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -14,15 +13,11 @@ import (
 	"time"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/anypb"
-	pb "istio.io/api/security/v1alpha1"
 
 	"github.com/zmesh/zmesh/api/workload"
-	"github.com/zmesh/zmesh/cni/agent"
-	"github.com/zmesh/zmesh/identity"
 	"github.com/zmesh/zmesh/internal/xdsclient"
 )
 
@@ -66,44 +61,16 @@ func (a *ads) DeltaAggregatedResources(s grpc.BidiStreamingServer[discoveryv3.De
 // and a clean exit on cancel.
 func TestRunWithXDS(t *testing.T) {
 	dir := t.TempDir()
-	ca, err := identity.LoadOrCreateCA(filepath.Join(dir, "ca"), identity.CAOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ztID := identity.MustWorkloadID("cluster.local", "zmesh-system", "ztunnel")
-	authn, _ := identity.NewStaticTokenAuthenticator(map[string]identity.Caller{"tok-node-1": {ID: ztID, Node: "node-1"}})
-	authz, _ := identity.NewNodeAuthorizer([]spiffeid.ID{ztID}, func(string, spiffeid.ID) bool { return true })
-	certSrv, err := identity.NewCertServer(ca, authn, authz)
-	if err != nil {
-		t.Fatal(err)
-	}
 	cp := &ads{wl: &workload.Address{Type: &workload.Address_Workload{Workload: &workload.Workload{
 		Uid: "Kubernetes//Pod/demo/web", Name: "web", Namespace: "demo", Addresses: [][]byte{{10, 9, 0, 1}},
 		TunnelProtocol: workload.TunnelProtocol_HBONE, Node: "node-1",
 	}}}}
-	gs := grpc.NewServer()
-	pb.RegisterIstioCertificateServiceServer(gs, certSrv)
-	discoveryv3.RegisterAggregatedDiscoveryServiceServer(gs, cp)
-	gln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go gs.Serve(gln)
-	defer gs.Stop()
+	addr, rootCert, tokFile, stopCP := controlPlane(t, dir, cp)
+	defer stopCP()
+	startAgent(t, filepath.Join(dir, "zds.sock"))
 
-	zds, err := agent.NewZDSServer(filepath.Join(dir, "zds.sock"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	actx, acancel := context.WithCancel(context.Background())
-	defer acancel()
-	go zds.Run(actx)
-
-	rootCert, tokFile := filepath.Join(dir, "root.pem"), filepath.Join(dir, "token")
-	os.WriteFile(rootCert, ca.RootsPEM(), 0o644)
-	os.WriteFile(tokFile, []byte("tok-node-1\n"), 0o600)
 	admin, ready := freeAddr(t), freeAddr(t)
-	f, err := parseFlags([]string{"--node", "node-1", "--xds-address", gln.Addr().String(), "--plaintext-control-plane",
+	f, err := parseFlags([]string{"--node", "node-1", "--xds-address", addr, "--plaintext-control-plane",
 		"--root-cert", rootCert, "--token-file", tokFile, "--zds-socket", filepath.Join(dir, "zds.sock"),
 		"--admin-address", admin, "--metrics-address", freeAddr(t), "--readiness-address", ready, "--drain-grace", "1s",
 		"--state-dir", filepath.Join(dir, "state")})
