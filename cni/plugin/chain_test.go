@@ -211,6 +211,20 @@ func (n *node) list(t testing.TB, version string, chain bool) *libcni.NetworkCon
 	return list
 }
 
+// add runs ADD for p and records the address the chain gave it.
+func (n *node) add(t testing.TB, list *libcni.NetworkConfigList, p *pod) {
+	t.Helper()
+	res, err := n.cni(t, "ADD", list, p.rt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := current.NewResultFromResult(res)
+	if err != nil || len(r.IPs) == 0 {
+		t.Fatalf("ADD result %v, %v", res, err)
+	}
+	p.ip, _ = netip.AddrFromSlice(r.IPs[0].Address.IP.To4())
+}
+
 // cni runs one operation of the chain from the node's host namespace, as
 // a runtime on that node would.
 func (n *node) cni(t testing.TB, op string, list *libcni.NetworkConfigList, rt *libcni.RuntimeConf) (types.Result, error) {
@@ -492,12 +506,7 @@ func TestRunningPodEnrolledAndReleased(t *testing.T) {
 	n := newNode(t, debianCNIDir)
 	list := n.confList(t, "1.0.0")
 	p := n.newPod(t, "late", "web")
-	res, err := n.cni(t, "ADD", list, p.rt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, _ := current.NewResultFromResult(res)
-	p.ip, _ = netip.AddrFromSlice(r.IPs[0].Address.IP.To4())
+	n.add(t, list, p)
 	if c := rulesAt(t, p.ns, 100); c != 0 {
 		t.Fatal("pod captured before its namespace was ambient")
 	}
@@ -516,13 +525,8 @@ func TestRunningPodEnrolledAndReleased(t *testing.T) {
 	// the node's own address: that is the probe source, exempt from
 	// capture by design.)
 	other := n.newPod(t, "other", "db")
-	res, err = n.cni(t, "ADD", list, other.rt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, _ = current.NewResultFromResult(res)
-	otherIP, _ := netip.AddrFromSlice(r.IPs[0].Address.IP.To4())
-	target := netip.AddrPortFrom(otherIP, 9000).String()
+	n.add(t, list, other)
+	target := netip.AddrPortFrom(other.ip, 9000).String()
 	svc, err := other.ns.Listen("tcp", target)
 	if err != nil {
 		t.Fatal(err)

@@ -10,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	current "github.com/containernetworking/cni/pkg/types/100"
-
 	"github.com/zmesh/zmesh/cni/cniapi"
 )
 
@@ -36,13 +34,8 @@ func TestCaptureOnceWhenAddMeetsEnrolment(t *testing.T) {
 	n := newNode(t, debianCNIDir)
 	list := n.confList(t, "1.0.0")
 	p := n.newPod(t, "late", "web")
-	res, err := n.cni(t, "ADD", list, p.rt)
-	if err != nil {
-		t.Fatal(err)
-	}
+	n.add(t, list, p)
 	t.Cleanup(func() { n.cni(t, "DEL", list, p.rt) })
-	r, _ := current.NewResultFromResult(res)
-	p.ip, _ = netip.AddrFromSlice(r.IPs[0].Address.IP.To4())
 	var sleeper *exec.Cmd
 	if err := p.ns.Do(func() error {
 		sleeper = exec.Command("sleep", "300")
@@ -52,14 +45,9 @@ func TestCaptureOnceWhenAddMeetsEnrolment(t *testing.T) {
 	}
 	t.Cleanup(func() { sleeper.Process.Kill(); sleeper.Wait() })
 	other := n.newPod(t, "other", "db")
-	res, err = n.cni(t, "ADD", list, other.rt)
-	if err != nil {
-		t.Fatal(err)
-	}
+	n.add(t, list, other)
 	t.Cleanup(func() { n.cni(t, "DEL", list, other.rt) })
-	r, _ = current.NewResultFromResult(res)
-	otherIP, _ := netip.AddrFromSlice(r.IPs[0].Address.IP.To4())
-	target := netip.AddrPortFrom(otherIP, 9000).String()
+	target := netip.AddrPortFrom(other.ip, 9000).String()
 
 	n.mu.Lock()
 	n.ambient = map[string]bool{"late": true}

@@ -95,20 +95,7 @@ func (a *ads) DeltaAggregatedResources(s grpc.BidiStreamingServer[discoveryv3.De
 // is captured once zmeshd lists it as HBONE and released when it no longer
 // does; workloads of other nodes are ignored.
 func TestEnrolFromWorkloadStream(t *testing.T) {
-	cp := &ads{wls: map[string]*workload.Workload{}}
-	srv := grpc.NewServer()
-	discoveryv3.RegisterAggregatedDiscoveryServiceServer(srv, cp)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	t.Cleanup(srv.Stop)
-	conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
+	cp, conn := startADS(t)
 
 	lan, err := netenv.NewLAN(netip.MustParsePrefix("10.74.0.0/24"))
 	if err != nil {
