@@ -59,12 +59,7 @@ func TestUnknownMeshAddressIsHeldThenTunnelled(t *testing.T) {
 
 	// Node A has not heard of the server yet; the control plane answers
 	// its request 300 ms later.
-	var serverWL *workload.Workload
-	for _, w := range m.wl {
-		if w.Name == "server" {
-			serverWL = w
-		}
-	}
+	serverWL := m.workload(server)
 	if rejected := a.store.Apply(state.Update{RemovedAddresses: []string{serverWL.Uid}}); len(rejected) > 0 {
 		t.Fatal(rejected)
 	}

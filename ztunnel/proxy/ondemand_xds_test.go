@@ -85,12 +85,7 @@ func TestOnDemandOverXDS(t *testing.T) {
 	client := m.newPod(a, "demo", "client", "sleep")
 	server := m.newPod(b, "demo", "server", "echo")
 	app := server.serve(t, 8080)
-	var serverWL *workload.Workload
-	for _, w := range m.wl {
-		if w.Name == "server" {
-			serverWL = w
-		}
-	}
+	serverWL := m.workload(server)
 	a.store.Apply(state.Update{RemovedAddresses: []string{serverWL.Uid}})
 
 	cp := &onDemandADS{byName: map[string]*workload.Workload{"/" + server.ip.String(): serverWL}}
