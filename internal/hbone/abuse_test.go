@@ -198,42 +198,30 @@ func waitGoroutines(t *testing.T, base int) {
 	}
 }
 
-// 2 M PINGs from a peer that reads none of the ACKs: the server queues at
-// most maxQueuedCtrl of them, then ends the connection with
-// GOAWAY(ENHANCE_YOUR_CALM), which the peer gets once it reads.
+// 2 M PINGs (or SETTINGS, each owing an ACK) from a peer that reads none
+// of the ACKs: the server queues at most maxQueuedCtrl of them, then ends
+// the connection with GOAWAY(ENHANCE_YOUR_CALM), which the peer gets once
+// it reads.
 func TestPingFloodIsCutOff(t *testing.T) {
-	ts := startFloodServer(t, echoHandler)
-	a := attack(t, ts.addr)
-	base, heap0 := runtime.NumGoroutine(), heapInUse()
-	n := floodSize(2_000_000)
-	sent := flood(a, n, func(fr *http2.Framer) { fr.WritePing(false, [8]byte{1}) })
-	grown := heapInUse() - heap0
-	end := readToEnd(a.tc, a.fr, 20*time.Second)
-	t.Logf("PING flood: %d of %d sent; heap grew %.1f MB; read %d frames, then %v (GOAWAY %v %v)",
-		sent, n, float64(grown)/1e6, end.frames, end.readErr, end.goAway, end.code)
-	if grown > 8<<20 {
-		t.Errorf("heap grew %.1f MB under a PING flood, want < 8 MB", float64(grown)/1e6)
-	}
-	if !end.closedCalm() {
-		t.Errorf("connection not closed with GOAWAY(ENHANCE_YOUR_CALM): GOAWAY %v %v, then %v", end.goAway, end.code, end.readErr)
-	}
-	a.tc.Close()
-	waitGoroutines(t, base)
+	controlFlood(t, "PING", func(fr *http2.Framer) { fr.WritePing(false, [8]byte{1}) })
 }
 
-// The same with SETTINGS frames, each of which owes the peer an ACK.
 func TestSettingsFloodIsCutOff(t *testing.T) {
+	controlFlood(t, "SETTINGS", func(fr *http2.Framer) { fr.WriteSettings() })
+}
+
+func controlFlood(t *testing.T, kind string, write func(fr *http2.Framer)) {
 	ts := startFloodServer(t, echoHandler)
 	a := attack(t, ts.addr)
 	base, heap0 := runtime.NumGoroutine(), heapInUse()
 	n := floodSize(2_000_000)
-	sent := flood(a, n, func(fr *http2.Framer) { fr.WriteSettings() })
+	sent := flood(a, n, write)
 	grown := heapInUse() - heap0
 	end := readToEnd(a.tc, a.fr, 20*time.Second)
-	t.Logf("SETTINGS flood: %d of %d sent; heap grew %.1f MB; read %d frames, then %v (GOAWAY %v %v)",
-		sent, n, float64(grown)/1e6, end.frames, end.readErr, end.goAway, end.code)
+	t.Logf("%s flood: %d of %d sent; heap grew %.1f MB; read %d frames, then %v (GOAWAY %v %v)",
+		kind, sent, n, float64(grown)/1e6, end.frames, end.readErr, end.goAway, end.code)
 	if grown > 8<<20 {
-		t.Errorf("heap grew %.1f MB under a SETTINGS flood, want < 8 MB", float64(grown)/1e6)
+		t.Errorf("heap grew %.1f MB under a %s flood, want < 8 MB", float64(grown)/1e6, kind)
 	}
 	if !end.closedCalm() {
 		t.Errorf("connection not closed with GOAWAY(ENHANCE_YOUR_CALM): GOAWAY %v %v, then %v", end.goAway, end.code, end.readErr)
