@@ -57,7 +57,10 @@ type Kubelet struct {
 	// App returns the command to run as the pod's process (started inside
 	// the pod's namespace); nil runs no process.
 	App func(pod *corev1.Pod) *exec.Cmd
-	Log *slog.Logger
+	// Images runs pods whose image is a zmesh image as that binary (see
+	// Images); nil runs App for every pod.
+	Images *Images
+	Log    *slog.Logger
 
 	mu   sync.Mutex
 	pods map[types.UID]*RunningPod
@@ -74,9 +77,12 @@ type RunningPod struct {
 	// CNIAdd is how long CNI ADD took (with zmesh-cni chained: until
 	// ztunnel acknowledged the pod).
 	CNIAdd time.Duration
-	cmd    *exec.Cmd
-	exited chan struct{}
-	rt     *libcni.RuntimeConf
+	// Container is the zmesh container the pod runs (see Images), nil for
+	// the App.
+	Container *corev1.Container
+	cmd       *exec.Cmd
+	exited    chan struct{}
+	rt        *libcni.RuntimeConf
 }
 
 // Register creates (or updates) the Node object and reports it Ready.
@@ -279,7 +285,7 @@ func (k *Kubelet) sync(ctx context.Context, lister listersv1.PodLister, key stri
 
 // sandbox is the runtime part of the Kubelet's pods.
 func (k *Kubelet) sandbox() sandbox {
-	return sandbox{host: k.Host, binDir: k.CNIBinDir, confDir: k.CNIConfDir, app: k.App}
+	return sandbox{host: k.Host, binDir: k.CNIBinDir, confDir: k.CNIConfDir, app: k.App, images: k.Images, hostIP: k.HostIP}
 }
 
 func (k *Kubelet) start(ctx context.Context, pod *corev1.Pod) error {
@@ -292,11 +298,48 @@ func (k *Kubelet) start(ctx context.Context, pod *corev1.Pod) error {
 	k.mu.Lock()
 	k.pods[pod.UID] = p
 	k.mu.Unlock()
-	if err := k.writeStatus(ctx, pod, p, true); err != nil {
+	ready := p.Container == nil || probeReady(ctx, k.Host, p.Container, p.IP)
+	if err := k.writeStatus(ctx, pod, p, ready); err != nil {
 		return err
 	}
-	k.Log.Info("pod running", "pod", pod.Namespace+"/"+pod.Name, "ip", p.IP, "took", time.Since(started).Round(time.Millisecond))
+	if p.Container != nil && p.Container.ReadinessProbe != nil {
+		go k.probe(ctx, pod, p, ready)
+	}
+	k.Log.Info("pod running", "pod", pod.Namespace+"/"+pod.Name, "ip", p.IP, "ready", ready, "took", time.Since(started).Round(time.Millisecond))
 	return nil
+}
+
+// probe runs a zmesh container's readiness probe every period until the
+// pod's process exits, and reports each change of its result.
+func (k *Kubelet) probe(ctx context.Context, pod *corev1.Pod, p *RunningPod, ready bool) {
+	period := probePeriod(p.Container)
+	// The first probes come quickly: a process usually needs well under a
+	// period to become ready, and tests wait for it.
+	wait := 200 * time.Millisecond
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-p.exited:
+			return
+		case <-time.After(wait):
+		}
+		if ready {
+			wait = period
+		} else {
+			wait = min(2*wait, period)
+		}
+		now := probeReady(ctx, k.Host, p.Container, p.IP)
+		if now == ready {
+			continue
+		}
+		if err := k.writeStatus(ctx, pod, p, now); err != nil {
+			k.Log.Warn("pod readiness", "pod", pod.Namespace+"/"+pod.Name, "reason", err.Error())
+			continue
+		}
+		ready = now
+		k.Log.Info("pod readiness", "pod", pod.Namespace+"/"+pod.Name, "ready", ready)
+	}
 }
 
 func (k *Kubelet) writeStatus(ctx context.Context, pod *corev1.Pod, p *RunningPod, ready bool) error {

@@ -28,6 +28,10 @@ type sandbox struct {
 	host            *netenv.NS
 	binDir, confDir string
 	app             func(pod *corev1.Pod) *exec.Cmd
+	// images runs pods of zmesh images as their binaries (nil: every pod
+	// runs app); hostIP is the node's address for their downward API.
+	images *Images
+	hostIP netip.Addr
 }
 
 // conf loads the node's CNI configuration as a runtime does: the first
@@ -110,8 +114,18 @@ func (s sandbox) start(ctx context.Context, pod *corev1.Pod, want netip.Addr) (*
 		ns.Close()
 		return nil, fmt.Errorf("CNI ADD returned %v, want one IPv4 address (%v)", res.IPs, want)
 	}
-	if s.app != nil {
-		cmd := s.app(pod)
+	var cmd *exec.Cmd
+	if c, bin, ok := s.images.zmeshContainer(pod); ok {
+		if cmd, err = s.images.command(ctx, pod, c, bin, p.IP, s.hostIP); err != nil {
+			s.cni("DEL", p.rt)
+			ns.Close()
+			return nil, fmt.Errorf("container %s: %w", c.Name, err)
+		}
+		p.Container = c
+	} else if s.app != nil {
+		cmd = s.app(pod)
+	}
+	if cmd != nil {
 		if err := ns.Do(cmd.Start); err != nil {
 			s.cni("DEL", p.rt)
 			ns.Close()
@@ -125,9 +139,11 @@ func (s sandbox) start(ctx context.Context, pod *corev1.Pod, want netip.Addr) (*
 			}
 			close(p.exited)
 		}()
-		if err := waitListening(ctx, ns, p.IP); err != nil {
-			s.stop(p)
-			return nil, err
+		if p.Container == nil {
+			if err := waitListening(ctx, ns, p.IP); err != nil {
+				s.stop(p)
+				return nil, err
+			}
 		}
 	}
 	return p, nil
@@ -150,6 +166,9 @@ func (s sandbox) stop(p *RunningPod) error {
 	}
 	if _, err := s.cni("DEL", p.rt); err != nil {
 		return fmt.Errorf("%w of %s/%s: %w", errDel, p.Namespace, p.Name, err)
+	}
+	if p.Container != nil {
+		s.images.release(p)
 	}
 	return p.NS.Close()
 }

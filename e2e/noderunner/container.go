@@ -1,0 +1,413 @@
+package noderunner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	authnv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/zmesh/zmesh/e2e/netenv"
+)
+
+// Images is the container runtime part of the node runner for pods whose
+// image is a zmesh image: instead of pulling an image, it runs the binary of
+// that name built from this tree, as the container would run it — the
+// container's command and args unchanged, its env (downward API fields
+// resolved), and its volumes (projected service-account tokens from the
+// real TokenRequest API, ConfigMaps, emptyDirs) bind-mounted at their
+// mountPaths in a mount namespace of the pod's own, so the binary finds its
+// files exactly where the manifest says. Pods of any other image run the
+// node runner's App instead.
+type Images struct {
+	// Bin holds the built binaries, one per zmesh image (waypoint, …).
+	Bin string
+	// Dir is where pods' volume contents are written (one directory per
+	// pod, removed when the pod stops).
+	Dir    string
+	Client kubernetes.Interface
+	// Logs receives each pod's output (one file per pod); empty discards.
+	Logs string
+
+	mu sync.Mutex
+	// made are the mountPath directories created on the host's file system
+	// because they did not exist: a mount needs a directory to cover. They
+	// stay (empty) while any pod may use them, and go in Close.
+	made []string
+}
+
+// imageBinary returns the zmesh binary an image runs, if it is a zmesh
+// image: the last path element of the image's repository, without tag or
+// digest, is the binary's name (zmesh/waypoint:1.2 runs "waypoint").
+func (im *Images) imageBinary(image string) (string, bool) {
+	if im == nil {
+		return "", false
+	}
+	repo, _, _ := strings.Cut(image, "@")
+	if i := strings.LastIndex(repo, ":"); i > strings.LastIndex(repo, "/") {
+		repo = repo[:i]
+	}
+	name := path.Base(repo)
+	if name == "" || name == "." || name == "/" {
+		return "", false
+	}
+	bin := filepath.Join(im.Bin, name)
+	if fi, err := os.Stat(bin); err != nil || fi.IsDir() {
+		return "", false
+	}
+	return bin, true
+}
+
+// zmeshContainer is the pod's zmesh container, if its first container
+// runs a zmesh image.
+func (im *Images) zmeshContainer(pod *corev1.Pod) (*corev1.Container, string, bool) {
+	if len(pod.Spec.Containers) == 0 {
+		return nil, "", false
+	}
+	c := &pod.Spec.Containers[0]
+	bin, ok := im.imageBinary(c.Image)
+	return c, bin, ok
+}
+
+// command builds the process of a zmesh container: volumes written under
+// the pod's directory, then `unshare --mount` running a shell that
+// bind-mounts them at their mountPaths and execs the binary with the
+// container's args. The process is started by the caller inside the pod's
+// network namespace.
+func (im *Images) command(ctx context.Context, pod *corev1.Pod, c *corev1.Container, bin string, podIP, hostIP netip.Addr) (*exec.Cmd, error) {
+	dir := filepath.Join(im.Dir, string(pod.UID))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	env, err := containerEnv(pod, c, podIP, hostIP)
+	if err != nil {
+		return nil, err
+	}
+	vols := map[string]string{}
+	for _, v := range pod.Spec.Volumes {
+		src, err := im.volume(ctx, pod, v, filepath.Join(dir, "volumes", v.Name))
+		if err != nil {
+			return nil, fmt.Errorf("volume %s: %w", v.Name, err)
+		}
+		vols[v.Name] = src
+	}
+	// The shell is the mount namespace's first process: it mounts each
+	// volume (argument pairs after "--") and replaces itself with the
+	// binary, so the pod's process is the binary itself.
+	script := `set -e
+while [ "$1" != "--" ]; do mkdir -p "$2"; mount --bind "$1" "$2"; if [ "$3" = ro ]; then mount -o remount,bind,ro "$2"; fi; shift 3; done
+shift
+exec "$@"`
+	args := []string{"--mount", "--propagation", "private", "sh", "-c", script, "sh"}
+	for _, m := range c.VolumeMounts {
+		src, ok := vols[m.Name]
+		if !ok {
+			return nil, fmt.Errorf("volumeMount %s: no volume of that name", m.Name)
+		}
+		if m.SubPath != "" {
+			return nil, fmt.Errorf("volumeMount %s: subPath is not supported by the e2e node runner", m.Name)
+		}
+		if !filepath.IsAbs(m.MountPath) {
+			return nil, fmt.Errorf("volumeMount %s: mountPath %q is not absolute", m.Name, m.MountPath)
+		}
+		im.remember(m.MountPath)
+		ro := "rw"
+		if m.ReadOnly {
+			ro = "ro"
+		}
+		args = append(args, src, m.MountPath, ro)
+	}
+	args = append(args, "--", bin)
+	args = append(args, c.Args...)
+	if len(c.Command) > 1 {
+		// command[0] is the image's binary; the rest precede args.
+		args = slices.Insert(args, len(args)-len(c.Args), c.Command[1:]...)
+	}
+	cmd := exec.Command("unshare", args...)
+	cmd.Env = env
+	cmd.Dir = "/"
+	if im.Logs != "" {
+		if f, err := os.Create(filepath.Join(im.Logs, "pod-"+pod.Namespace+"-"+pod.Name+"-"+string(pod.UID)[:8]+".log")); err == nil {
+			cmd.Stdout, cmd.Stderr = f, f
+		}
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	return cmd, nil
+}
+
+// remember records the directories a mountPath will create.
+func (im *Images) remember(mountPath string) {
+	var missing []string
+	for p := filepath.Clean(mountPath); p != "/"; p = filepath.Dir(p) {
+		if _, err := os.Stat(p); err == nil {
+			break
+		}
+		missing = append(missing, p)
+	}
+	im.mu.Lock()
+	defer im.mu.Unlock()
+	for _, p := range missing {
+		if !slices.Contains(im.made, p) {
+			im.made = append(im.made, p)
+		}
+	}
+}
+
+// release removes a stopped pod's volume files.
+func (im *Images) release(pod *RunningPod) {
+	os.RemoveAll(filepath.Join(im.Dir, string(pod.UID)))
+}
+
+// Close removes the mountPath directories the runner had to create (every
+// pod must have stopped: a directory still mounted elsewhere is left).
+func (im *Images) Close() error {
+	im.mu.Lock()
+	defer im.mu.Unlock()
+	// Deepest first.
+	slices.SortFunc(im.made, func(a, b string) int { return strings.Count(b, "/") - strings.Count(a, "/") })
+	var errs []error
+	for _, p := range im.made {
+		if err := os.Remove(p); err != nil && !os.IsNotExist(err) {
+			errs = append(errs, err)
+		}
+	}
+	im.made = nil
+	return errors.Join(errs...)
+}
+
+// volume writes one pod volume's content under dir and returns dir.
+func (im *Images) volume(ctx context.Context, pod *corev1.Pod, v corev1.Volume, dir string) (string, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	switch {
+	case v.EmptyDir != nil:
+		return dir, nil
+	case v.ConfigMap != nil:
+		return dir, im.configMap(ctx, pod.Namespace, v.ConfigMap.LocalObjectReference.Name, v.ConfigMap.Items, v.ConfigMap.Optional, dir)
+	case v.Projected != nil:
+		for i, src := range v.Projected.Sources {
+			var err error
+			switch {
+			case src.ServiceAccountToken != nil:
+				err = im.token(ctx, pod, src.ServiceAccountToken, dir)
+			case src.ConfigMap != nil:
+				err = im.configMap(ctx, pod.Namespace, src.ConfigMap.Name, src.ConfigMap.Items, src.ConfigMap.Optional, dir)
+			case src.DownwardAPI != nil:
+				err = downwardAPI(pod, src.DownwardAPI.Items, dir)
+			default:
+				err = errors.New("only serviceAccountToken, configMap and downwardAPI sources are supported by the e2e node runner")
+			}
+			if err != nil {
+				return "", fmt.Errorf("projected.sources[%d]: %w", i, err)
+			}
+		}
+		return dir, nil
+	}
+	return "", errors.New("only emptyDir, configMap and projected volumes are supported by the e2e node runner")
+}
+
+// token asks the API server for the pod's service-account token, bound to
+// the pod, as the kubelet does for a projected token.
+func (im *Images) token(ctx context.Context, pod *corev1.Pod, src *corev1.ServiceAccountTokenProjection, dir string) error {
+	sa := pod.Spec.ServiceAccountName
+	if sa == "" {
+		sa = "default"
+	}
+	req := &authnv1.TokenRequest{Spec: authnv1.TokenRequestSpec{
+		ExpirationSeconds: src.ExpirationSeconds,
+		BoundObjectRef:    &authnv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
+	}}
+	if src.Audience != "" {
+		req.Spec.Audiences = []string{src.Audience}
+	}
+	tr, err := im.Client.CoreV1().ServiceAccounts(pod.Namespace).CreateToken(ctx, sa, req, metav1.CreateOptions{})
+	if err != nil {
+		return fmt.Errorf("TokenRequest for %s/%s: %w", pod.Namespace, sa, err)
+	}
+	return writeFile(dir, src.Path, []byte(tr.Status.Token))
+}
+
+// configMap writes a ConfigMap's keys (or the listed items) as files.
+func (im *Images) configMap(ctx context.Context, ns, name string, items []corev1.KeyToPath, optional *bool, dir string) error {
+	cm, err := im.Client.CoreV1().ConfigMaps(ns).Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) && optional != nil && *optional {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("configMap %s: %w", name, err)
+	}
+	if len(items) == 0 {
+		for k := range cm.Data {
+			items = append(items, corev1.KeyToPath{Key: k, Path: k})
+		}
+	}
+	for _, it := range items {
+		v, ok := cm.Data[it.Key]
+		if !ok {
+			return fmt.Errorf("configMap %s has no key %q", name, it.Key)
+		}
+		if err := writeFile(dir, it.Path, []byte(v)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// downwardAPI writes the pod's fields as files (the service-account
+// volume the API server adds to every pod carries the namespace so).
+func downwardAPI(pod *corev1.Pod, items []corev1.DownwardAPIVolumeFile, dir string) error {
+	for _, it := range items {
+		if it.FieldRef == nil {
+			return fmt.Errorf("downwardAPI %s: only fieldRef is supported by the e2e node runner", it.Path)
+		}
+		v, err := fieldValue(pod, it.FieldRef.FieldPath, netip.Addr{}, netip.Addr{})
+		if err != nil {
+			return fmt.Errorf("downwardAPI %s: %w", it.Path, err)
+		}
+		if err := writeFile(dir, it.Path, []byte(v)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func writeFile(dir, rel string, b []byte) error {
+	if rel == "" || filepath.IsAbs(rel) || strings.Contains(rel, "..") {
+		return fmt.Errorf("path %q must be relative and stay inside the volume", rel)
+	}
+	p := filepath.Join(dir, rel)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(p, b, 0o644)
+}
+
+// containerEnv resolves a container's env as the kubelet does for the
+// fields zmesh's manifests use: literal values and downward-API fieldRefs.
+// The process starts with nothing else (no env of the runner leaks in),
+// except PATH.
+func containerEnv(pod *corev1.Pod, c *corev1.Container, podIP, hostIP netip.Addr) ([]string, error) {
+	env := []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOSTNAME=" + pod.Name}
+	for _, e := range c.Env {
+		v := e.Value
+		if e.ValueFrom != nil {
+			if e.ValueFrom.FieldRef == nil {
+				return nil, fmt.Errorf("env %s: only fieldRef is supported by the e2e node runner", e.Name)
+			}
+			var err error
+			if v, err = fieldValue(pod, e.ValueFrom.FieldRef.FieldPath, podIP, hostIP); err != nil {
+				return nil, fmt.Errorf("env %s: %w", e.Name, err)
+			}
+		}
+		env = append(env, e.Name+"="+v)
+	}
+	return env, nil
+}
+
+func fieldValue(pod *corev1.Pod, field string, podIP, hostIP netip.Addr) (string, error) {
+	switch field {
+	case "metadata.name":
+		return pod.Name, nil
+	case "metadata.namespace":
+		return pod.Namespace, nil
+	case "metadata.uid":
+		return string(pod.UID), nil
+	case "spec.nodeName":
+		return pod.Spec.NodeName, nil
+	case "spec.serviceAccountName":
+		return pod.Spec.ServiceAccountName, nil
+	case "status.podIP":
+		return podIP.String(), nil
+	case "status.hostIP":
+		return hostIP.String(), nil
+	}
+	for _, kind := range []struct {
+		prefix string
+		m      map[string]string
+	}{{"metadata.labels", pod.Labels}, {"metadata.annotations", pod.Annotations}} {
+		if rest, ok := strings.CutPrefix(field, kind.prefix+"['"); ok {
+			if key, ok := strings.CutSuffix(rest, "']"); ok {
+				return kind.m[key], nil
+			}
+		}
+	}
+	return "", fmt.Errorf("fieldPath %q is not supported by the e2e node runner", field)
+}
+
+// probeReady runs the container's HTTP readiness probe once, from the
+// node's host namespace as the kubelet does. A container without a
+// readiness probe is ready once started.
+func probeReady(ctx context.Context, host *netenv.NS, c *corev1.Container, podIP netip.Addr) bool {
+	p := c.ReadinessProbe
+	if p == nil {
+		return true
+	}
+	if p.HTTPGet == nil {
+		// TCP and exec probes: not used by zmesh's manifests.
+		return false
+	}
+	port, ok := containerPort(c, p.HTTPGet.Port.String())
+	if !ok {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	client := &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return host.Dial(ctx, network, addr)
+		},
+		DisableKeepAlives: true,
+	}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+netip.AddrPortFrom(podIP, port).String()+p.HTTPGet.Path, nil)
+	if err != nil {
+		return false
+	}
+	req.Header.Set("User-Agent", "kube-probe/1.36")
+	resp, err := client.Do(req)
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode >= 200 && resp.StatusCode < 400
+}
+
+// containerPort resolves a probe's port (a number or a container port's
+// name).
+func containerPort(c *corev1.Container, port string) (uint16, bool) {
+	if n, err := strconv.ParseUint(port, 10, 16); err == nil {
+		return uint16(n), true
+	}
+	for _, p := range c.Ports {
+		if p.Name == port {
+			return uint16(p.ContainerPort), true
+		}
+	}
+	return 0, false
+}
+
+// probePeriod is the readiness probe's period (the kubelet's default 10 s
+// when unset).
+func probePeriod(c *corev1.Container) time.Duration {
+	if c.ReadinessProbe == nil || c.ReadinessProbe.PeriodSeconds == 0 {
+		return 10 * time.Second
+	}
+	return time.Duration(c.ReadinessProbe.PeriodSeconds) * time.Second
+}
