@@ -53,6 +53,11 @@ import (
 	"github.com/zmesh/zmesh/internal/kubetest"
 )
 
+// ControlPlaneAddr is where pods reach zmeshd, standing in for its
+// ClusterIP Service: every node's host namespace holds the address and
+// forwards its port to zmeshd on the root namespace's loopback.
+var ControlPlaneAddr = netip.MustParseAddr("10.96.0.10")
+
 // CertTTL is the lifetime of the workload certificates zmeshd signs in the
 // suite: short, so that ztunnels renew them while scenarios run.
 const CertTTL = 60 * time.Second
@@ -83,7 +88,10 @@ type Cluster struct {
 	// ZmeshdSecure is zmeshd's TLS (xDS + CA) address; ZmeshdMonitoring its
 	// /metrics, /ready, /debug/syncz.
 	ZmeshdSecure, ZmeshdMonitoring string
-	CADir                          string
+	// ZmeshdForPods is zmeshd's TLS address as pods reach it (waypoints):
+	// ControlPlaneAddr on the same port, forwarded by every node.
+	ZmeshdForPods string
+	CADir         string
 
 	opts      Options
 	out       io.Writer
@@ -116,6 +124,7 @@ type Node struct {
 	Kubelet      *noderunner.Kubelet
 
 	bpfBase []string
+	forward io.Closer
 }
 
 func bpfEntries(root string) []string {
@@ -206,10 +215,10 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	return c, nil
 }
 
-// build compiles the four binaries into c.Bin.
+// build compiles the zmesh binaries into c.Bin.
 func (c *Cluster) build(ctx context.Context) error {
 	cmd := exec.CommandContext(ctx, "go", "build", "-o", c.Bin+"/",
-		"./cmd/zmeshd", "./cmd/ztunnel", "./cmd/zmesh-cni-agent", "./cmd/zmesh-cni")
+		"./cmd/zmeshd", "./cmd/ztunnel", "./cmd/zmesh-cni-agent", "./cmd/zmesh-cni", "./cmd/waypoint", "./cmd/zmeshctl")
 	cmd.Dir = c.Root
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("go build: %w\n%s", err, out)
@@ -288,11 +297,14 @@ func (c *Cluster) register(ctx context.Context, n *Node) error {
 	if f, err := os.Create(filepath.Join(n.Dir, "noderunner.log")); err == nil {
 		n.Kubelet.Log = slog.New(slog.NewJSONHandler(f, nil)).With("node", n.Name)
 	}
+	logs := filepath.Join(n.Dir, "pods")
+	os.MkdirAll(logs, 0o755)
 	if c.opts.App != "" {
-		logs := filepath.Join(n.Dir, "pods")
-		os.MkdirAll(logs, 0o755)
 		n.Kubelet.App = noderunner.AppCommand(c.opts.App, logs)
 	}
+	// Pods of zmesh images (the waypoints zmeshd deploys) run as the
+	// binaries built here.
+	n.Kubelet.Images = &noderunner.Images{Bin: c.Bin, Dir: filepath.Join(n.Dir, "volumes"), Client: client, Logs: logs}
 	if err := n.Kubelet.Register(ctx, nil); err != nil {
 		return err
 	}
@@ -370,13 +382,21 @@ func (c *Cluster) startZmeshd(ctx context.Context) error {
 	if c.ZmeshdMonitoring, err = freeAddr(); err != nil {
 		return err
 	}
+	_, port, _ := strings.Cut(c.ZmeshdSecure, ":")
+	c.ZmeshdForPods = ControlPlaneAddr.String() + ":" + port
+	for _, n := range c.Nodes {
+		if err := c.forwardControlPlane(n, port); err != nil {
+			return err
+		}
+	}
 	c.CADir = filepath.Join(dir, "ca")
 	c.Zmeshd = &Proc{
 		Name: "zmeshd", Bin: filepath.Join(c.Bin, "zmeshd"), LogPath: filepath.Join(dir, "zmeshd.log"),
 		Ready: "http://" + c.ZmeshdMonitoring + "/ready",
 		Args: []string{
 			"--kubeconfig", kc, "--xds-address", "", "--secure-address", c.ZmeshdSecure,
-			"--secure-hosts", "localhost,127.0.0.1", "--monitoring-address", c.ZmeshdMonitoring,
+			"--secure-hosts", "localhost,127.0.0.1," + ControlPlaneAddr.String(), "--monitoring-address", c.ZmeshdMonitoring,
+			"--waypoint-image", WaypointImage, "--waypoint-xds-address", c.ZmeshdForPods,
 			"--ca-dir", c.CADir, "--identity", "zmeshd-e2e",
 			// Short-lived workload certificates: every ztunnel renews its
 			// pods' about every 30 s, so renewals happen under the
@@ -545,9 +565,13 @@ func (c *Cluster) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	if c.stopPods != nil && c.Env != nil {
-		// Delete the pods users made, as the namespace controller would,
-		// and let the node runners finish them (CNI DEL while the agent
-		// still runs).
+		// What would make pods again goes first (Gateways make waypoint
+		// Deployments, Deployments make pods); then the pods users made
+		// are deleted, as the namespace controller would, and the node
+		// runners finish them (CNI DEL while the agent still runs).
+		for _, kind := range []string{"gateways.gateway.networking.k8s.io", "deployments", "replicasets"} {
+			c.Kubectl(ctx, "delete", kind, "--all", "--all-namespaces", "--wait=false")
+		}
 		pods, err := c.Env.Client.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
 		if err == nil {
 			for _, p := range pods.Items {
@@ -593,6 +617,12 @@ func (c *Cluster) Close() error {
 		errs = append(errs, c.LAN.Close())
 	}
 	for _, n := range c.Nodes {
+		if n.forward != nil {
+			n.forward.Close()
+		}
+		if n.Kubelet != nil && n.Kubelet.Images != nil {
+			errs = append(errs, n.Kubelet.Images.Close())
+		}
 		if n.BPFRoot != "" {
 			if err := unix.Unmount(n.BPFRoot, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
 				errs = append(errs, fmt.Errorf("unmount %s: %w", n.BPFRoot, err))
@@ -625,8 +655,10 @@ func (c *Cluster) Leftovers() []string {
 	}
 	if exe, err := os.Executable(); err == nil {
 		// Pod apps are this executable re-run: any child still alive?
-		out = append(out, childrenRunning(exe)...)
+		out = append(out, childrenRunning(func(path string) bool { return path == exe })...)
 	}
+	// Pods of zmesh images run the built binaries.
+	out = append(out, childrenRunning(func(path string) bool { return strings.HasPrefix(path, c.Bin+"/") })...)
 	return out
 }
 
@@ -645,8 +677,9 @@ func (c *Cluster) allProcs() []*Proc {
 	return ps
 }
 
-// childrenRunning lists this process's children running exe (pod apps).
-func childrenRunning(exe string) []string {
+// childrenRunning lists this process's children whose executable is one
+// of running's (pod processes).
+func childrenRunning(running func(exe string) bool) []string {
 	var out []string
 	self := fmt.Sprint(os.Getpid())
 	ents, _ := os.ReadDir("/proc")
@@ -665,7 +698,7 @@ func childrenRunning(exe string) []string {
 		if len(f) < 2 || f[1] != self {
 			continue
 		}
-		if target, err := os.Readlink(filepath.Join("/proc", e.Name(), "exe")); err == nil && target == exe {
+		if target, err := os.Readlink(filepath.Join("/proc", e.Name(), "exe")); err == nil && running(target) {
 			out = append(out, "pod process "+e.Name())
 		}
 	}

@@ -4,80 +4,35 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
 	"github.com/zmesh/zmesh/e2e/cluster"
 	"github.com/zmesh/zmesh/e2e/podapp"
 )
 
-// apply runs `kubectl apply -f e2e/testdata/<file>` and, at cleanup,
-// deletes the namespaces it names and waits for their pods to be torn
-// down by the node runners.
+// apply, kubectl, waitPods and eventually are the cluster's test helpers
+// on the suite's shared cluster.
 func apply(t *testing.T, file string, namespaces ...string) {
 	t.Helper()
-	out, err := mesh.Kubectl(t.Context(), "apply", "-f", filepath.Join("..", "testdata", file))
-	if err != nil {
-		t.Fatalf("kubectl apply -f %s: %v", file, err)
-	}
-	t.Logf("$ kubectl apply -f e2e/testdata/%s\n%s", file, strings.TrimSpace(out))
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		defer cancel()
-		for _, ns := range namespaces {
-			mesh.Kubectl(ctx, "delete", "namespace", ns, "--wait=false")
-		}
-		for _, ns := range namespaces {
-			for ctx.Err() == nil {
-				pods, err := mesh.Env.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
-				if err == nil && len(pods.Items) == 0 {
-					break
-				}
-				time.Sleep(100 * time.Millisecond)
-			}
-		}
-	})
+	mesh.Apply(t, file, namespaces...)
 }
 
-// kubectl runs kubectl and fails the test on error; it logs the command.
 func kubectl(t *testing.T, args ...string) string {
 	t.Helper()
-	out, err := mesh.Kubectl(t.Context(), args...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("$ kubectl %s\n%s", strings.Join(args, " "), strings.TrimSpace(out))
-	return out
+	return mesh.MustKubectl(t, args...)
 }
 
 func waitPods(t *testing.T, ns string, n int) map[string]*cluster.Pod {
 	t.Helper()
-	pods, err := mesh.WaitPods(t.Context(), ns, n)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for name, p := range pods {
-		t.Logf("pod %s/%s running on %s at %s", ns, name, p.Node.Name, p.IP)
-	}
-	return pods
+	return mesh.MustWaitPods(t, ns, n)
 }
 
-// eventually polls cond every 20 ms for up to d.
 func eventually(t *testing.T, d time.Duration, what string, cond func() bool) time.Duration {
 	t.Helper()
-	start := time.Now()
-	for !cond() {
-		if time.Since(start) > d {
-			t.Fatalf("after %s: %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return time.Since(start)
+	return cluster.Eventually(t, d, what, cond)
 }
 
 func redirected(t *testing.T, ns, name string) bool {

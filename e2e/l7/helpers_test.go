@@ -1,0 +1,134 @@
+package l7
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/zmesh/zmesh/e2e/cluster"
+)
+
+// zmeshctl runs the CLI built for the cluster as its admin, logging the
+// command and its output; it fails the test on error.
+func zmeshctl(t *testing.T, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(mesh.Bin, "zmeshctl"), append([]string{"--kubeconfig", mesh.Env.Kubeconfig}, args...)...)
+	out, err := cmd.CombinedOutput()
+	t.Logf("$ zmeshctl %s\n%s", strings.Join(args, " "), strings.TrimSpace(string(out)))
+	if err != nil {
+		t.Fatalf("zmeshctl %s: %v", strings.Join(args, " "), err)
+	}
+	return string(out)
+}
+
+// serviceAddr is a Service's ClusterIP and port.
+func serviceAddr(t *testing.T, ns, name string, port uint16) netip.AddrPort {
+	t.Helper()
+	svc, err := mesh.Env.Client.CoreV1().Services(ns).Get(t.Context(), name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return netip.AddrPortFrom(netip.MustParseAddr(svc.Spec.ClusterIP), port)
+}
+
+// client is an HTTP client whose connections start in the pod's network
+// namespace (so ztunnel captures them) and are kept alive between
+// requests, as an application's would be.
+func client(p *cluster.Pod) *http.Client {
+	return &http.Client{
+		Timeout: 5 * time.Second,
+		Transport: &http.Transport{
+			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				return p.NS.Dial(ctx, network, addr)
+			},
+			MaxIdleConnsPerHost: 4,
+		},
+	}
+}
+
+// echo is the part of the test app's JSON reply the scenarios read.
+type echo struct {
+	Pod     string              `json:"pod"`
+	Version string              `json:"version"`
+	Headers map[string][]string `json:"headers"`
+}
+
+// get sends one GET with the given headers and decodes the app's echo.
+func get(c *http.Client, url string, header http.Header) (int, echo, error) {
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		return 0, echo{}, err
+	}
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0, echo{}, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return resp.StatusCode, echo{}, err
+	}
+	var e echo
+	if resp.StatusCode == http.StatusOK {
+		if err := json.Unmarshal(b, &e); err != nil {
+			return resp.StatusCode, e, fmt.Errorf("reply %q: %w", b, err)
+		}
+	}
+	return resp.StatusCode, e, nil
+}
+
+// versions sends n requests and counts the answering versions; any error
+// or non-200 answer fails the test.
+func versions(t *testing.T, c *http.Client, url string, n int, header http.Header) map[string]int {
+	t.Helper()
+	got, err := count(c, url, n, header)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+// count sends n requests and counts the answering versions, stopping at
+// the first error or non-200 answer.
+func count(c *http.Client, url string, n int, header http.Header) (map[string]int, error) {
+	got := map[string]int{}
+	for i := range n {
+		code, e, err := get(c, url, header)
+		if err != nil || code != http.StatusOK {
+			return got, fmt.Errorf("request %d of %d to %s: %d %v", i+1, n, url, code, err)
+		}
+		got[e.Version]++
+	}
+	return got, nil
+}
+
+// onlyVersion waits until every one of 20 requests in a row is answered
+// by version want (configuration reaches the waypoint asynchronously).
+func onlyVersion(t *testing.T, c *http.Client, url, want string, header http.Header) {
+	t.Helper()
+	cluster.Eventually(t, 30*time.Second, "every request answered by "+want, func() bool {
+		for range 20 {
+			code, e, err := get(c, url, header)
+			if err != nil || code != http.StatusOK || e.Version != want {
+				return false
+			}
+		}
+		return true
+	})
+}
