@@ -19,8 +19,14 @@ type ring struct {
 }
 
 // newRing builds a ring over hosts with normalised weights w (summing to
-// 1). Its size is the smallest that gives the lightest host an entry for
-// each 1/minSize of its share, bounded by maxSize, as Envoy sizes it.
+// 1). As in Envoy, the lightest host gets at least its share of
+// minSize entries and the ring has at most maxSize; unlike Envoy, the
+// lightest host's count is rounded up to a power of two. Envoy's count,
+// ceil(minSize/n) for n equal hosts, changes whenever a host comes or
+// goes, and every other host's extra or missing entries then move keys
+// between hosts that did not change (about 8% of all keys when 1 of 10
+// hosts goes); rounded, the counts of the others stay put and only the
+// changed host's keys move. The ring is at most twice Envoy's size.
 func newRing(hosts []*Host, w []float64, minSize, maxSize uint64) *ring {
 	minW := math.Inf(1)
 	for _, v := range w {
@@ -31,21 +37,26 @@ func newRing(hosts []*Host, w []float64, minSize, maxSize uint64) *ring {
 	if math.IsInf(minW, 1) {
 		return nil
 	}
-	scale := math.Min(math.Ceil(minW*float64(minSize))/minW, float64(maxSize))
+	lightest := math.Ceil(minW * float64(minSize))
+	lightest = math.Pow(2, math.Ceil(math.Log2(lightest)))
+	scale := math.Min(lightest/minW, float64(maxSize))
 	type entry struct {
 		hash uint64
 		host int
 	}
 	entries := make([]entry, 0, int(math.Ceil(scale))+len(hosts))
 	var key []byte
-	target, count := 0.0, 0.0
 	for i, h := range hosts {
-		target += scale * w[i]
+		if w[i] <= 0 {
+			continue
+		}
+		// Each host's count depends on its own weight only, so one
+		// host's change leaves the others' entries as they were.
+		n := max(1, int(math.Round(scale*w[i])))
 		prefix := h.Endpoint.Addr.String() + "_"
-		for j := 0; count < target; j++ {
+		for j := range n {
 			key = strconv.AppendInt(append(key[:0], prefix...), int64(j), 10)
 			entries = append(entries, entry{xxhash.Sum64(key), i})
-			count++
 		}
 	}
 	// Ties (equal hashes) are broken by host order so that the ring does
