@@ -17,7 +17,7 @@ import (
 
 // hashRoutes compiles a route configuration whose single route has the
 // given hash_policy (YAML list items indented for the route action).
-func hashRoutes(t *testing.T, policies string) []route.HashPolicy {
+func hashRoutes(t testing.TB, policies string) []route.HashPolicy {
 	t.Helper()
 	table := compileYAML(t, []byte(`name: rc
 virtual_hosts:
@@ -175,4 +175,14 @@ func FuzzHashPolicy(f *testing.F) {
 			t.Fatalf("unsafe Set-Cookie %q", c1)
 		}
 	})
+}
+
+func BenchmarkRequestHash(b *testing.B) {
+	ps := hashRoutes(b, "      - header: {header_name: end-user}\n      - connection_properties: {source_ip: true}\n")
+	req := route.Request{Authority: "svc", Method: "GET", Path: "/", Header: http.Header{"End-User": {"jason"}}}
+	client := netip.MustParseAddr("10.1.2.3")
+	b.ReportAllocs()
+	for b.Loop() {
+		route.RequestHash(ps, &req, client)
+	}
 }

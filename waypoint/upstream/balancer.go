@@ -9,13 +9,18 @@ import (
 
 // Host is one endpoint as the load balancer sees it: the compiled endpoint
 // plus the live state that picks depend on (requests in flight, outlier
-// ejection). A Host belongs to one Balancer and lives as long as it.
+// ejection). That state outlives the snapshot: a balancer built with
+// Update shares it for every endpoint that is still there.
 type Host struct {
 	Endpoint Endpoint
 	// Priority and Locality say where the endpoint sits in its assignment
 	// (Locality indexes Assignment.Priorities[Priority]).
 	Priority, Locality int
 
+	live *liveState
+}
+
+type liveState struct {
 	active atomic.Int64
 	// ejectedUntil is a Unix time in nanoseconds; 0 when not ejected.
 	ejectedUntil atomic.Int64
@@ -23,13 +28,24 @@ type Host struct {
 
 // Begin records that a request starts on h; LEAST_REQUEST compares these
 // counts. Every Begin needs one End.
-func (h *Host) Begin() { h.active.Add(1) }
+func (h *Host) Begin() { h.live.active.Add(1) }
 
 // End records that a request on h has finished.
-func (h *Host) End() { h.active.Add(-1) }
+func (h *Host) End() { h.live.active.Add(-1) }
 
 // Active is the number of requests in flight on h.
-func (h *Host) Active() int64 { return h.active.Load() }
+func (h *Host) Active() int64 { return h.live.active.Load() }
+
+// Ejected reports whether h is ejected at t.
+func (h *Host) Ejected(t time.Time) bool {
+	u := h.live.ejectedUntil.Load()
+	return u != 0 && t.UnixNano() < u
+}
+
+func (h *Host) ejectedAt(now int64) bool {
+	u := h.live.ejectedUntil.Load()
+	return u != 0 && now < u
+}
 
 // PickRequest is what one pick depends on besides the balancer's state.
 // The balancer draws no randomness of its own, so a caller (or a test) can
@@ -51,28 +67,49 @@ type PickRequest struct {
 // Balancer spreads requests over one cluster's endpoints as Envoy does:
 // priority levels with overprovisioning spill-over, healthy before
 // degraded hosts, optional locality weighting, then the cluster's policy
-// within the chosen group. It is built once per configuration snapshot;
-// Pick is safe for concurrent use and does not allocate.
+// within the chosen group. It is built once per configuration snapshot
+// (Update carries the hosts' live state to the next); Pick is safe for
+// concurrent use and does not allocate.
 type Balancer struct {
 	lb            LoadBalancing
 	assignment    *Assignment
 	overprovision uint64
 	hosts         []Host
 	byAddr        map[netip.AddrPort]*Host
+	// lineage is shared by a balancer and those built from it with Update:
+	// an ejection through any of them makes the others rebuild.
+	lineage *lineage
 
-	st atomic.Pointer[state]
-	// nextExpiry is the Unix time in nanoseconds at which the earliest
-	// ejection ends, 0 when no host is ejected: Pick reads the clock only
-	// while it is set.
-	nextExpiry atomic.Int64
-	mu         sync.Mutex // serialises rebuilds of st
-	now        func() time.Time
+	st  atomic.Pointer[state]
+	mu  sync.Mutex // serialises rebuilds of st
+	now func() time.Time
+}
+
+type lineage struct {
+	// epoch counts ejections; a state built at an older epoch is stale.
+	epoch atomic.Uint64
 }
 
 // NewBalancer builds the balancer of cluster c over the endpoints of a. A
 // nil a is a cluster without endpoints: every pick fails.
 func NewBalancer(c *Cluster, a *Assignment) *Balancer {
-	b := &Balancer{lb: c.LB, overprovision: DefaultOverprovisioning, now: time.Now}
+	return newBalancer(nil, c, a)
+}
+
+// Update builds the balancer for a new snapshot of the same cluster. An
+// endpoint still there (same address and identity) keeps its requests in
+// flight and its ejection, so that an endpoint update neither forgets the
+// load LEAST_REQUEST balances nor returns ejected hosts early. b may be
+// nil.
+func (b *Balancer) Update(c *Cluster, a *Assignment) *Balancer {
+	return newBalancer(b, c, a)
+}
+
+func newBalancer(prev *Balancer, c *Cluster, a *Assignment) *Balancer {
+	b := &Balancer{lb: c.LB, assignment: a, overprovision: DefaultOverprovisioning, now: time.Now, lineage: &lineage{}}
+	if prev != nil {
+		b.lineage, b.now = prev.lineage, prev.now
+	}
 	if a != nil {
 		if a.OverprovisioningFactor > 0 {
 			b.overprovision = uint64(a.OverprovisioningFactor)
@@ -88,7 +125,13 @@ func NewBalancer(c *Cluster, a *Assignment) *Balancer {
 		for p, locs := range a.Priorities {
 			for li, l := range locs {
 				for _, e := range l.Endpoints {
-					b.hosts = append(b.hosts, Host{Endpoint: e, Priority: p, Locality: li})
+					h := Host{Endpoint: e, Priority: p, Locality: li}
+					if old, ok := prev.Host(e.Addr); ok && old.Endpoint.Identity == e.Identity {
+						h.live = old.live
+					} else {
+						h.live = &liveState{}
+					}
+					b.hosts = append(b.hosts, h)
 				}
 			}
 		}
@@ -96,8 +139,7 @@ func NewBalancer(c *Cluster, a *Assignment) *Balancer {
 			b.byAddr[b.hosts[i].Endpoint.Addr] = &b.hosts[i]
 		}
 	}
-	b.assignment = a
-	b.st.Store(b.build(a))
+	b.st.Store(b.build(b.lineage.epoch.Load(), b.now().UnixNano()))
 	return b
 }
 
@@ -105,8 +147,11 @@ func NewBalancer(c *Cluster, a *Assignment) *Balancer {
 // locality, endpoint). The slice must not be modified.
 func (b *Balancer) Hosts() []Host { return b.hosts }
 
-// Host returns the host at addr, if the cluster has one.
+// Host returns the host at addr, if the cluster has one. b may be nil.
 func (b *Balancer) Host(addr netip.AddrPort) (*Host, bool) {
+	if b == nil {
+		return nil, false
+	}
 	h, ok := b.byAddr[addr]
 	return h, ok
 }
@@ -114,54 +159,35 @@ func (b *Balancer) Host(addr netip.AddrPort) (*Host, bool) {
 // Eject takes h out of load balancing until the given time, as outlier
 // detection does; a time not after now returns it at once. Which host to
 // eject and for how long is the caller's policy. h must be one of b's
-// hosts.
+// hosts; the ejection holds in every balancer of the cluster's lineage
+// (see Update).
 func (b *Balancer) Eject(h *Host, until time.Time) {
 	if h == nil || b.byAddr[h.Endpoint.Addr] != h {
 		return
 	}
-	u := until.UnixNano()
-	if u <= 0 {
-		u = 0
-	}
+	u := max(0, until.UnixNano())
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	h.ejectedUntil.Store(u)
-	b.rebuildLocked(b.now().UnixNano())
+	h.live.ejectedUntil.Store(u)
+	epoch := b.lineage.epoch.Add(1)
+	b.st.Store(b.build(epoch, b.now().UnixNano()))
 }
 
-// Ejected reports whether h is ejected at t.
-func (h *Host) Ejected(t time.Time) bool {
-	u := h.ejectedUntil.Load()
-	return u != 0 && t.UnixNano() < u
-}
-
-// refresh rebuilds the state once the earliest ejection has ended.
-func (b *Balancer) refresh() {
+// current returns the state, rebuilt first if an ejection happened or
+// ended since it was built.
+func (b *Balancer) current() *state {
+	st := b.st.Load()
+	if st.epoch == b.lineage.epoch.Load() && (st.nextExpiry == 0 || b.now().UnixNano() < st.nextExpiry) {
+		return st
+	}
 	if !b.mu.TryLock() {
-		return // another goroutine is rebuilding; this pick uses the state as it is
+		return st // another goroutine is rebuilding; this pick uses the state as it is
 	}
 	defer b.mu.Unlock()
-	now := b.now().UnixNano()
-	if e := b.nextExpiry.Load(); e != 0 && now >= e {
-		b.rebuildLocked(now)
-	}
-}
-
-func (b *Balancer) rebuildLocked(now int64) {
-	next := int64(0)
-	for i := range b.hosts {
-		u := b.hosts[i].ejectedUntil.Load()
-		if u == 0 {
-			continue
-		}
-		if u <= now {
-			b.hosts[i].ejectedUntil.Store(0)
-			continue
-		}
-		if next == 0 || u < next {
-			next = u
-		}
-	}
-	b.nextExpiry.Store(next)
-	b.st.Store(b.build(b.assignment))
+	// Load the epoch before reading the hosts, so that an ejection racing
+	// this rebuild leaves the state stale and rebuilt again.
+	epoch := b.lineage.epoch.Load()
+	st = b.build(epoch, b.now().UnixNano())
+	b.st.Store(st)
+	return st
 }

@@ -324,3 +324,25 @@ func TestPanicThreshold(t *testing.T) {
 }
 
 var testNow = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+
+func TestPickAllocationFree(t *testing.T) {
+	a, _ := zones([3]int{80, 3, 1}, [3]int{20, 4, 0})
+	a.Priorities = append(a.Priorities, []Locality{{Weight: 1, Endpoints: []Endpoint{ep(100, 2), withHealth(ep(101, 1), Degraded)}}})
+	for _, k := range []LBKind{RoundRobin, Random, LeastRequest, RingHash, Maglev} {
+		for _, lw := range []bool{false, true} {
+			c := cluster(k)
+			c.LB.LocalityWeighted = lw
+			b := NewBalancer(c, a)
+			h, _ := b.Host(ep(2, 1).Addr)
+			b.Eject(h, time.Now().Add(time.Hour)) // the clock is read on every pick
+			tried := []netip.AddrPort{ep(1, 1).Addr, ep(3, 1).Addr}
+			i := uint64(0)
+			if n := testing.AllocsPerRun(200, func() {
+				i++
+				b.Pick(PickRequest{Random: i, Hash: i * 7919, HasHash: i%2 == 0, Attempted: tried})
+			}); n != 0 {
+				t.Errorf("%v locality weighted %v: %.1f allocations per pick", k, lw, n)
+			}
+		}
+	}
+}

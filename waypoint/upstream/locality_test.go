@@ -213,3 +213,49 @@ func TestConcurrentPick(t *testing.T) {
 		}
 	}
 }
+
+func TestUpdateCarriesLiveState(t *testing.T) {
+	eps := []Endpoint{ep(1, 1), ep(2, 1), ep(3, 1)}
+	old := NewBalancer(cluster(LeastRequest), oneLevel(eps...))
+	now := testNow
+	old.now = func() time.Time { return now }
+	busy, _ := old.Host(eps[0].Addr)
+	busy.Begin()
+	busy.Begin()
+	ejected, _ := old.Host(eps[1].Addr)
+	old.Eject(ejected, now.Add(time.Minute))
+
+	// An endpoint update adds a host: the busy host is still busy, the
+	// ejected one still ejected.
+	next := old.Update(cluster(LeastRequest), oneLevel(append(append([]Endpoint{}, eps...), ep(4, 1))...))
+	if h, _ := next.Host(eps[0].Addr); h.Active() != 2 {
+		t.Fatalf("requests in flight after Update: %d, want 2", h.Active())
+	}
+	got := counts(t, next, 1000, seq)
+	if got[eps[1].Addr] != 0 {
+		t.Fatalf("ejected host picked after Update: %v", got)
+	}
+	// A request begun on the old balancer ends after the update.
+	busy.End()
+	if h, _ := next.Host(eps[0].Addr); h.Active() != 1 {
+		t.Fatalf("End on the old host not seen by the new: %d", h.Active())
+	}
+	// An ejection through the old balancer reaches the new one.
+	h3, _ := old.Host(eps[2].Addr)
+	old.Eject(h3, now.Add(time.Minute))
+	if got := counts(t, next, 1000, seq); got[eps[2].Addr] != 0 {
+		t.Fatalf("ejection through the previous balancer ignored: %v", got)
+	}
+	// The ejections end on the clock.
+	now = now.Add(time.Minute)
+	if got := counts(t, next, 1000, seq); got[eps[1].Addr] == 0 || got[eps[2].Addr] == 0 {
+		t.Fatalf("ejections did not end: %v", got)
+	}
+	// Same address, another identity (a new pod got the IP): fresh state.
+	moved := eps[0]
+	moved.Identity = "spiffe://cluster.local/ns/other/sa/x"
+	fresh := next.Update(cluster(LeastRequest), oneLevel(moved))
+	if h, _ := fresh.Host(moved.Addr); h.Active() != 0 {
+		t.Fatalf("another workload at the same address inherited %d requests", h.Active())
+	}
+}

@@ -91,18 +91,18 @@ func (p *pool) leastRequest(x uint64, choices uint32) *Host {
 		best := p.hosts[x%n]
 		for range choices - 1 {
 			x = mix(x, saltHost)
-			if c := p.hosts[x%n]; c.active.Load() < best.active.Load() {
+			if c := p.hosts[x%n]; c.live.active.Load() < best.live.active.Load() {
 				best = c
 			}
 		}
 		return best
 	}
 	best := p.hosts[p.w.at(x)]
-	ba, bw := uint64(max(0, best.active.Load())), uint64(best.Endpoint.Weight)
+	ba, bw := uint64(max(0, best.live.active.Load())), uint64(best.Endpoint.Weight)
 	for range choices - 1 {
 		x = mix(x, saltHost)
 		c := p.hosts[p.w.at(x)]
-		ca, cw := uint64(max(0, c.active.Load())), uint64(c.Endpoint.Weight)
+		ca, cw := uint64(max(0, c.live.active.Load())), uint64(c.Endpoint.Weight)
 		// ca/cw < ba/bw without division; weights are below 2^32 and
 		// counts far below 2^32, so the products do not overflow.
 		if ca*bw < ba*cw {

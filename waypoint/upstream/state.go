@@ -15,6 +15,11 @@ type state struct {
 	// sent to priority p's healthy and degraded hosts; together they add
 	// up to 100, or are all 0 when no host can be picked.
 	healthyLoad, degradedLoad []uint64
+	// epoch is the lineage's ejection count the state was built at;
+	// nextExpiry the Unix time in nanoseconds at which its earliest
+	// ejection ends, 0 for none.
+	epoch      uint64
+	nextExpiry int64
 }
 
 // level is one priority. In panic mode both sources are the level's every
@@ -32,12 +37,18 @@ type source struct {
 	locWeights *weighted // nil: no locality weighting, pick from all
 }
 
-// build computes the state from the assignment and the hosts' ejections.
-// The caller has already cleared ejections that have ended.
-func (b *Balancer) build(a *Assignment) *state {
-	st := &state{}
+// build computes the state from the assignment and the hosts' ejections
+// at now.
+func (b *Balancer) build(epoch uint64, now int64) *state {
+	st := &state{epoch: epoch}
+	a := b.assignment
 	if a == nil || len(a.Priorities) == 0 {
 		return st
+	}
+	for i := range b.hosts {
+		if u := b.hosts[i].live.ejectedUntil.Load(); u > now && (st.nextExpiry == 0 || u < st.nextExpiry) {
+			st.nextExpiry = u
+		}
 	}
 	np := len(a.Priorities)
 	st.levels = make([]level, np)
@@ -46,7 +57,7 @@ func (b *Balancer) build(a *Assignment) *state {
 	eligibleAt := make([]*source, np)
 	idx := 0
 	for p, locs := range a.Priorities {
-		g := newGrouping(len(locs))
+		g := newGrouping(len(locs), now)
 		for li, l := range locs {
 			for range l.Endpoints {
 				h := &b.hosts[idx]
@@ -130,6 +141,7 @@ func (b *Balancer) inPanic(available, total int) bool {
 
 // grouping sorts one priority's hosts by what they can be picked as.
 type grouping struct {
+	now                         int64
 	total                       int
 	healthy, degraded, eligible hostGroup
 	locTotal                    []int
@@ -141,8 +153,9 @@ type hostGroup struct {
 	byLoc [][]*Host
 }
 
-func newGrouping(nloc int) *grouping {
+func newGrouping(nloc int, now int64) *grouping {
 	return &grouping{
+		now:      now,
 		healthy:  hostGroup{byLoc: make([][]*Host, nloc)},
 		degraded: hostGroup{byLoc: make([][]*Host, nloc)},
 		eligible: hostGroup{byLoc: make([][]*Host, nloc)},
@@ -160,7 +173,7 @@ func (g *grouping) add(li int, h *Host) {
 		return
 	}
 	g.eligible.add(li, h)
-	if h.ejectedUntil.Load() != 0 {
+	if h.ejectedAt(g.now) {
 		return
 	}
 	switch h.Endpoint.Health {
@@ -262,10 +275,7 @@ func (st *state) choose(x uint64) *source {
 // Pick chooses the endpoint for one request. It returns false when the
 // cluster has no endpoint that may be picked.
 func (b *Balancer) Pick(r PickRequest) (*Host, bool) {
-	if e := b.nextExpiry.Load(); e != 0 && b.now().UnixNano() >= e {
-		b.refresh()
-	}
-	st := b.st.Load()
+	st := b.current()
 	px := r.Random
 	if r.HasHash && b.hashed() {
 		px = r.Hash
