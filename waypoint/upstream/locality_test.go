@@ -49,6 +49,13 @@ func TestLocalityWeighted(t *testing.T) {
 		{"not weighted", RoundRobin, false, [][3]int{{80, 1, 0}, {20, 4, 0}}, []float64{0.2, 0.8}},
 		// Zone a half healthy: 50 × min(1, 1.4 × 1/2) = 35 against 50.
 		{"half-healthy locality", RoundRobin, true, [][3]int{{50, 1, 1}, {50, 2, 0}}, []float64{35.0 / 85, 50.0 / 85}},
+		// Envoy's documented table: X weight 1, Y weight 2 (all
+		// available), factor 1.4; X's availability → X's share.
+		{"envoy table X 100%", RoundRobin, true, [][3]int{{1, 20, 0}, {2, 20, 0}}, []float64{1.0 / 3, 2.0 / 3}},
+		{"envoy table X 70%", RoundRobin, true, [][3]int{{1, 14, 6}, {2, 20, 0}}, []float64{0.98 / 2.98, 2 / 2.98}},
+		{"envoy table X 50%", RoundRobin, true, [][3]int{{1, 10, 10}, {2, 20, 0}}, []float64{0.7 / 2.7, 2 / 2.7}},
+		{"envoy table X 25%", RoundRobin, true, [][3]int{{1, 5, 15}, {2, 20, 0}}, []float64{0.35 / 2.35, 2 / 2.35}},
+		{"envoy table X 0%", RoundRobin, true, [][3]int{{1, 0, 20}, {2, 20, 0}}, []float64{0, 1}},
 		// A locality without weight gets nothing.
 		{"zero weight", RoundRobin, true, [][3]int{{0, 3, 0}, {1, 1, 0}}, []float64{0, 1}},
 	} {
