@@ -132,6 +132,23 @@ func TestRingSize(t *testing.T) {
 			t.Errorf("ring min %d max %d: %d entries, want %d", tc.min, tc.max, len(r.hashes), tc.want)
 		}
 	}
+	// A weight ratio of 1 to 4e9 (weights a ServiceEntry's author sets)
+	// would ask for the largest ring; it stays within 1M entries, and the
+	// light host keeps at least one.
+	b := NewBalancer(cluster(RingHash), oneLevel(ep(1, 1), ep(2, 4_000_000_000)))
+	r := b.st.Load().levels[0].healthy.all.ring
+	if len(r.hashes) > 1<<20+1 {
+		t.Errorf("ring of %d entries for a skewed weight ratio, want at most 1M", len(r.hashes))
+	}
+	light := 0
+	for _, h := range r.hosts {
+		if h.Endpoint.Addr == ep(1, 1).Addr {
+			light++
+		}
+	}
+	if light == 0 {
+		t.Error("the light host has no ring entry")
+	}
 	c := cluster(Maglev)
 	c.LB.MaglevTableSize = 307
 	if m := NewBalancer(c, oneLevel(eps...)).st.Load().levels[0].healthy.all.maglev; len(m.table) != 307 {

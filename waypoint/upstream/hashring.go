@@ -18,6 +18,12 @@ type ring struct {
 	hosts  []*Host
 }
 
+// maxRingEntries bounds a ring below Envoy's maximum_ring_size limit
+// (8M entries, 128 MiB here, rebuilt on every ejection): endpoint weights
+// can come from a ServiceEntry a namespace owner writes, and a ratio of
+// 1 to 2^32 would otherwise ask for the largest ring allowed.
+const maxRingEntries = 1 << 20
+
 // newRing builds a ring over hosts with normalised weights w (summing to
 // 1). As in Envoy, the lightest host gets at least its share of
 // minSize entries and the ring has at most maxSize; unlike Envoy, the
@@ -39,7 +45,7 @@ func newRing(hosts []*Host, w []float64, minSize, maxSize uint64) *ring {
 	}
 	lightest := math.Ceil(minW * float64(minSize))
 	lightest = math.Pow(2, math.Ceil(math.Log2(lightest)))
-	scale := math.Min(lightest/minW, float64(maxSize))
+	scale := math.Min(lightest/minW, float64(min(maxSize, maxRingEntries)))
 	type entry struct {
 		hash uint64
 		host int

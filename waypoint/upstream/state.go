@@ -54,7 +54,10 @@ func (b *Balancer) build(epoch uint64, now int64) *state {
 	st.levels = make([]level, np)
 	health := make([]uint64, np)
 	degraded := make([]uint64, np)
-	eligibleAt := make([]*source, np)
+	// eligible holds each level's hosts not unhealthy in EDS, for panic
+	// mode; their pools are built only if a level needs them.
+	eligible := make([]hostGroup, np)
+	locTotals := make([][]int, np)
 	idx := 0
 	for p, locs := range a.Priorities {
 		g := newGrouping(len(locs), now)
@@ -69,9 +72,10 @@ func (b *Balancer) build(epoch uint64, now int64) *state {
 			health[p] = min(100, b.overprovision*uint64(len(g.healthy.all))/uint64(g.total))
 			degraded[p] = min(100, b.overprovision*uint64(len(g.degraded.all))/uint64(g.total))
 		}
-		eligibleAt[p] = b.newSource(g.eligible, locs, g.locTotal, false)
+		eligible[p], locTotals[p] = g.eligible, g.locTotal
 		if b.inPanic(len(g.healthy.all)+len(g.degraded.all), g.total) {
-			st.levels[p] = level{healthy: eligibleAt[p], degraded: eligibleAt[p]}
+			s := b.newSource(g.eligible, locs, g.locTotal, false)
+			st.levels[p] = level{healthy: s, degraded: s}
 			continue
 		}
 		st.levels[p] = level{
@@ -96,7 +100,9 @@ func (b *Balancer) build(epoch uint64, now int64) *state {
 		// first level, which then uses all of its hosts.
 		if b.lb.HealthyPanicThreshold > 0 {
 			for p := range np {
-				if eligibleAt[p] != nil {
+				if len(eligible[p].all) > 0 {
+					s := b.newSource(eligible[p], a.Priorities[p], locTotals[p], false)
+					st.levels[p] = level{healthy: s, degraded: s}
 					st.healthyLoad[p] = 100
 					break
 				}
@@ -217,7 +223,7 @@ func (b *Balancer) newSource(g hostGroup, locs []Locality, locTotal []int, local
 		s.all = b.newPool(g.all, nil)
 		return s
 	}
-	if b.lb.Kind == RingHash || b.lb.Kind == Maglev {
+	if b.lb.Kind.ConsistentHash() {
 		// The hash table holds every host of the group, each weighted by
 		// its share of its locality times the locality's share.
 		w := make([]float64, 0, len(g.all))
@@ -277,7 +283,7 @@ func (st *state) choose(x uint64) *source {
 func (b *Balancer) Pick(r PickRequest) (*Host, bool) {
 	st := b.current()
 	px := r.Random
-	if r.HasHash && b.hashed() {
+	if r.HasHash && b.lb.Kind.ConsistentHash() {
 		px = r.Hash
 	}
 	src := st.choose(mix(px, saltPriority))
@@ -314,8 +320,6 @@ func (b *Balancer) Pick(r PickRequest) (*Host, bool) {
 	}
 	return h, true
 }
-
-func (b *Balancer) hashed() bool { return b.lb.Kind == RingHash || b.lb.Kind == Maglev }
 
 func (b *Balancer) pickSource(s *source, r PickRequest) *Host {
 	p := s.all
