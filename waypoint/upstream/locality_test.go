@@ -212,6 +212,16 @@ func TestConcurrentPick(t *testing.T) {
 				b.Eject(h, time.Now().Add(time.Duration(i%3)*time.Millisecond))
 			}
 		})
+		// A successor built and used while the first is ejecting.
+		wg.Go(func() {
+			next := b.Update(cluster(k), oneLevel(eps...))
+			for i := range 2000 {
+				if h, ok := next.Pick(PickRequest{Random: uint64(i)}); ok {
+					h.Begin()
+					h.End()
+				}
+			}
+		})
 		wg.Wait()
 		for _, e := range eps {
 			if h, _ := b.Host(e.Addr); h.Active() != 0 {
