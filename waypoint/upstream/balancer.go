@@ -71,6 +71,7 @@ type PickRequest struct {
 // (Update carries the hosts' live state to the next); Pick is safe for
 // concurrent use and does not allocate.
 type Balancer struct {
+	cluster       *Cluster
 	lb            LoadBalancing
 	assignment    *Assignment
 	overprovision uint64
@@ -106,7 +107,7 @@ func (b *Balancer) Update(c *Cluster, a *Assignment) *Balancer {
 }
 
 func newBalancer(prev *Balancer, c *Cluster, a *Assignment) *Balancer {
-	b := &Balancer{lb: c.LB, assignment: a, overprovision: DefaultOverprovisioning, now: time.Now, lineage: &lineage{}}
+	b := &Balancer{cluster: c, lb: c.LB, assignment: a, overprovision: DefaultOverprovisioning, now: time.Now, lineage: &lineage{}}
 	if prev != nil {
 		b.lineage, b.now = prev.lineage, prev.now
 	}
@@ -141,6 +142,24 @@ func newBalancer(prev *Balancer, c *Cluster, a *Assignment) *Balancer {
 	}
 	b.st.Store(b.build(b.lineage.epoch.Load(), b.now().UnixNano()))
 	return b
+}
+
+// Balancers builds the balancers of a snapshot's clusters, each over the
+// assignment its EDSServiceName names (none yet: no endpoints). A cluster
+// of prev is carried over with Update, or kept as it is when neither its
+// compiled cluster nor its assignment changed (the same pointers).
+func Balancers(prev map[string]*Balancer, clusters map[string]*Cluster, assignments map[string]*Assignment) map[string]*Balancer {
+	out := make(map[string]*Balancer, len(clusters))
+	for name, c := range clusters {
+		a := assignments[c.EDSServiceName]
+		p := prev[name]
+		if p != nil && p.cluster == c && p.assignment == a {
+			out[name] = p
+			continue
+		}
+		out[name] = p.Update(c, a)
+	}
+	return out
 }
 
 // Hosts returns the balancer's hosts in assignment order (priority,

@@ -346,3 +346,31 @@ func TestPickAllocationFree(t *testing.T) {
 		}
 	}
 }
+
+func TestBalancers(t *testing.T) {
+	c1, c2 := cluster(RoundRobin), cluster(LeastRequest)
+	c1.Name, c1.EDSServiceName = "c1", "c1"
+	c2.Name, c2.EDSServiceName = "c2", "eds-c2"
+	a1, a2 := oneLevel(ep(1, 1)), oneLevel(ep(2, 1), ep(3, 1))
+	first := Balancers(nil, map[string]*Cluster{"c1": c1, "c2": c2}, map[string]*Assignment{"c1": a1, "eds-c2": a2})
+	if h, ok := first["c2"].Pick(PickRequest{}); !ok || h.Endpoint.Addr != ep(2, 1).Addr && h.Endpoint.Addr != ep(3, 1).Addr {
+		t.Fatalf("c2 not fed by its EDS service name's assignment")
+	}
+	busy, _ := first["c2"].Host(ep(2, 1).Addr)
+	busy.Begin()
+	// c1 unchanged: the same balancer; c2's endpoints changed: a new
+	// balancer that remembers the request in flight; c3 without endpoints.
+	c3 := cluster(Random)
+	c3.Name, c3.EDSServiceName = "c3", "c3"
+	a2b := oneLevel(ep(2, 1), ep(4, 1))
+	second := Balancers(first, map[string]*Cluster{"c1": c1, "c2": c2, "c3": c3}, map[string]*Assignment{"c1": a1, "eds-c2": a2b})
+	if second["c1"] != first["c1"] {
+		t.Error("unchanged cluster rebuilt")
+	}
+	if h, _ := second["c2"].Host(ep(2, 1).Addr); second["c2"] == first["c2"] || h.Active() != 1 {
+		t.Error("changed cluster not rebuilt with its live state")
+	}
+	if _, ok := second["c3"].Pick(PickRequest{}); ok {
+		t.Error("cluster without an assignment picked an endpoint")
+	}
+}
