@@ -177,12 +177,17 @@ func (b *Balancer) Host(addr netip.AddrPort) (*Host, bool) {
 
 // Eject takes h out of load balancing until the given time, as outlier
 // detection does; a time not after now returns it at once. Which host to
-// eject and for how long is the caller's policy. h must be one of b's
-// hosts; the ejection holds in every balancer of the cluster's lineage
-// (see Update).
-func (b *Balancer) Eject(h *Host, until time.Time) {
-	if h == nil || b.byAddr[h.Endpoint.Addr] != h {
-		return
+// eject and for how long is the caller's policy. h may come from b or from
+// a balancer b was built from with Update (a request that started before
+// an endpoint update); the ejection holds in every balancer of the lineage.
+// It returns false, doing nothing, for a host b does not have.
+func (b *Balancer) Eject(h *Host, until time.Time) bool {
+	if h == nil {
+		return false
+	}
+	mine, ok := b.byAddr[h.Endpoint.Addr]
+	if !ok || mine.live != h.live {
+		return false
 	}
 	u := max(0, until.UnixNano())
 	b.mu.Lock()
@@ -190,6 +195,7 @@ func (b *Balancer) Eject(h *Host, until time.Time) {
 	h.live.ejectedUntil.Store(u)
 	epoch := b.lineage.epoch.Add(1)
 	b.st.Store(b.build(epoch, b.now().UnixNano()))
+	return true
 }
 
 // current returns the state, rebuilt first if an ejection happened or

@@ -180,8 +180,7 @@ func TestEjection(t *testing.T) {
 	b1 := NewBalancer(cluster(RoundRobin), oneLevel(eps...))
 	b2 := NewBalancer(cluster(RoundRobin), oneLevel(eps...))
 	h, _ := b2.Host(eps[0].Addr)
-	b1.Eject(h, time.Now().Add(time.Hour))
-	if h.Ejected(time.Now()) {
+	if b1.Eject(h, time.Now().Add(time.Hour)) || h.Ejected(time.Now()) {
 		t.Fatal("a balancer ejected another balancer's host")
 	}
 }
@@ -257,6 +256,12 @@ func TestUpdateCarriesLiveState(t *testing.T) {
 	if h, _ := next.Host(eps[0].Addr); h.Active() != 1 {
 		t.Fatalf("End on the old host not seen by the new: %d", h.Active())
 	}
+	// A host from the old balancer (a request that started before the
+	// update) can be ejected through the new one.
+	if !next.Eject(busy, now.Add(time.Second)) || !busy.Ejected(now) {
+		t.Fatal("host of the previous balancer not ejected through the new one")
+	}
+	next.Eject(busy, now)
 	// An ejection through the old balancer reaches the new one.
 	h3, _ := old.Host(eps[2].Addr)
 	old.Eject(h3, now.Add(time.Minute))
