@@ -37,10 +37,7 @@ func (h *Host) End() { h.live.active.Add(-1) }
 func (h *Host) Active() int64 { return h.live.active.Load() }
 
 // Ejected reports whether h is ejected at t.
-func (h *Host) Ejected(t time.Time) bool {
-	u := h.live.ejectedUntil.Load()
-	return u != 0 && t.UnixNano() < u
-}
+func (h *Host) Ejected(t time.Time) bool { return h.ejectedAt(t.UnixNano()) }
 
 func (h *Host) ejectedAt(now int64) bool {
 	u := h.live.ejectedUntil.Load()
