@@ -785,4 +785,3 @@ func (b *builder) grpcMatch(ref ObjectRef, path string, m gatewayv1.GRPCRouteMat
 	}
 	return rm, key, true
 }
-

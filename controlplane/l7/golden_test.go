@@ -64,6 +64,12 @@ func RenderAll(t testing.TB, snap *model.Snapshot) string {
 			fmt.Fprintln(&b, p)
 		}
 	}
+	if unbound := Unbound(Options{Mesh: model.DefaultMesh()}, snap); len(unbound) > 0 {
+		b.WriteString("## bound to no waypoint\n")
+		for _, p := range unbound {
+			fmt.Fprintln(&b, p)
+		}
+	}
 	return b.String()
 }
 

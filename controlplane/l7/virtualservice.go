@@ -199,14 +199,19 @@ func (b *builder) vsMatch(ref ObjectRef, path string, m *networking.HTTPMatchReq
 	case *networking.StringMatch_Prefix:
 		out.PathSpecifier = &routev3.RouteMatch_Prefix{Prefix: cmp.Or(u.Prefix, "/")}
 	case *networking.StringMatch_Regex:
-		sm, err := regexMatcher(u.Regex)
+		re := u.Regex
+		if m.IgnoreUriCase {
+			// Envoy ignores case_sensitive for a regex; the flag goes in it.
+			re = "(?i)" + re
+		}
+		sm, err := regexMatcher(re)
 		if err != nil {
 			b.problem(ref, path+".uri.regex", err.Error()+"; this match clause is left out")
 			return nil, false
 		}
 		out.PathSpecifier = &routev3.RouteMatch_SafeRegex{SafeRegex: sm.GetSafeRegex()}
 	}
-	if m.IgnoreUriCase {
+	if _, regex := out.PathSpecifier.(*routev3.RouteMatch_SafeRegex); m.IgnoreUriCase && !regex {
 		out.CaseSensitive = wrapperspb.Bool(false)
 	}
 	type header struct {
