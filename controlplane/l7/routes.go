@@ -101,7 +101,7 @@ func (b *builder) conflict(info *serviceInfo, services []*vsEntry, attached []*x
 			info.host, strings.Join(routeNames, ", ")))
 	}
 	for _, r := range attached {
-		b.report(r.ref, ReasonOverridden, "spec.parentRefs", fmt.Sprintf("%s is also routed by %s, which is ignored for it: this route wins",
+		b.report(r.ref, ReasonConflicted, "spec.parentRefs", fmt.Sprintf("%s is also routed by %s, which is ignored for it: this route wins",
 			info.host, strings.Join(vsNames, ", ")))
 	}
 }

@@ -82,6 +82,9 @@ const (
 	// ReasonOverridden: another object configures the same host and wins;
 	// the whole object is ignored for that host.
 	ReasonOverridden Reason = "Overridden"
+	// ReasonConflicted: another object configures the same host too and
+	// is ignored for it; this one is in force.
+	ReasonConflicted Reason = "Conflicted"
 	// ReasonNoWaypoint: none of the object's hosts or parents is bound to
 	// a waypoint; the object has no effect (Unbound reports it).
 	ReasonNoWaypoint Reason = "NoWaypoint"
