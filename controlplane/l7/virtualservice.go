@@ -246,6 +246,10 @@ func (b *builder) vsMatch(ref ObjectRef, path string, m *networking.HTTPMatchReq
 			hm.HeaderMatchSpecifier = &routev3.HeaderMatcher_PresentMatch{PresentMatch: true}
 		} else {
 			hm.HeaderMatchSpecifier = &routev3.HeaderMatcher_StringMatch{StringMatch: sm}
+			// Envoy never matches an absent header with a value match, not
+			// even inverted; withoutHeaders means "not this value", which
+			// a request without the header satisfies.
+			hm.TreatMissingHeaderAsEmpty = h.invert
 		}
 		out.Headers = append(out.Headers, hm)
 	}
