@@ -10,11 +10,31 @@ import (
 	"github.com/zmesh/zmesh/controlplane/model/modeltest"
 	"github.com/zmesh/zmesh/internal/golden"
 	"github.com/zmesh/zmesh/waypoint/config"
+	"github.com/zmesh/zmesh/waypoint/route"
 )
 
+// routeClusters are the clusters a compiled route sends to or mirrors to.
+func routeClusters(r *route.Route) []string {
+	if r.Forward == nil {
+		return nil
+	}
+	var out []string
+	if r.Forward.Cluster != "" {
+		out = append(out, r.Forward.Cluster)
+	}
+	for _, w := range r.Forward.Weighted {
+		out = append(out, w.Name)
+	}
+	for _, m := range r.Forward.Mirrors {
+		out = append(out, m.Cluster)
+	}
+	return out
+}
+
 // TestL7ResourcesCompile builds every waypoint of controlplane/l7's golden
-// inputs and compiles the clusters and endpoints with the waypoint's own
-// config package: whatever zmeshd sends, the waypoint accepts (no NACK).
+// inputs and compiles the route configurations, clusters and endpoints with
+// the waypoint's own config package: whatever zmeshd sends, the waypoint
+// accepts (no NACK), and every cluster a route names exists.
 func TestL7ResourcesCompile(t *testing.T) {
 	files, err := filepath.Glob(filepath.Join("..", "controlplane", "l7", "testdata", "*.txtar"))
 	if err != nil {
@@ -51,6 +71,21 @@ func TestL7ResourcesCompile(t *testing.T) {
 				for name := range clusters {
 					if _, ok := las[name]; !ok {
 						t.Errorf("cluster %s has no load assignment", name)
+					}
+				}
+				for _, rc := range res.Routes {
+					table, err := config.CompileRoutes(rc)
+					if err != nil {
+						t.Fatalf("waypoint %s/%s: routes refused: %v", gw.Namespace, gw.Name, err)
+					}
+					for _, vh := range table.VirtualHosts {
+						for _, r := range vh.Routes {
+							for _, c := range routeClusters(r) {
+								if _, ok := clusters[c]; !ok {
+									t.Errorf("routes %s: route %q names cluster %s, which is not built", rc.Name, r.Name, c)
+								}
+							}
+						}
 					}
 				}
 				built += len(res.Clusters)

@@ -8,17 +8,22 @@ import (
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 	corev1 "k8s.io/api/core/v1"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/zmesh/zmesh/controlplane/model"
 )
 
-// Build returns the clusters and endpoints of the waypoint Gateway gw: one
-// cluster per port of every Service bound to it, and one more per
-// DestinationRule subset, each with its load assignment.
+// Build returns the resources of the waypoint Gateway gw: the listener,
+// with a filter chain per port of every Service bound to it; a route
+// configuration per HTTP or sniffed port, from the VirtualServices,
+// HTTPRoutes and GRPCRoutes for the Service; one cluster per Service port
+// (and one more per DestinationRule subset) of every bound Service and of
+// every Service a route sends to, each with its load assignment.
 func Build(opts Options, snap *model.Snapshot, gw *gatewayv1.Gateway) Resources {
-	b := &builder{opts: opts, snap: snap}
+	b := &builder{opts: opts, snap: snap, gw: gw, services: map[string]*serviceInfo{}, accepted: map[ObjectRef]bool{}}
 	gwRef := ObjectRef{"Gateway", gw.Namespace, gw.Name}
 	if string(gw.Spec.GatewayClassName) != model.WaypointClass {
 		b.problem(gwRef, "spec.gatewayClassName", fmt.Sprintf("%q is not %s; no waypoint resources", gw.Spec.GatewayClassName, model.WaypointClass))
@@ -31,27 +36,57 @@ func Build(opts Options, snap *model.Snapshot, gw *gatewayv1.Gateway) Resources 
 		if !b.boundTo(svc, gw) {
 			continue
 		}
-		b.service(svc)
+		if info := b.service(svc); info != nil {
+			b.bound = append(b.bound, info)
+		}
 	}
+	b.routes()
+	b.listener()
 	return b.finish()
 }
 
 type builder struct {
 	opts Options
 	snap *model.Snapshot
+	gw   *gatewayv1.Gateway
 	out  Resources
+	// services are the Services whose clusters are built, by host: the
+	// bound ones and those routes send to.
+	services map[string]*serviceInfo
+	// bound are the Services bound to the waypoint, in snapshot order.
+	bound []*serviceInfo
+	// accepted are the routing objects in force on this waypoint.
+	accepted map[ObjectRef]bool
+}
+
+// serviceInfo is a Service whose clusters are built.
+type serviceInfo struct {
+	svc   *corev1.Service
+	ref   ObjectRef
+	host  string
+	ports []servicePort
+	dr    *networkingv1.DestinationRule
 }
 
 func (b *builder) problem(obj ObjectRef, field, msg string) {
-	b.out.Problems = append(b.out.Problems, Problem{obj, field, msg})
+	b.out.Problems = append(b.out.Problems, Problem{Object: obj, Field: field, Message: msg, Reason: ReasonUnsupportedValue})
+}
+
+func (b *builder) report(obj ObjectRef, reason Reason, field, msg string) {
+	b.out.Problems = append(b.out.Problems, Problem{Object: obj, Field: field, Message: msg, Reason: reason})
 }
 
 func (b *builder) finish() Resources {
 	slices.SortFunc(b.out.Clusters, func(x, y *clusterv3.Cluster) int { return cmp.Compare(x.Name, y.Name) })
 	slices.SortFunc(b.out.Endpoints, func(x, y *endpointv3.ClusterLoadAssignment) int { return cmp.Compare(x.ClusterName, y.ClusterName) })
-	slices.SortStableFunc(b.out.Problems, func(x, y Problem) int {
+	slices.SortFunc(b.out.Routes, func(x, y *routev3.RouteConfiguration) int { return cmp.Compare(x.Name, y.Name) })
+	for ref := range b.accepted {
+		b.report(ref, ReasonAccepted, "", fmt.Sprintf("in force on waypoint %s/%s", b.gw.Namespace, b.gw.Name))
+	}
+	slices.SortFunc(b.out.Problems, func(x, y Problem) int {
 		return cmp.Or(cmp.Compare(x.Object.Kind, y.Object.Kind), cmp.Compare(x.Object.Namespace, y.Object.Namespace),
-			cmp.Compare(x.Object.Name, y.Object.Name), cmp.Compare(x.Field, y.Field))
+			cmp.Compare(x.Object.Name, y.Object.Name), cmp.Compare(x.Field, y.Field), cmp.Compare(x.Reason, y.Reason),
+			cmp.Compare(x.Message, y.Message))
 	})
 	b.out.Problems = slices.Compact(b.out.Problems)
 	return b.out
@@ -75,18 +110,24 @@ func (b *builder) boundTo(svc *corev1.Service, gw *gatewayv1.Gateway) bool {
 	return name != "" && ns == gw.Namespace && name == gw.Name
 }
 
-// service builds the clusters and endpoints of one bound Service.
-func (b *builder) service(svc *corev1.Service) {
+// service builds the clusters and endpoints of one Service, once; nil for
+// a Service the waypoint cannot serve.
+func (b *builder) service(svc *corev1.Service) *serviceInfo {
+	host := svc.Name + "." + svc.Namespace + ".svc." + b.opts.Mesh.DomainSuffix
+	if info, ok := b.services[host]; ok {
+		return info
+	}
+	b.services[host] = nil
 	ref := ObjectRef{"Service", svc.Namespace, svc.Name}
 	if svc.Spec.Type == corev1.ServiceTypeExternalName {
 		b.problem(ref, "spec.type", "ExternalName Services are not served by the waypoint")
-		return
+		return nil
 	}
 	if len(svc.Spec.Selector) == 0 {
 		b.problem(ref, "spec.selector", "no selector: endpoints of Services without a selector are not served yet")
 	}
-	host := svc.Name + "." + svc.Namespace + ".svc." + b.opts.Mesh.DomainSuffix
-	dr := b.destinationRule(svc, host)
+	info := &serviceInfo{svc: svc, ref: ref, host: host, dr: b.destinationRule(svc, host)}
+	b.services[host] = info
 	pods := b.endpointPods(svc, ref)
 	for i, sp := range svc.Spec.Ports {
 		p, ok := portOf(sp)
@@ -94,27 +135,36 @@ func (b *builder) service(svc *corev1.Service) {
 			b.problem(ref, fmt.Sprintf("spec.ports[%d].protocol", i), fmt.Sprintf("%s is not served by the waypoint", sp.Protocol))
 			continue
 		}
-		b.cluster(clusterSpec{svc: svc, host: host, port: p, dr: dr}, pods)
-		if dr == nil {
+		info.ports = append(info.ports, p)
+		b.cluster(clusterSpec{svc: svc, host: host, port: p, dr: info.dr}, pods)
+		if p.sniffed {
+			// Bytes that are not HTTP go to the port's TCP cluster.
+			tcp := p
+			tcp.protocol, tcp.http2 = "tcp", false
+			b.cluster(clusterSpec{svc: svc, host: host, port: tcp, dr: info.dr}, pods)
+		}
+		if info.dr == nil {
 			continue
 		}
-		for j, s := range dr.Spec.Subsets {
+		for j, s := range info.dr.Spec.Subsets {
 			if s == nil || s.Name == "" {
-				b.problem(drRef(dr), fmt.Sprintf("spec.subsets[%d].name", j), "required")
+				b.problem(drRef(info.dr), fmt.Sprintf("spec.subsets[%d].name", j), "required")
 				continue
 			}
-			b.cluster(clusterSpec{svc: svc, host: host, port: p, dr: dr, subset: s, subsetIndex: j}, pods)
+			b.cluster(clusterSpec{svc: svc, host: host, port: p, dr: info.dr, subset: s, subsetIndex: j}, pods)
 		}
 	}
+	return info
 }
 
-// portOf reads a Service port: only TCP ports are served; HTTP unless the
-// appProtocol or the name's prefix says otherwise (Istio's order).
+// portOf reads a Service port: only TCP ports are served. The protocol is
+// the appProtocol, else the name ("http" or a prefix such as "http-"),
+// Istio's order; a port that says neither is sniffed.
 func portOf(sp corev1.ServicePort) (servicePort, bool) {
 	if sp.Protocol != "" && sp.Protocol != corev1.ProtocolTCP {
 		return servicePort{}, false
 	}
-	p := servicePort{port: sp.Port, protocol: "http", targetPort: intOrName{num: sp.Port}}
+	p := servicePort{name: sp.Name, port: sp.Port, protocol: "http", targetPort: intOrName{num: sp.Port}}
 	switch {
 	case sp.TargetPort.StrVal != "":
 		p.targetPort = intOrName{name: sp.TargetPort.StrVal}
@@ -133,6 +183,9 @@ func portOf(sp corev1.ServicePort) (servicePort, bool) {
 		p.protocol = "tcp"
 	case "http2", "grpc", "grpc-web", "h2c", "kubernetes.io/h2c":
 		p.http2 = true
+	case "http", "http1", "http/1.1":
+	default:
+		p.sniffed = true
 	}
 	return p, true
 }

@@ -1,16 +1,68 @@
-// Package l7 builds the Envoy v3 resources one waypoint serves: for each
-// Service bound to the waypoint (istio.io/use-waypoint on the Service or its
-// namespace, accepted by the waypoint's istio.io/waypoint-for), one Cluster
-// per Service port and DestinationRule subset, named as istiod names a
-// waypoint's clusters, and its ClusterLoadAssignment: the ready,
-// mesh-enrolled pods the Service selects, each with its SPIFFE identity and
-// labels in metadata, which the waypoint requires before it dials a pod.
+// Package l7 builds the Envoy v3 resources one waypoint serves, from the
+// Services bound to it (istio.io/use-waypoint on the Service or its
+// namespace, accepted by the waypoint's istio.io/waypoint-for) and the
+// routing objects for them.
 //
-// DestinationRule traffic policy (load balancing, outlier detection,
-// connection pool) is merged as Istio merges it: a subset's groups replace
-// the top-level ones, and port-level settings replace both for their port.
-// A field the waypoint cannot honour is never dropped silently: it is
-// returned as a Problem on its object.
+// Listener. One listener, main_internal, with a filter chain per bound
+// Service port, matched on the Service's VIPs and the port, named as
+// istiod names a waypoint's chains: inbound-vip|<port>|http|<host> runs an
+// HTTP connection manager whose routes come from RDS under the same name;
+// inbound-vip|<port>|tcp|<host> a TCP proxy to the port's TCP cluster. The
+// protocol is the port's appProtocol, else its name (http, http2, grpc,
+// tcp, … or that prefix and "-"); a port that says neither is sniffed: both
+// chains, the HTTP one matching the HTTP inspector's protocols. A chain
+// whose routes inject faults gets an empty fault filter before the router.
+//
+// Routes. One route configuration per HTTP or sniffed port, with one
+// virtual host for any authority (the tunnel's destination already chose
+// the Service). Its routes come from, in this order of preference:
+//
+//   - HTTPRoutes and GRPCRoutes attached to the Service (a parentRef of
+//     kind Service, group "", optionally a port or a sectionName naming a
+//     port), else those attached to the waypoint Gateway whose hostnames
+//     name the Service (none: every bound Service). Their matches are
+//     ordered by Gateway API precedence: exact path, longest prefix (path
+//     segments, a trailing "/" ignored), regex, then a method match, more
+//     header matches, more query matches, then the oldest route and its
+//     name. A rule with an unsupported filter, or no valid backend with a
+//     weight above 0, answers 500. GRPCRoute method matches are :path
+//     matches on /service/method. A route of another namespace (a GAMMA
+//     consumer route) is refused: the waypoint serves every client alike.
+//   - VirtualServices naming the Service's host (short names completed in
+//     the VirtualService's namespace, complete names, wildcards), exported
+//     to the waypoint's namespace and not bound to gateways only, oldest
+//     first: their http rules in order, the first match wins, and a
+//     request no rule matches gets 404 (istiod's waypoint does the same).
+//     A rule for another port (match.port) is skipped.
+//   - Otherwise one default route to the Service's own cluster.
+//
+// Gateway API routes win over VirtualServices for the same host; both are
+// told (Conflicted on the route, Overridden on the VirtualService). Every
+// route has istiod's defaults: no timeout, and its retry policy (2 retries
+// on connect-failure, refused-stream, unavailable, cancelled and 503, on
+// other hosts) unless the object says otherwise. A DestinationRule's
+// consistentHash key is the hash_policy of the routes to its host (all
+// destinations of a route must agree). VirtualService faults and CORS
+// policies are per-route filter configuration, as istiod writes them.
+//
+// Clusters. One cluster per Service port and DestinationRule subset, named
+// inbound-vip|<port>|<protocol>[/<subset>]|<host>, for every bound Service
+// and every Service a route sends to, with its ClusterLoadAssignment: the
+// ready, mesh-enrolled pods the Service selects, each with its SPIFFE
+// identity and labels in metadata, which the waypoint requires before it
+// dials a pod. DestinationRule traffic policy (load balancing, outlier
+// detection, connection pool) is merged as Istio merges it: a subset's
+// groups replace the top-level ones, and port-level settings replace both
+// for their port.
+//
+// Problems. Nothing is dropped silently: a field the waypoint cannot honour
+// is a Problem on its object with the field path and a Reason. Where
+// ignoring a condition would widen what an object matches (a match on the
+// client's labels), the part it is in is left out instead. Routing objects
+// in force are reported too (ReasonAccepted); Unbound reports those that
+// reach no waypoint. Everything emitted is what waypoint/config compiles:
+// regexes and header names are checked here, so one bad object cannot make
+// the waypoint refuse a whole route configuration.
 //
 // Workload-bound waypoints (pods labelled istio.io/use-waypoint) are not
 // built yet: only service-bound traffic is.

@@ -37,7 +37,8 @@ func TestGolden(t *testing.T) {
 }
 
 // RenderAll builds every waypoint of snap and renders the resources: each
-// as YAML under a "# kind name" line, then one line per problem.
+// as YAML under a "# kind name" line (listener, routes, clusters,
+// endpoints), then one line per problem.
 func RenderAll(t testing.TB, snap *model.Snapshot) string {
 	var b strings.Builder
 	for _, gw := range snap.Gateways {
@@ -46,6 +47,12 @@ func RenderAll(t testing.TB, snap *model.Snapshot) string {
 		}
 		res := Build(Options{Mesh: model.DefaultMesh()}, snap, gw)
 		fmt.Fprintf(&b, "## waypoint %s/%s\n", gw.Namespace, gw.Name)
+		for _, l := range res.Listeners {
+			fmt.Fprintf(&b, "# listener %s\n%s", l.Name, renderProto(t, l))
+		}
+		for _, r := range res.Routes {
+			fmt.Fprintf(&b, "# routes %s\n%s", r.Name, renderProto(t, r))
+		}
 		for _, c := range res.Clusters {
 			fmt.Fprintf(&b, "# cluster %s\n%s", c.Name, renderProto(t, c))
 		}
@@ -54,6 +61,12 @@ func RenderAll(t testing.TB, snap *model.Snapshot) string {
 		}
 		b.WriteString("# problems\n")
 		for _, p := range res.Problems {
+			fmt.Fprintln(&b, p)
+		}
+	}
+	if unbound := Unbound(Options{Mesh: model.DefaultMesh()}, snap); len(unbound) > 0 {
+		b.WriteString("## bound to no waypoint\n")
+		for _, p := range unbound {
 			fmt.Fprintln(&b, p)
 		}
 	}

@@ -184,8 +184,8 @@ func (b *builder) loadBalancer(c *clusterv3.Cluster, ref ObjectRef, lb *networki
 	}
 }
 
-// consistentHash gives RING_HASH (or MAGLEV). The hash key itself belongs in
-// the routes' hash_policy, which is built with the routes.
+// consistentHash gives RING_HASH (or MAGLEV). The hash key itself is the
+// hash_policy of the routes to the cluster (hashPolicy).
 func (b *builder) consistentHash(c *clusterv3.Cluster, ref ObjectRef, ch *networking.LoadBalancerSettings_ConsistentHashLB, path string) {
 	if ch == nil {
 		return
@@ -210,8 +210,8 @@ func (b *builder) consistentHash(c *clusterv3.Cluster, ref ObjectRef, ch *networ
 			HashFunction:    clusterv3.Cluster_RingHashLbConfig_XX_HASH,
 		}}
 	}
-	if ch.HashKey != nil {
-		b.problem(ref, path, "the hash key goes into the routes' hash_policy, which the waypoint does not support yet: requests are spread over the ring without a key")
+	if ch.HashKey == nil {
+		b.problem(ref, path, "no hash key (httpHeaderName, httpCookie, useSourceIp or httpQueryParameterName): requests are spread over the ring without a key")
 	}
 }
 

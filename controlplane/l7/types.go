@@ -3,6 +3,8 @@ package l7
 import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 
 	"github.com/zmesh/zmesh/controlplane/model"
 )
@@ -15,9 +17,15 @@ type Options struct {
 	RequireRedirectionAnnotation bool
 }
 
-// Resources are what one waypoint is sent. Clusters and Endpoints are
-// sorted by name; Problems by object, then field.
+// Resources are what one waypoint is sent. Clusters, Endpoints and Routes
+// are sorted by name; Problems by object, then field.
 type Resources struct {
+	// Listeners is the one listener, main_internal, with a filter chain per
+	// bound Service port (none when nothing is bound).
+	Listeners []*listenerv3.Listener
+	// Routes has one route configuration per bound Service port that is
+	// HTTP or sniffed, named like its HTTP filter chain.
+	Routes    []*routev3.RouteConfiguration
 	Clusters  []*clusterv3.Cluster
 	Endpoints []*endpointv3.ClusterLoadAssignment
 	Problems  []Problem
@@ -31,18 +39,59 @@ type ObjectRef struct {
 func (r ObjectRef) String() string { return r.Kind + " " + r.Namespace + "/" + r.Name }
 
 // Problem is a field of an object that the waypoint cannot honour, or an
-// object left out; it becomes a status condition on the object.
+// object left out; it becomes a status condition on the object. For the
+// routing kinds (VirtualService, HTTPRoute, GRPCRoute) an object in force
+// is also reported, with Reason Accepted, so that status can say so.
 type Problem struct {
 	Object ObjectRef
 	// Field is the field path within the object, e.g.
-	// "spec.trafficPolicy.tls".
+	// "spec.trafficPolicy.tls"; empty when the problem is the whole object.
 	Field   string
 	Message string
+	// Reason is what the problem means for the object's status.
+	Reason Reason
 }
 
 func (p Problem) String() string {
-	return p.Object.String() + ": " + p.Field + ": " + p.Message
+	s := p.Object.String() + " (" + string(p.Reason) + ")"
+	if p.Field != "" {
+		s += ": " + p.Field
+	}
+	return s + ": " + p.Message
 }
+
+// Reason classifies a Problem, in the vocabulary of Gateway API route
+// conditions.
+type Reason string
+
+const (
+	// ReasonAccepted: the object is in force on this waypoint (Accepted
+	// True). Other problems of the same object may still name fields that
+	// are ignored.
+	ReasonAccepted Reason = "Accepted"
+	// ReasonUnsupportedValue: the field is ignored (or, where ignoring it
+	// would widen what the object allows, the part of the object it is in
+	// is left out); the rest is in force.
+	ReasonUnsupportedValue Reason = "UnsupportedValue"
+	// ReasonBackendNotFound: a destination or backend does not resolve to a
+	// Service port; that destination gets no traffic.
+	ReasonBackendNotFound Reason = "BackendNotFound"
+	// ReasonNotExported: the object is not visible to the waypoint's
+	// namespace (exportTo); the whole object is ignored.
+	ReasonNotExported Reason = "NotExported"
+	// ReasonOverridden: another object configures the same host and wins;
+	// the whole object is ignored for that host.
+	ReasonOverridden Reason = "Overridden"
+	// ReasonConflicted: another object configures the same host too and
+	// is ignored for it; this one is in force.
+	ReasonConflicted Reason = "Conflicted"
+	// ReasonNoWaypoint: none of the object's hosts or parents is bound to
+	// a waypoint; the object has no effect (Unbound reports it).
+	ReasonNoWaypoint Reason = "NoWaypoint"
+	// ReasonNotAllowed: the attachment is not allowed (a route in another
+	// namespace than its parent Service); ignored.
+	ReasonNotAllowed Reason = "NotAllowedByParent"
+)
 
 // Labels read besides the waypoint vocabulary of the model package.
 const (
@@ -53,10 +102,17 @@ const (
 
 // servicePort is one port of a bound Service, with what its clusters share.
 type servicePort struct {
+	// name is the port's name, which a Gateway API parentRef's
+	// sectionName selects.
+	name       string
 	port       int32
 	targetPort intOrName
 	// protocol is "http" or "tcp", the cluster name's protocol part.
 	protocol string
+	// sniffed: neither appProtocol nor the port name says the protocol, so
+	// the waypoint reads the first bytes; the port has an "http" and a
+	// "tcp" cluster.
+	sniffed bool
 	// http2 tells that the port speaks HTTP/2 (appProtocol or name).
 	http2 bool
 }

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/zmesh/zmesh/waypoint/filter/fault"
 	"github.com/zmesh/zmesh/waypoint/route"
 )
 
@@ -98,5 +99,46 @@ virtual_hosts:
 	}
 	if vh.Routes[0].CORS != nil {
 		t.Error("a route without a policy, in a virtual host without one, has CORS")
+	}
+}
+
+// A route's fault (typed_per_filter_config of the fault filter, as Istio
+// emits a VirtualService's fault) is compiled onto the route; a route
+// without one inherits its virtual host's.
+func TestCarriedFaultPerRoute(t *testing.T) {
+	rc := parse(t, `
+name: rc
+virtual_hosts:
+- name: vh
+  domains: ["*"]
+  typed_per_filter_config:
+    envoy.filters.http.fault:
+      "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+      delay: {fixed_delay: 2s, percentage: {numerator: 100}}
+  routes:
+  - name: abort
+    match: {prefix: /a}
+    route: {cluster: c}
+    typed_per_filter_config:
+      envoy.filters.http.fault:
+        "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+        abort: {http_status: 503, percentage: {numerator: 500000, denominator: MILLION}}
+  - name: inherits
+    match: {prefix: /}
+    route: {cluster: c}
+`)
+	table, err := CompileRoutes(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	routes := table.VirtualHosts[0].Routes
+	abort, ok := routes[0].Fault.(*fault.Fault)
+	if !ok || abort.Abort == nil || abort.Abort.HTTPStatus != 503 || abort.Delay != nil ||
+		abort.Abort.Percent != (fault.Percentage{Numerator: 500000, Denominator: 1_000_000}) {
+		t.Errorf("route abort: fault = %#v", routes[0].Fault)
+	}
+	delay, ok := routes[1].Fault.(*fault.Fault)
+	if !ok || delay.Delay == nil || delay.Delay.Duration != 2*time.Second || delay.Abort != nil {
+		t.Errorf("route inherits: fault = %#v, want the virtual host's 2s delay", routes[1].Fault)
 	}
 }

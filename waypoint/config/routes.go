@@ -3,7 +3,9 @@ package config
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -26,6 +28,7 @@ const (
 	// defaultMaxDirectBody is Envoy's max_direct_response_body_size_bytes.
 	defaultMaxDirectBody = 4096
 	corsFilter           = "envoy.filters.http.cors"
+	faultFilter          = "envoy.filters.http.fault"
 	previousHostsPred    = "envoy.retry_host_predicates.previous_hosts"
 )
 
@@ -113,7 +116,8 @@ func (c *compiler) virtualHost(path string, vh *routev3.VirtualHost) (*route.Vir
 	if out.ResponseHeaders, err = c.mutation(path, "response", vh.GetResponseHeadersToRemove(), vh.GetResponseHeadersToAdd()); err != nil {
 		return nil, err
 	}
-	if out.CORS, err = c.perFilter(path, vh.GetTypedPerFilterConfig()); err != nil {
+	var vhFault any
+	if out.CORS, vhFault, err = c.perFilter(path, vh.GetTypedPerFilterConfig()); err != nil {
 		return nil, err
 	}
 	for k, r := range vh.GetRoutes() {
@@ -123,6 +127,9 @@ func (c *compiler) virtualHost(path string, vh *routev3.VirtualHost) (*route.Vir
 		}
 		if cr.CORS == nil {
 			cr.CORS = out.CORS
+		}
+		if cr.Fault == nil {
+			cr.Fault = vhFault
 		}
 		out.Routes = append(out.Routes, cr)
 	}
@@ -160,7 +167,7 @@ func (c *compiler) route(path string, r *routev3.Route) (*route.Route, error) {
 	if out.ResponseHeaders, err = c.mutation(path, "response", r.GetResponseHeadersToRemove(), r.GetResponseHeadersToAdd()); err != nil {
 		return nil, err
 	}
-	if out.CORS, err = c.perFilter(path, r.GetTypedPerFilterConfig()); err != nil {
+	if out.CORS, out.Fault, err = c.perFilter(path, r.GetTypedPerFilterConfig()); err != nil {
 		return nil, err
 	}
 	return out, nil
@@ -625,27 +632,41 @@ func literal(v string) (string, error) {
 	return b.String(), nil
 }
 
-// perFilter compiles typed_per_filter_config: only the CORS filter's policy.
-func (c *compiler) perFilter(path string, cfg map[string]*anypb.Any) (*route.CORSPolicy, error) {
+// perFilter compiles typed_per_filter_config: the CORS filter's policy and
+// the fault filter's per-route fault (a *fault.Fault). Any other filter's
+// entry is refused: its filter is not in the chain.
+func (c *compiler) perFilter(path string, cfg map[string]*anypb.Any) (*route.CORSPolicy, any, error) {
 	var out *route.CORSPolicy
-	for name, a := range cfg {
+	var flt any
+	// In key order, so that the error for a table with two bad entries is
+	// always the same one.
+	for _, name := range slices.Sorted(maps.Keys(cfg)) {
+		a := cfg[name]
 		fp := fmt.Sprintf("%s[%q]", join(path, "typed_per_filter_config"), name)
-		if name != corsFilter {
-			return nil, nackf(fp, "filter not supported in typed_per_filter_config")
-		}
-		m, err := unpack(a)
-		if err != nil {
-			return nil, nackf(fp, "%v", err)
-		}
-		cp, ok := m.(*corsv3.CorsPolicy)
-		if !ok {
-			return nil, nackf(fp, "%s is not a CorsPolicy", a.GetTypeUrl())
-		}
-		if out, err = cors(fp, cp); err != nil {
-			return nil, err
+		switch name {
+		case corsFilter:
+			m, err := unpack(a)
+			if err != nil {
+				return nil, nil, nackf(fp, "%v", err)
+			}
+			cp, ok := m.(*corsv3.CorsPolicy)
+			if !ok {
+				return nil, nil, nackf(fp, "%s is not a CorsPolicy", a.GetTypeUrl())
+			}
+			if out, err = cors(fp, cp); err != nil {
+				return nil, nil, err
+			}
+		case faultFilter:
+			f, err := CompileFaultPerRoute(fp, a)
+			if err != nil {
+				return nil, nil, err
+			}
+			flt = f
+		default:
+			return nil, nil, nackf(fp, "filter not supported in typed_per_filter_config")
 		}
 	}
-	return out, nil
+	return out, flt, nil
 }
 
 func cors(path string, p *corsv3.CorsPolicy) (*route.CORSPolicy, error) {

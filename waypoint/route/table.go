@@ -72,6 +72,12 @@ type Route struct {
 	Redirect  *RedirectAction
 	Direct    *DirectResponse
 	CORS      *CORSPolicy // the effective policy: the route's, else its virtual host's
+	// Fault is the route's fault (typed_per_filter_config of
+	// envoy.filters.http.fault, else its virtual host's), a *fault.Fault of
+	// package waypoint/filter/fault; nil when neither sets one. It is typed
+	// any because that package imports this one for its matchers. It
+	// replaces the chain's fault filter configuration for this route.
+	Fault any
 
 	RequestHeaders, ResponseHeaders *HeaderMutation
 

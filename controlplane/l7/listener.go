@@ -1,0 +1,170 @@
+package l7
+
+import (
+	"cmp"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	httpinspectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/http_inspector/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+	corev1 "k8s.io/api/core/v1"
+)
+
+// Names of the listener and of the filters it uses, as Envoy and istiod
+// spell them.
+const (
+	listenerName      = "main_internal"
+	hboneListenPort   = 15008
+	httpInspectorName = "envoy.filters.listener.http_inspector"
+	hcmName           = "envoy.filters.network.http_connection_manager"
+	tcpProxyName      = "envoy.filters.network.tcp_proxy"
+	routerName        = "envoy.filters.http.router"
+	faultName         = "envoy.filters.http.fault"
+	corsName          = "envoy.filters.http.cors"
+)
+
+// sniffedProtocols are what the HTTP inspector reports for HTTP: a sniffed
+// port's HTTP chain matches them, its TCP chain the rest.
+var sniffedProtocols = []string{"http/1.0", "http/1.1", "h2c"}
+
+// listener builds main_internal: for every port of every bound Service
+// with a VIP, an HTTP chain (HTTP ports), a TCP chain (TCP ports) or both
+// (sniffed ports), matched on the VIPs and the port.
+func (b *builder) listener() {
+	var chains []*listenerv3.FilterChain
+	sniffing := false
+	for _, info := range b.bound {
+		vips := serviceVIPs(info.svc)
+		if len(vips) == 0 {
+			b.problem(info.ref, "spec.clusterIP", "no cluster IP (headless Service): the waypoint serves traffic to Service VIPs only")
+			continue
+		}
+		for _, p := range info.ports {
+			if p.protocol == "http" {
+				name := clusterName(p.port, "http", "", info.host)
+				var alpn []string
+				if p.sniffed {
+					alpn, sniffing = sniffedProtocols, true
+				}
+				chains = append(chains, filterChain(name, p.port, vips, alpn, b.hcm(name)))
+			}
+			if p.protocol == "tcp" || p.sniffed {
+				name := clusterName(p.port, "tcp", "", info.host)
+				chains = append(chains, filterChain(name, p.port, vips, nil, network(tcpProxyName, &tcpproxyv3.TcpProxy{
+					StatPrefix:       name,
+					ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: name},
+				})))
+			}
+		}
+	}
+	if len(chains) == 0 {
+		return
+	}
+	slices.SortFunc(chains, func(x, y *listenerv3.FilterChain) int { return cmp.Compare(x.Name, y.Name) })
+	l := &listenerv3.Listener{
+		Name: listenerName,
+		Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+			Address: "0.0.0.0", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: hboneListenPort},
+		}}},
+		FilterChains: chains,
+	}
+	if sniffing {
+		l.ListenerFilters = []*listenerv3.ListenerFilter{{
+			Name:       httpInspectorName,
+			ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: mustAny(&httpinspectorv3.HttpInspector{})},
+		}}
+	}
+	b.out.Listeners = []*listenerv3.Listener{l}
+}
+
+// serviceVIPs are a Service's cluster IPs, each as a host prefix.
+func serviceVIPs(svc *corev1.Service) []*corev3.CidrRange {
+	ips := svc.Spec.ClusterIPs
+	if len(ips) == 0 && svc.Spec.ClusterIP != "" {
+		ips = []string{svc.Spec.ClusterIP}
+	}
+	var out []*corev3.CidrRange
+	for _, s := range ips {
+		ip, err := netip.ParseAddr(s)
+		if err != nil {
+			continue // "None" (headless) or garbage: no VIP
+		}
+		out = append(out, &corev3.CidrRange{AddressPrefix: ip.Unmap().String(), PrefixLen: wrapperspb.UInt32(uint32(ip.Unmap().BitLen()))})
+	}
+	return out
+}
+
+func filterChain(name string, port int32, vips []*corev3.CidrRange, alpn []string, f *listenerv3.Filter) *listenerv3.FilterChain {
+	return &listenerv3.FilterChain{
+		Name: name,
+		FilterChainMatch: &listenerv3.FilterChainMatch{
+			DestinationPort:      wrapperspb.UInt32(uint32(port)),
+			PrefixRanges:         vips,
+			ApplicationProtocols: alpn,
+		},
+		Filters: []*listenerv3.Filter{f},
+	}
+}
+
+func network(name string, m proto.Message) *listenerv3.Filter {
+	return &listenerv3.Filter{Name: name, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(m)}}
+}
+
+// hcm is the HTTP connection manager of the chain named name: routes from
+// RDS under the same name; the fault filter, left empty, when a route of
+// that configuration carries a per-route fault (Istio's shape); then the
+// router.
+func (b *builder) hcm(name string) *listenerv3.Filter {
+	var filters []*hcmv3.HttpFilter
+	if b.usesFault(name) {
+		filters = append(filters, &hcmv3.HttpFilter{Name: faultName, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(&faultv3.HTTPFault{})}})
+	}
+	filters = append(filters, &hcmv3.HttpFilter{Name: routerName, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(&routerv3.Router{})}})
+	return network(hcmName, &hcmv3.HttpConnectionManager{
+		StatPrefix: name,
+		CodecType:  hcmv3.HttpConnectionManager_AUTO,
+		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
+			RouteConfigName: name,
+			ConfigSource: &corev3.ConfigSource{
+				ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}},
+				ResourceApiVersion:    corev3.ApiVersion_V3,
+			},
+		}},
+		HttpFilters: filters,
+	})
+}
+
+// usesFault reports whether the route configuration named name has a
+// route with a per-route fault.
+func (b *builder) usesFault(name string) bool {
+	for _, rc := range b.out.Routes {
+		if rc.Name != name {
+			continue
+		}
+		for _, vh := range rc.VirtualHosts {
+			for _, r := range vh.Routes {
+				if _, ok := r.TypedPerFilterConfig[faultName]; ok {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+func mustAny(m proto.Message) *anypb.Any {
+	a, err := anypb.New(m)
+	if err != nil {
+		panic(fmt.Sprintf("marshal %T: %v", m, err)) // a well-formed message always marshals
+	}
+	return a
+}
