@@ -3,6 +3,8 @@ package l7
 import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 
 	"github.com/zmesh/zmesh/controlplane/model"
 )
@@ -18,6 +20,8 @@ type Options struct {
 // Resources are what one waypoint is sent. Clusters and Endpoints are
 // sorted by name; Problems by object, then field.
 type Resources struct {
+	Listeners []*listenerv3.Listener
+	Routes    []*routev3.RouteConfiguration
 	Clusters  []*clusterv3.Cluster
 	Endpoints []*endpointv3.ClusterLoadAssignment
 	Problems  []Problem

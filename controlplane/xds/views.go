@@ -193,3 +193,15 @@ func (s *Server) noViewReasonLocked(st *stream) string {
 	}
 	return ""
 }
+
+// ViewResources returns the names of typeURL's resources in key's view,
+// sorted.
+func (s *Server) ViewResources(key ViewKey, typeURL string) []string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	vs := s.views[key]
+	if vs == nil || vs.types[typeURL] == nil {
+		return nil
+	}
+	return slices.Sorted(maps.Keys(vs.types[typeURL].res))
+}
