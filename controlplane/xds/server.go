@@ -1,6 +1,15 @@
 // Package xds serves the control plane's resources to proxies over gRPC
 // delta ADS: ztunnel's istio.workload.Address and istio.security.
-// Authorization today, Envoy types for waypoints later.
+// Authorization, shared by every proxy, and the Envoy types of waypoints,
+// one view per waypoint Gateway (views.go).
+//
+// Which view a proxy gets follows from the identity it authenticated with
+// (its client certificate or bearer token): spiffe://<td>/ns/N/sa/S is
+// served Gateway N/S's view, because the deployer runs a waypoint under
+// the service account named after its Gateway. Node ids and metadata are
+// the proxy's own claims, shown in syncz and never used to choose: a pod
+// that reaches zmeshd could otherwise read any waypoint's routes and
+// endpoints. An identity with no waypoint Gateway gets no Envoy resources.
 //
 // A change costs what it touched, not the size of the mesh: Set diffs the
 // new resource set against the last by each resource's deterministic
