@@ -21,6 +21,7 @@ import (
 
 	"github.com/zmesh/zmesh/controlplane/ca"
 	"github.com/zmesh/zmesh/controlplane/model"
+	"github.com/zmesh/zmesh/controlplane/rootcert"
 	"github.com/zmesh/zmesh/controlplane/source/kube"
 	"github.com/zmesh/zmesh/controlplane/status"
 	"github.com/zmesh/zmesh/controlplane/waypoint"
@@ -102,7 +103,8 @@ func (z *zmeshd) startKubernetes(ctx context.Context, wg *sync.WaitGroup, errc c
 			}
 		})
 	}
-	z.pipe.Reporter = &status.Reporter{Log: z.log, Istio: ic, Leader: leading.Load}
+	rep := &status.Reporter{Log: z.log, Istio: ic, Gateway: gc, Mesh: z.pipe.Options.Mesh, Leader: leading.Load}
+	z.pipe.Reporter, z.pipe.RouteReporter = rep, rep
 
 	src := &kube.Source{Kube: kc, Istio: ic, Gateway: gc, Log: z.log, Informers: factory}
 	wg.Go(func() {
@@ -113,9 +115,19 @@ func (z *zmeshd) startKubernetes(ctx context.Context, wg *sync.WaitGroup, errc c
 	return nil
 }
 
-// lead runs what only the leader does besides writing status, until ctx
-// ends.
+// lead runs what only the leader does besides writing status (the
+// waypoint deployer, the root certificate ConfigMaps), until ctx ends.
 func (z *zmeshd) lead(ctx context.Context, kc kubernetes.Interface, gc gatewayclient.Interface) {
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		roots, err := rootcert.New(kc, z.ca.RootsPEM(), z.log)
+		if err == nil {
+			err = roots.Run(ctx)
+		}
+		if err != nil && ctx.Err() == nil {
+			z.log.Error("root certificate publisher stopped", "error", err)
+		}
+	})
 	ctrl, err := waypoint.New(kc, gc, waypoint.Options{Image: z.f.waypointImage, XDSAddress: z.f.waypointXDS, Log: z.log})
 	if err == nil {
 		err = ctrl.Run(ctx)
@@ -124,6 +136,7 @@ func (z *zmeshd) lead(ctx context.Context, kc kubernetes.Interface, gc gatewaycl
 		z.log.Error("waypoint controller stopped", "error", err)
 	}
 	<-ctx.Done()
+	wg.Wait()
 }
 
 func restConfig(kubeconfig string) (*rest.Config, error) {

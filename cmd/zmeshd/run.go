@@ -68,10 +68,15 @@ func run(ctx context.Context, f *flags) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	z := &zmeshd{f: f, log: log, td: td, ca: ca, reg: reg}
 	z.xds = xds.New(log, reg, xds.TypeAddress, xds.TypeAuthorization)
+	// Waypoints are served per proxy identity, from both sources.
+	if err := z.xds.ServeViews(xds.EnvoyTypes...); err != nil {
+		return err
+	}
 	mesh := model.Mesh{TrustDomain: td.Name(), RootNamespace: f.rootNamespace, ClusterID: f.clusterID, Network: f.network, DomainSuffix: f.domain}
 	z.pipe = &push.Pipeline{
 		XDS: z.xds, Log: log, Registry: reg, Debounce: f.debounce, MaxDelay: f.maxDelay,
-		Options: translate.Options{Mesh: mesh, RequireRedirectionAnnotation: f.configDir == ""},
+		Options:   translate.Options{Mesh: mesh, RequireRedirectionAnnotation: f.configDir == ""},
+		Waypoints: true,
 	}
 
 	var wg sync.WaitGroup
@@ -149,7 +154,8 @@ func (z *zmeshd) startDirectory(ctx context.Context, wg *sync.WaitGroup, errc ch
 			errc <- fmt.Errorf("--config-dir: %w", err)
 		}
 	})
-	z.pipe.Reporter = &status.Reporter{Log: z.log}
+	rep := &status.Reporter{Log: z.log, Mesh: z.pipe.Options.Mesh}
+	z.pipe.Reporter, z.pipe.RouteReporter = rep, rep
 	return nil
 }
 

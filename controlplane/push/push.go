@@ -37,6 +37,11 @@ type Pipeline struct {
 	// end before translating (default 10ms); MaxDelay bounds that wait
 	// under a steady stream of changes (default 100ms).
 	Debounce, MaxDelay time.Duration
+	// Waypoints makes the pipeline build every waypoint's Envoy resources
+	// (the xDS server must serve xds.EnvoyTypes as views); RouteReporter,
+	// if set, gets their problems.
+	Waypoints     bool
+	RouteReporter RouteReporter
 	// Registry gets the pipeline's metrics; nil: not registered.
 	Registry prometheus.Registerer
 
@@ -141,6 +146,7 @@ func (p *Pipeline) push(ctx context.Context, snap *model.Snapshot, since time.Ti
 		p.Log.Error("push authorizations", "error", err)
 		return
 	}
+	p.pushViews(ctx, snap)
 	p.pushed.Store(true)
 	p.metrics.translate.Observe(translated.Seconds())
 	p.metrics.changeToPush.Observe(time.Since(since).Seconds())

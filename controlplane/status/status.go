@@ -1,6 +1,10 @@
 // Package status reports translation's findings to users: as status
-// conditions on the Istio objects they are about (Kubernetes), and as log
-// lines (every mode). Each object's conditions are written only when they
+// conditions on the Istio objects they are about and as route parent
+// status on Gateway API routes (Kubernetes), and as log lines (every
+// mode). The waypoints' findings (RouteStatuses) say of each
+// VirtualService, DestinationRule, HTTPRoute and GRPCRoute whether a
+// waypoint applies it, ignores part of it and why, or serves none of its
+// hosts. Each object's conditions are written only when they
 // change, so a push that changes nothing costs no API call.
 package status
 
@@ -15,7 +19,10 @@ import (
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
+	"github.com/zmesh/zmesh/controlplane/l7"
+	"github.com/zmesh/zmesh/controlplane/model"
 	"github.com/zmesh/zmesh/controlplane/translate"
 )
 
@@ -24,6 +31,10 @@ type Reporter struct {
 	Log *slog.Logger
 	// Istio writes conditions to the objects' status; nil only logs.
 	Istio istioclient.Interface
+	// Gateway writes route parent status; nil only logs.
+	Gateway gatewayclient.Interface
+	// Mesh resolves the hosts of VirtualServices and DestinationRules.
+	Mesh model.Mesh
 	// Leader says whether this replica may write (leader election); nil
 	// means always.
 	Leader func() bool
@@ -32,6 +43,12 @@ type Reporter struct {
 	logged  map[translate.ObjectRef]string
 	written map[translate.ObjectRef]string
 	leading bool
+
+	// The same for ReportRoutes.
+	routeLogged  map[string]bool
+	routeWritten map[l7.ObjectRef]string
+	routeSince   map[l7.ObjectRef]transition
+	routeLeading bool
 }
 
 // condition is the JSON of an Istio status condition.

@@ -1,6 +1,15 @@
 // Package xds serves the control plane's resources to proxies over gRPC
 // delta ADS: ztunnel's istio.workload.Address and istio.security.
-// Authorization today, Envoy types for waypoints later.
+// Authorization, shared by every proxy, and the Envoy types of waypoints,
+// one view per waypoint Gateway (views.go).
+//
+// Which view a proxy gets follows from the identity it authenticated with
+// (its client certificate or bearer token): spiffe://<td>/ns/N/sa/S is
+// served Gateway N/S's view, because the deployer runs a waypoint under
+// the service account named after its Gateway. Node ids and metadata are
+// the proxy's own claims, shown in syncz and never used to choose: a pod
+// that reaches zmeshd could otherwise read any waypoint's routes and
+// endpoints. An identity with no waypoint Gateway gets no Envoy resources.
 //
 // A change costs what it touched, not the size of the mesh: Set diffs the
 // new resource set against the last by each resource's deterministic
@@ -58,11 +67,24 @@ type Server struct {
 	// changed is closed (and replaced) by every Set that changed
 	// something: streams wait on it.
 	changed chan struct{}
+
+	// viewTypes are the types served per waypoint (views.go); views
+	// holds each waypoint's, noView the empty state of a proxy that has
+	// none.
+	viewTypes map[string]bool
+	views     map[ViewKey]*view
+	noView    map[string]*typeState
+	// viewGen numbers the changes of every view: a view that is dropped
+	// and built again continues above what any stream was sent.
+	viewGen uint64
 }
 
 // typeState is one type's resources and the log of their changes.
 type typeState struct {
-	url   string
+	url string
+	// view is the waypoint whose view this is; nil for a type every
+	// proxy shares.
+	view  *ViewKey
 	gen   uint64
 	setAt time.Time // when gen was set
 	res   map[string]*resource
@@ -96,6 +118,10 @@ func New(log *slog.Logger, reg prometheus.Registerer, typeURLs ...string) *Serve
 		types:   map[string]*typeState{},
 		streams: map[int64]*stream{},
 		changed: make(chan struct{}),
+
+		viewTypes: map[string]bool{},
+		views:     map[ViewKey]*view{},
+		noView:    map[string]*typeState{},
 	}
 	for _, t := range typeURLs {
 		s.types[t] = &typeState{url: t, res: map[string]*resource{}}
@@ -120,6 +146,17 @@ func (s *Server) Set(typeURL string, resources map[string]proto.Message) (change
 	if !ok {
 		return 0, 0, fmt.Errorf("xds: type %s is not served", typeURL)
 	}
+	changed, removed, err = s.set(ts, resources, func() uint64 { return ts.gen + 1 })
+	if err == nil && changed+removed > 0 {
+		s.metrics.resources.WithLabelValues(typeURL).Set(float64(len(resources)))
+	}
+	return changed, removed, err
+}
+
+// set makes resources the complete set of ts's resources; nextGen gives
+// the generation of a change (called under the lock).
+func (s *Server) set(ts *typeState, resources map[string]proto.Message, nextGen func() uint64) (changed, removed int, err error) {
+	typeURL := ts.url
 	start := time.Now()
 	// Encode outside the lock: readers keep serving meanwhile.
 	s.mu.RLock()
@@ -194,7 +231,7 @@ func (s *Server) Set(typeURL string, resources map[string]proto.Message) (change
 	}
 	slices.Sort(names)
 	s.mu.Lock()
-	ts.gen++
+	ts.gen = nextGen()
 	ts.setAt = start
 	ts.res = next
 	ts.log = append(ts.log, change{gen: ts.gen, names: names})
@@ -204,7 +241,6 @@ func (s *Server) Set(typeURL string, resources map[string]proto.Message) (change
 	s.mu.Unlock()
 
 	s.metrics.pushes.WithLabelValues(typeURL).Inc()
-	s.metrics.resources.WithLabelValues(typeURL).Set(float64(len(next)))
 	s.metrics.setDuration.WithLabelValues(typeURL).Observe(time.Since(start).Seconds())
 	return changed, removed, nil
 }
@@ -213,6 +249,9 @@ func (s *Server) Set(typeURL string, resources map[string]proto.Message) (change
 func (s *Server) compactLocked(ts *typeState) {
 	oldest := ts.gen
 	for _, st := range s.streams {
+		if ts.view != nil && (!st.hasView || st.view != *ts.view) {
+			continue // another waypoint's view
+		}
 		if sub := st.subs[ts.url]; sub != nil && sub.sentGen < oldest {
 			oldest = sub.sentGen
 		}

@@ -25,9 +25,13 @@ type stream struct {
 	node      *NodeInfo
 	peer      string
 	principal string
-	since     time.Time
-	subs      map[string]*subscription
-	nonce     int64
+	// view is the waypoint whose Envoy resources the proxy is served,
+	// derived from principal alone (see ViewKey).
+	view    ViewKey
+	hasView bool
+	since   time.Time
+	subs    map[string]*subscription
+	nonce   int64
 }
 
 // subscription is one type a stream subscribed to.
@@ -51,6 +55,7 @@ func (sub *subscription) wants(name string) bool { return sub.names == nil || su
 func (s *Server) DeltaAggregatedResources(gs grpc.BidiStreamingServer[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse]) error {
 	ctx := gs.Context()
 	st := &stream{since: time.Now(), subs: map[string]*subscription{}, principal: principalFrom(ctx)}
+	st.view, st.hasView = ViewOf(st.principal)
 	if p, ok := peer.FromContext(ctx); ok {
 		st.peer = p.Addr.String()
 	}
@@ -124,12 +129,14 @@ func (s *Server) DeltaAggregatedResources(gs grpc.BidiStreamingServer[discoveryv
 // handle takes one request: the first names the node; each is an ACK or
 // NACK of a response, or a (re)subscription, or both.
 func (s *Server) handle(st *stream, req *discoveryv3.DeltaDiscoveryRequest) ([]*discoveryv3.DeltaDiscoveryResponse, error) {
-	ts := s.types[req.GetTypeUrl()]
-	if ts == nil {
-		return nil, status.Errorf(codes.InvalidArgument, "xds: type %q is not served (served: %v)", req.GetTypeUrl(), slices.Sorted(mapsKeys(s.types)))
-	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	ts := s.typeOfLocked(st, req.GetTypeUrl())
+	if ts == nil {
+		served := slices.Concat(slices.Collect(mapsKeys(s.types)), slices.Collect(mapsKeys(s.viewTypes)))
+		slices.Sort(served)
+		return nil, status.Errorf(codes.InvalidArgument, "xds: type %q is not served (served: %v)", req.GetTypeUrl(), served)
+	}
 	if st.node == nil && req.GetNode() != nil {
 		n := ParseNode(req.GetNode())
 		st.node = &n
@@ -153,6 +160,11 @@ func (s *Server) handle(st *stream, req *discoveryv3.DeltaDiscoveryRequest) ([]*
 			}
 		}
 		st.subs[ts.url] = sub
+		if s.viewTypes[ts.url] {
+			if why := s.noViewReasonLocked(st); why != "" {
+				s.log.Warn("no waypoint resources for proxy", "id", st.nodeID(), "principal", st.principal, "type", ts.url, "reason", why)
+			}
+		}
 		have := req.GetInitialResourceVersions()
 		resp := s.responseLocked(st, ts, sub, func(yield func(string) bool) {
 			for name := range ts.res {
@@ -201,7 +213,7 @@ func (s *Server) pending(st *stream) []*discoveryv3.DeltaDiscoveryResponse {
 	defer s.mu.Unlock()
 	var out []*discoveryv3.DeltaDiscoveryResponse
 	for url, sub := range st.subs {
-		ts := s.types[url]
+		ts := s.typeOfLocked(st, url)
 		if sub.sentGen >= ts.gen {
 			continue
 		}
@@ -295,10 +307,12 @@ type ProxyStatus struct {
 	// in JSON); Principal is who it authenticated as.
 	NodeInfo
 
-	Peer      string       `json:"peer,omitempty"`
-	Principal string       `json:"principal,omitempty"`
-	Since     time.Time    `json:"connectedSince"`
-	Types     []TypeStatus `json:"types"`
+	Peer      string `json:"peer,omitempty"`
+	Principal string `json:"principal,omitempty"`
+	// Waypoint is the Gateway whose view the principal selects.
+	Waypoint string       `json:"waypoint,omitempty"`
+	Since    time.Time    `json:"connectedSince"`
+	Types    []TypeStatus `json:"types"`
 }
 
 // TypeStatus is one subscription's sync state.
@@ -325,11 +339,15 @@ func (s *Server) Syncz() []ProxyStatus {
 	out := make([]ProxyStatus, 0, len(s.streams))
 	for _, st := range s.streams {
 		ps := ProxyStatus{Peer: st.peer, Principal: st.principal, Since: st.since}
+		if st.hasView {
+			ps.Waypoint = st.view.String()
+		}
 		if n := st.node; n != nil {
 			ps.NodeInfo = *n
 		}
 		for url, sub := range st.subs {
-			server := genString(s.types[url].gen)
+			typ := s.typeOfLocked(st, url)
+			server := genString(typ.gen)
 			ts := TypeStatus{
 				TypeURL: url, ServerVersion: server,
 				SentVersion: sub.sentVersion, SentAt: sub.sentAt,
@@ -340,10 +358,13 @@ func (s *Server) Syncz() []ProxyStatus {
 				ts.State, ts.Error = "NACKED", sub.nack
 			case sub.sentNonce == "":
 				ts.State = "NOT SENT"
-			case sub.sentGen == s.types[url].gen && sub.ackedVersion == sub.sentVersion && len(sub.pending) == 0:
+			case sub.sentGen == typ.gen && sub.ackedVersion == sub.sentVersion && len(sub.pending) == 0:
 				ts.State = "SYNCED"
 			default:
 				ts.State = "STALE"
+			}
+			if s.viewTypes[url] && ts.Error == "" {
+				ts.Error = s.noViewReasonLocked(st)
 			}
 			ps.Types = append(ps.Types, ts)
 		}

@@ -1,0 +1,97 @@
+package push
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/zmesh/zmesh/controlplane/l7"
+	"github.com/zmesh/zmesh/controlplane/model"
+	"github.com/zmesh/zmesh/controlplane/model/modeltest"
+	"github.com/zmesh/zmesh/controlplane/translate"
+	"github.com/zmesh/zmesh/controlplane/xds"
+)
+
+const twoWaypoints = `
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {istio.io/use-waypoint: waypoint}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: bank}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: shop}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: vault-wp, namespace: bank}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: ingress, namespace: shop}
+spec:
+  gatewayClassName: istio
+  listeners: [{name: http, port: 80, protocol: HTTP}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: cart, namespace: shop}
+spec:
+  clusterIP: 10.96.1.2
+  selector: {app: cart}
+  ports: [{name: http, port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: vault, namespace: bank, labels: {istio.io/use-waypoint: vault-wp}}
+spec:
+  clusterIP: 10.96.2.2
+  selector: {app: vault}
+  ports: [{name: http, port: 80}]
+`
+
+type routeProblems chan []l7.Problem
+
+func (r routeProblems) ReportRoutes(_ context.Context, _ *model.Snapshot, ps []l7.Problem) { r <- ps }
+
+// Each waypoint Gateway gets a view of its own Services only; a Gateway of
+// another class gets none.
+func TestPipelineBuildsOneViewPerWaypoint(t *testing.T) {
+	srv := xds.New(nil, nil, xds.TypeAddress, xds.TypeAuthorization)
+	if err := srv.ServeViews(xds.EnvoyTypes...); err != nil {
+		t.Fatal(err)
+	}
+	rep := routeProblems(make(chan []l7.Problem, 4))
+	p := &Pipeline{XDS: srv, Options: translate.Options{Mesh: model.DefaultMesh()}, Waypoints: true, RouteReporter: rep}
+	go p.Run(t.Context())
+	p.Update(modeltest.Decode(t, []byte(twoWaypoints)))
+	select {
+	case <-rep:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no waypoint build reported")
+	}
+	if got, want := srv.Views(), []xds.ViewKey{{Namespace: "bank", Name: "vault-wp"}, {Namespace: "shop", Name: "waypoint"}}; !slices.Equal(got, want) {
+		t.Fatalf("views %v, want %v", got, want)
+	}
+	for key, want := range map[xds.ViewKey]string{
+		{Namespace: "shop", Name: "waypoint"}: "inbound-vip|80|http|cart.shop.svc.cluster.local",
+		{Namespace: "bank", Name: "vault-wp"}: "inbound-vip|80|http|vault.bank.svc.cluster.local",
+	} {
+		if got := srv.ViewResources(key, xds.TypeCluster); !slices.Equal(got, []string{want}) {
+			t.Errorf("view %s: clusters %v, want [%s]", key, got, want)
+		}
+		if got := srv.ViewResources(key, xds.TypeEndpoint); !slices.Equal(got, []string{want}) {
+			t.Errorf("view %s: endpoints %v, want [%s]", key, got, want)
+		}
+	}
+}
