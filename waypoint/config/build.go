@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -84,7 +85,9 @@ func Build(r Resources) (*Snapshot, error) {
 		if _, dup := s.Resources[TypeListener][l.GetName()]; dup {
 			return nil, &NackError{Resource: listenerResource(l.GetName()), Path: "name", Problem: "duplicate listener name"}
 		}
-		for d, c := range chains {
+		// In address order, so that a conflict always names the same chain.
+		for _, d := range slices.SortedFunc(maps.Keys(chains), func(a, b netip.AddrPort) int { return a.Compare(b) }) {
+			c := chains[d]
 			if prev, dup := owner[d]; dup {
 				return nil, &NackError{Resource: listenerResource(l.GetName()), Path: "filter_chains",
 					Problem: fmt.Sprintf("chain %q matches destination %s, which listener %q already serves", c.Name, d, prev)}
