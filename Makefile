@@ -26,13 +26,13 @@ build: deps
 test: deps lint
 	$(GO) test -count=1 -timeout 30m $$($(GO) list ./... | grep -v -E '^github.com/zmesh/zmesh/(bpf|cni|ztunnel|e2e|internal/hbone)(/|$$)')
 	$(GO) test -count=1 -p 1 -timeout 25m $(NETNS_PKGS)
-	$(GO) test -count=1 -race -timeout 15m ./identity/... ./ztunnel/... ./internal/hbone/ ./internal/xdsclient/ ./internal/meshclient/ ./api/... ./cni/agent/ ./controlplane/model/... ./controlplane/translate/ ./controlplane/xds/ ./controlplane/push/ ./controlplane/status/ ./controlplane/source/dir/ ./controlplane/l7/ ./waypoint/...
+	$(GO) test -count=1 -race -timeout 15m ./identity/... ./ztunnel/... ./internal/hbone/ ./internal/xdsclient/ ./internal/meshclient/ ./api/... ./cni/agent/ ./controlplane/model/... ./controlplane/translate/ ./controlplane/xds/ ./controlplane/push/ ./controlplane/status/ ./controlplane/source/dir/ ./controlplane/l7/ ./waypoint/... ./cmd/waypoint/
 	$(GO) test -count=1 -p 1 -v -timeout 25m ./e2e/l4/ ./e2e/l7/
 
 # The quick loop: tests that need neither root nor an API server.
 UNIT_PKGS := ./api/... ./identity/... ./controlplane/model/... ./controlplane/translate/ ./controlplane/xds/ \
 	./controlplane/push/ ./controlplane/status/ ./controlplane/source/dir/ ./ztunnel/authz/ ./ztunnel/state/ \
-	./internal/xdsclient/ ./internal/meshclient/ ./controlplane/l7/ ./waypoint/... ./ztunnel/telemetry/ ./ztunnel/admin/ ./cmd/zmeshctl/ ./cmd/ztunnel/ ./e2e/bench/report/ ./e2e/bench/benchratio/
+	./internal/xdsclient/ ./internal/meshclient/ ./controlplane/l7/ ./waypoint/... ./ztunnel/telemetry/ ./ztunnel/admin/ ./cmd/zmeshctl/ ./cmd/ztunnel/ ./cmd/waypoint/ ./e2e/bench/report/ ./e2e/bench/benchratio/
 test-unit:
 	$(GO) test -count=1 $(UNIT_PKGS)
 

@@ -7,11 +7,21 @@ import (
 )
 
 // formatForwarded renders the RFC 7239 Forwarded header HBONE clients send:
-// for="ip:port" (IPv6 in brackets, quoted as the RFC requires for ':'),
+// for="ip:port" (IPv6 in brackets, quoted as the RFC requires for ':'), or
+// the bare address when the port is 0,
 // plus host= when the client addressed a service.
 func formatForwarded(src netip.AddrPort, host string) string {
 	var b strings.Builder
-	if src.IsValid() {
+	switch {
+	case src.IsValid() && src.Port() == 0:
+		// A bare address: a proxy that pools connections per client
+		// address (the waypoint) has no single client port to name.
+		if src.Addr().Is6() {
+			b.WriteString(`for="[` + src.Addr().String() + `]"`)
+		} else {
+			b.WriteString("for=" + src.Addr().String())
+		}
+	case src.IsValid():
 		b.WriteString(`for="`)
 		b.WriteString(src.String()) // [v6]:port or v4:port
 		b.WriteByte('"')

@@ -14,6 +14,10 @@ import (
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/cors/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/http_inspector/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/retry/host/previous_hosts/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 )
@@ -128,6 +132,20 @@ var supported = map[protoreflect.FullName][]protoreflect.Name{
 	"envoy.type.matcher.v3.ValueMatcher":                {"string_match", "present_match", "list_match"},
 	"envoy.type.matcher.v3.FilterStateMatcher":          {"key", "string_match"},
 	"envoy.type.matcher.v3.ListMatcher":                 {"one_of"},
+
+	// Listener (CompileListener): the shape zmeshd sends a waypoint.
+	"envoy.config.listener.v3.Listener":                                 {"name", "address", "filter_chains", "listener_filters"},
+	"envoy.config.listener.v3.ListenerFilter":                           {"name", "typed_config"},
+	"envoy.config.listener.v3.FilterChain":                              {"filter_chain_match", "filters", "name"},
+	"envoy.config.listener.v3.FilterChainMatch":                         {"destination_port", "prefix_ranges", "application_protocols"},
+	"envoy.config.listener.v3.Filter":                                   {"name", "typed_config"},
+	"envoy.extensions.filters.listener.http_inspector.v3.HttpInspector": {},
+	"envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager": {"codec_type", "stat_prefix",
+		"rds", "http_filters", "normalize_path", "merge_slashes", "path_with_escaped_slashes_action"},
+	"envoy.extensions.filters.network.http_connection_manager.v3.Rds":        {"config_source", "route_config_name"},
+	"envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter": {"name", "typed_config"},
+	"envoy.extensions.filters.http.router.v3.Router":                         {},
+	"envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy":                 {"stat_prefix", "cluster"},
 
 	// Fault filter (CompileFault).
 	"envoy.extensions.filters.http.fault.v3.HTTPFault":    {"delay", "abort", "headers", "max_active_faults"},

@@ -34,6 +34,9 @@ type Snapshot struct {
 	// Resources are the resources the snapshot was compiled from, by type
 	// URL then name, for /config_dump.
 	Resources map[string]map[string]proto.Message
+	// Versions are the resources' versions, by type URL then name, when
+	// known (for /config_dump); may be nil.
+	Versions map[string]map[string]string
 }
 
 // ChainProtocol is how a destination's bytes are handled.
@@ -79,6 +82,10 @@ type Chain struct {
 	TCPCluster string
 	// StatPrefix names the chain in metrics and logs.
 	StatPrefix string
+	// NormalizePath and MergeSlashes are the connection manager's path
+	// normalisation (RFC 3986 dot segments; "//" to "/"), applied before
+	// filters and routing see the path; set for ChainHTTP and ChainSniff.
+	NormalizePath, MergeSlashes bool
 }
 
 // HTTPFilter is one compiled HTTP filter of a chain. Exactly one of its

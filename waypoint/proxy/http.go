@@ -1,0 +1,463 @@
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"io"
+	"log/slog"
+	mrand "math/rand/v2"
+	"net/http"
+	"net/http/httputil"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/zmesh/zmesh/waypoint/config"
+	"github.com/zmesh/zmesh/waypoint/filter/fault"
+	"github.com/zmesh/zmesh/waypoint/filter/rbac"
+	"github.com/zmesh/zmesh/waypoint/route"
+	"github.com/zmesh/zmesh/waypoint/telemetry"
+	"github.com/zmesh/zmesh/waypoint/upstream"
+)
+
+// Envoy's local replies, word for word.
+const (
+	bodyNoHealthyUpstream = "no healthy upstream"
+	bodyConnectFailure    = "upstream connect error or disconnect/reset before headers. reset reason: connection failure"
+	bodyConnectTerminated = "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
+	bodyOverflow          = "upstream connect error or disconnect/reset before headers. reset reason: overflow"
+	bodyTimeout           = "upstream request timeout"
+)
+
+// Envoy's response flags.
+const (
+	flagNoRoute         = "NR"
+	flagNoHealthy       = "UH"
+	flagConnectFailure  = "UF"
+	flagUpstreamReset   = "UC"
+	flagOverflow        = "UO"
+	flagTimeout         = "UT"
+	flagNoCluster       = "NC"
+	flagDownstreamReset = "DC"
+)
+
+// exchange is one request on its way through the pipeline.
+type exchange struct {
+	p     *Proxy
+	t     *tunnel
+	st    *state
+	w     *respWriter
+	r     *http.Request
+	rec   telemetry.Record
+	flags []string
+
+	// Set once routed to an endpoint.
+	d       route.Decision
+	cluster *upstream.Cluster
+	ep      upstream.Endpoint
+	pool    *connPool
+	timeout time.Duration
+	cors    *route.CORSPolicy
+	// upCtx is the upstream request's context; its cause tells a route
+	// timeout.
+	upCtx context.Context
+}
+
+type exchangeKey struct{}
+
+func (x *exchange) flag(f string) { x.flags = append(x.flags, f) }
+
+// ServeHTTP runs the pipeline for one request: filters, routing, then a
+// local reply or the upstream exchange; one telemetry record at the end.
+func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	t := tunnelFrom(r.Context())
+	if t == nil {
+		http.Error(w, "", http.StatusInternalServerError)
+		return
+	}
+	x := &exchange{p: p, t: t, r: r, w: &respWriter{ResponseWriter: w}}
+	x.rec = telemetry.Record{
+		Start:     time.Now(),
+		Protocol:  r.Proto,
+		Method:    r.Method,
+		Path:      r.RequestURI,
+		Authority: r.Host,
+		UserAgent: r.UserAgent(),
+		Source:    telemetry.Peer{Principal: t.principal, Addr: t.client},
+	}
+	if r.ProtoMajor == 2 {
+		x.rec.Protocol = "HTTP/2"
+	}
+	var body *countingBody
+	if r.Body != nil && r.Body != http.NoBody {
+		body = &countingBody{ReadCloser: r.Body}
+		r.Body = body
+	}
+	defer func() {
+		if body != nil {
+			x.rec.BytesReceived = body.n
+		}
+		x.finish()
+		if v := recover(); v != nil {
+			panic(v)
+		}
+	}()
+
+	if r.Header.Get("X-Request-Id") == "" {
+		r.Header.Set("X-Request-Id", newRequestID())
+	}
+	x.rec.RequestID = r.Header.Get("X-Request-Id")
+
+	x.st = p.state.Load()
+	ch := x.st.snap.Chains[t.dst]
+	if ch == nil {
+		// The destination left the configuration while this connection
+		// was open: nothing routes it any more.
+		x.w.Header().Set("Connection", "close")
+		x.localReply(http.StatusNotFound, "", flagNoRoute)
+		return
+	}
+	rreq := route.Request{
+		Authority: r.Host,
+		Method:    r.Method,
+		Path:      r.RequestURI,
+		Header:    r.Header,
+		Random:    mrand.Uint64(),
+	}
+	if rreq.Path == "" {
+		rreq.Path = r.URL.RequestURI()
+	}
+	if !x.runFilters(ch, &rreq) {
+		return
+	}
+	table := x.st.snap.Routes[ch.RouteConfig]
+	if table == nil {
+		x.localReply(http.StatusNotFound, "", flagNoRoute)
+		return
+	}
+	x.d = route.Decide(table, rreq)
+	if x.d.Route != nil {
+		x.rec.RouteName = x.d.Route.Name
+	}
+	if x.d.Action == route.ActionNone {
+		x.localReply(http.StatusNotFound, "", flagNoRoute)
+		return
+	}
+	cors := x.d.Route.CORS
+	if cors != nil && x.preflight(cors) {
+		return
+	}
+	switch x.d.Action {
+	case route.ActionRedirect:
+		x.d.ResponseHeaders.Apply(x.w.Header())
+		x.addCORS(cors)
+		x.w.Header().Set("Location", x.d.Location)
+		x.localReply(x.d.Status, "", "")
+	case route.ActionDirectResponse:
+		x.d.ResponseHeaders.Apply(x.w.Header())
+		x.addCORS(cors)
+		x.localReply(x.d.Status, x.d.Route.Direct.Body, "")
+	case route.ActionForward:
+		x.forward(cors)
+	}
+}
+
+// runFilters runs the chain's HTTP filters in order; false when one
+// answered the request.
+func (x *exchange) runFilters(ch *config.Chain, rreq *route.Request) bool {
+	for i := range ch.HTTPFilters {
+		f := &ch.HTTPFilters[i]
+		switch {
+		case f.RBAC != nil:
+			d := rbac.Evaluate(f.RBAC, &rbac.Request{
+				HTTP:            *rreq,
+				Principal:       x.t.principal,
+				DirectRemoteIP:  x.t.client.Addr(),
+				RemoteIP:        x.t.client.Addr(),
+				DestinationIP:   x.t.dst.Addr(),
+				DestinationPort: x.t.dst.Port(),
+			})
+			if d.Policy != "" {
+				x.rec.PolicyName = d.Policy
+			}
+			if !d.Allowed {
+				x.localReply(rbac.DeniedStatus, rbac.DeniedBody, rbac.DeniedFlag)
+				return false
+			}
+		case f.Fault != nil:
+			if !f.Fault.Applies(rreq) {
+				continue
+			}
+			delay, abort := fault.Decide(f.Fault, mrand.Uint64(), mrand.Uint64())
+			if delay > 0 {
+				x.flag(fault.FlagDelay)
+				tm := time.NewTimer(delay)
+				select {
+				case <-tm.C:
+				case <-x.r.Context().Done():
+					tm.Stop()
+					x.flag(flagDownstreamReset)
+					return false
+				}
+			}
+			if abort != nil {
+				if abort.GRPC {
+					h := x.w.Header()
+					h.Set("Content-Type", "application/grpc")
+					h.Set("Grpc-Status", strconv.FormatUint(uint64(abort.GRPCStatus), 10))
+					h.Set("Grpc-Message", fault.AbortBody)
+					x.localReply(http.StatusOK, "", fault.FlagAbort)
+				} else {
+					x.localReply(abort.HTTPStatus, fault.AbortBody, fault.FlagAbort)
+				}
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// localReply answers without an upstream, as Envoy's local replies do: a
+// text/plain body when there is one.
+func (x *exchange) localReply(code int, body, flag string) {
+	if flag != "" {
+		x.flag(flag)
+	}
+	h := x.w.Header()
+	if body != "" {
+		h.Set("Content-Type", "text/plain")
+	}
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	x.w.WriteHeader(code)
+	if body != "" && x.r.Method != http.MethodHead {
+		io.WriteString(x.w, body)
+	}
+}
+
+// forward sends the request to an endpoint of the decided cluster.
+func (x *exchange) forward(cors *route.CORSPolicy) {
+	p := x.p
+	x.rec.UpstreamCluster = x.d.Cluster
+	x.cluster = x.st.snap.Clusters[x.d.Cluster]
+	if x.cluster == nil {
+		x.localReply(http.StatusServiceUnavailable, "", flagNoCluster)
+		return
+	}
+	if len(x.cluster.Services) > 0 {
+		s := x.cluster.Services[0]
+		x.rec.DestinationService, x.rec.DestinationServiceName, x.rec.DestinationServiceNamespace = s.Host, s.Name, s.Namespace
+	}
+	ep, ok := x.st.pick(x.d.Cluster, pickRequest{random: mrand.Uint64()})
+	if !ok {
+		x.localReply(http.StatusServiceUnavailable, bodyNoHealthyUpstream, flagNoHealthy)
+		return
+	}
+	x.ep = ep
+	x.rec.UpstreamHost = ep.Addr
+	x.rec.Destination = telemetry.Peer{Principal: ep.Identity, Addr: ep.Addr, App: ep.Labels["app"], Version: ep.Labels["version"]}
+	key := poolKey{endpoint: ep.Addr, identity: ep.Identity, client: x.t.client.Addr(), h2: x.upstreamH2()}
+	cp, err := p.up.get(key, ep, x.cluster)
+	if err != nil {
+		x.localReply(http.StatusServiceUnavailable, bodyOverflow, flagOverflow)
+		return
+	}
+	x.pool = cp
+	if x.d.Route.Forward != nil {
+		x.timeout = x.d.Route.Forward.Timeout
+		x.mirror(x.d.Route.Forward.Mirrors)
+	}
+	ctx := context.WithValue(x.r.Context(), exchangeKey{}, x)
+	var cancel context.CancelFunc
+	if x.timeout > 0 {
+		ctx, cancel = context.WithTimeoutCause(ctx, x.timeout, errRouteTimeout)
+		defer cancel()
+	}
+	x.cors = cors
+	x.upCtx = ctx
+	r := x.r.WithContext(ctx)
+	// Without a parsable RemoteAddr the reverse proxy leaves
+	// X-Forwarded-For as the client sent it, as Envoy does without
+	// use_remote_address.
+	r.RemoteAddr = ""
+	p.rp.ServeHTTP(x.w, r)
+}
+
+// timedOut says whether the route timeout ended the upstream request.
+func (x *exchange) timedOut() bool {
+	return x.upCtx != nil && errors.Is(context.Cause(x.upCtx), errRouteTimeout)
+}
+
+var errRouteTimeout = errors.New("route timeout")
+
+// upstreamH2 says whether the request goes upstream as HTTP/2: the
+// cluster's protocol, the request's own for use_downstream_protocol_config.
+// An Upgrade (WebSocket) always goes as HTTP/1.1, the only version it
+// exists in here.
+func (x *exchange) upstreamH2() bool {
+	if x.r.ProtoMajor == 1 && x.r.Header.Get("Upgrade") != "" {
+		return false
+	}
+	switch x.cluster.HTTP.Protocol {
+	case upstream.HTTP2:
+		return true
+	case upstream.Downstream:
+		return x.r.ProtoMajor == 2
+	}
+	return false
+}
+
+// finish fills what the response told and hands the record over.
+func (x *exchange) finish() {
+	x.rec.Duration = time.Since(x.rec.Start)
+	x.rec.ResponseCode = x.w.code
+	x.rec.BytesSent = x.w.n
+	if x.timedOut() && !slices.Contains(x.flags, flagTimeout) {
+		// The timeout struck after the response began: the stream was
+		// reset mid-body.
+		x.flag(flagTimeout)
+	}
+	if x.w.code == 0 && x.r.Context().Err() != nil && !slices.Contains(x.flags, flagDownstreamReset) {
+		x.flag(flagDownstreamReset)
+	}
+	if len(x.flags) == 0 {
+		x.rec.ResponseFlags = "-"
+	} else {
+		x.rec.ResponseFlags = strings.Join(x.flags, ",")
+	}
+	h := x.w.Header()
+	if v := h.Get("Grpc-Status"); v != "" {
+		x.rec.GRPCStatus = v
+	} else if v := h.Get(http.TrailerPrefix + "Grpc-Status"); v != "" {
+		x.rec.GRPCStatus = v
+	}
+	x.p.obs.Observe(&x.rec)
+}
+
+// newReverseProxy returns the proxy's one reverse proxy; the exchange in
+// the request's context says where each request goes.
+func newReverseProxy(p *Proxy) *httputil.ReverseProxy {
+	return &httputil.ReverseProxy{
+		Director: func(out *http.Request) {
+			x := out.Context().Value(exchangeKey{}).(*exchange)
+			out.URL.Scheme = "http"
+			out.URL.Host = x.ep.Addr.String()
+			// RawPath is dropped with Path: the decided path is sent
+			// as the client encoded it.
+			out.URL.Path, out.URL.RawPath, out.URL.RawQuery = "", "", ""
+			out.URL.Opaque = x.d.Path
+			if i := strings.IndexByte(x.d.Path, '?'); i >= 0 {
+				out.URL.Opaque, out.URL.RawQuery = x.d.Path[:i], x.d.Path[i+1:]
+			}
+			out.Host = x.d.Authority
+			x.d.RequestHeaders.Apply(out.Header)
+			if x.d.VirtualHost != nil && x.d.VirtualHost.IncludeRequestAttemptCount {
+				out.Header.Set("X-Envoy-Attempt-Count", "1")
+			}
+			if _, ok := out.Header["User-Agent"]; !ok {
+				// Not net/http's default: the request had none.
+				out.Header["User-Agent"] = nil
+			}
+		},
+		Transport:     roundTripper{},
+		FlushInterval: -1,
+		ErrorLog:      slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
+		ModifyResponse: func(res *http.Response) error {
+			x := res.Request.Context().Value(exchangeKey{}).(*exchange)
+			x.d.ResponseHeaders.Apply(res.Header)
+			x.addCORSTo(res.Header, x.cors)
+			return nil
+		},
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			x := r.Context().Value(exchangeKey{}).(*exchange)
+			x.upstreamError(err)
+		},
+	}
+}
+
+// upstreamError answers a request whose upstream exchange failed before
+// the response headers.
+func (x *exchange) upstreamError(err error) {
+	var ce *connectError
+	switch {
+	case x.r.Context().Err() != nil:
+		// The client went away; there is nobody to answer.
+		x.flag(flagDownstreamReset)
+		x.w.code = 0
+	case x.timedOut():
+		x.localReply(http.StatusGatewayTimeout, bodyTimeout, flagTimeout)
+	case errors.As(err, &ce):
+		x.p.log.Info("upstream connect failed", "dst.addr", x.ep.Addr.String(), "dst.identity", x.ep.Identity, "reason", ce.err.Error())
+		x.localReply(http.StatusServiceUnavailable, bodyConnectFailure, flagConnectFailure)
+	default:
+		x.p.log.Debug("upstream request failed", "dst.addr", x.ep.Addr.String(), "reason", err.Error())
+		x.localReply(http.StatusServiceUnavailable, bodyConnectTerminated, flagUpstreamReset)
+	}
+}
+
+type roundTripper struct{}
+
+func (roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
+	x := r.Context().Value(exchangeKey{}).(*exchange)
+	return x.pool.roundTrip(r)
+}
+
+// respWriter records the status and body bytes sent to the client.
+type respWriter struct {
+	http.ResponseWriter
+	code int
+	n    int64
+}
+
+func (w *respWriter) WriteHeader(code int) {
+	if w.code == 0 && (code >= 200 || code == http.StatusSwitchingProtocols) {
+		w.code = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *respWriter) Write(b []byte) (int, error) {
+	if w.code == 0 {
+		w.code = http.StatusOK
+	}
+	n, err := w.ResponseWriter.Write(b)
+	w.n += int64(n)
+	return n, err
+}
+
+// Unwrap lets http.ResponseController reach Flush and Hijack.
+func (w *respWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// countingBody counts the request body bytes read.
+type countingBody struct {
+	io.ReadCloser
+	n int64
+}
+
+func (b *countingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.n += int64(n)
+	return n, err
+}
+
+// newRequestID returns a random (version 4) UUID.
+func newRequestID() string {
+	var u [16]byte
+	rand.Read(u[:])
+	u[6] = u[6]&0x0f | 0x40
+	u[8] = u[8]&0x3f | 0x80
+	var b [36]byte
+	hex.Encode(b[0:8], u[0:4])
+	b[8] = '-'
+	hex.Encode(b[9:13], u[4:6])
+	b[13] = '-'
+	hex.Encode(b[14:18], u[6:8])
+	b[18] = '-'
+	hex.Encode(b[19:23], u[8:10])
+	b[23] = '-'
+	hex.Encode(b[24:], u[10:])
+	return string(b[:])
+}
+
