@@ -24,7 +24,11 @@ import (
 // serving, since the waypoint asks for the pod's address. A pod that opted
 // out (WaypointExempt) is held only by its own waypoint, which the
 // control plane does not give it then. A service w names that the
-// snapshot lacks holds nothing: its waypoint is not known either.
+// snapshot lacks holds nothing: its waypoint is not known either. Nor
+// does a service without a VIP (headless): clients can only address its
+// pods, which is not traffic a service waypoint takes, so there is
+// nothing to bypass, and holding its ports would only cut the pods off
+// (a workload waypoint is the way to put them behind one).
 func (s *Snapshot) WaypointsOf(w *Workload, port uint16) []*Gateway {
 	var gws []*Gateway
 	if w.Waypoint != nil {
@@ -35,7 +39,7 @@ func (s *Snapshot) WaypointsOf(w *Workload, port uint16) []*Gateway {
 	}
 	for _, key := range sortedKeys(w.Services) {
 		svc := s.Service(key)
-		if svc == nil || svc.Waypoint == nil || !targetsPort(svc, w.Services[key], port) {
+		if svc == nil || svc.Waypoint == nil || len(svc.VIPs) == 0 || !targetsPort(svc, w.Services[key], port) {
 			continue
 		}
 		if !slices.ContainsFunc(gws, func(g *Gateway) bool { return *g == *svc.Waypoint }) {
