@@ -112,12 +112,12 @@ func TestMeshServiceWaypointNotBypassable(t *testing.T) {
 	waitFor(t, func() bool {
 		for _, rec := range a.logLines("connection complete") {
 			e, _ := rec["error"].(string)
-			if strings.Contains(e, "no healthy upstream: waypoint") {
+			if strings.Contains(e, "no healthy upstream: waypoint "+wpSvc) {
 				return true
 			}
 		}
 		return false
-	}, "the client's ztunnel logging the unready waypoint")
+	}, "the client's ztunnel logging the unready waypoint by name")
 	select {
 	case p := <-app.peers:
 		t.Fatalf("the app was reached by %s with the waypoint unready", p)

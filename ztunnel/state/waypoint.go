@@ -110,7 +110,7 @@ func (s *Snapshot) WaypointRefusal(w *Workload, port uint16, peer spiffeid.ID) s
 		if s.IsWaypoint(gw, peer) {
 			return ""
 		}
-		names[i] = s.waypointName(gw)
+		names[i] = s.WaypointName(gw)
 	}
 	who := "a plaintext client"
 	if !peer.IsZero() {
@@ -123,9 +123,9 @@ func (s *Snapshot) WaypointRefusal(w *Workload, port uint16, peer spiffeid.ID) s
 	return fmt.Sprintf("port %d is behind waypoint %s and the peer, %s, is not %s", port, strings.Join(names, " or "), who, which)
 }
 
-// waypointName names a waypoint for people: its service when the
+// WaypointName names a waypoint for people: its service when the
 // snapshot has one at its address, then the address.
-func (s *Snapshot) waypointName(gw *Gateway) string {
+func (s *Snapshot) WaypointName(gw *Gateway) string {
 	if gw.Service != "" {
 		return gw.String()
 	}
