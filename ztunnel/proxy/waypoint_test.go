@@ -3,7 +3,9 @@ package proxy_test
 import (
 	"context"
 	"errors"
+	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -122,6 +124,55 @@ func TestMeshServiceWaypointNotBypassable(t *testing.T) {
 	case p := <-app.peers:
 		t.Fatalf("the app was reached by %s with the waypoint unready", p)
 	default:
+	}
+}
+
+// A service that comes behind a waypoint ends the live connections to its
+// target port that did not come through the waypoint (a client cannot
+// keep a bypass open across the binding); those to other ports stay.
+func TestMeshBindingClosesDirectConnections(t *testing.T) {
+	m := newMesh(t)
+	a, b := m.newNode("node-a"), m.newNode("node-b")
+	client := m.newPod(a, "demo", "client", "sleep")
+	server := m.newPod(b, "demo", "server", "echo")
+	wp := m.newPod(b, "demo", "waypoint", "waypoint")
+	held, free := server.echo(t, 8080), server.echo(t, 9090)
+
+	wpVIP := netip.MustParseAddr("10.96.9.1")
+	const wpSvc, apiSvc = "demo/waypoint.demo.svc.cluster.local", "demo/api.demo.svc.cluster.local"
+	api := &workload.Service{Name: "api", Namespace: "demo", Hostname: "api.demo.svc.cluster.local",
+		Addresses: []*workload.NetworkAddress{{Address: netip.MustParseAddr("10.96.0.10").AsSlice()}},
+		Ports:     []*workload.Port{{ServicePort: 80, TargetPort: 8080}}}
+	m.svc = append(m.svc, &workload.Service{Name: "waypoint", Namespace: "demo", Hostname: "waypoint.demo.svc.cluster.local",
+		Addresses: []*workload.NetworkAddress{{Address: wpVIP.AsSlice()}}, Ports: []*workload.Port{{ServicePort: 15008, TargetPort: 15008}}}, api)
+	m.workload(wp).Services = map[string]*workload.PortList{wpSvc: {}}
+	m.workload(server).Services = map[string]*workload.PortList{apiSvc: {Ports: []*workload.Port{{ServicePort: 80, TargetPort: 8080}}}}
+	m.push()
+
+	toHeld, toFree := client.dial(t, held), client.dial(t, free)
+	for _, c := range []net.Conn{toHeld, toFree} {
+		if err := exchange(c, "before the binding"); err != nil {
+			t.Fatalf("before the binding: %v", err)
+		}
+	}
+
+	api.Waypoint = &workload.GatewayAddress{Destination: &workload.GatewayAddress_Address{Address: &workload.NetworkAddress{Address: wpVIP.AsSlice()}}, HboneMtlsPort: 15008}
+	m.push()
+	// Far beyond a prompt reset; a connection left open runs into it.
+	toHeld.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := toHeld.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the direct connection to the held port is still open after the binding: %v", err)
+	}
+	waitFor(t, func() bool {
+		for _, rec := range b.logLines("connection closed: the destination is now behind a waypoint") {
+			if r, _ := rec["reason"].(string); strings.Contains(r, "behind waypoint "+wpSvc) {
+				return true
+			}
+		}
+		return false
+	}, "the reset logged naming the waypoint")
+	if err := exchange(toFree, "after the binding"); err != nil {
+		t.Fatalf("the connection to a port the service does not target was broken: %v", err)
 	}
 }
 

@@ -10,7 +10,8 @@ import (
 )
 
 // WaypointsOf returns the waypoints a connection to w on port (the pod's
-// own port) must come through, nil if none holds that port:
+// own port) must come through, in no particular order, nil if none holds
+// that port:
 //
 //   - w's own waypoint (a workload binding, which the control plane gives
 //     only when the waypoint is for workload or all traffic), on any port;
@@ -37,9 +38,9 @@ func (s *Snapshot) WaypointsOf(w *Workload, port uint16) []*Gateway {
 	if w.WaypointExempt {
 		return gws
 	}
-	for _, key := range sortedKeys(w.Services) {
+	for key, own := range w.Services {
 		svc := s.Service(key)
-		if svc == nil || svc.Waypoint == nil || len(svc.VIPs) == 0 || !targetsPort(svc, w.Services[key], port) {
+		if svc == nil || svc.Waypoint == nil || len(svc.VIPs) == 0 || !targetsPort(svc, own, port) {
 			continue
 		}
 		if !slices.ContainsFunc(gws, func(g *Gateway) bool { return *g == *svc.Waypoint }) {
@@ -112,6 +113,7 @@ func (s *Snapshot) WaypointRefusal(w *Workload, port uint16, peer spiffeid.ID) s
 		}
 		names[i] = s.WaypointName(gw)
 	}
+	slices.Sort(names)
 	who := "a plaintext client"
 	if !peer.IsZero() {
 		who = peer.String()
@@ -134,13 +136,4 @@ func (s *Snapshot) WaypointName(gw *Gateway) string {
 		return fmt.Sprintf("%s (%s)", svc.Key(), addr)
 	}
 	return addr
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }
