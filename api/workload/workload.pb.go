@@ -843,8 +843,13 @@ type Workload struct {
 	ClusterId             string         `protobuf:"bytes,18,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
 	Locality              *Locality      `protobuf:"bytes,24,opt,name=locality,proto3" json:"locality,omitempty"`
 	NetworkMode           NetworkMode    `protobuf:"varint,25,opt,name=network_mode,json=networkMode,proto3,enum=istio.workload.NetworkMode" json:"network_mode,omitempty"`
-	unknownFields         protoimpl.UnknownFields
-	sizeCache             protoimpl.SizeCache
+	// The pod is labelled istio.io/use-waypoint: none. Its ztunnel does not
+	// hold it to the waypoints of the services selecting it: it accepts
+	// direct connections on their target ports too. Without this field (as
+	// istiod sends it) such a pod is held to them.
+	WaypointExempt bool `protobuf:"varint,1000,opt,name=waypoint_exempt,json=waypointExempt,proto3" json:"waypoint_exempt,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Workload) Reset() {
@@ -1036,6 +1041,13 @@ func (x *Workload) GetNetworkMode() NetworkMode {
 		return x.NetworkMode
 	}
 	return NetworkMode_STANDARD
+}
+
+func (x *Workload) GetWaypointExempt() bool {
+	if x != nil {
+		return x.WaypointExempt
+	}
+	return false
 }
 
 type Locality struct {
@@ -1455,7 +1467,7 @@ const file_workload_proto_rawDesc = "" +
 	"\vPASSTHROUGH\x10\x03\"/\n" +
 	"\fHealthPolicy\x12\x10\n" +
 	"\fONLY_HEALTHY\x10\x00\x12\r\n" +
-	"\tALLOW_ALL\x10\x01\"\xd8\b\n" +
+	"\tALLOW_ALL\x10\x01\"\x82\t\n" +
 	"\bWorkload\x12\x10\n" +
 	"\x03uid\x18\x14 \x01(\tR\x03uid\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
@@ -1481,7 +1493,8 @@ const file_workload_proto_rawDesc = "" +
 	"\n" +
 	"cluster_id\x18\x12 \x01(\tR\tclusterId\x124\n" +
 	"\blocality\x18\x18 \x01(\v2\x18.istio.workload.LocalityR\blocality\x12>\n" +
-	"\fnetwork_mode\x18\x19 \x01(\x0e2\x1b.istio.workload.NetworkModeR\vnetworkMode\x1aU\n" +
+	"\fnetwork_mode\x18\x19 \x01(\x0e2\x1b.istio.workload.NetworkModeR\vnetworkMode\x12(\n" +
+	"\x0fwaypoint_exempt\x18\xe8\a \x01(\bR\x0ewaypointExempt\x1aU\n" +
 	"\rServicesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12.\n" +
 	"\x05value\x18\x02 \x01(\v2\x18.istio.workload.PortListR\x05value:\x028\x01J\x04\b\x0f\x10\x10\"P\n" +

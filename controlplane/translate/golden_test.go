@@ -32,8 +32,9 @@ var update = flag.Bool("update", false, "rewrite the output and cases sections o
 //     completed with model.NormalizeFilePod.
 //   - output: the rendered translation (renderOutput).
 //   - cases (optional): connections decided by ztunnel's own code on the
-//     output, one per line: "to NS/POD:PORT from IP [as PRINCIPAL] -> DECISION"
-//     (PRINCIPAL without spiffe://; no "as" = plaintext).
+//     output (its waypoint rule, then its policies), one per line:
+//     "to NS/POD:PORT from IP [as PRINCIPAL] -> DECISION" (PRINCIPAL
+//     without spiffe://; no "as" = plaintext).
 //
 // With -update, output and the decisions of cases are rewritten.
 func TestGolden(t *testing.T) {
@@ -116,6 +117,10 @@ func decide(t *testing.T, snap *state.Snapshot, opts Options, conn string) strin
 		if c.Peer, err = spiffeid.FromString("spiffe://" + f[5]); err != nil {
 			t.Fatalf("case %q: %v", conn, err)
 		}
+	}
+	// ztunnel's waypoint rule comes first, as in its inbound decision.
+	if reason := snap.WaypointRefusal(w, dst.Port(), c.Peer); reason != "" {
+		return "deny (" + reason + ")"
 	}
 	pols, missing := snap.PoliciesFor(w)
 	if len(missing) > 0 {

@@ -163,6 +163,10 @@ func (t *translator) podWorkload(p *corev1.Pod, r *podResult) *workload.Workload
 	if !t.isWaypointItself(p.Namespace, p.Name, p.Labels, false) {
 		w.Waypoint = t.waypointFor(&r.conds, p.Labels, p.Namespace, podRef(p), true)
 	}
+	// Opted out: its ztunnel must not hold it to the waypoints of the
+	// services selecting it either, which it would otherwise do on their
+	// target ports. Only the literal "none" opts out.
+	w.WaypointExempt = p.Labels[labelUseWaypoint] == "none"
 	return w
 }
 

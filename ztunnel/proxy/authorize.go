@@ -5,8 +5,6 @@ import (
 	"net/netip"
 	"strings"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
-
 	"github.com/zmesh/zmesh/ztunnel/authz"
 	"github.com/zmesh/zmesh/ztunnel/state"
 )
@@ -24,14 +22,15 @@ type Verdict struct {
 // local workload: c.Dst is the pod address and port the client asked for,
 // c.Peer its verified identity (zero for plaintext). It fails closed: an
 // unknown destination, or a selector policy listed but not yet received,
-// denies. A workload bound to a waypoint accepts only its waypoint.
+// denies. A workload behind a waypoint accepts only that waypoint on the
+// ports it holds (state.Snapshot.WaypointsOf).
 func AuthorizeInbound(snap *state.Snapshot, network string, c authz.Conn) Verdict {
 	w := snap.WorkloadByAddr(state.NetAddr{Network: network, Addr: c.Dst.Addr().Unmap()})
 	if w == nil {
 		return Verdict{Reason: fmt.Sprintf("destination %s is not a known workload (fail closed)", c.Dst.Addr())}
 	}
-	if w.Waypoint != nil && !fromWaypoint(snap, w.Waypoint, c.Peer) {
-		return Verdict{Workload: w, Reason: fmt.Sprintf("workload is bound to waypoint %s and the connection did not come through it", w.Waypoint)}
+	if reason := snap.WaypointRefusal(w, c.Dst.Port(), c.Peer); reason != "" {
+		return Verdict{Workload: w, Reason: reason}
 	}
 	policies, missing := snap.PoliciesFor(w)
 	if len(missing) > 0 {
@@ -39,29 +38,6 @@ func AuthorizeInbound(snap *state.Snapshot, network string, c authz.Conn) Verdic
 	}
 	d := authz.Evaluate(policies, c)
 	return Verdict{Allowed: d.Allowed, Workload: w, Policy: d.Policy, Reason: d.Reason, DryRun: d.DryRun}
-}
-
-// fromWaypoint reports whether peer is the identity of one of the
-// gateway's workloads.
-func fromWaypoint(snap *state.Snapshot, gw *state.Gateway, peer spiffeid.ID) bool {
-	if peer.IsZero() {
-		return false
-	}
-	var wps []*state.Workload
-	switch {
-	case gw.Service != "":
-		wps = snap.Endpoints(gw.Service)
-	case snap.WorkloadByAddr(gw.Addr) != nil:
-		wps = []*state.Workload{snap.WorkloadByAddr(gw.Addr)}
-	case snap.ServiceByVIP(gw.Addr) != nil:
-		wps = snap.Endpoints(snap.ServiceByVIP(gw.Addr).Key())
-	}
-	for _, wp := range wps {
-		if wp.Identity == peer {
-			return true
-		}
-	}
-	return false
 }
 
 // unmapped is the plain form of an address that may be IPv4-mapped.

@@ -250,7 +250,9 @@ func resolveWaypoint(snap *state.Snapshot, src Source, gw *state.Gateway, rr uin
 		}
 	}
 	if len(healthy) == 0 {
-		return nil, fmt.Errorf("%w: waypoint %s", ErrNoHealthyUpstream, gw)
+		// Never the destination instead: that would skip the waypoint's
+		// policy, and its ztunnel would refuse it anyway.
+		return nil, fmt.Errorf("%w: waypoint %s", ErrNoHealthyUpstream, snap.WaypointName(gw))
 	}
 	return healthy[rr%uint64(len(healthy))], nil
 }

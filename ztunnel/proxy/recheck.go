@@ -17,11 +17,13 @@ import (
 // does: an allowed inbound connection stays registered with its pod while
 // it runs, and each new snapshot decides it again. One that the policies
 // now in force no longer allow is reset on both sides at once, and its
-// access-log line says which policy ended it. Only the policy decision is
-// re-run: a destination that left the snapshot, or a policy a workload
-// lists but that has not arrived yet, leaves live connections alone (new
-// ones fail closed on them), since both happen in passing while config
-// streams in and a pod's removal drains its connections anyway.
+// access-log line says which policy ended it. A destination that has come
+// behind a waypoint ends the live connections that did not come through
+// it the same way. Only these decisions are re-run: a destination that
+// left the snapshot, or a policy a workload lists but that has not arrived
+// yet, leaves live connections alone (new ones fail closed on them), since
+// both happen in passing while config streams in and a pod's removal
+// drains its connections anyway.
 
 // inboundConn is an inbound connection policy allowed.
 type inboundConn struct {
@@ -45,6 +47,9 @@ type inboundConn struct {
 type revocation struct {
 	authz.Decision
 	by string
+	// bypass: no policy refused it, the destination's waypoint did (the
+	// connection did not come through it).
+	bypass bool
 }
 
 var errRevoked = errors.New("closed: policy no longer allows the connection")
@@ -126,15 +131,26 @@ func (p *Proxy) recheckPod(pd *pod, snap *state.Snapshot) {
 			continue // decided on this snapshot or a newer one already
 		}
 		ic.version = snap.Version()
-		d, changed := sel.recheck(ic)
+		d, bypass, changed := sel.recheck(ic)
 		if changed && !d.Allowed {
-			ic.revoked.Store(&revocation{Decision: d, by: refusedBy(d, ic.policies)})
+			r := &revocation{Decision: d, bypass: bypass}
+			if !bypass {
+				r.by = refusedBy(d, ic.policies)
+			}
+			ic.revoked.Store(r)
 			revoked = append(revoked, ic)
 		}
 	}
 	t.mu.Unlock()
 	for _, ic := range revoked {
 		r := ic.revoked.Load()
+		if r.bypass {
+			p.log.Warn("connection closed: the destination is now behind a waypoint", "dst.workload", pd.String(), "dst.addr", ic.conn.Dst.String(),
+				"src.addr", ic.conn.Src.String(), "src.identity", peerID(ic.conn), "reason", r.Reason)
+			reset(ic.down)
+			reset(ic.app)
+			continue
+		}
 		by := telemetry.KeyPolicy
 		name := r.by
 		if pa, ok := authz.PeerAuthentication(r.by); ok {
@@ -155,16 +171,22 @@ type policySelection struct {
 	byDst   map[*state.Workload][]*authz.Policy // nil value: a listed policy is missing
 }
 
-// recheck decides ic on the snapshot. changed is false when the snapshot
-// cannot decide otherwise than before: the destination is gone or lists a
-// policy not yet received (new connections fail closed on those; live ones
-// are left to the pod's removal or the policy's arrival), or its policies
-// are the same ones. ic.policies (guarded by the tracker's mu) becomes the
-// snapshot's.
-func (sel *policySelection) recheck(ic *inboundConn) (d authz.Decision, changed bool) {
+// recheck decides ic on the snapshot. A destination now behind a waypoint
+// that ic did not come through refuses it (bypass). Otherwise changed is
+// false when the snapshot cannot decide otherwise than before: the
+// destination is gone or lists a policy not yet received (new connections
+// fail closed on those; live ones are left to the pod's removal or the
+// policy's arrival), or its policies are the same ones. ic.policies
+// (guarded by the tracker's mu) becomes the snapshot's.
+func (sel *policySelection) recheck(ic *inboundConn) (d authz.Decision, bypass, changed bool) {
 	w := sel.snap.WorkloadByAddr(state.NetAddr{Network: sel.network, Addr: ic.conn.Dst.Addr().Unmap()})
 	if w == nil {
-		return d, false
+		return d, false, false
+	}
+	// A binding is a deliberate change, not config streaming in: a
+	// connection opened directly before it must not outlive it.
+	if reason := sel.snap.WaypointRefusal(w, ic.conn.Dst.Port(), ic.conn.Peer); reason != "" {
+		return authz.Decision{Reason: reason}, true, true
 	}
 	policies, seen := sel.byDst[w]
 	if !seen {
@@ -181,10 +203,10 @@ func (sel *policySelection) recheck(ic *inboundConn) (d authz.Decision, changed 
 		sel.byDst[w] = policies
 	}
 	if policies == nil || slices.Equal(policies, ic.policies) {
-		return d, false
+		return d, false, false
 	}
 	ic.policies = policies
-	return authz.Evaluate(policies, ic.conn), true
+	return authz.Evaluate(policies, ic.conn), false, true
 }
 
 // refusedBy is the policy to name for a refusal: the deciding one, or,

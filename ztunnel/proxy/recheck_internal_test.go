@@ -68,7 +68,7 @@ func TestRecheck(t *testing.T) {
 			ic := &inboundConn{conn: conn(tt.from)}
 			ic.policies, _ = before.PoliciesFor(before.Workload("server"))
 			sel := policySelection{snap: tt.after}
-			d, changed := sel.recheck(ic)
+			d, _, changed := sel.recheck(ic)
 			if changed != tt.wantChanged || changed && d.Allowed != tt.wantAllowed {
 				t.Fatalf("changed=%v allowed=%v (%s), want changed=%v allowed=%v", changed, d.Allowed, d.Reason, tt.wantChanged, tt.wantAllowed)
 			}
@@ -80,9 +80,64 @@ func TestRecheck(t *testing.T) {
 			}
 			if changed {
 				// Decided once: the same policies do not decide again.
-				if _, again := sel.recheck(ic); again {
+				if _, _, again := sel.recheck(ic); again {
 					t.Error("the same snapshot decided the connection twice")
 				}
+			}
+		})
+	}
+}
+
+// TestRecheckWaypoint: a service of the destination that comes behind a
+// waypoint closes the live connections to its target port that did not
+// come through that waypoint, and only those.
+func TestRecheckWaypoint(t *testing.T) {
+	snapshot := func(waypoint string) *state.Snapshot {
+		u, err := state.ParseLocalConfig([]byte(`
+workloads:
+  - {uid: server, namespace: demo, serviceAccount: server, addresses: [10.0.0.2], tunnelProtocol: HBONE,
+     services: {demo/api.demo: {ports: [{servicePort: 80, targetPort: 8080}]}}}
+  - {uid: wp, namespace: demo, serviceAccount: waypoint, addresses: [10.0.9.1], tunnelProtocol: HBONE,
+     services: {demo/waypoint.demo: {}}}
+services:
+  - {namespace: demo, hostname: waypoint.demo, addresses: [10.96.9.1], ports: [{servicePort: 15008}]}
+  - {namespace: demo, hostname: api.demo, addresses: [10.96.0.1], ports: [{servicePort: 80, targetPort: 8080}]` + waypoint + `}
+`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := state.NewStore()
+		if err := s.Replace(u); err != nil {
+			t.Fatal(err)
+		}
+		return s.Snapshot()
+	}
+	before, after := snapshot(""), snapshot(", waypoint: {address: 10.96.9.1}")
+	tests := []struct {
+		name        string
+		sa          string
+		port        uint16
+		wantChanged bool
+	}{
+		{"a direct client on the target port", "client", 8080, true},
+		{"the waypoint", "waypoint", 8080, false},
+		{"a direct client on another port", "client", 9090, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ic := &inboundConn{conn: authz.Conn{Src: netip.MustParseAddrPort("10.0.0.1:5555"), Dst: netip.AddrPortFrom(netip.MustParseAddr("10.0.0.2"), tt.port),
+				Peer: spiffeid.RequireFromString("spiffe://cluster.local/ns/demo/sa/" + tt.sa)}}
+			ic.policies, _ = before.PoliciesFor(before.Workload("server"))
+			if ic.policies == nil {
+				ic.policies = []*authz.Policy{}
+			}
+			sel := policySelection{snap: after}
+			d, bypass, changed := sel.recheck(ic)
+			if changed != tt.wantChanged {
+				t.Fatalf("changed=%v (%s), want %v", changed, d.Reason, tt.wantChanged)
+			}
+			if changed && (d.Allowed || !bypass) {
+				t.Fatalf("allowed=%v bypass=%v (%s), want refused as a bypass", d.Allowed, bypass, d.Reason)
 			}
 		})
 	}

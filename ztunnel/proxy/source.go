@@ -66,11 +66,11 @@ func isWaypointOf(snap *state.Snapshot, w *state.Workload, peer spiffeid.ID) boo
 	if w == nil || peer.IsZero() {
 		return false
 	}
-	if w.Waypoint != nil && fromWaypoint(snap, w.Waypoint, peer) {
+	if w.Waypoint != nil && snap.IsWaypoint(w.Waypoint, peer) {
 		return true
 	}
 	for key := range w.Services {
-		if svc := snap.Service(key); svc != nil && svc.Waypoint != nil && fromWaypoint(snap, svc.Waypoint, peer) {
+		if svc := snap.Service(key); svc != nil && svc.Waypoint != nil && snap.IsWaypoint(svc.Waypoint, peer) {
 			return true
 		}
 	}

@@ -43,6 +43,9 @@ type Workload struct {
 	// Policies are the keys ("namespace/name") of the WORKLOAD_SELECTOR
 	// policies that select this workload.
 	Policies []string
+	// WaypointExempt: the pod opted out of waypoints (use-waypoint: none),
+	// so the waypoints of the services selecting it do not hold it.
+	WaypointExempt bool
 
 	// raw is the wire form, encoded: the decoded message would hold about
 	// 900 bytes per workload for config dumps alone (make bench's memory
@@ -120,7 +123,8 @@ func ConvertWorkload(pb *workload.Workload) (*Workload, error) {
 		Protocol: pb.TunnelProtocol, Node: pb.Node,
 		CanonicalName: pb.CanonicalName, CanonicalRevision: pb.CanonicalRevision,
 		WorkloadName: pb.WorkloadName, ClusterID: pb.ClusterId, Locality: pb.Locality,
-		Healthy: pb.Status == workload.WorkloadStatus_HEALTHY,
+		Healthy:        pb.Status == workload.WorkloadStatus_HEALTHY,
+		WaypointExempt: pb.WaypointExempt,
 	}
 	var err error
 	if w.raw, err = proto.Marshal(pb); err != nil {
