@@ -5,12 +5,14 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
 	"time"
 
 	"golang.org/x/net/http2"
+	"golang.org/x/net/websocket"
 )
 
 // Echo is the JSON the HTTP server answers with: echo-basic's
@@ -57,6 +59,10 @@ func (a *App) handler(ctx context.Context, conns *connSet) http.Handler {
 			a.upgradeH2C(ctx, w, r, h, conns)
 		case r.URL.Path == "/health":
 			w.Write([]byte("OK"))
+		case r.URL.Path == "/ws":
+			// WebSocket echo, as echo-basic's /ws: a proxy must pass the
+			// HTTP/1.1 Upgrade through. No Origin check: clients are tests.
+			websocket.Server{Handler: func(ws *websocket.Conn) { io.Copy(ws, ws) }}.ServeHTTP(w, r)
 		default:
 			a.serveHTTP(w, r)
 		}

@@ -5,7 +5,8 @@
 //
 //   - HTTP/1.1, h2c (prior knowledge or Upgrade) and gRPC: a JSON echo of
 //     the request (Echo), /status/NNN, ?delay=, response headers from
-//     X-Echo-Set-Header, and the conformance GrpcEcho service;
+//     X-Echo-Set-Header, a WebSocket echo on /ws, /health, and the
+//     conformance GrpcEcho service (with server reflection);
 //   - TCP: an echo server that greets first with "pod=<ns/name>
 //     from=<ip:port>" (Greeting), then sends back what it reads.
 //
@@ -20,7 +21,7 @@
 // except 9000, which greets. An HTTP port waits for the client to speak and
 // sniffs its first bytes: an HTTP/1.x request line or the HTTP/2 preface is
 // served as HTTP (gRPC being HTTP/2 with content-type application/grpc),
-// anything else gets the TCP echo.
+// anything else gets the TCP echo (as does a client silent for 30 s).
 //
 // A real process (not a goroutine of the test) because the CNI agent finds
 // a running pod's namespace the way it does on a node, by walking /proc for

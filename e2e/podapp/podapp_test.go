@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+	"golang.org/x/net/websocket"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -384,5 +385,22 @@ func TestPortRoles(t *testing.T) {
 		if p.Greets() != greets {
 			t.Errorf("%+v greets = %v, want %v", p, p.Greets(), greets)
 		}
+	}
+}
+
+func TestWebSocketEcho(t *testing.T) {
+	addr := startApp(t, testPod, Port{Port: 80})
+	ws, err := websocket.Dial("ws://"+addr+"/ws", "", "http://test/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	ws.SetDeadline(time.Now().Add(10 * time.Second))
+	if err := websocket.Message.Send(ws, "hello over ws"); err != nil {
+		t.Fatal(err)
+	}
+	var got string
+	if err := websocket.Message.Receive(ws, &got); err != nil || got != "hello over ws" {
+		t.Errorf("echo %q, %v", got, err)
 	}
 }

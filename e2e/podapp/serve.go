@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/net/http2"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/reflection"
 
 	"github.com/zmesh/zmesh/e2e/podapp/grpcecho"
 )
@@ -28,10 +29,14 @@ type App struct {
 func New(pod Pod) *App {
 	a := &App{pod: pod, h2: &http2.Server{}, grpc: grpc.NewServer()}
 	grpcecho.RegisterGrpcEchoServer(a.grpc, &grpcEcho{pod: pod})
+	// As echo-basic: grpcurl and friends can list the service.
+	reflection.Register(a.grpc)
 	return a
 }
 
-// sniffTimeout bounds how long an HTTP port waits for a client's first bytes.
+// sniffTimeout bounds how long an HTTP port waits for a client's first
+// bytes; a client silent that long gets the TCP echo's greeting, so a
+// server-first client works there too, only late.
 const sniffTimeout = 30 * time.Second
 
 // Serve serves ln as port p until ctx is done, then closes ln and every
@@ -39,7 +44,12 @@ const sniffTimeout = 30 * time.Second
 func (a *App) Serve(ctx context.Context, ln net.Listener, p Port) error {
 	conns := &connSet{m: map[net.Conn]struct{}{}}
 	h1ln := newConnListener(ln.Addr())
-	h1 := &http.Server{Handler: a.handler(ctx, conns), ReadHeaderTimeout: 10 * time.Second}
+	h1 := &http.Server{
+		Handler:           a.handler(ctx, conns),
+		ReadHeaderTimeout: 10 * time.Second,
+		// Requests end with the app: a ?delay= handler returns on shutdown.
+		BaseContext: func(net.Listener) context.Context { return ctx },
+	}
 	var wg sync.WaitGroup
 	wg.Go(func() { h1.Serve(h1ln) })
 	stop := context.AfterFunc(ctx, func() {
