@@ -47,6 +47,11 @@ if [[ ${ZMESH_GENERATE:-} == 1 ]]; then
 	if [[ "$("$gobin/protoc-gen-go" --version 2>/dev/null)" != "protoc-gen-go $pgv" ]]; then
 		GOBIN=$gobin go install "google.golang.org/protobuf/cmd/protoc-gen-go@$pgv"
 	fi
+	# protoc-gen-go-grpc (e2e/podapp/grpcecho): its own module, pinned here.
+	pggv=v1.6.1
+	if [[ "$("$gobin/protoc-gen-go-grpc" --version 2>/dev/null)" != "protoc-gen-go-grpc ${pggv#v}" ]]; then
+		GOBIN=$gobin go install "google.golang.org/grpc/cmd/protoc-gen-go-grpc@$pggv"
+	fi
 fi
 
 # CNI spec 1.1.0 needs the reference plugins newer than Debian's (which stop

@@ -15,7 +15,6 @@ import (
 
 	"github.com/zmesh/zmesh/api/workload"
 	"github.com/zmesh/zmesh/api/workload/security"
-	"github.com/zmesh/zmesh/ztunnel/admin"
 )
 
 // dump is a ztunnel's /config_dump (admin.ConfigDump): the
@@ -34,8 +33,16 @@ type resource[M proto.Message] struct {
 	m   M
 }
 
-// certificate is one identity's certificate as the dump reports it.
-type certificate = admin.Certificate
+// certificate is one identity's certificate as the dump reports it
+// (ztunnel/admin.Certificate's JSON; the tests build dumps with that
+// package, so the two cannot drift apart unnoticed).
+type certificate struct {
+	Identity     string    `json:"identity"`
+	NotBefore    time.Time `json:"notBefore,omitzero"`
+	NotAfter     time.Time `json:"notAfter,omitzero"`
+	NextRotation time.Time `json:"nextRotation,omitzero"`
+	LastError    string    `json:"lastError,omitempty"`
+}
 
 func decodeDump(data []byte) (*dump, error) {
 	var raw struct {

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -13,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/spf13/pflag"
 )
 
 // maxBody bounds what is read from an endpoint: a config dump of a large
@@ -34,7 +35,7 @@ type endpoint struct {
 
 // endpointFlags registers the flag naming an endpoint and --timeout, and
 // returns a function giving the endpoint once flags are parsed.
-func endpointFlags(fs *flag.FlagSet, name, def, what, hint string) func() (endpoint, error) {
+func endpointFlags(fs *pflag.FlagSet, name, def, what, hint string) func() (endpoint, error) {
 	addr := fs.String(name, def, "address of "+what+": host:port or a URL")
 	timeout := fs.Duration("timeout", 10*time.Second, "how long to wait for "+what)
 	return func() (endpoint, error) {

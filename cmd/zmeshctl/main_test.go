@@ -43,27 +43,41 @@ func closedAddr(t *testing.T) string {
 
 func TestUsageAndExitCodes(t *testing.T) {
 	for _, tc := range []struct {
-		args     []string
-		code     int
-		inStderr string
+		args []string
+		code int
+		// inOutput is in stderr, or for help (exit 0) in stdout.
+		inOutput string
 	}{
 		{nil, exitUsage, "Usage: zmeshctl <command>"},
 		{[]string{"frobnicate"}, exitUsage, `unknown command "frobnicate"`},
-		{[]string{"help"}, 0, ""},
+		{[]string{"help"}, 0, "Usage: zmeshctl <command>"},
 		{[]string{"proxy-status", "-h"}, 0, "Usage: zmeshctl proxy-status"},
 		{[]string{"help", "ztunnel-config"}, 0, "Usage: zmeshctl ztunnel-config"},
-		{[]string{"proxy-status", "--bogus"}, exitUsage, "flag provided but not defined: -bogus"},
+		{[]string{"proxy-status", "--bogus"}, exitUsage, "unknown flag: --bogus"},
 		{[]string{"proxy-status", "-o", "xml"}, exitUsage, "want table, json or yaml"},
 		{[]string{"proxy-status", "a", "b"}, exitUsage, "at most one proxy name"},
 		{[]string{"ztunnel-config"}, exitUsage, "want one section"},
 		{[]string{"ztunnel-config", "pods"}, exitUsage, `unknown section "pods"`},
 		{[]string{"ztunnel-config", "workloads", "--ztunnel-admin", "ftp://x"}, exitUsage, `scheme "ftp"`},
 		{[]string{"version", "extra"}, exitUsage, "version takes no arguments"},
+		{[]string{"waypoint"}, exitUsage, "want one of its commands"},
+		{[]string{"waypoint", "frob"}, exitUsage, `unknown command "frob" for "zmeshctl waypoint"`},
+		{[]string{"waypoint", "generate", "--for", "pods"}, exitUsage, `--for "pods": want one of all, none, service, workload`},
+		{[]string{"waypoint", "generate", "--name", "none"}, exitUsage, `"none" is reserved`},
+		{[]string{"waypoint", "delete"}, exitUsage, "want waypoint names, or --all"},
+		{[]string{"waypoint", "delete", "a", "--all"}, exitUsage, "not both"},
+		{[]string{"waypoint", "list", "extra"}, exitUsage, "takes no arguments"},
+		{[]string{"proxy-config", "routes", "a", "b"}, exitUsage, "at most one waypoint"},
+		{[]string{"proxy-config", "secrets"}, exitUsage, `unknown command "secrets"`},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
-			_, stderr, code := zmeshctl(t, tc.args...)
-			if code != tc.code || !strings.Contains(stderr, tc.inStderr) {
-				t.Errorf("exit %d, stderr %q; want exit %d and %q", code, stderr, tc.code, tc.inStderr)
+			stdout, stderr, code := zmeshctl(t, tc.args...)
+			out := stderr
+			if tc.code == 0 {
+				out = stdout
+			}
+			if code != tc.code || !strings.Contains(out, tc.inOutput) {
+				t.Errorf("exit %d, stdout %q, stderr %q; want exit %d and %q", code, stdout, stderr, tc.code, tc.inOutput)
 			}
 		})
 	}
@@ -87,13 +101,16 @@ func TestUnreachableEndpointIsOneClearLine(t *testing.T) {
 	}
 }
 
-func TestParseTakesFlagsAfterArguments(t *testing.T) {
-	c := &cli{stderr: new(bytes.Buffer)}
-	fs := c.newFlagSet("x", "x", "")
-	node := fs.String("node", "", "")
-	pos, err := parse(fs, []string{"workloads", "--node", "a", "--", "--node"})
-	if err != nil || *node != "a" || strings.Join(pos, " ") != "workloads --node" {
-		t.Errorf("parse = %q, %v, node %q; want [workloads --node], node a", pos, err, *node)
+func TestFlagsAfterArgumentsAndDoubleDash(t *testing.T) {
+	addr := closedAddr(t)
+	// Flags may follow the arguments; after "--" everything is an argument.
+	_, stderr, code := zmeshctl(t, "ztunnel-config", "--ztunnel-admin", addr, "--", "workloads")
+	if code != exitFailure || !strings.Contains(stderr, "cannot reach ztunnel admin at "+addr) {
+		t.Errorf("exit %d, stderr %q; want the section parsed after --", code, stderr)
+	}
+	_, stderr, code = zmeshctl(t, "ztunnel-config", "--", "--node")
+	if code != exitUsage || !strings.Contains(stderr, `unknown section "--node"`) {
+		t.Errorf("exit %d, stderr %q; want --node taken as a section", code, stderr)
 	}
 }
 

@@ -3,20 +3,20 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"strings"
 	"text/tabwriter"
 
+	"github.com/spf13/pflag"
 	"sigs.k8s.io/yaml"
 )
 
 // format is the -o flag: "" (a table), "json" or "yaml".
 type format string
 
-func addOutputFlag(fs *flag.FlagSet, f *format) {
-	fs.Func("o", "output format: table (default), json or yaml", func(s string) error {
+func addOutputFlag(fs *pflag.FlagSet, f *format) {
+	fs.FuncP("output", "o", "output format: table (default), json or yaml", func(s string) error {
 		switch s {
 		case "table":
 			*f = ""

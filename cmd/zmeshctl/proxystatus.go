@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/zmesh/zmesh/controlplane/xds"
 )
 
@@ -35,24 +37,30 @@ var typeColumns = []typeColumn{
 	{xds.TypeAuthorization, "AUTHORIZATIONS"},
 }
 
-func (c *cli) proxyStatus(ctx context.Context, args []string) error {
-	fs := c.newFlagSet("proxy-status", "proxy-status [NAME] [flags]", proxyStatusHelp)
+func (c *cli) proxyStatusCommand() *cobra.Command {
 	var out format
-	addOutputFlag(fs, &out)
-	ep := endpointFlags(fs, "zmeshd", "http://127.0.0.1:15014", "zmeshd",
+	cmd := &cobra.Command{
+		Use:   "proxy-status [NAME]",
+		Short: "show the proxies zmeshd serves and whether they are in sync",
+		Long:  help(proxyStatusHelp),
+	}
+	addOutputFlag(cmd.Flags(), &out)
+	ep := endpointFlags(cmd.Flags(), "zmeshd", "http://127.0.0.1:15014", "zmeshd",
 		"is zmeshd running, and its --monitoring-address reachable from here? port-forward it or use --zmeshd")
-	pos, err := parse(fs, args)
-	if err != nil {
-		return err
+	cmd.RunE = func(cmd *cobra.Command, pos []string) error {
+		if len(pos) > 1 {
+			return usagef("want at most one proxy name, got %d", len(pos))
+		}
+		e, err := ep()
+		if err != nil {
+			return err
+		}
+		return c.proxyStatus(cmd.Context(), e, out, pos)
 	}
-	if len(pos) > 1 {
-		return usagef("want at most one proxy name, got %d", len(pos))
-	}
-	e, err := ep()
-	if err != nil {
-		return err
-	}
+	return cmd
+}
 
+func (c *cli) proxyStatus(ctx context.Context, e endpoint, out format, pos []string) error {
 	body, err := e.get(ctx, "/debug/syncz")
 	if err != nil {
 		return err

@@ -1,13 +1,14 @@
 package main
 
 import (
-	"github.com/zmesh/zmesh/internal/version"
-
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"github.com/zmesh/zmesh/internal/version"
 )
 
 const versionHelp = `
@@ -29,26 +30,30 @@ type versions struct {
 	ServerNote string       `json:"zmeshdNote,omitempty"`
 }
 
-func (c *cli) version(ctx context.Context, args []string) error {
-	fs := c.newFlagSet("version", "version [flags]", versionHelp)
+func (c *cli) versionCommand() *cobra.Command {
 	var out format
-	addOutputFlag(fs, &out)
-	ep := endpointFlags(fs, "zmeshd", "http://127.0.0.1:15014", "zmeshd",
+	cmd := &cobra.Command{
+		Use:   "version",
+		Short: "show zmeshctl's version (and zmeshd's, with --zmeshd)",
+		Long:  help(versionHelp),
+	}
+	addOutputFlag(cmd.Flags(), &out)
+	ep := endpointFlags(cmd.Flags(), "zmeshd", "http://127.0.0.1:15014", "zmeshd",
 		"is zmeshd running, and its --monitoring-address reachable from here? port-forward it or use --zmeshd")
-	pos, err := parse(fs, args)
-	if err != nil {
-		return err
+	cmd.RunE = func(cmd *cobra.Command, pos []string) error {
+		if len(pos) > 0 {
+			return usagef("version takes no arguments")
+		}
+		e, err := ep()
+		if err != nil {
+			return err
+		}
+		return c.version(cmd.Context(), e, out, cmd.Flags().Changed("zmeshd"))
 	}
-	if len(pos) > 0 {
-		return usagef("version takes no arguments")
-	}
-	e, err := ep()
-	if err != nil {
-		return err
-	}
-	queried := false
-	fs.Visit(func(f *flag.Flag) { queried = queried || f.Name == "zmeshd" })
+	return cmd
+}
 
+func (c *cli) version(ctx context.Context, e endpoint, out format, queried bool) error {
 	v := versions{Client: buildVersion(), ServerNote: "(not queried)"}
 	var serverErr error
 	if queried {

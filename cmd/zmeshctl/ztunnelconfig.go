@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"slices"
+
+	"github.com/spf13/cobra"
 )
 
 // sections of ztunnel-config, with the names istioctl accepts for them.
@@ -36,37 +38,44 @@ lists it, filtered or not, as healthy/total.
 of istio.workload.Workload, istio.workload.Service and
 istio.security.Authorization: addresses are base64 bytes).`
 
-func (c *cli) ztunnelConfig(ctx context.Context, args []string) error {
-	fs := c.newFlagSet("ztunnel-config", "ztunnel-config workloads|services|policies|certificates|all [flags]", ztunnelConfigHelp)
+func (c *cli) ztunnelConfigCommand() *cobra.Command {
 	var out format
-	addOutputFlag(fs, &out)
-	ep := endpointFlags(fs, "ztunnel-admin", "127.0.0.1:15000", "ztunnel admin",
-		"is ztunnel running on this node? use --ztunnel-admin")
 	var f dumpFilter
-	fs.StringVar(&f.node, "node", "", "show only workloads on this node")
-	fs.StringVar(&f.namespace, "namespace", "", "show only workloads, services and policies of this namespace")
-	fs.StringVar(&f.namespace, "n", "", "shorthand for --namespace")
-	pos, err := parse(fs, args)
-	if err != nil {
-		return err
+	cmd := &cobra.Command{
+		Use:   "ztunnel-config workloads|services|policies|certificates|all",
+		Short: "show a ztunnel's workloads, services, policies and certificates",
+		Long:  help(ztunnelConfigHelp),
 	}
-	if len(pos) != 1 {
-		return usagef("want one section (workloads, services, policies, certificates or all), got %d arguments", len(pos))
-	}
-	section := ""
-	for _, s := range sections {
-		if pos[0] == s.name || slices.Contains(s.aliases, pos[0]) {
-			section = s.name
+	addOutputFlag(cmd.Flags(), &out)
+	ep := endpointFlags(cmd.Flags(), "ztunnel-admin", "127.0.0.1:15000", "ztunnel admin",
+		"is ztunnel running on this node? use --ztunnel-admin")
+	cmd.Flags().StringVar(&f.node, "node", "", "show only workloads on this node")
+	// A filter here, not the namespace to work in: it shadows the global
+	// -n, and an empty value shows every namespace.
+	cmd.Flags().StringVarP(&f.namespace, "namespace", "n", "", "show only workloads, services and policies of this namespace")
+	cmd.RunE = func(cmd *cobra.Command, pos []string) error {
+		if len(pos) != 1 {
+			return usagef("want one section (workloads, services, policies, certificates or all), got %d arguments", len(pos))
 		}
+		section := ""
+		for _, s := range sections {
+			if pos[0] == s.name || slices.Contains(s.aliases, pos[0]) {
+				section = s.name
+			}
+		}
+		if section == "" {
+			return usagef("unknown section %q: want workloads, services, policies, certificates or all", pos[0])
+		}
+		e, err := ep()
+		if err != nil {
+			return err
+		}
+		return c.ztunnelConfig(cmd.Context(), e, out, section, f)
 	}
-	if section == "" {
-		return usagef("unknown section %q: want workloads, services, policies, certificates or all", pos[0])
-	}
-	e, err := ep()
-	if err != nil {
-		return err
-	}
+	return cmd
+}
 
+func (c *cli) ztunnelConfig(ctx context.Context, e endpoint, out format, section string, f dumpFilter) error {
 	body, err := e.get(ctx, "/config_dump")
 	if err != nil {
 		return err

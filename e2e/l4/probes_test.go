@@ -31,8 +31,9 @@ func TestProbes(t *testing.T) {
 		if i == 0 {
 			body := resp[strings.LastIndex(resp, "\r\n\r\n")+4:]
 			t.Logf("probe GET http://%s/healthz from %s's host namespace (source %s): %s, %s", web.Addr(podapp.HTTPPort), web.Node.Name, web.Node.Gateway, status, strings.TrimSpace(body))
-			if !strings.Contains(body, "from="+web.Node.Gateway.String()+":") {
-				t.Errorf("the probe did not come from the node's address %s: %q", web.Node.Gateway, body)
+			echo, err := podapp.ParseEcho([]byte(body))
+			if err != nil || !strings.HasPrefix(echo.From, web.Node.Gateway.String()+":") {
+				t.Errorf("the probe did not come from the node's address %s: %q (%v)", web.Node.Gateway, body, err)
 			}
 		}
 	}

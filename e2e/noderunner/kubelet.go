@@ -2,6 +2,7 @@ package noderunner
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -465,11 +466,17 @@ func readAll(c net.Conn, b []byte) (int, error) {
 
 // AppCommand is the usual App: this same executable, which turns into the
 // pod's app when it sees env (see e2e/podapp), with its output in logDir.
+// env+"_POD" carries the pod's metadata and containers as JSON, for the
+// app to serve the containerPorts and report the labels.
 func AppCommand(env string, logDir string) func(pod *corev1.Pod) *exec.Cmd {
 	return func(pod *corev1.Pod) *exec.Cmd {
 		exe, _ := os.Executable()
 		cmd := exec.Command(exe)
-		cmd.Env = append(os.Environ(), env+"="+pod.Namespace+"/"+pod.Name)
+		spec, _ := json.Marshal(corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: pod.Namespace, Name: pod.Name, Labels: pod.Labels},
+			Spec:       corev1.PodSpec{Containers: pod.Spec.Containers},
+		})
+		cmd.Env = append(os.Environ(), env+"="+pod.Namespace+"/"+pod.Name, env+"_POD="+string(spec))
 		if f, err := os.Create(filepath.Join(logDir, "pod-"+pod.Namespace+"-"+pod.Name+"-"+string(pod.UID)[:8]+".log")); err == nil {
 			cmd.Stdout, cmd.Stderr = f, f
 		}
