@@ -317,10 +317,12 @@ func (m *Manager) fetchAndStore(ctx context.Context, id spiffeid.ID, e *certEntr
 		return nil, err
 	}
 	if tracked {
-		leaf := svid.Certificates[0]
-		life := expiry(svid).Sub(leaf.NotBefore)
+		// The certificate's life as far as we can use it, from when we
+		// got it to its end: CAs backdate NotBefore for clock skew, which
+		// for a short-lived certificate is much of its life.
+		life := expiry(svid).Sub(now)
 		e.svid, e.lastErr, e.backoff = svid, nil, 0
-		e.next = leaf.NotBefore.Add(life/2 + m.jitter(life, rotationJitter))
+		e.next = now.Add(life/2 + m.jitter(life, rotationJitter))
 		// A certificate already past its half-life (its CA expires soon)
 		// must not make rotation spin against the CA.
 		if soonest := now.Add(m.minBackoff); e.next.Before(soonest) {

@@ -112,7 +112,9 @@ func (t *translator) podWorkload(p *corev1.Pod, r *podResult) *workload.Workload
 	if w.ServiceAccount == "" {
 		w.ServiceAccount = "default"
 	}
-	if InMesh(p, ns, t.opts.RequireRedirectionAnnotation) {
+	// A waypoint is not captured (its dataplane-mode is none) but speaks
+	// HBONE itself on 15008: clients' ztunnels must tunnel to it.
+	if InMesh(p, ns, t.opts.RequireRedirectionAnnotation) || t.isWaypointItself(p.Namespace, p.Name, p.Labels, false) {
 		if validSegment(p.Namespace) && validSegment(w.ServiceAccount) {
 			w.TunnelProtocol = workload.TunnelProtocol_HBONE
 		} else {

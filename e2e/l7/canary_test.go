@@ -3,13 +3,12 @@ package l7
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/zmesh/zmesh/e2e/cluster"
 )
 
 // TestCanary follows Istio's request-routing and traffic-shifting tasks on
@@ -30,9 +29,15 @@ func TestCanary(t *testing.T) {
 	t.Run("through the waypoint", func(t *testing.T) {
 		// The waypoint gives every request an x-request-id; the app
 		// echoes what it received.
-		cluster.Eventually(t, 30*time.Second, "a request carrying the waypoint's x-request-id", func() bool {
+		until(t, 30*time.Second, "a request carrying the waypoint's x-request-id", func() error {
 			code, e, err := get(c, url, nil)
-			return err == nil && code == http.StatusOK && len(e.Headers["X-Request-Id"]) == 1
+			if err != nil {
+				return err
+			}
+			if code != http.StatusOK || len(e.Headers["X-Request-Id"]) != 1 {
+				return fmt.Errorf("%d, headers %v", code, e.Headers)
+			}
+			return nil
 		})
 	})
 
@@ -59,9 +64,15 @@ func TestCanary(t *testing.T) {
 		t.Run(strings.TrimSuffix(strings.TrimPrefix(split.file, "l7-canary-"), ".yaml"), func(t *testing.T) {
 			mesh.Apply(t, split.file)
 			// The split is in force once v3 (or v1) answers at all.
-			cluster.Eventually(t, 30*time.Second, "the split in force", func() bool {
+			until(t, 30*time.Second, "the split in force", func() error {
 				got, err := count(c, url, 50, nil)
-				return err == nil && got["v2"] < 50 && (split.want["v3"] == 0 || got["v3"] > 0)
+				if err != nil {
+					return err
+				}
+				if got["v2"] == 50 || (split.want["v3"] > 0 && got["v3"] == 0) {
+					return fmt.Errorf("answered by %v", got)
+				}
+				return nil
 			})
 			const n = 1000
 			got := versions(t, c, url, n, nil)

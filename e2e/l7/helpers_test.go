@@ -122,13 +122,31 @@ func count(c *http.Client, url string, n int, header http.Header) (map[string]in
 // by version want (configuration reaches the waypoint asynchronously).
 func onlyVersion(t *testing.T, c *http.Client, url, want string, header http.Header) {
 	t.Helper()
-	cluster.Eventually(t, 30*time.Second, "every request answered by "+want, func() bool {
-		for range 20 {
-			code, e, err := get(c, url, header)
-			if err != nil || code != http.StatusOK || e.Version != want {
-				return false
-			}
+	until(t, 30*time.Second, "every request answered by "+want, func() error {
+		got, err := count(c, url, 20, header)
+		if err != nil {
+			return err
 		}
-		return true
+		if got[want] != 20 {
+			return fmt.Errorf("answered by %v", got)
+		}
+		return nil
 	})
+}
+
+// until polls check every 50 ms for up to d and fails the test with the
+// last error when it never returns nil.
+func until(t *testing.T, d time.Duration, what string, check func() error) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		err := check()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: %s: %v", d, what, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
