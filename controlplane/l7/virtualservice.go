@@ -236,6 +236,10 @@ func (b *builder) vsMatch(ref ObjectRef, path string, m *networking.HTTPMatchReq
 		headers = append(headers, header{strings.ToLower(k), fmt.Sprintf("%s.withoutHeaders[%q]", path, k), m.WithoutHeaders[k], true})
 	}
 	for _, h := range headers {
+		if why := checkMatchName(h.name, true); why != "" {
+			b.problem(ref, h.field, why+"; this match clause is left out")
+			return nil, false
+		}
 		hm := &routev3.HeaderMatcher{Name: h.name, InvertMatch: h.invert}
 		sm, err := istioStringMatch(h.sm)
 		if err != nil {
@@ -254,6 +258,10 @@ func (b *builder) vsMatch(ref ObjectRef, path string, m *networking.HTTPMatchReq
 		out.Headers = append(out.Headers, hm)
 	}
 	for _, k := range slices.Sorted(maps.Keys(m.QueryParams)) {
+		if why := checkMatchName(k, false); why != "" {
+			b.problem(ref, fmt.Sprintf("%s.queryParams[%q]", path, k), why+"; this match clause is left out")
+			return nil, false
+		}
 		qm := &routev3.QueryParameterMatcher{Name: k}
 		sm, err := istioStringMatch(m.QueryParams[k])
 		if err != nil {
@@ -332,6 +340,10 @@ func (b *builder) vsAction(e *vsEntry, path string, h *networking.HTTPRoute, inf
 		case *networking.HTTPBody_Bytes:
 			d.Body = &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: body.Bytes}}
 		}
+		if n := len(h.DirectResponse.GetBody().GetString_()) + len(h.DirectResponse.GetBody().GetBytes()); n > maxDirectBody {
+			b.problem(ref, path+".directResponse.body", fmt.Sprintf("%d bytes, more than the waypoint's %d; the rule is left out", n, maxDirectBody))
+			return false
+		}
 		r.Action = &routev3.Route_DirectResponse{DirectResponse: d}
 		return true
 	case len(h.Route) == 0:
@@ -376,8 +388,8 @@ func (b *builder) vsAction(e *vsEntry, path string, h *networking.HTTPRoute, inf
 		case rw.Uri != "":
 			action.PrefixRewrite = rw.Uri
 		case rw.UriRegexRewrite != nil:
-			if _, err := regexMatcher(rw.UriRegexRewrite.Match); err != nil {
-				b.problem(ref, path+".rewrite.uriRegexRewrite.match", err.Error()+"; the rule is left out")
+			if err := checkSubstitution(rw.UriRegexRewrite.Match, rw.UriRegexRewrite.Rewrite); err != nil {
+				b.problem(ref, path+".rewrite.uriRegexRewrite", err.Error()+"; the rule is left out")
 				return false
 			}
 			action.RegexRewrite = &matcherv3.RegexMatchAndSubstitute{
@@ -485,6 +497,10 @@ func (b *builder) vsRedirect(ref ObjectRef, path string, in *networking.HTTPRedi
 	}
 	switch p := in.RedirectPort.(type) {
 	case *networking.HTTPRedirect_Port:
+		if p.Port > 65535 {
+			b.problem(ref, path+".port", fmt.Sprintf("%d is not a port; the rule is left out", p.Port))
+			return nil
+		}
 		out.PortRedirect = p.Port
 	case *networking.HTTPRedirect_DerivePort:
 		if p.DerivePort == networking.HTTPRedirect_FROM_PROTOCOL_DEFAULT {
