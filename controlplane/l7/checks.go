@@ -5,6 +5,7 @@ import (
 	"regexp"
 	"strings"
 
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"golang.org/x/net/http/httpguts"
 )
 
@@ -80,4 +81,48 @@ func isToken(s string) bool {
 		}
 	}
 	return true
+}
+
+// actionProblem finds a value of a route's action that would end up in a
+// request line or a response header (a Location) and is not fit for one:
+// control characters or spaces in an authority, a path or a scheme. It
+// returns the object field to blame and why, or "", "".
+func actionProblem(r *routev3.Route) (field, why string) {
+	bad := func(v string) bool {
+		return !httpguts.ValidHeaderFieldValue(v) || strings.ContainsAny(v, " \t")
+	}
+	var checks [][2]string
+	switch a := r.Action.(type) {
+	case *routev3.Route_Redirect:
+		rd := a.Redirect
+		checks = [][2]string{{"authority", rd.HostRedirect}, {"uri", rd.GetPathRedirect()}, {"path", rd.GetPrefixRewrite()}}
+		if s := rd.GetSchemeRedirect(); s != "" && !isScheme(s) {
+			return "scheme", fmt.Sprintf("%q is not a URL scheme", s)
+		}
+	case *routev3.Route_Route:
+		checks = [][2]string{{"authority", a.Route.GetHostRewriteLiteral()}, {"uri", a.Route.PrefixRewrite}}
+		if rr := a.Route.RegexRewrite; rr != nil {
+			checks = append(checks, [2]string{"uri", rr.Substitution})
+		}
+	}
+	for _, c := range checks {
+		if bad(c[1]) {
+			return c[0], fmt.Sprintf("%q holds spaces or control characters", c[1])
+		}
+	}
+	return "", ""
+}
+
+// isScheme reports whether s is a URL scheme (RFC 3986).
+func isScheme(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z':
+		case i > 0 && ('0' <= c && c <= '9' || c == '+' || c == '-' || c == '.'):
+		default:
+			return false
+		}
+	}
+	return s != ""
 }

@@ -399,6 +399,10 @@ func (b *builder) httpRule(x *xRoute, ri int, rule *gatewayv1.HTTPRouteRule, inf
 		if !b.httpAction(x, path, &a, r, rm, prefix, host) {
 			r.Action = internalError()
 		}
+		if field, why := actionProblem(r); field != "" {
+			b.problem(x.ref, path+".filters", fmt.Sprintf("%s %s; requests matching the rule get 500", field, why))
+			r.Action = internalError()
+		}
 		out = append(out, routeEntry{route: r, key: key})
 	}
 	return out
@@ -742,6 +746,10 @@ func (b *builder) grpcRule(x *xRoute, ri int, rule *gatewayv1.GRPCRouteRule, inf
 		r.Name = fmt.Sprintf("%s.%s.%d.%d", x.ref.Namespace, x.ref.Name, ri, mi)
 		r.Match = rm
 		if !b.httpAction(x, path, &a, r, rm, "", host) {
+			r.Action = internalError()
+		}
+		if field, why := actionProblem(r); field != "" {
+			b.problem(x.ref, path+".filters", fmt.Sprintf("%s %s; requests matching the rule get 500", field, why))
 			r.Action = internalError()
 		}
 		out = append(out, routeEntry{route: r, key: key})

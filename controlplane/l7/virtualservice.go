@@ -167,6 +167,14 @@ func (b *builder) vsRule(e *vsEntry, path string, h *networking.HTTPRoute, info 
 	if !b.vsAction(e, path, h, info, p, base) {
 		return nil
 	}
+	if field, why := actionProblem(base); field != "" {
+		where := ".rewrite."
+		if h.Redirect != nil {
+			where = ".redirect."
+		}
+		b.problem(e.ref, path+where+field, why+"; the rule is left out")
+		return nil
+	}
 	var out []*routev3.Route
 	for j, m := range matches {
 		r := proto.Clone(base).(*routev3.Route)
