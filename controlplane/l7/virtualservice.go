@@ -623,16 +623,14 @@ var grpcCodes = map[string]uint32{
 	"OUT_OF_RANGE": 11, "UNIMPLEMENTED": 12, "INTERNAL": 13, "UNAVAILABLE": 14, "DATA_LOSS": 15, "UNAUTHENTICATED": 16,
 }
 
-// faultPercent is a fault's share: percentage, else the older integer
-// percent, else istiod's default of every request.
+// faultPercent is a fault's share as istiod writes it: percentage, else
+// the older integer percent; neither is 0, Istio's documented default ("if
+// left unspecified, no request will be delayed/aborted").
 func faultPercent(p *networking.Percent, legacy int32) *typev3.FractionalPercent {
-	switch {
-	case p != nil:
+	if p != nil {
 		return percentOf(p.Value)
-	case legacy > 0:
-		return &typev3.FractionalPercent{Numerator: uint32(min(legacy, 100))}
 	}
-	return &typev3.FractionalPercent{Numerator: 100}
+	return &typev3.FractionalPercent{Numerator: uint32(min(max(legacy, 0), 100)) * 10_000, Denominator: typev3.FractionalPercent_MILLION}
 }
 
 // vsFault is the rule's fault as the fault filter's per-route
