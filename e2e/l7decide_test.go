@@ -167,7 +167,8 @@ func TestL7VirtualServiceDecisions(t *testing.T) {
 				t.Errorf("route once: attempts 0 still retries: %+v", r.Forward.Retry)
 			}
 		case "mirrored":
-			if len(r.Forward.Mirrors) != 1 || r.Forward.Mirrors[0].Cluster != v3 || r.Forward.Mirrors[0].PartsPerMillion != 100_000 {
+			if len(r.Forward.Mirrors) != 2 || r.Forward.Mirrors[0].Cluster != v3 || r.Forward.Mirrors[0].PartsPerMillion != 100_000 ||
+				r.Forward.Mirrors[1].Cluster != v2 || r.Forward.Mirrors[1].PartsPerMillion != 1_000_000 {
 				t.Errorf("route mirrored: mirrors %+v", r.Forward.Mirrors)
 			}
 		}

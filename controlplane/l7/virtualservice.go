@@ -595,24 +595,30 @@ func (b *builder) vsMirrors(e *vsEntry, path string, h *networking.HTTPRoute, in
 		}
 	}
 	if h.Mirror != nil {
-		pct := &typev3.FractionalPercent{Numerator: 100}
+		// istiod: 100 % when no share is given; an explicit 0 mirrors
+		// nothing.
+		pct := &typev3.FractionalPercent{Numerator: 1_000_000, Denominator: typev3.FractionalPercent_MILLION}
 		switch {
 		case h.MirrorPercentage != nil:
 			pct = percentOf(h.MirrorPercentage.Value)
 		case h.MirrorPercent != nil:
-			pct = &typev3.FractionalPercent{Numerator: min(h.MirrorPercent.Value, 100)}
+			pct = &typev3.FractionalPercent{Numerator: min(h.MirrorPercent.Value, 100) * 10_000, Denominator: typev3.FractionalPercent_MILLION}
 		}
-		add(path+".mirror", h.Mirror, pct)
+		if pct.Numerator > 0 {
+			add(path+".mirror", h.Mirror, pct)
+		}
 	}
 	for i, m := range h.Mirrors {
 		if m == nil || m.Destination == nil {
 			continue
 		}
-		pct := &typev3.FractionalPercent{Numerator: 100}
+		pct := &typev3.FractionalPercent{Numerator: 1_000_000, Denominator: typev3.FractionalPercent_MILLION}
 		if m.Percentage != nil {
 			pct = percentOf(m.Percentage.Value)
 		}
-		add(fmt.Sprintf("%s.mirrors[%d].destination", path, i), m.Destination, pct)
+		if pct.Numerator > 0 {
+			add(fmt.Sprintf("%s.mirrors[%d].destination", path, i), m.Destination, pct)
+		}
 	}
 }
 
