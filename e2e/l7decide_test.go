@@ -11,6 +11,7 @@ import (
 	"github.com/zmesh/zmesh/controlplane/model/modeltest"
 	"github.com/zmesh/zmesh/internal/golden"
 	"github.com/zmesh/zmesh/waypoint/config"
+	"github.com/zmesh/zmesh/waypoint/filter/fault"
 	"github.com/zmesh/zmesh/waypoint/route"
 )
 
@@ -143,8 +144,15 @@ func TestL7VirtualServiceDecisions(t *testing.T) {
 	for _, r := range table.VirtualHosts[0].Routes {
 		switch r.Name {
 		case "faulty":
-			if r.Fault == nil {
-				t.Error("route faulty carries no fault")
+			f, ok := r.Fault.(*fault.Fault)
+			if !ok || f.Abort == nil || f.Abort.HTTPStatus != 503 || f.Abort.Percent != (fault.Percentage{Numerator: 500_000, Denominator: 1_000_000}) ||
+				f.Delay == nil || f.Delay.Duration.Seconds() != 2 || f.Delay.Percent != (fault.Percentage{Numerator: 1_000_000, Denominator: 1_000_000}) {
+				t.Errorf("route faulty: fault %#v", r.Fault)
+			}
+		case "never":
+			// Istio: an abort without a percentage aborts no request.
+			if f, ok := r.Fault.(*fault.Fault); !ok || f.Abort == nil || f.Abort.Percent.Numerator != 0 {
+				t.Errorf("route never: fault %#v", r.Fault)
 			}
 		case "cors":
 			if r.CORS == nil || len(r.CORS.AllowOrigins) != 2 {
@@ -159,7 +167,8 @@ func TestL7VirtualServiceDecisions(t *testing.T) {
 				t.Errorf("route once: attempts 0 still retries: %+v", r.Forward.Retry)
 			}
 		case "mirrored":
-			if len(r.Forward.Mirrors) != 1 || r.Forward.Mirrors[0].Cluster != v3 || r.Forward.Mirrors[0].PartsPerMillion != 100_000 {
+			if len(r.Forward.Mirrors) != 2 || r.Forward.Mirrors[0].Cluster != v3 || r.Forward.Mirrors[0].PartsPerMillion != 100_000 ||
+				r.Forward.Mirrors[1].Cluster != v2 || r.Forward.Mirrors[1].PartsPerMillion != 1_000_000 {
 				t.Errorf("route mirrored: mirrors %+v", r.Forward.Mirrors)
 			}
 		}

@@ -28,6 +28,8 @@
 //     weight above 0, answers 500. GRPCRoute method matches are :path
 //     matches on /service/method. A route of another namespace (a GAMMA
 //     consumer route) is refused: the waypoint serves every client alike.
+//     The hostnames of a route attached to a Service are not used (the
+//     parent names the Service).
 //   - VirtualServices naming the Service's host (short names completed in
 //     the VirtualService's namespace, complete names, wildcards), exported
 //     to the waypoint's namespace and not bound to gateways only, oldest

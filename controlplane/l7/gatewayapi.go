@@ -399,6 +399,10 @@ func (b *builder) httpRule(x *xRoute, ri int, rule *gatewayv1.HTTPRouteRule, inf
 		if !b.httpAction(x, path, &a, r, rm, prefix, host) {
 			r.Action = internalError()
 		}
+		if field, why := actionProblem(r); field != "" {
+			b.problem(x.ref, path+".filters", fmt.Sprintf("%s %s; requests matching the rule get 500", field, why))
+			r.Action = internalError()
+		}
 		out = append(out, routeEntry{route: r, key: key})
 	}
 	return out
@@ -448,6 +452,10 @@ func (b *builder) httpMatch(ref ObjectRef, path string, m gatewayv1.HTTPRouteMat
 		// Gateway API's prefix matches whole path segments and ignores a
 		// trailing "/".
 		prefix = value
+		if why := checkPrefix(value); why != "" {
+			b.problem(ref, path+".path.value", why+"; this match is left out")
+			return nil, key, "", false
+		}
 		if value != "/" {
 			prefix = strings.TrimSuffix(value, "/")
 			rm.PathSpecifier = &routev3.RouteMatch_PathSeparatedPrefix{PathSeparatedPrefix: prefix}
@@ -475,6 +483,10 @@ func (b *builder) httpMatch(ref ObjectRef, path string, m gatewayv1.HTTPRouteMat
 	seen := map[string]bool{}
 	for i, h := range m.Headers {
 		name := strings.ToLower(string(h.Name))
+		if why := checkMatchName(name, true); why != "" {
+			b.problem(ref, fmt.Sprintf("%s.headers[%d].name", path, i), why+"; this match is left out")
+			return nil, key, "", false
+		}
 		if seen[name] {
 			continue // Gateway API: the first match of a name wins
 		}
@@ -489,6 +501,10 @@ func (b *builder) httpMatch(ref ObjectRef, path string, m gatewayv1.HTTPRouteMat
 	}
 	seen = map[string]bool{}
 	for i, q := range m.QueryParams {
+		if why := checkMatchName(string(q.Name), false); why != "" {
+			b.problem(ref, fmt.Sprintf("%s.queryParams[%d].name", path, i), why+"; this match is left out")
+			return nil, key, "", false
+		}
 		if seen[string(q.Name)] {
 			continue
 		}
@@ -534,6 +550,10 @@ func (b *builder) httpAction(x *xRoute, path string, a *ruleAction, r *routev3.R
 			out.HostRedirect = string(*rd.Hostname)
 		}
 		if rd.Port != nil {
+			if *rd.Port < 1 || *rd.Port > 65535 {
+				b.problem(x.ref, fp+".port", fmt.Sprintf("%d is not a port; requests matching the rule get 500", *rd.Port))
+				return false
+			}
 			out.PortRedirect = uint32(*rd.Port)
 		}
 		if pm := rd.Path; pm != nil {
@@ -575,7 +595,7 @@ func (b *builder) httpAction(x *xRoute, path string, a *ruleAction, r *routev3.R
 		if pm := rw.Path; pm != nil {
 			switch {
 			case pm.Type == gatewayv1.FullPathHTTPPathModifier && pm.ReplaceFullPath != nil:
-				action.RegexRewrite = &matcherv3.RegexMatchAndSubstitute{Pattern: &matcherv3.RegexMatcher{Regex: "^/.*$"}, Substitution: *pm.ReplaceFullPath}
+				action.RegexRewrite = &matcherv3.RegexMatchAndSubstitute{Pattern: &matcherv3.RegexMatcher{Regex: "^/.*$"}, Substitution: literalSubstitution(*pm.ReplaceFullPath)}
 			case pm.Type == gatewayv1.PrefixMatchHTTPPathModifier && pm.ReplacePrefixMatch != nil:
 				pr, rr, ok := b.prefixRewrite(x.ref, fp+".path", rm, prefix, *pm.ReplacePrefixMatch)
 				if !ok {
@@ -728,6 +748,10 @@ func (b *builder) grpcRule(x *xRoute, ri int, rule *gatewayv1.GRPCRouteRule, inf
 		if !b.httpAction(x, path, &a, r, rm, "", host) {
 			r.Action = internalError()
 		}
+		if field, why := actionProblem(r); field != "" {
+			b.problem(x.ref, path+".filters", fmt.Sprintf("%s %s; requests matching the rule get 500", field, why))
+			r.Action = internalError()
+		}
 		out = append(out, routeEntry{route: r, key: key})
 	}
 	return out
@@ -771,6 +795,10 @@ func (b *builder) grpcMatch(ref ObjectRef, path string, m gatewayv1.GRPCRouteMat
 	seen := map[string]bool{}
 	for i, h := range m.Headers {
 		name := strings.ToLower(string(h.Name))
+		if why := checkMatchName(name, true); why != "" {
+			b.problem(ref, fmt.Sprintf("%s.headers[%d].name", path, i), why+"; this match is left out")
+			return nil, key, false
+		}
 		if seen[name] {
 			continue
 		}

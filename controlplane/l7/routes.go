@@ -353,11 +353,25 @@ func (b *builder) destinationHash(d destination) []*routev3.RouteAction_HashPoli
 	if ch == nil {
 		return nil
 	}
+	path := pol.lbPath + ".consistentHash"
+	bad := func(field, why string) []*routev3.RouteAction_HashPolicy {
+		b.problem(drRef(dr), path+"."+field, why+"; requests are spread over the ring without a key")
+		return nil
+	}
 	var hp *routev3.RouteAction_HashPolicy
 	switch k := ch.HashKey.(type) {
 	case *networking.LoadBalancerSettings_ConsistentHashLB_HttpHeaderName:
-		hp = &routev3.RouteAction_HashPolicy{PolicySpecifier: &routev3.RouteAction_HashPolicy_Header_{Header: &routev3.RouteAction_HashPolicy_Header{HeaderName: k.HttpHeaderName}}}
+		if why := checkMatchName(strings.ToLower(k.HttpHeaderName), true); why != "" {
+			return bad("httpHeaderName", why)
+		}
+		hp = &routev3.RouteAction_HashPolicy{PolicySpecifier: &routev3.RouteAction_HashPolicy_Header_{Header: &routev3.RouteAction_HashPolicy_Header{HeaderName: strings.ToLower(k.HttpHeaderName)}}}
 	case *networking.LoadBalancerSettings_ConsistentHashLB_HttpCookie:
+		if !isToken(k.HttpCookie.GetName()) {
+			return bad("httpCookie.name", fmt.Sprintf("%q is not a cookie name", k.HttpCookie.GetName()))
+		}
+		if strings.ContainsFunc(k.HttpCookie.GetPath(), func(r rune) bool { return r < 0x20 || r == 0x7f || r == ';' || r > 0x7e }) {
+			return bad("httpCookie.path", fmt.Sprintf("%q cannot be a cookie path", k.HttpCookie.GetPath()))
+		}
 		c := &routev3.RouteAction_HashPolicy_Cookie{Name: k.HttpCookie.GetName(), Path: k.HttpCookie.GetPath()}
 		if t := k.HttpCookie.GetTtl(); t != nil {
 			c.Ttl = durationpb.New(t.AsDuration())
@@ -369,6 +383,9 @@ func (b *builder) destinationHash(d destination) []*routev3.RouteAction_HashPoli
 		}
 		hp = &routev3.RouteAction_HashPolicy{PolicySpecifier: &routev3.RouteAction_HashPolicy_ConnectionProperties_{ConnectionProperties: &routev3.RouteAction_HashPolicy_ConnectionProperties{SourceIp: true}}}
 	case *networking.LoadBalancerSettings_ConsistentHashLB_HttpQueryParameterName:
+		if k.HttpQueryParameterName == "" {
+			return bad("httpQueryParameterName", "empty")
+		}
 		hp = &routev3.RouteAction_HashPolicy{PolicySpecifier: &routev3.RouteAction_HashPolicy_QueryParameter_{QueryParameter: &routev3.RouteAction_HashPolicy_QueryParameter{Name: k.HttpQueryParameterName}}}
 	default:
 		return nil

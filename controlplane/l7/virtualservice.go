@@ -167,6 +167,14 @@ func (b *builder) vsRule(e *vsEntry, path string, h *networking.HTTPRoute, info 
 	if !b.vsAction(e, path, h, info, p, base) {
 		return nil
 	}
+	if field, why := actionProblem(base); field != "" {
+		where := ".rewrite."
+		if h.Redirect != nil {
+			where = ".redirect."
+		}
+		b.problem(e.ref, path+where+field, why+"; the rule is left out")
+		return nil
+	}
 	var out []*routev3.Route
 	for j, m := range matches {
 		r := proto.Clone(base).(*routev3.Route)
@@ -236,6 +244,10 @@ func (b *builder) vsMatch(ref ObjectRef, path string, m *networking.HTTPMatchReq
 		headers = append(headers, header{strings.ToLower(k), fmt.Sprintf("%s.withoutHeaders[%q]", path, k), m.WithoutHeaders[k], true})
 	}
 	for _, h := range headers {
+		if why := checkMatchName(h.name, true); why != "" {
+			b.problem(ref, h.field, why+"; this match clause is left out")
+			return nil, false
+		}
 		hm := &routev3.HeaderMatcher{Name: h.name, InvertMatch: h.invert}
 		sm, err := istioStringMatch(h.sm)
 		if err != nil {
@@ -254,6 +266,10 @@ func (b *builder) vsMatch(ref ObjectRef, path string, m *networking.HTTPMatchReq
 		out.Headers = append(out.Headers, hm)
 	}
 	for _, k := range slices.Sorted(maps.Keys(m.QueryParams)) {
+		if why := checkMatchName(k, false); why != "" {
+			b.problem(ref, fmt.Sprintf("%s.queryParams[%q]", path, k), why+"; this match clause is left out")
+			return nil, false
+		}
 		qm := &routev3.QueryParameterMatcher{Name: k}
 		sm, err := istioStringMatch(m.QueryParams[k])
 		if err != nil {
@@ -332,6 +348,10 @@ func (b *builder) vsAction(e *vsEntry, path string, h *networking.HTTPRoute, inf
 		case *networking.HTTPBody_Bytes:
 			d.Body = &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: body.Bytes}}
 		}
+		if n := len(h.DirectResponse.GetBody().GetString_()) + len(h.DirectResponse.GetBody().GetBytes()); n > maxDirectBody {
+			b.problem(ref, path+".directResponse.body", fmt.Sprintf("%d bytes, more than the waypoint's %d; the rule is left out", n, maxDirectBody))
+			return false
+		}
 		r.Action = &routev3.Route_DirectResponse{DirectResponse: d}
 		return true
 	case len(h.Route) == 0:
@@ -376,8 +396,8 @@ func (b *builder) vsAction(e *vsEntry, path string, h *networking.HTTPRoute, inf
 		case rw.Uri != "":
 			action.PrefixRewrite = rw.Uri
 		case rw.UriRegexRewrite != nil:
-			if _, err := regexMatcher(rw.UriRegexRewrite.Match); err != nil {
-				b.problem(ref, path+".rewrite.uriRegexRewrite.match", err.Error()+"; the rule is left out")
+			if err := checkSubstitution(rw.UriRegexRewrite.Match, rw.UriRegexRewrite.Rewrite); err != nil {
+				b.problem(ref, path+".rewrite.uriRegexRewrite", err.Error()+"; the rule is left out")
 				return false
 			}
 			action.RegexRewrite = &matcherv3.RegexMatchAndSubstitute{
@@ -485,6 +505,10 @@ func (b *builder) vsRedirect(ref ObjectRef, path string, in *networking.HTTPRedi
 	}
 	switch p := in.RedirectPort.(type) {
 	case *networking.HTTPRedirect_Port:
+		if p.Port > 65535 {
+			b.problem(ref, path+".port", fmt.Sprintf("%d is not a port; the rule is left out", p.Port))
+			return nil
+		}
 		out.PortRedirect = p.Port
 	case *networking.HTTPRedirect_DerivePort:
 		if p.DerivePort == networking.HTTPRedirect_FROM_PROTOCOL_DEFAULT {
@@ -571,24 +595,30 @@ func (b *builder) vsMirrors(e *vsEntry, path string, h *networking.HTTPRoute, in
 		}
 	}
 	if h.Mirror != nil {
-		pct := &typev3.FractionalPercent{Numerator: 100}
+		// istiod: 100 % when no share is given; an explicit 0 mirrors
+		// nothing.
+		pct := &typev3.FractionalPercent{Numerator: 1_000_000, Denominator: typev3.FractionalPercent_MILLION}
 		switch {
 		case h.MirrorPercentage != nil:
 			pct = percentOf(h.MirrorPercentage.Value)
 		case h.MirrorPercent != nil:
-			pct = &typev3.FractionalPercent{Numerator: min(h.MirrorPercent.Value, 100)}
+			pct = &typev3.FractionalPercent{Numerator: min(h.MirrorPercent.Value, 100) * 10_000, Denominator: typev3.FractionalPercent_MILLION}
 		}
-		add(path+".mirror", h.Mirror, pct)
+		if pct.Numerator > 0 {
+			add(path+".mirror", h.Mirror, pct)
+		}
 	}
 	for i, m := range h.Mirrors {
 		if m == nil || m.Destination == nil {
 			continue
 		}
-		pct := &typev3.FractionalPercent{Numerator: 100}
+		pct := &typev3.FractionalPercent{Numerator: 1_000_000, Denominator: typev3.FractionalPercent_MILLION}
 		if m.Percentage != nil {
 			pct = percentOf(m.Percentage.Value)
 		}
-		add(fmt.Sprintf("%s.mirrors[%d].destination", path, i), m.Destination, pct)
+		if pct.Numerator > 0 {
+			add(fmt.Sprintf("%s.mirrors[%d].destination", path, i), m.Destination, pct)
+		}
 	}
 }
 
@@ -599,16 +629,14 @@ var grpcCodes = map[string]uint32{
 	"OUT_OF_RANGE": 11, "UNIMPLEMENTED": 12, "INTERNAL": 13, "UNAVAILABLE": 14, "DATA_LOSS": 15, "UNAUTHENTICATED": 16,
 }
 
-// faultPercent is a fault's share: percentage, else the older integer
-// percent, else istiod's default of every request.
+// faultPercent is a fault's share as istiod writes it: percentage, else
+// the older integer percent; neither is 0, Istio's documented default ("if
+// left unspecified, no request will be delayed/aborted").
 func faultPercent(p *networking.Percent, legacy int32) *typev3.FractionalPercent {
-	switch {
-	case p != nil:
+	if p != nil {
 		return percentOf(p.Value)
-	case legacy > 0:
-		return &typev3.FractionalPercent{Numerator: uint32(min(legacy, 100))}
 	}
-	return &typev3.FractionalPercent{Numerator: 100}
+	return &typev3.FractionalPercent{Numerator: uint32(min(max(legacy, 0), 100)) * 10_000, Denominator: typev3.FractionalPercent_MILLION}
 }
 
 // vsFault is the rule's fault as the fault filter's per-route
