@@ -519,8 +519,10 @@ func request(t *testing.T, w *waypoint, path string) (*http.Response, error) {
 
 // TestRequestThroughAndDrain: a request through the binary reaches the
 // endpoint with the client's address in Forwarded, is logged as one JSON
-// line and counted with Istio's labels; on SIGTERM the waypoint turns
-// unready at once while a request in flight finishes, then it exits.
+// line and counted with Istio's labels; a route update while a request is
+// in flight serves new requests and leaves that one alone; on SIGTERM the
+// waypoint turns unready at once while the request in flight finishes,
+// then it exits.
 func TestRequestThroughAndDrain(t *testing.T) {
 	release, arrived := make(chan struct{}), make(chan string, 4)
 	w := startWaypoint(t, func(w *waypoint) []string {
@@ -571,6 +573,33 @@ func TestRequestThroughAndDrain(t *testing.T) {
 	case <-time.After(timeout):
 		t.Fatal("the slow request did not reach the endpoint")
 	}
+	// A new route configuration while it is in flight: new requests take
+	// it, the one in flight is not disturbed.
+	if err := w.a.send(config.TypeRoute, map[string]*anypb.Any{httpChain: resource(t, config.TypeRoute, "name: \""+httpChain+"\"\n"+
+		"virtualHosts: [{name: 'reviews.bookinfo.svc.cluster.local:9080', domains: ['*'], routes: [{name: updated, match: {prefix: /}, route: {cluster: \""+cluster+"\"}}]}]\n")}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-w.a.answers:
+		if r.GetErrorDetail() != nil {
+			t.Fatalf("route update NACKed: %s", r.GetErrorDetail().GetMessage())
+		}
+	case <-time.After(timeout):
+		t.Fatal("no answer to the route update")
+	}
+	if resp, err := request(t, w, "/after-update"); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("request after the update: %v %v", resp, err)
+	}
+	<-arrived
+	waitFor(t, "the updated route in the access log", func() bool {
+		for _, l := range strings.Split(w.stdout.String(), "\n") {
+			if strings.Contains(l, "req-after-update") {
+				return strings.Contains(l, `"route_name":"updated"`)
+			}
+		}
+		return false
+	})
+
 	w.cancel()
 	waitFor(t, "unready while draining", func() bool {
 		code, _, _ := httpGet("http://" + w.ready + "/healthz/ready")
