@@ -20,16 +20,13 @@ var httpLabels = []string{
 	"request_protocol", "response_code", "grpc_response_status", "response_flags", "connection_security_policy",
 }
 
-// tcpLabels are httpLabels without the HTTP ones, as Istio's TCP metrics.
-var tcpLabels = func() []string {
-	var out []string
-	for _, l := range httpLabels {
-		if l != "response_code" && l != "grpc_response_status" {
-			out = append(out, l)
-		}
-	}
-	return out
-}()
+// responseCodeIndex is where response_code and grpc_response_status sit
+// in httpLabels.
+const responseCodeIndex = 21
+
+// tcpLabels are httpLabels without response_code and grpc_response_status,
+// as Istio's TCP metrics.
+var tcpLabels = append(httpLabels[:responseCodeIndex:responseCodeIndex], httpLabels[responseCodeIndex+2:]...)
 
 // Istio's default histogram buckets: durations in milliseconds, sizes in
 // bytes.
@@ -127,48 +124,27 @@ func NewMetrics(reg prometheus.Registerer, o MetricsOptions) (*Metrics, error) {
 func (m *Metrics) Observe(r *Record) {
 	src := m.source(r.Source)
 	dst := r.Destination
-	labels := map[string]string{
-		"reporter":                       Reporter,
-		"source_workload":                src.workload,
-		"source_canonical_service":       canonicalService(src.app, src.workload),
-		"source_canonical_revision":      canonicalRevision(src.version),
-		"source_workload_namespace":      src.namespace,
-		"source_principal":               src.principal,
-		"source_app":                     src.app,
-		"source_version":                 src.version,
-		"source_cluster":                 m.cluster,
-		"destination_workload":           value(dst.Workload),
-		"destination_workload_namespace": value(dst.Namespace),
-		"destination_principal":          value(dst.Principal),
-		"destination_app":                value(dst.App),
-		"destination_version":            value(dst.Version),
-		"destination_service":            value(r.DestinationService),
-		"destination_service_name":       value(r.DestinationServiceName),
-		"destination_service_namespace":  value(r.DestinationServiceNamespace),
-		"destination_canonical_service":  canonicalService(value(dst.App), value(dst.Workload)),
-		"destination_canonical_revision": canonicalRevision(value(dst.Version)),
-		"destination_cluster":            m.cluster,
-		"request_protocol":               protocol(r),
-		"response_flags":                 flags(r.ResponseFlags),
+	dstApp, dstWorkload, dstVersion := value(dst.App), value(dst.Workload), value(dst.Version)
+	// In httpLabels' order; the TCP metrics take the same values without
+	// response_code and grpc_response_status.
+	lv := []string{
+		Reporter,
+		src.workload, canonicalService(src.app, src.workload), canonicalRevision(src.version), src.namespace,
+		src.principal, src.app, src.version, m.cluster,
+		dstWorkload, value(dst.Namespace), value(dst.Principal), dstApp,
+		dstVersion, value(r.DestinationService), value(r.DestinationServiceName), value(r.DestinationServiceNamespace),
+		canonicalService(dstApp, dstWorkload), canonicalRevision(dstVersion), m.cluster,
+		protocol(r), strconv.Itoa(r.ResponseCode), grpcStatus(r.GRPCStatus), flags(r.ResponseFlags),
 		// The tunnel from the client and the one to the endpoint are
 		// both mutual TLS; the waypoint serves nothing else.
-		"connection_security_policy": "mutual_tls",
+		"mutual_tls",
 	}
 	if r.Protocol == "TCP" {
-		lv := make([]string, len(tcpLabels))
-		for i, l := range tcpLabels {
-			lv[i] = labels[l]
-		}
-		m.tcpSent.WithLabelValues(lv...).Add(float64(max(r.BytesSent, 0)))
-		m.tcpRecv.WithLabelValues(lv...).Add(float64(max(r.BytesReceived, 0)))
-		m.tcpClosed.WithLabelValues(lv...).Inc()
+		tv := append(lv[:responseCodeIndex:responseCodeIndex], lv[responseCodeIndex+2:]...)
+		m.tcpSent.WithLabelValues(tv...).Add(float64(max(r.BytesSent, 0)))
+		m.tcpRecv.WithLabelValues(tv...).Add(float64(max(r.BytesReceived, 0)))
+		m.tcpClosed.WithLabelValues(tv...).Inc()
 		return
-	}
-	labels["response_code"] = strconv.Itoa(r.ResponseCode)
-	labels["grpc_response_status"] = grpcStatus(r.GRPCStatus)
-	lv := make([]string, len(httpLabels))
-	for i, l := range httpLabels {
-		lv[i] = labels[l]
 	}
 	m.requests.WithLabelValues(lv...).Inc()
 	m.duration.WithLabelValues(lv...).Observe(float64(r.Duration.Microseconds()) / 1000)
