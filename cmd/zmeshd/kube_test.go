@@ -45,7 +45,7 @@ func TestKubernetesModeFeedsZtunnel(t *testing.T) {
 	if out, err := env.KubectlRun(ctx, "", "apply", "--server-side", "-f", "../../deploy/crds/"); err != nil {
 		t.Fatal(out, err)
 	}
-	if out, err := env.KubectlRun(ctx, "", "wait", "--for=condition=Established", "--timeout=60s", "crd/authorizationpolicies.security.istio.io", "crd/gateways.gateway.networking.k8s.io"); err != nil {
+	if out, err := env.KubectlRun(ctx, "", "wait", "--for=condition=Established", "--timeout=60s", "crd/authorizationpolicies.security.istio.io", "crd/gateways.gateway.networking.k8s.io", "crd/httproutes.gateway.networking.k8s.io"); err != nil {
 		t.Fatal(out, err)
 	}
 	for _, ns := range []string{"istio-system", "shop"} {
@@ -143,11 +143,51 @@ func TestKubernetesModeFeedsZtunnel(t *testing.T) {
 		t.Errorf("web-from-client status = %q (%v), want ZtunnelAccepted=True", out, err)
 	}
 
+	// The leader publishes the mesh roots in every namespace.
+	eventuallyKubectl(t, env, "istio-ca-root-cert in shop", func(out string) bool { return strings.HasPrefix(out, "-----BEGIN CERTIFICATE-----") },
+		"get", "configmap", "-n", "shop", "istio-ca-root-cert", "-o", `jsonpath={.data.root-cert\.pem}`)
+
+	// An HTTPRoute on a Service no waypoint serves says so in its status.
+	route := `apiVersion: v1
+kind: Service
+metadata: {name: cart, namespace: shop}
+spec: {selector: {app: cart}, ports: [{name: http, port: 80}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: cart, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: cart, port: 80}]
+  rules: [{backendRefs: [{name: cart, port: 80}]}]
+`
+	if out, err := env.KubectlRun(ctx, route, "apply", "-f", "-"); err != nil {
+		t.Fatal(out, err)
+	}
+	eventuallyKubectl(t, env, "HTTPRoute cart's parent status", func(out string) bool {
+		return strings.HasPrefix(out, "istio.io/gateway-controller Accepted=False NoMatchingParent")
+	}, "get", "httproute", "-n", "shop", "cart", "-o", "jsonpath={.status.parents[0].controllerName} {.status.parents[0].conditions[0].type}={.status.parents[0].conditions[0].status} {.status.parents[0].conditions[0].reason}")
+
 	// Deleting the pod removes the workload.
 	if err := env.Client.CoreV1().Pods("shop").Delete(ctx, "web", metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
 		t.Fatal(err)
 	}
 	waitStore(t, store, "no workload", func(s *state.Snapshot) bool { return len(s.Workloads()) == 0 })
+}
+
+// eventuallyKubectl runs kubectl args until ok accepts its output.
+func eventuallyKubectl(t *testing.T, env *kubetest.Env, what string, ok func(string) bool, args ...string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		out, err := env.KubectlRun(t.Context(), "", args...)
+		if err == nil && ok(out) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %q (%v)", what, out, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 func waitReady(t *testing.T, monAddr string) {

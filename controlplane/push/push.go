@@ -2,7 +2,9 @@
 // bursts of changes, translates the newest snapshot (incrementally: an
 // unchanged pod keeps its translation and its encoding), hands each
 // type's resources to the xDS server (which sends proxies only what
-// changed), and reports each object's status conditions.
+// changed), builds each waypoint Gateway's Envoy resources once per
+// snapshot (its view, shared by the waypoint's replicas), and reports
+// each object's status conditions.
 package push
 
 import (

@@ -3,6 +3,7 @@ package push
 import (
 	"context"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -93,5 +94,22 @@ func TestPipelineBuildsOneViewPerWaypoint(t *testing.T) {
 		if got := srv.ViewResources(key, xds.TypeEndpoint); !slices.Equal(got, []string{want}) {
 			t.Errorf("view %s: endpoints %v, want [%s]", key, got, want)
 		}
+	}
+
+	// A new snapshot rebuilds the views: vault leaves its waypoint, whose
+	// view empties; the Gateway of shop goes, and so does its view.
+	next := strings.Replace(twoWaypoints, "labels: {istio.io/use-waypoint: vault-wp}", "labels: {}", 1)
+	next = strings.Replace(next, "metadata: {name: waypoint, namespace: shop}\nspec:\n  gatewayClassName: istio-waypoint", "metadata: {name: waypoint, namespace: shop}\nspec:\n  gatewayClassName: istio", 1)
+	p.Update(modeltest.Decode(t, []byte(next)))
+	select {
+	case <-rep:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no second build reported")
+	}
+	if got, want := srv.Views(), []xds.ViewKey{{Namespace: "bank", Name: "vault-wp"}}; !slices.Equal(got, want) {
+		t.Errorf("views after the change %v, want %v", got, want)
+	}
+	if got := srv.ViewResources(xds.ViewKey{Namespace: "bank", Name: "vault-wp"}, xds.TypeCluster); len(got) != 0 {
+		t.Errorf("vault-wp still has clusters %v after vault left it", got)
 	}
 }

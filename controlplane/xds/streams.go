@@ -154,18 +154,26 @@ func (s *Server) handle(st *stream, req *discoveryv3.DeltaDiscoveryRequest) ([]*
 		// says it already has at the same version.
 		sub = &subscription{pending: map[string]string{}}
 		if names := req.GetResourceNamesSubscribe(); len(names) > 0 && !slices.Contains(names, "*") {
+			if len(names) > maxSubscribedNames {
+				return nil, tooManyNames(ts.url)
+			}
 			sub.names = map[string]bool{}
 			for _, n := range names {
 				sub.names[n] = true
 			}
 		}
 		st.subs[ts.url] = sub
+		have := req.GetInitialResourceVersions()
+		// Removing what the proxy says it has is right against a live
+		// view only: a waypoint reconnecting to a zmeshd that has not
+		// built its view yet (just restarted) keeps its configuration.
+		removeStale := true
 		if s.viewTypes[ts.url] {
 			if why := s.noViewReasonLocked(st); why != "" {
 				s.log.Warn("no waypoint resources for proxy", "id", st.nodeID(), "principal", st.principal, "type", ts.url, "reason", why)
+				removeStale = false
 			}
 		}
-		have := req.GetInitialResourceVersions()
 		resp := s.responseLocked(st, ts, sub, func(yield func(string) bool) {
 			for name := range ts.res {
 				if !yield(name) {
@@ -173,6 +181,9 @@ func (s *Server) handle(st *stream, req *discoveryv3.DeltaDiscoveryRequest) ([]*
 				}
 			}
 			for name := range have {
+				if !removeStale {
+					return
+				}
 				if _, ok := ts.res[name]; !ok && !yield(name) {
 					return
 				}
@@ -192,6 +203,9 @@ func (s *Server) handle(st *stream, req *discoveryv3.DeltaDiscoveryRequest) ([]*
 			break
 		}
 		if !sub.names[n] {
+			if len(sub.names) >= maxSubscribedNames {
+				return nil, tooManyNames(ts.url)
+			}
 			sub.names[n] = true
 			added = append(added, n)
 		}
@@ -205,6 +219,15 @@ func (s *Server) handle(st *stream, req *discoveryv3.DeltaDiscoveryRequest) ([]*
 		return nil, nil
 	}
 	return []*discoveryv3.DeltaDiscoveryResponse{s.responseLocked(st, ts, sub, slices.Values(added), nil)}, nil
+}
+
+// maxSubscribedNames bounds the names one subscription may list, which
+// the server holds for as long as the stream: a waypoint asks for one
+// route configuration per HTTP port and one load assignment per cluster.
+const maxSubscribedNames = 1 << 16
+
+func tooManyNames(url string) error {
+	return status.Errorf(codes.ResourceExhausted, "xds: subscription to %s lists more than %d names", url, maxSubscribedNames)
 }
 
 // pending builds the responses carrying changes st has not been sent.
@@ -295,7 +318,7 @@ func (s *Server) answeredLocked(st *stream, sub *subscription, url, nonce string
 	if e := req.GetErrorDetail(); e != nil {
 		sub.nack, sub.nackedVersion = e.GetMessage(), version
 		s.metrics.nacks.WithLabelValues(url).Inc()
-		s.log.Warn("proxy rejected config", "id", st.nodeID(), "type", url, "version", version, "error", e.GetMessage())
+		s.log.Warn("proxy rejected config", "id", st.nodeID(), "principal", st.principal, "type", url, "version", version, "error", e.GetMessage())
 		return
 	}
 	sub.ackedVersion, sub.ackedAt, sub.nack = version, time.Now(), ""

@@ -2,6 +2,7 @@ package xds
 
 import (
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -12,7 +13,9 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	grpcstatus "google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -211,5 +214,61 @@ func TestViewOf(t *testing.T) {
 		if got != tc.want || ok != tc.ok {
 			t.Errorf("ViewOf(%q) = %v, %v; want %v, %v", tc.in, got, ok, tc.want, tc.ok)
 		}
+	}
+}
+
+// A waypoint that reconnects before its view is built (zmeshd just
+// restarted) keeps what it has; once the view is built it gets it, and a
+// name it had that the view lacks is removed then.
+func TestViewReconnectBeforeBuild(t *testing.T) {
+	s, cc := viewServer(t)
+	c := subscribeAs(t, cc, "tok-a", "a", &discoveryv3.DeltaDiscoveryRequest{TypeUrl: TypeCluster,
+		InitialResourceVersions: map[string]string{"a-1": "old", "gone": "old"}})
+	r := c.recv()
+	if len(r.Resources) != 0 || len(r.RemovedResources) != 0 {
+		t.Fatalf("before any view: sent %v removed %v, want nothing", names(r), r.RemovedResources)
+	}
+	c.ack(r, "")
+	s.SetViews(twoViews())
+	r = c.recv()
+	if !slices.Equal(names(r), []string{"a-1", "a-2"}) {
+		t.Fatalf("once built: sent %v, want [a-1 a-2]", names(r))
+	}
+	// A fresh stream against the live view has its stale name removed.
+	c2 := subscribeAs(t, cc, "tok-a", "a", &discoveryv3.DeltaDiscoveryRequest{TypeUrl: TypeCluster,
+		InitialResourceVersions: map[string]string{"gone": "old"}})
+	if r := c2.recv(); !slices.Equal(r.RemovedResources, []string{"gone"}) {
+		t.Fatalf("against the live view: removed %v, want [gone]", r.RemovedResources)
+	}
+}
+
+// A subscription may not make the server hold unbounded names.
+func TestViewSubscriptionNamesAreBounded(t *testing.T) {
+	_, cc := viewServer(t)
+	many := make([]string, maxSubscribedNames+1)
+	for i := range many {
+		many[i] = strconv.Itoa(i)
+	}
+	c := subscribeAs(t, cc, "tok-a", "a", &discoveryv3.DeltaDiscoveryRequest{TypeUrl: TypeEndpoint, ResourceNamesSubscribe: many[:10]})
+	c.recv()
+	for i := 10; i < len(many); i += 10000 {
+		c.stream.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: TypeEndpoint, ResourceNamesSubscribe: many[i:min(i+10000, len(many))]})
+	}
+	ended := make(chan error, 1)
+	go func() {
+		for {
+			if _, err := c.stream.Recv(); err != nil {
+				ended <- err
+				return
+			}
+		}
+	}()
+	select {
+	case err := <-ended:
+		if grpcstatus.Code(err) != codes.ResourceExhausted {
+			t.Fatalf("stream ended with %v, want ResourceExhausted", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("the server accepted %d names on one subscription", len(many))
 	}
 }
