@@ -460,4 +460,3 @@ func newRequestID() string {
 	hex.Encode(b[24:], u[10:])
 	return string(b[:])
 }
-
