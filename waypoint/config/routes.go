@@ -331,6 +331,10 @@ func (c *compiler) forward(path string, a *routev3.RouteAction, kind route.PathM
 			return nil, err
 		}
 	}
+	var err error
+	if out.HashPolicies, err = hashPolicies(path+".hash_policy", a.GetHashPolicy()); err != nil {
+		return nil, err
+	}
 	for i, mp := range a.GetRequestMirrorPolicies() {
 		mpath := fmt.Sprintf("%s.request_mirror_policies[%d]", path, i)
 		if mp.GetCluster() == "" {

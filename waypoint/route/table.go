@@ -97,6 +97,9 @@ type ForwardAction struct {
 	Timeout time.Duration
 	Retry   *RetryPolicy
 	Mirrors []Mirror
+	// HashPolicies are what RING_HASH and MAGLEV clusters hash for a
+	// request on this route (RequestHash); none: they pick at random.
+	HashPolicies []HashPolicy
 }
 
 // WeightedCluster is one entry of weighted_clusters.
@@ -274,6 +277,11 @@ func (r *Route) check() error {
 		}
 		if len(r.Forward.Weighted) > 0 && sum != r.Forward.TotalWeight || len(r.Forward.Weighted) > 0 && sum == 0 {
 			return fmt.Errorf("weighted clusters: total weight %d, sum of weights %d", r.Forward.TotalWeight, sum)
+		}
+		for i, hp := range r.Forward.HashPolicies {
+			if hp.Kind < HashHeader || hp.Kind > HashQueryParameter || hp.Kind != HashSourceIP && hp.Name == "" {
+				return fmt.Errorf("hash policy %d: %v without a name", i, hp.Kind)
+			}
 		}
 	case ActionRedirect:
 		if r.Redirect == nil {

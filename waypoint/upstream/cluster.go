@@ -77,6 +77,11 @@ func (k LBKind) String() string {
 	return "unknown"
 }
 
+// ConsistentHash reports whether the policy picks by a request's hash
+// (RING_HASH, MAGLEV): only then does a route's hash policy matter, and
+// only then should the proxy compute it (and set a generated cookie).
+func (k LBKind) ConsistentHash() bool { return k == RingHash || k == Maglev }
+
 // LoadBalancing is how a cluster picks an endpoint.
 type LoadBalancing struct {
 	Kind LBKind
