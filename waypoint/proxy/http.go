@@ -51,13 +51,17 @@ type exchange struct {
 	st    *state
 	w     *respWriter
 	r     *http.Request
+	rreq  route.Request
 	rec   telemetry.Record
 	flags []string
 
 	// Set once routed to an endpoint.
 	d       route.Decision
 	cluster *upstream.Cluster
+	host    *upstream.Host
 	ep      upstream.Endpoint
+	// setCookie is a generated hash-policy cookie the response carries.
+	setCookie string
 	pool    *connPool
 	timeout time.Duration
 	cors    *route.CORSPolicy
@@ -139,6 +143,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	x.d = route.Decide(table, rreq)
+	x.rreq = rreq
 	if x.d.Route != nil {
 		x.rec.RouteName = x.d.Route.Name
 	}
@@ -250,11 +255,19 @@ func (x *exchange) forward(cors *route.CORSPolicy) {
 		s := x.cluster.Services[0]
 		x.rec.DestinationService, x.rec.DestinationServiceName, x.rec.DestinationServiceNamespace = s.Host, s.Name, s.Namespace
 	}
-	ep, ok := x.st.pick(x.d.Cluster, pickRequest{random: mrand.Uint64()})
+	pr := upstream.PickRequest{Random: mrand.Uint64()}
+	if f := x.d.Route.Forward; f != nil && len(f.HashPolicies) > 0 {
+		pr.Hash, pr.HasHash, x.setCookie = route.RequestHash(f.HashPolicies, &x.rreq, x.t.client.Addr())
+	}
+	host, ok := x.st.pick(x.d.Cluster, pr)
 	if !ok {
 		x.localReply(http.StatusServiceUnavailable, bodyNoHealthyUpstream, flagNoHealthy)
 		return
 	}
+	host.Begin()
+	defer host.End()
+	x.host = host
+	ep := host.Endpoint
 	x.ep = ep
 	x.rec.UpstreamHost = ep.Addr
 	x.rec.Destination = telemetry.Peer{Principal: ep.Identity, Addr: ep.Addr, App: ep.Labels["app"], Version: ep.Labels["version"]}
@@ -368,6 +381,9 @@ func newReverseProxy(p *Proxy) *httputil.ReverseProxy {
 			x := res.Request.Context().Value(exchangeKey{}).(*exchange)
 			x.d.ResponseHeaders.Apply(res.Header)
 			x.addCORSTo(res.Header, x.cors)
+			if x.setCookie != "" {
+				res.Header.Add("Set-Cookie", x.setCookie)
+			}
 			return nil
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {

@@ -144,7 +144,8 @@ type Proxy struct {
 	log    *slog.Logger
 	obs    telemetry.Observer
 
-	state atomic.Pointer[state]
+	state    atomic.Pointer[state]
+	updateMu sync.Mutex // serializes Update, which builds on the previous state
 
 	hb      *hbone.Server
 	h1      *http.Server
@@ -248,7 +249,9 @@ func (p *Proxy) Update(s *config.Snapshot) {
 	if s == nil {
 		return
 	}
-	p.state.Store(newState(s))
+	p.updateMu.Lock()
+	defer p.updateMu.Unlock()
+	p.state.Store(newState(p.state.Load(), s))
 }
 
 // Ready reports whether a snapshot was applied.
