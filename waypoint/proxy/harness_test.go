@@ -15,6 +15,7 @@ import (
 	"time"
 
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/cors/v3"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/websocket"
@@ -151,7 +152,7 @@ func (fp *fakePod) tunnels() []seenTunnel {
 }
 
 type mesh struct {
-	t     *testing.T
+	t     testing.TB
 	src   *identity.StaticSource
 	proxy *Proxy
 	addr  string // the waypoint's HBONE listener
@@ -174,7 +175,7 @@ type appRequest struct {
 
 // newMesh starts the fake pods with their apps and a waypoint proxy
 // serving on loopback, with opts' bounds.
-func newMesh(t *testing.T, b bounds) *mesh {
+func newMesh(t testing.TB, b bounds) *mesh {
 	t.Helper()
 	m := &mesh{
 		t: t, src: testCerts(t), pods: map[netip.Addr]*fakePod{}, obs: newRecorder(),
@@ -421,6 +422,17 @@ virtual_hosts:
   - name: ws
     match: {path: /ws}
     route: {cluster: "inbound-vip|80|http|reviews.default.svc.cluster.local"}
+  - name: cors
+    match: {prefix: /cors}
+    route: {cluster: "inbound-vip|80|http|reviews.default.svc.cluster.local"}
+    typed_per_filter_config:
+      envoy.filters.http.cors:
+        "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy
+        allow_origin_string_match: [{exact: "https://ok.example"}]
+        allow_methods: "GET,POST"
+        allow_headers: "x-custom"
+        expose_headers: "x-pod"
+        max_age: "600"
   - name: mirror
     match: {prefix: /mirror}
     route:

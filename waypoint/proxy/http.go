@@ -62,9 +62,9 @@ type exchange struct {
 	ep      upstream.Endpoint
 	// setCookie is a generated hash-policy cookie the response carries.
 	setCookie string
-	pool    *connPool
-	timeout time.Duration
-	cors    *route.CORSPolicy
+	pool      *connPool
+	timeout   time.Duration
+	cors      *route.CORSPolicy
 	// upCtx is the upstream request's context; its cause tells a route
 	// timeout.
 	upCtx context.Context
