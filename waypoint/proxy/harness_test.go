@@ -433,6 +433,16 @@ virtual_hosts:
         allow_headers: "x-custom"
         expose_headers: "x-pod"
         max_age: "600"
+  - name: both
+    match: {prefix: /both}
+    route: {cluster: "inbound-vip|80|http/both|reviews.default.svc.cluster.local"}
+  - name: sticky
+    match: {prefix: /sticky}
+    route:
+      cluster: "inbound-vip|80|http/sticky|reviews.default.svc.cluster.local"
+      hash_policy:
+      - header: {header_name: end-user}
+      - cookie: {name: session, ttl: 60s}
   - name: mirror
     match: {prefix: /mirror}
     route:
@@ -502,6 +512,10 @@ func (m *mesh) snapshot(t testing.TB, deflt string) *config.Snapshot {
 	add(cluster("inbound-vip|80|http/v1|reviews.default.svc.cluster.local", upstream.Downstream, ep(podV1, 8080, v1ID, "v1")))
 	add(cluster("inbound-vip|80|http/v2|reviews.default.svc.cluster.local", upstream.Downstream, ep(podV2, 8080, v2ID, "v2")))
 	add(cluster("inbound-vip|80|http/empty|reviews.default.svc.cluster.local", upstream.Downstream))
+	add(cluster("inbound-vip|80|http/both|reviews.default.svc.cluster.local", upstream.Downstream, ep(podV1, 8080, v1ID, "v1"), ep(podV2, 8080, v2ID, "v2")))
+	sc, sa := cluster("inbound-vip|80|http/sticky|reviews.default.svc.cluster.local", upstream.Downstream, ep(podV1, 8080, v1ID, "v1"), ep(podV2, 8080, v2ID, "v2"))
+	sc.LB = upstream.LoadBalancing{Kind: upstream.RingHash, MinimumRingSize: 1024, MaximumRingSize: 8 << 20, HealthyPanicThreshold: 50}
+	add(sc, sa)
 	// The impostor's endpoint says reviews-v1, but the pod's ztunnel
 	// presents evil's certificate.
 	add(cluster("inbound-vip|80|http/impostor|reviews.default.svc.cluster.local", upstream.Downstream, ep(podEvil, 8080, v1ID, "v1")))

@@ -430,3 +430,39 @@ func TestShutdownDrains(t *testing.T) {
 		t.Error("Shutdown did not return after the last request")
 	}
 }
+
+// TestEachRequestBalanced: requests multiplexed on one HTTP/2 connection
+// are spread over the cluster's endpoints one by one (round robin).
+func TestEachRequestBalanced(t *testing.T) {
+	m := newMesh(t, bounds{})
+	c := m.h2Client(vipHTTP)
+	n := map[string]int{}
+	for range 10 {
+		_, body := get(t, c, "http://reviews/both")
+		n[body]++
+	}
+	if n["v1"] != 5 || n["v2"] != 5 {
+		t.Errorf("round robin over two endpoints gave %v, want 5 each", n)
+	}
+}
+
+// TestConsistentHash: a ring-hash cluster keeps a header's value on one
+// endpoint; without the header, the cookie policy generates a cookie.
+func TestConsistentHash(t *testing.T) {
+	m := newMesh(t, bounds{})
+	c := m.h1Client(vipHTTP)
+	for _, user := range []string{"jason", "ana", "kim"} {
+		pods := map[string]int{}
+		for range 10 {
+			_, body := get(t, c, "http://reviews/sticky", "End-User", user)
+			pods[body]++
+		}
+		if len(pods) != 1 {
+			t.Errorf("user %s went to %v, want one endpoint", user, pods)
+		}
+	}
+	res, _ := get(t, c, "http://reviews/sticky")
+	if ck := res.Header.Get("Set-Cookie"); !strings.HasPrefix(ck, "session=") {
+		t.Errorf("no generated session cookie: Set-Cookie %q", ck)
+	}
+}
