@@ -98,7 +98,16 @@
 // listeners, sends GOAWAY to HBONE and HTTP/2 peers, closes idle
 // HTTP/1.1 connections, and returns once requests in flight finished.
 //
-// Not implemented: retries (RetryPolicy is not acted on), per-route
-// fault configuration (the route table does not carry it yet), gRPC
-// timeouts (grpc-timeout) and mirroring of streamed bodies.
+// Retries follow the route's RetryPolicy: retry_on conditions (HTTP and
+// gRPC), num_retries, per-try timeout (504 UT when it ends the last
+// attempt), Envoy's jittered exponential back-off, a fresh endpoint per
+// attempt (avoiding those tried with previous_hosts), URX when they run
+// out. Only requests without a body or with a body of known length up to
+// 64 KiB (kept for replay) are retried.
+//
+// Not implemented: per-route fault configuration (the route table does
+// not carry it yet), the fault filter's max_active_faults, the retry
+// circuit breaker (max_retries), outlier detection feeding ejections,
+// gRPC timeouts (grpc-timeout), mirroring of streamed bodies, and
+// WebSocket over HTTP/2 (extended CONNECT).
 package proxy

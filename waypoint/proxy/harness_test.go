@@ -16,6 +16,7 @@ import (
 
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/cors/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/retry/host/previous_hosts/v3"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/websocket"
@@ -303,6 +304,12 @@ func (m *mesh) startHTTPApp(name string) string {
 		hd.Set("X-Seen-Request-Id", r.Header.Get("X-Request-Id"))
 		hd.Set("X-Seen-Traceparent", r.Header.Get("Traceparent"))
 		hd.Set("X-Seen-Added", r.Header.Get("X-Added"))
+		if strings.Contains(r.URL.Path, "/fail-on-"+name) || strings.Contains(r.URL.Path, "/fail-on-all") {
+			io.Copy(io.Discard, r.Body)
+			w.WriteHeader(http.StatusServiceUnavailable)
+			io.WriteString(w, "failed on "+name)
+			return
+		}
 		if strings.Contains(r.URL.Path, "/wait") {
 			m.waiting <- name
 			select {
@@ -443,6 +450,18 @@ virtual_hosts:
       hash_policy:
       - header: {header_name: end-user}
       - cookie: {name: session, ttl: 60s}
+  - name: retry
+    match: {prefix: /retry}
+    route:
+      cluster: "inbound-vip|80|http/both|reviews.default.svc.cluster.local"
+      retry_policy:
+        retry_on: 5xx
+        num_retries: 3
+        retry_back_off: {base_interval: 0.001s}
+        retry_host_predicate:
+        - name: envoy.retry_host_predicates.previous_hosts
+          typed_config: {"@type": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate}
+        host_selection_retry_max_attempts: 5
   - name: mirror
     match: {prefix: /mirror}
     route:

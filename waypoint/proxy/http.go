@@ -65,6 +65,7 @@ type exchange struct {
 	pool      *connPool
 	timeout   time.Duration
 	cors      *route.CORSPolicy
+	retry     *route.RetryPolicy
 	// upCtx is the upstream request's context; its cause tells a route
 	// timeout.
 	upCtx context.Context
@@ -265,13 +266,15 @@ func (x *exchange) forward(cors *route.CORSPolicy) {
 		return
 	}
 	host.Begin()
-	defer host.End()
+	// A retry may move the request to another host: end whichever holds
+	// it last.
+	defer func() { x.host.End() }()
 	x.host = host
 	ep := host.Endpoint
 	x.ep = ep
 	x.rec.UpstreamHost = ep.Addr
 	x.rec.Destination = telemetry.Peer{Principal: ep.Identity, Addr: ep.Addr, App: ep.Labels["app"], Version: ep.Labels["version"]}
-	key := poolKey{endpoint: ep.Addr, identity: ep.Identity, client: x.t.client.Addr(), h2: x.upstreamH2()}
+	key := poolKey{endpoint: ep.Addr, identity: ep.Identity, client: x.t.client.Addr(), h2: x.upstreamH2(x.cluster)}
 	cp, err := p.up.get(key, ep, x.cluster)
 	if err != nil {
 		x.localReply(http.StatusServiceUnavailable, bodyOverflow, flagOverflow)
@@ -280,6 +283,7 @@ func (x *exchange) forward(cors *route.CORSPolicy) {
 	x.pool = cp
 	if x.d.Route.Forward != nil {
 		x.timeout = x.d.Route.Forward.Timeout
+		x.retry = x.d.Route.Forward.Retry
 		x.mirror(x.d.Route.Forward.Mirrors)
 	}
 	ctx := context.WithValue(x.r.Context(), exchangeKey{}, x)
@@ -309,11 +313,11 @@ var errRouteTimeout = errors.New("route timeout")
 // cluster's protocol, the request's own for use_downstream_protocol_config.
 // An Upgrade (WebSocket) always goes as HTTP/1.1, the only version it
 // exists in here.
-func (x *exchange) upstreamH2() bool {
+func (x *exchange) upstreamH2(c *upstream.Cluster) bool {
 	if x.r.ProtoMajor == 1 && x.r.Header.Get("Upgrade") != "" {
 		return false
 	}
-	switch x.cluster.HTTP.Protocol {
+	switch c.HTTP.Protocol {
 	case upstream.HTTP2:
 		return true
 	case upstream.Downstream:
@@ -404,9 +408,14 @@ func (x *exchange) upstreamError(err error) {
 		x.w.code = 0
 	case x.timedOut():
 		x.localReply(http.StatusGatewayTimeout, bodyTimeout, flagTimeout)
+	case errors.Is(err, errNoHealthyRetry):
+		x.localReply(http.StatusServiceUnavailable, bodyNoHealthyUpstream, flagNoHealthy)
 	case errors.As(err, &ce):
 		x.p.log.Info("upstream connect failed", "dst.addr", x.ep.Addr.String(), "dst.identity", x.ep.Identity, "reason", ce.err.Error())
 		x.localReply(http.StatusServiceUnavailable, bodyConnectFailure, flagConnectFailure)
+	case errors.Is(err, context.DeadlineExceeded):
+		// A retry policy's per-try timeout ended the last attempt.
+		x.localReply(http.StatusGatewayTimeout, bodyTimeout, flagTimeout)
 	default:
 		x.p.log.Debug("upstream request failed", "dst.addr", x.ep.Addr.String(), "reason", err.Error())
 		x.localReply(http.StatusServiceUnavailable, bodyConnectTerminated, flagUpstreamReset)
@@ -417,7 +426,7 @@ type roundTripper struct{}
 
 func (roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 	x := r.Context().Value(exchangeKey{}).(*exchange)
-	return x.pool.roundTrip(r)
+	return x.roundTripRetrying(r)
 }
 
 // respWriter records the status and body bytes sent to the client.

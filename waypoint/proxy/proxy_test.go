@@ -466,3 +466,33 @@ func TestConsistentHash(t *testing.T) {
 		t.Errorf("no generated session cookie: Set-Cookie %q", ck)
 	}
 }
+
+// TestRetries: a 5xx is retried on another endpoint (previous_hosts);
+// when every attempt fails the last answer goes back with flag URX after
+// 1 + num_retries attempts.
+func TestRetries(t *testing.T) {
+	m := newMesh(t, bounds{})
+	c := m.h1Client(vipHTTP)
+	for range 6 {
+		res, body := get(t, c, "http://reviews/retry/fail-on-v1")
+		if res.StatusCode != 200 || body != "v2" {
+			t.Fatalf("got %d %q, want the retry's 200 from v2", res.StatusCode, body)
+		}
+		if rec := m.obs.next(t); rec.ResponseFlags != "-" || rec.UpstreamHost != netip.AddrPortFrom(podV2, 8080) {
+			t.Errorf("record flags %q host %v", rec.ResponseFlags, rec.UpstreamHost)
+		}
+	}
+	for len(m.requests) > 0 {
+		<-m.requests
+	}
+	res, _ := get(t, c, "http://reviews/retry/fail-on-all")
+	if res.StatusCode != 503 {
+		t.Errorf("all attempts failed: got %d, want the upstream's 503", res.StatusCode)
+	}
+	if rec := m.obs.next(t); rec.ResponseFlags != "URX" {
+		t.Errorf("flags %q, want URX", rec.ResponseFlags)
+	}
+	if n := len(m.requests); n != 4 {
+		t.Errorf("the apps saw %d attempts, want 4 (1 + num_retries 3)", n)
+	}
+}
