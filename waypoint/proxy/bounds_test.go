@@ -164,7 +164,20 @@ headers: [{name: x-fault, present_match: true}]
 	}
 	s := m.snapshot(t, "v1")
 	ch := *s.Chains[vipHTTP]
-	ch.HTTPFilters = []config.HTTPFilter{{Name: "envoy.filters.http.rbac", RBAC: set}, {Name: "envoy.filters.http.fault", Fault: f}}
+	dl := &faultv3.HTTPFault{}
+	unmarshalYAML(t, `
+delay: {fixed_delay: 0.05s, percentage: {numerator: 100}}
+headers: [{name: x-delay, present_match: true}]
+`, dl)
+	delay, err := config.CompileFault("fault", dl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch.HTTPFilters = []config.HTTPFilter{
+		{Name: "envoy.filters.http.rbac", RBAC: set},
+		{Name: "envoy.filters.http.fault", Fault: f},
+		{Name: "envoy.filters.http.fault", Fault: delay},
+	}
 	s.Chains[vipHTTP] = &ch
 	m.proxy.Update(s)
 	c := m.h1Client(vipHTTP)
@@ -184,6 +197,15 @@ headers: [{name: x-fault, present_match: true}]
 	}
 	if res, body = get(t, c, "http://reviews/app"); res.StatusCode != 200 || body != "v1" {
 		t.Errorf("plain request: %d %q", res.StatusCode, body)
+	}
+	if rec := m.obs.next(t); rec.ResponseFlags != "-" {
+		t.Errorf("plain request: flags %q", rec.ResponseFlags)
+	}
+	if res, body = get(t, c, "http://reviews/app", "X-Delay", "1"); res.StatusCode != 200 || body != "v1" {
+		t.Errorf("delayed request: %d %q", res.StatusCode, body)
+	}
+	if rec := m.obs.next(t); rec.ResponseFlags != "DI" || rec.Duration < 50*time.Millisecond {
+		t.Errorf("delayed request: flags %q after %v, want DI after at least 50ms", rec.ResponseFlags, rec.Duration)
 	}
 }
 
@@ -213,6 +235,20 @@ func TestCORS(t *testing.T) {
 	res, _ = get(t, c, "http://reviews/cors", "Origin", "https://evil.example")
 	if v := res.Header.Get("Access-Control-Allow-Origin"); v != "" {
 		t.Errorf("other origin got Access-Control-Allow-Origin %q", v)
+	}
+}
+
+func TestShadowHost(t *testing.T) {
+	for in, want := range map[string]string{
+		"reviews":               "reviews-shadow",
+		"reviews:80":            "reviews-shadow:80",
+		"10.0.0.1:8080":         "10.0.0.1-shadow:8080",
+		"[fd00::1]:80":          "[fd00::1]:80",
+		"a.b.svc.cluster.local": "a.b.svc.cluster.local-shadow",
+	} {
+		if got := shadowHost(in); got != want {
+			t.Errorf("shadowHost(%q) = %q, want %q", in, got, want)
+		}
 	}
 }
 

@@ -206,9 +206,6 @@ func New(opts Options) (*Proxy, error) {
 	if err != nil {
 		return nil, fmt.Errorf("waypoint proxy: %w", err)
 	}
-	if p.up, err = newUpstreams(p); err != nil {
-		return nil, fmt.Errorf("waypoint proxy: %w", err)
-	}
 	p.h1 = &http.Server{
 		Handler:           p,
 		ReadHeaderTimeout: p.bounds.ReadHeaderTimeout,
@@ -232,6 +229,10 @@ func New(opts Options) (*Proxy, error) {
 	// Registers the HTTP/2 server's graceful shutdown (GOAWAY to every
 	// connection) with the HTTP/1 server's Shutdown.
 	if err := http2.ConfigureServer(p.h1, p.h2); err != nil {
+		return nil, fmt.Errorf("waypoint proxy: %w", err)
+	}
+	// Last: the upstreams start a goroutine, which nothing may leak.
+	if p.up, err = newUpstreams(p); err != nil {
 		return nil, fmt.Errorf("waypoint proxy: %w", err)
 	}
 	p.h1conns = newConnListener()
