@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/zmesh/zmesh/waypoint/config"
@@ -103,7 +104,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	defer func() {
 		if body != nil {
-			x.rec.BytesReceived = body.n
+			x.rec.BytesReceived = body.n.Load()
 		}
 		x.finish()
 		if v := recover(); v != nil {
@@ -455,15 +456,16 @@ func (w *respWriter) Write(b []byte) (int, error) {
 // Unwrap lets http.ResponseController reach Flush and Hijack.
 func (w *respWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
-// countingBody counts the request body bytes read.
+// countingBody counts the request body bytes read. The HTTP/1 transport
+// may still be writing the body when the response is back, hence atomic.
 type countingBody struct {
 	io.ReadCloser
-	n int64
+	n atomic.Int64
 }
 
 func (b *countingBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
-	b.n += int64(n)
+	b.n.Add(int64(n))
 	return n, err
 }
 

@@ -496,3 +496,22 @@ func TestRetries(t *testing.T) {
 		t.Errorf("the apps saw %d attempts, want 4 (1 + num_retries 3)", n)
 	}
 }
+
+// TestRequestBody: a request body reaches the app and is counted.
+func TestRequestBody(t *testing.T) {
+	m := newMesh(t, bounds{})
+	for _, c := range []*http.Client{m.h1Client(vipHTTP), m.h2Client(vipHTTP)} {
+		res, err := c.Post("http://reviews/app", "text/plain", strings.NewReader("hello"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if string(b) != "hellov1" {
+			t.Errorf("body %q, want the app's echo \"hellov1\"", b)
+		}
+		if rec := m.obs.next(t); rec.BytesReceived != 5 || rec.BytesSent != 7 || rec.Method != "POST" {
+			t.Errorf("record %s: received %d sent %d", rec.Protocol, rec.BytesReceived, rec.BytesSent)
+		}
+	}
+}
