@@ -137,3 +137,20 @@ func FuzzParseForwarded(f *testing.F) {
 		}
 	})
 }
+
+// TestFormatForwarded: a source without a port is written as the bare
+// address (RFC 7239: a v6 address in quoted brackets), not as port 0.
+func TestFormatForwarded(t *testing.T) {
+	for _, tc := range []struct {
+		src, host, want string
+	}{
+		{"10.0.0.9:1234", "", `for="10.0.0.9:1234"`},
+		{"10.0.0.9:0", "", `for=10.0.0.9`},
+		{"[fd00::9]:0", "", `for="[fd00::9]"`},
+		{"[fd00::9]:5", "a.b", `for="[fd00::9]:5";host=a.b`},
+	} {
+		if got := formatForwarded(netip.MustParseAddrPort(tc.src), tc.host); got != tc.want {
+			t.Errorf("formatForwarded(%s, %q) = %s, want %s", tc.src, tc.host, got, tc.want)
+		}
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/zmesh/zmesh/waypoint/config"
@@ -51,16 +52,21 @@ type exchange struct {
 	st    *state
 	w     *respWriter
 	r     *http.Request
+	rreq  route.Request
 	rec   telemetry.Record
 	flags []string
 
 	// Set once routed to an endpoint.
 	d       route.Decision
 	cluster *upstream.Cluster
+	host    *upstream.Host
 	ep      upstream.Endpoint
-	pool    *connPool
-	timeout time.Duration
-	cors    *route.CORSPolicy
+	// setCookie is a generated hash-policy cookie the response carries.
+	setCookie string
+	pool      *connPool
+	timeout   time.Duration
+	cors      *route.CORSPolicy
+	retry     *route.RetryPolicy
 	// upCtx is the upstream request's context; its cause tells a route
 	// timeout.
 	upCtx context.Context
@@ -98,7 +104,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	defer func() {
 		if body != nil {
-			x.rec.BytesReceived = body.n
+			x.rec.BytesReceived = body.n.Load()
 		}
 		x.finish()
 		if v := recover(); v != nil {
@@ -139,6 +145,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	x.d = route.Decide(table, rreq)
+	x.rreq = rreq
 	if x.d.Route != nil {
 		x.rec.RouteName = x.d.Route.Name
 	}
@@ -250,15 +257,25 @@ func (x *exchange) forward(cors *route.CORSPolicy) {
 		s := x.cluster.Services[0]
 		x.rec.DestinationService, x.rec.DestinationServiceName, x.rec.DestinationServiceNamespace = s.Host, s.Name, s.Namespace
 	}
-	ep, ok := x.st.pick(x.d.Cluster, pickRequest{random: mrand.Uint64()})
+	pr := upstream.PickRequest{Random: mrand.Uint64()}
+	if f := x.d.Route.Forward; f != nil && len(f.HashPolicies) > 0 {
+		pr.Hash, pr.HasHash, x.setCookie = route.RequestHash(f.HashPolicies, &x.rreq, x.t.client.Addr())
+	}
+	host, ok := x.st.pick(x.d.Cluster, pr)
 	if !ok {
 		x.localReply(http.StatusServiceUnavailable, bodyNoHealthyUpstream, flagNoHealthy)
 		return
 	}
+	host.Begin()
+	// A retry may move the request to another host: end whichever holds
+	// it last.
+	defer func() { x.host.End() }()
+	x.host = host
+	ep := host.Endpoint
 	x.ep = ep
 	x.rec.UpstreamHost = ep.Addr
 	x.rec.Destination = telemetry.Peer{Principal: ep.Identity, Addr: ep.Addr, App: ep.Labels["app"], Version: ep.Labels["version"]}
-	key := poolKey{endpoint: ep.Addr, identity: ep.Identity, client: x.t.client.Addr(), h2: x.upstreamH2()}
+	key := poolKey{endpoint: ep.Addr, identity: ep.Identity, client: x.t.client.Addr(), h2: x.upstreamH2(x.cluster)}
 	cp, err := p.up.get(key, ep, x.cluster)
 	if err != nil {
 		x.localReply(http.StatusServiceUnavailable, bodyOverflow, flagOverflow)
@@ -267,6 +284,7 @@ func (x *exchange) forward(cors *route.CORSPolicy) {
 	x.pool = cp
 	if x.d.Route.Forward != nil {
 		x.timeout = x.d.Route.Forward.Timeout
+		x.retry = x.d.Route.Forward.Retry
 		x.mirror(x.d.Route.Forward.Mirrors)
 	}
 	ctx := context.WithValue(x.r.Context(), exchangeKey{}, x)
@@ -296,11 +314,11 @@ var errRouteTimeout = errors.New("route timeout")
 // cluster's protocol, the request's own for use_downstream_protocol_config.
 // An Upgrade (WebSocket) always goes as HTTP/1.1, the only version it
 // exists in here.
-func (x *exchange) upstreamH2() bool {
+func (x *exchange) upstreamH2(c *upstream.Cluster) bool {
 	if x.r.ProtoMajor == 1 && x.r.Header.Get("Upgrade") != "" {
 		return false
 	}
-	switch x.cluster.HTTP.Protocol {
+	switch c.HTTP.Protocol {
 	case upstream.HTTP2:
 		return true
 	case upstream.Downstream:
@@ -368,6 +386,9 @@ func newReverseProxy(p *Proxy) *httputil.ReverseProxy {
 			x := res.Request.Context().Value(exchangeKey{}).(*exchange)
 			x.d.ResponseHeaders.Apply(res.Header)
 			x.addCORSTo(res.Header, x.cors)
+			if x.setCookie != "" {
+				res.Header.Add("Set-Cookie", x.setCookie)
+			}
 			return nil
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
@@ -388,9 +409,14 @@ func (x *exchange) upstreamError(err error) {
 		x.w.code = 0
 	case x.timedOut():
 		x.localReply(http.StatusGatewayTimeout, bodyTimeout, flagTimeout)
+	case errors.Is(err, errNoHealthyRetry):
+		x.localReply(http.StatusServiceUnavailable, bodyNoHealthyUpstream, flagNoHealthy)
 	case errors.As(err, &ce):
 		x.p.log.Info("upstream connect failed", "dst.addr", x.ep.Addr.String(), "dst.identity", x.ep.Identity, "reason", ce.err.Error())
 		x.localReply(http.StatusServiceUnavailable, bodyConnectFailure, flagConnectFailure)
+	case errors.Is(err, context.DeadlineExceeded):
+		// A retry policy's per-try timeout ended the last attempt.
+		x.localReply(http.StatusGatewayTimeout, bodyTimeout, flagTimeout)
 	default:
 		x.p.log.Debug("upstream request failed", "dst.addr", x.ep.Addr.String(), "reason", err.Error())
 		x.localReply(http.StatusServiceUnavailable, bodyConnectTerminated, flagUpstreamReset)
@@ -401,7 +427,7 @@ type roundTripper struct{}
 
 func (roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 	x := r.Context().Value(exchangeKey{}).(*exchange)
-	return x.pool.roundTrip(r)
+	return x.roundTripRetrying(r)
 }
 
 // respWriter records the status and body bytes sent to the client.
@@ -430,15 +456,16 @@ func (w *respWriter) Write(b []byte) (int, error) {
 // Unwrap lets http.ResponseController reach Flush and Hijack.
 func (w *respWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
-// countingBody counts the request body bytes read.
+// countingBody counts the request body bytes read. The HTTP/1 transport
+// may still be writing the body when the response is back, hence atomic.
 type countingBody struct {
 	io.ReadCloser
-	n int64
+	n atomic.Int64
 }
 
 func (b *countingBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
-	b.n += int64(n)
+	b.n.Add(int64(n))
 	return n, err
 }
 
@@ -460,4 +487,3 @@ func newRequestID() string {
 	hex.Encode(b[24:], u[10:])
 	return string(b[:])
 }
-

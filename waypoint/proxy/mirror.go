@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/zmesh/zmesh/waypoint/route"
+	"github.com/zmesh/zmesh/waypoint/upstream"
 )
 
 // mirror sends copies of the request to the route's mirror clusters,
@@ -76,11 +77,14 @@ func (p *Proxy) sendMirror(x *exchange, cluster, method, path, host string, h ht
 	if c == nil {
 		return
 	}
-	ep, ok := x.st.pick(cluster, pickRequest{random: mrand.Uint64()})
+	uh, ok := x.st.pick(cluster, upstream.PickRequest{Random: mrand.Uint64()})
 	if !ok {
 		return
 	}
-	cp, err := p.up.get(poolKey{endpoint: ep.Addr, identity: ep.Identity, client: x.t.client.Addr(), h2: x.upstreamH2()}, ep, c)
+	uh.Begin()
+	defer uh.End()
+	ep := uh.Endpoint
+	cp, err := p.up.get(poolKey{endpoint: ep.Addr, identity: ep.Identity, client: x.t.client.Addr(), h2: x.upstreamH2(c)}, ep, c)
 	if err != nil {
 		return
 	}

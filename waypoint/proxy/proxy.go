@@ -144,7 +144,8 @@ type Proxy struct {
 	log    *slog.Logger
 	obs    telemetry.Observer
 
-	state atomic.Pointer[state]
+	state    atomic.Pointer[state]
+	updateMu sync.Mutex // serializes Update, which builds on the previous state
 
 	hb      *hbone.Server
 	h1      *http.Server
@@ -205,9 +206,6 @@ func New(opts Options) (*Proxy, error) {
 	if err != nil {
 		return nil, fmt.Errorf("waypoint proxy: %w", err)
 	}
-	if p.up, err = newUpstreams(p); err != nil {
-		return nil, fmt.Errorf("waypoint proxy: %w", err)
-	}
 	p.h1 = &http.Server{
 		Handler:           p,
 		ReadHeaderTimeout: p.bounds.ReadHeaderTimeout,
@@ -233,6 +231,10 @@ func New(opts Options) (*Proxy, error) {
 	if err := http2.ConfigureServer(p.h1, p.h2); err != nil {
 		return nil, fmt.Errorf("waypoint proxy: %w", err)
 	}
+	// Last: the upstreams start a goroutine, which nothing may leak.
+	if p.up, err = newUpstreams(p); err != nil {
+		return nil, fmt.Errorf("waypoint proxy: %w", err)
+	}
 	p.h1conns = newConnListener()
 	p.wg.Add(1)
 	go func() {
@@ -248,7 +250,9 @@ func (p *Proxy) Update(s *config.Snapshot) {
 	if s == nil {
 		return
 	}
-	p.state.Store(newState(s))
+	p.updateMu.Lock()
+	defer p.updateMu.Unlock()
+	p.state.Store(newState(p.state.Load(), s))
 }
 
 // Ready reports whether a snapshot was applied.

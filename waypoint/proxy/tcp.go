@@ -12,6 +12,7 @@ import (
 	"github.com/zmesh/zmesh/internal/hbone"
 	"github.com/zmesh/zmesh/waypoint/config"
 	"github.com/zmesh/zmesh/waypoint/telemetry"
+	"github.com/zmesh/zmesh/waypoint/upstream"
 )
 
 // serveTCP forwards a tunnel's bytes to an endpoint of the chain's TCP
@@ -45,11 +46,14 @@ func (p *Proxy) serveTCP(ctx context.Context, st *state, ch *config.Chain, t *tu
 	if len(c.Services) > 0 {
 		rec.DestinationService, rec.DestinationServiceName, rec.DestinationServiceNamespace = c.Services[0].Host, c.Services[0].Name, c.Services[0].Namespace
 	}
-	ep, ok := st.pick(ch.TCPCluster, pickRequest{random: mrand.Uint64()})
+	host, ok := st.pick(ch.TCPCluster, upstream.PickRequest{Random: mrand.Uint64()})
 	if !ok {
 		refuse(flagNoHealthy, bodyNoHealthyUpstream)
 		return
 	}
+	host.Begin()
+	defer host.End()
+	ep := host.Endpoint
 	rec.UpstreamHost = ep.Addr
 	rec.Destination = telemetry.Peer{Principal: ep.Identity, Addr: ep.Addr, App: ep.Labels["app"], Version: ep.Labels["version"]}
 	up, err := p.up.dial(ctx, ep, t.client.Addr(), c.ConnectTimeout)

@@ -50,9 +50,9 @@ type poolKey struct {
 type connPool struct {
 	key    poolKey
 	rt     http.RoundTripper
-	idle   func()        // closes the idle connections
-	active atomic.Int64  // requests whose response is not finished
-	used   atomic.Int64  // unix nanoseconds of the last request
+	idle   func()       // closes the idle connections
+	active atomic.Int64 // requests whose response is not finished
+	used   atomic.Int64 // unix nanoseconds of the last request
 }
 
 // errOverflow is a request refused because every pool slot is busy.
