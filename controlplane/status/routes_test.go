@@ -1,7 +1,9 @@
 package status
 
 import (
+	"bytes"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"testing"
@@ -140,5 +142,27 @@ func TestRouteStatuses(t *testing.T) {
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("statuses:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// With files (no API server) the statuses are logged, once per change.
+func TestReportRoutesLogsChanges(t *testing.T) {
+	var buf bytes.Buffer
+	r := &Reporter{Log: slog.New(slog.NewTextHandler(&buf, nil)), Mesh: model.DefaultMesh()}
+	snap := modeltest.Decode(t, []byte(routesInput))
+	r.ReportRoutes(t.Context(), snap, nil)
+	first := buf.String()
+	for _, want := range []string{
+		`msg="config accepted" object="VirtualService shop/cart"`,
+		`msg="config problem" object="HTTPRoute shop/cart" parent=lonely condition=Accepted reason=NoMatchingParent`,
+	} {
+		if !strings.Contains(first, want) {
+			t.Errorf("log lacks %q:\n%s", want, first)
+		}
+	}
+	buf.Reset()
+	r.ReportRoutes(t.Context(), snap, nil)
+	if buf.Len() != 0 {
+		t.Errorf("an unchanged report logged again:\n%s", buf.String())
 	}
 }
