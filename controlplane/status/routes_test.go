@@ -62,6 +62,22 @@ spec:
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
+metadata: {name: private, namespace: plain}
+spec:
+  hosts: [cart.shop.svc.cluster.local]
+  exportTo: ["."]
+  http: [{route: [{destination: {host: cart.shop.svc.cluster.local}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: shared, namespace: plain}
+spec:
+  hosts: [cart.shop.svc.cluster.local]
+  exportTo: [shop]
+  http: [{route: [{destination: {host: cart.shop.svc.cluster.local}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
 metadata: {name: edge, namespace: shop}
 spec:
   hosts: [shop.example.com]
@@ -132,8 +148,10 @@ func TestRouteStatuses(t *testing.T) {
 	}
 	got := summary(RouteStatuses(model.DefaultMesh(), snap, problems))
 	want := []string{
+		"VirtualService plain/private: WaypointAccepted=false WaypointNotFound: no host of [cart.shop.svc.cluster.local] is a Service bound to a waypoint (istio.io/use-waypoint) this object is exported to: not applied",
+		"VirtualService plain/shared: WaypointAccepted=true Accepted: applied by waypoint shop/waypoint",
 		"VirtualService shop/cart: WaypointAccepted=true Accepted: applied by waypoint shop/waypoint",
-		"VirtualService shop/lonely: WaypointAccepted=false WaypointNotFound: no host of [lonely.plain.svc.cluster.local] is a Service bound to a waypoint (istio.io/use-waypoint): not applied",
+		"VirtualService shop/lonely: WaypointAccepted=false WaypointNotFound: no host of [lonely.plain.svc.cluster.local] is a Service bound to a waypoint (istio.io/use-waypoint) this object is exported to: not applied",
 		"DestinationRule shop/cart: WaypointAccepted=false UnsupportedValue: spec.trafficPolicy.tls: not supported by the waypoint",
 		"HTTPRoute shop/cart: parent Service cart [istio.io/gateway-controller] Accepted=True Accepted: Route was valid; ResolvedRefs=True ResolvedRefs: All references resolved",
 		"HTTPRoute shop/cart: parent Service lonely [istio.io/gateway-controller] Accepted=False NoMatchingParent: Service plain/lonely is bound to no waypoint (no istio.io/use-waypoint label on it or its namespace); ResolvedRefs=True ResolvedRefs: All references resolved",
