@@ -92,7 +92,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		Path:      r.RequestURI,
 		Authority: r.Host,
 		UserAgent: r.UserAgent(),
-		Source:    telemetry.Peer{Principal: t.principal, Addr: t.client},
+		Source:    telemetry.Peer{Principal: t.principal, Namespace: t.namespace, Addr: t.client},
 	}
 	if r.ProtoMajor == 2 {
 		x.rec.Protocol = "HTTP/2"
@@ -274,7 +274,7 @@ func (x *exchange) forward(cors *route.CORSPolicy) {
 	ep := host.Endpoint
 	x.ep = ep
 	x.rec.UpstreamHost = ep.Addr
-	x.rec.Destination = telemetry.Peer{Principal: ep.Identity, Addr: ep.Addr, App: ep.Labels["app"], Version: ep.Labels["version"]}
+	x.rec.Destination = destinationPeer(ep)
 	key := poolKey{endpoint: ep.Addr, identity: ep.Identity, client: x.t.client.Addr(), h2: x.upstreamH2(x.cluster)}
 	cp, err := p.up.get(key, ep, x.cluster)
 	if err != nil {

@@ -56,6 +56,7 @@ func TestHTTP1KeepAlive(t *testing.T) {
 		if rec.ResponseCode != 200 || rec.ResponseFlags != "-" || rec.RouteName != "default" || rec.Protocol != "HTTP/1.1" ||
 			rec.UpstreamHost != netip.AddrPortFrom(podV1, 8080) || rec.Source.Principal != sleepID.String() ||
 			rec.Source.Addr.Addr() != clientIP || rec.Destination.Principal != v1ID.String() || rec.Destination.Version != "v1" ||
+			rec.Source.Namespace != "default" || rec.Destination.Namespace != "default" || rec.Destination.App != "reviews" ||
 			rec.UpstreamCluster != "inbound-vip|80|http|reviews.default.svc.cluster.local" || rec.BytesSent != 2 ||
 			rec.DestinationService != "reviews.default.svc.cluster.local" || rec.Method != "GET" || rec.Path != "/app/x?i=1" {
 			t.Errorf("record %d: %+v", i, rec)
