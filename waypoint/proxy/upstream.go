@@ -157,6 +157,9 @@ func (u *upstreams) newPool(k poolKey, ep upstream.Endpoint, c *upstream.Cluster
 	idle := c.HTTP.IdleTimeout
 	dial := func(ctx context.Context) (net.Conn, error) { return u.dial(ctx, ep, k.client, timeout) }
 	cp := &connPool{key: k}
+	// Fresh, not idle: the sweeper must not close it before its first
+	// request.
+	cp.used.Store(time.Now().UnixNano())
 	if k.h2 {
 		t := &http2.Transport{
 			AllowHTTP: true,
