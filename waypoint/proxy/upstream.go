@@ -122,7 +122,11 @@ func (u *upstreams) get(k poolKey, ep upstream.Endpoint, c *upstream.Cluster) (*
 	}
 	if e, ok := u.pools[k]; ok {
 		u.lru.MoveToFront(e)
-		return e.Value.(*connPool), nil
+		cp := e.Value.(*connPool)
+		// Marked used under the lock the sweeper holds, so a pool handed
+		// out is never swept before its request begins.
+		cp.used.Store(time.Now().UnixNano())
+		return cp, nil
 	}
 	if len(u.pools) >= u.p.bounds.MaxUpstreamPools {
 		// Make room by closing the least recently used idle pool; when
