@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -381,7 +382,9 @@ func newReverseProxy(p *Proxy) *httputil.ReverseProxy {
 		},
 		Transport:     roundTripper{},
 		FlushInterval: -1,
-		ErrorLog:      slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
+		// Without a pool the reverse proxy allocates 32 KiB per response.
+		BufferPool: copyBuffers{},
+		ErrorLog:   slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 		ModifyResponse: func(res *http.Response) error {
 			x := res.Request.Context().Value(exchangeKey{}).(*exchange)
 			x.d.ResponseHeaders.Apply(res.Header)
@@ -486,4 +489,18 @@ func newRequestID() string {
 	b[23] = '-'
 	hex.Encode(b[24:], u[10:])
 	return string(b[:])
+}
+
+// copyBuffers lends the reverse proxy its body copy buffers.
+type copyBuffers struct{}
+
+var copyBufferPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+func (copyBuffers) Get() []byte { return *copyBufferPool.Get().(*[]byte) }
+
+func (copyBuffers) Put(b []byte) {
+	if cap(b) == 32<<10 {
+		b = b[:cap(b)]
+		copyBufferPool.Put(&b)
+	}
 }
