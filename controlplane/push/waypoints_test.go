@@ -7,6 +7,9 @@ import (
 	"testing"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+
 	"github.com/zmesh/zmesh/controlplane/l7"
 	"github.com/zmesh/zmesh/controlplane/model"
 	"github.com/zmesh/zmesh/controlplane/model/modeltest"
@@ -112,4 +115,52 @@ func TestPipelineBuildsOneViewPerWaypoint(t *testing.T) {
 	if got := srv.ViewResources(xds.ViewKey{Namespace: "bank", Name: "vault-wp"}, xds.TypeCluster); len(got) != 0 {
 		t.Errorf("vault-wp still has clusters %v after vault left it", got)
 	}
+}
+
+// waypointMesh is bigMesh with a waypoint per namespace serving its
+// Services (enrolled: the pods carry the redirection annotation).
+func waypointMesh() *model.Snapshot {
+	s := bigMesh()
+	for i, ns := range s.Namespaces {
+		ns = ns.DeepCopy()
+		ns.Labels[model.LabelUseWaypoint] = "waypoint"
+		s.Namespaces[i] = ns
+		s.Gateways = append(s.Gateways, &gatewayv1.Gateway{
+			ObjectMeta: metav1.ObjectMeta{Name: "waypoint", Namespace: ns.Name},
+			Spec:       gatewayv1.GatewaySpec{GatewayClassName: model.WaypointClass},
+		})
+	}
+	s.Sort()
+	return s
+}
+
+// BenchmarkWaypointViews is one snapshot's waypoint work on bigMesh with a
+// waypoint per namespace: every Gateway built once and its view diffed
+// against the previous one (nothing changed: the cost every push pays).
+func BenchmarkWaypointViews(b *testing.B) {
+	snap := waypointMesh()
+	srv := xds.New(nil, nil)
+	if err := srv.ServeViews(xds.EnvoyTypes...); err != nil {
+		b.Fatal(err)
+	}
+	opts := l7.Options{Mesh: model.DefaultMesh()}
+	views, _ := BuildViews(opts, snap)
+	if _, _, err := srv.SetViews(views); err != nil {
+		b.Fatal(err)
+	}
+	resources := 0
+	for _, v := range views {
+		for _, m := range v {
+			resources += len(m)
+		}
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		views, _ := BuildViews(opts, snap)
+		if c, r, err := srv.SetViews(views); err != nil || c+r != 0 {
+			b.Fatalf("SetViews: %d changed, %d removed, %v", c, r, err)
+		}
+	}
+	b.ReportMetric(float64(len(views)), "waypoints")
+	b.ReportMetric(float64(resources), "resources")
 }

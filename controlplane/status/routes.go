@@ -71,11 +71,11 @@ func RouteStatuses(mesh model.Mesh, snap *model.Snapshot, problems []l7.Problem)
 			continue
 		}
 		ref := l7.ObjectRef{Kind: "VirtualService", Namespace: vs.Namespace, Name: vs.Name}
-		out = append(out, w.istio(ref, vs.Generation, vs.Spec.GetHosts()))
+		out = append(out, w.istio(ref, vs.Generation, vs.Spec.GetHosts(), vs.Spec.GetExportTo()))
 	}
 	for _, dr := range snap.DestinationRules {
 		ref := l7.ObjectRef{Kind: "DestinationRule", Namespace: dr.Namespace, Name: dr.Name}
-		out = append(out, w.istio(ref, dr.Generation, []string{dr.Spec.GetHost()}))
+		out = append(out, w.istio(ref, dr.Generation, []string{dr.Spec.GetHost()}, dr.Spec.GetExportTo()))
 	}
 	for _, r := range snap.HTTPRoutes {
 		ref := l7.ObjectRef{Kind: "HTTPRoute", Namespace: r.Namespace, Name: r.Name}
@@ -115,15 +115,22 @@ func messages(ps []l7.Problem) string {
 }
 
 // istio is the WaypointAccepted condition of a VirtualService or
-// DestinationRule whose hosts are hosts.
-func (w *waypoints) istio(ref l7.ObjectRef, gen int64, hosts []string) RouteStatus {
+// DestinationRule whose hosts are hosts, exported to exportTo.
+func (w *waypoints) istio(ref l7.ObjectRef, gen int64, hosts, exportTo []string) RouteStatus {
 	st := RouteStatus{Object: ref, Generation: gen}
 	var bound []string
 	for _, h := range hosts {
 		for _, svc := range w.servicesOf(h, ref.Namespace) {
-			if gw, _ := w.waypointOf(svc); gw != "" && !slices.Contains(bound, gw) {
-				bound = append(bound, gw)
+			gw, _ := w.waypointOf(svc)
+			if gw == "" || slices.Contains(bound, gw) {
+				continue
 			}
+			// A waypoint sees the object only if it is exported to the
+			// waypoint's namespace.
+			if gwNS, _, _ := strings.Cut(gw, "/"); !exported(exportTo, ref.Namespace, gwNS) {
+				continue
+			}
+			bound = append(bound, gw)
 		}
 	}
 	switch ps := w.problems[ref]; {
@@ -131,13 +138,28 @@ func (w *waypoints) istio(ref l7.ObjectRef, gen int64, hosts []string) RouteStat
 		st.Condition = &Condition{Type: WaypointAccepted, Status: false, Reason: ReasonUnsupportedValue, Message: messages(ps)}
 	case len(bound) == 0:
 		st.Condition = &Condition{Type: WaypointAccepted, Status: false, Reason: ReasonWaypointNotFound,
-			Message: fmt.Sprintf("no host of %v is a Service bound to a waypoint (istio.io/use-waypoint): not applied", hosts)}
+			Message: fmt.Sprintf("no host of %v is a Service bound to a waypoint (istio.io/use-waypoint) this object is exported to: not applied", hosts)}
 	default:
 		slices.Sort(bound)
 		st.Condition = &Condition{Type: WaypointAccepted, Status: true, Reason: ReasonAccepted,
 			Message: "applied by waypoint " + strings.Join(bound, ", ")}
 	}
 	return st
+}
+
+// exported says whether an object of namespace ns with exportTo is
+// visible in namespace to: everywhere by default and with "*", in its own
+// namespace with ".".
+func exported(exportTo []string, ns, to string) bool {
+	if len(exportTo) == 0 {
+		return true
+	}
+	for _, e := range exportTo {
+		if e == "*" || e == to || (e == "." && ns == to) {
+			return true
+		}
+	}
+	return false
 }
 
 // route is the parent status of an HTTPRoute or GRPCRoute.

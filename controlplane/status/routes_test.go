@@ -1,7 +1,9 @@
 package status
 
 import (
+	"bytes"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"testing"
@@ -57,6 +59,22 @@ metadata: {name: lonely, namespace: shop}
 spec:
   hosts: [lonely.plain.svc.cluster.local]
   http: [{route: [{destination: {host: lonely.plain.svc.cluster.local}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: private, namespace: plain}
+spec:
+  hosts: [cart.shop.svc.cluster.local]
+  exportTo: ["."]
+  http: [{route: [{destination: {host: cart.shop.svc.cluster.local}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: shared, namespace: plain}
+spec:
+  hosts: [cart.shop.svc.cluster.local]
+  exportTo: [shop]
+  http: [{route: [{destination: {host: cart.shop.svc.cluster.local}}]}]
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -130,8 +148,10 @@ func TestRouteStatuses(t *testing.T) {
 	}
 	got := summary(RouteStatuses(model.DefaultMesh(), snap, problems))
 	want := []string{
+		"VirtualService plain/private: WaypointAccepted=false WaypointNotFound: no host of [cart.shop.svc.cluster.local] is a Service bound to a waypoint (istio.io/use-waypoint) this object is exported to: not applied",
+		"VirtualService plain/shared: WaypointAccepted=true Accepted: applied by waypoint shop/waypoint",
 		"VirtualService shop/cart: WaypointAccepted=true Accepted: applied by waypoint shop/waypoint",
-		"VirtualService shop/lonely: WaypointAccepted=false WaypointNotFound: no host of [lonely.plain.svc.cluster.local] is a Service bound to a waypoint (istio.io/use-waypoint): not applied",
+		"VirtualService shop/lonely: WaypointAccepted=false WaypointNotFound: no host of [lonely.plain.svc.cluster.local] is a Service bound to a waypoint (istio.io/use-waypoint) this object is exported to: not applied",
 		"DestinationRule shop/cart: WaypointAccepted=false UnsupportedValue: spec.trafficPolicy.tls: not supported by the waypoint",
 		"HTTPRoute shop/cart: parent Service cart [istio.io/gateway-controller] Accepted=True Accepted: Route was valid; ResolvedRefs=True ResolvedRefs: All references resolved",
 		"HTTPRoute shop/cart: parent Service lonely [istio.io/gateway-controller] Accepted=False NoMatchingParent: Service plain/lonely is bound to no waypoint (no istio.io/use-waypoint label on it or its namespace); ResolvedRefs=True ResolvedRefs: All references resolved",
@@ -140,5 +160,27 @@ func TestRouteStatuses(t *testing.T) {
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("statuses:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// With files (no API server) the statuses are logged, once per change.
+func TestReportRoutesLogsChanges(t *testing.T) {
+	var buf bytes.Buffer
+	r := &Reporter{Log: slog.New(slog.NewTextHandler(&buf, nil)), Mesh: model.DefaultMesh()}
+	snap := modeltest.Decode(t, []byte(routesInput))
+	r.ReportRoutes(t.Context(), snap, nil)
+	first := buf.String()
+	for _, want := range []string{
+		`msg="config accepted" object="VirtualService shop/cart"`,
+		`msg="config problem" object="HTTPRoute shop/cart" parent=lonely condition=Accepted reason=NoMatchingParent`,
+	} {
+		if !strings.Contains(first, want) {
+			t.Errorf("log lacks %q:\n%s", want, first)
+		}
+	}
+	buf.Reset()
+	r.ReportRoutes(t.Context(), snap, nil)
+	if buf.Len() != 0 {
+		t.Errorf("an unchanged report logged again:\n%s", buf.String())
 	}
 }

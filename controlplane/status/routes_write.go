@@ -32,12 +32,27 @@ func (r *Reporter) ReportRoutes(ctx context.Context, snap *model.Snapshot, probl
 	if r.routeLogged == nil {
 		r.routeLogged, r.routeWritten = map[string]bool{}, map[l7.ObjectRef]string{}
 	}
+	// Log what changed: the status of the L7 objects (the only report
+	// with files), and problems of objects that have no status of ours
+	// (Services, Gateways).
 	logged := map[string]bool{}
 	for _, p := range problems {
-		key := p.String()
+		switch p.Object.Kind {
+		case "VirtualService", "DestinationRule", "HTTPRoute", "GRPCRoute":
+			continue
+		}
+		key := "problem " + p.String()
 		logged[key] = true
 		if !r.routeLogged[key] {
 			log.Warn("waypoint config problem", "object", p.Object.String(), "field", p.Field, "reason", p.Message)
+		}
+	}
+	for _, st := range statuses {
+		b, _ := json.Marshal(st)
+		key := string(b)
+		logged[key] = true
+		if !r.routeLogged[key] {
+			logRouteStatus(log, st)
 		}
 	}
 	r.routeLogged = logged
@@ -65,6 +80,24 @@ func (r *Reporter) ReportRoutes(ctx context.Context, snap *model.Snapshot, probl
 		r.routeWritten[st.Object] = key
 	}
 	maps.DeleteFunc(r.routeWritten, func(ref l7.ObjectRef, _ string) bool { return !seen[ref] })
+}
+
+func logRouteStatus(log *slog.Logger, st RouteStatus) {
+	if c := st.Condition; c != nil {
+		if c.Status {
+			log.Info("config accepted", "object", st.Object.String(), "condition", c.Type, "message", c.Message)
+		} else {
+			log.Warn("config problem", "object", st.Object.String(), "condition", c.Type, "reason", c.Reason, "message", c.Message)
+		}
+	}
+	for _, p := range st.Parents {
+		for _, c := range p.Conditions {
+			if c.Status == metav1.ConditionTrue {
+				continue
+			}
+			log.Warn("config problem", "object", st.Object.String(), "parent", string(p.ParentRef.Name), "condition", c.Type, "reason", c.Reason, "message", c.Message)
+		}
+	}
 }
 
 func (r *Reporter) writeRoute(ctx context.Context, st RouteStatus) error {

@@ -332,7 +332,8 @@ type ProxyStatus struct {
 
 	Peer      string `json:"peer,omitempty"`
 	Principal string `json:"principal,omitempty"`
-	// Waypoint is the Gateway whose view the principal selects.
+	// Waypoint is the Gateway whose view the principal selects, if there
+	// is one.
 	Waypoint string       `json:"waypoint,omitempty"`
 	Since    time.Time    `json:"connectedSince"`
 	Types    []TypeStatus `json:"types"`
@@ -362,7 +363,7 @@ func (s *Server) Syncz() []ProxyStatus {
 	out := make([]ProxyStatus, 0, len(s.streams))
 	for _, st := range s.streams {
 		ps := ProxyStatus{Peer: st.peer, Principal: st.principal, Since: st.since}
-		if st.hasView {
+		if vs := s.views[st.view]; st.hasView && vs != nil && vs.live {
 			ps.Waypoint = st.view.String()
 		}
 		if n := st.node; n != nil {

@@ -1,6 +1,7 @@
 package xds
 
 import (
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -270,5 +271,21 @@ func TestViewSubscriptionNamesAreBounded(t *testing.T) {
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatalf("the server accepted %d names on one subscription", len(many))
+	}
+}
+
+// syncz names a proxy's waypoint only when its identity has one.
+func TestSynczNamesTheWaypoint(t *testing.T) {
+	s, cc := viewServer(t)
+	s.SetViews(twoViews())
+	subscribeAs(t, cc, "tok-c", "c", &discoveryv3.DeltaDiscoveryRequest{TypeUrl: TypeCluster}).recv()
+	subscribeAs(t, cc, "tok-b", "b", &discoveryv3.DeltaDiscoveryRequest{TypeUrl: TypeCluster}).recv()
+	got := map[string]string{}
+	for _, p := range s.Syncz() {
+		got[p.Principal] = p.Waypoint
+	}
+	want := map[string]string{"spiffe://cluster.local/ns/ns-c/sa/app": "", "spiffe://cluster.local/ns/ns-b/sa/wp-b": "ns-b/wp-b"}
+	if !maps.Equal(got, want) {
+		t.Errorf("syncz waypoints %v, want %v", got, want)
 	}
 }

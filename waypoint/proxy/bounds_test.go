@@ -271,3 +271,27 @@ func BenchmarkHTTP1Request(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkHTTP1Direct is the baseline of BenchmarkHTTP1Request: the same
+// client and app over plain loopback TCP, without the waypoint, its two
+// HBONE hops and the fake ztunnel; the difference is the waypoint's cost.
+func BenchmarkHTTP1Direct(b *testing.B) {
+	m := newMesh(b, bounds{})
+	app := m.pods[podV1].apps[8080]
+	tr := &http.Transport{DisableCompression: true}
+	b.Cleanup(tr.CloseIdleConnections)
+	c := &http.Client{Transport: tr}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		res, err := c.Get("http://" + app + "/app")
+		if err != nil {
+			b.Fatal(err)
+		}
+		io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		if res.StatusCode != 200 {
+			b.Fatal(res.Status)
+		}
+	}
+}

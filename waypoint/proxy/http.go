@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -92,7 +93,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		Path:      r.RequestURI,
 		Authority: r.Host,
 		UserAgent: r.UserAgent(),
-		Source:    telemetry.Peer{Principal: t.principal, Addr: t.client},
+		Source:    telemetry.Peer{Principal: t.principal, Namespace: t.namespace, Addr: t.client},
 	}
 	if r.ProtoMajor == 2 {
 		x.rec.Protocol = "HTTP/2"
@@ -274,7 +275,7 @@ func (x *exchange) forward(cors *route.CORSPolicy) {
 	ep := host.Endpoint
 	x.ep = ep
 	x.rec.UpstreamHost = ep.Addr
-	x.rec.Destination = telemetry.Peer{Principal: ep.Identity, Addr: ep.Addr, App: ep.Labels["app"], Version: ep.Labels["version"]}
+	x.rec.Destination = destinationPeer(ep)
 	key := poolKey{endpoint: ep.Addr, identity: ep.Identity, client: x.t.client.Addr(), h2: x.upstreamH2(x.cluster)}
 	cp, err := p.up.get(key, ep, x.cluster)
 	if err != nil {
@@ -381,7 +382,9 @@ func newReverseProxy(p *Proxy) *httputil.ReverseProxy {
 		},
 		Transport:     roundTripper{},
 		FlushInterval: -1,
-		ErrorLog:      slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
+		// Without a pool the reverse proxy allocates 32 KiB per response.
+		BufferPool: copyBuffers{},
+		ErrorLog:   slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 		ModifyResponse: func(res *http.Response) error {
 			x := res.Request.Context().Value(exchangeKey{}).(*exchange)
 			x.d.ResponseHeaders.Apply(res.Header)
@@ -486,4 +489,18 @@ func newRequestID() string {
 	b[23] = '-'
 	hex.Encode(b[24:], u[10:])
 	return string(b[:])
+}
+
+// copyBuffers lends the reverse proxy its body copy buffers.
+type copyBuffers struct{}
+
+var copyBufferPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+func (copyBuffers) Get() []byte { return *copyBufferPool.Get().(*[]byte) }
+
+func (copyBuffers) Put(b []byte) {
+	if cap(b) == 32<<10 {
+		b = b[:cap(b)]
+		copyBufferPool.Put(&b)
+	}
 }

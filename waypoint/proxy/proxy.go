@@ -161,6 +161,7 @@ type Proxy struct {
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
 	draining  bool
+	closeOnce sync.Once
 	wg        sync.WaitGroup // Serve loops and the HTTP/1 server
 }
 
@@ -323,8 +324,15 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	go func() { defer wg.Done(); hberr = p.hb.Shutdown(ctx) }()
 	wg.Wait()
 	p.cancel()
-	p.h1conns.Close()
-	p.up.close()
+	p.closeOnce.Do(func() {
+		// Taking every mirror slot waits for the mirrors in flight
+		// (cancelled above) and drops any a late request would start.
+		for range cap(p.mirrors) {
+			p.mirrors <- struct{}{}
+		}
+		p.h1conns.Close()
+		p.up.close()
+	})
 	p.wg.Wait()
 	return errors.Join(h1err, hberr)
 }

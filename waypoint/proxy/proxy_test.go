@@ -56,6 +56,7 @@ func TestHTTP1KeepAlive(t *testing.T) {
 		if rec.ResponseCode != 200 || rec.ResponseFlags != "-" || rec.RouteName != "default" || rec.Protocol != "HTTP/1.1" ||
 			rec.UpstreamHost != netip.AddrPortFrom(podV1, 8080) || rec.Source.Principal != sleepID.String() ||
 			rec.Source.Addr.Addr() != clientIP || rec.Destination.Principal != v1ID.String() || rec.Destination.Version != "v1" ||
+			rec.Source.Namespace != "default" || rec.Destination.Namespace != "default" || rec.Destination.App != "reviews" ||
 			rec.UpstreamCluster != "inbound-vip|80|http|reviews.default.svc.cluster.local" || rec.BytesSent != 2 ||
 			rec.DestinationService != "reviews.default.svc.cluster.local" || rec.Method != "GET" || rec.Path != "/app/x?i=1" {
 			t.Errorf("record %d: %+v", i, rec)
@@ -84,13 +85,25 @@ func TestRequestID(t *testing.T) {
 	if rec := m.obs.next(t); rec.RequestID != id {
 		t.Errorf("record's request id %q, app saw %q", rec.RequestID, id)
 	}
-	const tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-	res, _ = get(t, c, "http://reviews/app", "X-Request-Id", "mine", "Traceparent", tp)
+	trace := []string{
+		"Traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+		"Tracestate", "congo=t61rcWkgMzE",
+		"B3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1",
+		"X-B3-Traceid", "80f198ee56343ba864fe8b2a57d3eff7",
+		"Baggage", "userId=alice,serverNode=DF%2028",
+	}
+	for len(m.requests) > 0 {
+		<-m.requests
+	}
+	res, _ = get(t, c, "http://reviews/app", append([]string{"X-Request-Id", "mine"}, trace...)...)
 	if got := res.Header.Get("X-Seen-Request-Id"); got != "mine" {
 		t.Errorf("x-request-id %q, want the client's", got)
 	}
-	if got := res.Header.Get("X-Seen-Traceparent"); got != tp {
-		t.Errorf("traceparent %q, want %q", got, tp)
+	seen := <-m.requests
+	for i := 0; i < len(trace); i += 2 {
+		if got := seen.header.Get(trace[i]); got != trace[i+1] {
+			t.Errorf("%s: app saw %q, want %q", trace[i], got, trace[i+1])
+		}
 	}
 }
 

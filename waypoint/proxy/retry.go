@@ -205,7 +205,6 @@ func (x *exchange) repick(tried []netip.AddrPort) bool {
 	h.Begin()
 	x.host, x.ep, x.pool = h, h.Endpoint, cp
 	x.rec.UpstreamHost = h.Endpoint.Addr
-	x.rec.Destination.Principal, x.rec.Destination.Addr = h.Endpoint.Identity, h.Endpoint.Addr
-	x.rec.Destination.App, x.rec.Destination.Version = h.Endpoint.Labels["app"], h.Endpoint.Labels["version"]
+	x.rec.Destination = destinationPeer(h.Endpoint)
 	return true
 }

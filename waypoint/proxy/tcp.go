@@ -26,7 +26,7 @@ func (p *Proxy) serveTCP(ctx context.Context, st *state, ch *config.Chain, t *tu
 		Protocol:        "TCP",
 		UpstreamCluster: ch.TCPCluster,
 		ResponseFlags:   "-",
-		Source:          telemetry.Peer{Principal: t.principal, Addr: t.client},
+		Source:          telemetry.Peer{Principal: t.principal, Namespace: t.namespace, Addr: t.client},
 	}
 	defer func() {
 		rec.Duration = time.Since(rec.Start)
@@ -55,7 +55,7 @@ func (p *Proxy) serveTCP(ctx context.Context, st *state, ch *config.Chain, t *tu
 	defer host.End()
 	ep := host.Endpoint
 	rec.UpstreamHost = ep.Addr
-	rec.Destination = telemetry.Peer{Principal: ep.Identity, Addr: ep.Addr, App: ep.Labels["app"], Version: ep.Labels["version"]}
+	rec.Destination = destinationPeer(ep)
 	up, err := p.up.dial(ctx, ep, t.client.Addr(), c.ConnectTimeout)
 	if err != nil {
 		p.log.Info("upstream connect failed", "dst.addr", ep.Addr.String(), "dst.identity", ep.Identity, "reason", err.Error())

@@ -13,16 +13,20 @@ import (
 
 	"golang.org/x/net/http2"
 
+	"github.com/zmesh/zmesh/identity"
 	"github.com/zmesh/zmesh/internal/hbone"
 	"github.com/zmesh/zmesh/waypoint/config"
+	"github.com/zmesh/zmesh/waypoint/telemetry"
+	"github.com/zmesh/zmesh/waypoint/upstream"
 )
 
 // tunnel is one accepted HBONE stream: who sent it and where it goes.
 type tunnel struct {
 	// dst is the CONNECT's :authority, the key into Snapshot.Chains.
 	dst netip.AddrPort
-	// principal is the peer's SPIFFE ID, proven by its certificate.
-	principal string
+	// principal is the peer's SPIFFE ID, proven by its certificate, and
+	// namespace the namespace it names.
+	principal, namespace string
 	// client is the original client's address. The client's ztunnel
 	// dials the waypoint from the client pod's network namespace, so the
 	// tunnel's TCP peer is the client; a Forwarded header the peer sends
@@ -49,6 +53,9 @@ func tunnelFrom(ctx context.Context) *tunnel {
 // answers the CONNECT and serves the tunnel's bytes as the chain says.
 func (p *Proxy) serveTunnel(ctx context.Context, req *hbone.Request, s *hbone.Stream) {
 	t := &tunnel{dst: req.Target, principal: req.Peer.String(), start: time.Now()}
+	if w, err := identity.WorkloadOf(req.Peer); err == nil {
+		t.namespace = w.Namespace
+	}
 	if req.RemoteAddr != nil {
 		t.peerAddr = req.RemoteAddr.String()
 		if ta, ok := req.RemoteAddr.(*net.TCPAddr); ok {
@@ -306,4 +313,13 @@ func isTokenChar(c byte) bool {
 		return true
 	}
 	return false
+}
+
+// destinationPeer is an endpoint as telemetry labels it.
+func destinationPeer(ep upstream.Endpoint) telemetry.Peer {
+	pr := telemetry.Peer{Principal: ep.Identity, Addr: ep.Addr, App: ep.Labels["app"], Version: ep.Labels["version"]}
+	if w, err := identity.ParseWorkload(ep.Identity); err == nil {
+		pr.Namespace = w.Namespace
+	}
+	return pr
 }

@@ -122,7 +122,11 @@ func (u *upstreams) get(k poolKey, ep upstream.Endpoint, c *upstream.Cluster) (*
 	}
 	if e, ok := u.pools[k]; ok {
 		u.lru.MoveToFront(e)
-		return e.Value.(*connPool), nil
+		cp := e.Value.(*connPool)
+		// Marked used under the lock the sweeper holds, so a pool handed
+		// out is never swept before its request begins.
+		cp.used.Store(time.Now().UnixNano())
+		return cp, nil
 	}
 	if len(u.pools) >= u.p.bounds.MaxUpstreamPools {
 		// Make room by closing the least recently used idle pool; when
@@ -157,6 +161,9 @@ func (u *upstreams) newPool(k poolKey, ep upstream.Endpoint, c *upstream.Cluster
 	idle := c.HTTP.IdleTimeout
 	dial := func(ctx context.Context) (net.Conn, error) { return u.dial(ctx, ep, k.client, timeout) }
 	cp := &connPool{key: k}
+	// Fresh, not idle: the sweeper must not close it before its first
+	// request.
+	cp.used.Store(time.Now().UnixNano())
 	if k.h2 {
 		t := &http2.Transport{
 			AllowHTTP: true,
