@@ -61,6 +61,13 @@ type Condition struct {
 func RouteStatuses(mesh model.Mesh, snap *model.Snapshot, problems []l7.Problem) []RouteStatus {
 	w := &waypoints{mesh: mesh, snap: snap, problems: map[l7.ObjectRef][]l7.Problem{}}
 	for _, p := range problems {
+		switch p.Reason {
+		case l7.ReasonAccepted, l7.ReasonConflicted, l7.ReasonNoWaypoint:
+			// In force (a Conflicted route wins over the objects it
+			// overrides, which are told so), or bound to nothing, which
+			// the status finds from the bindings itself.
+			continue
+		}
 		if !slices.Contains(w.problems[p.Object], p) {
 			w.problems[p.Object] = append(w.problems[p.Object], p)
 		}
@@ -94,11 +101,17 @@ type waypoints struct {
 	problems map[l7.ObjectRef][]l7.Problem
 }
 
-// classify tells which condition a problem fails: ResolvedRefs for a
-// reference to a backend that cannot be resolved, Accepted otherwise.
+// classify tells which condition a problem fails and why: ResolvedRefs
+// for a reference to a backend that cannot be resolved, Accepted
+// otherwise.
 func classify(p l7.Problem) (condType, reason string) {
-	if strings.Contains(p.Field, "backendRefs") {
+	switch p.Reason {
+	case l7.ReasonBackendNotFound:
 		return string(gatewayv1.RouteConditionResolvedRefs), string(gatewayv1.RouteReasonBackendNotFound)
+	case l7.ReasonNotAllowed:
+		return string(gatewayv1.RouteConditionAccepted), string(gatewayv1.RouteReasonNotAllowedByListeners)
+	case l7.ReasonOverridden, l7.ReasonNotExported:
+		return string(gatewayv1.RouteConditionAccepted), string(p.Reason)
 	}
 	return string(gatewayv1.RouteConditionAccepted), string(gatewayv1.RouteReasonUnsupportedValue)
 }
@@ -135,7 +148,8 @@ func (w *waypoints) istio(ref l7.ObjectRef, gen int64, hosts, exportTo []string)
 	}
 	switch ps := w.problems[ref]; {
 	case len(ps) > 0:
-		st.Condition = &Condition{Type: WaypointAccepted, Status: false, Reason: ReasonUnsupportedValue, Message: messages(ps)}
+		_, reason := classify(ps[0])
+		st.Condition = &Condition{Type: WaypointAccepted, Status: false, Reason: reason, Message: messages(ps)}
 	case len(bound) == 0:
 		st.Condition = &Condition{Type: WaypointAccepted, Status: false, Reason: ReasonWaypointNotFound,
 			Message: fmt.Sprintf("no host of %v is a Service bound to a waypoint (istio.io/use-waypoint) this object is exported to: not applied", hosts)}
@@ -210,7 +224,8 @@ func (w *waypoints) route(ref l7.ObjectRef, gen int64, parents []gatewayv1.Paren
 		case unbound != "":
 			cond(gatewayv1.RouteConditionAccepted, false, gatewayv1.RouteReasonNoMatchingParent, unbound)
 		case len(accepted) > 0:
-			cond(gatewayv1.RouteConditionAccepted, false, gatewayv1.RouteReasonUnsupportedValue, messages(accepted))
+			_, reason := classify(accepted[0])
+			cond(gatewayv1.RouteConditionAccepted, false, gatewayv1.RouteConditionReason(reason), messages(accepted))
 		default:
 			cond(gatewayv1.RouteConditionAccepted, true, gatewayv1.RouteReasonAccepted, "Route was valid")
 		}

@@ -143,8 +143,11 @@ func summary(sts []RouteStatus) []string {
 func TestRouteStatuses(t *testing.T) {
 	snap := modeltest.Decode(t, []byte(routesInput))
 	problems := []l7.Problem{
-		{Object: l7.ObjectRef{Kind: "DestinationRule", Namespace: "shop", Name: "cart"}, Field: "spec.trafficPolicy.tls", Message: "not supported by the waypoint"},
-		{Object: l7.ObjectRef{Kind: "HTTPRoute", Namespace: "shop", Name: "to-waypoint"}, Field: "spec.rules[0].backendRefs[0]", Message: "Service shop/missing not found"},
+		{Object: l7.ObjectRef{Kind: "DestinationRule", Namespace: "shop", Name: "cart"}, Field: "spec.trafficPolicy.tls", Message: "not supported by the waypoint", Reason: l7.ReasonUnsupportedValue},
+		{Object: l7.ObjectRef{Kind: "HTTPRoute", Namespace: "shop", Name: "to-waypoint"}, Field: "spec.rules[0].backendRefs[0]", Message: "Service shop/missing not found", Reason: l7.ReasonBackendNotFound},
+		// In force: informational, never a failed condition.
+		{Object: l7.ObjectRef{Kind: "VirtualService", Namespace: "shop", Name: "cart"}, Reason: l7.ReasonAccepted},
+		{Object: l7.ObjectRef{Kind: "HTTPRoute", Namespace: "shop", Name: "cart"}, Field: "spec", Message: "overrides VirtualService shop/other", Reason: l7.ReasonConflicted},
 	}
 	got := summary(RouteStatuses(model.DefaultMesh(), snap, problems))
 	want := []string{
