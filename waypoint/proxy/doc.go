@@ -23,7 +23,11 @@
 //     request line or the HTTP/2 preface is HTTP, anything else (also
 //     silence: a server-first protocol) is TCP.
 //
-// Each HTTP request then runs, in order: x-request-id (a UUIDv4 when
+// Each HTTP request then runs, in order: an upgrade check (only
+// WebSocket: an h2c upgrade would turn the connection into a raw tunnel
+// whose later requests are never routed or authorized, so any other
+// upgrade is refused with 403, as Envoy refuses an unconfigured one),
+// x-request-id (a UUIDv4 when
 // absent, kept when present; trace headers pass untouched), the chain's
 // filters (RBAC: 403 "RBAC: access denied", flag RBAC; fault: delay DI,
 // abort "fault filter abort" FI), route.Decide (no route: 404, flag NR),

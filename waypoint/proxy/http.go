@@ -17,6 +17,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/net/http/httpguts"
+
 	"github.com/zmesh/zmesh/waypoint/config"
 	"github.com/zmesh/zmesh/waypoint/filter/fault"
 	"github.com/zmesh/zmesh/waypoint/filter/rbac"
@@ -117,6 +119,16 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		r.Header.Set("X-Request-Id", newRequestID())
 	}
 	x.rec.RequestID = r.Header.Get("X-Request-Id")
+
+	if up := upgrade(r.Header); up != "" && !strings.EqualFold(up, "websocket") {
+		// Only WebSocket upgrades pass (Istio's upgrade_configs). An h2c
+		// upgrade in particular would turn the connection into a raw
+		// tunnel to the app, its later requests never routed or
+		// authorized here; Envoy refuses an upgrade it is not
+		// configured for with 403 as well.
+		x.localReply(http.StatusForbidden, "", "")
+		return
+	}
 
 	x.st = p.state.Load()
 	ch := x.st.snap.Chains[t.dst]
@@ -503,4 +515,13 @@ func (copyBuffers) Put(b []byte) {
 		b = b[:cap(b)]
 		copyBufferPool.Put(&b)
 	}
+}
+
+// upgrade returns the protocol an HTTP/1.1 request asks to upgrade to,
+// "" when it asks for none.
+func upgrade(h http.Header) string {
+	if !httpguts.HeaderValuesContainsToken(h["Connection"], "Upgrade") {
+		return ""
+	}
+	return h.Get("Upgrade")
 }

@@ -528,3 +528,20 @@ func TestRequestBody(t *testing.T) {
 		}
 	}
 }
+
+// TestH2CUpgradeRefused: an upgrade other than WebSocket (h2c, which would
+// make the connection a raw tunnel to the app) is refused with 403 and
+// never reaches the app.
+func TestH2CUpgradeRefused(t *testing.T) {
+	m := newMesh(t, bounds{})
+	for len(m.requests) > 0 {
+		<-m.requests
+	}
+	res, _ := get(t, m.h1Client(vipHTTP), "http://reviews/app", "Connection", "Upgrade, HTTP2-Settings", "Upgrade", "h2c", "HTTP2-Settings", "AAMAAABkAARAAAAAAAIAAAAA")
+	if res.StatusCode != 403 {
+		t.Errorf("h2c upgrade: %d, want 403", res.StatusCode)
+	}
+	if n := len(m.requests); n != 0 {
+		t.Errorf("the app saw %d requests", n)
+	}
+}
