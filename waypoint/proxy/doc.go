@@ -27,6 +27,9 @@
 // WebSocket: an h2c upgrade would turn the connection into a raw tunnel
 // whose later requests are never routed or authorized, so any other
 // upgrade is refused with 403, as Envoy refuses an unconfigured one),
+// path normalization (Istio's default, Envoy's normalize_path: encoded
+// unreserved characters decoded, dot segments removed, so that RBAC and
+// routes see the path the app will resolve; slashes not merged, %2F kept),
 // x-request-id (a UUIDv4 when
 // absent, kept when present; trace headers pass untouched), the chain's
 // filters (RBAC: 403 "RBAC: access denied", flag RBAC; fault: delay DI,

@@ -139,15 +139,17 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		x.localReply(http.StatusNotFound, "", flagNoRoute)
 		return
 	}
+	target := r.RequestURI
+	if target == "" || (target[0] != '/' && target != "*") {
+		// An absolute-form target ("GET http://host/path"): its path.
+		target = r.URL.RequestURI()
+	}
 	rreq := route.Request{
 		Authority: r.Host,
 		Method:    r.Method,
-		Path:      r.RequestURI,
+		Path:      normalizePath(target),
 		Header:    r.Header,
 		Random:    mrand.Uint64(),
-	}
-	if rreq.Path == "" {
-		rreq.Path = r.URL.RequestURI()
 	}
 	if !x.runFilters(ch, &rreq) {
 		return
