@@ -270,8 +270,11 @@ func classify(b []byte) (kind sniffKind, done bool) {
 	for i < len(b) && isTokenChar(b[i]) {
 		i++
 	}
+	if i > 32 {
+		return sniffTCP, true // no method is that long
+	}
 	if i == len(b) {
-		return sniffTCP, i > 32 // no method is that long
+		return sniffTCP, false
 	}
 	if i == 0 || b[i] != ' ' {
 		return sniffTCP, true
