@@ -10,7 +10,8 @@
 // roots. Each CONNECT stream's :authority (a service VIP:port) selects a
 // config.Chain of the snapshot; a destination without one is refused
 // with 400, as ztunnel refuses an authority that is not its pod's: the
-// client asked for something this waypoint does not serve.
+// client asked for something this waypoint does not serve. Before the
+// first snapshot every CONNECT is refused with 503 (not ready).
 //
 //   - ChainTCP: an endpoint of the TCP cluster is dialled before the
 //     CONNECT is answered (no endpoint, or no connection: 503), then the

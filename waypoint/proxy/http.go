@@ -429,7 +429,7 @@ func (x *exchange) upstreamError(err error) {
 	case errors.Is(err, errNoHealthyRetry):
 		x.localReply(http.StatusServiceUnavailable, bodyNoHealthyUpstream, flagNoHealthy)
 	case errors.As(err, &ce):
-		x.p.log.Info("upstream connect failed", "dst.addr", x.ep.Addr.String(), "dst.identity", x.ep.Identity, "reason", ce.err.Error())
+		x.p.log.Debug("upstream connect failed", "dst.addr", x.ep.Addr.String(), "dst.identity", x.ep.Identity, "reason", ce.err.Error())
 		x.localReply(http.StatusServiceUnavailable, bodyConnectFailure, flagConnectFailure)
 	case errors.Is(err, context.DeadlineExceeded):
 		// A retry policy's per-try timeout ended the last attempt.

@@ -545,3 +545,37 @@ func TestH2CUpgradeRefused(t *testing.T) {
 		t.Errorf("the app saw %d requests", n)
 	}
 }
+
+// TestNotReadyRefused: before the first snapshot every CONNECT is refused
+// with 503 and Ready is false.
+func TestNotReadyRefused(t *testing.T) {
+	m := newMesh(t, bounds{})
+	p, err := New(Options{Certs: m.src, Identity: waypointID, DialUpstream: m.proxy.opts.DialUpstream})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Shutdown(context.Background()) })
+	if p.Ready() {
+		t.Error("Ready before any snapshot")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go p.Serve(ln)
+	m.addr = ln.Addr().String()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	_, err = m.tunnel(ctx, vipHTTP)
+	var se *hbone.StatusError
+	if !errors.As(err, &se) || se.Status != 503 {
+		t.Fatalf("CONNECT before the first snapshot: %v, want 503", err)
+	}
+	p.Update(m.snapshot(t, "v1"))
+	if !p.Ready() {
+		t.Error("not Ready after Update")
+	}
+	if _, body := get(t, m.h1Client(vipHTTP), "http://reviews/app"); body != "v1" {
+		t.Errorf("after Update: %q, want v1", body)
+	}
+}
