@@ -579,3 +579,33 @@ func TestNotReadyRefused(t *testing.T) {
 		t.Errorf("after Update: %q, want v1", body)
 	}
 }
+
+// TestClientGoneCancelsUpstream: a client that gives up mid-request (its
+// HTTP/2 stream reset) cancels the upstream request; the record says DC.
+func TestClientGoneCancelsUpstream(t *testing.T) {
+	m := newMesh(t, bounds{})
+	c := m.h2Client(vipHTTP)
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://reviews/app/wait", nil)
+		res, err := c.Do(req)
+		if err == nil {
+			res.Body.Close()
+		}
+		errc <- err
+	}()
+	<-m.waiting
+	cancel()
+	if err := <-errc; err == nil {
+		t.Error("the cancelled request succeeded")
+	}
+	select {
+	case <-m.cancelled:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the app's request was not cancelled")
+	}
+	if rec := m.obs.next(t); !strings.Contains(rec.ResponseFlags, "DC") {
+		t.Errorf("flags %q, want DC", rec.ResponseFlags)
+	}
+}
