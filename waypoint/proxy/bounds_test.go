@@ -345,3 +345,46 @@ rules:
 		t.Errorf("allowed request: %d, app saw %q, want 200 /app/~user", res.StatusCode, got)
 	}
 }
+
+// TestMaxActiveFaults: with max_active_faults 1, a request arriving while
+// another is being delayed goes through unharmed.
+func TestMaxActiveFaults(t *testing.T) {
+	m := newMesh(t, bounds{})
+	fl := &faultv3.HTTPFault{}
+	unmarshalYAML(t, `
+delay: {fixed_delay: 3s, percentage: {numerator: 100}}
+max_active_faults: 1
+`, fl)
+	f, err := config.CompileFault("fault", fl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := m.snapshot(t, "v1")
+	ch := *s.Chains[vipHTTP]
+	ch.HTTPFilters = []config.HTTPFilter{{Name: "envoy.filters.http.fault", Fault: f}}
+	s.Chains[vipHTTP] = &ch
+	m.proxy.Update(s)
+	first := make(chan struct{})
+	go func() {
+		defer close(first)
+		get(t, m.h1Client(vipHTTP), "http://reviews/app")
+	}()
+	// Wait until the first request holds the fault.
+	deadline := time.Now().Add(10 * time.Second)
+	for m.proxy.state.Load().activeFaults[f].Load() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the first request was not delayed")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if res, body := get(t, m.h1Client(vipHTTP), "http://reviews/app"); res.StatusCode != 200 || body != "v1" {
+		t.Errorf("second request: %d %q", res.StatusCode, body)
+	}
+	if rec := m.obs.next(t); rec.ResponseFlags != "-" {
+		t.Errorf("second request: flags %q, want none (the one active fault is taken)", rec.ResponseFlags)
+	}
+	<-first
+	if rec := m.obs.next(t); rec.ResponseFlags != "DI" {
+		t.Errorf("first request: flags %q, want DI", rec.ResponseFlags)
+	}
+}

@@ -34,7 +34,7 @@
 // x-request-id (a UUIDv4 when
 // absent, kept when present; trace headers pass untouched), the chain's
 // filters (RBAC: 403 "RBAC: access denied", flag RBAC; fault: delay DI,
-// abort "fault filter abort" FI), route.Decide (no route: 404, flag NR),
+// abort "fault filter abort" FI, at most max_active_faults at once), route.Decide (no route: 404, flag NR),
 // CORS (preflights from an allowed origin are answered here), then the
 // route's action: redirect, direct response, or forward. Forwarding picks
 // the cluster's endpoint with its upstream.Balancer (built once per
@@ -114,7 +114,7 @@
 // 64 KiB (kept for replay) are retried.
 //
 // Not implemented: per-route fault configuration (the route table does
-// not carry it yet), the fault filter's max_active_faults, the retry
+// not carry it yet), the retry
 // circuit breaker (max_retries), outlier detection feeding ejections,
 // gRPC timeouts (grpc-timeout), mirroring of streamed bodies, and
 // WebSocket over HTTP/2 (extended CONNECT).

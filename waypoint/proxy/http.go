@@ -214,6 +214,19 @@ func (x *exchange) runFilters(ch *config.Chain, rreq *route.Request) bool {
 				continue
 			}
 			delay, abort := fault.Decide(f.Fault, mrand.Uint64(), mrand.Uint64())
+			if delay <= 0 && abort == nil {
+				continue
+			}
+			if active := x.st.activeFaults[f.Fault]; active != nil {
+				// max_active_faults: beyond it the request goes
+				// unharmed; a fault counts while it delays or
+				// aborts.
+				if active.Add(1) > int64(f.Fault.MaxActiveFaults) {
+					active.Add(-1)
+					continue
+				}
+				defer active.Add(-1)
+			}
 			if delay > 0 {
 				x.flag(fault.FlagDelay)
 				tm := time.NewTimer(delay)
