@@ -365,9 +365,13 @@ max_active_faults: 1
 	s.Chains[vipHTTP] = &ch
 	m.proxy.Update(s)
 	first := make(chan struct{})
+	c1 := m.h1Client(vipHTTP)
 	go func() {
 		defer close(first)
-		get(t, m.h1Client(vipHTTP), "http://reviews/app")
+		if res, err := c1.Get("http://reviews/app"); err == nil {
+			io.Copy(io.Discard, res.Body)
+			res.Body.Close()
+		}
 	}()
 	// Wait until the first request holds the fault.
 	deadline := time.Now().Add(10 * time.Second)
