@@ -295,3 +295,100 @@ func BenchmarkHTTP1Direct(b *testing.B) {
 		}
 	}
 }
+
+// TestPathNormalizedBeforeRBAC: dot segments, also percent-encoded, are
+// resolved before RBAC and routing, so a DENY on /admin sees every
+// spelling the app would resolve to /admin, and the app gets the
+// normalized path.
+func TestPathNormalizedBeforeRBAC(t *testing.T) {
+	m := newMesh(t, bounds{})
+	rb := &rbacv3.RBAC{}
+	unmarshalYAML(t, `
+rules:
+  action: DENY
+  policies:
+    deny-admin:
+      permissions: [{url_path: {path: {prefix: /app/admin}}}]
+      principals: [{any: true}]
+`, rb)
+	set, err := config.CompileRBAC("rbac", rb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := m.snapshot(t, "v1")
+	ch := *s.Chains[vipHTTP]
+	ch.HTTPFilters = []config.HTTPFilter{{Name: "envoy.filters.http.rbac", RBAC: set}}
+	s.Chains[vipHTTP] = &ch
+	m.proxy.Update(s)
+	c := m.h1Client(vipHTTP)
+	for _, p := range []string{"/app/admin", "/app/public/../admin", "/app/%2e%2e/app/admin", "/app/./admin/x"} {
+		req, _ := http.NewRequest(http.MethodGet, "http://reviews/", nil)
+		req.URL.Opaque = p // sent as written, not cleaned by the client
+		res, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		if res.StatusCode != 403 {
+			t.Errorf("%s: %d, want 403", p, res.StatusCode)
+		}
+	}
+	req, _ := http.NewRequest(http.MethodGet, "http://reviews/", nil)
+	req.URL.Opaque = "/app/x/../%7Euser"
+	res, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if got := res.Header.Get("X-Path"); res.StatusCode != 200 || got != "/app/~user" {
+		t.Errorf("allowed request: %d, app saw %q, want 200 /app/~user", res.StatusCode, got)
+	}
+}
+
+// TestMaxActiveFaults: with max_active_faults 1, a request arriving while
+// another is being delayed goes through unharmed.
+func TestMaxActiveFaults(t *testing.T) {
+	m := newMesh(t, bounds{})
+	fl := &faultv3.HTTPFault{}
+	unmarshalYAML(t, `
+delay: {fixed_delay: 3s, percentage: {numerator: 100}}
+max_active_faults: 1
+`, fl)
+	f, err := config.CompileFault("fault", fl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := m.snapshot(t, "v1")
+	ch := *s.Chains[vipHTTP]
+	ch.HTTPFilters = []config.HTTPFilter{{Name: "envoy.filters.http.fault", Fault: f}}
+	s.Chains[vipHTTP] = &ch
+	m.proxy.Update(s)
+	first := make(chan struct{})
+	c1 := m.h1Client(vipHTTP)
+	go func() {
+		defer close(first)
+		if res, err := c1.Get("http://reviews/app"); err == nil {
+			io.Copy(io.Discard, res.Body)
+			res.Body.Close()
+		}
+	}()
+	// Wait until the first request holds the fault.
+	deadline := time.Now().Add(10 * time.Second)
+	for m.proxy.state.Load().activeFaults[f].Load() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the first request was not delayed")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if res, body := get(t, m.h1Client(vipHTTP), "http://reviews/app"); res.StatusCode != 200 || body != "v1" {
+		t.Errorf("second request: %d %q", res.StatusCode, body)
+	}
+	if rec := m.obs.next(t); rec.ResponseFlags != "-" {
+		t.Errorf("second request: flags %q, want none (the one active fault is taken)", rec.ResponseFlags)
+	}
+	<-first
+	if rec := m.obs.next(t); rec.ResponseFlags != "DI" {
+		t.Errorf("first request: flags %q, want DI", rec.ResponseFlags)
+	}
+}

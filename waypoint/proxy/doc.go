@@ -10,7 +10,8 @@
 // roots. Each CONNECT stream's :authority (a service VIP:port) selects a
 // config.Chain of the snapshot; a destination without one is refused
 // with 400, as ztunnel refuses an authority that is not its pod's: the
-// client asked for something this waypoint does not serve.
+// client asked for something this waypoint does not serve. Before the
+// first snapshot every CONNECT is refused with 503 (not ready).
 //
 //   - ChainTCP: an endpoint of the TCP cluster is dialled before the
 //     CONNECT is answered (no endpoint, or no connection: 503), then the
@@ -23,23 +24,37 @@
 //     request line or the HTTP/2 preface is HTTP, anything else (also
 //     silence: a server-first protocol) is TCP.
 //
-// Each HTTP request then runs, in order: x-request-id (a UUIDv4 when
-// absent, kept when present; trace headers pass untouched), the chain's
-// filters (RBAC: 403 "RBAC: access denied", flag RBAC; fault: delay DI,
-// abort "fault filter abort" FI), route.Decide (no route: 404, flag NR),
-// CORS (preflights from an allowed origin are answered here), then the
-// route's action: redirect, direct response, or forward. Forwarding picks
-// the cluster's endpoint with its upstream.Balancer (built once per
-// snapshot; each request is balanced on its own, also on a shared
-// HTTP/2 connection; a route's hash policies feed ring hash and Maglev),
-// mirrors the request if the route says so, and sends it through
-// net/http/httputil.ReverseProxy, which strips hop-by-hop headers,
-// streams bodies (flushing at once, for gRPC), passes trailers and joins
-// Upgrades. Local replies are Envoy's, word for word: 503 "no healthy
-// upstream" (UH), 503 "upstream connect error or disconnect/reset before
-// headers. reset reason: connection failure" (UF), 504 "upstream request
-// timeout" (UT, the upstream request cancelled). One telemetry.Record
-// per request, or per TCP tunnel, goes to the Observer.
+// Each HTTP request then runs, in order:
+//
+//  1. The upgrade check: only WebSocket upgrades pass. An h2c upgrade
+//     would turn the connection into a raw tunnel to the app whose later
+//     requests are never routed or authorized here, so any other upgrade
+//     is refused with 403, as Envoy refuses one it is not configured for.
+//  2. Path normalization (Istio's default, Envoy's normalize_path):
+//     encoded unreserved characters are decoded and dot segments removed,
+//     so that RBAC and routes see the path the app will resolve; slashes
+//     are not merged and %2F is kept. The upstream gets the result.
+//  3. x-request-id: a UUIDv4 when absent, kept when present; trace
+//     headers (traceparent, tracestate, b3, baggage) pass untouched.
+//  4. The chain's filters: RBAC (403 "RBAC: access denied", flag RBAC),
+//     fault (delay DI, abort "fault filter abort" FI, at most
+//     max_active_faults at once).
+//  5. route.Decide (no route: 404, flag NR), then CORS (a preflight from
+//     an allowed origin is answered here).
+//  6. The route's action: redirect, direct response, or forward.
+//     Forwarding picks the cluster's endpoint with its upstream.Balancer
+//     (built once per snapshot; each request is balanced on its own, also
+//     on a shared HTTP/2 connection; a route's hash policies feed ring
+//     hash and Maglev), mirrors the request if the route says so, and
+//     sends it through net/http/httputil.ReverseProxy, which strips
+//     hop-by-hop headers, streams bodies (flushing at once, for gRPC),
+//     passes trailers and joins Upgrades.
+//
+// Local replies are Envoy's, word for word: 503 "no healthy upstream"
+// (UH), 503 "upstream connect error or disconnect/reset before headers.
+// reset reason: connection failure" (UF), 504 "upstream request timeout"
+// (UT, the upstream request cancelled). One telemetry.Record per request,
+// or per TCP tunnel, goes to the Observer.
 //
 // Upstream, each HTTP connection is an HBONE stream to the endpoint's pod
 // IP on UpstreamHBONEPort, CONNECT to the endpoint's address, with
@@ -106,7 +121,7 @@
 // 64 KiB (kept for replay) are retried.
 //
 // Not implemented: per-route fault configuration (the route table does
-// not carry it yet), the fault filter's max_active_faults, the retry
+// not carry it yet), the retry
 // circuit breaker (max_retries), outlier detection feeding ejections,
 // gRPC timeouts (grpc-timeout), mirroring of streamed bodies, and
 // WebSocket over HTTP/2 (extended CONNECT).

@@ -17,6 +17,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/net/http/httpguts"
+
 	"github.com/zmesh/zmesh/waypoint/config"
 	"github.com/zmesh/zmesh/waypoint/filter/fault"
 	"github.com/zmesh/zmesh/waypoint/filter/rbac"
@@ -118,6 +120,16 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	x.rec.RequestID = r.Header.Get("X-Request-Id")
 
+	if up := upgrade(r.Header); up != "" && !strings.EqualFold(up, "websocket") {
+		// Only WebSocket upgrades pass (Istio's upgrade_configs). An h2c
+		// upgrade in particular would turn the connection into a raw
+		// tunnel to the app, its later requests never routed or
+		// authorized here; Envoy refuses an upgrade it is not
+		// configured for with 403 as well.
+		x.localReply(http.StatusForbidden, "", "")
+		return
+	}
+
 	x.st = p.state.Load()
 	ch := x.st.snap.Chains[t.dst]
 	if ch == nil {
@@ -127,15 +139,17 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		x.localReply(http.StatusNotFound, "", flagNoRoute)
 		return
 	}
+	target := r.RequestURI
+	if target == "" || (target[0] != '/' && target != "*") {
+		// An absolute-form target ("GET http://host/path"): its path.
+		target = r.URL.RequestURI()
+	}
 	rreq := route.Request{
 		Authority: r.Host,
 		Method:    r.Method,
-		Path:      r.RequestURI,
+		Path:      normalizePath(target),
 		Header:    r.Header,
 		Random:    mrand.Uint64(),
-	}
-	if rreq.Path == "" {
-		rreq.Path = r.URL.RequestURI()
 	}
 	if !x.runFilters(ch, &rreq) {
 		return
@@ -200,6 +214,19 @@ func (x *exchange) runFilters(ch *config.Chain, rreq *route.Request) bool {
 				continue
 			}
 			delay, abort := fault.Decide(f.Fault, mrand.Uint64(), mrand.Uint64())
+			if delay <= 0 && abort == nil {
+				continue
+			}
+			if active := x.st.activeFaults[f.Fault]; active != nil {
+				// max_active_faults: beyond it the request goes
+				// unharmed; a fault counts while it delays or
+				// aborts.
+				if active.Add(1) > int64(f.Fault.MaxActiveFaults) {
+					active.Add(-1)
+					continue
+				}
+				defer active.Add(-1)
+			}
 			if delay > 0 {
 				x.flag(fault.FlagDelay)
 				tm := time.NewTimer(delay)
@@ -415,7 +442,7 @@ func (x *exchange) upstreamError(err error) {
 	case errors.Is(err, errNoHealthyRetry):
 		x.localReply(http.StatusServiceUnavailable, bodyNoHealthyUpstream, flagNoHealthy)
 	case errors.As(err, &ce):
-		x.p.log.Info("upstream connect failed", "dst.addr", x.ep.Addr.String(), "dst.identity", x.ep.Identity, "reason", ce.err.Error())
+		x.p.log.Debug("upstream connect failed", "dst.addr", x.ep.Addr.String(), "dst.identity", x.ep.Identity, "reason", ce.err.Error())
 		x.localReply(http.StatusServiceUnavailable, bodyConnectFailure, flagConnectFailure)
 	case errors.Is(err, context.DeadlineExceeded):
 		// A retry policy's per-try timeout ended the last attempt.
@@ -503,4 +530,13 @@ func (copyBuffers) Put(b []byte) {
 		b = b[:cap(b)]
 		copyBufferPool.Put(&b)
 	}
+}
+
+// upgrade returns the protocol an HTTP/1.1 request asks to upgrade to,
+// "" when it asks for none.
+func upgrade(h http.Header) string {
+	if !httpguts.HeaderValuesContainsToken(h["Connection"], "Upgrade") {
+		return ""
+	}
+	return h.Get("Upgrade")
 }

@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -223,9 +222,10 @@ func New(opts Options) (*Proxy, error) {
 	p.h2 = &http2.Server{
 		MaxConcurrentStreams: p.bounds.MaxConcurrentStreams,
 		IdleTimeout:          p.bounds.IdleTimeout,
-		MaxHandlers:          0,
-		ReadIdleTimeout:      p.bounds.IdleTimeout,
-		PingTimeout:          15 * time.Second,
+		// A peer that stops answering is found by a PING after a
+		// minute without frames, also while its streams are open.
+		ReadIdleTimeout: time.Minute,
+		PingTimeout:     15 * time.Second,
 	}
 	// Registers the HTTP/2 server's graceful shutdown (GOAWAY to every
 	// connection) with the HTTP/1 server's Shutdown.
@@ -373,5 +373,3 @@ func (l *connListener) Close() error {
 }
 
 func (l *connListener) Addr() net.Addr { return &net.TCPAddr{} }
-
-var _ io.Closer = (*connListener)(nil)

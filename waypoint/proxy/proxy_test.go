@@ -528,3 +528,84 @@ func TestRequestBody(t *testing.T) {
 		}
 	}
 }
+
+// TestH2CUpgradeRefused: an upgrade other than WebSocket (h2c, which would
+// make the connection a raw tunnel to the app) is refused with 403 and
+// never reaches the app.
+func TestH2CUpgradeRefused(t *testing.T) {
+	m := newMesh(t, bounds{})
+	for len(m.requests) > 0 {
+		<-m.requests
+	}
+	res, _ := get(t, m.h1Client(vipHTTP), "http://reviews/app", "Connection", "Upgrade, HTTP2-Settings", "Upgrade", "h2c", "HTTP2-Settings", "AAMAAABkAARAAAAAAAIAAAAA")
+	if res.StatusCode != 403 {
+		t.Errorf("h2c upgrade: %d, want 403", res.StatusCode)
+	}
+	if n := len(m.requests); n != 0 {
+		t.Errorf("the app saw %d requests", n)
+	}
+}
+
+// TestNotReadyRefused: before the first snapshot every CONNECT is refused
+// with 503 and Ready is false.
+func TestNotReadyRefused(t *testing.T) {
+	m := newMesh(t, bounds{})
+	p, err := New(Options{Certs: m.src, Identity: waypointID, DialUpstream: m.proxy.opts.DialUpstream})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Shutdown(context.Background()) })
+	if p.Ready() {
+		t.Error("Ready before any snapshot")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go p.Serve(ln)
+	m.addr = ln.Addr().String()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	_, err = m.tunnel(ctx, vipHTTP)
+	var se *hbone.StatusError
+	if !errors.As(err, &se) || se.Status != 503 {
+		t.Fatalf("CONNECT before the first snapshot: %v, want 503", err)
+	}
+	p.Update(m.snapshot(t, "v1"))
+	if !p.Ready() {
+		t.Error("not Ready after Update")
+	}
+	if _, body := get(t, m.h1Client(vipHTTP), "http://reviews/app"); body != "v1" {
+		t.Errorf("after Update: %q, want v1", body)
+	}
+}
+
+// TestClientGoneCancelsUpstream: a client that gives up mid-request (its
+// HTTP/2 stream reset) cancels the upstream request; the record says DC.
+func TestClientGoneCancelsUpstream(t *testing.T) {
+	m := newMesh(t, bounds{})
+	c := m.h2Client(vipHTTP)
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://reviews/app/wait", nil)
+		res, err := c.Do(req)
+		if err == nil {
+			res.Body.Close()
+		}
+		errc <- err
+	}()
+	<-m.waiting
+	cancel()
+	if err := <-errc; err == nil {
+		t.Error("the cancelled request succeeded")
+	}
+	select {
+	case <-m.cancelled:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the app's request was not cancelled")
+	}
+	if rec := m.obs.next(t); !strings.Contains(rec.ResponseFlags, "DC") {
+		t.Errorf("flags %q, want DC", rec.ResponseFlags)
+	}
+}

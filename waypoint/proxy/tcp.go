@@ -58,7 +58,7 @@ func (p *Proxy) serveTCP(ctx context.Context, st *state, ch *config.Chain, t *tu
 	rec.Destination = destinationPeer(ep)
 	up, err := p.up.dial(ctx, ep, t.client.Addr(), c.ConnectTimeout)
 	if err != nil {
-		p.log.Info("upstream connect failed", "dst.addr", ep.Addr.String(), "dst.identity", ep.Identity, "reason", err.Error())
+		p.log.Debug("upstream connect failed", "dst.addr", ep.Addr.String(), "dst.identity", ep.Identity, "reason", err.Error())
 		refuse(flagConnectFailure, "upstream connect failure")
 		return
 	}

@@ -72,12 +72,15 @@ func (p *Proxy) serveTunnel(ctx context.Context, req *hbone.Request, s *hbone.St
 		// 400, as ztunnel answers a CONNECT to an address that is not
 		// its pod's: the client asked for something this waypoint does
 		// not serve, and retrying the same tunnel here will not help.
-		reason := "destination " + req.Target.String() + " is not served by this waypoint"
+		// Before the first snapshot the refusal is 503: the waypoint is
+		// not ready, the client may try again.
+		status, reason := http.StatusBadRequest, "destination "+req.Target.String()+" is not served by this waypoint"
 		if st == nil {
-			reason = "waypoint has no configuration yet"
+			status, reason = http.StatusServiceUnavailable, "waypoint has no configuration yet"
 		}
-		p.log.Info("hbone request refused", "src.identity", t.principal, "src.addr", t.peerAddr, "dst.addr", req.Target.String(), "reason", reason)
-		s.RespondError(http.StatusBadRequest, reason)
+		// Debug: a peer decides how often this happens.
+		p.log.Debug("hbone request refused", "src.identity", t.principal, "src.addr", t.peerAddr, "dst.addr", req.Target.String(), "reason", reason)
+		s.RespondError(status, reason)
 		return
 	}
 	switch ch.Protocol {
@@ -270,8 +273,11 @@ func classify(b []byte) (kind sniffKind, done bool) {
 	for i < len(b) && isTokenChar(b[i]) {
 		i++
 	}
+	if i > 32 {
+		return sniffTCP, true // no method is that long
+	}
 	if i == len(b) {
-		return sniffTCP, i > 32 // no method is that long
+		return sniffTCP, false
 	}
 	if i == 0 || b[i] != ' ' {
 		return sniffTCP, true
