@@ -392,3 +392,48 @@ max_active_faults: 1
 		t.Errorf("first request: flags %q, want DI", rec.ResponseFlags)
 	}
 }
+
+// TestRouteFaultReplacesFilters: a route's own fault configuration (what
+// zmeshd sends for a VirtualService's fault) replaces the chain's fault
+// filter for requests of that route, and only for them.
+func TestRouteFaultReplacesFilters(t *testing.T) {
+	m := newMesh(t, bounds{})
+	s := m.snapshot(t, "v1")
+	const rc = "inbound-vip|80|http|reviews.default.svc.cluster.local"
+	s.Routes[rc] = compileRoutes(t, `
+name: inbound-vip|80|http|reviews.default.svc.cluster.local
+virtual_hosts:
+- name: reviews.default.svc.cluster.local:80
+  domains: ["*"]
+  routes:
+  - name: faulty
+    match: {prefix: /faulty}
+    route: {cluster: "inbound-vip|80|http|reviews.default.svc.cluster.local"}
+    typed_per_filter_config:
+      envoy.filters.http.fault:
+        "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+        abort: {http_status: 418, percentage: {numerator: 100}}
+  - name: default
+    match: {prefix: /}
+    route: {cluster: "inbound-vip|80|http|reviews.default.svc.cluster.local"}
+`)
+	empty, err := config.CompileFault("fault", &faultv3.HTTPFault{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := *s.Chains[vipHTTP]
+	ch.HTTPFilters = []config.HTTPFilter{{Name: "envoy.filters.http.fault", Fault: empty}}
+	s.Chains[vipHTTP] = &ch
+	m.proxy.Update(s)
+	c := m.h1Client(vipHTTP)
+	if res, body := get(t, c, "http://reviews/faulty"); res.StatusCode != 418 || body != "fault filter abort" {
+		t.Errorf("route with a fault: %d %q, want 418 %q", res.StatusCode, body, "fault filter abort")
+	}
+	if rec := m.obs.next(t); rec.ResponseFlags != "FI" {
+		t.Errorf("route with a fault: flags %q, want FI", rec.ResponseFlags)
+	}
+	if res, body := get(t, c, "http://reviews/app"); res.StatusCode != 200 || body != "v1" {
+		t.Errorf("route without a fault: %d %q", res.StatusCode, body)
+	}
+	m.obs.next(t)
+}

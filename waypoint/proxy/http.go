@@ -151,15 +151,26 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		Header:    r.Header,
 		Random:    mrand.Uint64(),
 	}
-	if !x.runFilters(ch, &rreq) {
+	// The route is decided before the filters run (a pure decision: the
+	// filters do not change what it reads), because a route's own fault
+	// configuration replaces the fault filter's, as Envoy's per-route
+	// filter config does; it is acted on only after every filter let the
+	// request through, so a denial comes before "no route".
+	table := x.st.snap.Routes[ch.RouteConfig]
+	if table != nil {
+		x.d = route.Decide(table, rreq)
+	}
+	var routeFault *fault.Fault
+	if x.d.Route != nil {
+		routeFault, _ = x.d.Route.Fault.(*fault.Fault)
+	}
+	if !x.runFilters(ch, &rreq, routeFault) {
 		return
 	}
-	table := x.st.snap.Routes[ch.RouteConfig]
 	if table == nil {
 		x.localReply(http.StatusNotFound, "", flagNoRoute)
 		return
 	}
-	x.d = route.Decide(table, rreq)
 	x.rreq = rreq
 	if x.d.Route != nil {
 		x.rec.RouteName = x.d.Route.Name
@@ -188,10 +199,16 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // runFilters runs the chain's HTTP filters in order; false when one
-// answered the request.
-func (x *exchange) runFilters(ch *config.Chain, rreq *route.Request) bool {
+// answered the request. routeFault, when set, is the decided route's own
+// fault, which the chain's fault filter applies instead of its own.
+func (x *exchange) runFilters(ch *config.Chain, rreq *route.Request, routeFault *fault.Fault) bool {
 	for i := range ch.HTTPFilters {
 		f := &ch.HTTPFilters[i]
+		if f.Fault != nil && routeFault != nil {
+			g := *f
+			g.Fault = routeFault
+			f = &g
+		}
 		switch {
 		case f.RBAC != nil:
 			d := rbac.Evaluate(f.RBAC, &rbac.Request{
