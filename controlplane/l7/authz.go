@@ -7,6 +7,8 @@ import (
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	rbacfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 	securityapi "istio.io/api/security/v1beta1"
 	typeapi "istio.io/api/type/v1beta1"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
@@ -212,9 +214,21 @@ func (b *builder) authzFilters(host string) []*hcmv3.HttpFilter {
 				cfg.ShadowRulesStatPrefix = shadowDenyPrefix
 			}
 		}
-		out = append(out, &hcmv3.HttpFilter{Name: rbacName, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(cfg)}})
+		out = append(out, &hcmv3.HttpFilter{Name: rbacName, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: stableAny(cfg)}})
 	}
 	return out
+}
+
+// stableAny packs m with its maps in key order. The xDS server compares
+// encodings to find what changed, and the bytes inside an Any are taken as
+// they are: RBAC policies are a map, which would otherwise come out in
+// another order on every build and push the listener again each time.
+func stableAny(m proto.Message) *anypb.Any {
+	a := &anypb.Any{}
+	if err := anypb.MarshalFrom(a, m, proto.MarshalOptions{Deterministic: true}); err != nil {
+		panic(fmt.Sprintf("marshal %T: %v", m, err)) // a well-formed message always marshals
+	}
+	return a
 }
 
 // authzTCP reports the policies that apply to a TCP chain: the waypoint
