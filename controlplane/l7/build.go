@@ -41,6 +41,7 @@ func Build(opts Options, snap *model.Snapshot, gw *gatewayv1.Gateway) Resources 
 		}
 	}
 	b.routes()
+	b.authorization()
 	b.listener()
 	return b.finish()
 }
@@ -55,8 +56,11 @@ type builder struct {
 	services map[string]*serviceInfo
 	// bound are the Services bound to the waypoint, in snapshot order.
 	bound []*serviceInfo
-	// accepted are the routing objects in force on this waypoint.
+	// accepted are the routing objects and AuthorizationPolicies in force
+	// on this waypoint.
 	accepted map[ObjectRef]bool
+	// authz are the AuthorizationPolicies attached to the waypoint.
+	authz []*authzPolicy
 }
 
 // serviceInfo is a Service whose clusters are built.

@@ -47,6 +47,19 @@
 // destinations of a route must agree). VirtualService faults and CORS
 // policies are per-route filter configuration, as istiod writes them.
 //
+// Authorization. AuthorizationPolicies attached with targetRefs (or
+// targetRef) to the waypoint's Gateway, to its GatewayClass from the root
+// namespace, or to a bound Service are Envoy RBAC filters at the head of
+// the HTTP chains they apply to, as istiod writes them for a waypoint: one
+// filter per action present, AUDIT (a LOG engine), then DENY, then ALLOW;
+// rule N of a policy is the RBAC policy ns[<ns>]-policy[<name>]-rule[N],
+// which names the deciding policy in the access log; dry-run policies are
+// shadow rules. A CUSTOM policy cannot call its provider, so the requests
+// its rules match are denied. What the waypoint cannot read fails closed:
+// left out of an ALLOW policy, ignored (so denying more) in a DENY rule.
+// TCP chains enforce no policy yet, which each policy that applies to one
+// is told. Selector policies are ztunnel's.
+//
 // Clusters. One cluster per Service port and DestinationRule subset, named
 // inbound-vip|<port>|<protocol>[/<subset>]|<host>, for every bound Service
 // and every Service a route sends to, with its ClusterLoadAssignment: the

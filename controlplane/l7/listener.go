@@ -55,10 +55,11 @@ func (b *builder) listener() {
 				if p.sniffed {
 					alpn, sniffing = sniffedProtocols, true
 				}
-				chains = append(chains, filterChain(name, p.port, vips, alpn, b.hcm(name)))
+				chains = append(chains, filterChain(name, p.port, vips, alpn, b.hcm(name, b.authzFilters(info.host))))
 			}
 			if p.protocol == "tcp" || p.sniffed {
 				name := clusterName(p.port, "tcp", "", info.host)
+				b.authzTCP(info.host, name)
 				chains = append(chains, filterChain(name, p.port, vips, nil, network(tcpProxyName, &tcpproxyv3.TcpProxy{
 					StatPrefix:       name,
 					ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: name},
@@ -120,11 +121,12 @@ func network(name string, m proto.Message) *listenerv3.Filter {
 }
 
 // hcm is the HTTP connection manager of the chain named name: routes from
-// RDS under the same name; the fault filter, left empty, when a route of
-// that configuration carries a per-route fault (Istio's shape); then the
+// RDS under the same name; the RBAC filters of the AuthorizationPolicies
+// that apply; the fault filter, left empty, when a route of that
+// configuration carries a per-route fault (Istio's shape); then the
 // router.
-func (b *builder) hcm(name string) *listenerv3.Filter {
-	var filters []*hcmv3.HttpFilter
+func (b *builder) hcm(name string, rbac []*hcmv3.HttpFilter) *listenerv3.Filter {
+	filters := rbac
 	if b.usesFault(name) {
 		filters = append(filters, &hcmv3.HttpFilter{Name: faultName, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(&faultv3.HTTPFault{})}})
 	}

@@ -211,6 +211,12 @@ func (t *translator) targetRefPolicies() {
 					"%s: kind %q of group %q cannot be targeted (Gateway, GatewayClass, Service or ServiceEntry)", at, tr.Kind, tr.Group))
 			}
 		}
+		if ap.Spec.Action == securityapi.AuthorizationPolicy_CUSTOM {
+			// The waypoint cannot call an external authorizer: it denies
+			// the requests the rules match instead (controlplane/l7).
+			t.conds.fail(ref, WaypointAccepted, ReasonUnsupportedValue,
+				"spec.action: CUSTOM (external authorization) is not supported by the waypoint; the requests its rules match are denied")
+		}
 		t.conds.ok(ref, WaypointAccepted, ReasonAccepted, "enforced by the targeted waypoint, not by ztunnel")
 	}
 }

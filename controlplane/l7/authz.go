@@ -1,0 +1,245 @@
+package l7
+
+import (
+	"fmt"
+	"strconv"
+
+	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
+	rbacfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	securityapi "istio.io/api/security/v1beta1"
+	typeapi "istio.io/api/type/v1beta1"
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
+
+	"github.com/zmesh/zmesh/controlplane/model"
+)
+
+const (
+	rbacName = "envoy.filters.http.rbac"
+	// annotationDryRun makes an AuthorizationPolicy report instead of
+	// enforce: its rules become shadow rules.
+	annotationDryRun = "istio.io/dry-run"
+	// Stat prefixes of the shadow rules, as istiod names them.
+	shadowAllowPrefix = "istio_dry_run_allow_"
+	shadowDenyPrefix  = "istio_dry_run_deny_"
+)
+
+// authzPolicy is an AuthorizationPolicy attached to this waypoint,
+// translated once.
+type authzPolicy struct {
+	ref ObjectRef
+	// action is the RBAC engine its rules go to: LOG (AUDIT), DENY (DENY,
+	// and CUSTOM, denied in its place) or ALLOW.
+	action rbacv3.RBAC_Action
+	dryRun bool
+	// rules are the Envoy policies by istiod's name,
+	// ns[<namespace>]-policy[<name>]-rule[<index>].
+	rules map[string]*rbacv3.Policy
+	// all: attached to the waypoint (its Gateway or the waypoint
+	// GatewayClass); else hosts are the bound Services it is attached to.
+	all   bool
+	hosts map[string]bool
+	// tcpReported: the chains already told about (TCP chains enforce
+	// nothing).
+	tcpReported map[string]bool
+}
+
+// authorization finds the AuthorizationPolicies attached to this waypoint
+// with targetRefs (or targetRef) and translates them. Policies with a
+// selector, or neither, are ztunnel's.
+func (b *builder) authorization() {
+	bound := map[[2]string]string{}
+	for _, info := range b.bound {
+		bound[[2]string{info.svc.Namespace, info.svc.Name}] = info.host
+	}
+	for _, ap := range b.snap.AuthorizationPolicies {
+		if ap == nil || (len(ap.Spec.TargetRefs) == 0 && ap.Spec.TargetRef == nil) {
+			continue
+		}
+		p := &authzPolicy{ref: ObjectRef{"AuthorizationPolicy", ap.Namespace, ap.Name}, hosts: map[string]bool{}, tcpReported: map[string]bool{}}
+		refs, paths := ap.Spec.TargetRefs, make([]string, 0, len(ap.Spec.TargetRefs)+1)
+		for i := range refs {
+			paths = append(paths, fmt.Sprintf("spec.targetRefs[%d]", i))
+		}
+		if ap.Spec.TargetRef != nil {
+			refs = append(refs[:len(refs):len(refs)], ap.Spec.TargetRef)
+			paths = append(paths, "spec.targetRef")
+		}
+		for i, tr := range refs {
+			b.attach(p, ap, tr, paths[i], bound)
+		}
+		if !p.all && len(p.hosts) == 0 {
+			continue
+		}
+		b.translatePolicy(p, ap)
+		b.authz = append(b.authz, p)
+	}
+}
+
+// attach records what of this waypoint one target reference names. A
+// reference to another namespace, or to nothing here, is the ztunnel
+// translation's to report; a ServiceEntry bound here is told that its
+// hosts are not served.
+func (b *builder) attach(p *authzPolicy, ap *securityv1.AuthorizationPolicy, tr *typeapi.PolicyTargetReference, at string, bound map[[2]string]string) {
+	if tr == nil || (tr.Namespace != "" && tr.Namespace != ap.Namespace) {
+		return
+	}
+	switch {
+	case tr.Group == "gateway.networking.k8s.io" && tr.Kind == "Gateway":
+		if ap.Namespace == b.gw.Namespace && tr.Name == b.gw.Name {
+			p.all = true
+		}
+	case tr.Group == "gateway.networking.k8s.io" && tr.Kind == "GatewayClass":
+		if ap.Namespace == b.opts.Mesh.RootNamespace && tr.Name == string(b.gw.Spec.GatewayClassName) {
+			p.all = true
+		}
+	case (tr.Group == "" || tr.Group == "core") && tr.Kind == "Service":
+		if host, ok := bound[[2]string{ap.Namespace, tr.Name}]; ok {
+			p.hosts[host] = true
+		}
+	case tr.Group == "networking.istio.io" && tr.Kind == "ServiceEntry":
+		for _, se := range b.snap.ServiceEntries {
+			if se.Namespace != ap.Namespace || se.Name != tr.Name {
+				continue
+			}
+			ns, name, labelled := model.UseWaypoint(se.Labels, se.Namespace)
+			if !labelled {
+				if nsObj := b.snap.Namespace(se.Namespace); nsObj != nil {
+					ns, name, _ = model.UseWaypoint(nsObj.Labels, se.Namespace)
+				}
+			}
+			if ns == b.gw.Namespace && name == b.gw.Name {
+				b.problem(p.ref, at, fmt.Sprintf("ServiceEntry %s/%s: the waypoint does not serve ServiceEntry hosts yet, so nothing enforces this policy for them", se.Namespace, se.Name))
+			}
+		}
+	}
+}
+
+// translatePolicy translates the action and rules of one policy and
+// reports what it cannot honour.
+func (b *builder) translatePolicy(p *authzPolicy, ap *securityv1.AuthorizationPolicy) {
+	spec := &ap.Spec
+	deny := false
+	switch spec.Action {
+	case securityapi.AuthorizationPolicy_ALLOW:
+		p.action = rbacv3.RBAC_ALLOW
+	case securityapi.AuthorizationPolicy_DENY:
+		p.action, deny = rbacv3.RBAC_DENY, true
+	case securityapi.AuthorizationPolicy_AUDIT:
+		p.action = rbacv3.RBAC_LOG
+	case securityapi.AuthorizationPolicy_CUSTOM:
+		// No external authorization provider can be called: as istiod does
+		// for a CUSTOM policy whose provider it cannot use, the requests
+		// its rules match are denied instead of being asked about.
+		p.action, deny = rbacv3.RBAC_DENY, true
+		b.problem(p.ref, "spec.action", "CUSTOM (external authorization) is not supported by the waypoint; the requests its rules match are denied")
+	default:
+		// A policy the waypoint cannot read denies everything in its scope.
+		p.action = rbacv3.RBAC_DENY
+		p.rules = map[string]*rbacv3.Policy{policyName(ap.Namespace, ap.Name, 0): {
+			Permissions: []*rbacv3.Permission{andRules(nil)}, Principals: []*rbacv3.Principal{andIDs(nil)},
+		}}
+		b.problem(p.ref, "spec.action", fmt.Sprintf("unknown value %d; every request in the policy's scope is denied", spec.Action))
+		return
+	}
+	if v, ok := ap.Annotations[annotationDryRun]; ok {
+		dry, err := strconv.ParseBool(v)
+		if err != nil {
+			b.problem(p.ref, "metadata.annotations["+annotationDryRun+"]", fmt.Sprintf("%q is not true or false; enforced", v))
+		}
+		p.dryRun = dry
+	}
+	p.rules = map[string]*rbacv3.Policy{}
+	for i, r := range spec.Rules {
+		rt := ruleTranslator{deny: deny, namespace: ap.Namespace, index: i}
+		pol := rt.policy(r)
+		for _, f := range rt.findings {
+			b.problem(p.ref, f.field, f.msg)
+		}
+		if pol != nil {
+			p.rules[policyName(ap.Namespace, ap.Name, i)] = pol
+		}
+	}
+	if len(p.rules) == 0 {
+		// No rule (or none left): the policy matches nothing, so an ALLOW
+		// policy allows nothing, as istiod writes it.
+		p.rules[policyName(ap.Namespace, ap.Name, 0)] = matchNever()
+	}
+}
+
+// policyName is istiod's name of a rule's RBAC policy, which the access
+// log names as the deciding policy.
+func policyName(namespace, name string, rule int) string {
+	return fmt.Sprintf("ns[%s]-policy[%s]-rule[%d]", namespace, name, rule)
+}
+
+// applies reports whether p applies to the chains of host.
+func (p *authzPolicy) applies(host string) bool { return p.all || p.hosts[host] }
+
+// authzFilters are the RBAC filters of the HTTP chains of host, in
+// istiod's order: AUDIT (a LOG engine), DENY, then ALLOW; each filter
+// holds the enforced policies of its action as rules and the dry-run ones
+// as shadow rules. An action no policy has gets no filter.
+func (b *builder) authzFilters(host string) []*hcmv3.HttpFilter {
+	var out []*hcmv3.HttpFilter
+	for _, action := range []rbacv3.RBAC_Action{rbacv3.RBAC_LOG, rbacv3.RBAC_DENY, rbacv3.RBAC_ALLOW} {
+		var rules, shadow *rbacv3.RBAC
+		for _, p := range b.authz {
+			if p.action != action || !p.applies(host) {
+				continue
+			}
+			b.accepted[p.ref] = true
+			set := &rules
+			if p.dryRun {
+				set = &shadow
+			}
+			if *set == nil {
+				*set = &rbacv3.RBAC{Action: action, Policies: map[string]*rbacv3.Policy{}}
+			}
+			for name, pol := range p.rules {
+				(*set).Policies[name] = pol
+			}
+		}
+		if rules == nil && shadow == nil {
+			continue
+		}
+		cfg := &rbacfilterv3.RBAC{Rules: rules, ShadowRules: shadow}
+		if shadow != nil {
+			switch action {
+			case rbacv3.RBAC_ALLOW:
+				cfg.ShadowRulesStatPrefix = shadowAllowPrefix
+			case rbacv3.RBAC_DENY:
+				cfg.ShadowRulesStatPrefix = shadowDenyPrefix
+			}
+		}
+		out = append(out, &hcmv3.HttpFilter{Name: rbacName, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: stableAny(cfg)}})
+	}
+	return out
+}
+
+// stableAny packs m with its maps in key order. The xDS server compares
+// encodings to find what changed, and the bytes inside an Any are taken as
+// they are: RBAC policies are a map, which would otherwise come out in
+// another order on every build and push the listener again each time.
+func stableAny(m proto.Message) *anypb.Any {
+	a := &anypb.Any{}
+	if err := anypb.MarshalFrom(a, m, proto.MarshalOptions{Deterministic: true}); err != nil {
+		panic(fmt.Sprintf("marshal %T: %v", m, err)) // a well-formed message always marshals
+	}
+	return a
+}
+
+// authzTCP reports the policies that apply to a TCP chain: the waypoint
+// has no network RBAC filter, so bytes that are not HTTP pass that chain
+// unchecked. It is a Problem, never silent.
+func (b *builder) authzTCP(host, chain string) {
+	for _, p := range b.authz {
+		if !p.applies(host) || p.tcpReported[chain] {
+			continue
+		}
+		p.tcpReported[chain] = true
+		b.problem(p.ref, "spec", fmt.Sprintf("not enforced on the TCP filter chain %s: the waypoint has no network RBAC filter, so connections there are not checked", chain))
+	}
+}
