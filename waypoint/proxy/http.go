@@ -196,10 +196,23 @@ func (x *exchange) runFilters(ch *config.Chain, rreq *route.Request) bool {
 				return false
 			}
 		case f.Fault != nil:
-			if !f.Fault.Applies(rreq) {
+			// The route's own fault replaces the filter's, as Envoy's
+			// per-route configuration does: istiod leaves the filter
+			// empty and puts each VirtualService rule's fault on its
+			// route. Deciding is pure, so routing later picks the same
+			// route.
+			ft := f.Fault
+			if table := x.st.snap.Routes[ch.RouteConfig]; table != nil {
+				if d := route.Decide(table, *rreq); d.Route != nil {
+					if rf, ok := d.Route.Fault.(*fault.Fault); ok && rf != nil {
+						ft = rf
+					}
+				}
+			}
+			if !ft.Applies(rreq) {
 				continue
 			}
-			delay, abort := fault.Decide(f.Fault, mrand.Uint64(), mrand.Uint64())
+			delay, abort := fault.Decide(ft, mrand.Uint64(), mrand.Uint64())
 			if delay > 0 {
 				x.flag(fault.FlagDelay)
 				tm := time.NewTimer(delay)
@@ -387,6 +400,11 @@ func newReverseProxy(p *Proxy) *httputil.ReverseProxy {
 		ErrorLog:   slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 		ModifyResponse: func(res *http.Response) error {
 			x := res.Request.Context().Value(exchangeKey{}).(*exchange)
+			if res.StatusCode == http.StatusSwitchingProtocols {
+				// The reverse proxy writes a 101 on the hijacked
+				// connection itself, never through respWriter.
+				x.w.code = http.StatusSwitchingProtocols
+			}
 			x.d.ResponseHeaders.Apply(res.Header)
 			x.addCORSTo(res.Header, x.cors)
 			if x.setCookie != "" {
