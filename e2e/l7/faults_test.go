@@ -12,6 +12,7 @@ import (
 // `fault filter abort`, and answers 504 `upstream request timeout` when
 // ratings takes longer than the route's 0.5 s.
 func TestFaultAndTimeout(t *testing.T) {
+	t.Parallel()
 	pods := withWaypoint(t, "l7-faults.yaml", "faults", 2)
 	c := client(pods["client"])
 	base := "http://" + serviceAddr(t, "faults", "ratings", 9080).String()

@@ -24,6 +24,7 @@ import (
 // every other call to v1; statuses (trailers) come back as the server sent
 // them, and the connection stays HTTP/2 from the client to the app.
 func TestGRPCRoute(t *testing.T) {
+	t.Parallel()
 	pods := withWaypoint(t, "l7-grpc.yaml", "grpc", 3)
 	addr := serviceAddr(t, "grpc", "grpc-echo", 7070).String()
 	conn, err := grpc.NewClient("passthrough:///"+addr,
@@ -96,6 +97,33 @@ func TestGRPCRoute(t *testing.T) {
 		_, err := call("EchoThree")
 		if status.Code(err) != codes.Unimplemented {
 			t.Errorf("EchoThree: %v, want code Unimplemented", err)
+		}
+	})
+
+	t.Run("telemetry", func(t *testing.T) {
+		// The waypoint labels gRPC calls with their grpc-status: 0 for
+		// Echo and EchoTwo, 12 (UNIMPLEMENTED) for EchoThree, each with
+		// HTTP status 200.
+		wp := waypointPod(t, pods)
+		for _, tc := range []struct{ service, status string }{
+			{"grpc-echo-v1.grpc.svc.cluster.local", "0"},
+			{"grpc-echo-v2.grpc.svc.cluster.local", "0"},
+			{"grpc-echo-v1.grpc.svc.cluster.local", "12"},
+		} {
+			want := map[string]string{
+				"reporter": "waypoint", "request_protocol": "grpc", "response_code": "200",
+				"destination_service": tc.service, "grpc_response_status": tc.status,
+			}
+			until(t, 10*time.Second, fmt.Sprintf("istio_requests_total of %s with grpc-status %s", tc.service, tc.status), func() error {
+				m, err := waypointMetrics(t.Context(), wp)
+				if err != nil {
+					return err
+				}
+				if metricLine(m, "istio_requests_total", want) == "" {
+					return fmt.Errorf("no sample of %v in:\n%s", want, grepLines(m, "istio_requests_total{"))
+				}
+				return nil
+			})
 		}
 	})
 

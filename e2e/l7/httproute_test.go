@@ -11,6 +11,7 @@ import (
 // requests to the reviews-v1 Service and 10% to reviews-v2, measured over
 // 1 000 requests.
 func TestHTTPRouteSplit(t *testing.T) {
+	t.Parallel()
 	pods := withWaypoint(t, "l7-httproute.yaml", "gamma", 3)
 	c := client(pods["client"])
 	url := "http://" + serviceAddr(t, "gamma", "reviews", 9080).String() + "/"

@@ -12,6 +12,7 @@ import (
 // /ratings… becomes /v1/bookRatings… at v1, the rest goes to v1, and the
 // first rule that matches wins.
 func TestQueryParamsAndRewrite(t *testing.T) {
+	t.Parallel()
 	pods := withWaypoint(t, "l7-routing.yaml", "routing", 3)
 	c := client(pods["client"])
 	host := serviceAddr(t, "routing", "ratings", 9080).String()

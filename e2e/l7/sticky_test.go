@@ -15,6 +15,7 @@ import (
 // DestinationRule the waypoint balances each request of a kept-alive
 // connection on its own, so one user reaches every pod.
 func TestConsistentHash(t *testing.T) {
+	t.Parallel()
 	pods := withWaypoint(t, "l7-sticky.yaml", "sticky", 4)
 	c := client(pods["client"])
 	url := "http://" + serviceAddr(t, "sticky", "ratings", 9080).String() + "/"

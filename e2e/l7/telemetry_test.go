@@ -20,6 +20,7 @@ import (
 // flagged NR, and one JSON access-log line per request on the waypoint's
 // stdout.
 func TestTelemetry(t *testing.T) {
+	t.Parallel()
 	pods := withWaypoint(t, "l7-telemetry.yaml", "telemetry", 2)
 	wp := waypointPod(t, pods)
 	c := client(pods["sleep"])

@@ -17,6 +17,7 @@ import (
 // waypoint (l7-websocket.yaml): the HTTP/1.1 Upgrade passes the waypoint's
 // routes and the connection then carries messages both ways.
 func TestWebSocket(t *testing.T) {
+	t.Parallel()
 	pods := withWaypoint(t, "l7-websocket.yaml", "websocket", 2)
 	wp := waypointPod(t, pods)
 	addr := serviceAddr(t, "websocket", "echo", 80).String()
