@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
 	"net/http"
 	"strings"
 	"testing"
@@ -77,14 +76,7 @@ func TestCanary(t *testing.T) {
 			const n = 1000
 			got := versions(t, c, url, n, nil)
 			t.Logf("%d requests: %v", n, got)
-			for v, p := range split.want {
-				// Six standard deviations of the binomial count: a correct
-				// split fails about once in 10⁹ runs.
-				sd := math.Sqrt(n * p * (1 - p))
-				if d := math.Abs(float64(got[v]) - n*p); d > 6*sd {
-					t.Errorf("%s answered %d of %d, want %.0f ± %.0f", v, got[v], n, n*p, 6*sd)
-				}
-			}
+			checkSplit(t, got, n, split.want)
 		})
 	}
 

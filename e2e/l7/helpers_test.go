@@ -61,6 +61,9 @@ func client(p *cluster.Pod) *http.Client {
 
 // echo is the part of the test app's JSON reply the scenarios read.
 type echo struct {
+	Path    string              `json:"path"`
+	Host    string              `json:"host"`
+	Proto   string              `json:"proto"`
 	Pod     string              `json:"pod"`
 	Version string              `json:"version"`
 	Headers map[string][]string `json:"headers"`

@@ -3,6 +3,8 @@
 // kubectl and waypoints made with `zmeshctl waypoint apply`, on one shared
 // cluster (e2e/cluster) where zmeshd deploys each waypoint and the node
 // runners run its pod as the waypoint binary built from this tree.
+// Scenarios other than TestCanary run in parallel, each in namespaces of
+// its own with its own waypoint.
 package l7
 
 import (

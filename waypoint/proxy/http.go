@@ -431,6 +431,11 @@ func newReverseProxy(p *Proxy) *httputil.ReverseProxy {
 		ErrorLog:   slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 		ModifyResponse: func(res *http.Response) error {
 			x := res.Request.Context().Value(exchangeKey{}).(*exchange)
+			if res.StatusCode == http.StatusSwitchingProtocols {
+				// The reverse proxy writes a 101 on the hijacked
+				// connection itself, never through respWriter.
+				x.w.code = http.StatusSwitchingProtocols
+			}
 			x.d.ResponseHeaders.Apply(res.Header)
 			x.addCORSTo(res.Header, x.cors)
 			if x.setCookie != "" {
