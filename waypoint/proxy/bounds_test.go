@@ -392,4 +392,3 @@ max_active_faults: 1
 		t.Errorf("first request: flags %q, want DI", rec.ResponseFlags)
 	}
 }
-
