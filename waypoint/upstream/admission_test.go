@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -106,26 +107,31 @@ func TestAdmissionConcurrentExact(t *testing.T) {
 			l := bigLimits()
 			*br.limit(&l) = n
 			a := NewAdmission(nil, limitedCluster(l))
-			var admitted atomic.Int64
 			var wg sync.WaitGroup
-			start := make(chan struct{})
-			for range g {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					<-start
-					if br.try(a) {
-						admitted.Add(1)
-					}
-				}()
-			}
-			close(start)
-			wg.Wait()
-			if admitted.Load() != n || sum(br.overflow(a.Stats()))/uint64(len(br.overflow(a.Stats()))) != g-n {
-				t.Fatalf("admitted %d (want %d), overflow %v (want %d)", admitted.Load(), n, br.overflow(a.Stats()), g-n)
-			}
-			for range n {
-				br.done(a)
+			// Many rounds: a check-then-take that is not one atomic step
+			// lets two goroutines through for one slot only when they
+			// interleave just there.
+			for round := range 100 {
+				var admitted atomic.Int64
+				start := make(chan struct{})
+				for range g {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						<-start
+						if br.try(a) {
+							admitted.Add(1)
+						}
+					}()
+				}
+				close(start)
+				wg.Wait()
+				if admitted.Load() != n || sum(br.overflow(a.Stats()))/uint64(len(br.overflow(a.Stats()))) != uint64(round+1)*(g-n) {
+					t.Fatalf("round %d: admitted %d (want %d), overflow %v (want %d)", round, admitted.Load(), n, br.overflow(a.Stats()), uint64(round+1)*(g-n))
+				}
+				for range n {
+					br.done(a)
+				}
 			}
 
 			var held, peak atomic.Int64
@@ -133,7 +139,7 @@ func TestAdmissionConcurrentExact(t *testing.T) {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					for range 500 {
+					for range 2000 {
 						if !br.try(a) {
 							continue
 						}
@@ -152,6 +158,11 @@ func TestAdmissionConcurrentExact(t *testing.T) {
 			wg.Wait()
 			if peak.Load() > n {
 				t.Fatalf("%d held at once, limit %d", peak.Load(), n)
+			}
+			// A lost update (a take or a release overwritten by another)
+			// would leave the count off once everything is released.
+			if s := a.Stats(); s.Connections+s.Pending+s.Requests+s.Retries != 0 {
+				t.Fatalf("held after every release: %+v", s)
 			}
 		})
 	}
@@ -267,4 +278,32 @@ func BenchmarkAdmissionAtLimit(b *testing.B) {
 			}
 		}
 	})
+}
+
+// TestAdmissionNoLostUpdates hammers one count from every processor: a
+// take or release lost to a race would leave it off at the end.
+func TestAdmissionNoLostUpdates(t *testing.T) {
+	for _, br := range breakers {
+		l := bigLimits()
+		*br.limit(&l) = 1 << 30
+		a := NewAdmission(nil, limitedCluster(l))
+		var wg sync.WaitGroup
+		for range 2 * runtime.GOMAXPROCS(0) {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for range 500_000 {
+					if !br.try(a) {
+						t.Error("refused below the limit")
+						return
+					}
+					br.done(a)
+				}
+			}()
+		}
+		wg.Wait()
+		if s := a.Stats(); s.Connections+s.Pending+s.Requests+s.Retries != 0 {
+			t.Fatalf("%s: held after every release: %+v", br.name, s)
+		}
+	}
 }
