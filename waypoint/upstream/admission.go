@@ -94,7 +94,17 @@ func acquire(c *atomic.Uint64, limit uint32) bool {
 	}
 }
 
-func release(c *atomic.Uint64) { c.Add(^uint64(0)) }
+// release frees one slot of c. A release without a take (a bug in the
+// caller) is dropped rather than wrapping the count, which would refuse
+// every request of the cluster from then on.
+func release(c *atomic.Uint64) {
+	for {
+		n := c.Load()
+		if n == 0 || c.CompareAndSwap(n, n-1) {
+			return
+		}
+	}
+}
 
 // TryConnection asks to open one upstream connection (or HBONE stream
 // carrying one). False: max_connections reached.

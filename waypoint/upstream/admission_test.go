@@ -168,6 +168,21 @@ func TestAdmissionConcurrentExact(t *testing.T) {
 	}
 }
 
+func TestAdmissionStrayReleaseIgnored(t *testing.T) {
+	for _, br := range breakers {
+		l := bigLimits()
+		*br.limit(&l) = 1
+		a := NewAdmission(nil, limitedCluster(l))
+		br.done(a) // never taken
+		if !br.try(a) {
+			t.Fatalf("%s: a stray release closed the breaker", br.name)
+		}
+		if br.try(a) {
+			t.Fatalf("%s: a stray release made room for a second holder", br.name)
+		}
+	}
+}
+
 func TestAdmissionCarriesOver(t *testing.T) {
 	l := bigLimits()
 	a := NewAdmission(nil, limitedCluster(l))
@@ -280,28 +295,39 @@ func BenchmarkAdmissionAtLimit(b *testing.B) {
 	})
 }
 
-// TestAdmissionNoLostUpdates hammers one count from every processor: a
-// take or release lost to a race would leave it off at the end.
+// TestAdmissionNoLostUpdates hammers a breaker of one slot from several
+// goroutines on more threads than processors, so that the scheduler cuts
+// into takes: two goroutines taking the one slot (a take that is not one
+// atomic step) would both hold it.
 func TestAdmissionNoLostUpdates(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(4))
+	const g = 8
 	for _, br := range breakers {
 		l := bigLimits()
-		*br.limit(&l) = 1 << 30
+		*br.limit(&l) = 1
 		a := NewAdmission(nil, limitedCluster(l))
+		var held, over atomic.Int64
 		var wg sync.WaitGroup
-		for range 2 * runtime.GOMAXPROCS(0) {
+		for range g {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				for range 500_000 {
+				for range 1_000_000 {
 					if !br.try(a) {
-						t.Error("refused below the limit")
-						return
+						continue
 					}
+					if held.Add(1) > 1 {
+						over.Add(1)
+					}
+					held.Add(-1)
 					br.done(a)
 				}
 			}()
 		}
 		wg.Wait()
+		if over.Load() != 0 {
+			t.Fatalf("%s: the one slot held twice, %d times", br.name, over.Load())
+		}
 		if s := a.Stats(); s.Connections+s.Pending+s.Requests+s.Retries != 0 {
 			t.Fatalf("%s: held after every release: %+v", br.name, s)
 		}

@@ -361,7 +361,7 @@ func (d *Detector) fire(h *Host, m *hostMonitor, t EjectionType) {
 	if 100*(ejected+1) > uint64(min(100, d.cfg.MaxEjectionPercent))*total {
 		l.overflow.Add(1)
 		if d.log != nil {
-			d.log.Warn("outlier detection: ejection refused by max_ejection_percent",
+			d.log.Debug("outlier detection: ejection refused by max_ejection_percent",
 				"cluster", d.name, "dst.addr", h.Endpoint.Addr.String(), "reason", t.String(),
 				"ejected", ejected, "hosts", total, "max_ejection_percent", d.cfg.MaxEjectionPercent)
 		}

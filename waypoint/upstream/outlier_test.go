@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"net/netip"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -472,5 +473,24 @@ func TestGRPCStatus(t *testing.T) {
 		if got := GRPCStatus(grpc); got != http {
 			t.Errorf("GRPCStatus(%d) = %d, want %d", grpc, got, http)
 		}
+	}
+}
+
+// TestOutlierStartsNoGoroutine: detectors are replaced with every
+// snapshot, so they must hold nothing that needs stopping.
+func TestOutlierStartsNoGoroutine(t *testing.T) {
+	before := runtime.NumGoroutine()
+	f := newOD(t, istioOD(), 4, 0)
+	d := f.d
+	for range 100 {
+		b := f.b.Update(f.b.cluster, f.b.assignment)
+		d = NewDetector(d, b, DetectorOptions{})
+		d.Report(&b.hosts[0], 500)
+	}
+	if after := runtime.NumGoroutine(); after != before {
+		t.Fatalf("%d goroutines before, %d after 100 snapshots", before, after)
+	}
+	if !d.b.hosts[0].Ejected(f.clk.now()) {
+		t.Fatal("host 0 not ejected after 100 failures over 100 snapshots")
 	}
 }
