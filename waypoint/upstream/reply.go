@@ -6,12 +6,14 @@ import (
 	"strconv"
 )
 
-// LocalReply is a response the waypoint makes itself when a request cannot
-// reach, or did not hear from, an endpoint: Envoy's, word for word, so that
-// what users copy from Istio's docs (and alert on) reads the same.
+// LocalReply is a response the waypoint makes itself when a request has no
+// route, cannot reach an endpoint, or did not hear from one: Envoy's, word
+// for word, so that what users copy from Istio's docs (and alert on) reads
+// the same.
 type LocalReply struct {
 	Status int
-	// Body is sent as text/plain (ContentType), without a trailing newline.
+	// Body is sent as text/plain (ContentType), without a trailing
+	// newline; empty for NoRoute and NoCluster.
 	Body string
 	// Flag is Envoy's response flag for the access log and metrics.
 	Flag string
@@ -29,6 +31,8 @@ const OverloadedHeader = "x-envoy-overloaded"
 
 // Envoy's response flags for the upstream local replies.
 const (
+	FlagNoRoute               = "NR"
+	FlagNoCluster             = "NC"
 	FlagNoHealthyUpstream     = "UH"
 	FlagConnectFailure        = "UF"
 	FlagOverflow              = "UO"
@@ -38,6 +42,11 @@ const (
 
 // The upstream local replies.
 var (
+	// NoRoute: no route matches the request (an empty body, as Envoy's).
+	NoRoute = LocalReply{Status: http.StatusNotFound, Flag: FlagNoRoute}
+	// NoCluster: the route names a cluster the snapshot does not have (an
+	// empty body, as Envoy's).
+	NoCluster = LocalReply{Status: http.StatusServiceUnavailable, Flag: FlagNoCluster}
 	// NoHealthyUpstream: the balancer has no endpoint to pick (none, all
 	// unhealthy, or all ejected without panic mode).
 	NoHealthyUpstream = LocalReply{Status: http.StatusServiceUnavailable,
@@ -85,14 +94,20 @@ const (
 	retriedConnectionTermination = "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: connection termination"
 )
 
-// Write sends the reply on w with Envoy's headers.
-func (r LocalReply) Write(w http.ResponseWriter) {
+// Write sends the reply on w with Envoy's headers, for a request of the
+// given method: a reply to HEAD has the headers (Content-Length included)
+// and no body.
+func (r LocalReply) Write(w http.ResponseWriter, method string) {
 	h := w.Header()
-	h.Set("Content-Type", ContentType)
+	if r.Body != "" {
+		h.Set("Content-Type", ContentType)
+	}
 	h.Set("Content-Length", strconv.Itoa(len(r.Body)))
 	if r.Overloaded {
 		h.Set(OverloadedHeader, "true")
 	}
 	w.WriteHeader(r.Status)
-	_, _ = io.WriteString(w, r.Body)
+	if r.Body != "" && method != http.MethodHead {
+		_, _ = io.WriteString(w, r.Body)
+	}
 }

@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"net/http/httptest"
+	"strconv"
 	"testing"
 )
 
@@ -23,6 +24,8 @@ func TestLocalRepliesWordForWord(t *testing.T) {
 		{ConnectionTermination, 503, "upstream connect error or disconnect/reset before headers. reset reason: connection termination", "UC", false,
 			"upstream connect error or disconnect/reset before headers. retried and the latest reset reason: connection termination"},
 		{UpstreamTimeout, 504, "upstream request timeout", "UT", false, "upstream request timeout"},
+		{NoRoute, 404, "", "NR", false, ""},
+		{NoCluster, 503, "", "NC", false, ""},
 	} {
 		if tc.r.Status != tc.status || tc.r.Body != tc.body || tc.r.Flag != tc.flag || tc.r.Overloaded != tc.overloaded {
 			t.Errorf("reply %+v, want %d %q %s overloaded=%v", tc.r, tc.status, tc.body, tc.flag, tc.overloaded)
@@ -31,9 +34,19 @@ func TestLocalRepliesWordForWord(t *testing.T) {
 			t.Errorf("retried %q, want %q", got, tc.retriedBody)
 		}
 		w := httptest.NewRecorder()
-		tc.r.Write(w)
-		if w.Code != tc.status || w.Body.String() != tc.body || w.Header().Get("Content-Type") != "text/plain" {
-			t.Errorf("written %d %q %q", w.Code, w.Body.String(), w.Header().Get("Content-Type"))
+		tc.r.Write(w, "GET")
+		wantType := "text/plain"
+		if tc.body == "" {
+			wantType = ""
+		}
+		if w.Code != tc.status || w.Body.String() != tc.body || w.Header().Get("Content-Type") != wantType ||
+			w.Header().Get("Content-Length") != strconv.Itoa(len(tc.body)) {
+			t.Errorf("written %d %q %q", w.Code, w.Body.String(), w.Header())
+		}
+		w = httptest.NewRecorder()
+		tc.r.Write(w, "HEAD")
+		if w.Code != tc.status || w.Body.Len() != 0 || w.Header().Get("Content-Length") != strconv.Itoa(len(tc.body)) {
+			t.Errorf("HEAD: written %d %q %q", w.Code, w.Body.String(), w.Header())
 		}
 		if got := w.Header().Get("x-envoy-overloaded"); (got == "true") != tc.overloaded {
 			t.Errorf("%s: x-envoy-overloaded = %q", tc.flag, got)
