@@ -494,3 +494,42 @@ func TestOutlierStartsNoGoroutine(t *testing.T) {
 		t.Fatal("host 0 not ejected after 100 failures over 100 snapshots")
 	}
 }
+
+// TestOutlierIstioScenario is the DestinationRule users copy from Istio's
+// docs (consecutive5xxErrors 3, interval 1s, baseEjectionTime 10s,
+// maxEjectionPercent 100, no minHealthPercent) against two endpoints that
+// both answer 503: both are ejected, picks fail (503 no healthy upstream),
+// and both come back at the first interval tick after ten seconds.
+func TestOutlierIstioScenario(t *testing.T) {
+	od := istioOD()
+	od.Consecutive5xx = 3
+	od.Interval = time.Second
+	od.BaseEjectionTime = 10 * time.Second
+	f := newOD(t, od, 2, 0)
+	f.clk.add(300 * time.Millisecond)
+	for i := range 6 {
+		h, ok := f.b.Pick(seq(i))
+		if !ok {
+			t.Fatalf("request %d: no endpoint before any ejection", i)
+		}
+		f.d.Report(h, Connected)
+		f.d.Report(h, Status(503))
+	}
+	if _, ok := f.b.Pick(seq(7)); ok {
+		t.Fatal("an endpoint picked with both ejected")
+	}
+	if st := f.d.Stats(); st.EjectionsActive != 2 || st.EjectionsEnforcedTotal != 2 {
+		t.Fatalf("stats %+v", st)
+	}
+	f.clk.add(10 * time.Second) // 10.3 s: the ejections end at the tick of 11 s
+	if _, ok := f.b.Pick(seq(8)); ok {
+		t.Fatal("an endpoint back before the interval tick")
+	}
+	f.clk.add(700 * time.Millisecond)
+	if _, ok := f.b.Pick(seq(9)); !ok {
+		t.Fatal("no endpoint back after the ejection time")
+	}
+	if st := f.d.Stats(); st.EjectionsActive != 0 || st.EjectionsEnforcedTotal != 2 {
+		t.Fatalf("stats after recovery %+v", st)
+	}
+}
