@@ -1,0 +1,55 @@
+package upstream
+
+import (
+	"net/http/httptest"
+	"strconv"
+	"testing"
+)
+
+// TestLocalRepliesWordForWord pins the replies to Envoy's text: users and
+// their alerts match on these strings.
+func TestLocalRepliesWordForWord(t *testing.T) {
+	for _, tc := range []struct {
+		r           LocalReply
+		status      int
+		body, flag  string
+		overloaded  bool
+		retriedBody string
+	}{
+		{NoHealthyUpstream, 503, "no healthy upstream", "UH", false, "no healthy upstream"},
+		{Overflow, 503, "upstream connect error or disconnect/reset before headers. reset reason: overflow", "UO", true,
+			"upstream connect error or disconnect/reset before headers. retried and the latest reset reason: overflow"},
+		{ConnectFailure, 503, "upstream connect error or disconnect/reset before headers. reset reason: connection failure", "UF", false,
+			"upstream connect error or disconnect/reset before headers. retried and the latest reset reason: connection failure"},
+		{ConnectionTermination, 503, "upstream connect error or disconnect/reset before headers. reset reason: connection termination", "UC", false,
+			"upstream connect error or disconnect/reset before headers. retried and the latest reset reason: connection termination"},
+		{UpstreamTimeout, 504, "upstream request timeout", "UT", false, "upstream request timeout"},
+		{NoRoute, 404, "", "NR", false, ""},
+		{NoCluster, 503, "", "NC", false, ""},
+	} {
+		if tc.r.Status != tc.status || tc.r.Body != tc.body || tc.r.Flag != tc.flag || tc.r.Overloaded != tc.overloaded {
+			t.Errorf("reply %+v, want %d %q %s overloaded=%v", tc.r, tc.status, tc.body, tc.flag, tc.overloaded)
+		}
+		if got := tc.r.Retried().Body; got != tc.retriedBody {
+			t.Errorf("retried %q, want %q", got, tc.retriedBody)
+		}
+		w := httptest.NewRecorder()
+		tc.r.Write(w, "GET")
+		wantType := "text/plain"
+		if tc.body == "" {
+			wantType = ""
+		}
+		if w.Code != tc.status || w.Body.String() != tc.body || w.Header().Get("Content-Type") != wantType ||
+			w.Header().Get("Content-Length") != strconv.Itoa(len(tc.body)) {
+			t.Errorf("written %d %q %q", w.Code, w.Body.String(), w.Header())
+		}
+		w = httptest.NewRecorder()
+		tc.r.Write(w, "HEAD")
+		if w.Code != tc.status || w.Body.Len() != 0 || w.Header().Get("Content-Length") != strconv.Itoa(len(tc.body)) {
+			t.Errorf("HEAD: written %d %q %q", w.Code, w.Body.String(), w.Header())
+		}
+		if got := w.Header().Get("x-envoy-overloaded"); (got == "true") != tc.overloaded {
+			t.Errorf("%s: x-envoy-overloaded = %q", tc.flag, got)
+		}
+	}
+}
