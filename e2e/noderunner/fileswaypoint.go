@@ -182,7 +182,7 @@ func (f *Files) startWaypoint(ctx context.Context, s *model.Snapshot, key types.
 			Namespace: key.Namespace, Name: key.Name + "-" + spec[:10],
 			Labels: tmpl.Labels, Annotations: map[string]string{GeneratedAnnotation: key.Name},
 		},
-		Spec:   *tmpl.Spec.DeepCopy(),
+		Spec: *tmpl.Spec.DeepCopy(),
 		Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: podIP.String(),
 			Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionFalse}}},
 	}
