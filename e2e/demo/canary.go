@@ -110,7 +110,20 @@ func (m *mesh) canary(ctx context.Context, st story, alice, webV1 *pod, wp *node
 	} else if !errors.Is(err, errNoReply) && !isRefusal(err) {
 		return fmt.Errorf("alice -> %s: %w (want a refusal by web-v1's ztunnel)", direct, err)
 	}
-	st.say("alice", "-> %s (web-v1's pod IP, around the waypoint): refused: web's pods take mesh traffic on its ports only from the waypoint", direct)
+	n := m.node(webV1.node)
+	var reason string
+	if err := waitFor(ctx, func() bool {
+		for _, rec := range n.ztunnel.LogRecords("connection complete", "src.identity", alice.id(), "dst.addr", direct.String()) {
+			if r, ok := rec["reason"].(string); ok {
+				reason = r
+				return true
+			}
+		}
+		return false
+	}); err != nil {
+		return fmt.Errorf("%s's ztunnel logged no refusal of alice -> %s", n.name, direct)
+	}
+	st.say("alice", "-> %s (web-v1's pod IP, around the waypoint): refused by %s's ztunnel: %s", direct, n.name, reason)
 	return nil
 }
 

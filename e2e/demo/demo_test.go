@@ -43,7 +43,7 @@ func TestDemoRuns(t *testing.T) {
 		regexp.MustCompile(`✓ zmeshd   1 waypoint connected and synced`),
 		regexp.MustCompile(`✓ alice    -> http://10\.96\.0\.11:80/ \(service web\): 100 requests: v1 \d+, v2 \d+ \(VirtualService web: 90/10\)`),
 		regexp.MustCompile(`✓ waypoint access log: \d+ requests from spiffe://cluster\.local/ns/demo/sa/alice`),
-		regexp.MustCompile(`✓ alice    -> 10\.50\.1\.20:8080 \(web-v1's pod IP, around the waypoint\): refused`),
+		regexp.MustCompile(`✓ alice    -> 10\.50\.1\.20:8080 \(web-v1's pod IP, around the waypoint\): refused by node-1's ztunnel: .+`),
 	} {
 		if !want.MatchString(out.String()) {
 			t.Errorf("no line matching %s", want)

@@ -10,8 +10,10 @@
 // the pods is captured (eBPF) and tunnelled over HBONE; the demo shows who
 // reached whom with which identity, what policy refused, that nothing
 // readable crossed the wire, a policy edit taking effect, a running pod
-// joining the mesh, and the ztunnels' logs and metrics. It removes
-// everything it made.
+// joining the mesh, a canary split 90/10 by a waypoint (which node-2's
+// runner starts from the deployer's Deployment, there being no deployer
+// without a cluster) that the canary's pods cannot be reached around, and
+// the ztunnels' logs and metrics. It removes everything it made.
 //
 // It needs root (network namespaces, eBPF). Run it with `make demo`.
 package main
@@ -117,7 +119,7 @@ func run(ctx context.Context, binDir string, out io.Writer, stay bool) (err erro
 	}
 	// Library logs would interleave with the story.
 	slog.SetDefault(quiet)
-	fmt.Fprintln(out, "zmesh demo: an L4 ambient mesh on two nodes (no cluster needed)")
+	fmt.Fprintln(out, "zmesh demo: an L4 ambient mesh on two nodes, and L7 through a waypoint (no cluster needed)")
 	fmt.Fprintln(out)
 	began := time.Now()
 
@@ -388,7 +390,7 @@ func run(ctx context.Context, binDir string, out io.Writer, stay bool) (err erro
 	}
 	st.say(zt2.name, "config_dump: %d bytes (workloads, services, policies, pods, certificates)", len(dump))
 	fmt.Fprintln(out)
-	st.say("done", "pods captured by the real CNI chain, plain TCP crossed nodes over mTLS with identities, policy refused the rest, edits took effect (%s, %s after the build)",
+	st.say("done", "pods captured by the real CNI chain, plain TCP crossed nodes over mTLS with identities, policy refused the rest, edits took effect, a waypoint split a canary (%s, %s after the build)",
 		time.Since(began).Round(100*time.Millisecond), time.Since(built).Round(100*time.Millisecond))
 	if !stay {
 		return nil

@@ -298,7 +298,7 @@ func (f *Files) freeAddr(prefix netip.Prefix, s *model.Snapshot, pods bool) (net
 	f.mu.Unlock()
 	first := prefix.Addr().Next().Next()
 	last := lastAddr(prefix).Prev() // not the broadcast address
-	for a := last; a.Compare(first) > 0; a = a.Prev() {
+	for a := last; a.Compare(first) >= 0; a = a.Prev() {
 		if !held[a] {
 			return a, nil
 		}
