@@ -3,7 +3,8 @@
 // with ztunnel's delta xDS client. The pods of this node are the Workloads
 // whose node is this node's name; a pod is ambient while zmeshd lists it
 // with tunnel protocol HBONE (with no cluster, zmeshd decides that from
-// the namespace and pod labels). It must not import the control plane.
+// the namespace and pod labels) and not as a native tunnel (a waypoint,
+// which terminates HBONE itself). It must not import the control plane.
 package wds
 
 import (
