@@ -60,7 +60,7 @@ func main() {
 	if podapp.IsApp() {
 		podapp.Main()
 	}
-	bin := flag.String("bin", "", "directory holding prebuilt zmeshd, ztunnel, zmeshctl, zmesh-cni-agent and zmesh-cni (default: go build them)")
+	bin := flag.String("bin", "", "directory holding prebuilt zmeshd, ztunnel, zmeshctl, zmesh-cni-agent, zmesh-cni and waypoint (default: go build them)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -157,7 +157,7 @@ func run(ctx context.Context, binDir string, out io.Writer, stay bool) (err erro
 	m.bin = binDir
 	if m.bin == "" {
 		m.bin = filepath.Join(m.tmp, "bin")
-		st.note("building zmeshd, ztunnel, zmesh-cni-agent, zmesh-cni and zmeshctl (go build ./cmd/...)")
+		st.note("building zmeshd, ztunnel, zmesh-cni-agent, zmesh-cni, zmeshctl and waypoint (go build ./cmd/...)")
 		if err := m.build(ctx); err != nil {
 			return err
 		}
