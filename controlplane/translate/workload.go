@@ -114,9 +114,15 @@ func (t *translator) podWorkload(p *corev1.Pod, r *podResult) *workload.Workload
 	}
 	// A waypoint is not captured (its dataplane-mode is none) but speaks
 	// HBONE itself on 15008: clients' ztunnels must tunnel to it.
-	if InMesh(p, ns, t.opts.RequireRedirectionAnnotation) || t.isWaypointItself(p.Namespace, p.Name, p.Labels, false) {
+	waypoint := t.isWaypointItself(p.Namespace, p.Name, p.Labels, false)
+	if InMesh(p, ns, t.opts.RequireRedirectionAnnotation) || waypoint {
 		if validSegment(p.Namespace) && validSegment(w.ServiceAccount) {
 			w.TunnelProtocol = workload.TunnelProtocol_HBONE
+			// It terminates HBONE itself: a node agent without a cluster
+			// (which knows pods only from this stream) must not capture
+			// it, as the one with a cluster leaves it alone for its
+			// dataplane-mode none.
+			w.NativeTunnel = waypoint
 		} else {
 			r.conds.fail(podRef(p), ZtunnelAccepted, ReasonInvalidValue,
 				"metadata.namespace, spec.serviceAccountName: cannot form a SPIFFE identity; not reached over HBONE")

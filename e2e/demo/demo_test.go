@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"os"
+	"regexp"
 	"testing"
 	"time"
 
@@ -34,6 +35,20 @@ func TestDemoRuns(t *testing.T) {
 		t.Fatalf("%v\n%s", err, out.String())
 	}
 	t.Log(out.String())
+	// The canary step: the waypoint ran from the deployer's Deployment,
+	// requests to service web were split by version through it, and its
+	// pods refused alice dialling one directly.
+	for _, want := range []*regexp.Regexp{
+		regexp.MustCompile(`✓ waypoint 10\.50\.2\.\d+ on node-2: the deployer's Deployment for Gateway demo/waypoint run as the waypoint binary \(pid \d+\).*not captured; ready`),
+		regexp.MustCompile(`✓ zmeshd   1 waypoint connected and synced`),
+		regexp.MustCompile(`✓ alice    -> http://10\.96\.0\.11:80/ \(service web\): 100 requests: v1 \d+, v2 \d+ \(VirtualService web: 90/10\)`),
+		regexp.MustCompile(`✓ waypoint access log: \d+ requests from spiffe://cluster\.local/ns/demo/sa/alice`),
+		regexp.MustCompile(`✓ alice    -> 10\.50\.1\.20:8080 \(web-v1's pod IP, around the waypoint\): refused by node-1's ztunnel: .+`),
+	} {
+		if !want.MatchString(out.String()) {
+			t.Errorf("no line matching %s", want)
+		}
+	}
 	if left := netenv.Leftovers(); len(left) > 0 {
 		t.Fatalf("demo left namespaces behind: %v", left)
 	}

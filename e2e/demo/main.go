@@ -10,8 +10,10 @@
 // the pods is captured (eBPF) and tunnelled over HBONE; the demo shows who
 // reached whom with which identity, what policy refused, that nothing
 // readable crossed the wire, a policy edit taking effect, a running pod
-// joining the mesh, and the ztunnels' logs and metrics. It removes
-// everything it made.
+// joining the mesh, a canary split 90/10 by a waypoint (which node-2's
+// runner starts from the deployer's Deployment, there being no deployer
+// without a cluster) that the canary's pods cannot be reached around, and
+// the ztunnels' logs and metrics. It removes everything it made.
 //
 // It needs root (network namespaces, eBPF). Run it with `make demo`.
 package main
@@ -37,9 +39,11 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/term"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/zmesh/zmesh/controlplane/model"
 	"github.com/zmesh/zmesh/controlplane/source/dir"
+	"github.com/zmesh/zmesh/controlplane/waypoint"
 	"github.com/zmesh/zmesh/e2e/noderunner"
 	"github.com/zmesh/zmesh/e2e/podapp"
 	"github.com/zmesh/zmesh/e2e/proc"
@@ -56,7 +60,7 @@ func main() {
 	if podapp.IsApp() {
 		podapp.Main()
 	}
-	bin := flag.String("bin", "", "directory holding prebuilt zmeshd, ztunnel, zmeshctl, zmesh-cni-agent and zmesh-cni (default: go build them)")
+	bin := flag.String("bin", "", "directory holding prebuilt zmeshd, ztunnel, zmeshctl, zmesh-cni-agent, zmesh-cni and waypoint (default: go build them)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -115,7 +119,7 @@ func run(ctx context.Context, binDir string, out io.Writer, stay bool) (err erro
 	}
 	// Library logs would interleave with the story.
 	slog.SetDefault(quiet)
-	fmt.Fprintln(out, "zmesh demo: an L4 ambient mesh on two nodes (no cluster needed)")
+	fmt.Fprintln(out, "zmesh demo: an L4 ambient mesh on two nodes, and L7 through a waypoint (no cluster needed)")
 	fmt.Fprintln(out)
 	began := time.Now()
 
@@ -153,7 +157,7 @@ func run(ctx context.Context, binDir string, out io.Writer, stay bool) (err erro
 	m.bin = binDir
 	if m.bin == "" {
 		m.bin = filepath.Join(m.tmp, "bin")
-		st.note("building zmeshd, ztunnel, zmesh-cni-agent, zmesh-cni and zmeshctl (go build ./cmd/...)")
+		st.note("building zmeshd, ztunnel, zmesh-cni-agent, zmesh-cni, zmeshctl and waypoint (go build ./cmd/...)")
 		if err := m.build(ctx); err != nil {
 			return err
 		}
@@ -182,7 +186,21 @@ func run(ctx context.Context, binDir string, out io.Writer, stay bool) (err erro
 	if alice == nil || mallory == nil || bob == nil || legacy == nil {
 		return errors.New("the shipped mesh YAML lacks one of the pods alice, mallory, bob, legacy")
 	}
+	webV1, webV2 := byName["web-v1"], byName["web-v2"]
+	if webV1 == nil || webV2 == nil {
+		return errors.New("the shipped mesh YAML lacks one of the pods web-v1, web-v2")
+	}
+	m.waypoints = map[types.NamespacedName]string{}
+	for _, gw := range u.Snapshot.Gateways {
+		if gw.Spec.GatewayClassName == waypoint.ClassName {
+			m.waypoints[types.NamespacedName{Namespace: gw.Namespace, Name: gw.Name}] = "token-waypoint-" + gw.Namespace + "-" + gw.Name
+		}
+	}
+	if _, ok := m.waypoints[canaryWaypoint]; !ok {
+		return fmt.Errorf("the shipped mesh YAML lacks the waypoint Gateway %s", canaryWaypoint)
+	}
 	st.say("config", "%s: namespaces demo (ambient) and legacy, %d pods, service echo, STRICT mTLS, echo only from alice", m.meshDir, len(pods))
+	st.say("config", "waypoint Gateway %s; service web (pods v1, v2) uses it: VirtualService web sends 90%% to subset v1, 10%% to v2", canaryWaypoint)
 
 	// 2. The network: an underlay and the nodes' host namespaces.
 	if err := m.network(); err != nil {
@@ -224,6 +242,17 @@ func run(ctx context.Context, binDir string, out io.Writer, stay bool) (err erro
 			return fmt.Errorf("%s: start pods: %w", n.name, err)
 		}
 	}
+	wpNode := m.node(waypointNode)
+	wp := wpNode.runner.Waypoint(canaryWaypoint.Namespace, canaryWaypoint.Name)
+	if wp == nil {
+		return fmt.Errorf("the waypoint of Gateway %s did not start on %s (runner log: %s)", canaryWaypoint, waypointNode, filepath.Join(wpNode.dir, "noderunner.log"))
+	}
+	if wpNode.pinned(string(wp.UID)) {
+		return errors.New("the waypoint's pod was captured: its port 15008 is its own")
+	}
+	st.say("waypoint", "%s on %s: the deployer's Deployment for Gateway %s run as the waypoint binary (pid %d), CNI ADD (%s) in %s, not captured; ready (probe on :15021) after its config from zmeshd over TLS as %s",
+		wp.IP, waypointNode, canaryWaypoint, wp.Pid(), strings.Join(wpNode.chain(), " → "), wp.CNIAdd.Round(time.Millisecond),
+		identity.MustWorkloadID(td.Name(), canaryWaypoint.Namespace, canaryWaypoint.Name))
 	for _, p := range pods {
 		n := m.node(p.node)
 		if p.rp = n.runner.Pod(p.ns, p.name); p.rp == nil {
@@ -246,11 +275,12 @@ func run(ctx context.Context, binDir string, out io.Writer, stay bool) (err erro
 	var synced map[string]int
 	if err := waitFor(ctx, func() bool {
 		synced = m.synced(ctx)
-		return synced["ztunnel"] == len(m.nodes) && synced["zmesh-cni-agent"] == len(m.nodes)
+		return synced["ztunnel"] == len(m.nodes) && synced["zmesh-cni-agent"] == len(m.nodes) && synced["router"] == len(m.waypoints)
 	}); err != nil {
-		return fmt.Errorf("zmeshd's /debug/syncz does not list every ztunnel and agent as synced: %v", synced)
+		return fmt.Errorf("zmeshd's /debug/syncz does not list every ztunnel, agent and waypoint as synced: %v", synced)
 	}
 	st.say("zmeshd", "%d ztunnels and %d zmesh-cni-agents connected and synced (/debug/syncz)", synced["ztunnel"], synced["zmesh-cni-agent"])
+	st.say("zmeshd", "%d waypoint connected and synced, served its own Listener, Routes, Clusters and Endpoints by its identity", synced["router"])
 	fmt.Fprintln(out)
 
 	// 6. Traffic. The apps speak plain TCP; capture and ztunnel do the rest.
@@ -320,7 +350,13 @@ func run(ctx context.Context, binDir string, out io.Writer, stay bool) (err erro
 	}
 	fmt.Fprintln(out)
 
-	// 9. What bob's ztunnel saw: access log and metrics.
+	// 9. A canary through the waypoint (L7).
+	if err := m.canary(ctx, st, alice, webV1, wp); err != nil {
+		return err
+	}
+	fmt.Fprintln(out)
+
+	// 10. What bob's ztunnel saw: access log and metrics.
 	zt2 := m.node(bob.node)
 	if err := waitFor(ctx, func() bool { return len(zt2.ztunnel.LogRecords("connection complete")) >= 4 }); err != nil {
 		return errors.New("node-2's ztunnel did not log the four connections")
@@ -354,7 +390,7 @@ func run(ctx context.Context, binDir string, out io.Writer, stay bool) (err erro
 	}
 	st.say(zt2.name, "config_dump: %d bytes (workloads, services, policies, pods, certificates)", len(dump))
 	fmt.Fprintln(out)
-	st.say("done", "pods captured by the real CNI chain, plain TCP crossed nodes over mTLS with identities, policy refused the rest, edits took effect (%s, %s after the build)",
+	st.say("done", "pods captured by the real CNI chain, plain TCP crossed nodes over mTLS with identities, policy refused the rest, edits took effect, a waypoint split a canary (%s, %s after the build)",
 		time.Since(began).Round(100*time.Millisecond), time.Since(built).Round(100*time.Millisecond))
 	if !stay {
 		return nil
@@ -456,6 +492,8 @@ func (m *mesh) pokeHelp(out io.Writer, alice, mallory, bob, legacy *pod) {
 	fmt.Fprintf(out, "  # alice calls the echo service through the mesh (pod %s is network namespace %s)\n", alice.name, alice.rp.NS.Name)
 	fmt.Fprintf(out, "  ip netns exec %s curl -s http://10.96.0.10/\n", alice.rp.NS.Name)
 	fmt.Fprintf(out, "  ip netns exec %s bash -c 'exec 3<>/dev/tcp/%s/%d; echo hello >&3; head -2 <&3'\n", alice.rp.NS.Name, bob.addr, podapp.EchoPort)
+	fmt.Fprintf(out, "  # alice calls service web: through the waypoint, 90%% v1, 10%% v2 (edit the VirtualService in 50-canary.yaml)\n")
+	fmt.Fprintf(out, "  ip netns exec %s curl -s http://%s/\n", alice.rp.NS.Name, webVIP.Addr())
 	fmt.Fprintf(out, "  # mallory is refused by policy\n")
 	fmt.Fprintf(out, "  ip netns exec %s curl -sS --max-time 3 http://%s:%d/\n", mallory.rp.NS.Name, bob.addr, podapp.HTTPPort)
 	fmt.Fprintf(out, "  # legacy joined the mesh: it reaches alice as %s\n", legacy.id())

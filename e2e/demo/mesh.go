@@ -19,7 +19,10 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/features"
 	"golang.org/x/sys/unix"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/zmesh/zmesh/controlplane/waypoint"
 	"github.com/zmesh/zmesh/e2e/netenv"
 	"github.com/zmesh/zmesh/e2e/noderunner"
 	"github.com/zmesh/zmesh/e2e/podapp"
@@ -37,6 +40,15 @@ import (
 var (
 	underlay  = netip.MustParsePrefix("10.44.0.0/24")
 	nodeNames = []string{"node-1", "node-2"}
+	// waypointNode runs the waypoints (a scheduler's choice, fixed here).
+	waypointNode = "node-2"
+	// controlPlane is zmeshd's TLS port as pods reach it, standing in for
+	// its Service (outside serviceCIDR, which waypoints' Services use).
+	controlPlane = netip.MustParseAddr("10.96.1.1")
+	serviceCIDR  = netip.MustParsePrefix("10.96.0.0/24")
+	// waypointImage is the image of the deployer's waypoint Deployments:
+	// the node runner runs it as the waypoint binary built here.
+	waypointImage = "zmesh/waypoint:demo"
 )
 
 // podCIDR is node-i's pod range, which the YAML's pod addresses must use.
@@ -50,9 +62,17 @@ type mesh struct {
 	lan     *netenv.LAN
 	nodes   []*node
 
-	zmeshd                 *proc.Proc
-	zmeshdXDS, zmeshdMon   string
-	caDir                  string
+	zmeshd               *proc.Proc
+	zmeshdXDS, zmeshdMon string
+	caDir                string
+	// zmeshdSecure is zmeshd's TLS port (waypoints authenticate there, and
+	// zmeshd picks their configuration by that identity); pods reach it at
+	// controlPlane, forwarded by the waypoint node's host namespace.
+	zmeshdSecure string
+	forward      io.Closer
+	// waypoints are the YAML's waypoint Gateways, each with the static
+	// token zmeshd accepts from its pods.
+	waypoints              map[types.NamespacedName]string
 	stopRunners            context.CancelFunc
 	runners                sync.WaitGroup
 	rootLinks              []string
@@ -105,7 +125,7 @@ func preflight() error {
 func (m *mesh) build(ctx context.Context) error {
 	cmd := exec.CommandContext(ctx, "go", "build", "-o", m.bin+"/",
 		"github.com/zmesh/zmesh/cmd/zmeshd", "github.com/zmesh/zmesh/cmd/ztunnel", "github.com/zmesh/zmesh/cmd/zmeshctl",
-		"github.com/zmesh/zmesh/cmd/zmesh-cni-agent", "github.com/zmesh/zmesh/cmd/zmesh-cni")
+		"github.com/zmesh/zmesh/cmd/zmesh-cni-agent", "github.com/zmesh/zmesh/cmd/zmesh-cni", "github.com/zmesh/zmesh/cmd/waypoint")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("go build: %w\n%s", err, out)
 	}
@@ -146,13 +166,20 @@ func (m *mesh) node(name string) *node {
 	return nil
 }
 
-// startZmeshd runs zmeshd on the YAML directory. Each node's ztunnel has a
-// static token binding it to its node (no TokenReview without a cluster).
+// startZmeshd runs zmeshd on the YAML directory. With no TokenReview
+// without a cluster, callers have static tokens: each node's ztunnel one
+// binding it to its node, and each waypoint Gateway of the YAML one for
+// its identity (the Gateway's namespace and name as service account, bound
+// to no node), which its pods present as their projected token. A waypoint
+// Gateway added while the demo runs has none: zmeshd reads the file once.
 func (m *mesh) startZmeshd(ctx context.Context) error {
 	tokens := filepath.Join(m.tmp, "tokens")
 	var lines strings.Builder
 	for _, n := range m.nodes {
 		fmt.Fprintf(&lines, "token-ztunnel-%s spiffe://%s/ns/istio-system/sa/ztunnel %s\n", n.name, identity.DefaultTrustDomain, n.name)
+	}
+	for gw, tok := range m.waypoints {
+		fmt.Fprintf(&lines, "%s %s -\n", tok, identity.MustWorkloadID(identity.DefaultTrustDomain, gw.Namespace, gw.Name))
 	}
 	if err := os.WriteFile(tokens, []byte(lines.String()), 0o600); err != nil {
 		return err
@@ -164,12 +191,60 @@ func (m *mesh) startZmeshd(ctx context.Context) error {
 	if m.zmeshdMon, err = proc.FreeAddr(); err != nil {
 		return err
 	}
+	if m.zmeshdSecure, err = proc.FreeAddr(); err != nil {
+		return err
+	}
 	m.caDir = filepath.Join(m.tmp, "ca")
 	m.zmeshd, err = startProc(ctx, "zmeshd", filepath.Join(m.bin, "zmeshd"), filepath.Join(m.tmp, "zmeshd.log"),
 		"http://"+m.zmeshdMon+"/ready",
 		"--config-dir", m.meshDir, "--tokens-file", tokens, "--ca-dir", m.caDir,
-		"--xds-address", m.zmeshdXDS, "--secure-address", "", "--monitoring-address", m.zmeshdMon)
+		"--xds-address", m.zmeshdXDS, "--secure-address", m.zmeshdSecure,
+		"--secure-hosts", "localhost,127.0.0.1,"+controlPlane.String(), "--monitoring-address", m.zmeshdMon)
 	return err
+}
+
+// zmeshdForPods is zmeshd's TLS port as the waypoint node's pods reach it.
+func (m *mesh) zmeshdForPods() netip.AddrPort {
+	ap := netip.MustParseAddrPort(m.zmeshdSecure)
+	return netip.AddrPortFrom(controlPlane, ap.Port())
+}
+
+// waypointRunner makes node n's runner run the YAML's waypoints: the
+// Deployment the deployer would create, its volumes from the demo (the
+// Gateway's static token; the CA's root certificate as the
+// istio-ca-root-cert ConfigMap zmeshd publishes in a cluster), zmeshd
+// reached through a forwarder on the node's host namespace.
+func (m *mesh) waypointRunner(n *node) (*noderunner.FilesWaypoints, error) {
+	f, err := netenv.Forward(n.host, m.zmeshdForPods(), m.zmeshdSecure)
+	if err != nil {
+		return nil, err
+	}
+	m.forward = f
+	images := &noderunner.Images{
+		Bin: m.bin, Dir: filepath.Join(n.dir, "volumes"), Logs: filepath.Join(n.dir, "pods"),
+		Token: func(pod *corev1.Pod, audience string) (string, error) {
+			tok, ok := m.waypoints[types.NamespacedName{Namespace: pod.Namespace, Name: pod.Spec.ServiceAccountName}]
+			if !ok {
+				return "", fmt.Errorf("no static token for service account %s/%s (only the waypoint Gateways present at start have one)", pod.Namespace, pod.Spec.ServiceAccountName)
+			}
+			return tok, nil
+		},
+		ConfigMap: func(namespace, name string) (map[string]string, bool) {
+			if name != "istio-ca-root-cert" {
+				return nil, false
+			}
+			b, err := os.ReadFile(filepath.Join(m.caDir, identity.FileRootCert))
+			if err != nil {
+				return nil, false
+			}
+			return map[string]string{"root-cert.pem": string(b)}, true
+		},
+	}
+	return &noderunner.FilesWaypoints{
+		Images:  images,
+		Options: waypoint.Options{Image: waypointImage, XDSAddress: m.zmeshdForPods().String()},
+		PodCIDR: n.cidr, ServiceCIDR: serviceCIDR,
+	}, nil
 }
 
 // startNode gives a node its pod network (bridge + host-local), then the
@@ -270,6 +345,12 @@ func (m *mesh) startPods(ctx context.Context, n *node, runCtx context.Context) e
 		App: noderunner.AppCommand(podapp.Env, logs),
 		Log: slog.New(slog.NewJSONHandler(logFile, nil)),
 	}
+	if n.name == waypointNode {
+		if n.runner.Waypoints, err = m.waypointRunner(n); err != nil {
+			logFile.Close()
+			return err
+		}
+	}
 	if err := n.runner.Sync(ctx); err != nil {
 		return err
 	}
@@ -321,6 +402,11 @@ func (m *mesh) Close() {
 		n.agent.Stop()
 	}
 	m.zmeshd.Stop()
+	if m.forward != nil {
+		if err := m.forward.Close(); err != nil {
+			m.teardownErrs = append(m.teardownErrs, "control-plane forwarder: "+err.Error())
+		}
+	}
 	if m.lan != nil {
 		if err := m.lan.Close(); err != nil {
 			m.teardownErrs = append(m.teardownErrs, err.Error())
@@ -348,13 +434,21 @@ func (m *mesh) leftovers() []string {
 	for _, p := range m.pinsLeft {
 		out = append(out, "bpffs pin left after every pod was deleted: "+p)
 	}
-	// Pod apps are this executable re-run with podapp.Env set.
+	// Pod apps are this executable re-run with podapp.Env set; waypoints
+	// are the waypoint binary.
 	self := fmt.Sprint(os.Getpid())
 	exe, _ := os.Executable()
+	wp := filepath.Join(m.bin, "waypoint")
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
 		if e.Name() == self {
 			continue
+		}
+		if m.bin != "" {
+			if target, _ := os.Readlink(filepath.Join("/proc", e.Name(), "exe")); strings.TrimSuffix(target, " (deleted)") == wp {
+				out = append(out, "waypoint process "+e.Name())
+				continue
+			}
 		}
 		if b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ")); err == nil && strings.Contains(string(b), podapp.Env+"=") {
 			if target, _ := os.Readlink(filepath.Join("/proc", e.Name(), "exe")); target == exe {

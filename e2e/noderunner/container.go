@@ -43,6 +43,12 @@ type Images struct {
 	// pod, removed when the pod stops).
 	Dir    string
 	Client kubernetes.Interface
+	// Without a cluster (Client nil), Token and ConfigMap stand in for the
+	// TokenRequest API and the namespace's ConfigMaps: Token returns the
+	// token of the pod's service account for an audience, ConfigMap a
+	// ConfigMap's data (found false when there is none).
+	Token     func(pod *corev1.Pod, audience string) (string, error)
+	ConfigMap func(namespace, name string) (data map[string]string, found bool)
 	// Logs receives each pod's output (one file per pod); empty discards.
 	Logs string
 
@@ -227,6 +233,16 @@ func (im *Images) volume(ctx context.Context, pod *corev1.Pod, v corev1.Volume, 
 // token asks the API server for the pod's service-account token, bound to
 // the pod, as the kubelet does for a projected token.
 func (im *Images) token(ctx context.Context, pod *corev1.Pod, src *corev1.ServiceAccountTokenProjection, dir string) error {
+	if im.Client == nil {
+		if im.Token == nil {
+			return errors.New("no API server and no token source")
+		}
+		tok, err := im.Token(pod, src.Audience)
+		if err != nil {
+			return err
+		}
+		return writeFile(dir, src.Path, []byte(tok))
+	}
 	sa := pod.Spec.ServiceAccountName
 	if sa == "" {
 		sa = "default"
@@ -247,12 +263,28 @@ func (im *Images) token(ctx context.Context, pod *corev1.Pod, src *corev1.Servic
 
 // configMap writes a ConfigMap's keys (or the listed items) as files.
 func (im *Images) configMap(ctx context.Context, ns, name string, items []corev1.KeyToPath, optional *bool, dir string) error {
-	cm, err := im.Client.CoreV1().ConfigMaps(ns).Get(ctx, name, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) && optional != nil && *optional {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("configMap %s: %w", name, err)
+	var cm *corev1.ConfigMap
+	if im.Client == nil {
+		data, found := map[string]string(nil), false
+		if im.ConfigMap != nil {
+			data, found = im.ConfigMap(ns, name)
+		}
+		if !found {
+			if optional != nil && *optional {
+				return nil
+			}
+			return fmt.Errorf("configMap %s: not found", name)
+		}
+		cm = &corev1.ConfigMap{Data: data}
+	} else {
+		var err error
+		cm, err = im.Client.CoreV1().ConfigMaps(ns).Get(ctx, name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) && optional != nil && *optional {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("configMap %s: %w", name, err)
+		}
 	}
 	if len(items) == 0 {
 		for k := range cm.Data {

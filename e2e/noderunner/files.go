@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
 	"os/exec"
 	"slices"
 	"sort"
@@ -15,6 +16,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/zmesh/zmesh/controlplane/model"
 	"github.com/zmesh/zmesh/controlplane/source/dir"
 	"github.com/zmesh/zmesh/e2e/netenv"
 )
@@ -39,18 +41,26 @@ type Files struct {
 	CNIBinDir, CNIConfDir string
 	// App returns the command to run as the pod's process; nil runs none.
 	App func(pod *corev1.Pod) *exec.Cmd
-	Log *slog.Logger
+	// Waypoints, if set, has this runner run the directory's waypoint
+	// Gateways too (see FilesWaypoints).
+	Waypoints *FilesWaypoints
+	Log       *slog.Logger
 
 	// op serialises syncs and Close.
-	op     sync.Mutex
-	src    *dir.Source
-	mu     sync.Mutex
-	pods   map[types.UID]*RunningPod
-	closed bool
+	op        sync.Mutex
+	src       *dir.Source
+	mu        sync.Mutex
+	pods      map[types.UID]*RunningPod
+	waypoints map[types.NamespacedName]*runningWaypoint
+	closed    bool
 }
 
 func (f *Files) sandbox() sandbox {
-	return sandbox{host: f.Host, binDir: f.CNIBinDir, confDir: f.CNIConfDir, app: f.App}
+	s := sandbox{host: f.Host, binDir: f.CNIBinDir, confDir: f.CNIConfDir, app: f.App}
+	if f.Waypoints != nil {
+		s.images = f.Waypoints.Images
+	}
+	return s
 }
 
 func (f *Files) log() *slog.Logger {
@@ -73,7 +83,7 @@ func (f *Files) Sync(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return f.apply(ctx, u.Snapshot.Pods)
+	return f.apply(ctx, u.Snapshot)
 }
 
 // Run syncs again after every change of the directory until ctx ends, then
@@ -83,11 +93,11 @@ func (f *Files) Sync(ctx context.Context) error {
 func (f *Files) Run(ctx context.Context) error {
 	src := &dir.Source{Dir: f.Dir, Log: f.log(), Interval: 200 * time.Millisecond}
 	// last and failed are guarded by f.op, as apply is.
-	var last []*corev1.Pod
+	var last *model.Snapshot
 	var failed bool
-	applyLocked := func(pods []*corev1.Pod) {
-		last = pods
-		err := f.apply(ctx, pods)
+	applyLocked := func(s *model.Snapshot) {
+		last = s
+		err := f.apply(ctx, s)
 		failed = err != nil
 		if err != nil && ctx.Err() == nil {
 			f.log().Warn("pod sync", "node", f.Node, "reason", err.Error())
@@ -113,14 +123,19 @@ func (f *Files) Run(ctx context.Context) error {
 	err := src.Run(ctx, func(u *dir.Update) {
 		f.op.Lock()
 		defer f.op.Unlock()
-		applyLocked(u.Snapshot.Pods)
+		applyLocked(u.Snapshot)
 	})
 	wg.Wait()
 	return errors.Join(err, f.Close())
 }
 
-// apply starts and stops pods to match the directory's. Called with op held.
-func (f *Files) apply(ctx context.Context, listed []*corev1.Pod) error {
+// apply starts and stops pods (then waypoints) to match the directory's.
+// Called with op held.
+func (f *Files) apply(ctx context.Context, s *model.Snapshot) error {
+	return errors.Join(f.applyPods(ctx, s.Pods), f.applyWaypoints(ctx, s))
+}
+
+func (f *Files) applyPods(ctx context.Context, listed []*corev1.Pod) error {
 	f.mu.Lock()
 	if f.closed {
 		f.mu.Unlock()
@@ -131,7 +146,7 @@ func (f *Files) apply(ctx context.Context, listed []*corev1.Pod) error {
 	}
 	want := map[types.UID]*corev1.Pod{}
 	for _, p := range listed {
-		if p.Spec.NodeName == f.Node && p.Status.PodIP != "" && !p.Spec.HostNetwork {
+		if p.Spec.NodeName == f.Node && p.Status.PodIP != "" && !p.Spec.HostNetwork && p.Annotations[GeneratedAnnotation] == "" {
 			want[p.UID] = p
 		}
 	}
@@ -204,8 +219,22 @@ func (f *Files) Close() error {
 	for _, p := range f.pods {
 		pods = append(pods, p)
 	}
+	wps := make([]types.NamespacedName, 0, len(f.waypoints))
+	for k := range f.waypoints {
+		wps = append(wps, k)
+	}
 	f.mu.Unlock()
 	var errs []error
+	for _, k := range wps {
+		f.mu.Lock()
+		w := f.waypoints[k]
+		f.mu.Unlock()
+		if err := f.stopWaypoint(k); errors.Is(err, errDel) {
+			errs = append(errs, err, w.pod.NS.Close(), os.Remove(w.file))
+		} else if err != nil {
+			errs = append(errs, err)
+		}
+	}
 	for _, p := range pods {
 		if err := f.stop(p); errors.Is(err, errDel) {
 			// Leave nothing behind even so: the namespace goes.
@@ -213,6 +242,9 @@ func (f *Files) Close() error {
 		} else if err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if f.Waypoints != nil && f.Waypoints.Images != nil {
+		errs = append(errs, f.Waypoints.Images.Close())
 	}
 	return errors.Join(errs...)
 }

@@ -3,7 +3,8 @@
 // with ztunnel's delta xDS client. The pods of this node are the Workloads
 // whose node is this node's name; a pod is ambient while zmeshd lists it
 // with tunnel protocol HBONE (with no cluster, zmeshd decides that from
-// the namespace and pod labels). It must not import the control plane.
+// the namespace and pod labels) and not as a native tunnel (a waypoint,
+// which terminates HBONE itself). It must not import the control plane.
 package wds
 
 import (
@@ -153,7 +154,7 @@ func (m *Members) Lookup(ctx context.Context, namespace, name string) (string, b
 		w, applied := m.find(namespace, name), m.applied
 		m.mu.Unlock()
 		if w != nil {
-			return w.GetServiceAccount(), w.GetTunnelProtocol() == workload.TunnelProtocol_HBONE, nil
+			return w.GetServiceAccount(), captured(w), nil
 		}
 		select {
 		case <-applied:
@@ -164,6 +165,13 @@ func (m *Members) Lookup(ctx context.Context, namespace, name string) (string, b
 			return "", false, fmt.Errorf("%w: pod %s/%s: %w", agent.ErrMembershipUnknown, namespace, name, context.Cause(ctx))
 		}
 	}
+}
+
+// captured says whether the node captures a workload's traffic for
+// ztunnel: reached over HBONE, and not terminating HBONE itself (a
+// waypoint, native_tunnel), whose port 15008 is its own.
+func captured(w *workload.Workload) bool {
+	return w.GetTunnelProtocol() == workload.TunnelProtocol_HBONE && !w.GetNativeTunnel()
 }
 
 // find returns this node's workload of that name; m.mu is held.
@@ -185,7 +193,7 @@ func (m *Members) Pods() []agent.PodInfo {
 		p := agent.PodInfo{
 			UID: PodUID(w.GetNamespace(), w.GetName()), Name: w.GetName(), Namespace: w.GetNamespace(),
 			ServiceAccount: w.GetServiceAccount(),
-			Ambient:        w.GetTunnelProtocol() == workload.TunnelProtocol_HBONE,
+			Ambient:        captured(w),
 		}
 		for _, b := range w.GetAddresses() {
 			if ip, ok := netip.AddrFromSlice(b); ok {

@@ -300,3 +300,30 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestWaypointIsNotCaptured: a waypoint is reached over HBONE but
+// terminates it itself (native_tunnel). Without a cluster the agent knows
+// it only from the stream: capturing it would hand its port 15008 to
+// ztunnel, so it is not ambient.
+func TestWaypointIsNotCaptured(t *testing.T) {
+	cp, conn := startADS(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	m, err := wds.New(wds.Config{Conn: conn, Node: "node-a", MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp.push(&workload.Workload{Uid: "Kubernetes//Pod/demo/waypoint-0", Name: "waypoint-0", Namespace: "demo", Node: "node-a",
+		ServiceAccount: "waypoint", TunnelProtocol: workload.TunnelProtocol_HBONE, NativeTunnel: true,
+		Addresses: [][]byte{netip.MustParseAddr("10.74.0.9").AsSlice()}})
+	wg.Go(func() { m.Run(ctx) })
+	if sa, ambient, err := m.Lookup(ctx, "demo", "waypoint-0"); err != nil || ambient || sa != "waypoint" {
+		t.Fatalf("Lookup(waypoint) = %q, %v, %v; want waypoint, not ambient", sa, ambient, err)
+	}
+	for _, p := range m.Pods() {
+		if p.Name == "waypoint-0" && p.Ambient {
+			t.Fatal("Pods lists the waypoint as ambient")
+		}
+	}
+}

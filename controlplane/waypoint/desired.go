@@ -1,0 +1,53 @@
+package waypoint
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+)
+
+// Objects are the objects the controller keeps for one waypoint Gateway,
+// as typed objects.
+type Objects struct {
+	ServiceAccount *corev1.ServiceAccount
+	Deployment     *appsv1.Deployment
+	Service        *corev1.Service
+}
+
+// Desired returns what the controller applies for gw, for runners that
+// have no API server to apply it to (the demo's node runner starts the
+// Deployment's pod itself): the same pure objects, converted from their
+// apply configurations. A Gateway the controller would not program is an
+// error naming the field.
+func Desired(gw *gatewayv1.Gateway, opts Options) (Objects, error) {
+	if gw == nil {
+		return Objects{}, errors.New("nil Gateway")
+	}
+	if gw.Spec.GatewayClassName != ClassName {
+		return Objects{}, fmt.Errorf("spec.gatewayClassName: %q, want %q", gw.Spec.GatewayClassName, ClassName)
+	}
+	if bad := validate(gw); bad != nil {
+		return Objects{}, errors.New(bad.message)
+	}
+	if opts.Image == "" {
+		return Objects{}, errors.New("options: no waypoint image")
+	}
+	want := desired(gw, opts)
+	var out Objects
+	for _, c := range []struct {
+		from, to any
+	}{{want.serviceAccount, &out.ServiceAccount}, {want.deployment, &out.Deployment}, {want.service, &out.Service}} {
+		b, err := json.Marshal(c.from)
+		if err != nil {
+			return Objects{}, err
+		}
+		if err := json.Unmarshal(b, c.to); err != nil {
+			return Objects{}, err
+		}
+	}
+	return out, nil
+}
