@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path"
+	"path/filepath"
 	"strings"
 )
 
@@ -20,6 +21,11 @@ var GoBuildArgs = []string{"build", "-trimpath", "-buildvcs=auto"}
 // linux/amd64 into outDir, each binary named after its package's last
 // element, and returns their paths by that name.
 func GoBuild(ctx context.Context, dir, outDir string, pkgs ...string) (map[string]string, error) {
+	// go build runs in dir: a relative outDir is the caller's.
+	outDir, err := filepath.Abs(outDir)
+	if err != nil {
+		return nil, fmt.Errorf("output directory: %w", err)
+	}
 	if err := os.MkdirAll(outDir, 0o755); err != nil {
 		return nil, fmt.Errorf("create %s: %w", outDir, err)
 	}
@@ -38,7 +44,7 @@ func GoBuild(ctx context.Context, dir, outDir string, pkgs ...string) (map[strin
 	bins := map[string]string{}
 	for _, p := range pkgs {
 		b := path.Base(p)
-		bins[b] = path.Join(outDir, b)
+		bins[b] = filepath.Join(outDir, b)
 	}
 	return bins, nil
 }

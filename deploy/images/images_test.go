@@ -430,3 +430,37 @@ func resolve(t *testing.T, img v1.Image, files map[string]tarEntry, cmd string) 
 	}
 	return ""
 }
+
+// TestCNIAgentImageCarriesPlugin builds the agent's image from stand-in
+// files: the agent installs zmesh-cni from its own executable's directory,
+// so the plugin must be in the layer beside the entrypoint.
+func TestCNIAgentImageCarriesPlugin(t *testing.T) {
+	var spec Spec
+	for _, s := range Specs() {
+		if s.Name == "zmesh-cni-agent" {
+			spec = s
+		}
+	}
+	dir := t.TempDir()
+	bins := map[string]string{}
+	for _, b := range []string{"zmesh-cni-agent", "zmesh-cni"} {
+		bins[b] = filepath.Join(dir, b)
+		if err := os.WriteFile(bins[b], []byte("stand-in for "+b), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	img := build(t, spec, Inputs{Binaries: bins}, testStamp)
+	files := layerFiles(t, img)
+	plugin := path.Join(path.Dir(spec.Entrypoint()[0]), "zmesh-cni")
+	e, ok := files[plugin]
+	if !ok || !bytes.Equal(e.data, []byte("stand-in for zmesh-cni")) || e.hdr.Mode != 0o755 {
+		t.Errorf("%s in the agent's image: present %v, mode %o; want the plugin, executable", plugin, ok, e.hdr.Mode)
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cf.Config.User != Root {
+		t.Errorf("agent image user %q, want %q", cf.Config.User, Root)
+	}
+}
