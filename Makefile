@@ -11,7 +11,7 @@ BENCH_PKGS := ./internal/hbone/ ./ztunnel/inpod/ ./ztunnel/proxy/ ./cni/plugin/
 BENCH_COUNT ?= 3
 BENCH_TIME ?= 1s
 
-.PHONY: all build test test-unit demo bench bench-quick bench-micro bench-compare generate lint deps clean
+.PHONY: all build test test-unit demo bench bench-quick bench-micro bench-compare generate lint deps clean images
 
 all: build
 
@@ -94,6 +94,17 @@ bench-quick: deps
 generate:
 	@ZMESH_GENERATE=1 .ci/deps.sh
 	PATH="$$($(GO) env GOPATH)/bin:$$PATH" $(GO) generate ./...
+
+# Container images of every binary (deploy/images), built with no container
+# daemon: static binaries on an empty base, written to bin/images/oci (an OCI
+# image layout), bin/images/<image>.tar (for docker load) and
+# bin/images/digests.txt, tagged from git describe. PUSH=registry/prefix
+# also pushes them there as <prefix>/<image>:<tag>, with docker login's
+# credentials (PUSH_INSECURE=1: the registry speaks plain HTTP).
+PUSH ?=
+PUSH_INSECURE ?=
+images: deps
+	GO=$(GO) $(GO) run ./deploy/images/build -out bin/images $(if $(PUSH),-push $(PUSH)) $(if $(PUSH_INSECURE),-insecure)
 
 # The Istio and Gateway API CRDs in deploy/crds/, copied from the modules
 # pinned in go.mod, so they match the Go types the code decodes.

@@ -11,6 +11,8 @@ command -v git >/dev/null || need+=(git)
 command -v gcc >/dev/null || need+=(gcc libc6-dev) # -race needs cgo
 # ../shared/tools/kube-testenv.sh (the e2e API server) needs curl and openssl.
 command -v curl >/dev/null || need+=(curl ca-certificates)
+# make images puts the system's CA bundle in zmeshd's image.
+[[ -f /etc/ssl/certs/ca-certificates.crt ]] || need+=(ca-certificates)
 command -v openssl >/dev/null || need+=(openssl)
 # The CNI chain tests run Debian's reference plugins (bridge, host-local).
 [[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local ]] || need+=(containernetworking-plugins)
