@@ -102,6 +102,14 @@ generate: generate-crds
 generate-crds:
 	GO=$(GO) deploy/gen-crds.sh
 
+# deploy/manifests/zmesh.yaml: the Helm chart (deploy/charts/zmesh, whose
+# CRDs are deploy/crds) rendered with Helm's Go SDK, for kubectl apply.
+.PHONY: generate-manifests
+generate: generate-manifests
+generate-manifests: generate-crds
+	@mkdir -p deploy/manifests
+	$(GO) run ./deploy/render/cmd -static -o deploy/manifests/zmesh.yaml
+
 lint: deps
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
