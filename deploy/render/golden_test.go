@@ -14,9 +14,10 @@ import (
 var update = flag.Bool("update", false, "rewrite the expected sections of testdata/*.txtar")
 
 // TestGolden renders the chart with each archive's values.yaml (and
-// namespace, default istio-system) and compares: manifest.yaml holds every
-// object but the CRDs, crds lists those by kind and name, and error holds
-// the refusal of values the chart does not accept.
+// namespace, default istio-system) and its CRDs, and compares:
+// manifest.yaml holds every object but the CRDs, crds lists those by kind
+// and name, and error holds the refusal of values the chart does not
+// accept.
 func TestGolden(t *testing.T) {
 	golden.Each(t, *update, func(t *testing.T, ar golden.Archive) {
 		in, ok := ar.File("values.yaml")
@@ -32,14 +33,14 @@ func TestGolden(t *testing.T) {
 			ns = strings.TrimSpace(string(b))
 		}
 		var manifest, crds, errText string
-		ms, err := Render(Options{Namespace: ns, Values: vals})
+		ms, err := Render(Options{Namespace: ns, Values: vals, IncludeCRDs: true})
 		if err != nil {
 			errText = err.Error() + "\n"
 		} else {
 			var rest []Manifest
 			var b strings.Builder
 			for _, m := range ms {
-				if m.Source == "zmesh/templates/crds.yaml" {
+				if strings.HasPrefix(m.Source, "zmesh/crds/") {
 					fmt.Fprintf(&b, "%s %s\n", m.Kind, m.Name)
 					continue
 				}

@@ -2,7 +2,7 @@
 // Helm's Go SDK (no helm binary): `make generate` runs it for
 // deploy/manifests/zmesh.yaml.
 //
-//	go run ./deploy/render/cmd [-f values.yaml] [--set a.b=c] [-namespace ns] [-o out.yaml]
+//	go run ./deploy/render/cmd [-include-crds] [-f values.yaml] [-set a.b=c] [-namespace ns] [-o out.yaml]
 package main
 
 import (
@@ -27,6 +27,7 @@ func main() {
 	static := flag.Bool("static", false, "render deploy/manifests/zmesh.yaml (the defaults and the namespace); other flags but -o are ignored")
 	flag.StringVar(&o.Chart, "chart", "", "chart directory (default: the repository's deploy/charts/zmesh)")
 	flag.StringVar(&o.Release, "name", "zmesh", "release name")
+	flag.BoolVar(&o.IncludeCRDs, "include-crds", false, "put the chart's CRDs first, as helm template --include-crds")
 	flag.StringVar(&o.Namespace, "namespace", "istio-system", "release namespace")
 	flag.Var(&files, "f", "values file (repeatable)")
 	flag.Var(&sets, "set", "a value, key.path=value (repeatable)")
