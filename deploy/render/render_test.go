@@ -228,7 +228,7 @@ func cmpOr[T any](ps ...*T) *T {
 }
 
 func TestMain(m *testing.M) {
-	// Helm's loader logs, at info, the link files/crds -> deploy/crds.
+	// Helm's loader logs, at info, the link crds -> deploy/crds.
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
 	os.Exit(m.Run())
 }

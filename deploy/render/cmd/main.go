@@ -33,7 +33,7 @@ func main() {
 	flag.Var(&sets, "set", "a value, key.path=value (repeatable)")
 	flag.Parse()
 	// Helm's loader logs each symbolic link it follows at info level; the
-	// chart's files/crds is one, on purpose (the repository's deploy/crds).
+	// chart's crds/ is one, on purpose (the repository's deploy/crds).
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
 	if err := run(o, files, sets, *static, *out); err != nil {
 		fmt.Fprintln(os.Stderr, "render:", err)
