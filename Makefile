@@ -6,7 +6,7 @@ export GOTOOLCHAIN := local
 # Packages that create network namespaces run one at a time. The e2e
 # suites (e2e/l4, e2e/l7) run last, verbosely: their logs are the evidence
 # of what the mesh did in each scenario.
-NETNS_PKGS := ./bpf/... ./cni/... ./ztunnel/... ./internal/hbone/ $$($(GO) list ./e2e/... | grep -v -E '/e2e/l[47]$$')
+NETNS_PKGS := ./bpf/... ./cni/... ./ztunnel/... ./internal/hbone/ ./deploy/privileges/ $$($(GO) list ./e2e/... | grep -v -E '/e2e/l[47]$$')
 BENCH_PKGS := ./internal/hbone/ ./ztunnel/inpod/ ./ztunnel/proxy/ ./cni/plugin/
 BENCH_COUNT ?= 3
 BENCH_TIME ?= 1s
@@ -24,7 +24,7 @@ build: deps
 
 # The README's test command: lint, then every test (netns tests need root).
 test: deps lint
-	$(GO) test -count=1 -timeout 30m $$($(GO) list ./... | grep -v -E '^github.com/zmesh/zmesh/(bpf|cni|ztunnel|e2e|internal/hbone)(/|$$)')
+	$(GO) test -count=1 -timeout 30m $$($(GO) list ./... | grep -v -E '^github.com/zmesh/zmesh/(bpf|cni|ztunnel|e2e|internal/hbone|deploy/privileges)(/|$$)')
 	$(GO) test -count=1 -p 1 -timeout 25m $(NETNS_PKGS)
 	$(GO) test -count=1 -race -timeout 15m ./identity/... ./ztunnel/... ./internal/hbone/ ./internal/xdsclient/ ./internal/meshclient/ ./api/... ./cni/agent/ ./controlplane/model/... ./controlplane/translate/ ./controlplane/xds/ ./controlplane/push/ ./controlplane/status/ ./controlplane/source/dir/ ./controlplane/l7/ ./waypoint/... ./cmd/waypoint/
 	$(GO) test -count=1 -p 1 -v -timeout 25m ./e2e/l4/ ./e2e/l7/
@@ -112,6 +112,14 @@ images: deps
 generate: generate-crds
 generate-crds:
 	GO=$(GO) deploy/gen-crds.sh
+
+# deploy/manifests/zmesh.yaml: the Helm chart (deploy/charts/zmesh, whose
+# CRDs are deploy/crds) rendered with Helm's Go SDK, for kubectl apply.
+.PHONY: generate-manifests
+generate: generate-manifests
+generate-manifests: generate-crds
+	@mkdir -p deploy/manifests
+	$(GO) run ./deploy/render/cmd -static -o deploy/manifests/zmesh.yaml
 
 lint: deps
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

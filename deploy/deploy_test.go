@@ -186,8 +186,12 @@ func (a access) String() string {
 
 // TestRBAC asks the API server (SubjectAccessReview) whether each
 // component's service account may make the requests its code makes, and
-// may not make others.
-func TestRBAC(t *testing.T) {
+// may not make others, as deploy/rbac grants them.
+func TestRBAC(t *testing.T) { checkRBAC(t, "istio-system") }
+
+// checkRBAC runs the reviews of TestRBAC for the components' service
+// accounts in namespace ns.
+func checkRBAC(t *testing.T, ns string) {
 	list := func(verbs, group, resource, sub, ns string) []access {
 		var out []access
 		for _, v := range strings.Fields(verbs) {
@@ -209,8 +213,8 @@ func TestRBAC(t *testing.T) {
 	zmeshdAllowed = append(zmeshdAllowed, list("get list watch create update patch delete", "", "services", "", "apps")...)
 	zmeshdAllowed = append(zmeshdAllowed, list("get list watch create update patch delete", "", "serviceaccounts", "", "apps")...)
 	zmeshdAllowed = append(zmeshdAllowed, list("create", "authentication.k8s.io", "tokenreviews", "", "")...)
-	zmeshdAllowed = append(zmeshdAllowed, list("get list watch create update patch", "coordination.k8s.io", "leases", "", "istio-system")...)
-	zmeshdAllowed = append(zmeshdAllowed, list("create patch", "", "events", "", "istio-system")...)
+	zmeshdAllowed = append(zmeshdAllowed, list("get list watch create update patch", "coordination.k8s.io", "leases", "", ns)...)
+	zmeshdAllowed = append(zmeshdAllowed, list("create patch", "", "events", "", ns)...)
 
 	agentAllowed := append(list("get list watch patch", "", "pods", "", "apps"), list("get list watch", "", "namespaces", "", "")...)
 
@@ -231,7 +235,7 @@ func TestRBAC(t *testing.T) {
 			{"get", "", "pods", "", "apps"},
 			{"list", "", "pods", "", ""},
 			{"create", "authentication.k8s.io", "tokenreviews", "", ""},
-			{"get", "", "secrets", "", "istio-system"},
+			{"get", "", "secrets", "", ns},
 		}},
 		{sa: "zmesh-cni-agent", allowed: agentAllowed, denied: []access{
 			{"update", "", "pods", "", "apps"},
@@ -243,12 +247,12 @@ func TestRBAC(t *testing.T) {
 	} {
 		t.Run(tc.sa, func(t *testing.T) {
 			for _, a := range tc.allowed {
-				if ok, reason := review(t, tc.sa, a); !ok {
+				if ok, reason := review(t, ns, tc.sa, a); !ok {
 					t.Errorf("%s may not %s: %s", tc.sa, a, reason)
 				}
 			}
 			for _, a := range tc.denied {
-				if ok, _ := review(t, tc.sa, a); ok {
+				if ok, _ := review(t, ns, tc.sa, a); ok {
 					t.Errorf("%s may %s", tc.sa, a)
 				}
 			}
@@ -257,12 +261,12 @@ func TestRBAC(t *testing.T) {
 	}
 }
 
-func review(t *testing.T, sa string, a access) (bool, string) {
+func review(t *testing.T, ns, sa string, a access) (bool, string) {
 	t.Helper()
 	r, err := reviewer.AuthorizationV1().SubjectAccessReviews().Create(t.Context(), &authzv1.SubjectAccessReview{
 		Spec: authzv1.SubjectAccessReviewSpec{
-			User:   "system:serviceaccount:istio-system:" + sa,
-			Groups: []string{"system:serviceaccounts", "system:serviceaccounts:istio-system", "system:authenticated"},
+			User:   "system:serviceaccount:" + ns + ":" + sa,
+			Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"},
 			ResourceAttributes: &authzv1.ResourceAttributes{
 				Verb: a.verb, Group: a.group, Resource: a.resource, Subresource: a.subresource, Namespace: a.namespace,
 			},
