@@ -105,7 +105,7 @@ func TestCompileListener(t *testing.T) {
 	}
 	// The TCP half's network RBAC filter checks the bytes that are not
 	// HTTP; the HTTP half has none.
-	if f := sniff4.TCPFilters; len(f) != 1 || f[0].Name != netRBACName || f[0].RBAC == nil || f[0].RBAC.Rules == nil ||
+	if f := sniff4.TCPFilters; len(f) != 1 || f[0].Name != "envoy.filters.network.rbac" || f[0].RBAC == nil || f[0].RBAC.Rules == nil ||
 		f[0].RBAC.Rules.Action != rbac.ActionDeny || len(f[0].RBAC.Rules.Policies) != 1 || f[0].RBAC.Rules.Policies[0].Name != "ns1.deny" {
 		t.Errorf("sniffed chain's TCP filters %+v", f)
 	}
