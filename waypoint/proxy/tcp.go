@@ -20,7 +20,8 @@ import (
 // cluster. For a TCP chain the CONNECT is still unanswered (sniffed is
 // nil): the endpoint is dialled first, so a client whose destination has
 // no reachable endpoint sees its connection refused. A sniffed tunnel was
-// answered already; sniffed holds the bytes read while deciding.
+// answered already; sniffed holds the bytes read while deciding. Before
+// either, the chain's TCP filters decide whether the tunnel may pass.
 func (p *Proxy) serveTCP(ctx context.Context, st *state, ch *config.Chain, t *tunnel, s *hbone.Stream, sniffed *peekConn) {
 	rec := telemetry.Record{
 		Start:           t.start,
@@ -39,6 +40,10 @@ func (p *Proxy) serveTCP(ctx context.Context, st *state, ch *config.Chain, t *tu
 			s.RespondError(http.StatusServiceUnavailable, reason)
 		}
 	}
+	c := st.snap.Clusters[ch.TCPCluster]
+	if c != nil && len(c.Services) > 0 {
+		rec.DestinationService, rec.DestinationServiceName, rec.DestinationServiceNamespace = c.Services[0].Host, c.Services[0].Name, c.Services[0].Namespace
+	}
 	if !p.authorizeTCP(ch, t, &rec) {
 		// Envoy's network RBAC closes a denied connection; an unanswered
 		// CONNECT is refused instead, which closes the tunnel as well and
@@ -51,13 +56,9 @@ func (p *Proxy) serveTCP(ctx context.Context, st *state, ch *config.Chain, t *tu
 		}
 		return
 	}
-	c := st.snap.Clusters[ch.TCPCluster]
 	if c == nil {
 		refuse(flagNoCluster, "no cluster "+ch.TCPCluster)
 		return
-	}
-	if len(c.Services) > 0 {
-		rec.DestinationService, rec.DestinationServiceName, rec.DestinationServiceNamespace = c.Services[0].Host, c.Services[0].Name, c.Services[0].Namespace
 	}
 	host, ok := st.pick(ch.TCPCluster, upstream.PickRequest{Random: mrand.Uint64()})
 	if !ok {

@@ -119,8 +119,9 @@ func TestTCPChainRBAC(t *testing.T) {
 
 	m.withTCPFilters(t, vipTCP, []config.HTTPFilter{tcpRBAC(t, denySleep)}, nil)
 	tcpRefused(t, m, vipTCP, "ping\n")
-	if rec := m.obs.next(t); rec.ResponseFlags != "RBAC" || rec.PolicyName != "ns[default]-policy[deny-sleep]-rule[0]" || rec.UpstreamHost.IsValid() || rec.Protocol != "TCP" {
-		t.Errorf("denied: record %+v, want flag RBAC, policy deny-sleep, no upstream", rec)
+	if rec := m.obs.next(t); rec.ResponseFlags != "RBAC" || rec.PolicyName != "ns[default]-policy[deny-sleep]-rule[0]" || rec.UpstreamHost.IsValid() || rec.Protocol != "TCP" ||
+		rec.DestinationServiceName != "reviews" {
+		t.Errorf("denied: record %+v, want flag RBAC, policy deny-sleep, the service, no upstream", rec)
 	}
 
 	m.withTCPFilters(t, vipTCP, []config.HTTPFilter{tcpRBAC(t, allowOther)}, nil)
