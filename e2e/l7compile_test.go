@@ -177,8 +177,24 @@ func TestL7AuthorizationCompiles(t *testing.T) {
 			if strings.HasPrefix(name, "authz_") && filters == 0 {
 				t.Fatal("no RBAC filter compiled from an AuthorizationPolicy input")
 			}
+			// A chain whose HTTP requests are checked checks the bytes of
+			// its TCP half too: non-HTTP bytes must not skip the policies.
+			for dst, c := range chains {
+				if c.Protocol == config.ChainSniff && hasRBAC(c.HTTPFilters) && !hasRBAC(c.TCPFilters) {
+					t.Errorf("%s (%s): HTTP checked by RBAC, raw bytes not", dst, c.Name)
+				}
+			}
 		})
 	}
+}
+
+func hasRBAC(fs []config.HTTPFilter) bool {
+	for _, f := range fs {
+		if f.RBAC != nil {
+			return true
+		}
+	}
+	return false
 }
 
 // authzCase is one request through a compiled chain's RBAC filters.
@@ -186,7 +202,10 @@ type authzCase struct {
 	name string
 	file string
 	dst  string // VIP:port, which picks the chain
-	req  rbac.Request
+	// tcp: a connection through the chain's TCP filters (a TCP port, or
+	// raw bytes on a sniffed port), with no HTTP attributes.
+	tcp bool
+	req rbac.Request
 	// want is the chain's outcome: "allow" or "403", then each filter's
 	// deciding policy ("-" when none decided), e.g. "403 deny:-
 	// allow:-".
@@ -195,9 +214,13 @@ type authzCase struct {
 
 // chainOutcome runs the chain's RBAC filters in order, as the proxy does:
 // the first denial answers 403 RBAC: access denied.
-func chainOutcome(c *config.Chain, req *rbac.Request) string {
+func chainOutcome(c *config.Chain, req *rbac.Request, tcp bool) string {
 	var parts []string
-	for _, f := range c.HTTPFilters {
+	fs := c.HTTPFilters
+	if tcp {
+		fs = c.TCPFilters
+	}
+	for _, f := range fs {
 		if f.RBAC == nil {
 			continue
 		}
@@ -257,6 +280,43 @@ func TestL7AuthorizationDecisions(t *testing.T) {
 			req: rbac.Request{HTTP: httpReq("GET", "/api/items", nil), Principal: "spiffe://cluster.local/ns/other/sa/x",
 				DirectRemoteIP: peer, DestinationIP: netip.MustParseAddr("10.96.0.10"), DestinationPort: 9000},
 			want: "403 deny:ns[shop]-policy[deny-l4]-rule[1]"},
+
+		// TCP chains: the same policies as network RBAC filters, with
+		// istiod's TCP semantics for HTTP attributes.
+		{name: "TCP port: the ALLOW's only rule uses methods and paths, so no connection is allowed", file: "authz_gateway.txtar", dst: "10.96.0.10:5432", tcp: true,
+			req:  rbac.Request{Principal: sleep, DirectRemoteIP: peer, RemoteIP: peer},
+			want: "403 deny:- allow:-"},
+		{name: "TCP port: the L4 DENY on ipBlocks", file: "authz_gateway.txtar", dst: "10.96.0.10:5432", tcp: true,
+			req:  rbac.Request{Principal: sleep, DirectRemoteIP: netip.MustParseAddr("192.0.2.9"), RemoteIP: netip.MustParseAddr("192.0.2.9")},
+			want: "403 deny:ns[shop]-policy[deny-l4]-rule[0]"},
+		{name: "sniffed port, raw bytes: the L4 DENY on port 9000 from another namespace", file: "authz_gateway.txtar", dst: "10.96.0.10:9000", tcp: true,
+			req:  rbac.Request{Principal: "spiffe://cluster.local/ns/other/sa/x", DirectRemoteIP: peer, RemoteIP: peer},
+			want: "403 deny:ns[shop]-policy[deny-l4]-rule[1]"},
+		{name: "TCP: ALLOW's L4 rule allows app on 5432, AUDIT ignores its path", file: "authz_tcp.txtar", dst: "10.96.0.20:5432", tcp: true,
+			req:  rbac.Request{Principal: "spiffe://cluster.local/ns/shop/sa/app", DirectRemoteIP: peer, RemoteIP: peer},
+			want: "allow log:ns[shop]-policy[audit-path]-rule[0] deny:- allow:ns[shop]-policy[allow-mixed]-rule[2]"},
+		{name: "TCP: requestPrincipals and header rules of the ALLOW are left out", file: "authz_tcp.txtar", dst: "10.96.0.20:5432", tcp: true,
+			req:  rbac.Request{Principal: "spiffe://cluster.local/ns/shop/sa/other", DirectRemoteIP: peer, RemoteIP: peer},
+			want: "403 log:ns[shop]-policy[audit-path]-rule[0] deny:- allow:-"},
+		{name: "TCP: DENY with methods and paths denies every connection from outside the namespace", file: "authz_tcp.txtar", dst: "10.96.0.20:5432", tcp: true,
+			req:  rbac.Request{Principal: "spiffe://cluster.local/ns/other/sa/app", DirectRemoteIP: peer, RemoteIP: peer},
+			want: "403 log:ns[shop]-policy[audit-path]-rule[0] deny:ns[shop]-policy[deny-method]-rule[0]"},
+		{name: "TCP: DENY with a header condition denies every connection from legacy", file: "authz_tcp.txtar", dst: "10.96.0.20:5432", tcp: true,
+			req:  rbac.Request{Principal: "spiffe://cluster.local/ns/legacy/sa/app", DirectRemoteIP: peer, RemoteIP: peer},
+			want: "403 log:ns[shop]-policy[audit-path]-rule[0] deny:ns[shop]-policy[deny-header]-rule[0]"},
+		{name: "TCP: dry-run DENY reports only", file: "authz_tcp.txtar", dst: "10.96.0.20:5432", tcp: true,
+			req: rbac.Request{Principal: "spiffe://cluster.local/ns/shop/sa/app", DirectRemoteIP: netip.MustParseAddr("198.51.100.4"),
+				RemoteIP: netip.MustParseAddr("198.51.100.4")},
+			want: "allow log:ns[shop]-policy[audit-path]-rule[0] deny:-(shadow denied ns[shop]-policy[dry-deny]-rule[0]) allow:ns[shop]-policy[allow-mixed]-rule[2]"},
+		{name: "sniffed port, raw bytes: the ALLOW's L4 rule names 5432 only", file: "authz_tcp.txtar", dst: "10.96.0.20:7000", tcp: true,
+			req:  rbac.Request{Principal: "spiffe://cluster.local/ns/shop/sa/app", DirectRemoteIP: peer, RemoteIP: peer},
+			want: "403 log:ns[shop]-policy[audit-path]-rule[0] deny:- allow:-"},
+		{name: "sniffed port, HTTP: the ALLOW's method rule applies as written", file: "authz_tcp.txtar", dst: "10.96.0.20:7000",
+			req:  rbac.Request{HTTP: httpReq("GET", "/", nil), Principal: "spiffe://cluster.local/ns/shop/sa/app", DirectRemoteIP: peer, RemoteIP: peer},
+			want: "allow log:- deny:- allow:ns[shop]-policy[allow-mixed]-rule[0]"},
+		{name: "sniffed port, HTTP: the DENY needs DELETE /admin", file: "authz_tcp.txtar", dst: "10.96.0.20:7000",
+			req:  rbac.Request{HTTP: httpReq("DELETE", "/admin", nil), Principal: "spiffe://cluster.local/ns/other/sa/app", DirectRemoteIP: peer, RemoteIP: peer},
+			want: "403 log:- deny:ns[shop]-policy[deny-method]-rule[0]"},
 
 		{name: "allow-nothing, but GET is allowed by the other policy", file: "authz_actions.txtar", dst: "10.96.0.10:8000",
 			req:  rbac.Request{HTTP: httpReq("GET", "/", nil)},
@@ -351,7 +411,7 @@ func TestL7AuthorizationDecisions(t *testing.T) {
 				ap := netip.MustParseAddrPort(c.dst)
 				req.DestinationIP, req.DestinationPort = ap.Addr(), ap.Port()
 			}
-			if got := chainOutcome(ch, &req); got != c.want {
+			if got := chainOutcome(ch, &req, c.tcp); got != c.want {
 				t.Errorf("got  %s\nwant %s", got, c.want)
 			}
 		})

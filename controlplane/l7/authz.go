@@ -4,9 +4,11 @@ import (
 	"fmt"
 	"strconv"
 
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	rbacfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	netrbacv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	securityapi "istio.io/api/security/v1beta1"
@@ -18,6 +20,10 @@ import (
 
 const (
 	rbacName = "envoy.filters.http.rbac"
+	// netRBACName is the network RBAC filter of the TCP chains, with
+	// istiod's stat prefix.
+	netRBACName       = "envoy.filters.network.rbac"
+	netRBACStatPrefix = "tcp."
 	// annotationDryRun makes an AuthorizationPolicy report instead of
 	// enforce: its rules become shadow rules.
 	annotationDryRun = "istio.io/dry-run"
@@ -34,16 +40,15 @@ type authzPolicy struct {
 	// and CUSTOM, denied in its place) or ALLOW.
 	action rbacv3.RBAC_Action
 	dryRun bool
-	// rules are the Envoy policies by istiod's name,
-	// ns[<namespace>]-policy[<name>]-rule[<index>].
-	rules map[string]*rbacv3.Policy
+	// rules are the Envoy policies of the HTTP chains by istiod's name,
+	// ns[<namespace>]-policy[<name>]-rule[<index>]; tcpRules those of
+	// the TCP chains, where HTTP attributes cannot be read (see
+	// ruleTranslator).
+	rules, tcpRules map[string]*rbacv3.Policy
 	// all: attached to the waypoint (its Gateway or the waypoint
 	// GatewayClass); else hosts are the bound Services it is attached to.
 	all   bool
 	hosts map[string]bool
-	// tcpReported: the chains already told about (TCP chains enforce
-	// nothing).
-	tcpReported map[string]bool
 }
 
 // authorization finds the AuthorizationPolicies attached to this waypoint
@@ -58,7 +63,7 @@ func (b *builder) authorization() {
 		if ap == nil || (len(ap.Spec.TargetRefs) == 0 && ap.Spec.TargetRef == nil) {
 			continue
 		}
-		p := &authzPolicy{ref: ObjectRef{"AuthorizationPolicy", ap.Namespace, ap.Name}, hosts: map[string]bool{}, tcpReported: map[string]bool{}}
+		p := &authzPolicy{ref: ObjectRef{"AuthorizationPolicy", ap.Namespace, ap.Name}, hosts: map[string]bool{}}
 		refs, paths := ap.Spec.TargetRefs, make([]string, 0, len(ap.Spec.TargetRefs)+1)
 		for i := range refs {
 			paths = append(paths, fmt.Sprintf("spec.targetRefs[%d]", i))
@@ -141,6 +146,7 @@ func (b *builder) translatePolicy(p *authzPolicy, ap *securityv1.AuthorizationPo
 		p.rules = map[string]*rbacv3.Policy{policyName(ap.Namespace, ap.Name, 0): {
 			Permissions: []*rbacv3.Permission{andRules(nil)}, Principals: []*rbacv3.Principal{andIDs(nil)},
 		}}
+		p.tcpRules = p.rules
 		b.problem(p.ref, "spec.action", fmt.Sprintf("unknown value %d; every request in the policy's scope is denied", spec.Action))
 		return
 	}
@@ -151,9 +157,9 @@ func (b *builder) translatePolicy(p *authzPolicy, ap *securityv1.AuthorizationPo
 		}
 		p.dryRun = dry
 	}
-	p.rules = map[string]*rbacv3.Policy{}
+	p.rules, p.tcpRules = map[string]*rbacv3.Policy{}, map[string]*rbacv3.Policy{}
 	for i, r := range spec.Rules {
-		rt := ruleTranslator{deny: deny, namespace: ap.Namespace, index: i}
+		rt := ruleTranslator{deny: deny, allow: p.action == rbacv3.RBAC_ALLOW, namespace: ap.Namespace, index: i}
 		pol := rt.policy(r)
 		for _, f := range rt.findings {
 			b.problem(p.ref, f.field, f.msg)
@@ -161,11 +167,19 @@ func (b *builder) translatePolicy(p *authzPolicy, ap *securityv1.AuthorizationPo
 		if pol != nil {
 			p.rules[policyName(ap.Namespace, ap.Name, i)] = pol
 		}
+		// The same rule for the TCP chains; what it cannot honour was
+		// reported above.
+		rt = ruleTranslator{deny: deny, allow: p.action == rbacv3.RBAC_ALLOW, tcp: true, namespace: ap.Namespace, index: i}
+		if pol := rt.policy(r); pol != nil {
+			p.tcpRules[policyName(ap.Namespace, ap.Name, i)] = pol
+		}
 	}
-	if len(p.rules) == 0 {
-		// No rule (or none left): the policy matches nothing, so an ALLOW
-		// policy allows nothing, as istiod writes it.
-		p.rules[policyName(ap.Namespace, ap.Name, 0)] = matchNever()
+	// No rule (or none left): the policy matches nothing, so an ALLOW
+	// policy allows nothing, as istiod writes it.
+	for _, rules := range []map[string]*rbacv3.Policy{p.rules, p.tcpRules} {
+		if len(rules) == 0 {
+			rules[policyName(ap.Namespace, ap.Name, 0)] = matchNever()
+		}
 	}
 }
 
@@ -178,43 +192,77 @@ func policyName(namespace, name string, rule int) string {
 // applies reports whether p applies to the chains of host.
 func (p *authzPolicy) applies(host string) bool { return p.all || p.hosts[host] }
 
-// authzFilters are the RBAC filters of the HTTP chains of host, in
-// istiod's order: AUDIT (a LOG engine), DENY, then ALLOW; each filter
-// holds the enforced policies of its action as rules and the dry-run ones
-// as shadow rules. An action no policy has gets no filter.
-func (b *builder) authzFilters(host string) []*hcmv3.HttpFilter {
-	var out []*hcmv3.HttpFilter
+// authzRules are the RBAC engines of the chains of host (its TCP chains
+// when tcp), in istiod's order: AUDIT (a LOG engine), DENY, then ALLOW;
+// each holds the enforced policies of its action as rules and the dry-run
+// ones as shadow rules, with the shadow stat prefix istiod gives them. An
+// action no policy has gets no entry.
+func (b *builder) authzRules(host string, tcp bool) []authzEngines {
+	var out []authzEngines
 	for _, action := range []rbacv3.RBAC_Action{rbacv3.RBAC_LOG, rbacv3.RBAC_DENY, rbacv3.RBAC_ALLOW} {
-		var rules, shadow *rbacv3.RBAC
+		var e authzEngines
 		for _, p := range b.authz {
 			if p.action != action || !p.applies(host) {
 				continue
 			}
 			b.accepted[p.ref] = true
-			set := &rules
+			set := &e.rules
 			if p.dryRun {
-				set = &shadow
+				set = &e.shadow
 			}
 			if *set == nil {
 				*set = &rbacv3.RBAC{Action: action, Policies: map[string]*rbacv3.Policy{}}
 			}
-			for name, pol := range p.rules {
+			pols := p.rules
+			if tcp {
+				pols = p.tcpRules
+			}
+			for name, pol := range pols {
 				(*set).Policies[name] = pol
 			}
 		}
-		if rules == nil && shadow == nil {
+		if e.rules == nil && e.shadow == nil {
 			continue
 		}
-		cfg := &rbacfilterv3.RBAC{Rules: rules, ShadowRules: shadow}
-		if shadow != nil {
+		if e.shadow != nil {
 			switch action {
 			case rbacv3.RBAC_ALLOW:
-				cfg.ShadowRulesStatPrefix = shadowAllowPrefix
+				e.shadowPrefix = shadowAllowPrefix
 			case rbacv3.RBAC_DENY:
-				cfg.ShadowRulesStatPrefix = shadowDenyPrefix
+				e.shadowPrefix = shadowDenyPrefix
 			}
 		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// authzEngines are one RBAC filter's engines.
+type authzEngines struct {
+	rules, shadow *rbacv3.RBAC
+	shadowPrefix  string
+}
+
+// authzFilters are the envoy.filters.http.rbac filters of the HTTP chains
+// of host.
+func (b *builder) authzFilters(host string) []*hcmv3.HttpFilter {
+	var out []*hcmv3.HttpFilter
+	for _, e := range b.authzRules(host, false) {
+		cfg := &rbacfilterv3.RBAC{Rules: e.rules, ShadowRules: e.shadow, ShadowRulesStatPrefix: e.shadowPrefix}
 		out = append(out, &hcmv3.HttpFilter{Name: rbacName, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: stableAny(cfg)}})
+	}
+	return out
+}
+
+// authzTCPFilters are the envoy.filters.network.rbac filters that go
+// before the tcp_proxy of the TCP chains of host: the connection is
+// checked once, with what a connection has (peer identity, addresses,
+// port), and closed when denied.
+func (b *builder) authzTCPFilters(host string) []*listenerv3.Filter {
+	var out []*listenerv3.Filter
+	for _, e := range b.authzRules(host, true) {
+		cfg := &netrbacv3.RBAC{StatPrefix: netRBACStatPrefix, Rules: e.rules, ShadowRules: e.shadow, ShadowRulesStatPrefix: e.shadowPrefix}
+		out = append(out, &listenerv3.Filter{Name: netRBACName, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: stableAny(cfg)}})
 	}
 	return out
 }
@@ -229,17 +277,4 @@ func stableAny(m proto.Message) *anypb.Any {
 		panic(fmt.Sprintf("marshal %T: %v", m, err)) // a well-formed message always marshals
 	}
 	return a
-}
-
-// authzTCP reports the policies that apply to a TCP chain: the waypoint
-// has no network RBAC filter, so bytes that are not HTTP pass that chain
-// unchecked. It is a Problem, never silent.
-func (b *builder) authzTCP(host, chain string) {
-	for _, p := range b.authz {
-		if !p.applies(host) || p.tcpReported[chain] {
-			continue
-		}
-		p.tcpReported[chain] = true
-		b.problem(p.ref, "spec", fmt.Sprintf("not enforced on the TCP filter chain %s: the waypoint has no network RBAC filter, so connections there are not checked", chain))
-	}
 }

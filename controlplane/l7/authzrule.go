@@ -38,8 +38,17 @@ const (
 //     an invalid value is dropped as a whole, an invalid entry of a not-list
 //     is dropped alone, and a from/to entry left with nothing matches
 //     everything. So the rule denies at least what was written.
+//
+// For a TCP chain (tcp) the HTTP attributes (hosts, methods, paths,
+// requestPrincipals, request.* conditions) cannot be read, and are
+// treated as istiod treats them there: an ALLOW rule using one is left
+// out, so it allows no connection; in DENY and AUDIT the attribute is
+// ignored, so the rule denies (logs) every connection its other fields
+// match, a rule of HTTP attributes only every connection.
 type ruleTranslator struct {
 	deny      bool
+	allow     bool   // an ALLOW policy (not AUDIT)
+	tcp       bool   // for a TCP chain
 	namespace string // of the policy, for serviceAccounts without one
 	index     int    // of the rule in spec.rules
 
@@ -58,6 +67,20 @@ func (rt *ruleTranslator) fail(field, msg string) {
 	if !rt.deny {
 		rt.drop = true
 	}
+}
+
+// httpOnly handles an HTTP attribute on a TCP chain: it drops an ALLOW
+// rule; elsewhere the attribute is ignored.
+func (rt *ruleTranslator) httpOnly() {
+	if rt.allow {
+		rt.drop = true
+	}
+}
+
+// httpFields are the from/to fields a TCP connection does not have.
+var httpFields = map[string]bool{
+	"requestPrincipals": true, "notRequestPrincipals": true,
+	"hosts": true, "notHosts": true, "methods": true, "notMethods": true, "paths": true, "notPaths": true,
 }
 
 // consequence says what a finding did to the rule.
@@ -194,6 +217,11 @@ func (rt *ruleTranslator) source(j int, s *securityapi.Source) *rbacv3.Principal
 		if len(f.values) == 0 {
 			continue
 		}
+		if rt.tcp && httpFields[f.name] {
+			rt.httpOnly()
+			removed = true
+			continue
+		}
 		p, r := list(rt, rt.at("from", j, f.name), f.values, f.negative, f.leaf, orIDs, notID)
 		removed = removed || r
 		if p != nil {
@@ -239,6 +267,11 @@ func (rt *ruleTranslator) operation(j int, op *securityapi.Operation) *rbacv3.Pe
 		if len(f.values) == 0 {
 			continue
 		}
+		if rt.tcp && httpFields[f.name] {
+			rt.httpOnly()
+			removed = true
+			continue
+		}
 		p, r := list(rt, rt.at("to", j, f.name), f.values, f.negative, f.leaf, orRules, notRule)
 		removed = removed || r
 		if p != nil {
@@ -266,6 +299,10 @@ func (rt *ruleTranslator) condition(j int, c *securityapi.Condition) (*rbacv3.Pe
 	var permLeaf func(string) (*rbacv3.Permission, error)
 	var prinLeaf func(string) (*rbacv3.Principal, error)
 	key := c.Key
+	if rt.tcp && strings.HasPrefix(key, "request.") {
+		rt.httpOnly()
+		return nil, nil
+	}
 	switch {
 	case key == "destination.ip":
 		permLeaf = func(v string) (*rbacv3.Permission, error) {

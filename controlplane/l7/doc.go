@@ -57,8 +57,14 @@
 // shadow rules. A CUSTOM policy cannot call its provider, so the requests
 // its rules match are denied. What the waypoint cannot read fails closed:
 // left out of an ALLOW policy, ignored (so denying more) in a DENY rule.
-// TCP chains enforce no policy yet, which each policy that applies to one
-// is told. Selector policies are ztunnel's.
+// The TCP chains (TCP ports, and the TCP chain of a sniffed port) get the
+// same policies as envoy.filters.network.rbac filters before the
+// tcp_proxy, in the same order, which check a connection once: there an
+// HTTP attribute (hosts, methods, paths, requestPrincipals, request.*
+// conditions) cannot be read, so, as istiod writes it for TCP, an ALLOW
+// rule using one is left out and a DENY or AUDIT rule ignores it (a DENY
+// rule of HTTP attributes only denies every connection).
+// Selector policies are ztunnel's.
 //
 // Clusters. One cluster per Service port and DestinationRule subset, named
 // inbound-vip|<port>|<protocol>[/<subset>]|<host>, for every bound Service

@@ -59,11 +59,13 @@ func (b *builder) listener() {
 			}
 			if p.protocol == "tcp" || p.sniffed {
 				name := clusterName(p.port, "tcp", "", info.host)
-				b.authzTCP(info.host, name)
-				chains = append(chains, filterChain(name, p.port, vips, nil, network(tcpProxyName, &tcpproxyv3.TcpProxy{
+				// The AuthorizationPolicies' network RBAC filters, then
+				// the proxy.
+				filters := append(b.authzTCPFilters(info.host), network(tcpProxyName, &tcpproxyv3.TcpProxy{
 					StatPrefix:       name,
 					ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: name},
-				})))
+				}))
+				chains = append(chains, filterChain(name, p.port, vips, nil, filters...))
 			}
 		}
 	}
@@ -104,7 +106,7 @@ func serviceVIPs(svc *corev1.Service) []*corev3.CidrRange {
 	return out
 }
 
-func filterChain(name string, port int32, vips []*corev3.CidrRange, alpn []string, f *listenerv3.Filter) *listenerv3.FilterChain {
+func filterChain(name string, port int32, vips []*corev3.CidrRange, alpn []string, fs ...*listenerv3.Filter) *listenerv3.FilterChain {
 	return &listenerv3.FilterChain{
 		Name: name,
 		FilterChainMatch: &listenerv3.FilterChainMatch{
@@ -112,7 +114,7 @@ func filterChain(name string, port int32, vips []*corev3.CidrRange, alpn []strin
 			PrefixRanges:         vips,
 			ApplicationProtocols: alpn,
 		},
-		Filters: []*listenerv3.Filter{f},
+		Filters: fs,
 	}
 }
 

@@ -17,6 +17,7 @@ import (
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/http_inspector/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/retry/host/previous_hosts/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
@@ -114,9 +115,10 @@ var supported = map[protoreflect.FullName][]protoreflect.Name{
 	"envoy.config.core.v3.SocketAddress":                    {"protocol", "address", "port_value"},
 
 	// RBAC filter (CompileRBAC).
-	"envoy.extensions.filters.http.rbac.v3.RBAC": {"rules", "rules_stat_prefix", "shadow_rules", "shadow_rules_stat_prefix"},
-	"envoy.config.rbac.v3.RBAC":                  {"action", "policies"},
-	"envoy.config.rbac.v3.Policy":                {"permissions", "principals"},
+	"envoy.extensions.filters.http.rbac.v3.RBAC":    {"rules", "rules_stat_prefix", "shadow_rules", "shadow_rules_stat_prefix"},
+	"envoy.extensions.filters.network.rbac.v3.RBAC": {"rules", "stat_prefix", "shadow_rules", "shadow_rules_stat_prefix"},
+	"envoy.config.rbac.v3.RBAC":                     {"action", "policies"},
+	"envoy.config.rbac.v3.Policy":                   {"permissions", "principals"},
 	"envoy.config.rbac.v3.Permission": {"and_rules", "or_rules", "any", "header", "url_path", "destination_ip",
 		"destination_port", "destination_port_range", "metadata", "not_rule"},
 	"envoy.config.rbac.v3.Permission.Set": {"rules"},

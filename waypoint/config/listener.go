@@ -14,6 +14,7 @@ import (
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	httpinspectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/http_inspector/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	netrbacv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -25,6 +26,7 @@ const (
 	httpInspectorName = "envoy.filters.listener.http_inspector"
 	hcmName           = "envoy.filters.network.http_connection_manager"
 	tcpProxyName      = "envoy.filters.network.tcp_proxy"
+	netRBACName       = "envoy.filters.network.rbac"
 	rbacFilterName    = "envoy.filters.http.rbac"
 	faultFilterName   = "envoy.filters.http.fault"
 	routerFilterName  = "envoy.filters.http.router"
@@ -159,7 +161,7 @@ func compileListener(l *listenerv3.Listener) (map[netip.AddrPort]*Chain, []strin
 					Name: c.http.chain.Name, Protocol: ChainSniff, StatPrefix: c.http.chain.StatPrefix,
 					RouteConfig: c.http.chain.RouteConfig, HTTPFilters: c.http.chain.HTTPFilters,
 					NormalizePath: c.http.chain.NormalizePath, MergeSlashes: c.http.chain.MergeSlashes,
-					TCPCluster: c.tcp.chain.TCPCluster,
+					TCPCluster: c.tcp.chain.TCPCluster, TCPFilters: c.tcp.chain.TCPFilters,
 				}
 				joined[k] = ch
 			}
@@ -231,13 +233,20 @@ func filterChain(path string, index int, fc *listenerv3.FilterChain) (*half, []n
 	}
 
 	fp := path + ".filters"
-	if len(fc.GetFilters()) != 1 {
-		return nil, nil, nackf(fp, "%d filters; exactly one (%s or %s) is supported", len(fc.GetFilters()), hcmName, tcpProxyName)
+	fs := fc.GetFilters()
+	if len(fs) == 0 {
+		return nil, nil, nackf(fp, "no filters; one %s, or %s filters then one %s, is supported", hcmName, netRBACName, tcpProxyName)
 	}
-	f := fc.GetFilters()[0]
-	fp += "[0]"
+	// The last filter decides the chain's kind; only a TCP proxy may
+	// have filters before it (network RBAC).
+	last := len(fs) - 1
+	f := fs[last]
+	fp = fmt.Sprintf("%s[%d]", fp, last)
 	switch f.GetName() {
 	case hcmName:
+		if last != 0 {
+			return nil, nil, nackf(path+".filters", "%d filters; %s must be the only filter of its chain", len(fs), hcmName)
+		}
 		hcm, err := typed[*hcmv3.HttpConnectionManager](fp+".typed_config", f.GetTypedConfig(), true)
 		if err != nil {
 			return nil, nil, err
@@ -261,8 +270,23 @@ func filterChain(path string, index int, fc *listenerv3.FilterChain) (*half, []n
 			return nil, nil, nackf(tpp+".cluster", "required")
 		}
 		h.chain = &Chain{Name: fc.GetName(), Protocol: ChainTCP, TCPCluster: tp.GetCluster(), StatPrefix: tp.GetStatPrefix()}
+		for i, rf := range fs[:last] {
+			rp := fmt.Sprintf("%s.filters[%d]", path, i)
+			if rf.GetName() != netRBACName {
+				return nil, nil, nackf(rp+".name", "%q not supported before %s (only %s)", rf.GetName(), tcpProxyName, netRBACName)
+			}
+			cfg, err := typed[*netrbacv3.RBAC](rp+".typed_config", rf.GetTypedConfig(), true)
+			if err != nil {
+				return nil, nil, err
+			}
+			s, err := compileNetworkRBAC(cfg)
+			if err != nil {
+				return nil, nil, under(rp+".typed_config", err)
+			}
+			h.chain.TCPFilters = append(h.chain.TCPFilters, HTTPFilter{Name: rf.GetName(), RBAC: s})
+		}
 	default:
-		return nil, nil, nackf(fp+".name", "%q not supported (only %s and %s)", f.GetName(), hcmName, tcpProxyName)
+		return nil, nil, nackf(fp+".name", "%q not supported as a chain's last filter (only %s and %s)", f.GetName(), hcmName, tcpProxyName)
 	}
 	return h, dests, nil
 }

@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+
+	"github.com/zmesh/zmesh/waypoint/filter/rbac"
 )
 
 const (
@@ -15,6 +17,7 @@ const (
 	tcpType  = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 	inspType = "type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector"
 	rbacType = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
+	nrbType  = "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC"
 	fltType  = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
 	rtrType  = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 )
@@ -29,6 +32,12 @@ func hcm(name, filters string) string {
 		`", codecType: AUTO, normalizePath: true, mergeSlashes: true, pathWithEscapedSlashesAction: KEEP_UNCHANGED, rds: {routeConfigName: "` + name +
 		`", configSource: {ads: {}, resourceApiVersion: V3}}, httpFilters: [` + filters +
 		`{name: envoy.filters.http.router, typedConfig: {"@type": ` + rtrType + `}}]}}`
+}
+
+// netRBAC is a TCP chain's network RBAC filter (YAML flow map) with the
+// given fields.
+func netRBAC(fields string) string {
+	return `{name: envoy.filters.network.rbac, typedConfig: {"@type": ` + nrbType + `, statPrefix: tcp., ` + fields + `}}`
 }
 
 func tcp(name string) string {
@@ -58,16 +67,18 @@ func listener(chains ...string) string {
 }
 
 // istioListener is the contract's shape: a sniffed port (HTTP + TCP chain,
-// dual-stack VIPs), a known-HTTP port with RBAC and fault filters, a TCP
-// port.
+// dual-stack VIPs; a network RBAC filter on the TCP half), a known-HTTP
+// port with RBAC and fault filters, a TCP port with network RBAC filters.
 func istioListener() string {
 	return listener(
 		chain(httpA, "80", vipA, alpn, hcm(httpA, "")),
-		chain(tcpA, "80", vipA, "", tcp(tcpA)),
+		chain(tcpA, "80", vipA, "", netRBAC(`rules: {action: DENY, policies: {ns1.deny: {permissions: [{any: true}], principals: [{any: true}]}}}`)+", "+tcp(tcpA)),
 		chain(httpB, "8080", vipB, "", hcm(httpB,
 			`{name: envoy.filters.http.rbac, typedConfig: {"@type": `+rbacType+`, rules: {action: DENY, policies: {ns1.deny: {permissions: [{any: true}], principals: [{any: true}]}}}}}, `+
 				`{name: envoy.filters.http.fault, typedConfig: {"@type": `+fltType+`}}`)),
-		chain(tcpB, "9000", vipB, "", tcp(tcpB)),
+		chain(tcpB, "9000", vipB, "", netRBAC(`rules: {action: LOG, policies: {ns1.audit: {permissions: [{any: true}], principals: [{any: true}]}}}`)+", "+
+			netRBAC(`rules: {action: ALLOW, policies: {ns1.allow: {permissions: [{destinationPort: 9000}], principals: [{directRemoteIp: {addressPrefix: 10.0.0.0, prefixLen: 8}}]}}}, `+
+				`shadowRules: {action: ALLOW, policies: {ns1.dry: {permissions: [{any: true}], principals: [{any: true}]}}}, shadowRulesStatPrefix: istio_dry_run_allow_`)+", "+tcp(tcpB)),
 	)
 }
 
@@ -92,13 +103,36 @@ func TestCompileListener(t *testing.T) {
 		sniff4.StatPrefix != httpA || !sniff4.NormalizePath || !sniff4.MergeSlashes || len(sniff4.HTTPFilters) != 0 {
 		t.Errorf("sniffed chain %+v", sniff4)
 	}
+	// The TCP half's network RBAC filter checks the bytes that are not
+	// HTTP; the HTTP half has none.
+	if f := sniff4.TCPFilters; len(f) != 1 || f[0].Name != "envoy.filters.network.rbac" || f[0].RBAC == nil || f[0].RBAC.Rules == nil ||
+		f[0].RBAC.Rules.Action != rbac.ActionDeny || len(f[0].RBAC.Rules.Policies) != 1 || f[0].RBAC.Rules.Policies[0].Name != "ns1.deny" {
+		t.Errorf("sniffed chain's TCP filters %+v", f)
+	}
 	h := chains[ap("10.96.0.2:8080")]
 	if h == nil || h.Protocol != ChainHTTP || h.RouteConfig != httpB || h.TCPCluster != "" || len(h.HTTPFilters) != 2 ||
 		h.HTTPFilters[0].RBAC == nil || h.HTTPFilters[0].Name != rbacFilterName || h.HTTPFilters[1].Fault == nil {
 		t.Errorf("HTTP chain %+v", h)
 	}
-	if c := chains[ap("10.96.0.2:9000")]; c == nil || c.Protocol != ChainTCP || c.TCPCluster != tcpB || c.RouteConfig != "" {
-		t.Errorf("TCP chain %+v", c)
+	c := chains[ap("10.96.0.2:9000")]
+	if c == nil || c.Protocol != ChainTCP || c.TCPCluster != tcpB || c.RouteConfig != "" || len(c.TCPFilters) != 2 {
+		t.Fatalf("TCP chain %+v", c)
+	}
+	if f := c.TCPFilters[0].RBAC; f == nil || f.Rules.Action != rbac.ActionLog || f.RulesStatPrefix != "tcp." {
+		t.Errorf("TCP chain's first filter %+v, want the LOG engine", f)
+	}
+	if f := c.TCPFilters[1].RBAC; f == nil || f.Rules.Action != rbac.ActionAllow || f.Shadow == nil || f.ShadowRulesStatPrefix != "istio_dry_run_allow_" {
+		t.Errorf("TCP chain's second filter %+v, want the ALLOW engine with shadow rules", f)
+	}
+	// The compiled ALLOW decides a connection on its L4 attributes.
+	in := &rbac.Request{DirectRemoteIP: netip.MustParseAddr("10.1.2.3"), RemoteIP: netip.MustParseAddr("10.1.2.3"), DestinationIP: netip.MustParseAddr("10.96.0.2"), DestinationPort: 9000}
+	out := *in
+	out.DirectRemoteIP = netip.MustParseAddr("192.0.2.1")
+	if d := rbac.Evaluate(c.TCPFilters[1].RBAC, in); !d.Allowed || d.Policy != "ns1.allow" {
+		t.Errorf("connection from 10.1.2.3: %+v, want allowed by ns1.allow", d)
+	}
+	if d := rbac.Evaluate(c.TCPFilters[1].RBAC, &out); d.Allowed {
+		t.Errorf("connection from 192.0.2.1: %+v, want denied", d)
 	}
 	if c := chains[ap("10.96.0.1:8080")]; c != nil {
 		t.Errorf("a VIP of another service on the port has a chain: %+v", c)
@@ -154,9 +188,35 @@ func TestNackListener(t *testing.T) {
 		{listener(hA, tA, chain("y", "80", vipA, alpn, hcm("y", ""))),
 			pre + `filter_chains[2].filter_chain_match: destination 10.96.0.1:80 is also matched by filter_chains[0] ("inbound-vip|80|http|a.ns.svc.cluster.local")`},
 		// filters
-		{listener(chain("x", "80", vipB, "", tcp("x")+", "+tcp("x"))), pre + "filter_chains[0].filters: 2 filters; exactly one (envoy.filters.network.http_connection_manager or envoy.filters.network.tcp_proxy) is supported"},
+		{listener(chain("x", "80", vipB, "", tcp("x")+", "+tcp("x"))),
+			pre + `filter_chains[0].filters[0].name: "envoy.filters.network.tcp_proxy" not supported before envoy.filters.network.tcp_proxy (only envoy.filters.network.rbac)`},
+		{listener(`{name: x, filterChainMatch: {destinationPort: 80, prefixRanges: ` + vipB + `}}`),
+			pre + "filter_chains[0].filters: no filters; one envoy.filters.network.http_connection_manager, or envoy.filters.network.rbac filters then one envoy.filters.network.tcp_proxy, is supported"},
 		{listener(chain("x", "80", vipB, "", `{name: envoy.filters.network.rbac}`)),
-			pre + `filter_chains[0].filters[0].name: "envoy.filters.network.rbac" not supported (only envoy.filters.network.http_connection_manager and envoy.filters.network.tcp_proxy)`},
+			pre + `filter_chains[0].filters[0].name: "envoy.filters.network.rbac" not supported as a chain's last filter (only envoy.filters.network.http_connection_manager and envoy.filters.network.tcp_proxy)`},
+		// network RBAC: only before a tcp_proxy, with the HTTP filter's
+		// rules and their NACKs
+		{listener(chain("x", "80", vipB, "", netRBAC("rules: {action: DENY}")+", "+hcm("x", ""))),
+			pre + "filter_chains[0].filters: 2 filters; envoy.filters.network.http_connection_manager must be the only filter of its chain"},
+		{listener(chain("x", "80", vipB, "", netRBAC("rules: {action: DENY}")+", "+tcp("x")+", "+tcp("x"))),
+			pre + `filter_chains[0].filters[1].name: "envoy.filters.network.tcp_proxy" not supported before envoy.filters.network.tcp_proxy (only envoy.filters.network.rbac)`},
+		{listener(chain("x", "80", vipB, "", `{name: envoy.filters.network.rbac}, `+tcp("x"))), pre + "filter_chains[0].filters[0].typed_config: required"},
+		{listener(chain("x", "80", vipB, "", `{name: envoy.filters.network.rbac, typedConfig: {"@type": `+rbacType+`}}, `+tcp("x"))),
+			pre + "filter_chains[0].filters[0].typed_config: " + rbacType + " is not a envoy.extensions.filters.network.rbac.v3.RBAC"},
+		{listener(chain("x", "80", vipB, "", `{name: envoy.filters.network.rbac, typedConfig: {"@type": `+nrbType+`, rules: {action: DENY}}}, `+tcp("x"))),
+			pre + "filter_chains[0].filters[0].typed_config.stat_prefix: required"},
+		{listener(chain("x", "80", vipB, "", netRBAC("enforcementType: CONTINUOUS")+", "+tcp("x"))),
+			pre + "filter_chains[0].filters[0].typed_config.enforcement_type: not supported"},
+		{listener(chain("x", "80", vipB, "", netRBAC("delayDeny: 1s")+", "+tcp("x"))),
+			pre + "filter_chains[0].filters[0].typed_config.delay_deny: not supported"},
+		{listener(chain("x", "80", vipB, "", netRBAC("matcher: {matcherList: {}}")+", "+tcp("x"))),
+			pre + "filter_chains[0].filters[0].typed_config.matcher: not supported"},
+		{listener(chain("x", "80", vipB, "", netRBAC("rules: {action: ALLOW, policies: {p: {permissions: [{requestedServerName: {exact: x}}], principals: [{any: true}]}}}")+", "+tcp("x"))),
+			pre + `filter_chains[0].filters[0].typed_config.rules.policies["p"].permissions[0].requested_server_name: not supported`},
+		{listener(chain("x", "80", vipB, "", netRBAC("shadowRules: {action: DENY, policies: {p: {permissions: [{any: true}]}}}")+", "+tcp("x"))),
+			pre + `filter_chains[0].filters[0].typed_config.shadow_rules.policies["p"].principals: at least one principal is required`},
+		{listener(chain("x", "80", vipB, "", netRBAC("rules: {action: 3}")+", "+tcp("x"))),
+			pre + `filter_chains[0].filters[0].typed_config.rules.action: 3 not supported`},
 		{listener(chain("x", "80", vipB, "", `{name: envoy.filters.network.tcp_proxy}`)), pre + "filter_chains[0].filters[0].typed_config: required"},
 		{listener(chain("x", "80", vipB, "", `{name: envoy.filters.network.tcp_proxy, typedConfig: {"@type": `+hcmType+`, statPrefix: x}}`)),
 			pre + "filter_chains[0].filters[0].typed_config: " + hcmType + " is not a envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"},

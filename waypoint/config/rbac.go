@@ -8,6 +8,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	rbacfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
+	netrbacv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 
 	"github.com/zmesh/zmesh/waypoint/filter/rbac"
@@ -48,15 +49,37 @@ func compileRBAC(cfg *rbacfilterv3.RBAC) (*rbac.Set, error) {
 	if err := checkSupported(cfg.ProtoReflect(), ""); err != nil {
 		return nil, err
 	}
-	out := &rbac.Set{RulesStatPrefix: cfg.GetRulesStatPrefix(), ShadowRulesStatPrefix: cfg.GetShadowRulesStatPrefix()}
+	return rbacSet(cfg.GetRules(), cfg.GetShadowRules(), cfg.GetRulesStatPrefix(), cfg.GetShadowRulesStatPrefix())
+}
+
+// compileNetworkRBAC compiles a network RBAC filter (a TCP chain's): its
+// rules are the same engines as the HTTP filter's. A connection has no
+// HTTP attributes, so a header, path or JWT matcher never matches there,
+// as in Envoy's network filter.
+func compileNetworkRBAC(cfg *netrbacv3.RBAC) (*rbac.Set, error) {
+	if cfg == nil {
+		return nil, nackf("", "no RBAC configuration")
+	}
+	if err := checkSupported(cfg.ProtoReflect(), ""); err != nil {
+		return nil, err
+	}
+	if cfg.GetStatPrefix() == "" {
+		return nil, nackf("stat_prefix", "required")
+	}
+	return rbacSet(cfg.GetRules(), cfg.GetShadowRules(), cfg.GetStatPrefix(), cfg.GetShadowRulesStatPrefix())
+}
+
+// rbacSet compiles the enforced and shadow engines of one filter.
+func rbacSet(rules, shadow *rbacv3.RBAC, rulesPrefix, shadowPrefix string) (*rbac.Set, error) {
+	out := &rbac.Set{RulesStatPrefix: rulesPrefix, ShadowRulesStatPrefix: shadowPrefix}
 	var err error
-	if cfg.GetRules() != nil {
-		if out.Rules, err = rbacEngine("rules", cfg.GetRules()); err != nil {
+	if rules != nil {
+		if out.Rules, err = rbacEngine("rules", rules); err != nil {
 			return nil, err
 		}
 	}
-	if cfg.GetShadowRules() != nil {
-		if out.Shadow, err = rbacEngine("shadow_rules", cfg.GetShadowRules()); err != nil {
+	if shadow != nil {
+		if out.Shadow, err = rbacEngine("shadow_rules", shadow); err != nil {
 			return nil, err
 		}
 	}

@@ -80,6 +80,11 @@ type Chain struct {
 	// TCPCluster is where non-HTTP bytes go; set for ChainTCP and
 	// ChainSniff.
 	TCPCluster string
+	// TCPFilters check a tunnel once, before any of its bytes are
+	// forwarded to TCPCluster (each has RBAC set: the network RBAC
+	// filters of the TCP chain, in order); set for ChainTCP and
+	// ChainSniff, where they see only the bytes that are not HTTP.
+	TCPFilters []HTTPFilter
 	// StatPrefix names the chain in metrics and logs.
 	StatPrefix string
 	// NormalizePath and MergeSlashes are the connection manager's path

@@ -13,16 +13,23 @@
 // client asked for something this waypoint does not serve. Before the
 // first snapshot every CONNECT is refused with 503 (not ready).
 //
-//   - ChainTCP: an endpoint of the TCP cluster is dialled before the
-//     CONNECT is answered (no endpoint, or no connection: 503), then the
-//     bytes are joined both ways with half-closes.
+//   - ChainTCP: the chain's TCPFilters (network RBAC) decide the tunnel
+//     once, on the peer's identity, its address and the destination, with
+//     no HTTP attributes; denied, the CONNECT is refused with 403 and
+//     nothing is dialled (flag RBAC and the deciding policy recorded; an
+//     AUDIT match is logged). Then an endpoint of the TCP cluster is
+//     dialled before the CONNECT is answered (no endpoint, or no
+//     connection: 503), and the bytes are joined both ways with
+//     half-closes.
 //   - ChainHTTP: the first bytes tell HTTP/2 (the preface) from HTTP/1.
 //     HTTP/2 is served by golang.org/x/net/http2's server on the stream;
 //     HTTP/1 by one net/http server the tunnel is handed to (keep-alive,
 //     header timeouts and Upgrade hijacking are net/http's).
 //   - ChainSniff: at most SniffBytes, for at most SniffTimeout; an HTTP/1.x
 //     request line or the HTTP/2 preface is HTTP, anything else (also
-//     silence: a server-first protocol) is TCP.
+//     silence: a server-first protocol) is TCP, decided by the TCPFilters
+//     as above (denied: the answered tunnel is closed without a byte
+//     forwarded) and, when allowed, forwarded.
 //
 // Each HTTP request then runs, in order:
 //

@@ -11,6 +11,7 @@ import (
 
 	"github.com/zmesh/zmesh/internal/hbone"
 	"github.com/zmesh/zmesh/waypoint/config"
+	"github.com/zmesh/zmesh/waypoint/filter/rbac"
 	"github.com/zmesh/zmesh/waypoint/telemetry"
 	"github.com/zmesh/zmesh/waypoint/upstream"
 )
@@ -19,7 +20,8 @@ import (
 // cluster. For a TCP chain the CONNECT is still unanswered (sniffed is
 // nil): the endpoint is dialled first, so a client whose destination has
 // no reachable endpoint sees its connection refused. A sniffed tunnel was
-// answered already; sniffed holds the bytes read while deciding.
+// answered already; sniffed holds the bytes read while deciding. Before
+// either, the chain's TCP filters decide whether the tunnel may pass.
 func (p *Proxy) serveTCP(ctx context.Context, st *state, ch *config.Chain, t *tunnel, s *hbone.Stream, sniffed *peekConn) {
 	rec := telemetry.Record{
 		Start:           t.start,
@@ -39,12 +41,24 @@ func (p *Proxy) serveTCP(ctx context.Context, st *state, ch *config.Chain, t *tu
 		}
 	}
 	c := st.snap.Clusters[ch.TCPCluster]
+	if c != nil && len(c.Services) > 0 {
+		rec.DestinationService, rec.DestinationServiceName, rec.DestinationServiceNamespace = c.Services[0].Host, c.Services[0].Name, c.Services[0].Namespace
+	}
+	if !p.authorizeTCP(ch, t, &rec) {
+		// Envoy's network RBAC closes a denied connection; an unanswered
+		// CONNECT is refused instead, which closes the tunnel as well and
+		// tells the client why. Nothing was dialled either way.
+		rec.ResponseFlags = rbac.DeniedFlag
+		if sniffed == nil {
+			s.RespondError(rbac.DeniedStatus, rbac.DeniedBody)
+		} else {
+			s.Close()
+		}
+		return
+	}
 	if c == nil {
 		refuse(flagNoCluster, "no cluster "+ch.TCPCluster)
 		return
-	}
-	if len(c.Services) > 0 {
-		rec.DestinationService, rec.DestinationServiceName, rec.DestinationServiceNamespace = c.Services[0].Host, c.Services[0].Name, c.Services[0].Namespace
 	}
 	host, ok := st.pick(ch.TCPCluster, upstream.PickRequest{Random: mrand.Uint64()})
 	if !ok {
@@ -72,6 +86,42 @@ func (p *Proxy) serveTCP(ctx context.Context, st *state, ch *config.Chain, t *tu
 	stop := context.AfterFunc(ctx, func() { up.Close(); s.Close() })
 	defer stop()
 	rec.BytesReceived, rec.BytesSent = join(down, up)
+}
+
+// authorizeTCP runs the chain's network RBAC filters, in order, once per
+// tunnel and before any of its bytes are forwarded. A connection has the
+// peer's proven identity and the addresses, no HTTP attributes: a matcher
+// on those never matches here, as in Envoy's network filter. It records
+// the deciding policy and logs the ones that asked for an audit.
+func (p *Proxy) authorizeTCP(ch *config.Chain, t *tunnel, rec *telemetry.Record) bool {
+	if len(ch.TCPFilters) == 0 {
+		return true
+	}
+	req := &rbac.Request{
+		Principal:       t.principal,
+		DirectRemoteIP:  t.client.Addr(),
+		RemoteIP:        t.client.Addr(),
+		DestinationIP:   t.dst.Addr(),
+		DestinationPort: t.dst.Port(),
+	}
+	for i := range ch.TCPFilters {
+		f := &ch.TCPFilters[i]
+		if f.RBAC == nil {
+			continue
+		}
+		d := rbac.Evaluate(f.RBAC, req)
+		if d.Policy != "" {
+			rec.PolicyName = d.Policy
+		}
+		if d.Log {
+			p.log.Info("rbac audit", "policy", d.Policy, "src.identity", t.principal, "src.addr", t.client.String(), "dst.addr", t.dst.String(), "chain", ch.Name)
+		}
+		if !d.Allowed {
+			p.log.Debug("tcp connection denied", "policy", d.Policy, "src.identity", t.principal, "src.addr", t.client.String(), "dst.addr", t.dst.String(), "chain", ch.Name)
+			return false
+		}
+	}
+	return true
 }
 
 // join copies both ways until both directions ended, passing each end of
