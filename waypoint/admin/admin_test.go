@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"sigs.k8s.io/yaml"
 
+	"github.com/zmesh/zmesh/internal/httpserve"
 	"github.com/zmesh/zmesh/waypoint/config"
 )
 
@@ -164,8 +165,8 @@ func TestReadinessAndMetricsServers(t *testing.T) {
 	rl, _ := net.Listen("tcp", "127.0.0.1:0")
 	ml, _ := net.Listen("tcp", "127.0.0.1:0")
 	done := make(chan error, 2)
-	go func() { done <- Serve(ctx, rl, NewReadiness(ready.Load)) }()
-	go func() { done <- Serve(ctx, ml, NewMetrics(reg)) }()
+	go func() { done <- httpserve.Serve(ctx, rl, NewReadiness(ready.Load)) }()
+	go func() { done <- httpserve.Serve(ctx, ml, NewMetrics(reg)) }()
 	status := func(url string) (int, string) {
 		resp, err := http.Get(url)
 		if err != nil {
