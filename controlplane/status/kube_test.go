@@ -10,7 +10,6 @@ import (
 
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/rest"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
@@ -59,22 +58,12 @@ spec:
 func TestStatusOnKubernetes(t *testing.T) {
 	env := kubetest.ForTest(t)
 	ctx := t.Context()
-	kubectl := func(stdin string, args ...string) {
-		t.Helper()
-		if out, err := env.KubectlRun(ctx, stdin, args...); err != nil {
-			t.Fatal(out, err)
-		}
-	}
-	kubectl("", "apply", "--server-side", "-f", "../../deploy/crds/")
-	kubectl("", "apply", "-f", "../../deploy/rbac/")
-	kubectl("", "wait", "--for=condition=Established", "--timeout=60s", "crd/httproutes.gateway.networking.k8s.io", "crd/destinationrules.networking.istio.io", "crd/gateways.gateway.networking.k8s.io")
-	kubectl(kubeObjects, "apply", "-f", "-")
+	env.MustKubectl(t, "", "apply", "--server-side", "-f", "../../deploy/crds/")
+	env.MustKubectl(t, "", "apply", "-f", "../../deploy/rbac/")
+	env.MustKubectl(t, "", "wait", "--for=condition=Established", "--timeout=60s", "crd/httproutes.gateway.networking.k8s.io", "crd/destinationrules.networking.istio.io", "crd/gateways.gateway.networking.k8s.io")
+	env.MustKubectl(t, kubeObjects, "apply", "-f", "-")
 
-	cfg := rest.CopyConfig(env.Config)
-	cfg.Impersonate = rest.ImpersonationConfig{
-		UserName: "system:serviceaccount:istio-system:zmeshd",
-		Groups:   []string{"system:serviceaccounts", "system:serviceaccounts:istio-system", "system:authenticated"},
-	}
+	cfg := env.AsServiceAccount("istio-system", "zmeshd")
 	ic, err := istioclient.NewForConfig(cfg)
 	if err != nil {
 		t.Fatal(err)

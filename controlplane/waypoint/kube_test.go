@@ -17,7 +17,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
@@ -50,23 +49,13 @@ const image = "registry.example/zmesh/waypoint:test"
 func TestControllerOnKubernetes(t *testing.T) {
 	env := kubetest.ForTest(t)
 	ctx := t.Context()
-	kubectl := func(stdin string, args ...string) {
-		t.Helper()
-		if out, err := env.KubectlRun(ctx, stdin, args...); err != nil {
-			t.Fatal(out, err)
-		}
-	}
-	kubectl("", "apply", "--server-side", "-f", "../../deploy/crds/")
-	kubectl("", "apply", "-f", "../../deploy/rbac/")
-	kubectl("", "wait", "--for=condition=Established", "--timeout=60s", "crd/gateways.gateway.networking.k8s.io", "crd/gatewayclasses.gateway.networking.k8s.io")
-	kubectl("", "create", "namespace", "apps")
+	env.MustKubectl(t, "", "apply", "--server-side", "-f", "../../deploy/crds/")
+	env.MustKubectl(t, "", "apply", "-f", "../../deploy/rbac/")
+	env.MustKubectl(t, "", "wait", "--for=condition=Established", "--timeout=60s", "crd/gateways.gateway.networking.k8s.io", "crd/gatewayclasses.gateway.networking.k8s.io")
+	env.MustKubectl(t, "", "create", "namespace", "apps")
 
 	// Everything the controller does, it does as zmeshd.
-	cfg := rest.CopyConfig(env.Config)
-	cfg.Impersonate = rest.ImpersonationConfig{
-		UserName: "system:serviceaccount:istio-system:zmeshd",
-		Groups:   []string{"system:serviceaccounts", "system:serviceaccounts:istio-system", "system:authenticated"},
-	}
+	cfg := env.AsServiceAccount("istio-system", "zmeshd")
 	kube, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -123,7 +112,7 @@ func TestControllerOnKubernetes(t *testing.T) {
 		})
 	})
 
-	kubectl(docsWaypoint, "apply", "-f", "-")
+	env.MustKubectl(t, docsWaypoint, "apply", "-f", "-")
 	gw, err := admin.GatewayV1().Gateways("apps").Get(ctx, "waypoint", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -240,7 +229,7 @@ func TestControllerOnKubernetes(t *testing.T) {
 	})
 
 	t.Run("waypoint-for is copied", func(t *testing.T) {
-		kubectl(strings.NewReplacer("name: waypoint", "name: for-workloads", "waypoint-for: service", "waypoint-for: workload").Replace(docsWaypoint), "apply", "-f", "-")
+		env.MustKubectl(t, strings.NewReplacer("name: waypoint", "name: for-workloads", "waypoint-for: service", "waypoint-for: workload").Replace(docsWaypoint), "apply", "-f", "-")
 		programmedAt(t, "for-workloads", "")
 		svc, err := core.Services("apps").Get(ctx, "for-workloads", metav1.GetOptions{})
 		if err != nil {
@@ -252,7 +241,7 @@ func TestControllerOnKubernetes(t *testing.T) {
 	})
 
 	t.Run("wrong listener is not accepted", func(t *testing.T) {
-		kubectl(strings.NewReplacer("name: waypoint", "name: bad", "port: 15008", "port: 8080").Replace(docsWaypoint), "apply", "-f", "-")
+		env.MustKubectl(t, strings.NewReplacer("name: waypoint", "name: bad", "port: 15008", "port: 8080").Replace(docsWaypoint), "apply", "-f", "-")
 		eventually(t, "Accepted=False naming the field", func() error {
 			g, err := admin.GatewayV1().Gateways("apps").Get(ctx, "bad", metav1.GetOptions{})
 			if err != nil {
@@ -280,7 +269,7 @@ func TestControllerOnKubernetes(t *testing.T) {
 		}, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		kubectl(strings.NewReplacer("name: waypoint", "name: taken").Replace(docsWaypoint), "apply", "-f", "-")
+		env.MustKubectl(t, strings.NewReplacer("name: waypoint", "name: taken").Replace(docsWaypoint), "apply", "-f", "-")
 		eventually(t, "Programmed=False", func() error {
 			g, err := admin.GatewayV1().Gateways("apps").Get(ctx, "taken", metav1.GetOptions{})
 			if err != nil {
@@ -302,7 +291,7 @@ func TestControllerOnKubernetes(t *testing.T) {
 	})
 
 	t.Run("deleting the Gateway removes its objects", func(t *testing.T) {
-		kubectl("", "delete", "-n", "apps", "gateway", "waypoint")
+		env.MustKubectl(t, "", "delete", "-n", "apps", "gateway", "waypoint")
 		eventually(t, "garbage collection", func() error {
 			var left []string
 			if _, err := env.Client.AppsV1().Deployments("apps").Get(ctx, "waypoint", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
@@ -322,7 +311,7 @@ func TestControllerOnKubernetes(t *testing.T) {
 	})
 
 	t.Run("deleted GatewayClass is re-created", func(t *testing.T) {
-		kubectl("", "delete", "gatewayclass", ClassName)
+		env.MustKubectl(t, "", "delete", "gatewayclass", ClassName)
 		eventually(t, "GatewayClass back", func() error {
 			_, err := admin.GatewayV1().GatewayClasses().Get(ctx, ClassName, metav1.GetOptions{})
 			return err
