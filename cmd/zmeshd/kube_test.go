@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/zmesh/zmesh/internal/kubetest"
+	"github.com/zmesh/zmesh/internal/testutil"
 	"github.com/zmesh/zmesh/ztunnel/state"
 )
 
@@ -165,17 +167,13 @@ spec:
 // eventuallyKubectl runs kubectl args until ok accepts its output.
 func eventuallyKubectl(t *testing.T, env *kubetest.Env, what string, ok func(string) bool, args ...string) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	testutil.Eventually(t, 20*time.Second, what, func() error {
 		out, err := env.KubectlRun(t.Context(), "", args...)
-		if err == nil && ok(out) {
-			return
+		if err == nil && !ok(out) {
+			err = fmt.Errorf("%q", out)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %q (%v)", what, out, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return err
+	})
 }
 
 func waitReady(t *testing.T, monAddr string) {

@@ -17,6 +17,7 @@ import (
 	"github.com/zmesh/zmesh/controlplane/model"
 	"github.com/zmesh/zmesh/controlplane/model/modeltest"
 	"github.com/zmesh/zmesh/internal/kubetest"
+	"github.com/zmesh/zmesh/internal/testutil"
 )
 
 const kubeObjects = `
@@ -108,24 +109,9 @@ func TestStatusOnKubernetes(t *testing.T) {
 	}
 }
 
-func eventually(t *testing.T, what string, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %v", what, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
 func waitDR(t *testing.T, ic istioclient.Interface, status, reason, msg string) {
 	t.Helper()
-	eventually(t, "DestinationRule status", func() error {
+	testutil.Eventually(t, 20*time.Second, "DestinationRule status", func() error {
 		dr, err := ic.NetworkingV1().DestinationRules("shop").Get(context.Background(), "cart", metav1.GetOptions{})
 		if err != nil {
 			return err
@@ -142,7 +128,7 @@ func waitDR(t *testing.T, ic istioclient.Interface, status, reason, msg string) 
 func waitRoute(t *testing.T, gc gatewayclient.Interface, status, reason, msg string) *gatewayv1.HTTPRoute {
 	t.Helper()
 	var route *gatewayv1.HTTPRoute
-	eventually(t, "HTTPRoute status", func() error {
+	testutil.Eventually(t, 20*time.Second, "HTTPRoute status", func() error {
 		var err error
 		route, err = gc.GatewayV1().HTTPRoutes("shop").Get(context.Background(), "cart", metav1.GetOptions{})
 		if err != nil {
