@@ -33,6 +33,7 @@ import (
 
 	"github.com/zmesh/zmesh/identity"
 	"github.com/zmesh/zmesh/internal/hbone"
+	"github.com/zmesh/zmesh/internal/httpserve"
 	"github.com/zmesh/zmesh/internal/meshclient"
 	"github.com/zmesh/zmesh/waypoint/admin"
 	"github.com/zmesh/zmesh/waypoint/proxy"
@@ -177,13 +178,8 @@ func run(ctx context.Context, f *flags, stdout io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("identity: %w", err)
 	}
-	roots, err := meshclient.LoadBundle(td, f.rootCert, log)
-	if err != nil {
-		return fmt.Errorf("--root-cert: %w", err)
-	}
-	mc, err := meshclient.New(meshclient.Config{
-		XDSAddr: f.xdsAddr, CAAddr: f.caAddr, Roots: roots, Plaintext: f.plaintextControlPlane,
-		Token: meshclient.TokenFile(f.tokenFile), Log: log,
+	mc, err := meshclient.Open(td, f.rootCert, f.tokenFile, meshclient.Config{
+		XDSAddr: f.xdsAddr, CAAddr: f.caAddr, Plaintext: f.plaintextControlPlane, Log: log,
 	})
 	if err != nil {
 		return err
@@ -253,25 +249,13 @@ func run(ctx context.Context, f *flags, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	servers := []struct {
-		name, addr string
-		serve      func(net.Listener) error
-	}{
-		{"--admin-address", f.adminAddr, func(ln net.Listener) error { return admin.Serve(bg, ln, adminH) }},
-		{"--metrics-address", f.metricsAddr, func(ln net.Listener) error { return admin.Serve(bg, ln, admin.NewMetrics(reg)) }},
-		{"--readiness-address", f.readyAddr, func(ln net.Listener) error { return admin.Serve(bg, ln, admin.NewReadiness(ready)) }},
-	}
-	for _, srv := range servers {
-		ln, err := net.Listen("tcp", srv.addr)
-		if err != nil {
-			cancelBG()
-			return fmt.Errorf("%s: %w", srv.name, err)
-		}
-		wg.Go(func() {
-			if err := srv.serve(ln); err != nil {
-				log.Error("server failed", "listener", srv.name, "reason", err.Error())
-			}
-		})
+	if err := httpserve.Start(bg, &wg, log,
+		httpserve.Endpoint{Flag: "--admin-address", Addr: f.adminAddr, Handler: adminH},
+		httpserve.Endpoint{Flag: "--metrics-address", Addr: f.metricsAddr, Handler: admin.NewMetrics(reg)},
+		httpserve.Endpoint{Flag: "--readiness-address", Addr: f.readyAddr, Handler: admin.NewReadiness(ready)},
+	); err != nil {
+		cancelBG()
+		return err
 	}
 	hln, err := net.Listen("tcp", f.hboneAddr)
 	if err != nil {

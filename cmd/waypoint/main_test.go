@@ -23,16 +23,15 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/reflect/protoregistry"
 	"google.golang.org/protobuf/types/known/anypb"
-	"sigs.k8s.io/yaml"
+
+	pb "istio.io/api/security/v1alpha1"
 
 	"github.com/zmesh/zmesh/identity"
 	"github.com/zmesh/zmesh/internal/hbone"
+	"github.com/zmesh/zmesh/internal/testutil"
 	"github.com/zmesh/zmesh/waypoint/config"
 	"github.com/zmesh/zmesh/waypoint/xds"
-	pb "istio.io/api/security/v1alpha1"
 )
 
 const timeout = 30 * time.Second
@@ -42,27 +41,6 @@ var (
 	clientID   = identity.MustWorkloadID("cluster.local", "bookinfo", "productpage")
 	reviewsID  = identity.MustWorkloadID("cluster.local", "bookinfo", "reviews")
 )
-
-func resource(t *testing.T, typeURL, y string) *anypb.Any {
-	t.Helper()
-	mt, err := protoregistry.GlobalTypes.FindMessageByURL(typeURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := mt.New().Interface()
-	js, err := yaml.YAMLToJSON([]byte(y))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := protojson.Unmarshal(js, m); err != nil {
-		t.Fatalf("%v\n%s", err, js)
-	}
-	a, err := anypb.New(m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return a
-}
 
 const (
 	httpChain = "inbound-vip|9080|http|reviews.bookinfo.svc.cluster.local"
@@ -221,7 +199,7 @@ type waypoint struct {
 	rootCert                                 string
 	fetch                                    func(spiffeid.ID) *x509svid.SVID
 	ca                                       *identity.CA
-	stdout                                   *syncBuffer
+	stdout                                   *testutil.SyncBuffer
 	cancel                                   context.CancelFunc
 	done                                     chan error
 }
@@ -231,12 +209,12 @@ type waypoint struct {
 // identity.
 func bookinfo(t *testing.T) map[string]map[string]*anypb.Any {
 	return map[string]map[string]*anypb.Any{
-		config.TypeListener: {"main_internal": resource(t, config.TypeListener, listener)},
-		config.TypeRoute: {httpChain: resource(t, config.TypeRoute, "name: \""+httpChain+"\"\nvirtualHosts: [{name: 'reviews.bookinfo.svc.cluster.local:9080', domains: ['*'], "+
+		config.TypeListener: {"main_internal": testutil.AnyYAML(t, config.TypeListener, listener)},
+		config.TypeRoute: {httpChain: testutil.AnyYAML(t, config.TypeRoute, "name: \""+httpChain+"\"\nvirtualHosts: [{name: 'reviews.bookinfo.svc.cluster.local:9080', domains: ['*'], "+
 			"routes: [{name: default, match: {prefix: /}, route: {cluster: \""+cluster+"\"}}]}]\n")},
-		config.TypeCluster: {cluster: resource(t, config.TypeCluster, "name: \""+cluster+"\"\ntype: EDS\nedsClusterConfig: {edsConfig: {ads: {}, resourceApiVersion: V3}}\n"+
+		config.TypeCluster: {cluster: testutil.AnyYAML(t, config.TypeCluster, "name: \""+cluster+"\"\ntype: EDS\nedsClusterConfig: {edsConfig: {ads: {}, resourceApiVersion: V3}}\n"+
 			"metadata: {filterMetadata: {istio: {services: [{host: reviews.bookinfo.svc.cluster.local, name: reviews, namespace: bookinfo}]}}}\n")},
-		config.TypeAssignment: {cluster: resource(t, config.TypeAssignment, "clusterName: \""+cluster+"\"\nendpoints: [{lbEndpoints: [{endpoint: {address: {socketAddress: {address: 127.0.0.1, portValue: 9080}}}, "+
+		config.TypeAssignment: {cluster: testutil.AnyYAML(t, config.TypeAssignment, "clusterName: \""+cluster+"\"\nendpoints: [{lbEndpoints: [{endpoint: {address: {socketAddress: {address: 127.0.0.1, portValue: 9080}}}, "+
 			"metadata: {filterMetadata: {zmesh: {identity: '"+reviewsID.String()+"', labels: {app: reviews, version: v2}}}}}]}]\n")},
 	}
 }
@@ -248,7 +226,7 @@ func bookinfo(t *testing.T) map[string]map[string]*anypb.Any {
 func startWaypoint(t *testing.T, extra func(*waypoint) []string) *waypoint {
 	t.Helper()
 	dir := t.TempDir()
-	w := &waypoint{a: &ads{answers: make(chan *discoveryv3.DeltaDiscoveryRequest, 64), res: bookinfo(t)}, stdout: &syncBuffer{}}
+	w := &waypoint{a: &ads{answers: make(chan *discoveryv3.DeltaDiscoveryRequest, 64), res: bookinfo(t)}, stdout: &testutil.SyncBuffer{}}
 	var addr, tokFile string
 	addr, w.rootCert, tokFile, w.fetch, w.ca = controlPlane(t, dir, w.a)
 	w.hboneAddr, w.adminAddr, w.metricsAddr, w.ready = freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
@@ -308,23 +286,6 @@ func (w *waypoint) stop(t *testing.T) {
 	}
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestStartup: the binary becomes ready once configured, serves HBONE
 // with its own SVID, shows the listener in /config_dump, NACKs a bad
 // listener and stays on the last good one, and stops cleanly.
@@ -364,7 +325,7 @@ func TestStartup(t *testing.T) {
 
 	// A bad listener: NACKed with its field path, the last good one stays.
 	bad := strings.Replace(listener, "name: main_internal", "name: main_internal\nuseOriginalDst: true", 1)
-	if err := a.send(config.TypeListener, map[string]*anypb.Any{"main_internal": resource(t, config.TypeListener, bad)}); err != nil {
+	if err := a.send(config.TypeListener, map[string]*anypb.Any{"main_internal": testutil.AnyYAML(t, config.TypeListener, bad)}); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -575,7 +536,7 @@ func TestRequestThroughAndDrain(t *testing.T) {
 	}
 	// A new route configuration while it is in flight: new requests take
 	// it, the one in flight is not disturbed.
-	if err := w.a.send(config.TypeRoute, map[string]*anypb.Any{httpChain: resource(t, config.TypeRoute, "name: \""+httpChain+"\"\n"+
+	if err := w.a.send(config.TypeRoute, map[string]*anypb.Any{httpChain: testutil.AnyYAML(t, config.TypeRoute, "name: \""+httpChain+"\"\n"+
 		"virtualHosts: [{name: 'reviews.bookinfo.svc.cluster.local:9080', domains: ['*'], routes: [{name: updated, match: {prefix: /}, route: {cluster: \""+cluster+"\"}}]}]\n")}); err != nil {
 		t.Fatal(err)
 	}

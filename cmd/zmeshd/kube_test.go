@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/zmesh/zmesh/internal/kubetest"
+	"github.com/zmesh/zmesh/internal/testutil"
 	"github.com/zmesh/zmesh/ztunnel/state"
 )
 
@@ -42,20 +44,14 @@ spec:
 func TestKubernetesModeFeedsZtunnel(t *testing.T) {
 	env := kubetest.ForTest(t)
 	ctx := t.Context()
-	if out, err := env.KubectlRun(ctx, "", "apply", "--server-side", "-f", "../../deploy/crds/"); err != nil {
-		t.Fatal(out, err)
-	}
-	if out, err := env.KubectlRun(ctx, "", "wait", "--for=condition=Established", "--timeout=60s", "crd/authorizationpolicies.security.istio.io", "crd/gateways.gateway.networking.k8s.io", "crd/httproutes.gateway.networking.k8s.io"); err != nil {
-		t.Fatal(out, err)
-	}
+	env.MustKubectl(t, "", "apply", "--server-side", "-f", "../../deploy/crds/")
+	env.MustKubectl(t, "", "wait", "--for=condition=Established", "--timeout=60s", "crd/authorizationpolicies.security.istio.io", "crd/gateways.gateway.networking.k8s.io", "crd/httproutes.gateway.networking.k8s.io")
 	for _, ns := range []string{"istio-system", "shop"} {
 		if _, err := env.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if out, err := env.KubectlRun(ctx, "", "label", "namespace", "shop", "istio.io/dataplane-mode=ambient"); err != nil {
-		t.Fatal(out, err)
-	}
+	env.MustKubectl(t, "", "label", "namespace", "shop", "istio.io/dataplane-mode=ambient")
 
 	xdsAddr, monAddr := freePort(t), freePort(t)
 	f, err := parseFlags([]string{"--kubeconfig", env.Kubeconfig, "--ca-dir", t.TempDir(),
@@ -103,9 +99,7 @@ func TestKubernetesModeFeedsZtunnel(t *testing.T) {
 
 	// The agent's annotation turns it into an HBONE workload.
 	start = time.Now()
-	if out, err := env.KubectlRun(ctx, "", "annotate", "pod", "-n", "shop", "web", "ambient.istio.io/redirection=enabled"); err != nil {
-		t.Fatal(out, err)
-	}
+	env.MustKubectl(t, "", "annotate", "pod", "-n", "shop", "web", "ambient.istio.io/redirection=enabled")
 	waitStore(t, store, "pod web over HBONE", func(s *state.Snapshot) bool {
 		w := s.WorkloadsOnNode("node-a")
 		return len(w) == 1 && w[0].Protocol.String() == "HBONE"
@@ -116,9 +110,7 @@ func TestKubernetesModeFeedsZtunnel(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "policies.yaml")
 	os.WriteFile(path, []byte(kubePolicies), 0o644)
 	start = time.Now()
-	if out, err := env.KubectlRun(ctx, "", "apply", "-f", path); err != nil {
-		t.Fatal(out, err)
-	}
+	env.MustKubectl(t, "", "apply", "-f", path)
 	waitStore(t, store, "both policies, listed on web", func(s *state.Snapshot) bool {
 		w := s.WorkloadsOnNode("node-a")
 		return len(s.Policies()) == 2 && len(w) == 1 && len(w[0].Policies) == 2
@@ -160,9 +152,7 @@ spec:
   parentRefs: [{group: "", kind: Service, name: cart, port: 80}]
   rules: [{backendRefs: [{name: cart, port: 80}]}]
 `
-	if out, err := env.KubectlRun(ctx, route, "apply", "-f", "-"); err != nil {
-		t.Fatal(out, err)
-	}
+	env.MustKubectl(t, route, "apply", "-f", "-")
 	eventuallyKubectl(t, env, "HTTPRoute cart's parent status", func(out string) bool {
 		return strings.HasPrefix(out, "istio.io/gateway-controller Accepted=False NoMatchingParent")
 	}, "get", "httproute", "-n", "shop", "cart", "-o", "jsonpath={.status.parents[0].controllerName} {.status.parents[0].conditions[0].type}={.status.parents[0].conditions[0].status} {.status.parents[0].conditions[0].reason}")
@@ -177,17 +167,13 @@ spec:
 // eventuallyKubectl runs kubectl args until ok accepts its output.
 func eventuallyKubectl(t *testing.T, env *kubetest.Env, what string, ok func(string) bool, args ...string) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	testutil.Eventually(t, 20*time.Second, what, func() error {
 		out, err := env.KubectlRun(t.Context(), "", args...)
-		if err == nil && ok(out) {
-			return
+		if err == nil && !ok(out) {
+			err = fmt.Errorf("%q", out)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %q (%v)", what, out, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return err
+	})
 }
 
 func waitReady(t *testing.T, monAddr string) {
@@ -214,12 +200,8 @@ func waitReady(t *testing.T, monAddr string) {
 func TestLeaderElectionHandsOver(t *testing.T) {
 	env := kubetest.ForTest(t)
 	ctx := t.Context()
-	if out, err := env.KubectlRun(ctx, "", "apply", "--server-side", "-f", "../../deploy/crds/"); err != nil {
-		t.Fatal(out, err)
-	}
-	if out, err := env.KubectlRun(ctx, "", "wait", "--for=condition=Established", "--timeout=60s", "crd/authorizationpolicies.security.istio.io"); err != nil {
-		t.Fatal(out, err)
-	}
+	env.MustKubectl(t, "", "apply", "--server-side", "-f", "../../deploy/crds/")
+	env.MustKubectl(t, "", "wait", "--for=condition=Established", "--timeout=60s", "crd/authorizationpolicies.security.istio.io")
 	for _, ns := range []string{"istio-system", "shop"} {
 		if _, err := env.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
@@ -286,9 +268,7 @@ func TestLeaderElectionHandsOver(t *testing.T) {
 	apply := func(yaml string) {
 		path := filepath.Join(t.TempDir(), "p.yaml")
 		os.WriteFile(path, []byte(yaml), 0o644)
-		if out, err := env.KubectlRun(ctx, "", "apply", "-f", path); err != nil {
-			t.Fatal(out, err)
-		}
+		env.MustKubectl(t, "", "apply", "-f", path)
 	}
 
 	_, stopA := start("zmeshd-a")

@@ -12,7 +12,6 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -27,6 +26,7 @@ import (
 
 	"github.com/zmesh/zmesh/identity"
 	"github.com/zmesh/zmesh/internal/hbone"
+	"github.com/zmesh/zmesh/internal/httpserve"
 	"github.com/zmesh/zmesh/internal/meshclient"
 	"github.com/zmesh/zmesh/internal/xdsclient"
 	"github.com/zmesh/zmesh/ztunnel/admin"
@@ -152,13 +152,8 @@ func run(ctx context.Context, f *flags) error {
 	if err != nil {
 		return fmt.Errorf("--trust-domain: %w", err)
 	}
-	roots, err := meshclient.LoadBundle(td, f.rootCert, log)
-	if err != nil {
-		return fmt.Errorf("--root-cert: %w", err)
-	}
-	mc, err := meshclient.New(meshclient.Config{
-		XDSAddr: f.xdsAddr, CAAddr: f.caAddr, Roots: roots, Plaintext: f.plaintextControlPlane,
-		Token: meshclient.TokenFile(f.tokenFile), Log: log,
+	mc, err := meshclient.Open(td, f.rootCert, f.tokenFile, meshclient.Config{
+		XDSAddr: f.xdsAddr, CAAddr: f.caAddr, Plaintext: f.plaintextControlPlane, Log: log,
 	})
 	if err != nil {
 		return err
@@ -265,24 +260,13 @@ func run(ctx context.Context, f *flags) error {
 	if err != nil {
 		return err
 	}
-	for _, srv := range []struct {
-		name, addr string
-		serve      func(net.Listener) error
-	}{
-		{"--admin-address", f.adminAddr, func(ln net.Listener) error { return admin.Serve(bg, ln, adminH) }},
-		{"--metrics-address", f.metricsAddr, func(ln net.Listener) error { return admin.Serve(bg, ln, metricsH) }},
-		{"--readiness-address", f.readyAddr, func(ln net.Listener) error { return admin.Serve(bg, ln, ready.Handler()) }},
-	} {
-		ln, err := net.Listen("tcp", srv.addr)
-		if err != nil {
-			cancelBG()
-			return fmt.Errorf("%s: %w", srv.name, err)
-		}
-		wg.Go(func() {
-			if err := srv.serve(ln); err != nil {
-				log.Error("server failed", "listener", srv.name, "reason", err.Error())
-			}
-		})
+	if err := httpserve.Start(bg, &wg, log,
+		httpserve.Endpoint{Flag: "--admin-address", Addr: f.adminAddr, Handler: adminH},
+		httpserve.Endpoint{Flag: "--metrics-address", Addr: f.metricsAddr, Handler: metricsH},
+		httpserve.Endpoint{Flag: "--readiness-address", Addr: f.readyAddr, Handler: ready.Handler()},
+	); err != nil {
+		cancelBG()
+		return err
 	}
 	log.Info("ztunnel started", "zds", f.zdsSocket, "admin", f.adminAddr, "metrics", f.metricsAddr, "readiness", f.readyAddr)
 

@@ -343,26 +343,11 @@ func (b *builder) httpRule(x *xRoute, ri int, rule *gatewayv1.HTTPRouteRule, inf
 	}
 	if a.redirect == nil && !a.failed {
 		for bi, br := range rule.BackendRefs {
-			bp := fmt.Sprintf("%s.backendRefs[%d]", path, bi)
-			d, ok := b.backend(x, bp, br.BackendObjectReference, info, p)
-			if !ok {
-				continue
-			}
-			if !b.backendFilters(x, bp, br.Filters, &d) {
-				continue
-			}
-			d.weight = 1
-			if br.Weight != nil {
-				d.weight = uint32(max(*br.Weight, 0))
-			}
-			if d.weight > 0 {
+			if d, ok := b.weightedBackend(x, fmt.Sprintf("%s.backendRefs[%d]", path, bi), br.BackendObjectReference, br.Weight, br.Filters, info, p); ok {
 				a.dests = append(a.dests, d)
 			}
 		}
-		if len(a.dests) == 0 {
-			b.report(x.ref, ReasonBackendNotFound, path+".backendRefs", "no backend with a weight above 0 can be reached; requests matching the rule get 500")
-			a.failed = true
-		}
+		b.needBackend(x, path, &a)
 	}
 	a.timeout = durationpb.New(0)
 	var perTry *durationpb.Duration
@@ -406,6 +391,30 @@ func (b *builder) httpRule(x *xRoute, ri int, rule *gatewayv1.HTTPRouteRule, inf
 		out = append(out, routeEntry{route: r, key: key})
 	}
 	return out
+}
+
+// weightedBackend is a rule's backendRef at path with its own filters
+// applied and its weight (1 when unset); false when it gets no traffic:
+// it cannot be used or its weight is 0.
+func (b *builder) weightedBackend(x *xRoute, path string, ref gatewayv1.BackendObjectReference, weight *int32, filters []gatewayv1.HTTPRouteFilter, info *serviceInfo, p servicePort) (destination, bool) {
+	d, ok := b.backend(x, path, ref, info, p)
+	if !ok || !b.backendFilters(x, path, filters, &d) {
+		return destination{}, false
+	}
+	d.weight = 1
+	if weight != nil {
+		d.weight = uint32(max(*weight, 0))
+	}
+	return d, d.weight > 0
+}
+
+// needBackend fails the rule at path, and says so on the route, when none
+// of its backends gets traffic.
+func (b *builder) needBackend(x *xRoute, path string, a *ruleAction) {
+	if len(a.dests) == 0 {
+		b.report(x.ref, ReasonBackendNotFound, path+".backendRefs", "no backend with a weight above 0 can be reached; requests matching the rule get 500")
+		a.failed = true
+	}
 }
 
 // backendFilters applies a backendRef's own filters: header modifiers
@@ -700,30 +709,15 @@ func (b *builder) grpcRule(x *xRoute, ri int, rule *gatewayv1.GRPCRouteRule, inf
 	}
 	if !a.failed {
 		for bi, br := range rule.BackendRefs {
-			bp := fmt.Sprintf("%s.backendRefs[%d]", path, bi)
-			d, ok := b.backend(x, bp, br.BackendObjectReference, info, p)
-			if !ok {
-				continue
-			}
 			var hf []gatewayv1.HTTPRouteFilter
 			for _, f := range br.Filters {
 				hf = append(hf, gatewayv1.HTTPRouteFilter{Type: gatewayv1.HTTPRouteFilterType(f.Type), RequestHeaderModifier: f.RequestHeaderModifier, ResponseHeaderModifier: f.ResponseHeaderModifier})
 			}
-			if !b.backendFilters(x, bp, hf, &d) {
-				continue
-			}
-			d.weight = 1
-			if br.Weight != nil {
-				d.weight = uint32(max(*br.Weight, 0))
-			}
-			if d.weight > 0 {
+			if d, ok := b.weightedBackend(x, fmt.Sprintf("%s.backendRefs[%d]", path, bi), br.BackendObjectReference, br.Weight, hf, info, p); ok {
 				a.dests = append(a.dests, d)
 			}
 		}
-		if len(a.dests) == 0 {
-			b.report(x.ref, ReasonBackendNotFound, path+".backendRefs", "no backend with a weight above 0 can be reached; requests matching the rule get 500")
-			a.failed = true
-		}
+		b.needBackend(x, path, &a)
 	}
 	a.timeout = durationpb.New(0)
 	a.hash = b.hashPolicy(a.dests)

@@ -11,7 +11,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 
 	"github.com/zmesh/zmesh/internal/kubetest"
 )
@@ -28,14 +27,8 @@ const (
 func TestPublisherOnKubernetes(t *testing.T) {
 	env := kubetest.ForTest(t)
 	ctx := t.Context()
-	if out, err := env.KubectlRun(ctx, "", "apply", "-f", "../../deploy/rbac/"); err != nil {
-		t.Fatal(out, err)
-	}
-	cfg := rest.CopyConfig(env.Config)
-	cfg.Impersonate = rest.ImpersonationConfig{
-		UserName: "system:serviceaccount:istio-system:zmeshd",
-		Groups:   []string{"system:serviceaccounts", "system:serviceaccounts:istio-system", "system:authenticated"},
-	}
+	env.MustKubectl(t, "", "apply", "-f", "../../deploy/rbac/")
+	cfg := env.AsServiceAccount("istio-system", "zmeshd")
 	kube, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -10,7 +10,6 @@ import (
 
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/rest"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
@@ -18,6 +17,7 @@ import (
 	"github.com/zmesh/zmesh/controlplane/model"
 	"github.com/zmesh/zmesh/controlplane/model/modeltest"
 	"github.com/zmesh/zmesh/internal/kubetest"
+	"github.com/zmesh/zmesh/internal/testutil"
 )
 
 const kubeObjects = `
@@ -59,22 +59,12 @@ spec:
 func TestStatusOnKubernetes(t *testing.T) {
 	env := kubetest.ForTest(t)
 	ctx := t.Context()
-	kubectl := func(stdin string, args ...string) {
-		t.Helper()
-		if out, err := env.KubectlRun(ctx, stdin, args...); err != nil {
-			t.Fatal(out, err)
-		}
-	}
-	kubectl("", "apply", "--server-side", "-f", "../../deploy/crds/")
-	kubectl("", "apply", "-f", "../../deploy/rbac/")
-	kubectl("", "wait", "--for=condition=Established", "--timeout=60s", "crd/httproutes.gateway.networking.k8s.io", "crd/destinationrules.networking.istio.io", "crd/gateways.gateway.networking.k8s.io")
-	kubectl(kubeObjects, "apply", "-f", "-")
+	env.MustKubectl(t, "", "apply", "--server-side", "-f", "../../deploy/crds/")
+	env.MustKubectl(t, "", "apply", "-f", "../../deploy/rbac/")
+	env.MustKubectl(t, "", "wait", "--for=condition=Established", "--timeout=60s", "crd/httproutes.gateway.networking.k8s.io", "crd/destinationrules.networking.istio.io", "crd/gateways.gateway.networking.k8s.io")
+	env.MustKubectl(t, kubeObjects, "apply", "-f", "-")
 
-	cfg := rest.CopyConfig(env.Config)
-	cfg.Impersonate = rest.ImpersonationConfig{
-		UserName: "system:serviceaccount:istio-system:zmeshd",
-		Groups:   []string{"system:serviceaccounts", "system:serviceaccounts:istio-system", "system:authenticated"},
-	}
+	cfg := env.AsServiceAccount("istio-system", "zmeshd")
 	ic, err := istioclient.NewForConfig(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -119,24 +109,9 @@ func TestStatusOnKubernetes(t *testing.T) {
 	}
 }
 
-func eventually(t *testing.T, what string, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %v", what, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
 func waitDR(t *testing.T, ic istioclient.Interface, status, reason, msg string) {
 	t.Helper()
-	eventually(t, "DestinationRule status", func() error {
+	testutil.Eventually(t, 20*time.Second, "DestinationRule status", func() error {
 		dr, err := ic.NetworkingV1().DestinationRules("shop").Get(context.Background(), "cart", metav1.GetOptions{})
 		if err != nil {
 			return err
@@ -153,7 +128,7 @@ func waitDR(t *testing.T, ic istioclient.Interface, status, reason, msg string) 
 func waitRoute(t *testing.T, gc gatewayclient.Interface, status, reason, msg string) *gatewayv1.HTTPRoute {
 	t.Helper()
 	var route *gatewayv1.HTTPRoute
-	eventually(t, "HTTPRoute status", func() error {
+	testutil.Eventually(t, 20*time.Second, "HTTPRoute status", func() error {
 		var err error
 		route, err = gc.GatewayV1().HTTPRoutes("shop").Get(context.Background(), "cart", metav1.GetOptions{})
 		if err != nil {

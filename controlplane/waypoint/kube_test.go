@@ -17,13 +17,13 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
 	"go.uber.org/goleak"
 
 	"github.com/zmesh/zmesh/internal/kubetest"
+	"github.com/zmesh/zmesh/internal/testutil"
 )
 
 // The waypoint of Istio's docs (istioctl waypoint generate).
@@ -50,23 +50,13 @@ const image = "registry.example/zmesh/waypoint:test"
 func TestControllerOnKubernetes(t *testing.T) {
 	env := kubetest.ForTest(t)
 	ctx := t.Context()
-	kubectl := func(stdin string, args ...string) {
-		t.Helper()
-		if out, err := env.KubectlRun(ctx, stdin, args...); err != nil {
-			t.Fatal(out, err)
-		}
-	}
-	kubectl("", "apply", "--server-side", "-f", "../../deploy/crds/")
-	kubectl("", "apply", "-f", "../../deploy/rbac/")
-	kubectl("", "wait", "--for=condition=Established", "--timeout=60s", "crd/gateways.gateway.networking.k8s.io", "crd/gatewayclasses.gateway.networking.k8s.io")
-	kubectl("", "create", "namespace", "apps")
+	env.MustKubectl(t, "", "apply", "--server-side", "-f", "../../deploy/crds/")
+	env.MustKubectl(t, "", "apply", "-f", "../../deploy/rbac/")
+	env.MustKubectl(t, "", "wait", "--for=condition=Established", "--timeout=60s", "crd/gateways.gateway.networking.k8s.io", "crd/gatewayclasses.gateway.networking.k8s.io")
+	env.MustKubectl(t, "", "create", "namespace", "apps")
 
 	// Everything the controller does, it does as zmeshd.
-	cfg := rest.CopyConfig(env.Config)
-	cfg.Impersonate = rest.ImpersonationConfig{
-		UserName: "system:serviceaccount:istio-system:zmeshd",
-		Groups:   []string{"system:serviceaccounts", "system:serviceaccounts:istio-system", "system:authenticated"},
-	}
+	cfg := env.AsServiceAccount("istio-system", "zmeshd")
 	kube, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -111,7 +101,7 @@ func TestControllerOnKubernetes(t *testing.T) {
 	})
 
 	t.Run("GatewayClass", func(t *testing.T) {
-		eventually(t, "GatewayClass istio-waypoint accepted", func() error {
+		testutil.Eventually(t, 60*time.Second, "GatewayClass istio-waypoint accepted", func() error {
 			gc, err := admin.GatewayV1().GatewayClasses().Get(ctx, ClassName, metav1.GetOptions{})
 			if err != nil {
 				return err
@@ -123,7 +113,7 @@ func TestControllerOnKubernetes(t *testing.T) {
 		})
 	})
 
-	kubectl(docsWaypoint, "apply", "-f", "-")
+	env.MustKubectl(t, docsWaypoint, "apply", "-f", "-")
 	gw, err := admin.GatewayV1().Gateways("apps").Get(ctx, "waypoint", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -132,17 +122,17 @@ func TestControllerOnKubernetes(t *testing.T) {
 
 	t.Run("objects with owner references", func(t *testing.T) {
 		var dep *appsv1.Deployment
-		eventually(t, "Deployment", func() (err error) {
+		testutil.Eventually(t, 60*time.Second, "Deployment", func() (err error) {
 			dep, err = env.Client.AppsV1().Deployments("apps").Get(ctx, "waypoint", metav1.GetOptions{})
 			return err
 		})
 		var svc *corev1.Service
-		eventually(t, "Service", func() (err error) {
+		testutil.Eventually(t, 60*time.Second, "Service", func() (err error) {
 			svc, err = core.Services("apps").Get(ctx, "waypoint", metav1.GetOptions{})
 			return err
 		})
 		var sa *corev1.ServiceAccount
-		eventually(t, "ServiceAccount", func() (err error) {
+		testutil.Eventually(t, 60*time.Second, "ServiceAccount", func() (err error) {
 			sa, err = core.ServiceAccounts("apps").Get(ctx, "waypoint", metav1.GetOptions{})
 			return err
 		})
@@ -172,7 +162,7 @@ func TestControllerOnKubernetes(t *testing.T) {
 	programmedAt := func(t *testing.T, name, notIP string) string {
 		t.Helper()
 		var ip string
-		eventually(t, "Gateway "+name+" programmed with the Service's address", func() error {
+		testutil.Eventually(t, 60*time.Second, "Gateway "+name+" programmed with the Service's address", func() error {
 			svc, err := core.Services("apps").Get(ctx, name, metav1.GetOptions{})
 			if err != nil {
 				return err
@@ -207,7 +197,7 @@ func TestControllerOnKubernetes(t *testing.T) {
 		if err := core.Services("apps").Delete(ctx, "waypoint", metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, "Service re-created", func() error {
+		testutil.Eventually(t, 60*time.Second, "Service re-created", func() error {
 			svc, err := core.Services("apps").Get(ctx, "waypoint", metav1.GetOptions{})
 			if err != nil {
 				return err
@@ -227,7 +217,7 @@ func TestControllerOnKubernetes(t *testing.T) {
 		if _, err := env.Client.AppsV1().Deployments("apps").Patch(ctx, "waypoint", types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, "image restored", func() error {
+		testutil.Eventually(t, 60*time.Second, "image restored", func() error {
 			dep, err := env.Client.AppsV1().Deployments("apps").Get(ctx, "waypoint", metav1.GetOptions{})
 			if err != nil {
 				return err
@@ -240,7 +230,7 @@ func TestControllerOnKubernetes(t *testing.T) {
 	})
 
 	t.Run("waypoint-for is copied", func(t *testing.T) {
-		kubectl(strings.NewReplacer("name: waypoint", "name: for-workloads", "waypoint-for: service", "waypoint-for: workload").Replace(docsWaypoint), "apply", "-f", "-")
+		env.MustKubectl(t, strings.NewReplacer("name: waypoint", "name: for-workloads", "waypoint-for: service", "waypoint-for: workload").Replace(docsWaypoint), "apply", "-f", "-")
 		programmedAt(t, "for-workloads", "")
 		svc, err := core.Services("apps").Get(ctx, "for-workloads", metav1.GetOptions{})
 		if err != nil {
@@ -252,8 +242,8 @@ func TestControllerOnKubernetes(t *testing.T) {
 	})
 
 	t.Run("wrong listener is not accepted", func(t *testing.T) {
-		kubectl(strings.NewReplacer("name: waypoint", "name: bad", "port: 15008", "port: 8080").Replace(docsWaypoint), "apply", "-f", "-")
-		eventually(t, "Accepted=False naming the field", func() error {
+		env.MustKubectl(t, strings.NewReplacer("name: waypoint", "name: bad", "port: 15008", "port: 8080").Replace(docsWaypoint), "apply", "-f", "-")
+		testutil.Eventually(t, 60*time.Second, "Accepted=False naming the field", func() error {
 			g, err := admin.GatewayV1().Gateways("apps").Get(ctx, "bad", metav1.GetOptions{})
 			if err != nil {
 				return err
@@ -280,8 +270,8 @@ func TestControllerOnKubernetes(t *testing.T) {
 		}, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		kubectl(strings.NewReplacer("name: waypoint", "name: taken").Replace(docsWaypoint), "apply", "-f", "-")
-		eventually(t, "Programmed=False", func() error {
+		env.MustKubectl(t, strings.NewReplacer("name: waypoint", "name: taken").Replace(docsWaypoint), "apply", "-f", "-")
+		testutil.Eventually(t, 60*time.Second, "Programmed=False", func() error {
 			g, err := admin.GatewayV1().Gateways("apps").Get(ctx, "taken", metav1.GetOptions{})
 			if err != nil {
 				return err
@@ -302,8 +292,8 @@ func TestControllerOnKubernetes(t *testing.T) {
 	})
 
 	t.Run("deleting the Gateway removes its objects", func(t *testing.T) {
-		kubectl("", "delete", "-n", "apps", "gateway", "waypoint")
-		eventually(t, "garbage collection", func() error {
+		env.MustKubectl(t, "", "delete", "-n", "apps", "gateway", "waypoint")
+		testutil.Eventually(t, 60*time.Second, "garbage collection", func() error {
 			var left []string
 			if _, err := env.Client.AppsV1().Deployments("apps").Get(ctx, "waypoint", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 				left = append(left, "Deployment")
@@ -322,8 +312,8 @@ func TestControllerOnKubernetes(t *testing.T) {
 	})
 
 	t.Run("deleted GatewayClass is re-created", func(t *testing.T) {
-		kubectl("", "delete", "gatewayclass", ClassName)
-		eventually(t, "GatewayClass back", func() error {
+		env.MustKubectl(t, "", "delete", "gatewayclass", ClassName)
+		testutil.Eventually(t, 60*time.Second, "GatewayClass back", func() error {
 			_, err := admin.GatewayV1().GatewayClasses().Get(ctx, ClassName, metav1.GetOptions{})
 			return err
 		})
@@ -336,21 +326,6 @@ func conditionIs(conds []metav1.Condition, typ string, want metav1.ConditionStat
 		return fmt.Errorf("%s condition %+v, want %s", typ, c, want)
 	}
 	return nil
-}
-
-func eventually(t *testing.T, what string, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s: %v", what, err)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
 }
 
 // testWriter sends the controller's log to the test's.

@@ -50,8 +50,8 @@ func TestTelemetry(t *testing.T) {
 			if err != nil {
 				return false
 			}
-			line = metricLine(m, "istio_tcp_connections_closed_total", map[string]string{"reporter": side.reporter, "source_workload": "sleep", "destination_workload": "httpbin"})
-			return line != "" && metricValue(line) >= n
+			line = cluster.MetricLine(m, "istio_tcp_connections_closed_total", map[string]string{"reporter": side.reporter, "source_workload": "sleep", "destination_workload": "httpbin"})
+			return line != "" && cluster.MetricValue(line) >= n
 		})
 		for k, v := range want {
 			if !strings.Contains(line, fmt.Sprintf("%s=%q", k, v)) {
@@ -78,29 +78,6 @@ func TestTelemetry(t *testing.T) {
 	}
 	t.Logf("%s ztunnel access log: %s %v -> %v (%v) as %v, dst %v %v, %v bytes sent, %v received",
 		httpbin.Node.Name, found["msg"], found["src.workload"], found["dst.workload"], found["dst.addr"], found["src.identity"], found["dst.namespace"], found["dst.identity"], found["bytes_sent"], found["bytes_recv"])
-}
-
-// metricLine finds the sample of name whose labels include every one of want.
-func metricLine(metrics, name string, want map[string]string) string {
-	for _, line := range strings.Split(metrics, "\n") {
-		if !strings.HasPrefix(line, name+"{") {
-			continue
-		}
-		ok := true
-		for k, v := range want {
-			ok = ok && strings.Contains(line, fmt.Sprintf("%s=%q", k, v))
-		}
-		if ok {
-			return line
-		}
-	}
-	return ""
-}
-
-func metricValue(line string) float64 {
-	var v float64
-	fmt.Sscan(line[strings.LastIndexByte(line, ' ')+1:], &v)
-	return v
 }
 
 // shortMetric keeps a sample's telling labels.

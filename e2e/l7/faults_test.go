@@ -1,7 +1,6 @@
 package l7
 
 import (
-	"fmt"
 	"net/http"
 	"testing"
 	"time"
@@ -18,16 +17,7 @@ func TestFaultAndTimeout(t *testing.T) {
 	base := "http://" + serviceAddr(t, "faults", "ratings", 9080).String()
 	jason := http.Header{"End-User": {"jason"}}
 
-	until(t, 30*time.Second, "jason's requests aborted", func() error {
-		code, body, _, err := send(c, http.MethodGet, base+"/", jason)
-		if err != nil {
-			return err
-		}
-		if code != http.StatusServiceUnavailable {
-			return fmt.Errorf("%d %q", code, body)
-		}
-		return nil
-	})
+	untilCode(t, "jason's requests aborted", c, base+"/", jason, http.StatusServiceUnavailable)
 
 	t.Run("abort", func(t *testing.T) {
 		for _, tc := range []struct {

@@ -119,7 +119,7 @@ func TestGRPCRoute(t *testing.T) {
 				if err != nil {
 					return err
 				}
-				if metricLine(m, "istio_requests_total", want) == "" {
+				if cluster.MetricLine(m, "istio_requests_total", want) == "" {
 					return fmt.Errorf("no sample of %v in:\n%s", want, grepLines(m, "istio_requests_total{"))
 				}
 				return nil

@@ -153,3 +153,19 @@ func until(t *testing.T, d time.Duration, what string, check func() error) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// untilCode waits (30s) until a GET of url with header through c is
+// answered with want.
+func untilCode(t *testing.T, what string, c *http.Client, url string, header http.Header, want int) {
+	t.Helper()
+	until(t, 30*time.Second, what, func() error {
+		code, body, _, err := send(c, http.MethodGet, url, header)
+		if err != nil {
+			return err
+		}
+		if code != want {
+			return fmt.Errorf("%d %q", code, body)
+		}
+		return nil
+	})
+}

@@ -105,32 +105,6 @@ func waypointMetrics(ctx context.Context, wp *cluster.Pod) (string, error) {
 	return string(b), err
 }
 
-// metricLine finds the sample of name whose labels include every one of
-// want ("" when there is none).
-func metricLine(metrics, name string, want map[string]string) string {
-	for _, line := range strings.Split(metrics, "\n") {
-		if !strings.HasPrefix(line, name+"{") {
-			continue
-		}
-		ok := true
-		for k, v := range want {
-			l := fmt.Sprintf("%s=%q", k, v)
-			ok = ok && (strings.Contains(line, "{"+l) || strings.Contains(line, ","+l))
-		}
-		if ok {
-			return line
-		}
-	}
-	return ""
-}
-
-// metricValue is a sample line's value.
-func metricValue(line string) float64 {
-	var v float64
-	fmt.Sscan(line[strings.LastIndexByte(line, ' ')+1:], &v)
-	return v
-}
-
 // containsLine reports whether text has line as one of its lines.
 func containsLine(text, line string) bool {
 	for _, l := range strings.Split(text, "\n") {

@@ -28,16 +28,7 @@ func TestTelemetry(t *testing.T) {
 
 	// The waypoint's own 404 for a path no route serves (the app would
 	// answer 200) says the VirtualService is in force.
-	until(t, 30*time.Second, "GET /ratings/0 answered 404 by the waypoint", func() error {
-		code, _, _, err := send(c, http.MethodGet, base+"/ratings/0", nil)
-		if err != nil {
-			return err
-		}
-		if code != http.StatusNotFound {
-			return fmt.Errorf("%d", code)
-		}
-		return nil
-	})
+	untilCode(t, "GET /ratings/0 answered 404 by the waypoint", c, base+"/ratings/0", nil, http.StatusNotFound)
 	const ok, nr = 10, 5
 	var okID string
 	for range ok {
@@ -96,8 +87,8 @@ func TestTelemetry(t *testing.T) {
 			if err != nil {
 				return err
 			}
-			line = metricLine(m, "istio_requests_total", s.labels)
-			if line == "" || metricValue(line) < s.atLeast {
+			line = cluster.MetricLine(m, "istio_requests_total", s.labels)
+			if line == "" || cluster.MetricValue(line) < s.atLeast {
 				return fmt.Errorf("no sample of %v with value ≥ %v in:\n%s", s.labels, s.atLeast, grepLines(m, "istio_requests_total{"))
 			}
 			return nil

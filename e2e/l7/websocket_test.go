@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/net/websocket"
+
+	"github.com/zmesh/zmesh/e2e/cluster"
 )
 
 // TestWebSocket opens a WebSocket to the echo server's /ws through the
@@ -25,16 +27,7 @@ func TestWebSocket(t *testing.T) {
 
 	// The waypoint's own 404 for any path but /ws (the app would answer
 	// 200) says the VirtualService is in force.
-	until(t, 30*time.Second, "GET /other answered 404 by the waypoint", func() error {
-		code, _, _, err := send(c, http.MethodGet, "http://"+addr+"/other", nil)
-		if err != nil {
-			return err
-		}
-		if code != http.StatusNotFound {
-			return fmt.Errorf("%d", code)
-		}
-		return nil
-	})
+	untilCode(t, "GET /other answered 404 by the waypoint", c, "http://"+addr+"/other", nil, http.StatusNotFound)
 
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
@@ -76,7 +69,7 @@ func TestWebSocket(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if line := metricLine(m, "istio_requests_total", map[string]string{
+		if line := cluster.MetricLine(m, "istio_requests_total", map[string]string{
 			"reporter": "waypoint", "destination_service": "echo.websocket.svc.cluster.local", "response_code": "101",
 		}); line == "" {
 			return fmt.Errorf("no 101 in:\n%s", grepLines(m, "istio_requests_total{"))

@@ -145,6 +145,26 @@ func (e *Env) KubectlRun(ctx context.Context, stdin string, args ...string) (str
 	return string(out), nil
 }
 
+// MustKubectl is KubectlRun for a test: it fails t if kubectl fails.
+func (e *Env) MustKubectl(t testing.TB, stdin string, args ...string) {
+	t.Helper()
+	if out, err := e.KubectlRun(t.Context(), stdin, args...); err != nil {
+		t.Fatal(out, err)
+	}
+}
+
+// AsServiceAccount is a copy of e's client config that acts as the
+// service account ns/name (with the groups the API server gives service
+// accounts), so a test exercises what that account's RBAC allows.
+func (e *Env) AsServiceAccount(ns, name string) *rest.Config {
+	cfg := rest.CopyConfig(e.Config)
+	cfg.Impersonate = rest.ImpersonationConfig{
+		UserName: "system:serviceaccount:" + ns + ":" + name,
+		Groups:   []string{"system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"},
+	}
+	return cfg
+}
+
 // parseExports reads `export K=V` lines (values as printf %q writes them
 // for plain paths and tokens).
 func parseExports(s string) map[string]string {

@@ -16,6 +16,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
@@ -166,6 +167,19 @@ func New(cfg Config) (*Client, error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// Open is New for a data-plane command: the roots are loaded for td from
+// the PEM file rootCert (--root-cert on the command line, reloaded as it
+// changes) and the token is read from tokenFile on every call. cfg.Roots and
+// cfg.Token are set here.
+func Open(td spiffeid.TrustDomain, rootCert, tokenFile string, cfg Config) (*Client, error) {
+	roots, err := LoadBundle(td, rootCert, cfg.Log)
+	if err != nil {
+		return nil, fmt.Errorf("--root-cert: %w", err)
+	}
+	cfg.Roots, cfg.Token = roots, TokenFile(tokenFile)
+	return New(cfg)
 }
 
 // Close closes the connections.

@@ -1,7 +1,6 @@
 package xdsclient
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -26,6 +25,7 @@ import (
 
 	"github.com/zmesh/zmesh/api/workload"
 	"github.com/zmesh/zmesh/api/workload/security"
+	"github.com/zmesh/zmesh/internal/testutil"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -346,7 +346,7 @@ type env struct {
 	srv     *adsServer
 	gs      *grpc.Server
 	h       *handler
-	log     *syncBuffer
+	log     *testutil.SyncBuffer
 	c       *Client
 	cancel  context.CancelFunc
 	runDone chan error
@@ -377,7 +377,7 @@ func newEnv(t *testing.T, args ...any) *env {
 		t.Fatal(err)
 	}
 	e := &env{t: t, addr: lis.Addr().String(), srv: &adsServer{streams: make(chan *serverStream, 16)},
-		h: &handler{}, log: &syncBuffer{}, runDone: make(chan error, 1)}
+		h: &handler{}, log: &testutil.SyncBuffer{}, runDone: make(chan error, 1)}
 	e.serve(lis)
 	t.Cleanup(func() { e.stopServer() })
 
@@ -650,23 +650,6 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(time.Millisecond)
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // fakeConn only has to be non-nil: validation never uses it.

@@ -6,10 +6,8 @@
 package admin
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"slices"
 	"time"
@@ -153,30 +151,4 @@ func sortedNames(m map[string]proto.Message) []string {
 	}
 	slices.Sort(out)
 	return out
-}
-
-// shutdownGrace is how long Serve lets requests in flight finish once its
-// context ends.
-const shutdownGrace = 5 * time.Second
-
-// Serve serves h on ln until ctx ends, then shuts down and returns nil; it
-// returns the error if serving fails before that. ln is closed when it
-// returns.
-func Serve(ctx context.Context, ln net.Listener, h http.Handler) error {
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ln) }()
-	select {
-	case err := <-done:
-		return fmt.Errorf("serve %s: %w", ln.Addr(), err)
-	case <-ctx.Done():
-	}
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownGrace)
-	defer cancel()
-	err := srv.Shutdown(sctx)
-	if errors.Is(err, context.DeadlineExceeded) {
-		err = srv.Close()
-	}
-	<-done
-	return err
 }

@@ -19,37 +19,26 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
-	"sigs.k8s.io/yaml"
 
+	"github.com/zmesh/zmesh/internal/httpserve"
+	"github.com/zmesh/zmesh/internal/testutil"
 	"github.com/zmesh/zmesh/waypoint/config"
 )
-
-func parse[M proto.Message](t *testing.T, y string, m M) M {
-	t.Helper()
-	js, err := yaml.YAMLToJSON([]byte(y))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := protojson.Unmarshal(js, m); err != nil {
-		t.Fatalf("%v\n%s", err, js)
-	}
-	return m
-}
 
 const chain = "inbound-vip|9000|tcp|a.ns.svc.cluster.local"
 
 func snapshot(t *testing.T) *config.Snapshot {
 	s, err := config.Build(config.Resources{
 		Version: "abc",
-		Listeners: []*listenerv3.Listener{parse(t, `name: main_internal
+		Listeners: []*listenerv3.Listener{testutil.ProtoYAML(t, `name: main_internal
 filterChains:
 - name: "`+chain+`"
   filterChainMatch: {destinationPort: 9000, prefixRanges: [{addressPrefix: 10.96.0.1, prefixLen: 32}]}
   filters: [{name: envoy.filters.network.tcp_proxy, typedConfig: {"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, statPrefix: "`+chain+`", cluster: "`+chain+`"}}]
 `, &listenerv3.Listener{})},
-		Routes:      []*routev3.RouteConfiguration{parse(t, "name: r\nvirtualHosts: [{name: 'a:80', domains: ['*']}]\n", &routev3.RouteConfiguration{})},
-		Clusters:    []*clusterv3.Cluster{parse(t, "name: \""+chain+"\"\ntype: EDS\nedsClusterConfig: {edsConfig: {ads: {}, resourceApiVersion: V3}}\n", &clusterv3.Cluster{})},
-		Assignments: []*endpointv3.ClusterLoadAssignment{parse(t, "clusterName: \""+chain+"\"\n", &endpointv3.ClusterLoadAssignment{})},
+		Routes:      []*routev3.RouteConfiguration{testutil.ProtoYAML(t, "name: r\nvirtualHosts: [{name: 'a:80', domains: ['*']}]\n", &routev3.RouteConfiguration{})},
+		Clusters:    []*clusterv3.Cluster{testutil.ProtoYAML(t, "name: \""+chain+"\"\ntype: EDS\nedsClusterConfig: {edsConfig: {ads: {}, resourceApiVersion: V3}}\n", &clusterv3.Cluster{})},
+		Assignments: []*endpointv3.ClusterLoadAssignment{testutil.ProtoYAML(t, "clusterName: \""+chain+"\"\n", &endpointv3.ClusterLoadAssignment{})},
 		Versions:    map[string]map[string]string{config.TypeListener: {"main_internal": "7"}},
 	})
 	if err != nil {
@@ -164,8 +153,8 @@ func TestReadinessAndMetricsServers(t *testing.T) {
 	rl, _ := net.Listen("tcp", "127.0.0.1:0")
 	ml, _ := net.Listen("tcp", "127.0.0.1:0")
 	done := make(chan error, 2)
-	go func() { done <- Serve(ctx, rl, NewReadiness(ready.Load)) }()
-	go func() { done <- Serve(ctx, ml, NewMetrics(reg)) }()
+	go func() { done <- httpserve.Serve(ctx, rl, NewReadiness(ready.Load)) }()
+	go func() { done <- httpserve.Serve(ctx, ml, NewMetrics(reg)) }()
 	status := func(url string) (int, string) {
 		resp, err := http.Get(url)
 		if err != nil {

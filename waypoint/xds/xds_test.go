@@ -15,38 +15,14 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protoregistry"
 	"google.golang.org/protobuf/types/known/anypb"
-	"sigs.k8s.io/yaml"
 
+	"github.com/zmesh/zmesh/internal/testutil"
 	"github.com/zmesh/zmesh/waypoint/config"
 )
 
 const timeout = 20 * time.Second
-
-// ResourceYAML builds a resource of typeURL from YAML (protojson names).
-func resourceYAML(t testing.TB, typeURL, y string) *anypb.Any {
-	t.Helper()
-	mt, err := protoregistry.GlobalTypes.FindMessageByURL(typeURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := mt.New().Interface()
-	js, err := yaml.YAMLToJSON([]byte(y))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := protojson.Unmarshal(js, m); err != nil {
-		t.Fatalf("%v\n%s", err, js)
-	}
-	a, err := anypb.New(m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return a
-}
 
 const (
 	httpChain = "inbound-vip|80|http|a.ns.svc.cluster.local"
@@ -242,14 +218,14 @@ func nack(t *testing.T, what string, r *discoveryv3.DeltaDiscoveryRequest, want 
 // change.
 func TestSnapshotOnlyWhenConsistent(t *testing.T) {
 	c, s, got, _ := start(t)
-	ack(t, "clusters", s.push(t, config.TypeCluster, map[string]*anypb.Any{clusterName: resourceYAML(t, config.TypeCluster, clusterYAML)}))
-	ack(t, "endpoints", s.push(t, config.TypeAssignment, map[string]*anypb.Any{clusterName: resourceYAML(t, config.TypeAssignment, claYAML)}))
-	ack(t, "listener", s.push(t, config.TypeListener, map[string]*anypb.Any{"main_internal": resourceYAML(t, config.TypeListener, listenerYAML(httpChain))}))
-	ack(t, "an unrelated route", s.push(t, config.TypeRoute, map[string]*anypb.Any{"other": resourceYAML(t, config.TypeRoute, routeYAML("other", clusterName))}))
+	ack(t, "clusters", s.push(t, config.TypeCluster, map[string]*anypb.Any{clusterName: testutil.AnyYAML(t, config.TypeCluster, clusterYAML)}))
+	ack(t, "endpoints", s.push(t, config.TypeAssignment, map[string]*anypb.Any{clusterName: testutil.AnyYAML(t, config.TypeAssignment, claYAML)}))
+	ack(t, "listener", s.push(t, config.TypeListener, map[string]*anypb.Any{"main_internal": testutil.AnyYAML(t, config.TypeListener, listenerYAML(httpChain))}))
+	ack(t, "an unrelated route", s.push(t, config.TypeRoute, map[string]*anypb.Any{"other": testutil.AnyYAML(t, config.TypeRoute, routeYAML("other", clusterName))}))
 	if n := len(got.list()); n != 0 || c.Snapshot() != nil {
 		t.Fatalf("%d snapshots applied before the chain's route configuration arrived", n)
 	}
-	ack(t, "route", s.push(t, config.TypeRoute, map[string]*anypb.Any{httpChain: resourceYAML(t, config.TypeRoute, routeYAML(httpChain, clusterName))}))
+	ack(t, "route", s.push(t, config.TypeRoute, map[string]*anypb.Any{httpChain: testutil.AnyYAML(t, config.TypeRoute, routeYAML(httpChain, clusterName))}))
 	snaps := got.list()
 	if len(snaps) != 1 {
 		t.Fatalf("%d snapshots, want 1", len(snaps))
@@ -261,11 +237,11 @@ func TestSnapshotOnlyWhenConsistent(t *testing.T) {
 	}
 	// The listener switches to a route configuration not sent yet: the
 	// waypoint keeps the last snapshot until it comes.
-	ack(t, "listener v2", s.push(t, config.TypeListener, map[string]*anypb.Any{"main_internal": resourceYAML(t, config.TypeListener, listenerYAML("v2"))}))
+	ack(t, "listener v2", s.push(t, config.TypeListener, map[string]*anypb.Any{"main_internal": testutil.AnyYAML(t, config.TypeListener, listenerYAML("v2"))}))
 	if n := len(got.list()); n != 1 {
 		t.Fatalf("%d snapshots after a listener whose routes are missing, want 1", n)
 	}
-	ack(t, "route v2", s.push(t, config.TypeRoute, map[string]*anypb.Any{"v2": resourceYAML(t, config.TypeRoute, routeYAML("v2", clusterName))}))
+	ack(t, "route v2", s.push(t, config.TypeRoute, map[string]*anypb.Any{"v2": testutil.AnyYAML(t, config.TypeRoute, routeYAML("v2", clusterName))}))
 	if snaps := got.list(); len(snaps) != 2 || snaps[1].Chains[netip.MustParseAddrPort("10.96.0.1:80")].RouteConfig != "v2" {
 		t.Fatalf("snapshots %v, want a second one routing with v2", snaps)
 	}
@@ -276,29 +252,29 @@ func TestSnapshotOnlyWhenConsistent(t *testing.T) {
 // keeps serving the last good copy.
 func TestNackKeepsLastGood(t *testing.T) {
 	c, s, got, _ := start(t)
-	ack(t, "clusters", s.push(t, config.TypeCluster, map[string]*anypb.Any{clusterName: resourceYAML(t, config.TypeCluster, clusterYAML)}))
-	ack(t, "endpoints", s.push(t, config.TypeAssignment, map[string]*anypb.Any{clusterName: resourceYAML(t, config.TypeAssignment, claYAML)}))
-	ack(t, "listener", s.push(t, config.TypeListener, map[string]*anypb.Any{"main_internal": resourceYAML(t, config.TypeListener, listenerYAML(httpChain))}))
-	ack(t, "route", s.push(t, config.TypeRoute, map[string]*anypb.Any{httpChain: resourceYAML(t, config.TypeRoute, routeYAML(httpChain, clusterName))}))
+	ack(t, "clusters", s.push(t, config.TypeCluster, map[string]*anypb.Any{clusterName: testutil.AnyYAML(t, config.TypeCluster, clusterYAML)}))
+	ack(t, "endpoints", s.push(t, config.TypeAssignment, map[string]*anypb.Any{clusterName: testutil.AnyYAML(t, config.TypeAssignment, claYAML)}))
+	ack(t, "listener", s.push(t, config.TypeListener, map[string]*anypb.Any{"main_internal": testutil.AnyYAML(t, config.TypeListener, listenerYAML(httpChain))}))
+	ack(t, "route", s.push(t, config.TypeRoute, map[string]*anypb.Any{httpChain: testutil.AnyYAML(t, config.TypeRoute, routeYAML(httpChain, clusterName))}))
 	first := c.Snapshot()
 	if first == nil {
 		t.Fatal("no snapshot")
 	}
 
 	badListener := strings.Replace(listenerYAML(httpChain), "name: main_internal", "name: main_internal\nuseOriginalDst: true", 1)
-	nack(t, "bad listener", s.push(t, config.TypeListener, map[string]*anypb.Any{"main_internal": resourceYAML(t, config.TypeListener, badListener)}),
+	nack(t, "bad listener", s.push(t, config.TypeListener, map[string]*anypb.Any{"main_internal": testutil.AnyYAML(t, config.TypeListener, badListener)}),
 		`main_internal: listeners "main_internal": use_original_dst: not supported`)
 	badRoute := strings.Replace(routeYAML(httpChain, clusterName), "domains: ['*']", "domains: ['*'], requireTls: ALL", 1)
-	nack(t, "bad route", s.push(t, config.TypeRoute, map[string]*anypb.Any{httpChain: resourceYAML(t, config.TypeRoute, badRoute)}),
+	nack(t, "bad route", s.push(t, config.TypeRoute, map[string]*anypb.Any{httpChain: testutil.AnyYAML(t, config.TypeRoute, badRoute)}),
 		httpChain+": "+httpChain+": virtual_hosts[0].require_tls: not supported")
 	nack(t, "bad cluster", s.push(t, config.TypeCluster, map[string]*anypb.Any{
-		clusterName: resourceYAML(t, config.TypeCluster, clusterYAML+"transportSocket: {name: tls}\n"),
-		"good":      resourceYAML(t, config.TypeCluster, strings.Replace(clusterYAML, clusterName, "good", 1)),
+		clusterName: testutil.AnyYAML(t, config.TypeCluster, clusterYAML+"transportSocket: {name: tls}\n"),
+		"good":      testutil.AnyYAML(t, config.TypeCluster, strings.Replace(clusterYAML, clusterName, "good", 1)),
 	}), clusterName+`: clusters "`+clusterName+`": transport_socket.name: "tls" not supported: endpoints are dialled over HBONE, verifying the identity in their metadata`)
-	nack(t, "misnamed", s.push(t, config.TypeAssignment, map[string]*anypb.Any{"x": resourceYAML(t, config.TypeAssignment, claYAML)}),
+	nack(t, "misnamed", s.push(t, config.TypeAssignment, map[string]*anypb.Any{"x": testutil.AnyYAML(t, config.TypeAssignment, claYAML)}),
 		`x: resource is named "x" but its body names itself "`+clusterName+`"`)
 	nack(t, "bad endpoints", s.push(t, config.TypeAssignment, map[string]*anypb.Any{
-		clusterName: resourceYAML(t, config.TypeAssignment, strings.Replace(claYAML, "10.1.0.5", "0.0.0.0", 1)),
+		clusterName: testutil.AnyYAML(t, config.TypeAssignment, strings.Replace(claYAML, "10.1.0.5", "0.0.0.0", 1)),
 	}), clusterName+`: endpoints "`+clusterName+`": endpoints[0].lb_endpoints[0].endpoint.address.socket_address.address: 0.0.0.0 cannot be an endpoint`)
 
 	snaps := got.list()
@@ -325,10 +301,10 @@ func TestListenersClaimingOneDestination(t *testing.T) {
 	c, s, _, _ := start(t)
 	ack(t, "clusters", s.push(t, config.TypeCluster, nil))
 	ack(t, "endpoints", s.push(t, config.TypeAssignment, nil))
-	ack(t, "routes", s.push(t, config.TypeRoute, map[string]*anypb.Any{httpChain: resourceYAML(t, config.TypeRoute, routeYAML(httpChain, clusterName))}))
-	ack(t, "listener", s.push(t, config.TypeListener, map[string]*anypb.Any{"main_internal": resourceYAML(t, config.TypeListener, listenerYAML(httpChain))}))
+	ack(t, "routes", s.push(t, config.TypeRoute, map[string]*anypb.Any{httpChain: testutil.AnyYAML(t, config.TypeRoute, routeYAML(httpChain, clusterName))}))
+	ack(t, "listener", s.push(t, config.TypeListener, map[string]*anypb.Any{"main_internal": testutil.AnyYAML(t, config.TypeListener, listenerYAML(httpChain))}))
 	other := strings.Replace(listenerYAML(httpChain), "name: main_internal", "name: other", 1)
-	nack(t, "second listener", s.push(t, config.TypeListener, map[string]*anypb.Any{"other": resourceYAML(t, config.TypeListener, other)}),
+	nack(t, "second listener", s.push(t, config.TypeListener, map[string]*anypb.Any{"other": testutil.AnyYAML(t, config.TypeListener, other)}),
 		`other: listeners "other": filter_chains: chain "inbound-vip|80|http|a.ns.svc.cluster.local" matches destination 10.96.0.1:80, which listener "main_internal" already serves`)
 	if sn := c.Snapshot(); sn == nil || len(sn.Resources[config.TypeListener]) != 1 {
 		t.Fatalf("snapshot %+v, want the first listener only", sn)

@@ -3,7 +3,6 @@ package admin
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -15,6 +14,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
+
+	"github.com/zmesh/zmesh/internal/httpserve"
 )
 
 func TestMain(m *testing.M) {
@@ -36,7 +37,7 @@ func serve(t *testing.T, h http.Handler) *server {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- Serve(ctx, ln, h) }()
+	go func() { done <- httpserve.Serve(ctx, ln, h) }()
 
 	tr := &http.Transport{}
 	s := &server{t: t, url: "http://" + ln.Addr().String(), client: &http.Client{Transport: tr, Timeout: 10 * time.Second}}
@@ -224,67 +225,5 @@ func TestMetrics(t *testing.T) {
 	}
 	if _, err := NewMetrics(nil); err == nil {
 		t.Error("NewMetrics with nil gatherer succeeded")
-	}
-}
-
-// TestServeDrains checks that Serve lets a request in flight finish when
-// its context ends, and returns only then.
-func TestServeDrains(t *testing.T) {
-	started, release := make(chan struct{}), make(chan struct{})
-	h := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		close(started)
-		<-release
-		io.WriteString(w, "finished")
-	})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- Serve(ctx, ln, h) }()
-
-	tr := &http.Transport{}
-	defer tr.CloseIdleConnections()
-	body := make(chan string, 1)
-	go func() {
-		resp, err := (&http.Client{Transport: tr}).Get("http://" + ln.Addr().String())
-		if err != nil {
-			body <- err.Error()
-			return
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		body <- string(b)
-	}()
-
-	<-started
-	cancel()
-	select {
-	case err := <-done:
-		t.Fatalf("Serve returned %v with a request in flight", err)
-	case <-time.After(50 * time.Millisecond):
-	}
-	close(release)
-	if b := <-body; b != "finished" {
-		t.Errorf("in-flight request got %q", b)
-	}
-	if err := <-done; err != nil {
-		t.Errorf("Serve = %v, want nil", err)
-	}
-	if _, err := net.Dial("tcp", ln.Addr().String()); err == nil {
-		t.Error("listener still accepting after Serve returned")
-	}
-}
-
-func TestServeListenerError(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln.Close()
-	err = Serve(context.Background(), ln, http.NotFoundHandler())
-	if err == nil || !errors.Is(err, net.ErrClosed) {
-		t.Errorf("Serve on a closed listener = %v, want net.ErrClosed", err)
 	}
 }

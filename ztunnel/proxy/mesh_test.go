@@ -27,6 +27,7 @@ import (
 	"github.com/zmesh/zmesh/cni/cniapi"
 	"github.com/zmesh/zmesh/e2e/netenv"
 	"github.com/zmesh/zmesh/identity"
+	"github.com/zmesh/zmesh/internal/testutil"
 	"github.com/zmesh/zmesh/ztunnel/inpod"
 	"github.com/zmesh/zmesh/ztunnel/proxy"
 	"github.com/zmesh/zmesh/ztunnel/state"
@@ -66,7 +67,7 @@ type ztunnel struct {
 	proxy  *proxy.Proxy
 	certs  *identity.Manager
 	reg    *prometheus.Registry
-	logs   *syncBuffer
+	logs   *testutil.SyncBuffer
 	log    *slog.Logger
 	cancel context.CancelFunc
 	done   sync.WaitGroup
@@ -109,7 +110,7 @@ func (m *mesh) newNode(name string, opts ...func(*proxy.Config)) *node {
 	t.Cleanup(func() { unix.Unmount(bpfRoot, unix.MNT_DETACH) })
 
 	n := &node{name: name, m: m, store: state.NewStore(), zdsPath: filepath.Join(dir, "zds.sock"), opts: opts}
-	logs := &syncBuffer{}
+	logs := &testutil.SyncBuffer{}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	srv, err := agent.NewZDSServer(n.zdsPath, log)
 	if err != nil {
@@ -138,7 +139,7 @@ func (m *mesh) newNode(name string, opts ...func(*proxy.Config)) *node {
 func (n *node) startZtunnel() *ztunnel {
 	t := n.m.t
 	t.Helper()
-	z := n.runZtunnel(&syncBuffer{})
+	z := n.runZtunnel(&testutil.SyncBuffer{})
 	waitFor(t, func() bool {
 		have := map[string]bool{}
 		for _, pi := range z.proxy.Pods() {
@@ -155,7 +156,7 @@ func (n *node) startZtunnel() *ztunnel {
 }
 
 // runZtunnel starts a Proxy and its ZDS client against the node's agent.
-func (n *node) runZtunnel(logs *syncBuffer) *ztunnel {
+func (n *node) runZtunnel(logs *testutil.SyncBuffer) *ztunnel {
 	m, t := n.m, n.m.t
 	t.Helper()
 	z := &ztunnel{reg: prometheus.NewRegistry(), logs: logs}
@@ -351,23 +352,6 @@ func (n *ztunnel) logLines(msg string) []map[string]any {
 		}
 	}
 	return out
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // echo is a TCP server in a pod that writes back whatever it reads until

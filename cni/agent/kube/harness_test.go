@@ -32,6 +32,7 @@ import (
 	"github.com/zmesh/zmesh/e2e/netenv"
 	"github.com/zmesh/zmesh/identity"
 	"github.com/zmesh/zmesh/internal/kubetest"
+	"github.com/zmesh/zmesh/internal/testutil"
 	"github.com/zmesh/zmesh/ztunnel/inpod"
 	"github.com/zmesh/zmesh/ztunnel/proxy"
 	"github.com/zmesh/zmesh/ztunnel/state"
@@ -65,7 +66,7 @@ type node struct {
 	bpfRoot string
 	zdsPath string
 	store   *state.Store
-	logs    *syncBuffer
+	logs    *testutil.SyncBuffer
 	log     *slog.Logger
 	proxy   *proxy.Proxy
 
@@ -85,7 +86,7 @@ type runningAgent struct {
 func newNode(t *testing.T, prefix string) *node {
 	t.Helper()
 	nodeSeq++
-	n := &node{t: t, name: fmt.Sprintf("node-%d", nodeSeq), store: state.NewStore(), logs: &syncBuffer{},
+	n := &node{t: t, name: fmt.Sprintf("node-%d", nodeSeq), store: state.NewStore(), logs: &testutil.SyncBuffer{},
 		annotations: map[string]bool{}, changedAt: map[string]time.Time{}}
 	n.log = slog.New(slog.NewJSONHandler(n.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	t.Cleanup(func() {
@@ -404,21 +405,4 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 		time.Sleep(10 * time.Millisecond)
 	}
 	return time.Now()
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

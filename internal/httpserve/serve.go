@@ -1,11 +1,16 @@
-package admin
+// Package httpserve runs an HTTP server on a listener for as long as a
+// context lasts and stops it gracefully: the admin, metrics and readiness
+// endpoints of ztunnel and the waypoint are served with it.
+package httpserve
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 )
 
@@ -42,6 +47,32 @@ func Serve(ctx context.Context, ln net.Listener, h http.Handler) error {
 	<-done
 	if err != nil {
 		return fmt.Errorf("shut down %s: %w", ln.Addr(), err)
+	}
+	return nil
+}
+
+// Endpoint is one server a command runs: the flag that set its address,
+// the address and what it serves.
+type Endpoint struct {
+	Flag, Addr string
+	Handler    http.Handler
+}
+
+// Start listens on each endpoint's address in turn and serves it with
+// Serve in wg until ctx ends; a server that fails later is logged. An
+// address it cannot listen on is returned as an error naming the flag, and
+// the endpoints started before it keep running until ctx ends.
+func Start(ctx context.Context, wg *sync.WaitGroup, log *slog.Logger, eps ...Endpoint) error {
+	for _, ep := range eps {
+		ln, err := net.Listen("tcp", ep.Addr)
+		if err != nil {
+			return fmt.Errorf("%s: %w", ep.Flag, err)
+		}
+		wg.Go(func() {
+			if err := Serve(ctx, ln, ep.Handler); err != nil {
+				log.Error("server failed", "listener", ep.Flag, "reason", err.Error())
+			}
+		})
 	}
 	return nil
 }
