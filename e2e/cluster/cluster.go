@@ -231,8 +231,8 @@ func (c *Cluster) install(ctx context.Context) error {
 	if out, err := c.Env.KubectlRun(ctx, "", "apply", "--server-side", "-f", filepath.Join(c.Root, "deploy/crds")); err != nil {
 		return fmt.Errorf("%w: %s", err, out)
 	}
-	if out, err := c.Env.KubectlRun(ctx, "", "wait", "--for=condition=Established", "--timeout=60s", "crd", "--all"); err != nil {
-		return fmt.Errorf("%w: %s", err, out)
+	if err := c.Env.WaitEstablished(ctx, 60*time.Second); err != nil {
+		return err
 	}
 	// The namespace first: the other files live in it.
 	if out, err := c.Env.KubectlRun(ctx, "", "apply", "-f", filepath.Join(c.Root, "deploy/rbac/00-namespace.yaml")); err != nil {

@@ -15,6 +15,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -190,4 +191,29 @@ func tail(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// WaitEstablished waits until the named CRDs (resource names, or none for
+// every CRD) are Established. A CRD created a moment ago may have no
+// status yet, on which `kubectl wait` fails at once rather than waiting,
+// so the wait is retried until timeout.
+func (e *Env) WaitEstablished(ctx context.Context, timeout time.Duration, crds ...string) error {
+	args := []string{"wait", "--for=condition=Established", "--timeout=" + timeout.String()}
+	if len(crds) == 0 {
+		args = append(args, "crd", "--all")
+	}
+	for _, c := range crds {
+		args = append(args, "crd/"+c)
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		out, err := e.KubectlRun(ctx, "", args...)
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("CRDs not Established: %w: %s", err, out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
