@@ -45,7 +45,9 @@ func TestKubernetesModeFeedsZtunnel(t *testing.T) {
 	env := kubetest.ForTest(t)
 	ctx := t.Context()
 	env.MustKubectl(t, "", "apply", "--server-side", "-f", "../../deploy/crds/")
-	env.MustKubectl(t, "", "wait", "--for=condition=Established", "--timeout=60s", "crd/authorizationpolicies.security.istio.io", "crd/gateways.gateway.networking.k8s.io", "crd/httproutes.gateway.networking.k8s.io")
+	if err := env.WaitEstablished(t.Context(), 60*time.Second, "authorizationpolicies.security.istio.io", "gateways.gateway.networking.k8s.io", "httproutes.gateway.networking.k8s.io"); err != nil {
+		t.Fatal(err)
+	}
 	for _, ns := range []string{"istio-system", "shop"} {
 		if _, err := env.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
@@ -201,7 +203,9 @@ func TestLeaderElectionHandsOver(t *testing.T) {
 	env := kubetest.ForTest(t)
 	ctx := t.Context()
 	env.MustKubectl(t, "", "apply", "--server-side", "-f", "../../deploy/crds/")
-	env.MustKubectl(t, "", "wait", "--for=condition=Established", "--timeout=60s", "crd/authorizationpolicies.security.istio.io")
+	if err := env.WaitEstablished(t.Context(), 60*time.Second, "authorizationpolicies.security.istio.io"); err != nil {
+		t.Fatal(err)
+	}
 	for _, ns := range []string{"istio-system", "shop"} {
 		if _, err := env.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)

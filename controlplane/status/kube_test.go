@@ -61,7 +61,9 @@ func TestStatusOnKubernetes(t *testing.T) {
 	ctx := t.Context()
 	env.MustKubectl(t, "", "apply", "--server-side", "-f", "../../deploy/crds/")
 	env.MustKubectl(t, "", "apply", "-f", "../../deploy/rbac/")
-	env.MustKubectl(t, "", "wait", "--for=condition=Established", "--timeout=60s", "crd/httproutes.gateway.networking.k8s.io", "crd/destinationrules.networking.istio.io", "crd/gateways.gateway.networking.k8s.io")
+	if err := env.WaitEstablished(t.Context(), 60*time.Second, "httproutes.gateway.networking.k8s.io", "destinationrules.networking.istio.io", "gateways.gateway.networking.k8s.io"); err != nil {
+		t.Fatal(err)
+	}
 	env.MustKubectl(t, kubeObjects, "apply", "-f", "-")
 
 	cfg := env.AsServiceAccount("istio-system", "zmeshd")

@@ -52,7 +52,9 @@ func TestControllerOnKubernetes(t *testing.T) {
 	ctx := t.Context()
 	env.MustKubectl(t, "", "apply", "--server-side", "-f", "../../deploy/crds/")
 	env.MustKubectl(t, "", "apply", "-f", "../../deploy/rbac/")
-	env.MustKubectl(t, "", "wait", "--for=condition=Established", "--timeout=60s", "crd/gateways.gateway.networking.k8s.io", "crd/gatewayclasses.gateway.networking.k8s.io")
+	if err := env.WaitEstablished(t.Context(), 60*time.Second, "gateways.gateway.networking.k8s.io", "gatewayclasses.gateway.networking.k8s.io"); err != nil {
+		t.Fatal(err)
+	}
 	env.MustKubectl(t, "", "create", "namespace", "apps")
 
 	// Everything the controller does, it does as zmeshd.
