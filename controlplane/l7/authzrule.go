@@ -180,11 +180,44 @@ func list[T any](rt *ruleTranslator, field string, values []string, negative boo
 	return or(ms), bad
 }
 
-type prinField struct {
+// ruleField is one field of a from or to entry: its values, whether it is
+// a not-field, and how one value becomes a matcher.
+type ruleField[T comparable] struct {
 	name     string
 	values   []string
 	negative bool
-	leaf     func(string) (*rbacv3.Principal, error)
+	leaf     func(string) (T, error)
+}
+
+// andFields is the AND of an entry's fields (section "from" or "to"), each
+// the OR (or NOR) of its values; the zero T when the entry matches
+// everything. On TCP chains HTTP-only fields are left out.
+func andFields[T comparable](rt *ruleTranslator, section string, j int, fields []ruleField[T], or func([]T) T, not func(T) T, and func([]T) T) T {
+	var zero T
+	var ms []T
+	removed := false
+	for _, f := range fields {
+		if len(f.values) == 0 {
+			continue
+		}
+		if rt.tcp && httpFields[f.name] {
+			rt.httpOnly()
+			removed = true
+			continue
+		}
+		m, r := list(rt, rt.at(section, j, f.name), f.values, f.negative, f.leaf, or, not)
+		removed = removed || r
+		if m != zero {
+			ms = append(ms, m)
+		}
+	}
+	if len(ms) == 0 {
+		if !removed {
+			rt.fail(rt.at(section, j, ""), "empty; "+rt.consequence())
+		}
+		return zero
+	}
+	return and(ms)
 }
 
 // source translates one from entry: the AND of its fields; nil when it
@@ -195,7 +228,7 @@ func (rt *ruleTranslator) source(j int, s *securityapi.Source) *rbacv3.Principal
 		return nil
 	}
 	sa := func(v string) (*rbacv3.Principal, error) { return serviceAccountPrincipal(v, rt.namespace) }
-	fields := []prinField{
+	fields := []ruleField[*rbacv3.Principal]{
 		{"principals", s.Principals, false, peerPrincipal},
 		{"notPrincipals", s.NotPrincipals, true, peerPrincipal},
 		{"requestPrincipals", s.RequestPrincipals, false, requestPrincipal},
@@ -211,37 +244,7 @@ func (rt *ruleTranslator) source(j int, s *securityapi.Source) *rbacv3.Principal
 		{"remoteIpBlocks", s.RemoteIpBlocks, false, cidrPrincipal(true)},
 		{"notRemoteIpBlocks", s.NotRemoteIpBlocks, true, cidrPrincipal(true)},
 	}
-	var and []*rbacv3.Principal
-	removed := false
-	for _, f := range fields {
-		if len(f.values) == 0 {
-			continue
-		}
-		if rt.tcp && httpFields[f.name] {
-			rt.httpOnly()
-			removed = true
-			continue
-		}
-		p, r := list(rt, rt.at("from", j, f.name), f.values, f.negative, f.leaf, orIDs, notID)
-		removed = removed || r
-		if p != nil {
-			and = append(and, p)
-		}
-	}
-	if len(and) == 0 {
-		if !removed {
-			rt.fail(rt.at("from", j, ""), "empty; "+rt.consequence())
-		}
-		return nil
-	}
-	return andIDs(and)
-}
-
-type permField struct {
-	name     string
-	values   []string
-	negative bool
-	leaf     func(string) (*rbacv3.Permission, error)
+	return andFields(rt, "from", j, fields, orIDs, notID, andIDs)
 }
 
 // operation translates one to entry: the AND of its fields; nil when it
@@ -251,7 +254,7 @@ func (rt *ruleTranslator) operation(j int, op *securityapi.Operation) *rbacv3.Pe
 		rt.fail(rt.at("to", j, ""), "empty; "+rt.consequence())
 		return nil
 	}
-	fields := []permField{
+	fields := []ruleField[*rbacv3.Permission]{
 		{"hosts", op.Hosts, false, hostPermission},
 		{"notHosts", op.NotHosts, true, hostPermission},
 		{"ports", op.Ports, false, portPermission},
@@ -261,30 +264,7 @@ func (rt *ruleTranslator) operation(j int, op *securityapi.Operation) *rbacv3.Pe
 		{"paths", op.Paths, false, pathPermission},
 		{"notPaths", op.NotPaths, true, pathPermission},
 	}
-	var and []*rbacv3.Permission
-	removed := false
-	for _, f := range fields {
-		if len(f.values) == 0 {
-			continue
-		}
-		if rt.tcp && httpFields[f.name] {
-			rt.httpOnly()
-			removed = true
-			continue
-		}
-		p, r := list(rt, rt.at("to", j, f.name), f.values, f.negative, f.leaf, orRules, notRule)
-		removed = removed || r
-		if p != nil {
-			and = append(and, p)
-		}
-	}
-	if len(and) == 0 {
-		if !removed {
-			rt.fail(rt.at("to", j, ""), "empty; "+rt.consequence())
-		}
-		return nil
-	}
-	return andRules(and)
+	return andFields(rt, "to", j, fields, orRules, notRule, andRules)
 }
 
 // condition translates one when condition into a permission (destination
