@@ -20,11 +20,11 @@ import (
 	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
 	"github.com/zmesh/zmesh/controlplane/ca"
+	"github.com/zmesh/zmesh/controlplane/deployer"
 	"github.com/zmesh/zmesh/controlplane/model"
 	"github.com/zmesh/zmesh/controlplane/rootcert"
 	"github.com/zmesh/zmesh/controlplane/source/kube"
 	"github.com/zmesh/zmesh/controlplane/status"
-	"github.com/zmesh/zmesh/controlplane/waypoint"
 )
 
 // startKubernetes runs the API server source, the TokenReview-backed CA
@@ -128,7 +128,7 @@ func (z *zmeshd) lead(ctx context.Context, kc kubernetes.Interface, gc gatewaycl
 			z.log.Error("root certificate publisher stopped", "error", err)
 		}
 	})
-	ctrl, err := waypoint.New(kc, gc, waypoint.Options{Image: z.f.waypointImage, XDSAddress: z.f.waypointXDS, Log: z.log})
+	ctrl, err := deployer.New(kc, gc, deployer.Options{Image: z.f.waypointImage, XDSAddress: z.f.waypointXDS, Log: z.log})
 	if err == nil {
 		err = ctrl.Run(ctx)
 	}

@@ -41,9 +41,9 @@ import (
 	"golang.org/x/term"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/zmesh/zmesh/controlplane/deployer"
 	"github.com/zmesh/zmesh/controlplane/model"
 	"github.com/zmesh/zmesh/controlplane/source/dir"
-	"github.com/zmesh/zmesh/controlplane/waypoint"
 	"github.com/zmesh/zmesh/e2e/noderunner"
 	"github.com/zmesh/zmesh/e2e/podapp"
 	"github.com/zmesh/zmesh/e2e/proc"
@@ -192,7 +192,7 @@ func run(ctx context.Context, binDir string, out io.Writer, stay bool) (err erro
 	}
 	m.waypoints = map[types.NamespacedName]string{}
 	for _, gw := range u.Snapshot.Gateways {
-		if gw.Spec.GatewayClassName == waypoint.ClassName {
+		if gw.Spec.GatewayClassName == deployer.ClassName {
 			m.waypoints[types.NamespacedName{Namespace: gw.Namespace, Name: gw.Name}] = "token-waypoint-" + gw.Namespace + "-" + gw.Name
 		}
 	}

@@ -22,7 +22,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 
-	"github.com/zmesh/zmesh/controlplane/waypoint"
+	"github.com/zmesh/zmesh/controlplane/deployer"
 	"github.com/zmesh/zmesh/e2e/netenv"
 	"github.com/zmesh/zmesh/e2e/noderunner"
 	"github.com/zmesh/zmesh/e2e/podapp"
@@ -242,7 +242,7 @@ func (m *mesh) waypointRunner(n *node) (*noderunner.FilesWaypoints, error) {
 	}
 	return &noderunner.FilesWaypoints{
 		Images:  images,
-		Options: waypoint.Options{Image: waypointImage, XDSAddress: m.zmeshdForPods().String()},
+		Options: deployer.Options{Image: waypointImage, XDSAddress: m.zmeshdForPods().String()},
 		PodCIDR: n.cidr, ServiceCIDR: serviceCIDR,
 	}, nil
 }

@@ -17,14 +17,14 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/yaml"
 
+	"github.com/zmesh/zmesh/controlplane/deployer"
 	"github.com/zmesh/zmesh/controlplane/model"
-	"github.com/zmesh/zmesh/controlplane/waypoint"
 )
 
 // FilesWaypoints makes a Files runner play the waypoint deployer too, for
 // a mesh with no API server (zmeshd --config-dir has no deployer): for
 // each Gateway of class istio-waypoint in the directory it runs one pod of
-// the Deployment waypoint.Desired returns — the controller's own object,
+// the Deployment deployer.Desired returns — the controller's own object,
 // not a copy — as the Kubelet mode runs a zmesh image: through the node's
 // CNI chain, the container's args and env unchanged, its token and
 // root-cert volumes mounted where the manifest says.
@@ -44,7 +44,7 @@ type FilesWaypoints struct {
 	Images *Images
 	// Options are the deployer's (Image, XDSAddress as pods reach zmeshd,
 	// ExtraArgs).
-	Options waypoint.Options
+	Options deployer.Options
 	// PodCIDR is this node's pod range, ServiceCIDR the Services'.
 	// Addresses are taken from the top of each range down, skipping those
 	// the directory's Pods and Services hold, so that hand-written YAML
@@ -86,13 +86,13 @@ func (f *Files) applyWaypoints(ctx context.Context, s *model.Snapshot) error {
 		return nil
 	}
 	var errs []error
-	want := map[types.NamespacedName]waypoint.Objects{}
+	want := map[types.NamespacedName]deployer.Objects{}
 	for _, gw := range s.Gateways {
-		if gw.Spec.GatewayClassName != waypoint.ClassName {
+		if gw.Spec.GatewayClassName != deployer.ClassName {
 			continue
 		}
 		key := types.NamespacedName{Namespace: gw.Namespace, Name: gw.Name}
-		o, err := waypoint.Desired(gw, wc.Options)
+		o, err := deployer.Desired(gw, wc.Options)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("gateway %s: %w", key, err))
 			continue
@@ -152,7 +152,7 @@ func compareKeys(a, b types.NamespacedName) int {
 }
 
 // specOf fingerprints the desired objects.
-func specOf(o waypoint.Objects) string {
+func specOf(o deployer.Objects) string {
 	b, _ := yaml.Marshal(struct {
 		D any `json:"d"`
 		S any `json:"s"`
@@ -163,7 +163,7 @@ func specOf(o waypoint.Objects) string {
 
 // startWaypoint writes the waypoint's Service and Pending Pod, runs the
 // pod, waits for its readiness probe and reports it Ready.
-func (f *Files) startWaypoint(ctx context.Context, s *model.Snapshot, key types.NamespacedName, o waypoint.Objects) error {
+func (f *Files) startWaypoint(ctx context.Context, s *model.Snapshot, key types.NamespacedName, o deployer.Objects) error {
 	wc := f.Waypoints
 	spec := specOf(o)
 	podIP, err := f.freeAddr(wc.PodCIDR, s, true)

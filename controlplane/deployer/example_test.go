@@ -1,4 +1,4 @@
-package waypoint_test
+package deployer_test
 
 import (
 	"context"
@@ -7,7 +7,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
-	"github.com/zmesh/zmesh/controlplane/waypoint"
+	"github.com/zmesh/zmesh/controlplane/deployer"
 )
 
 // The wiring in zmeshd: the leader runs the controller.
@@ -17,7 +17,7 @@ func Example() {
 		kube kubernetes.Interface    // zmeshd's, with deploy/rbac/zmeshd.yaml
 		gw   gatewayclient.Interface // from the same rest.Config
 	)
-	ctrl, err := waypoint.New(kube, gw, waypoint.Options{
+	ctrl, err := deployer.New(kube, gw, deployer.Options{
 		Image:      "zmesh/waypoint:dev",            // --waypoint-image
 		XDSAddress: "zmeshd.istio-system.svc:15012", // what waypoints dial
 	})

@@ -1,4 +1,4 @@
-package waypoint
+package deployer
 
 import (
 	"strings"
