@@ -101,14 +101,19 @@ func (c *Cluster) Redirected(ctx context.Context, namespace, name string) (bool,
 // a service), reads the greeting and returns which pod answered and the
 // address it saw. Plain TCP: whatever the mesh does is invisible to it.
 func (p *Pod) Echo(ctx context.Context, dst netip.AddrPort) (pod, from string, err error) {
-	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	return p.EchoWithin(ctx, dst, 3*time.Second)
+}
+
+// EchoWithin is Echo with budget for the connection and the greeting.
+func (p *Pod) EchoWithin(ctx context.Context, dst netip.AddrPort, budget time.Duration) (pod, from string, err error) {
+	ctx, cancel := context.WithTimeout(ctx, budget)
 	defer cancel()
 	conn, err := p.NS.Dial(ctx, "tcp", dst.String())
 	if err != nil {
 		return "", "", err
 	}
 	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(3 * time.Second))
+	conn.SetDeadline(time.Now().Add(budget))
 	line, err := bufio.NewReader(conn).ReadString('\n')
 	if err != nil {
 		return "", "", fmt.Errorf("read greeting from %s: %w", dst, err)

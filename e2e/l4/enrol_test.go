@@ -16,8 +16,12 @@ func TestEnrolment(t *testing.T) {
 	pods := waitPods(t, "enrol", 3)
 	sleep, echo, legacy := pods["sleep"], pods["echo"], pods["legacy"]
 
-	toEcho := startLoad(sleep, echo.Addr(echoPort), 20*time.Millisecond)
-	toLegacy := startLoad(sleep, legacy.Addr(echoPort), 50*time.Millisecond)
+	// A connection opened while capture switches may lose its first SYN
+	// or two to the switch (the kernel resends after 1 s, then 3 s): it
+	// still connects, and the slowest is reported below. 10 s lets such a
+	// connection finish; one that never does fails the scenario.
+	toEcho := startLoad(sleep, echo.Addr(echoPort), 20*time.Millisecond, 10*time.Second)
+	toLegacy := startLoad(sleep, legacy.Addr(echoPort), 50*time.Millisecond, 10*time.Second)
 	defer toEcho.stop()
 	defer toLegacy.stop()
 	time.Sleep(300 * time.Millisecond)

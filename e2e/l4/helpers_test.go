@@ -57,14 +57,16 @@ type outcome struct {
 	err   error
 }
 
-func startLoad(from *cluster.Pod, dst netip.AddrPort, every time.Duration) *load {
+// budget is how long one connection may take to connect and greet before
+// it counts as failed.
+func startLoad(from *cluster.Pod, dst netip.AddrPort, every, budget time.Duration) *load {
 	ctx, cancel := context.WithCancel(context.Background())
 	l := &load{cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(l.done)
 		for ctx.Err() == nil {
 			start := time.Now()
-			pod, src, err := from.Echo(ctx, dst)
+			pod, src, err := from.EchoWithin(ctx, dst, budget)
 			if ctx.Err() != nil {
 				return
 			}

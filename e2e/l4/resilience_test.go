@@ -24,7 +24,7 @@ func TestResilience(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer long.Close()
-	l := startLoad(client, dst, 20*time.Millisecond)
+	l := startLoad(client, dst, 20*time.Millisecond, 3*time.Second)
 	t0 := time.Now()
 	mesh.Zmeshd.Stop()
 	t.Logf("zmeshd stopped (SIGTERM, exited)")
@@ -56,7 +56,7 @@ func TestResilience(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer long2.Close()
-	l = startLoad(client, dst, 10*time.Millisecond)
+	l = startLoad(client, dst, 10*time.Millisecond, 3*time.Second)
 	time.Sleep(500 * time.Millisecond)
 	t0 = time.Now()
 	oldPid := server.Node.Ztunnel.Pid()

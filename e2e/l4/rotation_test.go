@@ -25,7 +25,7 @@ func TestCertificateRotation(t *testing.T) {
 
 	clientID, serverID := "spiffe://cluster.local/ns/rotate/sa/client", "spiffe://cluster.local/ns/rotate/sa/default"
 	c0, s0 := certOf(t, client.Node, clientID), certOf(t, server.Node, serverID)
-	l := startLoad(client, dst, 20*time.Millisecond)
+	l := startLoad(client, dst, 20*time.Millisecond, 3*time.Second)
 	t0 := time.Now()
 	eventually(t, cluster.CertTTL, "both certificates renewed", func() bool {
 		c, s := certOf(t, client.Node, clientID), certOf(t, server.Node, serverID)
