@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -46,21 +45,17 @@ func (m *mesh) canary(ctx context.Context, st story, alice, webV1 *pod, wp *node
 		},
 	}
 	defer client.CloseIdleConnections()
-	url := "http://" + webVIP.String() + "/"
+	web := webClient{c: client, url: "http://" + webVIP.String()}
+	url := web.url + "/"
 	get := func() (podapp.Echo, error) {
-		resp, err := client.Get(url)
+		r, err := web.get("/", nil)
 		if err != nil {
 			return podapp.Echo{}, err
 		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		if err != nil {
-			return podapp.Echo{}, err
+		if r.status != http.StatusOK {
+			return podapp.Echo{}, fmt.Errorf("%d %s", r.status, r.body)
 		}
-		if resp.StatusCode != http.StatusOK {
-			return podapp.Echo{}, fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(b)))
-		}
-		return podapp.ParseEcho(b)
+		return r.echo, nil
 	}
 	// The waypoint may still be reconnecting to the zmeshd restarted
 	// earlier; the first answer says the path is up.
@@ -103,6 +98,9 @@ func (m *mesh) canary(ctx context.Context, st story, alice, webV1 *pod, wp *node
 		return fmt.Errorf("the waypoint's access log has %d requests to service web, want at least %d", logged, canaryRequests)
 	}
 	st.say("waypoint", "access log: %d requests from %s to service web; each reached the pod with the waypoint's x-request-id, from alice's address", logged, alice.id())
+	if err := m.walkthrough(ctx, st, web); err != nil {
+		return err
+	}
 
 	direct := netip.AddrPortFrom(webV1.addr, podapp.HTTPPort)
 	if _, err := call(ctx, alice, direct, "GET / HTTP/1.0\r\n"); err == nil {

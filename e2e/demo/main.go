@@ -12,8 +12,9 @@
 // readable crossed the wire, a policy edit taking effect, a running pod
 // joining the mesh, a canary split 90/10 by a waypoint (which node-2's
 // runner starts from the deployer's Deployment, there being no deployer
-// without a cluster) that the canary's pods cannot be reached around, and
-// the ztunnels' logs and metrics. It removes everything it made.
+// without a cluster) that the canary's pods cannot be reached around, the
+// same waypoint routing by header, timing out and aborting requests as the
+// VirtualService is edited, and the ztunnels' logs and metrics. It removes everything it made.
 //
 // It needs root (network namespaces, eBPF). Run it with `make demo`.
 package main
@@ -492,7 +493,7 @@ func (m *mesh) pokeHelp(out io.Writer, alice, mallory, bob, legacy *pod) {
 	fmt.Fprintf(out, "  # alice calls the echo service through the mesh (pod %s is network namespace %s)\n", alice.name, alice.rp.NS.Name)
 	fmt.Fprintf(out, "  ip netns exec %s curl -s http://10.96.0.10/\n", alice.rp.NS.Name)
 	fmt.Fprintf(out, "  ip netns exec %s bash -c 'exec 3<>/dev/tcp/%s/%d; echo hello >&3; head -2 <&3'\n", alice.rp.NS.Name, bob.addr, podapp.EchoPort)
-	fmt.Fprintf(out, "  # alice calls service web: through the waypoint, 90%% v1, 10%% v2 (edit the VirtualService in 50-canary.yaml)\n")
+	fmt.Fprintf(out, "  # alice calls service web: through the waypoint, 90%% v1, 10%% v2 (edit the VirtualService in 55-web-routes.yaml)\n")
 	fmt.Fprintf(out, "  ip netns exec %s curl -s http://%s/\n", alice.rp.NS.Name, webVIP.Addr())
 	fmt.Fprintf(out, "  # mallory is refused by policy\n")
 	fmt.Fprintf(out, "  ip netns exec %s curl -sS --max-time 3 http://%s:%d/\n", mallory.rp.NS.Name, bob.addr, podapp.HTTPPort)
