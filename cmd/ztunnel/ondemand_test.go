@@ -33,6 +33,7 @@ func TestOnDemandAgainstZmeshd(t *testing.T) {
 		}}}
 	}
 	srv.Set(xds.TypeAddress, map[string]proto.Message{"Kubernetes//Pod/demo/a": pod("a", 1)})
+	srv.Set(xds.TypeAuthorization, map[string]proto.Message{}) // loaded: no policy
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

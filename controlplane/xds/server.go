@@ -82,6 +82,9 @@ type Server struct {
 // typeState is one type's resources and the log of their changes.
 type typeState struct {
 	url string
+	// loaded says Set was called once: until then the type's (empty)
+	// resources are not the mesh's, and new subscriptions wait.
+	loaded bool
 	// view is the waypoint whose view this is; nil for a type every
 	// proxy shares.
 	view  *ViewKey
@@ -147,10 +150,22 @@ func (s *Server) Set(typeURL string, resources map[string]proto.Message) (change
 		return 0, 0, fmt.Errorf("xds: type %s is not served", typeURL)
 	}
 	changed, removed, err = s.set(ts, resources, func() uint64 { return ts.gen + 1 })
-	if err == nil && changed+removed > 0 {
+	if err != nil {
+		return 0, 0, err
+	}
+	if changed+removed > 0 {
 		s.metrics.resources.WithLabelValues(typeURL).Set(float64(len(resources)))
 	}
-	return changed, removed, err
+	s.mu.Lock()
+	if !ts.loaded {
+		// The first Set, maybe of an empty mesh: wake the streams whose
+		// first answer waited for it.
+		ts.loaded = true
+		close(s.changed)
+		s.changed = make(chan struct{})
+	}
+	s.mu.Unlock()
+	return changed, removed, nil
 }
 
 // set makes resources the complete set of ts's resources; nextGen gives

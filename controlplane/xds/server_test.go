@@ -299,3 +299,59 @@ func TestSynczReadsBothNodeForms(t *testing.T) {
 		}
 	}
 }
+
+// A proxy that reconnects to a zmeshd which has not loaded the mesh yet
+// (just restarted) is not told to drop what it holds: its first answer
+// waits for the first Set, and then removes only what the mesh no longer
+// has and sends only what changed.
+func TestReconnectBeforeFirstSetWaits(t *testing.T) {
+	s := New(nil, nil, TypeAddress, TypeAuthorization)
+	cc := serve(t, s)
+	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cc).DeltaAggregatedResources(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// What the proxy held from the zmeshd before: a and b as they were,
+	// and gone, which the mesh lost while zmeshd was down.
+	held := map[string]string{}
+	for name, m := range map[string]proto.Message{"a": wl("a", "10.0.0.1"), "b": wl("b", "10.0.0.2"), "gone": wl("gone", "10.0.0.3")} {
+		b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+		held[name] = version(b)
+	}
+	if err := st.Send(&discoveryv3.DeltaDiscoveryRequest{Node: &corev3.Node{Id: "ztunnel~node-a"}, TypeUrl: TypeAddress, InitialResourceVersions: held}); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan *discoveryv3.DeltaDiscoveryResponse, 1)
+	go func() {
+		if r, err := st.Recv(); err == nil {
+			got <- r
+		}
+	}()
+	select {
+	case r := <-got:
+		t.Fatalf("answered before the mesh was loaded: %d resources, removed %v", len(r.Resources), r.RemovedResources)
+	case <-time.After(300 * time.Millisecond):
+	}
+
+	if _, _, err := s.Set(TypeAddress, map[string]proto.Message{"a": wl("a", "10.0.0.1"), "b": wl("b", "10.0.0.9"), "new": wl("new", "10.0.0.4")}); err != nil {
+		t.Fatal(err)
+	}
+	var r *discoveryv3.DeltaDiscoveryResponse
+	select {
+	case r = <-got:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no answer after the first Set")
+	}
+	if n := names(r); !slices.Equal(n, []string{"b", "new"}) || !slices.Equal(r.RemovedResources, []string{"gone"}) {
+		t.Fatalf("first answer: sent %v removed %v; want [b new] (a is held as it is) and [gone]", n, r.RemovedResources)
+	}
+
+	// A type whose first Set is empty is loaded all the same.
+	c := subscribe(t, t.Context(), cc, "ztunnel~node-b", TypeAuthorization)
+	if _, _, err := s.Set(TypeAuthorization, map[string]proto.Message{}); err != nil {
+		t.Fatal(err)
+	}
+	if r := c.recv(); len(r.Resources)+len(r.RemovedResources) != 0 {
+		t.Fatalf("empty mesh: answer carries %d resources, removes %v", len(r.Resources), r.RemovedResources)
+	}
+}

@@ -47,6 +47,12 @@ type subscription struct {
 	nack, nackedVersion    string
 	// pending maps nonces not yet answered to the version they carried.
 	pending map[string]string
+	// deferred marks a subscription made before its type's first Set: its
+	// first response waits for it, with have, the versions the proxy said
+	// it holds, so that what the proxy holds and the mesh no longer has
+	// is removed then, not before.
+	deferred bool
+	have     map[string]string
 }
 
 func (sub *subscription) wants(name string) bool { return sub.names == nil || sub.names[name] }
@@ -150,8 +156,6 @@ func (s *Server) handle(st *stream, req *discoveryv3.DeltaDiscoveryRequest) ([]*
 		}
 	}
 	if sub == nil {
-		// A new subscription: everything that matches, less what the proxy
-		// says it already has at the same version.
 		sub = &subscription{pending: map[string]string{}}
 		if names := req.GetResourceNamesSubscribe(); len(names) > 0 && !slices.Contains(names, "*") {
 			if len(names) > maxSubscribedNames {
@@ -164,32 +168,14 @@ func (s *Server) handle(st *stream, req *discoveryv3.DeltaDiscoveryRequest) ([]*
 		}
 		st.subs[ts.url] = sub
 		have := req.GetInitialResourceVersions()
-		// Removing what the proxy says it has is right against a live
-		// view only: a waypoint reconnecting to a zmeshd that has not
-		// built its view yet (just restarted) keeps its configuration.
-		removeStale := true
-		if s.viewTypes[ts.url] {
-			if why := s.noViewReasonLocked(st); why != "" {
-				s.log.Warn("no waypoint resources for proxy", "id", st.nodeID(), "principal", st.principal, "type", ts.url, "reason", why)
-				removeStale = false
-			}
+		if !s.viewTypes[ts.url] && !ts.loaded {
+			// zmeshd has just started and not yet built the mesh: an
+			// answer now would tell a reconnecting proxy to drop all it
+			// has. It gets its first answer once the type is loaded.
+			sub.deferred, sub.have = true, have
+			return nil, nil
 		}
-		resp := s.responseLocked(st, ts, sub, func(yield func(string) bool) {
-			for name := range ts.res {
-				if !yield(name) {
-					return
-				}
-			}
-			for name := range have {
-				if !removeStale {
-					return
-				}
-				if _, ok := ts.res[name]; !ok && !yield(name) {
-					return
-				}
-			}
-		}, have)
-		return []*discoveryv3.DeltaDiscoveryResponse{resp}, nil
+		return []*discoveryv3.DeltaDiscoveryResponse{s.initialLocked(st, ts, sub, have)}, nil
 	}
 	// Changes to an explicit subscription.
 	if sub.names == nil {
@@ -215,8 +201,8 @@ func (s *Server) handle(st *stream, req *discoveryv3.DeltaDiscoveryRequest) ([]*
 			delete(sub.names, n)
 		}
 	}
-	if len(added) == 0 {
-		return nil, nil
+	if len(added) == 0 || sub.deferred {
+		return nil, nil // a deferred subscription's first answer covers them
 	}
 	return []*discoveryv3.DeltaDiscoveryResponse{s.responseLocked(st, ts, sub, slices.Values(added), nil)}, nil
 }
@@ -225,6 +211,37 @@ func (s *Server) handle(st *stream, req *discoveryv3.DeltaDiscoveryRequest) ([]*
 // the server holds for as long as the stream: a waypoint asks for one
 // route configuration per HTTP port and one load assignment per cluster.
 const maxSubscribedNames = 1 << 16
+
+// initialLocked is a new subscription's first response: everything that
+// matches, less what the proxy says it already has at the same version,
+// and the removal of what it has that the mesh does not.
+func (s *Server) initialLocked(st *stream, ts *typeState, sub *subscription, have map[string]string) *discoveryv3.DeltaDiscoveryResponse {
+	// Removing what the proxy says it has is right against a live view
+	// only: a waypoint reconnecting to a zmeshd that has not built its
+	// view yet (just restarted) keeps its configuration.
+	removeStale := true
+	if s.viewTypes[ts.url] {
+		if why := s.noViewReasonLocked(st); why != "" {
+			s.log.Warn("no waypoint resources for proxy", "id", st.nodeID(), "principal", st.principal, "type", ts.url, "reason", why)
+			removeStale = false
+		}
+	}
+	return s.responseLocked(st, ts, sub, func(yield func(string) bool) {
+		for name := range ts.res {
+			if !yield(name) {
+				return
+			}
+		}
+		for name := range have {
+			if !removeStale {
+				return
+			}
+			if _, ok := ts.res[name]; !ok && !yield(name) {
+				return
+			}
+		}
+	}, have)
+}
 
 func tooManyNames(url string) error {
 	return status.Errorf(codes.ResourceExhausted, "xds: subscription to %s lists more than %d names", url, maxSubscribedNames)
@@ -237,6 +254,13 @@ func (s *Server) pending(st *stream) []*discoveryv3.DeltaDiscoveryResponse {
 	var out []*discoveryv3.DeltaDiscoveryResponse
 	for url, sub := range st.subs {
 		ts := s.typeOfLocked(st, url)
+		if sub.deferred {
+			if ts.loaded {
+				out = append(out, s.initialLocked(st, ts, sub, sub.have))
+				sub.deferred, sub.have = false, nil
+			}
+			continue
+		}
 		if sub.sentGen >= ts.gen {
 			continue
 		}
