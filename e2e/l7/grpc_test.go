@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -16,7 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/zmesh/zmesh/e2e/cluster"
-	"github.com/zmesh/zmesh/e2e/podapp/grpcecho"
+	grpcecho "sigs.k8s.io/gateway-api/conformance/echo-basic/grpcechoserver"
 )
 
 // TestGRPCRoute sends gRPC calls through the waypoint under a GRPCRoute
@@ -57,7 +58,7 @@ func TestGRPCRoute(t *testing.T) {
 			if err != nil {
 				return err
 			}
-			if v := r.GetAssertions().GetContext().GetVersion(); v != "v2" {
+			if v := versionOf(r.GetAssertions().GetContext().GetPod()); v != "v2" {
 				return fmt.Errorf("EchoTwo answered by %q", v)
 			}
 		}
@@ -82,7 +83,7 @@ func TestGRPCRoute(t *testing.T) {
 				if !hasMetadata(a, "x-request-id") {
 					t.Fatalf("%s: no x-request-id from the waypoint in %v", tc.method, a.GetHeaders())
 				}
-				got[a.GetContext().GetVersion()]++
+				got[versionOf(a.GetContext().GetPod())]++
 			}
 			t.Logf("50 × %s: %v", tc.method, got)
 			if got[tc.want] != 50 {
@@ -162,4 +163,9 @@ func h2cClient(p *cluster.Pod) *http.Client {
 			},
 		},
 	}
+}
+
+// versionOf is the version in a pod's name (grpc-echo-v1, grpc-echo-v2).
+func versionOf(pod string) string {
+	return pod[strings.LastIndex(pod, "-")+1:]
 }

@@ -6,7 +6,7 @@ import (
 
 	"google.golang.org/grpc/metadata"
 
-	"github.com/zmesh/zmesh/e2e/podapp/grpcecho"
+	grpcecho "sigs.k8s.io/gateway-api/conformance/echo-basic/grpcechoserver"
 )
 
 // grpcEcho is the conformance GrpcEcho service: Echo and EchoTwo answer
@@ -33,7 +33,6 @@ func (s *grpcEcho) echo(ctx context.Context, method string) *grpcecho.EchoRespon
 			Namespace:   s.pod.Namespace,
 			ServiceName: s.pod.Service,
 			Pod:         s.pod.Name,
-			Version:     s.pod.Version(),
 		},
 	}
 	// Sorted, so that replies compare byte for byte.

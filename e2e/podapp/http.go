@@ -63,6 +63,8 @@ func (a *App) handler(ctx context.Context, conns *connSet) http.Handler {
 			// WebSocket echo, as echo-basic's /ws: a proxy must pass the
 			// HTTP/1.1 Upgrade through. No Origin check: clients are tests.
 			websocket.Server{Handler: func(ws *websocket.Conn) { io.Copy(ws, ws) }}.ServeHTTP(w, r)
+		case a.pod.IstioFormat:
+			a.serveIstioHTTP(w, r)
 		default:
 			a.serveHTTP(w, r)
 		}

@@ -13,6 +13,12 @@
 // Every reply names the pod, its namespace and its "version" label, so a
 // test can count which subset answered.
 //
+// A pod whose container runs Istio's test app (echo-advanced, the echo pods
+// of the Gateway API mesh conformance tests) is played in that app's format
+// instead: key=value lines, the ports its args name, its gRPC echo service
+// (istio.go); and the binary answers to the name "client" as that app's
+// client (client.go).
+//
 // It serves every TCP containerPort of its pod, and always 8080 and 9000 (the
 // ports the L4 suite and the node runner's readiness check use). A port's
 // role comes from its name when the name follows Istio's protocol prefixes
@@ -82,8 +88,12 @@ type Pod struct {
 	// Service is the container env SERVICE_NAME when set to a literal
 	// value (as for echo-basic), else the pod's "app" label.
 	Service string
-	// Ports are the pod's TCP containerPorts.
+	// Ports are the pod's TCP containerPorts (for Istio's test app, the
+	// ports its args name).
 	Ports []Port
+	// IstioFormat: the pod runs Istio's test app (echo-advanced), whose
+	// answers are key=value lines (see istio.go).
+	IstioFormat bool
 }
 
 // ID is "namespace/name".
@@ -151,6 +161,8 @@ func ParsePod(id, podJSON string) (Pod, error) {
 		} `json:"metadata"`
 		Spec struct {
 			Containers []struct {
+				Image string   `json:"image"`
+				Args  []string `json:"args"`
 				Ports []struct {
 					Name          string `json:"name"`
 					ContainerPort int32  `json:"containerPort"`
@@ -184,6 +196,18 @@ func ParsePod(id, podJSON string) (Pod, error) {
 		for _, e := range c.Env {
 			if e.Name == "SERVICE_NAME" && e.Value != "" {
 				pod.Service = e.Value
+			}
+		}
+		if isIstioEchoImage(c.Image) {
+			ports, err := istioEchoPorts(c.Args)
+			if err != nil {
+				return Pod{}, fmt.Errorf("%s: spec.containers[%d].args: %w", PodEnv, ci, err)
+			}
+			pod.IstioFormat = true
+			for _, port := range ports {
+				if !slices.ContainsFunc(pod.Ports, func(q Port) bool { return q.Port == port.Port }) {
+					pod.Ports = append(pod.Ports, port)
+				}
 			}
 		}
 	}

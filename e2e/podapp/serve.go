@@ -15,7 +15,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/reflection"
 
-	"github.com/zmesh/zmesh/e2e/podapp/grpcecho"
+	"github.com/zmesh/zmesh/e2e/podapp/istioecho"
+	grpcecho "sigs.k8s.io/gateway-api/conformance/echo-basic/grpcechoserver"
 )
 
 // App serves one pod's ports.
@@ -29,6 +30,7 @@ type App struct {
 func New(pod Pod) *App {
 	a := &App{pod: pod, h2: &http2.Server{}, grpc: grpc.NewServer()}
 	grpcecho.RegisterGrpcEchoServer(a.grpc, &grpcEcho{pod: pod})
+	istioecho.RegisterEchoTestServiceServer(a.grpc, &istioEcho{a: a})
 	// As echo-basic: grpcurl and friends can list the service.
 	reflection.Register(a.grpc)
 	return a
