@@ -470,7 +470,10 @@ func (x *exchange) upstreamError(err error) {
 		x.localReply(http.StatusGatewayTimeout, bodyTimeout, flagTimeout)
 	case errors.Is(err, errNoHealthyRetry):
 		x.localReply(http.StatusServiceUnavailable, bodyNoHealthyUpstream, flagNoHealthy)
-	case errors.Is(err, errOverflow):
+	case errors.Is(err, errOverflow), errors.Is(err, errNotNeeded):
+		// errNotNeeded: a dial shared by several requests (HTTP/2)
+		// waited for a connection slot and gave up with the request
+		// it was made for; the others were waiting for the same slot.
 		x.overflow()
 	case errors.As(err, &ce):
 		x.p.log.Debug("upstream connect failed", "dst.addr", x.ep.Addr.String(), "dst.identity", x.ep.Identity, "reason", ce.err.Error())

@@ -32,7 +32,7 @@ const maxRetryBody = 64 << 10
 func retryable(p *route.RetryPolicy, res *http.Response, err error) bool {
 	on := func(c string) bool { return slices.Contains(p.RetryOn, c) }
 	if err != nil {
-		if errors.Is(err, errOverflow) {
+		if errors.Is(err, errOverflow) || errors.Is(err, errNotNeeded) {
 			// A circuit breaker's refusal is never retried (Envoy's
 			// rule): a retry would only add to the load it sheds.
 			return false
@@ -258,7 +258,7 @@ func (x *exchange) attempt(r *http.Request, perTry time.Duration, retry bool) (*
 		r = r.WithContext(ctx)
 	}
 	host := x.host
-	res, err := x.pool.roundTrip(r)
+	res, err := x.pool.roundTrip(r, x.cluster.HTTP.MaxRequestsPerConnection)
 	if err != nil {
 		x.reportError(host, ctx, err)
 		cancel()

@@ -55,14 +55,11 @@ type poolKey struct {
 
 // connPool is the HTTP connections of one poolKey.
 type connPool struct {
-	key poolKey
-	// maxPerConn is the cluster's max_requests_per_connection (0: no
-	// limit), applied to HTTP/1.1 connections.
-	maxPerConn uint32
-	rt         http.RoundTripper
-	idle       func()       // closes the idle connections
-	active     atomic.Int64 // requests whose response is not finished
-	used       atomic.Int64 // unix nanoseconds of the last request
+	key    poolKey
+	rt     http.RoundTripper
+	idle   func()       // closes the idle connections
+	active atomic.Int64 // requests whose response is not finished
+	used   atomic.Int64 // unix nanoseconds of the last request
 }
 
 // errOverflow is a request refused because every pool slot is busy, a
@@ -137,6 +134,11 @@ func (u *upstreams) dial(ctx context.Context, ep upstream.Endpoint, client netip
 // connection gives its slot back when it closes.
 func (u *upstreams) dialAdmitted(ctx context.Context, k poolKey, ep upstream.Endpoint, timeout time.Duration) (net.Conn, error) {
 	st := u.p.state.Load()
+	if c := st.snap.Clusters[k.cluster]; c != nil {
+		// The cluster's connect timeout as it is now: a pool outlives
+		// configuration updates.
+		timeout = c.ConnectTimeout
+	}
 	adm := st.admissions[k.cluster]
 	if adm == nil {
 		// The cluster left the configuration while the request was on
@@ -292,7 +294,7 @@ func (u *upstreams) newPool(k poolKey, ep upstream.Endpoint, c *upstream.Cluster
 	timeout := c.ConnectTimeout
 	idle := c.HTTP.IdleTimeout
 	dial := func(ctx context.Context) (net.Conn, error) { return u.dialAdmitted(ctx, k, ep, timeout) }
-	cp := &connPool{key: k, maxPerConn: c.HTTP.MaxRequestsPerConnection}
+	cp := &connPool{key: k}
 	// Fresh, not idle: the sweeper must not close it before its first
 	// request.
 	cp.used.Store(time.Now().UnixNano())
@@ -330,9 +332,10 @@ func (u *upstreams) newPool(k poolKey, ep upstream.Endpoint, c *upstream.Cluster
 
 // roundTrip sends req on cp, counting it active until its body is closed.
 // It tells a dial waiting for a connection slot on req's behalf when req
-// got a connection otherwise, and sends the last request a connection may
-// carry (max_requests_per_connection) with "Connection: close".
-func (cp *connPool) roundTrip(req *http.Request) (*http.Response, error) {
+// got a connection otherwise, and sends the last request an HTTP/1.1
+// connection may carry (maxPerConn, the cluster's
+// max_requests_per_connection; 0: no limit) with "Connection: close".
+func (cp *connPool) roundTrip(req *http.Request, maxPerConn uint32) (*http.Response, error) {
 	cp.active.Add(1)
 	cp.used.Store(time.Now().UnixNano())
 	a := &attemptConn{ctx: req.Context(), served: make(chan struct{})}
@@ -340,8 +343,8 @@ func (cp *connPool) roundTrip(req *http.Request) (*http.Response, error) {
 	req = req.WithContext(httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
 		GotConn: func(info httptrace.GotConnInfo) {
 			a.once.Do(func() { close(a.served) })
-			if c, ok := info.Conn.(*admittedConn); ok && cp.maxPerConn > 0 && !cp.key.h2 {
-				if c.requests.Add(1) >= uint64(cp.maxPerConn) {
+			if c, ok := info.Conn.(*admittedConn); ok && maxPerConn > 0 && !cp.key.h2 {
+				if c.requests.Add(1) >= uint64(maxPerConn) {
 					// Read by the HTTP/1.1 transport when it writes the
 					// request and when the response ends, both after
 					// GotConn, on this goroutine's request.
