@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"net"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -389,5 +390,66 @@ func TestGRPCRetryUnavailable(t *testing.T) {
 	}
 	if n := clusterStat(m.proxy, clusterGRPCBoth, "outlier_detection.ejections_enforced_total"); n != 2 {
 		t.Errorf("ejections_enforced_total %d, want 2", n)
+	}
+}
+
+// TestConnectTimeoutEjects: an endpoint whose ztunnel accepts TCP and
+// never answers fails each attempt at the cluster's connect timeout (503
+// UF, not a hang), and outlier detection, counting connect failures as
+// 503s, ejects it: the other endpoint serves from then on.
+func TestConnectTimeoutEjects(t *testing.T) {
+	m := newMesh(t, bounds{})
+	silent, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { silent.Close() })
+	held := make(chan net.Conn, 64)
+	go func() {
+		for {
+			c, err := silent.Accept()
+			if err != nil {
+				return
+			}
+			held <- c // kept open, never answered
+		}
+	}()
+	t.Cleanup(func() {
+		for len(held) > 0 {
+			(<-held).Close()
+		}
+	})
+	blackhole := netip.MustParseAddr("10.1.0.9")
+	m.pods[blackhole] = &fakePod{ip: blackhole, id: v1ID, addr: silent.Addr().String()}
+
+	s := m.snapshot(t, "v1")
+	bc := *s.Clusters[clusterBoth]
+	bc.ConnectTimeout = 300 * time.Millisecond
+	bc.LB.HealthyPanicThreshold = 0
+	bc.Outlier = &upstream.OutlierDetection{Consecutive5xx: 2, EnforcingConsecutive5xx: 100,
+		Interval: time.Second, BaseEjectionTime: 30 * time.Second, MaxEjectionTime: 300 * time.Second, MaxEjectionPercent: 50}
+	s.Clusters[clusterBoth] = &bc
+	a := *s.Assignments[clusterBoth]
+	a.Priorities = [][]upstream.Locality{{{Endpoints: []upstream.Endpoint{ep(blackhole, 8080, v1ID, "v1"), ep(podV2, 8080, v2ID, "v2")}}}}
+	s.Assignments[clusterBoth] = &a
+	m.proxy.Update(s)
+
+	c := m.h1Client(vipHTTP)
+	failures := 0
+	for range 12 {
+		res, body := get(t, c, "http://reviews/both/ok")
+		switch {
+		case res.StatusCode == 200:
+		case res.StatusCode == 503 && body == "upstream connect error or disconnect/reset before headers. reset reason: connection failure":
+			failures++
+		default:
+			t.Fatalf("got %d %q", res.StatusCode, body)
+		}
+		if rec := m.obs.next(t); res.StatusCode == 503 && rec.ResponseFlags != "UF" {
+			t.Errorf("flags %q, want UF", rec.ResponseFlags)
+		}
+	}
+	if failures != 2 {
+		t.Errorf("%d connect failures, want 2 (then the endpoint is ejected)", failures)
 	}
 }
