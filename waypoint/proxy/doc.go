@@ -140,7 +140,6 @@
 // healthy upstream" (UH).
 //
 // Not implemented: per-route fault configuration (the route table does
-// not carry it yet), max_requests_per_connection on HTTP/2 upstream
-// connections, gRPC timeouts (grpc-timeout), mirroring of streamed bodies, and
+// not carry it yet), gRPC timeouts (grpc-timeout), mirroring of streamed bodies, and
 // WebSocket over HTTP/2 (extended CONNECT).
 package proxy

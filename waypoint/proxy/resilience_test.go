@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"net"
+	"net/http"
 	"net/netip"
 	"strings"
 	"sync"
@@ -295,22 +296,27 @@ func TestMaxConnectionsTCP(t *testing.T) {
 }
 
 // TestMaxRequestsPerConnection: with max_requests_per_connection 2 an
-// HTTP/1.1 upstream connection carries two requests, then a new one is
-// opened.
+// upstream connection, HTTP/1.1 or HTTP/2, carries two requests, then a
+// new one is opened.
 func TestMaxRequestsPerConnection(t *testing.T) {
 	m := newMesh(t, bounds{})
 	m.withCluster(t, clusterDefault, func(c *upstream.Cluster) {
 		c.HTTP.MaxRequestsPerConnection = 2
 	})
-	c := m.h1Client(vipHTTP)
-	before := len(m.pods[podV1].tunnels())
-	for range 6 {
-		if res, body := get(t, c, "http://reviews/app"); res.StatusCode != 200 {
-			t.Fatalf("got %d %q", res.StatusCode, body)
+	for _, tc := range []struct {
+		proto string
+		c     *http.Client
+	}{{"HTTP/1.1", m.h1Client(vipHTTP)}, {"HTTP/2.0", m.h2Client(vipHTTP)}} {
+		before := len(m.pods[podV1].tunnels())
+		for range 6 {
+			res, body := get(t, tc.c, "http://reviews/app")
+			if res.StatusCode != 200 || res.Header.Get("X-Proto") != tc.proto {
+				t.Fatalf("got %d %q over %s, want 200 over %s", res.StatusCode, body, res.Header.Get("X-Proto"), tc.proto)
+			}
 		}
-	}
-	if n := len(m.pods[podV1].tunnels()) - before; n != 3 {
-		t.Errorf("6 requests opened %d upstream connections, want 3", n)
+		if n := len(m.pods[podV1].tunnels()) - before; n != 3 {
+			t.Errorf("%s: 6 requests opened %d upstream connections, want 3", tc.proto, n)
+		}
 	}
 }
 

@@ -332,9 +332,11 @@ func (u *upstreams) newPool(k poolKey, ep upstream.Endpoint, c *upstream.Cluster
 
 // roundTrip sends req on cp, counting it active until its body is closed.
 // It tells a dial waiting for a connection slot on req's behalf when req
-// got a connection otherwise, and sends the last request an HTTP/1.1
-// connection may carry (maxPerConn, the cluster's
-// max_requests_per_connection; 0: no limit) with "Connection: close".
+// got a connection otherwise, and marks the last request a connection may
+// carry (maxPerConn, the cluster's max_requests_per_connection; 0: no
+// limit) as closing it: HTTP/1.1 sends it with "Connection: close",
+// HTTP/2 opens no more streams on the connection and closes it once its
+// streams are done.
 func (cp *connPool) roundTrip(req *http.Request, maxPerConn uint32) (*http.Response, error) {
 	cp.active.Add(1)
 	cp.used.Store(time.Now().UnixNano())
@@ -343,11 +345,10 @@ func (cp *connPool) roundTrip(req *http.Request, maxPerConn uint32) (*http.Respo
 	req = req.WithContext(httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
 		GotConn: func(info httptrace.GotConnInfo) {
 			a.once.Do(func() { close(a.served) })
-			if c, ok := info.Conn.(*admittedConn); ok && maxPerConn > 0 && !cp.key.h2 {
+			if c, ok := info.Conn.(*admittedConn); ok && maxPerConn > 0 {
 				if c.requests.Add(1) >= uint64(maxPerConn) {
-					// Read by the HTTP/1.1 transport when it writes the
-					// request and when the response ends, both after
-					// GotConn, on this goroutine's request.
+					// Both transports read it after GotConn, on the
+					// request this goroutine sends.
 					req.Close = true
 				}
 			}
