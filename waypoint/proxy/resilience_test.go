@@ -459,3 +459,48 @@ func TestConnectTimeoutEjects(t *testing.T) {
 		t.Errorf("%d connect failures, want 2 (then the endpoint is ejected)", failures)
 	}
 }
+
+// TestGRPCOutcomeCountedOnce: each attempt's grpc-status counts once
+// towards ejection, also the last one, whose trailers-only response is
+// passed on as headers then trailers: three attempts of one call on a
+// single endpoint are three errors, below a threshold of four.
+func TestGRPCOutcomeCountedOnce(t *testing.T) {
+	m := newMesh(t, bounds{})
+	s := m.snapshot(t, "v1")
+	gc := *s.Clusters[clusterGRPCBoth]
+	gc.LB.HealthyPanicThreshold = 0
+	gc.Outlier = &upstream.OutlierDetection{Consecutive5xx: 4, EnforcingConsecutive5xx: 100,
+		Interval: time.Second, BaseEjectionTime: 30 * time.Second, MaxEjectionTime: 300 * time.Second, MaxEjectionPercent: 100}
+	s.Clusters[clusterGRPCBoth] = &gc
+	a := *s.Assignments[clusterGRPCBoth]
+	a.Priorities = [][]upstream.Locality{{{Endpoints: []upstream.Endpoint{ep(podV1, 8081, v1ID, "v1")}}}}
+	s.Assignments[clusterGRPCBoth] = &a
+	m.proxy.Update(s)
+	cc, err := grpc.NewClient("passthrough:///reviews",
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return m.tunnel(ctx, vipHTTP) }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	call := func() error {
+		_, err := grpc_testing.NewTestServiceClient(cc).UnaryCall(metadata.AppendToOutgoingContext(ctx, "fail-on", "all"), &grpc_testing.SimpleRequest{})
+		m.obs.next(t)
+		return err
+	}
+	if err := call(); status.Code(err) != codes.Unavailable {
+		t.Fatalf("first call: %v, want UNAVAILABLE", err)
+	}
+	if n := len(m.requests); n != 3 {
+		t.Errorf("the app saw %d attempts, want 3", n)
+	}
+	if n := clusterStat(m.proxy, clusterGRPCBoth, "outlier_detection.ejections_enforced_total"); n != 0 {
+		t.Fatalf("ejections after 3 errors with a threshold of 4: %d, want 0", n)
+	}
+	call()
+	if n := clusterStat(m.proxy, clusterGRPCBoth, "outlier_detection.ejections_enforced_total"); n != 1 {
+		t.Errorf("ejections after the fourth error: %d, want 1", n)
+	}
+}

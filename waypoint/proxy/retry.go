@@ -266,15 +266,19 @@ func (x *exchange) attempt(r *http.Request, perTry time.Duration, retry bool) (*
 		return nil, err
 	}
 	x.st.report(x.d.Cluster, host, upstream.Connected)
-	grpc := isGRPC(res.Header)
-	if gs := res.Header.Get("Grpc-Status"); grpc && gs != "" && res.StatusCode < 500 {
-		// A trailers-only gRPC response: its status is in the headers.
-		x.st.report(x.d.Cluster, host, grpcOutcome(gs))
-	} else if !grpc || res.StatusCode >= 500 {
+	// A gRPC response below 500 is judged by its grpc-status: in the
+	// headers of a trailers-only response, else in the trailers.
+	grpcTrailers := false
+	switch gs := res.Header.Get("Grpc-Status"); {
+	case !isGRPC(res.Header) || res.StatusCode >= 500:
 		x.st.report(x.d.Cluster, host, upstream.Status(res.StatusCode))
+	case gs != "":
+		x.st.report(x.d.Cluster, host, grpcOutcome(gs))
+	default:
+		grpcTrailers = true
 	}
 	res.Body = &doneBody{ReadCloser: res.Body, done: func() {
-		if grpc && res.StatusCode < 500 && res.Header.Get("Grpc-Status") == "" {
+		if grpcTrailers {
 			// A gRPC response's status is in its trailers, known once
 			// the body was read to its end; a body cut short reports
 			// nothing.
