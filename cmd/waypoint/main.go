@@ -222,6 +222,9 @@ func run(ctx context.Context, f *flags, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if _, err := telemetry.NewClusterStats(reg, px.ClusterStats); err != nil {
+		return err
+	}
 	xc, err := xds.New(xds.Options{Conn: mc.XDS, Node: node, OnSnapshot: px.Update, Log: log})
 	if err != nil {
 		return err

@@ -67,8 +67,9 @@
 // IP on UpstreamHBONEPort, CONNECT to the endpoint's address, with
 // Forwarded: for=<client IP>. The HBONE connections beneath are pooled per
 // endpoint by hbone.Pool; the HTTP connections inside the streams are
-// pooled per (endpoint, identity, client IP, protocol), since the
-// Forwarded header belongs to the stream: HTTP/2 multiplexed
+// pooled per (cluster, endpoint, identity, client IP, protocol), since
+// the Forwarded header belongs to the stream and each connection counts
+// against one cluster's circuit breakers: HTTP/2 multiplexed
 // (x/net/http2's transport), HTTP/1.1 kept alive (net/http's). The
 // protocol is the cluster's (use_downstream_protocol_config: the
 // request's); an Upgrade always goes as HTTP/1.1.
@@ -107,9 +108,14 @@
 //   - Upstream: at most MaxUpstreamPools (4096) connection pools, the
 //     least recently used idle one closed to make room (when all are busy
 //     the request overflows: 503 "... reset reason: overflow", UO);
-//     MaxIdleConnsPerPool (16) idle HTTP/1.1 connections per pool; the
-//     cluster's max_connections per pool; pools unused for IdleTimeout
-//     closed; response headers bounded like request headers.
+//     MaxIdleConnsPerPool (16) idle HTTP/1.1 connections per pool; pools
+//     unused for IdleTimeout closed; response headers bounded like
+//     request headers.
+//   - Circuit breakers, per cluster: max_requests attempts in flight,
+//     max_connections upstream connections (over it a request is
+//     pending, at most max_pending_requests of them, each for at most the
+//     cluster's connect_timeout), max_retries retries in flight; a refusal
+//     is 503 "... reset reason: overflow" (UO), never retried.
 //
 // # Lifecycle
 //
@@ -124,12 +130,16 @@
 // gRPC), num_retries, per-try timeout (504 UT when it ends the last
 // attempt), Envoy's jittered exponential back-off, a fresh endpoint per
 // attempt (avoiding those tried with previous_hosts), URX when they run
-// out. Only requests without a body or with a body of known length up to
-// 64 KiB (kept for replay) are retried.
+// out, each retry within the cluster's max_retries. A request body
+// streams to the first attempt while up to 64 KiB of it is kept for
+// replay; a longer body is not retried.
+//
+// Every attempt's outcome (status, grpc-status, connect failure, reset,
+// timeout) goes to the cluster's outlier detector, whose ejections the
+// balancer honours; with every endpoint ejected the reply is 503 "no
+// healthy upstream" (UH).
 //
 // Not implemented: per-route fault configuration (the route table does
-// not carry it yet), the retry
-// circuit breaker (max_retries), outlier detection feeding ejections,
-// gRPC timeouts (grpc-timeout), mirroring of streamed bodies, and
+// not carry it yet), gRPC timeouts (grpc-timeout), mirroring of streamed bodies, and
 // WebSocket over HTTP/2 (extended CONNECT).
 package proxy

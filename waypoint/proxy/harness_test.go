@@ -21,8 +21,10 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/websocket"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"sigs.k8s.io/yaml"
 
@@ -329,10 +331,26 @@ func (m *mesh) startHTTPApp(name string) string {
 	return m.serve(func(ln net.Listener) { srv.Serve(ln) }, func() { srv.Close() })
 }
 
-// testService streams n replies then ends with trailers.
+// testService streams n replies then ends with trailers; its unary call
+// fails with UNAVAILABLE when the request's "fail-on" metadata names the
+// pod or "all".
 type testService struct {
 	grpc_testing.UnimplementedTestServiceServer
 	name string
+	seen chan<- appRequest
+}
+
+func (s *testService) UnaryCall(ctx context.Context, _ *grpc_testing.SimpleRequest) (*grpc_testing.SimpleResponse, error) {
+	select {
+	case s.seen <- appRequest{pod: s.name, path: "/grpc.testing.TestService/UnaryCall"}:
+	default:
+	}
+	md, _ := metadata.FromIncomingContext(ctx)
+	if f := md.Get("fail-on"); len(f) > 0 && (f[0] == s.name || f[0] == "all") {
+		return nil, status.Error(codes.Unavailable, "unavailable on "+s.name)
+	}
+	grpc.SetHeader(ctx, metadata.Pairs("x-pod", s.name))
+	return &grpc_testing.SimpleResponse{}, nil
 }
 
 func (s *testService) StreamingOutputCall(req *grpc_testing.StreamingOutputCallRequest, stream grpc_testing.TestService_StreamingOutputCallServer) error {
@@ -348,7 +366,7 @@ func (s *testService) StreamingOutputCall(req *grpc_testing.StreamingOutputCallR
 
 func (m *mesh) startGRPCApp(name string) string {
 	srv := grpc.NewServer()
-	grpc_testing.RegisterTestServiceServer(srv, &testService{name: name})
+	grpc_testing.RegisterTestServiceServer(srv, &testService{name: name, seen: m.requests})
 	return m.serve(func(ln net.Listener) { srv.Serve(ln) }, srv.Stop)
 }
 
@@ -420,6 +438,17 @@ virtual_hosts:
   - name: direct
     match: {prefix: /direct}
     direct_response: {status: 418, body: {inline_string: "short and stout"}}
+  - name: grpc-retry
+    match: {prefix: /grpc.testing.TestService/UnaryCall}
+    route:
+      cluster: "inbound-vip|8081|http/both|reviews.default.svc.cluster.local"
+      retry_policy:
+        retry_on: unavailable
+        num_retries: 2
+        retry_back_off: {base_interval: 0.001s}
+        retry_host_predicate:
+        - name: envoy.retry_host_predicates.previous_hosts
+          typed_config: {"@type": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate}
   - name: grpc
     match: {prefix: /grpc.testing.TestService/}
     route: {cluster: "inbound-vip|8081|http|reviews.default.svc.cluster.local"}
@@ -539,6 +568,7 @@ func (m *mesh) snapshot(t testing.TB, deflt string) *config.Snapshot {
 	// presents evil's certificate.
 	add(cluster("inbound-vip|80|http/impostor|reviews.default.svc.cluster.local", upstream.Downstream, ep(podEvil, 8080, v1ID, "v1")))
 	add(cluster("inbound-vip|8081|http|reviews.default.svc.cluster.local", upstream.HTTP2, ep(podV1, 8081, v1ID, "v1")))
+	add(cluster("inbound-vip|8081|http/both|reviews.default.svc.cluster.local", upstream.HTTP2, ep(podV1, 8081, v1ID, "v1"), ep(podV2, 8081, v2ID, "v2")))
 	add(cluster("inbound-vip|9000|tcp|reviews.default.svc.cluster.local", upstream.HTTP1, ep(podV1, 9000, v1ID, "v1")))
 	return s
 }

@@ -73,6 +73,11 @@ type exchange struct {
 	// upCtx is the upstream request's context; its cause tells a route
 	// timeout.
 	upCtx context.Context
+
+	// adm is the cluster's circuit breakers; attempts counts the
+	// attempts sent.
+	adm      *upstream.Admission
+	attempts int
 }
 
 type exchangeKey struct{}
@@ -320,13 +325,14 @@ func (x *exchange) forward(cors *route.CORSPolicy) {
 	x.ep = ep
 	x.rec.UpstreamHost = ep.Addr
 	x.rec.Destination = destinationPeer(ep)
-	key := poolKey{endpoint: ep.Addr, identity: ep.Identity, client: x.t.client.Addr(), h2: x.upstreamH2(x.cluster)}
+	key := poolKey{cluster: x.d.Cluster, endpoint: ep.Addr, identity: ep.Identity, client: x.t.client.Addr(), h2: x.upstreamH2(x.cluster)}
 	cp, err := p.up.get(key, ep, x.cluster)
 	if err != nil {
-		x.localReply(http.StatusServiceUnavailable, bodyOverflow, flagOverflow)
+		x.overflow()
 		return
 	}
 	x.pool = cp
+	x.adm = x.st.admissions[x.d.Cluster]
 	if x.d.Route.Forward != nil {
 		x.timeout = x.d.Route.Forward.Timeout
 		x.retry = x.d.Route.Forward.Retry
@@ -436,6 +442,7 @@ func newReverseProxy(p *Proxy) *httputil.ReverseProxy {
 				// connection itself, never through respWriter.
 				x.w.code = http.StatusSwitchingProtocols
 			}
+			trailersOnly(res)
 			x.d.ResponseHeaders.Apply(res.Header)
 			x.addCORSTo(res.Header, x.cors)
 			if x.setCookie != "" {
@@ -463,6 +470,11 @@ func (x *exchange) upstreamError(err error) {
 		x.localReply(http.StatusGatewayTimeout, bodyTimeout, flagTimeout)
 	case errors.Is(err, errNoHealthyRetry):
 		x.localReply(http.StatusServiceUnavailable, bodyNoHealthyUpstream, flagNoHealthy)
+	case errors.Is(err, errOverflow), errors.Is(err, errNotNeeded):
+		// errNotNeeded: a dial shared by several requests (HTTP/2)
+		// waited for a connection slot and gave up with the request
+		// it was made for; the others were waiting for the same slot.
+		x.overflow()
 	case errors.As(err, &ce):
 		x.p.log.Debug("upstream connect failed", "dst.addr", x.ep.Addr.String(), "dst.identity", x.ep.Identity, "reason", ce.err.Error())
 		x.localReply(http.StatusServiceUnavailable, bodyConnectFailure, flagConnectFailure)

@@ -84,7 +84,7 @@ func (p *Proxy) sendMirror(x *exchange, cluster, method, path, host string, h ht
 	uh.Begin()
 	defer uh.End()
 	ep := uh.Endpoint
-	cp, err := p.up.get(poolKey{endpoint: ep.Addr, identity: ep.Identity, client: x.t.client.Addr(), h2: x.upstreamH2(c)}, ep, c)
+	cp, err := p.up.get(poolKey{cluster: cluster, endpoint: ep.Addr, identity: ep.Identity, client: x.t.client.Addr(), h2: x.upstreamH2(c)}, ep, c)
 	if err != nil {
 		return
 	}
@@ -100,7 +100,7 @@ func (p *Proxy) sendMirror(x *exchange, cluster, method, path, host string, h ht
 	}
 	req.Host = host
 	req.Header = h
-	res, err := cp.roundTrip(req)
+	res, err := cp.roundTrip(req, c.HTTP.MaxRequestsPerConnection)
 	if err != nil {
 		p.log.Debug("mirror failed", "cluster", cluster, "dst.addr", ep.Addr.String(), "reason", err.Error())
 		return

@@ -253,7 +253,25 @@ func (p *Proxy) Update(s *config.Snapshot) {
 	}
 	p.updateMu.Lock()
 	defer p.updateMu.Unlock()
-	p.state.Store(newState(p.state.Load(), s))
+	p.state.Store(newState(p.state.Load(), s, p.log))
+}
+
+// ClusterStats calls f with every statistic of every cluster of the
+// current snapshot, under Envoy's names without the "cluster.<name>."
+// prefix: the circuit breakers' counts and overflows, and outlier
+// detection's ejections for the clusters that have it. Counters carry over
+// across snapshots. Metrics export reads it at each scrape.
+func (p *Proxy) ClusterStats(f func(cluster, stat string, value uint64, gauge bool)) {
+	st := p.state.Load()
+	if st == nil {
+		return
+	}
+	for name, a := range st.admissions {
+		a.Stats().Each(func(stat string, v uint64, gauge bool) { f(name, stat, v, gauge) })
+		if d := st.detectors[name]; d != nil {
+			d.Stats().Each(func(stat string, v uint64, gauge bool) { f(name, stat, v, gauge) })
+		}
+	}
 }
 
 // Ready reports whether a snapshot was applied.

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -10,6 +9,7 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -24,7 +24,7 @@ import (
 const flagRetryExhausted = "URX"
 
 // maxRetryBody is the largest request body kept for retries; a request
-// with a longer (or unknown-length) body is sent once.
+// with a longer body is sent once.
 const maxRetryBody = 64 << 10
 
 // retryable says whether an attempt's outcome meets one of the policy's
@@ -32,6 +32,11 @@ const maxRetryBody = 64 << 10
 func retryable(p *route.RetryPolicy, res *http.Response, err error) bool {
 	on := func(c string) bool { return slices.Contains(p.RetryOn, c) }
 	if err != nil {
+		if errors.Is(err, errOverflow) || errors.Is(err, errNotNeeded) {
+			// A circuit breaker's refusal is never retried (Envoy's
+			// rule): a retry would only add to the load it sheds.
+			return false
+		}
 		var ce *connectError
 		if errors.As(err, &ce) {
 			return on("connect-failure") || on("5xx") || on("gateway-error") || on("reset") || on("reset-before-request")
@@ -78,41 +83,118 @@ func isRefusedStream(err error) bool {
 	return errors.As(err, &re) && re.Code == http2.ErrCodeRefusedStream
 }
 
-// replayable makes r's body readable again for a retry: no body, or a
-// small one of known length read now. false when it cannot be.
-func replayable(r *http.Request) bool {
+// replay lets a request body be sent again by a retry, as Envoy's
+// buffering does: the body streams to the first attempt while a copy of up
+// to maxRetryBody bytes is kept, so a body of unknown length (a gRPC call,
+// a chunked upload) is not held back until it ends. Each attempt reads its
+// own view: the copy first, then the rest of the body. Once the body
+// outgrows the copy the request can no longer be retried. An attempt that
+// was replaced by a retry reads nothing more.
+type replay struct {
+	mu   sync.Mutex
+	src  io.ReadCloser
+	buf  []byte
+	over bool  // the body outgrew maxRetryBody: no copy is kept
+	done error // the body's end (io.EOF) or error, once seen
+	cur  *replayView
+}
+
+// errReplaced ends the body of an attempt a retry replaced.
+var errReplaced = errors.New("request body taken over by a retry")
+
+// newReplay wraps r's body (none: nil) for retries.
+func newReplay(r *http.Request) *replay {
 	if r.Body == nil || r.Body == http.NoBody {
+		return nil
+	}
+	rp := &replay{src: r.Body}
+	r.Body = rp.view()
+	r.GetBody = func() (io.ReadCloser, error) { return rp.view(), nil }
+	return rp
+}
+
+// retriable says whether the body can still be sent again in full.
+func (rp *replay) retriable() bool {
+	if rp == nil {
 		return true
 	}
-	if r.ContentLength <= 0 || r.ContentLength > maxRetryBody {
-		return false
-	}
-	b := make([]byte, r.ContentLength)
-	if _, err := io.ReadFull(r.Body, b); err != nil {
-		return false
-	}
-	r.Body.Close()
-	r.Body = io.NopCloser(bytes.NewReader(b))
-	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }
-	return true
+	rp.mu.Lock()
+	defer rp.mu.Unlock()
+	return !rp.over
 }
+
+// view returns a reader of the whole body, replacing the previous one.
+func (rp *replay) view() *replayView {
+	rp.mu.Lock()
+	defer rp.mu.Unlock()
+	v := &replayView{rp: rp}
+	rp.cur = v
+	return v
+}
+
+type replayView struct {
+	rp  *replay
+	pos int
+}
+
+// Read holds the lock while it reads the body, so that bytes an
+// attempt's reader takes just as a retry replaces it are kept for the
+// retry.
+func (v *replayView) Read(p []byte) (int, error) {
+	rp := v.rp
+	rp.mu.Lock()
+	defer rp.mu.Unlock()
+	if rp.cur != v {
+		return 0, errReplaced
+	}
+	if !rp.over && v.pos < len(rp.buf) {
+		n := copy(p, rp.buf[v.pos:])
+		v.pos += n
+		return n, nil
+	}
+	if rp.done != nil {
+		return 0, rp.done
+	}
+	n, err := rp.src.Read(p)
+	if !rp.over {
+		if len(rp.buf)+n > maxRetryBody {
+			rp.over, rp.buf = true, nil
+		} else {
+			rp.buf = append(rp.buf, p[:n]...)
+			v.pos += n
+		}
+	}
+	if err != nil {
+		rp.done = err
+	}
+	return n, err
+}
+
+// Close leaves the body open: a retry may still read it. The server
+// closes it when the request ends.
+func (v *replayView) Close() error { return nil }
 
 // roundTripRetrying sends r as the route's retry policy says: each retry
 // on a freshly picked endpoint (avoiding those tried when the policy asks),
-// after a jittered exponential back-off, with a per-try timeout.
+// after a jittered exponential back-off, with a per-try timeout. Every
+// retry takes one of the cluster's max_retries; when none is left the
+// retry is not made and the last attempt's outcome stands, flagged UO.
 func (x *exchange) roundTripRetrying(r *http.Request) (*http.Response, error) {
 	p := x.retry
-	if p == nil || !replayable(r) {
-		return x.attempt(r, 0)
+	if p == nil {
+		return x.attempt(r, 0, false)
 	}
+	body := newReplay(r)
 	tries := int(p.NumRetries) + 1
 	var tried []netip.AddrPort
 	for i := 0; ; i++ {
 		if i > 0 {
 			if err := x.backOff(r.Context(), i, p); err != nil {
+				x.adm.RetryDone()
 				return nil, err
 			}
 			if !x.repick(tried) {
+				x.adm.RetryDone()
 				return nil, errNoHealthyRetry
 			}
 			if r.GetBody != nil {
@@ -128,12 +210,17 @@ func (x *exchange) roundTripRetrying(r *http.Request) (*http.Response, error) {
 			r.Header.Set("X-Envoy-Attempt-Count", strconv.Itoa(i+1))
 		}
 		tried = append(tried, x.ep.Addr)
-		res, err := x.attempt(r, p.PerTryTimeout)
-		if !retryable(p, res, err) || r.Context().Err() != nil {
+		res, err := x.attempt(r, p.PerTryTimeout, i > 0)
+		if !retryable(p, res, err) || r.Context().Err() != nil || !body.retriable() {
 			return res, err
 		}
 		if i == tries-1 {
 			x.flag(flagRetryExhausted)
+			return res, err
+		}
+		if !x.adm.TryRetry() {
+			// max_retries: the retry budget of the cluster is spent.
+			x.flag(flagOverflow)
 			return res, err
 		}
 		if res != nil {
@@ -146,19 +233,93 @@ func (x *exchange) roundTripRetrying(r *http.Request) (*http.Response, error) {
 var errNoHealthyRetry = errors.New("no healthy upstream for a retry")
 
 // attempt sends r once on the current pool, bounded by perTry (0: none);
-// the bound covers the response body too, as Envoy's per-try timeout.
-func (x *exchange) attempt(r *http.Request, perTry time.Duration) (*http.Response, error) {
-	if perTry <= 0 {
-		return x.pool.roundTrip(r)
+// the bound covers the response body too, as Envoy's per-try timeout. It
+// takes one of the cluster's max_requests for the attempt's lifetime (and
+// gives back the retry slot of a retry with it), and reports the outcome
+// to the cluster's outlier detection.
+func (x *exchange) attempt(r *http.Request, perTry time.Duration, retry bool) (*http.Response, error) {
+	x.attempts++
+	adm := x.adm
+	if !adm.TryRequest() {
+		if retry {
+			adm.RetryDone()
+		}
+		return nil, errOverflow
 	}
-	ctx, cancel := context.WithTimeoutCause(r.Context(), perTry, errRouteTimeout)
-	res, err := x.pool.roundTrip(r.WithContext(ctx))
+	done := func() {
+		adm.RequestDone()
+		if retry {
+			adm.RetryDone()
+		}
+	}
+	ctx, cancel := r.Context(), context.CancelFunc(func() {})
+	if perTry > 0 {
+		ctx, cancel = context.WithTimeoutCause(ctx, perTry, errRouteTimeout)
+		r = r.WithContext(ctx)
+	}
+	host := x.host
+	res, err := x.pool.roundTrip(r, x.cluster.HTTP.MaxRequestsPerConnection)
 	if err != nil {
+		x.reportError(host, ctx, err)
 		cancel()
+		done()
 		return nil, err
 	}
-	res.Body = &doneBody{ReadCloser: res.Body, done: cancel}
+	x.st.report(x.d.Cluster, host, upstream.Connected)
+	// A gRPC response below 500 is judged by its grpc-status: in the
+	// headers of a trailers-only response, else in the trailers.
+	grpcTrailers := false
+	switch gs := res.Header.Get("Grpc-Status"); {
+	case !isGRPC(res.Header) || res.StatusCode >= 500:
+		x.st.report(x.d.Cluster, host, upstream.Status(res.StatusCode))
+	case gs != "":
+		x.st.report(x.d.Cluster, host, grpcOutcome(gs))
+	default:
+		grpcTrailers = true
+	}
+	res.Body = &doneBody{ReadCloser: res.Body, done: func() {
+		if grpcTrailers {
+			// A gRPC response's status is in its trailers, known once
+			// the body was read to its end; a body cut short reports
+			// nothing.
+			if gs := res.Trailer.Get("Grpc-Status"); gs != "" {
+				x.st.report(x.d.Cluster, host, grpcOutcome(gs))
+			}
+		}
+		cancel()
+		done()
+	}}
 	return res, nil
+}
+
+// reportError reports an attempt that ended without a response: a
+// connection that could not be had is a connect failure, a timeout of the
+// attempt a timeout, anything else a reset. An attempt refused by a
+// circuit breaker, or given up by the client, says nothing of the host.
+func (x *exchange) reportError(h *upstream.Host, ctx context.Context, err error) {
+	var ce *connectError
+	switch {
+	case errors.Is(err, errOverflow), errors.Is(err, errNotNeeded), x.r.Context().Err() != nil:
+		return
+	case errors.As(err, &ce):
+		x.st.report(x.d.Cluster, h, upstream.ConnectFailed)
+	case ctx.Err() != nil || (x.upCtx != nil && x.upCtx.Err() != nil):
+		x.st.report(x.d.Cluster, h, upstream.TimedOut)
+	default:
+		x.st.report(x.d.Cluster, h, upstream.Reset)
+	}
+}
+
+// overflow answers a request a circuit breaker refused, as Envoy does:
+// 503, flag UO, marked overloaded; worded for a retried request when an
+// attempt was made before.
+func (x *exchange) overflow() {
+	r := upstream.Overflow
+	if x.attempts > 1 {
+		r = r.Retried()
+	}
+	x.w.Header().Set(upstream.OverloadedHeader, "true")
+	x.localReply(r.Status, r.Body, r.Flag)
 }
 
 // backOff waits Envoy's jittered exponential back-off before retry i.
@@ -196,7 +357,7 @@ func (x *exchange) repick(tried []netip.AddrPort) bool {
 	if !ok {
 		return false
 	}
-	key := poolKey{endpoint: h.Endpoint.Addr, identity: h.Endpoint.Identity, client: x.t.client.Addr(), h2: x.upstreamH2(x.cluster)}
+	key := poolKey{cluster: x.d.Cluster, endpoint: h.Endpoint.Addr, identity: h.Endpoint.Identity, client: x.t.client.Addr(), h2: x.upstreamH2(x.cluster)}
 	cp, err := x.p.up.get(key, h.Endpoint, x.cluster)
 	if err != nil {
 		return false

@@ -70,12 +70,24 @@ func (p *Proxy) serveTCP(ctx context.Context, st *state, ch *config.Chain, t *tu
 	ep := host.Endpoint
 	rec.UpstreamHost = ep.Addr
 	rec.Destination = destinationPeer(ep)
+	// A tunnel is one upstream connection: over max_connections it is
+	// refused, as Envoy's tcp_proxy refuses it, rather than queued.
+	adm := st.admissions[ch.TCPCluster]
+	if !adm.TryConnection() {
+		refuse(flagOverflow, bodyOverflow)
+		return
+	}
+	defer adm.ConnectionDone()
 	up, err := p.up.dial(ctx, ep, t.client.Addr(), c.ConnectTimeout)
 	if err != nil {
 		p.log.Debug("upstream connect failed", "dst.addr", ep.Addr.String(), "dst.identity", ep.Identity, "reason", err.Error())
+		if ctx.Err() == nil {
+			st.report(ch.TCPCluster, host, upstream.ConnectFailed)
+		}
 		refuse(flagConnectFailure, "upstream connect failure")
 		return
 	}
+	st.report(ch.TCPCluster, host, upstream.Connected)
 	defer up.Close()
 	var down net.Conn = s
 	if sniffed != nil {

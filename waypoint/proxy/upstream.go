@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -24,8 +25,10 @@ import (
 
 // upstreams holds the waypoint's HTTP connections to endpoints. Each is
 // an HBONE stream whose CONNECT carries Forwarded: for=<client IP>, so a
-// connection serves one (endpoint, client address) pair; the HBONE
-// connections under the streams are shared per endpoint by hbone.Pool.
+// connection serves one (cluster, endpoint, client address) pair; the
+// HBONE connections under the streams are shared per endpoint by
+// hbone.Pool. Every stream counts against its cluster's max_connections
+// while it is open.
 type upstreams struct {
 	p    *Proxy
 	hb   *hbone.Pool
@@ -40,6 +43,10 @@ type upstreams struct {
 }
 
 type poolKey struct {
+	// cluster keeps the pools of clusters apart, as Envoy's are: each
+	// connection counts against one cluster's circuit breakers and
+	// follows its protocol options.
+	cluster  string
 	endpoint netip.AddrPort
 	identity string
 	client   netip.Addr
@@ -55,8 +62,14 @@ type connPool struct {
 	used   atomic.Int64 // unix nanoseconds of the last request
 }
 
-// errOverflow is a request refused because every pool slot is busy.
+// errOverflow is a request refused because every pool slot is busy, a
+// circuit breaker is open, or a request waited for a connection longer
+// than the cluster's connect timeout (Envoy's "overflow", flag UO).
 var errOverflow = errors.New("upstream connection pools are full")
+
+// errNotNeeded ends a dial that waited for a connection slot on behalf of
+// a request that has since been served by another connection.
+var errNotNeeded = errors.New("connection no longer needed")
 
 // connectError is a failure to open the tunnel to an endpoint: nothing
 // of the request was sent (Envoy's "connection failure", flag UF).
@@ -113,6 +126,127 @@ func (u *upstreams) dial(ctx context.Context, ep upstream.Endpoint, client netip
 	return s, nil
 }
 
+// dialAdmitted opens a connection of pool k for a request: it takes one
+// of the cluster's max_connections first, and when none is free the
+// request is pending (max_pending_requests) until a connection closes, a
+// request ends (its connection may serve this one), the request is served
+// by another connection, or the connect timeout passes (overflow). The
+// connection gives its slot back when it closes.
+func (u *upstreams) dialAdmitted(ctx context.Context, k poolKey, ep upstream.Endpoint, timeout time.Duration) (net.Conn, error) {
+	st := u.p.state.Load()
+	if c := st.snap.Clusters[k.cluster]; c != nil {
+		// The cluster's connect timeout as it is now: a pool outlives
+		// configuration updates.
+		timeout = c.ConnectTimeout
+	}
+	adm := st.admissions[k.cluster]
+	if adm == nil {
+		// The cluster left the configuration while the request was on
+		// its way: it has no limits left to count against.
+		return u.dial(ctx, ep, k.client, timeout)
+	}
+	if err := u.admitConnection(ctx, k.cluster, adm); err != nil {
+		return nil, err
+	}
+	c, err := u.dial(ctx, ep, k.client, timeout)
+	if err != nil {
+		adm.ConnectionDone()
+		return nil, err
+	}
+	return &admittedConn{Conn: c, done: adm.ConnectionDone}, nil
+}
+
+// admitConnection takes a connection slot of the cluster, waiting as a
+// pending request when there is none.
+func (u *upstreams) admitConnection(ctx context.Context, cluster string, adm *upstream.Admission) error {
+	if adm.TakeConnection() {
+		return nil
+	}
+	// Idle connections of the cluster hold slots no request uses: close
+	// them rather than keep a request waiting behind them.
+	u.closeIdle(cluster)
+	if adm.TakeConnection() {
+		return nil
+	}
+	adm.CountConnectionOverflow()
+	if !adm.TryPending() {
+		return errOverflow
+	}
+	defer adm.PendingDone()
+	// The dial runs detached from the request's cancellation (the
+	// transport's); the attempt it dials for is in its values, and ends
+	// the wait when it ends or got a connection another way.
+	var served, gone <-chan struct{}
+	if a, ok := ctx.Value(attemptKey{}).(*attemptConn); ok {
+		served, gone = a.served, a.ctx.Done()
+	}
+	t := time.NewTimer(adm.ConnectTimeout())
+	defer t.Stop()
+	for {
+		released := adm.Released()
+		if adm.TakeConnection() {
+			return nil
+		}
+		select {
+		case <-released:
+		case <-served:
+			return errNotNeeded
+		case <-gone:
+			return errNotNeeded
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		case <-t.C:
+			return errOverflow
+		}
+	}
+}
+
+// closeIdle closes the idle connections of cluster's pools.
+func (u *upstreams) closeIdle(cluster string) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for _, e := range u.pools {
+		if cp := e.Value.(*connPool); cp.key.cluster == cluster {
+			cp.idle()
+		}
+	}
+}
+
+// admittedConn gives its connection slot back once, when it closes.
+type admittedConn struct {
+	net.Conn
+	once sync.Once
+	done func()
+	// requests counts the requests sent on it, for
+	// max_requests_per_connection.
+	requests atomic.Uint64
+}
+
+func (c *admittedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.done)
+	return err
+}
+
+// CloseWrite passes a half-close on to the HBONE stream.
+func (c *admittedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
+}
+
+// attemptKey is the context key of the attemptConn of one attempt.
+type attemptKey struct{}
+
+// attemptConn tells a dial made for an attempt whether the attempt still
+// needs it: served is closed when the attempt got a connection.
+type attemptConn struct {
+	ctx    context.Context
+	served chan struct{}
+	once   sync.Once
+}
+
 // get returns the pool for k, making it (and room for it) if needed.
 func (u *upstreams) get(k poolKey, ep upstream.Endpoint, c *upstream.Cluster) (*connPool, error) {
 	u.mu.Lock()
@@ -159,7 +293,7 @@ func (u *upstreams) removeLocked(e *list.Element) {
 func (u *upstreams) newPool(k poolKey, ep upstream.Endpoint, c *upstream.Cluster) *connPool {
 	timeout := c.ConnectTimeout
 	idle := c.HTTP.IdleTimeout
-	dial := func(ctx context.Context) (net.Conn, error) { return u.dial(ctx, ep, k.client, timeout) }
+	dial := func(ctx context.Context) (net.Conn, error) { return u.dialAdmitted(ctx, k, ep, timeout) }
 	cp := &connPool{key: k}
 	// Fresh, not idle: the sweeper must not close it before its first
 	// request.
@@ -183,10 +317,11 @@ func (u *upstreams) newPool(k poolKey, ep upstream.Endpoint, c *upstream.Cluster
 				return dial(ctx)
 			},
 			// The proxy forwards what it received: no transparent gzip.
-			DisableCompression:     true,
-			MaxIdleConns:           u.p.bounds.MaxIdleConnsPerPool,
-			MaxIdleConnsPerHost:    u.p.bounds.MaxIdleConnsPerPool,
-			MaxConnsPerHost:        int(c.Limits.MaxConnections),
+			DisableCompression:  true,
+			MaxIdleConns:        u.p.bounds.MaxIdleConnsPerPool,
+			MaxIdleConnsPerHost: u.p.bounds.MaxIdleConnsPerPool,
+			// max_connections is the cluster's, counted across its
+			// pools as connections are dialled (dialAdmitted).
 			IdleConnTimeout:        idle,
 			MaxResponseHeaderBytes: int64(u.p.bounds.MaxHeaderBytes),
 		}
@@ -196,9 +331,29 @@ func (u *upstreams) newPool(k poolKey, ep upstream.Endpoint, c *upstream.Cluster
 }
 
 // roundTrip sends req on cp, counting it active until its body is closed.
-func (cp *connPool) roundTrip(req *http.Request) (*http.Response, error) {
+// It tells a dial waiting for a connection slot on req's behalf when req
+// got a connection otherwise, and marks the last request a connection may
+// carry (maxPerConn, the cluster's max_requests_per_connection; 0: no
+// limit) as closing it: HTTP/1.1 sends it with "Connection: close",
+// HTTP/2 opens no more streams on the connection and closes it once its
+// streams are done.
+func (cp *connPool) roundTrip(req *http.Request, maxPerConn uint32) (*http.Response, error) {
 	cp.active.Add(1)
 	cp.used.Store(time.Now().UnixNano())
+	a := &attemptConn{ctx: req.Context(), served: make(chan struct{})}
+	ctx := context.WithValue(req.Context(), attemptKey{}, a)
+	req = req.WithContext(httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		GotConn: func(info httptrace.GotConnInfo) {
+			a.once.Do(func() { close(a.served) })
+			if c, ok := info.Conn.(*admittedConn); ok && maxPerConn > 0 {
+				if c.requests.Add(1) >= uint64(maxPerConn) {
+					// Both transports read it after GotConn, on the
+					// request this goroutine sends.
+					req.Close = true
+				}
+			}
+		},
+	}))
 	res, err := cp.rt.RoundTrip(req)
 	if err != nil {
 		cp.active.Add(-1)

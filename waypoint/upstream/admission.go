@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -53,6 +54,25 @@ type admissionState struct {
 	cx, pending, rq, retries padded
 
 	cxOverflow, pendingOverflow, activeOverflow, retryOverflow atomic.Uint64
+
+	// released is closed, and replaced, when a connection or request slot
+	// is given back while requests are pending: they wait on it instead
+	// of polling. Taken only when pending is not zero.
+	mu       sync.Mutex
+	released chan struct{}
+}
+
+// wake tells the pending requests that a slot was given back.
+func (s *admissionState) wake() {
+	if s.pending.Load() == 0 {
+		return
+	}
+	s.mu.Lock()
+	if s.released != nil {
+		close(s.released)
+		s.released = nil
+	}
+	s.mu.Unlock()
 }
 
 // NewAdmission builds the admission of cluster c; prev (nil for none) is
@@ -116,9 +136,36 @@ func (a *Admission) TryConnection() bool {
 	return false
 }
 
+// TakeConnection is TryConnection without counting a refusal in
+// upstream_cx_overflow: for a pending request that asks again after a
+// release, whose overflow was counted once (CountConnectionOverflow).
+func (a *Admission) TakeConnection() bool {
+	return acquire(&a.s.cx.Uint64, a.limits.MaxConnections)
+}
+
+// CountConnectionOverflow counts one upstream_cx_overflow: a request found
+// max_connections reached (and waits, pending, for a connection).
+func (a *Admission) CountConnectionOverflow() { a.s.cxOverflow.Add(1) }
+
 // ConnectionDone releases a connection TryConnection admitted, when it
 // closes.
-func (a *Admission) ConnectionDone() { release(&a.s.cx.Uint64) }
+func (a *Admission) ConnectionDone() {
+	release(&a.s.cx.Uint64)
+	a.s.wake()
+}
+
+// Released returns a channel that is closed the next time a connection or
+// request slot is given back. A pending request takes it, then asks for
+// its connection again, then waits on it: a release between the two is
+// not missed.
+func (a *Admission) Released() <-chan struct{} {
+	a.s.mu.Lock()
+	defer a.s.mu.Unlock()
+	if a.s.released == nil {
+		a.s.released = make(chan struct{})
+	}
+	return a.s.released
+}
 
 // TryPending asks for a request to wait for a connection. False:
 // max_pending_requests reached; answer 503 Overflow.
@@ -147,7 +194,12 @@ func (a *Admission) TryRequest() bool {
 
 // RequestDone releases a request slot, when the attempt's response has
 // ended (or it failed).
-func (a *Admission) RequestDone() { release(&a.s.rq.Uint64) }
+func (a *Admission) RequestDone() {
+	release(&a.s.rq.Uint64)
+	// A finished HTTP/1.1 request leaves its connection idle: a pending
+	// request may use it.
+	a.s.wake()
+}
 
 // TryRetry asks to make one retry. False: max_retries reached; the retry
 // is not made, the last attempt's result is returned with flag UO.

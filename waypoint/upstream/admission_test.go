@@ -333,3 +333,40 @@ func TestAdmissionNoLostUpdates(t *testing.T) {
 		}
 	}
 }
+
+// TestAdmissionReleased: a pending request waiting on Released is woken
+// when a connection or a request slot is given back; TakeConnection does
+// not count the refusals of a request asking again.
+func TestAdmissionReleased(t *testing.T) {
+	a := NewAdmission(nil, &Cluster{Limits: Limits{MaxConnections: 1, MaxPendingRequests: 1, MaxRequests: 1, MaxRetries: 1}})
+	if !a.TryConnection() || !a.TryRequest() {
+		t.Fatal("first connection and request refused")
+	}
+	if a.TakeConnection() {
+		t.Fatal("a second connection over max_connections 1")
+	}
+	if s := a.Stats(); s.CxOverflow != 0 {
+		t.Errorf("TakeConnection counted %d overflows", s.CxOverflow)
+	}
+	if !a.TryPending() {
+		t.Fatal("pending refused")
+	}
+	for _, release := range []func(){a.RequestDone, a.ConnectionDone} {
+		ch := a.Released()
+		select {
+		case <-ch:
+			t.Fatal("released before anything was given back")
+		default:
+		}
+		release()
+		select {
+		case <-ch:
+		default:
+			t.Fatal("a pending request was not woken")
+		}
+	}
+	if !a.TakeConnection() {
+		t.Error("the released connection slot was not free")
+	}
+	a.PendingDone()
+}
