@@ -14,8 +14,6 @@ import (
 	securityapi "istio.io/api/security/v1beta1"
 	typeapi "istio.io/api/type/v1beta1"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
-
-	"github.com/zmesh/zmesh/controlplane/model"
 )
 
 const (
@@ -57,7 +55,9 @@ type authzPolicy struct {
 func (b *builder) authorization() {
 	bound := map[[2]string]string{}
 	for _, info := range b.bound {
-		bound[[2]string{info.svc.Namespace, info.svc.Name}] = info.host
+		if info.se == nil {
+			bound[[2]string{info.svc.Namespace, info.svc.Name}] = info.host
+		}
 	}
 	for _, ap := range b.snap.AuthorizationPolicies {
 		if ap == nil || (len(ap.Spec.TargetRefs) == 0 && ap.Spec.TargetRef == nil) {
@@ -85,8 +85,7 @@ func (b *builder) authorization() {
 
 // attach records what of this waypoint one target reference names. A
 // reference to another namespace, or to nothing here, is the ztunnel
-// translation's to report; a ServiceEntry bound here is told that its
-// hosts are not served.
+// translation's to report.
 func (b *builder) attach(p *authzPolicy, ap *securityv1.AuthorizationPolicy, tr *typeapi.PolicyTargetReference, at string, bound map[[2]string]string) {
 	if tr == nil || (tr.Namespace != "" && tr.Namespace != ap.Namespace) {
 		return
@@ -105,18 +104,10 @@ func (b *builder) attach(p *authzPolicy, ap *securityv1.AuthorizationPolicy, tr 
 			p.hosts[host] = true
 		}
 	case tr.Group == "networking.istio.io" && tr.Kind == "ServiceEntry":
-		for _, se := range b.snap.ServiceEntries {
-			if se.Namespace != ap.Namespace || se.Name != tr.Name {
-				continue
-			}
-			ns, name, labelled := model.UseWaypoint(se.Labels, se.Namespace)
-			if !labelled {
-				if nsObj := b.snap.Namespace(se.Namespace); nsObj != nil {
-					ns, name, _ = model.UseWaypoint(nsObj.Labels, se.Namespace)
-				}
-			}
-			if ns == b.gw.Namespace && name == b.gw.Name {
-				b.problem(p.ref, at, fmt.Sprintf("ServiceEntry %s/%s: the waypoint does not serve ServiceEntry hosts yet, so nothing enforces this policy for them", se.Namespace, se.Name))
+		// Every host of the entry this waypoint serves.
+		for _, info := range b.bound {
+			if info.se != nil && info.se.Namespace == ap.Namespace && info.se.Name == tr.Name {
+				p.hosts[info.host] = true
 			}
 		}
 	}

@@ -23,24 +23,28 @@ import (
 // (and one more per DestinationRule subset) of every bound Service and of
 // every Service a route sends to, each with its load assignment.
 func Build(opts Options, snap *model.Snapshot, gw *gatewayv1.Gateway) Resources {
-	b := &builder{opts: opts, snap: snap, gw: gw, services: map[string]*serviceInfo{}, accepted: map[ObjectRef]bool{}}
+	b := &builder{opts: opts, snap: snap, gw: gw, services: map[string]*serviceInfo{}, accepted: map[ObjectRef]bool{}, entries: map[ObjectRef][]*serviceInfo{}}
 	gwRef := ObjectRef{"Gateway", gw.Namespace, gw.Name}
 	if string(gw.Spec.GatewayClassName) != model.WaypointClass {
 		b.problem(gwRef, "spec.gatewayClassName", fmt.Sprintf("%q is not %s; no waypoint resources", gw.Spec.GatewayClassName, model.WaypointClass))
 		return b.finish()
 	}
-	if _, _, services := model.WaypointFor(gw); !services {
-		return b.finish()
-	}
-	for _, svc := range snap.Services {
-		if !b.boundTo(svc, gw) {
-			continue
+	_, workloads, services := model.WaypointFor(gw)
+	if services {
+		for _, svc := range snap.Services {
+			if !b.boundTo(svc, gw) {
+				continue
+			}
+			if info := b.service(svc); info != nil {
+				b.bound = append(b.bound, info)
+			}
 		}
-		if info := b.service(svc); info != nil {
-			b.bound = append(b.bound, info)
-		}
+		b.serviceEntries()
 	}
 	b.routes()
+	if workloads {
+		b.workloads()
+	}
 	b.authorization()
 	b.listener()
 	return b.finish()
@@ -61,11 +65,20 @@ type builder struct {
 	accepted map[ObjectRef]bool
 	// authz are the AuthorizationPolicies attached to the waypoint.
 	authz []*authzPolicy
+	// entries are the ServiceEntries whose hosts are built, each host's
+	// info in spec order.
+	entries map[ObjectRef][]*serviceInfo
+	// pods are the workloads bound to the waypoint (istio.io/waypoint-for
+	// workload or all), whose ports get chains of their own.
+	pods []*workloadInfo
 }
 
-// serviceInfo is a Service whose clusters are built.
+// serviceInfo is a Service whose clusters are built, or one host of a
+// ServiceEntry (se set; svc is then the entry read as a Service, see
+// seService).
 type serviceInfo struct {
 	svc   *corev1.Service
+	se    *networkingv1.ServiceEntry
 	ref   ObjectRef
 	host  string
 	ports []servicePort

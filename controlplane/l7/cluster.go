@@ -26,6 +26,9 @@ type clusterSpec struct {
 	dr          *networkingv1.DestinationRule
 	subset      *networking.Subset
 	subsetIndex int
+	// ref is the object problems with endpoints are reported on; the
+	// Service when empty.
+	ref ObjectRef
 }
 
 // cluster builds one cluster and its load assignment.
@@ -68,7 +71,11 @@ func (b *builder) cluster(cs clusterSpec, pods []podEndpoint) {
 		b.applyPolicy(c, cs, pol)
 	}
 	b.out.Clusters = append(b.out.Clusters, c)
-	b.out.Endpoints = append(b.out.Endpoints, b.assignment(ObjectRef{"Service", cs.svc.Namespace, cs.svc.Name}, name, cs.port, subsetLabels, pods))
+	ref := cs.ref
+	if ref == (ObjectRef{}) {
+		ref = ObjectRef{"Service", cs.svc.Namespace, cs.svc.Name}
+	}
+	b.out.Endpoints = append(b.out.Endpoints, b.assignment(ref, name, cs.port, subsetLabels, pods))
 }
 
 // clusterMetadata is the "istio" metadata istiod gives a cluster: the

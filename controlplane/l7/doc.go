@@ -1,7 +1,7 @@
 // Package l7 builds the Envoy v3 resources one waypoint serves, from the
-// Services bound to it (istio.io/use-waypoint on the Service or its
-// namespace, accepted by the waypoint's istio.io/waypoint-for) and the
-// routing objects for them.
+// Services, ServiceEntries and pods bound to it (istio.io/use-waypoint on
+// the object or its namespace, accepted by the waypoint's
+// istio.io/waypoint-for) and the routing objects for them.
 //
 // Listener. One listener, main_internal, with a filter chain per bound
 // Service port, matched on the Service's VIPs and the port, named as
@@ -85,8 +85,18 @@
 // regexes and header names are checked here, so one bad object cannot make
 // the waypoint refuse a whole route configuration.
 //
-// Workload-bound waypoints (pods labelled istio.io/use-waypoint) are not
-// built yet: only service-bound traffic is.
+// ServiceEntries bound to the waypoint (istio.io/use-waypoint on the entry
+// or its namespace, exported to the waypoint's namespace) are served like
+// Services, one per host, on their addresses: see serviceentry.go for
+// their endpoints, in and outside the mesh. HTTPRoutes attach to them with
+// a parentRef of kind ServiceEntry, group networking.istio.io, and
+// AuthorizationPolicies with a targetRef of that kind. A destination
+// (VIP:port) is served by one chain: the first to claim it, Services
+// before ServiceEntries, keeps it, and later claimers are reported.
+//
+// A waypoint for workloads (istio.io/waypoint-for workload or all) also
+// has a chain per declared port of every pod bound to it, on the pod's
+// address, sending everything to that pod: see workload.go.
 //
 // The package is pure: a snapshot in, resources out.
 package l7

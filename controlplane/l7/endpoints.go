@@ -21,6 +21,9 @@ type podEndpoint struct {
 	ip       netip.Addr
 	identity string
 	locality *corev3.Locality
+	// plaintext: outside the mesh (a ServiceEntry endpoint), with no
+	// identity; the waypoint dials it without a tunnel.
+	plaintext bool
 }
 
 // endpointPods returns the ready, mesh-enrolled pods svc selects. A
@@ -179,10 +182,14 @@ func (b *builder) assignment(ref ObjectRef, name string, sp servicePort, subsetL
 	return la
 }
 
-// endpointMetadata carries the identity the waypoint requires of the pod,
+// endpointMetadata carries the identity the waypoint requires of the pod
+// (or, for an endpoint outside the mesh, tunnel "none" and no identity),
 // and the pod's labels.
 func endpointMetadata(pe podEndpoint) *corev3.Metadata {
 	fields := map[string]*structpb.Value{"identity": structpb.NewStringValue(pe.identity)}
+	if pe.plaintext {
+		fields = map[string]*structpb.Value{"tunnel": structpb.NewStringValue(tunnelNone)}
+	}
 	if len(pe.pod.Labels) > 0 {
 		labels := &structpb.Struct{Fields: map[string]*structpb.Value{}}
 		for k, v := range pe.pod.Labels {

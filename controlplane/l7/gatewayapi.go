@@ -92,6 +92,8 @@ func (b *builder) xRoutes() map[string][]*xRoute {
 					x.section = string(*pr.SectionName)
 				}
 				direct[host] = appendRoute(direct[host], &x)
+			case group == "networking.istio.io" && kind == "ServiceEntry":
+				b.attachToServiceEntry(r.x, pr, ns, path, direct)
 			case group == "gateway.networking.k8s.io" && kind == "Gateway" && string(pr.Name) == b.gw.Name && ns == b.gw.Namespace:
 				for _, info := range b.bound {
 					if !hostnamesMatch(r.names, info) {
@@ -150,7 +152,9 @@ func hostnamesMatch(names []gatewayv1.Hostname, info *serviceInfo) bool {
 	for _, n := range names {
 		h := strings.ToLower(string(n))
 		switch {
-		case h == info.host, h == info.svc.Name, h == info.svc.Name+"."+info.svc.Namespace:
+		case h == info.host:
+			return true
+		case info.se == nil && (h == info.svc.Name || h == info.svc.Name+"."+info.svc.Namespace):
 			return true
 		case strings.HasPrefix(h, "*.") && strings.HasSuffix(info.host, h[1:]):
 			return true

@@ -42,13 +42,22 @@ var sniffedProtocols = []string{"http/1.0", "http/1.1", "h2c"}
 func (b *builder) listener() {
 	var chains []*listenerv3.FilterChain
 	sniffing := false
+	claimed := map[netip.AddrPort]string{}
 	for _, info := range b.bound {
-		vips := serviceVIPs(info.svc)
-		if len(vips) == 0 {
-			b.problem(info.ref, "spec.clusterIP", "no cluster IP (headless Service): the waypoint serves traffic to Service VIPs only")
+		all := serviceVIPs(info.svc)
+		if len(all) == 0 {
+			if info.se != nil {
+				b.problem(info.ref, "spec.addresses", fmt.Sprintf("%s: no address: the waypoint serves traffic to ServiceEntry addresses only", info.host))
+			} else {
+				b.problem(info.ref, "spec.clusterIP", "no cluster IP (headless Service): the waypoint serves traffic to Service VIPs only")
+			}
 			continue
 		}
 		for _, p := range info.ports {
+			vips := b.claim(claimed, info.ref, clusterName(p.port, p.protocol, "", info.host), p.port, all)
+			if len(vips) == 0 {
+				continue
+			}
 			if p.protocol == "http" {
 				name := clusterName(p.port, "http", "", info.host)
 				var alpn []string
@@ -69,6 +78,7 @@ func (b *builder) listener() {
 			}
 		}
 	}
+	chains = append(chains, b.workloadChains(claimed, &sniffing)...)
 	if len(chains) == 0 {
 		return
 	}
@@ -87,6 +97,29 @@ func (b *builder) listener() {
 		}}
 	}
 	b.out.Listeners = []*listenerv3.Listener{l}
+}
+
+// claim returns the addresses of addrs that no chain claimed yet on port,
+// claiming them for the chain named name of obj. An address already
+// claimed (a ServiceEntry naming a Service's VIP, two hosts of one entry)
+// is reported and left to its first claimer: two chains for one
+// destination would make the waypoint refuse the whole listener.
+func (b *builder) claim(claimed map[netip.AddrPort]string, obj ObjectRef, name string, port int32, addrs []*corev3.CidrRange) []*corev3.CidrRange {
+	var out []*corev3.CidrRange
+	for _, r := range addrs {
+		a, err := netip.ParseAddr(r.AddressPrefix)
+		if err != nil {
+			continue
+		}
+		d := netip.AddrPortFrom(a, uint16(port))
+		if first, taken := claimed[d]; taken {
+			b.problem(obj, "", fmt.Sprintf("%s is already served by chain %s; %s does not serve it", d, first, name))
+			continue
+		}
+		claimed[d] = name
+		out = append(out, r)
+	}
+	return out
 }
 
 // serviceVIPs are a Service's cluster IPs, each as a host prefix.

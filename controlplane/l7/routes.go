@@ -163,8 +163,8 @@ func (d destination) cluster() string {
 	return clusterName(d.port.port, "http", d.subset, d.info.host)
 }
 
-// serviceByHost returns the Service whose host is host, building its
-// clusters, or nil.
+// serviceByHost returns the Service (or ServiceEntry host) whose host is
+// host, building its clusters, or nil.
 func (b *builder) serviceByHost(host string) *serviceInfo {
 	if info, ok := b.services[host]; ok {
 		return info
@@ -174,7 +174,7 @@ func (b *builder) serviceByHost(host string) *serviceInfo {
 			return b.service(svc)
 		}
 	}
-	return nil
+	return b.serviceEntryByHost(host)
 }
 
 // resolveDestination finds the cluster of host (already complete), port

@@ -33,6 +33,7 @@ func Unbound(opts Options, snap *model.Snapshot) []Problem {
 				bound[svc.Name+"."+svc.Namespace+".svc."+opts.Mesh.DomainSuffix] = true
 			}
 		}
+		boundServiceEntryHosts(snap, gw, bound)
 	}
 	var out []Problem
 	const msg = "bound to no waypoint: none of its Services is bound to a waypoint (istio.io/use-waypoint), so its rules have no effect"
@@ -66,6 +67,9 @@ func Unbound(opts Options, snap *model.Snapshot) []Problem {
 			case (group == "" || group == "core") && kind == "Service":
 				mesh = true
 				reached = reached || bound[string(pr.Name)+"."+ns+".svc."+opts.Mesh.DomainSuffix]
+			case group == "networking.istio.io" && kind == "ServiceEntry":
+				mesh = true
+				reached = reached || serviceEntryBound(snap, ns, string(pr.Name), waypoints)
 			case group == "gateway.networking.k8s.io" && kind == "Gateway" && waypoints[ObjectRef{"Gateway", ns, string(pr.Name)}]:
 				mesh, reached = true, true
 			}

@@ -43,7 +43,9 @@ func CompileAssignments(las []*endpointv3.ClusterLoadAssignment) (map[string]*up
 
 // CompileAssignment validates one ClusterLoadAssignment and compiles it.
 // Every endpoint must carry a SPIFFE identity in its metadata: the waypoint
-// never dials an endpoint it cannot authenticate.
+// never dials a mesh endpoint it cannot authenticate. The one exception is
+// said explicitly: an endpoint whose metadata has tunnel "none" and no
+// identity is outside the mesh and is dialled in plaintext.
 func CompileAssignment(la *endpointv3.ClusterLoadAssignment) (*upstream.Assignment, error) {
 	a, err := compileAssignment(la)
 	if err != nil {
@@ -154,21 +156,68 @@ func endpoint(path string, lbe *endpointv3.LbEndpoint) (upstream.Endpoint, error
 		}
 		out.Weight = w.GetValue()
 	}
-	if out.Identity, out.Labels, err = endpointMetadata(path+".metadata.filter_metadata["+fmt.Sprintf("%q", EndpointMetadataKey)+"]",
-		lbe.GetMetadata().GetFilterMetadata()[EndpointMetadataKey]); err != nil {
+	mpath := path + ".metadata.filter_metadata[" + fmt.Sprintf("%q", EndpointMetadataKey) + "]"
+	if out.Identity, out.Labels, out.Plaintext, err = endpointMetadata(mpath, lbe.GetMetadata().GetFilterMetadata()[EndpointMetadataKey]); err != nil {
 		return out, err
+	}
+	if out.Plaintext && !plaintextReachable(out.Addr.Addr()) {
+		// Dialled from the waypoint's own network namespace, such an
+		// address would reach the waypoint itself (its admin port) or its
+		// node rather than a server outside the mesh.
+		return out, nackf(apath+".address", "%s cannot be a plaintext endpoint (loopback or link-local)", ip)
 	}
 	return out, nil
 }
 
-// endpointMetadata reads the identity and labels zmeshd gives an endpoint.
-// Unlike other metadata this has behaviour (it decides whom the waypoint
-// trusts), so every field in it is checked and an unknown one refused.
-func endpointMetadata(path string, s *structpb.Struct) (string, map[string]string, error) {
-	if s == nil {
-		return "", nil, nackf(path, "required: the endpoint's SPIFFE identity")
+// Values of the "tunnel" field of the endpoint metadata: how the waypoint
+// reaches the endpoint.
+const (
+	// TunnelHBONE (the default): HBONE to the endpoint's port 15008,
+	// requiring its identity.
+	TunnelHBONE = "hbone"
+	// TunnelNone: plain TCP to the endpoint's address, for a server
+	// outside the mesh; the endpoint then has no identity.
+	TunnelNone = "none"
+)
+
+// plaintextReachable reports whether the waypoint may dial ip in
+// plaintext for a ServiceEntry endpoint.
+func plaintextReachable(ip netip.Addr) bool {
+	return !ip.IsLoopback() && !ip.IsLinkLocalUnicast() && !ip.IsLinkLocalMulticast() && !ip.IsInterfaceLocalMulticast()
+}
+
+// endpointMetadata reads the identity, labels and tunnel zmeshd gives an
+// endpoint. Unlike other metadata this has behaviour (it decides whom the
+// waypoint trusts, and whether it encrypts), so every field in it is
+// checked and an unknown one refused. An endpoint without a tunnel
+// (tunnel "none") is dialled in plaintext and must not name an identity:
+// one that did would be ambiguous about what the waypoint verifies.
+func endpointMetadata(path string, s *structpb.Struct) (string, map[string]string, bool, error) {
+	id, labels, tunnel, err := endpointFields(path, s)
+	if err != nil {
+		return "", nil, false, err
 	}
-	var id string
+	switch tunnel {
+	case "", TunnelHBONE:
+		if id == "" {
+			return "", nil, false, nackf(path+".identity", "required: the endpoint's SPIFFE identity")
+		}
+		return id, labels, false, nil
+	case TunnelNone:
+		if id != "" {
+			return "", nil, false, nackf(path+".identity", "set on an endpoint with tunnel %q: a plaintext endpoint proves no identity", TunnelNone)
+		}
+		return "", labels, true, nil
+	default:
+		return "", nil, false, nackf(path+".tunnel", "%q not supported (only %q or %q)", tunnel, TunnelHBONE, TunnelNone)
+	}
+}
+
+func endpointFields(path string, s *structpb.Struct) (string, map[string]string, string, error) {
+	if s == nil {
+		return "", nil, "", nackf(path, "required: the endpoint's SPIFFE identity")
+	}
+	var id, tunnel string
 	var labels map[string]string
 	for _, k := range sortedKeys(s.GetFields()) {
 		v := s.GetFields()[k]
@@ -176,35 +225,38 @@ func endpointMetadata(path string, s *structpb.Struct) (string, map[string]strin
 		case "identity":
 			sv, ok := v.GetKind().(*structpb.Value_StringValue)
 			if !ok {
-				return "", nil, nackf(path+".identity", "must be a string")
+				return "", nil, "", nackf(path+".identity", "must be a string")
 			}
 			parsed, err := spiffeid.FromString(sv.StringValue)
 			if err != nil {
-				return "", nil, nackf(path+".identity", "%q is not a SPIFFE ID: %v", sv.StringValue, err)
+				return "", nil, "", nackf(path+".identity", "%q is not a SPIFFE ID: %v", sv.StringValue, err)
 			}
 			id = parsed.String()
 		case "labels":
 			st, ok := v.GetKind().(*structpb.Value_StructValue)
 			if !ok {
-				return "", nil, nackf(path+".labels", "must be a struct of strings")
+				return "", nil, "", nackf(path+".labels", "must be a struct of strings")
 			}
 			labels = make(map[string]string, len(st.StructValue.GetFields()))
 			for _, lk := range sortedKeys(st.StructValue.GetFields()) {
 				lv := st.StructValue.GetFields()[lk]
 				sv, ok := lv.GetKind().(*structpb.Value_StringValue)
 				if !ok {
-					return "", nil, nackf(fmt.Sprintf("%s.labels[%q]", path, lk), "must be a string")
+					return "", nil, "", nackf(fmt.Sprintf("%s.labels[%q]", path, lk), "must be a string")
 				}
 				labels[lk] = sv.StringValue
 			}
+		case "tunnel":
+			sv, ok := v.GetKind().(*structpb.Value_StringValue)
+			if !ok {
+				return "", nil, "", nackf(path+".tunnel", "must be a string")
+			}
+			tunnel = sv.StringValue
 		default:
-			return "", nil, nackf(path+"."+k, "not supported")
+			return "", nil, "", nackf(path+"."+k, "not supported")
 		}
 	}
-	if id == "" {
-		return "", nil, nackf(path+".identity", "required: the endpoint's SPIFFE identity")
-	}
-	return id, labels, nil
+	return id, labels, tunnel, nil
 }
 
 func sortedKeys[V any](m map[string]V) []string {

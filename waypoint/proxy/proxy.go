@@ -40,7 +40,8 @@ type Options struct {
 	Logger   *slog.Logger
 	Limits   hbone.Limits // zero = hbone defaults
 	// DialUpstream opens the TCP connection to an endpoint's HBONE address
-	// (pod IP:15008). nil = net.Dialer.
+	// (pod IP:15008), or to a plaintext endpoint's own address. nil =
+	// net.Dialer.
 	DialUpstream func(ctx context.Context, addr netip.AddrPort) (net.Conn, error)
 	// UpstreamHBONEPort is the endpoints' HBONE port; 0 = 15008.
 	UpstreamHBONEPort uint16

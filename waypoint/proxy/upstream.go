@@ -103,8 +103,12 @@ func newUpstreams(p *Proxy) (*upstreams, error) {
 	return u, nil
 }
 
-// dial opens an HBONE stream to ep for client.
+// dial opens an HBONE stream to ep for client (a plain TCP connection
+// for an endpoint outside the mesh).
 func (u *upstreams) dial(ctx context.Context, ep upstream.Endpoint, client netip.Addr, timeout time.Duration) (net.Conn, error) {
+	if ep.Plaintext {
+		return u.dialPlaintext(ctx, ep, timeout)
+	}
 	id, err := spiffeid.FromString(ep.Identity)
 	if err != nil {
 		return nil, &connectError{fmt.Errorf("endpoint %s identity %q: %w", ep.Addr, ep.Identity, err)}

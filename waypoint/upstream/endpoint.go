@@ -48,13 +48,19 @@ func (h Health) String() string {
 
 // Endpoint is one workload behind a cluster. The waypoint reaches it over
 // HBONE at Addr's IP (port 15008), asking for Addr in the CONNECT, and
-// accepts the peer only if it presents Identity.
+// accepts the peer only if it presents Identity; or, for an endpoint
+// outside the mesh (Plaintext), by plain TCP to Addr.
 type Endpoint struct {
 	Addr   netip.AddrPort
 	Health Health
 	Weight uint32 // at least 1
-	// Identity is the workload's SPIFFE ID ("spiffe://td/ns/x/sa/y").
+	// Identity is the workload's SPIFFE ID ("spiffe://td/ns/x/sa/y");
+	// empty exactly when Plaintext.
 	Identity string
+	// Plaintext: the endpoint is outside the mesh (a ServiceEntry
+	// endpoint with no mesh identity) and is dialled directly, without a
+	// tunnel or TLS; zmeshd says so explicitly in its metadata.
+	Plaintext bool
 	// Labels are the workload's labels (for subsets and telemetry); never
 	// modified after compilation.
 	Labels map[string]string
