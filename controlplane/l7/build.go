@@ -42,6 +42,7 @@ func Build(opts Options, snap *model.Snapshot, gw *gatewayv1.Gateway) Resources 
 	}
 	b.routes()
 	b.authorization()
+	b.requestAuthentications()
 	b.listener()
 	return b.finish()
 }
@@ -61,6 +62,8 @@ type builder struct {
 	accepted map[ObjectRef]bool
 	// authz are the AuthorizationPolicies attached to the waypoint.
 	authz []*authzPolicy
+	// authn are the RequestAuthentications attached to the waypoint.
+	authn []*requestAuthn
 }
 
 // serviceInfo is a Service whose clusters are built.
