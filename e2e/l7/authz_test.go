@@ -193,6 +193,38 @@ spec:
 				t.Errorf("the app saw the token: %v", e.Headers)
 			}
 		}
+		// CUSTOM cannot call its provider at the waypoint: the requests its
+		// rules match are denied, and its status says so.
+		apply(`
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: ext-authz
+  namespace: l7authz
+spec:
+  targetRefs:
+  - kind: Gateway
+    group: gateway.networking.k8s.io
+    name: waypoint
+  action: CUSTOM
+  provider:
+    name: sample-ext-authz-http
+  rules:
+  - to:
+    - operation:
+        paths: ["/admin/*"]
+`)
+		untilCode(t, "ext-authz in force", sleep, base+"/admin/users", member, http.StatusForbidden)
+		expect(sleep, http.MethodGet, "/admin/users", member, http.StatusForbidden, "RBAC: access denied")
+		expect(sleep, http.MethodGet, "/headers", member, http.StatusOK, "")
+		until(t, 30*time.Second, "CUSTOM policy status", func() error {
+			out, err := mesh.Kubectl(t.Context(), "get", "authorizationpolicy", "-n", "l7authz", "ext-authz", "-o",
+				`jsonpath={.status.conditions[?(@.type=="WaypointAccepted")].status} {.status.conditions[?(@.type=="WaypointAccepted")].message}`)
+			if err != nil || !strings.HasPrefix(out, "False ") || !strings.Contains(out, "CUSTOM") {
+				return fmt.Errorf("WaypointAccepted %q %v", out, err)
+			}
+			return nil
+		})
 		// The policies' status says the waypoint enforces them.
 		until(t, 30*time.Second, "RequestAuthentication status", func() error {
 			out, err := mesh.Kubectl(t.Context(), "get", "requestauthentication", "-n", "l7authz", "jwt-example", "-o",
