@@ -21,7 +21,6 @@ import (
 
 	"github.com/zmesh/zmesh/controlplane/ca"
 	"github.com/zmesh/zmesh/controlplane/deployer"
-	"github.com/zmesh/zmesh/controlplane/model"
 	"github.com/zmesh/zmesh/controlplane/rootcert"
 	"github.com/zmesh/zmesh/controlplane/source/kube"
 	"github.com/zmesh/zmesh/controlplane/status"
@@ -108,7 +107,7 @@ func (z *zmeshd) startKubernetes(ctx context.Context, wg *sync.WaitGroup, errc c
 
 	src := &kube.Source{Kube: kc, Istio: ic, Gateway: gc, Log: z.log, Informers: factory}
 	wg.Go(func() {
-		if err := src.Run(ctx, func(s *model.Snapshot) { z.pipe.Update(s) }); err != nil {
+		if err := src.Run(ctx, z.update); err != nil {
 			errc <- err
 		}
 	})

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,6 +24,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	pb "istio.io/api/security/v1alpha1"
 
+	"github.com/zmesh/zmesh/controlplane/jwks"
 	"github.com/zmesh/zmesh/controlplane/model"
 	"github.com/zmesh/zmesh/controlplane/push"
 	"github.com/zmesh/zmesh/controlplane/source/dir"
@@ -43,6 +45,10 @@ type zmeshd struct {
 	xds   *xds.Server
 	pipe  *push.Pipeline
 	ready atomic.Bool
+	// jwks fetches the key sets RequestAuthentications name by jwksUri;
+	// last is the newest snapshot, pushed again when a key set changes.
+	jwks *jwks.Fetcher
+	last atomic.Pointer[model.Snapshot]
 
 	authn identity.Authenticator
 	authz identity.Authorizer
@@ -78,6 +84,12 @@ func run(ctx context.Context, f *flags) error {
 		Options:   translate.Options{Mesh: mesh, RequireRedirectionAnnotation: f.configDir == ""},
 		Waypoints: true,
 	}
+	z.jwks = &jwks.Fetcher{Log: log, OnChange: func() {
+		if s := z.last.Load(); s != nil {
+			z.pipe.Update(s)
+		}
+	}}
+	z.pipe.JWKS = z.jwks.Get
 
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -95,6 +107,7 @@ func run(ctx context.Context, f *flags) error {
 		return err
 	}
 	wg.Go(func() { z.pipe.Run(ctx) })
+	wg.Go(func() { z.jwks.Run(ctx) })
 	if err := z.serve(ctx, &wg, errc); err != nil {
 		return err
 	}
@@ -108,6 +121,26 @@ func run(ctx context.Context, f *flags) error {
 		cancel()
 		return err
 	}
+}
+
+// update hands a new snapshot to the pipeline, after telling the key-set
+// fetcher which jwksUris it names.
+func (z *zmeshd) update(s *model.Snapshot) {
+	z.last.Store(s)
+	var uris []string
+	for _, ra := range s.RequestAuthentications {
+		// Only policies with targetRefs reach a waypoint.
+		if ra == nil || (len(ra.Spec.TargetRefs) == 0 && ra.Spec.TargetRef == nil) {
+			continue
+		}
+		for _, r := range ra.Spec.JwtRules {
+			if r != nil && r.Jwks == "" && r.JwksUri != "" && !slices.Contains(uris, r.JwksUri) {
+				uris = append(uris, r.JwksUri)
+			}
+		}
+	}
+	z.jwks.Want(uris)
+	z.pipe.Update(s)
 }
 
 func (z *zmeshd) source() string {
@@ -148,7 +181,7 @@ func (z *zmeshd) startDirectory(ctx context.Context, wg *sync.WaitGroup, errc ch
 	wg.Go(func() {
 		err := src.Run(ctx, func(u *dir.Update) {
 			placement.Store(podsOnNodes(z.td, u.Snapshot))
-			z.pipe.Update(u.Snapshot)
+			z.update(u.Snapshot)
 		})
 		if err != nil {
 			errc <- fmt.Errorf("--config-dir: %w", err)

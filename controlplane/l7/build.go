@@ -46,6 +46,7 @@ func Build(opts Options, snap *model.Snapshot, gw *gatewayv1.Gateway) Resources 
 		b.workloads()
 	}
 	b.authorization()
+	b.requestAuthentications()
 	b.listener()
 	return b.finish()
 }
@@ -71,6 +72,8 @@ type builder struct {
 	// pods are the workloads bound to the waypoint (istio.io/waypoint-for
 	// workload or all), whose ports get chains of their own.
 	pods []*workloadInfo
+	// authn are the RequestAuthentications attached to the waypoint.
+	authn []*requestAuthn
 }
 
 // serviceInfo is a Service whose clusters are built, or one host of a

@@ -45,7 +45,7 @@ func RenderAll(t testing.TB, snap *model.Snapshot) string {
 		if gw.Spec.GatewayClassName != model.WaypointClass {
 			continue
 		}
-		res := Build(Options{Mesh: model.DefaultMesh()}, snap, gw)
+		res := Build(Options{Mesh: model.DefaultMesh(), JWKS: goldenJWKS}, snap, gw)
 		fmt.Fprintf(&b, "## waypoint %s/%s\n", gw.Namespace, gw.Name)
 		for _, l := range res.Listeners {
 			fmt.Fprintf(&b, "# listener %s\n%s", l.Name, renderProto(t, l))

@@ -64,7 +64,7 @@ func (b *builder) listener() {
 				if p.sniffed {
 					alpn, sniffing = sniffedProtocols, true
 				}
-				chains = append(chains, filterChain(name, p.port, vips, alpn, b.hcm(name, b.authzFilters(info.host))))
+				chains = append(chains, filterChain(name, p.port, vips, alpn, b.hcm(name, append(b.jwtFilters(info.host), b.authzFilters(info.host)...))))
 			}
 			if p.protocol == "tcp" || p.sniffed {
 				name := clusterName(p.port, "tcp", "", info.host)

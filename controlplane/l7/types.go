@@ -15,6 +15,9 @@ type Options struct {
 	// RequireRedirectionAnnotation counts a pod as enrolled only once the
 	// CNI agent has annotated it, as the ztunnel translation does.
 	RequireRedirectionAnnotation bool
+	// JWKS resolves RequestAuthentication jwksUris to the key sets zmeshd
+	// fetched; nil: none is known, and tokens of those issuers fail.
+	JWKS JWKSResolver
 }
 
 // Resources are what one waypoint is sent. Clusters, Endpoints and Routes

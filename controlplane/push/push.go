@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/zmesh/zmesh/controlplane/l7"
 	"github.com/zmesh/zmesh/controlplane/model"
 	"github.com/zmesh/zmesh/controlplane/translate"
 	"github.com/zmesh/zmesh/controlplane/xds"
@@ -44,6 +45,8 @@ type Pipeline struct {
 	// if set, gets their problems.
 	Waypoints     bool
 	RouteReporter RouteReporter
+	// JWKS resolves RequestAuthentication jwksUris for the waypoints.
+	JWKS l7.JWKSResolver
 	// Registry gets the pipeline's metrics; nil: not registered.
 	Registry prometheus.Registerer
 

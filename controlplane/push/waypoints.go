@@ -62,7 +62,7 @@ func (p *Pipeline) pushViews(ctx context.Context, snap *model.Snapshot) {
 	if !p.Waypoints {
 		return
 	}
-	views, problems := BuildViews(l7.Options{Mesh: p.Options.Mesh, RequireRedirectionAnnotation: p.Options.RequireRedirectionAnnotation}, snap)
+	views, problems := BuildViews(l7.Options{Mesh: p.Options.Mesh, RequireRedirectionAnnotation: p.Options.RequireRedirectionAnnotation, JWKS: p.JWKS}, snap)
 	changed, removed, err := p.XDS.SetViews(views)
 	if err != nil {
 		p.Log.Error("push waypoint views", "error", err)

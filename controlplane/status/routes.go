@@ -52,7 +52,7 @@ type Condition struct {
 }
 
 // RouteStatuses decides the status of every VirtualService, DestinationRule,
-// HTTPRoute and GRPCRoute of snap from the waypoints' build problems: an
+// HTTPRoute and GRPCRoute (and RequestAuthentication, authnStatuses) of snap from the waypoints' build problems: an
 // object a waypoint serves is Accepted unless a problem names it (then
 // not, with the problems as message; unresolved backends of a route are
 // ResolvedRefs=False instead, as Gateway API has it); an object bound to no
@@ -92,7 +92,7 @@ func RouteStatuses(mesh model.Mesh, snap *model.Snapshot, problems []l7.Problem)
 		ref := l7.ObjectRef{Kind: "GRPCRoute", Namespace: r.Namespace, Name: r.Name}
 		out = append(out, w.route(ref, r.Generation, r.Spec.ParentRefs))
 	}
-	return out
+	return append(out, authnStatuses(snap, problems)...)
 }
 
 type waypoints struct {

@@ -29,6 +29,9 @@ func (r *Reporter) ReportRoutes(ctx context.Context, snap *model.Snapshot, probl
 	statuses := RouteStatuses(r.Mesh, snap, problems)
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	// Report, which comes after in the same push, folds these into the
+	// policies' conditions.
+	r.policyProblems = policyProblems(problems)
 	if r.routeLogged == nil {
 		r.routeLogged, r.routeWritten = map[string]bool{}, map[l7.ObjectRef]string{}
 	}
@@ -38,7 +41,7 @@ func (r *Reporter) ReportRoutes(ctx context.Context, snap *model.Snapshot, probl
 	logged := map[string]bool{}
 	for _, p := range problems {
 		switch p.Object.Kind {
-		case "VirtualService", "DestinationRule", "HTTPRoute", "GRPCRoute":
+		case "VirtualService", "DestinationRule", "HTTPRoute", "GRPCRoute", "RequestAuthentication":
 			continue
 		}
 		key := "problem " + p.String()
@@ -104,7 +107,7 @@ func (r *Reporter) writeRoute(ctx context.Context, st RouteStatus) error {
 	now := metav1.NewTime(time.Now().UTC().Truncate(time.Second))
 	ns, name := st.Object.Namespace, st.Object.Name
 	switch st.Object.Kind {
-	case "VirtualService", "DestinationRule":
+	case "VirtualService", "DestinationRule", "RequestAuthentication":
 		if r.Istio == nil {
 			return nil
 		}
@@ -129,10 +132,13 @@ func (r *Reporter) writeRoute(ctx context.Context, st RouteStatus) error {
 			return err
 		}
 		opts := metav1.PatchOptions{FieldManager: "zmeshd"}
-		if st.Object.Kind == "VirtualService" {
+		switch st.Object.Kind {
+		case "VirtualService":
 			_, err = r.Istio.NetworkingV1().VirtualServices(ns).Patch(ctx, name, types.MergePatchType, patch, opts, "status")
-		} else {
+		case "DestinationRule":
 			_, err = r.Istio.NetworkingV1().DestinationRules(ns).Patch(ctx, name, types.MergePatchType, patch, opts, "status")
+		default:
+			_, err = r.Istio.SecurityV1().RequestAuthentications(ns).Patch(ctx, name, types.MergePatchType, patch, opts, "status")
 		}
 		if err == nil {
 			if r.routeSince == nil {

@@ -49,6 +49,10 @@ type Reporter struct {
 	routeWritten map[l7.ObjectRef]string
 	routeSince   map[l7.ObjectRef]transition
 	routeLeading bool
+	// policyProblems are the waypoints' problems with AuthorizationPolicies
+	// from the last ReportRoutes, which Report folds into their
+	// WaypointAccepted conditions.
+	policyProblems map[l7.ObjectRef][]l7.Problem
 }
 
 // condition is the JSON of an Istio status condition.
@@ -67,6 +71,7 @@ func (r *Reporter) Report(ctx context.Context, conds []translate.Condition) {
 	if r.logged == nil {
 		r.logged, r.written = map[translate.ObjectRef]string{}, map[translate.ObjectRef]string{}
 	}
+	conds = withWaypointProblems(conds, r.policyProblems)
 	byObject := map[translate.ObjectRef][]translate.Condition{}
 	for _, c := range conds {
 		byObject[c.Object] = append(byObject[c.Object], c)

@@ -13,6 +13,7 @@ import (
 	// Registered for the google.protobuf.Any values the allow-list accepts.
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/cors/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/jwt_authn/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/http_inspector/v3"
@@ -149,6 +150,19 @@ var supported = map[protoreflect.FullName][]protoreflect.Name{
 	"envoy.extensions.filters.http.router.v3.Router":                         {},
 	"envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy":                 {"stat_prefix", "cluster"},
 
+	// JWT authentication filter (CompileJWT): keys inline only.
+	"envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication": {"providers", "rules", "bypass_cors_preflight"},
+	"envoy.extensions.filters.http.jwt_authn.v3.JwtProvider": {"issuer", "audiences", "local_jwks", "forward",
+		"from_headers", "from_params", "forward_payload_header", "payload_in_metadata", "clock_skew_seconds",
+		"claim_to_headers", "normalize_payload_in_metadata"},
+	"envoy.extensions.filters.http.jwt_authn.v3.JwtHeader":                    {"name", "value_prefix"},
+	"envoy.extensions.filters.http.jwt_authn.v3.JwtClaimToHeader":             {"header_name", "claim_name"},
+	"envoy.extensions.filters.http.jwt_authn.v3.JwtProvider.NormalizePayload": {"space_delimited_claims"},
+	"envoy.extensions.filters.http.jwt_authn.v3.RequirementRule":              {"match", "requires"},
+	"envoy.extensions.filters.http.jwt_authn.v3.JwtRequirement":               {"provider_name", "requires_any", "requires_all", "allow_missing", "allow_missing_or_failed"},
+	"envoy.extensions.filters.http.jwt_authn.v3.JwtRequirementOrList":         {"requirements"},
+	"envoy.extensions.filters.http.jwt_authn.v3.JwtRequirementAndList":        {"requirements"},
+
 	// Fault filter (CompileFault).
 	"envoy.extensions.filters.http.fault.v3.HTTPFault":    {"delay", "abort", "headers", "max_active_faults"},
 	"envoy.extensions.filters.common.fault.v3.FaultDelay": {"fixed_delay", "percentage"},
@@ -163,6 +177,8 @@ var opaque = map[protoreflect.FullName]bool{
 	"google.protobuf.UInt32Value":   true,
 	"google.protobuf.UInt64Value":   true,
 	"envoy.config.core.v3.Metadata": true,
+	// allow_missing and allow_missing_or_failed are Empty markers.
+	"google.protobuf.Empty": true,
 }
 
 var supportedSet = func() map[protoreflect.FullName]map[protoreflect.Name]bool {

@@ -10,6 +10,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
+	jwtv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/jwt_authn/v3"
 	rbacfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	httpinspectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/http_inspector/v3"
@@ -29,6 +30,7 @@ const (
 	netRBACName       = "envoy.filters.network.rbac"
 	rbacFilterName    = "envoy.filters.http.rbac"
 	faultFilterName   = "envoy.filters.http.fault"
+	jwtFilterName     = "envoy.filters.http.jwt_authn"
 	routerFilterName  = "envoy.filters.http.router"
 )
 
@@ -345,6 +347,16 @@ func httpChain(path, name string, hcm *hcmv3.HttpConnectionManager) (*Chain, err
 				return nil, under(p+".typed_config", err)
 			}
 			ch.HTTPFilters = append(ch.HTTPFilters, HTTPFilter{Name: f.GetName(), RBAC: s})
+		case jwtFilterName:
+			cfg, err := typed[*jwtv3.JwtAuthentication](p+".typed_config", f.GetTypedConfig(), true)
+			if err != nil {
+				return nil, err
+			}
+			jf, err := compileJWT(cfg)
+			if err != nil {
+				return nil, under(p+".typed_config", err)
+			}
+			ch.HTTPFilters = append(ch.HTTPFilters, HTTPFilter{Name: f.GetName(), JWT: jf})
 		case faultFilterName:
 			cfg, err := typed[*faultv3.HTTPFault](p+".typed_config", f.GetTypedConfig(), true)
 			if err != nil {
@@ -356,7 +368,7 @@ func httpChain(path, name string, hcm *hcmv3.HttpConnectionManager) (*Chain, err
 			}
 			ch.HTTPFilters = append(ch.HTTPFilters, HTTPFilter{Name: f.GetName(), Fault: ft})
 		default:
-			return nil, nackf(p+".name", "%q not supported (only %s, %s and %s)", f.GetName(), rbacFilterName, faultFilterName, routerFilterName)
+			return nil, nackf(p+".name", "%q not supported (only %s, %s, %s and %s)", f.GetName(), jwtFilterName, rbacFilterName, faultFilterName, routerFilterName)
 		}
 	}
 	return ch, nil

@@ -243,7 +243,7 @@ func TestNackListener(t *testing.T) {
 		{listener(chain("x", "80", vipB, "", hcm("x", `{name: envoy.filters.http.router}`))),
 			pre + "filter_chains[0].filters[0].typed_config.http_filters[0].name: envoy.filters.http.router must be the last filter"},
 		{listener(chain("x", "80", vipB, "", hcm("x", `{name: envoy.filters.http.cors}`))),
-			pre + `filter_chains[0].filters[0].typed_config.http_filters[0].name: "envoy.filters.http.cors" not supported (only envoy.filters.http.rbac, envoy.filters.http.fault and envoy.filters.http.router)`},
+			pre + `filter_chains[0].filters[0].typed_config.http_filters[0].name: "envoy.filters.http.cors" not supported (only envoy.filters.http.jwt_authn, envoy.filters.http.rbac, envoy.filters.http.fault and envoy.filters.http.router)`},
 		{listener(chain("x", "80", vipB, "", hcm("x", `{name: envoy.filters.http.rbac, isOptional: true, typedConfig: {"@type": `+rbacType+`}}`))),
 			pre + "filter_chains[0].filters[0].typed_config.http_filters[0].is_optional: not supported"},
 		{listener(chain("x", "80", vipB, "", hcm("x", `{name: envoy.filters.http.rbac, typedConfig: {"@type": `+fltType+`}}`))),

@@ -6,6 +6,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/zmesh/zmesh/waypoint/filter/fault"
+	"github.com/zmesh/zmesh/waypoint/filter/jwt"
 	"github.com/zmesh/zmesh/waypoint/filter/rbac"
 	"github.com/zmesh/zmesh/waypoint/route"
 	"github.com/zmesh/zmesh/waypoint/upstream"
@@ -103,4 +104,7 @@ type HTTPFilter struct {
 	// Fault is the filter-level fault (a route's per-filter config, when
 	// present, replaces it).
 	Fault *fault.Fault
+	// JWT verifies the request's tokens (envoy.filters.http.jwt_authn);
+	// the RBAC filters after it see the verified principal and claims.
+	JWT *jwt.Filter
 }

@@ -21,6 +21,7 @@ import (
 
 	"github.com/zmesh/zmesh/waypoint/config"
 	"github.com/zmesh/zmesh/waypoint/filter/fault"
+	"github.com/zmesh/zmesh/waypoint/filter/jwt"
 	"github.com/zmesh/zmesh/waypoint/filter/rbac"
 	"github.com/zmesh/zmesh/waypoint/route"
 	"github.com/zmesh/zmesh/waypoint/telemetry"
@@ -207,6 +208,8 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // answered the request. routeFault, when set, is the decided route's own
 // fault, which the chain's fault filter applies instead of its own.
 func (x *exchange) runFilters(ch *config.Chain, rreq *route.Request, routeFault *fault.Fault) bool {
+	// What a JWT filter verified, for the RBAC filters after it.
+	var authn jwt.Result
 	for i := range ch.HTTPFilters {
 		f := &ch.HTTPFilters[i]
 		if f.Fault != nil && routeFault != nil {
@@ -215,15 +218,28 @@ func (x *exchange) runFilters(ch *config.Chain, rreq *route.Request, routeFault 
 			f = &g
 		}
 		switch {
+		case f.JWT != nil:
+			res, ok := x.verifyJWT(f.JWT, rreq)
+			if !ok {
+				return false
+			}
+			if res.Principal != "" || len(res.Claims) > 0 {
+				authn = res
+			}
 		case f.RBAC != nil:
-			d := rbac.Evaluate(f.RBAC, &rbac.Request{
-				HTTP:            *rreq,
-				Principal:       x.t.principal,
-				DirectRemoteIP:  x.t.client.Addr(),
-				RemoteIP:        x.t.client.Addr(),
-				DestinationIP:   x.t.dst.Addr(),
-				DestinationPort: x.t.dst.Port(),
-			})
+			rr := &rbac.Request{
+				HTTP:             *rreq,
+				Principal:        x.t.principal,
+				DirectRemoteIP:   x.t.client.Addr(),
+				RemoteIP:         x.t.client.Addr(),
+				DestinationIP:    x.t.dst.Addr(),
+				DestinationPort:  x.t.dst.Port(),
+				RequestPrincipal: authn.Principal,
+			}
+			for _, c := range authn.Claims {
+				rr.Claims = append(rr.Claims, rbac.Claim{Path: c.Path, Values: c.Values})
+			}
+			d := rbac.Evaluate(f.RBAC, rr)
 			if d.Policy != "" {
 				x.rec.PolicyName = d.Policy
 			}
@@ -275,6 +291,29 @@ func (x *exchange) runFilters(ch *config.Chain, rreq *route.Request, routeFault 
 		}
 	}
 	return true
+}
+
+// verifyJWT runs a JWT filter: a token that fails is answered as Envoy
+// does (401, or 403 for an audience, with its reason as the body); a
+// request that passes gets the filter's header changes.
+func (x *exchange) verifyJWT(f *jwt.Filter, rreq *route.Request) (jwt.Result, bool) {
+	path := rreq.Path
+	if i := strings.IndexAny(path, "?#"); i >= 0 {
+		path = path[:i]
+	}
+	res := jwt.Decide(f, &jwt.Request{Method: rreq.Method, Path: rreq.Path, Header: x.r.Header, URL: "http://" + rreq.Authority + path}, time.Now())
+	if res.Status != jwt.OK {
+		x.w.Header().Set("Www-Authenticate", res.WWWAuthenticate)
+		x.localReply(res.Status.Code(), res.Status.String(), "")
+		return res, false
+	}
+	for _, h := range res.RemoveHeaders {
+		x.r.Header.Del(h)
+	}
+	for _, kv := range res.SetHeaders {
+		x.r.Header.Set(kv[0], kv[1])
+	}
+	return res, true
 }
 
 // localReply answers without an upstream, as Envoy's local replies do: a
