@@ -21,6 +21,9 @@ type podEndpoint struct {
 	ip       netip.Addr
 	identity string
 	locality *corev3.Locality
+	// workload, canonicalService and canonicalRevision name the pod's
+	// workload as its WDS Workload does (translate.WorkloadNames).
+	workload, canonicalService, canonicalRevision string
 }
 
 // endpointPods returns the ready, mesh-enrolled pods svc selects. A
@@ -60,7 +63,9 @@ func (b *builder) endpointPods(svc *corev1.Service, ref ObjectRef) []podEndpoint
 			b.problem(ref, "spec.selector", fmt.Sprintf("pod %s: cannot form a SPIFFE identity (%v); left out", p.Name, err))
 			continue
 		}
-		out = append(out, podEndpoint{pod: p, ip: ip, identity: id.String(), locality: locality(p)})
+		pe := podEndpoint{pod: p, ip: ip, identity: id.String(), locality: locality(p)}
+		pe.workload, pe.canonicalService, pe.canonicalRevision = translate.WorkloadNames(p)
+		out = append(out, pe)
 	}
 	return out
 }
@@ -173,15 +178,18 @@ func (b *builder) assignment(ref ObjectRef, name string, sp servicePort, subsetL
 				}}},
 			}},
 			HealthStatus: corev3.HealthStatus_HEALTHY,
-			Metadata:     endpointMetadata(pe),
+			Metadata:     b.endpointMetadata(pe),
 		})
 	}
 	return la
 }
 
-// endpointMetadata carries the identity the waypoint requires of the pod,
-// and the pod's labels.
-func endpointMetadata(pe podEndpoint) *corev3.Metadata {
+// endpointMetadata carries the identity the waypoint requires of the pod
+// and the pod's labels ("zmesh"), and what telemetry labels the pod with
+// ("istio"): istiod's "workload" string,
+// "<workload>;<namespace>;<canonical service>;<canonical revision>;<cluster>",
+// and the app and version labels, which istiod's string lacks.
+func (b *builder) endpointMetadata(pe podEndpoint) *corev3.Metadata {
 	fields := map[string]*structpb.Value{"identity": structpb.NewStringValue(pe.identity)}
 	if len(pe.pod.Labels) > 0 {
 		labels := &structpb.Struct{Fields: map[string]*structpb.Value{}}
@@ -190,5 +198,26 @@ func endpointMetadata(pe podEndpoint) *corev3.Metadata {
 		}
 		fields["labels"] = structpb.NewStructValue(labels)
 	}
-	return &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{"zmesh": {Fields: fields}}}
+	istio := map[string]*structpb.Value{"workload": structpb.NewStringValue(strings.Join([]string{
+		pe.workload, pe.pod.Namespace, pe.canonicalService, pe.canonicalRevision, b.opts.Mesh.ClusterID}, ";"))}
+	if v := firstLabel(pe.pod.Labels, "app", "app.kubernetes.io/name"); v != "" {
+		istio["app"] = structpb.NewStringValue(v)
+	}
+	if v := firstLabel(pe.pod.Labels, "version", "app.kubernetes.io/version"); v != "" {
+		istio["version"] = structpb.NewStringValue(v)
+	}
+	return &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{
+		"zmesh": {Fields: fields},
+		"istio": {Fields: istio},
+	}}
+}
+
+// firstLabel is the value of the first of keys labels has.
+func firstLabel(labels map[string]string, keys ...string) string {
+	for _, k := range keys {
+		if v := labels[k]; v != "" {
+			return v
+		}
+	}
+	return ""
 }
