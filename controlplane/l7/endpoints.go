@@ -63,7 +63,7 @@ func (b *builder) endpointPods(svc *corev1.Service, ref ObjectRef) []podEndpoint
 			b.problem(ref, "spec.selector", fmt.Sprintf("pod %s: cannot form a SPIFFE identity (%v); left out", p.Name, err))
 			continue
 		}
-		pe := podEndpoint{pod: p, ip: ip, identity: id.String(), locality: locality(p)}
+		pe := podEndpoint{pod: p, ip: ip, identity: id.String(), locality: PodLocality(p, b.snap.Node(p.Spec.NodeName))}
 		pe.workload, pe.canonicalService, pe.canonicalRevision = translate.WorkloadNames(p)
 		out = append(out, pe)
 	}
@@ -105,9 +105,9 @@ func podIP(p *corev1.Pod) (netip.Addr, bool) {
 	return netip.Addr{}, false
 }
 
-// locality reads Istio's istio-locality pod label ("region.zone.subzone").
-// The model carries no Nodes, so the node's topology labels are not read.
-func locality(p *corev1.Pod) *corev3.Locality {
+// localityLabel reads Istio's istio-locality pod label
+// ("region.zone.subzone"), which overrides the node's topology labels.
+func localityLabel(p *corev1.Pod) *corev3.Locality {
 	v := p.Labels[labelLocality]
 	if v == "" {
 		return nil
