@@ -161,9 +161,7 @@ func (s *Source) Run(ctx context.Context, publish func(*model.Snapshot)) error {
 			// changes all the time and must not cause pushes.
 			transform = nodeLabelsOnly
 			h.UpdateFunc = func(old, cur any) {
-				o, ok1 := old.(*corev1.Node)
-				c, ok2 := cur.(*corev1.Node)
-				if !ok1 || !ok2 || !maps.Equal(o.Labels, c.Labels) {
+				if nodeLabelsChanged(old, cur) {
 					notify()
 				}
 			}
@@ -237,6 +235,14 @@ func stripManagedFields(obj any) (any, error) {
 		}
 	}
 	return obj, nil
+}
+
+// nodeLabelsChanged reports whether an update of a node changed what
+// snapshots hold of it, its labels.
+func nodeLabelsChanged(old, cur any) bool {
+	o, ok1 := old.(*corev1.Node)
+	c, ok2 := cur.(*corev1.Node)
+	return !ok1 || !ok2 || !maps.Equal(o.Labels, c.Labels)
 }
 
 // nodeLabelsOnly keeps a node's name and labels.
