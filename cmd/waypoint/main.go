@@ -215,8 +215,11 @@ func run(ctx context.Context, f *flags, stdout io.Writer) error {
 		observers = append(observers, al)
 	}
 
+	// The mesh's workloads, from workload discovery, name clients in
+	// telemetry.
+	workloads := telemetry.NewWorkloads(0)
 	px, err := proxy.New(proxy.Options{
-		Certs: mc.Certs, Identity: id, Observer: observers, Logger: log, Limits: f.hbone,
+		Certs: mc.Certs, Identity: id, Observer: observers, Workloads: workloads, Logger: log, Limits: f.hbone,
 		UpstreamHBONEPort: uint16(f.upstreamHBONEPort),
 	})
 	if err != nil {
@@ -225,7 +228,7 @@ func run(ctx context.Context, f *flags, stdout io.Writer) error {
 	if _, err := telemetry.NewClusterStats(reg, px.ClusterStats); err != nil {
 		return err
 	}
-	xc, err := xds.New(xds.Options{Conn: mc.XDS, Node: node, OnSnapshot: px.Update, Log: log})
+	xc, err := xds.New(xds.Options{Conn: mc.XDS, Node: node, OnSnapshot: px.Update, Workloads: workloads, Log: log})
 	if err != nil {
 		return err
 	}

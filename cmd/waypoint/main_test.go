@@ -221,7 +221,7 @@ func bookinfo(t *testing.T) map[string]map[string]*anypb.Any {
 
 // startWaypoint runs the binary as the deployer starts it, against an
 // in-process CA and ADS server, with the flags extra returns once the CA
-// exists, and waits until it has answered its four subscriptions and is
+// exists, and waits until it has answered its five subscriptions and is
 // ready.
 func startWaypoint(t *testing.T, extra func(*waypoint) []string) *waypoint {
 	t.Helper()
@@ -254,7 +254,9 @@ func startWaypoint(t *testing.T, extra func(*waypoint) []string) *waypoint {
 			t.Error("run did not return")
 		}
 	})
-	for range xds.Types {
+	// The Envoy types, and workload discovery (TypeAddress), which names
+	// clients in telemetry.
+	for range len(xds.Types) + 1 {
 		select {
 		case r := <-w.a.answers:
 			if r.GetErrorDetail() != nil {

@@ -62,6 +62,7 @@ func (b *builder) cluster(cs clusterSpec, pods []podEndpoint) {
 	if cs.port.protocol == "http" && cs.port.http2 {
 		c.TypedExtensionProtocolOptions = httpOptions(nil, true, false, nil)
 	}
+	var ls localitySetting
 	if cs.dr != nil {
 		var subsetPolicy *networking.TrafficPolicy
 		if cs.subset != nil {
@@ -69,13 +70,20 @@ func (b *builder) cluster(cs clusterSpec, pods []podEndpoint) {
 		}
 		pol := mergePolicy(cs.dr.Spec.TrafficPolicy, subsetPolicy, cs.subsetIndex, uint32(cs.port.port))
 		b.applyPolicy(c, cs, pol)
+		if pol.lb != nil && pol.lb.LocalityLbSetting != nil {
+			ls.lb, ls.path = pol.lb.LocalityLbSetting, pol.lbPath+".localityLbSetting"
+		}
+		ls.failover = pol.outlier != nil
+		b.checkLocalitySetting(drRef(cs.dr), ls)
 	}
-	b.out.Clusters = append(b.out.Clusters, c)
 	ref := cs.ref
 	if ref == (ObjectRef{}) {
 		ref = ObjectRef{"Service", cs.svc.Namespace, cs.svc.Name}
 	}
-	b.out.Endpoints = append(b.out.Endpoints, b.assignment(ref, name, cs.port, subsetLabels, pods))
+	la := b.assignment(ref, name, cs.port, subsetLabels, pods)
+	b.applyLocality(c, la, ls)
+	b.out.Clusters = append(b.out.Clusters, c)
+	b.out.Endpoints = append(b.out.Endpoints, la)
 }
 
 // clusterMetadata is the "istio" metadata istiod gives a cluster: the

@@ -74,7 +74,16 @@
 // dials a pod. DestinationRule traffic policy (load balancing, outlier
 // detection, connection pool) is merged as Istio merges it: a subset's
 // groups replace the top-level ones, and port-level settings replace both
-// for their port.
+// for their port. Each endpoint also carries istiod's "istio" metadata
+// (workload, namespace, canonical service and revision, cluster) and its
+// app and version labels, which the waypoint's telemetry reads.
+//
+// Locality. A pod's locality is its istio-locality label, else its node's
+// topology labels. Given the waypoint's locality (Options.Locality), each
+// assignment is prioritised and weighted relative to it as istiod does for
+// a proxy (locality.go): localityLbSetting distribute, failover and
+// failoverPriority, failover only with outlier detection. Without it the
+// endpoints are grouped by locality with no priorities.
 //
 // Problems. Nothing is dropped silently: a field the waypoint cannot honour
 // is a Problem on its object with the field path and a Reason. Where

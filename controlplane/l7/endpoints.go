@@ -24,6 +24,9 @@ type podEndpoint struct {
 	// plaintext: outside the mesh (a ServiceEntry endpoint), with no
 	// identity; the waypoint dials it without a tunnel.
 	plaintext bool
+	// workload, canonicalService and canonicalRevision name the pod's
+	// workload as its WDS Workload does (translate.WorkloadNames).
+	workload, canonicalService, canonicalRevision string
 }
 
 // endpointPods returns the ready, mesh-enrolled pods svc selects. A
@@ -63,7 +66,9 @@ func (b *builder) endpointPods(svc *corev1.Service, ref ObjectRef) []podEndpoint
 			b.problem(ref, "spec.selector", fmt.Sprintf("pod %s: cannot form a SPIFFE identity (%v); left out", p.Name, err))
 			continue
 		}
-		out = append(out, podEndpoint{pod: p, ip: ip, identity: id.String(), locality: locality(p)})
+		pe := podEndpoint{pod: p, ip: ip, identity: id.String(), locality: PodLocality(p, b.snap.Node(p.Spec.NodeName))}
+		pe.workload, pe.canonicalService, pe.canonicalRevision = translate.WorkloadNames(p)
+		out = append(out, pe)
 	}
 	return out
 }
@@ -103,9 +108,9 @@ func podIP(p *corev1.Pod) (netip.Addr, bool) {
 	return netip.Addr{}, false
 }
 
-// locality reads Istio's istio-locality pod label ("region.zone.subzone").
-// The model carries no Nodes, so the node's topology labels are not read.
-func locality(p *corev1.Pod) *corev3.Locality {
+// localityLabel reads Istio's istio-locality pod label
+// ("region.zone.subzone"), which overrides the node's topology labels.
+func localityLabel(p *corev1.Pod) *corev3.Locality {
 	v := p.Labels[labelLocality]
 	if v == "" {
 		return nil
@@ -176,16 +181,19 @@ func (b *builder) assignment(ref ObjectRef, name string, sp servicePort, subsetL
 				}}},
 			}},
 			HealthStatus: corev3.HealthStatus_HEALTHY,
-			Metadata:     endpointMetadata(pe),
+			Metadata:     b.endpointMetadata(pe),
 		})
 	}
 	return la
 }
 
 // endpointMetadata carries the identity the waypoint requires of the pod
-// (or, for an endpoint outside the mesh, tunnel "none" and no identity),
-// and the pod's labels.
-func endpointMetadata(pe podEndpoint) *corev3.Metadata {
+// (or, for an endpoint outside the mesh, tunnel "none" and no identity)
+// and the pod's labels ("zmesh"), and what telemetry labels the pod with
+// ("istio", for a pod whose workload is known): istiod's "workload" string,
+// "<workload>;<namespace>;<canonical service>;<canonical revision>;<cluster>",
+// and the app and version labels, which istiod's string lacks.
+func (b *builder) endpointMetadata(pe podEndpoint) *corev3.Metadata {
 	fields := map[string]*structpb.Value{"identity": structpb.NewStringValue(pe.identity)}
 	if pe.plaintext {
 		fields = map[string]*structpb.Value{"tunnel": structpb.NewStringValue(tunnelNone)}
@@ -197,5 +205,28 @@ func endpointMetadata(pe podEndpoint) *corev3.Metadata {
 		}
 		fields["labels"] = structpb.NewStructValue(labels)
 	}
-	return &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{"zmesh": {Fields: fields}}}
+	md := &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{"zmesh": {Fields: fields}}}
+	if pe.workload == "" {
+		return md
+	}
+	istio := map[string]*structpb.Value{"workload": structpb.NewStringValue(strings.Join([]string{
+		pe.workload, pe.pod.Namespace, pe.canonicalService, pe.canonicalRevision, b.opts.Mesh.ClusterID}, ";"))}
+	if v := firstLabel(pe.pod.Labels, "app", "app.kubernetes.io/name"); v != "" {
+		istio["app"] = structpb.NewStringValue(v)
+	}
+	if v := firstLabel(pe.pod.Labels, "version", "app.kubernetes.io/version"); v != "" {
+		istio["version"] = structpb.NewStringValue(v)
+	}
+	md.FilterMetadata["istio"] = &structpb.Struct{Fields: istio}
+	return md
+}
+
+// firstLabel is the value of the first of keys labels has.
+func firstLabel(labels map[string]string, keys ...string) string {
+	for _, k := range keys {
+		if v := labels[k]; v != "" {
+			return v
+		}
+	}
+	return ""
 }

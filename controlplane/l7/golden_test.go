@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"sigs.k8s.io/yaml"
@@ -28,7 +29,16 @@ func TestGolden(t *testing.T) {
 		if !ok {
 			t.Fatal("no input.yaml section")
 		}
-		got := RenderAll(t, modeltest.Decode(t, input))
+		var opts Options
+		if loc, ok := ar.File("waypoint-locality"); ok {
+			// The waypoint's locality, "region/zone/subzone".
+			parts := strings.SplitN(strings.TrimSpace(string(loc)), "/", 3)
+			for len(parts) < 3 {
+				parts = append(parts, "")
+			}
+			opts.Locality = &corev3.Locality{Region: parts[0], Zone: parts[1], SubZone: parts[2]}
+		}
+		got := renderAll(t, modeltest.Decode(t, input), opts)
 		if want, _ := ar.File("output"); !*update && string(want) != got {
 			t.Errorf("output differs (run with -update to accept):\n--- want\n%s\n--- got\n%s", want, got)
 		}
@@ -39,13 +49,20 @@ func TestGolden(t *testing.T) {
 // RenderAll builds every waypoint of snap and renders the resources: each
 // as YAML under a "# kind name" line (listener, routes, clusters,
 // endpoints), then one line per problem.
-func RenderAll(t testing.TB, snap *model.Snapshot) string {
+func RenderAll(t testing.TB, snap *model.Snapshot) string { return renderAll(t, snap, Options{}) }
+
+// renderAll is RenderAll with opts (its Mesh is always the default).
+func renderAll(t testing.TB, snap *model.Snapshot, opts Options) string {
+	opts.Mesh = model.DefaultMesh()
+	if opts.JWKS == nil {
+		opts.JWKS = goldenJWKS
+	}
 	var b strings.Builder
 	for _, gw := range snap.Gateways {
 		if gw.Spec.GatewayClassName != model.WaypointClass {
 			continue
 		}
-		res := Build(Options{Mesh: model.DefaultMesh(), JWKS: goldenJWKS}, snap, gw)
+		res := Build(opts, snap, gw)
 		fmt.Fprintf(&b, "## waypoint %s/%s\n", gw.Namespace, gw.Name)
 		for _, l := range res.Listeners {
 			fmt.Fprintf(&b, "# listener %s\n%s", l.Name, renderProto(t, l))

@@ -173,9 +173,6 @@ func (b *builder) loadBalancer(c *clusterv3.Cluster, ref ObjectRef, lb *networki
 	case *networking.LoadBalancerSettings_ConsistentHash:
 		b.consistentHash(c, ref, p.ConsistentHash, path+".consistentHash")
 	}
-	if lb.LocalityLbSetting != nil {
-		b.problem(ref, path+".localityLbSetting", "not supported yet; ignored")
-	}
 	if lb.ZoneAwareLbSetting != nil {
 		b.problem(ref, path+".zoneAwareLbSetting", "not supported by the waypoint; ignored")
 	}

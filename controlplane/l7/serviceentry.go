@@ -378,7 +378,7 @@ func (b *builder) addInline(ref ObjectRef, la *endpointv3.ClusterLoadAssignment,
 				}}},
 			}},
 			HealthStatus: corev3.HealthStatus_HEALTHY,
-			Metadata:     endpointMetadata(ie.pe),
+			Metadata:     b.endpointMetadata(ie.pe),
 		}
 		if ie.ep.Weight > 0 {
 			lbe.LoadBalancingWeight = wrapperspb.UInt32(ie.ep.Weight)

@@ -2,6 +2,7 @@ package l7
 
 import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
@@ -18,6 +19,10 @@ type Options struct {
 	// JWKS resolves RequestAuthentication jwksUris to the key sets zmeshd
 	// fetched; nil: none is known, and tokens of those issuers fail.
 	JWKS JWKSResolver
+	// Locality is the waypoint's: load assignments are prioritised and
+	// weighted relative to it (localityLbSetting). nil builds them with no
+	// priorities, as for a waypoint whose locality is unknown.
+	Locality *corev3.Locality
 }
 
 // Resources are what one waypoint is sent. Clusters, Endpoints and Routes

@@ -179,8 +179,11 @@ func (b *builder) vsRule(e *vsEntry, path string, h *networking.HTTPRoute, info 
 	for j, m := range matches {
 		r := proto.Clone(base).(*routev3.Route)
 		r.Match = m
+		// istiod's route name, which access logs show: the rule's
+		// name, then "." and the match's name when the match has one
+		// (also when the rule has none); empty when neither is named.
 		r.Name = h.Name
-		if h.Name != "" && names[j] != "" {
+		if names[j] != "" {
 			r.Name = h.Name + "." + names[j]
 		}
 		out = append(out, r)

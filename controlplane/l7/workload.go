@@ -73,7 +73,8 @@ func (b *builder) workloads() {
 			continue
 		}
 		w := &workloadInfo{pod: p, ref: ref, host: p.Name + "." + p.Namespace, ip: ip}
-		pe := podEndpoint{pod: p, ip: ip, identity: id.String(), locality: locality(p)}
+		pe := podEndpoint{pod: p, ip: ip, identity: id.String(), locality: PodLocality(p, b.snap.Node(p.Spec.NodeName))}
+		pe.workload, pe.canonicalService, pe.canonicalRevision = translate.WorkloadNames(p)
 		for _, c := range p.Spec.Containers {
 			for _, cp := range c.Ports {
 				if (cp.Protocol != "" && cp.Protocol != corev1.ProtocolTCP) || cp.ContainerPort < 1 || cp.ContainerPort > math.MaxUint16 {
@@ -205,7 +206,7 @@ func (b *builder) workloadCluster(w *workloadInfo, sp servicePort, pe podEndpoin
 					}}},
 				}},
 				HealthStatus: corev3.HealthStatus_HEALTHY,
-				Metadata:     endpointMetadata(pe),
+				Metadata:     b.endpointMetadata(pe),
 			}},
 		}},
 	})

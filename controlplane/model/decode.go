@@ -174,6 +174,8 @@ func (s *Snapshot) Add(obj runtime.Object) error {
 		s.Namespaces = append(s.Namespaces, o)
 	case *corev1.Pod:
 		s.Pods = append(s.Pods, o)
+	case *corev1.Node:
+		s.Nodes = append(s.Nodes, o)
 	case *corev1.Service:
 		s.Services = append(s.Services, o)
 	case *networkingv1.ServiceEntry:
@@ -318,7 +320,7 @@ func validNames(obj runtime.Object) error {
 
 func namespaced(obj runtime.Object) bool {
 	switch obj.(type) {
-	case *corev1.Namespace, *gatewayv1.GatewayClass, *gatewayv1beta1.GatewayClass:
+	case *corev1.Namespace, *corev1.Node, *gatewayv1.GatewayClass, *gatewayv1beta1.GatewayClass:
 		return false
 	}
 	return true

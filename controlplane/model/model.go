@@ -57,6 +57,10 @@ type Snapshot struct {
 	IstioGateways          []*networkingv1.Gateway
 	HTTPRoutes             []*gatewayv1.HTTPRoute
 	GRPCRoutes             []*gatewayv1.GRPCRoute
+
+	// Nodes give workloads and waypoints their locality (topology
+	// labels); only the waypoint's configuration reads them.
+	Nodes []*corev1.Node
 }
 
 // Object is what every listed type is.
@@ -88,6 +92,18 @@ func (s *Snapshot) Sort() {
 	SortByName(s.IstioGateways)
 	SortByName(s.HTTPRoutes)
 	SortByName(s.GRPCRoutes)
+	SortByName(s.Nodes)
+}
+
+// Node returns the node named name, or nil.
+func (s *Snapshot) Node(name string) *corev1.Node {
+	i, ok := slices.BinarySearchFunc(s.Nodes, name, func(n *corev1.Node, name string) int {
+		return cmp.Compare(n.Name, name)
+	})
+	if !ok {
+		return nil
+	}
+	return s.Nodes[i]
 }
 
 // Namespace returns the namespace named name, or nil.

@@ -144,7 +144,7 @@ func BenchmarkWaypointViews(b *testing.B) {
 		b.Fatal(err)
 	}
 	opts := l7.Options{Mesh: model.DefaultMesh()}
-	views, _ := BuildViews(opts, snap)
+	views, _, _ := BuildViews(opts, snap)
 	if _, _, err := srv.SetViews(views); err != nil {
 		b.Fatal(err)
 	}
@@ -156,7 +156,7 @@ func BenchmarkWaypointViews(b *testing.B) {
 	}
 	b.ReportAllocs()
 	for b.Loop() {
-		views, _ := BuildViews(opts, snap)
+		views, _, _ := BuildViews(opts, snap)
 		if c, r, err := srv.SetViews(views); err != nil || c+r != 0 {
 			b.Fatalf("SetViews: %d changed, %d removed, %v", c, r, err)
 		}

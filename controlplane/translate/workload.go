@@ -224,3 +224,12 @@ func canonicalRevision(labels map[string]string) string {
 	}
 	return "latest"
 }
+
+// WorkloadNames are how a pod's workload is named in its WDS Workload and
+// in telemetry: the workload (a Deployment's name for a ReplicaSet's pod,
+// else the controller's, else the pod's), and Istio's canonical service
+// and revision.
+func WorkloadNames(p *corev1.Pod) (workload, canonicalService, canonicalRev string) {
+	workload, _ = workloadNameAndType(p)
+	return workload, canonicalName(p.Labels, workload), canonicalRevision(p.Labels)
+}

@@ -10,6 +10,10 @@
 // the proxy's own claims, shown in syncz and never used to choose: a pod
 // that reaches zmeshd could otherwise read any waypoint's routes and
 // endpoints. An identity with no waypoint Gateway gets no Envoy resources.
+// Within its Gateway, a replica is served the view of its locality when its
+// connection comes from the address of one of the Gateway's pods whose
+// locality is known (SetLocatedViews): load assignments are prioritised
+// relative to where the waypoint runs, as istiod does per proxy.
 //
 // A change costs what it touched, not the size of the mesh: Set diffs the
 // new resource set against the last by each resource's deterministic
@@ -33,6 +37,7 @@ import (
 	"hash/fnv"
 	"log/slog"
 	"maps"
+	"net/netip"
 	"runtime"
 	"slices"
 	"sort"
@@ -74,6 +79,9 @@ type Server struct {
 	viewTypes map[string]bool
 	views     map[ViewKey]*view
 	noView    map[string]*typeState
+	// located maps waypoint pod addresses to their locality views
+	// (SetLocatedViews).
+	located map[netip.Addr]ViewKey
 	// viewGen numbers the changes of every view: a view that is dropped
 	// and built again continues above what any stream was sent.
 	viewGen uint64

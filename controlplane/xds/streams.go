@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"errors"
 	"io"
+	"net/netip"
 	"slices"
 	"strconv"
 	"time"
@@ -29,15 +30,21 @@ type stream struct {
 	// derived from principal alone (see ViewKey).
 	view    ViewKey
 	hasView bool
-	since   time.Time
-	subs    map[string]*subscription
-	nonce   int64
+	// peerIP is the connection's peer address, which places a waypoint
+	// pod in its locality's view.
+	peerIP netip.Addr
+	since  time.Time
+	subs   map[string]*subscription
+	nonce  int64
 }
 
 // subscription is one type a stream subscribed to.
 type subscription struct {
 	// names is nil for a wildcard subscription, else the names asked for.
-	names   map[string]bool
+	names map[string]bool
+	// from is the view a view type was last sent from; when the stream's
+	// view changes, the new view is sent whole.
+	from    *ViewKey
 	sentGen uint64 // every change up to this generation has been sent
 
 	sentNonce, sentVersion string
@@ -64,8 +71,12 @@ func (s *Server) DeltaAggregatedResources(gs grpc.BidiStreamingServer[discoveryv
 	st.view, st.hasView = ViewOf(st.principal)
 	if p, ok := peer.FromContext(ctx); ok {
 		st.peer = p.Addr.String()
+		if ap, err := netip.ParseAddrPort(st.peer); err == nil {
+			st.peerIP = ap.Addr().Unmap()
+		}
 	}
 	s.mu.Lock()
+	st.view = s.viewForLocked(st)
 	s.nextID++
 	st.id = s.nextID
 	s.streams[st.id] = st
@@ -261,6 +272,21 @@ func (s *Server) pending(st *stream) []*discoveryv3.DeltaDiscoveryResponse {
 			}
 			continue
 		}
+		if ts.view != nil && sub.from != nil && *sub.from != *ts.view {
+			// The stream moved to another view: send it whole, and
+			// remove what only the old one had.
+			names := slices.Collect(mapsKeys(ts.res))
+			if vs := s.views[*sub.from]; vs != nil && vs.types[url] != nil {
+				for n := range vs.types[url].res {
+					if _, ok := ts.res[n]; !ok {
+						names = append(names, n)
+					}
+				}
+			}
+			slices.Sort(names)
+			out = append(out, s.responseLocked(st, ts, sub, slices.Values(names), nil))
+			continue
+		}
 		if sub.sentGen >= ts.gen {
 			continue
 		}
@@ -303,6 +329,10 @@ func (s *Server) responseLocked(st *stream, ts *typeState, sub *subscription, na
 	st.nonce++
 	resp.Nonce = strconv.FormatInt(st.nonce, 10)
 	sub.sentGen = ts.gen
+	if ts.view != nil {
+		v := *ts.view
+		sub.from = &v
+	}
 	sub.sentNonce, sub.sentVersion, sub.sentAt = resp.Nonce, resp.SystemVersionInfo, time.Now()
 	sub.pending[resp.Nonce] = resp.SystemVersionInfo
 	if !ts.setAt.IsZero() {

@@ -3,6 +3,7 @@ package xds
 import (
 	"fmt"
 	"maps"
+	"net/netip"
 	"slices"
 	"strings"
 
@@ -32,9 +33,26 @@ var EnvoyTypes = []string{TypeListener, TypeRoute, TypeCluster, TypeEndpoint}
 // zmeshd could otherwise read any waypoint's routes, clusters and
 // endpoints, and a waypoint misconfigured with another's node id would
 // serve another's traffic.
-type ViewKey struct{ Namespace, Name string }
+//
+// Load assignments depend on where the waypoint runs (localityLbSetting
+// is relative to the proxy's locality), so a Gateway may have a view per
+// locality of its pods, keyed with Locality ("region/zone/subzone"),
+// shared by the replicas in that locality; Locality "" is the view of a
+// replica whose locality is not known.
+type ViewKey struct {
+	Namespace, Name string
+	Locality        string
+}
 
-func (k ViewKey) String() string { return k.Namespace + "/" + k.Name }
+func (k ViewKey) String() string {
+	if k.Locality != "" {
+		return k.Namespace + "/" + k.Name + "@" + k.Locality
+	}
+	return k.Namespace + "/" + k.Name
+}
+
+// gateway is k without its locality.
+func (k ViewKey) gateway() ViewKey { return ViewKey{Namespace: k.Namespace, Name: k.Name} }
 
 // ViewOf returns the view key of an authenticated principal, false when it
 // is not a workload identity (spiffe://<td>/ns/<ns>/sa/<sa>).
@@ -47,7 +65,7 @@ func ViewOf(principal string) (ViewKey, bool) {
 	if len(parts) != 4 || parts[0] != "ns" || parts[2] != "sa" || parts[1] == "" || parts[3] == "" {
 		return ViewKey{}, false
 	}
-	return ViewKey{parts[1], parts[3]}, true
+	return ViewKey{Namespace: parts[1], Name: parts[3]}, true
 }
 
 // View is one waypoint's resources: by type URL, then by name.
@@ -82,6 +100,17 @@ func (s *Server) ServeViews(typeURLs ...string) error {
 // resources removed from the proxies that still hold them. It returns how
 // many resources changed and were removed over all views.
 func (s *Server) SetViews(views map[ViewKey]View) (changed, removed int, err error) {
+	return s.SetLocatedViews(views, nil)
+}
+
+// SetLocatedViews is SetViews with the locality views: located maps the
+// address of each waypoint pod whose locality is known to the view it is
+// served (a key with Locality). A proxy is served the view of its
+// connection's peer address when that view belongs to the Gateway its
+// identity selects and exists; else its Gateway's view without locality. A
+// proxy whose view changes (its pod appeared, or moved) is sent the new
+// view's resources and has the old view's others removed.
+func (s *Server) SetLocatedViews(views map[ViewKey]View, located map[netip.Addr]ViewKey) (changed, removed int, err error) {
 	for key, v := range views {
 		for url := range v {
 			if !s.viewTypes[url] {
@@ -132,12 +161,29 @@ func (s *Server) SetViews(views map[ViewKey]View) (changed, removed int, err err
 		changed += c
 		removed += r
 	}
-	// Forget emptied views no proxy is connected to.
+	// Streams follow their pods to the views of their localities.
 	s.mu.Lock()
+	s.located = located
+	switched := false
+	for _, st := range s.streams {
+		if v := s.viewForLocked(st); st.hasView && v != st.view {
+			st.view, switched = v, true
+		}
+	}
+	if switched {
+		close(s.changed)
+		s.changed = make(chan struct{})
+	}
+	// Forget emptied views no proxy is connected to.
 	inUse := map[ViewKey]bool{}
 	for _, st := range s.streams {
 		if st.hasView {
 			inUse[st.view] = true
+			for _, sub := range st.subs {
+				if sub.from != nil {
+					inUse[*sub.from] = true
+				}
+			}
 		}
 	}
 	maps.DeleteFunc(s.views, func(key ViewKey, vs *view) bool {
@@ -160,6 +206,22 @@ func (s *Server) Views() []ViewKey {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	return slices.SortedFunc(maps.Keys(s.views), func(a, b ViewKey) int { return strings.Compare(a.String(), b.String()) })
+}
+
+// viewForLocked is the view st is to be served: its Gateway's (from its
+// identity), in the locality of its peer address when that address is one
+// of the Gateway's pods and the locality has a view.
+func (s *Server) viewForLocked(st *stream) ViewKey {
+	if !st.hasView {
+		return ViewKey{}
+	}
+	base := st.view.gateway()
+	if k, ok := s.located[st.peerIP]; ok && st.peerIP.IsValid() && k.gateway() == base {
+		if vs := s.views[k]; vs != nil && vs.live {
+			return k
+		}
+	}
+	return base
 }
 
 // typeOfLocked returns the state st is served for typeURL: the shared

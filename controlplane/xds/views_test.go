@@ -70,11 +70,11 @@ func subscribeAs(t *testing.T, cc *grpc.ClientConn, token, node string, reqs ...
 
 func twoViews() map[ViewKey]View {
 	return map[ViewKey]View{
-		{"ns-a", "wp-a"}: {
+		{Namespace: "ns-a", Name: "wp-a"}: {
 			TypeCluster:  {"a-1": cluster("a-1", 1), "a-2": cluster("a-2", 1)},
 			TypeEndpoint: {"a-1": cla("a-1"), "a-2": cla("a-2")},
 		},
-		{"ns-b", "wp-b"}: {
+		{Namespace: "ns-b", Name: "wp-b"}: {
 			TypeCluster:  {"b-1": cluster("b-1", 1)},
 			TypeEndpoint: {"b-1": cla("b-1")},
 		},
@@ -155,7 +155,7 @@ func TestViewDelta(t *testing.T) {
 	}
 
 	// a-1 changes, a-2 is the same content under a new pointer, a-3 new.
-	views[ViewKey{"ns-a", "wp-a"}][TypeCluster] = map[string]proto.Message{"a-1": cluster("a-1", 2), "a-2": cluster("a-2", 1), "a-3": cluster("a-3", 1)}
+	views[ViewKey{Namespace: "ns-a", Name: "wp-a"}][TypeCluster] = map[string]proto.Message{"a-1": cluster("a-1", 2), "a-2": cluster("a-2", 1), "a-3": cluster("a-3", 1)}
 	if changed, removed, err := s.SetViews(views); err != nil || changed != 2 || removed != 0 {
 		t.Fatalf("SetViews = %d changed, %d removed, %v; want 2, 0", changed, removed, err)
 	}
@@ -175,7 +175,7 @@ func TestViewDelta(t *testing.T) {
 	}
 
 	// The Gateway of wp-a goes away: its proxies are told to drop all.
-	delete(views, ViewKey{"ns-a", "wp-a"})
+	delete(views, ViewKey{Namespace: "ns-a", Name: "wp-a"})
 	s.SetViews(views)
 	r = a.recv()
 	slices.Sort(r.RemovedResources)
@@ -191,7 +191,7 @@ func TestViewDelta(t *testing.T) {
 			got <- r
 		}
 	}()
-	views[ViewKey{"ns-b", "wp-b"}][TypeCluster] = map[string]proto.Message{"b-2": cluster("b-2", 1)}
+	views[ViewKey{Namespace: "ns-b", Name: "wp-b"}][TypeCluster] = map[string]proto.Message{"b-2": cluster("b-2", 1)}
 	s.SetViews(views)
 	r = <-got
 	if !slices.Equal(names(r), []string{"b-2"}) || !slices.Equal(r.RemovedResources, []string{"b-1"}) {
@@ -205,7 +205,7 @@ func TestViewOf(t *testing.T) {
 		want ViewKey
 		ok   bool
 	}{
-		{"spiffe://cluster.local/ns/default/sa/waypoint", ViewKey{"default", "waypoint"}, true},
+		{"spiffe://cluster.local/ns/default/sa/waypoint", ViewKey{Namespace: "default", Name: "waypoint"}, true},
 		{"spiffe://td/ns/a/sa/b/extra", ViewKey{}, false},
 		{"spiffe://td/sa/b/ns/a", ViewKey{}, false},
 		{"", ViewKey{}, false},

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
+	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
@@ -166,7 +167,49 @@ func endpoint(path string, lbe *endpointv3.LbEndpoint) (upstream.Endpoint, error
 		// node rather than a server outside the mesh.
 		return out, nackf(apath+".address", "%s cannot be a plaintext endpoint (loopback or link-local)", ip)
 	}
+	if out.Workload, err = istioEndpointMetadata(path+`.metadata.filter_metadata["istio"]`,
+		lbe.GetMetadata().GetFilterMetadata()["istio"]); err != nil {
+		return out, err
+	}
 	return out, nil
+}
+
+// istioEndpointMetadata reads what names an endpoint's workload in
+// telemetry: istiod's "workload" string,
+// "<workload>;<namespace>;<canonical service>;<canonical revision>;<cluster>",
+// and zmeshd's "app" and "version". It only labels metrics, so other keys
+// are left alone; a known key of the wrong shape is refused.
+func istioEndpointMetadata(path string, s *structpb.Struct) (upstream.WorkloadInfo, error) {
+	var w upstream.WorkloadInfo
+	str := func(key string) (string, error) {
+		v, ok := s.GetFields()[key]
+		if !ok {
+			return "", nil
+		}
+		sv, ok := v.GetKind().(*structpb.Value_StringValue)
+		if !ok {
+			return "", nackf(path+"."+key, "must be a string")
+		}
+		return sv.StringValue, nil
+	}
+	wl, err := str("workload")
+	if err != nil {
+		return w, err
+	}
+	if wl != "" {
+		parts := strings.Split(wl, ";")
+		if len(parts) != 5 {
+			return w, nackf(path+".workload", "%q: want <workload>;<namespace>;<canonical service>;<canonical revision>;<cluster>", wl)
+		}
+		w.Name, w.Namespace, w.CanonicalService, w.CanonicalRevision, w.Cluster = parts[0], parts[1], parts[2], parts[3], parts[4]
+	}
+	if w.App, err = str("app"); err != nil {
+		return w, err
+	}
+	if w.Version, err = str("version"); err != nil {
+		return w, err
+	}
+	return w, nil
 }
 
 // Values of the "tunnel" field of the endpoint metadata: how the waypoint

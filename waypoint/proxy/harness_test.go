@@ -168,6 +168,9 @@ type mesh struct {
 	waiting, cancelled chan string
 	// requests receives every request an HTTP app served.
 	requests chan appRequest
+	// workloads is the proxy's workload index, empty until a test fills
+	// it.
+	workloads *telemetry.Workloads
 }
 
 // appRequest is a request as an app saw it.
@@ -183,7 +186,7 @@ func newMesh(t testing.TB, b bounds) *mesh {
 	m := &mesh{
 		t: t, src: testCerts(t), pods: map[netip.Addr]*fakePod{}, obs: newRecorder(),
 		release: make(chan struct{}), waiting: make(chan string, 16), cancelled: make(chan string, 16),
-		requests: make(chan appRequest, 4096),
+		requests: make(chan appRequest, 4096), workloads: telemetry.NewWorkloads(0),
 	}
 	for _, pd := range []struct {
 		ip   netip.Addr
@@ -204,7 +207,8 @@ func newMesh(t testing.TB, b bounds) *mesh {
 			var d net.Dialer
 			return d.DialContext(ctx, "tcp", fp.addr)
 		},
-		bounds: b,
+		bounds:    b,
+		Workloads: m.workloads,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -101,7 +101,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		Path:      r.RequestURI,
 		Authority: r.Host,
 		UserAgent: r.UserAgent(),
-		Source:    telemetry.Peer{Principal: t.principal, Namespace: t.namespace, Addr: t.client},
+		Source:    p.sourcePeer(t),
 	}
 	if r.ProtoMajor == 2 {
 		x.rec.Protocol = "HTTP/2"
@@ -169,6 +169,9 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var routeFault *fault.Fault
 	if x.d.Route != nil {
 		routeFault, _ = x.d.Route.Fault.(*fault.Fault)
+		// Envoy picks the route before its filters run, so a request a
+		// filter answers still names its route.
+		x.rec.RouteName = x.d.Route.Name
 	}
 	if !x.runFilters(ch, &rreq, routeFault) {
 		return
@@ -178,9 +181,6 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	x.rreq = rreq
-	if x.d.Route != nil {
-		x.rec.RouteName = x.d.Route.Name
-	}
 	if x.d.Action == route.ActionNone {
 		x.localReply(http.StatusNotFound, "", flagNoRoute)
 		return

@@ -45,6 +45,10 @@ type Options struct {
 	DialUpstream func(ctx context.Context, addr netip.AddrPort) (net.Conn, error)
 	// UpstreamHBONEPort is the endpoints' HBONE port; 0 = 15008.
 	UpstreamHBONEPort uint16
+	// Workloads, when set, names a client's workload by its address for
+	// telemetry (only when the workload's identity is the one the client
+	// proved); nil labels clients by their identity alone.
+	Workloads *telemetry.Workloads
 
 	// bounds are the HTTP and sniffing limits; zero = defaultBounds (tests
 	// shorten them).

@@ -28,7 +28,7 @@ func (p *Proxy) serveTCP(ctx context.Context, st *state, ch *config.Chain, t *tu
 		Protocol:        "TCP",
 		UpstreamCluster: ch.TCPCluster,
 		ResponseFlags:   "-",
-		Source:          telemetry.Peer{Principal: t.principal, Namespace: t.namespace, Addr: t.client},
+		Source:          p.sourcePeer(t),
 	}
 	defer func() {
 		rec.Duration = time.Since(rec.Start)

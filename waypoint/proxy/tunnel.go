@@ -321,11 +321,31 @@ func isTokenChar(c byte) bool {
 	return false
 }
 
+// sourcePeer is the tunnel's client as telemetry labels it: its proven
+// identity, and its workload when the client's address names one with that
+// identity.
+func (p *Proxy) sourcePeer(t *tunnel) telemetry.Peer {
+	pr := telemetry.Peer{Principal: t.principal, Namespace: t.namespace, Addr: t.client}
+	p.opts.Workloads.Label(&pr)
+	return pr
+}
+
 // destinationPeer is an endpoint as telemetry labels it.
+// What zmeshd's endpoint metadata names wins; the labels and identity
+// stand in for an assignment that carries none.
 func destinationPeer(ep upstream.Endpoint) telemetry.Peer {
-	pr := telemetry.Peer{Principal: ep.Identity, Addr: ep.Addr, App: ep.Labels["app"], Version: ep.Labels["version"]}
-	if w, err := identity.ParseWorkload(ep.Identity); err == nil {
-		pr.Namespace = w.Namespace
+	w := ep.Workload
+	pr := telemetry.Peer{Principal: ep.Identity, Addr: ep.Addr, Workload: w.Name, Namespace: w.Namespace,
+		App: w.App, Version: w.Version, CanonicalService: w.CanonicalService, CanonicalRevision: w.CanonicalRevision,
+		Cluster: w.Cluster}
+	if pr.App == "" && pr.CanonicalService == "" {
+		pr.App = ep.Labels["app"]
+	}
+	if pr.Version == "" && pr.CanonicalRevision == "" {
+		pr.Version = ep.Labels["version"]
+	}
+	if id, err := identity.ParseWorkload(ep.Identity); err == nil && pr.Namespace == "" {
+		pr.Namespace = id.Namespace
 	}
 	return pr
 }

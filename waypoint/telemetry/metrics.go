@@ -83,7 +83,11 @@ type Metrics struct {
 	sources map[source]bool
 }
 
-type source struct{ workload, namespace, principal, app, version string }
+// source is one side's labels.
+type source struct {
+	workload, namespace, principal, app, version string
+	canonicalService, canonicalRevision, cluster string
+}
 
 // NewMetrics registers the metrics with reg.
 func NewMetrics(reg prometheus.Registerer, o MetricsOptions) (*Metrics, error) {
@@ -123,17 +127,16 @@ func NewMetrics(reg prometheus.Registerer, o MetricsOptions) (*Metrics, error) {
 // Observe implements Observer.
 func (m *Metrics) Observe(r *Record) {
 	src := m.source(r.Source)
-	dst := r.Destination
-	dstApp, dstWorkload, dstVersion := value(dst.App), value(dst.Workload), value(dst.Version)
+	dst := m.peer(r.Destination)
 	// In httpLabels' order; the TCP metrics take the same values without
 	// response_code and grpc_response_status.
 	lv := []string{
 		Reporter,
-		src.workload, canonicalService(src.app, src.workload), canonicalRevision(src.version), src.namespace,
-		src.principal, src.app, src.version, m.cluster,
-		dstWorkload, value(dst.Namespace), value(dst.Principal), dstApp,
-		dstVersion, value(r.DestinationService), value(r.DestinationServiceName), value(r.DestinationServiceNamespace),
-		canonicalService(dstApp, dstWorkload), canonicalRevision(dstVersion), m.cluster,
+		src.workload, src.canonicalService, src.canonicalRevision, src.namespace,
+		src.principal, src.app, src.version, src.cluster,
+		dst.workload, dst.namespace, dst.principal, dst.app,
+		dst.version, value(r.DestinationService), value(r.DestinationServiceName), value(r.DestinationServiceNamespace),
+		dst.canonicalService, dst.canonicalRevision, dst.cluster,
 		protocol(r), strconv.Itoa(r.ResponseCode), grpcStatus(r.GRPCStatus), flags(r.ResponseFlags),
 		// The tunnel from the client and the one to the endpoint are
 		// both mutual TLS; the waypoint serves nothing else.
@@ -152,10 +155,28 @@ func (m *Metrics) Observe(r *Record) {
 	m.rsp.WithLabelValues(lv...).Observe(float64(max(r.BytesSent, 0)))
 }
 
+// peer is p's labels: values cut and cleaned, the canonical names derived
+// when p does not carry them, and the mesh's cluster when p names none.
+func (m *Metrics) peer(p Peer) source {
+	s := source{workload: value(p.Workload), namespace: value(p.Namespace), principal: value(p.Principal),
+		app: value(p.App), version: value(p.Version), cluster: value(p.Cluster)}
+	s.canonicalService, s.canonicalRevision = value(p.CanonicalService), value(p.CanonicalRevision)
+	if p.CanonicalService == "" {
+		s.canonicalService = canonicalService(s.app, s.workload)
+	}
+	if p.CanonicalRevision == "" {
+		s.canonicalRevision = canonicalRevision(s.version)
+	}
+	if p.Cluster == "" {
+		s.cluster = m.cluster
+	}
+	return s
+}
+
 // source bounds the source labels: values cut and cleaned, and sources
 // beyond maxSources folded into one.
 func (m *Metrics) source(p Peer) source {
-	s := source{value(p.Workload), value(p.Namespace), value(p.Principal), value(p.App), value(p.Version)}
+	s := m.peer(p)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.sources[s] {
@@ -163,7 +184,8 @@ func (m *Metrics) source(p Peer) source {
 	}
 	if len(m.sources) >= m.maxSources {
 		m.overflowed.Inc()
-		return source{overflow, overflow, overflow, overflow, overflow}
+		// The cluster is the mesh's, bounded whatever the source says.
+		return source{overflow, overflow, overflow, overflow, overflow, overflow, overflow, m.cluster}
 	}
 	m.sources[s] = true
 	return s

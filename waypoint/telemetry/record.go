@@ -53,6 +53,13 @@ type Peer struct {
 	App       string
 	Version   string
 	Addr      netip.AddrPort
+	// CanonicalService and CanonicalRevision are Istio's canonical names
+	// of the workload; when empty, metrics derive them from App (else
+	// Workload) and Version (else "latest").
+	CanonicalService, CanonicalRevision string
+	// Cluster is the workload's cluster ID; when empty, metrics report
+	// the mesh's.
+	Cluster string
 }
 
 // Observer receives every finished request. Observe must not block and

@@ -64,4 +64,15 @@ type Endpoint struct {
 	// Labels are the workload's labels (for subsets and telemetry); never
 	// modified after compilation.
 	Labels map[string]string
+	// Workload names the endpoint's workload for telemetry; zero fields
+	// are unknown.
+	Workload WorkloadInfo
+}
+
+// WorkloadInfo is what telemetry labels an endpoint with.
+type WorkloadInfo struct {
+	Name, Namespace                     string
+	CanonicalService, CanonicalRevision string
+	Cluster                             string
+	App, Version                        string
 }

@@ -10,6 +10,11 @@
 // from its authenticated identity), so there is nothing to ask for by name.
 // Route configurations and assignments that no listener or cluster names
 // are compiled (a bad one is still NACKed) and carried, but unused.
+//
+// Given a telemetry.Workloads index, the client also subscribes to workload
+// discovery (istio.workload.Address, all of the mesh's workloads, as
+// ztunnel gets them) and keeps the index current; it names clients in
+// telemetry and takes no part in the snapshot.
 package xds
 
 import (
@@ -33,6 +38,7 @@ import (
 
 	"github.com/zmesh/zmesh/internal/xdsclient"
 	"github.com/zmesh/zmesh/waypoint/config"
+	"github.com/zmesh/zmesh/waypoint/telemetry"
 )
 
 // Types are the subscribed type URLs, in Envoy's order: clusters and their
@@ -49,7 +55,11 @@ type Options struct {
 	// OnSnapshot receives each new consistent snapshot, on the client's
 	// goroutine, one call at a time; it must not block on the client.
 	OnSnapshot func(*config.Snapshot)
-	Log        *slog.Logger
+	// Workloads, when set, is kept up to date with the mesh's workloads
+	// (TypeAddress), for telemetry to name clients by; nil subscribes to
+	// the Envoy types only.
+	Workloads *telemetry.Workloads
+	Log       *slog.Logger
 }
 
 // Client is the waypoint's xDS subscription. Build it with New and serve
@@ -67,11 +77,15 @@ func New(o Options) (*Client, error) {
 	if o.Log == nil {
 		o.Log = slog.Default()
 	}
-	h := &handler{log: o.Log, apply: o.OnSnapshot, held: map[string]map[string]held{}, seen: map[string]bool{}}
+	h := &handler{log: o.Log, apply: o.OnSnapshot, held: map[string]map[string]held{}, seen: map[string]bool{}, workloads: o.Workloads}
 	for _, t := range Types {
 		h.held[t] = map[string]held{}
 	}
-	xc, err := xdsclient.NewClient(xdsclient.Config{Conn: o.Conn, Node: o.Node, Types: Types, Handler: h, Log: o.Log})
+	types := Types
+	if o.Workloads != nil {
+		types = append(slices.Clone(Types), TypeAddress)
+	}
+	xc, err := xdsclient.NewClient(xdsclient.Config{Conn: o.Conn, Node: o.Node, Types: types, Handler: h, Log: o.Log})
 	if err != nil {
 		return nil, err
 	}
@@ -114,12 +128,20 @@ type handler struct {
 	// waiting is the reason the last rebuild produced no snapshot, to log
 	// it once rather than at each response.
 	waiting string
+	// workloads is fed by TypeAddress when set; workloadsFull says the
+	// index refused a workload (logged once).
+	workloads     *telemetry.Workloads
+	workloadsFull bool
 }
 
 // Apply implements xdsclient.Handler.
 func (h *handler) Apply(typeURL string, updated []xdsclient.Resource, removed []string) map[string]error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if typeURL == TypeAddress && h.workloads != nil {
+		// Not part of the snapshot: workloads only label telemetry.
+		return h.applyAddresses(updated, removed)
+	}
 	rejected := map[string]error{}
 	store := h.held[typeURL]
 	if store == nil {

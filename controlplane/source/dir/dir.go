@@ -273,6 +273,9 @@ func objects(snap *model.Snapshot) []runtime.Object {
 	for _, o := range snap.Pods {
 		add(o)
 	}
+	for _, o := range snap.Nodes {
+		add(o)
+	}
 	for _, o := range snap.Services {
 		add(o)
 	}

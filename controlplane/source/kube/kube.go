@@ -12,6 +12,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"time"
 
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
@@ -100,6 +101,10 @@ func (s *Source) Run(ctx context.Context, publish func(*model.Snapshot)) error {
 			return err
 		}},
 		// The L7 kinds, kept for the waypoint.
+		{"v1", "nodes", core.Core().V1().Nodes().Informer, func(snap *model.Snapshot) (err error) {
+			snap.Nodes, err = core.Core().V1().Nodes().Lister().List(all)
+			return err
+		}},
 		{"security.istio.io/v1", "requestauthentications", istio.Security().V1().RequestAuthentications().Informer, func(snap *model.Snapshot) (err error) {
 			snap.RequestAuthentications, err = istio.Security().V1().RequestAuthentications().Lister().List(all)
 			return err
@@ -150,10 +155,21 @@ func (s *Source) Run(ctx context.Context, publish func(*model.Snapshot)) error {
 			continue
 		}
 		inf := k.informer()
-		if err := inf.SetTransform(stripManagedFields); err != nil {
+		transform, h := stripManagedFields, handler
+		if k.resource == "nodes" {
+			// Only a node's labels (its topology) are read; its status
+			// changes all the time and must not cause pushes.
+			transform = nodeLabelsOnly
+			h.UpdateFunc = func(old, cur any) {
+				if nodeLabelsChanged(old, cur) {
+					notify()
+				}
+			}
+		}
+		if err := inf.SetTransform(transform); err != nil {
 			return err
 		}
-		if _, err := inf.AddEventHandler(handler); err != nil {
+		if _, err := inf.AddEventHandler(h); err != nil {
 			return err
 		}
 		watched = append(watched, k)
@@ -219,6 +235,25 @@ func stripManagedFields(obj any) (any, error) {
 		}
 	}
 	return obj, nil
+}
+
+// nodeLabelsChanged reports whether an update of a node changed what
+// snapshots hold of it, its labels.
+func nodeLabelsChanged(old, cur any) bool {
+	o, ok1 := old.(*corev1.Node)
+	c, ok2 := cur.(*corev1.Node)
+	return !ok1 || !ok2 || !maps.Equal(o.Labels, c.Labels)
+}
+
+// nodeLabelsOnly keeps a node's name and labels.
+func nodeLabelsOnly(obj any) (any, error) {
+	n, ok := obj.(*corev1.Node)
+	if !ok {
+		return obj, nil
+	}
+	return &corev1.Node{TypeMeta: n.TypeMeta, ObjectMeta: metav1.ObjectMeta{
+		Name: n.Name, UID: n.UID, ResourceVersion: n.ResourceVersion, Labels: n.Labels,
+	}}, nil
 }
 
 func isNotFound(err error) bool { return apierrors.IsNotFound(err) }
