@@ -1,20 +1,25 @@
-// Command bench is `make bench`: zmesh's L4 mesh measured against direct
-// traffic and against what users would deploy instead, in one run.
+// Command bench is `make bench`: zmesh's L4 mesh and its waypoint measured
+// against direct traffic and against what users would deploy instead, in
+// one run.
 //
-// It builds a two-node topology in network namespaces (the demo's: an
+// It builds a three-node topology in network namespaces (the demo's: an
 // underlay bridge in its own namespace, node host namespaces, pods with
 // eBPF capture enrolled by an in-process CNI agent, a ztunnel process per
-// node fed by zmeshd over delta xDS) and runs every workload on four paths,
-// interleaved, several times: direct pod → pod; mesh (both pods ambient);
-// stunnel (client on node A, server on node B, mutual TLS 1.3); haproxy
-// (TCP mode, one hop). The workloads are fortio (fixed-rate latency, max
-// req/s, new connections) and iperf3 (bulk, 1 and 8 streams); ztunnel CPU
-// and peak RSS come from /proc, its state's memory from a third ztunnel
-// fed 10 000 workloads. It prints a table with the issue's targets beside
-// the figures (reported, never asserted) and writes JSON, Markdown and a
-// latency plot under -out.
+// pod node fed by zmeshd over delta xDS, the waypoint's pod on the third)
+// and runs every workload on its paths, interleaved, several times: direct
+// pod → pod; mesh (both pods ambient); stunnel (client on node A, server on
+// node B, mutual TLS 1.3); haproxy (TCP mode, one hop); waypoint (a
+// service bound to a waypoint: ztunnel → waypoint → ztunnel); nginx with
+// mutual TLS on both sides, nginx and haproxy in HTTP mode on the third
+// node. The workloads are fortio (fixed-rate latency, max req/s over
+// HTTP/1.1 and HTTP/2, gRPC at a fixed rate, new connections) and iperf3
+// (bulk, 1 and 8 streams); proxies' CPU and memory come from /proc,
+// ztunnel's state's memory from another ztunnel fed 10 000 workloads, the
+// waypoint's config cost from 1 000 services × 5 routes bound to it. It
+// prints a table with the targets beside the figures (reported, never
+// asserted) and writes JSON, Markdown and a latency plot under -out.
 //
-// It needs root, fortio and iperf3, stunnel4 and haproxy
+// It needs root, fortio and iperf3, stunnel4, haproxy and nginx
 // (`ZMESH_BENCH=1 .ci/deps.sh` installs them). The topology's traffic stays
 // inside namespaces it creates; its processes talk to each other on
 // 127.0.0.1; it removes everything when it ends.
@@ -147,7 +152,7 @@ func run(ctx context.Context, p plan, o options, stdout, progress io.Writer) err
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
 	slog.SetDefault(log)
-	fmt.Fprintf(progress, "bench: setting up three nodes, four pods, zmeshd, two ztunnels, a waypoint, stunnel, haproxy and nginx (work dir %s)\n", tmp)
+	fmt.Fprintf(progress, "bench: setting up three nodes, five pods, zmeshd, two ztunnels, a waypoint, stunnel, haproxy and nginx (work dir %s)\n", tmp)
 	e, err := setup(ctx, bin, tmp, log)
 	if err != nil {
 		return err
@@ -268,7 +273,7 @@ func run(ctx context.Context, p plan, o options, stdout, progress io.Writer) err
 	}
 	var mem *report.Memory
 	if o.memory {
-		fmt.Fprintf(progress, "[memory] a third ztunnel with no pods: idle, then %d workloads and %d services from zmeshd\n", p.scaleWorkloads, p.scaleServices)
+		fmt.Fprintf(progress, "[memory] another ztunnel with no pods: idle, then %d workloads and %d services from zmeshd\n", p.scaleWorkloads, p.scaleServices)
 		if mem, err = e.measureMemory(ctx, p.scaleWorkloads, p.scaleServices, p.profileDir); err != nil {
 			fmt.Fprintf(progress, "          memory measurement failed: %v\n", err)
 			meta.Notes = append(meta.Notes, "memory measurement failed: "+err.Error())

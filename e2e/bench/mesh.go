@@ -20,10 +20,11 @@ import (
 	"github.com/zmesh/zmesh/identity"
 )
 
-// The topology: one LAN (an underlay bridge in its own namespace), two
-// node host namespaces (where stunnel and haproxy run, as a user would run
-// them on the nodes), and four pods: an ambient client/server pair for the
-// mesh path and a plain pair for the others. Pods of one role are alike
+// The topology: one LAN (an underlay bridge in its own namespace), three
+// node host namespaces (where stunnel, haproxy and nginx run, as a user
+// would run them on the nodes), and five pods: an ambient client/server
+// pair for the mesh path, the waypoint path's ambient server, and a plain
+// pair for the others. Pods of one role are alike
 // (same kind of namespace and veth on the same bridge), so the paths differ
 // only by what carries the bytes.
 var (
