@@ -7,7 +7,7 @@ export GOTOOLCHAIN := local
 # suites (e2e/l4, e2e/l7) run last, verbosely: their logs are the evidence
 # of what the mesh did in each scenario.
 NETNS_PKGS := ./bpf/... ./cni/... ./ztunnel/... ./internal/hbone/ ./deploy/privileges/ $$($(GO) list ./e2e/... | grep -v -E '/e2e/l[47]$$')
-BENCH_PKGS := ./internal/hbone/ ./ztunnel/inpod/ ./ztunnel/proxy/ ./cni/plugin/
+BENCH_PKGS := ./internal/hbone/ ./ztunnel/inpod/ ./ztunnel/proxy/ ./cni/plugin/ ./waypoint/proxy/
 BENCH_COUNT ?= 3
 BENCH_TIME ?= 1s
 
@@ -58,20 +58,21 @@ fuzz: deps
 demo: deps
 	$(GO) run ./e2e/demo
 
-# The mesh measured end to end (e2e/bench: two nodes in network namespaces,
-# direct / mesh / stunnel / haproxy paths interleaved, fortio and iperf3;
+# The mesh measured end to end (e2e/bench: three nodes in network namespaces,
+# L4 paths (direct, mesh, stunnel, haproxy) and L7 ones (waypoint, nginx with
+# mTLS, nginx, haproxy HTTP) interleaved, fortio and iperf3;
 # needs root), then the Go micro-benchmarks as ratios. Results go to
 # e2e/bench/results/. BENCH_FLAGS passes flags to the e2e bench (e.g.
 # -workloads maxrps -profile maxrps).
 BENCH_FLAGS ?=
 bench: deps
 	@ZMESH_BENCH=1 .ci/deps.sh
-	$(GO) build -o bin/ ./cmd/zmeshd ./cmd/ztunnel ./e2e/bench
+	$(GO) build -o bin/ ./cmd/zmeshd ./cmd/ztunnel ./cmd/waypoint ./e2e/bench
 	bin/bench -bin bin -fortio "$${XDG_CACHE_HOME:-$$HOME/.cache}/zmesh/bench-tools/fortio" -out e2e/bench/results $(BENCH_FLAGS)
 	$(MAKE) bench-micro
 
 bench-micro:
-	$(GO) test -run '^$$' -bench . -benchmem -count $(BENCH_COUNT) -benchtime $(BENCH_TIME) $(BENCH_PKGS) | $(GO) run ./e2e/bench/benchratio -baseline tcp,tls,direct,without
+	$(GO) test -run '^$$' -bench . -benchmem -count $(BENCH_COUNT) -benchtime $(BENCH_TIME) $(BENCH_PKGS) | $(GO) run ./e2e/bench/benchratio -baseline tcp,tls,direct,without,reverseproxy
 
 # The micro-benchmarks of BASE (a revision) against the working tree,
 # alternated round by round and compared with benchstat (e2e/bench/compare.sh;
@@ -81,11 +82,11 @@ bench-compare: deps
 	@ZMESH_BENCH=1 .ci/deps.sh
 	e2e/bench/compare.sh $(BASE) $(BENCH_PKGS)
 
-# About 3 minutes: the e2e bench with 2 short repetitions; the
+# About 5 minutes: the e2e bench with 2 short repetitions; the
 # micro-benchmarks run with `make bench-micro`.
 bench-quick: deps
 	@ZMESH_BENCH=1 .ci/deps.sh
-	$(GO) build -o bin/ ./cmd/zmeshd ./cmd/ztunnel ./e2e/bench
+	$(GO) build -o bin/ ./cmd/zmeshd ./cmd/ztunnel ./cmd/waypoint ./e2e/bench
 	bin/bench -bin bin -fortio "$${XDG_CACHE_HOME:-$$HOME/.cache}/zmesh/bench-tools/fortio" -out e2e/bench/results -quick $(BENCH_FLAGS)
 
 # Regenerates committed generated code: the eBPF objects and their Go

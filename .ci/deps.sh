@@ -29,6 +29,8 @@ if [[ ${ZMESH_BENCH:-} == 1 ]]; then
 	command -v stunnel4 >/dev/null || need+=(stunnel4)
 	command -v haproxy >/dev/null || need+=(haproxy)
 	command -v iperf3 >/dev/null || need+=(iperf3)
+	# nginx: the waypoint's HTTP reverse-proxy baseline (mutual TLS and plain).
+	command -v nginx >/dev/null || need+=(nginx-light)
 fi
 
 if ((${#need[@]})); then

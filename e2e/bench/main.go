@@ -1,20 +1,25 @@
-// Command bench is `make bench`: zmesh's L4 mesh measured against direct
-// traffic and against what users would deploy instead, in one run.
+// Command bench is `make bench`: zmesh's L4 mesh and its waypoint measured
+// against direct traffic and against what users would deploy instead, in
+// one run.
 //
-// It builds a two-node topology in network namespaces (the demo's: an
+// It builds a three-node topology in network namespaces (the demo's: an
 // underlay bridge in its own namespace, node host namespaces, pods with
 // eBPF capture enrolled by an in-process CNI agent, a ztunnel process per
-// node fed by zmeshd over delta xDS) and runs every workload on four paths,
-// interleaved, several times: direct pod → pod; mesh (both pods ambient);
-// stunnel (client on node A, server on node B, mutual TLS 1.3); haproxy
-// (TCP mode, one hop). The workloads are fortio (fixed-rate latency, max
-// req/s, new connections) and iperf3 (bulk, 1 and 8 streams); ztunnel CPU
-// and peak RSS come from /proc, its state's memory from a third ztunnel
-// fed 10 000 workloads. It prints a table with the issue's targets beside
-// the figures (reported, never asserted) and writes JSON, Markdown and a
-// latency plot under -out.
+// pod node fed by zmeshd over delta xDS, the waypoint's pod on the third)
+// and runs every workload on its paths, interleaved, several times: direct
+// pod → pod; mesh (both pods ambient); stunnel (client on node A, server on
+// node B, mutual TLS 1.3); haproxy (TCP mode, one hop); waypoint (a
+// service bound to a waypoint: ztunnel → waypoint → ztunnel); nginx with
+// mutual TLS on both sides, nginx and haproxy in HTTP mode on the third
+// node. The workloads are fortio (fixed-rate latency, max req/s over
+// HTTP/1.1 and HTTP/2, gRPC at a fixed rate, new connections) and iperf3
+// (bulk, 1 and 8 streams); proxies' CPU and memory come from /proc,
+// ztunnel's state's memory from another ztunnel fed 10 000 workloads, the
+// waypoint's config cost from 1 000 services × 5 routes bound to it. It
+// prints a table with the targets beside the figures (reported, never
+// asserted) and writes JSON, Markdown and a latency plot under -out.
 //
-// It needs root, fortio and iperf3, stunnel4 and haproxy
+// It needs root, fortio and iperf3, stunnel4, haproxy and nginx
 // (`ZMESH_BENCH=1 .ci/deps.sh` installs them). The topology's traffic stays
 // inside namespaces it creates; its processes talk to each other on
 // 127.0.0.1; it removes everything when it ends.
@@ -49,9 +54,9 @@ func main() {
 		out      = flag.String("out", "e2e/bench/results", "directory for the JSON, Markdown and plot")
 		quick    = flag.Bool("quick", false, "fewer repetitions, shorter runs (about 3 minutes)")
 		reps     = flag.Int("reps", 0, "repetitions (default 3, quick 2)")
-		only     = flag.String("workloads", "", "comma-separated workloads to run (default all: lat1k,maxrps,bulk1,bulk8,newconn)")
-		paths    = flag.String("paths", "", "comma-separated paths (default all: direct,mesh,stunnel,haproxy)")
-		noMem    = flag.Bool("no-memory", false, "skip the memory measurements (idle connections, ztunnel state)")
+		only     = flag.String("workloads", "", "comma-separated workloads to run (default all: lat1k,maxrps,h2max,grpc,bulk1,bulk8,newconn)")
+		paths    = flag.String("paths", "", "comma-separated paths (default all: direct,mesh,stunnel,haproxy,waypoint,nginx-mtls,nginx,haproxy-http)")
+		noMem    = flag.Bool("no-memory", false, "skip the memory measurements (idle connections, ztunnel state, waypoint config scale)")
 		profile  = flag.String("profile", "", "comma-separated workloads whose first mesh run is profiled (pprof CPU + allocs of both ztunnels; and the heap of the memory measurement)")
 		profDir  = flag.String("profile-dir", "", "where profiles go (default <out>/profiles-<stamp>)")
 		duration = flag.Duration("lat-duration", 0, "duration of each fixed-rate run (default 30s, quick 3s)")
@@ -109,7 +114,7 @@ func run(ctx context.Context, p plan, o options, stdout, progress io.Writer) err
 	if err != nil {
 		return fmt.Errorf("fortio: %w (ZMESH_BENCH=1 .ci/deps.sh installs it)", err)
 	}
-	for _, tool := range []string{"iperf3", "stunnel4", "haproxy", "ip"} {
+	for _, tool := range []string{"iperf3", "stunnel4", "haproxy", "nginx", "ip"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return fmt.Errorf("%s: %w (ZMESH_BENCH=1 .ci/deps.sh installs it)", tool, err)
 		}
@@ -132,8 +137,10 @@ func run(ctx context.Context, p plan, o options, stdout, progress io.Writer) err
 	}
 	meta := report.Meta{Date: started, Host: host, Kernel: kernel(), GoVersion: runtime.Version(), CPUs: runtime.NumCPU(),
 		Quick: o.quick, Reps: p.reps, Rate: p.rate, Conns: p.maxConns, LoadBefore: loadAvg(),
-		Durations: map[string]string{report.Lat1k: p.lat.String(), report.MaxRPS: p.maxRPS.String(), "bulk": p.bulk.String(), report.NewConn: p.newConn.String()},
-		Tools:     map[string]string{"fortio": toolVersion(fortio, "version"), "iperf3": toolVersion("iperf3", "--version"), "stunnel": toolVersion("stunnel4", "-version"), "haproxy": toolVersion("haproxy", "-v")},
+		Durations: map[string]string{report.Lat1k: p.lat.String(), report.MaxRPS: p.maxRPS.String(), report.H2Max: p.maxRPS.String(), report.GRPC: p.grpc.String(),
+			"bulk": p.bulk.String(), report.NewConn: p.newConn.String()},
+		Tools: map[string]string{"fortio": toolVersion(fortio, "version"), "iperf3": toolVersion("iperf3", "--version"), "stunnel": toolVersion("stunnel4", "-version"),
+			"haproxy": toolVersion("haproxy", "-v"), "nginx": toolVersion("nginx", "-v")},
 	}
 
 	tmp, err := os.MkdirTemp("", "zmesh-bench-")
@@ -145,7 +152,7 @@ func run(ctx context.Context, p plan, o options, stdout, progress io.Writer) err
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
 	slog.SetDefault(log)
-	fmt.Fprintf(progress, "bench: setting up two nodes, four pods, zmeshd, two ztunnels, stunnel and haproxy (work dir %s)\n", tmp)
+	fmt.Fprintf(progress, "bench: setting up three nodes, five pods, zmeshd, two ztunnels, a waypoint, stunnel, haproxy and nginx (work dir %s)\n", tmp)
 	e, err := setup(ctx, bin, tmp, log)
 	if err != nil {
 		return err
@@ -178,26 +185,40 @@ func run(ctx context.Context, p plan, o options, stdout, progress io.Writer) err
 	}
 	mesh := e.zts[1]
 	openedBefore := connectionsOpened(ctx, mesh)
+	wpBefore, err := e.wp.requests(ctx)
+	if err != nil {
+		return fmt.Errorf("waypoint metrics: %w", err)
+	}
 
-	r := &runner{plan: p, fortio: fortio, tmp: tmp}
+	r := &runner{plan: p, fortio: fortio, tmp: tmp, pki: e.pkiDir}
+	// Each workload runs on the paths that carry it (no iperf through an
+	// HTTP proxy, no gRPC through a byte pipe on its own port).
+	on := map[string][]*path{}
 	var total time.Duration
+	steps, step := 0, 0
 	for _, w := range order {
-		total += p.duration(w) * time.Duration(len(ps))
+		for _, x := range ps {
+			if x.runs(w) {
+				on[w] = append(on[w], x)
+			}
+		}
+		total += p.duration(w) * time.Duration(len(on[w]))
+		steps += p.reps * len(on[w])
 	}
 	total *= time.Duration(p.reps)
-	steps, step := p.reps*len(order)*len(ps), 0
 	var samples []report.Sample
 	loopStart := time.Now()
 	for rep := 1; rep <= p.reps; rep++ {
 		for _, w := range order {
 			// Each repetition starts the paths at another place, so no path
 			// always runs first (or right after the heaviest one).
-			for i := range ps {
-				pt := ps[(i+rep-1)%len(ps)]
+			wps := on[w]
+			for i := range wps {
+				pt := wps[(i+rep-1)%len(wps)]
 				step++
 				el := time.Since(loopStart)
 				left := max(0, total-el)
-				fmt.Fprintf(progress, "[%3d/%d] rep %d/%d  %-8s %-8s  elapsed %s, about %s left\n", step, steps, rep, p.reps, w, pt.name, el.Round(time.Second), left.Round(time.Second))
+				fmt.Fprintf(progress, "[%3d/%d] rep %d/%d  %-8s %-12s  elapsed %s, about %s left\n", step, steps, rep, p.reps, w, pt.name, el.Round(time.Second), left.Round(time.Second))
 				if err := ctx.Err(); err != nil {
 					return err
 				}
@@ -223,6 +244,15 @@ func run(ctx context.Context, p plan, o options, stdout, progress io.Writer) err
 		}
 	}
 
+	if slices.ContainsFunc(ps, func(x *path) bool { return x.name == report.Waypoint }) {
+		// The waypoint path must have gone through the waypoint.
+		if after, err := e.wp.requests(ctx); err != nil || after <= wpBefore {
+			return fmt.Errorf("the waypoint counted no request during the runs (%v -> %v, %v): the waypoint path did not cross it", wpBefore, after, err)
+		} else {
+			meta.Notes = append(meta.Notes, fmt.Sprintf("the waypoint counted %.0f requests during the runs (the waypoint path crossed it)", after-wpBefore))
+		}
+	}
+
 	var idle *report.Idle
 	if o.memory && slices.ContainsFunc(ps, func(x *path) bool { return x.name == report.Mesh }) {
 		fmt.Fprintf(progress, "[idle] %d connections through the mesh, one request each, then quiet\n", p.idleConns)
@@ -232,9 +262,18 @@ func run(ctx context.Context, p plan, o options, stdout, progress io.Writer) err
 			idle = nil
 		}
 	}
+	var wpScale *report.WaypointScale
+	if o.memory {
+		fmt.Fprintf(progress, "[waypoint] %d services × %d routes bound to the waypoint\n", p.wpServices, p.wpRoutes)
+		if wpScale, err = e.measureWaypointScale(ctx, p.wpServices, p.wpRoutes); err != nil {
+			fmt.Fprintf(progress, "          waypoint config scale measurement failed: %v\n", err)
+			meta.Notes = append(meta.Notes, "waypoint config scale measurement failed: "+err.Error())
+			wpScale = nil
+		}
+	}
 	var mem *report.Memory
 	if o.memory {
-		fmt.Fprintf(progress, "[memory] a third ztunnel with no pods: idle, then %d workloads and %d services from zmeshd\n", p.scaleWorkloads, p.scaleServices)
+		fmt.Fprintf(progress, "[memory] another ztunnel with no pods: idle, then %d workloads and %d services from zmeshd\n", p.scaleWorkloads, p.scaleServices)
 		if mem, err = e.measureMemory(ctx, p.scaleWorkloads, p.scaleServices, p.profileDir); err != nil {
 			fmt.Fprintf(progress, "          memory measurement failed: %v\n", err)
 			meta.Notes = append(meta.Notes, "memory measurement failed: "+err.Error())
@@ -249,6 +288,7 @@ func run(ctx context.Context, p plan, o options, stdout, progress io.Writer) err
 
 	rep := report.Build(meta, wls, samples, mem)
 	rep.Idle = idle
+	rep.Waypoint = wpScale
 	fmt.Fprintln(stdout)
 	rep.Text(stdout)
 	return writeOutputs(rep, o.out, stamp, stdout)
@@ -306,6 +346,7 @@ func rerender(file string, stdout io.Writer) error {
 	}
 	r := report.Build(old.Meta, report.Workloads(old.Meta.Rate, old.Meta.Conns), old.Samples, old.Memory)
 	r.Idle = old.Idle
+	r.Waypoint = old.Waypoint
 	r.Text(stdout)
 	return writeOutputs(r, filepath.Dir(file), strings.TrimSuffix(filepath.Base(file), ".json"), stdout)
 }

@@ -93,6 +93,8 @@ func (z *ztunnel) memory(ctx context.Context) (heap, rss float64, err error) {
 // syncz is what the bench reads of zmeshd's /debug/syncz.
 type syncz []struct {
 	Node  string `json:"node"`
+	Kind  string `json:"kind"`
+	Pod   string `json:"pod"`
 	Types []struct {
 		TypeURL       string `json:"typeUrl"`
 		ServerVersion string `json:"serverVersion"`
@@ -101,8 +103,15 @@ type syncz []struct {
 	} `json:"types"`
 }
 
-// syncVersions returns the server version of each type zmeshd sends the node.
+// syncVersions returns the server version of each type zmeshd sends the
+// node's ztunnel.
 func (e *env) syncVersions(ctx context.Context, node string) (map[string]string, error) {
+	return e.syncVersionsOf(ctx, func(n, kind, pod string) bool { return n == node && kind == "ztunnel" })
+}
+
+// syncVersionsOf is syncVersions for the proxies match selects by node,
+// kind ("ztunnel", "router") and pod.
+func (e *env) syncVersionsOf(ctx context.Context, match func(node, kind, pod string) bool) (map[string]string, error) {
 	body, err := proc.HTTPGet(ctx, "http://"+e.zmeshdMon+"/debug/syncz")
 	if err != nil {
 		return nil, err
@@ -113,7 +122,7 @@ func (e *env) syncVersions(ctx context.Context, node string) (map[string]string,
 	}
 	out := map[string]string{}
 	for _, p := range s {
-		if p.Node != node {
+		if !match(p.Node, p.Kind, p.Pod) {
 			continue
 		}
 		for _, t := range p.Types {
@@ -130,8 +139,12 @@ func (e *env) syncVersions(ctx context.Context, node string) (map[string]string,
 // waitSynced waits until the node has acknowledged every type, at a
 // version other than before's for at least one type when before is given.
 func (e *env) waitSynced(ctx context.Context, node string, before map[string]string) error {
+	return e.waitSyncedOf(ctx, func(ctx context.Context) (map[string]string, error) { return e.syncVersions(ctx, node) }, before)
+}
+
+func (e *env) waitSyncedOf(ctx context.Context, versions func(context.Context) (map[string]string, error), before map[string]string) error {
 	return waitFor(ctx, 3*time.Minute, func() bool {
-		now, err := e.syncVersions(ctx, node)
+		now, err := versions(ctx)
 		if err != nil || len(now) == 0 {
 			return false
 		}

@@ -2,13 +2,19 @@ package main
 
 import (
 	"math"
+	"net/netip"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/zmesh/zmesh/controlplane/model"
 	"github.com/zmesh/zmesh/controlplane/source/dir"
+	"github.com/zmesh/zmesh/e2e/bench/report"
 )
 
 // The bench's pure parts: what it reads of fortio, iperf3 and /proc, and
@@ -86,6 +92,16 @@ func TestYAMLLoads(t *testing.T) {
 	d := t.TempDir()
 	writeFile(t, d+"/00-bench.yaml", meshYAML())
 	writeFile(t, d+"/90-scale.yaml", scaleYAML(1000, 200))
+	gw, o, err := waypointDesired(netip.MustParseAddrPort("10.45.0.1:15010"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wy, err := waypointYAML(gw, o, waypointPod(o))
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, d+"/10-waypoint.yaml", wy)
+	writeFile(t, d+"/91-waypoint-scale.yaml", waypointScaleYAML(20, 5))
 	u, err := (&dir.Source{Dir: d}).Load()
 	if err != nil {
 		t.Fatal(err)
@@ -93,11 +109,37 @@ func TestYAMLLoads(t *testing.T) {
 	if len(u.Errors) > 0 {
 		t.Fatalf("errors: %v", u.Errors)
 	}
-	if n := len(u.Snapshot.Pods); n != 1004 {
-		t.Errorf("%d pods, want 1004", n)
+	if n := len(u.Snapshot.Pods); n != 1006 {
+		t.Errorf("%d pods, want 1006 (1000 + 5 bench pods + the waypoint)", n)
 	}
-	if n := len(u.Snapshot.Services); n != 200 {
-		t.Errorf("%d services, want 200", n)
+	// 200 of the ztunnel scale, echo, the waypoint's own, 20 bound to it.
+	if n := len(u.Snapshot.Services); n != 222 {
+		t.Errorf("%d services, want 222", n)
+	}
+	if n := len(u.Snapshot.Gateways); n != 1 {
+		t.Errorf("%d gateways, want 1", n)
+	}
+	if n := len(u.Snapshot.VirtualServices); n != 20 {
+		t.Errorf("%d virtual services, want 20", n)
+	} else if r := len(u.Snapshot.VirtualServices[0].Spec.GetHttp()); r != 5 {
+		t.Errorf("%d routes in a virtual service, want 5", r)
+	}
+	bound := 0
+	for _, svc := range u.Snapshot.Services {
+		if _, name, ok := model.UseWaypoint(svc.Labels, svc.Namespace); ok && name == waypointGateway {
+			bound++
+		}
+	}
+	if bound != 21 {
+		t.Errorf("%d services bound to the waypoint, want 21 (echo and the 20 of the scale)", bound)
+	}
+	for _, p := range u.Snapshot.Pods {
+		if p.Status.PodIP != waypointPodAddr.String() {
+			continue
+		}
+		if p.Spec.NodeName != proxyNode || p.Spec.ServiceAccountName != waypointGateway || p.Labels["istio.io/dataplane-mode"] != "none" {
+			t.Errorf("waypoint pod: node %q, service account %q, labels %v", p.Spec.NodeName, p.Spec.ServiceAccountName, p.Labels)
+		}
 	}
 	ips := map[string]bool{}
 	for _, p := range u.Snapshot.Pods {
@@ -130,4 +172,125 @@ func TestSampleAnonPeak(t *testing.T) {
 		t.Errorf("a pid that does not exist has peak %g", peaks[1])
 	}
 	runtime.KeepAlive(ballast)
+}
+
+// The waypoint runs with the deployer's args and its downward-API env
+// resolved from the pod; the volumes' paths are overridden after them.
+func TestWaypointCommandLine(t *testing.T) {
+	_, o, err := waypointDesired(netip.MustParseAddrPort("10.45.0.1:15010"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod := waypointPod(o)
+	c := o.Deployment.Spec.Template.Spec.Containers[0]
+	env, err := containerEnv(c, pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"POD_NAME=" + pod.Name, "POD_NAMESPACE=bench", "INSTANCE_IP=10.44.0.6", "SERVICE_ACCOUNT=waypoint", "NODE_NAME=node-3"} {
+		if !slices.Contains(env, want) {
+			t.Errorf("env %v lacks %s", env, want)
+		}
+	}
+	args := containerArgs(c, "/w", "/ca/root.pem")
+	if !slices.Contains(args, "--xds-address=10.45.0.1:15010") {
+		t.Errorf("args %v lack the deployer's --xds-address", args)
+	}
+	// Go's flag package keeps the last value: the bench's paths must come
+	// after the manifest's.
+	last := func(prefix string) string {
+		v := ""
+		for _, a := range args {
+			if strings.HasPrefix(a, prefix) {
+				v = a
+			}
+		}
+		return v
+	}
+	if last("--root-cert=") != "--root-cert=/ca/root.pem" || last("--token-file=") != "--token-file=/w/token" {
+		t.Errorf("args %v: volumes not overridden last", args)
+	}
+	c.Env = append(c.Env, corev1.EnvVar{Name: "X", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.uid"}}})
+	if _, err := containerEnv(c, pod); err == nil || !strings.Contains(err.Error(), "metadata.uid") {
+		t.Errorf("an unresolved field: err %v", err)
+	}
+}
+
+func TestSumMetric(t *testing.T) {
+	body := `# TYPE istio_requests_total counter
+istio_requests_total{response_code="200"} 12
+istio_requests_total{response_code="503"} 3
+istio_requests_total_other 100
+istio_request_duration_milliseconds_count 9
+`
+	if got := sumMetric(body, "istio_requests_total"); got != 15 {
+		t.Errorf("sumMetric = %g, want 15", got)
+	}
+}
+
+func TestParseChildren(t *testing.T) {
+	if got := parseChildren([]byte("123 456 \n")); !slices.Equal(got, []int{123, 456}) {
+		t.Errorf("parseChildren = %v", got)
+	}
+	if got := parseChildren(nil); len(got) != 0 {
+		t.Errorf("parseChildren(nil) = %v", got)
+	}
+}
+
+// Byte-pipe workloads stay off the HTTP proxies, HTTP/2 and gRPC off the
+// paths with no listener for them.
+func TestPathRuns(t *testing.T) {
+	any := netip.MustParseAddrPort("10.0.0.1:1")
+	l4 := &path{name: report.Stunnel}
+	l7 := &path{name: report.Nginx, l7: true, h2: any, grpc: any}
+	mesh := &path{name: report.Mesh, h2: any, grpc: any}
+	for _, c := range []struct {
+		p    *path
+		w    string
+		want bool
+	}{
+		{l4, report.Lat1k, true}, {l4, report.Bulk8, true}, {l4, report.H2Max, false}, {l4, report.GRPC, false},
+		{l7, report.Lat1k, true}, {l7, report.MaxRPS, true}, {l7, report.Bulk1, false}, {l7, report.NewConn, false}, {l7, report.H2Max, true}, {l7, report.GRPC, true},
+		{mesh, report.Bulk1, true}, {mesh, report.GRPC, true},
+	} {
+		if got := c.p.runs(c.w); got != c.want {
+			t.Errorf("%s runs %s = %v, want %v", c.p.name, c.w, got, c.want)
+		}
+	}
+}
+
+// nginx-mtls verifies its clients' certificates and presents its own to
+// its upstream, verified against the CA; plain nginx has no TLS at all.
+func TestNginxConf(t *testing.T) {
+	m := nginxConf("/p", "/pki", true)
+	for _, want := range []string{
+		"ssl_verify_client on;", "ssl_client_certificate /pki/ca.pem;", "ssl_protocols TLSv1.3;",
+		"proxy_pass https://app;", "proxy_ssl_certificate /pki/cert.pem;", "proxy_ssl_verify on;", "proxy_ssl_name bench-node;",
+		"grpc_pass grpcs://grpcapp;", "grpc_ssl_certificate /pki/cert.pem;", "grpc_ssl_verify on;",
+		"server 10.44.0.12:18443;", "server 10.44.0.12:18445;",
+		"listen 10.44.0.13:38443 ssl;", "listen 10.44.0.13:38444 ssl http2;",
+		"access_log off;", "keepalive 128;",
+	} {
+		if !strings.Contains(m, want) {
+			t.Errorf("nginx-mtls conf lacks %q:\n%s", want, m)
+		}
+	}
+	if got := strings.Count(m, "ssl_verify_client on;"); got != 3 {
+		t.Errorf("%d listeners verify clients, want 3", got)
+	}
+	p := nginxConf("/p", "/pki", false)
+	if strings.Contains(p, "ssl") {
+		t.Errorf("plain nginx conf has TLS:\n%s", p)
+	}
+	for _, want := range []string{"server 10.44.0.5:8080;", "grpc_pass grpc://grpcapp;", "listen 10.44.0.13:38081 http2;"} {
+		if !strings.Contains(p, want) {
+			t.Errorf("nginx conf lacks %q:\n%s", want, p)
+		}
+	}
+	h := haproxyHTTPConf()
+	for _, want := range []string{"mode http", "bind 10.44.0.13:48081 proto h2", "server s 10.44.0.5:8079 proto h2", "http-reuse always"} {
+		if !strings.Contains(h, want) {
+			t.Errorf("haproxy conf lacks %q:\n%s", want, h)
+		}
+	}
 }

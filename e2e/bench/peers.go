@@ -5,15 +5,18 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"math/big"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/zmesh/zmesh/e2e/bench/report"
@@ -30,12 +33,36 @@ type path struct {
 	proxies   []*proc.Proc   // processes whose CPU carries this path
 	ztunnels  []*ztunnel     // mesh only
 	clientPod string
+	// The L7 workloads' targets: where fortio -h2 and fortio -grpc go
+	// (invalid: the path does not carry them).
+	h2, grpc netip.AddrPort
+	// tls: the client speaks TLS with a client certificate (nginx-mtls).
+	tls bool
+	// l7: the path parses HTTP; byte-pipe workloads (iperf, new
+	// connections) do not run on it.
+	l7 bool
+	wp *waypoint // the waypoint path's waypoint
+}
+
+// runs reports whether workload w runs on the path.
+func (p *path) runs(w string) bool {
+	switch {
+	case slices.Contains(report.L4Workloads, w):
+		return !p.l7
+	case slices.Contains(report.L7Workloads, w):
+		if w == report.H2Max {
+			return p.h2.IsValid()
+		}
+		return p.grpc.IsValid()
+	}
+	return true
 }
 
 // Ports the node-level proxies listen on.
 const (
 	stunnelHTTP, stunnelIperf       = 18080, 15201 // stunnel client, node-1
 	stunnelTLSHTTP, stunnelTLSIperf = 18443, 15443 // stunnel server, node-2
+	stunnelTLSGRPC                  = 18445        // stunnel server, node-2: nginx-mtls's upstream for gRPC
 	haproxyHTTP, haproxyIperf       = 28080, 25201 // haproxy, node-2
 )
 
@@ -54,11 +81,11 @@ func (e *env) startPeers(ctx context.Context, fortio string) ([]*path, error) {
 		e.defer_(p.Stop)
 		return p, nil
 	}
-	for _, s := range []podSpec{meshServer, plainServer} {
+	for _, s := range []podSpec{meshServer, plainServer, wpServer} {
 		n := e.pods[s.name]
 		if _, err := start(n, s.name+"-fortio", fortio, "server", "-quiet",
 			"-http-port", netip.AddrPortFrom(s.addr, httpPort).String(),
-			"-grpc-port", "disabled", "-redirect-port", "disabled", "-tcp-port", "disabled", "-udp-port", "disabled"); err != nil {
+			"-grpc-port", netip.AddrPortFrom(s.addr, grpcPort).String(), "-redirect-port", "disabled", "-tcp-port", "disabled", "-udp-port", "disabled"); err != nil {
 			return nil, err
 		}
 		if _, err := start(n, s.name+"-iperf3", "iperf3", "-s", "-B", s.addr.String(), "-p", fmt.Sprint(iperfPort)); err != nil {
@@ -68,7 +95,8 @@ func (e *env) startPeers(ctx context.Context, fortio string) ([]*path, error) {
 
 	// stunnel: the two-hop TLS tunnel a user would build by hand. Mutual
 	// TLS 1.3 with a private CA, like the mesh's HBONE hop.
-	pki := filepath.Join(e.tmp, "stunnel-pki")
+	pki := filepath.Join(e.tmp, "pki")
+	e.pkiDir = pki
 	if err := writePKI(pki); err != nil {
 		return nil, err
 	}
@@ -78,8 +106,8 @@ func (e *env) startPeers(ctx context.Context, fortio string) ([]*path, error) {
 		filepath.Join(pki, "ca.pem"), filepath.Join(pki, "cert.pem"), filepath.Join(pki, "key.pem"))
 	clientConf := common + fmt.Sprintf("client = yes\n[http]\naccept = %s:%d\nconnect = %s:%d\n[iperf]\naccept = %s:%d\nconnect = %s:%d\n",
 		n1, stunnelHTTP, n2, stunnelTLSHTTP, n1, stunnelIperf, n2, stunnelTLSIperf)
-	serverConf := common + fmt.Sprintf("[http]\naccept = %s:%d\nconnect = %s:%d\n[iperf]\naccept = %s:%d\nconnect = %s:%d\n",
-		n2, stunnelTLSHTTP, srv, httpPort, n2, stunnelTLSIperf, srv, iperfPort)
+	serverConf := common + fmt.Sprintf("[http]\naccept = %s:%d\nconnect = %s:%d\n[iperf]\naccept = %s:%d\nconnect = %s:%d\n[grpc]\naccept = %s:%d\nconnect = %s:%d\n",
+		n2, stunnelTLSHTTP, srv, httpPort, n2, stunnelTLSIperf, srv, iperfPort, n2, stunnelTLSGRPC, srv, grpcPort)
 	var stunnels []*proc.Proc
 	for i, conf := range []string{clientConf, serverConf} {
 		f := filepath.Join(e.tmp, fmt.Sprintf("stunnel-%s.conf", nodeNames[i]))
@@ -116,13 +144,29 @@ listen iperf
 		return nil, err
 	}
 
+	l7, err := e.startL7Peers(start, pki, stunnels[1])
+	if err != nil {
+		return nil, err
+	}
+
 	pc, mc := e.pods[plainClient.name], e.pods[meshClient.name]
 	paths := []*path{
-		{name: report.Direct, client: pc, clientPod: plainClient.name, http: netip.AddrPortFrom(srv, httpPort), iperf: netip.AddrPortFrom(srv, iperfPort)},
+		{name: report.Direct, client: pc, clientPod: plainClient.name, http: netip.AddrPortFrom(srv, httpPort), iperf: netip.AddrPortFrom(srv, iperfPort),
+			h2: netip.AddrPortFrom(srv, httpPort), grpc: netip.AddrPortFrom(srv, grpcPort)},
 		{name: report.Mesh, client: mc, clientPod: meshClient.name, http: netip.AddrPortFrom(meshServer.addr, httpPort), iperf: netip.AddrPortFrom(meshServer.addr, iperfPort),
+			h2: netip.AddrPortFrom(meshServer.addr, httpPort), grpc: netip.AddrPortFrom(meshServer.addr, grpcPort),
 			ztunnels: e.zts, proxies: []*proc.Proc{e.zts[0].Proc, e.zts[1].Proc}},
 		{name: report.Stunnel, client: pc, clientPod: plainClient.name, http: netip.AddrPortFrom(n1, stunnelHTTP), iperf: netip.AddrPortFrom(n1, stunnelIperf), proxies: stunnels},
 		{name: report.HAProxy, client: pc, clientPod: plainClient.name, http: netip.AddrPortFrom(n2, haproxyHTTP), iperf: netip.AddrPortFrom(n2, haproxyIperf), proxies: []*proc.Proc{hap}},
+		// The waypoint path's proxies: both ztunnels and the waypoint
+		// (the waypoint's own figures are kept apart too).
+		{name: report.Waypoint, client: mc, clientPod: meshClient.name, l7: true, wp: e.wp,
+			http: netip.AddrPortFrom(echoVIP, httpPort), h2: netip.AddrPortFrom(echoVIP, httpPort), grpc: netip.AddrPortFrom(echoVIP, grpcPort),
+			ztunnels: e.zts, proxies: []*proc.Proc{e.zts[0].Proc, e.wp.Proc, e.zts[1].Proc}},
+	}
+	for _, x := range l7 {
+		x.client, x.clientPod = pc, plainClient.name
+		paths = append(paths, x)
 	}
 	// Every listener up and every path answering before anything is timed.
 	for _, p := range paths {
@@ -131,20 +175,55 @@ listen iperf
 				return nil, fmt.Errorf("%s exited:\n%s", q.Name, proc.Tail(q.Log(), 20))
 			}
 		}
-		if err := waitFor(ctx, 20*time.Second, func() bool { return probe(ctx, p) == nil }); err != nil {
-			return nil, fmt.Errorf("path %s does not answer: %v", p.name, probe(ctx, p))
+		if err := waitFor(ctx, 20*time.Second, func() bool { return probe(ctx, p, e.pkiDir) == nil }); err != nil {
+			return nil, fmt.Errorf("path %s does not answer: %v", p.name, probe(ctx, p, e.pkiDir))
 		}
+	}
+	// The waypoint path must cross the waypoint: its request counter
+	// moves with a probe (ztunnel would otherwise carry the VIP's traffic
+	// straight to the pod, and the figures would be the L4 path's).
+	before, err := e.wp.requests(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("waypoint metrics: %w", err)
+	}
+	const probes = 5
+	for range probes {
+		if err := probe(ctx, paths[slices.IndexFunc(paths, func(x *path) bool { return x.wp != nil })], e.pkiDir); err != nil {
+			return nil, err
+		}
+	}
+	if err := waitFor(ctx, 5*time.Second, func() bool {
+		after, err := e.wp.requests(ctx)
+		return err == nil && after-before >= probes
+	}); err != nil {
+		after, _ := e.wp.requests(ctx)
+		return nil, fmt.Errorf("the waypoint counted %.0f of %d probe requests through service %s: the waypoint path does not cross it", after-before, probes, echoService)
 	}
 	return paths, nil
 }
 
 // probe sends one HTTP request over the path and checks the answer.
-func probe(ctx context.Context, p *path) error {
+func probe(ctx context.Context, p *path, pki string) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	c, err := p.client.Dial(ctx, "tcp", p.http.String())
-	if err != nil {
+	var c net.Conn
+	var err error
+	if c, err = p.client.Dial(ctx, "tcp", p.http.String()); err != nil {
 		return err
+	}
+	if p.tls {
+		cfg, err := clientTLS(pki)
+		if err != nil {
+			c.Close()
+			return err
+		}
+		cfg.ServerName = p.http.Addr().String() // an IP SAN of the certificate
+		tc := tls.Client(c, cfg)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			c.Close()
+			return fmt.Errorf("path %s: TLS: %w", p.name, err)
+		}
+		c = tc
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(2 * time.Second))
@@ -157,6 +236,28 @@ func probe(ctx context.Context, p *path) error {
 		return fmt.Errorf("path %s: answer %q: %v", p.name, buf[:n], err)
 	}
 	return nil
+}
+
+// pkiName is the certificate's DNS name: nginx checks an upstream's
+// certificate against a name, not an address.
+const pkiName = "bench-node"
+
+// clientTLS is the client side of the PKI: the certificate presented,
+// the CA trusted.
+func clientTLS(dir string) (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"))
+	if err != nil {
+		return nil, err
+	}
+	ca, err := os.ReadFile(filepath.Join(dir, "ca.pem"))
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(ca) {
+		return nil, errors.New("pki: no CA certificate in ca.pem")
+	}
+	return &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, MinVersion: tls.VersionTLS13}, nil
 }
 
 // writePKI writes a CA and one certificate (client and server use) signed
@@ -183,7 +284,7 @@ func writePKI(dir string) error {
 	}
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "bench node"}, NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
 		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		IPAddresses: []net.IP{nodeAddrs[0].AsSlice(), nodeAddrs[1].AsSlice()}}
+		IPAddresses: []net.IP{nodeAddrs[0].AsSlice(), nodeAddrs[1].AsSlice(), proxyNodeAddr.AsSlice()}, DNSNames: []string{pkiName}}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
 	if err != nil {
 		return err

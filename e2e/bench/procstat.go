@@ -16,12 +16,12 @@ import (
 // 100 on every Linux architecture the project runs on.
 const clockTicks = 100
 
-// cpuOf returns each process's CPU seconds (user + system) so far; NaN
-// for one that cannot be read.
-func cpuOf(ps []*proc.Proc) []float64 {
-	out := make([]float64, len(ps))
-	for i, p := range ps {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.Pid()))
+// cpuOfPids returns each process's CPU seconds (user + system) so far;
+// NaN for one that cannot be read.
+func cpuOfPids(pids []int) []float64 {
+	out := make([]float64, len(pids))
+	for i, pid := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 		if err != nil {
 			out[i] = math.NaN()
 			continue
@@ -29,6 +29,38 @@ func cpuOf(ps []*proc.Proc) []float64 {
 		out[i], err = parseStatCPU(b)
 		if err != nil {
 			out[i] = math.NaN()
+		}
+	}
+	return out
+}
+
+// withChildren returns the processes' pids, each followed by its
+// children's (nginx's workers are the master's children; the other
+// proxies have none). Children come from /proc/<pid>/task/<tid>/children.
+func withChildren(ps []*proc.Proc) []int {
+	var out []int
+	for _, p := range ps {
+		pid := p.Pid()
+		out = append(out, pid)
+		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+		for _, t := range tasks {
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", pid, t.Name()))
+			if err != nil {
+				continue
+			}
+			out = append(out, parseChildren(b)...)
+		}
+	}
+	return out
+}
+
+// parseChildren reads a /proc/<pid>/task/<tid>/children file: pids
+// separated by spaces.
+func parseChildren(b []byte) []int {
+	var out []int
+	for _, f := range strings.Fields(string(b)) {
+		if pid, err := strconv.Atoi(f); err == nil && pid > 0 {
+			out = append(out, pid)
 		}
 	}
 	return out
@@ -113,14 +145,14 @@ func parseMemStatsLine(b []byte, name string) (float64, error) {
 	return 0, fmt.Errorf("heap profile: no %s", name)
 }
 
-// syscallsOf returns each process's read and write syscalls so far
+// syscallsOfPids returns each process's read and write syscalls so far
 // (syscr + syscw of /proc/<pid>/io: the read, write and vectored
 // families); NaN for one that cannot be read.
-func syscallsOf(ps []*proc.Proc) []float64 {
-	out := make([]float64, len(ps))
-	for i, p := range ps {
+func syscallsOfPids(pids []int) []float64 {
+	out := make([]float64, len(pids))
+	for i, pid := range pids {
 		out[i] = math.NaN()
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", p.Pid()))
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid))
 		if err != nil {
 			continue
 		}

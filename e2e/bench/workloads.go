@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,21 +24,25 @@ type plan struct {
 	reps                          int
 	rate, latConns, maxConns      int
 	lat, maxRPS, bulk, newConn    time.Duration
+	grpc                          time.Duration // the fixed-rate gRPC run
 	newConnConns                  int
 	profile                       []string // workloads whose first mesh run is profiled
 	profileDir                    string
 	scaleWorkloads, scaleServices int
 	idleConns                     int // connections held open for the idle figure
+	wpServices, wpRoutes          int // the waypoint's config scale: services bound, routes each
 }
 
 func fullPlan() plan {
 	return plan{reps: 3, rate: 1000, latConns: 10, maxConns: 64, lat: 30 * time.Second, maxRPS: 10 * time.Second, bulk: 10 * time.Second,
-		newConn: 5 * time.Second, newConnConns: 16, scaleWorkloads: 10000, scaleServices: 2000, idleConns: 2000}
+		newConn: 5 * time.Second, newConnConns: 16, grpc: 10 * time.Second, scaleWorkloads: 10000, scaleServices: 2000, idleConns: 2000,
+		wpServices: 1000, wpRoutes: 5}
 }
 
 func quickPlan() plan {
 	return plan{reps: 2, rate: 1000, latConns: 10, maxConns: 64, lat: 3 * time.Second, maxRPS: 2 * time.Second, bulk: 2 * time.Second,
-		newConn: 2 * time.Second, newConnConns: 16, scaleWorkloads: 10000, scaleServices: 2000, idleConns: 1000}
+		newConn: 2 * time.Second, newConnConns: 16, grpc: 2 * time.Second, scaleWorkloads: 10000, scaleServices: 2000, idleConns: 1000,
+		wpServices: 1000, wpRoutes: 5}
 }
 
 // duration is how long one run of the workload takes, for progress.
@@ -46,8 +51,10 @@ func (p plan) duration(w string) time.Duration {
 	switch w {
 	case report.Lat1k:
 		return p.lat + overhead
-	case report.MaxRPS:
+	case report.MaxRPS, report.H2Max:
 		return p.maxRPS + overhead
+	case report.GRPC:
+		return p.grpc + overhead
 	case report.Bulk1, report.Bulk8:
 		return p.bulk + overhead
 	case report.NewConn:
@@ -61,13 +68,17 @@ type runner struct {
 	plan   plan
 	fortio string
 	tmp    string
+	pki    string // the CA and client certificate of the TLS paths
 	seq    int
 }
 
 // run runs one workload once on one path and returns its sample.
 func (r *runner) run(ctx context.Context, w string, p *path, rep int) (report.Sample, error) {
 	s := report.Sample{Rep: rep, Workload: w, Path: p.name, Start: time.Now(), Values: map[string]float64{}}
-	before, sysBefore := cpuOf(p.proxies), syscallsOf(p.proxies)
+	// nginx's work is done by its workers, the master's children.
+	pids := withChildren(p.proxies)
+	before, sysBefore := cpuOfPids(pids), syscallsOfPids(pids)
+	zts := p.name == report.Mesh && len(p.ztunnels) == 2 // the ztunnels' own figures
 	for _, z := range p.ztunnels {
 		resetPeakRSS(z.Pid())
 	}
@@ -76,18 +87,27 @@ func (r *runner) run(ctx context.Context, w string, p *path, rep int) (report.Sa
 		prof = startProfiles(ctx, r.plan.profileDir, w, p.ztunnels, r.seconds(w))
 	}
 	var anonPeaks func() []float64
-	if w == report.Lat1k && len(p.ztunnels) == 2 {
-		anonPeaks = sampleAnonPeak([]int{p.ztunnels[0].Pid(), p.ztunnels[1].Pid()})
+	if len(pids) > 0 && w != report.Bulk1 && w != report.Bulk8 && w != report.NewConn {
+		anonPeaks = sampleAnonPeak(pids)
+	}
+	var wpBefore float64
+	if p.wp != nil {
+		wpBefore = cpuOfPids([]int{p.wp.Pid()})[0]
 	}
 	var requests, bytes float64
 	var err error
 	switch w {
 	case report.Lat1k:
-		requests, err = r.fortio_(ctx, p, &s, r.plan.rate, r.plan.latConns, r.plan.lat, "-payload-size", "1024")
+		requests, err = r.fortio_(ctx, p, &s, r.plan.rate, r.plan.latConns, r.plan.lat, r.url(p, p.http), "-payload-size", "1024")
 	case report.MaxRPS:
-		requests, err = r.fortio_(ctx, p, &s, 0, r.plan.maxConns, r.plan.maxRPS, "-payload-size", "1024")
+		requests, err = r.fortio_(ctx, p, &s, 0, r.plan.maxConns, r.plan.maxRPS, r.url(p, p.http), "-payload-size", "1024")
+	case report.H2Max:
+		requests, err = r.fortio_(ctx, p, &s, 0, r.plan.maxConns, r.plan.maxRPS, r.url(p, p.h2), "-payload-size", "1024", "-h2")
+	case report.GRPC:
+		// fortio's gRPC client speaks TLS when given a CA (-cacert).
+		requests, err = r.fortio_(ctx, p, &s, r.plan.rate, r.plan.latConns, r.plan.grpc, p.grpc.String(), "-grpc", "-ping")
 	case report.NewConn:
-		requests, err = r.fortio_(ctx, p, &s, 0, r.plan.newConnConns, r.plan.newConn, "-keepalive=false")
+		requests, err = r.fortio_(ctx, p, &s, 0, r.plan.newConnConns, r.plan.newConn, r.url(p, p.http), "-keepalive=false")
 		if err == nil {
 			s.Values[report.KeyConnPS] = s.Values[report.KeyQPS]
 			delete(s.Values, report.KeyQPS)
@@ -102,8 +122,19 @@ func (r *runner) run(ctx context.Context, w string, p *path, rep int) (report.Sa
 	s.Seconds = time.Since(s.Start).Seconds()
 	if anonPeaks != nil {
 		peaks := anonPeaks()
-		s.Values[report.KeyZt1AnonPeak] = peaks[0] / 1e6
-		s.Values[report.KeyZt2AnonPeak] = peaks[1] / 1e6
+		var sum float64
+		for i, pid := range pids {
+			sum += peaks[i]
+			switch {
+			case zts && w == report.Lat1k && pid == p.ztunnels[0].Pid():
+				s.Values[report.KeyZt1AnonPeak] = peaks[i] / 1e6
+			case zts && w == report.Lat1k && pid == p.ztunnels[1].Pid():
+				s.Values[report.KeyZt2AnonPeak] = peaks[i] / 1e6
+			case p.wp != nil && pid == p.wp.Pid():
+				s.Values[report.KeyWpAnonPeak] = peaks[i] / 1e6
+			}
+		}
+		s.Values[report.KeyProxyAnonPeak] = sum / 1e6
 	}
 	if prof != nil {
 		if perr := prof.wait(); perr != nil {
@@ -113,7 +144,7 @@ func (r *runner) run(ctx context.Context, w string, p *path, rep int) (report.Sa
 	if err != nil {
 		return s, err
 	}
-	after, sysAfter := cpuOf(p.proxies), syscallsOf(p.proxies)
+	after, sysAfter := cpuOfPids(pids), syscallsOfPids(pids)
 	var calls float64
 	for i := range sysBefore {
 		calls += sysAfter[i] - sysBefore[i]
@@ -129,9 +160,12 @@ func (r *runner) run(ctx context.Context, w string, p *path, rep int) (report.Sa
 	if requests > 0 && len(p.proxies) > 0 {
 		s.Values[report.KeySyscallsPerReq] = calls / requests
 	}
+	if requests > 0 && p.wp != nil {
+		s.Values[report.KeyWpCPU] = (cpuOfPids([]int{p.wp.Pid()})[0] - wpBefore) / (requests / 1000)
+	}
 	if requests > 0 && len(p.proxies) > 0 {
 		s.Values[report.KeyProxyCPU] = cpu / (requests / 1000)
-		if len(p.ztunnels) == 2 && w == report.Lat1k {
+		if zts && w == report.Lat1k {
 			s.Values[report.KeyZt1CPU] = (after[0] - before[0]) / (requests / 1000)
 			s.Values[report.KeyZt2CPU] = (after[1] - before[1]) / (requests / 1000)
 			s.Values[report.KeyZt1HWM] = peakRSS(p.ztunnels[0].Pid()) / 1e6
@@ -156,9 +190,17 @@ func (r *runner) nextFile(ext string) string {
 	return filepath.Join(r.tmp, fmt.Sprintf("run-%04d.%s", r.seq, ext))
 }
 
-// fortio_ runs `fortio load` from the path's client pod and fills the
-// sample; it returns how many requests were made.
-func (r *runner) fortio_(ctx context.Context, p *path, s *report.Sample, qps, conns int, d time.Duration, extra ...string) (float64, error) {
+// url is the fortio target of an HTTP workload on the path.
+func (r *runner) url(p *path, at netip.AddrPort) string {
+	if p.tls {
+		return "https://" + at.String() + "/echo"
+	}
+	return "http://" + at.String() + "/echo"
+}
+
+// fortio_ runs `fortio load` against target from the path's client pod
+// and fills the sample; it returns how many requests were made.
+func (r *runner) fortio_(ctx context.Context, p *path, s *report.Sample, qps, conns int, d time.Duration, target string, extra ...string) (float64, error) {
 	out := r.nextFile("json")
 	var ps []string
 	for _, pc := range report.LatencyPercentiles {
@@ -166,8 +208,11 @@ func (r *runner) fortio_(ctx context.Context, p *path, s *report.Sample, qps, co
 	}
 	args := []string{"netns", "exec", p.client.Name, r.fortio, "load", "-quiet", "-json", out,
 		"-qps", strconv.Itoa(qps), "-c", strconv.Itoa(conns), "-t", d.String(), "-p", strings.Join(ps, ","), "-timeout", "5s"}
+	if p.tls {
+		args = append(args, "-cacert", filepath.Join(r.pki, "ca.pem"), "-cert", filepath.Join(r.pki, "cert.pem"), "-key", filepath.Join(r.pki, "key.pem"))
+	}
 	args = append(args, extra...)
-	args = append(args, "http://"+p.http.String()+"/echo")
+	args = append(args, target)
 	cctx, cancel := context.WithTimeout(ctx, d+60*time.Second)
 	defer cancel()
 	cmdOut, err := exec.CommandContext(cctx, "ip", args...).CombinedOutput()
@@ -242,7 +287,8 @@ func parseFortio(b []byte) (fortioResult, error) {
 	}
 	r := fortioResult{qps: v.ActualQPS, percentiles: map[float64]float64{}}
 	for code, n := range v.RetCodes {
-		if code == "200" {
+		// gRPC pings answer SERVING.
+		if code == "200" || code == "SERVING" {
 			r.ok += n
 		} else {
 			r.errors += n

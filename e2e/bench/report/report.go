@@ -17,15 +17,37 @@ import (
 )
 
 // The paths a workload runs on. Direct is the baseline of every ratio.
+// The first four carry bytes (L4); the last four parse HTTP (L7), each
+// through a proxy on a third node.
 const (
 	Direct  = "direct"
 	Mesh    = "mesh"
 	Stunnel = "stunnel"
 	HAProxy = "haproxy"
+	// Waypoint: client pod → service VIP → ztunnel → waypoint (HBONE) →
+	// ztunnel → server pod.
+	Waypoint = "waypoint"
+	// NginxMTLS: client → TLS with a client certificate → nginx → TLS with
+	// a client certificate → stunnel → server: the waypoint's two mutual
+	// TLS hops.
+	NginxMTLS   = "nginx-mtls"
+	Nginx       = "nginx"
+	HAProxyHTTP = "haproxy-http"
 )
 
 // Paths lists the paths in the order tables show them.
-var Paths = []string{Direct, Mesh, Stunnel, HAProxy}
+var Paths = []string{Direct, Mesh, Stunnel, HAProxy, Waypoint, NginxMTLS, Nginx, HAProxyHTTP}
+
+// L7Paths are the paths through an HTTP proxy.
+var L7Paths = []string{Waypoint, NginxMTLS, Nginx, HAProxyHTTP}
+
+// Comparisons are the pairs the figures carry (path / against), besides
+// every path against direct: the mesh against the L4 proxies, the
+// waypoint against the mesh and the L7 proxies.
+var Comparisons = [][2]string{
+	{Mesh, Stunnel}, {Mesh, HAProxy},
+	{Waypoint, Mesh}, {Waypoint, NginxMTLS}, {Waypoint, Nginx}, {Waypoint, HAProxyHTTP},
+}
 
 // Better says which way a metric improves.
 type Better string
@@ -135,8 +157,7 @@ type Figure struct {
 	Workload string          `json:"workload"`
 	Metric   Metric          `json:"metric"`
 	Paths    map[string]Stat `json:"paths"`
-	// Ratios of mesh against each other path, and of every other path
-	// against direct.
+	// Ratios of every path against direct, and the Comparisons.
 	Pairs []Pair `json:"pairs"`
 }
 
@@ -218,14 +239,12 @@ func Aggregate(samples []Sample, workloads []Workload) []Figure {
 				f.Pairs = append(f.Pairs, p)
 			}
 			for _, p := range Paths {
-				if p != Mesh {
-					pair(Mesh, p)
-				}
-			}
-			for _, p := range Paths {
-				if p != Direct && p != Mesh {
+				if p != Direct {
 					pair(p, Direct)
 				}
+			}
+			for _, c := range Comparisons {
+				pair(c[0], c[1])
 			}
 			out = append(out, f)
 		}

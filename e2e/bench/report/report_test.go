@@ -246,3 +246,114 @@ func TestFormatValue(t *testing.T) {
 		t.Error("NaN not shown as a dash")
 	}
 }
+
+// waypointSamples: two reps of the L7 paths beside direct and mesh. Per
+// rep, the waypoint path adds 1.5× the mesh's p99 over direct, makes
+// 0.8× nginx-mtls's max req/s, and the waypoint alone uses 0.08 s of CPU
+// and 24 MB of private memory per 1000 requests at 1000 req/s.
+func waypointSamples() []Sample {
+	var out []Sample
+	for rep, scale := range map[int]float64{1: 1, 2: 2} {
+		p99 := map[string]float64{Direct: 1, Mesh: 1.2, Waypoint: 1.3, NginxMTLS: 2, Nginx: 1.1, HAProxyHTTP: 1.1}
+		qps := map[string]float64{Direct: 10000, Mesh: 8000, Waypoint: 4000, NginxMTLS: 5000, Nginx: 6000, HAProxyHTTP: 7000}
+		for path := range p99 {
+			lat := Sample{Rep: rep, Workload: Lat1k, Path: path, Values: map[string]float64{LatKey(99): p99[path] * scale}}
+			if path == Waypoint {
+				lat.Values[KeyWpCPU], lat.Values[KeyWpAnonPeak], lat.Values[KeyProxyAnonPeak] = 0.08, 24, 40
+			}
+			out = append(out, lat,
+				Sample{Rep: rep, Workload: MaxRPS, Path: path, Values: map[string]float64{KeyQPS: qps[path] / scale}},
+				Sample{Rep: rep, Workload: H2Max, Path: path, Values: map[string]float64{KeyQPS: qps[path]}})
+		}
+	}
+	return out
+}
+
+func TestWaypointTargets(t *testing.T) {
+	figs := Aggregate(waypointSamples(), Workloads(1000, 64))
+	got := map[string]Target{}
+	for _, tg := range Targets(figs, nil, 1000) {
+		got[tg.Name] = tg
+	}
+	for name, want := range map[string]struct {
+		v   float64
+		met bool
+	}{
+		"max req/s: waypoint / nginx mTLS":                   {0.8, false},
+		"waypoint vCPU per 1000 req/s":                       {0.08, true},
+		"waypoint peak private RSS per 1000 req/s":           {24, true},
+		"added p99 at 1000 req/s: waypoint path / mesh path": {1.5, true},
+		"added p99 at 1000 req/s (mesh − direct)":            {0.3, false},
+	} {
+		tg, ok := got[name]
+		if !ok {
+			t.Errorf("no target %q", name)
+			continue
+		}
+		if !tg.Measured || tg.Met != want.met || math.Abs(tg.Value-want.v) > 1e-9 {
+			t.Errorf("%s: %+v, want value %g met %v", name, tg, want.v, want.met)
+		}
+	}
+	// The mesh adding nothing (or less than nothing, noise) leaves the
+	// ratio of added latencies unmeasured rather than infinite.
+	if _, ok := AddedRatio(0.2, 0); ok {
+		t.Error("AddedRatio to a zero delta is measured")
+	}
+	if _, ok := AddedRatio(0.2, -0.1); ok {
+		t.Error("AddedRatio to a negative delta is measured")
+	}
+	// L7-only figures are not shown on L4 paths, L4-only ones not on L7.
+	for _, f := range figs {
+		if f.Metric.Key == KeyWpCPU && (f.Stat(Mesh).Valid() || !f.Stat(Waypoint).Valid()) {
+			t.Errorf("waypoint CPU shown on %v", f.Paths)
+		}
+	}
+}
+
+func TestWaypointRenderings(t *testing.T) {
+	meta := Meta{Date: time.Date(2026, 1, 2, 3, 4, 0, 0, time.UTC), Host: "h", Reps: 2, Rate: 1000, Conns: 64}
+	r := Build(meta, Workloads(1000, 64), waypointSamples(), nil)
+	r.Waypoint = &WaypointScale{Services: 1000, RoutesPerService: 5, IdleAnon: 10e6, LoadedAnon: 30e6, PeakAnon: 50e6, ApplySeconds: 1.5}
+	var txt, md bytes.Buffer
+	r.Text(&txt)
+	r.Markdown(&md, "")
+	for _, want := range []string{
+		"waypoint/nginx-mtls", "waypoint/mesh", "nginx-mtls", "haproxy-http",
+		"waypoint config: 1000 services × 5 routes bound to it, applied (file written → waypoint acked) in 1.5 s",
+		"→ 20000 bytes per service",
+		"max req/s: waypoint / nginx mTLS", "0.8 ×",
+	} {
+		if !strings.Contains(txt.String(), want) {
+			t.Errorf("text lacks %q:\n%s", want, txt.String())
+		}
+	}
+	// Only the paths and comparisons with figures get a column: stunnel
+	// ran nothing.
+	if strings.Contains(txt.String(), "mesh/stunnel") || strings.Contains(md.String(), "mesh/stunnel") {
+		t.Errorf("text shows a column for a path that ran nothing:\n%s", txt.String())
+	}
+	for _, want := range []string{
+		"| maxrps | req/s (req/s) | 0.80× | 0.40× | 0.50× | 0.80× | 0.67× | 0.57× |",
+		"| private RSS (RssAnon) | 10.00 MB | 30.00 MB | 50.00 MB | 20000 B |",
+		"| added p99 at 1000 req/s: waypoint path / mesh path | 1.500 × | <= 2 × | met |",
+	} {
+		if !strings.Contains(md.String(), want) {
+			t.Errorf("markdown lacks %q:\n%s", want, md.String())
+		}
+	}
+	var buf bytes.Buffer
+	if err := r.WriteJSON(&buf); err != nil {
+		t.Fatal(err)
+	}
+	f := filepath.Join(t.TempDir(), "r.json")
+	if err := os.WriteFile(f, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	back, err := ReadJSON(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if back.Waypoint == nil || *back.Waypoint != *r.Waypoint {
+		t.Errorf("waypoint scale after round trip = %+v", back.Waypoint)
+	}
+}

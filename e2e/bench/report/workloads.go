@@ -20,7 +20,18 @@ const (
 	Bulk1   = "bulk1"
 	Bulk8   = "bulk8"
 	NewConn = "newconn"
+	// H2Max is max req/s over HTTP/2 (h2c from the client, h2 over TLS
+	// to nginx's TLS listener), GRPC unary calls at a fixed rate.
+	H2Max = "h2max"
+	GRPC  = "grpc"
 )
+
+// L4Workloads measure a byte pipe: they run on the L4 paths alone.
+var L4Workloads = []string{Bulk1, Bulk8, NewConn}
+
+// L7Workloads speak HTTP/2 or gRPC: they run on direct, the mesh and the
+// L7 paths.
+var L7Workloads = []string{H2Max, GRPC}
 
 // Metric keys shared by several workloads.
 const (
@@ -45,6 +56,19 @@ const (
 	KeySyscallsPerMB  = "proxy_syscalls_per_mb"
 	KeyCPUPerGB       = "proxy_cpu_per_gb" // CPU seconds of the path's proxies per GB carried
 	KeyConnPS         = "conn_per_s"
+	// The sum over the path's proxy processes of each one's highest
+	// RssAnon during the run (nginx: master and workers).
+	KeyProxyAnonPeak = "proxy_peak_anon_rss_mb"
+	// The waypoint alone (its path's proxies also hold both ztunnels).
+	KeyWpCPU      = "waypoint_cpu_per_1k"
+	KeyWpAnonPeak = "waypoint_peak_anon_rss_mb"
+)
+
+var (
+	proxyPaths = []string{Mesh, Stunnel, HAProxy, Waypoint, NginxMTLS, Nginx, HAProxyHTTP}
+	// read/write syscalls: nginx and haproxy use recv/send, which
+	// /proc/<pid>/io does not count.
+	rwPaths = []string{Mesh, Stunnel, Waypoint}
 )
 
 // LatencyPercentiles are the percentiles asked of fortio; the table shows
@@ -55,8 +79,11 @@ var LatencyPercentiles = []float64{50, 75, 90, 95, 99, 99.5, 99.9}
 func LatKey(p float64) string { return fmt.Sprintf("p%g", p) }
 
 var (
-	proxyCPU       = Metric{Key: KeyProxyCPU, Label: "proxies' CPU s per 1000 req", Unit: "s", Better: Lower, Only: []string{Mesh, Stunnel, HAProxy}}
-	proxySysPerReq = Metric{Key: KeySyscallsPerReq, Label: "proxies' read/write syscalls per req", Unit: "calls", Better: Lower, Only: []string{Mesh, Stunnel}}
+	proxyCPU       = Metric{Key: KeyProxyCPU, Label: "proxies' CPU s per 1000 req", Unit: "s", Better: Lower, Only: proxyPaths}
+	proxySysPerReq = Metric{Key: KeySyscallsPerReq, Label: "proxies' read/write syscalls per req", Unit: "calls", Better: Lower, Only: rwPaths}
+	proxyAnonPeak  = Metric{Key: KeyProxyAnonPeak, Label: "proxies' peak private RSS", Unit: "MB", Better: Lower, Only: proxyPaths}
+	wpCPU          = Metric{Key: KeyWpCPU, Label: "waypoint CPU s per 1000 req", Unit: "s", Better: Lower, Only: []string{Waypoint}}
+	wpAnonPeak     = Metric{Key: KeyWpAnonPeak, Label: "waypoint peak private RSS", Unit: "MB", Better: Lower, Only: []string{Waypoint}}
 	proxySysPerMB  = Metric{Key: KeySyscallsPerMB, Label: "proxies' read/write syscalls per MB", Unit: "calls", Better: Lower, Only: []string{Mesh, Stunnel}}
 	proxyCPUPerGB  = Metric{Key: KeyCPUPerGB, Label: "proxies' CPU s per GB", Unit: "s", Better: Lower, Only: []string{Mesh, Stunnel, HAProxy}}
 )
@@ -72,6 +99,9 @@ func Workloads(rate, conns int) []Workload {
 		Metric{Key: KeyQPS, Label: "achieved req/s", Unit: "req/s", Better: Higher},
 		proxyCPU,
 		proxySysPerReq,
+		proxyAnonPeak,
+		wpCPU,
+		wpAnonPeak,
 		Metric{Key: KeyZt1CPU, Label: "client ztunnel CPU s per 1000 req", Unit: "s", Better: Lower, Only: []string{Mesh}},
 		Metric{Key: KeyZt2CPU, Label: "server ztunnel CPU s per 1000 req", Unit: "s", Better: Lower, Only: []string{Mesh}},
 		Metric{Key: KeyZt1HWM, Label: "client ztunnel peak RSS", Unit: "MB", Better: Lower, Only: []string{Mesh}},
@@ -81,6 +111,13 @@ func Workloads(rate, conns int) []Workload {
 		Metric{Key: KeyZt1Anon, Label: "client ztunnel private RSS after the run", Unit: "MB", Better: Lower, Only: []string{Mesh}},
 		Metric{Key: KeyZt2Anon, Label: "server ztunnel private RSS after the run", Unit: "MB", Better: Lower, Only: []string{Mesh}},
 	)
+	grpc := Workload{Name: GRPC, Title: fmt.Sprintf("gRPC unary ping at %d calls/s, 10 connections (fortio grpcping)", rate)}
+	for _, p := range []float64{50, 90, 99, 99.9} {
+		grpc.Metrics = append(grpc.Metrics, Metric{Key: LatKey(p), Label: fmt.Sprintf("p%g", p), Unit: "ms", Better: Lower, Added: true})
+	}
+	grpc.Metrics = append(grpc.Metrics,
+		Metric{Key: KeyQPS, Label: "achieved calls/s", Unit: "calls/s", Better: Higher},
+		proxyCPU, proxyAnonPeak, wpCPU, wpAnonPeak)
 	return []Workload{
 		lat,
 		{Name: MaxRPS, Title: fmt.Sprintf("max req/s, %d connections, 1 kB request/response (fortio)", conns), Metrics: []Metric{
@@ -88,7 +125,19 @@ func Workloads(rate, conns int) []Workload {
 			{Key: LatKey(99), Label: "p99", Unit: "ms", Better: Lower},
 			proxyCPU,
 			proxySysPerReq,
+			proxyAnonPeak,
+			wpCPU,
+			wpAnonPeak,
 		}},
+		{Name: H2Max, Title: fmt.Sprintf("max req/s over HTTP/2 (h2c; h2 over TLS to nginx-mtls), %d connections, 1 kB (fortio -h2)", conns), Metrics: []Metric{
+			{Key: KeyQPS, Label: "req/s", Unit: "req/s", Better: Higher},
+			{Key: LatKey(99), Label: "p99", Unit: "ms", Better: Lower},
+			proxyCPU,
+			proxyAnonPeak,
+			wpCPU,
+			wpAnonPeak,
+		}},
+		grpc,
 		{Name: Bulk1, Title: "bulk TCP, 1 stream (iperf3)", Metrics: []Metric{{Key: KeyGbps, Label: "throughput", Unit: "Gbit/s", Better: Higher}, proxyCPUPerGB, proxySysPerMB}},
 		{Name: Bulk8, Title: "bulk TCP, 8 streams (iperf3)", Metrics: []Metric{{Key: KeyGbps, Label: "throughput", Unit: "Gbit/s", Better: Higher}, proxyCPUPerGB, proxySysPerMB}},
 		{Name: NewConn, Title: "new connections: connect, one small request, close (fortio -keepalive=false)", Metrics: []Metric{
@@ -148,6 +197,39 @@ func (m Memory) HeapPerWorkload() float64 {
 		return math.NaN()
 	}
 	return (m.LoadedHeap - m.IdleHeap) / float64(m.Workloads)
+}
+
+// AddedRatio is the waypoint path's added latency over the mesh path's
+// (both over direct). Not defined when the mesh adds nothing measurable:
+// a ratio to zero or to a negative delta (noise) says nothing.
+func AddedRatio(waypoint, mesh float64) (float64, bool) {
+	if mesh <= 0 || math.IsNaN(mesh) || math.IsNaN(waypoint) {
+		return 0, false
+	}
+	return waypoint / mesh, true
+}
+
+// WaypointScale is the waypoint's config cost: Services services bound
+// to it, each with a VirtualService of RoutesPerService routes, written
+// into zmeshd's config directory at once; memory is RssAnon (what the
+// waypoint allocated, not its binary's pages), before and after.
+type WaypointScale struct {
+	Services         int     `json:"services"`
+	RoutesPerService int     `json:"routes_per_service"`
+	IdleAnon         float64 `json:"idle_anon_rss_bytes"`
+	LoadedAnon       float64 `json:"loaded_anon_rss_bytes"`
+	PeakAnon         float64 `json:"peak_anon_rss_bytes"` // highest while it took the update in
+	// ApplySeconds: file written → the waypoint has acknowledged every
+	// type (it acknowledges once the snapshot is compiled and swapped in).
+	ApplySeconds float64 `json:"apply_seconds"`
+}
+
+// AnonPerService is the private memory above idle per bound service.
+func (w WaypointScale) AnonPerService() float64 {
+	if w.Services == 0 {
+		return math.NaN()
+	}
+	return (w.LoadedAnon - w.IdleAnon) / float64(w.Services)
 }
 
 // Target is one of the issue's goals, with what this run measured.
@@ -236,6 +318,18 @@ func Targets(figs []Figure, mem *Memory, rate int) []Target {
 	}
 	v, ok = pathMedian(NewConn, KeyConnPS, Mesh)
 	add("new connections per second (mesh)", ">=", 10000, "conn/s", v, ok)
+	// The waypoint against what users would run instead, and against the
+	// L4 mesh it extends.
+	v, ok = pairMedian(MaxRPS, KeyQPS, Waypoint, NginxMTLS, false)
+	add("max req/s: waypoint / nginx mTLS", ">=", 1.0, "×", v, ok)
+	v, ok = pathMedian(Lat1k, KeyWpCPU, Waypoint)
+	add("waypoint vCPU per 1000 req/s", "<=", 0.10, "vCPU", v, ok)
+	v, ok = pathMedian(Lat1k, KeyWpAnonPeak, Waypoint)
+	add("waypoint peak private RSS per 1000 req/s", "<=", 30, "MB", v/per1k, ok)
+	wp, okW := pairMedian(Lat1k, LatKey(99), Waypoint, Direct, true)
+	l4, okM := pairMedian(Lat1k, LatKey(99), Mesh, Direct, true)
+	v, ok = AddedRatio(wp, l4)
+	add(fmt.Sprintf("added p99 at %d req/s: waypoint path / mesh path", rate), "<=", 2, "×", v, ok && okW && okM)
 	if mem != nil {
 		add(fmt.Sprintf("ztunnel state per workload (%d workloads, %d services; RSS)", mem.Workloads, mem.Services), "<=", 2, "KB", mem.RSSPerWorkload()/1024, true)
 	} else {
@@ -271,6 +365,7 @@ type Report struct {
 	Curves    map[string][]Point `json:"latency_curves"` // path -> median curve at the fixed rate
 	Memory    *Memory            `json:"memory,omitempty"`
 	Idle      *Idle              `json:"idle_connections,omitempty"`
+	Waypoint  *WaypointScale     `json:"waypoint_scale,omitempty"`
 	Targets   []Target           `json:"targets"`
 	Samples   []Sample           `json:"samples"`
 }
