@@ -78,7 +78,9 @@ func (b *builder) routes() {
 				VirtualHosts: []*routev3.VirtualHost{{
 					Name:    fmt.Sprintf("%s:%d", info.host, p.port),
 					Domains: []string{"*"},
-					Routes:  routes,
+					// As istiod: upstream requests carry x-envoy-attempt-count.
+					IncludeRequestAttemptCount: true,
+					Routes:                     routes,
 				}},
 				ValidateClusters: wrapperspb.Bool(false),
 			})

@@ -222,6 +222,8 @@ func (b *builder) workloadRoutes(w *workloadInfo, sp servicePort) {
 		VirtualHosts: []*routev3.VirtualHost{{
 			Name:    fmt.Sprintf("%s:%d", w.host, sp.port),
 			Domains: []string{"*"},
+			// As istiod: upstream requests carry x-envoy-attempt-count.
+			IncludeRequestAttemptCount: true,
 			Routes: []*routev3.Route{{
 				Name:  "default",
 				Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},

@@ -3,6 +3,7 @@ package l7
 import (
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -172,16 +173,31 @@ spec:
       attempts: 3
       retryOn: connect-failure,reset
 `)
+		// Each request's upstream attempts carry x-envoy-attempt-count (as
+		// istiod configures it): a request that first went to flaky-down
+		// reaches flaky-up on attempt 2 or later.
+		retried := 0
 		until(t, 30*time.Second, "every request served by flaky-up after retries", func() error {
+			retried = 0
 			for i := range 20 {
 				code, e, err := get(c, flaky, nil)
 				if err != nil || code != http.StatusOK || e.Pod != "flaky-up" {
 					return fmt.Errorf("request %d: %d from %q %v", i, code, e.Pod, err)
 				}
+				n, err := strconv.Atoi(strings.Join(e.Headers["X-Envoy-Attempt-Count"], ","))
+				if err != nil || n < 1 {
+					return fmt.Errorf("request %d: x-envoy-attempt-count %q at the app", i, e.Headers["X-Envoy-Attempt-Count"])
+				}
+				if n > 1 {
+					retried++
+				}
+			}
+			if retried == 0 {
+				return fmt.Errorf("none of 20 requests was retried (every one reached flaky-up on its first attempt)")
 			}
 			return nil
 		})
-		t.Logf("20 requests in a row answered 200 by flaky-up")
+		t.Logf("20 requests in a row answered 200 by flaky-up, %d of them on a retry (x-envoy-attempt-count > 1)", retried)
 	})
 }
 
