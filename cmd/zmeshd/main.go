@@ -34,6 +34,7 @@ type flags struct {
 	xdsAddr, secureAddr, monAddr string
 	secureHosts                  string
 	caDir, tokensFile            string
+	caSecret, caSecretNamespace  string
 	trustDomain, rootNamespace   string
 	clusterID, network, domain   string
 	nodeAgents                   string
@@ -66,6 +67,8 @@ func newFlags() (*flags, *flag.FlagSet) {
 	fs.StringVar(&f.secureHosts, "secure-hosts", "zmeshd.istio-system.svc,localhost,127.0.0.1", "comma-separated DNS names and IPs of the TLS port's certificate")
 	fs.StringVar(&f.monAddr, "monitoring-address", "127.0.0.1:15014", "HTTP address of /metrics, /ready, /version and /debug/syncz (which lists every proxy, its address and identity); loopback by default, unauthenticated: widen it (e.g. :15014 for a scraper) only where the network is trusted")
 	fs.StringVar(&f.caDir, "ca-dir", "/var/lib/zmeshd/ca", "directory of the CA's key and certificates (created if empty)")
+	fs.StringVar(&f.caSecret, "ca-secret", "", "with a cluster and no keys in --ca-dir: the Secret that holds the CA's self-signed root (created with a new root if absent), so every replica signs with the same key; empty: the root is generated into --ca-dir")
+	fs.StringVar(&f.caSecretNamespace, "ca-secret-namespace", envOr("POD_NAMESPACE", "istio-system"), "namespace of --ca-secret")
 	fs.StringVar(&f.tokensFile, "tokens-file", "", "static bearer tokens (\"<token> <spiffe-id> <node>\" per line) instead of TokenReview; required with --config-dir")
 	fs.StringVar(&f.trustDomain, "trust-domain", identity.DefaultTrustDomain, "the mesh's trust domain")
 	fs.StringVar(&f.rootNamespace, "root-namespace", "istio-system", "namespace whose policies apply mesh-wide")
