@@ -25,6 +25,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/zmesh/zmesh/controlplane/deployer"
 	"github.com/zmesh/zmesh/identity"
 )
 
@@ -42,6 +43,8 @@ type flags struct {
 	leaseNamespace, leaseName    string
 	identity                     string
 	waypointImage, waypointXDS   string
+	waypointSizingJSON           string
+	waypointSizing               deployer.Sizing
 	debounce, maxDelay           time.Duration
 	certTTL                      time.Duration
 	logLevel                     string
@@ -81,6 +84,7 @@ func newFlags() (*flags, *flag.FlagSet) {
 	fs.StringVar(&f.leaseName, "leader-election-name", "zmeshd", "name of the leader election Lease")
 	fs.StringVar(&f.identity, "identity", envOr("POD_NAME", hostname()), "this replica's name in leader election")
 	fs.StringVar(&f.waypointImage, "waypoint-image", "zmesh/waypoint:latest", "image of the waypoint Deployments zmeshd creates")
+	fs.StringVar(&f.waypointSizingJSON, "waypoint-defaults", "", `scaling and sizing of every waypoint, as JSON: {"replicas":N,"resources":{...},"autoscaling":{"enabled":true,"minReplicas":N,"maxReplicas":N,"targetCPUUtilizationPercentage":N},"podDisruptionBudget":{"enabled":true,"minAvailable":N}} (the chart's waypoint values); empty: replicas left to users, no resources, no autoscaler or budget`)
 	fs.StringVar(&f.waypointXDS, "waypoint-xds-address", "zmeshd.istio-system.svc:15012", "zmeshd's address as waypoints dial it")
 	fs.DurationVar(&f.debounce, "debounce", 10*time.Millisecond, "quiet time after a change before pushing")
 	fs.DurationVar(&f.maxDelay, "debounce-max", 100*time.Millisecond, "longest a change waits under a steady stream of changes")
@@ -105,6 +109,13 @@ func (f *flags) check(fs *flag.FlagSet) (*flags, error) {
 	}
 	if f.xdsAddr == "" && f.secureAddr == "" {
 		return nil, errors.New("--xds-address and --secure-address both empty: nothing would be served")
+	}
+	if f.waypointSizingJSON != "" {
+		sz, err := deployer.ParseSizing([]byte(f.waypointSizingJSON))
+		if err != nil {
+			return nil, fmt.Errorf("--waypoint-defaults: %w", err)
+		}
+		f.waypointSizing = sz
 	}
 	if f.debounce <= 0 || f.maxDelay < f.debounce {
 		return nil, fmt.Errorf("--debounce %s / --debounce-max %s: want 0 < debounce <= max", f.debounce, f.maxDelay)
