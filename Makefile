@@ -11,7 +11,7 @@ BENCH_PKGS := ./internal/hbone/ ./ztunnel/inpod/ ./ztunnel/proxy/ ./cni/plugin/ 
 BENCH_COUNT ?= 3
 BENCH_TIME ?= 1s
 
-.PHONY: all build test test-unit demo bench bench-quick bench-micro bench-compare generate lint deps clean images
+.PHONY: all build test test-unit demo bench bench-quick bench-micro bench-compare generate lint deps clean images kube-testenv
 
 all: build
 
@@ -21,6 +21,15 @@ deps:
 build: deps
 	$(GO) build ./...
 	$(GO) build -o bin/ ./e2e/demo ./e2e/bench/benchratio
+
+# The real Kubernetes control plane of the integration and e2e tests
+# (internal/kubetest): etcd and kube-apiserver/-controller-manager/
+# -scheduler built from their pinned Go modules into
+# $${XDG_CACHE_HOME:-~/.cache}/kube-testenv/bin once per machine (~14 min
+# cold on 2 cores). Tests build it on demand; this builds it ahead.
+# `go run ./hack/kube-testenv run` runs one for a shell.
+kube-testenv: deps
+	$(GO) run ./hack/kube-testenv build
 
 # The README's test command: lint, then every test (netns tests need root).
 test: deps lint

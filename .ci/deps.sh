@@ -9,7 +9,8 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v make >/dev/null || need+=(make)
 command -v git >/dev/null || need+=(git)
 command -v gcc >/dev/null || need+=(gcc libc6-dev) # -race needs cgo
-# ../shared/tools/kube-testenv.sh (the e2e API server) needs curl and openssl.
+# The tests' kube test env (internal/kubetest) needs nothing but go; curl
+# and openssl are for people poking at it by hand.
 command -v curl >/dev/null || need+=(curl ca-certificates)
 # make images puts the system's CA bundle in zmeshd's image.
 [[ -f /etc/ssl/certs/ca-certificates.crt ]] || need+=(ca-certificates)

@@ -3,8 +3,10 @@
 // waypoint runs (proxy-config, from its /config_dump), which proxies zmeshd
 // serves and whether they acknowledged its config (proxy-status, from
 // /debug/syncz), the waypoints of a namespace (waypoint apply, list,
-// status, delete, generate) and versions. Output is a table by default and
-// -o json|yaml where a command reads a dump.
+// status, delete, generate), versions, and the install of zmesh itself
+// (install and upgrade, uninstall, verify-install, precheck: install.go).
+// Output is a table by default and -o json|yaml where a command reads a
+// dump.
 //
 // The Kubernetes commands load the kubeconfig as kubectl does (--kubeconfig,
 // $KUBECONFIG, ~/.kube/config; --context; -n/--namespace). The inspection
@@ -115,6 +117,10 @@ func (c *cli) rootCommand() *cobra.Command {
 		c.proxyStatusCommand(),
 		c.waypointCommand(),
 		c.versionCommand(),
+		c.installCommand(),
+		c.uninstallCommand(),
+		c.verifyInstallCommand(),
+		c.precheckCommand(),
 	)
 	// Subcommands refuse arguments they do not take as usage errors, and
 	// an unknown subcommand of a group says so.

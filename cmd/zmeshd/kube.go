@@ -127,7 +127,7 @@ func (z *zmeshd) lead(ctx context.Context, kc kubernetes.Interface, gc gatewaycl
 			z.log.Error("root certificate publisher stopped", "error", err)
 		}
 	})
-	ctrl, err := deployer.New(kc, gc, deployer.Options{Image: z.f.waypointImage, XDSAddress: z.f.waypointXDS, Log: z.log})
+	ctrl, err := deployer.New(kc, gc, deployer.Options{Image: z.f.waypointImage, XDSAddress: z.f.waypointXDS, Sizing: z.f.waypointSizing, Log: z.log})
 	if err == nil {
 		err = ctrl.Run(ctx)
 	}

@@ -25,6 +25,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/zmesh/zmesh/controlplane/deployer"
 	"github.com/zmesh/zmesh/identity"
 )
 
@@ -34,6 +35,7 @@ type flags struct {
 	xdsAddr, secureAddr, monAddr string
 	secureHosts                  string
 	caDir, tokensFile            string
+	caSecret, caSecretNamespace  string
 	trustDomain, rootNamespace   string
 	clusterID, network, domain   string
 	nodeAgents                   string
@@ -41,6 +43,8 @@ type flags struct {
 	leaseNamespace, leaseName    string
 	identity                     string
 	waypointImage, waypointXDS   string
+	waypointSizingJSON           string
+	waypointSizing               deployer.Sizing
 	debounce, maxDelay           time.Duration
 	certTTL                      time.Duration
 	logLevel                     string
@@ -66,6 +70,8 @@ func newFlags() (*flags, *flag.FlagSet) {
 	fs.StringVar(&f.secureHosts, "secure-hosts", "zmeshd.istio-system.svc,localhost,127.0.0.1", "comma-separated DNS names and IPs of the TLS port's certificate")
 	fs.StringVar(&f.monAddr, "monitoring-address", "127.0.0.1:15014", "HTTP address of /metrics, /ready, /version and /debug/syncz (which lists every proxy, its address and identity); loopback by default, unauthenticated: widen it (e.g. :15014 for a scraper) only where the network is trusted")
 	fs.StringVar(&f.caDir, "ca-dir", "/var/lib/zmeshd/ca", "directory of the CA's key and certificates (created if empty)")
+	fs.StringVar(&f.caSecret, "ca-secret", "", "with a cluster and no keys in --ca-dir: the Secret that holds the CA's self-signed root (created with a new root if absent), so every replica signs with the same key; empty: the root is generated into --ca-dir")
+	fs.StringVar(&f.caSecretNamespace, "ca-secret-namespace", envOr("POD_NAMESPACE", "istio-system"), "namespace of --ca-secret")
 	fs.StringVar(&f.tokensFile, "tokens-file", "", "static bearer tokens (\"<token> <spiffe-id> <node>\" per line) instead of TokenReview; required with --config-dir")
 	fs.StringVar(&f.trustDomain, "trust-domain", identity.DefaultTrustDomain, "the mesh's trust domain")
 	fs.StringVar(&f.rootNamespace, "root-namespace", "istio-system", "namespace whose policies apply mesh-wide")
@@ -78,6 +84,7 @@ func newFlags() (*flags, *flag.FlagSet) {
 	fs.StringVar(&f.leaseName, "leader-election-name", "zmeshd", "name of the leader election Lease")
 	fs.StringVar(&f.identity, "identity", envOr("POD_NAME", hostname()), "this replica's name in leader election")
 	fs.StringVar(&f.waypointImage, "waypoint-image", "zmesh/waypoint:latest", "image of the waypoint Deployments zmeshd creates")
+	fs.StringVar(&f.waypointSizingJSON, "waypoint-defaults", "", `scaling and sizing of every waypoint, as JSON: {"replicas":N,"resources":{...},"autoscaling":{"enabled":true,"minReplicas":N,"maxReplicas":N,"targetCPUUtilizationPercentage":N},"podDisruptionBudget":{"enabled":true,"minAvailable":N}} (the chart's waypoint values); empty: replicas left to users, no resources, no autoscaler or budget`)
 	fs.StringVar(&f.waypointXDS, "waypoint-xds-address", "zmeshd.istio-system.svc:15012", "zmeshd's address as waypoints dial it")
 	fs.DurationVar(&f.debounce, "debounce", 10*time.Millisecond, "quiet time after a change before pushing")
 	fs.DurationVar(&f.maxDelay, "debounce-max", 100*time.Millisecond, "longest a change waits under a steady stream of changes")
@@ -102,6 +109,13 @@ func (f *flags) check(fs *flag.FlagSet) (*flags, error) {
 	}
 	if f.xdsAddr == "" && f.secureAddr == "" {
 		return nil, errors.New("--xds-address and --secure-address both empty: nothing would be served")
+	}
+	if f.waypointSizingJSON != "" {
+		sz, err := deployer.ParseSizing([]byte(f.waypointSizingJSON))
+		if err != nil {
+			return nil, fmt.Errorf("--waypoint-defaults: %w", err)
+		}
+		f.waypointSizing = sz
 	}
 	if f.debounce <= 0 || f.maxDelay < f.debounce {
 		return nil, fmt.Errorf("--debounce %s / --debounce-max %s: want 0 < debounce <= max", f.debounce, f.maxDelay)

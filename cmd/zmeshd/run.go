@@ -66,9 +66,9 @@ func run(ctx context.Context, f *flags) error {
 	if err != nil {
 		return fmt.Errorf("--trust-domain: %w", err)
 	}
-	ca, err := identity.LoadOrCreateCA(f.caDir, identity.CAOptions{TrustDomain: td, DefaultTTL: f.certTTL})
+	ca, err := f.loadCA(ctx, log, identity.CAOptions{TrustDomain: td, DefaultTTL: f.certTTL})
 	if err != nil {
-		return fmt.Errorf("--ca-dir: %w", err)
+		return err
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

@@ -39,6 +39,9 @@ type Options struct {
 	XDSAddress string
 	// ExtraArgs are appended to the waypoint's arguments.
 	ExtraArgs []string
+	// Sizing scales and sizes every waypoint (replicas, resources, an
+	// autoscaler and a disruption budget).
+	Sizing Sizing
 	// Workers reconciling in parallel; default 2.
 	Workers int
 	// Resync re-reconciles every waypoint this often; default 10 min.

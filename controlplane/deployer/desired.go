@@ -6,7 +6,9 @@ import (
 	"fmt"
 
 	appsv1 "k8s.io/api/apps/v1"
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 )
 
@@ -16,6 +18,10 @@ type Objects struct {
 	ServiceAccount *corev1.ServiceAccount
 	Deployment     *appsv1.Deployment
 	Service        *corev1.Service
+	// HorizontalPodAutoscaler and PodDisruptionBudget are nil unless
+	// Options.Sizing asks for them.
+	HorizontalPodAutoscaler *autoscalingv2.HorizontalPodAutoscaler
+	PodDisruptionBudget     *policyv1.PodDisruptionBudget
 }
 
 // Desired returns what the controller applies for gw, for runners that
@@ -40,7 +46,8 @@ func Desired(gw *gatewayv1.Gateway, opts Options) (Objects, error) {
 	var out Objects
 	for _, c := range []struct {
 		from, to any
-	}{{want.serviceAccount, &out.ServiceAccount}, {want.deployment, &out.Deployment}, {want.service, &out.Service}} {
+	}{{want.serviceAccount, &out.ServiceAccount}, {want.deployment, &out.Deployment}, {want.service, &out.Service},
+		{want.hpa, &out.HorizontalPodAutoscaler}, {want.pdb, &out.PodDisruptionBudget}} {
 		b, err := json.Marshal(c.from)
 		if err != nil {
 			return Objects{}, err

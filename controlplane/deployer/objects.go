@@ -7,8 +7,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	appsv1ac "k8s.io/client-go/applyconfigurations/apps/v1"
+	autoscalingv2ac "k8s.io/client-go/applyconfigurations/autoscaling/v2"
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
+	policyv1ac "k8s.io/client-go/applyconfigurations/policy/v1"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 )
 
@@ -39,6 +41,9 @@ type objects struct {
 	serviceAccount *corev1ac.ServiceAccountApplyConfiguration
 	deployment     *appsv1ac.DeploymentApplyConfiguration
 	service        *corev1ac.ServiceApplyConfiguration
+	// hpa and pdb are nil unless Options.Sizing asks for them.
+	hpa *autoscalingv2ac.HorizontalPodAutoscalerApplyConfiguration
+	pdb *policyv1ac.PodDisruptionBudgetApplyConfiguration
 }
 
 // desired builds the objects of a valid waypoint Gateway. They share the
@@ -106,6 +111,9 @@ func desired(gw *gatewayv1.Gateway, opts Options) objects {
 	if opts.ImagePullPolicy != "" {
 		container.WithImagePullPolicy(opts.ImagePullPolicy)
 	}
+	if res := opts.Sizing.resources(); res != nil {
+		container.WithResources(res)
+	}
 
 	deployment := appsv1ac.Deployment(name, ns).
 		WithLabels(labels).WithAnnotations(annotations).WithOwnerReferences(owner).
@@ -124,6 +132,11 @@ func desired(gw *gatewayv1.Gateway, opts Options) objects {
 						corev1ac.Volume().WithName("istio-ca-root-cert").WithConfigMap(corev1ac.ConfigMapVolumeSource().
 							WithName(rootCertConfigMap).WithOptional(true)),
 					))))
+	// Replicas are the Deployment's only when the sizing sets them and no
+	// autoscaler owns them; otherwise users may scale it.
+	if opts.Sizing.Replicas > 0 && !opts.Sizing.autoscaled() {
+		deployment.Spec.WithReplicas(opts.Sizing.Replicas)
+	}
 
 	service := corev1ac.Service(name, ns).
 		WithLabels(labels).WithAnnotations(annotations).WithOwnerReferences(owner).
@@ -136,7 +149,8 @@ func desired(gw *gatewayv1.Gateway, opts Options) objects {
 				WithTargetPort(intstr.FromInt32(ListenerPort)).
 				WithProtocol(corev1.ProtocolTCP)))
 
-	return objects{serviceAccount: sa, deployment: deployment, service: service}
+	return objects{serviceAccount: sa, deployment: deployment, service: service,
+		hpa: opts.Sizing.hpa(gw, labels, owner), pdb: opts.Sizing.pdb(gw, labels, selector, owner)}
 }
 
 // infrastructure returns copies of spec.infrastructure's labels and

@@ -75,6 +75,9 @@ func (r *run) apply(ctx context.Context, gw *gatewayv1.Gateway) (address, blocke
 	if err != nil {
 		return "", "", fmt.Errorf("apply Service: %w", err)
 	}
+	if err := r.applySizing(ctx, gw, want); err != nil {
+		return "", "", err
+	}
 	if ip := svc.Spec.ClusterIP; ip != "" && ip != "None" {
 		address = ip
 	}

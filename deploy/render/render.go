@@ -8,8 +8,10 @@ package render
 import (
 	"bytes"
 	"fmt"
+	"io/fs"
 	"maps"
 	"os"
+	"path"
 	"path/filepath"
 	"regexp"
 	"runtime"
@@ -18,18 +20,23 @@ import (
 
 	"helm.sh/helm/v4/pkg/chart/common"
 	chartutil "helm.sh/helm/v4/pkg/chart/common/util"
+	"helm.sh/helm/v4/pkg/chart/loader/archive"
 	chart "helm.sh/helm/v4/pkg/chart/v2"
 	"helm.sh/helm/v4/pkg/chart/v2/loader"
 	"helm.sh/helm/v4/pkg/engine"
 	releaseutil "helm.sh/helm/v4/pkg/release/v1/util"
 	"helm.sh/helm/v4/pkg/strvals"
 	"sigs.k8s.io/yaml"
+
+	"github.com/zmesh/zmesh/deploy/charts"
+	crdfiles "github.com/zmesh/zmesh/deploy/crds"
 )
 
 // Options say what to render.
 type Options struct {
-	// Chart is the chart's directory; default: the repository's
-	// deploy/charts/zmesh.
+	// Chart is the chart's directory; default: the chart built into the
+	// binary (EmbeddedChart), the repository's deploy/charts/zmesh as it
+	// was at build time.
 	Chart string
 	// Release is the release name; default "zmesh".
 	Release string
@@ -60,18 +67,21 @@ type Manifest struct {
 
 // Render renders the chart and returns its objects in install order.
 func Render(o Options) ([]Manifest, error) {
-	if o.Chart == "" {
-		o.Chart = ChartDir()
-	}
 	if o.Release == "" {
 		o.Release = "zmesh"
 	}
 	if o.Namespace == "" {
 		o.Namespace = "istio-system"
 	}
-	ch, err := loader.LoadDir(o.Chart)
+	var ch *chart.Chart
+	var err error
+	if o.Chart == "" {
+		ch, err = EmbeddedChart()
+	} else if ch, err = loader.LoadDir(o.Chart); err != nil {
+		err = fmt.Errorf("load chart %s: %w", o.Chart, err)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("load chart %s: %w", o.Chart, err)
+		return nil, err
 	}
 	vals, err := chartutil.ToRenderValues(ch, o.Values, common.ReleaseOptions{
 		Name: o.Release, Namespace: o.Namespace, Revision: 1, IsInstall: true,
@@ -107,6 +117,59 @@ func Render(o Options) ([]Manifest, error) {
 		out = append(out, mf)
 	}
 	return out, nil
+}
+
+// EmbeddedChart loads the chart built into the binary (package
+// deploy/charts, its crds/ from package deploy/crds), leaving out what
+// its .helmignore names, as loading the directory does.
+func EmbeddedChart() (*chart.Chart, error) {
+	var files []*archive.BufferedFile
+	ignore, err := fs.ReadFile(charts.Zmesh, "zmesh/.helmignore")
+	if err != nil {
+		return nil, fmt.Errorf("embedded chart: %w", err)
+	}
+	var patterns []string
+	for line := range strings.Lines(string(ignore)) {
+		if line = strings.TrimSpace(line); line != "" && !strings.HasPrefix(line, "#") {
+			patterns = append(patterns, line)
+		}
+	}
+	ignored := func(name string) bool {
+		for _, p := range patterns {
+			if ok, _ := path.Match(p, name); ok || p == name {
+				return true
+			}
+		}
+		return false
+	}
+	add := func(fsys fs.FS, root, prefix string) error {
+		return fs.WalkDir(fsys, root, func(p string, d fs.DirEntry, err error) error {
+			if err != nil || d.IsDir() {
+				return err
+			}
+			name := prefix + strings.TrimPrefix(strings.TrimPrefix(p, root), "/")
+			if ignored(name) {
+				return nil
+			}
+			data, err := fs.ReadFile(fsys, p)
+			if err != nil {
+				return err
+			}
+			files = append(files, &archive.BufferedFile{Name: name, Data: data})
+			return nil
+		})
+	}
+	if err := add(charts.Zmesh, "zmesh", ""); err != nil {
+		return nil, fmt.Errorf("embedded chart: %w", err)
+	}
+	if err := add(crdfiles.Files, ".", "crds/"); err != nil {
+		return nil, fmt.Errorf("embedded chart CRDs: %w", err)
+	}
+	ch, err := loader.LoadFiles(files)
+	if err != nil {
+		return nil, fmt.Errorf("load embedded chart: %w", err)
+	}
+	return ch, nil
 }
 
 // docSep separates the documents of a YAML stream.

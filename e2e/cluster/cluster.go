@@ -1,5 +1,5 @@
 // Package cluster is the e2e harness: a real Kubernetes API server (etcd,
-// kube-apiserver, controller-manager, scheduler from kube-testenv.sh), the
+// kube-apiserver, controller-manager, scheduler from internal/kubetest), the
 // zmesh binaries built once from this tree, and two or more nodes made of
 // network namespaces, each with a node runner in the kubelet's place.
 //
