@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
 	authnv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -69,10 +70,16 @@ type Images struct {
 	mu sync.Mutex
 	// hostDirs are the hostPath directories the node's pods mount.
 	hostDirs []string
-	// made are the mountPath directories created on the host's file system
-	// because they did not exist: a mount needs a directory to cover. They
-	// stay (empty) while any pod may use them, and go in Close.
-	made []string
+}
+
+// made are the mountPath directories created on the machine's file system
+// because they did not exist: a mount needs a directory to cover. They
+// stay (empty) while any pod may use them, and go in Close. The machine's
+// file system is one for every node runner, so the list is too: the node
+// whose pod created a directory may not be the last to use it.
+var made struct {
+	sync.Mutex
+	dirs []string
 }
 
 // imageBinary returns the zmesh binary an image runs, if it is a zmesh
@@ -137,7 +144,10 @@ func (im *Images) command(ctx context.Context, pod *corev1.Pod, c *corev1.Contai
 	// The shell is the mount namespace's first process: it mounts each
 	// volume (argument pairs after "--") and replaces itself with the
 	// binary, so the pod's process is the binary itself.
-	args := []string{"--mount", "--propagation", "private", "sh", "-c", mountScript, "sh"}
+	// Slave: mounts made later on the machine under a shared mount (the
+	// pods' network namespaces, see Kubelet.NetnsDir) appear in the pod's
+	// namespace, none of the pod's appear outside.
+	args := []string{"--mount", "--propagation", "slave", "sh", "-c", mountScript, "sh"}
 	for _, m := range c.VolumeMounts {
 		src, ok := vols[m.Name]
 		if !ok {
@@ -179,6 +189,23 @@ func (im *Images) command(ctx context.Context, pod *corev1.Pod, c *corev1.Contai
 	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	return cmd, nil
+}
+
+// SharedDir mounts a tmpfs at dir and makes it a shared mount: what is
+// mounted under it later appears in every pod's mount namespace (see
+// Kubelet.NetnsDir). Unmount it with unix.Unmount once every pod stopped.
+func SharedDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "mode=0755"); err != nil {
+		return fmt.Errorf("mount tmpfs at %s: %w", dir, err)
+	}
+	if err := unix.Mount("", dir, "", unix.MS_SHARED, ""); err != nil {
+		unix.Unmount(dir, unix.MNT_DETACH)
+		return fmt.Errorf("make %s shared: %w", dir, err)
+	}
+	return nil
 }
 
 // mountScript is the mount namespace's first process: it mounts each
@@ -312,11 +339,11 @@ func (im *Images) remember(mountPath string) {
 		}
 		missing = append(missing, p)
 	}
-	im.mu.Lock()
-	defer im.mu.Unlock()
+	made.Lock()
+	defer made.Unlock()
 	for _, p := range missing {
-		if !slices.Contains(im.made, p) {
-			im.made = append(im.made, p)
+		if !slices.Contains(made.dirs, p) {
+			made.dirs = append(made.dirs, p)
 		}
 	}
 }
@@ -326,20 +353,20 @@ func (im *Images) release(pod *RunningPod) {
 	os.RemoveAll(filepath.Join(im.Dir, string(pod.UID)))
 }
 
-// Close removes the mountPath directories the runner had to create (every
-// pod must have stopped: a directory still mounted elsewhere is left).
+// Close removes the mountPath directories the node runners had to create
+// (every pod of every node runner must have stopped).
 func (im *Images) Close() error {
-	im.mu.Lock()
-	defer im.mu.Unlock()
+	made.Lock()
+	defer made.Unlock()
 	// Deepest first.
-	slices.SortFunc(im.made, func(a, b string) int { return strings.Count(b, "/") - strings.Count(a, "/") })
+	slices.SortFunc(made.dirs, func(a, b string) int { return strings.Count(b, "/") - strings.Count(a, "/") })
 	var errs []error
-	for _, p := range im.made {
+	for _, p := range made.dirs {
 		if err := os.Remove(p); err != nil && !os.IsNotExist(err) {
 			errs = append(errs, err)
 		}
 	}
-	im.made = nil
+	made.dirs = nil
 	return errors.Join(errs...)
 }
 

@@ -67,7 +67,12 @@ type Kubelet struct {
 	// host namespace; without it they are left alone (a harness's own
 	// stand-ins for components it runs as processes).
 	RunHostNetwork bool
-	Log            *slog.Logger
+	// NetnsDir, when set, is a shared mount (see SharedDir) where each
+	// pod's network namespace is also mounted and whose path CNI is given,
+	// so that pods with mount namespaces of their own see the namespaces
+	// made after they started.
+	NetnsDir string
+	Log      *slog.Logger
 
 	mu   sync.Mutex
 	pods map[types.UID]*RunningPod
@@ -311,7 +316,7 @@ func (k *Kubelet) sync(ctx context.Context, lister listersv1.PodLister, key stri
 
 // sandbox is the runtime part of the Kubelet's pods.
 func (k *Kubelet) sandbox() sandbox {
-	return sandbox{host: k.Host, binDir: k.CNIBinDir, confDir: k.CNIConfDir, app: k.App, images: k.Images, hostIP: k.HostIP}
+	return sandbox{host: k.Host, binDir: k.CNIBinDir, confDir: k.CNIConfDir, app: k.App, images: k.Images, hostIP: k.HostIP, netnsDir: k.NetnsDir}
 }
 
 func (k *Kubelet) start(ctx context.Context, pod *corev1.Pod) error {
@@ -500,6 +505,19 @@ func (k *Kubelet) Pod(namespace, name string) *RunningPod {
 	defer k.mu.Unlock()
 	for _, p := range k.pods {
 		if p.Namespace == namespace && p.Name == name {
+			return p
+		}
+	}
+	return nil
+}
+
+// PodOf returns a running pod of the namespace whose zmesh container is
+// named container (a DaemonSet's pod on this node), or nil.
+func (k *Kubelet) PodOf(namespace, container string) *RunningPod {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for _, p := range k.pods {
+		if p.Namespace == namespace && p.Container != nil && p.Container.Name == container {
 			return p
 		}
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
+	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/zmesh/zmesh/e2e/netenv"
@@ -37,6 +38,12 @@ type sandbox struct {
 	// runs app); hostIP is the node's address for their downward API.
 	images *Images
 	hostIP netip.Addr
+	// netnsDir, when set, is a shared mount where each pod's network
+	// namespace is bind-mounted too, and the path CNI is given: pods with
+	// mount namespaces of their own (the CNI agent) see namespaces made
+	// after they started there, as a node's /var/run/netns is seen with
+	// HostToContainer propagation.
+	netnsDir string
 }
 
 // conf loads the node's CNI configuration as a runtime does: the first
@@ -91,6 +98,15 @@ func (s sandbox) start(ctx context.Context, pod *corev1.Pod, want netip.Addr) (*
 	if err != nil {
 		return nil, err
 	}
+	nsPath := "/run/netns/" + ns.Name
+	if s.netnsDir != "" {
+		shared := filepath.Join(s.netnsDir, ns.Name)
+		if err := shareNetns(nsPath, shared); err != nil {
+			s.closeNS(ns)
+			return nil, err
+		}
+		nsPath = shared
+	}
 	args := [][2]string{
 		{"IgnoreUnknown", "1"},
 		{"K8S_POD_NAMESPACE", pod.Namespace},
@@ -103,7 +119,7 @@ func (s sandbox) start(ctx context.Context, pod *corev1.Pod, want netip.Addr) (*
 	}
 	p := &RunningPod{UID: pod.UID, Namespace: pod.Namespace, Name: pod.Name, NS: ns, rt: &libcni.RuntimeConf{
 		ContainerID: "zmesh-e2e-" + string(pod.UID),
-		NetNS:       "/run/netns/" + ns.Name,
+		NetNS:       nsPath,
 		IfName:      "eth0",
 		Args:        args,
 	}}
@@ -113,7 +129,7 @@ func (s sandbox) start(ctx context.Context, pod *corev1.Pod, want netip.Addr) (*
 	if err != nil {
 		// As a kubelet: the sandbox failed; clean it (the caller retries).
 		s.cni("DEL", p.rt)
-		ns.Close()
+		s.closeNS(ns)
 		return nil, fmt.Errorf("CNI ADD: %w", err)
 	}
 	for _, ipc := range res.IPs {
@@ -123,12 +139,12 @@ func (s sandbox) start(ctx context.Context, pod *corev1.Pod, want netip.Addr) (*
 	}
 	if !p.IP.IsValid() || (want.IsValid() && p.IP != want) {
 		s.cni("DEL", p.rt)
-		ns.Close()
+		s.closeNS(ns)
 		return nil, fmt.Errorf("CNI ADD returned %v, want one IPv4 address (%v)", res.IPs, want)
 	}
 	if err := s.run(ctx, pod, p); err != nil {
 		s.cni("DEL", p.rt)
-		ns.Close()
+		s.closeNS(ns)
 		return nil, err
 	}
 	if p.Container == nil && p.cmd != nil {
@@ -229,7 +245,29 @@ func (s sandbox) stop(p *RunningPod) error {
 	if p.Container != nil {
 		s.images.release(p)
 	}
-	return p.NS.Close()
+	return s.closeNS(p.NS)
+}
+
+// shareNetns bind-mounts a pod's namespace at shared (in netnsDir).
+func shareNetns(path, shared string) error {
+	if err := os.WriteFile(shared, nil, 0o444); err != nil {
+		return err
+	}
+	if err := unix.Mount(path, shared, "", unix.MS_BIND, ""); err != nil {
+		os.Remove(shared)
+		return fmt.Errorf("bind %s at %s: %w", path, shared, err)
+	}
+	return nil
+}
+
+// closeNS removes a pod's namespace (and its mount in netnsDir).
+func (s sandbox) closeNS(ns *netenv.NS) error {
+	if s.netnsDir != "" {
+		shared := filepath.Join(s.netnsDir, ns.Name)
+		unix.Unmount(shared, unix.MNT_DETACH)
+		os.Remove(shared)
+	}
+	return ns.Close()
 }
 
 // waitListening waits for the app to accept on its own address from inside
@@ -282,6 +320,7 @@ type nodeExec struct {
 func (e *nodeExec) ExecPlugin(ctx context.Context, plugin string, stdin []byte, environ []string) ([]byte, error) {
 	args := []string{"--mount", "--propagation", "private", "sh", "-c", mountScript, "sh"}
 	for _, hp := range e.images.hostPaths() {
+		e.images.remember(hp)
 		args = append(args, filepath.Join(e.images.HostRoot, hp), hp, "rw")
 	}
 	args = append(args, "--", plugin)
