@@ -189,12 +189,8 @@ func (p *serviceProxy) Close() error {
 
 // serviceIP is the ClusterIP of <svc>.<ns>.svc.<suffix>.
 func (p *serviceProxy) serviceIP(name, suffix string) (netip.Addr, bool) {
-	rest, ok := strings.CutSuffix(strings.TrimSuffix(strings.ToLower(name), "."), ".svc."+suffix)
+	svc, ns, ok := serviceName(name, suffix)
 	if !ok {
-		return netip.Addr{}, false
-	}
-	svc, ns, ok := strings.Cut(rest, ".")
-	if !ok || strings.Contains(ns, ".") {
 		return netip.Addr{}, false
 	}
 	s, err := p.services.Services(ns).Get(svc)
@@ -203,4 +199,18 @@ func (p *serviceProxy) serviceIP(name, suffix string) (netip.Addr, bool) {
 	}
 	ip, err := netip.ParseAddr(s.Spec.ClusterIP)
 	return ip, err == nil
+}
+
+// serviceName splits <svc>.<ns>.svc.<suffix> (case-insensitive, with or
+// without the final dot).
+func serviceName(name, suffix string) (svc, ns string, ok bool) {
+	rest, ok := strings.CutSuffix(strings.TrimSuffix(strings.ToLower(name), "."), ".svc."+suffix)
+	if !ok {
+		return "", "", false
+	}
+	svc, ns, ok = strings.Cut(rest, ".")
+	if !ok || svc == "" || ns == "" || strings.Contains(ns, ".") {
+		return "", "", false
+	}
+	return svc, ns, true
 }
