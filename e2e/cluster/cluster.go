@@ -73,6 +73,14 @@ type Options struct {
 	Out io.Writer
 	// Keep leaves the temporary directory (logs) in place.
 	Keep bool
+	// FromChart installs zmesh from its Helm chart (deploy/charts/zmesh)
+	// instead of starting zmeshd, the agents and the ztunnels as processes:
+	// the controllers make the DaemonSet and Deployment pods, the node
+	// runners run them, and the harness gives them what a cluster does
+	// (the API server at KUBERNETES_SERVICE_HOST, a kube-proxy stand-in
+	// for ClusterIP Services, cluster DNS). Zmeshd, Agent and Ztunnel are
+	// then nil; a node's ztunnel endpoints are its pod's.
+	FromChart bool
 }
 
 // Cluster is a running mesh.
@@ -101,7 +109,18 @@ type Cluster struct {
 	bpfPins   []string // what Close found pinned before unmounting
 	retired   []*Proc  // replaced ztunnels
 	closed    bool
+
+	// With FromChart: the kube-proxy and DNS stand-ins.
+	proxy *serviceProxy
+	dns   *clusterDNS
+	log   *slog.Logger
+	// netnsShared: netnsDir is mounted.
+	netnsShared bool
 }
+
+// netnsDir is where the node runners also mount pods' network namespaces
+// with FromChart (noderunner.Kubelet.NetnsDir).
+func (c *Cluster) netnsDir() string { return filepath.Join(c.Dir, "netns") }
 
 // Node is one node.
 type Node struct {
@@ -125,6 +144,9 @@ type Node struct {
 
 	bpfBase []string
 	forward io.Closer
+	// inHost: the ztunnel endpoints are a pod's, reached from the node's
+	// host namespace.
+	inHost bool
 }
 
 func bpfEntries(root string) []string {
@@ -183,6 +205,13 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	}
 	c.say("API server %s and zmesh binaries ready in %s", c.Env.APIServer, time.Since(start).Round(100*time.Millisecond))
 
+	c.log = slog.New(slog.NewJSONHandler(io.Discard, nil))
+	if f, err := os.Create(filepath.Join(c.Dir, "harness.log")); err == nil {
+		c.log = slog.New(slog.NewJSONHandler(f, nil))
+	}
+	if opts.FromChart {
+		return c, c.startFromChart(ctx, start)
+	}
 	if err := c.install(ctx); err != nil {
 		return nil, err
 	}
@@ -213,6 +242,45 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	}
 	c.say("up in %s: %d nodes, zmeshd pid %d, logs in %s", time.Since(start).Round(100*time.Millisecond), len(c.Nodes), c.Zmeshd.Pid(), c.Dir)
 	return c, nil
+}
+
+// startFromChart is Start's second half with FromChart: nodes and their
+// runners first, then the chart, whose pods they run.
+func (c *Cluster) startFromChart(ctx context.Context, start time.Time) error {
+	// Pods that run as a user of their own (zmeshd) reach the built
+	// binaries through the temporary directory.
+	if err := os.Chmod(c.Dir, 0o755); err != nil {
+		return err
+	}
+	if err := c.network(); err != nil {
+		return err
+	}
+	if err := noderunner.SharedDir(c.netnsDir()); err != nil {
+		return err
+	}
+	c.netnsShared = true
+	for _, n := range c.Nodes {
+		if err := c.register(ctx, n); err != nil {
+			return err
+		}
+		if err := c.prepareNodeTree(n); err != nil {
+			return err
+		}
+	}
+	podCtx, cancel := context.WithCancel(context.Background())
+	c.stopPods = cancel
+	for _, n := range c.Nodes {
+		c.kubelets.Go(func() {
+			if err := n.Kubelet.Run(podCtx); err != nil {
+				c.say("%s node runner teardown: %v", n.Name, err)
+			}
+		})
+	}
+	if err := c.installChart(ctx); err != nil {
+		return err
+	}
+	c.say("up in %s: %d nodes, zmesh from the chart, logs in %s", time.Since(start).Round(100*time.Millisecond), len(c.Nodes), c.Dir)
+	return nil
 }
 
 // build compiles the zmesh binaries into c.Bin.
@@ -281,6 +349,10 @@ func (c *Cluster) network() error {
 // node.
 func (c *Cluster) register(ctx context.Context, n *Node) error {
 	n.CNIBin, n.CNIConf = filepath.Join(n.Dir, "cni-bin"), filepath.Join(n.Dir, "cni-conf")
+	if c.opts.FromChart {
+		// The chart's default host directories, in the node's tree.
+		n.CNIBin, n.CNIConf = filepath.Join(n.hostTree(), "opt/cni/bin"), filepath.Join(n.hostTree(), "etc/cni/net.d")
+	}
 	// A kubelet's own client: the admin's default rate limit would make the
 	// node runners queue behind each other.
 	cfg := rest.CopyConfig(c.Env.Config)
@@ -305,8 +377,18 @@ func (c *Cluster) register(ctx context.Context, n *Node) error {
 	// Pods of zmesh images (the waypoints zmeshd deploys) run as the
 	// binaries built here.
 	n.Kubelet.Images = &noderunner.Images{Bin: c.Bin, Dir: filepath.Join(n.Dir, "volumes"), Client: client, Logs: logs}
+	if c.opts.FromChart {
+		n.Kubelet.RunHostNetwork = true
+		n.Kubelet.NetnsDir = c.netnsDir()
+		n.Kubelet.Images.HostRoot = n.hostTree()
+		n.Kubelet.Images.APIServer = APIServiceAddr
+		n.Kubelet.Images.DNS = KubeDNSAddr
+	}
 	if err := n.Kubelet.Register(ctx, nil); err != nil {
 		return err
+	}
+	if c.opts.FromChart {
+		return nil // the DaemonSets make the node's pods
 	}
 	for _, sa := range []string{"ztunnel", "zmesh-cni-agent"} {
 		pod := &corev1.Pod{
@@ -445,16 +527,9 @@ func (c *Cluster) startNode(ctx context.Context, n *Node) error {
 	if err := os.WriteFile(conf, []byte(primaryConf(n)), 0o644); err != nil {
 		return err
 	}
-	// A bpffs instance of the node's own (the machine has none mounted at
-	// /sys/fs/bpf; a private one also goes away whole with the node).
-	n.BPFRoot = filepath.Join(n.Dir, "bpf")
-	if err := os.MkdirAll(n.BPFRoot, 0o700); err != nil {
+	if err := c.mountBPF(n, filepath.Join(n.Dir, "bpf")); err != nil {
 		return err
 	}
-	if err := unix.Mount("bpf", n.BPFRoot, "bpf", 0, ""); err != nil {
-		return fmt.Errorf("mount bpffs at %s: %w", n.BPFRoot, err)
-	}
-	n.bpfBase = bpfEntries(n.BPFRoot) // the filesystem's own (maps.debug, progs.debug)
 
 	kc := filepath.Join(n.Dir, "agent.kubeconfig")
 	if err := c.kubeconfig(ctx, kc, "istio-system", "zmesh-cni-agent", "zmesh-cni-agent-"+n.Name); err != nil {
@@ -513,6 +588,21 @@ func (c *Cluster) startNode(ctx context.Context, n *Node) error {
 		return err
 	}
 	c.say("%s: agent pid %d (zmesh-cni chained into %s), ztunnel pid %d ready, %s", n.Name, n.Agent.Pid(), filepath.Base(conf), n.Ztunnel.Pid(), time.Since(start).Round(10*time.Millisecond))
+	return nil
+}
+
+// mountBPF mounts a bpffs instance of the node's own at dir (the machine
+// has none mounted at /sys/fs/bpf; a private one also goes away whole with
+// the node).
+func (c *Cluster) mountBPF(n *Node, dir string) error {
+	n.BPFRoot = dir
+	if err := os.MkdirAll(n.BPFRoot, 0o700); err != nil {
+		return err
+	}
+	if err := unix.Mount("bpf", n.BPFRoot, "bpf", 0, ""); err != nil {
+		return fmt.Errorf("mount bpffs at %s: %w", n.BPFRoot, err)
+	}
+	n.bpfBase = bpfEntries(n.BPFRoot) // the filesystem's own (maps.debug, progs.debug)
 	return nil
 }
 
@@ -582,6 +672,19 @@ func (c *Cluster) Close() error {
 			}
 		}
 		waitUntil(ctx, 30*time.Second, func() bool {
+			if c.opts.FromChart {
+				// zmesh's own pods stay until the node runners stop.
+				pods, err := c.Env.Client.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+				if err != nil {
+					return false
+				}
+				for _, p := range pods.Items {
+					if p.Namespace != "istio-system" {
+						return false
+					}
+				}
+				return true
+			}
 			for _, n := range c.Nodes {
 				if n.Kubelet.Count() > 0 {
 					return false
@@ -596,6 +699,10 @@ func (c *Cluster) Close() error {
 	for _, n := range c.Nodes {
 		if n.BPFRoot != "" {
 			for _, p := range bpfEntries(n.BPFRoot) {
+				if c.opts.FromChart && p == filepath.Join(n.BPFRoot, "zmesh") {
+					// The agent's --bpf-root: its pins would be inside.
+					continue
+				}
 				if !slices.Contains(n.bpfBase, p) {
 					c.bpfPins = append(c.bpfPins, p)
 				}
@@ -613,6 +720,12 @@ func (c *Cluster) Close() error {
 	if c.Zmeshd != nil {
 		c.Zmeshd.Stop()
 	}
+	if c.dns != nil {
+		c.dns.Close()
+	}
+	if c.proxy != nil {
+		c.proxy.Close()
+	}
 	if c.LAN != nil {
 		errs = append(errs, c.LAN.Close())
 	}
@@ -627,6 +740,11 @@ func (c *Cluster) Close() error {
 			if err := unix.Unmount(n.BPFRoot, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
 				errs = append(errs, fmt.Errorf("unmount %s: %w", n.BPFRoot, err))
 			}
+		}
+	}
+	if c.netnsShared {
+		if err := unix.Unmount(c.netnsDir(), unix.MNT_DETACH); err != nil {
+			errs = append(errs, fmt.Errorf("unmount %s: %w", c.netnsDir(), err))
 		}
 	}
 	if c.Env != nil {

@@ -193,7 +193,38 @@ func (p *Pod) Addr(port uint16) netip.AddrPort { return netip.AddrPortFrom(p.IP,
 
 // Metrics returns the node's ztunnel /metrics.
 func (n *Node) Metrics(ctx context.Context) (string, error) {
+	if n.inHost {
+		return n.hostGet(ctx, "http://"+n.ZtunnelMetrics+"/metrics")
+	}
 	return HTTPGet(ctx, "http://"+n.ZtunnelMetrics+"/metrics")
+}
+
+// hostGet fetches a URL from the node's host namespace (a pod's endpoint
+// seen as the kubelet sees it), failing on a non-200 answer.
+func (n *Node) hostGet(ctx context.Context, url string) (string, error) {
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return n.Host.Dial(ctx, network, addr)
+		},
+		DisableKeepAlives: true,
+	}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return string(b), nil
 }
 
 // Say sends a line and waits for its echo.

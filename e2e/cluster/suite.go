@@ -78,6 +78,9 @@ func RunSuite(m *testing.M, suite string, opts Options, use func(*Cluster)) int 
 		opts.Out = os.Stdout
 	}
 	opts.Keep = opts.Keep || os.Getenv("ZMESH_E2E_KEEP") != ""
+	// ZMESH_E2E_FROM_CHART=1 runs a suite on the mesh installed from the
+	// chart (Options.FromChart).
+	opts.FromChart = opts.FromChart || os.Getenv("ZMESH_E2E_FROM_CHART") == "1"
 	var err error
 	mesh, err = Start(ctx, opts)
 	if err != nil {

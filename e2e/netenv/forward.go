@@ -1,12 +1,15 @@
 package netenv
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"sync"
+	"syscall"
+	"time"
 
 	"github.com/vishvananda/netlink"
 )
@@ -18,27 +21,36 @@ import (
 // (zmeshd), until the harness routes Services. Close the result to stop it;
 // the address goes with n.
 func Forward(n *NS, at netip.AddrPort, to string) (io.Closer, error) {
+	return ForwardTo(n, at, func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", to)
+	})
+}
+
+// ForwardTo is Forward with a dial of the caller's for each accepted
+// connection (which endpoint, from which namespace).
+func ForwardTo(n *NS, at netip.AddrPort, dial func(ctx context.Context) (net.Conn, error)) (io.Closer, error) {
 	lo, err := n.Netlink().LinkByName("lo")
 	if err != nil {
 		return nil, err
 	}
 	addr := &netlink.Addr{IPNet: &net.IPNet{IP: at.Addr().AsSlice(), Mask: net.CIDRMask(at.Addr().BitLen(), at.Addr().BitLen())}}
-	if err := n.Netlink().AddrAdd(lo, addr); err != nil {
+	if err := n.Netlink().AddrAdd(lo, addr); err != nil && !errors.Is(err, syscall.EEXIST) {
 		return nil, fmt.Errorf("forward %s: address on %s's loopback: %w", at, n.Name, err)
 	}
 	ln, err := n.Listen("tcp", at.String())
 	if err != nil {
 		return nil, fmt.Errorf("forward %s: %w", at, err)
 	}
-	f := &forwarder{ln: ln, to: to}
+	f := &forwarder{ln: ln, dial: dial}
 	f.wg.Go(f.serve)
 	return f, nil
 }
 
-// forwarder splices every accepted connection to one address.
+// forwarder splices every accepted connection to what dial returns.
 type forwarder struct {
-	ln net.Listener
-	to string
+	ln   net.Listener
+	dial func(ctx context.Context) (net.Conn, error)
 
 	wg     sync.WaitGroup
 	mu     sync.Mutex
@@ -52,26 +64,36 @@ func (f *forwarder) serve() {
 		if err != nil {
 			return
 		}
-		// The listener's socket lives in the namespace; this dial runs on
-		// an ordinary thread, in the root namespace.
-		out, err := net.Dial("tcp", f.to)
-		if err != nil {
+		if !f.track(in) {
 			in.Close()
-			continue
-		}
-		if !f.track(in, out) {
-			in.Close()
-			out.Close()
 			return
 		}
+		// The dial may take a while (an endpoint on another node): the
+		// next connection is not held up behind it.
 		f.wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			out, err := f.dial(ctx)
+			cancel()
+			if err != nil || !f.track(out) {
+				if out != nil {
+					out.Close()
+				}
+				f.untrack(in)
+				return
+			}
 			var cw sync.WaitGroup
-			cw.Go(func() { io.Copy(out, in); out.(*net.TCPConn).CloseWrite() })
+			cw.Go(func() { io.Copy(out, in); closeWrite(out) })
 			io.Copy(in, out)
-			in.(*net.TCPConn).CloseWrite()
+			closeWrite(in)
 			cw.Wait()
 			f.untrack(in, out)
 		})
+	}
+}
+
+func closeWrite(c net.Conn) {
+	if tc, ok := c.(interface{ CloseWrite() error }); ok {
+		tc.CloseWrite()
 	}
 }
 

@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
 	authnv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -51,12 +52,34 @@ type Images struct {
 	ConfigMap func(namespace, name string) (data map[string]string, found bool)
 	// Logs receives each pod's output (one file per pod); empty discards.
 	Logs string
+	// HostRoot is the node's own file system tree: a hostPath volume's path
+	// P is HostRoot/P, so that two nodes on one machine keep their sockets,
+	// CNI directories and bpffs apart. Empty refuses hostPath volumes.
+	HostRoot string
+	// APIServer is the kubernetes Service's address, given to every
+	// container as KUBERNETES_SERVICE_HOST and _PORT as the kubelet does
+	// (invalid: not set).
+	APIServer netip.AddrPort
+	// DNS is the node's cluster DNS server: every pod gets a resolv.conf
+	// naming it, with the kubelet's search path for the pod's namespace,
+	// at /etc/resolv.conf (invalid: the host's resolv.conf).
+	DNS netip.Addr
+	// DomainSuffix is the cluster's DNS domain (default cluster.local).
+	DomainSuffix string
 
 	mu sync.Mutex
-	// made are the mountPath directories created on the host's file system
-	// because they did not exist: a mount needs a directory to cover. They
-	// stay (empty) while any pod may use them, and go in Close.
-	made []string
+	// hostDirs are the hostPath directories the node's pods mount.
+	hostDirs []string
+}
+
+// made are the mountPath directories created on the machine's file system
+// because they did not exist: a mount needs a directory to cover. They
+// stay (empty) while any pod may use them, and go in Close. The machine's
+// file system is one for every node runner, so the list is too: the node
+// whose pod created a directory may not be the last to use it.
+var made struct {
+	sync.Mutex
+	dirs []string
 }
 
 // imageBinary returns the zmesh binary an image runs, if it is a zmesh
@@ -106,6 +129,10 @@ func (im *Images) command(ctx context.Context, pod *corev1.Pod, c *corev1.Contai
 	if err != nil {
 		return nil, err
 	}
+	if im.APIServer.IsValid() {
+		env = append(env, "KUBERNETES_SERVICE_HOST="+im.APIServer.Addr().String(),
+			"KUBERNETES_SERVICE_PORT="+strconv.Itoa(int(im.APIServer.Port())))
+	}
 	vols := map[string]string{}
 	for _, v := range pod.Spec.Volumes {
 		src, err := im.volume(ctx, pod, v, filepath.Join(dir, "volumes", v.Name))
@@ -117,11 +144,10 @@ func (im *Images) command(ctx context.Context, pod *corev1.Pod, c *corev1.Contai
 	// The shell is the mount namespace's first process: it mounts each
 	// volume (argument pairs after "--") and replaces itself with the
 	// binary, so the pod's process is the binary itself.
-	script := `set -e
-while [ "$1" != "--" ]; do mkdir -p "$2"; mount --bind "$1" "$2"; if [ "$3" = ro ]; then mount -o remount,bind,ro "$2"; fi; shift 3; done
-shift
-exec "$@"`
-	args := []string{"--mount", "--propagation", "private", "sh", "-c", script, "sh"}
+	// Slave: mounts made later on the machine under a shared mount (the
+	// pods' network namespaces, see Kubelet.NetnsDir) appear in the pod's
+	// namespace, none of the pod's appear outside.
+	args := []string{"--mount", "--propagation", "slave", "sh", "-c", mountScript, "sh"}
 	for _, m := range c.VolumeMounts {
 		src, ok := vols[m.Name]
 		if !ok {
@@ -140,7 +166,14 @@ exec "$@"`
 		}
 		args = append(args, src, m.MountPath, ro)
 	}
-	args = append(args, "--", bin)
+	if resolv, err := im.resolvConf(pod, dir); err != nil {
+		return nil, err
+	} else if resolv != "" {
+		args = append(args, resolv, "/etc/resolv.conf", "ro")
+	}
+	args = append(args, "--")
+	args = append(args, privileges(pod, c)...)
+	args = append(args, bin)
 	args = append(args, c.Args...)
 	if len(c.Command) > 1 {
 		// command[0] is the image's binary; the rest precede args.
@@ -158,6 +191,145 @@ exec "$@"`
 	return cmd, nil
 }
 
+// SharedDir mounts a tmpfs at dir and makes it a shared mount: what is
+// mounted under it later appears in every pod's mount namespace (see
+// Kubelet.NetnsDir). Unmount it with unix.Unmount once every pod stopped.
+func SharedDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "mode=0755"); err != nil {
+		return fmt.Errorf("mount tmpfs at %s: %w", dir, err)
+	}
+	if err := unix.Mount("", dir, "", unix.MS_SHARED, ""); err != nil {
+		unix.Unmount(dir, unix.MNT_DETACH)
+		return fmt.Errorf("make %s shared: %w", dir, err)
+	}
+	return nil
+}
+
+// mountScript is the mount namespace's first process: it mounts each
+// volume (argument triples source, mountPath, rw|ro before "--") and
+// replaces itself with the rest of its arguments, so the pod's process is
+// the binary itself. A file volume (resolv.conf) covers a file.
+const mountScript = `set -e
+while [ "$1" != "--" ]; do
+  if [ -d "$1" ]; then mkdir -p "$2"; else mkdir -p "$(dirname "$2")"; [ -e "$2" ] || : > "$2"; fi
+  mount --bind "$1" "$2"
+  if [ "$3" = ro ]; then mount -o remount,bind,ro "$2"; fi
+  shift 3
+done
+shift
+exec "$@"`
+
+// resolvConf writes the pod's resolv.conf as the kubelet does for
+// dnsPolicy ClusterFirst (and ClusterFirstWithHostNet): the cluster DNS
+// server and the search path of the pod's namespace. It returns "" when the
+// pod keeps the host's (no cluster DNS, dnsPolicy Default or None, or a
+// hostNetwork pod with ClusterFirst).
+func (im *Images) resolvConf(pod *corev1.Pod, dir string) (string, error) {
+	if !im.DNS.IsValid() {
+		return "", nil
+	}
+	switch pod.Spec.DNSPolicy {
+	case corev1.DNSDefault, corev1.DNSNone:
+		return "", nil
+	case corev1.DNSClusterFirst, "":
+		if pod.Spec.HostNetwork {
+			return "", nil
+		}
+	}
+	suffix := im.DomainSuffix
+	if suffix == "" {
+		suffix = "cluster.local"
+	}
+	conf := fmt.Sprintf("nameserver %s\nsearch %s.svc.%s svc.%s %s\noptions ndots:5\n", im.DNS, pod.Namespace, suffix, suffix, suffix)
+	p := filepath.Join(dir, "resolv.conf")
+	return p, os.WriteFile(p, []byte(conf), 0o644)
+}
+
+// privileges returns the setpriv command that gives the container the
+// user, groups and capabilities its securityContext asks for (nothing for
+// a privileged container or one that says nothing). What the node runner
+// honours: runAsUser, runAsGroup, fsGroup and supplementalGroups as the
+// process's groups, capabilities drop/add as the bounding set (with the
+// added ones inheritable and ambient for a non-root user), and
+// allowPrivilegeEscalation=false as no_new_privs. What it does not:
+// seccompProfile, readOnlyRootFilesystem, AppArmor and SELinux options,
+// and the default capability set of a container runtime (a container that
+// drops nothing keeps every capability of root).
+func privileges(pod *corev1.Pod, c *corev1.Container) []string {
+	psc := pod.Spec.SecurityContext
+	if psc == nil {
+		psc = &corev1.PodSecurityContext{}
+	}
+	sc := c.SecurityContext
+	if sc == nil {
+		sc = &corev1.SecurityContext{}
+	}
+	if sc.Privileged != nil && *sc.Privileged {
+		return nil
+	}
+	uid, gid := sc.RunAsUser, sc.RunAsGroup
+	if uid == nil {
+		uid = psc.RunAsUser
+	}
+	if gid == nil {
+		gid = psc.RunAsGroup
+	}
+	var args []string
+	if uid != nil && *uid != 0 {
+		args = append(args, "--reuid="+strconv.FormatInt(*uid, 10))
+	}
+	if gid != nil && *gid != 0 {
+		args = append(args, "--regid="+strconv.FormatInt(*gid, 10))
+	}
+	var groups []string
+	if psc.FSGroup != nil {
+		groups = append(groups, strconv.FormatInt(*psc.FSGroup, 10))
+	}
+	for _, g := range psc.SupplementalGroups {
+		groups = append(groups, strconv.FormatInt(g, 10))
+	}
+	if len(groups) > 0 {
+		args = append(args, "--groups="+strings.Join(groups, ","))
+	} else if len(args) > 0 {
+		args = append(args, "--clear-groups")
+	}
+	if caps := sc.Capabilities; caps != nil {
+		var set, add []string
+		for _, d := range caps.Drop {
+			set = append(set, "-"+strings.ToLower(string(d)))
+		}
+		for _, a := range caps.Add {
+			add = append(add, "+"+strings.ToLower(string(a)))
+		}
+		if set = append(set, add...); len(set) > 0 {
+			args = append(args, "--bounding-set="+strings.Join(set, ","))
+		}
+		if uid != nil && *uid != 0 && len(add) > 0 {
+			// A non-root process keeps capabilities across exec only as
+			// inheritable and ambient ones.
+			args = append(args, "--inh-caps="+strings.Join(add, ","), "--ambient-caps="+strings.Join(add, ","))
+		}
+	}
+	if sc.AllowPrivilegeEscalation != nil && !*sc.AllowPrivilegeEscalation {
+		args = append(args, "--no-new-privs")
+	}
+	if len(args) == 0 {
+		return nil
+	}
+	return append([]string{"setpriv"}, args...)
+}
+
+// fsGroup is the group a pod's volume files belong to (-1: none).
+func fsGroup(pod *corev1.Pod) int {
+	if sc := pod.Spec.SecurityContext; sc != nil && sc.FSGroup != nil {
+		return int(*sc.FSGroup)
+	}
+	return -1
+}
+
 // remember records the directories a mountPath will create.
 func (im *Images) remember(mountPath string) {
 	var missing []string
@@ -167,11 +339,11 @@ func (im *Images) remember(mountPath string) {
 		}
 		missing = append(missing, p)
 	}
-	im.mu.Lock()
-	defer im.mu.Unlock()
+	made.Lock()
+	defer made.Unlock()
 	for _, p := range missing {
-		if !slices.Contains(im.made, p) {
-			im.made = append(im.made, p)
+		if !slices.Contains(made.dirs, p) {
+			made.dirs = append(made.dirs, p)
 		}
 	}
 }
@@ -181,31 +353,41 @@ func (im *Images) release(pod *RunningPod) {
 	os.RemoveAll(filepath.Join(im.Dir, string(pod.UID)))
 }
 
-// Close removes the mountPath directories the runner had to create (every
-// pod must have stopped: a directory still mounted elsewhere is left).
+// Close removes the mountPath directories the node runners had to create
+// (every pod of every node runner must have stopped).
 func (im *Images) Close() error {
-	im.mu.Lock()
-	defer im.mu.Unlock()
+	made.Lock()
+	defer made.Unlock()
 	// Deepest first.
-	slices.SortFunc(im.made, func(a, b string) int { return strings.Count(b, "/") - strings.Count(a, "/") })
+	slices.SortFunc(made.dirs, func(a, b string) int { return strings.Count(b, "/") - strings.Count(a, "/") })
 	var errs []error
-	for _, p := range im.made {
+	for _, p := range made.dirs {
 		if err := os.Remove(p); err != nil && !os.IsNotExist(err) {
 			errs = append(errs, err)
 		}
 	}
-	im.made = nil
+	made.dirs = nil
 	return errors.Join(errs...)
 }
 
 // volume writes one pod volume's content under dir and returns dir.
 func (im *Images) volume(ctx context.Context, pod *corev1.Pod, v corev1.Volume, dir string) (string, error) {
+	if v.HostPath != nil {
+		return im.hostPath(v.HostPath)
+	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", err
+	}
+	if g := fsGroup(pod); g >= 0 {
+		// The volume's files belong to the pod's fsGroup, as the kubelet
+		// makes them; written later, they are changed after.
+		defer chownTree(dir, g)
 	}
 	switch {
 	case v.EmptyDir != nil:
 		return dir, nil
+	case v.Secret != nil:
+		return dir, im.secret(ctx, pod.Namespace, v.Secret, dir)
 	case v.ConfigMap != nil:
 		return dir, im.configMap(ctx, pod.Namespace, v.ConfigMap.LocalObjectReference.Name, v.ConfigMap.Items, v.ConfigMap.Optional, dir)
 	case v.Projected != nil:
@@ -227,7 +409,126 @@ func (im *Images) volume(ctx context.Context, pod *corev1.Pod, v corev1.Volume, 
 		}
 		return dir, nil
 	}
-	return "", errors.New("only emptyDir, configMap and projected volumes are supported by the e2e node runner")
+	return "", errors.New("only emptyDir, configMap, secret, hostPath and projected volumes are supported by the e2e node runner")
+}
+
+// hostPath maps a hostPath volume into the node's own tree (HostRoot),
+// creating it for the ...OrCreate types and checking it for the others.
+func (im *Images) hostPath(hp *corev1.HostPathVolumeSource) (string, error) {
+	if im.HostRoot == "" {
+		return "", errors.New("hostPath: the node runner has no host tree (HostRoot)")
+	}
+	if !filepath.IsAbs(hp.Path) {
+		return "", fmt.Errorf("hostPath %q is not absolute", hp.Path)
+	}
+	p := filepath.Join(im.HostRoot, filepath.Clean(hp.Path))
+	defer func() {
+		if fi, err := os.Stat(p); err == nil && fi.IsDir() {
+			im.mu.Lock()
+			if !slices.Contains(im.hostDirs, filepath.Clean(hp.Path)) {
+				im.hostDirs = append(im.hostDirs, filepath.Clean(hp.Path))
+			}
+			im.mu.Unlock()
+		}
+	}()
+	typ := corev1.HostPathUnset
+	if hp.Type != nil {
+		typ = *hp.Type
+	}
+	fi, err := os.Stat(p)
+	switch typ {
+	case corev1.HostPathDirectoryOrCreate:
+		if err != nil {
+			return p, os.MkdirAll(p, 0o755)
+		}
+		if !fi.IsDir() {
+			return "", fmt.Errorf("hostPath %s (%s in the node's tree) is not a directory", hp.Path, p)
+		}
+	case corev1.HostPathFileOrCreate:
+		if err != nil {
+			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+				return "", err
+			}
+			return p, os.WriteFile(p, nil, 0o644)
+		}
+	case corev1.HostPathDirectory:
+		if err != nil || !fi.IsDir() {
+			return "", fmt.Errorf("hostPath %s (%s in the node's tree) is not a directory: %v", hp.Path, p, err)
+		}
+	case corev1.HostPathUnset:
+		if err != nil {
+			// The kubelet checks nothing for an unset type; a bind mount
+			// needs something to bind.
+			return p, os.MkdirAll(p, 0o755)
+		}
+	default:
+		if err != nil {
+			return "", fmt.Errorf("hostPath %s (%s in the node's tree): %w", hp.Path, p, err)
+		}
+	}
+	return p, nil
+}
+
+// hostPaths are the host directories the node's pods mount, shallowest
+// first.
+func (im *Images) hostPaths() []string {
+	im.mu.Lock()
+	defer im.mu.Unlock()
+	out := slices.Clone(im.hostDirs)
+	slices.SortFunc(out, func(a, b string) int { return strings.Count(a, "/") - strings.Count(b, "/") })
+	return out
+}
+
+// secret writes a Secret's keys (or the listed items) as files with the
+// volume's mode.
+func (im *Images) secret(ctx context.Context, ns string, v *corev1.SecretVolumeSource, dir string) error {
+	if im.Client == nil {
+		return fmt.Errorf("secret %s: no API server", v.SecretName)
+	}
+	sec, err := im.Client.CoreV1().Secrets(ns).Get(ctx, v.SecretName, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) && v.Optional != nil && *v.Optional {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("secret %s: %w", v.SecretName, err)
+	}
+	mode := os.FileMode(0o644)
+	if v.DefaultMode != nil {
+		mode = os.FileMode(*v.DefaultMode) & 0o777
+	}
+	items := v.Items
+	if len(items) == 0 {
+		for k := range sec.Data {
+			items = append(items, corev1.KeyToPath{Key: k, Path: k})
+		}
+	}
+	for _, it := range items {
+		b, ok := sec.Data[it.Key]
+		if !ok {
+			return fmt.Errorf("secret %s has no key %q", v.SecretName, it.Key)
+		}
+		m := mode
+		if it.Mode != nil {
+			m = os.FileMode(*it.Mode) & 0o777
+		}
+		if err := writeFile(dir, it.Path, b); err != nil {
+			return err
+		}
+		if err := os.Chmod(filepath.Join(dir, it.Path), m); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// chownTree gives a volume's directory and files to group gid.
+func chownTree(dir string, gid int) {
+	filepath.WalkDir(dir, func(p string, _ os.DirEntry, err error) error {
+		if err == nil {
+			os.Lchown(p, -1, gid)
+		}
+		return nil
+	})
 }
 
 // token asks the API server for the pod's service-account token, bound to
@@ -392,16 +693,28 @@ func probeReady(ctx context.Context, host *netenv.NS, c *corev1.Container, podIP
 	if p == nil {
 		return true
 	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if p.TCPSocket != nil {
+		port, ok := containerPort(c, p.TCPSocket.Port.String())
+		if !ok {
+			return false
+		}
+		conn, err := host.Dial(ctx, "tcp", netip.AddrPortFrom(podIP, port).String())
+		if err != nil {
+			return false
+		}
+		conn.Close()
+		return true
+	}
 	if p.HTTPGet == nil {
-		// TCP and exec probes: not used by zmesh's manifests.
+		// exec probes: not used by zmesh's chart.
 		return false
 	}
 	port, ok := containerPort(c, p.HTTPGet.Port.String())
 	if !ok {
 		return false
 	}
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
 	client := &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			return host.Dial(ctx, network, addr)

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -41,8 +42,9 @@ import (
 // node, the primary plugins and then zmesh-cni), starts the pod's process
 // inside the namespace and reports the pod Running and Ready with its IP.
 // When the pod is deleted it stops the process, runs CNI DEL, removes the
-// namespace and lets the deletion finish. hostNetwork pods are left alone
-// (the harness's own DaemonSet stand-ins).
+// namespace and lets the deletion finish. hostNetwork pods run in the
+// node's host namespace with RunHostNetwork, and are left alone without it
+// (a harness's own DaemonSet stand-ins).
 type Kubelet struct {
 	Client kubernetes.Interface
 	Node   string
@@ -61,7 +63,16 @@ type Kubelet struct {
 	// Images runs pods whose image is a zmesh image as that binary (see
 	// Images); nil runs App for every pod.
 	Images *Images
-	Log    *slog.Logger
+	// RunHostNetwork runs hostNetwork pods of zmesh images in the node's
+	// host namespace; without it they are left alone (a harness's own
+	// stand-ins for components it runs as processes).
+	RunHostNetwork bool
+	// NetnsDir, when set, is a shared mount (see SharedDir) where each
+	// pod's network namespace is also mounted and whose path CNI is given,
+	// so that pods with mount namespaces of their own see the namespaces
+	// made after they started.
+	NetnsDir string
+	Log      *slog.Logger
 
 	mu   sync.Mutex
 	pods map[types.UID]*RunningPod
@@ -81,9 +92,17 @@ type RunningPod struct {
 	// Container is the zmesh container the pod runs (see Images), nil for
 	// the App.
 	Container *corev1.Container
-	cmd       *exec.Cmd
-	exited    chan struct{}
-	rt        *libcni.RuntimeConf
+	// HostNetwork pods run in the node's host namespace (NS) at its
+	// address.
+	HostNetwork bool
+	// Restarts counts the process's restarts after it exited.
+	Restarts int
+	rt       *libcni.RuntimeConf
+
+	mu       sync.Mutex
+	cmd      *exec.Cmd
+	exited   chan struct{} // closed when cmd exits
+	stopping chan struct{} // closed when the pod is being stopped
 }
 
 // Register creates (or updates) the Node object and reports it Ready.
@@ -224,6 +243,17 @@ func (k *Kubelet) Run(ctx context.Context) error {
 		pods = append(pods, p)
 	}
 	k.mu.Unlock()
+	// Pods in their own namespaces first: their CNI DEL may need the node
+	// agents that run with hostNetwork.
+	slices.SortStableFunc(pods, func(a, b *RunningPod) int {
+		switch {
+		case a.HostNetwork == b.HostNetwork:
+			return 0
+		case b.HostNetwork:
+			return -1
+		}
+		return 1
+	})
 	var errs []error
 	for _, p := range pods {
 		errs = append(errs, k.stop(context.Background(), p))
@@ -254,7 +284,7 @@ func (k *Kubelet) sync(ctx context.Context, lister listersv1.PodLister, key stri
 			return err
 		}
 	}
-	if gone || pod.Spec.HostNetwork {
+	if gone || (pod.Spec.HostNetwork && !k.RunHostNetwork) {
 		return nil
 	}
 	if pod.DeletionTimestamp != nil {
@@ -286,7 +316,7 @@ func (k *Kubelet) sync(ctx context.Context, lister listersv1.PodLister, key stri
 
 // sandbox is the runtime part of the Kubelet's pods.
 func (k *Kubelet) sandbox() sandbox {
-	return sandbox{host: k.Host, binDir: k.CNIBinDir, confDir: k.CNIConfDir, app: k.App, images: k.Images, hostIP: k.HostIP}
+	return sandbox{host: k.Host, binDir: k.CNIBinDir, confDir: k.CNIConfDir, app: k.App, images: k.Images, hostIP: k.HostIP, netnsDir: k.NetnsDir}
 }
 
 func (k *Kubelet) start(ctx context.Context, pod *corev1.Pod) error {
@@ -306,6 +336,9 @@ func (k *Kubelet) start(ctx context.Context, pod *corev1.Pod) error {
 	if p.Container != nil && p.Container.ReadinessProbe != nil {
 		go k.probe(ctx, pod, p, ready)
 	}
+	if p.Container != nil {
+		go k.supervise(ctx, pod, p)
+	}
 	k.Log.Info("pod running", "pod", pod.Namespace+"/"+pod.Name, "ip", p.IP, "ready", ready, "took", time.Since(started).Round(time.Millisecond))
 	return nil
 }
@@ -321,7 +354,7 @@ func (k *Kubelet) probe(ctx context.Context, pod *corev1.Pod, p *RunningPod, rea
 		select {
 		case <-ctx.Done():
 			return
-		case <-p.exited:
+		case <-p.stopCh():
 			return
 		case <-time.After(wait):
 		}
@@ -340,6 +373,63 @@ func (k *Kubelet) probe(ctx context.Context, pod *corev1.Pod, p *RunningPod, rea
 		}
 		ready = now
 		k.Log.Info("pod readiness", "pod", pod.Namespace+"/"+pod.Name, "ready", ready)
+	}
+}
+
+// supervise starts a zmesh container's process again when it exits while
+// the pod lives (restartPolicy Always, the only one of Deployments and
+// DaemonSets), after a back-off that doubles from 1 s to 30 s and starts
+// over once a run lasted a minute.
+func (k *Kubelet) supervise(ctx context.Context, pod *corev1.Pod, p *RunningPod) {
+	backoff := time.Second
+	for {
+		p.mu.Lock()
+		exited := p.exited
+		p.mu.Unlock()
+		started := time.Now()
+		select {
+		case <-ctx.Done():
+			return
+		case <-p.stopCh():
+			return
+		case <-exited:
+		}
+		if time.Since(started) > time.Minute {
+			backoff = time.Second
+		}
+		k.Log.Warn("container exited", "pod", pod.Namespace+"/"+pod.Name, "restarts", p.Restarts, "backoff", backoff)
+		select {
+		case <-ctx.Done():
+			return
+		case <-p.stopCh():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 30*time.Second)
+		p.mu.Lock()
+		stopping := p.stopping != nil && isClosed(p.stopping)
+		p.mu.Unlock()
+		if stopping {
+			return
+		}
+		if err := k.sandbox().run(ctx, pod, p); err != nil {
+			k.Log.Warn("container restart", "pod", pod.Namespace+"/"+pod.Name, "reason", err.Error())
+			// The next round waits on the old, closed channel: try again
+			// after the next back-off.
+			continue
+		}
+		p.mu.Lock()
+		p.Restarts++
+		p.mu.Unlock()
+	}
+}
+
+func isClosed(c chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
 	}
 }
 
@@ -373,8 +463,11 @@ func (k *Kubelet) writeStatus(ctx context.Context, pod *corev1.Pod, p *RunningPo
 		}
 		cur.Status.ContainerStatuses = nil
 		for _, c := range cur.Spec.Containers {
+			p.mu.Lock()
+			restarts := int32(p.Restarts)
+			p.mu.Unlock()
 			cur.Status.ContainerStatuses = append(cur.Status.ContainerStatuses, corev1.ContainerStatus{
-				Name: c.Name, Image: c.Image, Ready: ready, Started: new(true),
+				Name: c.Name, Image: c.Image, Ready: ready, Started: new(true), RestartCount: restarts,
 				State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: *cur.Status.StartTime}},
 			})
 		}
@@ -412,6 +505,19 @@ func (k *Kubelet) Pod(namespace, name string) *RunningPod {
 	defer k.mu.Unlock()
 	for _, p := range k.pods {
 		if p.Namespace == namespace && p.Name == name {
+			return p
+		}
+	}
+	return nil
+}
+
+// PodOf returns a running pod of the namespace whose zmesh container is
+// named container (a DaemonSet's pod on this node), or nil.
+func (k *Kubelet) PodOf(namespace, container string) *RunningPod {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for _, p := range k.pods {
+		if p.Namespace == namespace && p.Container != nil && p.Container.Name == container {
 			return p
 		}
 	}

@@ -9,6 +9,32 @@
 // with no cluster, from the YAML directory zmeshd reads (Files); both share
 // one sandbox (sandbox.go).
 //
+// What the Kubelet honours of a pod whose image is a zmesh image (the
+// chart's DaemonSets and Deployments, the waypoints): the container's
+// command and args unchanged; env with downward-API fieldRefs, and
+// KUBERNETES_SERVICE_HOST/PORT; ConfigMap, Secret (modes, fsGroup),
+// emptyDir, hostPath (under the node's own tree, Images.HostRoot; types
+// checked or created) and projected volumes (service-account tokens from
+// the TokenRequest API with their audience and bound to the pod,
+// ConfigMaps, downward API), bind-mounted at their mountPaths in the pod's
+// own mount namespace, read-only where asked; a resolv.conf naming the
+// cluster DNS with the namespace's search path (dnsPolicy ClusterFirst,
+// ClusterFirstWithHostNet); hostNetwork (the node's host namespace and
+// address); runAsUser, runAsGroup, fsGroup, supplementalGroups, the
+// capabilities' drop/add as the bounding set and
+// allowPrivilegeEscalation=false, through setpriv; HTTP and TCP readiness
+// probes from the node's host namespace, reported as the pod's Ready
+// condition; restarts after the process exits, with back-off. What it does
+// not: images (the binary built from this tree runs instead), seccomp,
+// AppArmor and SELinux profiles, readOnlyRootFilesystem (the pod sees the
+// machine's file system outside its volumes), the runtime's default
+// capability set (a container that drops nothing keeps root's),
+// hostPID=false (every pod shares the machine's PID namespace), liveness
+// and startup probes, exec probes, subPath, resource limits, init and
+// sidecar containers (only the first container runs), mountPropagation
+// (every pod's mount namespace is a slave of the machine's, where the pods'
+// network namespaces are mounted in Kubelet.NetnsDir).
+//
 // Start is the older shortcut that skips CNI: it runs the node's agent
 // (capture + ZDS server) in this process and enrols pods living in
 // namespaces the caller made.

@@ -1,17 +1,23 @@
 package noderunner
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"syscall"
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
+	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
+	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/zmesh/zmesh/e2e/netenv"
@@ -32,6 +38,12 @@ type sandbox struct {
 	// runs app); hostIP is the node's address for their downward API.
 	images *Images
 	hostIP netip.Addr
+	// netnsDir, when set, is a shared mount where each pod's network
+	// namespace is bind-mounted too, and the path CNI is given: pods with
+	// mount namespaces of their own (the CNI agent) see namespaces made
+	// after they started there, as a node's /var/run/netns is seen with
+	// HostToContainer propagation.
+	netnsDir string
 }
 
 // conf loads the node's CNI configuration as a runtime does: the first
@@ -52,7 +64,11 @@ func (s sandbox) cni(op string, rt *libcni.RuntimeConf) (*current.Result, error)
 	if err != nil {
 		return nil, err
 	}
-	c := libcni.NewCNIConfig([]string{s.binDir}, nil)
+	var ex invoke.Exec
+	if s.images != nil && s.images.HostRoot != "" {
+		ex = &nodeExec{DefaultExec: invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: os.Stderr}}, images: s.images}
+	}
+	c := libcni.NewCNIConfig([]string{s.binDir}, ex)
 	var res *current.Result
 	err = s.host.Do(func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -75,9 +91,21 @@ func (s sandbox) cni(op string, rt *libcni.RuntimeConf) (*current.Result, error)
 // exactly that address), starts the pod's process and waits
 // until it listens. On error nothing of the pod is left.
 func (s sandbox) start(ctx context.Context, pod *corev1.Pod, want netip.Addr) (*RunningPod, error) {
+	if pod.Spec.HostNetwork {
+		return s.startHost(ctx, pod)
+	}
 	ns, err := netenv.NewNS("pod")
 	if err != nil {
 		return nil, err
+	}
+	nsPath := "/run/netns/" + ns.Name
+	if s.netnsDir != "" {
+		shared := filepath.Join(s.netnsDir, ns.Name)
+		if err := shareNetns(nsPath, shared); err != nil {
+			s.closeNS(ns)
+			return nil, err
+		}
+		nsPath = shared
 	}
 	args := [][2]string{
 		{"IgnoreUnknown", "1"},
@@ -91,7 +119,7 @@ func (s sandbox) start(ctx context.Context, pod *corev1.Pod, want netip.Addr) (*
 	}
 	p := &RunningPod{UID: pod.UID, Namespace: pod.Namespace, Name: pod.Name, NS: ns, rt: &libcni.RuntimeConf{
 		ContainerID: "zmesh-e2e-" + string(pod.UID),
-		NetNS:       "/run/netns/" + ns.Name,
+		NetNS:       nsPath,
 		IfName:      "eth0",
 		Args:        args,
 	}}
@@ -101,7 +129,7 @@ func (s sandbox) start(ctx context.Context, pod *corev1.Pod, want netip.Addr) (*
 	if err != nil {
 		// As a kubelet: the sandbox failed; clean it (the caller retries).
 		s.cni("DEL", p.rt)
-		ns.Close()
+		s.closeNS(ns)
 		return nil, fmt.Errorf("CNI ADD: %w", err)
 	}
 	for _, ipc := range res.IPs {
@@ -111,42 +139,74 @@ func (s sandbox) start(ctx context.Context, pod *corev1.Pod, want netip.Addr) (*
 	}
 	if !p.IP.IsValid() || (want.IsValid() && p.IP != want) {
 		s.cni("DEL", p.rt)
-		ns.Close()
+		s.closeNS(ns)
 		return nil, fmt.Errorf("CNI ADD returned %v, want one IPv4 address (%v)", res.IPs, want)
 	}
+	if err := s.run(ctx, pod, p); err != nil {
+		s.cni("DEL", p.rt)
+		s.closeNS(ns)
+		return nil, err
+	}
+	if p.Container == nil && p.cmd != nil {
+		if err := waitListening(ctx, ns, p.IP); err != nil {
+			s.stop(p)
+			return nil, err
+		}
+	}
+	return p, nil
+}
+
+// startHost starts a hostNetwork pod: its process in the node's host
+// namespace, at the node's address, with no CNI.
+func (s sandbox) startHost(ctx context.Context, pod *corev1.Pod) (*RunningPod, error) {
+	if _, _, ok := s.images.zmeshContainer(pod); !ok {
+		return nil, fmt.Errorf("hostNetwork pod %s/%s: only zmesh images run in the node's namespace", pod.Namespace, pod.Name)
+	}
+	p := &RunningPod{UID: pod.UID, Namespace: pod.Namespace, Name: pod.Name, NS: s.host, IP: s.hostIP, HostNetwork: true}
+	if err := s.run(ctx, pod, p); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// run starts (or, after it exited, starts again) the pod's process inside
+// its namespace: the zmesh container's binary, or the App.
+func (s sandbox) run(ctx context.Context, pod *corev1.Pod, p *RunningPod) error {
 	var cmd *exec.Cmd
 	if c, bin, ok := s.images.zmeshContainer(pod); ok {
+		var err error
 		if cmd, err = s.images.command(ctx, pod, c, bin, p.IP, s.hostIP); err != nil {
-			s.cni("DEL", p.rt)
-			ns.Close()
-			return nil, fmt.Errorf("container %s: %w", c.Name, err)
+			return fmt.Errorf("container %s: %w", c.Name, err)
 		}
 		p.Container = c
 	} else if s.app != nil {
 		cmd = s.app(pod)
 	}
-	if cmd != nil {
-		if err := ns.Do(cmd.Start); err != nil {
-			s.cni("DEL", p.rt)
-			ns.Close()
-			return nil, fmt.Errorf("start the pod's process: %w", err)
-		}
-		p.cmd, p.exited = cmd, make(chan struct{})
-		go func() {
-			cmd.Wait()
-			if f, ok := cmd.Stdout.(*os.File); ok {
-				f.Close()
-			}
-			close(p.exited)
-		}()
-		if p.Container == nil {
-			if err := waitListening(ctx, ns, p.IP); err != nil {
-				s.stop(p)
-				return nil, err
-			}
-		}
+	if cmd == nil {
+		return nil
 	}
-	return p, nil
+	if err := p.NS.Do(cmd.Start); err != nil {
+		return fmt.Errorf("start the pod's process: %w", err)
+	}
+	exited := make(chan struct{})
+	p.mu.Lock()
+	if p.stopping != nil && isClosed(p.stopping) {
+		// Stopped while this (re)start was under way.
+		p.mu.Unlock()
+		cmd.Process.Kill()
+		cmd.Wait()
+		return errors.New("the pod is stopping")
+	}
+	p.cmd, p.exited = cmd, exited
+	p.mu.Unlock()
+	go func() {
+		cmd.Wait()
+		if f, ok := cmd.Stdout.(*os.File); ok {
+			f.Close()
+		}
+		close(exited)
+	}()
+	return nil
 }
 
 // errDel marks a failed CNI DEL: the pod's namespace is kept, so that stop
@@ -155,14 +215,29 @@ var errDel = errors.New("CNI DEL")
 
 // stop ends a pod: its process, CNI DEL, its namespace.
 func (s sandbox) stop(p *RunningPod) error {
-	if p.cmd != nil {
-		p.cmd.Process.Signal(syscall.SIGTERM)
+	stopping := p.stopCh()
+	p.mu.Lock()
+	select {
+	case <-stopping:
+	default:
+		close(stopping)
+	}
+	cmd, exited := p.cmd, p.exited
+	p.mu.Unlock()
+	if cmd != nil {
+		cmd.Process.Signal(syscall.SIGTERM)
 		select {
-		case <-p.exited:
+		case <-exited:
 		case <-time.After(5 * time.Second):
-			p.cmd.Process.Kill()
-			<-p.exited
+			cmd.Process.Kill()
+			<-exited
 		}
+	}
+	if p.HostNetwork {
+		if p.Container != nil {
+			s.images.release(p)
+		}
+		return nil
 	}
 	if _, err := s.cni("DEL", p.rt); err != nil {
 		return fmt.Errorf("%w of %s/%s: %w", errDel, p.Namespace, p.Name, err)
@@ -170,7 +245,29 @@ func (s sandbox) stop(p *RunningPod) error {
 	if p.Container != nil {
 		s.images.release(p)
 	}
-	return p.NS.Close()
+	return s.closeNS(p.NS)
+}
+
+// shareNetns bind-mounts a pod's namespace at shared (in netnsDir).
+func shareNetns(path, shared string) error {
+	if err := os.WriteFile(shared, nil, 0o444); err != nil {
+		return err
+	}
+	if err := unix.Mount(path, shared, "", unix.MS_BIND, ""); err != nil {
+		os.Remove(shared)
+		return fmt.Errorf("bind %s at %s: %w", path, shared, err)
+	}
+	return nil
+}
+
+// closeNS removes a pod's namespace (and its mount in netnsDir).
+func (s sandbox) closeNS(ns *netenv.NS) error {
+	if s.netnsDir != "" {
+		shared := filepath.Join(s.netnsDir, ns.Name)
+		unix.Unmount(shared, unix.MNT_DETACH)
+		os.Remove(shared)
+	}
+	return ns.Close()
 }
 
 // waitListening waits for the app to accept on its own address from inside
@@ -190,10 +287,55 @@ func waitListening(ctx context.Context, ns *netenv.NS, ip netip.Addr) error {
 	}
 }
 
+// stopCh is closed when the pod is being stopped.
+func (p *RunningPod) stopCh() chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.stopping == nil {
+		p.stopping = make(chan struct{})
+	}
+	return p.stopping
+}
+
 // Pid is the pod's process id (0 when it runs none).
 func (p *RunningPod) Pid() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	if p.cmd == nil || p.cmd.Process == nil {
 		return 0
 	}
 	return p.cmd.Process.Pid
+}
+
+// nodeExec runs CNI plugins as a container runtime on the node would: with
+// the node's host paths (those its pods mount as hostPath, such as the
+// agent's socket directory the chained conflist names) at their places,
+// bind-mounted from the node's tree in a mount namespace of the plugin's
+// own.
+type nodeExec struct {
+	invoke.DefaultExec
+	images *Images
+}
+
+func (e *nodeExec) ExecPlugin(ctx context.Context, plugin string, stdin []byte, environ []string) ([]byte, error) {
+	args := []string{"--mount", "--propagation", "private", "sh", "-c", mountScript, "sh"}
+	for _, hp := range e.images.hostPaths() {
+		e.images.remember(hp)
+		args = append(args, filepath.Join(e.images.HostRoot, hp), hp, "rw")
+	}
+	args = append(args, "--", plugin)
+	cmd := exec.CommandContext(ctx, "unshare", args...)
+	cmd.Env = environ
+	cmd.Stdin = bytes.NewReader(stdin)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		// A plugin's error is JSON on stdout.
+		var perr types.Error
+		if json.Unmarshal(stdout.Bytes(), &perr) == nil && perr.Msg != "" {
+			return nil, &perr
+		}
+		return nil, fmt.Errorf("%s: %w: %s", filepath.Base(plugin), err, bytes.TrimSpace(stderr.Bytes()))
+	}
+	return stdout.Bytes(), nil
 }
