@@ -8,13 +8,8 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"os/exec"
-	"path/filepath"
-	"strings"
 	"testing"
 	"time"
-
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/zmesh/zmesh/e2e/cluster"
 )
@@ -51,27 +46,11 @@ func until(t *testing.T, d time.Duration, what string, check func() error) {
 }
 
 // zmeshctl runs the CLI built for the cluster as its admin.
-func zmeshctl(t *testing.T, args ...string) string {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, filepath.Join(mesh.Bin, "zmeshctl"), append([]string{"--kubeconfig", mesh.Env.Kubeconfig}, args...)...)
-	out, err := cmd.CombinedOutput()
-	t.Logf("$ zmeshctl %s\n%s", strings.Join(args, " "), strings.TrimSpace(string(out)))
-	if err != nil {
-		t.Fatalf("zmeshctl %s: %v", strings.Join(args, " "), err)
-	}
-	return string(out)
-}
+func zmeshctl(t *testing.T, args ...string) string { return mesh.Zmeshctl(t, args...) }
 
 // serviceAddr is a Service's ClusterIP and port.
 func serviceAddr(t *testing.T, ns, name string, port uint16) netip.AddrPort {
-	t.Helper()
-	svc, err := mesh.Env.Client.CoreV1().Services(ns).Get(t.Context(), name, metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return netip.AddrPortFrom(netip.MustParseAddr(svc.Spec.ClusterIP), port)
+	return mesh.ServiceAddr(t, ns, name, port)
 }
 
 // httpClient's connections start in the pod's network namespace, so

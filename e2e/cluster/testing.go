@@ -2,6 +2,8 @@ package cluster
 
 import (
 	"context"
+	"net/netip"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -76,4 +78,29 @@ func Eventually(t testing.TB, d time.Duration, what string, cond func() bool) ti
 		time.Sleep(20 * time.Millisecond)
 	}
 	return time.Since(start)
+}
+
+// Zmeshctl runs the CLI built for the cluster as its admin, logging the
+// command and its output; it fails the test on error.
+func (c *Cluster) Zmeshctl(t testing.TB, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(c.Bin, "zmeshctl"), append([]string{"--kubeconfig", c.Env.Kubeconfig}, args...)...)
+	out, err := cmd.CombinedOutput()
+	t.Logf("$ zmeshctl %s\n%s", strings.Join(args, " "), strings.TrimSpace(string(out)))
+	if err != nil {
+		t.Fatalf("zmeshctl %s: %v", strings.Join(args, " "), err)
+	}
+	return string(out)
+}
+
+// ServiceAddr is a Service's ClusterIP and port.
+func (c *Cluster) ServiceAddr(t testing.TB, ns, name string, port uint16) netip.AddrPort {
+	t.Helper()
+	svc, err := c.Env.Client.CoreV1().Services(ns).Get(t.Context(), name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return netip.AddrPortFrom(netip.MustParseAddr(svc.Spec.ClusterIP), port)
 }
