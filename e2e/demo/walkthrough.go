@@ -154,12 +154,19 @@ func (m *mesh) walkthrough(ctx context.Context, st story, web webClient) error {
 				return false
 			}
 		}
-		v, err := web.version(jason)
-		if err == nil && v != "v2" {
-			err = fmt.Errorf("answered by %s", v)
+		// Five of jason's in a row on v2: under the 90/10 split that
+		// comes before, 1 in 100 000.
+		for range 5 {
+			v, err := web.version(jason)
+			if err == nil && v != "v2" {
+				err = fmt.Errorf("answered by %s", v)
+			}
+			if err != nil {
+				lastErr = fmt.Errorf("as jason: %v", err)
+				return false
+			}
 		}
-		lastErr = fmt.Errorf("as jason: %v", err)
-		return err == nil
+		return true
 	}); err != nil {
 		return fmt.Errorf("header routing never took effect: %v", lastErr)
 	}

@@ -289,8 +289,8 @@ type podForwarder struct{ p *RunningPod }
 
 func (f podForwarder) PortForward(ctx context.Context, _, _ string, port int32, stream io.ReadWriteCloser) error {
 	defer stream.Close()
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	c, err := f.p.NS.Dial(ctx, "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port))))
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	c, err := f.p.NS.Dial(dctx, "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port))))
 	cancel()
 	if err != nil {
 		return fmt.Errorf("port %d of pod %s/%s: %w", port, f.p.Namespace, f.p.Name, err)
@@ -299,14 +299,23 @@ func (f podForwarder) PortForward(ctx context.Context, _, _ string, port int32, 
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
 	// The caller's bytes go to the app (its end closes the app's
-	// writing half); the app's come back until it closes, which ends
-	// the forwarded connection.
+	// writing half); the app's come back until it closes.
+	callerDone := make(chan struct{})
 	go func() {
+		defer close(callerDone)
 		io.Copy(c, stream)
 		if tc, ok := c.(*net.TCPConn); ok {
 			tc.CloseWrite()
 		}
 	}()
 	io.Copy(stream, c)
+	// Half-close towards the caller, then wait for it to close its side:
+	// returning at once would let the stream be torn down before the
+	// caller read what the app sent last.
+	stream.Close()
+	select {
+	case <-callerDone:
+	case <-ctx.Done():
+	}
 	return nil
 }
