@@ -414,7 +414,7 @@ func (k *Kubelet) supervise(ctx context.Context, pod *corev1.Pod, p *RunningPod)
 		}
 		if err := k.sandbox().run(ctx, pod, p); err != nil {
 			k.Log.Warn("container restart", "pod", pod.Namespace+"/"+pod.Name, "reason", err.Error())
-			// The next round waits on the old, closed channel: try again
+			// The loop's next pass waits on the old, closed channel: try again
 			// after the next back-off.
 			continue
 		}
