@@ -212,11 +212,12 @@ type authzCase struct {
 	want string
 }
 
-// chainOutcome runs the chain's RBAC filters in order, as the proxy does:
-// the first denial answers 403 RBAC: access denied.
+// chainOutcome runs the chain's RBAC filters in order, as the proxy does
+// (for HTTP, the tunnel's filters first, then the request's): the first
+// denial answers 403 RBAC: access denied.
 func chainOutcome(c *config.Chain, req *rbac.Request, tcp bool) string {
 	var parts []string
-	fs := c.HTTPFilters
+	fs := append(append([]config.HTTPFilter(nil), c.ConnFilters...), c.HTTPFilters...)
 	if tcp {
 		fs = c.TCPFilters
 	}
@@ -317,6 +318,33 @@ func TestL7AuthorizationDecisions(t *testing.T) {
 		{name: "sniffed port, HTTP: the DENY needs DELETE /admin", file: "authz_tcp.txtar", dst: "10.96.0.20:7000",
 			req:  rbac.Request{HTTP: httpReq("DELETE", "/admin", nil), Principal: "spiffe://cluster.local/ns/other/sa/app", DirectRemoteIP: peer, RemoteIP: peer},
 			want: "403 log:- deny:ns[shop]-policy[deny-method]-rule[0]"},
+
+		// Policies on the waypoint as a workload: network RBAC heading
+		// every chain, then the chain's own (targetRefs) filters; each
+		// scope's ALLOW must allow.
+		{name: "workload ALLOW names client-a, then the Gateway's ALLOW of GET", file: "authz_workload.txtar", dst: "10.96.0.10:8000",
+			req:  rbac.Request{HTTP: httpReq("GET", "/", nil), Principal: "spiffe://cluster.local/ns/shop/sa/client-a", DirectRemoteIP: peer, RemoteIP: peer, DestinationPort: 8000},
+			want: "allow deny:- allow:ns[shop]-policy[allow-client-a]-rule[0] allow:ns[shop]-policy[allow-get]-rule[0]"},
+		{name: "client-a allowed at L4, its POST not by the Gateway's ALLOW", file: "authz_workload.txtar", dst: "10.96.0.10:8000",
+			req:  rbac.Request{HTTP: httpReq("POST", "/", nil), Principal: "spiffe://cluster.local/ns/shop/sa/client-a", DirectRemoteIP: peer, RemoteIP: peer, DestinationPort: 8000},
+			want: "403 deny:- allow:ns[shop]-policy[allow-client-a]-rule[0] allow:-"},
+		{name: "client-b's workload rule uses methods, so it is left out: refused at L4", file: "authz_workload.txtar", dst: "10.96.0.10:8000",
+			req:  rbac.Request{HTTP: httpReq("GET", "/", nil), Principal: "spiffe://cluster.local/ns/shop/sa/client-b", DirectRemoteIP: peer, RemoteIP: peer, DestinationPort: 8000},
+			want: "403 deny:- allow:-"},
+		{name: "root-namespace DENY of namespace evil", file: "authz_workload.txtar", dst: "10.96.0.10:8000",
+			req:  rbac.Request{HTTP: httpReq("GET", "/", nil), Principal: "spiffe://cluster.local/ns/evil/sa/x", DirectRemoteIP: peer, RemoteIP: peer, DestinationPort: 8000},
+			want: "403 deny:ns[istio-system]-policy[root-deny]-rule[0]"},
+		{name: "workload ALLOW by ipBlocks and port, from a trusted namespace outside the pod range", file: "authz_workload.txtar", dst: "10.96.0.10:8000",
+			req: rbac.Request{HTTP: httpReq("GET", "/", nil), Principal: "spiffe://cluster.local/ns/trusted/sa/x",
+				DirectRemoteIP: netip.MustParseAddr("10.244.9.4"), RemoteIP: netip.MustParseAddr("10.244.9.4"), DestinationPort: 8000},
+			want: "allow deny:- allow:ns[shop]-policy[allow-l7]-rule[1] allow:ns[shop]-policy[allow-get]-rule[0]"},
+		{name: "namespace DENY on notPrincipals, notNamespaces and source.ip notValues", file: "authz_workload.txtar", dst: "10.96.0.10:8000",
+			req: rbac.Request{HTTP: httpReq("GET", "/", nil), Principal: "spiffe://cluster.local/ns/other/sa/x",
+				DirectRemoteIP: netip.MustParseAddr("192.0.2.4"), RemoteIP: netip.MustParseAddr("192.0.2.4"), DestinationPort: 8000},
+			want: "403 deny:ns[shop]-policy[deny-ns]-rule[0]"},
+		{name: "TCP: the namespace DENY's path is ignored, so it denies port 5432", file: "authz_workload.txtar", dst: "10.96.0.10:5432", tcp: true,
+			req:  rbac.Request{Principal: "spiffe://cluster.local/ns/shop/sa/client-a", DirectRemoteIP: peer, RemoteIP: peer, DestinationPort: 5432},
+			want: "403 deny:ns[shop]-policy[deny-ns]-rule[1]"},
 
 		{name: "allow-nothing, but GET is allowed by the other policy", file: "authz_actions.txtar", dst: "10.96.0.10:8000",
 			req:  rbac.Request{HTTP: httpReq("GET", "/", nil)},

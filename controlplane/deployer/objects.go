@@ -1,8 +1,6 @@
 package deployer
 
 import (
-	"maps"
-
 	"istio.io/api/label"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -12,12 +10,14 @@ import (
 	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
 	policyv1ac "k8s.io/client-go/applyconfigurations/policy/v1"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+
+	"github.com/zmesh/zmesh/controlplane/model"
 )
 
 // ManagedLabelValue marks the objects the controller owns (label
 // gateway.istio.io/managed), as Istio marks its waypoints; the translation
 // and Istio's tools recognise waypoint workloads by it.
-const ManagedLabelValue = "istio.io-mesh-controller"
+const ManagedLabelValue = model.WaypointManagedValue
 
 // Paths and ports of the waypoint's pod.
 const (
@@ -58,15 +58,8 @@ func desired(gw *gatewayv1.Gateway, opts Options) objects {
 	// The Deployment's selector is immutable: only the gateway name, as
 	// in Istio; everything else may change.
 	selector := map[string]string{label.IoK8sNetworkingGatewayGatewayName.Name: name}
-	labels, annotations := infrastructure(gw)
-	maps.Copy(labels, selector)
-	labels[label.GatewayManaged.Name] = ManagedLabelValue
-	labels[label.IoK8sNetworkingGatewayGatewayClassName.Name] = ClassName
-	labels[label.IoIstioWaypointFor.Name] = waypointFor(gw)
-
-	podLabels := maps.Clone(labels)
-	// A waypoint terminates HBONE itself: ztunnel must not capture it.
-	podLabels[label.IoIstioDataplaneMode.Name] = "none"
+	_, annotations := infrastructure(gw)
+	labels, podLabels := model.WaypointLabels(gw)
 
 	sa := corev1ac.ServiceAccount(name, ns).
 		WithLabels(labels).WithAnnotations(annotations).WithOwnerReferences(owner)

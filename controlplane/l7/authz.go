@@ -3,6 +3,7 @@ package l7
 import (
 	"fmt"
 	"strconv"
+	"strings"
 
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
@@ -14,6 +15,8 @@ import (
 	securityapi "istio.io/api/security/v1beta1"
 	typeapi "istio.io/api/type/v1beta1"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
+
+	"github.com/zmesh/zmesh/controlplane/model"
 )
 
 const (
@@ -47,6 +50,11 @@ type authzPolicy struct {
 	// GatewayClass); else hosts are the bound Services it is attached to.
 	all   bool
 	hosts map[string]bool
+	// workload: the policy is on the waypoint as a workload (a selector
+	// matching its pods, or namespace-wide in its namespace or the root
+	// namespace). Only tcpRules are set: it is enforced per tunnel, before
+	// any chain's own filters, at L4 as ztunnel enforces it on any pod.
+	workload bool
 }
 
 // authorization finds the AuthorizationPolicies attached to this waypoint
@@ -60,7 +68,15 @@ func (b *builder) authorization() {
 		}
 	}
 	for _, ap := range b.snap.AuthorizationPolicies {
-		if ap == nil || (len(ap.Spec.TargetRefs) == 0 && ap.Spec.TargetRef == nil) {
+		if ap == nil {
+			continue
+		}
+		if len(ap.Spec.TargetRefs) == 0 && ap.Spec.TargetRef == nil {
+			if b.onWaypointWorkload(ap) {
+				p := &authzPolicy{ref: ObjectRef{"AuthorizationPolicy", ap.Namespace, ap.Name}, workload: true}
+				b.translatePolicy(p, ap)
+				b.authz = append(b.authz, p)
+			}
 			continue
 		}
 		p := &authzPolicy{ref: ObjectRef{"AuthorizationPolicy", ap.Namespace, ap.Name}, hosts: map[string]bool{}}
@@ -81,6 +97,33 @@ func (b *builder) authorization() {
 		b.translatePolicy(p, ap)
 		b.authz = append(b.authz, p)
 	}
+}
+
+// onWaypointWorkload reports whether a policy without targetRefs applies
+// to the waypoint's pods as it would to any workload's: a selector
+// matching the labels the deployer gives them (or those a running
+// waypoint pod has) in the waypoint's namespace or the root namespace,
+// or no selector in either namespace. The waypoint's pods are not
+// captured by ztunnel, so the waypoint enforces these itself.
+func (b *builder) onWaypointWorkload(ap *securityv1.AuthorizationPolicy) bool {
+	root := b.opts.Mesh.RootNamespace
+	if ap.Namespace != b.gw.Namespace && ap.Namespace != root {
+		return false
+	}
+	sel := ap.Spec.GetSelector().GetMatchLabels()
+	if len(sel) == 0 {
+		return true
+	}
+	_, template := model.WaypointLabels(b.gw)
+	if selects(sel, template) {
+		return true
+	}
+	for _, pod := range b.snap.Pods {
+		if pod != nil && pod.Namespace == b.gw.Namespace && pod.Labels[model.LabelGatewayName] == b.gw.Name && selects(sel, pod.Labels) {
+			return true
+		}
+	}
+	return false
 }
 
 // attach records what of this waypoint one target reference names. A
@@ -149,6 +192,10 @@ func (b *builder) translatePolicy(p *authzPolicy, ap *securityv1.AuthorizationPo
 		p.dryRun = dry
 	}
 	p.rules, p.tcpRules = map[string]*rbacv3.Policy{}, map[string]*rbacv3.Policy{}
+	if p.workload {
+		b.translateWorkloadRules(p, ap, deny)
+		return
+	}
 	for i, r := range spec.Rules {
 		rt := ruleTranslator{deny: deny, allow: p.action == rbacv3.RBAC_ALLOW, namespace: ap.Namespace, index: i}
 		pol := rt.policy(r)
@@ -174,14 +221,45 @@ func (b *builder) translatePolicy(p *authzPolicy, ap *securityv1.AuthorizationPo
 	}
 }
 
+// translateWorkloadRules translates the rules of a policy on the waypoint
+// as a workload, for its tunnels only: what a tunnel does not have (HTTP
+// attributes) fails closed as the ztunnel translation makes it fail for
+// any pod, and is reported: an ALLOW rule using one is left out, a DENY
+// (or AUDIT) rule ignores it and so denies (logs) its whole L4 match.
+func (b *builder) translateWorkloadRules(p *authzPolicy, ap *securityv1.AuthorizationPolicy, deny bool) {
+	for i, r := range ap.Spec.Rules {
+		rt := ruleTranslator{deny: deny, allow: p.action == rbacv3.RBAC_ALLOW, tcp: true, namespace: ap.Namespace, index: i}
+		pol := rt.policy(r)
+		for _, f := range rt.findings {
+			b.problem(p.ref, f.field, f.msg)
+		}
+		if len(rt.httpOnlyFields) > 0 {
+			consequence := "they are ignored, so this rule applies to its whole L4 match"
+			if p.action == rbacv3.RBAC_ALLOW {
+				consequence = "the rule is left out of this ALLOW policy, so it allows less than written"
+			}
+			b.problem(p.ref, strings.Join(rt.httpOnlyFields, ", "), fmt.Sprintf(
+				"the policy applies to waypoint %s/%s as a workload, which enforces it per tunnel (L4) where HTTP attributes cannot be read (attach it with targetRefs to enforce them); %s",
+				b.gw.Namespace, b.gw.Name, consequence))
+		}
+		if pol != nil {
+			p.tcpRules[policyName(ap.Namespace, ap.Name, i)] = pol
+		}
+	}
+	if len(p.tcpRules) == 0 {
+		p.tcpRules[policyName(ap.Namespace, ap.Name, 0)] = matchNever()
+	}
+}
+
 // policyName is istiod's name of a rule's RBAC policy, which the access
 // log names as the deciding policy.
 func policyName(namespace, name string, rule int) string {
 	return fmt.Sprintf("ns[%s]-policy[%s]-rule[%d]", namespace, name, rule)
 }
 
-// applies reports whether p applies to the chains of host.
-func (p *authzPolicy) applies(host string) bool { return p.all || p.hosts[host] }
+// applies reports whether p applies to the chains of host (workload
+// policies apply to the waypoint's tunnels instead).
+func (p *authzPolicy) applies(host string) bool { return !p.workload && (p.all || p.hosts[host]) }
 
 // authzRules are the RBAC engines of the chains of host (its TCP chains
 // when tcp), in istiod's order: AUDIT (a LOG engine), DENY, then ALLOW;
@@ -189,11 +267,16 @@ func (p *authzPolicy) applies(host string) bool { return p.all || p.hosts[host] 
 // ones as shadow rules, with the shadow stat prefix istiod gives them. An
 // action no policy has gets no entry.
 func (b *builder) authzRules(host string, tcp bool) []authzEngines {
+	return b.engines(func(p *authzPolicy) bool { return p.applies(host) }, tcp)
+}
+
+// engines are the RBAC engines of the policies in, in istiod's order.
+func (b *builder) engines(in func(*authzPolicy) bool, tcp bool) []authzEngines {
 	var out []authzEngines
 	for _, action := range []rbacv3.RBAC_Action{rbacv3.RBAC_LOG, rbacv3.RBAC_DENY, rbacv3.RBAC_ALLOW} {
 		var e authzEngines
 		for _, p := range b.authz {
-			if p.action != action || !p.applies(host) {
+			if p.action != action || !in(p) {
 				continue
 			}
 			b.accepted[p.ref] = true
@@ -252,6 +335,23 @@ func (b *builder) authzFilters(host string) []*hcmv3.HttpFilter {
 func (b *builder) authzTCPFilters(host string) []*listenerv3.Filter {
 	var out []*listenerv3.Filter
 	for _, e := range b.authzRules(host, true) {
+		cfg := &netrbacv3.RBAC{StatPrefix: netRBACStatPrefix, Rules: e.rules, ShadowRules: e.shadow, ShadowRulesStatPrefix: e.shadowPrefix}
+		out = append(out, &listenerv3.Filter{Name: netRBACName, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: stableAny(cfg)}})
+	}
+	return out
+}
+
+// authzTunnelFilters are the envoy.filters.network.rbac filters of the
+// policies on the waypoint as a workload. They head every chain, HTTP and
+// TCP alike, before the chain's own filters: a tunnel is checked once,
+// with what a connection has (the peer's identity and address, the
+// destination port), and refused when denied, as ztunnel refuses it for
+// a pod. They are separate filters from the chain's targetRefs policies,
+// so each scope with ALLOW policies must allow the tunnel (or request) on
+// its own, as two RBAC filters in sequence do in Envoy.
+func (b *builder) authzTunnelFilters() []*listenerv3.Filter {
+	var out []*listenerv3.Filter
+	for _, e := range b.engines(func(p *authzPolicy) bool { return p.workload }, true) {
 		cfg := &netrbacv3.RBAC{StatPrefix: netRBACStatPrefix, Rules: e.rules, ShadowRules: e.shadow, ShadowRulesStatPrefix: e.shadowPrefix}
 		out = append(out, &listenerv3.Filter{Name: netRBACName, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: stableAny(cfg)}})
 	}

@@ -54,6 +54,9 @@ type ruleTranslator struct {
 
 	// drop: the rule is left out (ALLOW only).
 	drop bool
+	// httpOnlyFields are the HTTP attributes a TCP translation met, by
+	// field path.
+	httpOnlyFields []string
 	// findings are the unsupported fields and invalid values.
 	findings []finding
 }
@@ -71,7 +74,8 @@ func (rt *ruleTranslator) fail(field, msg string) {
 
 // httpOnly handles an HTTP attribute on a TCP chain: it drops an ALLOW
 // rule; elsewhere the attribute is ignored.
-func (rt *ruleTranslator) httpOnly() {
+func (rt *ruleTranslator) httpOnly(field string) {
+	rt.httpOnlyFields = append(rt.httpOnlyFields, field)
 	if rt.allow {
 		rt.drop = true
 	}
@@ -201,7 +205,7 @@ func andFields[T comparable](rt *ruleTranslator, section string, j int, fields [
 			continue
 		}
 		if rt.tcp && httpFields[f.name] {
-			rt.httpOnly()
+			rt.httpOnly(rt.at(section, j, f.name))
 			removed = true
 			continue
 		}
@@ -280,7 +284,7 @@ func (rt *ruleTranslator) condition(j int, c *securityapi.Condition) (*rbacv3.Pe
 	var prinLeaf func(string) (*rbacv3.Principal, error)
 	key := c.Key
 	if rt.tcp && strings.HasPrefix(key, "request.") {
-		rt.httpOnly()
+		rt.httpOnly(fmt.Sprintf("%s (key %q)", at, key))
 		return nil, nil
 	}
 	switch {

@@ -8,6 +8,7 @@ import (
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -66,6 +67,9 @@ type builder struct {
 	accepted map[ObjectRef]bool
 	// authz are the AuthorizationPolicies attached to the waypoint.
 	authz []*authzPolicy
+	// tunnelFilters head every filter chain: the network RBAC filters of
+	// the policies on the waypoint as a workload.
+	tunnelFilters []*listenerv3.Filter
 	// entries are the ServiceEntries whose hosts are built, each host's
 	// info in spec order.
 	entries map[ObjectRef][]*serviceInfo

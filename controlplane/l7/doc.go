@@ -64,7 +64,19 @@
 // conditions) cannot be read, so, as istiod writes it for TCP, an ALLOW
 // rule using one is left out and a DENY or AUDIT rule ignores it (a DENY
 // rule of HTTP attributes only denies every connection).
-// Selector policies are ztunnel's.
+//
+// Policies without targetRefs are ztunnel's, except those on the waypoint
+// as a workload, which ztunnel cannot enforce since it does not capture
+// the waypoint's pods: a selector matching the labels the deployer gives
+// them (model.WaypointLabels) or those of a running waypoint pod, in the
+// waypoint's namespace or the root namespace, or no selector in either.
+// They are network RBAC filters (AUDIT, DENY, ALLOW) at the head of every
+// filter chain, HTTP and TCP, before the chain's own filters: each tunnel
+// is checked once with the peer's identity and address and the
+// destination port, and what a tunnel does not have fails closed as in
+// the ztunnel translation (an ALLOW rule with an HTTP attribute is left
+// out; a DENY or AUDIT rule ignores it), reported on the policy. Being
+// separate filters, each scope's ALLOW policies must allow on their own.
 //
 // Clusters. One cluster per Service port and DestinationRule subset, named
 // inbound-vip|<port>|<protocol>[/<subset>]|<host>, for every bound Service

@@ -43,6 +43,7 @@ func (b *builder) listener() {
 	var chains []*listenerv3.FilterChain
 	sniffing := false
 	claimed := map[netip.AddrPort]string{}
+	b.tunnelFilters = b.authzTunnelFilters()
 	for _, info := range b.bound {
 		all := serviceVIPs(info.svc)
 		if len(all) == 0 {
@@ -64,16 +65,16 @@ func (b *builder) listener() {
 				if p.sniffed {
 					alpn, sniffing = sniffedProtocols, true
 				}
-				chains = append(chains, filterChain(name, p.port, vips, alpn, b.hcm(name, append(b.jwtFilters(info.host), b.authzFilters(info.host)...))))
+				chains = append(chains, filterChain(name, p.port, vips, alpn, b.headed(b.hcm(name, append(b.jwtFilters(info.host), b.authzFilters(info.host)...)))...))
 			}
 			if p.protocol == "tcp" || p.sniffed {
 				name := clusterName(p.port, "tcp", "", info.host)
 				// The AuthorizationPolicies' network RBAC filters, then
 				// the proxy.
-				filters := append(b.authzTCPFilters(info.host), network(tcpProxyName, &tcpproxyv3.TcpProxy{
+				filters := b.headed(append(b.authzTCPFilters(info.host), network(tcpProxyName, &tcpproxyv3.TcpProxy{
 					StatPrefix:       name,
 					ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: name},
-				}))
+				}))...)
 				chains = append(chains, filterChain(name, p.port, vips, nil, filters...))
 			}
 		}
@@ -97,6 +98,12 @@ func (b *builder) listener() {
 		}}
 	}
 	b.out.Listeners = []*listenerv3.Listener{l}
+}
+
+// headed puts the network RBAC filters of the policies on the waypoint as
+// a workload before a chain's filters.
+func (b *builder) headed(fs ...*listenerv3.Filter) []*listenerv3.Filter {
+	return append(slices.Clone(b.tunnelFilters), fs...)
 }
 
 // claim returns the addresses of addrs that no chain claimed yet on port,

@@ -256,14 +256,14 @@ func (b *builder) workloadChains(claimed map[netip.AddrPort]string, sniffing *bo
 				if p.sniffed {
 					alpn, *sniffing = sniffedProtocols, true
 				}
-				chains = append(chains, filterChain(name, p.port, addr, alpn, b.hcm(name, b.authzFilters(w.host))))
+				chains = append(chains, filterChain(name, p.port, addr, alpn, b.headed(b.hcm(name, b.authzFilters(w.host)))...))
 			}
 			if p.protocol == "tcp" || p.sniffed {
 				tcpName := workloadClusterName(p.port, "tcp", w.host)
-				filters := append(b.authzTCPFilters(w.host), network(tcpProxyName, &tcpproxyv3.TcpProxy{
+				filters := b.headed(append(b.authzTCPFilters(w.host), network(tcpProxyName, &tcpproxyv3.TcpProxy{
 					StatPrefix:       tcpName,
 					ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: tcpName},
-				}))
+				}))...)
 				chains = append(chains, filterChain(tcpName, p.port, addr, nil, filters...))
 			}
 		}

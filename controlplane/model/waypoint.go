@@ -51,3 +51,44 @@ func WaypointFor(gw *gatewayv1.Gateway) (value string, workloads, services bool)
 		return "service", false, true
 	}
 }
+
+// WaypointManagedValue is the value of gateway.istio.io/managed on the
+// objects the waypoint deployer owns, as Istio marks its waypoints.
+const WaypointManagedValue = "istio.io-mesh-controller"
+
+// Labels the waypoint deployer sets besides LabelGatewayName and
+// LabelWaypointFor.
+const (
+	labelGatewayManaged   = "gateway.istio.io/managed"
+	labelGatewayClassName = "gateway.networking.k8s.io/gateway-class-name"
+	labelDataplaneMode    = "istio.io/dataplane-mode"
+)
+
+// WaypointLabels are the labels the waypoint deployer puts on the objects
+// of a waypoint Gateway (spec.infrastructure.labels, then its own), and
+// podLabels those of the Deployment's pod template. The deployer builds
+// its objects from them and the waypoint's authorization matches
+// selector policies against podLabels, so the two cannot disagree.
+func WaypointLabels(gw *gatewayv1.Gateway) (labels, podLabels map[string]string) {
+	labels = map[string]string{}
+	if inf := gw.Spec.Infrastructure; inf != nil {
+		for k, v := range inf.Labels {
+			labels[string(k)] = string(v)
+		}
+	}
+	labels[LabelGatewayName] = gw.Name
+	labels[labelGatewayManaged] = WaypointManagedValue
+	labels[labelGatewayClassName] = WaypointClass
+	forValue := gw.Labels[LabelWaypointFor]
+	if forValue == "" {
+		forValue = "service"
+	}
+	labels[LabelWaypointFor] = forValue
+	podLabels = make(map[string]string, len(labels)+1)
+	for k, v := range labels {
+		podLabels[k] = v
+	}
+	// A waypoint terminates HBONE itself: ztunnel must not capture it.
+	podLabels[labelDataplaneMode] = "none"
+	return labels, podLabels
+}

@@ -1,6 +1,7 @@
 package status
 
 import (
+	"maps"
 	"slices"
 	"strings"
 
@@ -96,6 +97,54 @@ func policyProblems(problems []l7.Problem) map[l7.ObjectRef][]l7.Problem {
 		if !slices.Contains(out[p.Object], p) {
 			out[p.Object] = append(out[p.Object], p)
 		}
+	}
+	return out
+}
+
+// policyWaypoints are the waypoints each AuthorizationPolicy is in force
+// on ("namespace/name"), sorted.
+func policyWaypoints(problems []l7.Problem) map[l7.ObjectRef][]string {
+	out := map[l7.ObjectRef][]string{}
+	for _, p := range problems {
+		if p.Object.Kind != "AuthorizationPolicy" || p.Reason != l7.ReasonAccepted {
+			continue
+		}
+		if w, ok := strings.CutPrefix(p.Message, "in force on waypoint "); ok && !slices.Contains(out[p.Object], w) {
+			out[p.Object] = append(out[p.Object], w)
+			slices.Sort(out[p.Object])
+		}
+	}
+	return out
+}
+
+// withWorkloadPolicies gives a WaypointAccepted condition to the
+// AuthorizationPolicies without targetRefs that a waypoint enforces
+// because they apply to it as a workload (a selector matching its pods,
+// or namespace-wide), so that what it cannot enforce there has a place
+// on the policy; translation gives those only ZtunnelAccepted.
+func withWorkloadPolicies(conds []translate.Condition, on map[l7.ObjectRef][]string) []translate.Condition {
+	if len(on) == 0 {
+		return conds
+	}
+	has := map[l7.ObjectRef]bool{}
+	for _, c := range conds {
+		if c.Object.Kind == "AuthorizationPolicy" && c.Type == translate.WaypointAccepted {
+			has[l7.ObjectRef{Kind: c.Object.Kind, Namespace: c.Object.Namespace, Name: c.Object.Name}] = true
+		}
+	}
+	out := conds
+	for _, ref := range slices.SortedFunc(maps.Keys(on), func(x, y l7.ObjectRef) int { return strings.Compare(x.String(), y.String()) }) {
+		if has[ref] {
+			continue
+		}
+		if len(out) == len(conds) {
+			out = slices.Clone(conds)
+		}
+		out = append(out, translate.Condition{
+			Object: translate.ObjectRef{Group: "security.istio.io", Kind: ref.Kind, Namespace: ref.Namespace, Name: ref.Name},
+			Type:   translate.WaypointAccepted, Status: true, Reason: ReasonAccepted,
+			Message: "enforced on the tunnels (L4) of waypoint " + strings.Join(on[ref], ", ") + ", to which it applies as a workload",
+		})
 	}
 	return out
 }

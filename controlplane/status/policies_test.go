@@ -179,3 +179,40 @@ func waitPolicy(t *testing.T, ic istioclient.Interface, kind, name, status, reas
 		return fmt.Errorf("conditions %v, want %s=%s %s %q", seen, WaypointAccepted, status, reason, msg)
 	})
 }
+
+// TestWorkloadPolicyConditions: a policy without targetRefs that a
+// waypoint enforces as a workload's gets a WaypointAccepted condition
+// beside translation's ZtunnelAccepted: True naming the waypoint, False
+// naming a field the waypoint cannot read on its tunnels.
+func TestWorkloadPolicyConditions(t *testing.T) {
+	apRef := func(name string) translate.ObjectRef {
+		return translate.ObjectRef{Group: "security.istio.io", Kind: "AuthorizationPolicy", Namespace: "shop", Name: name}
+	}
+	l4 := l7.ObjectRef{Kind: "AuthorizationPolicy", Namespace: "shop", Name: "l4"}
+	withL7 := l7.ObjectRef{Kind: "AuthorizationPolicy", Namespace: "shop", Name: "with-l7"}
+	conds := []translate.Condition{
+		{Object: apRef("l4"), Type: translate.ZtunnelAccepted, Status: true, Reason: "Accepted"},
+		{Object: apRef("with-l7"), Type: translate.ZtunnelAccepted, Status: true, Reason: "Accepted"},
+	}
+	problems := []l7.Problem{
+		{Object: l4, Reason: l7.ReasonAccepted, Message: inForce},
+		{Object: withL7, Reason: l7.ReasonAccepted, Message: inForce},
+		{Object: withL7, Reason: l7.ReasonUnsupportedValue, Field: "spec.rules[0].to[0].operation.methods", Message: "HTTP attributes cannot be read; the rule is left out"},
+	}
+	got := withWaypointProblems(withWorkloadPolicies(conds, policyWaypoints(problems)), policyProblems(problems))
+	byName := map[string]translate.Condition{}
+	for _, c := range got {
+		if c.Type == translate.WaypointAccepted {
+			byName[c.Object.Name] = c
+		}
+	}
+	if c, ok := byName["l4"]; !ok || !c.Status || !strings.Contains(c.Message, "waypoint shop/waypoint") {
+		t.Errorf("l4: %+v", c)
+	}
+	if c, ok := byName["with-l7"]; !ok || c.Status || c.Reason != ReasonUnsupportedValue || !strings.Contains(c.Message, "spec.rules[0].to[0].operation.methods: HTTP") {
+		t.Errorf("with-l7: %+v", c)
+	}
+	if len(got) != 4 || len(conds) != 2 {
+		t.Errorf("got %d conditions from %d: %+v", len(got), len(conds), got)
+	}
+}

@@ -53,6 +53,9 @@ type Reporter struct {
 	// from the last ReportRoutes, which Report folds into their
 	// WaypointAccepted conditions.
 	policyProblems map[l7.ObjectRef][]l7.Problem
+	// policyWaypoints are the waypoints each AuthorizationPolicy is in
+	// force on, from the same report.
+	policyWaypoints map[l7.ObjectRef][]string
 }
 
 // condition is the JSON of an Istio status condition.
@@ -71,7 +74,7 @@ func (r *Reporter) Report(ctx context.Context, conds []translate.Condition) {
 	if r.logged == nil {
 		r.logged, r.written = map[translate.ObjectRef]string{}, map[translate.ObjectRef]string{}
 	}
-	conds = withWaypointProblems(conds, r.policyProblems)
+	conds = withWaypointProblems(withWorkloadPolicies(conds, r.policyWaypoints), r.policyProblems)
 	byObject := map[translate.ObjectRef][]translate.Condition{}
 	for _, c := range conds {
 		byObject[c.Object] = append(byObject[c.Object], c)

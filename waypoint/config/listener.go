@@ -161,7 +161,7 @@ func compileListener(l *listenerv3.Listener) (map[netip.AddrPort]*Chain, []strin
 			if ch == nil {
 				ch = &Chain{
 					Name: c.http.chain.Name, Protocol: ChainSniff, StatPrefix: c.http.chain.StatPrefix,
-					RouteConfig: c.http.chain.RouteConfig, HTTPFilters: c.http.chain.HTTPFilters,
+					RouteConfig: c.http.chain.RouteConfig, HTTPFilters: c.http.chain.HTTPFilters, ConnFilters: c.http.chain.ConnFilters,
 					NormalizePath: c.http.chain.NormalizePath, MergeSlashes: c.http.chain.MergeSlashes,
 					TCPCluster: c.tcp.chain.TCPCluster, TCPFilters: c.tcp.chain.TCPFilters,
 				}
@@ -237,18 +237,31 @@ func filterChain(path string, index int, fc *listenerv3.FilterChain) (*half, []n
 	fp := path + ".filters"
 	fs := fc.GetFilters()
 	if len(fs) == 0 {
-		return nil, nil, nackf(fp, "no filters; one %s, or %s filters then one %s, is supported", hcmName, netRBACName, tcpProxyName)
+		return nil, nil, nackf(fp, "no filters; %s filters then one %s or one %s are supported", netRBACName, hcmName, tcpProxyName)
 	}
-	// The last filter decides the chain's kind; only a TCP proxy may
-	// have filters before it (network RBAC).
+	// The last filter decides the chain's kind; before it only network
+	// RBAC filters, which check the connection (the tunnel) once.
 	last := len(fs) - 1
 	f := fs[last]
 	fp = fmt.Sprintf("%s[%d]", fp, last)
+	var netFilters []HTTPFilter
+	for i, rf := range fs[:last] {
+		rp := fmt.Sprintf("%s.filters[%d]", path, i)
+		if rf.GetName() != netRBACName {
+			return nil, nil, nackf(rp+".name", "%q not supported before %s (only %s)", rf.GetName(), f.GetName(), netRBACName)
+		}
+		cfg, err := typed[*netrbacv3.RBAC](rp+".typed_config", rf.GetTypedConfig(), true)
+		if err != nil {
+			return nil, nil, err
+		}
+		s, err := compileNetworkRBAC(cfg)
+		if err != nil {
+			return nil, nil, under(rp+".typed_config", err)
+		}
+		netFilters = append(netFilters, HTTPFilter{Name: rf.GetName(), RBAC: s})
+	}
 	switch f.GetName() {
 	case hcmName:
-		if last != 0 {
-			return nil, nil, nackf(path+".filters", "%d filters; %s must be the only filter of its chain", len(fs), hcmName)
-		}
 		hcm, err := typed[*hcmv3.HttpConnectionManager](fp+".typed_config", f.GetTypedConfig(), true)
 		if err != nil {
 			return nil, nil, err
@@ -256,6 +269,7 @@ func filterChain(path string, index int, fc *listenerv3.FilterChain) (*half, []n
 		if h.chain, err = httpChain(fp+".typed_config", fc.GetName(), hcm); err != nil {
 			return nil, nil, err
 		}
+		h.chain.ConnFilters = netFilters
 	case tcpProxyName:
 		tp, err := typed[*tcpproxyv3.TcpProxy](fp+".typed_config", f.GetTypedConfig(), true)
 		if err != nil {
@@ -271,22 +285,7 @@ func filterChain(path string, index int, fc *listenerv3.FilterChain) (*half, []n
 		if tp.GetCluster() == "" {
 			return nil, nil, nackf(tpp+".cluster", "required")
 		}
-		h.chain = &Chain{Name: fc.GetName(), Protocol: ChainTCP, TCPCluster: tp.GetCluster(), StatPrefix: tp.GetStatPrefix()}
-		for i, rf := range fs[:last] {
-			rp := fmt.Sprintf("%s.filters[%d]", path, i)
-			if rf.GetName() != netRBACName {
-				return nil, nil, nackf(rp+".name", "%q not supported before %s (only %s)", rf.GetName(), tcpProxyName, netRBACName)
-			}
-			cfg, err := typed[*netrbacv3.RBAC](rp+".typed_config", rf.GetTypedConfig(), true)
-			if err != nil {
-				return nil, nil, err
-			}
-			s, err := compileNetworkRBAC(cfg)
-			if err != nil {
-				return nil, nil, under(rp+".typed_config", err)
-			}
-			h.chain.TCPFilters = append(h.chain.TCPFilters, HTTPFilter{Name: rf.GetName(), RBAC: s})
-		}
+		h.chain = &Chain{Name: fc.GetName(), Protocol: ChainTCP, TCPCluster: tp.GetCluster(), StatPrefix: tp.GetStatPrefix(), TCPFilters: netFilters}
 	default:
 		return nil, nil, nackf(fp+".name", "%q not supported as a chain's last filter (only %s and %s)", f.GetName(), hcmName, tcpProxyName)
 	}

@@ -191,13 +191,15 @@ func TestNackListener(t *testing.T) {
 		{listener(chain("x", "80", vipB, "", tcp("x")+", "+tcp("x"))),
 			pre + `filter_chains[0].filters[0].name: "envoy.filters.network.tcp_proxy" not supported before envoy.filters.network.tcp_proxy (only envoy.filters.network.rbac)`},
 		{listener(`{name: x, filterChainMatch: {destinationPort: 80, prefixRanges: ` + vipB + `}}`),
-			pre + "filter_chains[0].filters: no filters; one envoy.filters.network.http_connection_manager, or envoy.filters.network.rbac filters then one envoy.filters.network.tcp_proxy, is supported"},
+			pre + "filter_chains[0].filters: no filters; envoy.filters.network.rbac filters then one envoy.filters.network.http_connection_manager or one envoy.filters.network.tcp_proxy are supported"},
 		{listener(chain("x", "80", vipB, "", `{name: envoy.filters.network.rbac}`)),
 			pre + `filter_chains[0].filters[0].name: "envoy.filters.network.rbac" not supported as a chain's last filter (only envoy.filters.network.http_connection_manager and envoy.filters.network.tcp_proxy)`},
-		// network RBAC: only before a tcp_proxy, with the HTTP filter's
-		// rules and their NACKs
-		{listener(chain("x", "80", vipB, "", netRBAC("rules: {action: DENY}")+", "+hcm("x", ""))),
-			pre + "filter_chains[0].filters: 2 filters; envoy.filters.network.http_connection_manager must be the only filter of its chain"},
+		// network RBAC: before a tcp_proxy or a connection manager, with
+		// the HTTP filter's rules and their NACKs
+		{listener(chain("x", "80", vipB, "", hcm("x", "")+", "+hcm("x", ""))),
+			pre + `filter_chains[0].filters[0].name: "envoy.filters.network.http_connection_manager" not supported before envoy.filters.network.http_connection_manager (only envoy.filters.network.rbac)`},
+		{listener(chain("x", "80", vipB, "", netRBAC("delayDeny: 1s")+", "+hcm("x", ""))),
+			pre + "filter_chains[0].filters[0].typed_config.delay_deny: not supported"},
 		{listener(chain("x", "80", vipB, "", netRBAC("rules: {action: DENY}")+", "+tcp("x")+", "+tcp("x"))),
 			pre + `filter_chains[0].filters[1].name: "envoy.filters.network.tcp_proxy" not supported before envoy.filters.network.tcp_proxy (only envoy.filters.network.rbac)`},
 		{listener(chain("x", "80", vipB, "", `{name: envoy.filters.network.rbac}, `+tcp("x"))), pre + "filter_chains[0].filters[0].typed_config: required"},
@@ -273,5 +275,43 @@ func TestNackListener(t *testing.T) {
 		if err.Error() != c.want {
 			t.Errorf("%s:\n got: %v\nwant: %s", c.yaml, err, c.want)
 		}
+	}
+}
+
+// TestCompileConnFilters: network RBAC filters before a connection manager
+// (the policies on the waypoint as a workload) become the chain's
+// ConnFilters, in order, and a sniffed port's joined chain keeps its HTTP
+// half's; the TCP half keeps its own TCPFilters.
+func TestCompileConnFilters(t *testing.T) {
+	deny := netRBAC(`rules: {action: DENY, policies: {ns1.deny: {permissions: [{any: true}], principals: [{directRemoteIp: {addressPrefix: 192.0.2.0, prefixLen: 24}}]}}}`)
+	allow := netRBAC(`rules: {action: ALLOW, policies: {ns1.allow: {permissions: [{any: true}], principals: [{filterState: {key: io.istio.peer_principal, stringMatch: {exact: "spiffe://cluster.local/ns/a/sa/client"}}}]}}}`)
+	l := parseInto(t, listener(
+		chain(httpA, "80", vipA, alpn, deny+", "+allow+", "+hcm(httpA, "")),
+		chain(tcpA, "80", vipA, "", deny+", "+allow+", "+tcp(tcpA)),
+		chain(httpB, "8080", vipB, "", allow+", "+hcm(httpB, "")),
+	), &listenerv3.Listener{})
+	chains, _, err := CompileListener(l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ap := netip.MustParseAddrPort
+	sniff, http := chains[ap("10.96.0.1:80")], chains[ap("10.96.0.2:8080")]
+	if sniff == nil || sniff.Protocol != ChainSniff || len(sniff.ConnFilters) != 2 || len(sniff.TCPFilters) != 2 {
+		t.Fatalf("sniffed chain %+v", sniff)
+	}
+	if sniff.ConnFilters[0].RBAC.Rules.Action != rbac.ActionDeny || sniff.ConnFilters[1].RBAC.Rules.Action != rbac.ActionAllow {
+		t.Errorf("sniffed chain's connection filters out of order: %+v", sniff.ConnFilters)
+	}
+	if http == nil || http.Protocol != ChainHTTP || len(http.ConnFilters) != 1 || len(http.HTTPFilters) != 0 {
+		t.Fatalf("HTTP chain %+v", http)
+	}
+	in := &rbac.Request{Principal: "spiffe://cluster.local/ns/a/sa/client", DirectRemoteIP: netip.MustParseAddr("10.0.0.1")}
+	if d := rbac.Evaluate(http.ConnFilters[0].RBAC, in); !d.Allowed || d.Policy != "ns1.allow" {
+		t.Errorf("allowed principal: %+v", d)
+	}
+	other := *in
+	other.Principal = "spiffe://cluster.local/ns/a/sa/other"
+	if d := rbac.Evaluate(http.ConnFilters[0].RBAC, &other); d.Allowed {
+		t.Errorf("other principal allowed: %+v", d)
 	}
 }

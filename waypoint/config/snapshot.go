@@ -86,6 +86,12 @@ type Chain struct {
 	// filters of the TCP chain, in order); set for ChainTCP and
 	// ChainSniff, where they see only the bytes that are not HTTP.
 	TCPFilters []HTTPFilter
+	// ConnFilters check a tunnel once, before any HTTP of it is served
+	// (each has RBAC set: the network RBAC filters before the HTTP
+	// connection manager, in order); set for ChainHTTP and ChainSniff,
+	// where they see only the tunnels sniffed as HTTP (TCPFilters have
+	// the others).
+	ConnFilters []HTTPFilter
 	// StatPrefix names the chain in metrics and logs.
 	StatPrefix string
 	// NormalizePath and MergeSlashes are the connection manager's path

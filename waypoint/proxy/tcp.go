@@ -44,7 +44,7 @@ func (p *Proxy) serveTCP(ctx context.Context, st *state, ch *config.Chain, t *tu
 	if c != nil && len(c.Services) > 0 {
 		rec.DestinationService, rec.DestinationServiceName, rec.DestinationServiceNamespace = c.Services[0].Host, c.Services[0].Name, c.Services[0].Namespace
 	}
-	if !p.authorizeTCP(ch, t, &rec) {
+	if !p.authorizeTunnel(ch.TCPFilters, ch, t, &rec) {
 		// Envoy's network RBAC closes a denied connection; an unanswered
 		// CONNECT is refused instead, which closes the tunnel as well and
 		// tells the client why. Nothing was dialled either way.
@@ -100,13 +100,14 @@ func (p *Proxy) serveTCP(ctx context.Context, st *state, ch *config.Chain, t *tu
 	rec.BytesReceived, rec.BytesSent = join(down, up)
 }
 
-// authorizeTCP runs the chain's network RBAC filters, in order, once per
-// tunnel and before any of its bytes are forwarded. A connection has the
-// peer's proven identity and the addresses, no HTTP attributes: a matcher
-// on those never matches here, as in Envoy's network filter. It records
-// the deciding policy and logs the ones that asked for an audit.
-func (p *Proxy) authorizeTCP(ch *config.Chain, t *tunnel, rec *telemetry.Record) bool {
-	if len(ch.TCPFilters) == 0 {
+// authorizeTunnel runs network RBAC filters (a chain's TCPFilters or
+// ConnFilters), in order, once per tunnel and before any of its bytes are
+// forwarded or served. A connection has the peer's proven identity and
+// the addresses, no HTTP attributes: a matcher on those never matches
+// here, as in Envoy's network filter. It records the deciding policy and
+// logs the ones that asked for an audit.
+func (p *Proxy) authorizeTunnel(filters []config.HTTPFilter, ch *config.Chain, t *tunnel, rec *telemetry.Record) bool {
+	if len(filters) == 0 {
 		return true
 	}
 	req := &rbac.Request{
@@ -116,8 +117,8 @@ func (p *Proxy) authorizeTCP(ch *config.Chain, t *tunnel, rec *telemetry.Record)
 		DestinationIP:   t.dst.Addr(),
 		DestinationPort: t.dst.Port(),
 	}
-	for i := range ch.TCPFilters {
-		f := &ch.TCPFilters[i]
+	for i := range filters {
+		f := &filters[i]
 		if f.RBAC == nil {
 			continue
 		}
@@ -129,10 +130,37 @@ func (p *Proxy) authorizeTCP(ch *config.Chain, t *tunnel, rec *telemetry.Record)
 			p.log.Info("rbac audit", "policy", d.Policy, "src.identity", t.principal, "src.addr", t.client.String(), "dst.addr", t.dst.String(), "chain", ch.Name)
 		}
 		if !d.Allowed {
-			p.log.Debug("tcp connection denied", "policy", d.Policy, "src.identity", t.principal, "src.addr", t.client.String(), "dst.addr", t.dst.String(), "chain", ch.Name)
+			p.log.Debug("tunnel denied", "policy", d.Policy, "src.identity", t.principal, "src.addr", t.client.String(), "dst.addr", t.dst.String(), "chain", ch.Name)
 			return false
 		}
 	}
+	return true
+}
+
+// refuseHTTPTunnel checks the network RBAC filters that head an HTTP
+// chain (the policies on the waypoint as a workload) before any of the
+// tunnel's HTTP is served. A denied tunnel is refused: an unanswered
+// CONNECT (answered false) with 403 "RBAC: access denied", as a TCP
+// chain refuses it, else (a sniffed tunnel, answered before its bytes
+// were read) by closing it, as Envoy's network RBAC closes a connection.
+// The access log names the deciding policy. It reports whether the
+// tunnel was refused.
+func (p *Proxy) refuseHTTPTunnel(ch *config.Chain, t *tunnel, s *hbone.Stream, answered bool) bool {
+	if len(ch.ConnFilters) == 0 {
+		return false
+	}
+	rec := telemetry.Record{Start: t.start, Protocol: "TCP", ResponseFlags: "-", Source: p.sourcePeer(t)}
+	if p.authorizeTunnel(ch.ConnFilters, ch, t, &rec) {
+		return false
+	}
+	rec.ResponseFlags = rbac.DeniedFlag
+	if answered {
+		s.Close()
+	} else {
+		s.RespondError(rbac.DeniedStatus, rbac.DeniedBody)
+	}
+	rec.Duration = time.Since(rec.Start)
+	p.obs.Observe(&rec)
 	return true
 }
 

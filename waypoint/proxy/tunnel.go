@@ -87,7 +87,7 @@ func (p *Proxy) serveTunnel(ctx context.Context, req *hbone.Request, s *hbone.St
 	case config.ChainTCP:
 		p.serveTCP(ctx, st, ch, t, s, nil)
 	case config.ChainHTTP:
-		if s.Respond(http.StatusOK) != nil {
+		if p.refuseHTTPTunnel(ch, t, s, false) || s.Respond(http.StatusOK) != nil {
 			return
 		}
 		pc := &peekConn{Conn: s}
@@ -102,6 +102,9 @@ func (p *Proxy) serveTunnel(ctx context.Context, req *hbone.Request, s *hbone.St
 		}
 		pc := &peekConn{Conn: s}
 		kind := pc.sniff(p.bounds.SniffTimeout, p.bounds.SniffBytes)
+		if kind != sniffTCP && p.refuseHTTPTunnel(ch, t, s, true) {
+			return
+		}
 		switch kind {
 		case sniffH2:
 			p.serveHTTP(ctx, t, pc, true)
