@@ -125,6 +125,17 @@ func (c *Controller) Run(ctx context.Context) error {
 		accounts:    kubeFactory.Core().V1().ServiceAccounts().Lister(),
 		gwIndexer:   gwFactory.Gateway().V1().Gateways().Informer().GetIndexer(),
 	}
+	// Every ConfigMap, for the Gateways whose parametersRef names one:
+	// kept without its data (a change requeues the Gateway, which reads
+	// the ConfigMap live).
+	cmFactory := informers.NewSharedInformerFactoryWithOptions(c.kube, c.opts.Resync)
+	cmInformer := cmFactory.Core().V1().ConfigMaps().Informer()
+	if err := cmInformer.SetTransform(stripConfigMap); err != nil {
+		return fmt.Errorf("waypoint controller: %w", err)
+	}
+	if err := gwFactory.Gateway().V1().Gateways().Informer().AddIndexers(cache.Indexers{parametersIndex: indexParameters}); err != nil {
+		return fmt.Errorf("waypoint controller: %w", err)
+	}
 	handlers := []struct {
 		informer cache.SharedIndexInformer
 		handler  cache.ResourceEventHandler
@@ -134,6 +145,7 @@ func (c *Controller) Run(ctx context.Context) error {
 		{kubeFactory.Apps().V1().Deployments().Informer(), handlerFunc(r.onOwned)},
 		{kubeFactory.Core().V1().Services().Informer(), handlerFunc(r.onOwned)},
 		{kubeFactory.Core().V1().ServiceAccounts().Informer(), handlerFunc(r.onOwned)},
+		{cmInformer, handlerFunc(r.onConfigMap)},
 	}
 	for _, h := range handlers {
 		if _, err := h.informer.AddEventHandler(h.handler); err != nil {
@@ -147,11 +159,13 @@ func (c *Controller) Run(ctx context.Context) error {
 		wg.Wait()
 		kubeFactory.Shutdown()
 		gwFactory.Shutdown()
+		cmFactory.Shutdown()
 	}()
 	kubeFactory.Start(ctx.Done())
 	gwFactory.Start(ctx.Done())
+	cmFactory.Start(ctx.Done())
 	c.log.InfoContext(ctx, "waiting for informers")
-	for _, synced := range []map[any]bool{anyKeys(kubeFactory.WaitForCacheSync(ctx.Done())), anyKeys(gwFactory.WaitForCacheSync(ctx.Done()))} {
+	for _, synced := range []map[any]bool{anyKeys(kubeFactory.WaitForCacheSync(ctx.Done())), anyKeys(gwFactory.WaitForCacheSync(ctx.Done())), anyKeys(cmFactory.WaitForCacheSync(ctx.Done()))} {
 		for typ, ok := range synced {
 			if !ok {
 				if err := ctx.Err(); err != nil {
@@ -255,4 +269,49 @@ func (r *run) onOwned(obj any) {
 		return
 	}
 	r.queue.Add(types.NamespacedName{Namespace: m.GetNamespace(), Name: ref.Name})
+}
+
+// parametersIndex indexes Gateways by the ConfigMap their parametersRef
+// names, "namespace/name".
+const parametersIndex = "parameters"
+
+func indexParameters(obj any) ([]string, error) {
+	gw, ok := obj.(*gatewayv1.Gateway)
+	if !ok || gw.Spec.GatewayClassName != ClassName {
+		return nil, nil
+	}
+	name, _ := parametersName(gw)
+	if name == "" {
+		return nil, nil
+	}
+	return []string{gw.Namespace + "/" + name}, nil
+}
+
+// stripConfigMap keeps a ConfigMap's identity only: the controller needs
+// to know that one changed, and reads the one it needs live, so the cache
+// of every ConfigMap of the cluster stays small.
+func stripConfigMap(obj any) (any, error) {
+	cm, ok := obj.(*corev1.ConfigMap)
+	if !ok {
+		return obj, nil
+	}
+	return &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{
+		Name: cm.Name, Namespace: cm.Namespace, UID: cm.UID, ResourceVersion: cm.ResourceVersion,
+	}}, nil
+}
+
+// onConfigMap requeues the Gateways whose parameters ConfigMap changed,
+// appeared or went away.
+func (r *run) onConfigMap(obj any) {
+	cm, ok := obj.(*corev1.ConfigMap)
+	if !ok {
+		return
+	}
+	gws, err := r.gwIndexer.ByIndex(parametersIndex, cm.Namespace+"/"+cm.Name)
+	if err != nil {
+		return
+	}
+	for _, o := range gws {
+		r.onGateway(o)
+	}
 }

@@ -3,6 +3,12 @@
 // ServiceAccount, a Deployment running the waypoint binary and a ClusterIP
 // Service, owned by the Gateway so that garbage collection removes them,
 // and reports the Gateway's status (Accepted, Programmed, its address).
+// The cluster-wide Sizing shapes every waypoint; a Gateway's
+// spec.infrastructure.parametersRef ConfigMap patches its own objects as
+// Istio's does (params.go): strategic merge patches under the keys
+// deployment, service, horizontalPodAutoscaler, podDisruptionBudget and
+// serviceAccount; one that cannot be applied makes the Gateway
+// InvalidParameters and leaves its objects as they were.
 //
 // Deciding what to create is pure (objects.go, validate.go); the Controller
 // only watches and applies. The leader runs Controller.Run; leader election

@@ -37,8 +37,15 @@ func (r *run) reconcileGateway(ctx context.Context, key types.NamespacedName) er
 	}
 	log := r.log.With("gateway", key.String())
 	o := outcome{invalid: validate(gw)}
+	var want objects
 	if o.invalid == nil {
-		o.address, o.blocked, err = r.apply(ctx, gw)
+		want, o.invalid, err = r.desired(ctx, gw)
+		if err != nil {
+			return err
+		}
+	}
+	if o.invalid == nil {
+		o.address, o.blocked, err = r.apply(ctx, gw, want)
 		if err != nil {
 			return err
 		}
@@ -57,14 +64,35 @@ func (o outcome) reasonText() string {
 	return o.blocked
 }
 
+// desired is what the waypoint's objects should be: the controller's,
+// with the patches of the Gateway's parameters ConfigMap merged in. A
+// reference that cannot be followed or a patch that does not apply makes
+// the Gateway invalid (InvalidParameters), so its objects stay as they
+// were.
+func (r *run) desired(ctx context.Context, gw *gatewayv1.Gateway) (objects, *invalid, error) {
+	want := desired(gw, r.opts)
+	name, bad := parametersName(gw)
+	if bad != nil || name == "" {
+		return want, bad, nil
+	}
+	// Read live: the informer keeps ConfigMaps without their data.
+	cm, err := r.kube.CoreV1().ConfigMaps(gw.Namespace).Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		cm, err = nil, nil
+	}
+	if err != nil {
+		return objects{}, nil, fmt.Errorf("get parameters ConfigMap %s/%s: %w", gw.Namespace, name, err)
+	}
+	return want, customize(gw, &want, name, cm), nil
+}
+
 // apply server-side applies the waypoint's objects and returns the
 // Service's cluster IP. blocked names an object of the waypoint's name that
 // the Gateway does not own; then nothing is applied.
-func (r *run) apply(ctx context.Context, gw *gatewayv1.Gateway) (address, blocked string, err error) {
+func (r *run) apply(ctx context.Context, gw *gatewayv1.Gateway, want objects) (address, blocked string, err error) {
 	if blocked, err = r.foreign(ctx, gw); blocked != "" || err != nil {
 		return "", blocked, err
 	}
-	want := desired(gw, r.opts)
 	if _, err := r.kube.CoreV1().ServiceAccounts(gw.Namespace).Apply(ctx, want.serviceAccount, applyOptions); err != nil {
 		return "", "", fmt.Errorf("apply ServiceAccount: %w", err)
 	}
