@@ -150,6 +150,7 @@ type Proxy struct {
 
 	state    atomic.Pointer[state]
 	updateMu sync.Mutex // serializes Update, which builds on the previous state
+	live     liveTunnels
 
 	hb      *hbone.Server
 	h1      *http.Server
@@ -259,6 +260,7 @@ func (p *Proxy) Update(s *config.Snapshot) {
 	p.updateMu.Lock()
 	defer p.updateMu.Unlock()
 	p.state.Store(newState(p.state.Load(), s, p.log))
+	p.recheck(s)
 }
 
 // ClusterStats calls f with every statistic of every cluster of the

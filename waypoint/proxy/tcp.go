@@ -97,6 +97,7 @@ func (p *Proxy) serveTCP(ctx context.Context, st *state, ch *config.Chain, t *tu
 	}
 	stop := context.AfterFunc(ctx, func() { up.Close(); s.Close() })
 	defer stop()
+	defer p.track(t, false, func() { up.Close(); s.Close() })()
 	rec.BytesReceived, rec.BytesSent = join(down, up)
 }
 
@@ -110,13 +111,7 @@ func (p *Proxy) authorizeTunnel(filters []config.HTTPFilter, ch *config.Chain, t
 	if len(filters) == 0 {
 		return true
 	}
-	req := &rbac.Request{
-		Principal:       t.principal,
-		DirectRemoteIP:  t.client.Addr(),
-		RemoteIP:        t.client.Addr(),
-		DestinationIP:   t.dst.Addr(),
-		DestinationPort: t.dst.Port(),
-	}
+	req := tunnelRequest(t)
 	for i := range filters {
 		f := &filters[i]
 		if f.RBAC == nil {

@@ -121,6 +121,7 @@ func (p *Proxy) serveTunnel(ctx context.Context, req *hbone.Request, s *hbone.St
 // keep-alive, timeouts and Upgrade hijacking) while this goroutine waits,
 // since the HBONE stream lives as long as its handler.
 func (p *Proxy) serveHTTP(ctx context.Context, t *tunnel, c *peekConn, isH2 bool) {
+	defer p.track(t, true, func() { c.Close() })()
 	if isH2 {
 		p.h2.ServeConn(c, &http2.ServeConnOpts{Context: withTunnel(ctx, t), BaseConfig: p.h1, Handler: p})
 		return

@@ -1,13 +1,19 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"errors"
+	"fmt"
+	"io"
+	"net/http"
 	"net/netip"
+	"os"
 	"testing"
 	"time"
 
 	"github.com/zmesh/zmesh/internal/hbone"
+	"github.com/zmesh/zmesh/internal/testutil"
 	"github.com/zmesh/zmesh/waypoint/config"
 )
 
@@ -102,4 +108,83 @@ func TestHTTPChainTunnelRBAC(t *testing.T) {
 	if n := len(pod.tunnels()); n != before {
 		t.Errorf("%d tunnels reached the pod, want none", n-before)
 	}
+}
+
+// TestOpenTunnelRechecked: a new snapshot re-checks the open tunnels, as
+// ztunnel re-checks its connections at a policy change: an HTTP tunnel
+// serving keep-alive requests, and a TCP tunnel, are closed once a
+// network RBAC filter no longer allows their peer; a tunnel still allowed
+// stays open.
+func TestOpenTunnelRechecked(t *testing.T) {
+	m := newMesh(t, bounds{})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	// An HTTP/1.1 tunnel with a request served on it.
+	conn, err := m.tunnel(ctx, vipHTTP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(20 * time.Second))
+	br := bufio.NewReader(conn)
+	roundTrip := func() error {
+		if _, err := io.WriteString(conn, "GET /v2 HTTP/1.1\r\nHost: reviews\r\n\r\n"); err != nil {
+			return err
+		}
+		res, err := http.ReadResponse(br, nil)
+		if err != nil {
+			return err
+		}
+		io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		if res.StatusCode != 200 {
+			return fmt.Errorf("status %d", res.StatusCode)
+		}
+		return nil
+	}
+	if err := roundTrip(); err != nil {
+		t.Fatal(err)
+	}
+	m.obs.next(t)
+
+	// A snapshot whose tunnel filters allow sleep leaves it open.
+	m.withConnFilters(t, vipHTTP, []config.HTTPFilter{tcpRBAC(t, allowSleepOn(vipHTTP.Port()))}, nil)
+	if err := roundTrip(); err != nil {
+		t.Fatalf("still allowed: %v", err)
+	}
+	m.obs.next(t)
+
+	// One allowing another principal only closes it.
+	m.withConnFilters(t, vipHTTP, []config.HTTPFilter{tcpRBAC(t, allowOther)}, nil)
+	if b, err := br.ReadByte(); err == nil {
+		t.Fatalf("read %q from a tunnel no longer allowed, want it closed", b)
+	} else if errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatal("tunnel no longer allowed is still open")
+	}
+
+	// A TCP tunnel: open and echoing, then denied by a new snapshot.
+	m.withTCPFilters(t, vipTCP, nil, nil)
+	tc, err := m.tunnel(ctx, vipTCP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	tc.SetDeadline(time.Now().Add(20 * time.Second))
+	testutil.Eventually(t, 10*time.Second, "the TCP tunnel tracked", func() error {
+		if n := m.proxy.live.len(); n != 1 {
+			return fmt.Errorf("%d open tunnels tracked", n)
+		}
+		return nil
+	})
+	m.withTCPFilters(t, vipTCP, []config.HTTPFilter{tcpRBAC(t, denySleep)}, nil)
+	if _, err := io.ReadAll(tc); errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatal("TCP tunnel no longer allowed is still open")
+	}
+	testutil.Eventually(t, 10*time.Second, "no tunnel tracked", func() error {
+		if n := m.proxy.live.len(); n != 0 {
+			return fmt.Errorf("%d open tunnels tracked", n)
+		}
+		return nil
+	})
 }
