@@ -32,6 +32,7 @@ func (r *Reporter) ReportRoutes(ctx context.Context, snap *model.Snapshot, probl
 	// Report, which comes after in the same push, folds these into the
 	// policies' conditions.
 	r.policyProblems = policyProblems(problems)
+	r.routeCurrent = statuses
 	if r.routeLogged == nil {
 		r.routeLogged, r.routeWritten = map[string]bool{}, map[l7.ObjectRef]string{}
 	}

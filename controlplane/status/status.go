@@ -53,6 +53,11 @@ type Reporter struct {
 	// from the last ReportRoutes, which Report folds into their
 	// WaypointAccepted conditions.
 	policyProblems map[l7.ObjectRef][]l7.Problem
+
+	// current and routeCurrent are the last push's conditions, for
+	// Current.
+	current      map[translate.ObjectRef][]translate.Condition
+	routeCurrent []RouteStatus
 }
 
 // condition is the JSON of an Istio status condition.
@@ -76,6 +81,7 @@ func (r *Reporter) Report(ctx context.Context, conds []translate.Condition) {
 	for _, c := range conds {
 		byObject[c.Object] = append(byObject[c.Object], c)
 	}
+	r.current = byObject
 	log := r.Log
 	if log == nil {
 		log = slog.Default()
