@@ -506,4 +506,3 @@ func nodeNames(nodes []Node) string {
 	}
 	return strings.Join(out, ", ")
 }
-
