@@ -121,6 +121,7 @@ func (c *cli) rootCommand() *cobra.Command {
 		c.uninstallCommand(),
 		c.verifyInstallCommand(),
 		c.precheckCommand(),
+		c.localCommand(),
 	)
 	// Subcommands refuse arguments they do not take as usage errors, and
 	// an unknown subcommand of a group says so.

@@ -201,6 +201,9 @@ func (a *applier) document(file string, doc int, raw []byte) {
 	if o.Kind == "" {
 		o.Kind = "?"
 	}
+	if o.Namespace == "" && o.Name != "" && namespacedKind(o.Kind) {
+		o.Namespace = "default" // as kubectl apply does
+	}
 	if err != nil {
 		if runtime.IsNotRegisteredError(err) {
 			err = fmt.Errorf("no kind %s %s is known here (the Kubernetes, Istio and Gateway API kinds are)", head.APIVersion, head.Kind)
@@ -454,8 +457,17 @@ func namespaced(obj runtime.Object) bool {
 	case *corev1.Namespace, *corev1.Node, *corev1.PersistentVolume:
 		return false
 	}
-	kind := obj.GetObjectKind().GroupVersionKind().Kind
-	return !strings.HasPrefix(kind, "Cluster") && kind != "GatewayClass" && kind != "StorageClass" && kind != "CustomResourceDefinition"
+	return namespacedKind(obj.GetObjectKind().GroupVersionKind().Kind)
+}
+
+// namespacedKind tells the cluster-scoped kinds a user's YAML may hold
+// from the namespaced ones.
+func namespacedKind(kind string) bool {
+	switch kind {
+	case "Namespace", "Node", "PersistentVolume", "GatewayClass", "StorageClass", "CustomResourceDefinition", "?":
+		return false
+	}
+	return !strings.HasPrefix(kind, "Cluster")
 }
 
 // head is what a document says of itself, read even when it does not

@@ -148,8 +148,11 @@ data: {k: v}
 	for _, o := range c.Objects {
 		got[o.Name] = o
 	}
-	if r := got["typo"].Rejected; !strings.Contains(r, "actoin") {
-		t.Errorf("AuthorizationPolicy with a misspelt field: rejected %q, want the field named", r)
+	if o := got["typo"]; !strings.Contains(o.Rejected, "actoin") || o.Namespace != "shop" {
+		t.Errorf("AuthorizationPolicy with a misspelt field: %+v, want rejected naming the field", o)
+	}
+	if o := got["fixed"]; o.Namespace != "default" || o.Note != "node-1 10.50.1.10" {
+		t.Errorf("pod fixed: %+v, want namespace default (as kubectl apply) and its placement", o)
 	}
 	if r := got["elsewhere"].Rejected; !strings.Contains(r, `spec.nodeName: "node-9" is not a node here`) {
 		t.Errorf("pod on node-9: rejected %q", r)
