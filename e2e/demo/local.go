@@ -279,8 +279,12 @@ func runLocal(ctx context.Context, binDir, input, sessionPath string, out io.Wri
 		return err
 	}
 	fmt.Fprintln(out)
+	zmeshctl := "zmeshctl"
+	if _, err := os.Stat(filepath.Join(m.bin, "zmeshctl")); err == nil {
+		zmeshctl = filepath.Join(m.bin, "zmeshctl")
+	}
 	fmt.Fprintf(out, "The mesh is up. Try (as root, in another terminal):\n")
-	fmt.Fprintf(out, "  zmeshctl local status --session %s\n", sessionPath)
+	fmt.Fprintf(out, "  %s local status --session %s\n", zmeshctl, sessionPath)
 	if len(s.Pods) > 0 && len(s.Services) > 0 {
 		// A client pod of Istio's samples if there is one, and a Service
 		// that is not its own.
@@ -300,7 +304,7 @@ func runLocal(ctx context.Context, binDir, input, sessionPath string, out io.Wri
 		if len(svc.Ports) > 0 {
 			port = svc.Ports[0]
 		}
-		fmt.Fprintf(out, "  zmeshctl local exec --session %s %s -- curl -s http://%s:%d/\n", sessionPath, p.Name, svc.Name, port)
+		fmt.Fprintf(out, "  %s local exec --session %s %s -- curl -s http://%s:%d/\n", zmeshctl, sessionPath, p.Name, svc.Name, port)
 		fmt.Fprintf(out, "  ip netns exec %s curl -s http://%s:%d/   # the same\n", p.NetNS, svc.Name, port)
 	}
 	fmt.Fprintf(out, "  tail -f %s %s\n", filepath.Join(m.tmp, "zmeshd.log"), filepath.Join(m.tmp, "node-*", "ztunnel.log"))
