@@ -163,7 +163,7 @@ func runLocal(ctx context.Context, binDir, input, sessionPath string, out io.Wri
 		return err
 	}
 	m.meshDir = filepath.Join(m.tmp, "mesh")
-	if err := c.Write(m.meshDir); err != nil {
+	if err := c.Write(m.meshDir, nil); err != nil {
 		return err
 	}
 	stored, rejected := 0, 0

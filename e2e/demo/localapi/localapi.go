@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"io"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -73,13 +74,28 @@ type Cluster struct {
 	Pods []*corev1.Pod
 	// files are the output files by name: the documents zmeshd reads.
 	files map[string][][]byte
+	// placed holds, by placementKey, where each pod was placed; clusterIPs
+	// the Services' addresses by namespace/name: a later apply keeps them
+	// for what did not change.
+	placed     map[string][]placement
+	clusterIPs map[string]string
+	// written are the files Write wrote.
+	written []string
 }
+
+// placement is a pod's name, node and address.
+type placement struct{ name, node, ip string }
 
 // Options place the cluster's objects.
 type Options struct {
 	Nodes []Node
 	// ServiceCIDR is the range Services' cluster IPs come from.
 	ServiceCIDR netip.Prefix
+	// Previous is the cluster of the last apply, if any: pods whose
+	// template (a bare pod: spec) did not change keep their names, nodes
+	// and addresses, and Services their cluster IPs, as they would in a
+	// cluster where only what changed is rolled out.
+	Previous *Cluster
 }
 
 var decoder = serializer.NewCodecFactory(model.Scheme, serializer.EnableStrict).UniversalDeserializer()
@@ -142,6 +158,8 @@ type applier struct {
 type pendingPod struct {
 	pod  *corev1.Pod
 	file string
+	// key is the pod's placementKey.
+	key string
 	// obj is the index in c.Objects of the object the pod comes from.
 	obj int
 	// fixedNode is a DaemonSet's node.
@@ -155,7 +173,7 @@ type pendingSvc struct {
 }
 
 func newApplier(opts Options) *applier {
-	return &applier{opts: opts, c: &Cluster{files: map[string][][]byte{}}}
+	return &applier{opts: opts, c: &Cluster{files: map[string][][]byte{}, placed: map[string][]placement{}, clusterIPs: map[string]string{}}}
 }
 
 func (a *applier) file(name string, data []byte) error {
@@ -235,9 +253,18 @@ func (a *applier) document(file string, doc int, raw []byte) {
 	a.c.Objects = append(a.c.Objects, o)
 	switch {
 	case len(snap.Pods) == 1:
-		a.pending = append(a.pending, pendingPod{pod: snap.Pods[0], file: file, obj: idx})
+		pod := snap.Pods[0]
+		key := placementKey("Pod", pod.Namespace, pod.Name, specHash(pod.Spec, pod.Labels))
+		if prev := a.previous(key); len(prev) == 1 && pod.Spec.NodeName == "" && pod.Status.PodIP == "" {
+			pod.Spec.NodeName, pod.Status.PodIP = prev[0].node, prev[0].ip
+		}
+		a.pending = append(a.pending, pendingPod{pod: pod, file: file, obj: idx, key: key})
 	case len(snap.Services) == 1:
-		a.svcs = append(a.svcs, &pendingSvc{svc: snap.Services[0], file: file, obj: idx})
+		svc := snap.Services[0]
+		if ip := a.previousIP(svc.Namespace + "/" + svc.Name); svc.Spec.ClusterIP == "" && ip != "" {
+			svc.Spec.ClusterIP, svc.Spec.ClusterIPs = ip, []string{ip}
+		}
+		a.svcs = append(a.svcs, &pendingSvc{svc: svc, file: file, obj: idx})
 	case len(snap.Namespaces)+len(snap.Nodes)+len(snap.ServiceEntries)+len(snap.PeerAuthentications)+len(snap.AuthorizationPolicies)+
 		len(snap.GatewayClasses)+len(snap.Gateways)+len(snap.RequestAuthentications)+len(snap.VirtualServices)+len(snap.DestinationRules)+
 		len(snap.IstioGateways)+len(snap.HTTPRoutes)+len(snap.GRPCRoutes) == 1:
@@ -289,13 +316,18 @@ func (a *applier) workload(obj runtime.Object, file string, idx int) {
 		return
 	}
 	ns := o.Namespace
+	key := placementKey(o.Kind, ns, o.Name, templateHash(&tmpl))
+	prev := a.previous(key)
 	for i, name := range names {
 		pod := &corev1.Pod{
 			TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"},
 			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: tmpl.Labels, Annotations: tmpl.Annotations},
 			Spec:       *tmpl.Spec.DeepCopy(),
 		}
-		pp := pendingPod{pod: pod, file: file, obj: idx}
+		if i < len(prev) {
+			pod.Name, pod.Spec.NodeName, pod.Status.PodIP = prev[i].name, prev[i].node, prev[i].ip
+		}
+		pp := pendingPod{pod: pod, file: file, obj: idx, key: key}
 		if fixedNodes != nil {
 			pp.fixedNode = fixedNodes[i]
 		}
@@ -354,6 +386,7 @@ func (a *applier) finish() (*Cluster, error) {
 			continue
 		}
 		model.NormalizeFilePod(pod)
+		a.c.placed[p.key] = append(a.c.placed[p.key], placement{pod.Name, pod.Spec.NodeName, pod.Status.PodIP})
 		a.c.Pods = append(a.c.Pods, pod)
 		a.c.files[p.file] = append(a.c.files[p.file], mustYAML(pod))
 		if o.Kind == "Pod" {
@@ -380,11 +413,37 @@ func (a *applier) finish() (*Cluster, error) {
 		}
 		if svc.Spec.ClusterIP != "" {
 			o.Note = "clusterIP " + svc.Spec.ClusterIP
+			a.c.clusterIPs[svc.Namespace+"/"+svc.Name] = svc.Spec.ClusterIP
 		}
 		svc.TypeMeta = metav1.TypeMeta{APIVersion: "v1", Kind: "Service"}
 		a.c.files[s.file] = append(a.c.files[s.file], mustYAML(svc))
 	}
 	return a.c, nil
+}
+
+func (a *applier) previous(key string) []placement {
+	if a.opts.Previous == nil {
+		return nil
+	}
+	return a.opts.Previous.placed[key]
+}
+
+func (a *applier) previousIP(key string) string {
+	if a.opts.Previous == nil {
+		return ""
+	}
+	return a.opts.Previous.clusterIPs[key]
+}
+
+// placementKey names a workload's (or bare pod's) pods across applies: its
+// kind, namespace, name and a fingerprint of what its pods run.
+func placementKey(kind, ns, name, fingerprint string) string {
+	return kind + "/" + ns + "/" + name + "/" + fingerprint
+}
+
+// specHash fingerprints a bare pod.
+func specHash(spec corev1.PodSpec, labels map[string]string) string {
+	return templateHash(&corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels}, Spec: spec})
 }
 
 // nodeAddrs hands out a range's addresses from .10 up (below are the
@@ -411,12 +470,14 @@ func (n *nodeAddrs) take() (netip.Addr, error) {
 
 // Write writes the cluster's objects under dir as YAML, one file per input
 // file that had any (its path with "/" as "_"), for zmeshd's directory
-// source and the node runners.
-func (c *Cluster) Write(dir string) error {
+// source and the node runners; each file is replaced whole (renamed over),
+// and the files of previous that this cluster lacks are removed.
+func (c *Cluster) Write(dir string, previous *Cluster) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	for name, docs := range c.files {
+	for _, name := range slices.Sorted(maps.Keys(c.files)) {
+		docs := c.files[name]
 		out := []byte("# Applied by zmeshctl local from " + name + ": what the API server holds.\n")
 		for _, d := range docs {
 			out = append(out, "---\n"...)
@@ -427,8 +488,22 @@ func (c *Cluster) Write(dir string) error {
 		}
 		base := strings.ReplaceAll(filepath.ToSlash(name), "/", "_")
 		base = strings.TrimSuffix(base, filepath.Ext(base)) + ".yaml"
-		if err := os.WriteFile(filepath.Join(dir, base), out, 0o644); err != nil {
+		tmp := filepath.Join(dir, "."+base+".tmp") // hidden: not read
+		if err := os.WriteFile(tmp, out, 0o644); err != nil {
 			return err
+		}
+		if err := os.Rename(tmp, filepath.Join(dir, base)); err != nil {
+			return err
+		}
+		c.written = append(c.written, base)
+	}
+	if previous != nil {
+		for _, old := range previous.written {
+			if !slices.Contains(c.written, old) {
+				if err := os.Remove(filepath.Join(dir, old)); err != nil && !errors.Is(err, os.ErrNotExist) {
+					return err
+				}
+			}
 		}
 	}
 	return nil

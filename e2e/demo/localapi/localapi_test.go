@@ -71,7 +71,7 @@ func TestBookinfoIsApplied(t *testing.T) {
 	}
 
 	out := t.TempDir()
-	if err := c.Write(out); err != nil {
+	if err := c.Write(out, nil); err != nil {
 		t.Fatal(err)
 	}
 	u, err := (&dir.Source{Dir: out, StateDir: t.TempDir()}).Load()
@@ -169,5 +169,62 @@ data: {k: v}
 	}
 	if ips["fixed"] != "10.50.1.10" || ips["free"] != "10.50.1.11" || len(ips) != 2 {
 		t.Errorf("pod addresses %v, want fixed at 10.50.1.10 and free at the next one", ips)
+	}
+}
+
+// A second apply with the last one as Previous keeps what did not change:
+// the pods of an unchanged Deployment keep their names, nodes and
+// addresses, Services their cluster IPs; a changed template gets new pods;
+// the output file of an input file that went is removed.
+func TestReapplyKeepsWhatDidNotChange(t *testing.T) {
+	in := t.TempDir()
+	if err := os.CopyFS(in, os.DirFS("../testdata/bookinfo")); err != nil {
+		t.Fatal(err)
+	}
+	out := t.TempDir()
+	first, err := Read(in, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := first.Write(out, nil); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(filepath.Join(in, "bookinfo.yaml"))
+	edited := strings.Replace(string(b), "examples-bookinfo-reviews-v3:1.20.1", "examples-bookinfo-reviews-v3:1.21.0", 1)
+	os.WriteFile(filepath.Join(in, "bookinfo.yaml"), []byte(edited), 0o644)
+	os.Remove(filepath.Join(in, "reviews-route.yaml"))
+	o := opts
+	o.Previous = first
+	second, err := Read(in, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := second.Write(out, first); err != nil {
+		t.Fatal(err)
+	}
+	was := map[string]string{}
+	for _, p := range first.Pods {
+		was[p.Name] = p.Spec.NodeName + " " + p.Status.PodIP
+	}
+	for _, p := range second.Pods {
+		kept, ok := was[p.Name]
+		v3 := p.Labels["version"] == "v3"
+		switch {
+		case v3 && ok:
+			t.Errorf("reviews-v3's template changed but its pod %s was kept", p.Name)
+		case !v3 && kept != p.Spec.NodeName+" "+p.Status.PodIP:
+			t.Errorf("pod %s (unchanged) is now %s %s, was %q", p.Name, p.Spec.NodeName, p.Status.PodIP, kept)
+		}
+	}
+	if len(second.Pods) != 7 {
+		t.Errorf("%d pods after the edit, want 7", len(second.Pods))
+	}
+	for k, ip := range first.clusterIPs {
+		if second.clusterIPs[k] != ip {
+			t.Errorf("service %s: cluster IP %s, was %s", k, second.clusterIPs[k], ip)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(out, "reviews-route.yaml")); !os.IsNotExist(err) {
+		t.Errorf("the applied route's file is still there after its input went: %v", err)
 	}
 }
