@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/zmesh/zmesh/controlplane/deployer"
+	"github.com/zmesh/zmesh/controlplane/model"
 	"github.com/zmesh/zmesh/controlplane/source/dir"
 	"github.com/zmesh/zmesh/e2e/demo/localapi"
 	"github.com/zmesh/zmesh/e2e/netenv"
@@ -95,7 +98,8 @@ func runLocal(ctx context.Context, binDir, input, sessionPath string, out io.Wri
 	if err != nil {
 		return err
 	}
-	if err := claimSession(sessionPath); err != nil {
+	madeDir, err := claimSession(sessionPath)
+	if err != nil {
 		st.fail(err)
 		return err
 	}
@@ -107,11 +111,14 @@ func runLocal(ctx context.Context, binDir, input, sessionPath string, out io.Wri
 	}
 	runCtx, stopRunners := context.WithCancel(context.Background())
 	m.stopRunners = stopRunners
-	var hostsDirs []string
+	hosts := map[string]bool{} // the /etc/netns directories written
 	_, err = os.Stat("/etc/netns")
 	etcNetnsOurs := errors.Is(err, os.ErrNotExist)
 	defer func() {
 		os.Remove(sessionPath)
+		if madeDir {
+			os.Remove(filepath.Dir(sessionPath))
+		}
 		if err != nil && ctx.Err() != nil {
 			step, _, _ := strings.Cut(err.Error(), "\n")
 			err = fmt.Errorf("%w (the step under way: %s); removing everything", errInterrupted, step)
@@ -121,14 +128,14 @@ func runLocal(ctx context.Context, binDir, input, sessionPath string, out io.Wri
 		}
 		start := time.Now()
 		m.Close()
-		for _, d := range hostsDirs {
+		for d := range hosts {
 			os.RemoveAll(d)
 		}
 		if etcNetnsOurs {
 			os.Remove("/etc/netns") // only if empty: another user's entries stay
 		}
 		left := m.leftovers()
-		for _, d := range hostsDirs {
+		for d := range hosts {
 			if _, serr := os.Stat(d); serr == nil {
 				left = append(left, d)
 			}
@@ -158,7 +165,8 @@ func runLocal(ctx context.Context, binDir, input, sessionPath string, out io.Wri
 	for i, name := range nodeNames {
 		nodes = append(nodes, localapi.Node{Name: name, PodCIDR: netenv.PodCIDR(i)})
 	}
-	c, err := localapi.Read(input, localapi.Options{Nodes: nodes, ServiceCIDR: serviceCIDR})
+	opts := localapi.Options{Nodes: nodes, ServiceCIDR: serviceCIDR}
+	c, err := localapi.Read(input, opts)
 	if err != nil {
 		return err
 	}
@@ -222,45 +230,8 @@ func runLocal(ctx context.Context, binDir, input, sessionPath string, out io.Wri
 	for _, n := range m.nodes {
 		s.Nodes = append(s.Nodes, SessionNode{Name: n.name, PodCIDR: n.cidr.String(), Dir: n.dir})
 	}
-	for _, svc := range u.Snapshot.Services {
-		ss := SessionService{Namespace: svc.Namespace, Name: svc.Name, ClusterIP: svc.Spec.ClusterIP}
-		for _, p := range svc.Spec.Ports {
-			ss.Ports = append(ss.Ports, p.Port)
-		}
-		s.Services = append(s.Services, ss)
-	}
-	ambient := map[string]bool{}
-	for _, p := range podsOf(u.Snapshot) {
-		ambient[p.ns+"/"+p.name] = p.ambient
-	}
-	for _, p := range c.Pods {
-		n := m.node(p.Spec.NodeName)
-		rp := n.runner.Pod(p.Namespace, p.Name)
-		if rp == nil {
-			return fmt.Errorf("pod %s/%s did not start on %s (runner log: %s)", p.Namespace, p.Name, n.name, filepath.Join(n.dir, "noderunner.log"))
-		}
-		s.Pods = append(s.Pods, SessionPod{Namespace: p.Namespace, Name: p.Name, Node: n.name, IP: rp.IP.String(), NetNS: rp.NS.Name,
-			Ambient: ambient[p.Namespace+"/"+p.Name], Labels: p.Labels, Owner: ownerOf(c, p.Namespace, p.Name)})
-	}
-	wpNode := m.node(waypointNode)
-	for gw := range m.waypoints {
-		rp := wpNode.runner.Waypoint(gw.Namespace, gw.Name)
-		if rp == nil {
-			return fmt.Errorf("the waypoint of Gateway %s did not start (runner log: %s)", gw, filepath.Join(wpNode.dir, "noderunner.log"))
-		}
-		s.Waypoints = append(s.Waypoints, SessionWaypoint{Namespace: gw.Namespace, Gateway: gw.Name, Node: wpNode.name, IP: rp.IP.String(), Pid: rp.Pid()})
-	}
-	slices.SortFunc(s.Waypoints, func(a, b SessionWaypoint) int {
-		return strings.Compare(a.Namespace+"/"+a.Gateway, b.Namespace+"/"+b.Gateway)
-	})
-	// Service names resolve in the pods as in a cluster, for ip netns exec
-	// (which mounts /etc/netns/<name>/hosts over /etc/hosts).
-	for _, p := range s.Pods {
-		d := filepath.Join("/etc/netns", p.NetNS)
-		hostsDirs = append(hostsDirs, d)
-		if err := writeHosts(d, p.Namespace, s.Services); err != nil {
-			return err
-		}
+	if err := m.fillSession(s, c, u.Snapshot, hosts); err != nil {
+		return err
 	}
 	for _, p := range s.Pods {
 		mode := "ambient: captured, mTLS via ztunnel"
@@ -308,9 +279,149 @@ func runLocal(ctx context.Context, binDir, input, sessionPath string, out io.Wri
 		fmt.Fprintf(out, "  ip netns exec %s curl -s http://%s:%d/   # the same\n", p.NetNS, svc.Name, port)
 	}
 	fmt.Fprintf(out, "  tail -f %s %s\n", filepath.Join(m.tmp, "zmeshd.log"), filepath.Join(m.tmp, "node-*", "ztunnel.log"))
-	fmt.Fprintln(out, "Press Ctrl-C to remove everything.")
-	<-ctx.Done()
+	fmt.Fprintf(out, "Edits to %s are applied as they are saved. Press Ctrl-C to remove everything.\n", input)
+	m.followInput(ctx, st, input, c, opts, s, sessionPath, hosts)
 	fmt.Fprintln(out)
+	return nil
+}
+
+// followInput applies the input directory again whenever it changes (a
+// change is taken once two reads half a second apart agree), as kubectl
+// apply would: what did not change keeps running, pods of a changed
+// template are replaced, and the session file follows. It returns when ctx
+// ends.
+func (m *mesh) followInput(ctx context.Context, st story, input string, c *localapi.Cluster, opts localapi.Options, s *Session, sessionPath string, hosts map[string]bool) {
+	last, pending := inputSum(input), ""
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(500 * time.Millisecond):
+		}
+		sum := inputSum(input)
+		if sum == last {
+			pending = ""
+			continue
+		}
+		if sum != pending {
+			pending = sum
+			continue
+		}
+		last, pending = sum, ""
+		o := opts
+		o.Previous = c
+		next, err := localapi.Read(input, o)
+		if err == nil {
+			err = next.Write(m.meshDir, c)
+		}
+		if err != nil {
+			st.note("✗ %s changed but cannot be applied: %v (the last apply stays)", input, err)
+			continue
+		}
+		c = next
+		rejected := 0
+		for _, o := range c.Objects {
+			if o.Rejected != "" {
+				rejected++
+				st.note("✗ %s %s: rejected (%s document %d): %s", o.Kind, objName(o.Namespace, o.Name), o.File, o.Doc, o.Rejected)
+			}
+		}
+		st.say("apply", "%s changed: applied again, %d objects (%d rejected), %d pods", input, len(c.Objects), rejected, len(c.Pods))
+		var ferr error
+		waitFor(ctx, func() bool {
+			u, err := (&dir.Source{Dir: m.meshDir, Log: quiet, StateDir: filepath.Join(m.tmp, "applied-state")}).Load()
+			if err != nil {
+				ferr = err
+				return false
+			}
+			ferr = m.fillSession(s, c, u.Snapshot, hosts)
+			return ferr == nil
+		})
+		if ferr != nil {
+			st.note("✗ after applying again: %v", ferr)
+		}
+		if err := writeSession(sessionPath, s); err != nil {
+			st.note("✗ session file: %v", err)
+		}
+	}
+}
+
+// inputSum fingerprints the YAML files of the input directory.
+func inputSum(dir string) string {
+	h := sha256.New()
+	filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return nil
+		}
+		if strings.HasPrefix(d.Name(), ".") && path != dir {
+			if d.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		switch filepath.Ext(path) {
+		case ".yaml", ".yml", ".json":
+			b, _ := os.ReadFile(path)
+			fmt.Fprintf(h, "%s\x00%d\x00", path, len(b))
+			h.Write(b)
+		}
+		return nil
+	})
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// fillSession lists in s the Services of snap and where c's pods and the
+// waypoints run; it fails if one of them does not run. It writes each
+// pod's hosts file, noting its directory in hosts.
+func (m *mesh) fillSession(s *Session, c *localapi.Cluster, snap *model.Snapshot, hosts map[string]bool) error {
+	s.Objects, s.Services, s.Pods, s.Waypoints = c.Objects, nil, nil, nil
+	for _, svc := range snap.Services {
+		ss := SessionService{Namespace: svc.Namespace, Name: svc.Name, ClusterIP: svc.Spec.ClusterIP}
+		for _, p := range svc.Spec.Ports {
+			ss.Ports = append(ss.Ports, p.Port)
+		}
+		s.Services = append(s.Services, ss)
+	}
+	ambient := map[string]bool{}
+	for _, p := range podsOf(snap) {
+		ambient[p.ns+"/"+p.name] = p.ambient
+	}
+	for _, p := range c.Pods {
+		n := m.node(p.Spec.NodeName)
+		rp := n.runner.Pod(p.Namespace, p.Name)
+		if rp == nil {
+			return fmt.Errorf("pod %s/%s did not start on %s (runner log: %s)", p.Namespace, p.Name, n.name, filepath.Join(n.dir, "noderunner.log"))
+		}
+		s.Pods = append(s.Pods, SessionPod{Namespace: p.Namespace, Name: p.Name, Node: n.name, IP: rp.IP.String(), NetNS: rp.NS.Name,
+			Ambient: ambient[p.Namespace+"/"+p.Name], Labels: p.Labels, Owner: ownerOf(c, p.Namespace, p.Name)})
+	}
+	wpNode := m.node(waypointNode)
+	for _, g := range snap.Gateways {
+		if g.Spec.GatewayClassName != deployer.ClassName {
+			continue
+		}
+		gw := types.NamespacedName{Namespace: g.Namespace, Name: g.Name}
+		if _, ok := m.waypoints[gw]; !ok {
+			return fmt.Errorf("waypoint Gateway %s came after the start: zmeshd has no token for its waypoint (restart the local mesh to run it)", gw)
+		}
+		rp := wpNode.runner.Waypoint(gw.Namespace, gw.Name)
+		if rp == nil {
+			return fmt.Errorf("the waypoint of Gateway %s did not start (runner log: %s)", gw, filepath.Join(wpNode.dir, "noderunner.log"))
+		}
+		s.Waypoints = append(s.Waypoints, SessionWaypoint{Namespace: gw.Namespace, Gateway: gw.Name, Node: wpNode.name, IP: rp.IP.String(), Pid: rp.Pid()})
+	}
+	slices.SortFunc(s.Waypoints, func(a, b SessionWaypoint) int {
+		return strings.Compare(a.Namespace+"/"+a.Gateway, b.Namespace+"/"+b.Gateway)
+	})
+	// Service names resolve in the pods as in a cluster, for ip netns exec
+	// (which mounts /etc/netns/<name>/hosts over /etc/hosts).
+	for _, p := range s.Pods {
+		d := filepath.Join("/etc/netns", p.NetNS)
+		hosts[d] = true
+		if err := writeHosts(d, p.Namespace, s.Services); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -335,20 +446,24 @@ func ownerOf(c *localapi.Cluster, ns, pod string) string {
 	return ""
 }
 
-// claimSession refuses to start over a live session's file.
-func claimSession(path string) error {
+// claimSession refuses to start over a live session's file, and says
+// whether it made the file's directory (removed with the session).
+func claimSession(path string) (madeDir bool, err error) {
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return os.MkdirAll(filepath.Dir(path), 0o755)
+		if _, err := os.Stat(filepath.Dir(path)); errors.Is(err, os.ErrNotExist) {
+			return true, os.MkdirAll(filepath.Dir(path), 0o755)
+		}
+		return false, nil
 	}
 	if err != nil {
-		return err
+		return false, err
 	}
 	var s Session
 	if json.Unmarshal(b, &s) == nil && s.Pid > 0 && syscall.Kill(s.Pid, 0) == nil {
-		return fmt.Errorf("a local mesh is already up (pid %d, session %s): stop it with Ctrl-C, or use another --session", s.Pid, path)
+		return false, fmt.Errorf("a local mesh is already up (pid %d, session %s): stop it with Ctrl-C, or use another --session", s.Pid, path)
 	}
-	return os.Remove(path) // a crashed session's
+	return false, os.Remove(path) // a crashed session's
 }
 
 func writeSession(path string, s *Session) error {
