@@ -112,8 +112,8 @@ func runLocal(ctx context.Context, binDir, input, sessionPath string, out io.Wri
 	runCtx, stopRunners := context.WithCancel(context.Background())
 	m.stopRunners = stopRunners
 	hosts := map[string]bool{} // the /etc/netns directories written
-	_, err = os.Stat("/etc/netns")
-	etcNetnsOurs := errors.Is(err, os.ErrNotExist)
+	_, statErr := os.Stat("/etc/netns")
+	etcNetnsOurs := errors.Is(statErr, os.ErrNotExist)
 	defer func() {
 		os.Remove(sessionPath)
 		if madeDir {

@@ -200,6 +200,13 @@ func (a *applier) file(name string, data []byte) error {
 func (a *applier) document(file string, doc int, raw []byte) {
 	o := Object{File: file, Doc: doc}
 	obj, gvk, err := decoder.Decode(raw, nil, nil)
+	if list, ok := obj.(*corev1.List); ok && err == nil {
+		// kubectl applies a List's items one by one.
+		for _, item := range list.Items {
+			a.document(file, doc, item.Raw)
+		}
+		return
+	}
 	if gvk != nil {
 		o.Group, o.Kind = gvk.Group, gvk.Kind
 	}

@@ -139,6 +139,15 @@ apiVersion: v1
 kind: ConfigMap
 metadata: {name: cm}
 data: {k: v}
+---
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Service
+  metadata: {name: listed}
+  spec:
+    ports: [{port: 80}]
 `)
 	c, err := Read(in, opts)
 	if err != nil {
@@ -162,6 +171,9 @@ data: {k: v}
 	}
 	if o := got["cm"]; o.Rejected != "" || o.Note != "zmesh does not act on ConfigMap" {
 		t.Errorf("ConfigMap: %+v", o)
+	}
+	if o := got["listed"]; o.Kind != "Service" || o.Rejected != "" || !strings.HasPrefix(o.Note, "clusterIP 10.96.0.") {
+		t.Errorf("a List's Service: %+v, want applied like any Service", o)
 	}
 	ips := map[string]string{}
 	for _, p := range c.Pods {
