@@ -64,8 +64,11 @@ fuzz: deps
 	done; echo; echo "fuzz summary ($(FUZZTIME) each):"; cat $$sum; exit $$failed
 
 # The main job: a local mesh with no cluster (root: network namespaces).
+# MESH=DIR runs your own Kubernetes/Istio/Gateway API YAML on it instead of
+# the tour, until Ctrl-C (what zmeshctl local up -f DIR does).
+MESH ?=
 demo: deps
-	$(GO) run ./e2e/demo
+	$(GO) run ./e2e/demo $(if $(MESH),-mesh $(abspath $(MESH)))
 
 # The mesh measured end to end (e2e/bench: three nodes in network namespaces,
 # L4 paths (direct, mesh, stunnel, haproxy) and L7 ones (waypoint, nginx with

@@ -4,7 +4,9 @@
 // serves and whether they acknowledged its config (proxy-status, from
 // /debug/syncz), the waypoints of a namespace (waypoint apply, list,
 // status, delete, generate), versions, and the install of zmesh itself
-// (install and upgrade, uninstall, verify-install, precheck: install.go).
+// (install and upgrade, uninstall, verify-install, precheck: install.go),
+// and a local mesh with no cluster for a directory of YAML (local up,
+// status, exec: local.go).
 // Output is a table by default and -o json|yaml where a command reads a
 // dump.
 //
@@ -121,6 +123,7 @@ func (c *cli) rootCommand() *cobra.Command {
 		c.uninstallCommand(),
 		c.verifyInstallCommand(),
 		c.precheckCommand(),
+		c.localCommand(),
 	)
 	// Subcommands refuse arguments they do not take as usage errors, and
 	// an unknown subcommand of a group says so.

@@ -270,6 +270,9 @@ func (z *zmeshd) serve(ctx context.Context, wg *sync.WaitGroup, errc chan<- erro
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(z.reg, promhttp.HandlerOpts{}))
 	mux.Handle("GET /debug/syncz", z.xds.SynczHandler())
+	if rep, ok := z.pipe.Reporter.(*status.Reporter); ok {
+		mux.Handle("GET /debug/statusz", rep.Handler())
+	}
 	mux.HandleFunc("GET /version", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(version.Get())

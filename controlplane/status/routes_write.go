@@ -33,6 +33,7 @@ func (r *Reporter) ReportRoutes(ctx context.Context, snap *model.Snapshot, probl
 	// policies' conditions.
 	r.policyProblems = policyProblems(problems)
 	r.policyWaypoints = policyWaypoints(problems)
+	r.routeCurrent = statuses
 	if r.routeLogged == nil {
 		r.routeLogged, r.routeWritten = map[string]bool{}, map[l7.ObjectRef]string{}
 	}

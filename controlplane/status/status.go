@@ -56,6 +56,11 @@ type Reporter struct {
 	// policyWaypoints are the waypoints each AuthorizationPolicy is in
 	// force on, from the same report.
 	policyWaypoints map[l7.ObjectRef][]string
+
+	// current and routeCurrent are the last push's conditions, for
+	// Current.
+	current      map[translate.ObjectRef][]translate.Condition
+	routeCurrent []RouteStatus
 }
 
 // condition is the JSON of an Istio status condition.
@@ -79,6 +84,7 @@ func (r *Reporter) Report(ctx context.Context, conds []translate.Condition) {
 	for _, c := range conds {
 		byObject[c.Object] = append(byObject[c.Object], c)
 	}
+	r.current = byObject
 	log := r.Log
 	if log == nil {
 		log = slog.Default()

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"os"
+	"path/filepath"
 	"regexp"
 	"testing"
 	"time"
@@ -16,6 +17,11 @@ import (
 func TestMain(m *testing.M) {
 	if podapp.IsApp() {
 		podapp.Main()
+	}
+	// TestLocalUp runs this binary as zmesh-local, the demo's command.
+	if filepath.Base(os.Args[0]) == "zmesh-local" {
+		main()
+		os.Exit(0)
 	}
 	os.Exit(m.Run())
 }

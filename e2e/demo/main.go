@@ -62,9 +62,20 @@ func main() {
 		podapp.Main()
 	}
 	bin := flag.String("bin", "", "directory holding prebuilt zmeshd, ztunnel, zmeshctl, zmesh-cni-agent, zmesh-cni and waypoint (default: go build them)")
+	local := flag.String("mesh", "", "run this directory of Kubernetes/Istio/Gateway API YAML on the local mesh instead of the tour, until Ctrl-C")
+	session := flag.String("session", DefaultSession, "with -mesh: the session file, which zmeshctl local status reads")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if *local != "" {
+		if err := runLocal(ctx, *bin, *local, *session, os.Stdout); err != nil {
+			if errors.Is(err, errInterrupted) {
+				os.Exit(130)
+			}
+			os.Exit(1)
+		}
+		return
+	}
 	// At a terminal the mesh stays up after the tour until Ctrl-C; in CI
 	// (stdin not a terminal) the demo exits after it.
 	stay := term.IsTerminal(int(os.Stdin.Fd()))
@@ -114,7 +125,7 @@ var errInterrupted = errors.New("interrupted")
 // the cleanup leaves anything behind.
 func run(ctx context.Context, binDir string, out io.Writer, stay bool) (err error) {
 	st := story{out}
-	if err := preflight(); err != nil {
+	if err := preflight(binDir == ""); err != nil {
 		st.fail(err)
 		return err
 	}

@@ -103,7 +103,7 @@ type node struct {
 }
 
 // preflight says clearly what keeps the demo from running here.
-func preflight() error {
+func preflight(needGo bool) error {
 	if os.Geteuid() != 0 {
 		return errors.New("the demo creates network namespaces and loads eBPF: it needs root (try: sudo make demo)")
 	}
@@ -115,7 +115,7 @@ func preflight() error {
 			return fmt.Errorf("the nodes' pod network uses the CNI plugin %s: %w (install containernetworking-plugins, or run make demo, which does)", p, err)
 		}
 	}
-	if _, err := exec.LookPath("go"); err != nil {
+	if _, err := exec.LookPath("go"); err != nil && needGo {
 		return fmt.Errorf("the demo builds zmesh's binaries: %w", err)
 	}
 	return nil

@@ -119,7 +119,7 @@ func TestNewPodsJoinAtOnce(t *testing.T) {
 	const rounds, perRound = 4, 4
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	if err := preflight(); err != nil {
+	if err := preflight(true); err != nil {
 		t.Fatal(err)
 	}
 	m := &mesh{keep: os.Getenv("ZMESH_DEMO_KEEP") != ""}
