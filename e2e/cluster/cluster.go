@@ -143,6 +143,8 @@ type Node struct {
 	Kubelet      *noderunner.Kubelet
 
 	bpfBase []string
+	// forward serves a root-namespace process in the node's host
+	// namespace: zmeshd without the chart, the API server with it.
 	forward io.Closer
 	// inHost: the ztunnel endpoints are a pod's, reached from the node's
 	// host namespace.
@@ -495,13 +497,15 @@ func (c *Cluster) startZmeshd(ctx context.Context) error {
 }
 
 // primaryConf is the node's own pod network, as the cluster's CNI would
-// install it: a bridge and host-local IPAM over the node's range.
+// install it: a bridge and host-local IPAM over the node's range, with
+// hairpin mode on the bridge ports, as a kube-proxy cluster on the bridge
+// plugin has it, so that a pod DNATed to itself by a Service is answered.
 func primaryConf(n *Node) string {
 	return fmt.Sprintf(`{
   "cniVersion": "1.0.0",
   "name": "podnet",
   "plugins": [
-    {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false,
+    {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
      "ipam": {"type": "host-local", "dataDir": %q, "ranges": [[{"subnet": %q, "gateway": %q}]],
               "routes": [{"dst": "0.0.0.0/0"}]}}
   ]
