@@ -78,8 +78,9 @@ type Options struct {
 	// the controllers make the DaemonSet and Deployment pods, the node
 	// runners run them, and the harness gives them what a cluster does
 	// (the API server at KUBERNETES_SERVICE_HOST, a kube-proxy stand-in
-	// for ClusterIP Services, cluster DNS). Zmeshd, Agent and Ztunnel are
-	// then nil; a node's ztunnel endpoints are its pod's.
+	// that DNATs ClusterIP Services with nftables in each node's host
+	// namespace, cluster DNS). Zmeshd, Agent and Ztunnel are then nil; a
+	// node's ztunnel endpoints are its pod's.
 	FromChart bool
 }
 
