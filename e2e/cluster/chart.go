@@ -12,7 +12,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/zmesh/zmesh/deploy/render"
 	"github.com/zmesh/zmesh/identity"
@@ -66,18 +65,11 @@ func (c *Cluster) prepareNodeTree(n *Node) error {
 // DaemonSet and Deployment it made.
 func (c *Cluster) installChart(ctx context.Context) error {
 	start := time.Now()
-	// kube-dns's address is reserved as a cluster's is, before anything
-	// else may take it.
-	dnsSvc := &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: "kube-dns", Namespace: "kube-system"},
-		Spec: corev1.ServiceSpec{ClusterIP: KubeDNSAddr.String(), Selector: map[string]string{"k8s-app": "kube-dns"},
-			Ports: []corev1.ServicePort{{Name: "dns", Port: 53, Protocol: corev1.ProtocolUDP, TargetPort: intstr.FromInt32(53)}}},
-	}
-	if _, err := c.Env.Client.CoreV1().Services("kube-system").Create(ctx, dnsSvc, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("kube-dns Service: %w", err)
+	if err := c.clusterServices(ctx); err != nil {
+		return err
 	}
 	var err error
-	if c.proxy, err = startServiceProxy(c.Env.Client, c.Nodes, c.Env.APIServer, c.log); err != nil {
+	if c.proxy, err = startServiceProxy(c.Env.Client, c.Nodes, c.log); err != nil {
 		return err
 	}
 	if c.dns, err = startClusterDNS(c.Nodes, func(name string) (netip.Addr, bool) { return c.proxy.serviceIP(name, "cluster.local") }); err != nil {

@@ -78,8 +78,9 @@ type Options struct {
 	// the controllers make the DaemonSet and Deployment pods, the node
 	// runners run them, and the harness gives them what a cluster does
 	// (the API server at KUBERNETES_SERVICE_HOST, a kube-proxy stand-in
-	// for ClusterIP Services, cluster DNS). Zmeshd, Agent and Ztunnel are
-	// then nil; a node's ztunnel endpoints are its pod's.
+	// that DNATs ClusterIP Services with nftables in each node's host
+	// namespace, cluster DNS). Zmeshd, Agent and Ztunnel are then nil; a
+	// node's ztunnel endpoints are its pod's.
 	FromChart bool
 }
 
@@ -143,6 +144,8 @@ type Node struct {
 	Kubelet      *noderunner.Kubelet
 
 	bpfBase []string
+	// forward serves a root-namespace process in the node's host
+	// namespace: zmeshd without the chart, the API server with it.
 	forward io.Closer
 	// inHost: the ztunnel endpoints are a pod's, reached from the node's
 	// host namespace.
@@ -495,13 +498,15 @@ func (c *Cluster) startZmeshd(ctx context.Context) error {
 }
 
 // primaryConf is the node's own pod network, as the cluster's CNI would
-// install it: a bridge and host-local IPAM over the node's range.
+// install it: a bridge and host-local IPAM over the node's range, with
+// hairpin mode on the bridge ports, as a kube-proxy cluster on the bridge
+// plugin has it, so that a pod DNATed to itself by a Service is answered.
 func primaryConf(n *Node) string {
 	return fmt.Sprintf(`{
   "cniVersion": "1.0.0",
   "name": "podnet",
   "plugins": [
-    {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false,
+    {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
      "ipam": {"type": "host-local", "dataDir": %q, "ranges": [[{"subnet": %q, "gateway": %q}]],
               "routes": [{"dst": "0.0.0.0/0"}]}}
   ]

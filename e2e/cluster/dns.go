@@ -1,32 +1,38 @@
 package cluster
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"sync"
 
-	"github.com/vishvananda/netlink"
 	"golang.org/x/net/dns/dnsmessage"
-	"golang.org/x/sys/unix"
-
-	"github.com/zmesh/zmesh/e2e/netenv"
 )
 
-// clusterDNS is the cluster's DNS in each node's host namespace at
-// KubeDNSAddr:53 (UDP): A records of Services' ClusterIPs by
-// <service>.<namespace>.svc.<suffix>, an empty answer for other types of a
-// known name, NXDOMAIN for everything else (no name leaves the test).
+// clusterDNS is the cluster's DNS, one server per node on the node's
+// address, port 53 (UDP), as a hostNetwork CoreDNS would be: the kube-dns
+// Service (KubeDNSAddr, internalTrafficPolicy Local) leads each node's
+// pods to their own node's server through the service proxy. It answers A
+// records of Services' ClusterIPs by <service>.<namespace>.svc.<suffix>,
+// an empty answer for other types of a known name, NXDOMAIN for
+// everything else (no name leaves the test).
 type clusterDNS struct {
 	conns []net.PacketConn
 	wg    sync.WaitGroup
 }
 
+// dnsPort is the port of the cluster DNS, on the ClusterIP and the nodes.
+const dnsPort = 53
+
 func startClusterDNS(nodes []*Node, lookup func(name string) (netip.Addr, bool)) (*clusterDNS, error) {
 	d := &clusterDNS{}
 	for _, n := range nodes {
-		pc, err := listenUDP(n.Host, netip.AddrPortFrom(KubeDNSAddr, 53))
+		var pc net.PacketConn
+		err := n.Host.Do(func() error {
+			var err error
+			pc, err = net.ListenPacket("udp", netip.AddrPortFrom(n.Addr, dnsPort).String())
+			return err
+		})
 		if err != nil {
 			d.Close()
 			return nil, fmt.Errorf("%s: cluster DNS: %w", n.Name, err)
@@ -35,24 +41,6 @@ func startClusterDNS(nodes []*Node, lookup func(name string) (netip.Addr, bool))
 		d.wg.Go(func() { serveDNS(pc, lookup) })
 	}
 	return d, nil
-}
-
-func listenUDP(n *netenv.NS, at netip.AddrPort) (net.PacketConn, error) {
-	lo, err := n.Netlink().LinkByName("lo")
-	if err != nil {
-		return nil, err
-	}
-	addr := &netlink.Addr{IPNet: &net.IPNet{IP: at.Addr().AsSlice(), Mask: net.CIDRMask(32, 32)}}
-	if err := n.Netlink().AddrAdd(lo, addr); err != nil && !errors.Is(err, unix.EEXIST) {
-		return nil, err
-	}
-	var pc net.PacketConn
-	err = n.Do(func() error {
-		var err error
-		pc, err = net.ListenPacket("udp", at.String())
-		return err
-	})
-	return pc, err
 }
 
 func serveDNS(pc net.PacketConn, lookup func(string) (netip.Addr, bool)) {
