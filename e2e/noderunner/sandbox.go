@@ -335,7 +335,7 @@ type nodeExec struct {
 func (e *nodeExec) ExecPlugin(ctx context.Context, plugin string, stdin []byte, environ []string) ([]byte, error) {
 	args := []string{"--mount", "--propagation", "private", "sh", "-c", mountScript, "sh"}
 	for _, hp := range e.images.hostPaths() {
-		e.images.remember(hp)
+		e.images.remember(filepath.Join(e.images.HostRoot, hp), hp)
 		args = append(args, filepath.Join(e.images.HostRoot, hp), hp, "rw")
 	}
 	args = append(args, "--", plugin)
