@@ -24,6 +24,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/zmesh/zmesh/deploy/render"
 	"github.com/zmesh/zmesh/e2e/noderunner"
 )
 
@@ -349,4 +350,37 @@ func (c *Cluster) DialZmeshd(ctx context.Context) (*grpc.ClientConn, error) {
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
 			return host.Dial(ctx, "tcp", addr)
 		}))
+}
+
+// UpgradeChart is `helm upgrade` of the suite's release with values
+// merged over the ones it was installed with (nil: those again, a
+// rollback): the chart rendered with Helm's SDK and applied server-side,
+// as the install was. It does not wait for rollouts.
+func (c *Cluster) UpgradeChart(ctx context.Context, values map[string]any) error {
+	if !c.opts.FromChart {
+		return errors.New("UpgradeChart: the cluster was not installed from the chart")
+	}
+	vals := chartValues()
+	mergeValues(vals, values)
+	ms, err := render.Render(render.Options{IncludeCRDs: true, Values: vals})
+	if err != nil {
+		return err
+	}
+	if out, err := c.Env.KubectlRun(ctx, string(render.YAML(ms)), "apply", "--server-side", "-f", "-"); err != nil {
+		return fmt.Errorf("apply the upgraded chart: %w: %s", err, out)
+	}
+	return nil
+}
+
+// mergeValues merges src into dst table by table, as Helm merges values
+// files: a table merges into a table, anything else replaces.
+func mergeValues(dst, src map[string]any) {
+	for k, v := range src {
+		sub, ok := v.(map[string]any)
+		if cur, isMap := dst[k].(map[string]any); ok && isMap {
+			mergeValues(cur, sub)
+			continue
+		}
+		dst[k] = v
+	}
 }

@@ -3,6 +3,7 @@ package cluster
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"testing"
 )
 
@@ -40,5 +41,30 @@ func TestResolveIn(t *testing.T) {
 	must(os.Symlink("/loop", filepath.Join(root, "loop")))
 	if _, err := resolveIn(root, "/loop/x"); err == nil {
 		t.Error("a link loop resolved")
+	}
+}
+
+// TestMergeValues: tables merge key by key at every depth, other values
+// replace, new keys are added.
+func TestMergeValues(t *testing.T) {
+	dst := map[string]any{
+		"global":  map[string]any{"hub": "zmesh", "tag": "e2e"},
+		"zmeshd":  map[string]any{"replicas": 1, "resources": map[string]any{"limits": "1Gi"}},
+		"ztunnel": map[string]any{"drainGraceSeconds": 2},
+	}
+	mergeValues(dst, map[string]any{
+		"global":  map[string]any{"tag": "next"},
+		"zmeshd":  map[string]any{"resources": map[string]any{"requests": "1"}},
+		"ztunnel": "off",
+		"cni":     map[string]any{"enabled": false},
+	})
+	want := map[string]any{
+		"global":  map[string]any{"hub": "zmesh", "tag": "next"},
+		"zmeshd":  map[string]any{"replicas": 1, "resources": map[string]any{"limits": "1Gi", "requests": "1"}},
+		"ztunnel": "off",
+		"cni":     map[string]any{"enabled": false},
+	}
+	if !reflect.DeepEqual(dst, want) {
+		t.Errorf("merged %v\nwant   %v", dst, want)
 	}
 }
