@@ -29,8 +29,9 @@ const nextTag = cluster.ChartImageTag + "-next"
 //     ztunnels, still of the old release (one version behind zmeshd),
 //     enforce a policy the new zmeshd sends them;
 //  2. ztunnel to a new image: the DaemonSet rolls node by node — never two
-//     nodes with an old and a new pod at once — and on each node the new
-//     pod takes the node's pods over from the old one.
+//     nodes with an old and a new pod at once (an old pod being deleted
+//     drains beside the next node's surge, as the controller counts) — and
+//     on each node the new pod takes the node's pods over from the old one.
 //
 // At the end the release goes back to the suite's values (a rollback).
 func TestUpgrade(t *testing.T) {
@@ -239,8 +240,8 @@ type ztunnelWatch struct {
 	w    watch.Interface
 	done chan struct{}
 	mu   sync.Mutex
-	// surge is the most nodes that had two ztunnel pods at once; order the
-	// nodes in the order they first had two.
+	// surge is the most nodes that had two ztunnel pods not being deleted
+	// at once; order the nodes in the order they first had two.
 	surge int
 	order []string
 }
@@ -254,15 +255,15 @@ func watchZtunnels(t *testing.T) *ztunnelWatch {
 	zw := &ztunnelWatch{w: w, done: make(chan struct{})}
 	go func() {
 		defer close(zw.done)
-		// Pods are alive until deleted: one being deleted still runs
-		// until the node runner stopped it.
+		// As the DaemonSet controller counts them: a pod being deleted
+		// (draining on its node) no longer holds the node's place.
 		node := map[string]string{}
 		for ev := range w.ResultChan() {
 			p, ok := ev.Object.(*corev1.Pod)
 			if !ok {
 				continue
 			}
-			if ev.Type == watch.Deleted {
+			if ev.Type == watch.Deleted || p.DeletionTimestamp != nil {
 				delete(node, string(p.UID))
 			} else if p.Spec.NodeName != "" {
 				node[string(p.UID)] = p.Spec.NodeName
