@@ -117,6 +117,9 @@ type Cluster struct {
 	log   *slog.Logger
 	// netnsShared: netnsDir is mounted.
 	netnsShared bool
+	// zmeshdReplicas: the chart's zmeshd Deployment's, while StopZmeshd
+	// has it scaled to 0.
+	zmeshdReplicas int32
 }
 
 // netnsDir is where the node runners also mount pods' network namespaces
@@ -614,8 +617,12 @@ func (c *Cluster) mountBPF(n *Node, dir string) error {
 // RestartZtunnel replaces the node's ztunnel as a DaemonSet rolling update
 // does: a new process (its own admin ports) starts and takes the node's
 // pods over ZDS, then the old one gets SIGTERM (docs/decisions.md,
-// "ztunnel restart handover").
+// "ztunnel restart handover"). With the chart, it is that rolling update
+// (restartZtunnelFromChart).
 func (c *Cluster) RestartZtunnel(ctx context.Context, n *Node) error {
+	if c.opts.FromChart {
+		return c.restartZtunnelFromChart(ctx, n)
+	}
 	old := n.Ztunnel
 	next := &Proc{Name: old.Name, Bin: old.Bin, LogPath: old.LogPath + ".next"}
 	var admin, metrics, ready string

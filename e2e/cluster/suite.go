@@ -79,8 +79,13 @@ func RunSuite(m *testing.M, suite string, opts Options, use func(*Cluster)) int 
 	}
 	opts.Keep = opts.Keep || os.Getenv("ZMESH_E2E_KEEP") != ""
 	// ZMESH_E2E_FROM_CHART=1 runs a suite on the mesh installed from the
-	// chart (Options.FromChart).
-	opts.FromChart = opts.FromChart || os.Getenv("ZMESH_E2E_FROM_CHART") == "1"
+	// chart (Options.FromChart), =0 on host processes.
+	switch os.Getenv("ZMESH_E2E_FROM_CHART") {
+	case "1":
+		opts.FromChart = true
+	case "0":
+		opts.FromChart = false
+	}
 	var err error
 	mesh, err = Start(ctx, opts)
 	if err != nil {

@@ -158,7 +158,7 @@ var echoPort uint16 = podapp.EchoPort
 // dst (ip) that completed.
 func accessLog(n *cluster.Node, dstIP string) []map[string]any {
 	var out []map[string]any
-	for _, r := range n.Ztunnel.LogRecords("connection complete") {
+	for _, r := range n.ZtunnelLogRecords("connection complete") {
 		if a, _ := r["dst.addr"].(string); strings.HasPrefix(a, dstIP+":") {
 			out = append(out, r)
 		}

@@ -2,18 +2,13 @@ package l4
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
 	"github.com/zmesh/zmesh/identity"
@@ -25,19 +20,17 @@ func TestIdentity(t *testing.T) {
 	apply(t, "identity.yaml", "ident")
 	waitPods(t, "ident", 2)
 	node1 := mesh.Node("node-1")
-	pem, err := os.ReadFile(filepath.Join(mesh.CADir, "root-cert.pem"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(pem)
-	cc, err := grpc.NewClient(mesh.ZmeshdSecure, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12})))
+	cc, err := mesh.DialZmeshd(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer cc.Close()
+	tokenFile, err := node1.ZtunnelTokenFile()
+	if err != nil {
+		t.Fatal(err)
+	}
 	token := func(context.Context) (string, error) {
-		b, err := os.ReadFile(node1.ZtunnelToken)
+		b, err := os.ReadFile(tokenFile)
 		return strings.TrimSpace(string(b)), err
 	}
 	client, err := identity.NewCertClient(cc, token, time.Hour)

@@ -21,5 +21,5 @@ func TestMain(m *testing.M) {
 		podapp.Main() // this process is a pod's app, started by a node runner
 		return
 	}
-	os.Exit(cluster.RunSuite(m, "e2e/l4", cluster.Options{App: podapp.Env}, func(c *cluster.Cluster) { mesh = c }))
+	os.Exit(cluster.RunSuite(m, "e2e/l4", cluster.Options{App: podapp.Env, FromChart: true}, func(c *cluster.Cluster) { mesh = c }))
 }

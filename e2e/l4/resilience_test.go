@@ -26,8 +26,10 @@ func TestResilience(t *testing.T) {
 	defer long.Close()
 	l := startLoad(client, dst, 20*time.Millisecond, 3*time.Second)
 	t0 := time.Now()
-	mesh.Zmeshd.Stop()
-	t.Logf("zmeshd stopped (SIGTERM, exited)")
+	if err := mesh.StopZmeshd(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("zmeshd stopped (SIGTERM, exited) in %s", time.Since(t0).Round(time.Millisecond))
 	time.Sleep(2 * time.Second)
 	kubectl(t, "apply", "-f", "../testdata/resilience-deny.yaml")
 	time.Sleep(time.Second)
@@ -42,7 +44,7 @@ func TestResilience(t *testing.T) {
 		t.Errorf("traffic while zmeshd was down:%s", describe(failed))
 	}
 	start := time.Now()
-	if err := mesh.Zmeshd.Start(t.Context()); err != nil {
+	if err := mesh.StartZmeshd(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("zmeshd back (ready in %s)", time.Since(start).Round(time.Millisecond))
@@ -59,7 +61,7 @@ func TestResilience(t *testing.T) {
 	l = startLoad(client, dst, 10*time.Millisecond, 3*time.Second)
 	time.Sleep(500 * time.Millisecond)
 	t0 = time.Now()
-	oldPid := server.Node.Ztunnel.Pid()
+	oldPid := server.Node.ZtunnelPid()
 	if err := mesh.RestartZtunnel(t.Context(), server.Node); err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +69,7 @@ func TestResilience(t *testing.T) {
 	t1 = time.Now()
 	l.stop()
 	ok, failed = l.between(t0, t1)
-	t.Logf("%s ztunnel replaced under load (pid %d -> %d, %s): %d new connections answered, %d failed", server.Node.Name, oldPid, server.Node.Ztunnel.Pid(), t1.Sub(t0).Round(100*time.Millisecond), ok, len(failed))
+	t.Logf("%s ztunnel replaced under load (pid %d -> %d, %s): %d new connections answered, %d failed", server.Node.Name, oldPid, server.Node.ZtunnelPid(), t1.Sub(t0).Round(100*time.Millisecond), ok, len(failed))
 	if len(failed) > 0 || ok == 0 {
 		t.Errorf("connections failed while ztunnel was replaced:%s", describe(failed))
 	}

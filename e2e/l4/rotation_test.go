@@ -2,7 +2,6 @@ package l4
 
 import (
 	"encoding/json"
-	"net/http"
 	"testing"
 	"time"
 
@@ -48,13 +47,12 @@ func TestCertificateRotation(t *testing.T) {
 // /config_dump.
 func certOf(t *testing.T, n *cluster.Node, id string) admin.Certificate {
 	t.Helper()
-	resp, err := http.Get("http://" + n.ZtunnelAdmin + "/config_dump")
+	body, err := n.ZtunnelAdminGet(t.Context(), "/config_dump")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
 	var d admin.ConfigDump
-	if err := json.NewDecoder(resp.Body).Decode(&d); err != nil {
+	if err := json.Unmarshal([]byte(body), &d); err != nil {
 		t.Fatal(err)
 	}
 	for _, c := range d.Certificates {

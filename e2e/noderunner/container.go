@@ -72,16 +72,6 @@ type Images struct {
 	hostDirs []string
 }
 
-// made are the mountPath directories created on the machine's file system
-// because they did not exist: a mount needs a directory to cover. They
-// stay (empty) while any pod may use them, and go in Close. The machine's
-// file system is one for every node runner, so the list is too: the node
-// whose pod created a directory may not be the last to use it.
-var made struct {
-	sync.Mutex
-	dirs []string
-}
-
 // imageBinary returns the zmesh binary an image runs, if it is a zmesh
 // image: the last path element of the image's repository, without tag or
 // digest, is the binary's name (zmesh/waypoint:1.2 runs "waypoint").
@@ -159,7 +149,7 @@ func (im *Images) command(ctx context.Context, pod *corev1.Pod, c *corev1.Contai
 		if !filepath.IsAbs(m.MountPath) {
 			return nil, fmt.Errorf("volumeMount %s: mountPath %q is not absolute", m.Name, m.MountPath)
 		}
-		im.remember(m.MountPath)
+		im.remember(src, m.MountPath)
 		ro := "rw"
 		if m.ReadOnly {
 			ro = "ro"
@@ -330,44 +320,9 @@ func fsGroup(pod *corev1.Pod) int {
 	return -1
 }
 
-// remember records the directories a mountPath will create.
-func (im *Images) remember(mountPath string) {
-	var missing []string
-	for p := filepath.Clean(mountPath); p != "/"; p = filepath.Dir(p) {
-		if _, err := os.Stat(p); err == nil {
-			break
-		}
-		missing = append(missing, p)
-	}
-	made.Lock()
-	defer made.Unlock()
-	for _, p := range missing {
-		if !slices.Contains(made.dirs, p) {
-			made.dirs = append(made.dirs, p)
-		}
-	}
-}
-
 // release removes a stopped pod's volume files.
 func (im *Images) release(pod *RunningPod) {
 	os.RemoveAll(filepath.Join(im.Dir, string(pod.UID)))
-}
-
-// Close removes the mountPath directories the node runners had to create
-// (every pod of every node runner must have stopped).
-func (im *Images) Close() error {
-	made.Lock()
-	defer made.Unlock()
-	// Deepest first.
-	slices.SortFunc(made.dirs, func(a, b string) int { return strings.Count(b, "/") - strings.Count(a, "/") })
-	var errs []error
-	for _, p := range made.dirs {
-		if err := os.Remove(p); err != nil && !os.IsNotExist(err) {
-			errs = append(errs, err)
-		}
-	}
-	made.dirs = nil
-	return errors.Join(errs...)
 }
 
 // volume writes one pod volume's content under dir and returns dir.

@@ -307,6 +307,21 @@ func (p *RunningPod) Pid() int {
 	return p.cmd.Process.Pid
 }
 
+// LogPath is the file the pod's process writes its stdout and stderr to
+// (the container log `kubectl logs` shows), empty when it runs none or its
+// output is discarded.
+func (p *RunningPod) LogPath() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil {
+		return ""
+	}
+	if f, ok := p.cmd.Stdout.(*os.File); ok {
+		return f.Name()
+	}
+	return ""
+}
+
 // nodeExec runs CNI plugins as a container runtime on the node would: with
 // the node's host paths (those its pods mount as hostPath, such as the
 // agent's socket directory the chained conflist names) at their places,
@@ -320,7 +335,7 @@ type nodeExec struct {
 func (e *nodeExec) ExecPlugin(ctx context.Context, plugin string, stdin []byte, environ []string) ([]byte, error) {
 	args := []string{"--mount", "--propagation", "private", "sh", "-c", mountScript, "sh"}
 	for _, hp := range e.images.hostPaths() {
-		e.images.remember(hp)
+		e.images.remember(filepath.Join(e.images.HostRoot, hp), hp)
 		args = append(args, filepath.Join(e.images.HostRoot, hp), hp, "rw")
 	}
 	args = append(args, "--", plugin)
