@@ -54,7 +54,8 @@ type exchange struct {
 	p     *Proxy
 	t     *tunnel
 	st    *state
-	w     *respWriter
+	w     *respWriter // &rw
+	rw    respWriter
 	r     *http.Request
 	rreq  route.Request
 	rec   telemetry.Record
@@ -93,7 +94,9 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "", http.StatusInternalServerError)
 		return
 	}
-	x := &exchange{p: p, t: t, r: r, w: &respWriter{ResponseWriter: w}}
+	x := &exchange{p: p, t: t, r: r}
+	x.rw.ResponseWriter = w
+	x.w = &x.rw
 	x.rec = telemetry.Record{
 		Start:     time.Now(),
 		Protocol:  r.Proto,
@@ -451,7 +454,7 @@ func newReverseProxy(p *Proxy) *httputil.ReverseProxy {
 		Director: func(out *http.Request) {
 			x := out.Context().Value(exchangeKey{}).(*exchange)
 			out.URL.Scheme = "http"
-			out.URL.Host = x.ep.Addr.String()
+			out.URL.Host = x.pool.host
 			// RawPath is dropped with Path: the decided path is sent
 			// as the client encoded it.
 			out.URL.Path, out.URL.RawPath, out.URL.RawQuery = "", "", ""
