@@ -254,7 +254,7 @@ func (x *exchange) attempt(r *http.Request, perTry time.Duration, retry bool) (*
 	}
 	res, err := x.pool.roundTrip(a)
 	if err != nil {
-		x.reportError(a.host, a.ctx, err)
+		x.reportError(a.host, a.Context, err)
 		a.end()
 		return nil, err
 	}
@@ -368,7 +368,7 @@ func (x *exchange) repick(tried []netip.AddrPort) bool {
 	if !ok {
 		return false
 	}
-	key := poolKey{cluster: x.d.Cluster, endpoint: h.Endpoint.Addr, identity: h.Endpoint.Identity, client: x.t.client.Addr(), h2: x.upstreamH2(x.cluster)}
+	key := poolKey{cluster: x.d.Cluster, endpoint: h.Endpoint.Addr, identity: h.Endpoint.Identity, client: x.t.client.Addr(), h2: x.h2}
 	cp, err := x.p.up.get(key, h.Endpoint, x.cluster)
 	if err != nil {
 		return false

@@ -183,7 +183,7 @@ func (u *upstreams) admitConnection(ctx context.Context, cluster string, adm *up
 	// the wait when it ends or got a connection another way.
 	var served, gone <-chan struct{}
 	if a, ok := ctx.Value(attemptKey{}).(*attempt); ok {
-		served, gone = a.servedChan(), a.ctx.Done()
+		served, gone = a.servedChan(), a.Done()
 	}
 	t := time.NewTimer(adm.ConnectTimeout())
 	defer t.Stop()
@@ -339,10 +339,15 @@ func (cp *connPool) roundTrip(a *attempt) (*http.Response, error) {
 	cp.used.Store(time.Now().UnixNano())
 	a.pool = cp
 	a.trace.GotConn = a.gotConn
-	a.ctx = a.req.Context()
-	ctx := context.WithValue(a.ctx, attemptKey{}, a)
-	a.req = a.req.WithContext(httptrace.WithClientTrace(ctx, &a.trace))
+	if a.x != nil && a.x.lean {
+		a.trace.Got1xxResponse = a.got1xx
+	}
+	a.Context = a.req.Context()
+	a.req = a.req.WithContext(httptrace.WithClientTrace(a, &a.trace))
 	res, err := cp.rt.RoundTrip(a.req)
+	a.mu.Lock()
+	a.returned = true
+	a.mu.Unlock()
 	if err != nil {
 		cp.active.Add(-1)
 		return nil, err
@@ -371,16 +376,28 @@ type attempt struct {
 	maxPerConn uint32
 	trace      httptrace.ClientTrace
 
-	// ctx is the attempt's request context; a dial waiting on its behalf
-	// gives up when it ends, or once the attempt got a connection
-	// (served, made only when a dial waits for it).
-	ctx    context.Context
+	// The attempt is its request's context, which carries it to a dial
+	// made for it (Value(attemptKey{})): a dial waiting on its behalf
+	// gives up when the context ends, or once the attempt got a
+	// connection (served, made only when a dial waits for it).
+	context.Context
 	mu     sync.Mutex
 	got    bool
 	served chan struct{}
+	// returned: RoundTrip returned, no more 1xx responses are passed on.
+	returned bool
 
 	body io.ReadCloser
 	once sync.Once
+}
+
+// Value returns the attempt for attemptKey, else its request context's
+// value.
+func (a *attempt) Value(key any) any {
+	if key == (attemptKey{}) {
+		return a
+	}
+	return a.Context.Value(key)
 }
 
 // servedChan returns a channel closed once the attempt has a connection.
