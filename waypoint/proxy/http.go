@@ -17,6 +17,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"golang.org/x/net/http/httpguts"
 
@@ -137,7 +138,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}()
 
 	if r.Header.Get("X-Request-Id") == "" {
-		r.Header.Set("X-Request-Id", newRequestID())
+		r.Header["X-Request-Id"] = newRequestID()
 	}
 	x.rec.RequestID = r.Header.Get("X-Request-Id")
 
@@ -607,13 +608,19 @@ func (b *countingBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// newRequestID returns a random (version 4) UUID.
-func newRequestID() string {
+// newRequestID returns a random (version 4) UUID as a header value. The
+// value's bytes and the one-element slice holding it are one allocation;
+// the bytes are never written after the string is made.
+func newRequestID() []string {
+	id := new(struct {
+		v [1]string
+		b [36]byte
+	})
 	var u [16]byte
 	rand.Read(u[:])
 	u[6] = u[6]&0x0f | 0x40
 	u[8] = u[8]&0x3f | 0x80
-	var b [36]byte
+	b := id.b[:]
 	hex.Encode(b[0:8], u[0:4])
 	b[8] = '-'
 	hex.Encode(b[9:13], u[4:6])
@@ -623,7 +630,8 @@ func newRequestID() string {
 	hex.Encode(b[19:23], u[8:10])
 	b[23] = '-'
 	hex.Encode(b[24:], u[10:])
-	return string(b[:])
+	id.v[0] = unsafe.String(&id.b[0], len(id.b))
+	return id.v[:]
 }
 
 // copyBuffers lends the reverse proxy its body copy buffers.
