@@ -6,9 +6,12 @@
 package hbone
 
 import (
+	"errors"
 	"io"
 	"net"
+	"os"
 	"testing"
+	"time"
 )
 
 // A request and its response through a stream joined to the app (the
@@ -37,5 +40,30 @@ func TestJoinedRoundTripAllocations(t *testing.T) {
 	t.Logf("%.1f allocations per round", n)
 	if n > 3 {
 		t.Errorf("%.1f allocations per request/response round, want at most 3", n)
+	}
+}
+
+// An HTTP/1 server sets a stream's read deadline a few times per request
+// (the header timeout, then none, then one in the past to end its
+// background read): each direction keeps one timer, re-armed, instead of a
+// new timer and closure per deadline. A re-armed deadline still ends a
+// blocked Read.
+func TestStreamDeadlineAllocations(t *testing.T) {
+	app := listenApp(t, func(c net.Conn) { io.Copy(c, c) })
+	ts, _ := joinedServer(t, app, 0)
+	st := openStream(t, ts.addr)
+	arm := func() {
+		st.SetReadDeadline(time.Now().Add(time.Minute))
+		st.SetReadDeadline(time.Time{})
+		st.SetWriteDeadline(time.Now().Add(time.Minute))
+		st.SetWriteDeadline(time.Time{})
+	}
+	arm()
+	if n := testing.AllocsPerRun(200, arm); n != 0 {
+		t.Errorf("%.1f allocations per four deadlines set, want 0", n)
+	}
+	st.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	if _, err := st.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Read after its deadline: %v, want os.ErrDeadlineExceeded", err)
 	}
 }

@@ -3,6 +3,7 @@ package hbone
 import (
 	"net"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -25,6 +26,15 @@ type batchConn struct {
 	mu      sync.Mutex
 	armed   bool
 	buf     *[]byte // pooled while it holds records, nil when empty
+
+	// The read side (readahead.go), used by TLS's one reader at a time:
+	// raw is the socket's descriptor once armed; ahead holds bytes read
+	// ahead, [aheadOff, aheadEnd) not yet taken.
+	raw                syscall.RawConn
+	readFn             func(fd uintptr) bool // reads ahead into ahead, or sets rerr
+	rerr               error
+	ahead              *[]byte
+	aheadOff, aheadEnd int
 }
 
 // BatchWrites wraps a socket before tls.Server or tls.Client so that an
@@ -65,6 +75,7 @@ func (b *batchConn) arm() {
 	b.mu.Lock()
 	b.armed = true
 	b.mu.Unlock()
+	b.armReads()
 }
 
 // flush writes the gathered records.

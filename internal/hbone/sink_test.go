@@ -239,9 +239,10 @@ func TestJoinDrainsOnlyWhileTheSocketIsFull(t *testing.T) {
 		_, err := c.Read(buf) // the tunnel is idle now; its reset must end this
 		closed <- err
 	})
+	// The hook is set before the server runs: its read loop reads it.
+	_, left := countDirect(t)
 	ts, moved := joinedServer(t, app, 16<<10)
 	st := openStream(t, ts.addr)
-	_, left := countDirect(t)
 
 	if _, err := st.Write(make([]byte, 1<<20)); err != nil {
 		t.Fatal(err)

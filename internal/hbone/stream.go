@@ -373,19 +373,31 @@ func (s *Stream) SetWriteDeadline(t time.Time) error {
 	return nil
 }
 
+// armLocked sets tm (nil: none yet) to wake the stream's waiters at t,
+// or stops it for a zero t. One timer per direction serves every deadline
+// of the stream: an HTTP/1 server sets a few per request. A waiter woken
+// early (by a deadline since moved) finds its deadline not passed and
+// waits on.
 func (s *Stream) armLocked(tm *time.Timer, t time.Time) *time.Timer {
-	if tm != nil {
-		tm.Stop()
-	}
 	if t.IsZero() {
-		return nil
+		if tm != nil {
+			tm.Stop()
+		}
+		return tm
 	}
 	s.cond.Broadcast() // a deadline in the past applies now
-	return time.AfterFunc(time.Until(t), func() {
-		s.c.mu.Lock()
-		s.cond.Broadcast()
-		s.c.mu.Unlock()
-	})
+	if tm == nil {
+		return time.AfterFunc(time.Until(t), s.wake)
+	}
+	tm.Reset(time.Until(t))
+	return tm
+}
+
+// wake lets the stream's waiters look at their deadlines again.
+func (s *Stream) wake() {
+	s.c.mu.Lock()
+	s.cond.Broadcast()
+	s.c.mu.Unlock()
 }
 
 // recvBuf holds received DATA until it is read, in pooled fixed-size

@@ -298,6 +298,9 @@ func (m *mesh) startHTTPApp(name string) string {
 			ws.ServeHTTP(w, r)
 			return
 		}
+		if serveForwardCase(m, w, r) {
+			return
+		}
 		select {
 		case m.requests <- appRequest{pod: name, host: r.Host, path: r.RequestURI, header: r.Header.Clone()}:
 		default:

@@ -10,12 +10,14 @@ import (
 	mrand "math/rand/v2"
 	"net/http"
 	"net/http/httputil"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"golang.org/x/net/http/httpguts"
 
@@ -54,7 +56,8 @@ type exchange struct {
 	p     *Proxy
 	t     *tunnel
 	st    *state
-	w     *respWriter
+	w     *respWriter // &rw
+	rw    respWriter
 	r     *http.Request
 	rreq  route.Request
 	rec   telemetry.Record
@@ -79,6 +82,16 @@ type exchange struct {
 	// attempts sent.
 	adm      *upstream.Admission
 	attempts int
+	// h2 says the request goes upstream as HTTP/2, decided once.
+	h2 bool
+	// upgrading: an HTTP/1 request with an Upgrade header, as it came
+	// (the forwarded request's hop-by-hop headers are removed from the
+	// same map while mirrors may still be deciding their protocol).
+	upgrading bool
+	// lean: the request is exchanged by exchangeUpstream, not Proxy.rp.
+	lean bool
+	// outURL is the upstream request's URL.
+	outURL url.URL
 }
 
 type exchangeKey struct{}
@@ -93,7 +106,10 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "", http.StatusInternalServerError)
 		return
 	}
-	x := &exchange{p: p, t: t, r: r, w: &respWriter{ResponseWriter: w}}
+	x := &exchange{p: p, t: t, r: r}
+	x.rw.ResponseWriter = w
+	x.w = &x.rw
+	x.upgrading = r.ProtoMajor == 1 && r.Header.Get("Upgrade") != ""
 	x.rec = telemetry.Record{
 		Start:     time.Now(),
 		Protocol:  r.Proto,
@@ -122,7 +138,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}()
 
 	if r.Header.Get("X-Request-Id") == "" {
-		r.Header.Set("X-Request-Id", newRequestID())
+		r.Header["X-Request-Id"] = newRequestID()
 	}
 	x.rec.RequestID = r.Header.Get("X-Request-Id")
 
@@ -364,7 +380,8 @@ func (x *exchange) forward(cors *route.CORSPolicy) {
 	x.ep = ep
 	x.rec.UpstreamHost = ep.Addr
 	x.rec.Destination = destinationPeer(ep)
-	key := poolKey{cluster: x.d.Cluster, endpoint: ep.Addr, identity: ep.Identity, client: x.t.client.Addr(), h2: x.upstreamH2(x.cluster)}
+	x.h2 = x.upstreamH2(x.cluster)
+	key := poolKey{cluster: x.d.Cluster, endpoint: ep.Addr, identity: ep.Identity, client: x.t.client.Addr(), h2: x.h2}
 	cp, err := p.up.get(key, ep, x.cluster)
 	if err != nil {
 		x.overflow()
@@ -377,7 +394,7 @@ func (x *exchange) forward(cors *route.CORSPolicy) {
 		x.retry = x.d.Route.Forward.Retry
 		x.mirror(x.d.Route.Forward.Mirrors)
 	}
-	ctx := context.WithValue(x.r.Context(), exchangeKey{}, x)
+	ctx := x.r.Context()
 	var cancel context.CancelFunc
 	if x.timeout > 0 {
 		ctx, cancel = context.WithTimeoutCause(ctx, x.timeout, errRouteTimeout)
@@ -385,7 +402,12 @@ func (x *exchange) forward(cors *route.CORSPolicy) {
 	}
 	x.cors = cors
 	x.upCtx = ctx
-	r := x.r.WithContext(ctx)
+	if upgrade(x.r.Header) == "" {
+		x.lean = true
+		x.exchangeUpstream(ctx)
+		return
+	}
+	r := x.r.WithContext(context.WithValue(ctx, exchangeKey{}, x))
 	// Without a parsable RemoteAddr the reverse proxy leaves
 	// X-Forwarded-For as the client sent it, as Envoy does without
 	// use_remote_address.
@@ -405,7 +427,7 @@ var errRouteTimeout = errors.New("route timeout")
 // An Upgrade (WebSocket) always goes as HTTP/1.1, the only version it
 // exists in here.
 func (x *exchange) upstreamH2(c *upstream.Cluster) bool {
-	if x.r.ProtoMajor == 1 && x.r.Header.Get("Upgrade") != "" {
+	if x.upgrading {
 		return false
 	}
 	switch c.HTTP.Protocol {
@@ -444,30 +466,14 @@ func (x *exchange) finish() {
 	x.p.obs.Observe(&x.rec)
 }
 
-// newReverseProxy returns the proxy's one reverse proxy; the exchange in
-// the request's context says where each request goes.
+// newReverseProxy returns the proxy's one reverse proxy, which carries the
+// requests that ask for an upgrade (WebSocket) and joins the upgraded
+// connections; the exchange in the request's context says where each
+// request goes. Every other request goes by exchangeUpstream.
 func newReverseProxy(p *Proxy) *httputil.ReverseProxy {
 	return &httputil.ReverseProxy{
 		Director: func(out *http.Request) {
-			x := out.Context().Value(exchangeKey{}).(*exchange)
-			out.URL.Scheme = "http"
-			out.URL.Host = x.ep.Addr.String()
-			// RawPath is dropped with Path: the decided path is sent
-			// as the client encoded it.
-			out.URL.Path, out.URL.RawPath, out.URL.RawQuery = "", "", ""
-			out.URL.Opaque = x.d.Path
-			if i := strings.IndexByte(x.d.Path, '?'); i >= 0 {
-				out.URL.Opaque, out.URL.RawQuery = x.d.Path[:i], x.d.Path[i+1:]
-			}
-			out.Host = x.d.Authority
-			x.d.RequestHeaders.Apply(out.Header)
-			if x.d.VirtualHost != nil && x.d.VirtualHost.IncludeRequestAttemptCount {
-				out.Header.Set("X-Envoy-Attempt-Count", "1")
-			}
-			if _, ok := out.Header["User-Agent"]; !ok {
-				// Not net/http's default: the request had none.
-				out.Header["User-Agent"] = nil
-			}
+			out.Context().Value(exchangeKey{}).(*exchange).prepare(out)
 		},
 		Transport:     roundTripper{},
 		FlushInterval: -1,
@@ -481,18 +487,48 @@ func newReverseProxy(p *Proxy) *httputil.ReverseProxy {
 				// connection itself, never through respWriter.
 				x.w.code = http.StatusSwitchingProtocols
 			}
-			trailersOnly(res)
-			x.d.ResponseHeaders.Apply(res.Header)
-			x.addCORSTo(res.Header, x.cors)
-			if x.setCookie != "" {
-				res.Header.Add("Set-Cookie", x.setCookie)
-			}
+			x.modifyResponse(res)
 			return nil
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			x := r.Context().Value(exchangeKey{}).(*exchange)
 			x.upstreamError(err)
 		},
+	}
+}
+
+// prepare makes the upstream request of out, a copy of the client's
+// request: the endpoint, the decided path and authority, the route's
+// header changes.
+func (x *exchange) prepare(out *http.Request) {
+	out.URL.Scheme = "http"
+	out.URL.Host = x.pool.host
+	// RawPath is dropped with Path: the decided path is sent as the
+	// client encoded it.
+	out.URL.Path, out.URL.RawPath, out.URL.RawQuery = "", "", ""
+	out.URL.Opaque = x.d.Path
+	if i := strings.IndexByte(x.d.Path, '?'); i >= 0 {
+		out.URL.Opaque, out.URL.RawQuery = x.d.Path[:i], x.d.Path[i+1:]
+	}
+	out.Host = x.d.Authority
+	x.d.RequestHeaders.Apply(out.Header)
+	if x.d.VirtualHost != nil && x.d.VirtualHost.IncludeRequestAttemptCount {
+		out.Header.Set("X-Envoy-Attempt-Count", "1")
+	}
+	if _, ok := out.Header["User-Agent"]; !ok {
+		// Not net/http's default: the request had none.
+		out.Header["User-Agent"] = nil
+	}
+}
+
+// modifyResponse applies the route's response header changes, CORS and
+// a hash policy's cookie to the endpoint's response.
+func (x *exchange) modifyResponse(res *http.Response) {
+	trailersOnly(res)
+	x.d.ResponseHeaders.Apply(res.Header)
+	x.addCORSTo(res.Header, x.cors)
+	if x.setCookie != "" {
+		res.Header.Add("Set-Cookie", x.setCookie)
 	}
 }
 
@@ -572,13 +608,19 @@ func (b *countingBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// newRequestID returns a random (version 4) UUID.
-func newRequestID() string {
+// newRequestID returns a random (version 4) UUID as a header value. The
+// value's bytes and the one-element slice holding it are one allocation;
+// the bytes are never written after the string is made.
+func newRequestID() []string {
+	id := new(struct {
+		v [1]string
+		b [36]byte
+	})
 	var u [16]byte
 	rand.Read(u[:])
 	u[6] = u[6]&0x0f | 0x40
 	u[8] = u[8]&0x3f | 0x80
-	var b [36]byte
+	b := id.b[:]
 	hex.Encode(b[0:8], u[0:4])
 	b[8] = '-'
 	hex.Encode(b[9:13], u[4:6])
@@ -588,7 +630,8 @@ func newRequestID() string {
 	hex.Encode(b[19:23], u[8:10])
 	b[23] = '-'
 	hex.Encode(b[24:], u[10:])
-	return string(b[:])
+	id.v[0] = unsafe.String(&id.b[0], len(id.b))
+	return id.v[:]
 }
 
 // copyBuffers lends the reverse proxy its body copy buffers.

@@ -100,7 +100,7 @@ func (p *Proxy) sendMirror(x *exchange, cluster, method, path, host string, h ht
 	}
 	req.Host = host
 	req.Header = h
-	res, err := cp.roundTrip(req, c.HTTP.MaxRequestsPerConnection)
+	res, err := cp.roundTrip(&attempt{req: req, maxPerConn: c.HTTP.MaxRequestsPerConnection})
 	if err != nil {
 		p.log.Debug("mirror failed", "cluster", cluster, "dst.addr", ep.Addr.String(), "reason", err.Error())
 		return

@@ -204,7 +204,7 @@ func (x *exchange) roundTripRetrying(r *http.Request) (*http.Response, error) {
 			} else {
 				r = r.Clone(r.Context())
 			}
-			r.URL.Host = x.ep.Addr.String()
+			r.URL.Host = x.pool.host
 		}
 		if x.d.VirtualHost != nil && x.d.VirtualHost.IncludeRequestAttemptCount {
 			r.Header.Set("X-Envoy-Attempt-Count", strconv.Itoa(i+1))
@@ -246,50 +246,61 @@ func (x *exchange) attempt(r *http.Request, perTry time.Duration, retry bool) (*
 		}
 		return nil, errOverflow
 	}
-	done := func() {
-		adm.RequestDone()
-		if retry {
-			adm.RetryDone()
-		}
-	}
-	ctx, cancel := r.Context(), context.CancelFunc(func() {})
+	a := &attempt{x: x, host: x.host, retry: retry, req: r, maxPerConn: x.cluster.HTTP.MaxRequestsPerConnection}
 	if perTry > 0 {
-		ctx, cancel = context.WithTimeoutCause(ctx, perTry, errRouteTimeout)
-		r = r.WithContext(ctx)
+		var ctx context.Context
+		ctx, a.cancel = context.WithTimeoutCause(r.Context(), perTry, errRouteTimeout)
+		a.req = r.WithContext(ctx)
 	}
-	host := x.host
-	res, err := x.pool.roundTrip(r, x.cluster.HTTP.MaxRequestsPerConnection)
+	res, err := x.pool.roundTrip(a)
 	if err != nil {
-		x.reportError(host, ctx, err)
-		cancel()
-		done()
+		x.reportError(a.host, a.Context, err)
+		a.end()
 		return nil, err
 	}
+	host := a.host
 	x.st.report(x.d.Cluster, host, upstream.Connected)
 	// A gRPC response below 500 is judged by its grpc-status: in the
 	// headers of a trailers-only response, else in the trailers.
-	grpcTrailers := false
 	switch gs := res.Header.Get("Grpc-Status"); {
 	case !isGRPC(res.Header) || res.StatusCode >= 500:
 		x.st.report(x.d.Cluster, host, upstream.Status(res.StatusCode))
 	case gs != "":
 		x.st.report(x.d.Cluster, host, grpcOutcome(gs))
 	default:
-		grpcTrailers = true
+		a.grpcTrailers = true
 	}
-	res.Body = &doneBody{ReadCloser: res.Body, done: func() {
-		if grpcTrailers {
-			// A gRPC response's status is in its trailers, known once
-			// the body was read to its end; a body cut short reports
-			// nothing.
-			if gs := res.Trailer.Get("Grpc-Status"); gs != "" {
-				x.st.report(x.d.Cluster, host, grpcOutcome(gs))
-			}
-		}
-		cancel()
-		done()
-	}}
+	a.res = res
 	return res, nil
+}
+
+// finish ends an attempt whose response body was closed. A mirrored
+// request's attempt belongs to no exchange and holds no more.
+func (a *attempt) finish() {
+	a.pool.active.Add(-1)
+	if a.x == nil {
+		return
+	}
+	if a.grpcTrailers {
+		// A gRPC response's status is in its trailers, known once the
+		// body was read to its end; a body cut short reports nothing.
+		if gs := a.res.Trailer.Get("Grpc-Status"); gs != "" {
+			a.x.st.report(a.x.d.Cluster, a.host, grpcOutcome(gs))
+		}
+	}
+	a.end()
+}
+
+// end gives back what the attempt held: its per-try timeout, its
+// max_requests slot, and its retry slot.
+func (a *attempt) end() {
+	if a.cancel != nil {
+		a.cancel()
+	}
+	a.x.adm.RequestDone()
+	if a.retry {
+		a.x.adm.RetryDone()
+	}
 }
 
 // reportError reports an attempt that ended without a response: a
@@ -357,7 +368,7 @@ func (x *exchange) repick(tried []netip.AddrPort) bool {
 	if !ok {
 		return false
 	}
-	key := poolKey{cluster: x.d.Cluster, endpoint: h.Endpoint.Addr, identity: h.Endpoint.Identity, client: x.t.client.Addr(), h2: x.upstreamH2(x.cluster)}
+	key := poolKey{cluster: x.d.Cluster, endpoint: h.Endpoint.Addr, identity: h.Endpoint.Identity, client: x.t.client.Addr(), h2: x.h2}
 	cp, err := x.p.up.get(key, h.Endpoint, x.cluster)
 	if err != nil {
 		return false

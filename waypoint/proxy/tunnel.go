@@ -348,8 +348,10 @@ func destinationPeer(ep upstream.Endpoint) telemetry.Peer {
 	if pr.Version == "" && pr.CanonicalRevision == "" {
 		pr.Version = ep.Labels["version"]
 	}
-	if id, err := identity.ParseWorkload(ep.Identity); err == nil && pr.Namespace == "" {
-		pr.Namespace = id.Namespace
+	if pr.Namespace == "" {
+		if id, err := identity.ParseWorkload(ep.Identity); err == nil {
+			pr.Namespace = id.Namespace
+		}
 	}
 	return pr
 }

@@ -56,6 +56,7 @@ type poolKey struct {
 // connPool is the HTTP connections of one poolKey.
 type connPool struct {
 	key    poolKey
+	host   string // key.endpoint as a request URL's host
 	rt     http.RoundTripper
 	idle   func()       // closes the idle connections
 	active atomic.Int64 // requests whose response is not finished
@@ -181,8 +182,8 @@ func (u *upstreams) admitConnection(ctx context.Context, cluster string, adm *up
 	// transport's); the attempt it dials for is in its values, and ends
 	// the wait when it ends or got a connection another way.
 	var served, gone <-chan struct{}
-	if a, ok := ctx.Value(attemptKey{}).(*attemptConn); ok {
-		served, gone = a.served, a.ctx.Done()
+	if a, ok := ctx.Value(attemptKey{}).(*attempt); ok {
+		served, gone = a.servedChan(), a.Done()
 	}
 	t := time.NewTimer(adm.ConnectTimeout())
 	defer t.Stop()
@@ -240,16 +241,8 @@ func (c *admittedConn) CloseWrite() error {
 	return c.Conn.Close()
 }
 
-// attemptKey is the context key of the attemptConn of one attempt.
+// attemptKey is the context key of the attempt a dial is made for.
 type attemptKey struct{}
-
-// attemptConn tells a dial made for an attempt whether the attempt still
-// needs it: served is closed when the attempt got a connection.
-type attemptConn struct {
-	ctx    context.Context
-	served chan struct{}
-	once   sync.Once
-}
 
 // get returns the pool for k, making it (and room for it) if needed.
 func (u *upstreams) get(k poolKey, ep upstream.Endpoint, c *upstream.Cluster) (*connPool, error) {
@@ -298,7 +291,7 @@ func (u *upstreams) newPool(k poolKey, ep upstream.Endpoint, c *upstream.Cluster
 	timeout := c.ConnectTimeout
 	idle := c.HTTP.IdleTimeout
 	dial := func(ctx context.Context) (net.Conn, error) { return u.dialAdmitted(ctx, k, ep, timeout) }
-	cp := &connPool{key: k}
+	cp := &connPool{key: k, host: k.endpoint.String()}
 	// Fresh, not idle: the sweeper must not close it before its first
 	// request.
 	cp.used.Store(time.Now().UnixNano())
@@ -334,55 +327,122 @@ func (u *upstreams) newPool(k poolKey, ep upstream.Endpoint, c *upstream.Cluster
 	return cp
 }
 
-// roundTrip sends req on cp, counting it active until its body is closed.
-// It tells a dial waiting for a connection slot on req's behalf when req
-// got a connection otherwise, and marks the last request a connection may
-// carry (maxPerConn, the cluster's max_requests_per_connection; 0: no
-// limit) as closing it: HTTP/1.1 sends it with "Connection: close",
-// HTTP/2 opens no more streams on the connection and closes it once its
-// streams are done.
-func (cp *connPool) roundTrip(req *http.Request, maxPerConn uint32) (*http.Response, error) {
+// roundTrip sends a.req on cp, counting it active until its body is
+// closed (a.finish). It tells a dial waiting for a connection slot on the
+// attempt's behalf when the attempt got a connection otherwise, and marks
+// the last request a connection may carry (a.maxPerConn, the cluster's
+// max_requests_per_connection; 0: no limit) as closing it: HTTP/1.1 sends
+// it with "Connection: close", HTTP/2 opens no more streams on the
+// connection and closes it once its streams are done.
+func (cp *connPool) roundTrip(a *attempt) (*http.Response, error) {
 	cp.active.Add(1)
 	cp.used.Store(time.Now().UnixNano())
-	a := &attemptConn{ctx: req.Context(), served: make(chan struct{})}
-	ctx := context.WithValue(req.Context(), attemptKey{}, a)
-	req = req.WithContext(httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
-		GotConn: func(info httptrace.GotConnInfo) {
-			a.once.Do(func() { close(a.served) })
-			if c, ok := info.Conn.(*admittedConn); ok && maxPerConn > 0 {
-				if c.requests.Add(1) >= uint64(maxPerConn) {
-					// Both transports read it after GotConn, on the
-					// request this goroutine sends.
-					req.Close = true
-				}
-			}
-		},
-	}))
-	res, err := cp.rt.RoundTrip(req)
+	a.pool = cp
+	a.trace.GotConn = a.gotConn
+	if a.x != nil && a.x.lean {
+		a.trace.Got1xxResponse = a.got1xx
+	}
+	a.Context = a.req.Context()
+	a.req = a.req.WithContext(httptrace.WithClientTrace(a, &a.trace))
+	res, err := cp.rt.RoundTrip(a.req)
+	a.mu.Lock()
+	a.returned = true
+	a.mu.Unlock()
 	if err != nil {
 		cp.active.Add(-1)
 		return nil, err
 	}
-	res.Body = &doneBody{ReadCloser: res.Body, done: func() { cp.active.Add(-1) }}
+	a.body = res.Body
+	res.Body = a
 	return res, nil
 }
 
-// doneBody calls done once when the body is closed. It keeps the
-// io.Writer of a 101 response's body (the upgraded connection).
-type doneBody struct {
-	io.ReadCloser
+// attempt is one try of a request on a connection pool: what a dial made
+// for it and the transport's trace need, and the response body, which
+// ends the attempt when closed. It is one allocation per attempt.
+type attempt struct {
+	x     *exchange
+	host  *upstream.Host
+	pool  *connPool
+	retry bool // the attempt holds a retry slot, given back at its end
+	// cancel ends the per-try timeout's context; nil without one.
+	cancel context.CancelFunc
+	// grpcTrailers: the response's grpc-status is awaited in its
+	// trailers, reported to outlier detection when the body ends.
+	grpcTrailers bool
+	res          *http.Response
+
+	req        *http.Request
+	maxPerConn uint32
+	trace      httptrace.ClientTrace
+
+	// The attempt is its request's context, which carries it to a dial
+	// made for it (Value(attemptKey{})): a dial waiting on its behalf
+	// gives up when the context ends, or once the attempt got a
+	// connection (served, made only when a dial waits for it).
+	context.Context
+	mu     sync.Mutex
+	got    bool
+	served chan struct{}
+	// returned: RoundTrip returned, no more 1xx responses are passed on.
+	returned bool
+
+	body io.ReadCloser
 	once sync.Once
-	done func()
 }
 
-func (b *doneBody) Close() error {
-	err := b.ReadCloser.Close()
-	b.once.Do(b.done)
+// Value returns the attempt for attemptKey, else its request context's
+// value.
+func (a *attempt) Value(key any) any {
+	if key == (attemptKey{}) {
+		return a
+	}
+	return a.Context.Value(key)
+}
+
+// servedChan returns a channel closed once the attempt has a connection.
+func (a *attempt) servedChan() <-chan struct{} {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.served == nil {
+		a.served = make(chan struct{})
+		if a.got {
+			close(a.served)
+		}
+	}
+	return a.served
+}
+
+func (a *attempt) gotConn(info httptrace.GotConnInfo) {
+	a.mu.Lock()
+	if !a.got {
+		a.got = true
+		if a.served != nil {
+			close(a.served)
+		}
+	}
+	a.mu.Unlock()
+	if c, ok := info.Conn.(*admittedConn); ok && a.maxPerConn > 0 {
+		if c.requests.Add(1) >= uint64(a.maxPerConn) {
+			// Both transports read it after GotConn, on the request
+			// this goroutine sends.
+			a.req.Close = true
+		}
+	}
+}
+
+func (a *attempt) Read(p []byte) (int, error) { return a.body.Read(p) }
+
+// Close closes the response body and ends the attempt, once.
+func (a *attempt) Close() error {
+	err := a.body.Close()
+	a.once.Do(a.finish)
 	return err
 }
 
-func (b *doneBody) Write(p []byte) (int, error) {
-	if w, ok := b.ReadCloser.(io.Writer); ok {
+// Write writes to the body of a 101 response (the upgraded connection).
+func (a *attempt) Write(p []byte) (int, error) {
+	if w, ok := a.body.(io.Writer); ok {
 		return w.Write(p)
 	}
 	return 0, errors.New("response body is not writable")
