@@ -70,6 +70,8 @@ type Images struct {
 	mu sync.Mutex
 	// hostDirs are the hostPath directories the node's pods mount.
 	hostDirs []string
+	// view is where the node's CNI plugins run.
+	view nodeView
 }
 
 // made are the mountPath directories created on the machine's file system
@@ -354,20 +356,79 @@ func (im *Images) release(pod *RunningPod) {
 }
 
 // Close removes the mountPath directories the node runners had to create
-// (every pod of every node runner must have stopped).
+// (every pod of every node runner must have stopped). A directory something
+// is still mounted at or under, in any mount namespace, stays: another
+// process's pods (a second e2e run on the machine) mount there too, and
+// removing a mount point detaches every mount on it in every namespace,
+// which took a running ztunnel's token and root certificate away. So does
+// a directory no longer empty.
 func (im *Images) Close() error {
+	im.view.close()
 	made.Lock()
 	defer made.Unlock()
 	// Deepest first.
 	slices.SortFunc(made.dirs, func(a, b string) int { return strings.Count(b, "/") - strings.Count(a, "/") })
+	inUse := mountPoints()
 	var errs []error
 	for _, p := range made.dirs {
-		if err := os.Remove(p); err != nil && !os.IsNotExist(err) {
+		if slices.ContainsFunc(inUse, func(m string) bool { return m == p || strings.HasPrefix(m, p+"/") }) {
+			continue
+		}
+		if err := os.Remove(p); err != nil && !os.IsNotExist(err) && !errors.Is(err, syscall.ENOTEMPTY) && !errors.Is(err, syscall.EEXIST) {
 			errs = append(errs, err)
 		}
 	}
 	made.dirs = nil
 	return errors.Join(errs...)
+}
+
+// mountPoints lists the mount points of every process on the machine (of
+// every mount namespace), as each sees them from its root.
+func mountPoints() []string {
+	seen := map[string]bool{}
+	var out []string
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "mountinfo"))
+		if err != nil {
+			continue // gone meanwhile
+		}
+		for line := range strings.SplitSeq(string(b), "\n") {
+			// id parent major:minor root mountpoint ...; spaces and
+			// the like are octal escapes.
+			f := strings.Fields(line)
+			if len(f) < 5 {
+				continue
+			}
+			if m := unescapeMountinfo(f[4]); !seen[m] {
+				seen[m] = true
+				out = append(out, m)
+			}
+		}
+	}
+	return out
+}
+
+// unescapeMountinfo undoes mountinfo's \ooo escapes.
+func unescapeMountinfo(s string) string {
+	if !strings.Contains(s, "\\") {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
 }
 
 // volume writes one pod volume's content under dir and returns dir.
