@@ -82,12 +82,14 @@ func NewCertServer(ca *CA, authn Authenticator, authz Authorizer, opts ...CertSe
 // gRPC codes: Unauthenticated (token missing or refused), InvalidArgument
 // (malformed request), PermissionDenied (identity not granted), Internal.
 func (s *CertServer) CreateCertificate(ctx context.Context, req *pb.IstioCertificateRequest) (*pb.IstioCertificateResponse, error) {
+	start := time.Now()
 	token, err := bearerToken(ctx)
 	if err != nil {
 		s.log.InfoContext(ctx, "certificate denied", "reason", err.Error())
 		return nil, status.Error(codes.Unauthenticated, err.Error())
 	}
 	caller, err := s.authn.Authenticate(ctx, token)
+	authenticated := time.Since(start)
 	if err != nil {
 		s.log.InfoContext(ctx, "certificate denied", "reason", "authenticate: "+err.Error())
 		return nil, status.Errorf(codes.Unauthenticated, "authenticate: %v", err)
@@ -122,7 +124,8 @@ func (s *CertServer) CreateCertificate(ctx context.Context, req *pb.IstioCertifi
 		log.ErrorContext(ctx, "certificate signing failed", "reason", err.Error())
 		return nil, status.Errorf(codes.Internal, "sign: %v", err)
 	}
-	log.InfoContext(ctx, "certificate issued", "not_after", leaf.NotAfter, "serial", leaf.SerialNumber.Text(16))
+	log.InfoContext(ctx, "certificate issued", "not_after", leaf.NotAfter, "serial", leaf.SerialNumber.Text(16),
+		"authenticate", authenticated.Round(time.Millisecond).String(), "took", time.Since(start).Round(time.Millisecond).String())
 	return &pb.IstioCertificateResponse{CertChain: s.ca.WireChain(leaf)}, nil
 }
 

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -217,11 +218,13 @@ func parseIPs(in []string) ([]netip.Addr, error) {
 // add captures the pod in ns and hands it to ztunnel; on success the node
 // owns ns.
 func (n *Node) add(ctx context.Context, ns netns.NsHandle, p *cniapi.Pod, sa string, ips []netip.Addr) error {
+	start := time.Now()
 	cfg := n.redirectConfig(p, ips)
 	undo, err := n.capture(ns, ips, cfg, p.UID)
 	if err != nil {
 		return err
 	}
+	capturedAt := time.Now()
 	pod, err := n.zdsPod(ns, p.UID, p.Name, p.Namespace, sa, ips)
 	if err == nil {
 		err = n.ZDS.AddPod(ctx, pod)
@@ -235,7 +238,10 @@ func (n *Node) add(ctx context.Context, ns netns.NsHandle, p *cniapi.Pod, sa str
 		return fmt.Errorf("hand pod %s/%s to ztunnel: %w", p.Namespace, p.Name, err)
 	}
 	n.keep(&captured{pod: CapturedPod{UID: p.UID, Name: p.Name, Namespace: p.Namespace, ServiceAccount: sa, IPs: ips}, cfg: cfg, ns: ns})
-	n.log().Info("pod captured", "pod", p.Namespace+"/"+p.Name, "uid", p.UID, "ips", p.IPs)
+	// How long the capture and ztunnel's part took: a slow pod start is
+	// one or the other.
+	n.log().Info("pod captured", "pod", p.Namespace+"/"+p.Name, "uid", p.UID, "ips", p.IPs,
+		"capture", capturedAt.Sub(start).Round(time.Millisecond).String(), "ztunnel", time.Since(capturedAt).Round(time.Millisecond).String())
 	return nil
 }
 

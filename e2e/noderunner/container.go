@@ -70,6 +70,8 @@ type Images struct {
 	mu sync.Mutex
 	// hostDirs are the hostPath directories the node's pods mount.
 	hostDirs []string
+	// view is where the node's CNI plugins run.
+	view nodeView
 }
 
 // imageBinary returns the zmesh binary an image runs, if it is a zmesh

@@ -215,27 +215,35 @@ func (k *Kubelet) Run(ctx context.Context) error {
 			}
 		}
 	})
-	for range 3 {
-		wg.Go(func() {
-			for {
-				key, quit := queue.Get()
-				if quit {
-					return
-				}
+	// Each pod is synced on a goroutine of its own, as the kubelet's pod
+	// workers do: a pod's start (CNI ADD until ztunnel took it, the
+	// process, the first probe) or stop (the process's grace, CNI DEL)
+	// takes seconds on a loaded machine, and must hold up no other pod.
+	// The queue hands a key out again only once it is Done, so one pod's
+	// syncs never overlap.
+	var syncs sync.WaitGroup
+	wg.Go(func() {
+		for {
+			key, quit := queue.Get()
+			if quit {
+				return
+			}
+			syncs.Go(func() {
+				defer queue.Done(key)
 				if err := k.sync(ctx, lister, key); err != nil && ctx.Err() == nil {
 					k.Log.Warn("pod sync", "pod", key, "reason", err.Error())
 					queue.AddRateLimited(key)
 				} else {
 					queue.Forget(key)
 				}
-				queue.Done(key)
-			}
-		})
-	}
+			})
+		}
+	})
 	<-ctx.Done()
 	queue.ShutDown()
 	inf.Shutdown()
 	wg.Wait()
+	syncs.Wait()
 	// Teardown with a fresh context: ctx is over.
 	k.mu.Lock()
 	pods := make([]*RunningPod, 0, len(k.pods))
@@ -339,7 +347,11 @@ func (k *Kubelet) start(ctx context.Context, pod *corev1.Pod) error {
 	if p.Container != nil {
 		go k.supervise(ctx, pod, p)
 	}
-	k.Log.Info("pod running", "pod", pod.Namespace+"/"+pod.Name, "ip", p.IP, "ready", ready, "took", time.Since(started).Round(time.Millisecond))
+	// Where a slow start went: the sandbox's CNI ADD, the whole start,
+	// and since the pod was created (the wait for a worker included).
+	k.Log.Info("pod running", "pod", pod.Namespace+"/"+pod.Name, "ip", p.IP, "ready", ready,
+		"cni_add", p.CNIAdd.Round(time.Millisecond).String(), "took", time.Since(started).Round(time.Millisecond).String(),
+		"since_created", time.Since(pod.CreationTimestamp.Time).Round(time.Second).String())
 	return nil
 }
 

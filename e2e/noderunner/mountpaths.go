@@ -83,6 +83,7 @@ func marked(p string) bool {
 // or under (another test process's pods); every pod of this process must
 // have stopped.
 func (im *Images) Close() error {
+	im.view.close()
 	made.Lock()
 	defer made.Unlock()
 	// Deepest first.

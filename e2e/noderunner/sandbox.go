@@ -325,21 +325,25 @@ func (p *RunningPod) LogPath() string {
 // nodeExec runs CNI plugins as a container runtime on the node would: with
 // the node's host paths (those its pods mount as hostPath, such as the
 // agent's socket directory the chained conflist names) at their places,
-// bind-mounted from the node's tree in a mount namespace of the plugin's
-// own.
+// in the node's view of the machine (nodeView).
 type nodeExec struct {
 	invoke.DefaultExec
 	images *Images
 }
 
 func (e *nodeExec) ExecPlugin(ctx context.Context, plugin string, stdin []byte, environ []string) ([]byte, error) {
-	args := []string{"--mount", "--propagation", "private", "sh", "-c", mountScript, "sh"}
-	for _, hp := range e.images.hostPaths() {
+	hps := e.images.hostPaths()
+	for _, hp := range hps {
 		e.images.remember(filepath.Join(e.images.HostRoot, hp), hp)
-		args = append(args, filepath.Join(e.images.HostRoot, hp), hp, "rw")
 	}
-	args = append(args, "--", plugin)
-	cmd := exec.CommandContext(ctx, "unshare", args...)
+	ns, err := e.images.view.enter(e.images.HostRoot, hps)
+	if err != nil {
+		return nil, err
+	}
+	defer ns.Close()
+	// The namespace is nsenter's descriptor 3.
+	cmd := exec.CommandContext(ctx, "nsenter", "--mount=/proc/self/fd/3", "--", plugin)
+	cmd.ExtraFiles = []*os.File{ns}
 	cmd.Env = environ
 	cmd.Stdin = bytes.NewReader(stdin)
 	var stdout, stderr bytes.Buffer

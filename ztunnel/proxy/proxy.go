@@ -146,9 +146,11 @@ func (p *Proxy) AddPod(ctx context.Context, ip *inpod.Pod) (err error) {
 	if err != nil {
 		return fmt.Errorf("pod identity: %w", err)
 	}
+	start := time.Now()
 	cctx, cancel := context.WithTimeout(ctx, p.cfg.CertTimeout)
 	_, err = p.cfg.Certs.SVID(cctx, id)
 	cancel()
+	certTook := time.Since(start)
 	if err != nil {
 		return fmt.Errorf("certificate for %s: %w", id, err)
 	}
@@ -176,7 +178,8 @@ func (p *Proxy) AddPod(ctx context.Context, ip *inpod.Pod) (err error) {
 	}
 	p.wg.Add(1)
 	go p.watchPolicy(pd)
-	p.log.Info("pod added", "pod", pd.String(), "uid", pd.uid, "identity", id.String(), "ips", pd.ips)
+	p.log.Info("pod added", "pod", pd.String(), "uid", pd.uid, "identity", id.String(), "ips", pd.ips,
+		"certificate", certTook.Round(time.Millisecond).String(), "took", time.Since(start).Round(time.Millisecond).String())
 	return nil
 }
 
