@@ -116,6 +116,10 @@ type Cluster struct {
 	log   *slog.Logger
 	// netnsShared: netnsDir is mounted.
 	netnsShared bool
+	// The node runners' streaming APIs (serveStreaming).
+	streamCtx     context.Context
+	stopStreaming context.CancelFunc
+	streams       sync.WaitGroup
 }
 
 // netnsDir is where the node runners also mount pods' network namespaces
@@ -383,6 +387,14 @@ func (c *Cluster) register(ctx context.Context, n *Node) error {
 		n.Kubelet.Images.HostRoot = n.hostTree()
 		n.Kubelet.Images.APIServer = APIServiceAddr
 		n.Kubelet.Images.DNS = KubeDNSAddr
+	}
+	if c.opts.App != "" {
+		if n.Kubelet.AppPath, err = c.appPath(); err != nil {
+			return err
+		}
+	}
+	if err := c.serveStreaming(ctx, n); err != nil {
+		return err
 	}
 	if err := n.Kubelet.Register(ctx, nil); err != nil {
 		return err
@@ -694,6 +706,10 @@ func (c *Cluster) Close() error {
 		})
 		c.stopPods()
 		c.kubelets.Wait()
+	}
+	if c.stopStreaming != nil {
+		c.stopStreaming()
+		c.streams.Wait()
 	}
 	// Pins left once every pod is gone are the product's leak.
 	for _, n := range c.Nodes {

@@ -53,7 +53,11 @@ type Streaming struct {
 	ClientCAs *x509.CertPool
 	// Pod finds a running pod by namespace and name, and its log file.
 	Pod func(namespace, name string) (*RunningPod, string)
-	Log *slog.Logger
+	// AppPath, when set, is the PATH of commands run in pods that run the
+	// App (not a zmesh image): where the image's own commands would be,
+	// such as the echo images' client.
+	AppPath string
+	Log     *slog.Logger
 }
 
 // streamIdle and streamCreation are the kubelet's defaults.
@@ -141,7 +145,7 @@ func (s *Streaming) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, "exec: this node offers no TTY", http.StatusBadRequest)
 			return
 		}
-		remotecommand.ServeExec(w, r, podExecutor{rp}, ns+"/"+name, string(rp.UID), parts[3], cmd, opts,
+		remotecommand.ServeExec(w, r, podExecutor{rp, s.AppPath}, ns+"/"+name, string(rp.UID), parts[3], cmd, opts,
 			streamIdle, streamCreation, remotecommand.SupportedStreamingProtocols)
 	case op == "portForward" && (len(parts) == 3 || len(parts) == 4):
 		opts, err := portforward.NewV4Options(r)
@@ -255,13 +259,20 @@ func seekTail(f *os.File, n int) error {
 	return err
 }
 
-// podExecutor runs commands in a pod's namespaces.
-type podExecutor struct{ p *RunningPod }
+// podExecutor runs commands in a pod's namespaces: network, mount and UTS
+// (its hostname).
+type podExecutor struct {
+	p       *RunningPod
+	appPath string
+}
 
 func (e podExecutor) ExecInContainer(ctx context.Context, _, _, _ string, cmd []string, in io.Reader, out, errw io.WriteCloser, _ bool, _ <-chan remotecommand.TerminalSize, _ time.Duration) error {
 	var c *exec.Cmd
 	if pid := e.p.Pid(); pid > 0 {
-		c = exec.CommandContext(ctx, "nsenter", append([]string{"--target", strconv.Itoa(pid), "--net", "--mount", "--"}, cmd...)...)
+		c = exec.CommandContext(ctx, "nsenter", append([]string{"--target", strconv.Itoa(pid), "--net", "--mount", "--uts", "--"}, cmd...)...)
+		if e.p.Container == nil && e.appPath != "" {
+			c.Env = append(os.Environ(), "PATH="+e.appPath)
+		}
 	} else {
 		c = exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", e.p.NS.Name}, cmd...)...)
 	}
