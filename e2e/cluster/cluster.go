@@ -235,6 +235,11 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 			return nil, err
 		}
 	}
+	// Cluster DNS for the commands exec'd in pods (the echo images'
+	// client): ztunnel captures Service traffic itself, names need DNS.
+	if c.dns, err = startClusterDNS(c.Nodes, c.lookupServiceIP); err != nil {
+		return nil, err
+	}
 	podCtx, cancel := context.WithCancel(context.Background())
 	c.stopPods = cancel
 	for _, n := range c.Nodes {
@@ -392,6 +397,7 @@ func (c *Cluster) register(ctx context.Context, n *Node) error {
 		if n.Kubelet.AppPath, err = c.appPath(); err != nil {
 			return err
 		}
+		n.Kubelet.AppDNS = KubeDNSAddr
 	}
 	if err := c.serveStreaming(ctx, n); err != nil {
 		return err

@@ -1,15 +1,18 @@
 package cluster
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"sync"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/net/dns/dnsmessage"
 	"golang.org/x/sys/unix"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/zmesh/zmesh/e2e/netenv"
 )
@@ -105,4 +108,22 @@ func (d *clusterDNS) Close() error {
 	}
 	d.wg.Wait()
 	return nil
+}
+
+// lookupServiceIP answers <svc>.<ns>.svc.cluster.local with the Service's
+// ClusterIP, asking the API server (the cluster DNS of the process mode,
+// which runs no kube-proxy stand-in to hold a Service cache).
+func (c *Cluster) lookupServiceIP(name string) (netip.Addr, bool) {
+	svc, ns, ok := serviceName(name, "cluster.local")
+	if !ok {
+		return netip.Addr{}, false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	s, err := c.Env.Client.CoreV1().Services(ns).Get(ctx, svc, metav1.GetOptions{})
+	if err != nil {
+		return netip.Addr{}, false
+	}
+	ip, err := netip.ParseAddr(s.Spec.ClusterIP)
+	return ip, err == nil
 }

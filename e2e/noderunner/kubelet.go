@@ -81,7 +81,10 @@ type Kubelet struct {
 	// AppPath is the PATH of commands exec'd in pods that run the App
 	// (see Streaming.AppPath).
 	AppPath string
-	Log     *slog.Logger
+	// AppDNS is the cluster DNS of commands exec'd in pods that run the App
+	// (see Streaming.AppDNS).
+	AppDNS netip.Addr
+	Log    *slog.Logger
 
 	mu   sync.Mutex
 	pods map[types.UID]*RunningPod
@@ -618,7 +621,7 @@ func (k *Kubelet) Count() int {
 // Streaming returns the streaming API of the pods this runner runs, for
 // callers clientCAs verifies (the API server's kubelet client certificate).
 func (k *Kubelet) Streaming(clientCAs *x509.CertPool) *Streaming {
-	return &Streaming{Node: k.Node, Client: k.Client, ClientCAs: clientCAs, Pod: k.runningPod, AppPath: k.AppPath, Log: k.Log}
+	return &Streaming{Node: k.Node, Client: k.Client, ClientCAs: clientCAs, Pod: k.runningPod, AppPath: k.AppPath, AppDNS: k.AppDNS, Log: k.Log}
 }
 
 // runningPod finds a pod this runner runs, and the file its output goes to.
