@@ -57,7 +57,15 @@ var Supported = []features.FeatureName{
 }
 
 // Skipped are tests of claimed features that are not run, with why.
-var Skipped = map[string]string{}
+var Skipped = map[string]string{
+	// Its second case dials an echo pod's IP on a port its Service's
+	// waypoint holds and expects the pod to answer directly. zmesh refuses
+	// that by design: a pod behind a waypoint accepts held ports only from
+	// the waypoint, also when dialled by IP (docs/decisions.md, "Waypoints
+	// cannot be bypassed"), where Istio lets such a client skip the
+	// waypoint. Its first case (the route applies to the Service) passes.
+	"MeshFrontend": "a pod behind a waypoint refuses clients that dial its IP around the waypoint (docs/decisions.md, \"Waypoints cannot be bypassed\")",
+}
 
 // The waypoint of the suite's mesh namespace, as Istio's ambient
 // conformance run names it.
