@@ -5,6 +5,8 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -98,4 +100,42 @@ spec:
 		t.Fatalf("GET through the port-forward: %d %q (%v), want the echo of pod web", resp.StatusCode, body, err)
 	}
 	t.Logf("exec, logs and port-forward to kubectl/web on %s through the API server", web.Node.Name)
+}
+
+// TestProxyConfigThroughPortForward: `zmeshctl proxy-config` given a
+// waypoint's name and no --admin-address reaches the waypoint pod's admin
+// port through the API server's port-forward, as istioctl does, and shows
+// the waypoint's clusters (its namespace's Service among them).
+func TestProxyConfigThroughPortForward(t *testing.T) {
+	const manifest = `apiVersion: v1
+kind: Namespace
+metadata:
+  name: pc
+  labels: {istio.io/dataplane-mode: ambient}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: pc}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+`
+	if out, err := mesh.Env.KubectlRun(t.Context(), manifest, "apply", "-f", "-"); err != nil {
+		t.Fatalf("apply: %v: %s", err, out)
+	}
+	t.Cleanup(func() { mesh.Kubectl(t.Context(), "delete", "namespace", "pc", "--wait=false") })
+	zmeshctl(t, "waypoint", "apply", "-n", "pc", "--enroll-namespace", "--wait")
+	until(t, 30*time.Second, "proxy-config clusters of waypoint pc/waypoint shows web.pc", func() error {
+		cmd := exec.CommandContext(t.Context(), filepath.Join(mesh.Bin, "zmeshctl"), "--kubeconfig", mesh.Env.Kubeconfig,
+			"proxy-config", "clusters", "waypoint", "-n", "pc")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("zmeshctl proxy-config clusters waypoint -n pc: %v: %s", err, out)
+		}
+		if !strings.Contains(string(out), "web.pc.svc.cluster.local") {
+			return fmt.Errorf("no cluster of web.pc.svc.cluster.local in:\n%s", out)
+		}
+		t.Logf("$ zmeshctl proxy-config clusters waypoint -n pc\n%s", strings.TrimSpace(string(out)))
+		return nil
+	})
 }
