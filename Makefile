@@ -11,7 +11,7 @@ BENCH_PKGS := ./internal/hbone/ ./ztunnel/inpod/ ./ztunnel/proxy/ ./cni/plugin/ 
 BENCH_COUNT ?= 3
 BENCH_TIME ?= 1s
 
-.PHONY: all build test test-unit demo bench bench-quick bench-micro bench-compare generate lint deps clean images kube-testenv
+.PHONY: all build test test-unit demo bench bench-quick bench-micro bench-compare generate lint deps clean images kube-testenv conformance
 
 all: build
 
@@ -33,10 +33,20 @@ kube-testenv: deps
 
 # The README's test command: lint, then every test (netns tests need root).
 test: deps lint
-	$(GO) test -count=1 -timeout 30m $$($(GO) list ./... | grep -v -E '^github.com/zmesh/zmesh/(bpf|cni|ztunnel|e2e|internal/hbone|deploy/privileges)(/|$$)')
+	$(GO) test -count=1 -timeout 30m $$($(GO) list ./... | grep -v -E '^github.com/zmesh/zmesh/(bpf|cni|ztunnel|e2e|internal/hbone|deploy/privileges|conformance)(/|$$)')
 	$(GO) test -count=1 -p 1 -timeout 25m $(NETNS_PKGS)
 	$(GO) test -count=1 -race -timeout 15m ./identity/... ./ztunnel/... ./internal/hbone/ ./internal/xdsclient/ ./internal/meshclient/ ./api/... ./cni/agent/ ./controlplane/model/... ./controlplane/translate/ ./controlplane/xds/ ./controlplane/push/ ./controlplane/status/ ./controlplane/source/dir/ ./controlplane/l7/ ./waypoint/... ./cmd/waypoint/
-	$(GO) test -count=1 -p 1 -v -timeout 25m ./e2e/l4/ ./e2e/l7/
+	$(GO) test -count=1 -p 1 -v -timeout 35m ./e2e/l4/ ./e2e/l7/ ./conformance/
+
+# The Gateway API conformance suite's mesh profiles (MESH-HTTP, MESH-GRPC) on
+# the e2e cluster (conformance/, needs root), regenerating the report that is
+# committed under conformance/reports/ in the Gateway API project's layout.
+# `make test` runs the same suite without writing the report.
+GATEWAY_API_VERSION := v1.6.3
+CONFORMANCE_REPORT := conformance/reports/$(GATEWAY_API_VERSION)/zmesh/standard-main-default-report.yaml
+conformance: deps
+	$(GO) test -count=1 -v -timeout 30m ./conformance/ -run TestMeshConformance -args \
+		-conformance-profiles MESH-HTTP,MESH-GRPC -report-output $(CURDIR)/$(CONFORMANCE_REPORT)
 
 # The quick loop: tests that need neither root nor an API server.
 UNIT_PKGS := ./api/... ./identity/... ./controlplane/model/... ./controlplane/translate/ ./controlplane/xds/ \

@@ -16,10 +16,15 @@ Reads a waypoint's configuration from its admin endpoint (GET /config_dump:
 Envoy's ConfigDump, with the Listener, RouteConfiguration, Cluster and
 ClusterLoadAssignment resources the waypoint runs) and prints one kind as a
 table, as istioctl proxy-config does. WAYPOINT names the waypoint in
-messages; --admin-address says where its admin endpoint is, e.g. after
+messages and, without --admin-address, is reached through the API server
+(a port-forward to its pod's admin port, as istioctl does); --admin-address
+says where an admin endpoint already is, e.g. after
   kubectl -n default port-forward deploy/waypoint 15000:15000
 
 -o json|yaml prints the whole dump as the waypoint sent it.`
+
+// waypointAdminPort is the waypoint's admin port in its pod.
+const waypointAdminPort = 15000
 
 // proxyConfigKinds are the tables proxy-config prints, with istioctl's
 // names and aliases.
@@ -63,6 +68,20 @@ func (c *cli) proxyConfigCommand() *cobra.Command {
 			}
 			if len(pos) == 1 {
 				e.what = "waypoint " + pos[0] + " admin"
+			}
+			// A named waypoint without --admin-address: its pod's admin
+			// port through the API server's port-forward.
+			if len(pos) == 1 && !cmd.Flags().Changed("admin-address") {
+				cl, err := c.kube.clients()
+				if err != nil {
+					return err
+				}
+				addr, stop, err := c.forwardToWaypoint(cmd.Context(), cl, pos[0], waypointAdminPort)
+				if err != nil {
+					return err
+				}
+				defer stop()
+				e.addr, e.base = addr+" (port-forward to waypoint "+cl.namespace+"/"+pos[0]+")", "http://"+addr
 			}
 			return c.proxyConfig(cmd.Context(), e, out, kind.table)
 		}

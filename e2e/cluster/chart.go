@@ -72,7 +72,7 @@ func (c *Cluster) installChart(ctx context.Context) error {
 	if c.proxy, err = startServiceProxy(c.Env.Client, c.Nodes, c.log); err != nil {
 		return err
 	}
-	if c.dns, err = startClusterDNS(c.Nodes, func(name string) (netip.Addr, bool) { return c.proxy.serviceIP(name, "cluster.local") }); err != nil {
+	if c.dns, err = startClusterDNS(c.Nodes, false, func(name string) (netip.Addr, bool) { return c.proxy.serviceIP(name, "cluster.local") }); err != nil {
 		return err
 	}
 

@@ -120,6 +120,10 @@ type Cluster struct {
 	// zmeshdReplicas: the chart's zmeshd Deployment's, while StopZmeshd
 	// has it scaled to 0.
 	zmeshdReplicas int32
+	// The node runners' streaming APIs (serveStreaming).
+	streamCtx     context.Context
+	stopStreaming context.CancelFunc
+	streams       sync.WaitGroup
 }
 
 // netnsDir is where the node runners also mount pods' network namespaces
@@ -236,6 +240,11 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		if err := c.startNode(ctx, n); err != nil {
 			return nil, err
 		}
+	}
+	// Cluster DNS for the commands exec'd in pods (the echo images'
+	// client): ztunnel captures Service traffic itself, names need DNS.
+	if c.dns, err = startClusterDNS(c.Nodes, true, c.lookupServiceIP); err != nil {
+		return nil, err
 	}
 	podCtx, cancel := context.WithCancel(context.Background())
 	c.stopPods = cancel
@@ -389,6 +398,15 @@ func (c *Cluster) register(ctx context.Context, n *Node) error {
 		n.Kubelet.Images.HostRoot = n.hostTree()
 		n.Kubelet.Images.APIServer = APIServiceAddr
 		n.Kubelet.Images.DNS = KubeDNSAddr
+	}
+	if c.opts.App != "" {
+		if n.Kubelet.AppPath, err = c.appPath(); err != nil {
+			return err
+		}
+		n.Kubelet.AppDNS = KubeDNSAddr
+	}
+	if err := c.serveStreaming(ctx, n); err != nil {
+		return err
 	}
 	if err := n.Kubelet.Register(ctx, nil); err != nil {
 		return err
@@ -706,6 +724,10 @@ func (c *Cluster) Close() error {
 		})
 		c.stopPods()
 		c.kubelets.Wait()
+	}
+	if c.stopStreaming != nil {
+		c.stopStreaming()
+		c.streams.Wait()
 	}
 	// Pins left once every pod is gone are the product's leak.
 	for _, n := range c.Nodes {

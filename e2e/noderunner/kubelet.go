@@ -2,6 +2,7 @@ package noderunner
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -72,7 +73,18 @@ type Kubelet struct {
 	// so that pods with mount namespaces of their own see the namespaces
 	// made after they started.
 	NetnsDir string
-	Log      *slog.Logger
+	// StreamingEndpoint, when valid, is where the API server reaches the
+	// runner's streaming API (exec, port-forward, logs; see Streaming):
+	// the Node advertises its address as ExternalIP and its port as the
+	// kubelet's endpoint.
+	StreamingEndpoint netip.AddrPort
+	// AppPath is the PATH of commands exec'd in pods that run the App
+	// (see Streaming.AppPath).
+	AppPath string
+	// AppDNS is the cluster DNS of commands exec'd in pods that run the App
+	// (see Streaming.AppDNS).
+	AppDNS netip.Addr
+	Log    *slog.Logger
 
 	mu   sync.Mutex
 	pods map[types.UID]*RunningPod
@@ -144,6 +156,10 @@ func (k *Kubelet) beat(ctx context.Context) error {
 	}
 	node.Status.Capacity, node.Status.Allocatable = capacity, capacity
 	node.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: k.HostIP.String()}, {Type: corev1.NodeHostName, Address: k.Node}}
+	if k.StreamingEndpoint.IsValid() {
+		node.Status.Addresses = append(node.Status.Addresses, corev1.NodeAddress{Type: corev1.NodeExternalIP, Address: k.StreamingEndpoint.Addr().String()})
+		node.Status.DaemonEndpoints.KubeletEndpoint.Port = int32(k.StreamingEndpoint.Port())
+	}
 	node.Status.NodeInfo = corev1.NodeSystemInfo{KubeletVersion: "v1.37.2-zmesh-e2e", OperatingSystem: "linux", Architecture: "amd64"}
 	trans := now
 	for _, c := range node.Status.Conditions {
@@ -600,7 +616,9 @@ func AppCommand(env string, logDir string) func(pod *corev1.Pod) *exec.Cmd {
 		}
 		// Its own process group (a Ctrl-C reaches the runner, which stops
 		// pods in order); killed if the runner dies without doing so.
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+		// A UTS namespace of its own, where the app names its host after
+		// the pod, as a container's hostname is.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL, Cloneflags: syscall.CLONE_NEWUTS}
 		return cmd
 	}
 }
@@ -610,4 +628,31 @@ func (k *Kubelet) Count() int {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	return len(k.pods)
+}
+
+// Streaming returns the streaming API of the pods this runner runs, for
+// callers clientCAs verifies (the API server's kubelet client certificate).
+func (k *Kubelet) Streaming(clientCAs *x509.CertPool) *Streaming {
+	return &Streaming{Node: k.Node, Client: k.Client, ClientCAs: clientCAs, Pod: k.runningPod, AppPath: k.AppPath, AppDNS: k.AppDNS, Log: k.Log}
+}
+
+// runningPod finds a pod this runner runs, and the file its output goes to.
+func (k *Kubelet) runningPod(namespace, name string) (*RunningPod, string) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for _, p := range k.pods {
+		if p.Namespace != namespace || p.Name != name {
+			continue
+		}
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		var logFile string
+		if p.cmd != nil {
+			if f, ok := p.cmd.Stdout.(*os.File); ok {
+				logFile = f.Name()
+			}
+		}
+		return p, logFile
+	}
+	return nil, ""
 }

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"strconv"
@@ -53,7 +54,16 @@ type Streaming struct {
 	ClientCAs *x509.CertPool
 	// Pod finds a running pod by namespace and name, and its log file.
 	Pod func(namespace, name string) (*RunningPod, string)
-	Log *slog.Logger
+	// AppPath, when set, is the PATH of commands run in pods that run the
+	// App (not a zmesh image): where the image's own commands would be,
+	// such as the echo images' client.
+	AppPath string
+	// AppDNS, when valid, is the cluster DNS that commands run in pods
+	// that run the App resolve names with: their /etc/resolv.conf (bound
+	// in a mount namespace of the command's own) names it with the pod's
+	// search domains, as a container's does.
+	AppDNS netip.Addr
+	Log    *slog.Logger
 }
 
 // streamIdle and streamCreation are the kubelet's defaults.
@@ -141,7 +151,7 @@ func (s *Streaming) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, "exec: this node offers no TTY", http.StatusBadRequest)
 			return
 		}
-		remotecommand.ServeExec(w, r, podExecutor{rp}, ns+"/"+name, string(rp.UID), parts[3], cmd, opts,
+		remotecommand.ServeExec(w, r, podExecutor{rp, s.AppPath, s.AppDNS}, ns+"/"+name, string(rp.UID), parts[3], cmd, opts,
 			streamIdle, streamCreation, remotecommand.SupportedStreamingProtocols)
 	case op == "portForward" && (len(parts) == 3 || len(parts) == 4):
 		opts, err := portforward.NewV4Options(r)
@@ -255,13 +265,31 @@ func seekTail(f *os.File, n int) error {
 	return err
 }
 
-// podExecutor runs commands in a pod's namespaces.
-type podExecutor struct{ p *RunningPod }
+// podExecutor runs commands in a pod's namespaces: network, mount and UTS
+// (its hostname).
+type podExecutor struct {
+	p       *RunningPod
+	appPath string
+	appDNS  netip.Addr
+}
 
 func (e podExecutor) ExecInContainer(ctx context.Context, _, _, _ string, cmd []string, in io.Reader, out, errw io.WriteCloser, _ bool, _ <-chan remotecommand.TerminalSize, _ time.Duration) error {
 	var c *exec.Cmd
 	if pid := e.p.Pid(); pid > 0 {
-		c = exec.CommandContext(ctx, "nsenter", append([]string{"--target", strconv.Itoa(pid), "--net", "--mount", "--"}, cmd...)...)
+		args := []string{"--target", strconv.Itoa(pid), "--net", "--mount", "--uts", "--"}
+		if e.p.Container == nil && e.appDNS.IsValid() {
+			conf, err := e.resolvConf()
+			if err != nil {
+				return err
+			}
+			defer os.Remove(conf)
+			args = append(args, "unshare", "--mount", "--propagation", "private", "--",
+				"sh", "-c", `mount --bind "$0" /etc/resolv.conf && exec "$@"`, conf)
+		}
+		c = exec.CommandContext(ctx, "nsenter", append(args, cmd...)...)
+		if e.p.Container == nil && e.appPath != "" {
+			c.Env = append(os.Environ(), "PATH="+e.appPath)
+		}
 	} else {
 		c = exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", e.p.NS.Name}, cmd...)...)
 	}
@@ -281,6 +309,19 @@ func (e podExecutor) ExecInContainer(ctx context.Context, _, _, _ string, cmd []
 		return utilexec.CodeExitError{Err: err, Code: ee.ExitCode()}
 	}
 	return err
+}
+
+// resolvConf writes the resolv.conf of a command run in an App pod: the
+// cluster DNS with the pod namespace's search domains.
+func (e podExecutor) resolvConf() (string, error) {
+	f, err := os.CreateTemp("", "resolv-"+e.p.Namespace+"-"+e.p.Name+"-*.conf")
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	const suffix = "cluster.local"
+	_, err = fmt.Fprintf(f, "nameserver %s\nsearch %s.svc.%s svc.%s %s\noptions ndots:5\n", e.appDNS, e.p.Namespace, suffix, suffix, suffix)
+	return f.Name(), err
 }
 
 // podForwarder connects a port-forward stream to a port on the pod's

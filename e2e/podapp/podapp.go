@@ -72,6 +72,9 @@ func Main() {
 	defer stop()
 	pod, err := ParsePod(os.Getenv(Env), os.Getenv(PodEnv))
 	if err == nil {
+		err = nameHost(pod.Name)
+	}
+	if err == nil {
 		err = serve(ctx, pod)
 	}
 	if err != nil {
@@ -254,6 +257,23 @@ func serve(ctx context.Context, pod Pod) error {
 		if err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// nameHost sets the hostname to the pod's name, as a container runtime
+// does, when the runner gave the app a UTS namespace of its own: never the
+// machine's (the namespace is compared with the runner's, its parent).
+func nameHost(name string) error {
+	own, err := os.Readlink("/proc/self/ns/uts")
+	if err != nil {
+		return nil
+	}
+	if parent, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/uts", os.Getppid())); err != nil || parent == own {
+		return nil
+	}
+	if err := syscall.Sethostname([]byte(name)); err != nil {
+		return fmt.Errorf("hostname %q: %w", name, err)
 	}
 	return nil
 }

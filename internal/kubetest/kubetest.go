@@ -210,6 +210,12 @@ leaderElection:
 		"--token-auth-file="+pki.path("tokens.csv"),
 		"--kubelet-client-certificate="+pki.path("apiserver-kubelet-client.crt"),
 		"--kubelet-client-key="+pki.path("apiserver-kubelet-client.key"),
+		// Node runners serve their streaming API with certificates the
+		// cluster CA signs, on the root namespace's loopback, which their
+		// Nodes advertise as ExternalIP (their InternalIP is on an underlay
+		// the API server cannot reach).
+		"--kubelet-certificate-authority="+pki.path("ca.crt"),
+		"--kubelet-preferred-address-types=ExternalIP,InternalIP,Hostname",
 		"--authorization-mode=Node,RBAC",
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 		"--service-account-key-file="+pki.path("sa.pub"),
