@@ -76,24 +76,39 @@ type Images struct {
 
 // imageBinary returns the zmesh binary an image runs, if it is a zmesh
 // image: the last path element of the image's repository, without tag or
-// digest, is the binary's name (zmesh/waypoint:1.2 runs "waypoint").
+// digest, is the binary's name (zmesh/waypoint:1.2 runs "waypoint"). A
+// tag with a directory of its own under Bin runs the binary of that name
+// there (zmesh/ztunnel:prev runs Bin/prev/ztunnel when it exists), so two
+// tags can run two different builds — an older release beside this tree's;
+// any other tag runs Bin's.
 func (im *Images) imageBinary(image string) (string, bool) {
 	if im == nil {
 		return "", false
 	}
 	repo, _, _ := strings.Cut(image, "@")
+	tag := ""
 	if i := strings.LastIndex(repo, ":"); i > strings.LastIndex(repo, "/") {
-		repo = repo[:i]
+		repo, tag = repo[:i], repo[i+1:]
 	}
 	name := path.Base(repo)
 	if name == "" || name == "." || name == "/" {
 		return "", false
 	}
+	if tag != "" && tag != "." && tag != ".." && !strings.ContainsAny(tag, `/\`) {
+		if bin := filepath.Join(im.Bin, tag, name); isFile(bin) {
+			return bin, true
+		}
+	}
 	bin := filepath.Join(im.Bin, name)
-	if fi, err := os.Stat(bin); err != nil || fi.IsDir() {
+	if !isFile(bin) {
 		return "", false
 	}
 	return bin, true
+}
+
+func isFile(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && !fi.IsDir()
 }
 
 // zmeshContainer is the pod's zmesh container, if its first container

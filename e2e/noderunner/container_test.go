@@ -43,6 +43,38 @@ func TestImageBinary(t *testing.T) {
 	}
 }
 
+// A tag with a directory of its own under Bin runs that build; any other
+// tag, and a tag naming no binary there, runs Bin's.
+func TestImageBinaryByTag(t *testing.T) {
+	bin := t.TempDir()
+	for _, p := range []string{"ztunnel", "zmeshd", "prev/ztunnel"} {
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(bin, p)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(bin, p), []byte("#!/bin/sh\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	im := &Images{Bin: bin}
+	for image, want := range map[string]string{
+		"zmesh/ztunnel:prev":                     "prev/ztunnel",
+		"registry.local:5000/zmesh/ztunnel:prev": "prev/ztunnel",
+		"zmesh/ztunnel:latest":                   "ztunnel",
+		"zmesh/ztunnel":                          "ztunnel",
+		"zmesh/ztunnel@sha256:0123":              "ztunnel",
+		"zmesh/zmeshd:prev":                      "zmeshd", // prev holds no zmeshd
+		"zmesh/ztunnel:..":                       "ztunnel",
+	} {
+		got, ok := im.imageBinary(image)
+		if !ok || got != filepath.Join(bin, want) {
+			t.Errorf("imageBinary(%q) = %q, %v, want %q", image, got, ok, filepath.Join(bin, want))
+		}
+	}
+	if _, ok := im.imageBinary("zmesh/prev:x"); ok {
+		t.Error("the tag directory prev runs as an image")
+	}
+}
+
 func TestContainerEnvResolvesDownwardAPI(t *testing.T) {
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "wp-1", Namespace: "ns", UID: "u-1", Labels: map[string]string{"app": "wp"}},

@@ -25,7 +25,9 @@
 // allowPrivilegeEscalation=false, through setpriv; HTTP and TCP readiness
 // probes from the node's host namespace, reported as the pod's Ready
 // condition; restarts after the process exits, with back-off. What it does
-// not: images (the binary built from this tree runs instead), seccomp,
+// not: images (the binary built from this tree runs instead; a tag with a
+// directory of its own under Images.Bin runs the build there, so a test can
+// run an older release's binary by tag), seccomp,
 // AppArmor and SELinux profiles, readOnlyRootFilesystem (the pod sees the
 // machine's file system outside its volumes), the runtime's default
 // capability set (a container that drops nothing keeps root's),
