@@ -23,12 +23,14 @@ const nextTag = cluster.ChartImageTag + "-next"
 // TestUpgrade: zmesh upgraded under traffic as `helm upgrade` does it,
 // control plane first, with a client opening a new connection every 10 ms
 // to a server on the other node, none of which may fail:
+//  0. ztunnel to the previous release (prevZtunnelCommit, a build of an
+//     earlier commit of this repository: a real version skew, not a tag);
 //  1. zmeshd, two replicas, to a new image: the Deployment rolls
 //     (maxSurge 1, maxUnavailable 0) and the leader Lease moves to a
 //     replica of the new release, which then writes policy status; the
 //     ztunnels, still of the old release (one version behind zmeshd),
 //     enforce a policy the new zmeshd sends them;
-//  2. ztunnel to a new image: the DaemonSet rolls node by node — never two
+//  2. ztunnel from the previous release to the new one: the DaemonSet rolls node by node — never two
 //     nodes with an old and a new pod at once (an old pod being deleted
 //     drains beside the next node's surge, as the controller counts) — and
 //     on each node the new pod takes the node's pods over from the old one.
@@ -63,9 +65,39 @@ func TestUpgrade(t *testing.T) {
 		}
 	})
 
+	// 0. The ztunnels one release behind, under traffic (a downgrade:
+	// the new pod taking a node's pods over is the older one).
+	prevBin := prevZtunnel(t)
+	prevZtunnel := map[string]any{"image": "zmesh/ztunnel:" + prevTag}
+	l := startLoad(client, dst)
+	t0 := time.Now()
+	upgrade(t, map[string]any{"ztunnel": prevZtunnel})
+	rollout(t, "daemonset/ztunnel")
+	until(t, 60*time.Second, "every node runs only a ztunnel of the previous release", func() error {
+		for _, n := range mesh.Nodes {
+			if img := ztunnelImage(t, n.Name); img != "zmesh/ztunnel:"+prevTag {
+				return fmt.Errorf("%s runs %q", n.Name, img)
+			}
+		}
+		return nil
+	})
+	time.Sleep(time.Second)
+	t1 := time.Now()
+	l.stop()
+	ok, failed := l.between(t0, t1)
+	t.Logf("ztunnel rolled back to %s (commit %s), in %s: %d new connections answered, %d failed (slowest %s)",
+		prevTag, prevZtunnelCommit[:12], t1.Sub(t0).Round(100*time.Millisecond), ok, len(failed), l.slowest(t0, t1))
+	if len(failed) > 0 || ok == 0 {
+		t.Errorf("connections failed while ztunnel rolled to the previous release:%s", describe(failed))
+	}
+	// The pods run that build, not this tree's: one process per node.
+	if n := runningExe(prevBin); n != len(mesh.Nodes) {
+		t.Fatalf("%d processes run %s, want one per node (%d)", n, prevBin, len(mesh.Nodes))
+	}
+
 	// The chart's default of two zmeshd replicas (the suite runs one):
 	// scaling changes no pod template, nothing rolls.
-	upgrade(t, map[string]any{"zmeshd": map[string]any{"replicas": 2}})
+	upgrade(t, map[string]any{"zmeshd": map[string]any{"replicas": 2}, "ztunnel": prevZtunnel})
 	rollout(t, "deployment/zmeshd")
 	oldZmeshd := podNames(t, "app=zmeshd")
 	holder := leaseHolder(t)
@@ -76,9 +108,9 @@ func TestUpgrade(t *testing.T) {
 
 	// 1. The control plane.
 	nextZmeshd := map[string]any{"replicas": 2, "image": "zmesh/zmeshd:" + nextTag}
-	l := startLoad(client, dst)
-	t0 := time.Now()
-	upgrade(t, map[string]any{"zmeshd": nextZmeshd})
+	l = startLoad(client, dst)
+	t0 = time.Now()
+	upgrade(t, map[string]any{"zmeshd": nextZmeshd, "ztunnel": prevZtunnel})
 	rollout(t, "deployment/zmeshd")
 	var newLeader string
 	until(t, 45*time.Second, "the Lease held by a replica of the new release", func() error {
@@ -89,16 +121,16 @@ func TestUpgrade(t *testing.T) {
 		return nil
 	})
 	time.Sleep(time.Second)
-	t1 := time.Now()
+	t1 = time.Now()
 	l.stop()
-	ok, failed := l.between(t0, t1)
+	ok, failed = l.between(t0, t1)
 	t.Logf("zmeshd rolled to %s (replicas %v -> %v), leader %s -> %s, in %s: %d new connections answered, %d failed",
 		nextTag, oldZmeshd, podNames(t, "app=zmeshd"), holder, newLeader, t1.Sub(t0).Round(100*time.Millisecond), ok, len(failed))
 	if len(failed) > 0 || ok == 0 {
 		t.Errorf("connections failed while zmeshd rolled:%s", describe(failed))
 	}
 	for _, n := range mesh.Nodes {
-		if img := ztunnelImage(t, n.Name); img != "zmesh/ztunnel:"+cluster.ChartImageTag {
+		if img := ztunnelImage(t, n.Name); img != "zmesh/ztunnel:"+prevTag {
 			t.Fatalf("%s runs ztunnel %q, want the old release's", n.Name, img)
 		}
 	}
@@ -133,7 +165,11 @@ spec:
 		}
 		return nil
 	})
-	t.Logf("ztunnels %s (one release behind zmeshd %s) enforce a DENY zmeshd sent; its status from leader %s: %s", cluster.ChartImageTag, nextTag, newLeader, status)
+	if n := runningExe(prevBin); n != len(mesh.Nodes) {
+		t.Errorf("%d processes run %s while the DENY was enforced, want one per node (%d)", n, prevBin, len(mesh.Nodes))
+	}
+	t.Logf("ztunnels %s (commit %s, one release behind zmeshd %s) enforce a DENY zmeshd sent; its status from leader %s: %s",
+		prevTag, prevZtunnelCommit[:12], nextTag, newLeader, status)
 	mustKubectl(t, "delete", "authorizationpolicy", "-n", "upgrade", "deny-client")
 	until(t, 30*time.Second, "client -> server answered again", func() error {
 		_, _, err := client.Echo(t.Context(), dst)
@@ -160,8 +196,11 @@ spec:
 	l.stop()
 	surge, order := w.stop()
 	ok, failed = l.between(t0, t1)
-	t.Logf("ztunnel rolled to %s node by node (%s), in %s: %d new connections answered, %d failed (slowest %s)",
-		nextTag, strings.Join(order, ", then "), t1.Sub(t0).Round(100*time.Millisecond), ok, len(failed), l.slowest(t0, t1))
+	if n := runningExe(prevBin); n != 0 {
+		t.Errorf("%d processes still run the previous release's %s", n, prevBin)
+	}
+	t.Logf("ztunnel rolled from %s to %s node by node (%s), in %s: %d new connections answered, %d failed (slowest %s)",
+		prevTag, nextTag, strings.Join(order, ", then "), t1.Sub(t0).Round(100*time.Millisecond), ok, len(failed), l.slowest(t0, t1))
 	if len(failed) > 0 || ok == 0 {
 		t.Errorf("connections failed while ztunnel rolled:%s", describe(failed))
 	}
