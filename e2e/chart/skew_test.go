@@ -17,8 +17,8 @@ import (
 // (so the cni agent must serve this ztunnel one request at a time, as it
 // serves Istio's), before the xDS server held a subscription for its
 // type's first Set, and before the HBONE hot-path changes that followed.
-// It is the oldest commit whose ztunnel takes every flag the chart passes
-// (--state-dir, --cluster-id and --drain-grace came just before it), so
+// It is the first commit on main whose ztunnel takes every flag the chart
+// passes (--state-dir, --cluster-id and --mesh-cidrs came with it), so
 // the chart's DaemonSet runs it unchanged.
 const prevZtunnelCommit = "13e15581304a2b5cafe9623e556303f617185952"
 
