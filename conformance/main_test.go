@@ -17,5 +17,5 @@ func TestMain(m *testing.M) {
 	case podapp.IsApp():
 		podapp.Main() // this process is a pod's app, started by a node runner
 	}
-	os.Exit(cluster.RunSuite(m, "conformance", cluster.Options{App: podapp.Env}, func(c *cluster.Cluster) { mesh = c }))
+	os.Exit(cluster.RunSuite(m, "conformance", cluster.Options{App: podapp.Env, FromChart: true}, func(c *cluster.Cluster) { mesh = c }))
 }

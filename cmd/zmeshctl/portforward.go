@@ -27,17 +27,44 @@ func (c *cli) forwardToWaypoint(ctx context.Context, cl *clients, name string, p
 	if err != nil {
 		return "", nil, fmt.Errorf("pods of waypoint %s/%s: %w", cl.namespace, name, err)
 	}
-	var pod *corev1.Pod
-	for i := range pods.Items {
-		if p := &pods.Items[i]; p.Status.Phase == corev1.PodRunning && p.DeletionTimestamp == nil {
-			pod = p
-			break
-		}
-	}
+	pod := runningPod(pods.Items)
 	if pod == nil {
 		return "", nil, fmt.Errorf("waypoint %s/%s has no running pod (label %s=%s)", cl.namespace, name, waypointPodLabel, name)
 	}
 	return forwardToPod(ctx, cl, pod, port)
+}
+
+// ztunnelPodLabel selects the ztunnel DaemonSet's pods, as the chart
+// labels them.
+const ztunnelPodLabel = "app=ztunnel"
+
+// forwardToZtunnel port-forwards a local port to port of the running
+// ztunnel pod on node, a pod of the DaemonSet in namespace ns. Only the
+// pod's own admin listener is reached: it binds the pod's loopback, which
+// the forward dials inside the pod's network namespace.
+func (c *cli) forwardToZtunnel(ctx context.Context, cl *clients, ns, node string, port int) (string, func(), error) {
+	pods, err := cl.kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{
+		LabelSelector: ztunnelPodLabel,
+		FieldSelector: "spec.nodeName=" + node,
+	})
+	if err != nil {
+		return "", nil, fmt.Errorf("ztunnel pods of node %s in namespace %s: %w", node, ns, err)
+	}
+	pod := runningPod(pods.Items)
+	if pod == nil {
+		return "", nil, fmt.Errorf("node %s has no running ztunnel pod (label %s in namespace %s)", node, ztunnelPodLabel, ns)
+	}
+	return forwardToPod(ctx, cl, pod, port)
+}
+
+// runningPod is the first pod that runs and is not being deleted.
+func runningPod(pods []corev1.Pod) *corev1.Pod {
+	for i := range pods {
+		if p := &pods[i]; p.Status.Phase == corev1.PodRunning && p.DeletionTimestamp == nil {
+			return p
+		}
+	}
+	return nil
 }
 
 // forwardToPod port-forwards 127.0.0.1:<free port> to port of pod.

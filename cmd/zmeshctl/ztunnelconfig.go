@@ -9,6 +9,10 @@ import (
 	"github.com/spf13/cobra"
 )
 
+// ztunnelAdminPort is where a ztunnel pod serves /config_dump, on its
+// loopback (the chart's --admin-address).
+const ztunnelAdminPort = 15000
+
 // sections of ztunnel-config, with the names istioctl accepts for them.
 var sections = []struct {
 	name    string
@@ -25,8 +29,11 @@ const ztunnelConfigHelp = `
 Reads a ztunnel's configuration from its admin endpoint (GET /config_dump)
 and shows one section, or all of them.
 
-The admin port listens on localhost only: run zmeshctl on the node, or
-forward the port first, e.g.
+The admin port listens on the ztunnel pod's localhost only. With --node
+and without --ztunnel-admin, zmeshctl reaches the admin port of the ztunnel
+pod on that node (label app=ztunnel in --istio-namespace) through the API
+server's port-forward, as istioctl does. Otherwise it reads --ztunnel-admin:
+run zmeshctl on the node, or forward the port first, e.g.
   kubectl -n istio-system port-forward pod/ztunnel-xxxxx 15000:15000
 
 Sections: workloads (w), services (svc), policies, certificates (certs), all.
@@ -49,7 +56,8 @@ func (c *cli) ztunnelConfigCommand() *cobra.Command {
 	addOutputFlag(cmd.Flags(), &out)
 	ep := endpointFlags(cmd.Flags(), "ztunnel-admin", "127.0.0.1:15000", "ztunnel admin",
 		"is ztunnel running on this node? use --ztunnel-admin")
-	cmd.Flags().StringVar(&f.node, "node", "", "show only workloads on this node")
+	cmd.Flags().StringVar(&f.node, "node", "", "the node whose ztunnel to ask (through port-forward, unless --ztunnel-admin is set); show only workloads on this node")
+	istioNamespace := cmd.Flags().String("istio-namespace", defaultInstall, "namespace of the ztunnel DaemonSet, for --node")
 	// A filter here, not the namespace to work in: it shadows the global
 	// -n, and an empty value shows every namespace.
 	cmd.Flags().StringVarP(&f.namespace, "namespace", "n", "", "show only workloads, services and policies of this namespace")
@@ -69,6 +77,19 @@ func (c *cli) ztunnelConfigCommand() *cobra.Command {
 		e, err := ep()
 		if err != nil {
 			return err
+		}
+		if f.node != "" && !cmd.Flags().Changed("ztunnel-admin") {
+			cl, err := c.kube.clients()
+			if err != nil {
+				return err
+			}
+			addr, stop, err := c.forwardToZtunnel(cmd.Context(), cl, *istioNamespace, f.node, ztunnelAdminPort)
+			if err != nil {
+				return err
+			}
+			defer stop()
+			e.what = "ztunnel admin on node " + f.node
+			e.addr, e.base = addr+" (port-forward to the ztunnel of node "+f.node+")", "http://"+addr
 		}
 		return c.ztunnelConfig(cmd.Context(), e, out, section, f)
 	}
