@@ -39,12 +39,19 @@ func TestHBONEAndPolicy(t *testing.T) {
 	}
 	var line string
 	until(t, 15*time.Second, "the server's ztunnel counts an mTLS connection from the client", func() error {
+		// A new connection each time: the labels are the workloads the
+		// server's ztunnel knew when it accepted the connection, and the
+		// first one may come before its workload view has the client.
+		if _, _, err := client.Echo(t.Context(), dst); err != nil {
+			return err
+		}
 		m, err := server.Node.Metrics(t.Context())
 		if err != nil {
 			return err
 		}
 		if line = cluster.MetricLine(m, "istio_tcp_connections_opened_total", want); line == "" || cluster.MetricValue(line) < 1 {
-			return fmt.Errorf("no istio_tcp_connections_opened_total with %v", want)
+			return fmt.Errorf("no istio_tcp_connections_opened_total with %v; the server's ztunnel has %q", want,
+				cluster.MetricLine(m, "istio_tcp_connections_opened_total", map[string]string{"reporter": "destination"}))
 		}
 		return nil
 	})

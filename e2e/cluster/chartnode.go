@@ -1,16 +1,12 @@
 package cluster
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -26,6 +22,7 @@ import (
 
 	"github.com/zmesh/zmesh/deploy/render"
 	"github.com/zmesh/zmesh/e2e/noderunner"
+	"github.com/zmesh/zmesh/e2e/proc"
 )
 
 // The mesh's parts as a test drives them, one API for both ways the
@@ -182,23 +179,7 @@ func (n *Node) ZtunnelLogRecords(msg string, match ...string) []map[string]any {
 		return nil
 	}
 	defer f.Close()
-	var out []map[string]any
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-next:
-	for sc.Scan() {
-		var rec map[string]any
-		if json.Unmarshal(sc.Bytes(), &rec) != nil || msg != "" && rec["msg"] != msg {
-			continue
-		}
-		for i := 0; i+1 < len(match); i += 2 {
-			if fmt.Sprint(rec[match[i]]) != match[i+1] {
-				continue next
-			}
-		}
-		out = append(out, rec)
-	}
-	return out
+	return proc.LogRecordsOf(f, msg, match...)
 }
 
 // ZtunnelTokenFile is the file holding the node's ztunnel's pod-bound
@@ -273,29 +254,11 @@ func (n *Node) ZtunnelAdminGet(ctx context.Context, path string) (string, error)
 	if !ok {
 		return "", fmt.Errorf("%s: the ztunnel container has no --admin-address (args %q)", n.Name, p.Container.Args)
 	}
-	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			return p.NS.Dial(ctx, network, addr)
-		},
-		DisableKeepAlives: true,
-	}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+path, nil)
+	out, err := getIn(ctx, p.NS, "http://"+addr+path)
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("%s's ztunnel pod: %w", n.Name, err)
 	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return "", err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("GET %s from %s's ztunnel pod: %s", path, n.Name, resp.Status)
-	}
-	return string(b), nil
+	return out, nil
 }
 
 // containerFlag is the value of a --name=value or --name value argument of

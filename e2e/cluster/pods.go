@@ -14,6 +14,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/zmesh/zmesh/e2e/netenv"
 	"github.com/zmesh/zmesh/e2e/noderunner"
 	"github.com/zmesh/zmesh/e2e/podapp"
 )
@@ -202,10 +203,14 @@ func (n *Node) Metrics(ctx context.Context) (string, error) {
 // hostGet fetches a URL from the node's host namespace (a pod's endpoint
 // seen as the kubelet sees it), failing on a non-200 answer.
 func (n *Node) hostGet(ctx context.Context, url string) (string, error) {
+	return getIn(ctx, n.Host, url)
+}
+
+// getIn fetches a URL from inside a network namespace, failing on a
+// non-200 answer.
+func getIn(ctx context.Context, ns *netenv.NS, url string) (string, error) {
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return n.Host.Dial(ctx, network, addr)
-		},
+		DialContext:       ns.Dial,
 		DisableKeepAlives: true,
 	}}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)

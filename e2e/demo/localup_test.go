@@ -151,10 +151,20 @@ func TestLocalUp(t *testing.T) {
 		b, err := cmd.CombinedOutput()
 		return string(b), err
 	}
-	got, err := exe("http://productpage:9080/productpage")
-	echo, perr := podapp.ParseEcho([]byte(got))
+	// The ztunnels learn of the waypoint and the waypoint of its routes
+	// from zmeshd's pushes, which may land just after the session says up.
+	var got string
+	var echo podapp.Echo
+	var perr error
+	for end := time.Now().Add(30 * time.Second); ; time.Sleep(500 * time.Millisecond) {
+		got, err = exe("http://productpage:9080/productpage")
+		echo, perr = podapp.ParseEcho([]byte(got))
+		if err == nil && perr == nil && strings.HasPrefix(echo.Pod, "productpage-v1-") && len(echo.Headers["X-Request-Id"]) > 0 || time.Now().After(end) {
+			break
+		}
+	}
 	if err != nil || perr != nil || !strings.HasPrefix(echo.Pod, "productpage-v1-") || len(echo.Headers["X-Request-Id"]) == 0 {
-		t.Fatalf("curl -> productpage: %v %v: %s (want productpage's echo, through the waypoint: x-request-id set)", err, perr, got)
+		t.Fatalf("curl -> productpage for 30s: %v %v: %s (want productpage's echo, through the waypoint: x-request-id set)", err, perr, got)
 	}
 	if got, err := exe("-X", "DELETE", "http://productpage:9080/productpage"); err != nil || got != "RBAC: access denied" {
 		t.Errorf("curl DELETE productpage: %v %q, want the L7 policy's 403 RBAC: access denied", err, got)

@@ -146,8 +146,14 @@ func (p *Proc) Log() string { return p.log.String() }
 // LogRecords returns the JSON log records whose msg is msg (all when
 // empty) and whose attributes include every key/value pair of match.
 func (p *Proc) LogRecords(msg string, match ...string) []map[string]any {
+	return LogRecordsOf(strings.NewReader(p.log.String()), msg, match...)
+}
+
+// LogRecordsOf reads JSON log lines from r and returns those with message
+// msg (any if empty) whose keys have the given values (key, value, ...).
+func LogRecordsOf(r io.Reader, msg string, match ...string) []map[string]any {
 	var out []map[string]any
-	sc := bufio.NewScanner(strings.NewReader(p.log.String()))
+	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 next:
 	for sc.Scan() {
