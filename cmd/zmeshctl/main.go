@@ -104,9 +104,8 @@ func (c *cli) rootCommand() *cobra.Command {
 			}
 			return usagef("want a command")
 		},
-		SilenceErrors:     true,
-		SilenceUsage:      true,
-		CompletionOptions: cobra.CompletionOptions{DisableDefaultCmd: true},
+		SilenceErrors: true,
+		SilenceUsage:  true,
 	}
 	root.SetOut(c.stdout)
 	root.SetErr(c.stderr)
@@ -125,6 +124,9 @@ func (c *cli) rootCommand() *cobra.Command {
 		c.precheckCommand(),
 		c.localCommand(),
 	)
+	// "zmeshctl completion bash|zsh|fish|powershell" prints the shell's
+	// completion script; commands, flags and their values complete.
+	root.InitDefaultCompletionCmd()
 	// Subcommands refuse arguments they do not take as usage errors, and
 	// an unknown subcommand of a group says so.
 	for _, cmd := range root.Commands() {
