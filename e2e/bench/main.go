@@ -45,7 +45,6 @@ import (
 	"time"
 
 	"github.com/zmesh/zmesh/e2e/bench/report"
-	"github.com/zmesh/zmesh/e2e/netenv"
 	"github.com/zmesh/zmesh/e2e/noderunner"
 	"github.com/zmesh/zmesh/e2e/proc"
 )
@@ -166,17 +165,12 @@ func run(ctx context.Context, p plan, o options, stdout, progress io.Writer) (er
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
 	slog.SetDefault(log)
 	fmt.Fprintf(progress, "bench: setting up three nodes with their pod bridges, six pods, zmeshd, two agents and ztunnels, a waypoint, stunnel, haproxy and nginx (work dir %s)\n", tmp)
-	rootLinks := netenv.RootLinks()
 	e, err := setup(ctx, bin, tmp, log)
 	if err != nil {
 		return err
 	}
-	namespaces := e.namespaces()
 	defer func() {
-		e.Close()
-		left := append(e.left, netenv.LeftBehind(tmp, rootLinks, true)...)
-		left = append(left, processesIn(namespaces)...)
-		if len(left) > 0 {
+		if left := e.Close(); len(left) > 0 {
 			lerr := fmt.Errorf("cleanup left %d things behind:\n  %s", len(left), strings.Join(left, "\n  "))
 			fmt.Fprintln(progress, "bench:", lerr)
 			err = errors.Join(err, lerr)

@@ -127,8 +127,10 @@ type env struct {
 	zts                         []*ztunnel // client node's, server node's
 	wp                          *waypoint
 	undo                        []func()
-	// What the teardown found left behind (pins, errors).
-	left []string
+	// What the teardown found left behind (pins, errors), and the root
+	// namespace's links before anything was made.
+	left      []string
+	rootLinks []string
 }
 
 // node is one node: its host namespace on the LAN with its pod range, its
@@ -152,12 +154,19 @@ type ztunnel struct {
 
 func (e *env) defer_(f func()) { e.undo = append(e.undo, f) }
 
-// Close undoes everything, last first.
-func (e *env) Close() {
+// Close undoes everything, last first, and returns what it left behind:
+// teardown errors, bpffs pins once the pods are gone, namespaces, new
+// links in the root namespace, mounts and processes naming the work
+// directory (which the caller removes), and processes still in one of the
+// bench's namespaces.
+func (e *env) Close() []string {
+	nss := e.namespaces()
 	for i := len(e.undo) - 1; i >= 0; i-- {
 		e.undo[i]()
 	}
 	e.undo = nil
+	left := append(e.left, netenv.LeftBehind(e.tmp, e.rootLinks, true)...)
+	return append(left, processesIn(nss)...)
 }
 
 func (e *env) node(name string) *node {
@@ -175,10 +184,13 @@ func (e *env) proxyHost() *netenv.NS { return e.node(proxyNode).Host }
 // ztunnels, and every node's pods through its CNI chain (the ambient ones
 // are captured and handed to ztunnel on the way).
 func setup(ctx context.Context, binDir, tmp string, log *slog.Logger) (_ *env, err error) {
-	e := &env{tmp: tmp, binDir: binDir, log: log, pods: map[string]*netenv.NS{}}
+	e := &env{tmp: tmp, binDir: binDir, log: log, pods: map[string]*netenv.NS{}, rootLinks: netenv.RootLinks()}
 	defer func() {
-		if err != nil {
-			e.Close()
+		if err == nil {
+			return
+		}
+		if left := e.Close(); len(left) > 0 {
+			err = fmt.Errorf("%w; and the cleanup left %d things behind:\n  %s", err, len(left), strings.Join(left, "\n  "))
 		}
 	}()
 	e.meshDir = filepath.Join(tmp, "mesh")
@@ -540,22 +552,27 @@ func waitFor(ctx context.Context, limit time.Duration, cond func() bool) error {
 	return nil
 }
 
-// namespaces maps the inode of every network namespace the bench made
-// (the LAN's, the nodes' hosts, the pods') to its name, taken while they
-// exist: once they are gone, a process still holding one is found by it.
+// namespaces maps the inode of every network namespace the bench made so
+// far (the LAN's, the nodes' hosts, the pods') to its name, taken while
+// they exist: once they are gone, a process still holding one is found by
+// it.
 func (e *env) namespaces() map[uint64]string {
 	out := map[uint64]string{}
 	add := func(n *netenv.NS) {
 		var st unix.Stat_t
-		if unix.Stat("/run/netns/"+n.Name, &st) == nil {
+		if n != nil && unix.Stat("/run/netns/"+n.Name, &st) == nil {
 			out[st.Ino] = n.Name
 		}
 	}
-	add(e.lan.Underlay)
+	if e.lan != nil {
+		add(e.lan.Underlay)
+	}
 	for _, n := range e.nodes {
 		add(n.Host)
-		for _, p := range n.runner.Pods() {
-			add(p.NS)
+		if n.runner != nil {
+			for _, p := range n.runner.Pods() {
+				add(p.NS)
+			}
 		}
 	}
 	return out
