@@ -263,7 +263,7 @@ func (m *mesh) startNode(ctx context.Context, n *node) error {
 		return fmt.Errorf("%s: mount bpffs: %w (the kernel needs BPF: CONFIG_BPF_SYSCALL)", n.name, err)
 	}
 	n.mounted = true
-	n.bpfBase = bpfEntries(n.bpfRoot)
+	n.bpfBase = netenv.BPFEntries(n.bpfRoot)
 	var err error
 	if n.agentHealth, err = proc.FreeAddr(); err != nil {
 		return err
@@ -391,7 +391,7 @@ func (m *mesh) Close() {
 		if !n.mounted {
 			continue
 		}
-		for _, p := range bpfEntries(n.bpfRoot) {
+		for _, p := range netenv.BPFEntries(n.bpfRoot) {
 			if !slices.Contains(n.bpfBase, p) {
 				m.pinsLeft = append(m.pinsLeft, p)
 			}
@@ -456,17 +456,6 @@ func (m *mesh) leftovers() []string {
 			}
 		}
 	}
-	return out
-}
-
-func bpfEntries(root string) []string {
-	var out []string
-	filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
-		if err == nil && path != root {
-			out = append(out, path)
-		}
-		return nil
-	})
 	return out
 }
 
