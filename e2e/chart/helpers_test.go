@@ -1,11 +1,9 @@
 package chart
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/netip"
 	"testing"
@@ -55,14 +53,7 @@ func serviceAddr(t *testing.T, ns, name string, port uint16) netip.AddrPort {
 
 // httpClient's connections start in the pod's network namespace, so
 // ztunnel captures them.
-func httpClient(p *cluster.Pod) *http.Client {
-	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return p.NS.Dial(ctx, network, addr)
-		},
-		MaxIdleConnsPerHost: 4,
-	}}
-}
+func httpClient(p *cluster.Pod) *http.Client { return p.HTTPClient() }
 
 // echo is the part of the test app's JSON reply the scenarios read.
 type echo struct {

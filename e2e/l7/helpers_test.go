@@ -1,11 +1,9 @@
 package l7
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/netip"
 	"testing"
@@ -26,17 +24,7 @@ func serviceAddr(t *testing.T, ns, name string, port uint16) netip.AddrPort {
 // client is an HTTP client whose connections start in the pod's network
 // namespace (so ztunnel captures them) and are kept alive between
 // requests, as an application's would be.
-func client(p *cluster.Pod) *http.Client {
-	return &http.Client{
-		Timeout: 5 * time.Second,
-		Transport: &http.Transport{
-			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-				return p.NS.Dial(ctx, network, addr)
-			},
-			MaxIdleConnsPerHost: 4,
-		},
-	}
-}
+func client(p *cluster.Pod) *http.Client { return p.HTTPClient() }
 
 // echo is the part of the test app's JSON reply the scenarios read.
 type echo struct {
