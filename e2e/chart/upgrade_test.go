@@ -73,14 +73,7 @@ func TestUpgrade(t *testing.T) {
 	t0 := time.Now()
 	upgrade(t, map[string]any{"ztunnel": prevZtunnel})
 	rollout(t, "daemonset/ztunnel")
-	until(t, 60*time.Second, "every node runs only a ztunnel of the previous release", func() error {
-		for _, n := range mesh.Nodes {
-			if img := ztunnelImage(t, n.Name); img != "zmesh/ztunnel:"+prevTag {
-				return fmt.Errorf("%s runs %q", n.Name, img)
-			}
-		}
-		return nil
-	})
+	waitZtunnels(t, "zmesh/ztunnel:"+prevTag, "the previous release")
 	time.Sleep(time.Second)
 	t1 := time.Now()
 	l.Stop()
@@ -183,14 +176,7 @@ spec:
 	t0 = time.Now()
 	upgrade(t, map[string]any{"zmeshd": nextZmeshd, "ztunnel": map[string]any{"image": "zmesh/ztunnel:" + nextTag}})
 	rollout(t, "daemonset/ztunnel")
-	until(t, 60*time.Second, "every node runs only a ztunnel of the new release", func() error {
-		for _, n := range mesh.Nodes {
-			if img := ztunnelImage(t, n.Name); img != "zmesh/ztunnel:"+nextTag {
-				return fmt.Errorf("%s runs %q", n.Name, img)
-			}
-		}
-		return nil
-	})
+	waitZtunnels(t, "zmesh/ztunnel:"+nextTag, "the new release")
 	time.Sleep(time.Second)
 	t1 = time.Now()
 	l.Stop()
@@ -257,6 +243,20 @@ func leaseHolder(t *testing.T) string {
 		return ""
 	}
 	return *l.Spec.HolderIdentity
+}
+
+// waitZtunnels waits until every node runs only a ztunnel of image, that
+// of release.
+func waitZtunnels(t *testing.T, image, release string) {
+	t.Helper()
+	until(t, 60*time.Second, "every node runs only a ztunnel of "+release, func() error {
+		for _, n := range mesh.Nodes {
+			if img := ztunnelImage(t, n.Name); img != image {
+				return fmt.Errorf("%s runs %q", n.Name, img)
+			}
+		}
+		return nil
+	})
 }
 
 // ztunnelImage is the image of the node's ztunnel pods, "" unless there is
