@@ -52,16 +52,39 @@ func (s *Stream) attachSink(dst *net.TCPConn) (*sinkEnd, error) {
 }
 
 // kickSinkLocked starts a drain goroutine when the sink has work the read
-// loop cannot do without blocking: buffered data, or the end to carry
-// over. c.mu held.
+// loop cannot do without blocking: buffered data, or a failure to carry
+// over. The peer's END_STREAM with nothing left to write is carried here,
+// by whoever holds c.mu: shutting the socket's sending direction does not
+// block, and a goroutine for it was one per stream and direction that
+// ends cleanly, which is every short connection. c.mu held.
 func (s *Stream) kickSinkLocked() {
 	if s.sink == nil || s.draining || s.sinkBusy {
 		return
 	}
-	if s.rbuf.len() > 0 || s.remoteEnded || s.err != nil {
+	switch {
+	case s.rbuf.len() == 0 && s.remoteEnded && s.err == nil:
+		s.endSinkLocked()
+	case s.rbuf.len() > 0 || s.remoteEnded || s.err != nil:
 		s.draining = true
+		if testHookDrain != nil {
+			testHookDrain()
+		}
 		go s.drain()
 	}
+}
+
+// testHookDrain, when set by a test, sees each drain goroutine started.
+var testHookDrain func()
+
+// endSinkLocked detaches the sink after the peer's END_STREAM, once all
+// its data reached the socket, and shuts the socket's sending direction:
+// the TCP form of END_STREAM. c.mu held, and kept.
+func (s *Stream) endSinkLocked() {
+	dst, end := s.sinkConn, s.sinkEnd
+	s.sink, s.sinkConn, s.sinkEnd = nil, nil, nil
+	end.n, s.sunk = s.sunk, 0
+	end.err = dst.CloseWrite()
+	close(end.done)
 }
 
 // drain writes the buffer to the sink with blocking writes, and carries
