@@ -339,3 +339,61 @@ func TestCleanEndStartsNoDrain(t *testing.T) {
 		t.Errorf("%d drain goroutines started for clean ends of 20 streams, want 0", atEnd)
 	}
 }
+
+// Bytes that arrive before the handler joins the stream to the app (a
+// client that sends without waiting for the 200) are written to the fresh
+// socket by the joining goroutine when it takes them at once, not by a
+// drain goroutine; and the app still gets everything once and in order.
+func TestEarlyDataStartsNoDrain(t *testing.T) {
+	var drains atomic.Int64
+	testHookDrain = func() { drains.Add(1) }
+	t.Cleanup(func() { testHookDrain = nil })
+	app := listenApp(t, func(c net.Conn) { io.Copy(c, c) })
+	moved := make(chan [2]int64, 1)
+	ts := startServer(t, func(ctx context.Context, r *Request, s *Stream) {
+		up, err := net.Dial("tcp", app.Addr().String())
+		if err != nil {
+			s.RespondError(503, err.Error())
+			return
+		}
+		defer up.Close()
+		s.Respond(200)
+		// Join only once the first request is buffered.
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			s.c.mu.Lock()
+			n := s.rbuf.len()
+			s.c.mu.Unlock()
+			if n >= 1024 || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+		sent, recv, _ := Join(s, up)
+		moved <- [2]int64{sent, recv}
+	}, bob, nil)
+	st := openStream(t, ts.addr)
+	msg := bytes.Repeat([]byte("early-data-0123456789abcdef-"), 40)[:1024]
+	if _, err := st.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(st, got); err != nil || !bytes.Equal(got, msg) {
+		t.Fatalf("echo of the early request: %v (equal %v)", err, bytes.Equal(got, msg))
+	}
+	if n := drains.Load(); n != 0 {
+		t.Errorf("%d drain goroutines started for a request buffered before the join, want 0", n)
+	}
+	// The stream goes on as usual after it.
+	if got := exchange(t, st, "after"); got != "after" {
+		t.Fatalf("second exchange: %q", got)
+	}
+	select {
+	case m := <-moved:
+		if m != [2]int64{int64(len(msg) + 5), int64(len(msg) + 5)} {
+			t.Fatalf("Join moved %v, want %d each way", m, len(msg)+5)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Join did not return")
+	}
+}
