@@ -35,9 +35,11 @@ const defaultCluster = "inbound-vip|80|http|reviews.default.svc.cluster.local"
 //
 // Besides time and allocations it reports syscalls/op, the read and
 // write system calls per request, a figure the machine's load hardly
-// moves. All three count the whole process, as in BenchmarkHop: the
-// clients, both HBONE ends the harness plays (the clients' ztunnel and
-// the pod's), and the app.
+// moves, and tunnels/op, the upstream HBONE streams the waypoint opened
+// per request (none while its connections are kept alive). Time,
+// allocations and syscalls count the whole process, as in BenchmarkHop:
+// the clients, both HBONE ends the harness plays (the clients' ztunnel
+// and the pod's), and the app.
 func BenchmarkUpstreamMux(b *testing.B) {
 	m := newMesh(b, bounds{})
 	for _, proto := range []struct {
@@ -53,7 +55,7 @@ func BenchmarkUpstreamMux(b *testing.B) {
 				s := m.snapshot(b, "v1")
 				s.Clusters[defaultCluster].HTTP.Protocol = proto.p
 				m.proxy.Update(s)
-				runClients(b, gets)
+				runClients(b, m, gets)
 			})
 		}
 	}
@@ -64,14 +66,14 @@ func BenchmarkUpstreamMux(b *testing.B) {
 		}
 		b.Run(fmt.Sprintf("grpc/clients=%d", n), func(b *testing.B) {
 			m.proxy.Update(m.snapshot(b, "v1"))
-			runClients(b, calls)
+			runClients(b, m, calls)
 		})
 	}
 }
 
 // runClients runs b.N requests, each of clients in its own goroutine
 // taking the next until b.N are done.
-func runClients(b *testing.B, clients []func(testing.TB)) {
+func runClients(b *testing.B, m *mesh, clients []func(testing.TB)) {
 	var wg sync.WaitGroup
 	// Warm: every client's connection and the upstream pool open.
 	for _, c := range clients {
@@ -79,7 +81,7 @@ func runClients(b *testing.B, clients []func(testing.TB)) {
 	}
 	wg.Wait()
 	b.ReportAllocs()
-	sys0 := processSyscalls(b)
+	sys0, tunnels0 := processSyscalls(b), len(m.pods[podV1].tunnels())
 	b.ResetTimer()
 	var left atomic.Int64
 	left.Store(int64(b.N))
@@ -93,6 +95,7 @@ func runClients(b *testing.B, clients []func(testing.TB)) {
 	wg.Wait()
 	b.StopTimer()
 	b.ReportMetric(float64(processSyscalls(b)-sys0)/float64(b.N), "syscalls/op")
+	b.ReportMetric(float64(len(m.pods[podV1].tunnels())-tunnels0)/float64(b.N), "tunnels/op")
 }
 
 // unaryCaller returns one gRPC client's unary call through the waypoint.
