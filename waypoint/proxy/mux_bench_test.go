@@ -59,6 +59,27 @@ func BenchmarkUpstreamMux(b *testing.B) {
 			})
 		}
 	}
+	// Bulk: 1 MiB responses to 16 clients at once, through one HBONE
+	// stream (h2, whose window they share) or sixteen (h1).
+	var written atomic.Int64
+	m.startStreamingApp(&written, 0)
+	for _, proto := range []struct {
+		name string
+		p    upstream.Protocol
+	}{{"h1", upstream.HTTP1}, {"h2", upstream.HTTP2}} {
+		var gets []func(testing.TB)
+		for range 16 {
+			gets = append(gets, getter(m.benchClient(b), "http://reviews/app/size/1048576"))
+		}
+		b.Run(fmt.Sprintf("bulk/up=%s/clients=16", proto.name), func(b *testing.B) {
+			s := m.snapshot(b, "v1")
+			c, a := cluster(defaultCluster, proto.p, ep(podV1, bigPort, v1ID, "v1"))
+			s.Clusters[defaultCluster], s.Assignments[defaultCluster] = c, a
+			m.proxy.Update(s)
+			b.SetBytes(1 << 20)
+			runClients(b, m, gets)
+		})
+	}
 	for _, n := range []int{1, 16, 64} {
 		var calls []func(testing.TB)
 		for range n {

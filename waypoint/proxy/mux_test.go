@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -143,19 +145,37 @@ func TestH2UpstreamSecondConnection(t *testing.T) {
 	}
 }
 
-// startStreamingApp serves h2c on podV1's bigPort: every response is an
-// endless stream of 16 KiB writes, counted in written. maxStreams is the
+// startStreamingApp serves HTTP/1.1 and h2c on podV1's bigPort: every
+// response is a stream of 16 KiB writes, counted in written, endless but
+// for /app/size/<bytes>. maxStreams is the
 // HTTP/2 connection's MAX_CONCURRENT_STREAMS (0: net/http's 250).
 func (m *mesh) startStreamingApp(written *atomic.Int64, maxStreams int) {
 	chunk := make([]byte, 16<<10)
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		size := int64(-1) // endless
+		if v, ok := strings.CutPrefix(r.URL.Path, "/app/size/"); ok {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			size = n
+			w.Header().Set("Content-Length", v)
+		}
 		w.WriteHeader(http.StatusOK)
 		w.(http.Flusher).Flush()
-		for {
-			n, err := w.Write(chunk)
+		for size != 0 {
+			c := chunk
+			if size > 0 && size < int64(len(c)) {
+				c = c[:size]
+			}
+			n, err := w.Write(c)
 			written.Add(int64(n))
 			if err != nil {
 				return
+			}
+			if size > 0 {
+				size -= int64(n)
 			}
 		}
 	})}
