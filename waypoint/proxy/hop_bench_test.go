@@ -72,7 +72,10 @@ type hop struct {
 func hops(t testing.TB, m *mesh) []hop {
 	app := m.pods[podV1].apps[8080]
 	client := func(tr *http.Transport) *http.Client {
-		// Room for every parallel client's connection to stay open.
+		// BenchmarkHopParallel's clients keep hopClients connections,
+		// as a load generator does: a client that finds none idle waits
+		// for one rather than opening another.
+		tr.MaxConnsPerHost = hopClients
 		tr.MaxIdleConnsPerHost = hopClients
 		t.Cleanup(tr.CloseIdleConnections)
 		return &http.Client{Transport: tr}
