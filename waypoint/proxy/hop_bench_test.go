@@ -8,6 +8,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"runtime"
+	"sync"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -47,11 +48,20 @@ func BenchmarkHop(b *testing.B) {
 // its own kept-alive connection, as the loaded benchmark's maxrps drives
 // a proxy: what a busy proxy pays per request (pooled upstream
 // connections under concurrency, scheduler hand-offs) that one request at
-// a time does not show.
+// a time does not show. The connections are opened before the timing
+// starts.
 func BenchmarkHopParallel(b *testing.B) {
 	m := newMesh(b, bounds{})
 	for _, h := range hops(b, m) {
 		b.Run(h.name, func(b *testing.B) {
+			// hopClients requests in the app at once: each client and
+			// upstream pool holds hopClients connections.
+			m.gather.Store(newGathering(hopClients))
+			var wg sync.WaitGroup
+			for range hopClients {
+				wg.Go(func() { h.gather(b) })
+			}
+			wg.Wait()
 			b.ReportAllocs()
 			b.SetParallelism(max(1, hopClients/runtime.GOMAXPROCS(0)))
 			b.ResetTimer()
@@ -68,8 +78,9 @@ func BenchmarkHopParallel(b *testing.B) {
 const hopClients = 64
 
 type hop struct {
-	name string
-	get  func(t testing.TB) // one GET through the hop
+	name   string
+	get    func(t testing.TB) // one GET through the hop
+	gather func(t testing.TB) // one GET of /app/fwd/gather through the hop
 }
 
 // hops returns the three hops of BenchmarkHop on m. The waypoint reports
@@ -116,16 +127,19 @@ func hops(t testing.TB, m *mesh) []hop {
 	srv := &http.Server{Handler: rp}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
+	mk := func(name string, c *http.Client, base string) hop {
+		return hop{name, getter(c, base+"/app"), getter(c, base+"/app/fwd/gather")}
+	}
 	return []hop{
-		{"direct", getter(client(&http.Transport{DisableCompression: true}), "http://"+app+"/app")},
-		{"reverseproxy", getter(client(&http.Transport{DisableCompression: true}), "http://"+ln.Addr().String()+"/app")},
+		mk("direct", client(&http.Transport{DisableCompression: true}), "http://"+app),
+		mk("reverseproxy", client(&http.Transport{DisableCompression: true}), "http://"+ln.Addr().String()),
 		// The same client as the other hops (no Client.Timeout, whose
 		// timer and contexts would count against the waypoint), dialling
 		// HBONE tunnels as a client's ztunnel does.
-		{"waypoint", getter(client(&http.Transport{
+		mk("waypoint", client(&http.Transport{
 			DialContext:        func(ctx context.Context, _, _ string) (net.Conn, error) { return m.tunnel(ctx, vipHTTP) },
 			DisableCompression: true,
-		}), "http://reviews/app")},
+		}), "http://reviews"),
 	}
 }
 
