@@ -108,7 +108,8 @@
 //   - Upstream: at most MaxUpstreamPools (4096) connection pools, the
 //     least recently used idle one closed to make room (when all are busy
 //     the request overflows: 503 "... reset reason: overflow", UO);
-//     MaxIdleConnsPerPool (16) idle HTTP/1.1 connections per pool; pools
+//     MaxIdleConnsPerPool (256) idle HTTP/1.1 connections per pool, all of
+//     them counted against their cluster's max_connections; pools
 //     unused for IdleTimeout closed; response headers bounded like
 //     request headers.
 //   - Circuit breakers, per cluster: max_requests attempts in flight,

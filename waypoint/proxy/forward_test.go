@@ -48,6 +48,9 @@ func serveForwardCase(m *mesh, w http.ResponseWriter, r *http.Request) bool {
 		w.Header().Set("Trailer", "X-Checksum")
 		io.WriteString(w, "body")
 		w.Header().Set("X-Checksum", "abc")
+	case "/app/fwd/gather":
+		m.gather.Load().arrive(r.Context())
+		io.WriteString(w, "gathered")
 	case "/app/fwd/cut":
 		// Promises 100 bytes, sends 10, and ends the connection.
 		w.Header().Set("Content-Length", "100")

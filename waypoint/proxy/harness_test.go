@@ -11,6 +11,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -101,11 +102,18 @@ type recorder struct {
 	mu   sync.Mutex
 	recs []telemetry.Record
 	ch   chan telemetry.Record
+	// instead, when set, receives the records in place of the recorder:
+	// benchmarks give the proxy the waypoint's own telemetry.
+	instead atomic.Pointer[telemetry.Observer]
 }
 
 func newRecorder() *recorder { return &recorder{ch: make(chan telemetry.Record, 1024)} }
 
 func (r *recorder) Observe(rec *telemetry.Record) {
+	if o := r.instead.Load(); o != nil {
+		(*o).Observe(rec)
+		return
+	}
 	r.mu.Lock()
 	r.recs = append(r.recs, *rec)
 	r.mu.Unlock()
@@ -171,6 +179,32 @@ type mesh struct {
 	// workloads is the proxy's workload index, empty until a test fills
 	// it.
 	workloads *telemetry.Workloads
+	// gather, when set, holds requests for /app/fwd/gather until as many
+	// as it waits for are in the app at once.
+	gather atomic.Pointer[gathering]
+}
+
+// gathering answers its requests once n of them have arrived.
+type gathering struct {
+	mu      sync.Mutex
+	n       int
+	arrived int
+	all     chan struct{}
+}
+
+func newGathering(n int) *gathering { return &gathering{n: n, all: make(chan struct{})} }
+
+// arrive waits until the gathering is complete or ctx ends.
+func (g *gathering) arrive(ctx context.Context) {
+	g.mu.Lock()
+	if g.arrived++; g.arrived == g.n {
+		close(g.all)
+	}
+	g.mu.Unlock()
+	select {
+	case <-g.all:
+	case <-ctx.Done():
+	}
 }
 
 // appRequest is a request as an app saw it.

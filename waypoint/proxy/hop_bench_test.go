@@ -7,7 +7,14 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"os"
+	"runtime"
+	"sync"
 	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/zmesh/zmesh/waypoint/telemetry"
 )
 
 // BenchmarkHop is one kept-alive HTTP/1.1 GET per op through each of
@@ -38,15 +45,73 @@ func BenchmarkHop(b *testing.B) {
 	}
 }
 
-type hop struct {
-	name string
-	get  func(t testing.TB) // one GET through the hop
+// BenchmarkHopParallel is BenchmarkHop with 64 clients at once, each on
+// its own kept-alive connection, as the loaded benchmark's maxrps drives
+// a proxy: what a busy proxy pays per request (pooled upstream
+// connections under concurrency, scheduler hand-offs) that one request at
+// a time does not show. The connections are opened before the timing
+// starts.
+func BenchmarkHopParallel(b *testing.B) {
+	m := newMesh(b, bounds{})
+	for _, h := range hops(b, m) {
+		b.Run(h.name, func(b *testing.B) {
+			// hopClients requests in the app at once: each client and
+			// upstream pool holds hopClients connections.
+			m.gather.Store(newGathering(hopClients))
+			var wg sync.WaitGroup
+			for range hopClients {
+				wg.Go(func() { h.gather(b) })
+			}
+			wg.Wait()
+			b.ReportAllocs()
+			b.SetParallelism(max(1, hopClients/runtime.GOMAXPROCS(0)))
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					h.get(b)
+				}
+			})
+		})
+	}
 }
 
-// hops returns the three hops of BenchmarkHop on m.
+// hopClients is how many connections BenchmarkHopParallel's clients keep.
+const hopClients = 64
+
+type hop struct {
+	name   string
+	get    func(t testing.TB) // one GET through the hop
+	gather func(t testing.TB) // one GET of /app/fwd/gather through the hop
+}
+
+// hops returns the three hops of BenchmarkHop on m. The waypoint reports
+// each request to the telemetry the waypoint runs with (Istio's metrics,
+// and the access log, to /dev/null: a file, whose writes are system calls
+// as stdout's are) rather than m's recorder, which keeps every record.
 func hops(t testing.TB, m *mesh) []hop {
+	reg := prometheus.NewRegistry()
+	metrics, err := telemetry.NewMetrics(reg, telemetry.MetricsOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	devNull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log, err := telemetry.NewAccessLog(devNull, 0, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { log.Close(); devNull.Close() })
+	var o telemetry.Observer = telemetry.Multi{metrics, log}
+	m.obs.instead.Store(&o)
 	app := m.pods[podV1].apps[8080]
 	client := func(tr *http.Transport) *http.Client {
+		// BenchmarkHopParallel's clients keep hopClients connections,
+		// as a load generator does: a client that finds none idle waits
+		// for one rather than opening another.
+		tr.MaxConnsPerHost = hopClients
+		tr.MaxIdleConnsPerHost = hopClients
 		t.Cleanup(tr.CloseIdleConnections)
 		return &http.Client{Transport: tr}
 	}
@@ -67,16 +132,19 @@ func hops(t testing.TB, m *mesh) []hop {
 	srv := &http.Server{Handler: rp}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
+	mk := func(name string, c *http.Client, base string) hop {
+		return hop{name, getter(c, base+"/app"), getter(c, base+"/app/fwd/gather")}
+	}
 	return []hop{
-		{"direct", getter(client(&http.Transport{DisableCompression: true}), "http://"+app+"/app")},
-		{"reverseproxy", getter(client(&http.Transport{DisableCompression: true}), "http://"+ln.Addr().String()+"/app")},
+		mk("direct", client(&http.Transport{DisableCompression: true}), "http://"+app),
+		mk("reverseproxy", client(&http.Transport{DisableCompression: true}), "http://"+ln.Addr().String()),
 		// The same client as the other hops (no Client.Timeout, whose
 		// timer and contexts would count against the waypoint), dialling
 		// HBONE tunnels as a client's ztunnel does.
-		{"waypoint", getter(client(&http.Transport{
+		mk("waypoint", client(&http.Transport{
 			DialContext:        func(ctx context.Context, _, _ string) (net.Conn, error) { return m.tunnel(ctx, vipHTTP) },
 			DisableCompression: true,
-		}), "http://reviews/app")},
+		}), "http://reviews"),
 	}
 }
 

@@ -87,7 +87,13 @@ type bounds struct {
 	// held; the least recently used idle pool is closed to make room.
 	MaxUpstreamPools int
 	// MaxIdleConnsPerPool bounds the idle HTTP/1.1 connections kept per
-	// pool.
+	// pool. A pool's connections, idle or busy, each hold one of their
+	// cluster's max_connections, which bounds them all; this bound is
+	// only a pool's share, and must stay above the concurrency a busy
+	// (endpoint, client) pair sees: a pool that keeps fewer connections
+	// than its requests in flight closes the surplus as each finishes
+	// and opens a new HBONE stream (and the endpoint's ztunnel a new
+	// connection to its pod) for the next, most of a request's cost.
 	MaxIdleConnsPerPool int
 	// PoolSweep is how often idle upstream pools are looked for.
 	PoolSweep time.Duration
@@ -104,7 +110,7 @@ func defaultBounds() bounds {
 		MaxMirrors:           128,
 		MaxMirrorBody:        64 << 10,
 		MaxUpstreamPools:     4096,
-		MaxIdleConnsPerPool:  16,
+		MaxIdleConnsPerPool:  256,
 		PoolSweep:            30 * time.Second,
 	}
 }

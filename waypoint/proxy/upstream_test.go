@@ -3,7 +3,11 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
+	"net/http"
 	"net/netip"
+	"sync"
 	"testing"
 	"time"
 
@@ -73,5 +77,63 @@ func TestIdleUpstreamPoolsSwept(t *testing.T) {
 			t.Fatal("an idle pool was kept for 10s (IdleTimeout 50ms)")
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestUpstreamConnectionsKeptUnderConcurrency: a pool keeps as many
+// connections as its (endpoint, client) pair had requests in flight, so
+// a steady 64 concurrent requests are served by the same 64 HBONE streams
+// rather than closing the surplus after each request and opening new
+// streams (and the pod's ztunnel new connections) for the next.
+func TestUpstreamConnectionsKeptUnderConcurrency(t *testing.T) {
+	const clients = 64
+	m := newMesh(t, bounds{})
+	c := m.h1Client(vipHTTP)
+	c.Transport.(*http.Transport).MaxIdleConnsPerHost = clients
+	pod := m.pods[podV1]
+	round := func() {
+		// All of a round's requests are in the app at once: the pool
+		// needs clients connections.
+		m.gather.Store(newGathering(clients))
+		var wg sync.WaitGroup
+		errs := make(chan error, clients)
+		for range clients {
+			wg.Go(func() {
+				res, err := c.Get("http://reviews/app/fwd/gather")
+				if err != nil {
+					errs <- err
+					return
+				}
+				b, err := io.ReadAll(res.Body)
+				res.Body.Close()
+				if err == nil && (res.StatusCode != http.StatusOK || string(b) != "gathered") {
+					err = fmt.Errorf("%s %q", res.Status, b)
+				}
+				if err != nil {
+					errs <- err
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+	}
+	round()
+	first := len(pod.tunnels())
+	if first < clients {
+		t.Fatalf("first round: %d upstream streams for %d concurrent requests", first, clients)
+	}
+	for range 3 {
+		round()
+	}
+	// A connection goes back to its pool just after its response body
+	// ended, which may be after the client saw the response: a request of
+	// the next round may find its connection not yet back. A few such
+	// races dial anew; a pool keeping fewer connections than it served
+	// redials most of each round.
+	if again := len(pod.tunnels()) - first; again > clients/4 {
+		t.Errorf("%d more upstream streams dialled over 3 rounds of the same %d concurrent requests, want at most %d: the pool closes connections it needs again", again, clients, clients/4)
 	}
 }

@@ -10,15 +10,7 @@ import (
 )
 
 // Istio's standard metric label names, in the order of its stats plugin.
-var httpLabels = []string{
-	"reporter",
-	"source_workload", "source_canonical_service", "source_canonical_revision", "source_workload_namespace",
-	"source_principal", "source_app", "source_version", "source_cluster",
-	"destination_workload", "destination_workload_namespace", "destination_principal", "destination_app",
-	"destination_version", "destination_service", "destination_service_name", "destination_service_namespace",
-	"destination_canonical_service", "destination_canonical_revision", "destination_cluster",
-	"request_protocol", "response_code", "grpc_response_status", "response_flags", "connection_security_policy",
-}
+var httpLabels = httpLabelsArray[:]
 
 // responseCodeIndex is where response_code and grpc_response_status sit
 // in httpLabels.
@@ -81,7 +73,38 @@ type Metrics struct {
 
 	mu      sync.Mutex
 	sources map[source]bool
+
+	// series caches each HTTP label set's four metrics, so that a request
+	// whose labels were seen before finds them with one map lookup rather
+	// than prometheus hashing and checking its 25 values for each metric.
+	// It holds what the vectors hold already, at most maxSeries of them.
+	seriesMu  sync.RWMutex
+	series    map[labelValues]*httpSeries
+	maxSeries int
 }
+
+// labelValues are a request's values of httpLabels, in order.
+type labelValues [len(httpLabelsArray)]string
+
+var httpLabelsArray = [...]string{
+	"reporter",
+	"source_workload", "source_canonical_service", "source_canonical_revision", "source_workload_namespace",
+	"source_principal", "source_app", "source_version", "source_cluster",
+	"destination_workload", "destination_workload_namespace", "destination_principal", "destination_app",
+	"destination_version", "destination_service", "destination_service_name", "destination_service_namespace",
+	"destination_canonical_service", "destination_canonical_revision", "destination_cluster",
+	"request_protocol", "response_code", "grpc_response_status", "response_flags", "connection_security_policy",
+}
+
+// httpSeries is one HTTP label set's metrics.
+type httpSeries struct {
+	requests                prometheus.Counter
+	duration, reqBytes, rsp prometheus.Observer
+}
+
+// defaultMaxSeries bounds Metrics.series; label sets beyond it are looked
+// up in the vectors each time.
+const defaultMaxSeries = 10000
 
 // source is one side's labels.
 type source struct {
@@ -98,7 +121,7 @@ func NewMetrics(reg prometheus.Registerer, o MetricsOptions) (*Metrics, error) {
 		o.MaxSources = DefaultMaxSources
 	}
 	m := &Metrics{
-		cluster: o.Cluster, maxSources: o.MaxSources, sources: map[source]bool{},
+		cluster: o.Cluster, maxSources: o.MaxSources, sources: map[source]bool{}, series: map[labelValues]*httpSeries{}, maxSeries: defaultMaxSeries,
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "istio_requests_total",
 			Help: "Requests handled by the waypoint."}, httpLabels),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "istio_request_duration_milliseconds",
@@ -130,14 +153,14 @@ func (m *Metrics) Observe(r *Record) {
 	dst := m.peer(r.Destination)
 	// In httpLabels' order; the TCP metrics take the same values without
 	// response_code and grpc_response_status.
-	lv := []string{
+	lv := labelValues{
 		Reporter,
 		src.workload, src.canonicalService, src.canonicalRevision, src.namespace,
 		src.principal, src.app, src.version, src.cluster,
 		dst.workload, dst.namespace, dst.principal, dst.app,
 		dst.version, value(r.DestinationService), value(r.DestinationServiceName), value(r.DestinationServiceNamespace),
 		dst.canonicalService, dst.canonicalRevision, dst.cluster,
-		protocol(r), strconv.Itoa(r.ResponseCode), grpcStatus(r.GRPCStatus), flags(r.ResponseFlags),
+		protocol(r), responseCode(r.ResponseCode), grpcStatus(r.GRPCStatus), flags(r.ResponseFlags),
 		// The tunnel from the client and the one to the endpoint are
 		// both mutual TLS; the waypoint serves nothing else.
 		"mutual_tls",
@@ -149,10 +172,49 @@ func (m *Metrics) Observe(r *Record) {
 		m.tcpClosed.WithLabelValues(tv...).Inc()
 		return
 	}
-	m.requests.WithLabelValues(lv...).Inc()
-	m.duration.WithLabelValues(lv...).Observe(float64(r.Duration.Microseconds()) / 1000)
-	m.reqBytes.WithLabelValues(lv...).Observe(float64(max(r.BytesReceived, 0)))
-	m.rsp.WithLabelValues(lv...).Observe(float64(max(r.BytesSent, 0)))
+	s := m.httpSeries(&lv)
+	s.requests.Inc()
+	s.duration.Observe(float64(r.Duration.Microseconds()) / 1000)
+	s.reqBytes.Observe(float64(max(r.BytesReceived, 0)))
+	s.rsp.Observe(float64(max(r.BytesSent, 0)))
+}
+
+// httpSeries returns the metrics of the label set lv.
+func (m *Metrics) httpSeries(lv *labelValues) *httpSeries {
+	m.seriesMu.RLock()
+	s := m.series[*lv]
+	m.seriesMu.RUnlock()
+	if s != nil {
+		return s
+	}
+	s = &httpSeries{
+		requests: m.requests.WithLabelValues(lv[:]...),
+		duration: m.duration.WithLabelValues(lv[:]...),
+		reqBytes: m.reqBytes.WithLabelValues(lv[:]...),
+		rsp:      m.rsp.WithLabelValues(lv[:]...),
+	}
+	m.seriesMu.Lock()
+	if len(m.series) < m.maxSeries {
+		m.series[*lv] = s
+	}
+	m.seriesMu.Unlock()
+	return s
+}
+
+// responseCodes are the label values of the three-digit status codes.
+var responseCodes = func() (c [900]string) {
+	for i := range c {
+		c[i] = strconv.Itoa(100 + i)
+	}
+	return c
+}()
+
+// responseCode is the response_code label value of code.
+func responseCode(code int) string {
+	if code >= 100 && code < 1000 {
+		return responseCodes[code-100]
+	}
+	return strconv.Itoa(code)
 }
 
 // peer is p's labels: values cut and cleaned, the canonical names derived
