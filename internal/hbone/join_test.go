@@ -332,3 +332,28 @@ func TestJoinRefusalAfterMoreBytesIsFinal(t *testing.T) {
 		t.Fatalf("%d streams reached the second server, want none", n)
 	}
 }
+
+// A joined stream the server never answers ends at the deadline of its
+// Connect's context, as a Connect waiting for the answer would.
+func TestJoinAnswerDeadline(t *testing.T) {
+	addr, started, _ := heldServer(t, ServerOptions{})
+	cc, err := dialClient(t, addr, alice, bob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	st, err := cc.Connect(ctx, joinRequest("hello"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	waitStarted(t, started)
+	st.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, err = st.Read(make([]byte, 10))
+	var na *NotAnsweredError
+	if !errors.As(err, &na) || !errors.Is(err, errAnswerTimeout) {
+		t.Fatalf("Read of a stream never answered: %v, want a *NotAnsweredError for the deadline", err)
+	}
+}
