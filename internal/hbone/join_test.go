@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -355,5 +356,39 @@ func TestJoinAnswerDeadline(t *testing.T) {
 	var na *NotAnsweredError
 	if !errors.As(err, &na) || !errors.Is(err, errAnswerTimeout) {
 		t.Fatalf("Read of a stream never answered: %v, want a *NotAnsweredError for the deadline", err)
+	}
+}
+
+// DATA before the response's HEADERS is a protocol error (RFC 9113 §8.1):
+// none of it reaches the socket joined to the stream, which is reset.
+func TestJoinDataBeforeTheAnswerIsRefused(t *testing.T) {
+	addr, _ := hostileServer(t, func(a *attacker) ending {
+		a.tc.SetReadDeadline(time.Now().Add(20 * time.Second))
+		for {
+			f, err := a.fr.ReadFrame()
+			if err != nil {
+				return ending{readErr: err}
+			}
+			if h, ok := f.(*http2.MetaHeadersFrame); ok {
+				a.fr.WriteData(h.StreamID, false, []byte("sneaky"))
+				a.bw.Flush()
+				return readToEnd(a.tc, a.fr, 20*time.Second)
+			}
+		}
+	})
+	st := connectJoined(t, addr, joinRequest("hello"))
+	app, proxy := tcpPair(t)
+	joined := make(chan error, 1)
+	go func() {
+		_, _, err := Join(proxy, st)
+		joined <- err
+	}()
+	app.SetReadDeadline(time.Now().Add(10 * time.Second))
+	n, err := app.Read(make([]byte, 10))
+	if n > 0 || !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("the app read %d bytes, %v; want nothing and ECONNRESET", n, err)
+	}
+	if err := <-joined; !strings.Contains(fmt.Sprint(err), "DATA before the response") {
+		t.Fatalf("Join: %v, want the protocol error", err)
 	}
 }
