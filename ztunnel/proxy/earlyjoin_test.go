@@ -1,8 +1,10 @@
 package proxy_test
 
 import (
+	"context"
 	"errors"
 	"io"
+	"net/netip"
 	"strings"
 	"syscall"
 	"testing"
@@ -34,13 +36,7 @@ func TestMeshDenialAfterJoinResetsTheApp(t *testing.T) {
 	}}
 	m.push()
 	opened := a.opened(t)
-	c := client.dial(t, app.addr)
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := c.Write([]byte("GET / HTTP/1.0\r\n\r\n")); err != nil {
-		t.Fatal(err)
-	}
-	n, err := c.Read(make([]byte, 100))
-	if !errors.Is(err, syscall.ECONNRESET) {
+	if n, err := denied(client, app.addr); !errors.Is(err, syscall.ECONNRESET) {
 		if err == io.EOF {
 			t.Fatalf("the denied app read an orderly end (%d bytes), want ECONNRESET", n)
 		}
@@ -63,6 +59,25 @@ func TestMeshDenialAfterJoinResetsTheApp(t *testing.T) {
 	if v := closedWithFlags(t, a, "source", "DENY"); v != 1 {
 		t.Errorf("client's ztunnel closed_total{reporter=source,response_flags=DENY} = %v, want 1", v)
 	}
+}
+
+// denied connects from p to dst, writes a request and reads the answer:
+// the bytes read and the error that ended it. The refusal may even beat
+// the dial's own completion (the tunnel opens as soon as ztunnel accepts),
+// and then the dial reports the reset.
+func denied(p *pod, dst netip.AddrPort) (int, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := p.ns.Dial(ctx, "tcp", dst.String())
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write([]byte("GET / HTTP/1.0\r\n\r\n")); err != nil {
+		return 0, err
+	}
+	return c.Read(make([]byte, 100))
 }
 
 // closedWithFlags sums istio_tcp_connections_closed_total over the series
