@@ -89,7 +89,7 @@ demo: deps
 BENCH_FLAGS ?=
 bench: deps
 	@ZMESH_BENCH=1 .ci/deps.sh
-	$(GO) build -o bin/ ./cmd/zmeshd ./cmd/ztunnel ./cmd/waypoint ./e2e/bench
+	$(GO) build -o bin/ ./cmd/zmeshd ./cmd/ztunnel ./cmd/waypoint ./cmd/zmesh-cni-agent ./cmd/zmesh-cni ./e2e/bench
 	bin/bench -bin bin -fortio "$${XDG_CACHE_HOME:-$$HOME/.cache}/zmesh/bench-tools/fortio" -out e2e/bench/results $(BENCH_FLAGS)
 	$(MAKE) bench-micro
 
@@ -108,7 +108,7 @@ bench-compare: deps
 # micro-benchmarks run with `make bench-micro`.
 bench-quick: deps
 	@ZMESH_BENCH=1 .ci/deps.sh
-	$(GO) build -o bin/ ./cmd/zmeshd ./cmd/ztunnel ./cmd/waypoint ./e2e/bench
+	$(GO) build -o bin/ ./cmd/zmeshd ./cmd/ztunnel ./cmd/waypoint ./cmd/zmesh-cni-agent ./cmd/zmesh-cni ./e2e/bench
 	bin/bench -bin bin -fortio "$${XDG_CACHE_HOME:-$$HOME/.cache}/zmesh/bench-tools/fortio" -out e2e/bench/results -quick $(BENCH_FLAGS)
 
 # Regenerates committed generated code: the eBPF objects and their Go

@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -19,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/zmesh/zmesh/internal/kubetest"
+	"github.com/zmesh/zmesh/internal/testutil"
 )
 
 const primary = `{
@@ -121,7 +121,7 @@ func TestBinary(t *testing.T) {
 		"--bpf-root", bpfRoot, "--health-address", health, "--chain-interval", "200ms",
 	}
 	cmd := exec.Command(agentBin, args...)
-	logs := &lockedBuffer{}
+	logs := &testutil.SyncBuffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -226,22 +226,4 @@ func TestFlags(t *testing.T) {
 			t.Errorf("parseFlags(%q) = %v, want ok=%v", tc.args, err, tc.ok)
 		}
 	}
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  []byte
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.b = append(l.b, p...)
-	return len(p), nil
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return string(l.b)
 }

@@ -48,47 +48,12 @@ const image = "registry.example/zmesh/waypoint:test"
 // TestControllerOnKubernetes runs the controller as zmeshd's service
 // account (deploy/rbac) against a real API server with deploy/crds.
 func TestControllerOnKubernetes(t *testing.T) {
-	env := kubetest.ForTest(t)
+	env := newControllerEnv(t)
 	ctx := t.Context()
-	env.MustKubectl(t, "", "apply", "--server-side", "-f", "../../deploy/crds/")
-	env.MustKubectl(t, "", "apply", "-f", "../../deploy/rbac/")
-	if err := env.WaitEstablished(t.Context(), 60*time.Second, "gateways.gateway.networking.k8s.io", "gatewayclasses.gateway.networking.k8s.io"); err != nil {
-		t.Fatal(err)
-	}
-	env.MustKubectl(t, "", "create", "namespace", "apps")
-
-	// Everything the controller does, it does as zmeshd.
-	cfg := env.AsServiceAccount("istio-system", "zmeshd")
-	kube, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	gwc, err := gatewayclient.NewForConfig(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	admin, err := gatewayclient.NewForConfig(env.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctrl, err := New(kube, gwc, Options{Image: image, XDSAddress: "zmeshd.istio-system.svc:15012", Log: slog.New(slog.NewTextHandler(testWriter{t}, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
 	before := goleak.IgnoreCurrent()
-	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- ctrl.Run(runCtx) }()
+	stop := env.start(t, Options{Image: image, XDSAddress: "zmeshd.istio-system.svc:15012"})
 	t.Cleanup(func() {
 		stop()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Run: %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Fatal("Run did not return after cancel")
-		}
 		// Run's informers, queue and workers are gone; the clients'
 		// pooled connections may stay.
 		if err := goleak.Find(before,
@@ -104,7 +69,7 @@ func TestControllerOnKubernetes(t *testing.T) {
 
 	t.Run("GatewayClass", func(t *testing.T) {
 		testutil.Eventually(t, 60*time.Second, "GatewayClass istio-waypoint accepted", func() error {
-			gc, err := admin.GatewayV1().GatewayClasses().Get(ctx, ClassName, metav1.GetOptions{})
+			gc, err := env.admin.GatewayV1().GatewayClasses().Get(ctx, ClassName, metav1.GetOptions{})
 			if err != nil {
 				return err
 			}
@@ -116,7 +81,7 @@ func TestControllerOnKubernetes(t *testing.T) {
 	})
 
 	env.MustKubectl(t, docsWaypoint, "apply", "-f", "-")
-	gw, err := admin.GatewayV1().Gateways("apps").Get(ctx, "waypoint", metav1.GetOptions{})
+	gw, err := env.admin.GatewayV1().Gateways("apps").Get(ctx, "waypoint", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,7 +134,7 @@ func TestControllerOnKubernetes(t *testing.T) {
 			if err != nil {
 				return err
 			}
-			g, err := admin.GatewayV1().Gateways("apps").Get(ctx, name, metav1.GetOptions{})
+			g, err := env.admin.GatewayV1().Gateways("apps").Get(ctx, name, metav1.GetOptions{})
 			if err != nil {
 				return err
 			}
@@ -246,7 +211,7 @@ func TestControllerOnKubernetes(t *testing.T) {
 	t.Run("wrong listener is not accepted", func(t *testing.T) {
 		env.MustKubectl(t, strings.NewReplacer("name: waypoint", "name: bad", "port: 15008", "port: 8080").Replace(docsWaypoint), "apply", "-f", "-")
 		testutil.Eventually(t, 60*time.Second, "Accepted=False naming the field", func() error {
-			g, err := admin.GatewayV1().Gateways("apps").Get(ctx, "bad", metav1.GetOptions{})
+			g, err := env.admin.GatewayV1().Gateways("apps").Get(ctx, "bad", metav1.GetOptions{})
 			if err != nil {
 				return err
 			}
@@ -274,7 +239,7 @@ func TestControllerOnKubernetes(t *testing.T) {
 		}
 		env.MustKubectl(t, strings.NewReplacer("name: waypoint", "name: taken").Replace(docsWaypoint), "apply", "-f", "-")
 		testutil.Eventually(t, 60*time.Second, "Programmed=False", func() error {
-			g, err := admin.GatewayV1().Gateways("apps").Get(ctx, "taken", metav1.GetOptions{})
+			g, err := env.admin.GatewayV1().Gateways("apps").Get(ctx, "taken", metav1.GetOptions{})
 			if err != nil {
 				return err
 			}
@@ -316,7 +281,7 @@ func TestControllerOnKubernetes(t *testing.T) {
 	t.Run("deleted GatewayClass is re-created", func(t *testing.T) {
 		env.MustKubectl(t, "", "delete", "gatewayclass", ClassName)
 		testutil.Eventually(t, 60*time.Second, "GatewayClass back", func() error {
-			_, err := admin.GatewayV1().GatewayClasses().Get(ctx, ClassName, metav1.GetOptions{})
+			_, err := env.admin.GatewayV1().GatewayClasses().Get(ctx, ClassName, metav1.GetOptions{})
 			return err
 		})
 	})
@@ -328,6 +293,69 @@ func conditionIs(conds []metav1.Condition, typ string, want metav1.ConditionStat
 		return fmt.Errorf("%s condition %+v, want %s", typ, c, want)
 	}
 	return nil
+}
+
+// controllerEnv is a real API server with deploy/crds, deploy/rbac and a
+// namespace apps, and the clients of a controller test.
+type controllerEnv struct {
+	*kubetest.Env
+	// kube and gwc act as zmeshd's service account: everything the
+	// controller does, it does as zmeshd.
+	kube kubernetes.Interface
+	gwc  gatewayclient.Interface
+	// admin is the cluster admin's client, for what users create.
+	admin gatewayclient.Interface
+}
+
+func newControllerEnv(t *testing.T) controllerEnv {
+	t.Helper()
+	env := kubetest.ForTest(t)
+	env.MustKubectl(t, "", "apply", "--server-side", "-f", "../../deploy/crds/")
+	env.MustKubectl(t, "", "apply", "-f", "../../deploy/rbac/")
+	if err := env.WaitEstablished(t.Context(), 60*time.Second, "gateways.gateway.networking.k8s.io", "gatewayclasses.gateway.networking.k8s.io"); err != nil {
+		t.Fatal(err)
+	}
+	env.MustKubectl(t, "", "create", "namespace", "apps")
+	cfg := env.AsServiceAccount("istio-system", "zmeshd")
+	kube, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gwc, err := gatewayclient.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin, err := gatewayclient.NewForConfig(env.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return controllerEnv{Env: env, kube: kube, gwc: gwc, admin: admin}
+}
+
+// start runs a controller with opts, logging to the test, as zmeshd. stop
+// cancels it and waits for Run to return, failing the test if Run
+// returned an error or did not return in 30 s.
+func (e controllerEnv) start(t *testing.T, opts Options) (stop func()) {
+	t.Helper()
+	opts.Log = slog.New(slog.NewTextHandler(testWriter{t}, nil))
+	ctrl, err := New(e.kube, e.gwc, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- ctrl.Run(ctx) }()
+	return func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("Run did not return after cancel")
+		}
+	}
 }
 
 // testWriter sends the controller's log to the test's.

@@ -1,9 +1,7 @@
 package deployer
 
 import (
-	"context"
 	"fmt"
-	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -12,12 +10,9 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
-	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 	"sigs.k8s.io/yaml"
 
-	"github.com/zmesh/zmesh/internal/kubetest"
 	"github.com/zmesh/zmesh/internal/testutil"
 )
 
@@ -30,36 +25,9 @@ import (
 // InvalidParameters naming the key and the problem, with the Deployment
 // left as it was.
 func TestParametersOnKubernetes(t *testing.T) {
-	env := kubetest.ForTest(t)
+	env := newControllerEnv(t)
 	ctx := t.Context()
-	env.MustKubectl(t, "", "apply", "--server-side", "-f", "../../deploy/crds/")
-	env.MustKubectl(t, "", "apply", "-f", "../../deploy/rbac/")
-	if err := env.WaitEstablished(ctx, 60*time.Second, "gateways.gateway.networking.k8s.io", "gatewayclasses.gateway.networking.k8s.io"); err != nil {
-		t.Fatal(err)
-	}
-	env.MustKubectl(t, "", "create", "namespace", "apps")
-	cfg := env.AsServiceAccount("istio-system", "zmeshd")
-	kube, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	gwc, err := gatewayclient.NewForConfig(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctrl, err := New(kube, gwc, Options{Image: image, Log: slog.New(slog.NewTextHandler(testWriter{t}, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- ctrl.Run(runCtx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
+	defer env.start(t, Options{Image: image})()
 
 	cms := env.Client.CoreV1().ConfigMaps("apps")
 	patches := func(cpu string) map[string]string {
@@ -86,11 +54,7 @@ spec:
 		t.Fatal(err)
 	}
 	gw.Spec.Infrastructure = &gatewayv1.GatewayInfrastructure{ParametersRef: &gatewayv1.LocalParametersReference{Group: "", Kind: "ConfigMap", Name: "waypoint-sizing"}}
-	admin, err := gatewayclient.NewForConfig(env.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := admin.GatewayV1().Gateways("apps").Create(ctx, &gw, metav1.CreateOptions{}); err != nil {
+	if _, err := env.admin.GatewayV1().Gateways("apps").Create(ctx, &gw, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -109,7 +73,7 @@ spec:
 	}
 	accepted := func(status metav1.ConditionStatus, reason, contains string) func() error {
 		return func() error {
-			g, err := admin.GatewayV1().Gateways("apps").Get(ctx, "waypoint", metav1.GetOptions{})
+			g, err := env.admin.GatewayV1().Gateways("apps").Get(ctx, "waypoint", metav1.GetOptions{})
 			if err != nil {
 				return err
 			}

@@ -40,7 +40,7 @@ func (e *env) startL7Peers(start func(n *netenv.NS, name, bin string, args ...st
 		if err := os.MkdirAll(filepath.Join(e.tmp, name), 0o755); err != nil {
 			return nil, err
 		}
-		p, err := start(e.proxyHost, name, "nginx", "-c", conf, "-p", filepath.Join(e.tmp, name), "-e", "stderr")
+		p, err := start(e.proxyHost(), name, "nginx", "-c", conf, "-p", filepath.Join(e.tmp, name), "-e", "stderr")
 		if err != nil {
 			return nil, err
 		}
@@ -55,7 +55,7 @@ func (e *env) startL7Peers(start func(n *netenv.NS, name, bin string, args ...st
 	if err := os.WriteFile(hcfg, []byte(haproxyHTTPConf()), 0o644); err != nil {
 		return nil, err
 	}
-	hap, err := start(e.proxyHost, "haproxy-http", "haproxy", "-db", "-f", hcfg)
+	hap, err := start(e.proxyHost(), "haproxy-http", "haproxy", "-db", "-f", hcfg)
 	if err != nil {
 		return nil, err
 	}

@@ -2,10 +2,12 @@
 // against direct traffic and against what users would deploy instead, in
 // one run.
 //
-// It builds a three-node topology in network namespaces (the demo's: an
-// underlay bridge in its own namespace, node host namespaces, pods with
-// eBPF capture enrolled by an in-process CNI agent, a ztunnel process per
-// pod node fed by zmeshd over delta xDS, the waypoint's pod on the third)
+// It builds a three-node topology in network namespaces (the demo's and
+// the e2e suite's: an underlay bridge in its own namespace, node host
+// namespaces routing each other's pod ranges, pods behind their node's
+// pod bridge made by the node's CNI chain, where zmesh-cni-agent chains
+// zmesh-cni and captures the ambient ones, a ztunnel process per meshed
+// node fed by zmeshd over delta xDS, the waypoint's pod on the third)
 // and runs every workload on its paths, interleaved, several times: direct
 // pod → pod; mesh (both pods ambient); stunnel (client on node A, server on
 // node B, mutual TLS 1.3); haproxy (TCP mode, one hop); waypoint (a
@@ -43,7 +45,7 @@ import (
 	"time"
 
 	"github.com/zmesh/zmesh/e2e/bench/report"
-	"github.com/zmesh/zmesh/e2e/netenv"
+	"github.com/zmesh/zmesh/e2e/noderunner"
 	"github.com/zmesh/zmesh/e2e/proc"
 )
 
@@ -106,7 +108,7 @@ func splitList(s string) []string {
 	return strings.Split(s, ",")
 }
 
-func run(ctx context.Context, p plan, o options, stdout, progress io.Writer) error {
+func run(ctx context.Context, p plan, o options, stdout, progress io.Writer) (err error) {
 	if os.Geteuid() != 0 {
 		return errors.New("the bench creates network namespaces and loads eBPF: it needs root")
 	}
@@ -119,9 +121,19 @@ func run(ctx context.Context, p plan, o options, stdout, progress io.Writer) err
 			return fmt.Errorf("%s: %w (ZMESH_BENCH=1 .ci/deps.sh installs it)", tool, err)
 		}
 	}
+	for _, p := range []string{"bridge", "host-local"} {
+		if _, err := os.Stat(filepath.Join(noderunner.DebianCNI, p)); err != nil {
+			return fmt.Errorf("the nodes' pod network uses the CNI plugin %s: %w (.ci/deps.sh installs containernetworking-plugins)", p, err)
+		}
+	}
 	bin, err := filepath.Abs(o.bin)
 	if err != nil {
 		return err
+	}
+	for _, b := range []string{"zmeshd", "ztunnel", "waypoint", "zmesh-cni-agent", "zmesh-cni"} {
+		if _, err := os.Stat(filepath.Join(bin, b)); err != nil {
+			return fmt.Errorf("-bin %s: %w (make bench builds it)", o.bin, err)
+		}
 	}
 	started := time.Now()
 	host, _ := os.Hostname()
@@ -152,15 +164,16 @@ func run(ctx context.Context, p plan, o options, stdout, progress io.Writer) err
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
 	slog.SetDefault(log)
-	fmt.Fprintf(progress, "bench: setting up three nodes, five pods, zmeshd, two ztunnels, a waypoint, stunnel, haproxy and nginx (work dir %s)\n", tmp)
+	fmt.Fprintf(progress, "bench: setting up three nodes with their pod bridges, six pods, zmeshd, two agents and ztunnels, a waypoint, stunnel, haproxy and nginx (work dir %s)\n", tmp)
 	e, err := setup(ctx, bin, tmp, log)
 	if err != nil {
 		return err
 	}
 	defer func() {
-		e.Close()
-		if left := netenv.Leftovers(); len(left) > 0 {
-			fmt.Fprintf(progress, "bench: namespaces left behind: %v\n", left)
+		if left := e.Close(); len(left) > 0 {
+			lerr := fmt.Errorf("cleanup left %d things behind:\n  %s", len(left), strings.Join(left, "\n  "))
+			fmt.Fprintln(progress, "bench:", lerr)
+			err = errors.Join(err, lerr)
 		}
 	}()
 	allPaths, err := e.startPeers(ctx, fortio)

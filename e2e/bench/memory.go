@@ -11,6 +11,7 @@ import (
 
 	"github.com/zmesh/zmesh/cni/agent"
 	"github.com/zmesh/zmesh/e2e/bench/report"
+	"github.com/zmesh/zmesh/e2e/noderunner"
 	"github.com/zmesh/zmesh/e2e/proc"
 )
 
@@ -24,8 +25,19 @@ func (e *env) measureMemory(ctx context.Context, workloads, services int, profil
 	if err != nil {
 		return nil, err
 	}
+	// The node has no pods: the node runner's in-process agent serves its
+	// ztunnel's ZDS socket and nothing else.
+	ndir := filepath.Join(e.tmp, memNode)
+	if err := os.MkdirAll(ndir, 0o700); err != nil {
+		return nil, err
+	}
 	none := agent.MembershipFunc(func(string, string) (string, bool) { return "", false })
-	_, zt, err := e.startNode(ctx, memNode, none, ports)
+	n, err := noderunner.Start(memNode, ndir, none, e.lan.Underlay.Handle(), e.log)
+	if err != nil {
+		return nil, err
+	}
+	e.defer_(func() { n.Close() })
+	zt, err := e.startZtunnel(ctx, memNode, ndir, n.ZDSPath, ports)
 	if err != nil {
 		return nil, err
 	}

@@ -187,7 +187,7 @@ func TestWaypointCommandLine(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"POD_NAME=" + pod.Name, "POD_NAMESPACE=bench", "INSTANCE_IP=10.44.0.6", "SERVICE_ACCOUNT=waypoint", "NODE_NAME=node-3"} {
+	for _, want := range []string{"POD_NAME=" + pod.Name, "POD_NAMESPACE=bench", "INSTANCE_IP=10.50.3.2", "SERVICE_ACCOUNT=waypoint", "NODE_NAME=node-3"} {
 		if !slices.Contains(env, want) {
 			t.Errorf("env %v lacks %s", env, want)
 		}
@@ -267,8 +267,8 @@ func TestNginxConf(t *testing.T) {
 		"ssl_verify_client on;", "ssl_client_certificate /pki/ca.pem;", "ssl_protocols TLSv1.3;",
 		"proxy_pass https://app;", "proxy_ssl_certificate /pki/cert.pem;", "proxy_ssl_verify on;", "proxy_ssl_name bench-node;",
 		"grpc_pass grpcs://grpcapp;", "grpc_ssl_certificate /pki/cert.pem;", "grpc_ssl_verify on;",
-		"server 10.44.0.12:18443;", "server 10.44.0.12:18445;",
-		"listen 10.44.0.13:38443 ssl;", "listen 10.44.0.13:38444 ssl http2;",
+		"server 10.44.0.3:18443;", "server 10.44.0.3:18445;",
+		"listen 10.44.0.4:38443 ssl;", "listen 10.44.0.4:38444 ssl http2;",
 		"access_log off;", "keepalive 128;",
 	} {
 		if !strings.Contains(m, want) {
@@ -282,13 +282,13 @@ func TestNginxConf(t *testing.T) {
 	if strings.Contains(p, "ssl") {
 		t.Errorf("plain nginx conf has TLS:\n%s", p)
 	}
-	for _, want := range []string{"server 10.44.0.5:8080;", "grpc_pass grpc://grpcapp;", "listen 10.44.0.13:38081 http2;"} {
+	for _, want := range []string{"server 10.50.2.3:8080;", "grpc_pass grpc://grpcapp;", "listen 10.44.0.4:38081 http2;"} {
 		if !strings.Contains(p, want) {
 			t.Errorf("nginx conf lacks %q:\n%s", want, p)
 		}
 	}
 	h := haproxyHTTPConf()
-	for _, want := range []string{"mode http", "bind 10.44.0.13:48081 proto h2", "server s 10.44.0.5:8079 proto h2", "http-reuse always"} {
+	for _, want := range []string{"mode http", "bind 10.44.0.4:48081 proto h2", "server s 10.50.2.3:8079 proto h2", "http-reuse always"} {
 		if !strings.Contains(h, want) {
 			t.Errorf("haproxy conf lacks %q:\n%s", want, h)
 		}

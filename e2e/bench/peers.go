@@ -114,7 +114,7 @@ func (e *env) startPeers(ctx context.Context, fortio string) ([]*path, error) {
 		if err := os.WriteFile(f, []byte(conf), 0o600); err != nil {
 			return nil, err
 		}
-		p, err := start(e.hosts[i], "stunnel-"+nodeNames[i], "stunnel4", f)
+		p, err := start(e.node(nodeNames[i]).Host, "stunnel-"+nodeNames[i], "stunnel4", f)
 		if err != nil {
 			return nil, err
 		}
@@ -139,7 +139,7 @@ listen iperf
 `, n2, haproxyHTTP, srv, httpPort, n2, haproxyIperf, srv, iperfPort)), 0o644); err != nil {
 		return nil, err
 	}
-	hap, err := start(e.hosts[1], "haproxy", "haproxy", "-db", "-f", hcfg)
+	hap, err := start(e.node(nodeNames[1]).Host, "haproxy", "haproxy", "-db", "-f", hcfg)
 	if err != nil {
 		return nil, err
 	}

@@ -29,9 +29,10 @@ import (
 // writes what they would hold into zmeshd's config directory: the
 // Gateway, the Service and Pod the deployer's Deployment yields for it
 // (deployer.Desired, the controller's own objects), the pod on node-3 at
-// a LAN address of its own; and it runs the pod's container as the
-// manifest says (command, args, downward-API env), its volumes standing
-// in as files. The echo Service (the mesh server pod behind a VIP) is
+// an address of node-3's pod range; node-3's runner makes the pod's
+// network through the node's CNI chain, and the bench runs the pod's
+// container in it as the manifest says (command, args, downward-API env),
+// its volumes standing in as files. The echo Service (the mesh server pod behind a VIP) is
 // labelled to use it.
 const (
 	waypointGateway = "waypoint"
@@ -47,10 +48,10 @@ const (
 var (
 	echoVIP         = netip.MustParseAddr("10.96.0.10")
 	waypointVIP     = netip.MustParseAddr("10.96.0.2")
-	waypointPodAddr = netip.MustParseAddr("10.44.0.6")
-	// zmeshd as the waypoint's pod reaches it: a forwarder on the pod's
-	// loopback to zmeshd's TLS port in the root namespace (a ClusterIP
-	// Service in a cluster).
+	waypointPodAddr = podAddr(2, 2) // in node-3's pod range
+	// zmeshd as the waypoint's pod reaches it: a forwarder on node-3's
+	// host to zmeshd's TLS port in the root namespace (a ClusterIP Service
+	// in a cluster).
 	controlPlane = netip.MustParseAddr("10.45.0.1")
 )
 
@@ -156,21 +157,18 @@ func containerEnv(c corev1.Container, pod *corev1.Pod) ([]string, error) {
 	return out, nil
 }
 
-// startWaypoint runs the waypoint pod in its own namespace on the LAN and
-// waits for its readiness probe (it is ready once zmeshd's config is in).
+// startWaypoint runs the waypoint's container in its pod (which node-3's
+// runner made through the node's CNI chain) and waits for its readiness
+// probe (it is ready once zmeshd's config is in).
 func (e *env) startWaypoint(ctx context.Context, o deployer.Objects, pod *corev1.Pod) error {
-	ns, err := e.lan.HostAt("waypoint", waypointPodAddr)
-	if err != nil {
+	rp := e.node(proxyNode).runner.Pod(pod.Namespace, pod.Name)
+	if rp == nil || rp.IP != waypointPodAddr {
+		return fmt.Errorf("the waypoint's pod %s/%s did not start on %s at %s", pod.Namespace, pod.Name, proxyNode, waypointPodAddr)
+	}
+	ns := rp.NS
+	if err := sysctl(ns, benchSysctls...); err != nil {
 		return err
 	}
-	if err := sysctl(ns, "net.ipv4.tcp_tw_reuse=1", "net.ipv4.ip_local_port_range=10000 65000", "net.core.somaxconn=4096", "net.ipv4.tcp_max_syn_backlog=4096"); err != nil {
-		return err
-	}
-	fwd, err := netenv.Forward(ns, e.zmeshdForPods(), e.zmeshdSecure)
-	if err != nil {
-		return err
-	}
-	e.defer_(func() { fwd.Close() })
 	root := filepath.Join(e.tmp, "waypoint")
 	if err := os.MkdirAll(root, 0o700); err != nil {
 		return err

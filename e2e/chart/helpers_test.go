@@ -1,17 +1,13 @@
 package chart
 
 import (
-	"context"
-	"encoding/json"
-	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"net/netip"
 	"testing"
 	"time"
 
 	"github.com/zmesh/zmesh/e2e/cluster"
+	"github.com/zmesh/zmesh/e2e/podapp"
 )
 
 func mustAddr(t *testing.T, s string) netip.Addr {
@@ -55,50 +51,13 @@ func serviceAddr(t *testing.T, ns, name string, port uint16) netip.AddrPort {
 
 // httpClient's connections start in the pod's network namespace, so
 // ztunnel captures them.
-func httpClient(p *cluster.Pod) *http.Client {
-	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return p.NS.Dial(ctx, network, addr)
-		},
-		MaxIdleConnsPerHost: 4,
-	}}
-}
+func httpClient(p *cluster.Pod) *http.Client { return p.HTTPClient() }
 
-// echo is the part of the test app's JSON reply the scenarios read.
-type echo struct {
-	Version string              `json:"version"`
-	Headers map[string][]string `json:"headers"`
-}
-
-func get(c *http.Client, url string) (int, echo, error) {
-	resp, err := c.Get(url)
-	if err != nil {
-		return 0, echo{}, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return resp.StatusCode, echo{}, err
-	}
-	var e echo
-	if resp.StatusCode == http.StatusOK {
-		if err := json.Unmarshal(b, &e); err != nil {
-			return resp.StatusCode, e, fmt.Errorf("reply %q: %w", b, err)
-		}
-	}
-	return resp.StatusCode, e, nil
-}
+// get sends one GET and decodes the app's echo.
+func get(c *http.Client, url string) (int, podapp.Echo, error) { return cluster.GetEcho(c, url, nil) }
 
 // count sends n requests and counts the answering versions, stopping at
 // the first error or non-200 answer.
 func count(c *http.Client, url string, n int) (map[string]int, error) {
-	got := map[string]int{}
-	for i := range n {
-		code, e, err := get(c, url)
-		if err != nil || code != http.StatusOK {
-			return got, fmt.Errorf("request %d of %d to %s: %d %v", i+1, n, url, code, err)
-		}
-		got[e.Version]++
-	}
-	return got, nil
+	return cluster.CountVersions(c, url, n, nil)
 }

@@ -73,22 +73,15 @@ func TestUpgrade(t *testing.T) {
 	t0 := time.Now()
 	upgrade(t, map[string]any{"ztunnel": prevZtunnel})
 	rollout(t, "daemonset/ztunnel")
-	until(t, 60*time.Second, "every node runs only a ztunnel of the previous release", func() error {
-		for _, n := range mesh.Nodes {
-			if img := ztunnelImage(t, n.Name); img != "zmesh/ztunnel:"+prevTag {
-				return fmt.Errorf("%s runs %q", n.Name, img)
-			}
-		}
-		return nil
-	})
+	waitZtunnels(t, "zmesh/ztunnel:"+prevTag, "the previous release")
 	time.Sleep(time.Second)
 	t1 := time.Now()
-	l.stop()
-	ok, failed := l.between(t0, t1)
+	l.Stop()
+	ok, failed := l.Between(t0, t1)
 	t.Logf("ztunnel rolled back to %s (commit %s), in %s: %d new connections answered, %d failed (slowest %s)",
-		prevTag, prevZtunnelCommit[:12], t1.Sub(t0).Round(100*time.Millisecond), ok, len(failed), l.slowest(t0, t1))
+		prevTag, prevZtunnelCommit[:12], t1.Sub(t0).Round(100*time.Millisecond), ok, len(failed), l.Slowest(t0, t1))
 	if len(failed) > 0 || ok == 0 {
-		t.Errorf("connections failed while ztunnel rolled to the previous release:%s", describe(failed))
+		t.Errorf("connections failed while ztunnel rolled to the previous release:%s", cluster.DescribeFailed(failed))
 	}
 	// The pods run that build, not this tree's: one process per node.
 	if n := runningExe(prevBin); n != len(mesh.Nodes) {
@@ -122,12 +115,12 @@ func TestUpgrade(t *testing.T) {
 	})
 	time.Sleep(time.Second)
 	t1 = time.Now()
-	l.stop()
-	ok, failed = l.between(t0, t1)
+	l.Stop()
+	ok, failed = l.Between(t0, t1)
 	t.Logf("zmeshd rolled to %s (replicas %v -> %v), leader %s -> %s, in %s: %d new connections answered, %d failed",
 		nextTag, oldZmeshd, podNames(t, "app=zmeshd"), holder, newLeader, t1.Sub(t0).Round(100*time.Millisecond), ok, len(failed))
 	if len(failed) > 0 || ok == 0 {
-		t.Errorf("connections failed while zmeshd rolled:%s", describe(failed))
+		t.Errorf("connections failed while zmeshd rolled:%s", cluster.DescribeFailed(failed))
 	}
 	for _, n := range mesh.Nodes {
 		if img := ztunnelImage(t, n.Name); img != "zmesh/ztunnel:"+prevTag {
@@ -183,26 +176,19 @@ spec:
 	t0 = time.Now()
 	upgrade(t, map[string]any{"zmeshd": nextZmeshd, "ztunnel": map[string]any{"image": "zmesh/ztunnel:" + nextTag}})
 	rollout(t, "daemonset/ztunnel")
-	until(t, 60*time.Second, "every node runs only a ztunnel of the new release", func() error {
-		for _, n := range mesh.Nodes {
-			if img := ztunnelImage(t, n.Name); img != "zmesh/ztunnel:"+nextTag {
-				return fmt.Errorf("%s runs %q", n.Name, img)
-			}
-		}
-		return nil
-	})
+	waitZtunnels(t, "zmesh/ztunnel:"+nextTag, "the new release")
 	time.Sleep(time.Second)
 	t1 = time.Now()
-	l.stop()
+	l.Stop()
 	surge, order := w.stop()
-	ok, failed = l.between(t0, t1)
+	ok, failed = l.Between(t0, t1)
 	if n := runningExe(prevBin); n != 0 {
 		t.Errorf("%d processes still run the previous release's %s", n, prevBin)
 	}
 	t.Logf("ztunnel rolled from %s to %s node by node (%s), in %s: %d new connections answered, %d failed (slowest %s)",
-		prevTag, nextTag, strings.Join(order, ", then "), t1.Sub(t0).Round(100*time.Millisecond), ok, len(failed), l.slowest(t0, t1))
+		prevTag, nextTag, strings.Join(order, ", then "), t1.Sub(t0).Round(100*time.Millisecond), ok, len(failed), l.Slowest(t0, t1))
 	if len(failed) > 0 || ok == 0 {
-		t.Errorf("connections failed while ztunnel rolled:%s", describe(failed))
+		t.Errorf("connections failed while ztunnel rolled:%s", cluster.DescribeFailed(failed))
 	}
 	if surge > 1 {
 		t.Errorf("%d nodes had an old and a new ztunnel pod at once, want one at a time (maxSurge 1)", surge)
@@ -257,6 +243,20 @@ func leaseHolder(t *testing.T) string {
 		return ""
 	}
 	return *l.Spec.HolderIdentity
+}
+
+// waitZtunnels waits until every node runs only a ztunnel of image, that
+// of release.
+func waitZtunnels(t *testing.T, image, release string) {
+	t.Helper()
+	until(t, 60*time.Second, "every node runs only a ztunnel of "+release, func() error {
+		for _, n := range mesh.Nodes {
+			if img := ztunnelImage(t, n.Name); img != image {
+				return fmt.Errorf("%s runs %q", n.Name, img)
+			}
+		}
+		return nil
+	})
 }
 
 // ztunnelImage is the image of the node's ztunnel pods, "" unless there is
@@ -336,81 +336,8 @@ func (zw *ztunnelWatch) stop() (surge int, order []string) {
 	return zw.surge, zw.order
 }
 
-// load opens a new connection from one pod to dst every 10 ms, each given
-// 3 s to connect and echo, and records each outcome.
-type load struct {
-	cancel context.CancelFunc
-	done   chan struct{}
-	mu     sync.Mutex
-	res    []outcome
-}
-
-type outcome struct {
-	start time.Time
-	took  time.Duration
-	err   error
-}
-
-func startLoad(from *cluster.Pod, dst netip.AddrPort) *load {
-	ctx, cancel := context.WithCancel(context.Background())
-	l := &load{cancel: cancel, done: make(chan struct{})}
-	go func() {
-		defer close(l.done)
-		for ctx.Err() == nil {
-			start := time.Now()
-			_, _, err := from.EchoWithin(ctx, dst, 3*time.Second)
-			if ctx.Err() != nil {
-				return
-			}
-			l.mu.Lock()
-			l.res = append(l.res, outcome{start, time.Since(start), err})
-			l.mu.Unlock()
-			time.Sleep(10 * time.Millisecond)
-		}
-	}()
-	return l
-}
-
-func (l *load) stop() { l.cancel(); <-l.done }
-
-// between counts outcomes of connections opened in [from, to).
-func (l *load) between(from, to time.Time) (ok int, failed []outcome) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for _, r := range l.res {
-		if r.start.Before(from) || !r.start.Before(to) {
-			continue
-		}
-		if r.err != nil {
-			failed = append(failed, r)
-		} else {
-			ok++
-		}
-	}
-	return ok, failed
-}
-
-// slowest is the longest a connection of [from, to) took.
-func (l *load) slowest(from, to time.Time) time.Duration {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var m time.Duration
-	for _, r := range l.res {
-		if !r.start.Before(from) && r.start.Before(to) {
-			m = max(m, r.took)
-		}
-	}
-	return m.Round(time.Millisecond)
-}
-
-func describe(fs []outcome) string {
-	var b strings.Builder
-	for i, f := range fs {
-		if i == 5 {
-			fmt.Fprintf(&b, "\n  ... and %d more", len(fs)-5)
-			break
-		}
-		fmt.Fprintf(&b, "\n  %s: %v", f.start.Format("15:04:05.000"), f.err)
-	}
-	return b.String()
+// startLoad opens a new connection from one pod to dst every 10 ms, each
+// given 3 s to connect and echo, and records each outcome.
+func startLoad(from *cluster.Pod, dst netip.AddrPort) *cluster.Load {
+	return cluster.StartLoad(from, dst, 10*time.Millisecond, 3*time.Second)
 }

@@ -159,17 +159,6 @@ type Node struct {
 	inHost bool
 }
 
-func bpfEntries(root string) []string {
-	var out []string
-	filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
-		if err == nil && path != root {
-			out = append(out, path)
-		}
-		return nil
-	})
-	return out
-}
-
 // Repo returns the repository root, found from this source file.
 func Repo() string {
 	_, file, _, _ := runtime.Caller(0)
@@ -628,7 +617,7 @@ func (c *Cluster) mountBPF(n *Node, dir string) error {
 	if err := unix.Mount("bpf", n.BPFRoot, "bpf", 0, ""); err != nil {
 		return fmt.Errorf("mount bpffs at %s: %w", n.BPFRoot, err)
 	}
-	n.bpfBase = bpfEntries(n.BPFRoot) // the filesystem's own (maps.debug, progs.debug)
+	n.bpfBase = netenv.BPFEntries(n.BPFRoot) // the filesystem's own (maps.debug, progs.debug)
 	return nil
 }
 
@@ -732,7 +721,7 @@ func (c *Cluster) Close() error {
 	// Pins left once every pod is gone are the product's leak.
 	for _, n := range c.Nodes {
 		if n.BPFRoot != "" {
-			for _, p := range bpfEntries(n.BPFRoot) {
+			for _, p := range netenv.BPFEntries(n.BPFRoot) {
 				if c.opts.FromChart && p == filepath.Join(n.BPFRoot, "zmesh") {
 					// The agent's --bpf-root: its pins would be inside.
 					continue

@@ -165,6 +165,21 @@ func (c *Conn) Ping(timeout time.Duration) error {
 	return nil
 }
 
+// HTTPClient is an HTTP client whose connections start in the pod's
+// network namespace (so ztunnel captures them) and are kept alive between
+// requests, as an application's would be.
+func (p *Pod) HTTPClient() *http.Client {
+	return &http.Client{
+		Timeout: 5 * time.Second,
+		Transport: &http.Transport{
+			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				return p.NS.Dial(ctx, network, addr)
+			},
+			MaxIdleConnsPerHost: 4,
+		},
+	}
+}
+
 // HTTPGet makes an HTTP request from the pod, on a new connection.
 func (p *Pod) HTTPGet(ctx context.Context, url string) (int, string, error) {
 	tr := &http.Transport{

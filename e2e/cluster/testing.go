@@ -80,19 +80,36 @@ func Eventually(t testing.TB, d time.Duration, what string, cond func() bool) ti
 	return time.Since(start)
 }
 
-// Zmeshctl runs the CLI built for the cluster as its admin, logging the
-// command and its output; it fails the test on error.
+// ApplyManifest runs `kubectl apply -f -` on manifest, an inline YAML
+// that creates namespace ns, and deletes ns at cleanup without waiting.
+func (c *Cluster) ApplyManifest(t testing.TB, manifest, ns string) {
+	t.Helper()
+	if out, err := c.Env.KubectlRun(t.Context(), manifest, "apply", "-f", "-"); err != nil {
+		t.Fatalf("apply: %v: %s", err, out)
+	}
+	t.Cleanup(func() { c.Kubectl(t.Context(), "delete", "namespace", ns, "--wait=false") })
+}
+
+// ZmeshctlRun runs the CLI built for the cluster as its admin and returns
+// its output (stdout and stderr), for a test that polls it.
+func (c *Cluster) ZmeshctlRun(ctx context.Context, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, filepath.Join(c.Bin, "zmeshctl"), append([]string{"--kubeconfig", c.Env.Kubeconfig}, args...)...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// Zmeshctl is ZmeshctlRun within two minutes, logging the command and its
+// output; it fails the test on error.
 func (c *Cluster) Zmeshctl(t testing.TB, args ...string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, filepath.Join(c.Bin, "zmeshctl"), append([]string{"--kubeconfig", c.Env.Kubeconfig}, args...)...)
-	out, err := cmd.CombinedOutput()
-	t.Logf("$ zmeshctl %s\n%s", strings.Join(args, " "), strings.TrimSpace(string(out)))
+	out, err := c.ZmeshctlRun(ctx, args...)
+	t.Logf("$ zmeshctl %s\n%s", strings.Join(args, " "), strings.TrimSpace(out))
 	if err != nil {
 		t.Fatalf("zmeshctl %s: %v", strings.Join(args, " "), err)
 	}
-	return string(out)
+	return out
 }
 
 // ServiceAddr is a Service's ClusterIP and port.

@@ -104,8 +104,8 @@ func runLocal(ctx context.Context, binDir, input, sessionPath string, out io.Wri
 		return err
 	}
 	fmt.Fprintf(out, "zmesh local: %s on a local mesh of %d nodes (no cluster); Ctrl-C removes everything\n\n", input, len(nodeNames))
-	m := &mesh{keep: os.Getenv("ZMESH_DEMO_KEEP") != ""}
-	if m.tmp, err = os.MkdirTemp("", "zmesh-local-"); err != nil {
+	m, err := newMesh("zmesh-local-")
+	if err != nil {
 		st.fail(err)
 		return err
 	}
@@ -119,45 +119,26 @@ func runLocal(ctx context.Context, binDir, input, sessionPath string, out io.Wri
 		if madeDir {
 			os.Remove(filepath.Dir(sessionPath))
 		}
-		if err != nil && ctx.Err() != nil {
-			step, _, _ := strings.Cut(err.Error(), "\n")
-			err = fmt.Errorf("%w (the step under way: %s); removing everything", errInterrupted, step)
-		}
-		if err != nil {
-			st.fail(err)
-		}
-		start := time.Now()
-		m.Close()
-		for d := range hosts {
-			os.RemoveAll(d)
-		}
-		if etcNetnsOurs {
-			os.Remove("/etc/netns") // only if empty: another user's entries stay
-		}
-		left := m.leftovers()
-		for d := range hosts {
-			if _, serr := os.Stat(d); serr == nil {
-				left = append(left, d)
+		err = m.finish(ctx, st, err, func() (left []string) {
+			for d := range hosts {
+				os.RemoveAll(d)
 			}
-		}
-		if _, serr := os.Stat(sessionPath); serr == nil {
-			left = append(left, "session file "+sessionPath)
-		}
-		if len(left) > 0 {
-			lerr := fmt.Errorf("cleanup left %d things behind:\n      %s", len(left), strings.Join(left, "\n      "))
-			st.fail(lerr)
-			err = errors.Join(err, lerr)
-			return
-		}
-		st.say("cleanup", "pods stopped and CNI DEL run, processes stopped, namespaces and bpffs removed, %s removed in %s: nothing else left", m.tmp, time.Since(start).Round(10*time.Millisecond))
+			if etcNetnsOurs {
+				os.Remove("/etc/netns") // only if empty: another user's entries stay
+			}
+			for d := range hosts {
+				if _, serr := os.Stat(d); serr == nil {
+					left = append(left, d)
+				}
+			}
+			if _, serr := os.Stat(sessionPath); serr == nil {
+				left = append(left, "session file "+sessionPath)
+			}
+			return left
+		})
 	}()
-	m.bin = binDir
-	if m.bin == "" {
-		m.bin = filepath.Join(m.tmp, "bin")
-		st.note("building zmeshd, ztunnel, zmesh-cni-agent, zmesh-cni, zmeshctl and waypoint (go build ./cmd/...)")
-		if err := m.build(ctx); err != nil {
-			return err
-		}
+	if err := m.binaries(ctx, st, binDir); err != nil {
+		return err
 	}
 
 	// 1. Apply the YAML as an API server and its controllers would.
@@ -191,12 +172,7 @@ func runLocal(ctx context.Context, binDir, input, sessionPath string, out io.Wri
 	if len(u.Errors) > 0 {
 		return fmt.Errorf("zmeshd's directory source rejects the applied YAML: %v", u.Errors)
 	}
-	m.waypoints = map[types.NamespacedName]string{}
-	for _, gw := range u.Snapshot.Gateways {
-		if gw.Spec.GatewayClassName == deployer.ClassName {
-			m.waypoints[types.NamespacedName{Namespace: gw.Namespace, Name: gw.Name}] = "token-waypoint-" + gw.Namespace + "-" + gw.Name
-		}
-	}
+	m.waypoints = waypointTokens(u.Snapshot)
 
 	// 2. The mesh, as the demo runs it.
 	if err := m.network(); err != nil {
@@ -217,12 +193,8 @@ func runLocal(ctx context.Context, binDir, input, sessionPath string, out io.Wri
 			return fmt.Errorf("%s: start pods: %w", n.name, err)
 		}
 	}
-	var synced map[string]int
-	if err := waitFor(ctx, func() bool {
-		synced = m.synced(ctx)
-		return synced["ztunnel"] == len(m.nodes) && synced["zmesh-cni-agent"] == len(m.nodes) && synced["router"] == len(m.waypoints)
-	}); err != nil {
-		return fmt.Errorf("zmeshd's /debug/syncz does not list every ztunnel, agent and waypoint as synced: %v", synced)
+	if _, err := m.waitSynced(ctx); err != nil {
+		return err
 	}
 
 	// 3. What runs where, in the session file and on the terminal.

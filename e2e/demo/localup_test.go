@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -22,6 +21,7 @@ import (
 
 	"github.com/zmesh/zmesh/e2e/netenv"
 	"github.com/zmesh/zmesh/e2e/podapp"
+	"github.com/zmesh/zmesh/internal/testutil"
 )
 
 // badYAML is added to Istio's scenario: an HTTPRoute whose backend does
@@ -97,7 +97,7 @@ func TestLocalUp(t *testing.T) {
 	zmeshctl := filepath.Join(bin, "zmeshctl")
 	linksBefore := netenv.RootLinks()
 
-	var out syncBuffer
+	var out testutil.SyncBuffer
 	up := exec.Command(zmeshctl, "local", "up", "-f", in, "--bin", bin, "--session", sessionPath)
 	up.Stdout, up.Stderr = &out, &out
 	if err := up.Start(); err != nil {
@@ -374,21 +374,4 @@ func get(t *testing.T, c *http.Client, url string) (int, string) {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, strings.TrimSpace(string(b))
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -40,9 +40,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/term"
-	"k8s.io/apimachinery/pkg/types"
 
-	"github.com/zmesh/zmesh/controlplane/deployer"
 	"github.com/zmesh/zmesh/controlplane/model"
 	"github.com/zmesh/zmesh/controlplane/source/dir"
 	"github.com/zmesh/zmesh/e2e/noderunner"
@@ -135,8 +133,8 @@ func run(ctx context.Context, binDir string, out io.Writer, stay bool) (err erro
 	fmt.Fprintln(out)
 	began := time.Now()
 
-	m := &mesh{keep: os.Getenv("ZMESH_DEMO_KEEP") != ""}
-	if m.tmp, err = os.MkdirTemp("", "zmesh-demo-"); err != nil {
+	m, err := newMesh("zmesh-demo-")
+	if err != nil {
 		st.fail(err)
 		return err
 	}
@@ -144,35 +142,9 @@ func run(ctx context.Context, binDir string, out io.Writer, stay bool) (err erro
 	// stopped in order by Close, not cut off by the signal.
 	runCtx, stopRunners := context.WithCancel(context.Background())
 	m.stopRunners = stopRunners
-	defer func() {
-		if err != nil && ctx.Err() != nil {
-			step, _, _ := strings.Cut(err.Error(), "\n")
-			err = fmt.Errorf("%w (the step under way: %s); removing everything", errInterrupted, step)
-		}
-		if err != nil {
-			st.fail(err)
-		}
-		start := time.Now()
-		m.Close()
-		if left := m.leftovers(); len(left) > 0 {
-			lerr := fmt.Errorf("cleanup left %d things behind:\n      %s", len(left), strings.Join(left, "\n      "))
-			st.fail(lerr)
-			err = errors.Join(err, lerr)
-			return
-		}
-		tmp := m.tmp + " removed"
-		if m.keep {
-			tmp = m.tmp + " kept (ZMESH_DEMO_KEEP)"
-		}
-		st.say("cleanup", "pods stopped and CNI DEL run, processes stopped, namespaces and bpffs removed, %s in %s: nothing else left", tmp, time.Since(start).Round(10*time.Millisecond))
-	}()
-	m.bin = binDir
-	if m.bin == "" {
-		m.bin = filepath.Join(m.tmp, "bin")
-		st.note("building zmeshd, ztunnel, zmesh-cni-agent, zmesh-cni, zmeshctl and waypoint (go build ./cmd/...)")
-		if err := m.build(ctx); err != nil {
-			return err
-		}
+	defer func() { err = m.finish(ctx, st, err, nil) }()
+	if err := m.binaries(ctx, st, binDir); err != nil {
+		return err
 	}
 	built := time.Now()
 
@@ -202,12 +174,7 @@ func run(ctx context.Context, binDir string, out io.Writer, stay bool) (err erro
 	if webV1 == nil || webV2 == nil {
 		return errors.New("the shipped mesh YAML lacks one of the pods web-v1, web-v2")
 	}
-	m.waypoints = map[types.NamespacedName]string{}
-	for _, gw := range u.Snapshot.Gateways {
-		if gw.Spec.GatewayClassName == deployer.ClassName {
-			m.waypoints[types.NamespacedName{Namespace: gw.Namespace, Name: gw.Name}] = "token-waypoint-" + gw.Namespace + "-" + gw.Name
-		}
-	}
+	m.waypoints = waypointTokens(u.Snapshot)
 	if _, ok := m.waypoints[canaryWaypoint]; !ok {
 		return fmt.Errorf("the shipped mesh YAML lacks the waypoint Gateway %s", canaryWaypoint)
 	}
@@ -284,12 +251,9 @@ func run(ctx context.Context, binDir string, out io.Writer, stay bool) (err erro
 		}
 		st.say(p.name, "%s on %s: captured via CNI ADD (%s) in %s, ztunnel acked; identity %s", p.addr, p.node, chain, p.rp.CNIAdd.Round(time.Millisecond), p.id())
 	}
-	var synced map[string]int
-	if err := waitFor(ctx, func() bool {
-		synced = m.synced(ctx)
-		return synced["ztunnel"] == len(m.nodes) && synced["zmesh-cni-agent"] == len(m.nodes) && synced["router"] == len(m.waypoints)
-	}); err != nil {
-		return fmt.Errorf("zmeshd's /debug/syncz does not list every ztunnel, agent and waypoint as synced: %v", synced)
+	synced, err := m.waitSynced(ctx)
+	if err != nil {
+		return err
 	}
 	st.say("zmeshd", "%d ztunnels and %d zmesh-cni-agents connected and synced (/debug/syncz)", synced["ztunnel"], synced["zmesh-cni-agent"])
 	st.say("zmeshd", "%d waypoint connected and synced, served its own Listener, Routes, Clusters and Endpoints by its identity", synced["router"])
@@ -441,6 +405,19 @@ func (m *mesh) synced(ctx context.Context) map[string]int {
 		}
 	}
 	return out
+}
+
+// waitSynced waits until zmeshd lists every ztunnel, agent and waypoint
+// as synced, and returns the counts by kind.
+func (m *mesh) waitSynced(ctx context.Context) (map[string]int, error) {
+	var synced map[string]int
+	if err := waitFor(ctx, func() bool {
+		synced = m.synced(ctx)
+		return synced["ztunnel"] == len(m.nodes) && synced["zmesh-cni-agent"] == len(m.nodes) && synced["router"] == len(m.waypoints)
+	}); err != nil {
+		return nil, fmt.Errorf("zmeshd's /debug/syncz does not list every ztunnel, agent and waypoint as synced: %v", synced)
+	}
+	return synced, nil
 }
 
 // enrolLegacy labels namespace legacy ambient in the YAML directory; zmeshd

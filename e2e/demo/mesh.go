@@ -23,6 +23,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/zmesh/zmesh/controlplane/deployer"
+	"github.com/zmesh/zmesh/controlplane/model"
 	"github.com/zmesh/zmesh/e2e/netenv"
 	"github.com/zmesh/zmesh/e2e/noderunner"
 	"github.com/zmesh/zmesh/e2e/podapp"
@@ -119,6 +120,29 @@ func preflight(needGo bool) error {
 		return fmt.Errorf("the demo builds zmesh's binaries: %w", err)
 	}
 	return nil
+}
+
+// newMesh makes the mesh's temporary directory (named prefix*), which
+// Close removes unless ZMESH_DEMO_KEEP is set.
+func newMesh(prefix string) (*mesh, error) {
+	m := &mesh{keep: os.Getenv("ZMESH_DEMO_KEEP") != ""}
+	var err error
+	if m.tmp, err = os.MkdirTemp("", prefix); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// binaries takes the mesh's binaries from binDir, or, when it is empty,
+// builds them into the temporary directory.
+func (m *mesh) binaries(ctx context.Context, st story, binDir string) error {
+	m.bin = binDir
+	if m.bin != "" {
+		return nil
+	}
+	m.bin = filepath.Join(m.tmp, "bin")
+	st.note("building zmeshd, ztunnel, zmesh-cni-agent, zmesh-cni, zmeshctl and waypoint (go build ./cmd/...)")
+	return m.build(ctx)
 }
 
 // build compiles the binaries the demo runs.
@@ -263,7 +287,7 @@ func (m *mesh) startNode(ctx context.Context, n *node) error {
 		return fmt.Errorf("%s: mount bpffs: %w (the kernel needs BPF: CONFIG_BPF_SYSCALL)", n.name, err)
 	}
 	n.mounted = true
-	n.bpfBase = bpfEntries(n.bpfRoot)
+	n.bpfBase = netenv.BPFEntries(n.bpfRoot)
 	var err error
 	if n.agentHealth, err = proc.FreeAddr(); err != nil {
 		return err
@@ -391,7 +415,7 @@ func (m *mesh) Close() {
 		if !n.mounted {
 			continue
 		}
-		for _, p := range bpfEntries(n.bpfRoot) {
+		for _, p := range netenv.BPFEntries(n.bpfRoot) {
 			if !slices.Contains(n.bpfBase, p) {
 				m.pinsLeft = append(m.pinsLeft, p)
 			}
@@ -426,6 +450,50 @@ func (m *mesh) Close() {
 	}
 }
 
+// waypointTokens gives each waypoint Gateway of snap the static token
+// zmeshd accepts from its pods.
+func waypointTokens(snap *model.Snapshot) map[types.NamespacedName]string {
+	out := map[types.NamespacedName]string{}
+	for _, gw := range snap.Gateways {
+		if gw.Spec.GatewayClassName == deployer.ClassName {
+			out[types.NamespacedName{Namespace: gw.Namespace, Name: gw.Name}] = "token-waypoint-" + gw.Namespace + "-" + gw.Name
+		}
+	}
+	return out
+}
+
+// finish ends a run that returned err: it says which step a signal
+// interrupted, prints err, closes the mesh, runs cleanup (the run's own
+// removals, which returns what they left; may be nil), and prints what is
+// left behind, or the cleanup line when nothing is. It returns err joined
+// with an error listing what is left.
+func (m *mesh) finish(ctx context.Context, st story, err error, cleanup func() (left []string)) error {
+	if err != nil && ctx.Err() != nil {
+		step, _, _ := strings.Cut(err.Error(), "\n")
+		err = fmt.Errorf("%w (the step under way: %s); removing everything", errInterrupted, step)
+	}
+	if err != nil {
+		st.fail(err)
+	}
+	start := time.Now()
+	m.Close()
+	var own []string
+	if cleanup != nil {
+		own = cleanup()
+	}
+	if left := append(m.leftovers(), own...); len(left) > 0 {
+		lerr := fmt.Errorf("cleanup left %d things behind:\n      %s", len(left), strings.Join(left, "\n      "))
+		st.fail(lerr)
+		return errors.Join(err, lerr)
+	}
+	tmp := m.tmp + " removed"
+	if m.keep {
+		tmp = m.tmp + " kept (ZMESH_DEMO_KEEP)"
+	}
+	st.say("cleanup", "pods stopped and CNI DEL run, processes stopped, namespaces and bpffs removed, %s in %s: nothing else left", tmp, time.Since(start).Round(10*time.Millisecond))
+	return err
+}
+
 // leftovers lists what Close left behind: network namespaces, links in the
 // root namespace, bpffs pins, mounts, processes, pod apps and the
 // temporary directory.
@@ -456,17 +524,6 @@ func (m *mesh) leftovers() []string {
 			}
 		}
 	}
-	return out
-}
-
-func bpfEntries(root string) []string {
-	var out []string
-	filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
-		if err == nil && path != root {
-			out = append(out, path)
-		}
-		return nil
-	})
 	return out
 }
 

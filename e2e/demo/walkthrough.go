@@ -142,29 +142,31 @@ func (m *mesh) walkthrough(ctx context.Context, st story, web webClient) error {
 		return err
 	}
 	jason := http.Header{"End-User": {"jason"}}
-	var lastErr error
-	if err := waitFor(ctx, func() bool {
-		for range 10 {
-			v, err := web.version(nil)
-			if err == nil && v != "v1" {
+	// allAnswer checks that n requests in a row with header h are
+	// answered by version want.
+	allAnswer := func(n int, h http.Header, want string) error {
+		for range n {
+			v, err := web.version(h)
+			if err == nil && v != want {
 				err = fmt.Errorf("answered by %s", v)
 			}
 			if err != nil {
-				lastErr = fmt.Errorf("without end-user: %w", err)
-				return false
+				return err
 			}
+		}
+		return nil
+	}
+	var lastErr error
+	if err := waitFor(ctx, func() bool {
+		if err := allAnswer(10, nil, "v1"); err != nil {
+			lastErr = fmt.Errorf("without end-user: %w", err)
+			return false
 		}
 		// Five of jason's in a row on v2: under the 90/10 split that
 		// comes before, 1 in 100 000.
-		for range 5 {
-			v, err := web.version(jason)
-			if err == nil && v != "v2" {
-				err = fmt.Errorf("answered by %s", v)
-			}
-			if err != nil {
-				lastErr = fmt.Errorf("as jason: %v", err)
-				return false
-			}
+		if err := allAnswer(5, jason, "v2"); err != nil {
+			lastErr = fmt.Errorf("as jason: %v", err)
+			return false
 		}
 		return true
 	}); err != nil {

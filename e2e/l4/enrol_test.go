@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/zmesh/zmesh/e2e/cluster"
 )
 
 // TestEnrolment: pods already running join the mesh when their namespace
@@ -20,10 +22,10 @@ func TestEnrolment(t *testing.T) {
 	// or two to the switch (the kernel resends after 1 s, then 3 s): it
 	// still connects, and the slowest is reported below. 10 s lets such a
 	// connection finish; one that never does fails the scenario.
-	toEcho := startLoad(sleep, echo.Addr(echoPort), 20*time.Millisecond, 10*time.Second)
-	toLegacy := startLoad(sleep, legacy.Addr(echoPort), 50*time.Millisecond, 10*time.Second)
-	defer toEcho.stop()
-	defer toLegacy.stop()
+	toEcho := cluster.StartLoad(sleep, echo.Addr(echoPort), 20*time.Millisecond, 10*time.Second)
+	toLegacy := cluster.StartLoad(sleep, legacy.Addr(echoPort), 50*time.Millisecond, 10*time.Second)
+	defer toEcho.Stop()
+	defer toLegacy.Stop()
 	time.Sleep(300 * time.Millisecond)
 	before, err := sleep.Open(t.Context(), echo.Addr(echoPort))
 	if err != nil {
@@ -94,8 +96,8 @@ func TestEnrolment(t *testing.T) {
 	}
 	time.Sleep(time.Second)
 	t2 := time.Now()
-	toEcho.stop()
-	toLegacy.stop()
+	toEcho.Stop()
+	toLegacy.Stop()
 
 	for _, ph := range []struct {
 		name     string
@@ -105,12 +107,12 @@ func TestEnrolment(t *testing.T) {
 		{"after `label ambient`", t0, t1},
 		{"after `label ambient-`", t1, t2},
 	} {
-		ok, failed := toEcho.between(ph.from, ph.to)
-		lok, lfailed := toLegacy.between(ph.from, ph.to)
+		ok, failed := toEcho.Between(ph.from, ph.to)
+		lok, lfailed := toLegacy.Between(ph.from, ph.to)
 		t.Logf("%-22s sleep -> echo: %d new connections answered (slowest %s), %d failed; sleep -> legacy (opted out): %d answered, %d failed",
-			ph.name, ok, toEcho.slowest(ph.from, ph.to), len(failed), lok, len(lfailed))
+			ph.name, ok, toEcho.Slowest(ph.from, ph.to), len(failed), lok, len(lfailed))
 		if len(failed) > 0 || len(lfailed) > 0 {
-			t.Errorf("failures among connections opened %s:%s%s", ph.name, describe(failed), describe(lfailed))
+			t.Errorf("failures among connections opened %s:%s%s", ph.name, cluster.DescribeFailed(failed), cluster.DescribeFailed(lfailed))
 		}
 		if ok == 0 || lok == 0 {
 			t.Errorf("no connection answered %s", ph.name)

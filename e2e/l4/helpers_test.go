@@ -1,11 +1,8 @@
 package l4
 
 import (
-	"context"
-	"fmt"
 	"net/netip"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -38,102 +35,6 @@ func eventually(t *testing.T, d time.Duration, what string, cond func() bool) ti
 func redirected(t *testing.T, ns, name string) bool {
 	ok, err := mesh.Redirected(t.Context(), ns, name)
 	return err == nil && ok
-}
-
-// load opens a new connection per request from one pod to dst, again and
-// again, and records each outcome.
-type load struct {
-	cancel context.CancelFunc
-	done   chan struct{}
-	mu     sync.Mutex
-	res    []outcome
-}
-
-type outcome struct {
-	start time.Time
-	took  time.Duration
-	pod   string
-	from  string
-	err   error
-}
-
-// budget is how long one connection may take to connect and greet before
-// it counts as failed.
-func startLoad(from *cluster.Pod, dst netip.AddrPort, every, budget time.Duration) *load {
-	ctx, cancel := context.WithCancel(context.Background())
-	l := &load{cancel: cancel, done: make(chan struct{})}
-	go func() {
-		defer close(l.done)
-		for ctx.Err() == nil {
-			start := time.Now()
-			pod, src, err := from.EchoWithin(ctx, dst, budget)
-			if ctx.Err() != nil {
-				return
-			}
-			l.mu.Lock()
-			l.res = append(l.res, outcome{start, time.Since(start), pod, src, err})
-			l.mu.Unlock()
-			time.Sleep(every)
-		}
-	}()
-	return l
-}
-
-func (l *load) stop() { l.cancel(); <-l.done }
-
-// between counts outcomes of connections opened in [from, to).
-func (l *load) between(from, to time.Time) (ok int, failed []outcome) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for _, r := range l.res {
-		if r.start.Before(from) || !r.start.Before(to) {
-			continue
-		}
-		if r.err != nil {
-			failed = append(failed, r)
-		} else {
-			ok++
-		}
-	}
-	return ok, failed
-}
-
-// slowest is the longest a connection of [from, to) took to answer.
-func (l *load) slowest(from, to time.Time) time.Duration {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var m time.Duration
-	for _, r := range l.res {
-		if !r.start.Before(from) && r.start.Before(to) && r.took > m {
-			m = r.took
-		}
-	}
-	return m.Round(time.Millisecond)
-}
-
-// perPod counts successful answers per answering pod.
-func (l *load) perPod(from time.Time) map[string]int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	out := map[string]int{}
-	for _, r := range l.res {
-		if r.err == nil && !r.start.Before(from) {
-			out[r.pod]++
-		}
-	}
-	return out
-}
-
-func describe(fs []outcome) string {
-	var b strings.Builder
-	for i, f := range fs {
-		if i == 5 {
-			fmt.Fprintf(&b, "... and %d more", len(fs)-5)
-			break
-		}
-		fmt.Fprintf(&b, "\n  %s: %v", f.start.Format("15:04:05.000"), f.err)
-	}
-	return b.String()
 }
 
 // watchConn pings a long-lived connection every 20 ms and reports when it

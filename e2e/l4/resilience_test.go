@@ -3,6 +3,8 @@ package l4
 import (
 	"testing"
 	"time"
+
+	"github.com/zmesh/zmesh/e2e/cluster"
 )
 
 // TestResilience: zmeshd down ⇒ traffic keeps flowing on the last config
@@ -24,7 +26,7 @@ func TestResilience(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer long.Close()
-	l := startLoad(client, dst, 20*time.Millisecond, 3*time.Second)
+	l := cluster.StartLoad(client, dst, 20*time.Millisecond, 3*time.Second)
 	t0 := time.Now()
 	if err := mesh.StopZmeshd(t.Context()); err != nil {
 		t.Fatal(err)
@@ -37,11 +39,11 @@ func TestResilience(t *testing.T) {
 		t.Errorf("a connection open before zmeshd stopped broke: %v", err)
 	}
 	t1 := time.Now()
-	l.stop()
-	ok, failed := l.between(t0, t1)
+	l.Stop()
+	ok, failed := l.Between(t0, t1)
 	t.Logf("zmeshd down for %s: %d new connections answered, %d failed; the connection opened before still echoes", t1.Sub(t0).Round(100*time.Millisecond), ok, len(failed))
 	if len(failed) > 0 || ok == 0 {
-		t.Errorf("traffic while zmeshd was down:%s", describe(failed))
+		t.Errorf("traffic while zmeshd was down:%s", cluster.DescribeFailed(failed))
 	}
 	start := time.Now()
 	if err := mesh.StartZmeshd(t.Context()); err != nil {
@@ -58,7 +60,7 @@ func TestResilience(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer long2.Close()
-	l = startLoad(client, dst, 10*time.Millisecond, 3*time.Second)
+	l = cluster.StartLoad(client, dst, 10*time.Millisecond, 3*time.Second)
 	time.Sleep(500 * time.Millisecond)
 	t0 = time.Now()
 	oldPid := server.Node.ZtunnelPid()
@@ -67,11 +69,11 @@ func TestResilience(t *testing.T) {
 	}
 	time.Sleep(time.Second)
 	t1 = time.Now()
-	l.stop()
-	ok, failed = l.between(t0, t1)
+	l.Stop()
+	ok, failed = l.Between(t0, t1)
 	t.Logf("%s ztunnel replaced under load (pid %d -> %d, %s): %d new connections answered, %d failed", server.Node.Name, oldPid, server.Node.ZtunnelPid(), t1.Sub(t0).Round(100*time.Millisecond), ok, len(failed))
 	if len(failed) > 0 || ok == 0 {
-		t.Errorf("connections failed while ztunnel was replaced:%s", describe(failed))
+		t.Errorf("connections failed while ztunnel was replaced:%s", cluster.DescribeFailed(failed))
 	}
 	if err := long2.Ping(2 * time.Second); err != nil {
 		t.Logf("a connection open before the replacement: %v (the old ztunnel drains, then closes it)", err)

@@ -24,7 +24,7 @@ func TestCertificateRotation(t *testing.T) {
 
 	clientID, serverID := "spiffe://cluster.local/ns/rotate/sa/client", "spiffe://cluster.local/ns/rotate/sa/default"
 	c0, s0 := certOf(t, client.Node, clientID), certOf(t, server.Node, serverID)
-	l := startLoad(client, dst, 20*time.Millisecond, 3*time.Second)
+	l := cluster.StartLoad(client, dst, 20*time.Millisecond, 3*time.Second)
 	t0 := time.Now()
 	eventually(t, cluster.CertTTL, "both certificates renewed", func() bool {
 		c, s := certOf(t, client.Node, clientID), certOf(t, server.Node, serverID)
@@ -32,14 +32,14 @@ func TestCertificateRotation(t *testing.T) {
 	})
 	time.Sleep(2 * time.Second) // traffic on the new certificates too
 	t1 := time.Now()
-	l.stop()
-	ok, failed := l.between(t0, t1)
+	l.Stop()
+	ok, failed := l.Between(t0, t1)
 	c1, s1 := certOf(t, client.Node, clientID), certOf(t, server.Node, serverID)
 	t.Logf("client certificate renewed (expiry %s -> %s), server certificate renewed (%s -> %s); over %s: %d new connections answered, %d failed",
 		c0.NotAfter.Format(time.TimeOnly), c1.NotAfter.Format(time.TimeOnly), s0.NotAfter.Format(time.TimeOnly), s1.NotAfter.Format(time.TimeOnly),
 		t1.Sub(t0).Round(100*time.Millisecond), ok, len(failed))
 	if len(failed) > 0 || ok == 0 {
-		t.Errorf("connections failed across certificate renewals:%s", describe(failed))
+		t.Errorf("connections failed across certificate renewals:%s", cluster.DescribeFailed(failed))
 	}
 }
 

@@ -2,8 +2,6 @@ package l4
 
 import (
 	"fmt"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -37,10 +35,7 @@ spec:
   containers:
   - {name: sleep, image: curlimages/curl, command: ["/bin/sleep", "infinity"]}
 `
-	if out, err := mesh.Env.KubectlRun(t.Context(), manifest, "apply", "-f", "-"); err != nil {
-		t.Fatalf("apply: %v: %s", err, out)
-	}
-	t.Cleanup(func() { mesh.Kubectl(t.Context(), "delete", "namespace", "ztc", "--wait=false") })
+	mesh.ApplyManifest(t, manifest, "ztc")
 	pods := waitPods(t, "ztc", 2)
 	if n := pods["here"].Node.Name; n != "node-1" {
 		t.Fatalf("pod here runs on %s, want node-1", n)
@@ -50,18 +45,17 @@ spec:
 	var last string
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		cmd := exec.CommandContext(t.Context(), filepath.Join(mesh.Bin, "zmeshctl"), append([]string{"--kubeconfig", mesh.Env.Kubeconfig}, args...)...)
-		out, err := cmd.CombinedOutput()
+		out, err := mesh.ZmeshctlRun(t.Context(), args...)
 		if err != nil {
 			last = fmt.Sprintf("%v: %s", err, out)
-		} else if row := rowOf(string(out), "here"); row == nil {
+		} else if row := rowOf(out, "here"); row == nil {
 			last = fmt.Sprintf("no row for pod here in:\n%s", out)
 		} else if row[3] != "node-1" {
 			last = fmt.Sprintf("pod here on %q, want node-1:\n%s", row[3], out)
-		} else if rowOf(string(out), "there") != nil {
+		} else if rowOf(out, "there") != nil {
 			t.Fatalf("--node node-1 lists pod there, which runs on node-2:\n%s", out)
 		} else {
-			t.Logf("$ zmeshctl %s\n%s", strings.Join(args, " "), strings.TrimSpace(string(out)))
+			t.Logf("$ zmeshctl %s\n%s", strings.Join(args, " "), strings.TrimSpace(out))
 			return
 		}
 		if time.Now().After(deadline) {

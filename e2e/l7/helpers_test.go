@@ -1,17 +1,14 @@
 package l7
 
 import (
-	"context"
-	"encoding/json"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"net/netip"
 	"testing"
 	"time"
 
 	"github.com/zmesh/zmesh/e2e/cluster"
+	"github.com/zmesh/zmesh/e2e/podapp"
 )
 
 // zmeshctl runs the CLI built for the cluster as its admin, logging the
@@ -26,53 +23,11 @@ func serviceAddr(t *testing.T, ns, name string, port uint16) netip.AddrPort {
 // client is an HTTP client whose connections start in the pod's network
 // namespace (so ztunnel captures them) and are kept alive between
 // requests, as an application's would be.
-func client(p *cluster.Pod) *http.Client {
-	return &http.Client{
-		Timeout: 5 * time.Second,
-		Transport: &http.Transport{
-			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-				return p.NS.Dial(ctx, network, addr)
-			},
-			MaxIdleConnsPerHost: 4,
-		},
-	}
-}
-
-// echo is the part of the test app's JSON reply the scenarios read.
-type echo struct {
-	Path    string              `json:"path"`
-	Host    string              `json:"host"`
-	Proto   string              `json:"proto"`
-	Pod     string              `json:"pod"`
-	Version string              `json:"version"`
-	Headers map[string][]string `json:"headers"`
-}
+func client(p *cluster.Pod) *http.Client { return p.HTTPClient() }
 
 // get sends one GET with the given headers and decodes the app's echo.
-func get(c *http.Client, url string, header http.Header) (int, echo, error) {
-	req, err := http.NewRequest(http.MethodGet, url, nil)
-	if err != nil {
-		return 0, echo{}, err
-	}
-	for k, v := range header {
-		req.Header[k] = v
-	}
-	resp, err := c.Do(req)
-	if err != nil {
-		return 0, echo{}, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return resp.StatusCode, echo{}, err
-	}
-	var e echo
-	if resp.StatusCode == http.StatusOK {
-		if err := json.Unmarshal(b, &e); err != nil {
-			return resp.StatusCode, e, fmt.Errorf("reply %q: %w", b, err)
-		}
-	}
-	return resp.StatusCode, e, nil
+func get(c *http.Client, url string, header http.Header) (int, podapp.Echo, error) {
+	return cluster.GetEcho(c, url, header)
 }
 
 // versions sends n requests and counts the answering versions; any error
@@ -89,15 +44,7 @@ func versions(t *testing.T, c *http.Client, url string, n int, header http.Heade
 // count sends n requests and counts the answering versions, stopping at
 // the first error or non-200 answer.
 func count(c *http.Client, url string, n int, header http.Header) (map[string]int, error) {
-	got := map[string]int{}
-	for i := range n {
-		code, e, err := get(c, url, header)
-		if err != nil || code != http.StatusOK {
-			return got, fmt.Errorf("request %d of %d to %s: %d %v", i+1, n, url, code, err)
-		}
-		got[e.Version]++
-	}
-	return got, nil
+	return cluster.CountVersions(c, url, n, header)
 }
 
 // onlyVersion waits until every one of 20 requests in a row is answered

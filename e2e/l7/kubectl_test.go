@@ -5,8 +5,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -37,10 +35,7 @@ spec:
   nodeSelector: {kubernetes.io/hostname: node-2}
   containers: [{name: app, image: podapp}]
 `
-	if out, err := mesh.Env.KubectlRun(t.Context(), manifest, "apply", "-f", "-"); err != nil {
-		t.Fatalf("apply: %v: %s", err, out)
-	}
-	t.Cleanup(func() { mesh.Kubectl(t.Context(), "delete", "namespace", "kubectl", "--wait=false") })
+	mesh.ApplyManifest(t, manifest, "kubectl")
 	pods := mesh.MustWaitPods(t, "kubectl", 1)
 	web := pods["web"]
 
@@ -120,22 +115,17 @@ spec:
   selector: {app: web}
   ports: [{name: http, port: 80, targetPort: 8080}]
 `
-	if out, err := mesh.Env.KubectlRun(t.Context(), manifest, "apply", "-f", "-"); err != nil {
-		t.Fatalf("apply: %v: %s", err, out)
-	}
-	t.Cleanup(func() { mesh.Kubectl(t.Context(), "delete", "namespace", "pc", "--wait=false") })
+	mesh.ApplyManifest(t, manifest, "pc")
 	zmeshctl(t, "waypoint", "apply", "-n", "pc", "--enroll-namespace", "--wait")
 	until(t, 30*time.Second, "proxy-config clusters of waypoint pc/waypoint shows web.pc", func() error {
-		cmd := exec.CommandContext(t.Context(), filepath.Join(mesh.Bin, "zmeshctl"), "--kubeconfig", mesh.Env.Kubeconfig,
-			"proxy-config", "clusters", "waypoint", "-n", "pc")
-		out, err := cmd.CombinedOutput()
+		out, err := mesh.ZmeshctlRun(t.Context(), "proxy-config", "clusters", "waypoint", "-n", "pc")
 		if err != nil {
 			return fmt.Errorf("zmeshctl proxy-config clusters waypoint -n pc: %v: %s", err, out)
 		}
-		if !strings.Contains(string(out), "web.pc.svc.cluster.local") {
+		if !strings.Contains(out, "web.pc.svc.cluster.local") {
 			return fmt.Errorf("no cluster of web.pc.svc.cluster.local in:\n%s", out)
 		}
-		t.Logf("$ zmeshctl proxy-config clusters waypoint -n pc\n%s", strings.TrimSpace(string(out)))
+		t.Logf("$ zmeshctl proxy-config clusters waypoint -n pc\n%s", strings.TrimSpace(out))
 		return nil
 	})
 }

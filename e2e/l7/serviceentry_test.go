@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/zmesh/zmesh/e2e/podapp"
 )
 
 // TestServiceEntrySplit: a ServiceEntry with an address and a
@@ -183,29 +185,24 @@ func TestWorkloadWaypoint(t *testing.T) {
 	})
 }
 
-// seEcho is the test app's echo with the address it saw the request from.
-type seEcho struct {
-	echo
-	From string `json:"from"`
-}
-
-// echoFrom does one GET through c and decodes a 200 answer's echo.
-func echoFrom(c *http.Client, url string) (seEcho, error) {
+// echoFrom does one GET through c and decodes a 200 answer's echo, with
+// the address the app saw the request from.
+func echoFrom(c *http.Client, url string) (podapp.Echo, error) {
 	resp, err := c.Get(url)
 	if err != nil {
-		return seEcho{}, err
+		return podapp.Echo{}, err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
-		return seEcho{}, err
+		return podapp.Echo{}, err
 	}
 	if resp.StatusCode != http.StatusOK {
-		return seEcho{}, fmt.Errorf("%d %q", resp.StatusCode, b)
+		return podapp.Echo{}, fmt.Errorf("%d %q", resp.StatusCode, b)
 	}
-	var e seEcho
+	var e podapp.Echo
 	if err := json.Unmarshal(b, &e); err != nil {
-		return seEcho{}, fmt.Errorf("reply %q: %w", b, err)
+		return podapp.Echo{}, fmt.Errorf("reply %q: %w", b, err)
 	}
 	return e, nil
 }

@@ -21,6 +21,20 @@ func RootLinks() []string {
 	return out
 }
 
+// BPFEntries lists every file and directory under a bpffs mount at root:
+// taken once mounted and again at the end, the difference is the pins a
+// run left.
+func BPFEntries(root string) []string {
+	var out []string
+	filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
+		if err == nil && path != root {
+			out = append(out, path)
+		}
+		return nil
+	})
+	return out
+}
+
 // LeftBehind lists what a run working under dir left on the host: this
 // package's network namespaces, root-namespace links not in linksBefore
 // (not checked when nil), mounts and processes (other than this one) that

@@ -1,7 +1,10 @@
 package netenv
 
 import (
+	"os"
 	"os/exec"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -43,5 +46,24 @@ func TestLeftBehindNamesProcessesAndDir(t *testing.T) {
 	cmd.Wait()
 	if p, _ := about(true); p != 0 {
 		t.Fatalf("%d processes reported after the only one was killed", p)
+	}
+}
+
+// TestBPFEntries lists what is under root, at any depth, but not root.
+func TestBPFEntries(t *testing.T) {
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "zmesh", "pods"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "zmesh", "pods", "map"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got := BPFEntries(root)
+	want := []string{filepath.Join(root, "zmesh"), filepath.Join(root, "zmesh", "pods"), filepath.Join(root, "zmesh", "pods", "map")}
+	if !slices.Equal(got, want) {
+		t.Errorf("BPFEntries = %q, want %q", got, want)
+	}
+	if got := BPFEntries(filepath.Join(root, "absent")); got != nil {
+		t.Errorf("BPFEntries of a missing root = %q, want none", got)
 	}
 }

@@ -52,22 +52,109 @@ func (s *Stream) attachSinkEnd(dst *net.TCPConn, end *sinkEnd) error {
 	c := s.c
 	c.mu.Lock()
 	s.sink, s.sinkConn, s.sinkEnd = newSinkWriter(rc), dst, end
+	if s.rbuf.len() > 0 && s.err == nil {
+		s.writeBufferedLocked()
+	}
 	s.kickSinkLocked() // data or the end may be here already
 	c.mu.Unlock()
 	return nil
 }
 
+// writeBufferedLocked writes what arrived before the sink was attached
+// (a client that sends without waiting for the 200) with one non-blocking
+// write, as the read loop delivers: a fresh socket takes a first request
+// whole, so no drain goroutine starts for it. What the socket does not
+// take stays buffered for the drain. The bytes are copied out under c.mu
+// and dropped from the buffer only once written, and only if the buffer
+// was not released meanwhile (Close). c.mu held; released around the
+// write.
+func (s *Stream) writeBufferedLocked() {
+	c := s.c
+	bp := copyBufPool.Get().(*[]byte)
+	n := s.rbuf.peek(*bp)
+	s.sinkBusy = true
+	sink := s.sink
+	c.mu.Unlock()
+	m, _ := sink.writeNow((*bp)[:n]) // a failure is met again by drain's own write
+	copyBufPool.Put(bp)
+	c.mu.Lock()
+	s.sinkBusy = false
+	s.cond.Broadcast()
+	s.sunk += int64(m)
+	if m > 0 && s.rbuf.len() >= m {
+		s.rbuf.discard(m)
+		c.addRecvCreditLocked(s, int32(m))
+	}
+}
+
+// peek copies the buffer's first bytes into p without taking them.
+func (b *recvBuf) peek(p []byte) int {
+	total, r := 0, b.r
+	for _, chunk := range b.chunks {
+		if len(p) == 0 {
+			break
+		}
+		m := copy(p, chunk[r:])
+		total += m
+		p = p[m:]
+		r = 0
+	}
+	return total
+}
+
+// discard drops the buffer's first n bytes (at most len()), returning
+// emptied chunks to the pool.
+func (b *recvBuf) discard(n int) {
+	b.n -= n
+	for n > 0 {
+		first := b.chunks[0]
+		m := min(n, len(first)-b.r)
+		b.r += m
+		n -= m
+		if b.r < len(first) {
+			return
+		}
+		putBuf(first)
+		b.chunks[0] = nil
+		b.chunks = b.chunks[1:]
+		b.r = 0
+	}
+}
+
 // kickSinkLocked starts a drain goroutine when the sink has work the read
-// loop cannot do without blocking: buffered data, or the end to carry
-// over. c.mu held.
+// loop cannot do without blocking: buffered data, or a failure to carry
+// over. The peer's END_STREAM with nothing left to write is carried here,
+// by whoever holds c.mu: shutting the socket's sending direction does not
+// block, and a goroutine for it was one per stream and direction that
+// ends cleanly, which is every short connection. c.mu held.
 func (s *Stream) kickSinkLocked() {
 	if s.sink == nil || s.draining || s.sinkBusy {
 		return
 	}
-	if s.rbuf.len() > 0 || s.remoteEnded || s.err != nil {
+	switch {
+	case s.rbuf.len() == 0 && s.remoteEnded && s.err == nil:
+		s.endSinkLocked()
+	case s.rbuf.len() > 0 || s.remoteEnded || s.err != nil:
 		s.draining = true
+		if testHookDrain != nil {
+			testHookDrain()
+		}
 		go s.drain()
 	}
+}
+
+// testHookDrain, when set by a test, sees each drain goroutine started.
+var testHookDrain func()
+
+// endSinkLocked detaches the sink after the peer's END_STREAM, once all
+// its data reached the socket, and shuts the socket's sending direction:
+// the TCP form of END_STREAM. c.mu held, and kept.
+func (s *Stream) endSinkLocked() {
+	dst, end := s.sinkConn, s.sinkEnd
+	s.sink, s.sinkConn, s.sinkEnd = nil, nil, nil
+	end.n, s.sunk = s.sunk, 0
+	end.err = dst.CloseWrite()
+	close(end.done)
 }
 
 // drain writes the buffer to the sink with blocking writes, and carries

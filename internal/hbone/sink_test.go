@@ -290,3 +290,110 @@ func TestJoinDrainsOnlyWhileTheSocketIsFull(t *testing.T) {
 		t.Errorf("Join counted %d bytes to the app, want %d", m[0], 1<<20+3)
 	}
 }
+
+// The peer's END_STREAM on a joined stream whose data all reached the app
+// is carried to the app's socket (its FIN) without a drain goroutine: a
+// goroutine per stream and direction that ends cleanly was the common
+// case of every short connection.
+func TestCleanEndStartsNoDrain(t *testing.T) {
+	var drains atomic.Int64
+	testHookDrain = func() { drains.Add(1) }
+	t.Cleanup(func() { testHookDrain = nil })
+	app := listenApp(t, func(c net.Conn) { io.Copy(c, c) })
+	ts, moved := joinedServer(t, app, 0)
+	msg := bytes.Repeat([]byte("0123456789abcdef"), 64)
+	var atEnd int64
+	for range 20 {
+		st := openStream(t, ts.addr)
+		if _, err := st.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(st, make([]byte, len(msg))); err != nil {
+			t.Fatal(err)
+		}
+		// The request reached the app and its buffer is empty: what
+		// follows is only the end. (Data that came before the sink was
+		// attached may have started a drain above; it is not counted.)
+		before := drains.Load()
+		if err := st.CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		// The app sees EOF only if the FIN was carried over; its echo
+		// loop then ends and so does the stream.
+		rest, err := readAllTimeout(t, st, 5*time.Second)
+		if err != nil || len(rest) != 0 {
+			t.Fatalf("after the echo: %q, %v; want EOF", rest, err)
+		}
+		select {
+		case m := <-moved:
+			if m != [2]int64{int64(len(msg)), int64(len(msg))} {
+				t.Fatalf("Join moved %v, want %d each way", m, len(msg))
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("Join did not return after both ends")
+		}
+		atEnd += drains.Load() - before
+		st.Close()
+	}
+	if atEnd != 0 {
+		t.Errorf("%d drain goroutines started for clean ends of 20 streams, want 0", atEnd)
+	}
+}
+
+// Bytes that arrive before the handler joins the stream to the app (a
+// client that sends without waiting for the 200) are written to the fresh
+// socket by the joining goroutine when it takes them at once, not by a
+// drain goroutine; and the app still gets everything once and in order.
+func TestEarlyDataStartsNoDrain(t *testing.T) {
+	var drains atomic.Int64
+	testHookDrain = func() { drains.Add(1) }
+	t.Cleanup(func() { testHookDrain = nil })
+	app := listenApp(t, func(c net.Conn) { io.Copy(c, c) })
+	moved := make(chan [2]int64, 1)
+	ts := startServer(t, func(ctx context.Context, r *Request, s *Stream) {
+		up, err := net.Dial("tcp", app.Addr().String())
+		if err != nil {
+			s.RespondError(503, err.Error())
+			return
+		}
+		defer up.Close()
+		s.Respond(200)
+		// Join only once the first request is buffered.
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			s.c.mu.Lock()
+			n := s.rbuf.len()
+			s.c.mu.Unlock()
+			if n >= 1024 || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+		sent, recv, _ := Join(s, up)
+		moved <- [2]int64{sent, recv}
+	}, bob, nil)
+	st := openStream(t, ts.addr)
+	msg := bytes.Repeat([]byte("early-data-0123456789abcdef-"), 40)[:1024]
+	if _, err := st.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(st, got); err != nil || !bytes.Equal(got, msg) {
+		t.Fatalf("echo of the early request: %v (equal %v)", err, bytes.Equal(got, msg))
+	}
+	if n := drains.Load(); n != 0 {
+		t.Errorf("%d drain goroutines started for a request buffered before the join, want 0", n)
+	}
+	// The stream goes on as usual after it.
+	if got := exchange(t, st, "after"); got != "after" {
+		t.Fatalf("second exchange: %q", got)
+	}
+	select {
+	case m := <-moved:
+		if m != [2]int64{int64(len(msg) + 5), int64(len(msg) + 5)} {
+			t.Fatalf("Join moved %v, want %d each way", m, len(msg)+5)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Join did not return")
+	}
+}

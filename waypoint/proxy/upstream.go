@@ -296,17 +296,16 @@ func (u *upstreams) newPool(k poolKey, ep upstream.Endpoint, c *upstream.Cluster
 	// request.
 	cp.used.Store(time.Now().UnixNano())
 	if k.h2 {
-		t := &http2.Transport{
-			AllowHTTP: true,
-			DialTLSContext: func(ctx context.Context, _, _ string, _ *tls.Config) (net.Conn, error) {
-				return dial(ctx)
-			},
-			DisableCompression: true,
-			IdleConnTimeout:    idle,
-			MaxHeaderListSize:  uint32(u.p.bounds.MaxHeaderBytes),
-			ReadIdleTimeout:    30 * time.Second,
-			PingTimeout:        15 * time.Second,
+		t := newH2Transport()
+		t.AllowHTTP = true
+		t.DialTLSContext = func(ctx context.Context, _, _ string, _ *tls.Config) (net.Conn, error) {
+			return dial(ctx)
 		}
+		t.DisableCompression = true
+		t.IdleConnTimeout = idle
+		t.MaxHeaderListSize = uint32(u.p.bounds.MaxHeaderBytes)
+		t.ReadIdleTimeout = 30 * time.Second
+		t.PingTimeout = 15 * time.Second
 		cp.rt, cp.idle = t, t.CloseIdleConnections
 	} else {
 		t := &http.Transport{
@@ -325,6 +324,36 @@ func (u *upstreams) newPool(k poolKey, ep upstream.Endpoint, c *upstream.Cluster
 		cp.rt, cp.idle = t, t.CloseIdleConnections
 	}
 	return cp
+}
+
+// h2StreamWindow is the receive window of a stream of an upstream
+// HTTP/2 connection. The transport reads the connection (one HBONE
+// stream) eagerly, so what the app sends for a response the client does
+// not read waits in the waypoint's memory, up to the stream's window:
+// the transport's own 4 MiB would let a client pin 4 MiB for each
+// response it leaves unread, as much as an HTTP/1.1 upstream's HBONE
+// stream holds. A MiB per round trip still moves gigabytes a second
+// between nodes. The connection's window stays the transport's (1 GiB):
+// it is shared by all the client's requests to the endpoint, and a
+// smaller one would let a few stalled responses hold up the client's
+// others (behind an ingress gateway, other users' requests).
+const h2StreamWindow = 1 << 20
+
+// newH2Transport returns an HTTP/2 transport granting h2StreamWindow.
+// The receive windows are only settable through an http.Transport's
+// HTTP2 configuration, which ConfigureTransports links; the transport it
+// returns dials nothing itself (its pool leaves dialling to the HTTP/1
+// transport), so it gets a pool of its own back.
+func newH2Transport() *http2.Transport {
+	t1 := &http.Transport{HTTP2: &http.HTTP2Config{MaxReceiveBufferPerStream: h2StreamWindow}}
+	t, err := http2.ConfigureTransports(t1)
+	if err != nil {
+		// Only when t1 already speaks HTTP/2, which a fresh one does
+		// not.
+		panic(err)
+	}
+	t.ConnPool = nil
+	return t
 }
 
 // roundTrip sends a.req on cp, counting it active until its body is

@@ -200,9 +200,11 @@ func prepareDial(fd int, srcIP netip.Addr, dst netip.AddrPort, b Bypass) (netip.
 	if err := unix.Bind(fd, sockaddr(netip.AddrPortFrom(srcIP, 0))); err != nil {
 		return netip.AddrPort{}, fmt.Errorf("bind %s: %w", srcIP, err)
 	}
-	sa, err := unix.Getsockname(fd)
+	// syscall's Getsockname, not x/sys/unix's: the latter asks the socket
+	// its protocol (one more syscall per dial) to tell L2TP from TCP.
+	sa, err := syscall.Getsockname(fd)
 	if err != nil {
-		return netip.AddrPort{}, err
+		return netip.AddrPort{}, fmt.Errorf("bound port: %w", err)
 	}
 	src := netip.AddrPortFrom(srcIP, uint16(sockaddrPort(sa)))
 	if b == nil {
@@ -214,11 +216,11 @@ func prepareDial(fd int, srcIP netip.Addr, dst netip.AddrPort, b Bypass) (netip.
 	return src, nil
 }
 
-func sockaddrPort(sa unix.Sockaddr) int {
+func sockaddrPort(sa syscall.Sockaddr) int {
 	switch sa := sa.(type) {
-	case *unix.SockaddrInet4:
+	case *syscall.SockaddrInet4:
 		return sa.Port
-	case *unix.SockaddrInet6:
+	case *syscall.SockaddrInet6:
 		return sa.Port
 	}
 	return 0

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"runtime/metrics"
 	"strconv"
 	"sync"
 	"testing"
@@ -55,6 +56,7 @@ func BenchmarkConnectEcho(b *testing.B) {
 		b.Run(p.name, func(b *testing.B) {
 			buf := make([]byte, len(msg))
 			b.ReportAllocs()
+			created := goroutinesCreated()
 			for b.Loop() {
 				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 				c, err := p.client.ns.Dial(ctx, "tcp", p.echo.String())
@@ -70,8 +72,19 @@ func BenchmarkConnectEcho(b *testing.B) {
 				}
 				c.Close()
 			}
+			// Load-independent, like allocs/op: two of them are the
+			// benchmark's own (its dial in the namespace, the echo's
+			// handler), the rest the ztunnels'.
+			b.ReportMetric(float64(goroutinesCreated()-created)/float64(b.N), "goroutines/op")
 		})
 	}
+}
+
+// goroutinesCreated is how many goroutines the process has started.
+func goroutinesCreated() uint64 {
+	s := []metrics.Sample{{Name: "/sched/goroutines-created:goroutines"}}
+	metrics.Read(s)
+	return s[0].Value.Uint64()
 }
 
 // 1 KiB ping-pong on one long-lived connection: per-message latency.

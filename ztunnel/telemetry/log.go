@@ -3,6 +3,7 @@ package telemetry
 import (
 	"context"
 	"log/slog"
+	"net/netip"
 	"strconv"
 	"time"
 )
@@ -54,7 +55,8 @@ func (t *Telemetry) logOpen(c *Conn) {
 		return
 	}
 	var buf [maxAccessLogAttrs]slog.Attr
-	t.log.LogAttrs(ctx, slog.LevelDebug, msgOpened, peerAttrs(buf[:0], &c.info)...)
+	tx := formatTexts(&c.info, false)
+	t.log.LogAttrs(ctx, slog.LevelDebug, msgOpened, peerAttrs(buf[:0], &c.info, &tx)...)
 }
 
 // logClose writes the connection's one access-log line: Info when it
@@ -79,11 +81,12 @@ func (t *Telemetry) logClose(c *Conn, r *Result) {
 	}
 
 	var buf [maxAccessLogAttrs]slog.Attr
-	a := peerAttrs(buf[:0], &c.info)
+	tx := formatTexts(&c.info, true)
+	a := peerAttrs(buf[:0], &c.info, &tx)
 	a = append(a,
 		slog.Int64(KeyBytesSent, sent),
 		slog.Int64(KeyBytesRecv, recv),
-		slog.String(KeyDuration, strconv.FormatInt(time.Since(c.info.Start).Milliseconds(), 10)+"ms"),
+		slog.String(KeyDuration, tx.duration),
 	)
 	if r.Flags != FlagNone {
 		a = append(a, slog.String(KeyResponseFlags, r.Flags))
@@ -103,28 +106,48 @@ func (t *Telemetry) logClose(c *Conn, r *Result) {
 	t.log.LogAttrs(ctx, level, msgComplete, a...)
 }
 
-func peerAttrs(a []slog.Attr, ci *ConnInfo) []slog.Attr {
+// lineTexts are the values of a line that are formatted rather than held
+// as strings: the addresses (empty when not valid) and the duration.
+type lineTexts struct{ src, dst, hbone, duration string }
+
+// formatTexts formats ci's addresses and, if asked, the duration so far
+// ("<ms>ms") into one string and returns its parts: one allocation a line
+// rather than one a value, on every connection's line.
+func formatTexts(ci *ConnInfo, duration bool) lineTexts {
+	var scratch [160]byte
+	b := scratch[:0]
+	var ends [4]int
+	for i, ap := range [3]netip.AddrPort{ci.Src.Addr, ci.Dst.Addr, ci.HBONETarget} {
+		if ap.IsValid() {
+			b = ap.AppendTo(b)
+		}
+		ends[i] = len(b)
+	}
+	if duration {
+		b = strconv.AppendInt(b, time.Since(ci.Start).Milliseconds(), 10)
+		b = append(b, "ms"...)
+	}
+	ends[3] = len(b)
+	s := string(b)
+	return lineTexts{src: s[:ends[0]], dst: s[ends[0]:ends[1]], hbone: s[ends[1]:ends[2]], duration: s[ends[2]:ends[3]]}
+}
+
+func peerAttrs(a []slog.Attr, ci *ConnInfo, tx *lineTexts) []slog.Attr {
 	add := func(key, val string) {
 		if val != "" {
 			a = append(a, slog.String(key, val))
 		}
 	}
 	src, dst := &ci.Src, &ci.Dst
-	if src.Addr.IsValid() {
-		add(KeySrcAddr, src.Addr.String())
-	}
+	add(KeySrcAddr, tx.src)
 	add(KeySrcWorkload, logName(src))
 	add(KeySrcNamespace, src.Namespace)
 	if ci.Secure {
 		add(KeySrcIdentity, src.Identity)
 	}
 	add(KeySrcCluster, src.Cluster)
-	if dst.Addr.IsValid() {
-		add(KeyDstAddr, dst.Addr.String())
-	}
-	if ci.HBONETarget.IsValid() {
-		add(KeyDstHBONEAddr, ci.HBONETarget.String())
-	}
+	add(KeyDstAddr, tx.dst)
+	add(KeyDstHBONEAddr, tx.hbone)
 	add(KeyDstService, dst.Service)
 	add(KeyDstWorkload, logName(dst))
 	add(KeyDstNamespace, dst.Namespace)

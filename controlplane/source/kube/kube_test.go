@@ -23,21 +23,7 @@ func TestSnapshotsFollowTheAPIServer(t *testing.T) {
 		"crd/authorizationpolicies.security.istio.io", "crd/virtualservices.networking.istio.io", "crd/httproutes.gateway.networking.k8s.io"); err != nil {
 		t.Fatal(out, err)
 	}
-	src := &Source{
-		Kube:    env.Client,
-		Istio:   istioclient.NewForConfigOrDie(env.Config),
-		Gateway: gatewayclient.NewForConfigOrDie(env.Config),
-	}
-	snaps := make(chan *model.Snapshot, 100)
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- src.Run(ctx, func(s *model.Snapshot) { snaps <- s }) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	})
+	snaps := runSource(t, env)
 
 	waitFor := func(what string, cond func(*model.Snapshot) bool) *model.Snapshot {
 		t.Helper()
@@ -113,3 +99,24 @@ kind: HTTPRoute
 metadata: {name: reviews, namespace: shop}
 spec: {parentRefs: [{name: reviews, kind: Service, group: ""}]}
 `
+
+// runSource runs a Source on env's API server, as its admin, until the
+// test ends, and returns the snapshots it publishes.
+func runSource(t *testing.T, env *kubetest.Env) <-chan *model.Snapshot {
+	src := &Source{
+		Kube:    env.Client,
+		Istio:   istioclient.NewForConfigOrDie(env.Config),
+		Gateway: gatewayclient.NewForConfigOrDie(env.Config),
+	}
+	snaps := make(chan *model.Snapshot, 100)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- src.Run(ctx, func(s *model.Snapshot) { snaps <- s }) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+	return snaps
+}

@@ -1,15 +1,12 @@
 package kube
 
 import (
-	"context"
 	"testing"
 	"time"
 
-	istioclient "istio.io/client-go/pkg/clientset/versioned"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/util/retry"
-	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
 	"github.com/zmesh/zmesh/controlplane/model"
 	"github.com/zmesh/zmesh/internal/kubetest"
@@ -20,21 +17,7 @@ import (
 // a label change is published.
 func TestNodesCarryOnlyTheirLabels(t *testing.T) {
 	env := kubetest.ForTest(t)
-	src := &Source{
-		Kube:    env.Client,
-		Istio:   istioclient.NewForConfigOrDie(env.Config),
-		Gateway: gatewayclient.NewForConfigOrDie(env.Config),
-	}
-	snaps := make(chan *model.Snapshot, 100)
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- src.Run(ctx, func(s *model.Snapshot) { snaps <- s }) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	})
+	snaps := runSource(t, env)
 	next := func(what string) *model.Snapshot {
 		t.Helper()
 		select {
