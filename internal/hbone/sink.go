@@ -152,7 +152,7 @@ var testHookDrain func()
 func (s *Stream) endSinkLocked() {
 	dst, end := s.sinkConn, s.sinkEnd
 	s.sink, s.sinkConn, s.sinkEnd = nil, nil, nil
-	end.n, s.sunk = s.sunk, 0
+	end.n, s.sunk = end.n+s.sunk, 0
 	end.err = dst.CloseWrite()
 	close(end.done)
 }
