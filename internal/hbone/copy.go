@@ -65,6 +65,9 @@ func joinTCP(s *Stream, tcp *net.TCPConn) (toTCP, fromTCP int64, err error) {
 // copyToStream is joinTCP's halfCopy from the socket: it follows a joined
 // stream to its retry, and resets the socket of a refused one.
 func copyToStream(s *Stream, tcp *net.TCPConn) (int64, error) {
+	if s.join == nil { // set once, before the stream was returned
+		return halfCopy(s, tcp)
+	}
 	w := &retryWriter{s: s}
 	n, err := copyFromTCP(w, tcp)
 	if err == nil {
