@@ -91,10 +91,30 @@ func newClientConn(ctx context.Context, nc net.Conn, cfg *tls.Config, opts Clien
 	return c, nil
 }
 
+// NotAnsweredError ends a joined stream (ConnectRequest.Join) that the
+// server never answered: it reset the stream, the connection went away or
+// failed, or the deadline of the context given to Connect passed first.
+type NotAnsweredError struct{ Err error }
+
+func (e *NotAnsweredError) Error() string {
+	return "hbone: tunnel ended before its CONNECT was answered: " + e.Err.Error()
+}
+
+func (e *NotAnsweredError) Unwrap() error { return e.Err }
+
+// errAnswerTimeout ends a joined stream whose answer did not come before
+// the deadline of its Connect's context.
+var errAnswerTimeout = errors.New("no answer before the connect deadline")
+
 // Connect opens a tunnel to r.Target and returns it once the server
-// answered 200. Any other answer is a *StatusError.
+// answered 200 (or, with r.Join, once the request is written). Any other
+// answer is a *StatusError.
 func (cc *ClientConn) Connect(ctx context.Context, r *ConnectRequest) (*Stream, error) {
-	st, _, err := cc.c.connect(ctx, r)
+	var j *joinState
+	if r.Join {
+		j = newJoinState(r, nil, Key{}, 0)
+	}
+	st, _, err := cc.c.connect(ctx, r, j)
 	return st, err
 }
 
@@ -110,10 +130,11 @@ func (cc *ClientConn) Done() <-chan struct{} { return cc.c.done }
 // errConnFull is returned when the peer's stream limit is reached.
 var errConnFull = errors.New("hbone: connection has no free stream")
 
-// connect opens a stream and waits for the answer. opened reports whether a
-// stream was registered: if so, its end is reported through onStreamClosed
-// whatever the outcome.
-func (c *conn) connect(ctx context.Context, r *ConnectRequest) (st *Stream, opened bool, err error) {
+// connect opens a stream and waits for the answer, or, with j (a joined
+// stream), returns once the request and its early data are written.
+// opened reports whether a stream was registered: if so, its end is
+// reported through onStreamClosed whatever the outcome.
+func (c *conn) connect(ctx context.Context, r *ConnectRequest, j *joinState) (st *Stream, opened bool, err error) {
 	fields, err := requestFields(r)
 	if err != nil {
 		return nil, false, err
@@ -139,6 +160,10 @@ func (c *conn) connect(ctx context.Context, r *ConnectRequest) (st *Stream, open
 	c.nextID += 2
 	st = newStream(c, id)
 	c.streams[id] = st
+	if j != nil {
+		st.join, st.awaiting = j, true
+		j.early = true // the rest of the early data is not spent
+	}
 	// Early data goes in the same flush as far as credit allows (all of
 	// it but on a congested connection); the rest after the answer.
 	early := r.EarlyData
@@ -158,6 +183,12 @@ func (c *conn) connect(ctx context.Context, r *ConnectRequest) (st *Stream, open
 	}
 	if err := c.unlockWrite(); err != nil {
 		return nil, true, err
+	}
+	if j != nil {
+		if err := c.joined(ctx, st, early[n:]); err != nil {
+			return nil, true, err
+		}
+		return st, true, nil
 	}
 	defer func() {
 		if err == nil && int(n) < len(early) {
@@ -183,19 +214,13 @@ func (c *conn) connect(ctx context.Context, r *ConnectRequest) (st *Stream, open
 		st.cond.Wait()
 	}
 	status, serr := st.status, st.err
-	reason := ""
-	for _, h := range st.respHdr {
-		if h.Name == ReasonHeader {
-			reason = h.Value
-		}
-	}
 	c.mu.Unlock()
 	switch {
 	case status == 200:
 		return st, true, nil
 	case status != 0:
 		st.Close()
-		return nil, true, &StatusError{Status: status, Reason: reason}
+		return nil, true, st.statusError()
 	case serr != nil:
 		st.Close()
 		return nil, true, serr
@@ -203,4 +228,33 @@ func (c *conn) connect(ctx context.Context, r *ConnectRequest) (st *Stream, open
 		st.Close()
 		return nil, true, ctx.Err()
 	}
+}
+
+// joined finishes opening a joined stream: it arms the answer's deadline
+// (the context's) and writes what credit left of the early data.
+func (c *conn) joined(ctx context.Context, st *Stream, rest []byte) error {
+	j := st.join
+	if dl, ok := ctx.Deadline(); ok {
+		j.deadline = dl
+		c.mu.Lock()
+		if st.awaiting && st.err == nil {
+			j.timer = time.AfterFunc(time.Until(dl), st.answerExpired)
+		}
+		c.mu.Unlock()
+	}
+	if len(rest) > 0 {
+		if dl, ok := ctx.Deadline(); ok {
+			st.SetWriteDeadline(dl)
+		}
+		_, err := st.Write(rest)
+		st.SetWriteDeadline(time.Time{})
+		if err != nil {
+			st.Close()
+			return err
+		}
+	}
+	c.mu.Lock()
+	j.early = false
+	c.mu.Unlock()
+	return nil
 }

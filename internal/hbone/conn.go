@@ -835,6 +835,14 @@ func (c *conn) handleData(f *http2.DataFrame) error {
 		return http2.ConnectionError(http2.ErrCodeFlowControl)
 	}
 	st.recvWindow -= n
+	if c.client && st.status == 0 {
+		// A response's DATA comes after its HEADERS (RFC 9113 §8.1); a
+		// joined stream's sink must get nothing before the answer.
+		c.addRecvCreditLocked(nil, n)
+		c.mu.Unlock()
+		c.resetStream(f.StreamID, http2.ErrCodeProtocol, errors.New("hbone: DATA before the response"))
+		return nil
+	}
 	if st.remoteEnded {
 		c.mu.Unlock()
 		c.resetStream(f.StreamID, http2.ErrCodeStreamClosed, errors.New("data after END_STREAM"))

@@ -57,9 +57,60 @@ func joinTCP(s *Stream, tcp *net.TCPConn) (toTCP, fromTCP int64, err error) {
 		tcp.Close()
 		return 0, 0, err
 	}
-	fromTCP, err = halfCopy(s, tcp)
+	fromTCP, err = copyToStream(s, tcp)
 	<-end.done
 	return end.n, fromTCP, errors.Join(end.err, err)
+}
+
+// copyToStream is joinTCP's halfCopy from the socket: it follows a joined
+// stream to its retry, and resets the socket of a refused one.
+func copyToStream(s *Stream, tcp *net.TCPConn) (int64, error) {
+	if s.join == nil { // set once, before the stream was returned
+		return halfCopy(s, tcp)
+	}
+	w := &retryWriter{s: s}
+	n, err := copyFromTCP(w, tcp)
+	if err == nil {
+		err = w.closeWrite()
+	}
+	if err != nil {
+		closeSocket(w.s, tcp)
+		w.s.Close()
+	}
+	return n, err
+}
+
+// retryWriter writes to a stream, or to the retry of a joined stream the
+// server refused unprocessed: a write that failed on the refused stream
+// sent nothing (else there would be no retry), so it is written again.
+type retryWriter struct{ s *Stream }
+
+func (w *retryWriter) Write(p []byte) (int, error) {
+	for {
+		n, err := w.s.Write(p)
+		if err == nil {
+			return n, nil
+		}
+		next := w.s.retried()
+		if next == nil {
+			return n, err
+		}
+		w.s = next
+	}
+}
+
+func (w *retryWriter) closeWrite() error {
+	for {
+		err := w.s.CloseWrite()
+		if err == nil {
+			return nil
+		}
+		next := w.s.retried()
+		if next == nil {
+			return err
+		}
+		w.s = next
+	}
 }
 
 // halfCopy copies src to dst, then ends dst's sending direction. On a
@@ -103,7 +154,7 @@ func halfCopy(dst, src net.Conn) (int64, error) {
 
 // copyFromTCP copies src to dst until EOF, holding a pooled buffer only
 // from the moment src is readable until what was read is written.
-func copyFromTCP(dst net.Conn, src *net.TCPConn) (int64, error) {
+func copyFromTCP(dst io.Writer, src *net.TCPConn) (int64, error) {
 	rc, err := src.SyscallConn()
 	if err != nil {
 		return 0, err

@@ -16,6 +16,28 @@
 // TCP socket gets its data written there by the read loop itself, with no
 // goroutine of its own unless the socket is full.
 //
+// A client may also join a tunnel before its answer (ConnectRequest.Join):
+// Connect returns once the request and early data are written, and the
+// caller's bytes follow as the server's stream window allows, the window
+// bounding what the server holds before it answers. Reads wait for the
+// answer. A refusal fails the stream's Read and Write with the
+// *StatusError (status and reason); an end before any answer (a reset,
+// GOAWAY, the connection's failure, the Connect context's deadline) with a
+// *NotAnsweredError. Join resets a TCP socket joined to a stream never
+// answered 200 (SO_LINGER 0): its app reads ECONNRESET, never an orderly
+// end it could take for an empty response.
+//
+// Retries: a Pool opens a tunnel again on another connection, up to three
+// times, when the server refused it without processing it (REFUSED_STREAM,
+// a GOAWAY whose last stream id is below it) or its connection was full or
+// going away; the connection's own failure is never retried, since the
+// server may have acted on the request. A stream Connect waits for is
+// retried before Connect returns. A joined stream is retried after it too,
+// inside Join, but only while its early data is all it sent: the early
+// data is held (at most one 16 KiB buffer) until the answer and sent
+// again; once the caller's bytes beyond it went out before the answer,
+// they are spent, and a refusal fails the stream and resets its socket.
+//
 // Both sides bound what the peer can make them hold, since holding a mesh
 // identity makes no peer trustworthy: control frames queued unread, a
 // header block's bytes and CONTINUATION frames, and, on a server, the time

@@ -86,24 +86,38 @@ func NewPool(cfg PoolConfig) (*Pool, error) {
 var ErrPoolClosed = errors.New("hbone: pool closed")
 
 // Connect opens a tunnel for r over a connection for k, dialing one if none
-// has a free stream.
+// has a free stream. A stream the server refused without processing it
+// (REFUSED_STREAM, a GOAWAY that did not cover it) or that found its
+// connection full or going away is opened again on another connection,
+// up to maxRetries times; a joined stream (r.Join) also after Connect
+// returned, while its early data is all it sent (see the package
+// documentation).
 func (p *Pool) Connect(ctx context.Context, k Key, r *ConnectRequest) (*Stream, error) {
-	for attempt := 0; ; attempt++ {
+	return p.connect(ctx, k, r, 0)
+}
+
+// maxRetries bounds the times one tunnel is opened again.
+const maxRetries = 3
+
+func (p *Pool) connect(ctx context.Context, k Key, r *ConnectRequest, attempt int) (*Stream, error) {
+	for ; ; attempt++ {
 		pc, err := p.acquire(ctx, k)
 		if err != nil {
 			return nil, err
 		}
-		st, opened, err := pc.c.connect(ctx, r)
+		var j *joinState
+		if r.Join {
+			j = newJoinState(r, p, k, attempt)
+		}
+		st, opened, err := pc.c.connect(ctx, r, j)
 		if err == nil {
 			return st, nil
 		}
 		if !opened {
 			p.release(pc)
 		}
-		// A connection that went away or filled up between acquire and
-		// connect, or a stream the server refused, is retried on another;
-		// the request itself was never processed by the server.
-		if retryable(err) && attempt < 3 {
+		// The request itself was never processed by the server.
+		if retryable(err) && attempt < maxRetries {
 			continue
 		}
 		return nil, err

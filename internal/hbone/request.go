@@ -46,6 +46,18 @@ type ConnectRequest struct {
 	// if it answers 200. Connect has sent all of it when it returns the
 	// stream (the caller counts them as sent).
 	EarlyData []byte
+	// Join makes Connect return the stream as soon as the request and its
+	// early data are written, without waiting for the answer: the caller
+	// joins it to its connection at once and saves the wait between the
+	// answer and the join. Writes go out as flow control allows (the
+	// peer's stream window bounds what it holds before it answers); reads
+	// wait for the answer. A refusal fails Read and Write with the
+	// *StatusError, and an end before any answer (a reset, GOAWAY, the
+	// connection's failure, the context's deadline) with a
+	// *NotAnsweredError. Join resets a TCP socket joined to a stream that
+	// was never answered 200, so its app cannot take the refusal for an
+	// empty response. See the package documentation for retries.
+	Join bool
 }
 
 // RequestError is a request the server refuses with a status code before any

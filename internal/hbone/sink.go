@@ -38,11 +38,17 @@ type sinkEnd struct {
 // sinkEnd is done. dst is not otherwise closed. The stream's read
 // deadline does not apply; closing either side ends it.
 func (s *Stream) attachSink(dst *net.TCPConn) (*sinkEnd, error) {
+	end := &sinkEnd{done: make(chan struct{})}
+	return end, s.attachSinkEnd(dst, end)
+}
+
+// attachSinkEnd attaches dst with end: a new one, or the end of the
+// joined stream this one retries.
+func (s *Stream) attachSinkEnd(dst *net.TCPConn, end *sinkEnd) error {
 	rc, err := dst.SyscallConn()
 	if err != nil {
-		return nil, err
+		return err
 	}
-	end := &sinkEnd{done: make(chan struct{})}
 	c := s.c
 	c.mu.Lock()
 	s.sink, s.sinkConn, s.sinkEnd = newSinkWriter(rc), dst, end
@@ -51,7 +57,7 @@ func (s *Stream) attachSink(dst *net.TCPConn) (*sinkEnd, error) {
 	}
 	s.kickSinkLocked() // data or the end may be here already
 	c.mu.Unlock()
-	return end, nil
+	return nil
 }
 
 // writeBufferedLocked writes what arrived before the sink was attached
@@ -146,7 +152,7 @@ var testHookDrain func()
 func (s *Stream) endSinkLocked() {
 	dst, end := s.sinkConn, s.sinkEnd
 	s.sink, s.sinkConn, s.sinkEnd = nil, nil, nil
-	end.n, s.sunk = s.sunk, 0
+	end.n, s.sunk = end.n+s.sunk, 0
 	end.err = dst.CloseWrite()
 	close(end.done)
 }
@@ -192,23 +198,40 @@ func (s *Stream) drain() {
 
 // finishSinkLocked ends the sink direction with err (nil: the peer's
 // END_STREAM) and releases c.mu. On a failure the socket and the stream
-// are closed, so the other direction stops too; otherwise the socket's
-// sending direction is shut, the TCP form of END_STREAM.
+// are closed, so the other direction stops too, and the socket is reset
+// if the stream was joined and never answered 200; a joined stream
+// refused unprocessed hands the socket to its retry instead. Otherwise
+// the socket's sending direction is shut, the TCP form of END_STREAM.
 func (s *Stream) finishSinkLocked(err error) {
 	c := s.c
 	dst, end := s.sinkConn, s.sinkEnd
 	s.sink, s.sinkConn, s.sinkEnd = nil, nil, nil
 	s.draining = false
-	end.n, s.sunk = s.sunk, 0
+	end.n, s.sunk = end.n+s.sunk, 0
 	c.mu.Unlock()
 	if err != nil {
-		dst.Close()
+		if next := s.retried(); next != nil {
+			if next.attachSinkEnd(dst, end) == nil {
+				return
+			}
+			next.Close()
+		}
+		closeSocket(s, dst)
 		s.Close()
 	} else {
 		err = dst.CloseWrite()
 	}
 	end.err = err
 	close(end.done)
+}
+
+// closeSocket closes tcp, the socket joined to s: with a reset if s was
+// refused, so that its app cannot take the refusal for an empty answer.
+func closeSocket(s *Stream, tcp *net.TCPConn) {
+	if s.refused() {
+		tcp.SetLinger(0)
+	}
+	tcp.Close()
 }
 
 // deliverLocked hands received data to the stream: straight to its sink

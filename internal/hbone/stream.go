@@ -66,6 +66,11 @@ type Stream struct {
 	// peer resets the stream or the connection fails.
 	cancel context.CancelFunc
 
+	// join is set on a client stream opened with ConnectRequest.Join;
+	// awaiting while such a stream has no answer yet.
+	join     *joinState
+	awaiting bool
+
 	// wmu keeps one Write's frames, and CloseWrite, in order.
 	wmu sync.Mutex
 
@@ -169,6 +174,11 @@ func (s *Stream) awaitCredit(want int, dirty bool) (int, error) {
 			return 0, err
 		}
 		if s.sendWindow > 0 && c.sendWindow > 0 {
+			if s.awaiting && !s.join.early {
+				// Bytes beyond the early data leave before the answer:
+				// a retry could not send them again.
+				s.join.spent = true
+			}
 			n := min(int64(want), s.sendWindow, c.sendWindow, int64(c.peerMaxFrame), maxWriteFrameSize)
 			s.sendWindow -= n
 			c.sendWindow -= n
@@ -255,8 +265,20 @@ func (s *Stream) Close() error {
 			c.addRecvCreditLocked(nil, int32(n))
 		}
 		s.rbuf.release()
+		var next *Stream
+		if j := s.join; j != nil {
+			if j.timer != nil {
+				j.timer.Stop()
+			}
+			j.closed = true
+			next = j.next
+		}
 		c.mu.Unlock()
 		c.tryFlushCtrl()
+		if next != nil {
+			// The retry carries on the tunnel: the caller holds this one.
+			defer next.Close()
+		}
 		if alive && !finished {
 			code := http2.ErrCodeCancel
 			if s.localEnded {
@@ -276,6 +298,12 @@ func (s *Stream) Close() error {
 // failLocked fails pending and future operations with err. c.mu held.
 func (s *Stream) failLocked(err error) {
 	if s.err == nil {
+		if s.awaiting {
+			err = &NotAnsweredError{Err: err}
+			if s.join.timer != nil {
+				s.join.timer.Stop()
+			}
+		}
 		s.err = err
 	}
 	if s.cancel != nil {
@@ -322,7 +350,20 @@ func (s *Stream) handleHeaders(f *http2.MetaHeadersFrame) error {
 			return nil
 		}
 		s.status = st
-		s.respHdr = append([]hpack.HeaderField(nil), f.RegularFields()...)
+		if st != 200 {
+			// Only a refusal's reason is ever read.
+			s.respHdr = append([]hpack.HeaderField(nil), f.RegularFields()...)
+		}
+		if s.awaiting {
+			s.answeredLocked()
+			if st != 200 {
+				// A refused joined stream fails at once: its reader, its
+				// writer and its sink learn the refusal, not an end.
+				c.mu.Unlock()
+				c.resetStream(s.id, http2.ErrCodeCancel, s.statusError())
+				return nil
+			}
+		}
 	} else if !f.StreamEnded() {
 		c.mu.Unlock()
 		c.resetStream(s.id, http2.ErrCodeProtocol, errors.New("hbone: HEADERS in the middle of a stream"))

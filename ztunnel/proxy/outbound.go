@@ -27,14 +27,39 @@ func (p *Proxy) outbound(pd *pod, c *net.TCPConn) {
 	dst := unmapped(c.LocalAddr().(*net.TCPAddr).AddrPort())
 	bp := earlyPool.Get().(*[]byte)
 	early := readEarly(c, *bp)
-	up, tel, err := p.connect(pd, src, dst, early)
+	up, tel, err := p.connect(pd, src, dst, early, true)
 	earlyPool.Put(bp)
 	if err != nil {
+		// A refusal is a reset: an app that sees an orderly end may take
+		// it for an empty answer.
+		c.SetLinger(0)
 		return
 	}
 	defer up.Close()
 	sent, recv, err := hbone.Join(c, up)
+	if st, ok := up.(*hbone.Stream); ok && !st.Answered() {
+		// The tunnel was joined before its answer, which was a refusal
+		// (Join has reset c): recorded as a failed connect, as if
+		// connect had waited for it.
+		err = refusal(err)
+		tel.Close(telemetry.Result{Err: err, Flags: flagFor(err)})
+		return
+	}
 	tel.Close(telemetry.Result{Sent: int64(len(early)) + sent, Received: recv, Err: ignoreClosed(err)})
+}
+
+// refusal picks, from what Join returned for a tunnel never answered 200,
+// the server's refusal or the end that came instead of an answer.
+func refusal(err error) error {
+	var se *hbone.StatusError
+	if errors.As(err, &se) {
+		return se
+	}
+	var na *hbone.NotAnsweredError
+	if errors.As(err, &na) {
+		return na
+	}
+	return err
 }
 
 // earlyMax bounds the early data of a connection: one TLS record.
@@ -63,8 +88,12 @@ func readEarly(c *net.TCPConn, buf []byte) []byte {
 
 // connect decides how src→dst leaves the pod and opens that upstream,
 // with early (the app's first bytes, possibly none) sent ahead. On failure
-// it has already recorded the connection.
-func (p *Proxy) connect(pd *pod, src, dst netip.AddrPort, early []byte) (net.Conn, *telemetry.Conn, error) {
+// it has already recorded the connection. With join, an HBONE tunnel is
+// returned joined (hbone.ConnectRequest.Join), before the peer answered:
+// by then everything this side decides (the plan, a hold for an unknown
+// address) is done, and the peer's answer only allows or refuses. A
+// caller that must report the answer itself (SOCKS5) waits for it.
+func (p *Proxy) connect(pd *pod, src, dst netip.AddrPort, early []byte, join bool) (net.Conn, *telemetry.Conn, error) {
 	start := time.Now()
 	snap := p.cfg.State.Snapshot()
 	rr := p.rr.Add(1)
@@ -106,7 +135,7 @@ func (p *Proxy) connect(pd *pod, src, dst netip.AddrPort, early []byte) (net.Con
 			}
 		}
 	default:
-		req := &hbone.ConnectRequest{Target: plan.Target, Source: src, EarlyData: early}
+		req := &hbone.ConnectRequest{Target: plan.Target, Source: src, EarlyData: early, Join: join}
 		if plan.Service != nil {
 			req.Host = plan.Service.Hostname
 		}

@@ -41,7 +41,7 @@ func (p *Proxy) socks5(pd *pod, c *net.TCPConn) {
 	}
 	// The client is the pod's app on loopback; to the mesh it is the pod.
 	src := netip.AddrPortFrom(pd.ips[0], uint16(c.RemoteAddr().(*net.TCPAddr).Port))
-	up, tel, err := p.connect(pd, src, dst, nil)
+	up, tel, err := p.connect(pd, src, dst, nil, false)
 	if err != nil {
 		writeSOCKS5Reply(c, socksHostUnreachable)
 		return
