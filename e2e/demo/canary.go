@@ -90,9 +90,19 @@ func (m *mesh) canary(ctx context.Context, st story, alice, webV1 *pod, wp *node
 		return fmt.Errorf("%d requests: v1 %d, v2 %d; want about 90/10 (v2 between 1 and 30)", canaryRequests, v1, v2)
 	}
 	st.say("alice", "-> %s (service web): %d requests: v1 %d, v2 %d (VirtualService web: 90/10) in %s", url, canaryRequests, v1, v2, took.Round(10*time.Millisecond))
-	logged, err := accessLogLines(m.node(waypointNode), wp, webVIP.Addr().String())
-	if err != nil {
-		return err
+	// The waypoint writes its access log in batches (a line waits at most
+	// a fraction of a second), so the count may lag the last answer.
+	var logged int
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		n, err := accessLogLines(m.node(waypointNode), wp, webVIP.Addr().String())
+		if err != nil {
+			return err
+		}
+		if logged = n; logged >= canaryRequests || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 	if logged < canaryRequests {
 		return fmt.Errorf("the waypoint's access log has %d requests to service web, want at least %d", logged, canaryRequests)
