@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -361,7 +360,7 @@ func (e *env) startMeshNode(ctx context.Context, n *node, ports []string) error 
 			e.left = append(e.left, fmt.Sprintf("unmount %s: %v", n.bpfRoot, err))
 		}
 	})
-	n.bpfBase = bpfEntries(n.bpfRoot)
+	n.bpfBase = netenv.BPFEntries(n.bpfRoot)
 	health := ports[0]
 	var err error
 	n.agent, err = startProc(ctx, filepath.Join(e.binDir, "zmesh-cni-agent"), filepath.Join(n.dir, "agent.log"),
@@ -384,7 +383,7 @@ func (e *env) startMeshNode(ctx context.Context, n *node, ports []string) error 
 	// Pins left once the node's pods are gone (the runner closes before
 	// this runs) are the product's leak.
 	e.defer_(func() {
-		for _, p := range bpfEntries(n.bpfRoot) {
+		for _, p := range netenv.BPFEntries(n.bpfRoot) {
 			if !slices.Contains(n.bpfBase, p) {
 				e.left = append(e.left, "bpffs pin left after every pod was deleted: "+p)
 			}
@@ -445,49 +444,13 @@ func (e *env) startPods(ctx context.Context, n *node) error {
 	return nil
 }
 
-// chain lists the node's CNI plugins in the order ADD runs them, IPAM
-// after its plugin ("bridge", "host-local", "zmesh-cni").
-func (n *node) chain() []string {
-	b, err := os.ReadFile(filepath.Join(n.cniConf, noderunner.PrimaryConflist))
-	if err != nil {
-		return nil
-	}
-	var doc struct {
-		Plugins []struct {
-			Type string `json:"type"`
-			IPAM struct {
-				Type string `json:"type"`
-			} `json:"ipam"`
-		} `json:"plugins"`
-	}
-	if json.Unmarshal(b, &doc) != nil {
-		return nil
-	}
-	var out []string
-	for _, p := range doc.Plugins {
-		out = append(out, p.Type)
-		if p.IPAM.Type != "" {
-			out = append(out, p.IPAM.Type)
-		}
-	}
-	return out
-}
+// chain lists the node's CNI plugins in the order ADD runs them.
+func (n *node) chain() []string { return noderunner.Chain(n.cniConf) }
 
 // pinned reports whether the agent pinned a capture for the pod uid.
 func (n *node) pinned(uid string) bool {
 	_, err := os.Stat(filepath.Join(n.bpfRoot, uid))
 	return err == nil
-}
-
-func bpfEntries(root string) []string {
-	var out []string
-	filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
-		if err == nil && path != root {
-			out = append(out, path)
-		}
-		return nil
-	})
-	return out
 }
 
 // zmeshdForPods is zmeshd's TLS port as the waypoint's pod reaches it.

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -324,33 +323,8 @@ func (m *mesh) startNode(ctx context.Context, n *node) error {
 	return err
 }
 
-// chain lists the node's CNI plugins in the order ADD runs them, IPAM
-// after its plugin ("bridge", "host-local", "zmesh-cni").
-func (n *node) chain() []string {
-	b, err := os.ReadFile(filepath.Join(n.cniConf, noderunner.PrimaryConflist))
-	if err != nil {
-		return nil
-	}
-	var doc struct {
-		Plugins []struct {
-			Type string `json:"type"`
-			IPAM struct {
-				Type string `json:"type"`
-			} `json:"ipam"`
-		} `json:"plugins"`
-	}
-	if json.Unmarshal(b, &doc) != nil {
-		return nil
-	}
-	var out []string
-	for _, p := range doc.Plugins {
-		out = append(out, p.Type)
-		if p.IPAM.Type != "" {
-			out = append(out, p.IPAM.Type)
-		}
-	}
-	return out
-}
+// chain lists the node's CNI plugins in the order ADD runs them.
+func (n *node) chain() []string { return noderunner.Chain(n.cniConf) }
 
 // startPods runs the node runner in file mode on the YAML directory: it
 // starts this node's pods through the node's CNI chain, then follows the

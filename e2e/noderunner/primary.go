@@ -1,6 +1,7 @@
 package noderunner
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -47,4 +48,33 @@ func InstallPrimaryCNI(binDir, confDir, ipamDir string, podCIDR netip.Prefix) er
 }
 `, ipamDir, podCIDR.Masked().String(), podCIDR.Masked().Addr().Next().String())
 	return os.WriteFile(filepath.Join(confDir, PrimaryConflist), []byte(conf), 0o644)
+}
+
+// Chain lists the plugins of the pod network list in confDir in the order
+// ADD runs them, IPAM after its plugin (e.g. "bridge", "host-local",
+// "zmesh-cni"); nil when the file is missing or not a conflist.
+func Chain(confDir string) []string {
+	b, err := os.ReadFile(filepath.Join(confDir, PrimaryConflist))
+	if err != nil {
+		return nil
+	}
+	var doc struct {
+		Plugins []struct {
+			Type string `json:"type"`
+			IPAM struct {
+				Type string `json:"type"`
+			} `json:"ipam"`
+		} `json:"plugins"`
+	}
+	if json.Unmarshal(b, &doc) != nil {
+		return nil
+	}
+	var out []string
+	for _, p := range doc.Plugins {
+		out = append(out, p.Type)
+		if p.IPAM.Type != "" {
+			out = append(out, p.IPAM.Type)
+		}
+	}
+	return out
 }
