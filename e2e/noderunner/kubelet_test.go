@@ -69,7 +69,7 @@ esac
 // node: with three slow CNI ADDs under way, a fourth pod still starts.
 func TestKubeletStartsPodsIndependently(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root (network namespaces)")
+		t.Fatal("needs root (network namespaces)")
 	}
 	dir, bin, conf := t.TempDir(), t.TempDir(), t.TempDir()
 	if err := os.WriteFile(filepath.Join(bin, "slow"), []byte(fmt.Sprintf(slowPlugin, dir)), 0o755); err != nil {

@@ -17,7 +17,7 @@ import (
 // the node runs rather than one set up again for each.
 func TestPluginsRunInTheNodesView(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root (mount namespaces)")
+		t.Fatal("needs root (mount namespaces)")
 	}
 	root := t.TempDir()
 	hp := fmt.Sprintf("/run/zmesh-nodeview-test-%d", os.Getpid())

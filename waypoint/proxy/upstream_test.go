@@ -91,8 +91,8 @@ func TestUpstreamConnectionsKeptUnderConcurrency(t *testing.T) {
 	c := m.h1Client(vipHTTP)
 	c.Transport.(*http.Transport).MaxIdleConnsPerHost = clients
 	pod := m.pods[podV1]
-	round := func() {
-		// All of a round's requests are in the app at once: the pool
+	burst := func() {
+		// All of a burst's requests are in the app at once: the pool
 		// needs clients connections.
 		m.gather.Store(newGathering(clients))
 		var wg sync.WaitGroup
@@ -120,20 +120,20 @@ func TestUpstreamConnectionsKeptUnderConcurrency(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	round()
+	burst()
 	first := len(pod.tunnels())
 	if first < clients {
-		t.Fatalf("first round: %d upstream streams for %d concurrent requests", first, clients)
+		t.Fatalf("first burst: %d upstream streams for %d concurrent requests", first, clients)
 	}
 	for range 3 {
-		round()
+		burst()
 	}
 	// A connection goes back to its pool just after its response body
 	// ended, which may be after the client saw the response: a request of
-	// the next round may find its connection not yet back. A few such
+	// the next burst may find its connection not yet back. A few such
 	// races dial anew; a pool keeping fewer connections than it served
-	// redials most of each round.
+	// redials most of each burst.
 	if again := len(pod.tunnels()) - first; again > clients/4 {
-		t.Errorf("%d more upstream streams dialled over 3 rounds of the same %d concurrent requests, want at most %d: the pool closes connections it needs again", again, clients, clients/4)
+		t.Errorf("%d more upstream streams dialled over 3 bursts of the same %d concurrent requests, want at most %d: the pool closes connections it needs again", again, clients, clients/4)
 	}
 }
