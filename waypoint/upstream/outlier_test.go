@@ -487,7 +487,10 @@ func TestOutlierStartsNoGoroutine(t *testing.T) {
 		d = NewDetector(d, b, DetectorOptions{})
 		d.Report(&b.hosts[0], 500)
 	}
-	if after := runtime.NumGoroutine(); after != before {
+	// A detector that started one goroutine would leave 100; goroutines of
+	// earlier tests in this package may still be ending or winding down, so
+	// the count is held to a small margin instead of to equality.
+	if after := runtime.NumGoroutine(); after > before+5 {
 		t.Fatalf("%d goroutines before, %d after 100 snapshots", before, after)
 	}
 	if !d.b.hosts[0].Ejected(f.clk.now()) {
