@@ -188,6 +188,24 @@ func (c *fakeClock) Advance(d time.Duration) {
 	}
 }
 
+// awaitTimer waits until a timer due at deadline is pending: the code
+// under test computes a duration from Now and then asks for a timer, so an
+// Advance between the two would push that timer's deadline out by the step.
+// Tests that advance the clock past a deadline wait here first.
+func (c *fakeClock) awaitTimer(t *testing.T, deadline time.Time) {
+	t.Helper()
+	eventually(t, "a timer due at "+deadline.String(), func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		for tm := range c.timers {
+			if tm.deadline.Equal(deadline) {
+				return true
+			}
+		}
+		return false
+	})
+}
+
 func (t *fakeTimer) C() <-chan time.Time { return t.ch }
 
 func (t *fakeTimer) Stop() bool {

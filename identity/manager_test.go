@@ -115,6 +115,7 @@ func TestManagerRotatesAtHalfLife(t *testing.T) {
 		t.Fatalf("Certificates() = %+v, want next rotation at %s", info, half)
 	}
 
+	clk.awaitTimer(t, half)
 	clk.Advance(half.Sub(clk.Now()) - time.Second)
 	time.Sleep(20 * time.Millisecond)
 	if c := f.calls.Load(); c != 1 {
@@ -143,7 +144,9 @@ func TestManagerBackoffAndRecovery(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.setErr(errors.New("ca unavailable"))
-	clk.Advance(first.Certificates[0].NotAfter.Sub(clk.Now()) / 2) // about half-life
+	rotation := m.Certificates()[0].NextRotation
+	clk.awaitTimer(t, rotation)
+	clk.Advance(rotation.Sub(clk.Now()))
 
 	// Failures back off 1 s, 2 s, 4 s (no jitter in this test).
 	var calls int32 = 1
@@ -165,6 +168,7 @@ func TestManagerBackoffAndRecovery(t *testing.T) {
 			// fail) first, and the next one is 8 s of fake time away.
 			f.setErr(nil)
 		}
+		clk.awaitTimer(t, info.NextRotation)
 		clk.Advance(wait)
 	}
 	calls++
