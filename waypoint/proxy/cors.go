@@ -24,6 +24,8 @@ func (x *exchange) allowedOrigin(c *route.CORSPolicy) (string, bool) {
 }
 
 // preflight answers a CORS preflight; false when the request goes on.
+// The answer is plain HTTP for any request: Envoy's CORS filter sends it
+// itself, not as a local reply.
 func (x *exchange) preflight(c *route.CORSPolicy) bool {
 	r := x.r
 	if r.Method != http.MethodOptions || r.Header.Get("Origin") == "" || r.Header.Get("Access-Control-Request-Method") == "" {
@@ -34,7 +36,7 @@ func (x *exchange) preflight(c *route.CORSPolicy) bool {
 		if c.ForwardNotMatchingPreflights == nil || *c.ForwardNotMatchingPreflights {
 			return false
 		}
-		x.localReply(http.StatusOK, "", "")
+		x.plainReply(http.StatusOK, "")
 		return true
 	}
 	h := x.w.Header()
@@ -55,7 +57,7 @@ func (x *exchange) preflight(c *route.CORSPolicy) bool {
 		h.Set("Access-Control-Allow-Private-Network", "true")
 	}
 	x.d.ResponseHeaders.Apply(h)
-	x.localReply(http.StatusOK, "", "")
+	x.plainReply(http.StatusOK, "")
 	return true
 }
 

@@ -60,7 +60,10 @@
 // Local replies are Envoy's, word for word: 503 "no healthy upstream"
 // (UH), 503 "upstream connect error or disconnect/reset before headers.
 // reset reason: connection failure" (UF), 504 "upstream request timeout"
-// (UT, the upstream request cancelled). One telemetry.Record per request,
+// (UT, the upstream request cancelled). A gRPC request (HTTP/2 with gRPC's
+// content type) gets each local reply as Envoy sends it: a trailers-only
+// HTTP 200 whose grpc-status is mapped from the reply's HTTP status and
+// whose grpc-message is its text. One telemetry.Record per request,
 // or per TCP tunnel, goes to the Observer.
 //
 // Upstream, each HTTP connection is an HBONE stream to the endpoint's pod

@@ -12,7 +12,6 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -84,6 +83,9 @@ type exchange struct {
 	attempts int
 	// h2 says the request goes upstream as HTTP/2, decided once.
 	h2 bool
+	// grpc: an HTTP/2 request with gRPC's content type, answered
+	// locally in gRPC's terms.
+	grpc bool
 	// upgrading: an HTTP/1 request with an Upgrade header, as it came
 	// (the forwarded request's hop-by-hop headers are removed from the
 	// same map while mirrors may still be deciding their protocol).
@@ -110,6 +112,9 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	x.rw.ResponseWriter = w
 	x.w = &x.rw
 	x.upgrading = r.ProtoMajor == 1 && r.Header.Get("Upgrade") != ""
+	// gRPC exists over HTTP/2 only. Envoy's test is the content type, and
+	// application/grpc-web is not gRPC by it.
+	x.grpc = r.ProtoMajor == 2 && isGRPC(r.Header)
 	x.rec = telemetry.Record{
 		Start:     time.Now(),
 		Protocol:  r.Proto,
@@ -294,11 +299,8 @@ func (x *exchange) runFilters(ch *config.Chain, rreq *route.Request, routeFault 
 			}
 			if abort != nil {
 				if abort.GRPC {
-					h := x.w.Header()
-					h.Set("Content-Type", "application/grpc")
-					h.Set("Grpc-Status", strconv.FormatUint(uint64(abort.GRPCStatus), 10))
-					h.Set("Grpc-Message", fault.AbortBody)
-					x.localReply(http.StatusOK, "", fault.FlagAbort)
+					// Envoy's gRPC abort: 200 with that grpc-status.
+					x.reply(http.StatusOK, fault.AbortBody, fault.FlagAbort, int(abort.GRPCStatus))
 				} else {
 					x.localReply(abort.HTTPStatus, fault.AbortBody, fault.FlagAbort)
 				}
@@ -330,23 +332,6 @@ func (x *exchange) verifyJWT(f *jwt.Filter, rreq *route.Request) (jwt.Result, bo
 		x.r.Header.Set(kv[0], kv[1])
 	}
 	return res, true
-}
-
-// localReply answers without an upstream, as Envoy's local replies do: a
-// text/plain body when there is one.
-func (x *exchange) localReply(code int, body, flag string) {
-	if flag != "" {
-		x.flag(flag)
-	}
-	h := x.w.Header()
-	if body != "" {
-		h.Set("Content-Type", "text/plain")
-	}
-	h.Set("Content-Length", strconv.Itoa(len(body)))
-	x.w.WriteHeader(code)
-	if body != "" && x.r.Method != http.MethodHead {
-		io.WriteString(x.w, body)
-	}
 }
 
 // forward sends the request to an endpoint of the decided cluster.

@@ -39,6 +39,15 @@ func TestRetryable(t *testing.T) {
 		{on: []string{"unavailable"}, res: res(200, "14"), want: true},
 		{on: []string{"unavailable"}, res: res(200, "4"), want: false},
 		{on: []string{"deadline-exceeded", "cancelled"}, res: res(200, "1"), want: true},
+		{on: []string{"deadline-exceeded"}, res: res(200, "4"), want: true},
+		{on: []string{"deadline-exceeded"}, res: res(200, "1"), want: false},
+		{on: []string{"internal"}, res: res(200, "13"), want: true},
+		{on: []string{"resource-exhausted"}, res: res(200, "8"), want: true},
+		{on: []string{"resource-exhausted"}, res: res(200, "14"), want: false},
+		// The gRPC conditions read grpc-status only: OK is no failure,
+		// and an HTTP error without one is left to the HTTP conditions.
+		{on: []string{"cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable"}, res: res(200, "0"), want: false},
+		{on: []string{"unavailable"}, res: res(503, ""), want: false},
 		{on: nil, res: res(503, ""), want: false},
 	} {
 		p := &route.RetryPolicy{RetryOn: tc.on, RetriableStatusCodes: tc.codes}

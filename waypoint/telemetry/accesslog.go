@@ -20,7 +20,8 @@ const DefaultLogBuffer = 4096
 
 // appendEntry appends r's access-log line to b: the keys and order of
 // Istio's JSON access log (Envoy's command operators), plus the deciding
-// policy and the peer's identity; absent values are null, as in Envoy's
+// policy, the peer's identity and the grpc-status (Envoy's
+// %GRPC_STATUS(NUMBER)%); absent values are null, as in Envoy's
 // JSON format. The line is what encoding/json writes for it (HTML
 // characters unescaped), without its reflection and allocations.
 func appendEntry(b []byte, r *Record) []byte {
@@ -41,6 +42,12 @@ func appendEntry(b []byte, r *Record) []byte {
 		b = append(b, `"-"`...)
 	} else {
 		b = appendString(b, r.ResponseFlags)
+	}
+	b = append(b, `,"grpc_status":`...)
+	if n, ok := grpcStatusNumber(r.GRPCStatus); ok {
+		b = strconv.AppendUint(b, n, 10)
+	} else {
+		b = append(b, "null"...)
 	}
 	b = append(b, `,"bytes_received":`...)
 	b = strconv.AppendInt(b, r.BytesReceived, 10)
@@ -69,6 +76,16 @@ func appendEntry(b []byte, r *Record) []byte {
 	b = append(b, `,"destination_service":`...)
 	b = appendOpt(b, r.DestinationService)
 	return append(b, "}\n"...)
+}
+
+// grpcStatusNumber is a grpc-status as a number; false when there is none
+// or it is not a number (the upstream may send anything).
+func grpcStatusNumber(s string) (uint64, bool) {
+	if s == "" {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(s, 10, 31)
+	return n, err == nil
 }
 
 // envoyTime is %START_TIME%'s default format.

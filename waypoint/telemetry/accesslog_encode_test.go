@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"net/netip"
+	"strconv"
 	"sync"
 	"testing"
 
@@ -20,11 +21,12 @@ func TestAccessLogEncodingMatchesJSON(t *testing.T) {
 	odd := []string{
 		"", "plain", `q"uote`, `back\slash`, "tab\tnl\ncr\rbs\bff\f", "nul\x00bell\x07esc\x1b", "del\x7f",
 		"<script>&amp;</script>", "ünïcödé ☃ 𝄞", "bad\xffutf8\xc3", "sep\u2028par\u2029", "   ", "/a?b=c&d=e#f",
+		"14", "007", "-1", "2147483648", "99999999999999999999",
 	}
 	rec := func(s string) *Record {
 		return &Record{
 			Start: time.Date(2026, 12, 5, 21, 4, 5, 678_900_000, time.FixedZone("x", 3600)), Duration: 1500 * time.Microsecond,
-			Protocol: s, Method: s, Path: s, Authority: s, UserAgent: s, RequestID: s, ResponseCode: 503, ResponseFlags: s,
+			Protocol: s, Method: s, Path: s, Authority: s, GRPCStatus: s, UserAgent: s, RequestID: s, ResponseCode: 503, ResponseFlags: s,
 			BytesReceived: -1, BytesSent: 1 << 40, RouteName: s, UpstreamCluster: s, PolicyName: s, DestinationService: s,
 			UpstreamHost: netip.MustParseAddrPort("[fe80::1%eth\"0]:8080"),
 			Source:       Peer{Principal: s, Addr: netip.MustParseAddrPort("10.1.1.4:43210")},
@@ -58,6 +60,7 @@ type entry struct {
 	Protocol               string  `json:"protocol"`
 	ResponseCode           int     `json:"response_code"`
 	ResponseFlags          string  `json:"response_flags"`
+	GRPCStatus             *uint64 `json:"grpc_status"`
 	BytesReceived          int64   `json:"bytes_received"`
 	BytesSent              int64   `json:"bytes_sent"`
 	Duration               int64   `json:"duration"`
@@ -100,6 +103,9 @@ func newEntry(r *Record) entry {
 		UpstreamPeerURISAN:     opt(r.Destination.Principal),
 		AuthorizationPolicy:    opt(r.PolicyName),
 		DestinationServiceHost: opt(r.DestinationService),
+	}
+	if n, err := strconv.ParseUint(r.GRPCStatus, 10, 31); err == nil {
+		e.GRPCStatus = &n
 	}
 	if e.ResponseFlags == "" {
 		e.ResponseFlags = "-"
