@@ -1,10 +1,6 @@
 package upstream
 
-import (
-	"io"
-	"net/http"
-	"strconv"
-)
+import "net/http"
 
 // LocalReply is a response the waypoint makes itself when a request has no
 // route, cannot reach an endpoint, or did not hear from one: Envoy's, word
@@ -12,8 +8,8 @@ import (
 // the same.
 type LocalReply struct {
 	Status int
-	// Body is sent as text/plain (ContentType), without a trailing
-	// newline; empty for NoRoute and NoCluster.
+	// Body is sent as text/plain (or as a gRPC reply's grpc-message),
+	// without a trailing newline; empty for NoRoute and NoCluster.
 	Body string
 	// Flag is Envoy's response flag for the access log and metrics.
 	Flag string
@@ -21,9 +17,6 @@ type LocalReply struct {
 	// (OverloadedHeader), as Envoy's router marks circuit-breaker refusals.
 	Overloaded bool
 }
-
-// ContentType is the content type of every local reply.
-const ContentType = "text/plain"
 
 // OverloadedHeader is the header Envoy adds, with value "true", to a reply
 // refused by a circuit breaker.
@@ -93,21 +86,3 @@ const (
 	retriedConnectFailure        = "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: connection failure"
 	retriedConnectionTermination = "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: connection termination"
 )
-
-// Write sends the reply on w with Envoy's headers, for a request of the
-// given method: a reply to HEAD has the headers (Content-Length included)
-// and no body.
-func (r LocalReply) Write(w http.ResponseWriter, method string) {
-	h := w.Header()
-	if r.Body != "" {
-		h.Set("Content-Type", ContentType)
-	}
-	h.Set("Content-Length", strconv.Itoa(len(r.Body)))
-	if r.Overloaded {
-		h.Set(OverloadedHeader, "true")
-	}
-	w.WriteHeader(r.Status)
-	if r.Body != "" && method != http.MethodHead {
-		_, _ = io.WriteString(w, r.Body)
-	}
-}
