@@ -116,7 +116,13 @@ func waypointChains(t *testing.T, file string) map[netip.AddrPort]*config.Chain 
 		t.Fatal(err)
 	}
 	input, _ := golden.Parse(data).File("input.yaml")
-	snap := modeltest.Decode(t, input)
+	return compiledChains(t, modeltest.Decode(t, input))
+}
+
+// compiledChains builds the waypoints of snap and compiles their listeners
+// as waypointChains does.
+func compiledChains(t *testing.T, snap *model.Snapshot) map[netip.AddrPort]*config.Chain {
+	t.Helper()
 	out := map[netip.AddrPort]*config.Chain{}
 	for _, gw := range snap.Gateways {
 		res := l7.Build(l7.Options{Mesh: model.DefaultMesh()}, snap, gw)

@@ -117,7 +117,11 @@
 //
 // A waypoint for workloads (istio.io/waypoint-for workload or all) also
 // has a chain per declared port of every pod bound to it, on the pod's
-// address, sending everything to that pod: see workload.go.
+// address, sending everything to that pod: see workload.go. Those chains
+// get the JWT and RBAC filters of the RequestAuthentications and
+// AuthorizationPolicies attached to the whole waypoint (its Gateway, its
+// GatewayClass), so dialling a pod's address is checked as dialling a
+// Service's is by the waypoint-wide policies.
 //
 // The package is pure: a snapshot in, resources out.
 package l7

@@ -31,8 +31,9 @@ import (
 // HBONE with the pod's identity. The protocol is that of a Service port
 // of the pod's namespace selecting the pod and targeting the container
 // port, else the container port's name, else sniffed. Routing objects do
-// not apply (they name services); AuthorizationPolicies attached to the
-// waypoint's Gateway (or GatewayClass) do. A port the pod does not
+// not apply (they name services); RequestAuthentications and
+// AuthorizationPolicies attached to the waypoint's Gateway (or
+// GatewayClass) do, as on its Service chains. A port the pod does not
 // declare has no chain: the waypoint refuses tunnels to it.
 
 // workloadInfo is a pod bound to the waypoint.
@@ -240,8 +241,13 @@ func (b *builder) workloadRoutes(w *workloadInfo, sp servicePort) {
 }
 
 // workloadChains are the filter chains of the bound pods' ports, matched
-// on the pod's address and the port, with the AuthorizationPolicies that
-// apply to every chain of the waypoint. sniffing is set when one sniffs.
+// on the pod's address and the port, with the RequestAuthentications and
+// AuthorizationPolicies that apply to every chain of the waypoint (its
+// Gateway's, its GatewayClass's): a client that dials the pod's address
+// instead of a Service's meets the same token checks as through the
+// Service, so an invalid token is refused and requestPrincipals read a
+// verified token, never a header the client wrote. sniffing is set when
+// one sniffs.
 func (b *builder) workloadChains(claimed map[netip.AddrPort]string, sniffing *bool) []*listenerv3.FilterChain {
 	var chains []*listenerv3.FilterChain
 	for _, w := range b.pods {
@@ -256,7 +262,7 @@ func (b *builder) workloadChains(claimed map[netip.AddrPort]string, sniffing *bo
 				if p.sniffed {
 					alpn, *sniffing = sniffedProtocols, true
 				}
-				chains = append(chains, filterChain(name, p.port, addr, alpn, b.headed(b.hcm(name, b.authzFilters(w.host)))...))
+				chains = append(chains, filterChain(name, p.port, addr, alpn, b.headed(b.hcm(name, append(b.jwtFilters(w.host), b.authzFilters(w.host)...)))...))
 			}
 			if p.protocol == "tcp" || p.sniffed {
 				tcpName := workloadClusterName(p.port, "tcp", w.host)

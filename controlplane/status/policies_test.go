@@ -145,6 +145,13 @@ func TestPolicyStatusOnKubernetes(t *testing.T) {
 
 func waitPolicy(t *testing.T, ic istioclient.Interface, kind, name, status, reason, msg string) {
 	t.Helper()
+	waitCondition(t, ic, kind, name, WaypointAccepted, status, reason, msg)
+}
+
+// waitCondition waits until the object's condition typ has status and
+// reason and its message contains msg.
+func waitCondition(t *testing.T, ic istioclient.Interface, kind, name, typ, status, reason, msg string) {
+	t.Helper()
 	testutil.Eventually(t, 20*time.Second, kind+" "+name+" status", func() error {
 		var conds []interface {
 			GetType() string
@@ -171,12 +178,12 @@ func waitPolicy(t *testing.T, ic istioclient.Interface, kind, name, status, reas
 		}
 		var seen []string
 		for _, c := range conds {
-			if c.GetType() == WaypointAccepted && c.GetStatus() == status && c.GetReason() == reason && strings.Contains(c.GetMessage(), msg) {
+			if c.GetType() == typ && c.GetStatus() == status && c.GetReason() == reason && strings.Contains(c.GetMessage(), msg) {
 				return nil
 			}
 			seen = append(seen, fmt.Sprintf("%s=%s %s %q", c.GetType(), c.GetStatus(), c.GetReason(), c.GetMessage()))
 		}
-		return fmt.Errorf("conditions %v, want %s=%s %s %q", seen, WaypointAccepted, status, reason, msg)
+		return fmt.Errorf("conditions %v, want %s=%s %s %q", seen, typ, status, reason, msg)
 	})
 }
 
@@ -214,5 +221,99 @@ func TestWorkloadPolicyConditions(t *testing.T) {
 	}
 	if len(got) != 4 || len(conds) != 2 {
 		t.Errorf("got %d conditions from %d: %+v", len(got), len(conds), got)
+	}
+}
+
+// waypointSelectorObjects: a waypoint with its pod running, a pod ztunnel
+// captures, and selector policies on either. The pods are only in the
+// snapshot, never in the API server: status is written to the policies.
+const waypointSelectorObjects = `
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: shop}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: waypoint-callers, namespace: shop}
+spec:
+  selector: {matchLabels: {gateway.networking.k8s.io/gateway-name: waypoint}}
+  rules: [{from: [{source: {trustDomains: [cluster.local]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: app-callers, namespace: shop}
+spec:
+  selector: {matchLabels: {app: app}}
+  rules: [{from: [{source: {trustDomains: [cluster.local]}}]}]
+`
+
+const waypointSelectorPods = `
+apiVersion: v1
+kind: Pod
+metadata:
+  name: waypoint-7d9f
+  namespace: shop
+  labels: {gateway.networking.k8s.io/gateway-name: waypoint, istio.io/dataplane-mode: none}
+spec: {serviceAccountName: waypoint}
+status: {podIP: 10.244.1.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: app-0, namespace: shop, labels: {app: app}}
+spec: {serviceAccountName: app}
+status: {podIP: 10.244.1.3}
+`
+
+// TestWaypointSelectorPolicyStatusOnKubernetes writes, as zmeshd's service
+// account, the conditions of selector AuthorizationPolicies to a real API
+// server. One whose selector matches only the waypoint's pods, which
+// ztunnel does not capture, is the waypoint's to enforce, trustDomains
+// included: ZtunnelAccepted says ztunnel does not enforce it (not that
+// trustDomains is unsupported, nor that it matches no pod), and
+// WaypointAccepted that the waypoint does. One on a captured pod keeps
+// ztunnel's finding: trustDomains is not supported there.
+func TestWaypointSelectorPolicyStatusOnKubernetes(t *testing.T) {
+	env := kubetest.ForTest(t)
+	ctx := t.Context()
+	env.MustKubectl(t, "", "apply", "--server-side", "-f", "../../deploy/crds/")
+	env.MustKubectl(t, "", "apply", "-f", "../../deploy/rbac/")
+	if err := env.WaitEstablished(ctx, 60*time.Second, "authorizationpolicies.security.istio.io", "gateways.gateway.networking.k8s.io"); err != nil {
+		t.Fatal(err)
+	}
+	env.MustKubectl(t, waypointSelectorObjects, "apply", "-f", "-")
+	ic, err := istioclient.NewForConfig(env.AsServiceAccount("istio-system", "zmeshd"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &Reporter{Log: slog.New(slog.DiscardHandler), Istio: ic, Mesh: model.DefaultMesh()}
+	snap := modeltest.Decode(t, []byte(waypointSelectorObjects+"---"+waypointSelectorPods))
+	var problems []l7.Problem
+	for _, gw := range snap.Gateways {
+		problems = append(problems, l7.Build(l7.Options{Mesh: model.DefaultMesh()}, snap, gw).Problems...)
+	}
+	r.ReportRoutes(ctx, snap, problems)
+	r.Report(ctx, translate.Translate(translate.Options{Mesh: model.DefaultMesh()}, snap).Conditions)
+
+	waitCondition(t, ic, "AuthorizationPolicy", "waypoint-callers", translate.ZtunnelAccepted, "True", "Accepted",
+		"not enforced by ztunnel: spec.selector matches no pod ztunnel captures, only the pods of waypoint shop/waypoint")
+	waitCondition(t, ic, "AuthorizationPolicy", "waypoint-callers", WaypointAccepted, "True", "Accepted",
+		"enforced on the tunnels (L4) of waypoint shop/waypoint")
+	waitCondition(t, ic, "AuthorizationPolicy", "app-callers", translate.ZtunnelAccepted, "False", "UnsupportedValue",
+		"spec.rules[0].from[0].source.trustDomains: not supported by ztunnel")
+	o, err := ic.SecurityV1().AuthorizationPolicies("shop").Get(ctx, "waypoint-callers", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range o.Status.GetConditions() {
+		if strings.Contains(c.GetMessage(), "trustDomains") || strings.Contains(c.GetMessage(), "matches no running pod") {
+			t.Errorf("waypoint-callers: %s=%s %q", c.GetType(), c.GetStatus(), c.GetMessage())
+		}
 	}
 }

@@ -2,13 +2,16 @@ package translate
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
+	"strings"
 
 	securityapi "istio.io/api/security/v1beta1"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/zmesh/zmesh/api/workload/security"
+	"github.com/zmesh/zmesh/controlplane/model"
 )
 
 // annotationDryRun makes an AuthorizationPolicy report instead of enforce.
@@ -28,6 +31,14 @@ type apEntry struct {
 	key string
 	// index in entries: podPhase counts the pods each entry selects by it.
 	index int
+	// findings are what ztunnel cannot enforce as written. They are
+	// reported once the pods are known: a policy that selects only
+	// waypoints' pods, which ztunnel does not capture, is not ztunnel's to
+	// enforce (the waypoint enforces it on its tunnels).
+	findings []finding
+	// waypoints are the waypoints ("namespace/name") whose Deployment's
+	// pod labels the selector matches, whether or not a pod runs yet.
+	waypoints []string
 }
 
 // authorizationPolicies translates every AuthorizationPolicy ztunnel
@@ -42,16 +53,21 @@ func (t *translator) authorizationPolicies(out *Output) {
 			t.ap.targeted = append(t.ap.targeted, ap)
 			continue
 		}
-		a, ok := t.authorizationPolicy(ap)
+		a, findings, ok := t.authorizationPolicy(ap)
 		if !ok {
 			continue
 		}
 		key := joinKey(a.Namespace, a.Name)
 		out.Authorizations[key] = a
+		ref := authzPolicyRef(ap)
+		t.conds.ok(ref, ZtunnelAccepted, ReasonAccepted, "enforced by ztunnel")
 		if a.Scope != security.Scope_WORKLOAD_SELECTOR {
+			for _, f := range findings {
+				t.conds.add(ref, ZtunnelAccepted, f)
+			}
 			continue
 		}
-		e := &apEntry{ref: authzPolicyRef(ap), key: key, index: len(t.ap.entries)}
+		e := &apEntry{ref: ref, key: key, index: len(t.ap.entries), findings: findings, waypoints: t.waypointsSelected(ap)}
 		t.ap.entries = append(t.ap.entries, e)
 		idx := t.ap.selectors[ap.Namespace]
 		if idx == nil {
@@ -83,19 +99,61 @@ func (t *translator) policiesFor(p *corev1.Pod, r *podResult) []string {
 	return sortedUnique(names)
 }
 
-// finishAuthorizationPolicies reports selector policies no pod selected.
+// waypointsSelected are the waypoints whose pods a selector policy
+// selects by the labels their Deployment gives them: in the policy's
+// namespace, or in every namespace from the root namespace.
+func (t *translator) waypointsSelected(ap *securityv1.AuthorizationPolicy) []string {
+	var out []string
+	for k, gw := range t.waypoints {
+		if ap.Namespace != gw.Namespace && ap.Namespace != t.mesh.RootNamespace {
+			continue
+		}
+		if _, podLabels := model.WaypointLabels(gw); selects(ap.Spec.Selector.MatchLabels, podLabels) {
+			out = append(out, joinKey(k.namespace, k.name))
+		}
+	}
+	return out
+}
+
+// finishAuthorizationPolicies reports on selector policies once the pods
+// they select are known. One that selects no pod ztunnel captures but
+// selects waypoints' pods is the waypoints' to enforce, on their tunnels
+// (controlplane/l7 does, trustDomains included): ztunnel's findings would
+// tell of limits that apply to no pod, so its condition says who enforces
+// it instead. Otherwise ztunnel's findings stand, with a note when the
+// selector matches no running pod, or none in the mesh.
 func (ph *podPhase) finishAuthorizationPolicies() {
 	for _, e := range ph.t.ap.entries {
-		if ph.apSelected[e.index] == 0 {
+		captured, selected := ph.apCaptured[e.index], ph.apSelected[e.index]
+		waypoints := sortedUnique(append(slices.Clone(e.waypoints), ph.apWaypoints[e.index]...))
+		if captured == 0 && len(waypoints) > 0 {
+			which := "waypoint " + waypoints[0] + ", which enforces the policy on its tunnels"
+			if len(waypoints) > 1 {
+				which = "waypoints " + strings.Join(waypoints, ", ") + ", which enforce the policy on their tunnels"
+			}
+			ph.conds.ok(e.ref, ZtunnelAccepted, ReasonAccepted, fmt.Sprintf(
+				"not enforced by ztunnel: spec.selector matches no pod ztunnel captures, only the pods of %s (condition WaypointAccepted)", which))
+			continue
+		}
+		for _, f := range e.findings {
+			ph.conds.add(e.ref, ZtunnelAccepted, f)
+		}
+		switch {
+		case selected == 0:
 			ph.conds.note(e.ref, ZtunnelAccepted, ReasonNoMatchingWorkload, "spec.selector: matches no running pod")
+		case captured == 0:
+			ph.conds.ok(e.ref, ZtunnelAccepted, ReasonAccepted, "sent to ztunnel")
+			ph.conds.note(e.ref, ZtunnelAccepted, ReasonNoMatchingWorkload,
+				"spec.selector: matches no pod in the mesh (ztunnel captures none of the running pods it selects), so it is enforced on none of them")
 		}
 	}
 }
 
 // authorizationPolicy translates one policy without targetRefs for
-// ztunnel, reporting on it; ok is false when ztunnel gets nothing (AUDIT,
-// CUSTOM).
-func (t *translator) authorizationPolicy(ap *securityv1.AuthorizationPolicy) (*security.Authorization, bool) {
+// ztunnel; findings are what ztunnel cannot enforce as written (the
+// caller reports them). ok is false when ztunnel gets nothing (AUDIT,
+// CUSTOM), which is reported here.
+func (t *translator) authorizationPolicy(ap *securityv1.AuthorizationPolicy) (_ *security.Authorization, findings []finding, ok bool) {
 	ref := authzPolicyRef(ap)
 	spec := &ap.Spec
 	a := &security.Authorization{Name: ap.Name, Namespace: ap.Namespace}
@@ -107,14 +165,14 @@ func (t *translator) authorizationPolicy(ap *securityv1.AuthorizationPolicy) (*s
 	case securityapi.AuthorizationPolicy_AUDIT:
 		t.conds.fail(ref, ZtunnelAccepted, ReasonUnsupportedValue,
 			"spec.action: AUDIT is not enforced by ztunnel (its policies are only ALLOW or DENY); not sent")
-		return nil, false
+		return nil, nil, false
 	case securityapi.AuthorizationPolicy_CUSTOM:
 		t.conds.fail(ref, ZtunnelAccepted, ReasonUnsupportedValue,
 			"spec.action: CUSTOM (external authorization) needs a waypoint; not sent to ztunnel")
-		return nil, false
+		return nil, nil, false
 	default:
 		t.conds.fail(ref, ZtunnelAccepted, ReasonInvalidValue, fmt.Sprintf("spec.action: unknown value %d; not sent", spec.Action))
-		return nil, false
+		return nil, nil, false
 	}
 	switch {
 	case hasSelector(spec.GetSelector().GetMatchLabels()):
@@ -127,23 +185,20 @@ func (t *translator) authorizationPolicy(ap *securityv1.AuthorizationPolicy) (*s
 	if v, ok := ap.Annotations[annotationDryRun]; ok {
 		dry, err := strconv.ParseBool(v)
 		if err != nil {
-			t.conds.fail(ref, ZtunnelAccepted, ReasonInvalidValue, fmt.Sprintf(
-				"metadata.annotations[%s]: %q is not true or false; enforced", annotationDryRun, v))
+			findings = append(findings, finding{true, ReasonInvalidValue, fmt.Sprintf(
+				"metadata.annotations[%s]: %q is not true or false; enforced", annotationDryRun, v)})
 		}
 		a.DryRun = dry
 	}
 	for i, r := range spec.Rules {
 		rt := ruleTranslator{deny: a.Action == security.Action_DENY, namespace: ap.Namespace, index: i}
 		rule := rt.rule(r)
-		for _, f := range rt.report() {
-			t.conds.fail(ref, ZtunnelAccepted, f.reason, f.message)
-		}
+		findings = append(findings, rt.report()...)
 		if rule != nil {
 			a.Rules = append(a.Rules, rule)
 		}
 	}
-	t.conds.ok(ref, ZtunnelAccepted, ReasonAccepted, "enforced by ztunnel")
-	return a, true
+	return a, findings, true
 }
 
 // targetRefPolicies reports on the policies for waypoints. ztunnel never

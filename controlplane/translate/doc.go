@@ -148,5 +148,11 @@
 // istio.io/WaypointBound on each object carrying istio.io/use-waypoint,
 // and ZtunnelAccepted=False on any object skipped or changed for a value
 // that cannot be used (a name with "/", an invalid cluster IP, a pod whose
-// identity cannot be formed). A selector matching no running pod is noted on a True condition.
+// identity cannot be formed). A selector matching no running pod, or only
+// pods ztunnel does not capture, is noted on a True condition. A selector
+// policy that matches no captured pod but a waypoint's pods (a running
+// one's labels, or those its Deployment gives them) is the waypoint's to
+// enforce on its tunnels (controlplane/l7, trustDomains included): its
+// ZtunnelAccepted is True and names the waypoint, without the findings
+// about what ztunnel could not enforce, which would concern no pod.
 package translate

@@ -116,12 +116,15 @@ type podPhase struct {
 	out   *Output
 	conds *conditions
 	// apSelected counts the pods of each selector AuthorizationPolicy, by
-	// apEntry.index; paSelected those each selector PeerAuthentication
-	// applies to, lostTo, per PeerAuthentication, the pods an older one
-	// took.
-	apSelected []int
-	paSelected map[*securityv1.PeerAuthentication]int
-	lostTo     map[*securityv1.PeerAuthentication]map[*securityv1.PeerAuthentication]int
+	// apEntry.index, apCaptured those of them ztunnel captures, and
+	// apWaypoints lists the waypoints of those that are waypoints' pods;
+	// paSelected counts those each selector PeerAuthentication applies
+	// to, lostTo, per PeerAuthentication, the pods an older one took.
+	apSelected  []int
+	apCaptured  []int
+	apWaypoints [][]string
+	paSelected  map[*securityv1.PeerAuthentication]int
+	lostTo      map[*securityv1.PeerAuthentication]map[*securityv1.PeerAuthentication]int
 	// strictFrom holds the PeerAuthentications that make some workload
 	// STRICT on all ports.
 	strictFrom map[*securityv1.PeerAuthentication]bool
@@ -130,10 +133,12 @@ type podPhase struct {
 func (t *translator) newPodPhase(out *Output, conds *conditions) *podPhase {
 	return &podPhase{
 		t: t, out: out, conds: conds,
-		apSelected: make([]int, len(t.ap.entries)),
-		paSelected: map[*securityv1.PeerAuthentication]int{},
-		lostTo:     map[*securityv1.PeerAuthentication]map[*securityv1.PeerAuthentication]int{},
-		strictFrom: map[*securityv1.PeerAuthentication]bool{},
+		apSelected:  make([]int, len(t.ap.entries)),
+		apCaptured:  make([]int, len(t.ap.entries)),
+		apWaypoints: make([][]string, len(t.ap.entries)),
+		paSelected:  map[*securityv1.PeerAuthentication]int{},
+		lostTo:      map[*securityv1.PeerAuthentication]map[*securityv1.PeerAuthentication]int{},
+		strictFrom:  map[*securityv1.PeerAuthentication]bool{},
 	}
 }
 
@@ -146,6 +151,12 @@ func (ph *podPhase) add(r *podResult) {
 	ph.conds.merge(&r.conds)
 	for _, e := range r.policies {
 		ph.apSelected[e.index]++
+		if r.captured {
+			ph.apCaptured[e.index]++
+		}
+		if r.waypoint != "" && !slices.Contains(ph.apWaypoints[e.index], r.waypoint) {
+			ph.apWaypoints[e.index] = append(ph.apWaypoints[e.index], r.waypoint)
+		}
 	}
 	if r.paWinner != nil {
 		ph.paSelected[r.paWinner]++

@@ -72,6 +72,11 @@ type podResult struct {
 	conds conditions
 	// policies are the selector AuthorizationPolicies that selected it.
 	policies []*apEntry
+	// captured: ztunnel captures the pod (it enforces the pod's
+	// policies); waypoint names the waypoint ("namespace/name") the pod
+	// belongs to, which enforces them itself.
+	captured bool
+	waypoint string
 	// paWinner is the selector PeerAuthentication in force on the pod, if
 	// any; paLosers the others that also select it.
 	paWinner *securityv1.PeerAuthentication
@@ -115,9 +120,13 @@ func (t *translator) podWorkload(p *corev1.Pod, r *podResult) *workload.Workload
 	// A waypoint is not captured (its dataplane-mode is none) but speaks
 	// HBONE itself on 15008: clients' ztunnels must tunnel to it.
 	waypoint := t.isWaypointItself(p.Namespace, p.Name, p.Labels, false)
+	if waypoint {
+		r.waypoint = joinKey(p.Namespace, p.Labels[labelGatewayName])
+	}
 	if InMesh(p, ns, t.opts.RequireRedirectionAnnotation) || waypoint {
 		if validSegment(p.Namespace) && validSegment(w.ServiceAccount) {
 			w.TunnelProtocol = workload.TunnelProtocol_HBONE
+			r.captured = !waypoint
 			// It terminates HBONE itself: a node agent without a cluster
 			// (which knows pods only from this stream) must not capture
 			// it, as the one with a cluster leaves it alone for its

@@ -16,11 +16,12 @@ import (
 // workload, which Istio's waypoints ignore (ztunnel does not capture the
 // waypoint's pods), are enforced by zmesh's waypoint on each tunnel. An
 // ALLOW selecting the waypoint's pods by
-// gateway.networking.k8s.io/gateway-name and naming client-a only: client-a's
+// gateway.networking.k8s.io/gateway-name and naming client-a only (and its
+// trust domain, which ztunnel could not check but the waypoint does): client-a's
 // requests through the waypoint succeed, client-b's connections are
 // refused (the waypoint refuses the tunnel; the client sees its connection
 // closed, not an HTTP answer), and the policy's WaypointAccepted says the
-// waypoint enforces it. Then a namespace-wide DENY with notPrincipals:
+// waypoint enforces it, its ZtunnelAccepted that ztunnel does not. Then a namespace-wide DENY with notPrincipals:
 // every identity but client-a's and the waypoint's own is refused (the
 // policy applies at httpbin's ztunnel too, where the waypoint is the peer).
 func TestWaypointL4Policy(t *testing.T) {
@@ -80,6 +81,7 @@ spec:
   - from:
     - source:
         principals: ["cluster.local/ns/l7l4pol/sa/client-a"]
+        trustDomains: ["cluster.local"]
 `)
 		refused(b, "client-b")
 		served(a, "client-a")
@@ -88,6 +90,17 @@ spec:
 				`jsonpath={.status.conditions[?(@.type=="WaypointAccepted")].status} {.status.conditions[?(@.type=="WaypointAccepted")].message}`)
 			if err != nil || !strings.HasPrefix(out, "True ") || !strings.Contains(out, "waypoint "+ns+"/waypoint") {
 				return fmt.Errorf("WaypointAccepted %q %v", out, err)
+			}
+			return nil
+		})
+		// ztunnel captures no pod the policy selects: its condition says
+		// the waypoint enforces it, not that trustDomains is unsupported.
+		until(t, 30*time.Second, "ZtunnelAccepted", func() error {
+			out, err := mesh.Kubectl(t.Context(), "get", "authorizationpolicy", "-n", ns, "waypoint-allow-a", "-o",
+				`jsonpath={.status.conditions[?(@.type=="ZtunnelAccepted")].status} {.status.conditions[?(@.type=="ZtunnelAccepted")].message}`)
+			if err != nil || !strings.HasPrefix(out, "True not enforced by ztunnel") || !strings.Contains(out, "waypoint "+ns+"/waypoint") ||
+				strings.Contains(out, "trustDomains") {
+				return fmt.Errorf("ZtunnelAccepted %q %v", out, err)
 			}
 			return nil
 		})
