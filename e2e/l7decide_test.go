@@ -240,6 +240,8 @@ func TestL7ConsumerRouteDecisions(t *testing.T) {
 		consumer = "spiffe://cluster.local/ns/consumer/sa/default"
 		other    = "spiffe://cluster.local/ns/other/sa/client"
 		producer = "spiffe://cluster.local/ns/mesh/sa/default"
+		// grpcClient's namespace has a GRPCRoute for echo-v2.
+		grpcClient = "spiffe://cluster.local/ns/grpc-client/sa/default"
 	)
 	tables := compiledRoutes(t, "httproute_consumer.txtar")
 	cases := []struct {
@@ -260,6 +262,9 @@ func TestL7ConsumerRouteDecisions(t *testing.T) {
 		{"no producer route: the default after the consumer block", echoV2, "/x", producer, nil, "default", 0},
 		{"no producer route: the consumer's own", echoV2, "/v2/x", consumer, nil, "consumer.to-v2.0.0", 0},
 		{"no producer route: the consumer's 404", echoV2, "/x", consumer, nil, "no-route|consumer", 404},
+		{"a GRPCRoute consumer's method", echoV2, "/echo.Echo/Call", grpcClient, nil, "grpc-client.echo-call.0.0", 0},
+		{"another method of that GRPCRoute's namespace", echoV2, "/echo.Echo/Other", grpcClient, nil, "no-route|grpc-client", 404},
+		{"that method for another namespace's client", echoV2, "/echo.Echo/Call", producer, nil, "default", 0},
 	}
 	for _, c := range cases {
 		d := route.Decide(tables[c.table], route.Request{Authority: "svc", Method: "GET", Path: c.path, Header: c.header, PeerPrincipal: c.peer})
