@@ -47,6 +47,7 @@ var Supported = []features.FeatureName{
 	features.SupportHTTPRouteResponseHeaderModification,
 	features.SupportHTTPRouteParentRefPort,
 	features.SupportMeshClusterIPMatching,
+	features.SupportMeshConsumerRoute,
 	features.SupportMeshHTTPRouteNamedRouteRule,
 	features.SupportMeshHTTPRouteQueryParamMatching,
 	features.SupportMeshHTTPRouteRedirectPath,

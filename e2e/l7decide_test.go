@@ -226,3 +226,54 @@ func TestL7GatewayAPIDecisions(t *testing.T) {
 		t.Errorf("90/10 GRPCRoute split: %v", got)
 	}
 }
+
+// TestL7ConsumerRouteDecisions: consumer routes (HTTPRoutes of another
+// namespace than their parent Service's) route their own namespace's
+// clients only, told apart by the peer principal the tunnel proved; every
+// other client, and a request without a peer principal, gets the
+// producer's routes.
+func TestL7ConsumerRouteDecisions(t *testing.T) {
+	const (
+		echo80   = "inbound-vip|80|http|echo.mesh.svc.cluster.local"
+		echo8080 = "inbound-vip|8080|http|echo.mesh.svc.cluster.local"
+		echoV2   = "inbound-vip|80|http|echo-v2.mesh.svc.cluster.local"
+		consumer = "spiffe://cluster.local/ns/consumer/sa/default"
+		other    = "spiffe://cluster.local/ns/other/sa/client"
+		producer = "spiffe://cluster.local/ns/mesh/sa/default"
+		// grpcClient's namespace has a GRPCRoute for echo-v2.
+		grpcClient = "spiffe://cluster.local/ns/grpc-client/sa/default"
+	)
+	tables := compiledRoutes(t, "httproute_consumer.txtar")
+	cases := []struct {
+		name, table, path, peer string
+		header                  http.Header
+		route                   string // the deciding route's name
+		status                  int    // a direct response's status
+	}{
+		{"consumer client: its route", echo80, "/api/x", consumer, nil, "consumer.add-header.0.0", 0},
+		{"consumer client: a backend needing a ReferenceGrant is a 500", echo80, "/v2", consumer, nil, "consumer.add-header.1.0", 500},
+		{"consumer client: no rule of its routes matches", echo80, "/other", consumer, nil, "no-route|consumer", 404},
+		{"producer client", echo80, "/api/x", producer, nil, "mesh.producer.0.0", 0},
+		{"client of a namespace with routes for another port", echo80, "/api/x", other, nil, "mesh.producer.0.0", 0},
+		{"that namespace's route on its port", echo8080, "/api/x", other, nil, "other.port-scoped.0.0", 0},
+		{"no peer principal", echo80, "/api/x", "", nil, "mesh.producer.0.0", 0},
+		{"a header does not make a consumer client", echo80, "/api/x", producer,
+			http.Header{"X-Forwarded-Client-Cert": {"URI=" + consumer}, "Io.istio.peer_principal": {consumer}}, "mesh.producer.0.0", 0},
+		{"no producer route: the default after the consumer block", echoV2, "/x", producer, nil, "default", 0},
+		{"no producer route: the consumer's own", echoV2, "/v2/x", consumer, nil, "consumer.to-v2.0.0", 0},
+		{"no producer route: the consumer's 404", echoV2, "/x", consumer, nil, "no-route|consumer", 404},
+		{"a GRPCRoute consumer's method", echoV2, "/echo.Echo/Call", grpcClient, nil, "grpc-client.echo-call.0.0", 0},
+		{"another method of that GRPCRoute's namespace", echoV2, "/echo.Echo/Other", grpcClient, nil, "no-route|grpc-client", 404},
+		{"that method for another namespace's client", echoV2, "/echo.Echo/Call", producer, nil, "default", 0},
+	}
+	for _, c := range cases {
+		d := route.Decide(tables[c.table], route.Request{Authority: "svc", Method: "GET", Path: c.path, Header: c.header, PeerPrincipal: c.peer})
+		name := ""
+		if d.Route != nil {
+			name = d.Route.Name
+		}
+		if name != c.route || d.Status != c.status {
+			t.Errorf("%s: route %q status %d, want %q %d", c.name, name, d.Status, c.route, c.status)
+		}
+	}
+}

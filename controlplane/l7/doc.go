@@ -26,10 +26,8 @@
 //     header matches, more query matches, then the oldest route and its
 //     name. A rule with an unsupported filter, or no valid backend with a
 //     weight above 0, answers 500. GRPCRoute method matches are :path
-//     matches on /service/method. A route of another namespace (a GAMMA
-//     consumer route) is refused: the waypoint serves every client alike.
-//     The hostnames of a route attached to a Service are not used (the
-//     parent names the Service).
+//     matches on /service/method. The hostnames of a route attached to a
+//     Service are not used (the parent names the Service).
 //   - VirtualServices naming the Service's host (short names completed in
 //     the VirtualService's namespace, complete names, wildcards), exported
 //     to the waypoint's namespace and not bound to gateways only, oldest
@@ -37,6 +35,23 @@
 //     request no rule matches gets 404 (istiod's waypoint does the same).
 //     A rule for another port (match.port) is skipped.
 //   - Otherwise one default route to the Service's own cluster.
+//
+// Consumer routes come before all of these: HTTPRoutes and GRPCRoutes of
+// another namespace than the Service's attached to it, which Gateway API
+// applies to their own namespace's clients only, replacing the producer's
+// routes (the above) for them. Each client namespace with a consumer route
+// for the port gets a block: its routes, by the same precedence, each
+// matching the client's peer principal (filter_state
+// io.istio.peer_principal, the SPIFFE ID the HBONE tunnel's mutual TLS
+// proved, against spiffe://[^/]+/ns/<namespace>/sa/[^/]+), then a route
+// answering 404 to that namespace's other requests (as a Service with
+// routes answers a request none matches; Envoy would answer "no route",
+// here it is a direct response named no-route|<namespace>). Every other
+// client, and a request without a peer principal, falls through to the
+// producer's routes. A consumer route's backendRef to its parent Service
+// needs no ReferenceGrant; any other backend in another namespace than the
+// route's still does. A consumer route does not override the Service's
+// VirtualServices: they keep serving the other clients.
 //
 // Gateway API routes win over VirtualServices for the same host; both are
 // told (Conflicted on the route, Overridden on the VirtualService). Every

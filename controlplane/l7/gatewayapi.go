@@ -32,18 +32,24 @@ type xRoute struct {
 	section string
 	// viaGateway: attached to the waypoint Gateway, not to the Service.
 	viaGateway bool
+	// consumerOf is the host of the parent Service of a consumer route (a
+	// route of another namespace than the Service's), "" for a producer
+	// route. A consumer route applies only to requests of clients of its
+	// own namespace, ref.Namespace.
+	consumerOf string
 }
 
 func (x *xRoute) appliesTo(p servicePort) bool {
 	return (x.port == 0 || x.port == p.port) && (x.section == "" || x.section == p.name)
 }
 
-// xRoutes returns, per bound host, the Gateway API routes attached to it.
-// A route attached to the Service itself replaces routes attached through
-// the waypoint Gateway for that Service; a route attached to a Service of
-// another namespace (a consumer route) is reported and ignored: the
-// waypoint serves the Service's producers' routes only.
-func (b *builder) xRoutes() map[string][]*xRoute {
+// xRoutes returns, per bound host, the Gateway API routes attached to it:
+// the producers' (a route attached to the Service itself, from the
+// Service's namespace, replaces routes attached through the waypoint
+// Gateway for that Service) and the consumers' (routes of other
+// namespaces attached to the Service, each for its own namespace's
+// clients).
+func (b *builder) xRoutes() (producer, consumer map[string][]*xRoute) {
 	type parented struct {
 		x       xRoute
 		parents []gatewayv1.ParentReference
@@ -59,7 +65,7 @@ func (b *builder) xRoutes() map[string][]*xRoute {
 	slices.SortStableFunc(all, func(x, y parented) int {
 		return cmp.Or(x.x.created.Time.Compare(y.x.created.Time), cmp.Compare(x.x.ref.Namespace, y.x.ref.Namespace), cmp.Compare(x.x.ref.Name, y.x.ref.Name))
 	})
-	direct, viaGateway := map[string][]*xRoute{}, map[string][]*xRoute{}
+	direct, viaGateway, consumer := map[string][]*xRoute{}, map[string][]*xRoute{}, map[string][]*xRoute{}
 	for _, r := range all {
 		for i, pr := range r.parents {
 			path := fmt.Sprintf("spec.parentRefs[%d]", i)
@@ -80,16 +86,17 @@ func (b *builder) xRoutes() map[string][]*xRoute {
 				if b.boundHost(host) == nil {
 					continue
 				}
-				if ns != r.x.ref.Namespace {
-					b.report(r.x.ref, ReasonNotAllowed, path, fmt.Sprintf("a route for Service %s/%s in another namespace applies to its own namespace's clients only, which the waypoint does not tell apart; ignored", ns, pr.Name))
-					continue
-				}
 				x := r.x
 				if pr.Port != nil {
 					x.port = int32(*pr.Port)
 				}
 				if pr.SectionName != nil {
 					x.section = string(*pr.SectionName)
+				}
+				if ns != r.x.ref.Namespace {
+					x.consumerOf = host
+					consumer[host] = appendRoute(consumer[host], &x)
+					continue
 				}
 				direct[host] = appendRoute(direct[host], &x)
 			case group == "networking.istio.io" && kind == "ServiceEntry":
@@ -114,7 +121,7 @@ func (b *builder) xRoutes() map[string][]*xRoute {
 			direct[host] = rs
 		}
 	}
-	return direct
+	return direct, consumer
 }
 
 // appendRoute adds x unless the same route is already attached (two
@@ -275,13 +282,19 @@ func (b *builder) headerFilter(ref ObjectRef, path string, f *gatewayv1.HTTPHead
 }
 
 // backend resolves a backendRef (or a mirror's): a Service of the route's
-// namespace with a port.
+// namespace with a port, or a consumer route's parent Service, which
+// Gateway API lets a consumer route send to without a ReferenceGrant.
 func (b *builder) backend(x *xRoute, path string, ref gatewayv1.BackendObjectReference, info *serviceInfo, p servicePort) (destination, bool) {
 	if (ref.Group != nil && *ref.Group != "" && *ref.Group != "core") || (ref.Kind != nil && *ref.Kind != "Service") {
 		b.report(x.ref, ReasonBackendNotFound, path, "only Services are supported as backends; this backend gets no traffic")
 		return destination{}, false
 	}
-	if ref.Namespace != nil && string(*ref.Namespace) != x.ref.Namespace {
+	ns := x.ref.Namespace
+	if ref.Namespace != nil && *ref.Namespace != "" {
+		ns = string(*ref.Namespace)
+	}
+	host := string(ref.Name) + "." + ns + ".svc." + b.opts.Mesh.DomainSuffix
+	if ns != x.ref.Namespace && host != x.consumerOf {
 		b.report(x.ref, ReasonBackendNotFound, path+".namespace", "a backend in another namespace needs a ReferenceGrant, which the waypoint does not read; this backend gets no traffic")
 		return destination{}, false
 	}
@@ -289,7 +302,6 @@ func (b *builder) backend(x *xRoute, path string, ref gatewayv1.BackendObjectRef
 		b.report(x.ref, ReasonBackendNotFound, path+".port", "required for a Service backend; this backend gets no traffic")
 		return destination{}, false
 	}
-	host := string(ref.Name) + "." + x.ref.Namespace + ".svc." + b.opts.Mesh.DomainSuffix
 	return b.resolveDestination(x.ref, path, host, uint32(*ref.Port), "", info, p)
 }
 

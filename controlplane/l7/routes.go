@@ -44,10 +44,11 @@ type routeEntry struct {
 // routes builds the route configuration of every HTTP or sniffed port of
 // every bound Service. A Service with HTTPRoutes or GRPCRoutes is routed by
 // them; else by its VirtualServices; else every request goes to the
-// Service's own cluster.
+// Service's own cluster. Consumer routes come first, each client
+// namespace's only for its clients (consumerRoutes).
 func (b *builder) routes() {
 	vs := b.virtualServices()
-	xr := b.xRoutes()
+	xr, consumers := b.xRoutes()
 	for _, info := range b.bound {
 		if len(serviceVIPs(info.svc)) == 0 {
 			continue
@@ -72,6 +73,7 @@ func (b *builder) routes() {
 			if routes == nil {
 				routes = []*routev3.Route{b.defaultRoute(info, p)}
 			}
+			routes = append(b.consumerRoutes(info, p, consumers[info.host]), routes...)
 			name := clusterName(p.port, "http", "", info.host)
 			b.out.Routes = append(b.out.Routes, &routev3.RouteConfiguration{
 				Name: name,

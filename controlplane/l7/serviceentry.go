@@ -393,7 +393,8 @@ func sameLocality(a, b *corev3.Locality) bool {
 
 // attachToServiceEntry attaches a Gateway API route to the hosts of the
 // ServiceEntry a parentRef names (group networking.istio.io), as Istio
-// does; like a Service parent, only from the entry's own namespace.
+// does, only from the entry's own namespace (consumer routes attach to
+// Services only).
 func (b *builder) attachToServiceEntry(x xRoute, pr gatewayv1.ParentReference, ns, path string, direct map[string][]*xRoute) {
 	for _, se := range b.snap.ServiceEntries {
 		if se == nil || se.Namespace != ns || se.Name != string(pr.Name) {
@@ -404,7 +405,7 @@ func (b *builder) attachToServiceEntry(x xRoute, pr gatewayv1.ParentReference, n
 				continue
 			}
 			if ns != x.ref.Namespace {
-				b.report(x.ref, ReasonNotAllowed, path, fmt.Sprintf("a route for ServiceEntry %s/%s in another namespace applies to its own namespace's clients only, which the waypoint does not tell apart; ignored", ns, pr.Name))
+				b.report(x.ref, ReasonNotAllowed, path, fmt.Sprintf("a route for ServiceEntry %s/%s in another namespace (a consumer route) is supported for Services only; ignored", ns, pr.Name))
 				return
 			}
 			y := x

@@ -39,7 +39,7 @@ var supported = map[protoreflect.FullName][]protoreflect.Name{
 		"typed_per_filter_config", "decorator", "metadata"},
 	"envoy.config.route.v3.Decorator": {"operation"},
 	"envoy.config.route.v3.RouteMatch": {"prefix", "path", "safe_regex", "path_separated_prefix",
-		"case_sensitive", "headers", "query_parameters"},
+		"case_sensitive", "headers", "query_parameters", "filter_state"},
 	"envoy.config.route.v3.HeaderMatcher":           {"name", "string_match", "present_match", "invert_match", "treat_missing_header_as_empty"},
 	"envoy.config.route.v3.QueryParameterMatcher":   {"name", "string_match", "present_match"},
 	"envoy.type.matcher.v3.StringMatcher":           {"exact", "prefix", "suffix", "safe_regex", "contains", "ignore_case"},

@@ -220,6 +220,23 @@ func (c *compiler) match(path string, m *routev3.RouteMatch) (route.RouteMatch, 
 		}
 		out.Query = append(out.Query, qm)
 	}
+	for i, fs := range m.GetFilterState() {
+		fp := fmt.Sprintf("%s.filter_state[%d]", path, i)
+		// Only the peer's identity, which the tunnel's mutual TLS proved,
+		// is filter state here; any other key would match on something
+		// the waypoint does not have.
+		if fs.GetKey() != peerPrincipalKey {
+			return out, nackf(fp+".key", "%q not supported (only %q)", fs.GetKey(), peerPrincipalKey)
+		}
+		if fs.GetStringMatch() == nil {
+			return out, nackf(fp+".string_match", "required")
+		}
+		sm, err := stringMatcher(fp+".string_match", fs.GetStringMatch())
+		if err != nil {
+			return out, err
+		}
+		out.PeerPrincipal = append(out.PeerPrincipal, sm)
+	}
 	return out, nil
 }
 

@@ -43,6 +43,8 @@ var (
 	v1ID       = identity.MustWorkloadID("cluster.local", "default", "reviews-v1")
 	v2ID       = identity.MustWorkloadID("cluster.local", "default", "reviews-v2")
 	evilID     = identity.MustWorkloadID("cluster.local", "default", "evil")
+	// consumerID is a client of another namespace than the others'.
+	consumerID = identity.MustWorkloadID("cluster.local", "consumer", "client")
 )
 
 var (
@@ -66,7 +68,7 @@ func testCerts(t testing.TB) *identity.StaticSource {
 			return
 		}
 		pkiSrc = identity.NewStaticSource(ca.Bundle())
-		for _, id := range []spiffeid.ID{waypointID, sleepID, v1ID, v2ID, evilID} {
+		for _, id := range []spiffeid.ID{waypointID, sleepID, v1ID, v2ID, evilID, consumerID} {
 			svid, err := ca.Issue(id, time.Hour)
 			if err != nil {
 				pkiErr = err

@@ -177,6 +177,9 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		Path:      normalizePath(target),
 		Header:    r.Header,
 		Random:    mrand.Uint64(),
+		// The tunnel's proven identity, never a header: routes for one
+		// namespace's clients match on it.
+		PeerPrincipal: x.t.principal,
 	}
 	// The route is decided before the filters run (a pure decision: the
 	// filters do not change what it reads), because a route's own fault

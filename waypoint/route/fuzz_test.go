@@ -62,6 +62,7 @@ func FuzzCompile(f *testing.F) {
 	f.Add(`{"virtual_hosts":[{"name":"a","domains":["*"],"routes":[{"match":{"prefix":"/"},"route":{"cluster":"c"}}]}]}`)
 	f.Add(`{"virtual_hosts":[{"name":"a","domains":["x.*"],"routes":[{"match":{"safe_regex":{"regex":"/a(b)"}},"route":{"cluster":"c","regex_rewrite":{"pattern":{"regex":"(b)"},"substitution":"\\1\\\\"}}}]}]}`)
 	f.Add(`{"virtual_hosts":[{"name":"a","domains":["*.x"],"routes":[{"match":{"path":"/"},"redirect":{"https_redirect":true,"port_redirect":1}}]}]}`)
+	f.Add(`{"virtual_hosts":[{"name":"a","domains":["*"],"routes":[{"match":{"prefix":"/","filter_state":[{"key":"io.istio.peer_principal","string_match":{"safe_regex":{"regex":"spiffe://[^/]+/ns/a/sa/[^/]+"}}}]},"direct_response":{"status":404}}]}]}`)
 	f.Fuzz(func(t *testing.T, js string) {
 		rc := &routev3.RouteConfiguration{}
 		if protojson.Unmarshal([]byte(js), rc) != nil {
@@ -73,6 +74,7 @@ func FuzzCompile(f *testing.F) {
 		}
 		for _, p := range []string{"/", "/ab", "/a/b?c=d", ""} {
 			route.Decide(table, route.Request{Authority: "y.x", Path: p, Header: http.Header{}})
+			route.Decide(table, route.Request{Authority: "y.x", Path: p, Header: http.Header{}, PeerPrincipal: "spiffe://td/ns/a/sa/b"})
 		}
 	})
 }

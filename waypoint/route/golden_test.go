@@ -26,9 +26,10 @@ var update = flag.Bool("update", false, "rewrite the expected decisions in testd
 //     form, written as YAML; it is compiled with config.CompileRoutes.
 //   - cases: one request per line, "METHOD AUTHORITY PATH [TOKEN...] ->
 //     DECISION". A token is random=N (the weighted pick's random number),
-//     scheme=https, resp:NAME=VALUE (a header of the upstream's response,
-//     to show response header mutations) or NAME=VALUE (a request header;
-//     repeat it for several values). DECISION is what formatDecision prints.
+//     scheme=https, peer=SPIFFE-ID (the tunnel's peer principal),
+//     resp:NAME=VALUE (a header of the upstream's response, to show
+//     response header mutations) or NAME=VALUE (a request header; repeat it
+//     for several values). DECISION is what formatDecision prints.
 //     Blank lines and #-comments are kept.
 //
 // With -update the DECISION parts are rewritten from the current behaviour.
@@ -87,6 +88,8 @@ func parseRequest(s string) (route.Request, http.Header, error) {
 			req.Random = n
 		case k == "scheme":
 			req.Scheme = v
+		case k == "peer":
+			req.PeerPrincipal = v
 		case strings.HasPrefix(k, "resp:"):
 			resp.Add(strings.TrimPrefix(k, "resp:"), v)
 		default:

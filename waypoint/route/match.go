@@ -229,6 +229,12 @@ type RouteMatch struct {
 	CaseSensitive bool           // Envoy's default is true; not applied to PathRegex
 	Headers       []HeaderMatcher
 	Query         []QueryParameterMatcher
+	// PeerPrincipal are filter_state matchers on io.istio.peer_principal:
+	// each must match the request's PeerPrincipal, and a request without
+	// one matches no route that has any (Envoy's filter state match fails
+	// when the object is absent). Gateway API consumer routes select their
+	// namespace's clients with them.
+	PeerPrincipal []StringMatcher
 }
 
 // match reports whether the request matches and, if so, how many bytes of
@@ -264,6 +270,11 @@ func (m *RouteMatch) match(req *Request, path, query string) (int, bool) {
 	}
 	for i := range m.Query {
 		if !m.Query[i].Match(query) {
+			return 0, false
+		}
+	}
+	for i := range m.PeerPrincipal {
+		if req.PeerPrincipal == "" || !m.PeerPrincipal[i].Match(req.PeerPrincipal) {
 			return 0, false
 		}
 	}

@@ -272,6 +272,11 @@ func (r *Route) check() error {
 	if (r.Match.Kind == PathRegex) != (r.Match.Regex != nil) {
 		return fmt.Errorf("match: a regex goes with, and only with, a regex path match")
 	}
+	for i, m := range r.Match.PeerPrincipal {
+		if (m.Kind == MatchRegex) != (m.Regex != nil) {
+			return fmt.Errorf("match: peer principal matcher %d: a regex goes with, and only with, a regex match", i)
+		}
+	}
 	switch r.Action {
 	case ActionForward:
 		if r.Forward == nil {
