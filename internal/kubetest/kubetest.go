@@ -71,7 +71,10 @@ type Options struct {
 	// Extra flags per process, appended to Start's: "etcd",
 	// "kube-apiserver", "kube-controller-manager", "kube-scheduler".
 	ExtraArgs map[string][]string
-	// Timeout bounds the wait for readiness (default 90 s).
+	// Timeout bounds the wait for readiness (default 3 min: etcd and the
+	// API server start in seconds on a quiet machine, but a loaded 2-core
+	// CI machine running several packages in parallel once needed more
+	// than 90 s).
 	Timeout time.Duration
 }
 
@@ -129,7 +132,7 @@ func (e *Env) start(ctx context.Context, o Options) error {
 		o.ServiceCIDR = "10.96.0.0/16"
 	}
 	if o.Timeout == 0 {
-		o.Timeout = 90 * time.Second
+		o.Timeout = 3 * time.Minute
 	}
 	_, svcNet, err := net.ParseCIDR(o.ServiceCIDR)
 	if err != nil || svcNet.IP.To4() == nil {
