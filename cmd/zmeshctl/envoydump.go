@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"regexp"
 	"strings"
 
 	adminv3 "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
@@ -13,6 +14,7 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -259,6 +261,9 @@ func describeMatch(r *routev3.Route) string {
 		s = m.GetPrefix() + "*"
 	}
 	var extra []string
+	for _, fs := range m.GetFilterState() {
+		extra = append(extra, describeFilterState(fs))
+	}
 	if n := len(m.GetHeaders()); n > 0 {
 		extra = append(extra, fmt.Sprintf("+%d headers", n))
 	}
@@ -269,6 +274,25 @@ func describeMatch(r *routev3.Route) string {
 		s += " (" + strings.Join(extra, ", ") + ")"
 	}
 	return s
+}
+
+// consumerPeer is the peer-principal pattern zmeshd gives a consumer
+// route: the clients of one namespace.
+var consumerPeer = regexp.MustCompile(`^spiffe://\[\^/\]\+/ns/([a-z0-9-]+)/sa/\[\^/\]\+$`)
+
+// describeFilterState names a filter-state condition of a route: "clients
+// of ns X" for a consumer route's peer match, else the key and pattern.
+func describeFilterState(fs *matcherv3.FilterStateMatcher) string {
+	re := fs.GetStringMatch().GetSafeRegex().GetRegex()
+	if fs.GetKey() == "io.istio.peer_principal" {
+		if m := consumerPeer.FindStringSubmatch(re); m != nil {
+			return "clients of ns " + m[1]
+		}
+	}
+	if re == "" {
+		re = fs.GetStringMatch().String()
+	}
+	return fs.GetKey() + " ~ " + re
 }
 
 // istioConfigName reads the object a resource was built from, as istiod

@@ -97,6 +97,12 @@ func waypointDump(t *testing.T) []byte {
 		{Name: "inbound-vip|9080|http|" + reviews, VirtualHosts: []*routev3.VirtualHost{{
 			Name: reviews + ":9080", Domains: []string{"*"},
 			Routes: []*routev3.Route{
+				{Name: "consumer", Match: &routev3.RouteMatch{
+					PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"},
+					FilterState: []*matcherv3.FilterStateMatcher{{Key: "io.istio.peer_principal", Matcher: &matcherv3.FilterStateMatcher_StringMatch{
+						StringMatch: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{
+							Regex: "spiffe://[^/]+/ns/frontend/sa/[^/]+"}}}}}},
+				}},
 				{Name: "jason", Metadata: vs, Match: &routev3.RouteMatch{
 					PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"},
 					Headers: []*routev3.HeaderMatcher{{Name: "end-user", HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{
@@ -247,5 +253,27 @@ func TestProxyConfigBadDump(t *testing.T) {
 	_, stderr, code := zmeshctl(t, "proxy-config", "clusters", "wp", "--admin-address", admin)
 	if code != exitFailure || !strings.Contains(stderr, "error: waypoint wp admin at "+admin+": decode config dump: configs[0] (type.googleapis.com/envoy.admin.v3.ClustersConfigDump)") {
 		t.Errorf("exit %d, stderr %q", code, stderr)
+	}
+}
+
+// TestDescribeFilterState: a consumer route's peer match reads as the
+// namespace whose clients it serves; any other condition shows its key and
+// pattern rather than vanishing from the table.
+func TestDescribeFilterState(t *testing.T) {
+	regex := func(key, re string) *matcherv3.FilterStateMatcher {
+		return &matcherv3.FilterStateMatcher{Key: key, Matcher: &matcherv3.FilterStateMatcher_StringMatch{
+			StringMatch: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: re}}}}}
+	}
+	for _, tc := range []struct {
+		fs   *matcherv3.FilterStateMatcher
+		want string
+	}{
+		{regex("io.istio.peer_principal", "spiffe://[^/]+/ns/shop-2/sa/[^/]+"), "clients of ns shop-2"},
+		{regex("io.istio.peer_principal", "spiffe://[^/]+/ns/shop/sa/web"), "io.istio.peer_principal ~ spiffe://[^/]+/ns/shop/sa/web"},
+		{regex("other", "spiffe://[^/]+/ns/shop/sa/[^/]+"), "other ~ spiffe://[^/]+/ns/shop/sa/[^/]+"},
+	} {
+		if got := describeFilterState(tc.fs); got != tc.want {
+			t.Errorf("describeFilterState(%v) = %q, want %q", tc.fs, got, tc.want)
+		}
 	}
 }
