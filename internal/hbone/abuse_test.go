@@ -386,6 +386,21 @@ func (g *handlerGauge) enter() {
 
 func (g *handlerGauge) leave() { g.running.Add(-1) }
 
+// rapidReset sends pairs CONNECTs each reset at once, then a pingDone
+// PING, and returns how many pairs went.
+func rapidReset(a *attacker, pairs int) (sent int) {
+	block := connectBlock()
+	id := uint32(1)
+	sent = flood(a, pairs, func(fr *http2.Framer) {
+		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block, EndHeaders: true})
+		fr.WriteRSTStream(id, http2.ErrCodeCancel)
+		id += 2
+	})
+	a.fr.WritePing(false, pingDone)
+	a.bw.Flush()
+	return sent
+}
+
 // Rapid reset (CVE-2023-44487): 20 000 CONNECTs each reset at once. A
 // reset cancels the handler's context, so handlers that honour it end;
 // and since a handler keeps its slot until it returns, never more run than
@@ -408,16 +423,8 @@ func TestRapidResetCancelsHandlers(t *testing.T) {
 	ended := make(chan ending, 1)
 	acked := make(chan struct{})
 	go func() { ended <- readToEndAcked(a.tc, a.fr, 60*time.Second, acked) }()
-	block := connectBlock()
 	const pairs = 20_000
-	id := uint32(1)
-	flood(a, pairs, func(fr *http2.Framer) {
-		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block, EndHeaders: true})
-		fr.WriteRSTStream(id, http2.ErrCodeCancel)
-		id += 2
-	})
-	a.fr.WritePing(false, pingDone)
-	a.bw.Flush()
+	rapidReset(a, pairs)
 	// Once the server has read everything (or cut the connection off,
 	// which ends the handlers too), the handlers of reset streams end by
 	// themselves.
@@ -470,16 +477,8 @@ func TestRapidResetAgainstSlowHandlers(t *testing.T) {
 	mark := markGoroutines()
 	ended := make(chan ending, 1)
 	go func() { ended <- readToEnd(a.tc, a.fr, 60*time.Second) }()
-	block := connectBlock()
 	const pairs = 20_000
-	id := uint32(1)
-	sent := flood(a, pairs, func(fr *http2.Framer) {
-		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block, EndHeaders: true})
-		fr.WriteRSTStream(id, http2.ErrCodeCancel)
-		id += 2
-	})
-	a.fr.WritePing(false, pingDone)
-	a.bw.Flush()
+	sent := rapidReset(a, pairs)
 	var e ending
 	select {
 	case e = <-ended:
