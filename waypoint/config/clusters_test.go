@@ -268,12 +268,7 @@ func TestClusterNack(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := CompileCluster(parseCluster(t, tc.yaml))
-			if err == nil {
-				t.Fatalf("compiled; want %q", tc.want)
-			}
-			if err.Error() != tc.want {
-				t.Errorf("got  %s\nwant %s", err, tc.want)
-			}
+			wantNack(t, tc.name, err, tc.want)
 		})
 	}
 }
@@ -397,12 +392,7 @@ func TestAssignmentNack(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := CompileAssignment(parseCLA(t, tc.yaml))
-			if err == nil {
-				t.Fatalf("compiled; want %q", tc.want)
-			}
-			if err.Error() != tc.want {
-				t.Errorf("got  %s\nwant %s", err, tc.want)
-			}
+			wantNack(t, tc.name, err, tc.want)
 		})
 	}
 }
