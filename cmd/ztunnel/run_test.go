@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"io"
 	"net"
@@ -70,27 +69,11 @@ func TestRunWithXDS(t *testing.T) {
 	startAgent(t, filepath.Join(dir, "zds.sock"))
 
 	admin, ready := freeAddr(t), freeAddr(t)
-	f, err := parseFlags([]string{"--node", "node-1", "--xds-address", addr, "--plaintext-control-plane",
+	stop := startZtunnel(t, "--node", "node-1", "--xds-address", addr, "--plaintext-control-plane",
 		"--root-cert", rootCert, "--token-file", tokFile, "--zds-socket", filepath.Join(dir, "zds.sock"),
 		"--admin-address", admin, "--metrics-address", freeAddr(t), "--readiness-address", ready, "--drain-grace", "1s",
-		"--state-dir", filepath.Join(dir, "state")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, f) }()
-	defer func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("run: %v", err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Error("run did not return after cancel")
-		}
-	}()
+		"--state-dir", filepath.Join(dir, "state"))
+	defer stop()
 
 	deadline := time.Now().Add(10 * time.Second)
 	for {

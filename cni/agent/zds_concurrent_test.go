@@ -15,7 +15,7 @@ import (
 // for a CA that is down) delays no other pod: B's Add is sent, acked and
 // its AddPod (so its CNI ADD) returns while A's is still pending.
 func TestSlowPodDoesNotBlockAnotherPodsAdd(t *testing.T) {
-	s, path := startServer(t)
+	s, path := startServerWith(t)
 	held := make(chan struct{})
 	release := make(chan struct{})
 	var once sync.Once
@@ -68,7 +68,7 @@ func TestSlowPodDoesNotBlockAnotherPodsAdd(t *testing.T) {
 // time: were it sent several, its acks could not be told apart and the
 // AddPods would never return.
 func TestSerialPeerGetsOneRequestAtATime(t *testing.T) {
-	s, path := startServer(t)
+	s, path := startServerWith(t)
 	p, _ := testPod(t, "kept")
 	if err := s.Keep(context.Background(), p); err != nil {
 		t.Fatal(err)
@@ -139,7 +139,7 @@ func TestSerialPeerGetsOneRequestAtATime(t *testing.T) {
 // Acks for no pending request (an unknown uid, or no uid when none is
 // expected) are dropped: the connection and the requests on it go on.
 func TestAckForUnknownPodIgnored(t *testing.T) {
-	s, path := startServer(t)
+	s, path := startServerWith(t)
 	c, err := zds.Dial(path)
 	if err != nil {
 		t.Fatal(err)

@@ -15,6 +15,8 @@ import (
 	"github.com/zmesh/zmesh/api/zds/zdstest"
 )
 
+// startServerWith runs a ZDS server with opts on a socket in the test's
+// directory until the test ends, and fails the test if Run fails.
 func startServerWith(t *testing.T, opts ...ZDSOption) (*ZDSServer, string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "zds.sock")

@@ -19,25 +19,6 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-func startServer(t *testing.T) (*ZDSServer, string) {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "zds.sock")
-	s, err := NewZDSServer(path, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
-	return s, path
-}
-
 // testPod opens three real descriptors standing for netns and maps: files
 // whose inodes the fake ztunnel reports back.
 func testPod(t *testing.T, uid string) (*Pod, []uint64) {
@@ -87,7 +68,7 @@ func waitZtunnel(t *testing.T, s *ZDSServer) {
 }
 
 func TestAddPodWaitsForAck(t *testing.T) {
-	s, path := startServer(t)
+	s, path := startServerWith(t)
 	p, inodes := testPod(t, "uid-1")
 	if err := s.AddPod(context.Background(), p); !errors.Is(err, ErrNoZtunnel) {
 		t.Fatalf("AddPod with no ztunnel: %v, want ErrNoZtunnel", err)
@@ -115,7 +96,7 @@ func TestAddPodWaitsForAck(t *testing.T) {
 }
 
 func TestRefusalReachesCaller(t *testing.T) {
-	s, path := startServer(t)
+	s, path := startServerWith(t)
 	connect(t, s, path, func(r *zds.WorkloadRequest) string {
 		if r.GetAdd() != nil {
 			return "no certificate for spiffe://cluster.local/ns/ns/sa/sa"
@@ -132,7 +113,7 @@ func TestRefusalReachesCaller(t *testing.T) {
 // A new ztunnel gets every pod the agent holds, then SnapshotSent; new pods
 // go to it only.
 func TestReconnectReplaysSnapshot(t *testing.T) {
-	s, path := startServer(t)
+	s, path := startServerWith(t)
 	old := connect(t, s, path, nil)
 	for _, uid := range []string{"a", "b"} {
 		p, _ := testPod(t, uid)
@@ -183,7 +164,7 @@ func TestReconnectReplaysSnapshot(t *testing.T) {
 // A ztunnel that exits makes the next AddPod fail with ErrNoZtunnel, not
 // hang.
 func TestZtunnelGone(t *testing.T) {
-	s, path := startServer(t)
+	s, path := startServerWith(t)
 	z, err := zdstest.Connect(path, nil)
 	if err != nil {
 		t.Fatal(err)

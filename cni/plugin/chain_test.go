@@ -265,6 +265,20 @@ func (n *node) newPod(t *testing.T, namespace, name string) *pod {
 	return podConf(ns, namespace, name)
 }
 
+// runProcess runs a process in the pod's namespace until the test ends:
+// what the agent finds a running pod's namespace through.
+func (p *pod) runProcess(t *testing.T) {
+	t.Helper()
+	var sleeper *exec.Cmd
+	if err := p.ns.Do(func() error {
+		sleeper = exec.Command("sleep", "300")
+		return sleeper.Start()
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sleeper.Process.Kill(); sleeper.Wait() })
+}
+
 // podConf is the runtime configuration of a pod in ns, with a fresh uid.
 func podConf(ns *netenv.NS, namespace, name string) *pod {
 	uid := fmt.Sprintf("uid-%s-%s-%d", namespace, name, time.Now().UnixNano())
@@ -511,15 +525,7 @@ func TestRunningPodEnrolledAndReleased(t *testing.T) {
 		t.Fatal("pod captured before its namespace was ambient")
 	}
 
-	// The pod's process: what the agent finds the namespace through.
-	var sleeper *exec.Cmd
-	if err := p.ns.Do(func() error {
-		sleeper = exec.Command("sleep", "300")
-		return sleeper.Start()
-	}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sleeper.Process.Kill(); sleeper.Wait() })
+	p.runProcess(t)
 
 	// A service in another pod on the node, which the pod talks to. (Not
 	// the node's own address: that is the probe source, exempt from

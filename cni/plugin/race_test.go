@@ -4,7 +4,6 @@ import (
 	"context"
 	"net"
 	"net/netip"
-	"os/exec"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -36,14 +35,7 @@ func TestCaptureOnceWhenAddMeetsEnrolment(t *testing.T) {
 	p := n.newPod(t, "late", "web")
 	n.add(t, list, p)
 	t.Cleanup(func() { n.cni(t, "DEL", list, p.rt) })
-	var sleeper *exec.Cmd
-	if err := p.ns.Do(func() error {
-		sleeper = exec.Command("sleep", "300")
-		return sleeper.Start()
-	}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sleeper.Process.Kill(); sleeper.Wait() })
+	p.runProcess(t)
 	other := n.newPod(t, "other", "db")
 	n.add(t, list, other)
 	t.Cleanup(func() { n.cni(t, "DEL", list, other.rt) })

@@ -19,6 +19,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
+	"sigs.k8s.io/yaml"
 
 	"go.uber.org/goleak"
 
@@ -356,6 +357,24 @@ func (e controllerEnv) start(t *testing.T, opts Options) (stop func()) {
 			t.Fatal("Run did not return after cancel")
 		}
 	}
+}
+
+// createWaypoint creates the docs' waypoint Gateway in apps as the
+// cluster admin, changed by edit first unless it is nil.
+func (e controllerEnv) createWaypoint(t *testing.T, edit func(*gatewayv1.Gateway)) *gatewayv1.Gateway {
+	t.Helper()
+	var gw gatewayv1.Gateway
+	if err := yaml.Unmarshal([]byte(docsWaypoint), &gw); err != nil {
+		t.Fatal(err)
+	}
+	if edit != nil {
+		edit(&gw)
+	}
+	created, err := e.admin.GatewayV1().Gateways("apps").Create(t.Context(), &gw, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return created
 }
 
 // testWriter sends the controller's log to the test's.

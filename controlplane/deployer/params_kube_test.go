@@ -11,7 +11,6 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
-	"sigs.k8s.io/yaml"
 
 	"github.com/zmesh/zmesh/internal/testutil"
 )
@@ -49,14 +48,9 @@ spec:
 	if err != nil {
 		t.Fatal(err)
 	}
-	var gw gatewayv1.Gateway
-	if err := yaml.Unmarshal([]byte(docsWaypoint), &gw); err != nil {
-		t.Fatal(err)
-	}
-	gw.Spec.Infrastructure = &gatewayv1.GatewayInfrastructure{ParametersRef: &gatewayv1.LocalParametersReference{Group: "", Kind: "ConfigMap", Name: "waypoint-sizing"}}
-	if _, err := env.admin.GatewayV1().Gateways("apps").Create(ctx, &gw, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	env.createWaypoint(t, func(gw *gatewayv1.Gateway) {
+		gw.Spec.Infrastructure = &gatewayv1.GatewayInfrastructure{ParametersRef: &gatewayv1.LocalParametersReference{Group: "", Kind: "ConfigMap", Name: "waypoint-sizing"}}
+	})
 
 	cpuIs := func(want string) func() error {
 		return func() error {

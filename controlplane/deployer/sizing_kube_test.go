@@ -9,8 +9,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
-	"sigs.k8s.io/yaml"
 
 	"github.com/zmesh/zmesh/internal/testutil"
 )
@@ -25,14 +23,7 @@ func TestSizingOnKubernetes(t *testing.T) {
 	on := Sizing{Autoscaling: &Autoscaling{Enabled: true, MinReplicas: 2, MaxReplicas: 6, TargetCPUUtilizationPercentage: 70},
 		PodDisruptionBudget: &DisruptionBudget{Enabled: true, MinAvailable: intstr.FromInt32(1)}}
 	stop := env.start(t, Options{Image: image, Sizing: on})
-	var gw gatewayv1.Gateway
-	if err := yaml.Unmarshal([]byte(docsWaypoint), &gw); err != nil {
-		t.Fatal(err)
-	}
-	created, err := env.admin.GatewayV1().Gateways("apps").Create(ctx, &gw, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	created := env.createWaypoint(t, nil)
 	testutil.Eventually(t, 60*time.Second, "the waypoint's HPA and PDB", func() error {
 		h, err := env.Client.AutoscalingV2().HorizontalPodAutoscalers("apps").Get(ctx, "waypoint", metav1.GetOptions{})
 		if err != nil {

@@ -167,7 +167,10 @@ func TestNackIsRecorded(t *testing.T) {
 	waitState(t, s, TypeAuthorization, "SYNCED")
 }
 
-func TestAuthenticateTLSPortNeedsACredential(t *testing.T) {
+// serveAuthenticated serves one workload address to clients holding the
+// static token "sekrit", which names node-a's ztunnel.
+func serveAuthenticated(t *testing.T) (*Server, *grpc.ClientConn) {
+	t.Helper()
 	td := spiffeid.RequireTrustDomainFromString("cluster.local")
 	authn, err := identity.ParseStaticTokens(strings.NewReader("sekrit spiffe://cluster.local/ns/istio-system/sa/ztunnel node-a\n"))
 	if err != nil {
@@ -175,7 +178,11 @@ func TestAuthenticateTLSPortNeedsACredential(t *testing.T) {
 	}
 	s := New(nil, nil, TypeAddress)
 	s.Set(TypeAddress, map[string]proto.Message{"a": wl("a", "10.0.0.1")})
-	cc := serve(t, s, grpc.StreamInterceptor(Authenticate(authn, td)))
+	return s, serve(t, s, grpc.StreamInterceptor(Authenticate(authn, td)))
+}
+
+func TestAuthenticateTLSPortNeedsACredential(t *testing.T) {
+	s, cc := serveAuthenticated(t)
 
 	for _, tc := range []struct {
 		name, token string
@@ -253,14 +260,7 @@ func TestSetSkipsTheSamePointer(t *testing.T) {
 // Both node-id forms show in syncz with the node they name; the identity
 // shown as Principal is the token's, whatever the node claims.
 func TestSynczReadsBothNodeForms(t *testing.T) {
-	td := spiffeid.RequireTrustDomainFromString("cluster.local")
-	authn, err := identity.ParseStaticTokens(strings.NewReader("sekrit spiffe://cluster.local/ns/istio-system/sa/ztunnel node-a\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := New(nil, nil, TypeAddress)
-	s.Set(TypeAddress, map[string]proto.Message{"a": wl("a", "10.0.0.1")})
-	cc := serve(t, s, grpc.StreamInterceptor(Authenticate(authn, td)))
+	s, cc := serveAuthenticated(t)
 	ctx := metadata.AppendToOutgoingContext(t.Context(), "authorization", "Bearer sekrit")
 	istio := "ztunnel~10.244.1.7~ztunnel-x7k2p.kube-system~kube-system.svc.cluster.local"
 	for _, n := range []*corev3.Node{

@@ -155,7 +155,7 @@ func (e *env) waitSynced(ctx context.Context, node string, before map[string]str
 }
 
 func (e *env) waitSyncedOf(ctx context.Context, versions func(context.Context) (map[string]string, error), before map[string]string) error {
-	return waitFor(ctx, 3*time.Minute, func() bool {
+	return proc.WaitFor(ctx, 3*time.Minute, func() bool {
 		now, err := versions(ctx)
 		if err != nil || len(now) == 0 {
 			return false

@@ -374,7 +374,7 @@ func (e *env) startMeshNode(ctx context.Context, n *node, ports []string) error 
 		return fmt.Errorf("%s zmesh-cni-agent: %w", n.Name, err)
 	}
 	e.defer_(n.agent.Stop)
-	if err := waitFor(ctx, 15*time.Second, func() bool { return slices.Contains(n.chain(), "zmesh-cni") }); err != nil {
+	if err := proc.WaitFor(ctx, 15*time.Second, func() bool { return slices.Contains(n.chain(), "zmesh-cni") }); err != nil {
 		return fmt.Errorf("%s: the agent did not chain zmesh-cni into %s", n.Name, noderunner.PrimaryConflist)
 	}
 	if n.zt, err = e.startZtunnel(ctx, n.Name, n.dir, filepath.Join(n.dir, "zds.sock"), ports[1:]); err != nil {
@@ -435,7 +435,7 @@ func (e *env) startPods(ctx context.Context, n *node) error {
 		logFile.Close()
 	})
 	var last error
-	if err := waitFor(ctx, 60*time.Second, func() bool {
+	if err := proc.WaitFor(ctx, 60*time.Second, func() bool {
 		last = n.runner.Sync(ctx)
 		return last == nil
 	}); err != nil {
@@ -500,19 +500,6 @@ func startIn(ctx context.Context, n *netenv.NS, logPath, bin string, args ...str
 		return nil, err
 	}
 	return p, nil
-}
-
-func waitFor(ctx context.Context, limit time.Duration, cond func() bool) error {
-	ctx, cancel := context.WithTimeout(ctx, limit)
-	defer cancel()
-	for !cond() {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-	return nil
 }
 
 // namespaces maps the inode of every network namespace the bench made so

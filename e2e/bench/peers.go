@@ -175,7 +175,7 @@ listen iperf
 				return nil, fmt.Errorf("%s exited:\n%s", q.Name, proc.Tail(q.Log(), 20))
 			}
 		}
-		if err := waitFor(ctx, 20*time.Second, func() bool { return probe(ctx, p, e.pkiDir) == nil }); err != nil {
+		if err := proc.WaitFor(ctx, 20*time.Second, func() bool { return probe(ctx, p, e.pkiDir) == nil }); err != nil {
 			return nil, fmt.Errorf("path %s does not answer: %v", p.name, probe(ctx, p, e.pkiDir))
 		}
 	}
@@ -192,7 +192,7 @@ listen iperf
 			return nil, err
 		}
 	}
-	if err := waitFor(ctx, 5*time.Second, func() bool {
+	if err := proc.WaitFor(ctx, 5*time.Second, func() bool {
 		after, err := e.wp.requests(ctx)
 		return err == nil && after-before >= probes
 	}); err != nil {

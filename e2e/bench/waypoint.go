@@ -193,7 +193,7 @@ func (e *env) startWaypoint(ctx context.Context, o deployer.Objects, pod *corev1
 	e.defer_(p.Stop)
 	e.wp = &waypoint{Proc: p, ns: ns, pod: pod.Name, root: root}
 	ready := fmt.Sprintf("http://%s/healthz/ready", netip.AddrPortFrom(waypointPodAddr, waypointReadyPort))
-	if err := waitFor(ctx, 60*time.Second, func() bool {
+	if err := proc.WaitFor(ctx, 60*time.Second, func() bool {
 		_, err := e.wp.get(ctx, ready)
 		return err == nil || !p.Running()
 	}); err != nil || !p.Running() {

@@ -197,6 +197,21 @@ func HTTPGet(ctx context.Context, url string) (string, error) {
 	return body, err
 }
 
+// WaitFor polls cond every 50 ms until it holds, for limit at most: the
+// wait for a process to be ready or to have done something.
+func WaitFor(ctx context.Context, limit time.Duration, cond func() bool) error {
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
 // FreeAddr returns a loopback address with a port free right now.
 func FreeAddr() (string, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

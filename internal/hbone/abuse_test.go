@@ -7,7 +7,9 @@ import (
 	"crypto/tls"
 	"errors"
 	"net"
+	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -50,6 +52,12 @@ func attack(t *testing.T, addr string) *attacker {
 	// A small receive buffer: what the attacker does not read soon
 	// blocks the server's writer, as over a real network.
 	nc.(*net.TCPConn).SetReadBuffer(16 << 10)
+	return attackOn(t, nc)
+}
+
+// attackOn is attack on a connected socket.
+func attackOn(t *testing.T, nc net.Conn) *attacker {
+	t.Helper()
 	tc := tls.Client(nc, identity.ClientTLS(testPKI(t).src, alice, []spiffeid.ID{bob}))
 	t.Cleanup(func() { tc.Close() })
 	if err := tc.Handshake(); err != nil {
@@ -66,29 +74,60 @@ func attack(t *testing.T, addr string) *attacker {
 	return a
 }
 
-// startFloodServer is startServer whose accepted sockets have small send
-// buffers: what a peer does not read soon blocks the server's writer after
-// kilobytes, as over a real network, instead of after the megabytes
-// loopback buffers, so a flood overflows the same way in every run.
-func startFloodServer(t *testing.T, h Handler) *testServer {
+// A flood is fought over unix sockets with small send buffers. Each side
+// then holds at most kilobytes the other has not read, so a peer that does
+// not read blocks the writer at once, and a flood reaches the server as
+// fast as it reads and no faster. Loopback TCP cannot be made to do both:
+// its buffers grow to megabytes, and a receive buffer set small makes the
+// kernel drop loopback's 64 KiB segments and back off for up to minutes.
+
+// listenUnix listens on a unix socket in the test's directory.
+func listenUnix(t *testing.T) net.Listener {
 	t.Helper()
-	srv, err := NewServer(h, ServerOptions{})
+	ln, err := net.Listen("unix", filepath.Join(t.TempDir(), "hbone.sock"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return ln
+}
+
+// dialFlood dials a listenUnix socket with a small send buffer.
+func dialFlood(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	nc, err := net.Dial("unix", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts := &testServer{srv: srv, addr: ln.Addr().String(), ln: ln}
-	serveOn(srv, smallBuffers{ln}, identity.ServerTLS(testPKI(t).src, bob, nil))
-	t.Cleanup(func() {
-		ln.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-	})
-	return ts
+	nc.(*net.UnixConn).SetWriteBuffer(floodBuffer)
+	return nc
+}
+
+const floodBuffer = 16 << 10
+
+// startFloodServer is startServer on a unix socket whose accepted sockets
+// have small send buffers, and which reports each limit it enforces on
+// limited. A connection with no stream is kept for longer than any flood
+// takes, so that only the flood's bound can end it.
+func startFloodServer(t *testing.T, h Handler) (ts *testServer, limited <-chan string) {
+	t.Helper()
+	limits := make(chan string, 16)
+	opts := ServerOptions{
+		Limits:  Limits{FirstStreamTimeout: 5 * time.Minute},
+		OnLimit: reportLimit(limits),
+	}
+	ts = serveHBONE(t, h, opts, smallBuffers{listenUnix(t)}, identity.ServerTLS(testPKI(t).src, bob, nil))
+	return ts, limits
+}
+
+// reportLimit is an OnLimit that sends the limit's name on limits without
+// ever blocking.
+func reportLimit(limits chan<- string) func(string) {
+	return func(limit string) {
+		select {
+		case limits <- limit:
+		default:
+		}
+	}
 }
 
 type smallBuffers struct{ net.Listener }
@@ -96,7 +135,7 @@ type smallBuffers struct{ net.Listener }
 func (l smallBuffers) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
 	if err == nil {
-		c.(*net.TCPConn).SetWriteBuffer(16 << 10)
+		c.(interface{ SetWriteBuffer(int) error }).SetWriteBuffer(floodBuffer)
 	}
 	return c, err
 }
@@ -185,23 +224,119 @@ func flood(a *attacker, n int, write func(fr *http2.Framer)) (sent int) {
 	return n
 }
 
-// waitGoroutines waits until at most base goroutines run (plus slack for
-// the runtime's own), and fails if they never do.
-func waitGoroutines(t *testing.T, base int) {
+// Bounds of floodUntilCut: ten times what an unprotected victim needs to
+// hold tens of megabytes, and time enough to send it under the race
+// detector on a loaded machine.
+const (
+	maxFlood  = 2_000_000
+	floodTime = 60 * time.Second
+)
+
+// floodUntilCut writes frames made by write, without reading, until the
+// victim reports through limited that it cut the connection off, writing
+// fails, or maxFlood frames or floodTime went. How fast the victim reads
+// does not matter: the flood lasts until the victim's bound trips, never
+// ending early in buffers it has not read yet. A victim without the bound
+// never reports, and gets the whole flood.
+func floodUntilCut(a *attacker, limited <-chan string, write func(fr *http2.Framer)) (sent int, limit string) {
+	deadline := time.Now().Add(floodTime)
+	// The victim reads and drops the input of a connection it cut off;
+	// the deadline bounds a write to one that stopped reading.
+	a.tc.SetWriteDeadline(deadline)
+	defer a.tc.SetWriteDeadline(time.Time{})
+	for sent < maxFlood {
+		write(a.fr)
+		sent++
+		if a.bw.Buffered() < 32<<10 {
+			continue
+		}
+		if a.bw.Flush() != nil {
+			return sent, ""
+		}
+		select {
+		case limit := <-limited:
+			return sent, limit
+		default:
+		}
+		if time.Now().After(deadline) {
+			return sent, ""
+		}
+	}
+	a.bw.Flush()
+	select {
+	case limit = <-limited:
+	default:
+	}
+	return sent, limit
+}
+
+// goroutineMark is the set of goroutines running when it was taken.
+type goroutineMark map[string]bool
+
+func markGoroutines() goroutineMark {
+	m := goroutineMark{}
+	for id := range goroutineStacks() {
+		m[id] = true
+	}
+	return m
+}
+
+// goroutineStacks returns the stack of every goroutine, by id.
+func goroutineStacks() map[string]string {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	stacks := map[string]string{}
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		// "goroutine 42 [running]:" heads each.
+		head, _, _ := strings.Cut(g, " [")
+		if id, ok := strings.CutPrefix(head, "goroutine "); ok {
+			stacks[id] = g
+		}
+	}
+	return stacks
+}
+
+// since returns the stacks of the goroutines started after m was taken and
+// still running. Goroutine ids are never reused, so goroutines of earlier
+// tests ending meanwhile neither hide one nor count as one.
+func (m goroutineMark) since() []string {
+	var started []string
+	for id, stack := range goroutineStacks() {
+		if !m[id] {
+			started = append(started, stack)
+		}
+	}
+	return started
+}
+
+// waitGoroutines waits until every goroutine started after m has ended,
+// and fails naming those that never do.
+func waitGoroutines(t *testing.T, m goroutineMark) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
-	for runtime.NumGoroutine() > base+2 {
+	for {
+		started := m.since()
+		if len(started) == 0 {
+			return
+		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d goroutines left, %d before the attack", runtime.NumGoroutine(), base)
+			t.Fatalf("%d goroutines started during the attack still run:\n%s", len(started), strings.Join(started, "\n\n"))
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
 }
 
-// 2 M PINGs (or SETTINGS, each owing an ACK) from a peer that reads none
-// of the ACKs: the server queues at most maxQueuedCtrl of them, then ends
-// the connection with GOAWAY(ENHANCE_YOUR_CALM), which the peer gets once
-// it reads.
+// 2 M PINGs (or SETTINGS, each owing an ACK) at most, from a peer that
+// reads none of the ACKs: the server queues at most maxQueuedCtrl of them,
+// then ends the connection with GOAWAY(ENHANCE_YOUR_CALM), which the peer
+// gets once it reads.
 func TestPingFloodIsCutOff(t *testing.T) {
 	controlFlood(t, "PING", func(fr *http2.Framer) { fr.WritePing(false, [8]byte{1}) })
 }
@@ -211,15 +346,17 @@ func TestSettingsFloodIsCutOff(t *testing.T) {
 }
 
 func controlFlood(t *testing.T, kind string, write func(fr *http2.Framer)) {
-	ts := startFloodServer(t, echoHandler)
-	a := attack(t, ts.addr)
-	base, heap0 := runtime.NumGoroutine(), heapInUse()
-	n := floodSize(2_000_000)
-	sent := flood(a, n, write)
+	ts, limited := startFloodServer(t, echoHandler)
+	a := attackOn(t, dialFlood(t, ts.addr))
+	mark, heap0 := markGoroutines(), heapInUse()
+	sent, limit := floodUntilCut(a, limited, write)
 	grown := heapInUse() - heap0
 	end := readToEnd(a.tc, a.fr, 20*time.Second)
-	t.Logf("%s flood: %d of %d sent; heap grew %.1f MB; read %d frames, then %v (GOAWAY %v %v)",
-		kind, sent, n, float64(grown)/1e6, end.frames, end.readErr, end.goAway, end.code)
+	t.Logf("%s flood: %d sent until the server reported %q; heap grew %.1f MB; read %d frames, then %v (GOAWAY %v %v)",
+		kind, sent, limit, float64(grown)/1e6, end.frames, end.readErr, end.goAway, end.code)
+	if limit != LimitControlFrames {
+		t.Errorf("server reported limit %q after %d %s frames, want %q", limit, sent, kind, LimitControlFrames)
+	}
 	if grown > 8<<20 {
 		t.Errorf("heap grew %.1f MB under a %s flood, want < 8 MB", float64(grown)/1e6, kind)
 	}
@@ -227,7 +364,7 @@ func controlFlood(t *testing.T, kind string, write func(fr *http2.Framer)) {
 		t.Errorf("connection not closed with GOAWAY(ENHANCE_YOUR_CALM): GOAWAY %v %v, then %v", end.goAway, end.code, end.readErr)
 	}
 	a.tc.Close()
-	waitGoroutines(t, base)
+	waitGoroutines(t, mark)
 }
 
 // handlerGauge counts the handlers running and the most that ever ran at
@@ -249,6 +386,21 @@ func (g *handlerGauge) enter() {
 
 func (g *handlerGauge) leave() { g.running.Add(-1) }
 
+// rapidReset sends pairs CONNECTs each reset at once, then a pingDone
+// PING, and returns how many pairs went.
+func rapidReset(a *attacker, pairs int) (sent int) {
+	block := connectBlock()
+	id := uint32(1)
+	sent = flood(a, pairs, func(fr *http2.Framer) {
+		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block, EndHeaders: true})
+		fr.WriteRSTStream(id, http2.ErrCodeCancel)
+		id += 2
+	})
+	a.fr.WritePing(false, pingDone)
+	a.bw.Flush()
+	return sent
+}
+
 // Rapid reset (CVE-2023-44487): 20 000 CONNECTs each reset at once. A
 // reset cancels the handler's context, so handlers that honour it end;
 // and since a handler keeps its slot until it returns, never more run than
@@ -267,20 +419,12 @@ func TestRapidResetCancelsHandlers(t *testing.T) {
 		}
 	}, bob, nil)
 	a := attack(t, ts.addr)
-	base := runtime.NumGoroutine()
+	mark := markGoroutines()
 	ended := make(chan ending, 1)
 	acked := make(chan struct{})
 	go func() { ended <- readToEndAcked(a.tc, a.fr, 60*time.Second, acked) }()
-	block := connectBlock()
 	const pairs = 20_000
-	id := uint32(1)
-	flood(a, pairs, func(fr *http2.Framer) {
-		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block, EndHeaders: true})
-		fr.WriteRSTStream(id, http2.ErrCodeCancel)
-		id += 2
-	})
-	a.fr.WritePing(false, pingDone)
-	a.bw.Flush()
+	rapidReset(a, pairs)
 	// Once the server has read everything (or cut the connection off,
 	// which ends the handlers too), the handlers of reset streams end by
 	// themselves.
@@ -293,8 +437,8 @@ func TestRapidResetCancelsHandlers(t *testing.T) {
 	for g.running.Load() > 0 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	goroutines := runtime.NumGoroutine() - base
-	t.Logf("rapid reset: %d pairs; %d handlers started, at most %d at once, %d still running (%d goroutines over the baseline), %d ended by their context",
+	goroutines := len(mark.since())
+	t.Logf("rapid reset: %d pairs; %d handlers started, at most %d at once, %d still running (%d goroutines started since the attack began), %d ended by their context",
 		pairs, g.total.Load(), g.peak.Load(), g.running.Load(), goroutines, g.cancelled.Load())
 	limit := int64(DefaultLimits().MaxStreamsPerConn)
 	if p := g.peak.Load(); p > limit {
@@ -330,19 +474,11 @@ func TestRapidResetAgainstSlowHandlers(t *testing.T) {
 		<-release
 	}, bob, nil)
 	a := attack(t, ts.addr)
-	base := runtime.NumGoroutine()
+	mark := markGoroutines()
 	ended := make(chan ending, 1)
 	go func() { ended <- readToEnd(a.tc, a.fr, 60*time.Second) }()
-	block := connectBlock()
 	const pairs = 20_000
-	id := uint32(1)
-	sent := flood(a, pairs, func(fr *http2.Framer) {
-		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block, EndHeaders: true})
-		fr.WriteRSTStream(id, http2.ErrCodeCancel)
-		id += 2
-	})
-	a.fr.WritePing(false, pingDone)
-	a.bw.Flush()
+	sent := rapidReset(a, pairs)
 	var e ending
 	select {
 	case e = <-ended:
@@ -351,8 +487,8 @@ func TestRapidResetAgainstSlowHandlers(t *testing.T) {
 		a.tc.SetReadDeadline(time.Now())
 		e = <-ended
 	}
-	goroutines := runtime.NumGoroutine() - base
-	t.Logf("rapid reset, slow handlers: %d of %d pairs sent; %d handlers started, at most %d at once (%d goroutines over the baseline); GOAWAY %v %v, then %v",
+	goroutines := len(mark.since())
+	t.Logf("rapid reset, slow handlers: %d of %d pairs sent; %d handlers started, at most %d at once (%d goroutines started since the attack began); GOAWAY %v %v, then %v",
 		sent, pairs, g.total.Load(), g.peak.Load(), goroutines, e.goAway, e.code, e.readErr)
 	limit := int64(DefaultLimits().MaxStreamsPerConn)
 	if p := g.peak.Load(); p > limit {
@@ -363,7 +499,7 @@ func TestRapidResetAgainstSlowHandlers(t *testing.T) {
 	}
 	free()
 	a.tc.Close()
-	waitGoroutines(t, base)
+	waitGoroutines(t, mark)
 }
 
 // CONTINUATION flood (CVE-2023-45288): a HEADERS frame that never ends,
@@ -373,7 +509,7 @@ func TestRapidResetAgainstSlowHandlers(t *testing.T) {
 func TestContinuationFloodIsCutOff(t *testing.T) {
 	ts := startServer(t, echoHandler, bob, nil)
 	a := attack(t, ts.addr)
-	base, heap0 := runtime.NumGoroutine(), heapInUse()
+	mark, heap0 := markGoroutines(), heapInUse()
 	ended := make(chan ending, 1)
 	go func() { ended <- readToEnd(a.tc, a.fr, 60*time.Second) }()
 	block := connectBlock()
@@ -396,7 +532,7 @@ func TestContinuationFloodIsCutOff(t *testing.T) {
 		t.Errorf("heap grew %.1f MB, want < 4 MB", float64(grown)/1e6)
 	}
 	a.tc.Close()
-	waitGoroutines(t, base)
+	waitGoroutines(t, mark)
 }
 
 // One SETTINGS frame repeating INITIAL_WINDOW_SIZE thousands of times

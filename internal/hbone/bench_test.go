@@ -23,47 +23,18 @@ type benchPath struct {
 
 func benchPaths(b *testing.B, app func(net.Conn)) []benchPath {
 	p := testPKI(b)
-	serveApp := func(ln net.Listener) {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); app(c) }()
-		}
-	}
-	tcpLn, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { tcpLn.Close() })
-	go serveApp(tcpLn)
-
-	tlsLn, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { tlsLn.Close() })
-	go serveApp(tls.NewListener(tlsLn, identity.ServerTLS(p.src, bob, nil)))
+	tcpLn := listenApp(b, app)
+	tlsLn := listenApp(b, func(c net.Conn) {
+		tc := tls.Server(c, identity.ServerTLS(p.src, bob, nil))
+		defer tc.Close()
+		app(tc)
+	})
 
 	ts := startServer(b, func(ctx context.Context, r *Request, s *Stream) {
 		s.Respond(200)
 		app(s)
 	}, bob, nil)
-	pool, err := NewPool(PoolConfig{
-		Dial: func(ctx context.Context, k Key) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "tcp", ts.addr)
-		},
-		TLS: func(k Key) (*tls.Config, error) {
-			return identity.ClientTLS(p.src, k.SrcID, []spiffeid.ID{k.DstID}), nil
-		},
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(pool.Close)
-	key := Key{SrcWorkload: "bench", SrcID: alice, DstID: bob, Dst: mustAddrPort(ts.addr)}
+	pool, key := newTestPool(b, ts.addr, PoolConfig{})
 
 	return []benchPath{
 		{"tcp", func(b *testing.B) net.Conn {

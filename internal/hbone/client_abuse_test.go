@@ -6,7 +6,6 @@ import (
 	"crypto/tls"
 	"io"
 	"net"
-	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -21,12 +20,8 @@ import (
 // hostileServer accepts one connection as bob, reads the client preface,
 // sends its SETTINGS, and runs serve on it; it returns the listener's
 // address and how the connection ended from the server's side.
-func hostileServer(t *testing.T, serve func(a *attacker) ending) (string, <-chan ending) {
+func hostileServer(t *testing.T, ln net.Listener, serve func(a *attacker) ending) (string, <-chan ending) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	t.Cleanup(func() { ln.Close() })
 	ended := make(chan ending, 1)
 	cfg := identity.ServerTLS(testPKI(t).src, bob, nil)
@@ -39,7 +34,12 @@ func hostileServer(t *testing.T, serve func(a *attacker) ending) (string, <-chan
 		if err != nil {
 			return
 		}
-		nc.(*net.TCPConn).SetReadBuffer(16 << 10) // see attack
+		switch nc := nc.(type) {
+		case *net.TCPConn:
+			nc.SetReadBuffer(16 << 10) // see attack
+		case *net.UnixConn:
+			nc.SetWriteBuffer(floodBuffer) // see listenUnix
+		}
 		tc := tls.Server(nc, cfg)
 		defer tc.Close()
 		if _, err := io.ReadFull(tc, make([]byte, len(http2.ClientPreface))); err != nil {
@@ -59,32 +59,29 @@ func hostileServer(t *testing.T, serve func(a *attacker) ending) (string, <-chan
 // A server that floods PINGs and reads no ACK is cut off by the client as
 // a client would be by the server: GOAWAY(ENHANCE_YOUR_CALM), heap bounded.
 func TestClientCutsOffPingFlood(t *testing.T) {
-	n := floodSize(2_000_000)
 	var sent int
+	var limit string
 	var grown int64
-	flooded := make(chan struct{})
-	addr, ended := hostileServer(t, func(a *attacker) ending {
+	limits := make(chan string, 16)
+	addr, ended := hostileServer(t, listenUnix(t), func(a *attacker) ending {
 		heap0 := heapInUse()
-		sent = flood(a, n, func(fr *http2.Framer) { fr.WritePing(false, [8]byte{2}) })
+		sent, limit = floodUntilCut(a, limits, func(fr *http2.Framer) { fr.WritePing(false, [8]byte{2}) })
 		grown = heapInUse() - heap0
-		close(flooded)
 		return readToEnd(a.tc, a.fr, 20*time.Second)
 	})
-	base := runtime.NumGoroutine()
-	nc, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	nc.(*net.TCPConn).SetWriteBuffer(16 << 10) // see startFloodServer
+	mark := markGoroutines()
+	nc := dialFlood(t, addr)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	cc, err := NewClientConn(ctx, nc, identity.ClientTLS(testPKI(t).src, alice, []spiffeid.ID{bob}), ClientOptions{})
+	cc, err := NewClientConn(ctx, nc, identity.ClientTLS(testPKI(t).src, alice, []spiffeid.ID{bob}), ClientOptions{OnLimit: reportLimit(limits)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	<-flooded
 	e := <-ended
-	t.Logf("PING flood against a client: %d of %d sent; heap grew %.1f MB; GOAWAY %v %v, then %v", sent, n, float64(grown)/1e6, e.goAway, e.code, e.readErr)
+	t.Logf("PING flood against a client: %d sent until it reported %q; heap grew %.1f MB; GOAWAY %v %v, then %v", sent, limit, float64(grown)/1e6, e.goAway, e.code, e.readErr)
+	if limit != LimitControlFrames {
+		t.Errorf("client reported limit %q after %d PINGs, want %q", limit, sent, LimitControlFrames)
+	}
 	if grown > 8<<20 {
 		t.Errorf("heap grew %.1f MB, want < 8 MB", float64(grown)/1e6)
 	}
@@ -92,14 +89,14 @@ func TestClientCutsOffPingFlood(t *testing.T) {
 		t.Errorf("client did not end the connection with GOAWAY(ENHANCE_YOUR_CALM): GOAWAY %v %v, then %v", e.goAway, e.code, e.readErr)
 	}
 	cc.Close()
-	waitGoroutines(t, base)
+	waitGoroutines(t, mark)
 }
 
 // A server that answers a CONNECT with a header block that never ends is
 // cut off by the client (here a pool's, which reports the limit).
 func TestClientCutsOffContinuationFlood(t *testing.T) {
 	n := floodSize(200_000)
-	addr, ended := hostileServer(t, func(a *attacker) ending {
+	addr, ended := hostileServer(t, listenLoopback(t), func(a *attacker) ending {
 		a.tc.SetReadDeadline(time.Now().Add(10 * time.Second))
 		for {
 			f, err := a.fr.ReadFrame()
@@ -114,23 +111,9 @@ func TestClientCutsOffContinuationFlood(t *testing.T) {
 		}
 	})
 	limits := make(chan string, 10)
-	pool, err := NewPool(PoolConfig{
-		Dial: func(ctx context.Context, k Key) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "tcp", addr)
-		},
-		TLS: func(k Key) (*tls.Config, error) {
-			return identity.ClientTLS(testPKI(t).src, k.SrcID, []spiffeid.ID{k.DstID}), nil
-		},
-		Options: ClientOptions{OnLimit: func(limit string) { limits <- limit }},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
+	pool, key := newTestPool(t, addr, PoolConfig{Options: ClientOptions{OnLimit: reportLimit(limits)}})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	key := Key{SrcWorkload: "pod-a", SrcID: alice, DstID: bob, Dst: mustAddrPort(addr)}
 	if _, err := pool.Connect(ctx, key, target("10.0.0.1:80")); err == nil {
 		t.Error("CONNECT answered by an endless header block succeeded")
 	}

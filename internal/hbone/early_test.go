@@ -17,22 +17,7 @@ import (
 
 // earlyServer serves as bob with the given windows; h handles each stream.
 func earlyServer(t *testing.T, opts ServerOptions, h Handler) string {
-	srv, err := NewServer(h, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	serveOn(srv, ln, identity.ServerTLS(testPKI(t).src, bob, nil))
-	t.Cleanup(func() {
-		ln.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-	})
-	return ln.Addr().String()
+	return serveHBONE(t, h, opts, listenLoopback(t), identity.ServerTLS(testPKI(t).src, bob, nil)).addr
 }
 
 // readingServer answers 200 and reports everything each stream carried.

@@ -67,17 +67,19 @@ type testServer struct {
 // startServer serves HBONE as `as` on a loopback port.
 func startServer(t testing.TB, h Handler, as spiffeid.ID, authorize func(spiffeid.ID) error) *testServer {
 	t.Helper()
-	p := testPKI(t)
-	srv, err := NewServer(h, ServerOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return serveHBONE(t, h, ServerOptions{}, listenLoopback(t), identity.ServerTLS(testPKI(t).src, as, authorize))
+}
+
+// serveHBONE serves HBONE with opts on ln until the test ends, then shuts
+// the server down.
+func serveHBONE(t testing.TB, h Handler, opts ServerOptions, ln net.Listener, cfg *tls.Config) *testServer {
+	t.Helper()
+	srv, err := NewServer(h, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ts := &testServer{srv: srv, addr: ln.Addr().String(), ln: ln}
-	serveOn(srv, ln, identity.ServerTLS(p.src, as, authorize))
+	serveOn(srv, ln, cfg)
 	t.Cleanup(func() {
 		ln.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -85,6 +87,16 @@ func startServer(t testing.TB, h Handler, as spiffeid.ID, authorize func(spiffei
 		srv.Shutdown(ctx)
 	})
 	return ts
+}
+
+// listenLoopback listens on a free loopback port.
+func listenLoopback(t testing.TB) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ln
 }
 
 func serveOn(srv *Server, ln net.Listener, cfg *tls.Config) {
@@ -97,6 +109,30 @@ func serveOn(srv *Server, ln net.Listener, cfg *tls.Config) {
 			go srv.ServeConn(context.Background(), tls.Server(BatchWrites(nc), cfg))
 		}
 	}()
+}
+
+// newTestPool returns a pool with cfg's settings that dials addr (unless
+// cfg has a Dial of its own) and presents the key's source identity
+// expecting its destination's, closed with the test, and the key of a
+// tunnel from alice to bob at addr.
+func newTestPool(t testing.TB, addr string, cfg PoolConfig) (*Pool, Key) {
+	t.Helper()
+	p := testPKI(t)
+	if cfg.Dial == nil {
+		cfg.Dial = func(ctx context.Context, k Key) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", addr)
+		}
+	}
+	cfg.TLS = func(k Key) (*tls.Config, error) {
+		return identity.ClientTLS(p.src, k.SrcID, []spiffeid.ID{k.DstID}), nil
+	}
+	pool, err := NewPool(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return pool, Key{SrcWorkload: "pod-a", SrcID: alice, DstID: bob, Dst: mustAddrPort(addr)}
 }
 
 // dialClient opens one client connection as `as` expecting `expect`.

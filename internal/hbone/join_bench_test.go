@@ -2,14 +2,8 @@ package hbone
 
 import (
 	"context"
-	"crypto/tls"
 	"io"
-	"net"
 	"testing"
-
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
-
-	"github.com/zmesh/zmesh/identity"
 )
 
 // BenchmarkConnectEarly opens a tunnel with a 1 kB request as early data
@@ -17,7 +11,6 @@ import (
 // connection: waiting for the 200 before reading ("wait"), or joined
 // (ConnectRequest.Join), reading at once.
 func BenchmarkConnectEarly(b *testing.B) {
-	p := testPKI(b)
 	ts := startServer(b, func(ctx context.Context, r *Request, s *Stream) {
 		s.Respond(200)
 		buf := make([]byte, 1024)
@@ -27,20 +20,7 @@ func BenchmarkConnectEarly(b *testing.B) {
 		s.Write(buf)
 		s.CloseWrite()
 	}, bob, nil)
-	pool, err := NewPool(PoolConfig{
-		Dial: func(ctx context.Context, k Key) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "tcp", ts.addr)
-		},
-		TLS: func(k Key) (*tls.Config, error) {
-			return identity.ClientTLS(p.src, k.SrcID, []spiffeid.ID{k.DstID}), nil
-		},
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(pool.Close)
-	key := Key{SrcWorkload: "bench", SrcID: alice, DstID: bob, Dst: mustAddrPort(ts.addr)}
+	pool, key := newTestPool(b, ts.addr, PoolConfig{})
 	msg := make([]byte, 1024)
 	for _, join := range []bool{false, true} {
 		name := "wait"

@@ -2,7 +2,6 @@ package hbone
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -14,10 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/net/http2"
-
-	"github.com/zmesh/zmesh/identity"
 )
 
 // heldServer answers each stream only when the test sends a status on
@@ -197,7 +193,7 @@ func TestJoinAnsweredCarriesTheApp(t *testing.T) {
 // wantMore is not empty) until it has read wantMore too, then refuses the
 // stream unprocessed with RST_STREAM(REFUSED_STREAM) and GOAWAY(0).
 func refusingServer(t *testing.T, wantMore string) string {
-	addr, _ := hostileServer(t, func(a *attacker) ending {
+	addr, _ := hostileServer(t, listenLoopback(t), func(a *attacker) ending {
 		a.tc.SetReadDeadline(time.Now().Add(20 * time.Second))
 		var id uint32
 		var data strings.Builder
@@ -231,25 +227,14 @@ func refusingServer(t *testing.T, wantMore string) string {
 // twoServerPool dials first, then second for every later connection.
 func twoServerPool(t *testing.T, first, second string) (*Pool, Key) {
 	var dials atomic.Int32
-	p := testPKI(t)
-	pool, err := NewPool(PoolConfig{
-		Dial: func(ctx context.Context, k Key) (net.Conn, error) {
-			addr := second
-			if dials.Add(1) == 1 {
-				addr = first
-			}
-			var d net.Dialer
-			return d.DialContext(ctx, "tcp", addr)
-		},
-		TLS: func(k Key) (*tls.Config, error) {
-			return identity.ClientTLS(p.src, k.SrcID, []spiffeid.ID{k.DstID}), nil
-		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	return pool, Key{SrcWorkload: "pod-a", SrcID: alice, DstID: bob, Dst: mustAddrPort(second)}
+	return newTestPool(t, second, PoolConfig{Dial: func(ctx context.Context, k Key) (net.Conn, error) {
+		addr := second
+		if dials.Add(1) == 1 {
+			addr = first
+		}
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", addr)
+	}})
 }
 
 // A joined stream refused unprocessed while its early data is all it sent
@@ -362,7 +347,7 @@ func TestJoinAnswerDeadline(t *testing.T) {
 // DATA before the response's HEADERS is a protocol error (RFC 9113 §8.1):
 // none of it reaches the socket joined to the stream, which is reset.
 func TestJoinDataBeforeTheAnswerIsRefused(t *testing.T) {
-	addr, _ := hostileServer(t, func(a *attacker) ending {
+	addr, _ := hostileServer(t, listenLoopback(t), func(a *attacker) ending {
 		a.tc.SetReadDeadline(time.Now().Add(20 * time.Second))
 		for {
 			f, err := a.fr.ReadFrame()

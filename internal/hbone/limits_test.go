@@ -76,7 +76,7 @@ func (ls *limitedServer) hitCount(limit string) int {
 func startLimitedServer(t *testing.T, h Handler, l Limits) *limitedServer {
 	t.Helper()
 	ls := &limitedServer{hits: map[string]int{}, log: &lockedBuffer{}}
-	srv, err := NewServer(h, ServerOptions{
+	opts := ServerOptions{
 		Limits: l,
 		Logger: slog.New(slog.NewTextHandler(ls.log, nil)),
 		OnLimit: func(limit string) {
@@ -84,22 +84,8 @@ func startLimitedServer(t *testing.T, h Handler, l Limits) *limitedServer {
 			ls.hits[limit]++
 			ls.mu.Unlock()
 		},
-	})
-	if err != nil {
-		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ls.testServer = &testServer{srv: srv, addr: ln.Addr().String(), ln: ln}
-	serveOn(srv, ln, identity.ServerTLS(testPKI(t).src, bob, nil))
-	t.Cleanup(func() {
-		ln.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-	})
+	ls.testServer = serveHBONE(t, h, opts, listenLoopback(t), identity.ServerTLS(testPKI(t).src, bob, nil))
 	return ls
 }
 

@@ -2,36 +2,10 @@ package hbone
 
 import (
 	"context"
-	"crypto/tls"
-	"net"
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/zmesh/zmesh/identity"
 )
-
-func newTestPool(t *testing.T, addr string, maxStreams int, idle time.Duration) (*Pool, Key) {
-	t.Helper()
-	p := testPKI(t)
-	pool, err := NewPool(PoolConfig{
-		Dial: func(ctx context.Context, k Key) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "tcp", addr)
-		},
-		TLS: func(k Key) (*tls.Config, error) {
-			return identity.ClientTLS(p.src, k.SrcID, []spiffeid.ID{k.DstID}), nil
-		},
-		MaxStreamsPerConn: maxStreams,
-		IdleTimeout:       idle,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	return pool, Key{SrcWorkload: "pod-a", SrcID: alice, DstID: bob, Dst: mustAddrPort(addr)}
-}
 
 func TestPoolMultiplexesAndGrows(t *testing.T) {
 	ts := startServer(t, func(ctx context.Context, r *Request, s *Stream) {
@@ -40,7 +14,7 @@ func TestPoolMultiplexesAndGrows(t *testing.T) {
 		readAllTimeout(t, s, 10*time.Second)
 		s.CloseWrite()
 	}, bob, nil)
-	pool, key := newTestPool(t, ts.addr, 10, time.Minute)
+	pool, key := newTestPool(t, ts.addr, PoolConfig{MaxStreamsPerConn: 10, IdleTimeout: time.Minute})
 
 	const n = 25
 	streams := make([]*Stream, n)
@@ -83,7 +57,7 @@ func TestPoolMultiplexesAndGrows(t *testing.T) {
 
 func TestPoolEvictsIdle(t *testing.T) {
 	ts := startServer(t, echoHandler, bob, nil)
-	pool, key := newTestPool(t, ts.addr, 10, 50*time.Millisecond)
+	pool, key := newTestPool(t, ts.addr, PoolConfig{MaxStreamsPerConn: 10, IdleTimeout: 50 * time.Millisecond})
 	st, err := pool.Connect(context.Background(), key, target("10.0.0.1:80"))
 	if err != nil {
 		t.Fatal(err)
@@ -110,7 +84,7 @@ func TestPoolEvictsIdle(t *testing.T) {
 // finish normally and new streams go over a new connection.
 func TestPoolSurvivesGoAway(t *testing.T) {
 	ts := startServer(t, echoHandler, bob, nil)
-	pool, key := newTestPool(t, ts.addr, 10, time.Minute)
+	pool, key := newTestPool(t, ts.addr, PoolConfig{MaxStreamsPerConn: 10, IdleTimeout: time.Minute})
 	live, err := pool.Connect(context.Background(), key, target("10.0.0.1:80"))
 	if err != nil {
 		t.Fatal(err)

@@ -11,33 +11,16 @@ import (
 func TestRecvBufPreservesBytes(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
 	for round := range 40 {
-		var b recvBuf
-		var want, got bytes.Buffer
+		var c recvBufCheck
 		for range 50 {
 			if r.IntN(2) == 0 {
-				p := make([]byte, r.IntN(3*poolBufSize))
-				for i := range p {
-					p[i] = byte(r.Uint32())
-				}
-				b.write(p)
-				want.Write(p)
+				c.write(r)
 			} else {
-				p := make([]byte, r.IntN(2*poolBufSize)+1)
-				n := b.read(p)
-				got.Write(p[:n])
+				c.read(r)
 			}
-			if b.len() != want.Len()-got.Len() {
-				t.Fatalf("round %d: len() = %d, want %d", round, b.len(), want.Len()-got.Len())
-			}
+			c.checkLen(t, round)
 		}
-		for b.len() > 0 {
-			p := make([]byte, 1000)
-			got.Write(p[:b.read(p)])
-		}
-		if !bytes.Equal(want.Bytes(), got.Bytes()) {
-			t.Fatalf("round %d: bytes differ after %d written", round, want.Len())
-		}
-		b.release()
+		c.finish(t, round)
 	}
 }
 
@@ -47,41 +30,69 @@ func TestRecvBufPreservesBytes(t *testing.T) {
 func TestRecvBufPeekDiscard(t *testing.T) {
 	r := rand.New(rand.NewPCG(3, 4))
 	for round := range 40 {
-		var b recvBuf
-		var want, got bytes.Buffer
+		var c recvBufCheck
 		for range 60 {
 			switch r.IntN(3) {
 			case 0:
-				p := make([]byte, r.IntN(3*poolBufSize))
-				for i := range p {
-					p[i] = byte(r.Uint32())
-				}
-				b.write(p)
-				want.Write(p)
+				c.write(r)
 			case 1:
-				p := make([]byte, r.IntN(2*poolBufSize)+1)
-				got.Write(p[:b.read(p)])
+				c.read(r)
 			default:
 				p := make([]byte, r.IntN(2*poolBufSize)+1)
-				n := b.peek(p)
-				if pending := want.Bytes()[got.Len():]; n != min(len(p), len(pending)) || !bytes.Equal(p[:n], pending[:n]) {
+				n := c.b.peek(p)
+				if pending := c.want.Bytes()[c.got.Len():]; n != min(len(p), len(pending)) || !bytes.Equal(p[:n], pending[:n]) {
 					t.Fatalf("round %d: peek of %d gave %d bytes, not the next %d pending", round, len(p), n, min(len(p), len(pending)))
 				}
 				m := r.IntN(n + 1) // a socket may take part of it
-				b.discard(m)
-				got.Write(p[:m])
+				c.b.discard(m)
+				c.got.Write(p[:m])
 			}
-			if b.len() != want.Len()-got.Len() {
-				t.Fatalf("round %d: len() = %d, want %d", round, b.len(), want.Len()-got.Len())
-			}
+			c.checkLen(t, round)
 		}
-		for b.len() > 0 {
-			p := make([]byte, 1000)
-			got.Write(p[:b.read(p)])
-		}
-		if !bytes.Equal(want.Bytes(), got.Bytes()) {
-			t.Fatalf("round %d: bytes differ after %d written", round, want.Len())
-		}
-		b.release()
+		c.finish(t, round)
 	}
+}
+
+// recvBufCheck is a recvBuf beside what was written to it (want) and what
+// was taken from it (got).
+type recvBufCheck struct {
+	b         recvBuf
+	want, got bytes.Buffer
+}
+
+// write writes up to three chunks of random bytes.
+func (c *recvBufCheck) write(r *rand.Rand) {
+	p := make([]byte, r.IntN(3*poolBufSize))
+	for i := range p {
+		p[i] = byte(r.Uint32())
+	}
+	c.b.write(p)
+	c.want.Write(p)
+}
+
+// read reads into a buffer of up to two chunks.
+func (c *recvBufCheck) read(r *rand.Rand) {
+	p := make([]byte, r.IntN(2*poolBufSize)+1)
+	c.got.Write(p[:c.b.read(p)])
+}
+
+func (c *recvBufCheck) checkLen(t *testing.T, round int) {
+	t.Helper()
+	if c.b.len() != c.want.Len()-c.got.Len() {
+		t.Fatalf("round %d: len() = %d, want %d", round, c.b.len(), c.want.Len()-c.got.Len())
+	}
+}
+
+// finish reads the rest, checks that everything came out in order, and
+// releases the buffer.
+func (c *recvBufCheck) finish(t *testing.T, round int) {
+	t.Helper()
+	for c.b.len() > 0 {
+		p := make([]byte, 1000)
+		c.got.Write(p[:c.b.read(p)])
+	}
+	if !bytes.Equal(c.want.Bytes(), c.got.Bytes()) {
+		t.Fatalf("round %d: bytes differ after %d written", round, c.want.Len())
+	}
+	c.b.release()
 }

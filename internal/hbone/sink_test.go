@@ -36,7 +36,9 @@ func joinedServer(t *testing.T, app net.Listener, sndbuf int) (*testServer, <-ch
 	return ts, moved
 }
 
-func listenApp(t *testing.T, serve func(net.Conn)) net.Listener {
+// listenApp serves each connection to a loopback port with serve, in a
+// goroutine of its own, and closes it after; the port closes with the test.
+func listenApp(t testing.TB, serve func(net.Conn)) net.Listener {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -175,7 +177,7 @@ func TestIdleJoinsHoldNoBuffers(t *testing.T) {
 	}
 	st.Write([]byte{1})
 	<-arrived
-	before, goroutines := heap(), runtime.NumGoroutine()
+	before, mark := heap(), markGoroutines()
 	for range tunnels {
 		st, err := cc.Connect(context.Background(), target("10.0.0.1:80"))
 		if err != nil {
@@ -201,7 +203,7 @@ func TestIdleJoinsHoldNoBuffers(t *testing.T) {
 	// Per tunnel: the test app's handler, and the server's stream
 	// handler in Join, reading the app. The stream's direction has no
 	// goroutine while idle (a copying one would make it three).
-	if extra := runtime.NumGoroutine() - goroutines; extra > 2*tunnels+tunnels/10 {
+	if extra := len(mark.since()); extra > 2*tunnels+tunnels/10 {
 		t.Errorf("%d idle tunnels added %d goroutines, want 2 each", tunnels, extra)
 	}
 }

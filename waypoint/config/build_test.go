@@ -10,18 +10,20 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+
+	"github.com/zmesh/zmesh/internal/testutil"
 )
 
 // buildSet is the contract's listener with its two route configurations,
 // one of them routing to a cluster that does not exist.
 func buildSet(t *testing.T) Resources {
 	rc := func(name, cluster string) *routev3.RouteConfiguration {
-		return parseInto(t, "name: \""+name+"\"\nvirtual_hosts: [{name: vh, domains: ['*'], routes: [{match: {prefix: /}, route: {cluster: \""+cluster+"\"}}]}]\n",
+		return testutil.ProtoYAML(t, "name: \""+name+"\"\nvirtual_hosts: [{name: vh, domains: ['*'], routes: [{match: {prefix: /}, route: {cluster: \""+cluster+"\"}}]}]\n",
 			&routev3.RouteConfiguration{})
 	}
 	return Resources{
 		Version:   "v1",
-		Listeners: []*listenerv3.Listener{parseInto(t, istioListener(), &listenerv3.Listener{})},
+		Listeners: []*listenerv3.Listener{testutil.ProtoYAML(t, istioListener(), &listenerv3.Listener{})},
 		Routes:    []*routev3.RouteConfiguration{rc(httpA, "inbound-vip|8080|http/v1|reviews.default.svc.cluster.local"), rc(httpB, "no-such-cluster")},
 		Clusters:  []*clusterv3.Cluster{parseCluster(t, waypointCluster)},
 		Assignments: []*endpointv3.ClusterLoadAssignment{parseCLA(t, "cluster_name: \"inbound-vip|8080|http/v1|reviews.default.svc.cluster.local\"\nendpoints:\n- lb_endpoints:\n"+
@@ -64,7 +66,7 @@ func TestBuildRefusals(t *testing.T) {
 	}
 
 	twice := buildSet(t)
-	other := parseInto(t, strings.Replace(istioListener(), "name: main_internal", "name: other", 1), &listenerv3.Listener{})
+	other := testutil.ProtoYAML(t, strings.Replace(istioListener(), "name: main_internal", "name: other", 1), &listenerv3.Listener{})
 	other.FilterChains = other.FilterChains[3:]
 	twice.Listeners = append(twice.Listeners, other)
 	_, err = Build(twice)

@@ -9,31 +9,17 @@ import (
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
-	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/proto"
-	"sigs.k8s.io/yaml"
 
+	"github.com/zmesh/zmesh/internal/testutil"
 	"github.com/zmesh/zmesh/waypoint/upstream"
 )
 
-func parseInto[M proto.Message](t testing.TB, y string, m M) M {
-	t.Helper()
-	js, err := yaml.YAMLToJSON([]byte(y))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := protojson.Unmarshal(js, m); err != nil {
-		t.Fatalf("%v\n%s", err, js)
-	}
-	return m
-}
-
 func parseCluster(t testing.TB, y string) *clusterv3.Cluster {
-	return parseInto(t, y, &clusterv3.Cluster{})
+	return testutil.ProtoYAML(t, y, &clusterv3.Cluster{})
 }
 
 func parseCLA(t testing.TB, y string) *endpointv3.ClusterLoadAssignment {
-	return parseInto(t, y, &endpointv3.ClusterLoadAssignment{})
+	return testutil.ProtoYAML(t, y, &endpointv3.ClusterLoadAssignment{})
 }
 
 const edsCluster = "type: EDS\neds_cluster_config: {eds_config: {ads: {}, resource_api_version: V3}}\n"
@@ -282,12 +268,7 @@ func TestClusterNack(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := CompileCluster(parseCluster(t, tc.yaml))
-			if err == nil {
-				t.Fatalf("compiled; want %q", tc.want)
-			}
-			if err.Error() != tc.want {
-				t.Errorf("got  %s\nwant %s", err, tc.want)
-			}
+			wantNack(t, tc.name, err, tc.want)
 		})
 	}
 }
@@ -411,12 +392,7 @@ func TestAssignmentNack(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := CompileAssignment(parseCLA(t, tc.yaml))
-			if err == nil {
-				t.Fatalf("compiled; want %q", tc.want)
-			}
-			if err.Error() != tc.want {
-				t.Errorf("got  %s\nwant %s", err, tc.want)
-			}
+			wantNack(t, tc.name, err, tc.want)
 		})
 	}
 }

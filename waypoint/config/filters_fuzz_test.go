@@ -10,6 +10,7 @@ import (
 	rbacfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/zmesh/zmesh/internal/testutil"
 	"github.com/zmesh/zmesh/waypoint/filter/fault"
 	"github.com/zmesh/zmesh/waypoint/filter/rbac"
 	"github.com/zmesh/zmesh/waypoint/route"
@@ -22,10 +23,10 @@ import (
 // and statuses).
 func FuzzCompileFilters(f *testing.F) {
 	r := &rbacfilterv3.RBAC{}
-	parseInto(f, policy("{andRules: {rules: [{notRule: {urlPath: {path: {prefix: /a}}}}, {destinationPortRange: {start: 1, end: 9}}]}}",
+	testutil.ProtoYAML(f, policy("{andRules: {rules: [{notRule: {urlPath: {path: {prefix: /a}}}}, {destinationPortRange: {start: 1, end: 9}}]}}",
 		"{orIds: {ids: [{metadata: {filter: istio_authn, path: [{key: request.auth.claims}, {key: g}], value: {listMatch: {oneOf: {stringMatch: {exact: x}}}}}}, {remoteIp: {addressPrefix: 10.0.0.0, prefixLen: 8}}]}}"), r)
 	fc := &faultv3.HTTPFault{}
-	parseInto(f, "delay: {fixedDelay: 1s, percentage: {numerator: 5, denominator: MILLION}}\nabort: {grpcStatus: 3, percentage: {numerator: 1}}\nheaders: [{name: x, presentMatch: true}]\n", fc)
+	testutil.ProtoYAML(f, "delay: {fixedDelay: 1s, percentage: {numerator: 5, denominator: MILLION}}\nabort: {grpcStatus: 3, percentage: {numerator: 1}}\nheaders: [{name: x, presentMatch: true}]\n", fc)
 	for _, m := range []proto.Message{r, fc} {
 		b, err := proto.Marshal(m)
 		if err != nil {

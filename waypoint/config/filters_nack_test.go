@@ -1,13 +1,14 @@
 package config
 
 import (
-	"errors"
 	"strings"
 	"testing"
 
 	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
 	rbacfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/zmesh/zmesh/internal/testutil"
 )
 
 // policy wraps one permission and one principal (YAML flow maps) in an
@@ -66,19 +67,9 @@ func TestNackRBAC(t *testing.T) {
 	}
 	for _, c := range cases {
 		cfg := &rbacfilterv3.RBAC{}
-		parseInto(t, c.yaml, cfg)
-		s, err := CompileRBAC("rbac", cfg)
-		if err == nil {
-			t.Errorf("%s: compiled (%+v), want refusal %q", c.yaml, s, c.want)
-			continue
-		}
-		var ne *NackError
-		if !errors.As(err, &ne) {
-			t.Errorf("%s: %T %v, want a *NackError", c.yaml, err, err)
-		}
-		if err.Error() != c.want {
-			t.Errorf("%s:\n got: %v\nwant: %s", c.yaml, err, c.want)
-		}
+		testutil.ProtoYAML(t, c.yaml, cfg)
+		_, err := CompileRBAC("rbac", cfg)
+		wantNack(t, c.yaml, err, c.want)
 	}
 }
 
@@ -90,7 +81,7 @@ func TestNackRBACDepth(t *testing.T) {
 		perm = "{notRule: " + perm + "}"
 	}
 	cfg := &rbacfilterv3.RBAC{}
-	parseInto(t, policy(perm, "{any: true}"), cfg)
+	testutil.ProtoYAML(t, policy(perm, "{any: true}"), cfg)
 	_, err := CompileRBAC("rbac", cfg)
 	if err == nil || !strings.Contains(err.Error(), "nested deeper than 32") {
 		t.Fatalf("got %v, want a depth refusal", err)
@@ -115,7 +106,7 @@ func TestNackFault(t *testing.T) {
 	}
 	for _, c := range cases {
 		cfg := &faultv3.HTTPFault{}
-		parseInto(t, c.yaml, cfg)
+		testutil.ProtoYAML(t, c.yaml, cfg)
 		_, err := CompileFault("f", cfg)
 		if err == nil || err.Error() != c.want {
 			t.Errorf("%s:\n got: %v\nwant: %s", c.yaml, err, c.want)
@@ -127,7 +118,7 @@ func TestNackFault(t *testing.T) {
 // route configuration.
 func TestNackFaultPerRoute(t *testing.T) {
 	cfg := &faultv3.HTTPFault{}
-	parseInto(t, "abort: {httpStatus: 700}\n", cfg)
+	testutil.ProtoYAML(t, "abort: {httpStatus: 700}\n", cfg)
 	a, err := anypb.New(cfg)
 	if err != nil {
 		t.Fatal(err)

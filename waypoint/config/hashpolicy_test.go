@@ -1,7 +1,6 @@
 package config
 
 import (
-	"errors"
 	"testing"
 	"time"
 
@@ -66,13 +65,7 @@ func TestHashPolicyNack(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := CompileRoutes(parse(t, hashRoute(tc.policies)))
-			var ne *NackError
-			if !errors.As(err, &ne) {
-				t.Fatalf("error %v, want a *NackError", err)
-			}
-			if err.Error() != tc.want {
-				t.Errorf("error\n  %s\nwant\n  %s", err, tc.want)
-			}
+			wantNack(t, tc.name, err, tc.want)
 		})
 	}
 }

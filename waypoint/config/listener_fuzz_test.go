@@ -7,6 +7,8 @@ import (
 
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/zmesh/zmesh/internal/testutil"
 )
 
 // FuzzCompileListener feeds arbitrary wire bytes as a Listener:
@@ -14,7 +16,7 @@ import (
 // compiles keeps the promises the proxy relies on (each chain complete
 // for its protocol, the route names exactly those the chains use).
 func FuzzCompileListener(f *testing.F) {
-	b, err := proto.Marshal(parseInto(f, istioListener(), &listenerv3.Listener{}))
+	b, err := proto.Marshal(testutil.ProtoYAML(f, istioListener(), &listenerv3.Listener{}))
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -1,7 +1,6 @@
 package config
 
 import (
-	"errors"
 	"net/netip"
 	"slices"
 	"strings"
@@ -9,6 +8,7 @@ import (
 
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 
+	"github.com/zmesh/zmesh/internal/testutil"
 	"github.com/zmesh/zmesh/waypoint/filter/rbac"
 )
 
@@ -83,7 +83,7 @@ func istioListener() string {
 }
 
 func TestCompileListener(t *testing.T) {
-	l := parseInto(t, istioListener(), &listenerv3.Listener{})
+	l := testutil.ProtoYAML(t, istioListener(), &listenerv3.Listener{})
 	chains, routes, err := CompileListener(l)
 	if err != nil {
 		t.Fatal(err)
@@ -262,19 +262,9 @@ func TestNackListener(t *testing.T) {
 			pre + "filter_chains[0].filters[0].typed_config.http_filters[0].typed_config.suppress_envoy_headers: not supported"},
 	}
 	for _, c := range cases {
-		l := parseInto(t, c.yaml, &listenerv3.Listener{})
-		chains, _, err := CompileListener(l)
-		if err == nil {
-			t.Errorf("%s: compiled (%v), want refusal %q", c.yaml, chains, c.want)
-			continue
-		}
-		var ne *NackError
-		if !errors.As(err, &ne) {
-			t.Errorf("%s: %T %v, want a *NackError", c.yaml, err, err)
-		}
-		if err.Error() != c.want {
-			t.Errorf("%s:\n got: %v\nwant: %s", c.yaml, err, c.want)
-		}
+		l := testutil.ProtoYAML(t, c.yaml, &listenerv3.Listener{})
+		_, _, err := CompileListener(l)
+		wantNack(t, c.yaml, err, c.want)
 	}
 }
 
@@ -285,7 +275,7 @@ func TestNackListener(t *testing.T) {
 func TestCompileConnFilters(t *testing.T) {
 	deny := netRBAC(`rules: {action: DENY, policies: {ns1.deny: {permissions: [{any: true}], principals: [{directRemoteIp: {addressPrefix: 192.0.2.0, prefixLen: 24}}]}}}`)
 	allow := netRBAC(`rules: {action: ALLOW, policies: {ns1.allow: {permissions: [{any: true}], principals: [{filterState: {key: io.istio.peer_principal, stringMatch: {exact: "spiffe://cluster.local/ns/a/sa/client"}}}]}}}`)
-	l := parseInto(t, listener(
+	l := testutil.ProtoYAML(t, listener(
 		chain(httpA, "80", vipA, alpn, deny+", "+allow+", "+hcm(httpA, "")),
 		chain(tcpA, "80", vipA, "", deny+", "+allow+", "+tcp(tcpA)),
 		chain(httpB, "8080", vipB, "", allow+", "+hcm(httpB, "")),

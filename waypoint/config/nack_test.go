@@ -141,16 +141,7 @@ func TestNack(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := CompileRoutes(parse(t, tc.yaml))
-			if err == nil {
-				t.Fatalf("compiled; want error %q", tc.want)
-			}
-			var ne *NackError
-			if !errors.As(err, &ne) {
-				t.Fatalf("error %T %v is not a *NackError", err, err)
-			}
-			if err.Error() != tc.want {
-				t.Fatalf("error:\n got: %s\nwant: %s", err, tc.want)
-			}
+			wantNack(t, tc.name, err, tc.want)
 		})
 	}
 }
@@ -223,5 +214,19 @@ func TestAllowListNamesExist(t *testing.T) {
 func TestCompileNil(t *testing.T) {
 	if _, err := CompileRoutes(nil); err == nil {
 		t.Fatal("nil route configuration compiled")
+	}
+}
+
+// wantNack fails the test unless err, from compiling what, is a
+// *NackError saying want.
+func wantNack(t testing.TB, what string, err error, want string) {
+	t.Helper()
+	var ne *NackError
+	if !errors.As(err, &ne) {
+		t.Errorf("%s: error %T %v, want a *NackError %q", what, err, err, want)
+		return
+	}
+	if err.Error() != want {
+		t.Errorf("%s:\n got: %s\nwant: %s", what, err, want)
 	}
 }

@@ -49,12 +49,7 @@ func TestPlaintextEndpoint(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := CompileAssignment(parseCLA(t, tc.yaml))
-			if err == nil {
-				t.Fatalf("compiled; want %q", tc.want)
-			}
-			if err.Error() != tc.want {
-				t.Errorf("got  %s\nwant %s", err, tc.want)
-			}
+			wantNack(t, tc.name, err, tc.want)
 		})
 	}
 }

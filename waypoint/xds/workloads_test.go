@@ -1,18 +1,11 @@
 package xds
 
 import (
-	"context"
 	"log/slog"
-	"net"
 	"net/netip"
 	"slices"
 	"testing"
-	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/zmesh/zmesh/api/workload"
@@ -41,37 +34,9 @@ func workloadAddr(w *workload.Workload) *workload.Address {
 // service are forgotten, a malformed address is NACKed, and none of it
 // holds back the Envoy snapshot.
 func TestWorkloadDiscovery(t *testing.T) {
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &ads{streams: make(chan *stream, 4)}
-	gs := grpc.NewServer()
-	discoveryv3.RegisterAggregatedDiscoveryServiceServer(gs, srv)
-	go gs.Serve(lis)
-	t.Cleanup(gs.Stop)
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
 	idx := telemetry.NewWorkloads(0)
 	got := &applied{}
-	c, err := New(Options{Conn: conn, Node: &corev3.Node{Id: "router~10.1.0.9~wp-1.ns~ns.svc.cluster.local"}, OnSnapshot: got.add,
-		Workloads: idx, Log: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { c.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
-	var s *stream
-	select {
-	case s = <-srv.streams:
-	case <-time.After(timeout):
-		t.Fatal("the waypoint opened no stream")
-	}
+	_, s := connect(t, Options{OnSnapshot: got.add, Workloads: idx, Log: slog.New(slog.DiscardHandler)})
 	var types []string
 	for range len(Types) + 1 {
 		types = append(types, s.next(t).GetTypeUrl())

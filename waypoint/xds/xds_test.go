@@ -142,7 +142,11 @@ func (a *applied) list() []*config.Snapshot {
 	return append([]*config.Snapshot(nil), a.snap...)
 }
 
-func start(t *testing.T) (*Client, *stream, *applied, *bytes.Buffer) {
+// connect serves ADS on a loopback port and runs a client with opts (as
+// a waypoint node, on a connection to that port) until the test ends; it
+// returns the client and the stream it opened.
+func connect(t *testing.T, opts Options) (*Client, *stream) {
+	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -157,10 +161,9 @@ func start(t *testing.T) (*Client, *stream, *applied, *bytes.Buffer) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	got := &applied{}
-	logs := &bytes.Buffer{}
-	c, err := New(Options{Conn: conn, Node: &corev3.Node{Id: "router~10.1.0.9~wp-1.ns~ns.svc.cluster.local"}, OnSnapshot: got.add,
-		Log: slog.New(slog.NewTextHandler(&lockedWriter{w: logs}, nil))})
+	opts.Conn = conn
+	opts.Node = &corev3.Node{Id: "router~10.1.0.9~wp-1.ns~ns.svc.cluster.local"}
+	c, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,12 +171,19 @@ func start(t *testing.T) (*Client, *stream, *applied, *bytes.Buffer) {
 	done := make(chan struct{})
 	go func() { c.Run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
-	var s *stream
 	select {
-	case s = <-srv.streams:
+	case s := <-srv.streams:
+		return c, s
 	case <-time.After(timeout):
 		t.Fatal("the waypoint opened no stream")
+		return nil, nil
 	}
+}
+
+func start(t *testing.T) (*Client, *stream, *applied, *bytes.Buffer) {
+	got := &applied{}
+	logs := &bytes.Buffer{}
+	c, s := connect(t, Options{OnSnapshot: got.add, Log: slog.New(slog.NewTextHandler(&lockedWriter{w: logs}, nil))})
 	var types []string
 	for range Types {
 		r := s.next(t)

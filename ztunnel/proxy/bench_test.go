@@ -5,10 +5,10 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"runtime/metrics"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 )
@@ -139,24 +139,9 @@ func BenchmarkBulk(b *testing.B) {
 // client half-closes, answers how many bytes that was.
 func (p *pod) sink(t testing.TB, port uint16) netip.AddrPort {
 	t.Helper()
-	ln, err := p.ns.Listen("tcp", netip.AddrPortFrom(p.ip, port).String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() {
-				defer c.Close()
-				n, _ := io.Copy(io.Discard, c)
-				fmt.Fprint(c, n)
-			})
-		}
+	p.listen(t, port, func(c net.Conn) {
+		n, _ := io.Copy(io.Discard, c)
+		fmt.Fprint(c, n)
 	})
 	return netip.AddrPortFrom(p.ip, port)
 }

@@ -88,14 +88,7 @@ func TestRestartHandover(t *testing.T) {
 
 			// The long-lived connection is the old ztunnel's: it works on
 			// through the grace period and is cut when it ends.
-			select {
-			case <-long.failed:
-			case <-time.After(grace + 5*time.Second):
-				t.Fatal("the old ztunnel's connection outlived its grace period")
-			}
-			if d := long.failedAt.Sub(drainStart); d < grace {
-				t.Errorf("the long-lived connection was cut %v after the drain began, before the %v grace period ended: %v", d, grace, long.err)
-			}
+			long.cutAfter(t, drainStart, grace, "the old ztunnel's long-lived connection", "the drain began")
 			if long.pings.Load() < 10 {
 				t.Errorf("only %d pings on the long-lived connection", long.pings.Load())
 			}
@@ -167,14 +160,7 @@ func TestDelPodDrains(t *testing.T) {
 		t.Error("SOCKS5 still accepted a connection after Del")
 	}
 
-	select {
-	case <-lingering.failed:
-	case <-time.After(grace + 5*time.Second):
-		t.Fatal("a deleted pod's connection outlived the grace period")
-	}
-	if d := lingering.failedAt.Sub(delAt); d < grace {
-		t.Errorf("the lingering connection was cut %v after Del, before the %v grace period ended: %v", d, grace, lingering.err)
-	}
+	lingering.cutAfter(t, delAt, grace, "a deleted pod's lingering connection", "Del")
 	if got := a.opened(t); got != before {
 		t.Errorf("node A's ztunnel opened %v connections after Del", got-before)
 	}
@@ -295,14 +281,7 @@ func TestDrainGoesAway(t *testing.T) {
 		t.Error("the new ztunnel did not count the new connection")
 	}
 
-	select {
-	case <-long.failed:
-	case <-time.After(grace + 5*time.Second):
-		t.Fatal("a connection outlived the grace period")
-	}
-	if d := long.failedAt.Sub(drainStart); d < grace {
-		t.Errorf("the long-lived connection was cut %v into the drain, before the %v grace period ended: %v", d, grace, long.err)
-	}
+	long.cutAfter(t, drainStart, grace, "the long-lived connection", "the drain began")
 	select {
 	case <-drained:
 	case <-time.After(5 * time.Second):
@@ -355,6 +334,21 @@ func (p *pinger) established(t testing.TB) *pinger {
 	t.Helper()
 	waitFor(t, func() bool { return p.pings.Load() > 0 }, "the long-lived connection's first exchange")
 	return p
+}
+
+// cutAfter waits for p's connection (what) to fail, for the grace period
+// and 5 s more, and fails the test unless it failed once the grace period
+// from start (since) had passed.
+func (p *pinger) cutAfter(t *testing.T, start time.Time, grace time.Duration, what, since string) {
+	t.Helper()
+	select {
+	case <-p.failed:
+	case <-time.After(grace + 5*time.Second):
+		t.Fatalf("%s outlived the %v grace period", what, grace)
+	}
+	if d := p.failedAt.Sub(start); d < grace {
+		t.Errorf("%s was cut %v after %s, before the %v grace period ended: %v", what, d, since, grace, p.err)
+	}
 }
 
 func (p *pinger) stop() {

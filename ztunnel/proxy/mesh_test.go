@@ -289,11 +289,30 @@ type app struct {
 
 func (p *pod) serve(t testing.TB, port uint16) *app {
 	t.Helper()
+	a := &app{addr: netip.AddrPortFrom(p.ip, port), peers: make(chan netip.Addr, 100)}
+	p.listen(t, port, func(c net.Conn) {
+		peer := c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap()
+		select {
+		case a.peers <- peer:
+		default:
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		var buf bytes.Buffer
+		buf.ReadFrom(c)
+		fmt.Fprintf(c, "%s|%s", peer, buf.String())
+	})
+	return a
+}
+
+// listen serves each connection to the pod's port with handle, in a
+// goroutine of its own, and closes it after; the test's end closes the
+// port and waits for the handlers.
+func (p *pod) listen(t testing.TB, port uint16, handle func(net.Conn)) {
+	t.Helper()
 	ln, err := p.ns.Listen("tcp", netip.AddrPortFrom(p.ip, port).String())
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := &app{addr: netip.AddrPortFrom(p.ip, port), peers: make(chan netip.Addr, 100)}
 	var wg sync.WaitGroup
 	t.Cleanup(func() { ln.Close(); wg.Wait() })
 	wg.Go(func() {
@@ -304,19 +323,10 @@ func (p *pod) serve(t testing.TB, port uint16) *app {
 			}
 			wg.Go(func() {
 				defer c.Close()
-				peer := c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap()
-				select {
-				case a.peers <- peer:
-				default:
-				}
-				c.SetDeadline(time.Now().Add(10 * time.Second))
-				var buf bytes.Buffer
-				buf.ReadFrom(c)
-				fmt.Fprintf(c, "%s|%s", peer, buf.String())
+				handle(c)
 			})
 		}
 	})
-	return a
 }
 
 // call connects from the pod to dst, sends msg, half-closes and returns
