@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -115,5 +116,45 @@ func TestWaypointRejectionKeepsTheLastGood(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), `"last_good_running":true`) {
 		t.Errorf("the rejection log does not say the last good waypoint runs:\n%s", logs.String())
+	}
+}
+
+// A waypoint that fails to start is not tried again on every sync: the
+// same desired objects wait 1 s, then 2 s, … (up to a minute); a Gateway
+// removed forgets its failures.
+func TestWaypointStartBackoff(t *testing.T) {
+	// No pod range: the start fails before anything is created.
+	f := &Files{Node: "node-2", Waypoints: &FilesWaypoints{Options: deployer.Options{Image: "zmesh/waypoint:test"}}}
+	gw := &gatewayv1.Gateway{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "apps", Name: "wp"},
+		Spec: gatewayv1.GatewaySpec{GatewayClassName: deployer.ClassName,
+			Listeners: []gatewayv1.Listener{{Name: "mesh", Port: 15008, Protocol: "HBONE"}}},
+	}
+	snap := &model.Snapshot{Gateways: []*gatewayv1.Gateway{gw}}
+	key := types.NamespacedName{Namespace: "apps", Name: "wp"}
+	ctx := t.Context()
+	if err := f.applyWaypoints(ctx, snap); err == nil || !strings.Contains(err.Error(), "pod address") {
+		t.Fatalf("first try: %v, want the start's error", err)
+	}
+	first := f.retry[key]
+	if first == nil || first.delay != time.Second {
+		t.Fatalf("after the first failure: %+v, want a retry in 1s", first)
+	}
+	if err := f.applyWaypoints(ctx, snap); err == nil || !strings.Contains(err.Error(), "tried again 1s after the last try") || f.retry[key] != first {
+		t.Errorf("a sync within the backoff: %v, want no new try", err)
+	}
+	first.next = time.Now().Add(-time.Millisecond)
+	f.applyWaypoints(ctx, snap)
+	if r := f.retry[key]; r == nil || r.delay != 2*time.Second {
+		t.Errorf("after the second failure: %+v, want a retry in 2s", r)
+	}
+	f.retry[key].delay, f.retry[key].next = waypointMaxBackoff, time.Now().Add(-time.Millisecond)
+	f.applyWaypoints(ctx, snap)
+	if r := f.retry[key]; r == nil || r.delay != waypointMaxBackoff {
+		t.Errorf("backoff past the cap: %+v, want %s", r, waypointMaxBackoff)
+	}
+	f.applyWaypoints(ctx, &model.Snapshot{})
+	if len(f.retry) != 0 {
+		t.Errorf("the Gateway went but its failures stay: %v", f.retry)
 	}
 }
