@@ -77,6 +77,15 @@ type SessionWaypoint struct {
 	Rejected  string `json:"rejected,omitempty"`
 }
 
+// lastGood says, for a rejected Gateway's note, whether the waypoint of
+// its last good version runs.
+func (w SessionWaypoint) lastGood() string {
+	if w.Pid == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" (the waypoint of its last good version keeps running, pid %d)", w.Pid)
+}
+
 // SessionNode is a node with its pod range and logs.
 type SessionNode struct {
 	Name    string `json:"name"`
@@ -281,7 +290,7 @@ func (m *mesh) followInput(ctx context.Context, st story, input string, c *local
 		for _, w := range s.Waypoints {
 			if k := w.Namespace + "/" + w.Gateway + ": " + w.Rejected; w.Rejected != "" && !said[k] {
 				said[k] = true
-				st.note("✗ Gateway %s/%s: rejected: %s", w.Namespace, w.Gateway, w.Rejected)
+				st.note("✗ Gateway %s/%s: rejected: %s%s", w.Namespace, w.Gateway, w.Rejected, w.lastGood())
 			}
 		}
 	}
@@ -523,6 +532,9 @@ func writeHosts(d, ns string, svcs []SessionService) error {
 			names = append([]string{s.Name}, names...)
 		}
 		fmt.Fprintf(&b, "%s %s\n", s.ClusterIP, strings.Join(names, " "))
+	}
+	if old, err := os.ReadFile(filepath.Join(d, "hosts")); err == nil && string(old) == b.String() {
+		return nil // the session is refreshed every few seconds
 	}
 	if err := os.MkdirAll(d, 0o755); err != nil {
 		return err
