@@ -97,10 +97,10 @@ spec:
 `
 }
 
-// waypointYAML is waypoint Gateway wp, whose parametersRef adds an
-// environment variable to the waypoint's container with the patch under
-// key (the deployer knows "deployment").
-func waypointYAML(key string) string {
+// waypointYAML is waypoint Gateway wp, whose parametersRef sets the
+// environment variable ZMESH_TEST_FROM_PARAMETERS=value in the waypoint's
+// container with the patch under key (the deployer knows "deployment").
+func waypointYAML(key, value string) string {
 	return fmt.Sprintf(`apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata: {name: wp, namespace: shop}
@@ -121,15 +121,16 @@ data:
           containers:
           - name: waypoint
             env:
-            - {name: ZMESH_TEST_FROM_PARAMETERS, value: wp-params}
-`, key)
+            - {name: ZMESH_TEST_FROM_PARAMETERS, value: %s}
+`, key, value)
 }
 
 // A waypoint Gateway added to the directory of a running local mesh gets
 // its waypoint, as the deployer would start it: the process runs with the
 // environment its parametersRef ConfigMap adds, and requests to the
 // service bound to it are routed by the HTTPRoute (all to v2, where
-// without the waypoint both versions answer). A version of its parameters
+// without the waypoint both versions answer). A change of its parameters
+// restarts it with them. A version of its parameters
 // with a misspelt key is rejected naming the key while the waypoint keeps
 // running and serving. Removing the Gateway stops the waypoint: its process,
 // its file in zmeshd's directory and the session's entry go, and after
@@ -214,7 +215,7 @@ func TestLocalUpWaypointAddedLater(t *testing.T) {
 
 	// The Gateway and the binding are saved: the waypoint starts, with
 	// its parameters, and the route applies.
-	write("waypoint.yaml", waypointYAML("deployment"))
+	write("waypoint.yaml", waypointYAML("deployment", "one"))
 	write("web.yaml", webService(true))
 	added := time.Now()
 	var wp SessionWaypoint
@@ -227,22 +228,48 @@ func TestLocalUpWaypointAddedLater(t *testing.T) {
 		return nil
 	})
 	t.Logf("the added Gateway's waypoint runs: pid %d at %s, %s after the Gateway was saved", wp.Pid, wp.IP, time.Since(added).Round(100*time.Millisecond))
-	env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", wp.Pid))
-	if err != nil || !strings.Contains(string(env), "\x00ZMESH_TEST_FROM_PARAMETERS=wp-params\x00") && !strings.HasPrefix(string(env), "ZMESH_TEST_FROM_PARAMETERS=wp-params\x00") {
-		t.Errorf("waypoint pid %d environment: %v, want ZMESH_TEST_FROM_PARAMETERS=wp-params from its parametersRef ConfigMap", wp.Pid, err)
-	}
-	testutil.Eventually(t, time.Minute, "web routed by the HTTPRoute through the waypoint", func() error {
-		got, ids := versions(20)
-		if got["v2"] != 20 || slices.Contains(ids, "") {
-			return fmt.Errorf("20 requests: %v, want all v2 with an x-request-id (the waypoint's)", got)
+	checkEnv := func(pid int, value string) {
+		t.Helper()
+		env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+		if err != nil || !slices.Contains(strings.Split(string(env), "\x00"), "ZMESH_TEST_FROM_PARAMETERS="+value) {
+			t.Errorf("waypoint pid %d environment: %v, want ZMESH_TEST_FROM_PARAMETERS=%s from its parametersRef ConfigMap", pid, err, value)
 		}
+	}
+	checkEnv(wp.Pid, "one")
+	routed := func() {
+		t.Helper()
+		testutil.Eventually(t, time.Minute, "web routed by the HTTPRoute through the waypoint", func() error {
+			got, ids := versions(20)
+			if got["v2"] != 20 || slices.Contains(ids, "") {
+				return fmt.Errorf("20 requests: %v, want all v2 with an x-request-id (the waypoint's)", got)
+			}
+			return nil
+		})
+	}
+	routed()
+
+	// A change of its parameters restarts the waypoint with them, as a
+	// Deployment rolls out.
+	write("waypoint.yaml", waypointYAML("deployment", "two"))
+	first := wp
+	testutil.Eventually(t, 2*time.Minute, "the waypoint restarted with its new parameters", func() error {
+		s := session()
+		if len(s.Waypoints) != 1 || s.Waypoints[0].Pid == 0 || s.Waypoints[0].Pid == first.Pid {
+			return fmt.Errorf("session waypoints %+v, want a new pid", s.Waypoints)
+		}
+		wp = s.Waypoints[0]
 		return nil
 	})
+	if syscall.Kill(first.Pid, 0) == nil {
+		t.Errorf("the first waypoint, pid %d, still runs after the restart", first.Pid)
+	}
+	checkEnv(wp.Pid, "two")
+	routed()
 
 	// A version whose parameters have a misspelt key is rejected naming
 	// the key; the waypoint runs on (zmeshd does not read parameters, so
 	// its traffic too).
-	write("waypoint.yaml", waypointYAML("deploymnet"))
+	write("waypoint.yaml", waypointYAML("deploymnet", "three"))
 	testutil.Eventually(t, time.Minute, "the bad Gateway reported", func() error {
 		s := session()
 		if len(s.Waypoints) != 1 || !strings.Contains(s.Waypoints[0].Rejected, "ConfigMap shop/wp-params (spec.infrastructure.parametersRef): data[deploymnet]: unknown key") {
