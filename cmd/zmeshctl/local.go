@@ -66,6 +66,9 @@ type localSession struct {
 		Gateway   string `json:"gateway"`
 		Node      string `json:"node"`
 		IP        string `json:"ip"`
+		// Rejected is why the local runner refuses the Gateway, as the
+		// deployer's Accepted=False condition says it.
+		Rejected string `json:"rejected,omitempty"`
 	} `json:"waypoints"`
 }
 
@@ -347,7 +350,9 @@ func (c *cli) localStatus(ctx context.Context, path string, out format) error {
 		p.rows = append(p.rows, []string{pod.Namespace + "/" + pod.Name, pod.Node, pod.IP, pod.NetNS, fmt.Sprint(pod.Ambient), orDash(pod.Owner)})
 	}
 	for _, w := range s.Waypoints {
-		p.rows = append(p.rows, []string{w.Namespace + "/" + w.Gateway + " (waypoint)", w.Node, w.IP, "-", "-", "Gateway/" + w.Gateway})
+		if w.IP != "" {
+			p.rows = append(p.rows, []string{w.Namespace + "/" + w.Gateway + " (waypoint)", w.Node, w.IP, "-", "-", "Gateway/" + w.Gateway})
+		}
 	}
 	return p.write(c.stdout)
 }
@@ -385,10 +390,23 @@ func localStatuses(s *localSession, judged []statusObject) []localObjectStatus {
 		}
 		if o.Group == "gateway.networking.k8s.io" && o.Kind == "Gateway" {
 			for _, w := range s.Waypoints {
-				if w.Namespace == o.Namespace && w.Gateway == o.Name {
-					r.Conditions = append(r.Conditions, statusCondition{Type: "Programmed", Status: true, Reason: "Programmed",
-						Message: fmt.Sprintf("waypoint running on %s at %s", w.Node, w.IP)})
+				if w.Namespace != o.Namespace || w.Gateway != o.Name {
+					continue
 				}
+				if w.Rejected != "" {
+					msg := w.Rejected
+					if w.IP != "" {
+						msg += fmt.Sprintf(" (the waypoint of its last good version keeps running on %s at %s)", w.Node, w.IP)
+					}
+					if r.Status == "Accepted" {
+						r.Status, r.Reason, r.Message = "Rejected", "Invalid", ""
+					}
+					r.Message = joinMsg(r.Message, "Accepted=False: "+msg)
+					r.Conditions = append(r.Conditions, statusCondition{Type: "Accepted", Status: false, Reason: "Invalid", Message: msg})
+					continue
+				}
+				r.Conditions = append(r.Conditions, statusCondition{Type: "Programmed", Status: true, Reason: "Programmed",
+					Message: fmt.Sprintf("waypoint running on %s at %s", w.Node, w.IP)})
 			}
 		}
 		if r.Status == "Accepted" && len(r.Conditions) > 0 {

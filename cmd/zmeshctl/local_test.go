@@ -81,10 +81,12 @@ func TestLocalStatus(t *testing.T) {
     {"group": "security.istio.io", "kind": "AuthorizationPolicy", "namespace": "default", "name": "typo", "file": "bad.yaml", "doc": 2, "rejected": "spec: unknown field \"actoin\""},
     {"group": "security.istio.io", "kind": "AuthorizationPolicy", "namespace": "default", "name": "viewer", "file": "p.yaml", "doc": 1},
     {"kind": "ServiceAccount", "namespace": "default", "name": "curl", "file": "curl.yaml", "doc": 1, "note": "zmesh does not act on ServiceAccount"},
-    {"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": "default", "name": "waypoint", "file": "w.yaml", "doc": 1}
+    {"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": "default", "name": "waypoint", "file": "w.yaml", "doc": 1},
+    {"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": "default", "name": "bad-wp", "file": "w.yaml", "doc": 2}
   ],
   "pods": [{"namespace": "default", "name": "curl-abc-xyz", "node": "node-1", "ip": "10.50.1.10", "netns": "zm1-pod-1", "ambient": true, "owner": "Deployment/curl"}],
-  "waypoints": [{"namespace": "default", "gateway": "waypoint", "node": "node-2", "ip": "10.50.2.254"}]}`
+  "waypoints": [{"namespace": "default", "gateway": "waypoint", "node": "node-2", "ip": "10.50.2.254"},
+    {"namespace": "default", "gateway": "bad-wp", "rejected": "spec.listeners[0].port: 15009, want 15008"}]}`
 	if err := os.WriteFile(session, []byte(body), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -104,6 +106,7 @@ func TestLocalStatus(t *testing.T) {
 		"AuthorizationPolicy viewer":      "Accepted Accepted enforced by the targeted waypoint",
 		"ServiceAccount curl":             "Accepted - zmesh does not act on ServiceAccount",
 		"Gateway waypoint":                "Accepted Programmed waypoint running on node-2 at 10.50.2.254",
+		"Gateway bad-wp":                  "Rejected Invalid Accepted=False: spec.listeners[0].port: 15009, want 15008",
 		"default/curl-abc-xyz 10.50.1.10": "zm1-pod-1 true Deployment/curl",
 	} {
 		if rows[row] != want {
@@ -115,7 +118,7 @@ func TestLocalStatus(t *testing.T) {
 	var doc struct {
 		Objects []localObjectStatus `json:"objects"`
 	}
-	if code != 0 || json.Unmarshal([]byte(out), &doc) != nil || len(doc.Objects) != 5 || doc.Objects[1].Status != "Rejected" {
+	if code != 0 || json.Unmarshal([]byte(out), &doc) != nil || len(doc.Objects) != 6 || doc.Objects[1].Status != "Rejected" {
 		t.Fatalf("-o json: exit %d, %s", code, out)
 	}
 }

@@ -72,7 +72,7 @@ func newFlags() (*flags, *flag.FlagSet) {
 	fs.StringVar(&f.caDir, "ca-dir", "/var/lib/zmeshd/ca", "directory of the CA's key and certificates (created if empty)")
 	fs.StringVar(&f.caSecret, "ca-secret", "", "with a cluster and no keys in --ca-dir: the Secret that holds the CA's self-signed root (created with a new root if absent), so every replica signs with the same key; empty: the root is generated into --ca-dir")
 	fs.StringVar(&f.caSecretNamespace, "ca-secret-namespace", envOr("POD_NAMESPACE", "istio-system"), "namespace of --ca-secret")
-	fs.StringVar(&f.tokensFile, "tokens-file", "", "static bearer tokens (\"<token> <spiffe-id> <node>\" per line) instead of TokenReview; required with --config-dir")
+	fs.StringVar(&f.tokensFile, "tokens-file", "", "static bearer tokens (\"<token> <spiffe-id> <node>\" per line) instead of TokenReview, read again when it changes; required with --config-dir")
 	fs.StringVar(&f.trustDomain, "trust-domain", identity.DefaultTrustDomain, "the mesh's trust domain")
 	fs.StringVar(&f.rootNamespace, "root-namespace", "istio-system", "namespace whose policies apply mesh-wide")
 	fs.StringVar(&f.clusterID, "cluster-id", "Kubernetes", "cluster name in workload uids")

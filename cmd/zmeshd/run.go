@@ -154,14 +154,15 @@ func (z *zmeshd) source() string {
 }
 
 // startDirectory runs the YAML directory source. Its CA callers come from
-// the token file, and a ztunnel may obtain the identities of the pods the
+// the token file (read again when it changes), and a ztunnel may obtain the identities of the pods the
 // files place on its node.
 func (z *zmeshd) startDirectory(ctx context.Context, wg *sync.WaitGroup, errc chan<- error) error {
-	tokens, err := identity.LoadStaticTokens(z.f.tokensFile)
+	tokens, err := loadTokenFile(z.f.tokensFile, z.log)
 	if err != nil {
 		return fmt.Errorf("--tokens-file: %w", err)
 	}
 	z.authn = tokens
+	wg.Go(func() { tokens.run(ctx) })
 	agents, err := parseNodeAgents(z.td, z.f.nodeAgents)
 	if err != nil {
 		return err

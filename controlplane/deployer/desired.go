@@ -24,12 +24,29 @@ type Objects struct {
 	PodDisruptionBudget     *policyv1.PodDisruptionBudget
 }
 
+// ConfigMapLookup returns the ConfigMap of that namespace and name, or nil
+// if there is none.
+type ConfigMapLookup func(namespace, name string) *corev1.ConfigMap
+
 // Desired returns what the controller applies for gw, for runners that
 // have no API server to apply it to (the demo's node runner starts the
 // Deployment's pod itself): the same pure objects, converted from their
 // apply configurations. A Gateway the controller would not program is an
-// error naming the field.
+// error naming the field. Desired has no ConfigMaps to read: a Gateway
+// whose spec.infrastructure.parametersRef names one is refused as the
+// controller refuses a reference to a missing ConfigMap; DesiredWith
+// follows the reference.
 func Desired(gw *gatewayv1.Gateway, opts Options) (Objects, error) {
+	return DesiredWith(gw, opts, nil)
+}
+
+// DesiredWith is Desired with the Gateway's parameters ConfigMap taken
+// from configMaps (nil: there are none), its patches merged and checked
+// as the controller merges and checks them: a reference that cannot be
+// followed, a ConfigMap that is not there or a patch that does not apply
+// is an error naming the field, as in the Gateway's Accepted=False
+// (InvalidParameters) condition.
+func DesiredWith(gw *gatewayv1.Gateway, opts Options, configMaps ConfigMapLookup) (Objects, error) {
 	if gw == nil {
 		return Objects{}, errors.New("nil Gateway")
 	}
@@ -43,6 +60,17 @@ func Desired(gw *gatewayv1.Gateway, opts Options) (Objects, error) {
 		return Objects{}, errors.New("options: no waypoint image")
 	}
 	want := desired(gw, opts)
+	name, bad := parametersName(gw)
+	if bad == nil && name != "" {
+		var cm *corev1.ConfigMap
+		if configMaps != nil {
+			cm = configMaps(gw.Namespace, name)
+		}
+		bad = customize(gw, &want, name, cm)
+	}
+	if bad != nil {
+		return Objects{}, errors.New(bad.message)
+	}
 	var out Objects
 	for _, c := range []struct {
 		from, to any

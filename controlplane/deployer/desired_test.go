@@ -1,9 +1,11 @@
 package deployer
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
+	corev1 "k8s.io/api/core/v1"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 )
 
@@ -40,5 +42,61 @@ func TestDesiredTyped(t *testing.T) {
 	other := gateway(func(g *gatewayv1.Gateway) { g.Spec.GatewayClassName = "istio" })
 	if _, err := Desired(other, Options{Image: "x"}); err == nil || !strings.Contains(err.Error(), "spec.gatewayClassName") {
 		t.Errorf("other class: %v", err)
+	}
+}
+
+// A Gateway's parametersRef is followed as the controller follows it:
+// with no ConfigMaps to read, or none of that name, the Gateway is refused
+// naming the reference (as its InvalidParameters condition does), never
+// programmed as if the reference were not there; the ConfigMap's patches
+// reach the Deployment and the Service; a patch that does not apply names
+// its key.
+func TestDesiredParameters(t *testing.T) {
+	opts := Options{Image: "zmesh/waypoint:test", XDSAddress: "10.0.0.1:15012"}
+	gw := withParams()
+	for name, lookup := range map[string]ConfigMapLookup{
+		"no lookup":    nil,
+		"no ConfigMap": func(string, string) *corev1.ConfigMap { return nil },
+	} {
+		_, err := DesiredWith(gw, opts, lookup)
+		if err == nil || !strings.Contains(err.Error(), "ConfigMap apps/sizing (spec.infrastructure.parametersRef): not found") {
+			t.Errorf("%s: %v, want the missing ConfigMap named", name, err)
+		}
+	}
+	if _, err := Desired(gw, opts); err == nil || !strings.Contains(err.Error(), "spec.infrastructure.parametersRef") {
+		t.Errorf("Desired with a parametersRef: %v, want it refused naming the reference", err)
+	}
+
+	var asked []string
+	lookup := func(data map[string]string) ConfigMapLookup {
+		return func(ns, name string) *corev1.ConfigMap {
+			asked = append(asked, ns+"/"+name)
+			return configMap(data)
+		}
+	}
+	o, err := DesiredWith(gw, opts, lookup(map[string]string{
+		paramDeployment: "spec:\n  template:\n    spec:\n      containers:\n      - name: waypoint\n        env:\n        - {name: EXTRA, value: \"1\"}\n",
+		paramService:    "metadata:\n  annotations: {team: shop}\n",
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(asked) != 1 || asked[0] != "apps/sizing" {
+		t.Errorf("looked up %v, want apps/sizing", asked)
+	}
+	c := o.Deployment.Spec.Template.Spec.Containers[0]
+	if !slices.ContainsFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == "EXTRA" && e.Value == "1" }) || !strings.Contains(strings.Join(c.Args, " "), "--xds-address=10.0.0.1:15012") {
+		t.Errorf("container after the patch: env %v args %v, want EXTRA=1 added and the args kept", c.Env, c.Args)
+	}
+	if o.Service.Annotations["team"] != "shop" {
+		t.Errorf("service annotations %v, want team=shop", o.Service.Annotations)
+	}
+
+	_, err = DesiredWith(gw, opts, lookup(map[string]string{paramDeployment: "spec:\n  template:\n    spec:\n      serviceAccountName: other\n"}))
+	if err == nil || !strings.Contains(err.Error(), "data[deployment]: spec.template.spec.serviceAccountName") {
+		t.Errorf("a patch changing the identity: %v, want it refused naming the field", err)
+	}
+	if _, err := DesiredWith(gateway(nil), opts, lookup(nil)); err != nil || len(asked) != 2 {
+		t.Errorf("no parametersRef: %v, %d lookups; want no error and no lookup", err, len(asked)-2)
 	}
 }

@@ -11,6 +11,8 @@
 // InvalidParameters and leaves its objects as they were.
 //
 // Deciding what to create is pure (objects.go, validate.go); the Controller
-// only watches and applies. The leader runs Controller.Run; leader election
+// only watches and applies. Runners with no API server take the same
+// objects from Desired, or DesiredWith when they have the ConfigMaps a
+// parametersRef may name (the local mesh reads them from its directory). The leader runs Controller.Run; leader election
 // is the caller's. It never imports the data planes.
 package deployer

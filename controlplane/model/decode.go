@@ -163,7 +163,7 @@ func (s *Snapshot) Decode(r io.Reader, source string) []error {
 }
 
 // ErrKindNotRead is the error of a well-formed object of a kind translation
-// does not read (a ConfigMap beside the mesh's files, say): nothing of the
+// does not read (a Secret beside the mesh's files, say): nothing of the
 // mesh's config was lost by skipping it.
 var ErrKindNotRead = errors.New("not read by zmesh")
 
@@ -176,6 +176,8 @@ func (s *Snapshot) Add(obj runtime.Object) error {
 		s.Pods = append(s.Pods, o)
 	case *corev1.Node:
 		s.Nodes = append(s.Nodes, o)
+	case *corev1.ConfigMap:
+		s.ConfigMaps = append(s.ConfigMaps, o)
 	case *corev1.Service:
 		s.Services = append(s.Services, o)
 	case *networkingv1.ServiceEntry:

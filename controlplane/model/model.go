@@ -61,6 +61,13 @@ type Snapshot struct {
 	// Nodes give workloads and waypoints their locality (topology
 	// labels); only the waypoint's configuration reads them.
 	Nodes []*corev1.Node
+
+	// ConfigMaps are read from a directory only, for what plays the
+	// waypoint deployer without a cluster: a waypoint Gateway's
+	// spec.infrastructure.parametersRef names one. Translation does not
+	// read them, and the Kubernetes source leaves them out (the deployer
+	// reads the one it needs from the API server).
+	ConfigMaps []*corev1.ConfigMap
 }
 
 // Object is what every listed type is.
@@ -93,6 +100,7 @@ func (s *Snapshot) Sort() {
 	SortByName(s.HTTPRoutes)
 	SortByName(s.GRPCRoutes)
 	SortByName(s.Nodes)
+	SortByName(s.ConfigMaps)
 }
 
 // Node returns the node named name, or nil.

@@ -31,7 +31,7 @@ spec:
   bogus: 1
 ---
 apiVersion: v1
-kind: ConfigMap
+kind: Secret
 metadata: {name: x, namespace: shop}
 ---
 apiVersion: v1
@@ -58,8 +58,8 @@ func TestDecodeKeepsGoodDocumentsAndNamesBadOnes(t *testing.T) {
 	if !errors.As(errs[0], &de) || de.Doc != 3 || !strings.Contains(errs[0].Error(), "bogus") {
 		t.Errorf("first error = %v, want document 3 naming the field bogus", errs[0])
 	}
-	if !strings.Contains(errs[1].Error(), "ConfigMap") || !strings.Contains(errs[1].Error(), "document 4") {
-		t.Errorf("second error = %v, want document 4 naming ConfigMap", errs[1])
+	if !strings.Contains(errs[1].Error(), "Secret") || !strings.Contains(errs[1].Error(), "document 4") {
+		t.Errorf("second error = %v, want document 4 naming Secret", errs[1])
 	}
 	if s.AuthorizationPolicies[0].Name != "allow-nothing" {
 		t.Errorf("v1beta1 policy stored as %q", s.AuthorizationPolicies[0].Name)

@@ -65,13 +65,25 @@ type SessionService struct {
 	Ports     []int32 `json:"ports"`
 }
 
-// SessionWaypoint is a waypoint Gateway's running proxy.
+// SessionWaypoint is a waypoint Gateway's running proxy, or why the
+// Gateway is refused (Rejected; then the proxy listed, if any, is the one
+// of its last good version).
 type SessionWaypoint struct {
 	Namespace string `json:"namespace"`
 	Gateway   string `json:"gateway"`
-	Node      string `json:"node"`
-	IP        string `json:"ip"`
-	Pid       int    `json:"pid"`
+	Node      string `json:"node,omitempty"`
+	IP        string `json:"ip,omitempty"`
+	Pid       int    `json:"pid,omitempty"`
+	Rejected  string `json:"rejected,omitempty"`
+}
+
+// lastGood says, for a rejected Gateway's note, whether the waypoint of
+// its last good version runs.
+func (w SessionWaypoint) lastGood() string {
+	if w.Pid == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" (the waypoint of its last good version keeps running, pid %d)", w.Pid)
 }
 
 // SessionNode is a node with its pod range and logs.
@@ -172,7 +184,9 @@ func runLocal(ctx context.Context, binDir, input, sessionPath string, out io.Wri
 	if len(u.Errors) > 0 {
 		return fmt.Errorf("zmeshd's directory source rejects the applied YAML: %v", u.Errors)
 	}
-	m.waypoints = waypointTokens(u.Snapshot)
+	if err := m.setWaypoints(u.Snapshot.Gateways); err != nil {
+		return err
+	}
 
 	// 2. The mesh, as the demo runs it.
 	if err := m.network(); err != nil {
@@ -216,6 +230,10 @@ func runLocal(ctx context.Context, binDir, input, sessionPath string, out io.Wri
 		st.say("service", "%-40s %s ports %v", svc.Namespace+"/"+svc.Name, svc.ClusterIP, svc.Ports)
 	}
 	for _, w := range s.Waypoints {
+		if w.Rejected != "" {
+			st.note("✗ Gateway %s/%s: rejected: %s", w.Namespace, w.Gateway, w.Rejected)
+			continue
+		}
 		st.say("waypoint", "%-40s %s %s pid %d, synced with zmeshd", w.Namespace+"/"+w.Gateway, w.Node, w.IP, w.Pid)
 	}
 	if err := writeSession(sessionPath, s); err != nil {
@@ -260,15 +278,36 @@ func runLocal(ctx context.Context, binDir, input, sessionPath string, out io.Wri
 // followInput applies the input directory again whenever it changes (a
 // change is taken once two reads half a second apart agree), as kubectl
 // apply would: what did not change keeps running, pods of a changed
-// template are replaced, and the session file follows. It returns when ctx
+// template are replaced, waypoints start and stop with their Gateways (the
+// waypoint node's runner reconciles them as the deployer would), and the
+// session file follows, also between changes (a waypoint the runner
+// restarts, or a Gateway it rejects, after the apply). It returns when ctx
 // ends.
 func (m *mesh) followInput(ctx context.Context, st story, input string, c *localapi.Cluster, opts localapi.Options, s *Session, sessionPath string, hosts map[string]bool) {
 	last, pending := inputSum(input), ""
+	said := map[string]bool{} // the rejections told
+	tell := func() {
+		for _, w := range s.Waypoints {
+			if k := w.Namespace + "/" + w.Gateway + ": " + w.Rejected; w.Rejected != "" && !said[k] {
+				said[k] = true
+				st.note("✗ Gateway %s/%s: rejected: %s%s", w.Namespace, w.Gateway, w.Rejected, w.lastGood())
+			}
+		}
+	}
+	for _, w := range s.Waypoints {
+		said[w.Namespace+"/"+w.Gateway+": "+w.Rejected] = true // told at the start
+	}
+	refreshed := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-time.After(500 * time.Millisecond):
+		}
+		if time.Since(refreshed) > 2*time.Second {
+			refreshed = time.Now()
+			m.refreshSession(s, c, sessionPath, hosts)
+			tell()
 		}
 		sum := inputSum(input)
 		if sum == last {
@@ -283,6 +322,11 @@ func (m *mesh) followInput(ctx context.Context, st story, input string, c *local
 		o := opts
 		o.Previous = c
 		next, err := localapi.Read(input, o)
+		if err == nil {
+			// A new waypoint's token is known to zmeshd before its
+			// Gateway reaches the runner.
+			err = m.setWaypoints(next.Gateways)
+		}
 		if err == nil {
 			err = next.Write(m.meshDir, c)
 		}
@@ -300,7 +344,9 @@ func (m *mesh) followInput(ctx context.Context, st story, input string, c *local
 		}
 		st.say("apply", "%s changed: applied again, %d objects (%d rejected), %d pods", input, len(c.Objects), rejected, len(c.Pods))
 		var ferr error
-		waitFor(ctx, func() bool {
+		// A waypoint starting takes a CNI ADD, its certificate and its
+		// first configuration: more than a pod.
+		waitForUpTo(ctx, time.Minute, func() bool {
 			u, err := (&dir.Source{Dir: m.meshDir, Log: quiet, StateDir: filepath.Join(m.tmp, "applied-state")}).Load()
 			if err != nil {
 				ferr = err
@@ -312,9 +358,29 @@ func (m *mesh) followInput(ctx context.Context, st story, input string, c *local
 		if ferr != nil {
 			st.note("✗ after applying again: %v", ferr)
 		}
+		tell()
 		if err := writeSession(sessionPath, s); err != nil {
 			st.note("✗ session file: %v", err)
 		}
+	}
+}
+
+// refreshSession fills s again from what runs now and rewrites the
+// session file if that changed; a mesh caught mid-change is left for the
+// next refresh.
+func (m *mesh) refreshSession(s *Session, c *localapi.Cluster, sessionPath string, hosts map[string]bool) {
+	u, err := (&dir.Source{Dir: m.meshDir, Log: quiet, StateDir: filepath.Join(m.tmp, "applied-state")}).Load()
+	if err != nil {
+		return
+	}
+	before, _ := json.Marshal(s)
+	next := *s
+	if m.fillSession(&next, c, u.Snapshot, hosts) != nil {
+		return
+	}
+	if after, _ := json.Marshal(&next); string(after) != string(before) {
+		*s = next
+		writeSession(sessionPath, s)
 	}
 }
 
@@ -373,14 +439,15 @@ func (m *mesh) fillSession(s *Session, c *localapi.Cluster, snap *model.Snapshot
 			continue
 		}
 		gw := types.NamespacedName{Namespace: g.Namespace, Name: g.Name}
-		if _, ok := m.waypoints[gw]; !ok {
-			return fmt.Errorf("waypoint Gateway %s came after the start: zmeshd has no token for its waypoint (restart the local mesh to run it)", gw)
-		}
+		w := SessionWaypoint{Namespace: gw.Namespace, Gateway: gw.Name, Rejected: wpNode.runner.WaypointRejected(gw.Namespace, gw.Name)}
 		rp := wpNode.runner.Waypoint(gw.Namespace, gw.Name)
-		if rp == nil {
+		if rp == nil && w.Rejected == "" {
 			return fmt.Errorf("the waypoint of Gateway %s did not start (runner log: %s)", gw, filepath.Join(wpNode.dir, "noderunner.log"))
 		}
-		s.Waypoints = append(s.Waypoints, SessionWaypoint{Namespace: gw.Namespace, Gateway: gw.Name, Node: wpNode.name, IP: rp.IP.String(), Pid: rp.Pid()})
+		if rp != nil {
+			w.Node, w.IP, w.Pid = wpNode.name, rp.IP.String(), rp.Pid()
+		}
+		s.Waypoints = append(s.Waypoints, w)
 	}
 	slices.SortFunc(s.Waypoints, func(a, b SessionWaypoint) int {
 		return strings.Compare(a.Namespace+"/"+a.Gateway, b.Namespace+"/"+b.Gateway)
@@ -465,6 +532,9 @@ func writeHosts(d, ns string, svcs []SessionService) error {
 			names = append([]string{s.Name}, names...)
 		}
 		fmt.Fprintf(&b, "%s %s\n", s.ClusterIP, strings.Join(names, " "))
+	}
+	if old, err := os.ReadFile(filepath.Join(d, "hosts")); err == nil && string(old) == b.String() {
+		return nil // the session is refreshed every few seconds
 	}
 	if err := os.MkdirAll(d, 0o755); err != nil {
 		return err

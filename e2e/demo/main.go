@@ -174,8 +174,10 @@ func run(ctx context.Context, binDir string, out io.Writer, stay bool) (err erro
 	if webV1 == nil || webV2 == nil {
 		return errors.New("the shipped mesh YAML lacks one of the pods web-v1, web-v2")
 	}
-	m.waypoints = waypointTokens(u.Snapshot)
-	if _, ok := m.waypoints[canaryWaypoint]; !ok {
+	if err := m.setWaypoints(u.Snapshot.Gateways); err != nil {
+		return err
+	}
+	if _, ok := m.waypointToken(canaryWaypoint); !ok {
 		return fmt.Errorf("the shipped mesh YAML lacks the waypoint Gateway %s", canaryWaypoint)
 	}
 	st.say("config", "%s: namespaces demo (ambient) and legacy, %d pods, service echo, STRICT mTLS, echo only from alice", m.meshDir, len(pods))
@@ -413,7 +415,7 @@ func (m *mesh) waitSynced(ctx context.Context) (map[string]int, error) {
 	var synced map[string]int
 	if err := waitFor(ctx, func() bool {
 		synced = m.synced(ctx)
-		return synced["ztunnel"] == len(m.nodes) && synced["zmesh-cni-agent"] == len(m.nodes) && synced["router"] == len(m.waypoints)
+		return synced["ztunnel"] == len(m.nodes) && synced["zmesh-cni-agent"] == len(m.nodes) && synced["router"] == m.runningWaypoints()
 	}); err != nil {
 		return nil, fmt.Errorf("zmeshd's /debug/syncz does not list every ztunnel, agent and waypoint as synced: %v", synced)
 	}

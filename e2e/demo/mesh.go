@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -20,9 +22,9 @@ import (
 	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/zmesh/zmesh/controlplane/deployer"
-	"github.com/zmesh/zmesh/controlplane/model"
 	"github.com/zmesh/zmesh/e2e/netenv"
 	"github.com/zmesh/zmesh/e2e/noderunner"
 	"github.com/zmesh/zmesh/e2e/podapp"
@@ -71,8 +73,12 @@ type mesh struct {
 	zmeshdSecure string
 	forward      io.Closer
 	// waypoints are the YAML's waypoint Gateways, each with the static
-	// token zmeshd accepts from its pods.
+	// token zmeshd accepts from its pods, kept in tokensFile (which
+	// zmeshd reads again when it changes); guarded by wpMu, as the
+	// waypoint node's runner reads them while the input is applied again.
+	wpMu                   sync.Mutex
 	waypoints              map[types.NamespacedName]string
+	tokensFile             string
 	stopRunners            context.CancelFunc
 	runners                sync.WaitGroup
 	rootLinks              []string
@@ -193,21 +199,17 @@ func (m *mesh) node(name string) *node {
 // without a cluster, callers have static tokens: each node's ztunnel one
 // binding it to its node, and each waypoint Gateway of the YAML one for
 // its identity (the Gateway's namespace and name as service account, bound
-// to no node), which its pods present as their projected token. A waypoint
-// Gateway added while the demo runs has none: zmeshd reads the file once.
+// to no node), which its pods present as their projected token. zmeshd
+// reads the file again when it changes: setWaypoints rewrites it as
+// waypoint Gateways come and go.
 func (m *mesh) startZmeshd(ctx context.Context) error {
-	tokens := filepath.Join(m.tmp, "tokens")
-	var lines strings.Builder
-	for _, n := range m.nodes {
-		fmt.Fprintf(&lines, "token-ztunnel-%s spiffe://%s/ns/istio-system/sa/ztunnel %s\n", n.name, identity.DefaultTrustDomain, n.name)
-	}
-	for gw, tok := range m.waypoints {
-		fmt.Fprintf(&lines, "%s %s -\n", tok, identity.MustWorkloadID(identity.DefaultTrustDomain, gw.Namespace, gw.Name))
-	}
-	if err := os.WriteFile(tokens, []byte(lines.String()), 0o600); err != nil {
+	m.wpMu.Lock()
+	m.tokensFile = filepath.Join(m.tmp, "tokens")
+	err := m.writeTokensLocked()
+	m.wpMu.Unlock()
+	if err != nil {
 		return err
 	}
-	var err error
 	if m.zmeshdXDS, err = proc.FreeAddr(); err != nil {
 		return err
 	}
@@ -220,7 +222,7 @@ func (m *mesh) startZmeshd(ctx context.Context) error {
 	m.caDir = filepath.Join(m.tmp, "ca")
 	m.zmeshd, err = startProc(ctx, "zmeshd", filepath.Join(m.bin, "zmeshd"), filepath.Join(m.tmp, "zmeshd.log"),
 		"http://"+m.zmeshdMon+"/ready",
-		"--config-dir", m.meshDir, "--tokens-file", tokens, "--ca-dir", m.caDir,
+		"--config-dir", m.meshDir, "--tokens-file", m.tokensFile, "--ca-dir", m.caDir,
 		"--xds-address", m.zmeshdXDS, "--secure-address", m.zmeshdSecure,
 		"--secure-hosts", "localhost,127.0.0.1,"+controlPlane.String(), "--monitoring-address", m.zmeshdMon)
 	return err
@@ -246,9 +248,9 @@ func (m *mesh) waypointRunner(n *node) (*noderunner.FilesWaypoints, error) {
 	images := &noderunner.Images{
 		Bin: m.bin, Dir: filepath.Join(n.dir, "volumes"), Logs: filepath.Join(n.dir, "pods"),
 		Token: func(pod *corev1.Pod, audience string) (string, error) {
-			tok, ok := m.waypoints[types.NamespacedName{Namespace: pod.Namespace, Name: pod.Spec.ServiceAccountName}]
+			tok, ok := m.waypointToken(types.NamespacedName{Namespace: pod.Namespace, Name: pod.Spec.ServiceAccountName})
 			if !ok {
-				return "", fmt.Errorf("no static token for service account %s/%s (only the waypoint Gateways present at start have one)", pod.Namespace, pod.Spec.ServiceAccountName)
+				return "", fmt.Errorf("no static token for service account %s/%s (only waypoint Gateways have one)", pod.Namespace, pod.Spec.ServiceAccountName)
 			}
 			return tok, nil
 		},
@@ -424,16 +426,76 @@ func (m *mesh) Close() {
 	}
 }
 
-// waypointTokens gives each waypoint Gateway of snap the static token
-// zmeshd accepts from its pods.
-func waypointTokens(snap *model.Snapshot) map[types.NamespacedName]string {
-	out := map[types.NamespacedName]string{}
-	for _, gw := range snap.Gateways {
-		if gw.Spec.GatewayClassName == deployer.ClassName {
-			out[types.NamespacedName{Namespace: gw.Namespace, Name: gw.Name}] = "token-waypoint-" + gw.Namespace + "-" + gw.Name
+// setWaypoints gives each waypoint Gateway of gws a static token zmeshd
+// accepts from its pods (a Gateway that had one keeps it) and takes
+// theirs from the Gateways that went; once zmeshd runs, it rewrites the
+// tokens file, before the Gateways reach zmeshd's directory so that a new
+// waypoint finds its token known.
+func (m *mesh) setWaypoints(gws []*gatewayv1.Gateway) error {
+	m.wpMu.Lock()
+	defer m.wpMu.Unlock()
+	next := map[types.NamespacedName]string{}
+	for _, gw := range gws {
+		if gw.Spec.GatewayClassName != deployer.ClassName {
+			continue
+		}
+		key := types.NamespacedName{Namespace: gw.Namespace, Name: gw.Name}
+		if tok, ok := m.waypoints[key]; ok {
+			next[key] = tok
+		} else {
+			next[key] = "token-waypoint-" + rand.Text()
 		}
 	}
-	return out
+	if maps.Equal(next, m.waypoints) {
+		return nil
+	}
+	m.waypoints = next
+	if m.tokensFile == "" {
+		return nil
+	}
+	return m.writeTokensLocked()
+}
+
+// writeTokensLocked writes the tokens file, atomically (zmeshd must never
+// read half of it). Called with wpMu held.
+func (m *mesh) writeTokensLocked() error {
+	var lines strings.Builder
+	for _, n := range m.nodes {
+		fmt.Fprintf(&lines, "token-ztunnel-%s spiffe://%s/ns/istio-system/sa/ztunnel %s\n", n.name, identity.DefaultTrustDomain, n.name)
+	}
+	for _, gw := range slices.SortedFunc(maps.Keys(m.waypoints), func(a, b types.NamespacedName) int { return strings.Compare(a.String(), b.String()) }) {
+		fmt.Fprintf(&lines, "%s %s -\n", m.waypoints[gw], identity.MustWorkloadID(identity.DefaultTrustDomain, gw.Namespace, gw.Name))
+	}
+	tmp := m.tokensFile + ".tmp"
+	if err := os.WriteFile(tmp, []byte(lines.String()), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, m.tokensFile)
+}
+
+// waypointToken is the token of a waypoint Gateway's pods.
+func (m *mesh) waypointToken(gw types.NamespacedName) (string, bool) {
+	m.wpMu.Lock()
+	defer m.wpMu.Unlock()
+	tok, ok := m.waypoints[gw]
+	return tok, ok
+}
+
+// runningWaypoints counts the waypoint Gateways whose waypoint runs.
+func (m *mesh) runningWaypoints() int {
+	n := m.node(waypointNode)
+	if n == nil || n.runner == nil {
+		return 0
+	}
+	m.wpMu.Lock()
+	defer m.wpMu.Unlock()
+	count := 0
+	for gw := range m.waypoints {
+		if n.runner.Waypoint(gw.Namespace, gw.Name) != nil {
+			count++
+		}
+	}
+	return count
 }
 
 // finish ends a run that returned err: it says which step a signal
@@ -506,7 +568,12 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 // waitFor polls cond every 50 ms for up to 15 s.
 func waitFor(ctx context.Context, cond func() bool) error {
-	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	return waitForUpTo(ctx, 15*time.Second, cond)
+}
+
+// waitForUpTo polls cond every 50 ms for up to d.
+func waitForUpTo(ctx context.Context, d time.Duration, cond func() bool) error {
+	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	for !cond() {
 		select {

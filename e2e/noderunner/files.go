@@ -52,7 +52,11 @@ type Files struct {
 	mu        sync.Mutex
 	pods      map[types.UID]*RunningPod
 	waypoints map[types.NamespacedName]*runningWaypoint
-	closed    bool
+	// rejected are the waypoint Gateways refused, with why; retry the
+	// waypoints that failed to start.
+	rejected map[types.NamespacedName]string
+	retry    map[types.NamespacedName]*waypointRetry
+	closed   bool
 }
 
 func (f *Files) sandbox() sandbox {
@@ -95,12 +99,17 @@ func (f *Files) Run(ctx context.Context) error {
 	// last and failed are guarded by f.op, as apply is.
 	var last *model.Snapshot
 	var failed bool
+	var lastErr string // logged once while it stays the same
 	applyLocked := func(s *model.Snapshot) {
 		last = s
 		err := f.apply(ctx, s)
 		failed = err != nil
-		if err != nil && ctx.Err() == nil {
+		if err != nil && ctx.Err() == nil && err.Error() != lastErr {
 			f.log().Warn("pod sync", "node", f.Node, "reason", err.Error())
+		}
+		lastErr = ""
+		if err != nil {
+			lastErr = err.Error()
 		}
 	}
 	var wg sync.WaitGroup

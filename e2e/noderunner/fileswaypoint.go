@@ -36,6 +36,26 @@ import (
 // passes, then Ready. The file is <Dir>/zz-waypoint.<namespace>.<name>.yaml;
 // it goes when the Gateway does and when the runner closes.
 //
+// The runner reconciles as the deployer does, from the same directory
+// stream: a Gateway added starts its waypoint, one removed stops it (its
+// pod, CNI DEL, its file), and a change of the desired objects (the
+// Gateway, or the ConfigMap its spec.infrastructure.parametersRef names,
+// read from the directory too) restarts it, as a Deployment rolls out. A
+// Gateway the deployer would refuse (a bad listener or label, a
+// parametersRef that cannot be followed, a patch that does not apply) is
+// logged once with the field, as its Accepted=False condition says, and
+// the waypoint it had keeps running. A waypoint that fails to start is
+// tried again with a backoff (1 s doubling to a minute), not on every sync.
+//
+// Of the deployer's objects, the runner uses the Deployment's pod template
+// (one pod whatever the replicas: command, args, env, labels, annotations,
+// volumes, readiness probe; resources are not enforced, and the pod is
+// scheduled here whatever its affinity) and the Service (ports, labels,
+// annotations; the cluster IP is the runner's). A ServiceAccount,
+// autoscaler or disruption budget patch is checked as the deployer checks
+// it and has no effect: there is no autoscaler or eviction here, and the
+// waypoint's identity is the Gateway's name.
+//
 // One node's runner should have Waypoints set: it is where the cluster's
 // waypoints are scheduled.
 type FilesWaypoints struct {
@@ -58,6 +78,21 @@ type FilesWaypoints struct {
 // runs them from their Gateway, not as Pods of the directory.
 const GeneratedAnnotation = "noderunner.zmesh.io/waypoint-of"
 
+// Backoff between tries to start a waypoint that failed to start.
+const (
+	waypointMinBackoff = time.Second
+	waypointMaxBackoff = time.Minute
+)
+
+// waypointRetry is a waypoint that failed to start: the same desired
+// objects are not tried again before next.
+type waypointRetry struct {
+	spec  string
+	next  time.Time
+	delay time.Duration
+	err   error
+}
+
 // runningWaypoint is one waypoint the runner runs.
 type runningWaypoint struct {
 	pod  *RunningPod
@@ -78,6 +113,15 @@ func (f *Files) Waypoint(namespace, gateway string) *RunningPod {
 	return nil
 }
 
+// WaypointRejected says why the runner refuses the Gateway's waypoint
+// (the field and the problem, as the deployer's Accepted=False condition
+// says it), or "" if it does not.
+func (f *Files) WaypointRejected(namespace, gateway string) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.rejected[types.NamespacedName{Namespace: namespace, Name: gateway}]
+}
+
 // applyWaypoints starts and stops waypoints to match the directory's
 // Gateways. Called with op held.
 func (f *Files) applyWaypoints(ctx context.Context, s *model.Snapshot) error {
@@ -86,15 +130,23 @@ func (f *Files) applyWaypoints(ctx context.Context, s *model.Snapshot) error {
 		return nil
 	}
 	var errs []error
+	configMaps := map[types.NamespacedName]*corev1.ConfigMap{}
+	for _, cm := range s.ConfigMaps {
+		configMaps[types.NamespacedName{Namespace: cm.Namespace, Name: cm.Name}] = cm
+	}
+	lookup := func(namespace, name string) *corev1.ConfigMap {
+		return configMaps[types.NamespacedName{Namespace: namespace, Name: name}]
+	}
 	want := map[types.NamespacedName]deployer.Objects{}
+	rejected := map[types.NamespacedName]string{}
 	for _, gw := range s.Gateways {
 		if gw.Spec.GatewayClassName != deployer.ClassName {
 			continue
 		}
 		key := types.NamespacedName{Namespace: gw.Namespace, Name: gw.Name}
-		o, err := deployer.Desired(gw, wc.Options)
+		o, err := deployer.DesiredWith(gw, wc.Options, lookup)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("gateway %s: %w", key, err))
+			rejected[key] = err.Error()
 			continue
 		}
 		want[key] = o
@@ -103,10 +155,27 @@ func (f *Files) applyWaypoints(ctx context.Context, s *model.Snapshot) error {
 	if f.waypoints == nil {
 		f.waypoints = map[types.NamespacedName]*runningWaypoint{}
 	}
+	// A rejection is the Gateway's state, not a failure to retry: said
+	// once, when it starts or changes.
+	for key, why := range rejected {
+		if f.rejected[key] != why {
+			_, running := f.waypoints[key]
+			f.log().Warn("waypoint Gateway rejected", "node", f.Node, "gateway", key.String(), "reason", why, "last_good_running", running)
+		}
+	}
+	f.rejected = rejected
 	var stale []types.NamespacedName
 	for key, w := range f.waypoints {
+		if _, bad := rejected[key]; bad {
+			continue // the last good waypoint keeps running
+		}
 		if o, ok := want[key]; !ok || specOf(o) != w.spec {
 			stale = append(stale, key)
+		}
+	}
+	for key := range f.retry {
+		if _, ok := want[key]; !ok {
+			delete(f.retry, key)
 		}
 	}
 	f.mu.Unlock()
@@ -122,15 +191,34 @@ func (f *Files) applyWaypoints(ctx context.Context, s *model.Snapshot) error {
 		if ctx.Err() != nil {
 			break
 		}
+		spec := specOf(want[key])
 		f.mu.Lock()
 		_, running := f.waypoints[key]
+		r := f.retry[key]
 		f.mu.Unlock()
 		if running {
 			continue
 		}
-		if err := f.startWaypoint(ctx, s, key, want[key]); err != nil {
+		if r != nil && r.spec == spec && time.Now().Before(r.next) {
+			errs = append(errs, fmt.Errorf("waypoint %s: %w (tried again %s after the last try)", key, r.err, r.delay))
+			continue
+		}
+		err := f.startWaypoint(ctx, s, key, want[key])
+		f.mu.Lock()
+		if err == nil {
+			delete(f.retry, key)
+		} else {
+			delay := waypointMinBackoff
+			if r != nil && r.spec == spec {
+				delay = min(2*r.delay, waypointMaxBackoff)
+			}
+			if f.retry == nil {
+				f.retry = map[types.NamespacedName]*waypointRetry{}
+			}
+			f.retry[key] = &waypointRetry{spec: spec, next: time.Now().Add(delay), delay: delay, err: err}
 			errs = append(errs, fmt.Errorf("waypoint %s: %w", key, err))
 		}
+		f.mu.Unlock()
 	}
 	return errors.Join(errs...)
 }

@@ -312,5 +312,8 @@ func objects(snap *model.Snapshot) []runtime.Object {
 	for _, o := range snap.GRPCRoutes {
 		add(o)
 	}
+	for _, o := range snap.ConfigMaps {
+		add(o)
+	}
 	return slices.Clip(out)
 }

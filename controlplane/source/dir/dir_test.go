@@ -193,14 +193,14 @@ func TestBrokenDocumentKeepsEveryObjectOfItsFile(t *testing.T) {
 
 func TestUnreadKindDoesNotHoldDeletions(t *testing.T) {
 	d := t.TempDir()
-	const configMap = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes, namespace: shop}\ndata: {a: b}\n"
-	write(t, d, "all.yaml", nsAndPod+"---\n"+configMap+"---\n"+denyPolicy)
+	const secret = "apiVersion: v1\nkind: Secret\nmetadata: {name: notes, namespace: shop}\nstringData: {a: b}\n"
+	write(t, d, "all.yaml", nsAndPod+"---\n"+secret+"---\n"+denyPolicy)
 	src := &Source{Dir: d}
 	u, err := src.Load()
 	if err != nil || len(u.Errors) != 1 || !errors.Is(u.Errors[0], model.ErrKindNotRead) {
-		t.Fatalf("load: %v, errors %v, want the ConfigMap reported as not read", err, u.Errors)
+		t.Fatalf("load: %v, errors %v, want the Secret reported as not read", err, u.Errors)
 	}
-	write(t, d, "all.yaml", nsAndPod+"---\n"+configMap)
+	write(t, d, "all.yaml", nsAndPod+"---\n"+secret)
 	if u := reread(t, src); len(u.Snapshot.AuthorizationPolicies) != 0 || len(u.Kept) != 0 {
 		t.Fatalf("policy removed from a file whose only error is an unread kind: served %v, kept %v", policyActions(u), u.Kept)
 	}

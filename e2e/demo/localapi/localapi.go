@@ -3,7 +3,7 @@
 // reads a directory of Kubernetes, Istio and Gateway API documents,
 // rejects what an API server would refuse (a field the kind does not have,
 // a bad name), keeps the kinds zmesh does not act on (ServiceAccount,
-// ConfigMap, …) without a word, turns Deployments, ReplicaSets,
+// Secret, …) without a word, turns Deployments, ReplicaSets,
 // StatefulSets and DaemonSets into their pods, schedules pods with no
 // spec.nodeName over the local nodes and gives them addresses from each
 // node's pod range, and gives Services with no clusterIP one from the
@@ -35,6 +35,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/serializer"
 	"k8s.io/apimachinery/pkg/util/rand"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	"sigs.k8s.io/yaml"
 
 	"github.com/zmesh/zmesh/controlplane/model"
@@ -72,6 +73,8 @@ type Cluster struct {
 	// Pods are the pods to run, scheduled and with addresses: the input's
 	// and those of its workload controllers.
 	Pods []*corev1.Pod
+	// Gateways are the input's Gateways (of every class), as stored.
+	Gateways []*gatewayv1.Gateway
 	// files are the output files by name: the documents zmeshd reads.
 	files map[string][][]byte
 	// placed holds, by placementKey, where each pod was placed; clusterIPs
@@ -274,8 +277,11 @@ func (a *applier) document(file string, doc int, raw []byte) {
 		a.svcs = append(a.svcs, &pendingSvc{svc: svc, file: file, obj: idx})
 	case len(snap.Namespaces)+len(snap.Nodes)+len(snap.ServiceEntries)+len(snap.PeerAuthentications)+len(snap.AuthorizationPolicies)+
 		len(snap.GatewayClasses)+len(snap.Gateways)+len(snap.RequestAuthentications)+len(snap.VirtualServices)+len(snap.DestinationRules)+
-		len(snap.IstioGateways)+len(snap.HTTPRoutes)+len(snap.GRPCRoutes) == 1:
-		a.c.files[file] = append(a.c.files[file], raw) // read by zmeshd as written
+		len(snap.IstioGateways)+len(snap.HTTPRoutes)+len(snap.GRPCRoutes)+len(snap.ConfigMaps) == 1:
+		// Read by zmeshd as written; ConfigMaps by the waypoint runner, for
+		// the Gateways' parametersRef.
+		a.c.files[file] = append(a.c.files[file], raw)
+		a.c.Gateways = append(a.c.Gateways, snap.Gateways...)
 	default:
 		a.workload(obj, file, idx)
 	}

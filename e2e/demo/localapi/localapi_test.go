@@ -1,10 +1,12 @@
 package localapi
 
 import (
+	"bytes"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -169,8 +171,8 @@ items:
 	if r := got["w"].Rejected; !strings.Contains(r, "no kind example.com/v1 Widget") {
 		t.Errorf("unknown kind: rejected %q", r)
 	}
-	if o := got["cm"]; o.Rejected != "" || o.Note != "zmesh does not act on ConfigMap" {
-		t.Errorf("ConfigMap: %+v", o)
+	if o := got["cm"]; o.Rejected != "" || o.Note != "" || !slices.ContainsFunc(c.files[o.File], func(raw []byte) bool { return bytes.Contains(raw, []byte("kind: ConfigMap")) }) {
+		t.Errorf("ConfigMap: %+v, want stored and written for the waypoint runner (a Gateway's parametersRef)", o)
 	}
 	if o := got["listed"]; o.Kind != "Service" || o.Rejected != "" || !strings.HasPrefix(o.Note, "clusterIP 10.96.0.") {
 		t.Errorf("a List's Service: %+v, want applied like any Service", o)
