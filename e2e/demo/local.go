@@ -23,6 +23,7 @@ import (
 	"github.com/zmesh/zmesh/controlplane/source/dir"
 	"github.com/zmesh/zmesh/e2e/demo/localapi"
 	"github.com/zmesh/zmesh/e2e/netenv"
+	"github.com/zmesh/zmesh/e2e/proc"
 )
 
 // Session is what a running local mesh tells `zmeshctl local status` (and
@@ -346,7 +347,7 @@ func (m *mesh) followInput(ctx context.Context, st story, input string, c *local
 		var ferr error
 		// A waypoint starting takes a CNI ADD, its certificate and its
 		// first configuration: more than a pod.
-		waitForUpTo(ctx, time.Minute, func() bool {
+		proc.WaitFor(ctx, time.Minute, func() bool {
 			u, err := (&dir.Source{Dir: m.meshDir, Log: quiet, StateDir: filepath.Join(m.tmp, "applied-state")}).Load()
 			if err != nil {
 				ferr = err

@@ -568,19 +568,5 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 // waitFor polls cond every 50 ms for up to 15 s.
 func waitFor(ctx context.Context, cond func() bool) error {
-	return waitForUpTo(ctx, 15*time.Second, cond)
-}
-
-// waitForUpTo polls cond every 50 ms for up to d.
-func waitForUpTo(ctx context.Context, d time.Duration, cond func() bool) error {
-	ctx, cancel := context.WithTimeout(ctx, d)
-	defer cancel()
-	for !cond() {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-	return nil
+	return proc.WaitFor(ctx, 15*time.Second, cond)
 }
