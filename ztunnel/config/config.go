@@ -35,6 +35,7 @@ func (h XDSHandler) Apply(typeURL string, updated []xdsclient.Resource, removed 
 	switch typeURL {
 	case xdsclient.TypeAddress:
 		u.Addresses = make(map[string]*workload.Address, len(updated))
+		u.Encoded = make(map[string][]byte, len(updated))
 		u.RemovedAddresses = removed
 		for _, r := range updated {
 			m := &workload.Address{}
@@ -43,6 +44,9 @@ func (h XDSHandler) Apply(typeURL string, updated []xdsclient.Resource, removed 
 				continue
 			}
 			u.Addresses[r.Name] = m
+			// The store keeps these bytes for config dumps, and Held the
+			// same ones for persisting: one copy serves both.
+			u.Encoded[r.Name] = r.Body.GetValue()
 		}
 	case xdsclient.TypeAuthorization:
 		u.Policies = make(map[string]*security.Authorization, len(updated))

@@ -14,6 +14,8 @@ import (
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/protobuf/encoding/protodelim"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/zmesh/zmesh/api/workload"
 	"github.com/zmesh/zmesh/api/workload/security"
@@ -39,13 +41,22 @@ const maxStateFile = 512 << 20
 // usable: build it with NewHeld or LoadHeld.
 type Held struct {
 	mu      sync.Mutex
-	res     map[string]map[string]xdsclient.Resource
-	changed chan struct{} // 1-buffered: a change since the last Save
+	res     map[string]map[string]heldResource // by type, then name
+	changed chan struct{}                      // 1-buffered: a change since the last Save
+}
+
+// heldResource is one resource as sent: its version and its payload's
+// bytes. The payload's type is the map's; keeping the bytes rather than
+// the Any spares a message and a type URL per resource, and the state
+// store shares the same bytes for its config dumps.
+type heldResource struct {
+	version string
+	body    []byte
 }
 
 // NewHeld returns an empty Held.
 func NewHeld() *Held {
-	return &Held{res: map[string]map[string]xdsclient.Resource{}, changed: make(chan struct{}, 1)}
+	return &Held{res: map[string]map[string]heldResource{}, changed: make(chan struct{}, 1)}
 }
 
 // Changed receives after each change, coalesced.
@@ -58,7 +69,7 @@ func (h *Held) record(typeURL string, updated []xdsclient.Resource, removed []st
 	defer h.mu.Unlock()
 	m := h.res[typeURL]
 	if m == nil {
-		m = map[string]xdsclient.Resource{}
+		m = map[string]heldResource{}
 		h.res[typeURL] = m
 	}
 	for _, name := range removed {
@@ -68,7 +79,7 @@ func (h *Held) record(typeURL string, updated []xdsclient.Resource, removed []st
 	}
 	for _, r := range updated {
 		if rejected[r.Name] == nil {
-			m[r.Name] = r
+			m[r.Name] = heldResource{version: r.Version, body: r.Body.GetValue()}
 		}
 	}
 	select {
@@ -87,7 +98,7 @@ func (h *Held) Versions() map[string]map[string]string {
 	for t, m := range h.res {
 		out[t] = map[string]string{}
 		for name, r := range m {
-			out[t][name] = r.Version
+			out[t][name] = r.version
 		}
 	}
 	return out
@@ -104,11 +115,15 @@ func (h *Held) Update() (state.Update, error) {
 			switch t {
 			case xdsclient.TypeAddress:
 				a := &workload.Address{}
-				err = r.Body.UnmarshalTo(a)
+				err = proto.Unmarshal(r.body, a)
 				u.Addresses[name] = a
+				if u.Encoded == nil {
+					u.Encoded = map[string][]byte{}
+				}
+				u.Encoded[name] = r.body
 			case xdsclient.TypeAuthorization:
 				p := &security.Authorization{}
-				err = r.Body.UnmarshalTo(p)
+				err = proto.Unmarshal(r.body, p)
 				u.Policies[name] = p
 			default:
 				err = fmt.Errorf("unsupported type %s", t)
@@ -133,7 +148,7 @@ func (h *Held) Save(path string) error {
 		resp := &discoveryv3.DeltaDiscoveryResponse{TypeUrl: t}
 		for _, name := range slices.Sorted(maps.Keys(m)) {
 			r := m[name]
-			resp.Resources = append(resp.Resources, &discoveryv3.Resource{Name: name, Version: r.Version, Resource: r.Body})
+			resp.Resources = append(resp.Resources, &discoveryv3.Resource{Name: name, Version: r.version, Resource: &anypb.Any{TypeUrl: t, Value: r.body}})
 		}
 		if _, err := protodelim.MarshalTo(&buf, resp); err != nil {
 			h.mu.Unlock()
@@ -209,12 +224,12 @@ func LoadHeld(path string) (*Held, error) {
 		if h.res[t] != nil {
 			return nil, fmt.Errorf("%s: type %s appears twice", path, t)
 		}
-		m := map[string]xdsclient.Resource{}
+		m := map[string]heldResource{}
 		for i, res := range resp.GetResources() {
 			if res.GetName() == "" || res.GetResource().GetTypeUrl() != t {
 				return nil, fmt.Errorf("%s: %s resources[%d]: no name, or a payload of another type", path, t, i)
 			}
-			m[res.GetName()] = xdsclient.Resource{Name: res.GetName(), Version: res.GetVersion(), Body: res.GetResource()}
+			m[res.GetName()] = heldResource{version: res.GetVersion(), body: res.GetResource().GetValue()}
 		}
 		h.res[t] = m
 	}

@@ -20,7 +20,13 @@ import (
 // Address resources are named by workload uid or service "namespace/hostname";
 // policies by "namespace/name".
 type Update struct {
-	Addresses        map[string]*workload.Address
+	Addresses map[string]*workload.Address
+	// Encoded holds the wire form of Addresses entries, by name, where the
+	// source has it (xDS): the store keeps it for config dumps rather than
+	// encode each anew, sharing the bytes with whoever else keeps them.
+	// It must be the encoding the entry was decoded from, and is never
+	// modified afterwards.
+	Encoded          map[string][]byte
 	Policies         map[string]*security.Authorization
 	RemovedAddresses []string
 	RemovedPolicies  []string
@@ -42,6 +48,7 @@ type BadPolicy struct {
 // readers never block.
 type Store struct {
 	mu      sync.Mutex
+	in      *interner      // shares repeated values between resources
 	cidrs   []netip.Prefix // SetMeshCIDRs
 	cur     atomic.Pointer[Snapshot]
 	changed chan struct{} // closed and replaced on every swap
@@ -49,7 +56,7 @@ type Store struct {
 
 // NewStore returns a store with an empty snapshot.
 func NewStore() *Store {
-	s := &Store{changed: make(chan struct{})}
+	s := &Store{changed: make(chan struct{}), in: newInterner()}
 	s.cur.Store(newSnapshot(nil, nil, nil, 0, false))
 	return s
 }
@@ -75,7 +82,7 @@ func (s *Store) Apply(u Update) map[string]error {
 	defer s.mu.Unlock()
 	old := s.cur.Load()
 	wls, svcs, pols := maps(old)
-	rejected := apply(u, wls, svcs, pols)
+	rejected := apply(u, wls, svcs, pols, s.in)
 	s.swapLocked(newSnapshot(wls, svcs, pols, old.version+1, old.synced))
 	return rejected
 }
@@ -102,10 +109,10 @@ func (s *Store) MarkSynced() {
 // rejected policy is enforced as a deny-all over its scope, as in Apply,
 // and the error names every rejected resource.
 func (s *Store) Replace(u Update) error {
-	wls, svcs, pols := map[string]*Workload{}, map[string]*Service{}, map[string]*authz.Policy{}
-	rejected := apply(u, wls, svcs, pols)
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	wls, svcs, pols := map[string]*Workload{}, map[string]*Service{}, map[string]*authz.Policy{}
+	rejected := apply(u, wls, svcs, pols, s.in)
 	old := s.cur.Load()
 	if badAddresses(u, wls, svcs) {
 		standIns := map[string]*authz.Policy{}
@@ -144,6 +151,7 @@ func badAddresses(u Update, wls map[string]*Workload, svcs map[string]*Service) 
 
 func (s *Store) swapLocked(next *Snapshot) {
 	next.cidrs = s.cidrs
+	s.in.prune(next)
 	s.cur.Store(next)
 	close(s.changed)
 	s.changed = make(chan struct{})
@@ -181,7 +189,7 @@ func maps(s *Snapshot) (map[string]*Workload, map[string]*Service, map[string]*a
 	return wls, svcs, pols
 }
 
-func apply(u Update, wls map[string]*Workload, svcs map[string]*Service, pols map[string]*authz.Policy) map[string]error {
+func apply(u Update, wls map[string]*Workload, svcs map[string]*Service, pols map[string]*authz.Policy, in *interner) map[string]error {
 	rejected := map[string]error{}
 	for _, name := range u.RemovedAddresses {
 		delete(wls, name)
@@ -193,9 +201,12 @@ func apply(u Update, wls map[string]*Workload, svcs map[string]*Service, pols ma
 	for name, a := range u.Addresses {
 		switch t := a.GetType().(type) {
 		case *workload.Address_Workload:
-			w, err := ConvertWorkload(t.Workload)
+			w, err := convertWorkload(t.Workload, u.Encoded[name], in)
 			if err == nil && name != w.UID {
 				err = fmt.Errorf("resource name %q is not the workload's uid %q", name, w.UID)
+			}
+			if err == nil {
+				w.shareUID(name) // the name's string is kept anyway (the map's key)
 			}
 			if err != nil {
 				rejected[name] = fmt.Errorf("workload.%w", err)
@@ -204,7 +215,7 @@ func apply(u Update, wls map[string]*Workload, svcs map[string]*Service, pols ma
 			delete(svcs, name)
 			wls[name] = w
 		case *workload.Address_Service:
-			s, err := ConvertService(t.Service)
+			s, err := convertService(t.Service, u.Encoded[name], in)
 			if err == nil && name != s.Key() {
 				err = fmt.Errorf("resource name %q is not the service's namespace/hostname %q", name, s.Key())
 			}

@@ -47,17 +47,46 @@ type Workload struct {
 	// so the waypoints of the services selecting it do not hold it.
 	WaypointExempt bool
 
-	// raw is the wire form, encoded: the decoded message would hold about
-	// 900 bytes per workload for config dumps alone (make bench's memory
-	// figure); its strings are shared with the fields above.
+	// raw is the wire form, an encoded workload.Address: the decoded
+	// message would hold about 900 bytes per workload for config dumps
+	// alone (make bench's memory figure). From xDS it is the bytes the
+	// control plane sent, shared with what ztunnel persists.
 	raw []byte
 }
 
 // Raw returns the wire form (for config dumps), decoded anew.
 func (w *Workload) Raw() *workload.Workload {
-	pb := &workload.Workload{}
-	proto.Unmarshal(w.raw, pb) // it was marshalled from a valid message
-	return pb
+	return decodeRaw(w.raw).GetWorkload()
+}
+
+// decodeRaw decodes a raw field; it was validated on the way in.
+func decodeRaw(raw []byte) *workload.Address {
+	a := &workload.Address{}
+	proto.Unmarshal(raw, a)
+	return a
+}
+
+// encodeRaw is the raw field of a resource that came without its wire
+// form (a local file, a caller's message).
+func encodeRaw(a *workload.Address) ([]byte, error) {
+	raw, err := proto.Marshal(a)
+	if err != nil {
+		return nil, fmt.Errorf("encode: %w", err)
+	}
+	return raw, nil
+}
+
+// shareUID sets the uid to uid, an equal string, and has the name and
+// workload name share it: a pod's uid ends with its name, which is usually
+// its workload name, so one string serves the three.
+func (w *Workload) shareUID(uid string) {
+	w.UID = uid
+	if strings.HasSuffix(uid, "/"+w.Name) {
+		w.Name = uid[len(uid)-len(w.Name):]
+	}
+	if w.WorkloadName == w.Name {
+		w.WorkloadName = w.Name
+	}
 }
 
 // HBONE reports whether the workload is in the mesh (reached over HBONE).
@@ -76,7 +105,7 @@ type Service struct {
 	// Visibility NAMESPACE: only clients of Namespace may reach it.
 	Visibility workload.Service_Visibility
 
-	raw []byte // the wire form, encoded (see Workload.raw)
+	raw []byte // the wire form, an encoded workload.Address (see Workload.raw)
 }
 
 // VisibleTo reports whether a client in namespace may resolve and reach
@@ -90,9 +119,7 @@ func (s *Service) Key() string { return s.Namespace + "/" + s.Hostname }
 
 // Raw returns the wire form (for config dumps), decoded anew.
 func (s *Service) Raw() *workload.Service {
-	pb := &workload.Service{}
-	proto.Unmarshal(s.raw, pb)
-	return pb
+	return decodeRaw(s.raw).GetService()
 }
 
 // Gateway is a waypoint (or network gateway) reference: an address or a
@@ -115,20 +142,30 @@ const DefaultHBONEPort = 15008
 
 // ConvertWorkload validates a wire workload. Errors name the field.
 func ConvertWorkload(pb *workload.Workload) (*Workload, error) {
+	return convertWorkload(pb, nil, nil)
+}
+
+// convertWorkload is ConvertWorkload keeping raw (pb's Address encoded,
+// if the caller has it) and sharing repeated values through in (if any).
+func convertWorkload(pb *workload.Workload, raw []byte, in *interner) (*Workload, error) {
 	if pb.GetUid() == "" {
 		return nil, errors.New("uid: empty")
 	}
 	w := &Workload{
-		UID: pb.Uid, Name: pb.Name, Namespace: pb.Namespace, Network: pb.Network,
-		Protocol: pb.TunnelProtocol, Node: pb.Node,
-		CanonicalName: pb.CanonicalName, CanonicalRevision: pb.CanonicalRevision,
-		WorkloadName: pb.WorkloadName, ClusterID: pb.ClusterId, Locality: pb.Locality,
+		UID: pb.Uid, Name: pb.Name, Namespace: in.str(pb.Namespace), Network: in.str(pb.Network),
+		Protocol: pb.TunnelProtocol, Node: in.str(pb.Node),
+		CanonicalName: in.str(pb.CanonicalName), CanonicalRevision: in.str(pb.CanonicalRevision),
+		WorkloadName: pb.WorkloadName, ClusterID: in.str(pb.ClusterId), Locality: pb.Locality,
 		Healthy:        pb.Status == workload.WorkloadStatus_HEALTHY,
 		WaypointExempt: pb.WaypointExempt,
+		raw:            raw,
 	}
+	w.shareUID(pb.Uid)
 	var err error
-	if w.raw, err = proto.Marshal(pb); err != nil {
-		return nil, fmt.Errorf("encode: %w", err)
+	if w.raw == nil {
+		if w.raw, err = encodeRaw(&workload.Address{Type: &workload.Address_Workload{Workload: pb}}); err != nil {
+			return nil, err
+		}
 	}
 	if _, ok := workload.TunnelProtocol_name[int32(pb.TunnelProtocol)]; !ok {
 		return nil, fmt.Errorf("tunnel_protocol: unknown value %d", pb.TunnelProtocol)
@@ -137,6 +174,9 @@ func ConvertWorkload(pb *workload.Workload) (*Workload, error) {
 		a, ok := netip.AddrFromSlice(b)
 		if !ok {
 			return nil, fmt.Errorf("addresses[%d]: %d bytes, want 4 or 16", i, len(b))
+		}
+		if w.Addrs == nil {
+			w.Addrs = make([]netip.Addr, 0, len(pb.Addresses))
 		}
 		w.Addrs = append(w.Addrs, a.Unmap())
 	}
@@ -163,10 +203,12 @@ func ConvertWorkload(pb *workload.Workload) (*Workload, error) {
 		if w.Identity, err = identity.WorkloadID(t, pb.Namespace, sa); err != nil {
 			return nil, fmt.Errorf("service_account: %w", err)
 		}
+		w.Identity = in.id(w.Identity)
 	}
 	if w.Waypoint, err = convertGateway(pb.Waypoint, pb.Network); err != nil {
 		return nil, fmt.Errorf("waypoint: %w", err)
 	}
+	w.Waypoint = in.gateway(w.Waypoint)
 	if len(pb.Services) > 0 {
 		w.Services = make(map[string]map[uint16]uint16, len(pb.Services))
 	}
@@ -184,35 +226,43 @@ func ConvertWorkload(pb *workload.Workload) (*Workload, error) {
 		if !validServiceKey(p) {
 			return nil, fmt.Errorf("authorization_policies[%d]: %q is not namespace/name", i, p)
 		}
-		w.Policies = append(w.Policies, p)
+		w.Policies = append(w.Policies, in.str(p))
 	}
+	w.Services = in.servicesOf(w.Services)
 	return w, nil
 }
 
 // ConvertService validates a wire service. Errors name the field.
 func ConvertService(pb *workload.Service) (*Service, error) {
+	return convertService(pb, nil, nil)
+}
+
+// convertService is ConvertService as convertWorkload is ConvertWorkload.
+func convertService(pb *workload.Service, raw []byte, in *interner) (*Service, error) {
 	if pb.GetNamespace() == "" {
 		return nil, errors.New("namespace: empty")
 	}
 	if pb.Hostname == "" {
 		return nil, errors.New("hostname: empty")
 	}
-	s := &Service{Name: pb.Name, Namespace: pb.Namespace, Hostname: pb.Hostname, LoadBalancing: pb.LoadBalancing, Visibility: pb.Visibility}
+	s := &Service{Name: pb.Name, Namespace: in.str(pb.Namespace), Hostname: pb.Hostname, LoadBalancing: pb.LoadBalancing, Visibility: pb.Visibility, raw: raw}
 	if _, ok := workload.Service_Visibility_name[int32(pb.Visibility)]; !ok {
 		// An unknown scope may be narrower than any we know: refuse the
 		// service rather than publish it to everyone.
 		return nil, fmt.Errorf("visibility: unknown value %d", pb.Visibility)
 	}
 	var err error
-	if s.raw, err = proto.Marshal(pb); err != nil {
-		return nil, fmt.Errorf("encode: %w", err)
+	if s.raw == nil {
+		if s.raw, err = encodeRaw(&workload.Address{Type: &workload.Address_Service{Service: pb}}); err != nil {
+			return nil, err
+		}
 	}
 	for i, na := range pb.Addresses {
 		a, ok := netip.AddrFromSlice(na.GetAddress())
 		if !ok {
 			return nil, fmt.Errorf("addresses[%d].address: %d bytes, want 4 or 16", i, len(na.GetAddress()))
 		}
-		s.VIPs = append(s.VIPs, NetAddr{Network: na.Network, Addr: a.Unmap()})
+		s.VIPs = append(s.VIPs, NetAddr{Network: in.str(na.Network), Addr: a.Unmap()})
 	}
 	if s.Ports, err = convertPorts(pb.Ports); err != nil {
 		return nil, err
@@ -222,7 +272,7 @@ func ConvertService(pb *workload.Service) (*Service, error) {
 		if err != nil {
 			return nil, fmt.Errorf("subject_alt_names[%d]: %w", i, err)
 		}
-		s.SANs = append(s.SANs, id)
+		s.SANs = append(s.SANs, in.id(id))
 	}
 	network := "" // a waypoint given by bare address is on the service's network
 	if len(s.VIPs) > 0 {
@@ -231,6 +281,7 @@ func ConvertService(pb *workload.Service) (*Service, error) {
 	if s.Waypoint, err = convertGateway(pb.Waypoint, network); err != nil {
 		return nil, fmt.Errorf("waypoint: %w", err)
 	}
+	s.Waypoint = in.gateway(s.Waypoint)
 	if lb := pb.LoadBalancing; lb != nil {
 		if _, ok := workload.LoadBalancing_Mode_name[int32(lb.Mode)]; !ok {
 			return nil, fmt.Errorf("load_balancing.mode: unknown value %d", lb.Mode)
