@@ -52,8 +52,17 @@ func Dial(addr string, roots *Bundle) (*grpc.ClientConn, error) {
 	if roots != nil {
 		creds = credentials.NewTLS(roots.clientTLS())
 	}
-	return grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
+	return grpc.NewClient(addr, grpc.WithTransportCredentials(creds),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxRecvMsgSize)))
 }
+
+// MaxRecvMsgSize bounds one message from zmeshd. gRPC's default, 4 MiB, is
+// less than the first workload-discovery response of a mesh of about
+// 12 000 pods (zmeshd sends a subscriber's whole state in one response),
+// and a data plane that cannot take that response never syncs. 128 MiB
+// holds several hundred thousand workloads; the bound stays because the
+// server is trusted but a message is decoded whole before it is checked.
+const MaxRecvMsgSize = 128 << 20
 
 // WithToken wraps conn so that every call carries token as a bearer
 // credential, read afresh for each call.
