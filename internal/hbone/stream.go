@@ -203,6 +203,27 @@ func (s *Stream) awaitCredit(want int, dirty bool) (int, error) {
 	}
 }
 
+// sendable waits until Write has send credit, and returns how much of max
+// it could send without waiting; max if Write would fail at once (it
+// says why). It takes no credit: the caller's Write does. Another stream
+// may take the connection's credit meanwhile, and then that Write waits.
+func (s *Stream) sendable(max int) int {
+	c := s.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for {
+		switch {
+		case s.writeErrLocked() != nil:
+			return max
+		case s.sendWindow > 0 && c.sendWindow > 0:
+			return int(min(int64(max), s.sendWindow, c.sendWindow))
+		case !s.wdl.IsZero() && !time.Now().Before(s.wdl):
+			return max
+		}
+		s.cond.Wait()
+	}
+}
+
 func (s *Stream) writeErrLocked() error {
 	switch {
 	case s.err != nil:
