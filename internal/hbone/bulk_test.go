@@ -5,6 +5,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -248,5 +249,32 @@ func TestUnreadStreamHoldsAtMostItsWindow(t *testing.T) {
 	t.Logf("sent %d, sunk %d, held %d", last, sunk, last-sunk)
 	if held := last - sunk; held > window {
 		t.Fatalf("the peer sent %d bytes, the app's socket took %d: we hold %d, more than the %d window", last, sunk, held, window)
+	}
+}
+
+// A large stream write copies no frame into the framer: x/net's
+// Framer.WriteData builds each frame in a buffer the framer keeps, as
+// large as the largest frame, for the connection's life; a pooled
+// connection that once carried a bulk transfer would pin it while idle.
+func TestBulkWriteKeepsNoFrameBuffer(t *testing.T) {
+	ts := startServer(t, func(ctx context.Context, r *Request, s *Stream) {
+		s.Respond(200)
+		io.Copy(io.Discard, s)
+		s.CloseWrite()
+	}, bob, nil)
+	st := openStream(t, ts.addr)
+	if _, err := st.Write(make([]byte, copyBufSize)); err != nil {
+		t.Fatal(err)
+	}
+	// The framer's write buffer, read by reflection: it is unexported.
+	c := st.c
+	c.wmu.Lock()
+	wbuf := reflect.ValueOf(c.fr).Elem().FieldByName("wbuf")
+	c.wmu.Unlock()
+	if !wbuf.IsValid() {
+		t.Fatal("http2.Framer has no wbuf field any more: check what it keeps of a frame it writes")
+	}
+	if n := wbuf.Cap(); n > 16<<10 {
+		t.Fatalf("after a %d KiB stream write the framer keeps a %d KiB buffer, want none of a frame's size", copyBufSize>>10, n>>10)
 	}
 }

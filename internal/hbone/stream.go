@@ -138,7 +138,7 @@ func (s *Stream) Write(p []byte) (int, error) {
 		}
 		dirty = false
 		c.lockWrite()
-		if err := c.fr.WriteData(s.id, false, p[:n]); err != nil {
+		if err := c.writeDataLocked(s.id, p[:n]); err != nil {
 			c.wmu.Unlock()
 			c.fail(err)
 			return written, err
