@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"reflect"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -276,5 +277,37 @@ func TestBulkWriteKeepsNoFrameBuffer(t *testing.T) {
 	}
 	if n := wbuf.Cap(); n > 16<<10 {
 		t.Fatalf("after a %d KiB stream write the framer keeps a %d KiB buffer, want none of a frame's size", copyBufSize>>10, n>>10)
+	}
+}
+
+// A batch carrying a whole DATA frame's records (flushed once it reaches
+// maxBatch) is allocated at its full size when the pool is empty, not
+// small and then grown by append.
+func TestBatchOfAFrameIsAllocatedOnce(t *testing.T) {
+	a, b := net.Pipe()
+	defer b.Close()
+	go func() { // a reader that allocates nothing per read
+		buf := make([]byte, 64<<10)
+		for {
+			if _, err := b.Read(buf); err != nil {
+				return
+			}
+		}
+	}()
+	bc := BatchWrites(a).(*batchConn)
+	bc.arm()
+	record := make([]byte, 16<<10+22) // a full TLS 1.3 record
+	var before, after runtime.MemStats
+	// Twice: the first moves pooled batches to the victim cache.
+	runtime.GC()
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for range maxBatch/len(record) + 1 {
+		bc.Write(record)
+	}
+	bc.flush()
+	runtime.ReadMemStats(&after)
+	if n := after.TotalAlloc - before.TotalAlloc; n > batchCap+16<<10 {
+		t.Fatalf("a batch of %d KiB allocated %d KiB, want one buffer of %d KiB", maxBatch>>10, n>>10, batchCap>>10)
 	}
 }
