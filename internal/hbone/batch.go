@@ -47,7 +47,13 @@ func BatchWrites(c net.Conn) net.Conn { return &batchConn{Conn: c} }
 // (maxWriteFrameSize) and a few control frames.
 const maxBatch = maxWriteFrameSize + 64<<10
 
-var batchPool = sync.Pool{New: func() any { b := make([]byte, 0, 80<<10); return &b }}
+// batchCap is what a batch can grow to: it is written once it reaches
+// maxBatch, so by at most one TLS record (16 KiB of data and its
+// overhead) past it. Pooled batches are made that large at once: grown
+// by append, a batch carrying a full DATA frame was allocated three times.
+const batchCap = maxBatch + 17<<10
+
+var batchPool = sync.Pool{New: func() any { b := make([]byte, 0, batchCap); return &b }}
 
 func (b *batchConn) Write(p []byte) (int, error) {
 	b.mu.Lock()
@@ -95,7 +101,7 @@ func (b *batchConn) writeBatch() error {
 		return nil
 	}
 	_, err := b.Conn.Write(*buf)
-	if cap(*buf) <= 2*maxBatch { // a huge one is left to the GC
+	if cap(*buf) <= batchCap { // a larger one (TLS never makes it) is left to the GC
 		*buf = (*buf)[:0]
 		batchPool.Put(buf)
 	}

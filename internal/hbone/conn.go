@@ -47,6 +47,7 @@ type conn struct {
 	wwait atomic.Int32
 	henc  *hpack.Encoder
 	hbuf  bytes.Buffer
+	dhdr  [9]byte // writeDataLocked's frame header
 
 	// ctrl holds control frames waiting for the write lock, at most
 	// maxQueuedCtrl: a peer that makes us answer faster than it reads
@@ -520,6 +521,25 @@ func (c *conn) writeHeadersLocked(streamID uint32, endStream bool, fields []hpac
 		err = c.fr.WriteContinuation(streamID, n == len(rest), rest[:n])
 		rest = rest[n:]
 	}
+	return err
+}
+
+// writeDataLocked writes a DATA frame carrying p, which the caller sized
+// to the peer's frame size and its credit. The framer's WriteData would
+// copy p into a buffer of its own, kept as large as the largest frame
+// for the connection's life; here the header goes into the write buffer
+// and p after it, of which the write buffer copies what fits (64 KiB at
+// most, filling whole TLS records) and hands the rest to TLS as it is.
+// wmu must be held.
+func (c *conn) writeDataLocked(id uint32, p []byte) error {
+	h := &c.dhdr
+	h[0], h[1], h[2] = byte(len(p)>>16), byte(len(p)>>8), byte(len(p))
+	h[3], h[4] = byte(http2.FrameData), 0
+	binary.BigEndian.PutUint32(h[5:], id)
+	if _, err := c.bw.Write(h[:]); err != nil {
+		return err
+	}
+	_, err := c.bw.Write(p)
 	return err
 }
 

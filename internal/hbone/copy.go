@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -15,7 +16,28 @@ type closeWriter interface {
 	CloseWrite() error
 }
 
-var copyBufPool = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
+// copyBufSize is the most one copy moves at a time: a read from a TCP
+// socket, a DATA frame (maxWriteFrameSize), a write to the app's socket.
+// A syscall costs microseconds on a virtual machine, where a bulk
+// transfer through two ztunnels spent most of its time in them: at
+// 64 KiB, four syscalls per 256 KiB and side became one.
+const copyBufSize = 256 << 10
+
+var copyBufPool = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
+
+// copyBufsOut counts the copy buffers taken from the pool and not yet
+// returned: what the copies hold at this moment.
+var copyBufsOut atomic.Int64
+
+func getCopyBuf() *[]byte {
+	copyBufsOut.Add(1)
+	return copyBufPool.Get().(*[]byte)
+}
+
+func putCopyBuf(bp *[]byte) {
+	copyBufsOut.Add(-1)
+	copyBufPool.Put(bp)
+}
 
 // Join copies between a tunnel and a plain connection in both directions
 // until both have ended, carrying each direction's end across (TCP FIN ⇄
@@ -99,6 +121,8 @@ func (w *retryWriter) Write(p []byte) (int, error) {
 	}
 }
 
+func (w *retryWriter) sendable(max int) int { return w.s.sendable(max) }
+
 func (w *retryWriter) closeWrite() error {
 	for {
 		err := w.s.CloseWrite()
@@ -133,11 +157,11 @@ func halfCopy(dst, src net.Conn) (int64, error) {
 	case fromTCP:
 		n, err = copyFromTCP(dst, srcTCP)
 	default:
-		bp := copyBufPool.Get().(*[]byte)
+		bp := getCopyBuf()
 		// Plain io.CopyBuffer would let a ReaderFrom or WriterTo take
 		// over; hide both sides' fast paths.
 		n, err = io.CopyBuffer(writerOnly{dst}, readerOnly{src}, *bp)
-		copyBufPool.Put(bp)
+		putCopyBuf(bp)
 	}
 	if err != nil {
 		dst.Close()
@@ -154,28 +178,38 @@ func halfCopy(dst, src net.Conn) (int64, error) {
 
 // copyFromTCP copies src to dst until EOF, holding a pooled buffer only
 // from the moment src is readable until what was read is written.
+//
+// A stream (or its retryWriter) as dst is read for at most the bytes its
+// flow-control credit lets it send at once, and not at all while it has
+// none: a peer that grants no credit leaves the bytes in the socket,
+// where TCP pushes back on the app, and makes us hold no buffer for them.
 func copyFromTCP(dst io.Writer, src *net.TCPConn) (int64, error) {
 	rc, err := src.SyscallConn()
 	if err != nil {
 		return 0, err
 	}
+	credit, _ := dst.(creditWaiter)
 	var total int64
 	for {
+		want := copyBufSize
+		if credit != nil {
+			want = credit.sendable(copyBufSize)
+		}
 		var bp *[]byte
 		var n int
 		var rerr error
 		err := rc.Read(func(fd uintptr) bool {
 			if bp == nil {
-				bp = copyBufPool.Get().(*[]byte)
+				bp = getCopyBuf()
 			}
 			for {
-				n, rerr = unix.Read(int(fd), *bp)
+				n, rerr = unix.Read(int(fd), (*bp)[:want])
 				if rerr != unix.EINTR {
 					break
 				}
 			}
 			if rerr == unix.EAGAIN {
-				copyBufPool.Put(bp) // nothing to read: wait without it
+				putCopyBuf(bp) // nothing to read: wait without it
 				bp = nil
 				return false
 			}
@@ -190,7 +224,7 @@ func copyFromTCP(dst io.Writer, src *net.TCPConn) (int64, error) {
 			total += int64(m)
 		}
 		if bp != nil {
-			copyBufPool.Put(bp)
+			putCopyBuf(bp)
 		}
 		switch {
 		case err != nil:
@@ -199,6 +233,13 @@ func copyFromTCP(dst io.Writer, src *net.TCPConn) (int64, error) {
 			return total, nil // EOF
 		}
 	}
+}
+
+// creditWaiter is a destination with flow control: sendable waits until
+// a write would not wait for credit, and returns how much of max it would
+// take at once (max if it would fail at once: the write says why).
+type creditWaiter interface {
+	sendable(max int) int
 }
 
 type writerOnly struct{ io.Writer }

@@ -22,7 +22,7 @@ import (
 // being read.
 
 // readAhead is the most one read syscall takes: four full TLS records.
-const readAhead = 64 << 10
+const readAhead = 256 << 10
 
 var readAheadPool = sync.Pool{New: func() any { b := make([]byte, readAhead); return &b }}
 

@@ -70,13 +70,13 @@ func (s *Stream) attachSinkEnd(dst *net.TCPConn, end *sinkEnd) error {
 // write.
 func (s *Stream) writeBufferedLocked() {
 	c := s.c
-	bp := copyBufPool.Get().(*[]byte)
+	bp := getCopyBuf()
 	n := s.rbuf.peek(*bp)
 	s.sinkBusy = true
 	sink := s.sink
 	c.mu.Unlock()
 	m, _ := sink.writeNow((*bp)[:n]) // a failure is met again by drain's own write
-	copyBufPool.Put(bp)
+	putCopyBuf(bp)
 	c.mu.Lock()
 	s.sinkBusy = false
 	s.cond.Broadcast()
@@ -176,23 +176,36 @@ func (s *Stream) drain() {
 			s.finishSinkLocked(s.err) // unlocks
 			return
 		}
-		bp := copyBufPool.Get().(*[]byte)
+		bp := getCopyBuf()
 		n := s.rbuf.read(*bp)
-		c.addRecvCreditLocked(s, int32(n))
 		s.sinkBusy = true
 		dst := s.sinkConn
 		c.mu.Unlock()
-		c.tryFlushCtrl()
 
 		m, werr := dst.Write((*bp)[:n])
-		copyBufPool.Put(bp)
+		putCopyBuf(bp)
 		c.mu.Lock()
 		s.sinkBusy = false
 		s.sunk += int64(m)
+		// The bytes are credited back once the socket took them, not
+		// when they left the buffer: until then they are still ours to
+		// hold, and the window must count them, so that a stream whose
+		// app does not read holds at most its window, copy included.
+		// A stream closed meanwhile (or failing now) returns them to the
+		// connection alone.
+		if s.err != nil || werr != nil {
+			c.addRecvCreditLocked(nil, int32(n))
+		} else {
+			c.addRecvCreditLocked(s, int32(n))
+		}
 		if werr != nil {
 			s.finishSinkLocked(werr) // unlocks
+			c.tryFlushCtrl()
 			return
 		}
+		c.mu.Unlock()
+		c.tryFlushCtrl()
+		c.mu.Lock()
 	}
 }
 

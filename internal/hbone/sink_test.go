@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -241,17 +242,23 @@ func TestJoinDrainsOnlyWhileTheSocketIsFull(t *testing.T) {
 		_, err := c.Read(buf) // the tunnel is idle now; its reset must end this
 		closed <- err
 	})
-	// The hook is set before the server runs: its read loop reads it.
-	_, left := countDirect(t)
 	ts, moved := joinedServer(t, app, 16<<10)
+	// Registered after the servers' cleanups, so run before them: a
+	// failure before the release would leave the drain, and with it
+	// the server's Shutdown, waiting for the app for ever.
+	var releaseOnce sync.Once
+	free := func() { releaseOnce.Do(func() { close(release) }) }
+	t.Cleanup(free)
 	st := openStream(t, ts.addr)
 
 	if _, err := st.Write(make([]byte, 1<<20)); err != nil {
 		t.Fatal(err)
 	}
-	// Wait for a drain for what the full socket did not take.
-	waitUntil(t, func() bool { return left.Load() > 0 && drainRunning() })
-	close(release)
+	// Wait for a drain for what the full socket did not take: left by
+	// the read loop's direct write, or, when the bytes came before the
+	// handler joined the stream to the socket, by the join's.
+	waitUntil(t, drainRunning)
+	free()
 	select {
 	case <-backlog:
 	case err := <-closed:

@@ -138,7 +138,7 @@ func (s *Stream) Write(p []byte) (int, error) {
 		}
 		dirty = false
 		c.lockWrite()
-		if err := c.fr.WriteData(s.id, false, p[:n]); err != nil {
+		if err := c.writeDataLocked(s.id, p[:n]); err != nil {
 			c.wmu.Unlock()
 			c.fail(err)
 			return written, err
@@ -198,6 +198,27 @@ func (s *Stream) awaitCredit(want int, dirty bool) (int, error) {
 		if !s.wdl.IsZero() && !time.Now().Before(s.wdl) {
 			c.mu.Unlock()
 			return 0, os.ErrDeadlineExceeded
+		}
+		s.cond.Wait()
+	}
+}
+
+// sendable waits until Write has send credit, and returns how much of max
+// it could send without waiting; max if Write would fail at once (it
+// says why). It takes no credit: the caller's Write does. Another stream
+// may take the connection's credit meanwhile, and then that Write waits.
+func (s *Stream) sendable(max int) int {
+	c := s.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for {
+		switch {
+		case s.writeErrLocked() != nil:
+			return max
+		case s.sendWindow > 0 && c.sendWindow > 0:
+			return int(min(int64(max), s.sendWindow, c.sendWindow))
+		case !s.wdl.IsZero() && !time.Now().Before(s.wdl):
+			return max
 		}
 		s.cond.Wait()
 	}
