@@ -69,7 +69,7 @@ func startXDS(ctx context.Context, wg *sync.WaitGroup, s xdsSetup) (*xdsclient.C
 		}
 	}
 	cfg := xdsclient.Config{
-		Conn: s.conn, Types: config.Types, Handler: config.XDSHandler{Store: s.store, Held: held}, Log: s.log, Node: s.node,
+		Conn: s.conn, Types: config.Types, Handler: config.XDSHandler{Store: s.store, Held: held, Release: config.NewMemoryRelease()}, Log: s.log, Node: s.node,
 	}
 	if loaded {
 		cfg.Held = held.Versions()

@@ -23,6 +23,9 @@ type XDSHandler struct {
 	// Held, if set, keeps every resource the store accepted, as sent: what
 	// ztunnel persists.
 	Held *Held
+	// Release, if set, returns the memory a large update leaves behind to
+	// the operating system once it is applied.
+	Release *MemoryRelease
 }
 
 // Apply implements xdsclient.Handler: each resource that does not decode or
@@ -73,6 +76,13 @@ func (h XDSHandler) Apply(typeURL string, updated []xdsclient.Resource, removed 
 	}
 	if h.Held != nil {
 		h.Held.record(typeURL, updated, removed, rejected)
+	}
+	if h.Release != nil {
+		size := 0
+		for _, r := range updated {
+			size += len(r.Body.GetValue())
+		}
+		h.Release.note(size)
 	}
 	if len(rejected) == 0 {
 		return nil
