@@ -1,6 +1,7 @@
 package config
 
 import (
+	"runtime"
 	"runtime/debug"
 	"sync"
 	"time"
@@ -25,7 +26,7 @@ type MemoryRelease struct {
 	// one release per interval, not one per update.
 	MinInterval time.Duration
 
-	free func() // debug.FreeOSMemory; replaced in tests
+	free func() // freeOSMemory; replaced in tests
 
 	mu      sync.Mutex
 	pending bool
@@ -66,10 +67,18 @@ func (m *MemoryRelease) note(n int) {
 	time.AfterFunc(wait, m.release)
 }
 
+// freeOSMemory collects twice before returning memory: buffers pooled in a
+// sync.Pool (gRPC's receive buffers among them, the size of the largest
+// message) survive one collection in the pool's victim cache.
+func freeOSMemory() {
+	runtime.GC()
+	debug.FreeOSMemory()
+}
+
 func (m *MemoryRelease) release() {
 	free := m.free
 	if free == nil {
-		free = debug.FreeOSMemory
+		free = freeOSMemory
 	}
 	free()
 	m.mu.Lock()
