@@ -1,10 +1,6 @@
 package e2e
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/netip"
@@ -13,9 +9,8 @@ import (
 	"testing"
 	"time"
 
-	jose "github.com/go-jose/go-jose/v4"
-
 	"github.com/zmesh/zmesh/controlplane/model/modeltest"
+	"github.com/zmesh/zmesh/internal/testutil"
 	"github.com/zmesh/zmesh/waypoint/config"
 	"github.com/zmesh/zmesh/waypoint/filter/jwt"
 	"github.com/zmesh/zmesh/waypoint/filter/rbac"
@@ -70,28 +65,11 @@ func jwtOutcome(c *config.Chain, method, path string, header http.Header, peer n
 // the client wrote itself is dropped. Built by zmeshd's translation and
 // compiled by the waypoint's own compiler.
 func TestL7WorkloadAddressedJWT(t *testing.T) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	other, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keys, _ := json.Marshal(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: &key.PublicKey, KeyID: "k1", Algorithm: "ES256", Use: "sig"}}})
 	const iss = "https://issuer.example.com"
-	sign := func(k *ecdsa.PrivateKey, sub string) http.Header {
-		s, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: k}, (&jose.SignerOptions{}).WithType("JWT").WithHeader("kid", "k1"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := json.Marshal(map[string]any{"iss": iss, "sub": sub, "exp": time.Now().Add(time.Hour).Unix()})
-		jws, err := s.Sign(b)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tok, _ := jws.CompactSerialize()
-		return http.Header{"Authorization": {"Bearer " + tok}, "X-Jwt-Sub": {"mallory"}}
+	key, other := testutil.NewJWTIssuer(t, iss, "k1"), testutil.NewJWTIssuer(t, iss, "k1")
+	keys := key.JWKS(t)
+	sign := func(k *testutil.JWTIssuer, sub string) http.Header {
+		return http.Header{"Authorization": {"Bearer " + k.Token(t, map[string]any{"sub": sub})}, "X-Jwt-Sub": {"mallory"}}
 	}
 	snap := modeltest.Decode(t, []byte(fmt.Sprintf(`
 apiVersion: v1

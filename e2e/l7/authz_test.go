@@ -1,17 +1,13 @@
 package l7
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
-	jose "github.com/go-jose/go-jose/v4"
+	"github.com/zmesh/zmesh/internal/testutil"
 )
 
 // TestAuthorization follows Istio's authorization tasks (HTTP traffic, JWT
@@ -116,29 +112,11 @@ spec:
 
 	t.Run("JWT claim", func(t *testing.T) {
 		mesh.Env.MustKubectl(t, "", "delete", "authorizationpolicy", "-n", "l7authz", "allow-nothing", "get-api", "deny-test-header")
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		other, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		jwks, _ := json.Marshal(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: &key.PublicKey, KeyID: "e2e", Algorithm: "ES256", Use: "sig"}}})
 		const iss = "testing@secure.istio.io"
-		token := func(k *ecdsa.PrivateKey, claims map[string]any) http.Header {
-			s, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: k}, (&jose.SignerOptions{}).WithType("JWT").WithHeader("kid", "e2e"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			claims["iss"], claims["exp"] = iss, time.Now().Add(time.Hour).Unix()
-			b, _ := json.Marshal(claims)
-			jws, err := s.Sign(b)
-			if err != nil {
-				t.Fatal(err)
-			}
-			tok, _ := jws.CompactSerialize()
-			return http.Header{"Authorization": {"Bearer " + tok}}
+		key, other := testutil.NewJWTIssuer(t, iss, "e2e"), testutil.NewJWTIssuer(t, iss, "e2e")
+		jwks := key.JWKS(t)
+		token := func(k *testutil.JWTIssuer, claims map[string]any) http.Header {
+			return http.Header{"Authorization": {"Bearer " + k.Token(t, claims)}}
 		}
 		apply(fmt.Sprintf(`
 apiVersion: security.istio.io/v1

@@ -1,17 +1,13 @@
 package l7
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
-	jose "github.com/go-jose/go-jose/v4"
+	"github.com/zmesh/zmesh/internal/testutil"
 )
 
 // TestWorkloadAddressedJWT: with a waypoint for workloads, a
@@ -41,28 +37,11 @@ func TestWorkloadAddressedJWT(t *testing.T) {
 		return nil
 	})
 
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	other, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keys, _ := json.Marshal(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: &key.PublicKey, KeyID: "e2e", Algorithm: "ES256", Use: "sig"}}})
 	const iss = "testing@secure.istio.io"
-	token := func(k *ecdsa.PrivateKey, sub string) http.Header {
-		s, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: k}, (&jose.SignerOptions{}).WithType("JWT").WithHeader("kid", "e2e"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := json.Marshal(map[string]any{"iss": iss, "sub": sub, "exp": time.Now().Add(time.Hour).Unix()})
-		jws, err := s.Sign(b)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tok, _ := jws.CompactSerialize()
-		return http.Header{"Authorization": {"Bearer " + tok}, "X-Jwt-Sub": {"mallory"}}
+	key, other := testutil.NewJWTIssuer(t, iss, "e2e"), testutil.NewJWTIssuer(t, iss, "e2e")
+	keys := key.JWKS(t)
+	token := func(k *testutil.JWTIssuer, sub string) http.Header {
+		return http.Header{"Authorization": {"Bearer " + k.Token(t, map[string]any{"sub": sub})}, "X-Jwt-Sub": {"mallory"}}
 	}
 	ra := fmt.Sprintf(`
 apiVersion: security.istio.io/v1
