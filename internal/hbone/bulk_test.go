@@ -116,7 +116,7 @@ func TestStalledPeerHoldsNoCopyBuffers(t *testing.T) {
 	// connection's, runs out.
 	stop := make(chan struct{})
 	var handlers sync.WaitGroup
-	srv, err := NewServer(func(ctx context.Context, r *Request, s *Stream) {
+	handler := func(ctx context.Context, r *Request, s *Stream) {
 		handlers.Add(1)
 		defer handlers.Done()
 		s.Respond(200)
@@ -124,23 +124,11 @@ func TestStalledPeerHoldsNoCopyBuffers(t *testing.T) {
 		case <-stop:
 		case <-ctx.Done():
 		}
-	}, ServerOptions{StreamWindow: window, ConnWindow: 4 * window})
-	if err != nil {
-		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	serveOn(srv, ln, identity.ServerTLS(testPKI(t).src, bob, nil))
-	t.Cleanup(func() {
-		close(stop)
-		ln.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-	})
-	cc, err := dialClient(t, ln.Addr().String(), alice, bob)
+	opts := ServerOptions{StreamWindow: window, ConnWindow: 4 * window}
+	ts := serveHBONE(t, handler, opts, listenLoopback(t), identity.ServerTLS(testPKI(t).src, bob, nil))
+	t.Cleanup(func() { close(stop) }) // first: the server's shutdown waits for the handlers
+	cc, err := dialClient(t, ts.addr, alice, bob)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,7 +176,7 @@ func TestUnreadStreamHoldsAtMostItsWindow(t *testing.T) {
 		<-stop // never reads
 	})
 	streams := make(chan *Stream, 1)
-	srv, err := NewServer(func(ctx context.Context, r *Request, s *Stream) {
+	handler := func(ctx context.Context, r *Request, s *Stream) {
 		up, err := net.Dial("tcp", app.Addr().String())
 		if err != nil {
 			s.RespondError(503, err.Error())
@@ -199,23 +187,11 @@ func TestUnreadStreamHoldsAtMostItsWindow(t *testing.T) {
 		s.Respond(200)
 		streams <- s
 		Join(s, up)
-	}, ServerOptions{StreamWindow: window})
-	if err != nil {
-		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	serveOn(srv, ln, identity.ServerTLS(testPKI(t).src, bob, nil))
-	t.Cleanup(func() {
-		close(stop)
-		ln.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-	})
-	st := openStream(t, ln.Addr().String())
+	opts := ServerOptions{StreamWindow: window}
+	ts := serveHBONE(t, handler, opts, listenLoopback(t), identity.ServerTLS(testPKI(t).src, bob, nil))
+	t.Cleanup(func() { close(stop) }) // first: the server's shutdown waits for the handlers
+	st := openStream(t, ts.addr)
 	var sent atomic.Int64
 	go func() {
 		chunk := make([]byte, 64<<10)
