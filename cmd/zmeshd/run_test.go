@@ -81,6 +81,22 @@ type testZmeshd struct {
 }
 
 // startDirectoryMode runs zmeshd in process on a YAML directory.
+// secureConn dials z's secure port trusting its CA, presenting certs if
+// any; the connection closes with the test.
+func (z *testZmeshd) secureConn(t *testing.T, certs ...tls.Certificate) *grpc.ClientConn {
+	t.Helper()
+	roots := x509.NewCertPool()
+	for _, c := range z.ca.Bundle().X509Authorities() {
+		roots.AddCert(c)
+	}
+	cc, err := grpc.NewClient(z.secureAddr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: roots, Certificates: certs})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return cc
+}
+
 func startDirectoryMode(t *testing.T) *testZmeshd {
 	t.Helper()
 	z := &testZmeshd{dir: t.TempDir(), xdsAddr: freePort(t), secureAddr: freePort(t), monAddr: freePort(t), caDir: t.TempDir()}
@@ -238,15 +254,7 @@ func TestDirectoryModeFeedsZtunnel(t *testing.T) {
 
 func TestSecurePortAndCA(t *testing.T) {
 	z := startDirectoryMode(t)
-	roots := x509.NewCertPool()
-	for _, c := range z.ca.Bundle().X509Authorities() {
-		roots.AddCert(c)
-	}
-	cc, err := grpc.NewClient(z.secureAddr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: roots})))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
+	cc := z.secureConn(t)
 
 	// xDS over TLS with ztunnel's token.
 	store, _ := ztunnelStore(t, tokenConn{cc, "tok-a"})

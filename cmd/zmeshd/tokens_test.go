@@ -2,16 +2,12 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"os"
 	"testing"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
 	"github.com/zmesh/zmesh/identity"
@@ -25,15 +21,7 @@ import (
 // leaves the last good one in force.
 func TestTokensFileReadAgain(t *testing.T) {
 	z := startDirectoryMode(t)
-	roots := x509.NewCertPool()
-	for _, c := range z.ca.Bundle().X509Authorities() {
-		roots.AddCert(c)
-	}
-	cc, err := grpc.NewClient(z.secureAddr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: roots})))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
+	cc := z.secureConn(t)
 	fetch := func(token string, id spiffeid.ID) error {
 		certs, err := identity.NewCertClient(cc, func(context.Context) (string, error) { return token, nil }, 0)
 		if err != nil {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"os"
 	"path/filepath"
 	"slices"
@@ -12,8 +11,6 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 
 	"github.com/zmesh/zmesh/controlplane/xds"
 )
@@ -50,15 +47,7 @@ func TestDirectoryModeServesWaypointViews(t *testing.T) {
 		for _, c := range svid.Certificates {
 			cert.Certificate = append(cert.Certificate, c.Raw)
 		}
-		roots := x509.NewCertPool()
-		for _, c := range z.ca.Bundle().X509Authorities() {
-			roots.AddCert(c)
-		}
-		cc, err := grpc.NewClient(z.secureAddr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: roots, Certificates: []tls.Certificate{cert}})))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer cc.Close()
+		cc := z.secureConn(t, cert)
 		st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cc).DeltaAggregatedResources(t.Context())
 		if err != nil {
 			t.Fatal(err)
