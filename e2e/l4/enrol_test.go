@@ -1,6 +1,7 @@
 package l4
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -109,6 +110,15 @@ func TestEnrolment(t *testing.T) {
 	} {
 		ok, failed := toEcho.Between(ph.from, ph.to)
 		lok, lfailed := toLegacy.Between(ph.from, ph.to)
+		if ph.from.Equal(t1) {
+			// A connection opened between the unlabel and the release was
+			// captured, and the release cuts it as it cuts the one open
+			// at release: it may fail, but only by then. Connections
+			// opened after the release must all be answered.
+			failed = slices.DeleteFunc(failed, func(o cluster.LoadOutcome) bool {
+				return o.Start.Before(releasedAt) && o.Start.Add(o.Took).Before(releasedAt.Add(2*time.Second))
+			})
+		}
 		t.Logf("%-22s sleep -> echo: %d new connections answered (slowest %s), %d failed; sleep -> legacy (opted out): %d answered, %d failed",
 			ph.name, ok, toEcho.Slowest(ph.from, ph.to), len(failed), lok, len(lfailed))
 		if len(failed) > 0 || len(lfailed) > 0 {
